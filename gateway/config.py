@@ -1,0 +1,122 @@
+"""Settings, declared once and validated at start-up.
+
+Every setting has one name: the dataclass field. It can come from the command line
+(``--batch-max-events``) or the environment (``GATEWAY_BATCH_MAX_EVENTS``); the command
+line wins. Validation errors name the setting and the environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def env_name(setting: str) -> str:
+    return "GATEWAY_" + setting.upper()
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    bootstrap: str = "127.0.0.1:9092"
+    schemas: Path = Path("schemas")
+    keyring: Path = Path(".gateway/keyring.json")
+    group_id: str = "privacy-gateway"
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    audit_topic: str = "privacy.audit"
+    # Partitions for topics the gateway creates (sanitized, dead-letter, audit) when the
+    # source topic does not exist yet; otherwise the source topic's count is reused.
+    partitions: int = 6
+    create_topics: bool = True
+    batch_max_events: int = 1000
+    batch_timeout_s: float = 0.1
+    max_record_bytes: int = 1_048_576
+    max_field_bytes: int = 65_536
+    dek_max_age_s: float = 3600.0
+    dek_max_uses: int = 4_000_000
+    session_timeout_ms: int = 10_000
+    metrics_port: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self._check(bool(self.bootstrap.strip()), "bootstrap", "must be HOST:PORT[,HOST:PORT...]")
+        for part in self.bootstrap.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            self._check(bool(sep and host and port.isdigit()), "bootstrap",
+                        f"'{part}' is not HOST:PORT")
+        self._check(bool(self.group_id), "group_id", "must not be empty")
+        self._check(bool(self.instance_id), "instance_id", "must not be empty")
+        self._check(bool(_TOPIC_RE.match(self.audit_topic)), "audit_topic",
+                    "must be a valid Kafka topic name")
+        self._check(1 <= self.partitions <= 10_000, "partitions", "must be between 1 and 10000")
+        self._check(1 <= self.batch_max_events <= 100_000, "batch_max_events",
+                    "must be between 1 and 100000")
+        self._check(0 < self.batch_timeout_s <= 60, "batch_timeout_s", "must be in (0, 60] seconds")
+        self._check(self.max_record_bytes >= 64, "max_record_bytes", "must be at least 64")
+        self._check(1 <= self.max_field_bytes <= self.max_record_bytes, "max_field_bytes",
+                    "must be between 1 and max_record_bytes")
+        self._check(self.dek_max_age_s > 0, "dek_max_age_s", "must be positive")
+        self._check(1 <= self.dek_max_uses <= 2**32, "dek_max_uses",
+                    "must be between 1 and 2^32 (random 96-bit nonces stay safe below that)")
+        self._check(1000 <= self.session_timeout_ms <= 300_000, "session_timeout_ms",
+                    "must be between 1000 and 300000")
+        self._check(0 <= self.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
+        self._check(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
+                    "must be DEBUG, INFO, WARNING or ERROR")
+
+    @staticmethod
+    def _check(ok: bool, setting: str, problem: str) -> None:
+        if not ok:
+            raise ConfigError(f"setting '{setting}' ({env_name(setting)}): {problem}")
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None,
+             environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        """Build from environment variables, then command-line overrides (None means unset)."""
+        environ = os.environ if environ is None else environ
+        overrides = overrides or {}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw: Any = overrides.get(f.name)
+            if raw is None:
+                raw = environ.get(env_name(f.name))
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        return cls(**values)
+
+    def require_schemas_dir(self) -> Path:
+        if not self.schemas.is_dir():
+            raise ConfigError(f"setting 'schemas' ({env_name('schemas')}): '{self.schemas}' is not a directory")
+        return self.schemas
+
+
+def _coerce(name: str, type_name: Any, raw: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if kind == "Path":
+            return Path(raw)
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"setting '{name}' ({env_name(name)}): cannot read '{raw}' as {kind}") from None

@@ -1,0 +1,95 @@
+"""The authorized consumer's path: open the encrypted fields of sanitized records.
+
+Works on records decoded with the sanitized schema (Avro) or read from JSON, where encrypted
+fields are base64 strings. Each encrypted field is reported as decrypted or with the reason it
+could not be (tampered, key not held, malformed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastavro
+
+from gateway.errors import DecryptError
+from gateway.keys.envelope import FieldDecryptor, context_bytes
+from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
+
+
+@dataclass
+class DecryptReport:
+    fields: dict[str, str] = field(default_factory=dict)  # path -> "decrypted" or "<reason>: <message>"
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "decrypted" for v in self.fields.values())
+
+
+def decrypt_record(record: dict[str, Any], plan: Plan, decryptor: FieldDecryptor) -> tuple[dict[str, Any], DecryptReport]:
+    """Return a copy of `record` with encrypted fields opened, and a per-field report.
+
+    A field that fails keeps its ciphertext (bytes) in the copy.
+    """
+    subject = ""
+    if plan.subject_field is not None and record.get(plan.subject_field) is not None:
+        subject = str(record[plan.subject_field])
+    report = DecryptReport()
+    walker = _Walker(plan.sanitized_topic, subject, decryptor, report)
+    return walker.record(record, plan.record), report
+
+
+class _Walker:
+    def __init__(self, topic: str, subject: str, decryptor: FieldDecryptor, report: DecryptReport) -> None:
+        self.topic = topic
+        self.subject = subject
+        self.decryptor = decryptor
+        self.report = report
+
+    def record(self, record: dict[str, Any], plan: RecordPlan) -> dict[str, Any]:
+        out = dict(record)
+        for fp in plan.fields:
+            value = record.get(fp.name)
+            if value is None:
+                continue
+            if fp.action == "encrypt":
+                out[fp.name] = self.open(value, fp)
+            elif fp.action == "keep" and fp.shape is not None:
+                out[fp.name] = self.walk(value, fp.shape)
+        return out
+
+    def walk(self, value: Any, shape: Shape) -> Any:
+        if value is None:
+            return None
+        if shape.kind == "record":
+            assert shape.record is not None
+            return self.record(value, shape.record)
+        assert shape.inner is not None
+        if shape.kind == "array":
+            return [self.walk(v, shape.inner) for v in value]
+        return {k: self.walk(v, shape.inner) for k, v in value.items()}
+
+    def open(self, value: Any, fp: FieldPlan) -> Any:
+        try:
+            data = _as_bytes(value)
+            plaintext = self.decryptor.decrypt(data, context_bytes(self.topic, fp.path, self.subject))
+            result = fastavro.schemaless_reader(io.BytesIO(plaintext), fp.plaintext_schema, None)
+        except DecryptError as exc:
+            self.report.fields[fp.path] = f"{exc.reason}: {exc.message}"
+            return value
+        self.report.fields[fp.path] = "decrypted"
+        return result
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecryptError("malformed", "encrypted field is neither bytes nor base64") from None
+    raise DecryptError("malformed", f"encrypted field holds a {type(value).__name__}, expected bytes")

@@ -1,0 +1,1 @@
+"""Key material: KMS providers (KEKs), data keys (DEKs), token keys and the quarantine key."""

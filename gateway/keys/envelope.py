@@ -1,0 +1,165 @@
+"""Envelope encryption of fields: AES-256-GCM under cached DEKs wrapped by a KMS key.
+
+Ciphertext format v1 (self-describing, all integers big-endian)::
+
+    0x01 | u8 len | kek_id | dek_id (16 bytes) | u16 len | wrapped DEK | nonce (12) | ciphertext+tag
+
+The wrapped DEK travels with the ciphertext (as Kroxylicious does per record), so a holder of
+the KEK can decrypt offline. The associated data is the header plus the context (topic, field
+path, subject), each length-prefixed: a ciphertext moved to another field, record subject or
+topic, or with any header byte changed, fails to authenticate.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.errors import DecryptError, GatewayError
+from gateway.keys.kms import KmsProvider, WrappedKey
+
+FORMAT_V1 = 1
+NONCE_BYTES = 12
+DEK_ID_BYTES = 16
+_DEK_CONTEXT = b"privacy-gateway/field-dek"
+
+
+def context_bytes(topic: str, field_path: str, subject: str) -> bytes:
+    """Length-prefixed encoding of the context, so no two contexts share a byte string."""
+    out = bytearray()
+    for part in (topic, field_path, subject):
+        data = part.encode("utf-8")
+        out += struct.pack(">I", len(data)) + data
+    return bytes(out)
+
+
+@dataclass
+class DataKey:
+    """One DEK in use: its AEAD object (built once), its wrapped form and its usage."""
+
+    dek_id: bytes
+    aead: AESGCM
+    header: bytes
+    created: float
+    uses: int = 0
+
+    def __repr__(self) -> str:
+        return f"<DataKey id={self.dek_id.hex()} uses={self.uses}>"
+
+    @property
+    def key_id(self) -> str:
+        """Printable id for audit: '<kek_id>/<dek_id hex>'."""
+        kek_len = self.header[1]
+        return f"{self.header[2:2 + kek_len].decode()}/{self.dek_id.hex()}"
+
+
+class DekCache:
+    """Hands out the current DEK; makes a new one after `max_age_s` or `max_uses`.
+
+    The KMS is called once per new DEK, never per event.
+    """
+
+    def __init__(self, kms: KmsProvider, max_age_s: float, max_uses: int) -> None:
+        self._kms = kms
+        self._max_age_s = max_age_s
+        self._max_uses = max_uses
+        self._current: DataKey | None = None
+        self.kms_calls = 0
+
+    def current(self) -> DataKey:
+        key = self._current
+        if key is None or key.uses >= self._max_uses or time.monotonic() - key.created > self._max_age_s:
+            key = self._current = self._new_key()
+        return key
+
+    def _new_key(self) -> DataKey:
+        dek = AESGCM.generate_key(bit_length=256)
+        dek_id = secrets.token_bytes(DEK_ID_BYTES)
+        wrapped = self._kms.wrap(dek, _DEK_CONTEXT + dek_id)
+        self.kms_calls += 1
+        kek = wrapped.kek_id.encode("utf-8")
+        if len(kek) > 255 or len(wrapped.blob) > 65535:
+            raise GatewayError("KMS returned a key id or wrapped key too long for ciphertext format v1")
+        header = (bytes([FORMAT_V1, len(kek)]) + kek + dek_id
+                  + struct.pack(">H", len(wrapped.blob)) + wrapped.blob)
+        return DataKey(dek_id=dek_id, aead=AESGCM(dek), header=header, created=time.monotonic())
+
+
+def encrypt_field(key: DataKey, plaintext: bytes, context: bytes) -> bytes:
+    """Encrypt one field value under `key`, bound to `context` (see `context_bytes`)."""
+    key.uses += 1
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return key.header + nonce + key.aead.encrypt(nonce, plaintext, key.header + context)
+
+
+@dataclass(frozen=True)
+class ParsedCiphertext:
+    kek_id: str
+    dek_id: bytes
+    wrapped: bytes
+    header: bytes
+    nonce: bytes
+    body: bytes
+
+    @property
+    def key_id(self) -> str:
+        return f"{self.kek_id}/{self.dek_id.hex()}"
+
+
+def parse_ciphertext(data: bytes) -> ParsedCiphertext:
+    try:
+        if data[0] != FORMAT_V1:
+            raise DecryptError("unknown_format", f"ciphertext format version {data[0]} is not supported")
+        kek_len = data[1]
+        pos = 2 + kek_len
+        kek_id = data[2:pos].decode("utf-8")
+        dek_id = data[pos:pos + DEK_ID_BYTES]
+        pos += DEK_ID_BYTES
+        (wrapped_len,) = struct.unpack(">H", data[pos:pos + 2])
+        pos += 2
+        wrapped = data[pos:pos + wrapped_len]
+        pos += wrapped_len
+        header = data[:pos]
+        nonce = data[pos:pos + NONCE_BYTES]
+        body = data[pos + NONCE_BYTES:]
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise DecryptError("malformed", "ciphertext is truncated or not in the gateway's format") from None
+    if len(dek_id) != DEK_ID_BYTES or len(wrapped) != wrapped_len or len(nonce) != NONCE_BYTES or len(body) < 16:
+        raise DecryptError("malformed", "ciphertext is truncated or not in the gateway's format")
+    return ParsedCiphertext(kek_id, dek_id, wrapped, header, nonce, body)
+
+
+class FieldDecryptor:
+    """The authorized consumer's side: unwraps each DEK once (bounded cache) and opens fields."""
+
+    def __init__(self, kms: KmsProvider, cache_size: int = 10_000) -> None:
+        self._kms = kms
+        self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._cache_size = cache_size
+
+    def decrypt(self, data: bytes, context: bytes) -> bytes:
+        parsed = parse_ciphertext(data)
+        aead = self._aead_for(parsed)
+        try:
+            return aead.decrypt(parsed.nonce, parsed.body, parsed.header + context)
+        except InvalidTag:
+            raise DecryptError("tampered", "ciphertext does not authenticate: it was altered, or moved "
+                               "to another topic, field or subject") from None
+
+    def _aead_for(self, parsed: ParsedCiphertext) -> AESGCM:
+        cache_key = parsed.header
+        aead = self._cache.get(cache_key)
+        if aead is not None:
+            self._cache.move_to_end(cache_key)
+            return aead
+        dek = self._kms.unwrap(WrappedKey(parsed.kek_id, parsed.wrapped), _DEK_CONTEXT + parsed.dek_id)
+        aead = self._cache[cache_key] = AESGCM(dek)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return aead

@@ -1,0 +1,225 @@
+"""The local keyring: the embedded default KMS, plus token keys and the quarantine key.
+
+One JSON file, created on first use with mode 0600 and replaced atomically on change. Key bytes
+live in private attributes and never appear in a repr, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.errors import DecryptError, KeyringError
+from gateway.keys.kms import WrappedKey
+
+KEYRING_FORMAT = 1
+_WRAP_AAD = b"privacy-gateway/dek-wrap/v1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str, where: str) -> bytes:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise KeyringError(f"keyring entry {where} is not base64") from None
+    if len(data) != 32:
+        raise KeyringError(f"keyring entry {where} must be a 32-byte key, found {len(data)} bytes")
+    return data
+
+
+class _VersionedKeys:
+    """Named 256-bit keys with one active version; used for KEKs, token domains and quarantine."""
+
+    def __init__(self, active: str, keys: dict[str, bytes]) -> None:
+        self._active = active
+        self._keys = keys
+
+    @property
+    def active(self) -> str:
+        return self._active
+
+    def ids(self) -> list[str]:
+        return list(self._keys)
+
+    def get(self, key_id: str) -> bytes | None:
+        return self._keys.get(key_id)
+
+    def active_key(self) -> bytes:
+        return self._keys[self._active]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"active": self._active, "keys": {k: _b64(v) for k, v in self._keys.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> _VersionedKeys:
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), dict):
+            raise KeyringError(f"keyring section {where} must be an object with 'active' and 'keys'")
+        keys = {str(k): _unb64(v, f"{where}.keys.{k}") for k, v in data["keys"].items()}
+        active = str(data.get("active"))
+        if active not in keys:
+            raise KeyringError(f"keyring section {where}: active key '{active}' is not among its keys")
+        return cls(active, keys)
+
+    @classmethod
+    def fresh(cls, first_id: str) -> _VersionedKeys:
+        return cls(first_id, {first_id: secrets.token_bytes(32)})
+
+    def __repr__(self) -> str:
+        return f"<keys active={self._active!r} versions={len(self._keys)}>"
+
+
+class Keyring:
+    """Local keyring file. Acts as the KMS provider 'local' for KEKs."""
+
+    name = "local"
+
+    def __init__(self, path: Path, keks: _VersionedKeys, token_domains: dict[str, _VersionedKeys],
+                 quarantine: _VersionedKeys) -> None:
+        self.path = path
+        self._keks = keks
+        self._token_domains = token_domains
+        self._quarantine = quarantine
+        self._kek_aeads: dict[str, AESGCM] = {}
+
+    def __repr__(self) -> str:
+        return (f"<Keyring path={str(self.path)!r} kek={self._keks.active!r} "
+                f"token_domains={sorted(self._token_domains)}>")
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, create: bool = True) -> Keyring:
+        """Load the keyring; create it (mode 0600) when absent and `create` is set."""
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise KeyringError(f"keyring '{path}' does not exist: point --keyring at the gateway's "
+                                   "keyring file (the key holder gives it to authorized consumers)")
+            ring = cls(path, _VersionedKeys.fresh("kek-1"), {}, _VersionedKeys.fresh("quarantine-1"))
+            if ring._write(exclusive=True):
+                return ring
+        return cls._read(path)
+
+    @classmethod
+    def _read(cls, path: Path) -> Keyring:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise KeyringError(f"cannot read keyring '{path}': {exc.strerror}") from None
+        if mode & 0o077:
+            raise KeyringError(f"keyring '{path}' is readable by group or others (mode {mode:o}); "
+                               f"run: chmod 600 {path}")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise KeyringError(f"keyring '{path}' is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("format") != KEYRING_FORMAT:
+            raise KeyringError(f"keyring '{path}' has an unknown format (expected format {KEYRING_FORMAT})")
+        keks = _VersionedKeys.from_json(data.get("kek"), "kek")
+        quarantine = _VersionedKeys.from_json(data.get("quarantine"), "quarantine")
+        domains_raw = data.get("token_domains") or {}
+        if not isinstance(domains_raw, dict):
+            raise KeyringError(f"keyring '{path}': token_domains must be an object")
+        domains = {d: _VersionedKeys.from_json(v, f"token_domains.{d}") for d, v in domains_raw.items()}
+        return cls(path, keks, domains, quarantine)
+
+    def _write(self, exclusive: bool = False) -> bool:
+        """Write atomically with mode 0600. With `exclusive`, lose gracefully to a concurrent creator."""
+        data = orjson.dumps({
+            "format": KEYRING_FORMAT,
+            "kek": self._keks.to_json(),
+            "token_domains": {d: k.to_json() for d, k in sorted(self._token_domains.items())},
+            "quarantine": self._quarantine.to_json(),
+        }, option=orjson.OPT_INDENT_2)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".keyring-", dir=self.path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if exclusive:
+                try:
+                    os.link(tmp, self.path)  # fails if another process created it first
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, self.path)
+                tmp = ""
+            return True
+        finally:
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    # ---- KMS provider: KEK wrap / unwrap ----------------------------------------------------
+    def active_key_id(self) -> str:
+        return self._keks.active
+
+    def healthy(self) -> bool:
+        return True
+
+    def _kek_aead(self, kek_id: str) -> AESGCM:
+        aead = self._kek_aeads.get(kek_id)
+        if aead is None:
+            key = self._keks.get(kek_id)
+            if key is None:
+                raise DecryptError("key_not_held", f"KEK '{kek_id}' is not in keyring '{self.path}'")
+            aead = self._kek_aeads[kek_id] = AESGCM(key)
+        return aead
+
+    def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
+        kek_id = self._keks.active
+        nonce = secrets.token_bytes(12)
+        blob = nonce + self._kek_aead(kek_id).encrypt(nonce, dek, _WRAP_AAD + kek_id.encode() + context)
+        return WrappedKey(kek_id, blob)
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        aead = self._kek_aead(wrapped.kek_id)
+        try:
+            return aead.decrypt(wrapped.blob[:12], wrapped.blob[12:],
+                                _WRAP_AAD + wrapped.kek_id.encode() + context)
+        except InvalidTag:
+            raise DecryptError("tampered", f"wrapped DEK does not authenticate under KEK '{wrapped.kek_id}'") \
+                from None
+
+    # ---- token keys -----------------------------------------------------------------------
+    def ensure_token_domains(self, domains: set[str]) -> None:
+        """Create keys for token domains the policies use and the keyring lacks (then persist)."""
+        missing = sorted(d for d in domains if d not in self._token_domains)
+        if not missing:
+            return
+        latest = self._read(self.path) if self.path.exists() else self
+        self._token_domains.update(latest._token_domains)
+        for domain in missing:
+            self._token_domains.setdefault(domain, _VersionedKeys.fresh("1"))
+        self._write()
+
+    def token_keys(self, domain: str) -> tuple[str, dict[str, bytes]]:
+        """(active version, {version: key}) for a token domain."""
+        keys = self._token_domains.get(domain)
+        if keys is None:
+            raise KeyringError(f"token domain '{domain}' has no key in keyring '{self.path}'")
+        return keys.active, {v: keys.get(v) or b"" for v in keys.ids()}
+
+    # ---- quarantine key -------------------------------------------------------------------
+    def quarantine_key(self, key_id: str | None = None) -> tuple[str, bytes]:
+        key_id = key_id or self._quarantine.active
+        key = self._quarantine.get(key_id)
+        if key is None:
+            raise DecryptError("key_not_held", f"quarantine key '{key_id}' is not in keyring '{self.path}'")
+        return key_id, key

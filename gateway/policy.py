@@ -1,0 +1,460 @@
+"""Privacy annotations in an Avro schema -> a compiled plan and the derived sanitized schema.
+
+Record level: ``"privacy": {"subject": FIELD, "source_topic": T, "sanitized_topic": T, ...}``.
+Field level: ``"keep"``, ``"drop"``, ``"encrypt"``, ``{"tokenize": {"domain": D}}``.
+Unannotated fields are dropped (privacy by default). A kept field whose type holds records
+descends into them; their fields follow their own annotations.
+
+Compilation happens once at start-up; every problem is collected so `gateway policy lint`
+can list them all, and start-up fails naming schema, field and problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+from fastavro.schema import expand_schema
+
+from gateway.errors import PolicyError
+from gateway.schema import ENCODINGS, INPUT_MODES, SchemaFile, iter_schema_files, load_schema_file
+
+ACTIONS = ("keep", "drop", "tokenize", "encrypt")
+RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
+                   "sanitized_schema_id", "event_id"}
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+ENCRYPTED_DOC = "AES-256-GCM ciphertext, privacy-gateway format v1 (gateway decrypt)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" or "warning"
+    schema: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.schema}: {self.where}: {self.message}"
+
+
+# ---- the compiled plan -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    """How to reach nested records inside a kept value: record, array, map, or nullable wrapper."""
+
+    kind: str  # "record" | "array" | "map"
+    record: RecordPlan | None = None
+    inner: Shape | None = None
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    name: str
+    path: str
+    action: str  # keep | tokenize | encrypt (dropped fields are not in the plan)
+    nullable: bool = False
+    domain: str | None = None
+    shape: Shape | None = None  # keep only: nested records to sanitize
+    plaintext_schema: Any = None  # encrypt only: parsed Avro schema of the value (null excluded)
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    fullname: str
+    fields: tuple[FieldPlan, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the hot path needs for one raw schema, compiled once."""
+
+    schema: SchemaFile
+    record: RecordPlan
+    source_topic: str
+    sanitized_topic: str
+    dlq_topic: str
+    subject_field: str | None
+    subject_tokenized: bool
+    event_id_field: str | None
+    input_mode: str
+    output: str  # "same" or an encoding
+    schema_id: int | None
+    sanitized_schema_id: int | None
+    sanitized_schema: dict[str, Any]
+    sanitized_parsed: Any
+    policy_hash: str
+    field_actions: dict[str, str]
+    token_domains: frozenset[str]
+    warnings: tuple[Problem, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.schema.fullname
+
+
+def policy_hash(raw_schema: dict[str, Any]) -> str:
+    canonical = orjson.dumps(raw_schema, option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()[:32]
+
+
+# ---- compiler --------------------------------------------------------------------------------
+class _Compiler:
+    def __init__(self, schema: SchemaFile) -> None:
+        self.schema = schema
+        self.label = str(schema.path)
+        self.problems: list[Problem] = []
+        self.domains: set[str] = set()
+        self.actions: dict[str, str] = {}
+        self.emitted_names: set[str] = set()
+        self.record_plans: dict[str, RecordPlan] = {}
+        self.expanded = expand_schema(schema.raw)
+
+    def error(self, where: str, message: str) -> None:
+        self.problems.append(Problem("error", self.label, where, message))
+
+    def warn(self, where: str, message: str) -> None:
+        self.problems.append(Problem("warning", self.label, where, message))
+
+    # Each walk returns (plan piece, sanitized schema piece).
+    def record(self, node: dict[str, Any], path: str) -> tuple[RecordPlan, Any]:
+        fullname = node["name"]
+        new_name = _sanitized_name(fullname)
+        if fullname in self.record_plans:  # a named type used again: reference it
+            return self.record_plans[fullname], new_name
+        placeholder = RecordPlan(fullname, (), ())
+        self.record_plans[fullname] = placeholder  # recursion guard
+        plans: list[FieldPlan] = []
+        dropped: list[str] = []
+        out_fields: list[dict[str, Any]] = []
+        for f in node["fields"]:
+            fpath = f"{path}{f['name']}"
+            compiled = self.field(f, fpath)
+            if compiled is None:
+                dropped.append(f["name"])
+                continue
+            plan, out_field = compiled
+            plans.append(plan)
+            out_fields.append(out_field)
+        plan = RecordPlan(fullname, tuple(plans), tuple(dropped))
+        self.record_plans[fullname] = plan
+        out = {"type": "record", "name": new_name, "fields": out_fields}
+        if node.get("doc"):
+            out["doc"] = node["doc"]
+        return plan, out
+
+    def field(self, f: dict[str, Any], path: str) -> tuple[FieldPlan, dict[str, Any]] | None:
+        annotation = f.get("privacy")
+        action, options = self._parse_action(annotation, path)
+        ftype = f["type"]
+        nullable, inner = _split_nullable(ftype)
+        if action is None:
+            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", \"tokenize\", "
+                            "\"encrypt\" or \"drop\" to say so)")
+            self.actions[path] = "drop"
+            return None
+        if action == "drop":
+            self.actions[path] = "drop"
+            return None
+        out_field: dict[str, Any] = {"name": f["name"]}
+        if f.get("doc"):
+            out_field["doc"] = f["doc"]
+        if action == "keep":
+            shape, out_type = self.keep_type(ftype, path)
+            out_field["type"] = out_type
+            if "default" in f:
+                out_field["default"] = f["default"]
+            self.actions[path] = "keep"
+            return FieldPlan(f["name"], path, "keep", nullable, shape=shape), out_field
+        if action == "tokenize":
+            domain = options.get("domain") if isinstance(options, dict) else None
+            if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
+                self.error(path, "tokenize needs a domain: {\"tokenize\": {\"domain\": \"customer\"}} "
+                                 "(lowercase letters, digits, '-' and '_')")
+                return None
+            if _base_type(inner) != "string":
+                self.error(path, f"tokenize applies to strings, but the field is {_type_label(ftype)}; "
+                                 "use encrypt or drop")
+                return None
+            self.domains.add(domain)
+            self.actions[path] = f"tokenize:{domain}"
+            out_field["type"] = ["null", "string"] if nullable else "string"
+            out_field["doc"] = f"token (HMAC-SHA256, domain {domain})"
+            if nullable and f.get("default", "absent") is None:
+                out_field["default"] = None
+            return FieldPlan(f["name"], path, "tokenize", nullable, domain=domain), out_field
+        # encrypt
+        if isinstance(options, dict) and options.get("per_subject"):
+            self.error(path, "per-subject encryption keys are not available in this version; "
+                             "remove \"per_subject\"")
+            return None
+        if isinstance(options, dict) and set(options) - {"per_subject"}:
+            self.error(path, f"unknown encrypt options {sorted(set(options) - {'per_subject'})}")
+            return None
+        try:
+            plaintext_schema = fastavro.parse_schema(self._expanded_inner(path))
+        except Exception as exc:
+            self.error(path, f"cannot build the plaintext schema for encryption ({exc})")
+            return None
+        self.actions[path] = "encrypt"
+        out_field["type"] = ["null", "bytes"] if nullable else "bytes"
+        out_field["doc"] = ENCRYPTED_DOC
+        if nullable and f.get("default", "absent") is None:
+            out_field["default"] = None
+        return FieldPlan(f["name"], path, "encrypt", nullable, plaintext_schema=plaintext_schema), out_field
+
+    def _expanded_inner(self, path: str) -> Any:
+        """The field's type with every named type inlined (so it parses on its own)."""
+        node: Any = self.expanded
+        for part in path.split("."):
+            node = _strip_containers(node)
+            node = next(f for f in node["fields"] if f["name"] == part.rstrip("[]{}"))["type"]
+        return _split_nullable(node)[1]
+
+    def keep_type(self, ftype: Any, path: str) -> tuple[Shape | None, Any]:
+        """Sanitized type of a kept field, and the shape to reach records inside it (if any)."""
+        if isinstance(ftype, list):
+            record_branches = [t for t in ftype if _is_record(t, self.schema.parsed)]
+            if len(record_branches) > 1:
+                self.error(path, "a union of several record types cannot be kept field by field; "
+                                 "use encrypt or drop")
+            shape = None
+            out: list[Any] = []
+            for branch in ftype:
+                branch_shape, branch_out = self.keep_type(branch, path)
+                shape = shape or branch_shape
+                out.append(branch_out)
+            return shape, out
+        if isinstance(ftype, str):
+            if ftype in _PRIMITIVES:
+                return None, ftype
+            named = self.schema.parsed["__named_schemas"].get(ftype)
+            if named is None:
+                return None, ftype
+            if named["type"] == "record":
+                plan, out = self.record(named, path + ".")
+                return Shape("record", record=plan), out
+            return None, self._named_passthrough(named)
+        kind = ftype.get("type")
+        if kind == "record":
+            plan, out = self.record(ftype, path + ".")
+            return Shape("record", record=plan), out
+        if kind == "array":
+            inner_shape, items = self.keep_type(ftype["items"], path + "[]")
+            out = dict(ftype, items=items)
+            return (Shape("array", inner=inner_shape) if inner_shape else None), out
+        if kind == "map":
+            inner_shape, values = self.keep_type(ftype["values"], path + "{}")
+            out = dict(ftype, values=values)
+            return (Shape("map", inner=inner_shape) if inner_shape else None), out
+        if kind in ("enum", "fixed"):
+            return None, self._named_passthrough(ftype)
+        return None, {k: v for k, v in ftype.items() if k != "privacy"}
+
+    def _named_passthrough(self, named: dict[str, Any]) -> Any:
+        if named["name"] in self.emitted_names:
+            return named["name"]
+        self.emitted_names.add(named["name"])
+        return {k: v for k, v in named.items() if k != "privacy"}
+
+    def _parse_action(self, annotation: Any, path: str) -> tuple[str | None, Any]:
+        if annotation is None:
+            return None, None
+        if isinstance(annotation, str):
+            if annotation in ("keep", "drop", "encrypt"):
+                return annotation, None
+            if annotation == "tokenize":
+                return "tokenize", None
+            self.error(path, f"unknown action '{annotation}' (expected one of {', '.join(ACTIONS)})")
+            return "drop", None
+        if isinstance(annotation, dict) and len(annotation) == 1:
+            (action, options), = annotation.items()
+            if action in ACTIONS:
+                if options is not None and not isinstance(options, dict):
+                    self.error(path, f"options of '{action}' must be an object")
+                    return "drop", None
+                return action, options or {}
+            self.error(path, f"unknown action '{action}' (expected one of {', '.join(ACTIONS)})")
+            return "drop", None
+        self.error(path, "privacy annotation must be an action name or {\"action\": {options}}")
+        return "drop", None
+
+
+def _sanitized_name(fullname: str) -> str:
+    namespace, _, name = fullname.rpartition(".")
+    return f"{namespace}.sanitized.{name}" if namespace else f"sanitized.{name}"
+
+
+def _split_nullable(ftype: Any) -> tuple[bool, Any]:
+    if isinstance(ftype, list) and "null" in ftype:
+        rest = [t for t in ftype if t != "null"]
+        return True, rest[0] if len(rest) == 1 else rest
+    return False, ftype
+
+
+def _strip_containers(node: Any) -> Any:
+    while True:
+        _, node = _split_nullable(node)
+        if isinstance(node, dict) and node.get("type") == "array":
+            node = node["items"]
+        elif isinstance(node, dict) and node.get("type") == "map":
+            node = node["values"]
+        else:
+            return node
+
+
+def _base_type(t: Any) -> str | None:
+    if isinstance(t, str):
+        return t
+    if isinstance(t, dict):
+        return None if t.get("logicalType") else t.get("type")
+    return None
+
+
+def _type_label(t: Any) -> str:
+    if isinstance(t, list):
+        return "[" + ", ".join(_type_label(x) for x in t) + "]"
+    if isinstance(t, dict):
+        return str(t.get("logicalType") or t.get("type"))
+    return str(t)
+
+
+def _is_record(t: Any, parsed: dict[str, Any]) -> bool:
+    if isinstance(t, dict):
+        return t.get("type") == "record"
+    if isinstance(t, str):
+        named = parsed["__named_schemas"].get(t)
+        return bool(named and named["type"] == "record")
+    return False
+
+
+def compile_plan(schema: SchemaFile) -> Plan:
+    """Compile one schema's annotations; raise PolicyError listing every error."""
+    plan, problems = _compile(schema)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or plan is None:
+        raise PolicyError("invalid privacy policy:\n  " + "\n  ".join(str(p) for p in errors))
+    return plan
+
+
+def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
+    c = _Compiler(schema)
+    settings = schema.privacy
+    if settings is None:
+        c.error("(record)", "no record-level \"privacy\" block: add at least {\"sanitized_topic\": ...}")
+        return None, c.problems
+    if not isinstance(settings, dict):
+        c.error("(record)", "record-level \"privacy\" must be an object")
+        return None, c.problems
+    for key in sorted(set(settings) - RECORD_SETTINGS):
+        c.error("(record)", f"unknown privacy setting '{key}' (known: {', '.join(sorted(RECORD_SETTINGS))})")
+    source_topic = settings.get("source_topic", schema.fullname)
+    sanitized_topic = settings.get("sanitized_topic", f"{source_topic}.sanitized")
+    for key, topic in (("source_topic", source_topic), ("sanitized_topic", sanitized_topic)):
+        if not isinstance(topic, str) or not _TOPIC_RE.match(topic):
+            c.error("(record)", f"{key} '{topic}' is not a valid Kafka topic name")
+    if source_topic == sanitized_topic:
+        c.error("(record)", "sanitized_topic must differ from source_topic")
+    input_mode = settings.get("input", "auto")
+    if input_mode not in INPUT_MODES:
+        c.error("(record)", f"input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
+    output = settings.get("output", "same")
+    if output not in ("same", *ENCODINGS):
+        c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
+    schema_id = settings.get("schema_id")
+    sanitized_schema_id = settings.get("sanitized_schema_id")
+    for key, value in (("schema_id", schema_id), ("sanitized_schema_id", sanitized_schema_id)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            c.error("(record)", f"{key} must be a non-negative integer")
+    if input_mode == "confluent" and schema_id is None:
+        c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with)")
+    if schema_id is not None and output in ("same", "confluent") and sanitized_schema_id is None:
+        c.error("(record)", "schema_id is set, so Confluent-framed output needs sanitized_schema_id "
+                            "(or set output to 'avro' or 'json')")
+
+    record_plan, sanitized = c.record(schema.parsed, "")
+    sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
+
+    subject = settings.get("subject")
+    subject_tokenized = False
+    if subject is not None:
+        top = {f.name: f for f in record_plan.fields}
+        raw_names = {f["name"] for f in schema.raw["fields"]}
+        if subject not in raw_names:
+            c.error("(record)", f"subject field '{subject}' does not exist (top-level fields only)")
+        elif subject not in top:
+            c.error(subject, "the subject field must be kept or tokenized (it binds ciphertexts and keys "
+                             "records), but it is dropped")
+        elif top[subject].action == "encrypt":
+            c.error(subject, "the subject field must be kept or tokenized, not encrypted")
+        elif top[subject].shape is not None:
+            c.error(subject, "the subject field must be a string or a number, not a record")
+        else:
+            subject_tokenized = top[subject].action == "tokenize"
+    event_id = settings.get("event_id")
+    if event_id is None:
+        event_id = next((f.name for f in record_plan.fields if f.name == "event_id" and f.action == "keep"), None)
+    elif not any(f.name == event_id and f.action in ("keep", "tokenize") for f in record_plan.fields):
+        c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
+
+    if any(p.severity == "error" for p in c.problems):
+        return None, c.problems
+    try:
+        sanitized_parsed = fastavro.parse_schema(sanitized)
+    except Exception as exc:
+        c.error("(record)", f"the derived sanitized schema is not valid Avro ({exc})")
+        return None, c.problems
+    plan = Plan(
+        schema=schema, record=record_plan, source_topic=source_topic, sanitized_topic=sanitized_topic,
+        dlq_topic=f"{source_topic}.dlq", subject_field=subject, subject_tokenized=subject_tokenized,
+        event_id_field=event_id, input_mode=input_mode, output=output, schema_id=schema_id,
+        sanitized_schema_id=sanitized_schema_id, sanitized_schema=sanitized,
+        sanitized_parsed=sanitized_parsed, policy_hash=policy_hash(schema.raw),
+        field_actions=dict(c.actions), token_domains=frozenset(c.domains),
+        warnings=tuple(p for p in c.problems if p.severity == "warning"),
+    )
+    return plan, c.problems
+
+
+def lint_file(path: Path) -> list[Problem]:
+    try:
+        schema = load_schema_file(path)
+    except PolicyError as exc:
+        return [Problem("error", str(path), "(file)", str(exc).split(": ", 1)[-1])]
+    return _compile(schema)[1]
+
+
+def lint_directory(directory: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    paths = list(iter_schema_files(directory))
+    if not paths:
+        return [Problem("error", str(directory), "(directory)", "no *.avsc schema files found")]
+    topics: dict[str, str] = {}
+    for path in paths:
+        problems += lint_file(path)
+        try:
+            schema = load_schema_file(path)
+            settings = schema.privacy if isinstance(schema.privacy, dict) else {}
+            source = settings.get("source_topic", schema.fullname)
+        except PolicyError:
+            continue
+        if source in topics:
+            problems.append(Problem("error", str(path), "(record)",
+                                    f"source_topic '{source}' is also claimed by {topics[source]}"))
+        topics[source] = str(path)
+    return problems
+
+
+def load_plans(directory: Path) -> list[Plan]:
+    """Compile every schema in `directory`; fail naming every problem if any is invalid."""
+    errors = [p for p in lint_directory(directory) if p.severity == "error"]
+    if errors:
+        raise PolicyError(f"invalid privacy policies in {directory}:\n  " + "\n  ".join(map(str, errors)))
+    return [compile_plan(load_schema_file(p)) for p in iter_schema_files(directory)]

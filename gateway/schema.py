@@ -1,0 +1,240 @@
+"""Avro schemas, wire formats and input validation.
+
+Input encodings: Confluent wire format (magic byte 0 + 4-byte schema id + Avro), bare Avro, and
+JSON objects validated against the schema. Decoding never puts a value into an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import io
+import struct
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.validation
+import orjson
+from fastavro.schema import expand_schema
+
+from gateway.errors import PolicyError, RejectedEvent
+
+ENCODINGS = ("confluent", "avro", "json")
+INPUT_MODES = ("auto", *ENCODINGS)
+MAGIC_BYTE = 0
+
+
+@dataclass(frozen=True)
+class SchemaFile:
+    """One raw schema as loaded from disk: its source, JSON form and fastavro-parsed form."""
+
+    path: Path
+    raw: dict[str, Any]
+    parsed: dict[str, Any]
+
+    @property
+    def fullname(self) -> str:
+        return str(self.parsed["name"])
+
+    @property
+    def privacy(self) -> Any:
+        return self.raw.get("privacy")
+
+
+def load_schema_file(path: Path) -> SchemaFile:
+    try:
+        raw = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read schema: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise PolicyError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("type") != "record":
+        raise PolicyError(f"{path}: the top-level schema must be an Avro record")
+    try:
+        parsed = fastavro.parse_schema(raw)
+    except Exception as exc:  # fastavro raises several types for invalid schemas
+        raise PolicyError(f"{path}: not a valid Avro schema ({exc})") from None
+    return SchemaFile(Path(path), raw, parsed)
+
+
+def iter_schema_files(directory: Path) -> Iterator[Path]:
+    yield from sorted(Path(directory).glob("*.avsc"))
+
+
+def frame_confluent(schema_id: int, payload: bytes) -> bytes:
+    return struct.pack(">bI", MAGIC_BYTE, schema_id) + payload
+
+
+def avro_bytes(parsed: dict[str, Any], record: dict[str, Any]) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, parsed, record)
+    return out.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def json_bytes(record: dict[str, Any]) -> bytes:
+    """JSON for output records: bytes become base64 strings, decimals strings."""
+    return orjson.dumps(record, default=_json_default)
+
+
+def _avro_type_name(field_type: Any) -> str:
+    if isinstance(field_type, dict):
+        return str(field_type.get("logicalType") or field_type.get("type"))
+    if isinstance(field_type, list):
+        return "|".join(_avro_type_name(t) for t in field_type)
+    return str(field_type).rsplit(".", 1)[-1]
+
+
+_AVRO_ERRORS_TRUNCATED = (EOFError, StopIteration)
+
+
+class EventDecoder:
+    """Decodes and validates one topic's events against its schema (compiled once at start-up)."""
+
+    def __init__(self, schema: SchemaFile, input_mode: str, schema_id: int | None,
+                 max_record_bytes: int) -> None:
+        if input_mode not in INPUT_MODES:
+            raise PolicyError(f"{schema.path}: input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
+        self.schema = schema
+        self.input_mode = input_mode
+        self.schema_id = schema_id
+        self.max_record_bytes = max_record_bytes
+        self._parsed = schema.parsed
+        self._fields = [(f["name"], "default" in f, f.get("default")) for f in schema.raw["fields"]]
+        self._field_probes = self._build_field_probes(schema)
+
+    @staticmethod
+    def _build_field_probes(schema: SchemaFile) -> dict[str, tuple[dict[str, Any], str]]:
+        """One-field schemas used only to name the failing field of an invalid JSON event."""
+        probes: dict[str, tuple[dict[str, Any], str]] = {}
+        for field in expand_schema(schema.raw)["fields"]:
+            probe = {"type": "record", "name": "probe", "fields": [{"name": "v", "type": field["type"]}]}
+            try:
+                probes[field["name"]] = (fastavro.parse_schema(probe), _avro_type_name(field["type"]))
+            except Exception:  # noqa: S112 - a field we cannot probe gets the generic message
+                continue
+        return probes
+
+    def decode(self, value: bytes | None) -> tuple[dict[str, Any], str]:
+        """Return (record, encoding) or raise RejectedEvent with a reason code."""
+        if value is None or len(value) == 0:
+            raise RejectedEvent("empty_value", "the event has no value (tombstone or empty payload)")
+        if len(value) > self.max_record_bytes:
+            raise RejectedEvent("record_too_large",
+                                f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
+        mode = self.input_mode
+        if mode == "auto":
+            mode = self._sniff(value)
+        if mode == "json":
+            return self._decode_json(value), "json"
+        if mode == "confluent":
+            return self._decode_confluent(value), "confluent"
+        try:
+            return self._decode_avro(value, "bare Avro"), "avro"
+        except RejectedEvent:
+            if self.input_mode == "auto" and self._looks_like_bad_magic(value):
+                raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {MAGIC_BYTE}: "
+                                    "the event looks Confluent-framed with a corrupt first byte") from None
+            raise
+
+    def _looks_like_bad_magic(self, value: bytes) -> bool:
+        return (self.schema_id is not None and len(value) >= 5 and value[0] != MAGIC_BYTE
+                and struct.unpack(">I", value[1:5])[0] == self.schema_id)
+
+    def _sniff(self, value: bytes) -> str:
+        first = value[:1]
+        if first in (b"{", b"[", b" ", b"\n", b"\t", b"\r"):
+            return "json"
+        if first == b"\x00" and len(value) >= 5 and self.schema_id is not None:
+            return "confluent"
+        return "avro"
+
+    def _decode_confluent(self, value: bytes) -> dict[str, Any]:
+        if len(value) < 5:
+            raise RejectedEvent("bad_framing", f"Confluent wire format needs 5 header bytes, got {len(value)}")
+        magic, schema_id = struct.unpack(">bI", value[:5])
+        if magic != MAGIC_BYTE:
+            raise RejectedEvent("bad_magic_byte", f"magic byte is {magic}, expected {MAGIC_BYTE} "
+                                "(Confluent wire format)")
+        if schema_id != self.schema_id:
+            if self.input_mode == "auto":
+                try:  # bare Avro may start with 0x00 as well: accept it if it decodes cleanly
+                    return self._decode_avro(value, "bare Avro")
+                except RejectedEvent:
+                    pass
+            raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
+                                f"{self.schema.fullname} (expected {self.schema_id})")
+        return self._decode_avro(value[5:], "Avro after the Confluent header")
+
+    def _decode_avro(self, payload: bytes, what: str) -> dict[str, Any]:
+        buffer = io.BytesIO(payload)
+        try:
+            record = fastavro.schemaless_reader(buffer, self._parsed, None)
+        except _AVRO_ERRORS_TRUNCATED:
+            raise RejectedEvent("avro_truncated", f"{what} ended before the record was complete") from None
+        except UnicodeDecodeError:
+            raise RejectedEvent("invalid_utf8", f"{what} holds a string that is not valid UTF-8") from None
+        except Exception as exc:  # fastavro raises IndexError, ValueError, ... on corrupt input
+            raise RejectedEvent("avro_decode_error",
+                                f"{what} does not match {self.schema.fullname} ({type(exc).__name__})") from None
+        if buffer.tell() != len(payload):
+            raise RejectedEvent("avro_trailing_bytes", f"{what} has {len(payload) - buffer.tell()} bytes "
+                                f"after the end of the {self.schema.fullname} record")
+        if not isinstance(record, dict):
+            raise RejectedEvent("avro_decode_error", f"{what} did not decode to a record")
+        return record
+
+    def _decode_json(self, value: bytes) -> dict[str, Any]:
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            if "utf-8" in str(exc).lower() or "surrogate" in str(exc).lower():
+                raise RejectedEvent("invalid_utf8", "the JSON event is not valid UTF-8") from None
+            raise RejectedEvent("json_invalid", f"the event is not valid JSON (at character {exc.pos})") from None
+        if not isinstance(record, dict):
+            raise RejectedEvent("json_invalid", f"the JSON event is a {type(record).__name__}, not an object")
+        for name, has_default, default in self._fields:
+            if name not in record and has_default:
+                record[name] = default
+        if not fastavro.validation.validate(record, self._parsed, raise_errors=False):
+            self._explain_json_mismatch(record)
+        return record
+
+    def _explain_json_mismatch(self, record: dict[str, Any]) -> None:
+        for name, _has_default, _default in self._fields:
+            if name not in record:
+                raise RejectedEvent("missing_field", f"required field '{name}' of {self.schema.fullname} is missing")
+            probe = self._field_probes.get(name)
+            if probe and not fastavro.validation.validate({"v": record[name]}, probe[0], raise_errors=False):
+                raise RejectedEvent("wrong_type", f"field '{name}' of {self.schema.fullname} does not hold "
+                                    f"a valid {probe[1]}")
+        raise RejectedEvent("wrong_type", f"the JSON event does not match {self.schema.fullname}")
+
+
+def decoded_for_json(record: Any) -> Any:
+    """Make a decoded record JSON-friendly for display (demo, decrypt output)."""
+    if isinstance(record, dict):
+        return {k: decoded_for_json(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [decoded_for_json(v) for v in record]
+    if isinstance(record, bytes):
+        return base64.b64encode(record).decode("ascii")
+    if isinstance(record, decimal.Decimal):
+        return str(record)
+    if isinstance(record, datetime.datetime | datetime.date | datetime.time):
+        return record.isoformat()
+    if isinstance(record, uuid.UUID):
+        return str(record)
+    return record

@@ -1,0 +1,110 @@
+"""Minimize, tokenize and encrypt: plain functions over a decoded record and a compiled plan.
+
+Each operator validated its options when the policy compiled; here they only transform. The
+sanitizer builds a new record holding only the fields the plan keeps, so dropping is the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import RejectedEvent
+from gateway.keys.envelope import DekCache, context_bytes, encrypt_field
+from gateway.keys.tokens import DomainTokenizer
+from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
+from gateway.schema import avro_bytes
+
+
+@dataclass
+class SanitizeResult:
+    record: dict[str, Any]
+    subject: str  # the subject as it appears in the sanitized record ("" if none)
+    dek_key_id: str | None  # DEK used, if any field was encrypted
+
+
+class RecordSanitizer:
+    """Sanitizes records of one plan. Tokenizers and the DEK cache are shared, built once."""
+
+    def __init__(self, plan: Plan, tokenizers: dict[str, DomainTokenizer], dek_cache: DekCache,
+                 max_field_bytes: int) -> None:
+        self.plan = plan
+        self.topic = plan.sanitized_topic
+        self._tokenizers = tokenizers
+        self._deks = dek_cache
+        self._max_field_bytes = max_field_bytes
+        self.token_key_ids = tuple(sorted(tokenizers[d].key_id for d in plan.token_domains))
+
+    def sanitize(self, record: dict[str, Any]) -> SanitizeResult:
+        subject = self._subject_of(record)
+        state = _EventState(subject)
+        out = self._record(record, self.plan.record, state)
+        return SanitizeResult(out, subject, state.dek_key_id)
+
+    def _subject_of(self, record: dict[str, Any]) -> str:
+        name = self.plan.subject_field
+        if name is None:
+            return ""
+        value = record.get(name)
+        if value is None:
+            return ""
+        if self.plan.subject_tokenized:
+            return self._tokenize(value, next(f for f in self.plan.record.fields if f.name == name))
+        return str(value)
+
+    def _record(self, record: dict[str, Any], plan: RecordPlan, state: _EventState) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fp in plan.fields:
+            value = record.get(fp.name)
+            if value is None:
+                out[fp.name] = None
+            elif fp.action == "keep":
+                out[fp.name] = self._keep(value, fp, state)
+            elif fp.action == "tokenize":
+                out[fp.name] = self._tokenize(value, fp)
+            else:
+                out[fp.name] = self._encrypt(value, fp, state)
+        return out
+
+    def _keep(self, value: Any, fp: FieldPlan, state: _EventState) -> Any:
+        if fp.shape is not None:
+            return self._walk(value, fp.shape, state)
+        if isinstance(value, str | bytes) and len(value) > self._max_field_bytes:
+            self._too_large(fp, len(value))
+        return value
+
+    def _walk(self, value: Any, shape: Shape, state: _EventState) -> Any:
+        if value is None:
+            return None
+        if shape.kind == "record":
+            assert shape.record is not None
+            return self._record(value, shape.record, state)
+        assert shape.inner is not None
+        if shape.kind == "array":
+            return [self._walk(item, shape.inner, state) for item in value]
+        return {key: self._walk(item, shape.inner, state) for key, item in value.items()}
+
+    def _tokenize(self, value: str, fp: FieldPlan) -> str:
+        if len(value) > self._max_field_bytes:
+            self._too_large(fp, len(value))
+        return self._tokenizers[fp.domain or ""].token(value)
+
+    def _encrypt(self, value: Any, fp: FieldPlan, state: _EventState) -> bytes:
+        plaintext = avro_bytes(fp.plaintext_schema, value)
+        if len(plaintext) > self._max_field_bytes:
+            self._too_large(fp, len(plaintext))
+        key = self._deks.current()
+        state.dek_key_id = key.key_id
+        return encrypt_field(key, plaintext, context_bytes(self.topic, fp.path, state.subject))
+
+    def _too_large(self, fp: FieldPlan, size: int) -> None:
+        raise RejectedEvent("field_too_large", f"field '{fp.path}' holds {size} bytes, above "
+                            f"max_field_bytes={self._max_field_bytes}")
+
+
+@dataclass
+class _EventState:
+    """Per-event facts the field operators share: the subject (for associated data) and the DEK used."""
+
+    subject: str
+    dek_key_id: str | None = None
