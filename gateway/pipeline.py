@@ -1,0 +1,200 @@
+"""One batch of raw events in, sanitized records, dead letters and audit events out.
+
+No Kafka here: the worker feeds batches and publishes what comes back, so unit tests can drive
+the whole decision path. Every input event yields exactly one of (sanitized record, dead letter)
+plus exactly one audit event, whatever the input holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from gateway.audit import ChainHeads, audit_partition, chain_key, seal_audit_event
+from gateway.config import GatewayConfig
+from gateway.deadletter import QuarantineSealer
+from gateway.errors import RejectedEvent
+from gateway.keys.envelope import DekCache
+from gateway.keys.keyring import Keyring
+from gateway.keys.tokens import DomainTokenizer
+from gateway.policy import Plan
+from gateway.schema import EventDecoder, avro_bytes, frame_confluent, json_bytes
+from gateway.transforms import RecordSanitizer
+
+log = logging.getLogger("gateway.pipeline")
+
+
+class RawEvent(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+class OutRecord(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None
+
+
+@dataclass
+class BatchResult:
+    records: list[OutRecord]
+    counts: Counter[tuple[str, str]]  # (source_topic, outcome) -> n
+
+
+def max_message_bytes(config: GatewayConfig) -> int:
+    """Producer limit: a sealed dead letter of a max-size event (base64 + JSON) must fit."""
+    return max(1_000_000, config.max_record_bytes * 3 // 2 + 65_536)
+
+
+class TopicStage:
+    """Everything compiled for one source topic: decoder, sanitizer, encoders, static audit parts."""
+
+    def __init__(self, plan: Plan, sanitizer: RecordSanitizer, config: GatewayConfig) -> None:
+        self.plan = plan
+        self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes)
+        self.sanitizer = sanitizer
+        self.headers = {
+            enc: [("gateway-schema", plan.sanitized_schema["name"].encode()),
+                  ("gateway-encoding", enc.encode()),
+                  ("gateway-policy", plan.policy_hash.encode())]
+            for enc in ("avro", "confluent", "json")
+        }
+
+    def encode(self, record: dict[str, Any], encoding: str) -> tuple[bytes, str]:
+        plan = self.plan
+        if plan.output != "same":
+            encoding = plan.output
+        if encoding == "json":
+            return json_bytes(record), "json"
+        payload = avro_bytes(plan.sanitized_parsed, record)
+        if encoding == "confluent":
+            assert plan.sanitized_schema_id is not None  # guaranteed by policy compilation
+            return frame_confluent(plan.sanitized_schema_id, payload), "confluent"
+        return payload, "avro"
+
+
+class Pipeline:
+    """Turns batches of raw events into output records. Holds the audit chain heads."""
+
+    def __init__(self, plans: Sequence[Plan], keyring: Keyring, config: GatewayConfig,
+                 audit_partitions: int) -> None:
+        self.config = config
+        self.audit_topic = config.audit_topic
+        self.audit_partitions = audit_partitions
+        self.instance = config.instance_id
+        keyring.ensure_token_domains({d for p in plans for d in p.token_domains})
+        tokenizers: dict[str, DomainTokenizer] = {}
+        for domain in sorted({d for p in plans for d in p.token_domains}):
+            version, keys = keyring.token_keys(domain)
+            tokenizers[domain] = DomainTokenizer(domain, version, keys[version])
+        self.dek_cache = DekCache(keyring, config.dek_max_age_s, config.dek_max_uses)
+        self.stages = {p.source_topic: TopicStage(p, RecordSanitizer(p, tokenizers, self.dek_cache,
+                                                                      config.max_field_bytes), config)
+                       for p in plans}
+        quarantine_id, quarantine_key = keyring.quarantine_key()
+        self.sealer = QuarantineSealer(quarantine_id, quarantine_key)
+        self.chains = ChainHeads()
+        self.max_output_bytes = max_message_bytes(config)
+
+    @property
+    def source_topics(self) -> list[str]:
+        return list(self.stages)
+
+    def process(self, events: Sequence[RawEvent]) -> BatchResult:
+        out: list[OutRecord] = []
+        counts: Counter[tuple[str, str]] = Counter()
+        now_ms = int(time.time() * 1000)
+        for event in events:
+            stage = self.stages[event.topic]
+            audit: dict[str, Any] = {
+                "type": "event",
+                "chain": chain_key(event.topic, event.partition),
+                "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                          "timestamp": event.timestamp_ms},
+                "schema": stage.plan.name,
+                "policy": stage.plan.policy_hash,
+                "instance": self.instance,
+                "time": now_ms,
+            }
+            try:
+                record, encoding = stage.decoder.decode(event.value)
+                result = stage.sanitizer.sanitize(record)
+                value, out_encoding = stage.encode(result.record, encoding)
+                if len(value) > self.max_output_bytes:
+                    raise RejectedEvent("output_too_large", f"the sanitized record is {len(value)} bytes, above "
+                                        f"the producer limit of {self.max_output_bytes}")
+            except RejectedEvent as rejected:
+                out.append(self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms))
+                audit.update(outcome=f"rejected:{rejected.reason}", output={"topic": stage.plan.dlq_topic},
+                             key_ids=[self.sealer.key_id])
+                counts[(event.topic, f"rejected:{rejected.reason}")] += 1
+            except Exception as exc:  # a bug must not stop the partition or leak the event
+                log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
+                          "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
+                message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
+                out.append(self._dead_letter(stage, event, "internal_error", message, now_ms))
+                audit.update(outcome="rejected:internal_error", output={"topic": stage.plan.dlq_topic},
+                             key_ids=[self.sealer.key_id])
+                counts[(event.topic, "rejected:internal_error")] += 1
+            else:
+                key = result.subject.encode() if result.subject else None
+                out.append(OutRecord(stage.plan.sanitized_topic, key, value, stage.headers[out_encoding]))
+                key_ids = list(stage.sanitizer.token_key_ids)
+                if result.dek_key_id:
+                    key_ids.append(result.dek_key_id)
+                event_id_field = stage.plan.event_id_field
+                if event_id_field and result.record.get(event_id_field) is not None:
+                    audit["event"]["event_id"] = result.record[event_id_field]
+                audit.update(outcome="sanitized", output={"topic": stage.plan.sanitized_topic},
+                             actions=stage.plan.field_actions, key_ids=key_ids)
+                counts[(event.topic, "sanitized")] += 1
+            out.append(self._audit_record(audit))
+        return BatchResult(out, counts)
+
+    def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
+                     now_ms: int) -> OutRecord:
+        body = {
+            "reason": reason,
+            "message": message,
+            "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                       "timestamp": event.timestamp_ms},
+            "schema": stage.plan.name,
+            "policy": stage.plan.policy_hash,
+            "sealed": self._sealed(event),
+            "instance": self.instance,
+            "time": now_ms,
+        }
+        return OutRecord(stage.plan.dlq_topic, None, orjson.dumps(body),
+                         [("gateway-reason", reason.encode())])
+
+    def _sealed(self, event: RawEvent) -> dict[str, Any] | None:
+        """The original event sealed, unless it exceeds max_record_bytes: then it stays at its source
+        coordinates only (sealing it could make a dead letter Kafka refuses, stopping the partition)."""
+        size = len(event.value or b"") + len(event.key or b"") + sum(len(v or b"") for _, v in event.headers or [])
+        if size > self.config.max_record_bytes:
+            return None
+        return self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers)
+
+    def _audit_record(self, body: dict[str, Any]) -> OutRecord:
+        key = body["chain"]
+        prev, restart = self.chains.next_prev(key)
+        if restart:
+            body["chain_restart"] = True
+            self.chains.restarted.discard(key)
+        sealed = seal_audit_event(body, prev)
+        self.chains.heads[key] = sealed["hash"]
+        return OutRecord(self.audit_topic, key.encode(), orjson.dumps(sealed), None,
+                         audit_partition(key, self.audit_partitions))
