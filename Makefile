@@ -1,0 +1,22 @@
+# The two set-up commands the README promises: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/gateway: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: $(BIN)/gateway  ## embedded broker + gateway + sample events, end to end
+	$(BIN)/gateway demo
+
+test: $(BIN)/gateway  ## the whole suite; integration tests start the embedded broker themselves
+	$(BIN)/ruff check gateway tests
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

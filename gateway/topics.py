@@ -1,0 +1,75 @@
+"""Kafka admin: make sure the topics a worker reads and writes exist, with sensible partitions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError, GatewayError
+from gateway.pipeline import max_message_bytes
+from gateway.policy import Plan
+
+log = logging.getLogger("gateway.topics")
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def partition_counts(admin: AdminClient, timeout: float = 15.0) -> dict[str, int]:
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise GatewayError(f"cannot reach Kafka to read topic metadata: {exc.args[0].str()}") from None
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+def create_topics(admin: AdminClient, wanted: dict[str, int], timeout: float = 30.0,
+                  configs: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Create the topics of `wanted` (name -> partitions) that do not exist; return those created."""
+    existing = partition_counts(admin)
+    missing = [NewTopic(name, num_partitions=n, replication_factor=-1, config=(configs or {}).get(name, {}))
+               for name, n in wanted.items() if name not in existing]
+    created: list[str] = []
+    if not missing:
+        return created
+    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise GatewayError(f"cannot create topic '{name}': {exc.args[0].str()}") from None
+    if created:
+        log.info("created topics", extra={"topics": sorted(created)})
+    return created
+
+
+def topics_for(plans: Sequence[Plan], config: GatewayConfig, existing: dict[str, int]) -> dict[str, int]:
+    """Every topic the worker needs, with the source topic's partition count for its outputs."""
+    wanted: dict[str, int] = {config.audit_topic: existing.get(config.audit_topic, config.partitions)}
+    for plan in plans:
+        n = existing.get(plan.source_topic, config.partitions)
+        for topic in (plan.source_topic, plan.sanitized_topic, plan.dlq_topic):
+            wanted.setdefault(topic, existing.get(topic, n))
+    return wanted
+
+
+def ensure_topics(plans: Sequence[Plan], config: GatewayConfig) -> dict[str, int]:
+    """Create missing topics (or fail naming them when create_topics is off); return partition counts."""
+    admin = admin_client(config.bootstrap)
+    existing = partition_counts(admin)
+    wanted = topics_for(plans, config, existing)
+    missing = sorted(t for t in wanted if t not in existing)
+    if missing and not config.create_topics:
+        raise ConfigError(f"setting 'create_topics' is off and these topics do not exist: {', '.join(missing)}")
+    if missing:
+        # dead letters carry the sealed original: allow them the producer's limit
+        limit = str(max_message_bytes(config))
+        configs = {p.dlq_topic: {"max.message.bytes": limit} for p in plans}
+        create_topics(admin, {t: wanted[t] for t in missing}, configs=configs)
+    return partition_counts(admin)
