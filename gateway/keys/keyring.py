@@ -107,7 +107,9 @@ class Keyring:
             if not create:
                 raise KeyringError(f"keyring '{path}' does not exist: point --keyring at the gateway's "
                                    "keyring file (the key holder gives it to authorized consumers)")
-            ring = cls(path, _VersionedKeys.fresh("kek-1"), {}, _VersionedKeys.fresh("quarantine-1"))
+            # ids are unique per keyring, so another keyring's key is "not held", never mistaken for it
+            ring = cls(path, _VersionedKeys.fresh(f"kek-{secrets.token_hex(6)}"), {},
+                       _VersionedKeys.fresh(f"quarantine-{secrets.token_hex(6)}"))
             if ring._write(exclusive=True):
                 return ring
         return cls._read(path)
@@ -194,8 +196,8 @@ class Keyring:
             return aead.decrypt(wrapped.blob[:12], wrapped.blob[12:],
                                 _WRAP_AAD + wrapped.kek_id.encode() + context)
         except InvalidTag:
-            raise DecryptError("tampered", f"wrapped DEK does not authenticate under KEK '{wrapped.kek_id}'") \
-                from None
+            raise DecryptError("tampered", f"the wrapped DEK does not authenticate under KEK '{wrapped.kek_id}': "
+                               "the ciphertext header was altered") from None
 
     # ---- token keys -----------------------------------------------------------------------
     def ensure_token_domains(self, domains: set[str]) -> None:

@@ -1,0 +1,163 @@
+"""Integration fixtures: one embedded broker per session (started through `gateway broker`),
+gateway workers as real subprocesses, unique topics per test module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from gateway.broker import free_port
+from gateway.consume import StoredRecord, read_topic
+from gateway.policy import Plan, load_plans
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "broker", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()  # the one line `gateway broker` prints when ready
+    assert f"broker listening on 127.0.0.1:{port}" in line, line
+    yield f"127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin, capture_output=True,
+                          timeout=timeout, env=ENV, cwd=REPO)
+
+
+@dataclass
+class Deployment:
+    """A schema directory with topics unique to one test module, plus its keyring and audit topic."""
+
+    bootstrap: str
+    root: Path
+    suffix: str
+    schemas: Path = field(init=False)
+    keyring: Path = field(init=False)
+    audit_topic: str = field(init=False)
+    group_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.schemas = self.root / "schemas"
+        self.schemas.mkdir()
+        self.keyring = self.root / "keyring.json"
+        self.audit_topic = f"privacy.audit.{self.suffix}"
+        self.group_id = f"gateway-{self.suffix}"
+        for source in sorted((REPO / "schemas").glob("*.avsc")):
+            schema = orjson.loads(source.read_bytes())
+            privacy = schema["privacy"]
+            privacy["source_topic"] += f".{self.suffix}"
+            privacy["sanitized_topic"] += f".{self.suffix}"
+            (self.schemas / source.name).write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
+        self.plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(self.schemas)}
+
+    @property
+    def payments(self) -> Plan:
+        return self.plans["Payment"]
+
+    @property
+    def clinical(self) -> Plan:
+        return self.plans["ClinicalVisit"]
+
+    def start_worker(self, instance: str, log_path: Path | None = None) -> WorkerProcess:
+        log_path = log_path or self.root / f"worker-{instance}.log"
+        handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas", str(self.schemas),
+             "--keyring", str(self.keyring), "--audit-topic", self.audit_topic, "--group-id", self.group_id,
+             "--instance-id", instance, "--partitions", "3", "--session-timeout-ms", "6000"],
+            stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
+        worker = WorkerProcess(proc, log_path, handle)
+        worker.wait_for_log('"msg":"partitions assigned"')
+        return worker
+
+    def produce(self, topic: str, values: list[bytes], partition: int = -1) -> None:
+        """Publish in order (to one partition when given, so order across them is kept)."""
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "message.max.bytes": 4_000_000,
+                             "enable.idempotence": True})
+        for value in values:
+            producer.produce(topic, value, partition=partition)
+        assert producer.flush(30) == 0
+
+    def read(self, topic: str) -> list[StoredRecord]:
+        return read_topic(self.bootstrap, topic)
+
+    def wait_for_audit(self, expected: int, timeout_s: float = 90.0) -> list[StoredRecord]:
+        deadline = time.monotonic() + timeout_s
+        records: list[StoredRecord] = []
+        while time.monotonic() < deadline:
+            if committed_count(self.bootstrap, self.audit_topic) >= expected:
+                records = self.read(self.audit_topic)
+                if len(records) >= expected:
+                    return records
+            time.sleep(0.3)
+        raise AssertionError(f"{len(records)} of {expected} audit events after {timeout_s}s")
+
+
+def committed_count(bootstrap: str, topic: str) -> int:
+    """Upper bound of records in `topic` (high watermarks; includes transaction markers)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    try:
+        topics = consumer.list_topics(topic, timeout=10).topics
+        if topic not in topics or topics[topic].error is not None:
+            return 0
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in topics[topic].partitions)
+    finally:
+        consumer.close()
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    handle: Any
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"'{needle}' not in worker log after {timeout_s}s:\n{self.log()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        finally:
+            self.handle.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def deployment(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    return Deployment(bootstrap, tmp_path_factory.mktemp("deployment"), uuid.uuid4().hex[:8])
