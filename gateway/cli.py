@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = policy.add_parser("show", help="print the compiled plan and the derived sanitized schema")
     p.add_argument("file", type=Path)
 
+    keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
+    p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain")
+    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
+    p.add_argument("--schemas", type=Path, default=None, help="schema directory (GATEWAY_SCHEMAS)")
+
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
     p.add_argument("--keyring", type=Path, default=None, help="keyring holding the KEK (GATEWAY_KEYRING)")
     p.add_argument("--schemas", type=Path, default=None, help="schema directory (GATEWAY_SCHEMAS)")
@@ -94,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(getattr(args, "log_level", None) or "INFO")
     try:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
-                   "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo}[args.command]
+                   "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys}[args.command]
         return handler(args)
     except GatewayError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
@@ -175,6 +180,22 @@ def cmd_policy(args: argparse.Namespace) -> int:
 def _schemas_dir(value: Path | None) -> Path:
     config = GatewayConfig.load({"schemas": value})
     return config.require_schemas_dir()
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.keys.keyring import Keyring
+    from gateway.policy import load_plans
+
+    config = GatewayConfig.load({"keyring": args.keyring, "schemas": args.schemas})
+    plans = load_plans(config.require_schemas_dir())
+    existed = config.keyring.exists()
+    keyring = Keyring.open(config.keyring, create=True)
+    domains = {d for p in plans for d in p.token_domains}
+    keyring.ensure_token_domains(domains)
+    state = "updated" if existed else "created"
+    print(f"keyring {config.keyring} {state}: KEK {keyring.active_key_id()}, token domains "
+          f"{', '.join(sorted(domains)) or '(none)'}")
+    return 0
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:

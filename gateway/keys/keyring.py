@@ -121,8 +121,9 @@ class Keyring:
             raw = path.read_bytes()
         except OSError as exc:
             raise KeyringError(f"cannot read keyring '{path}': {exc.strerror}") from None
-        if mode & 0o077:
-            raise KeyringError(f"keyring '{path}' is readable by group or others (mode {mode:o}); "
+        # group read is tolerated for Kubernetes Secret volumes with fsGroup (mode 0440)
+        if mode & 0o037:
+            raise KeyringError(f"keyring '{path}' is accessible to others or group-writable (mode {mode:o}); "
                                f"run: chmod 600 {path}")
         try:
             data = orjson.loads(raw)
@@ -209,7 +210,11 @@ class Keyring:
         self._token_domains.update(latest._token_domains)
         for domain in missing:
             self._token_domains.setdefault(domain, _VersionedKeys.fresh("1"))
-        self._write()
+        try:
+            self._write()
+        except OSError as exc:
+            raise KeyringError(f"keyring '{self.path}' lacks token domains {missing} and cannot be updated "
+                               f"({exc.strerror}); create it beforehand with: gateway keys init") from None
 
     def token_keys(self, domain: str) -> tuple[str, dict[str, bytes]]:
         """(active version, {version: key}) for a token domain."""
