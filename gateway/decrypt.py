@@ -29,7 +29,8 @@ class DecryptReport:
         return all(v == "decrypted" for v in self.fields.values())
 
 
-def decrypt_record(record: dict[str, Any], plan: Plan, decryptor: FieldDecryptor) -> tuple[dict[str, Any], DecryptReport]:
+def decrypt_record(record: dict[str, Any], plan: Plan,
+                   decryptor: FieldDecryptor) -> tuple[dict[str, Any], DecryptReport]:
     """Return a copy of `record` with encrypted fields opened, and a per-field report.
 
     A field that fails keeps its ciphertext (bytes) in the copy.

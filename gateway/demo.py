@@ -142,7 +142,7 @@ def run_demo(schemas: Path, per_schema: int) -> int:
     plans = load_plans(schemas)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     keyring_path = workdir / "keyring.json"
-    print(f"1. starting the embedded broker (Tansu) on 127.0.0.1 ... ", end="", flush=True)
+    print("1. starting the embedded broker (Tansu) on 127.0.0.1 ... ", end="", flush=True)
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         print(broker.bootstrap)
         config = GatewayConfig(bootstrap=broker.bootstrap, schemas=schemas, keyring=keyring_path,

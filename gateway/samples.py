@@ -49,7 +49,8 @@ class SampleEvents:
             "email": CANARIES["email"] if canary else email,
             "customer_name": CANARIES["name"] if canary else name,
             "card_number": CANARIES["card"] if canary else card,
-            "card_expiry": None if self.rng.random() < 0.2 else f"{self.rng.randint(1, 12):02d}/2{self.rng.randint(7, 9)}",
+            "card_expiry": (None if self.rng.random() < 0.2
+                            else f"{self.rng.randint(1, 12):02d}/2{self.rng.randint(7, 9)}"),
             "ip_address": CANARIES["ip"] if canary else f"198.51.100.{self.rng.randint(1, 254)}",
             "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
             "amount_minor": self.rng.randint(100, 250_000),
