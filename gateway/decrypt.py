@@ -79,9 +79,11 @@ class _Walker:
             plaintext = self.decryptor.decrypt(data, context_bytes(self.topic, fp.path, self.subject))
             result = fastavro.schemaless_reader(io.BytesIO(plaintext), fp.plaintext_schema, None)
         except DecryptError as exc:
-            self.report.fields[fp.path] = f"{exc.reason}: {exc.message}"
+            # inside arrays one path has many values: keep the first failure, never overwrite it
+            if self.report.fields.get(fp.path, "decrypted") == "decrypted":
+                self.report.fields[fp.path] = f"{exc.reason}: {exc.message}"
             return value
-        self.report.fields[fp.path] = "decrypted"
+        self.report.fields.setdefault(fp.path, "decrypted")
         return result
 
 

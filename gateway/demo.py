@@ -7,7 +7,6 @@ authorized consumer can decrypt, then stops everything it started.
 from __future__ import annotations
 
 import base64
-import datetime
 import os
 import shutil
 import subprocess
@@ -92,8 +91,6 @@ def _display(value: Any) -> Any:
         except DecryptError:
             return f"<{len(value)} bytes>"
         return f"<encrypted {len(value)}B key {parsed.kek_id}/{parsed.dek_id.hex()[:8]}>"
-    if isinstance(value, datetime.datetime):
-        return int(value.timestamp() * 1000)
     return value
 
 

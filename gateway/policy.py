@@ -22,7 +22,14 @@ import orjson
 from fastavro.schema import expand_schema
 
 from gateway.errors import PolicyError
-from gateway.schema import ENCODINGS, INPUT_MODES, SchemaFile, iter_schema_files, load_schema_file
+from gateway.schema import (
+    ENCODINGS,
+    INPUT_MODES,
+    SchemaFile,
+    iter_schema_files,
+    load_schema_file,
+    strip_logical_types,
+)
 
 ACTIONS = ("keep", "drop", "tokenize", "encrypt")
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
@@ -114,7 +121,7 @@ class _Compiler:
         self.domains: set[str] = set()
         self.actions: dict[str, str] = {}
         self.emitted_names: set[str] = set()
-        self.record_plans: dict[str, RecordPlan] = {}
+        self.in_progress: set[str] = set()
         self.expanded = expand_schema(schema.raw)
 
     def error(self, where: str, message: str) -> None:
@@ -125,12 +132,14 @@ class _Compiler:
 
     # Each walk returns (plan piece, sanitized schema piece).
     def record(self, node: dict[str, Any], path: str) -> tuple[RecordPlan, Any]:
+        """Compile a record at `path`. A named type used twice gets a plan per use (its field paths
+        bind ciphertexts), but is defined once in the sanitized schema and referenced after."""
         fullname = node["name"]
         new_name = _sanitized_name(fullname)
-        if fullname in self.record_plans:  # a named type used again: reference it
-            return self.record_plans[fullname], new_name
-        placeholder = RecordPlan(fullname, (), ())
-        self.record_plans[fullname] = placeholder  # recursion guard
+        if fullname in self.in_progress:
+            self.error(path.rstrip(".") or "(record)", f"recursive record type '{fullname}' is not supported")
+            return RecordPlan(fullname, (), ()), new_name
+        self.in_progress.add(fullname)
         plans: list[FieldPlan] = []
         dropped: list[str] = []
         out_fields: list[dict[str, Any]] = []
@@ -143,8 +152,11 @@ class _Compiler:
             plan, out_field = compiled
             plans.append(plan)
             out_fields.append(out_field)
+        self.in_progress.discard(fullname)
         plan = RecordPlan(fullname, tuple(plans), tuple(dropped))
-        self.record_plans[fullname] = plan
+        if fullname in self.emitted_names:
+            return plan, new_name
+        self.emitted_names.add(fullname)
         out = {"type": "record", "name": new_name, "fields": out_fields}
         if node.get("doc"):
             out["doc"] = node["doc"]
@@ -199,7 +211,7 @@ class _Compiler:
             self.error(path, f"unknown encrypt options {sorted(set(options) - {'per_subject'})}")
             return None
         try:
-            plaintext_schema = fastavro.parse_schema(self._expanded_inner(path))
+            plaintext_schema = fastavro.parse_schema(strip_logical_types(self._expanded_inner(path)))
         except Exception as exc:
             self.error(path, f"cannot build the plaintext schema for encryption ({exc})")
             return None
@@ -302,7 +314,12 @@ def _split_nullable(ftype: Any) -> tuple[bool, Any]:
 def _strip_containers(node: Any) -> Any:
     while True:
         _, node = _split_nullable(node)
-        if isinstance(node, dict) and node.get("type") == "array":
+        if isinstance(node, list):  # a union: descend into its (single) record branch
+            records = [t for t in node if isinstance(t, dict) and t.get("type") == "record"]
+            if len(records) != 1:
+                return node
+            node = records[0]
+        elif isinstance(node, dict) and node.get("type") == "array":
             node = node["items"]
         elif isinstance(node, dict) and node.get("type") == "map":
             node = node["values"]
@@ -407,7 +424,8 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
     if any(p.severity == "error" for p in c.problems):
         return None, c.problems
     try:
-        sanitized_parsed = fastavro.parse_schema(sanitized)
+        fastavro.parse_schema(sanitized)  # the published form must be valid Avro
+        sanitized_parsed = fastavro.parse_schema(strip_logical_types(sanitized))
     except Exception as exc:
         c.error("(record)", f"the derived sanitized schema is not valid Avro ({exc})")
         return None, c.problems

@@ -66,6 +66,19 @@ def iter_schema_files(directory: Path) -> Iterator[Path]:
     yield from sorted(Path(directory).glob("*.avsc"))
 
 
+def strip_logical_types(schema: Any) -> Any:
+    """The schema without logicalType annotations: same binary encoding, values in their base types.
+
+    The gateway decodes and encodes with this form so a timestamp is the same long whether the
+    event arrived as Avro or JSON; the published sanitized schema keeps the logical types.
+    """
+    if isinstance(schema, dict):
+        return {k: strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [strip_logical_types(v) for v in schema]
+    return schema
+
+
 def frame_confluent(schema_id: int, payload: bytes) -> bytes:
     return struct.pack(">bI", MAGIC_BYTE, schema_id) + payload
 
@@ -111,7 +124,7 @@ class EventDecoder:
         self.input_mode = input_mode
         self.schema_id = schema_id
         self.max_record_bytes = max_record_bytes
-        self._parsed = schema.parsed
+        self._parsed = fastavro.parse_schema(strip_logical_types(schema.raw))
         self._fields = [(f["name"], "default" in f, f.get("default")) for f in schema.raw["fields"]]
         self._field_probes = self._build_field_probes(schema)
 
@@ -119,7 +132,7 @@ class EventDecoder:
     def _build_field_probes(schema: SchemaFile) -> dict[str, tuple[dict[str, Any], str]]:
         """One-field schemas used only to name the failing field of an invalid JSON event."""
         probes: dict[str, tuple[dict[str, Any], str]] = {}
-        for field in expand_schema(schema.raw)["fields"]:
+        for field in expand_schema(strip_logical_types(schema.raw))["fields"]:
             probe = {"type": "record", "name": "probe", "fields": [{"name": "v", "type": field["type"]}]}
             try:
                 probes[field["name"]] = (fastavro.parse_schema(probe), _avro_type_name(field["type"]))
@@ -140,7 +153,7 @@ class EventDecoder:
         if mode == "json":
             return self._decode_json(value), "json"
         if mode == "confluent":
-            return self._decode_confluent(value), "confluent"
+            return self._decode_confluent(value)
         try:
             return self._decode_avro(value, "bare Avro"), "avro"
         except RejectedEvent:
@@ -161,22 +174,26 @@ class EventDecoder:
             return "confluent"
         return "avro"
 
-    def _decode_confluent(self, value: bytes) -> dict[str, Any]:
+    def _decode_confluent(self, value: bytes) -> tuple[dict[str, Any], str]:
         if len(value) < 5:
             raise RejectedEvent("bad_framing", f"Confluent wire format needs 5 header bytes, got {len(value)}")
         magic, schema_id = struct.unpack(">bI", value[:5])
         if magic != MAGIC_BYTE:
             raise RejectedEvent("bad_magic_byte", f"magic byte is {magic}, expected {MAGIC_BYTE} "
                                 "(Confluent wire format)")
-        if schema_id != self.schema_id:
-            if self.input_mode == "auto":
-                try:  # bare Avro may start with 0x00 as well: accept it if it decodes cleanly
-                    return self._decode_avro(value, "bare Avro")
-                except RejectedEvent:
-                    pass
-            raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
-                                f"{self.schema.fullname} (expected {self.schema_id})")
-        return self._decode_avro(value[5:], "Avro after the Confluent header")
+        try:
+            if schema_id != self.schema_id:
+                raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
+                                    f"{self.schema.fullname} (expected {self.schema_id})")
+            return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent"
+        except RejectedEvent:
+            if self.input_mode != "auto":
+                raise
+            try:  # in auto mode, bare Avro may start with 0x00 too: accept it if it decodes cleanly
+                return self._decode_avro(value, "bare Avro"), "avro"
+            except RejectedEvent:
+                pass
+            raise
 
     def _decode_avro(self, payload: bytes, what: str) -> dict[str, Any]:
         buffer = io.BytesIO(payload)

@@ -68,25 +68,35 @@ class RecordSanitizer:
 
     def _keep(self, value: Any, fp: FieldPlan, state: _EventState) -> Any:
         if fp.shape is not None:
-            return self._walk(value, fp.shape, state)
-        if isinstance(value, str | bytes) and len(value) > self._max_field_bytes:
-            self._too_large(fp, len(value))
+            return self._walk(value, fp.shape, fp, state)
+        self._check_size(value, fp)
         return value
 
-    def _walk(self, value: Any, shape: Shape, state: _EventState) -> Any:
-        if value is None:
-            return None
-        if shape.kind == "record":
+    def _walk(self, value: Any, shape: Shape, fp: FieldPlan, state: _EventState) -> Any:
+        """Descend into records inside a kept value; a union's other branches pass through."""
+        if shape.kind == "record" and isinstance(value, dict):
             assert shape.record is not None
             return self._record(value, shape.record, state)
-        assert shape.inner is not None
-        if shape.kind == "array":
-            return [self._walk(item, shape.inner, state) for item in value]
-        return {key: self._walk(item, shape.inner, state) for key, item in value.items()}
+        if shape.kind == "array" and isinstance(value, list):
+            assert shape.inner is not None
+            return [self._walk(item, shape.inner, fp, state) for item in value]
+        if shape.kind == "map" and isinstance(value, dict):
+            assert shape.inner is not None
+            return {key: self._walk(item, shape.inner, fp, state) for key, item in value.items()}
+        self._check_size(value, fp)
+        return value
+
+    def _check_size(self, value: Any, fp: FieldPlan) -> None:
+        # a str has at most 4 UTF-8 bytes per character: encode only when it could be too large
+        if isinstance(value, str) and len(value) * 4 > self._max_field_bytes:
+            size = len(value.encode("utf-8"))
+            if size > self._max_field_bytes:
+                self._too_large(fp, size)
+        elif isinstance(value, bytes) and len(value) > self._max_field_bytes:
+            self._too_large(fp, len(value))
 
     def _tokenize(self, value: str, fp: FieldPlan) -> str:
-        if len(value) > self._max_field_bytes:
-            self._too_large(fp, len(value))
+        self._check_size(value, fp)
         return self._tokenizers[fp.domain or ""].token(value)
 
     def _encrypt(self, value: Any, fp: FieldPlan, state: _EventState) -> bytes:

@@ -27,6 +27,7 @@ from gateway.keys.kms import KmsProvider, WrappedKey
 FORMAT_V1 = 1
 NONCE_BYTES = 12
 DEK_ID_BYTES = 16
+MIN_WRAPPED_BYTES = 16  # any KMS's wrapped 32-byte key is longer: shorter is corrupt
 _DEK_CONTEXT = b"privacy-gateway/field-dek"
 
 
@@ -130,7 +131,8 @@ def parse_ciphertext(data: bytes) -> ParsedCiphertext:
         body = data[pos + NONCE_BYTES:]
     except (IndexError, struct.error, UnicodeDecodeError):
         raise DecryptError("malformed", "ciphertext is truncated or not in the gateway's format") from None
-    if len(dek_id) != DEK_ID_BYTES or len(wrapped) != wrapped_len or len(nonce) != NONCE_BYTES or len(body) < 16:
+    if (len(dek_id) != DEK_ID_BYTES or wrapped_len < MIN_WRAPPED_BYTES or len(wrapped) != wrapped_len
+            or len(nonce) != NONCE_BYTES or len(body) < 16):
         raise DecryptError("malformed", "ciphertext is truncated or not in the gateway's format")
     return ParsedCiphertext(kek_id, dek_id, wrapped, header, nonce, body)
 

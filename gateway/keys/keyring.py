@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,8 @@ class Keyring:
 
     def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
         aead = self._kek_aead(wrapped.kek_id)
+        if len(wrapped.blob) < 12 + 16 + 32:
+            raise DecryptError("malformed", "the wrapped DEK is too short for the local keyring's format")
         try:
             return aead.decrypt(wrapped.blob[:12], wrapped.blob[12:],
                                 _WRAP_AAD + wrapped.kek_id.encode() + context)
@@ -206,15 +210,27 @@ class Keyring:
         missing = sorted(d for d in domains if d not in self._token_domains)
         if not missing:
             return
-        latest = self._read(self.path) if self.path.exists() else self
-        self._token_domains.update(latest._token_domains)
-        for domain in missing:
-            self._token_domains.setdefault(domain, _VersionedKeys.fresh("1"))
         try:
-            self._write()
+            with self._locked():  # several workers may start at once: one writer, all read its keys
+                latest = self._read(self.path) if self.path.exists() else self
+                self._token_domains.update(latest._token_domains)
+                for domain in missing:
+                    self._token_domains.setdefault(domain, _VersionedKeys.fresh("1"))
+                self._write()
         except OSError as exc:
             raise KeyringError(f"keyring '{self.path}' lacks token domains {missing} and cannot be updated "
                                f"({exc.strerror}); create it beforehand with: gateway keys init") from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def token_keys(self, domain: str) -> tuple[str, dict[str, bytes]]:
         """(active version, {version: key}) for a token domain."""
