@@ -1,0 +1,60 @@
+"""Shared fixtures for the unit tests: the example plans, a fresh keyring and a pipeline per test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.keys.keyring import Keyring
+from gateway.pipeline import Pipeline
+from gateway.policy import Plan, compile_plan
+from gateway.schema import load_schema_file
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+@pytest.fixture(scope="session")
+def schemas_dir() -> Path:
+    return SCHEMAS
+
+
+@pytest.fixture(scope="session")
+def payments_plan() -> Plan:
+    return compile_plan(load_schema_file(SCHEMAS / "payments.avsc"))
+
+
+@pytest.fixture(scope="session")
+def clinical_plan() -> Plan:
+    return compile_plan(load_schema_file(SCHEMAS / "clinical_visits.avsc"))
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Keyring:
+    return Keyring.open(tmp_path / "k.json")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> GatewayConfig:
+    return GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test")
+
+
+@pytest.fixture
+def pipeline(payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, config: GatewayConfig) -> Pipeline:
+    return Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+
+
+@pytest.fixture
+def write_schema(tmp_path: Path) -> Callable[..., Path]:
+    """Write a schema dict to tmp_path/<name> and return the path."""
+
+    def write(schema: dict[str, Any], name: str = "s.avsc") -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(schema))
+        return path
+
+    return write

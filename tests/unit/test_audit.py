@@ -1,0 +1,186 @@
+"""Audit hash chains: sealing, verification, breaks, restarts and partition assignment."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.audit import GENESIS, ChainHeads, audit_partition, chain_key, event_hash, seal_audit_event, verify_chains
+
+
+def _body(chain: str, n: int) -> dict[str, Any]:
+    topic, _, partition = chain.rpartition(":")
+    return {"type": "event", "chain": chain,
+            "event": {"topic": topic, "partition": int(partition), "offset": n, "timestamp": 1_700_000_000_000 + n},
+            "schema": "example.payments.Payment", "policy": "sha256:abc", "instance": "unit",
+            "time": 1_700_000_000_000, "outcome": "sanitized", "key_ids": ["token:customer/v1"],
+            "actions": {"email": "tokenize:customer"}}
+
+
+def _chain(chain: str, count: int, prev: str = GENESIS) -> list[dict[str, Any]]:
+    events = []
+    for n in range(count):
+        sealed = seal_audit_event(_body(chain, n), prev)
+        prev = sealed["hash"]
+        events.append(sealed)
+    return events
+
+
+def _records(events: list[dict[str, Any]], partition: int = 0) -> list[tuple[int, int, bytes]]:
+    return [(partition, offset, orjson.dumps(e)) for offset, e in enumerate(events)]
+
+
+def _interleaved() -> list[tuple[int, int, bytes]]:
+    a, b = _chain("payments.raw:0", 5), _chain("payments.raw:1", 5)
+    mixed = [e for pair in zip(a, b, strict=True) for e in pair]
+    return _records(mixed, partition=2)
+
+
+def test_seal_sets_prev_and_hash() -> None:
+    sealed = seal_audit_event(_body("t:0", 0), GENESIS)
+    assert sealed["prev_hash"] == GENESIS
+    without_hash = {k: v for k, v in sealed.items() if k != "hash"}
+    assert sealed["hash"] == event_hash(without_hash)
+    assert len(sealed["hash"]) == 64
+
+
+def test_event_hash_ignores_key_order() -> None:
+    body = _body("t:0", 1)
+    assert event_hash(body) == event_hash(dict(reversed(list(body.items()))))
+
+
+def test_valid_chains_verify() -> None:
+    report = verify_chains(_interleaved())
+    assert report.ok
+    assert report.breaks == []
+    assert report.restarts == []
+    assert report.chains == 2
+    assert report.events == 10
+
+
+def test_chains_across_audit_partitions_verify() -> None:
+    records = _records(_chain("a:0", 3), partition=0) + _records(_chain("b:0", 4), partition=1)
+    report = verify_chains(records)
+    assert report.ok
+    assert (report.chains, report.events) == (2, 7)
+
+
+def _alterations() -> list[tuple[str, Any]]:
+    return [("type", "other"), ("event.offset", 999), ("event.topic", "x"), ("schema", "S"),
+            ("policy", "sha256:def"), ("instance", "evil"), ("time", 1), ("outcome", "rejected:x"),
+            ("key_ids", []), ("actions", {"email": "keep"}), ("prev_hash", "1" * 64), ("hash", "2" * 64),
+            ("chain", "payments.raw:9"), ("extra", "added")]
+
+
+@pytest.mark.parametrize("field,value", _alterations())
+@pytest.mark.parametrize("position", [0, 2, 4])
+def test_altering_any_field_breaks_the_chain(field: str, value: Any, position: int) -> None:
+    events = _chain("payments.raw:0", 5)
+    altered = copy.deepcopy(events)
+    target = altered[position]
+    if "." in field:
+        outer, inner = field.split(".")
+        target[outer][inner] = value
+    else:
+        target[field] = value
+    report = verify_chains(_records(altered))
+    assert not report.ok
+    # the break names the chain; an altered "chain" field can only be named as the chain it now claims
+    named = {"payments.raw:0", value} if field == "chain" else {"payments.raw:0"}
+    assert any(b.startswith(tuple(f"chain {n}: audit partition 0 offset {position}:" for n in named))
+               for b in report.breaks), report.breaks
+
+
+def test_altered_event_reports_the_right_position_and_chain() -> None:
+    records = _interleaved()
+    body = orjson.loads(records[4][2])
+    body["outcome"] = "rejected:forged"
+    records[4] = (records[4][0], records[4][1], orjson.dumps(body))
+    report = verify_chains(records)
+    assert report.breaks == [f"chain {body['chain']}: audit partition 2 offset 4: content does not match its hash "
+                             "(altered)"]
+
+
+@pytest.mark.parametrize("position", [0, 1, 3])
+def test_removing_an_event_breaks_the_chain(position: int) -> None:
+    events = _chain("payments.raw:0", 5)
+    del events[position]
+    report = verify_chains(_records(events))
+    assert len(report.breaks) == 1
+    assert report.breaks[0].startswith("chain payments.raw:0:")
+    assert "prev_hash does not match" in report.breaks[0]
+
+
+def test_removing_from_one_chain_leaves_the_other_intact() -> None:
+    records = _interleaved()
+    del records[2]  # the second event of payments.raw:0
+    report = verify_chains(records)
+    assert len(report.breaks) == 1
+    assert report.breaks[0].startswith("chain payments.raw:0:")
+
+
+def test_reordering_events_breaks_the_chain() -> None:
+    events = _chain("t:0", 4)
+    events[1], events[2] = events[2], events[1]
+    assert not verify_chains(_records(events)).ok
+
+
+def test_restart_marker_is_reported_not_a_break() -> None:
+    before = _chain("payments.raw:0", 3)
+    restart = seal_audit_event(dict(_body("payments.raw:0", 3), chain_restart=True), GENESIS)
+    after = _chain("payments.raw:0", 2, prev=restart["hash"])
+    report = verify_chains(_records(before + [restart] + after))
+    assert report.ok, report.breaks
+    assert len(report.restarts) == 1
+    assert report.restarts[0].startswith("chain payments.raw:0: audit partition 0 offset 3")
+    assert report.events == 6
+    assert report.chains == 1
+
+
+def test_genesis_without_restart_marker_is_a_break() -> None:
+    before = _chain("payments.raw:0", 3)
+    forged = seal_audit_event(_body("payments.raw:0", 3), GENESIS)
+    report = verify_chains(_records(before + [forged]))
+    assert not report.ok
+    assert report.restarts == []
+
+
+def test_restart_marker_cannot_point_elsewhere() -> None:
+    before = _chain("payments.raw:0", 3)
+    bogus = seal_audit_event(dict(_body("payments.raw:0", 3), chain_restart=True), "3" * 64)
+    assert not verify_chains(_records(before + [bogus])).ok
+
+
+@pytest.mark.parametrize("value", [b"not json", b"[1, 2]", b'{"no": "chain"}', b'{"chain": "x"}', b"7"])
+def test_foreign_records_are_breaks(value: bytes) -> None:
+    records = _records(_chain("t:0", 2)) + [(0, 2, value)]
+    report = verify_chains(records)
+    assert report.breaks == ["audit partition 0 offset 2: not an audit event of this gateway"]
+
+
+def test_chain_key_and_deterministic_partition() -> None:
+    assert chain_key("payments.raw", 4) == "payments.raw:4"
+    # fixed values: the assignment must be stable across processes and releases (crc32, not hash())
+    assert audit_partition("payments.raw:0", 3) == 0
+    assert audit_partition("payments.raw:1", 3) == 2
+    assert audit_partition("payments.raw:0", 12) == 6
+    assert audit_partition("clinical.visits.raw:0", 12) == 9
+    keys = [chain_key("payments.raw", p) for p in range(60)]
+    assert [audit_partition(k, 7) for k in keys] == [audit_partition(k, 7) for k in keys]
+    assert {audit_partition(k, 7) for k in keys} == set(range(7))
+
+
+def test_chain_heads() -> None:
+    heads = ChainHeads()
+    assert heads.next_prev("a:0") == (GENESIS, False)
+    heads.restarted.add("b:0")
+    assert heads.next_prev("b:0") == (GENESIS, True)
+    heads.heads["a:0"] = "f" * 64
+    assert heads.next_prev("a:0") == ("f" * 64, False)
+    snap = heads.snapshot()
+    heads.heads["a:0"] = "e" * 64
+    heads.restore(snap)
+    assert heads.next_prev("a:0") == ("f" * 64, False)

@@ -1,0 +1,310 @@
+"""Pipeline.process: one outcome and one chained audit event per input, and no PII anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+import pytest
+
+from gateway.audit import GENESIS, audit_partition, verify_chains
+from gateway.config import GatewayConfig
+from gateway.deadletter import QuarantineSealer
+from gateway.decrypt import decrypt_record
+from gateway.keys.envelope import FieldDecryptor
+from gateway.keys.keyring import Keyring
+from gateway.pipeline import OutRecord, Pipeline, RawEvent
+from gateway.policy import Plan, compile_plan
+from gateway.samples import CANARIES, SampleEvents, broken_payment_events
+from gateway.schema import MAGIC_BYTE, avro_bytes, frame_confluent, load_schema_file
+
+PAY, CLIN = "payments.raw", "clinical.visits.raw"
+AUDIT = "privacy.audit"
+
+
+class _Batch:
+    """Raw events plus what each one should become."""
+
+    def __init__(self) -> None:
+        self.events: list[RawEvent] = []
+        self.expected: list[str] = []  # "sanitized" or "rejected:<reason>"
+        self.offsets: Counter[tuple[str, int]] = Counter()
+
+    def add(self, topic: str, partition: int, value: bytes, expected: str, key: bytes | None = None,
+            headers: list[tuple[str, bytes]] | None = None) -> None:
+        offset = self.offsets[(topic, partition)]
+        self.offsets[(topic, partition)] += 1
+        self.events.append(RawEvent(topic, partition, offset, 1_790_000_000_000 + offset, key, value, headers))
+        self.expected.append(expected)
+
+
+def _mixed_batch(payments_plan: Plan, clinical_plan: Plan) -> _Batch:
+    samples = SampleEvents(seed=42)
+    batch = _Batch()
+    pay_schema, clin_schema = payments_plan.schema.parsed, clinical_plan.schema.parsed
+    for i in range(4):
+        payment = samples.payment(canary=i % 2 == 0)
+        bare = avro_bytes(pay_schema, payment)
+        headers = [("trace-user", CANARIES["email"].encode())]
+        batch.add(PAY, i % 2, frame_confluent(1, bare), "sanitized", key=payment["user_id"].encode(),
+                  headers=headers)
+        batch.add(PAY, i % 2, bare, "sanitized", key=payment["user_id"].encode())
+        batch.add(PAY, i % 2, orjson.dumps(payment), "sanitized")
+        visit = samples.clinical_visit(canary=i % 2 == 1)
+        batch.add(CLIN, i % 3, avro_bytes(clin_schema, visit), "sanitized", key=visit["patient_id"].encode())
+        batch.add(CLIN, i % 3, orjson.dumps(visit), "sanitized")
+    valid = samples.payment(canary=True)
+    for reason, data in broken_payment_events(valid, 1, lambda r: avro_bytes(pay_schema, r)):
+        batch.add(PAY, 2, data, f"rejected:{reason}", key=CANARIES["card"].encode(),
+                  headers=[("x-card", CANARIES["card"].encode())])
+    return batch
+
+
+@pytest.fixture
+def batch(payments_plan: Plan, clinical_plan: Plan) -> _Batch:
+    return _mixed_batch(payments_plan, clinical_plan)
+
+
+def _split(records: list[OutRecord]) -> tuple[list[OutRecord], list[OutRecord], list[OutRecord]]:
+    sanitized = [r for r in records if r.topic.endswith(".sanitized")]
+    dlq = [r for r in records if r.topic.endswith(".dlq")]
+    audit = [r for r in records if r.topic == AUDIT]
+    assert len(sanitized) + len(dlq) + len(audit) == len(records)
+    return sanitized, dlq, audit
+
+
+def _audit_log(audit: list[OutRecord]) -> list[tuple[int, int, bytes]]:
+    """Assign offsets per audit partition in publish order, as Kafka would."""
+    offsets: Counter[int] = Counter()
+    out = []
+    for record in audit:
+        assert record.partition is not None
+        out.append((record.partition, offsets[record.partition], record.value))
+        offsets[record.partition] += 1
+    return out
+
+
+def _all_bytes(record: OutRecord) -> list[bytes]:
+    parts = [record.value, record.key or b"", record.topic.encode()]
+    for name, value in record.headers or []:
+        parts += [name.encode(), value]
+    return parts
+
+
+def test_one_outcome_and_one_audit_event_per_input(pipeline: Pipeline, batch: _Batch) -> None:
+    result = pipeline.process(batch.events)
+    sanitized, dlq, audit = _split(result.records)
+    assert len(sanitized) + len(dlq) == len(batch.events)
+    assert len(audit) == len(batch.events)
+    assert len(sanitized) == batch.expected.count("sanitized")
+    assert len(dlq) == len(batch.events) - batch.expected.count("sanitized")
+    # per event: its outcome record, then its audit record
+    assert len(result.records) == 2 * len(batch.events)
+    for i, event in enumerate(batch.events):
+        outcome, audit_record = result.records[2 * i], result.records[2 * i + 1]
+        body = orjson.loads(audit_record.value)
+        assert audit_record.topic == AUDIT
+        assert body["event"]["topic"] == event.topic
+        assert (body["event"]["partition"], body["event"]["offset"]) == (event.partition, event.offset)
+        assert body["outcome"] == batch.expected[i], i
+        assert body["output"]["topic"] == outcome.topic
+        if batch.expected[i] == "sanitized":
+            assert outcome.topic == pipeline.stages[event.topic].plan.sanitized_topic
+        else:
+            dead = orjson.loads(outcome.value)
+            assert outcome.topic == f"{event.topic}.dlq"
+            assert f"rejected:{dead['reason']}" == batch.expected[i]
+            assert dict(outcome.headers or [])["gateway-reason"] == dead["reason"].encode()
+            assert dead["source"]["offset"] == event.offset
+            assert dead["message"]
+
+
+def test_counts_match(pipeline: Pipeline, batch: _Batch) -> None:
+    result = pipeline.process(batch.events)
+    expected = Counter((e.topic, outcome) for e, outcome in zip(batch.events, batch.expected, strict=True))
+    assert result.counts == expected
+    assert sum(result.counts.values()) == len(batch.events)
+    assert result.counts[(PAY, "rejected:json_invalid")] == 2
+    assert result.counts[(CLIN, "sanitized")] == 8
+
+
+def test_audit_chain_verifies(pipeline: Pipeline, batch: _Batch) -> None:
+    result = pipeline.process(batch.events)
+    _, _, audit = _split(result.records)
+    for record in audit:
+        assert record.partition == audit_partition(record.key.decode(), 3)  # type: ignore[union-attr]
+    report = verify_chains(_audit_log(audit))
+    assert report.ok, report.breaks
+    assert report.events == len(batch.events)
+    assert report.chains == len({(e.topic, e.partition) for e in batch.events})
+    assert report.restarts == []
+
+
+def test_audit_chain_continues_across_batches(pipeline: Pipeline, batch: _Batch) -> None:
+    half = len(batch.events) // 2
+    first = pipeline.process(batch.events[:half])
+    second = pipeline.process(batch.events[half:])
+    audit = _split(first.records)[2] + _split(second.records)[2]
+    report = verify_chains(_audit_log(audit))
+    assert report.ok, report.breaks
+    assert report.events == len(batch.events)
+    # dropping the whole first batch breaks every chain that continued into the second
+    continued = {f"{e.topic}:{e.partition}" for e in batch.events[:half]} & \
+                {f"{e.topic}:{e.partition}" for e in batch.events[half:]}
+    broken = verify_chains(_audit_log(_split(second.records)[2]))
+    assert len(broken.breaks) == len(continued) > 0
+
+
+def test_restarted_chain_is_marked(pipeline: Pipeline, batch: _Batch) -> None:
+    before = pipeline.process(batch.events[:3])
+    pipeline.chains.restore({})
+    pipeline.chains.restarted.add(f"{PAY}:0")
+    later = next(e for e in batch.events[3:] if (e.topic, e.partition) == (PAY, 0))
+    after = pipeline.process([later])
+    restart_body = orjson.loads(_split(after.records)[2][0].value)
+    assert restart_body["chain_restart"] is True
+    assert restart_body["prev_hash"] == GENESIS
+    assert pipeline.chains.restarted == set()
+    report = verify_chains(_audit_log(_split(before.records)[2] + _split(after.records)[2]))
+    assert report.ok, report.breaks
+    assert len(report.restarts) == 1
+
+
+def test_no_canary_in_any_output(pipeline: Pipeline, batch: _Batch) -> None:
+    result = pipeline.process(batch.events)
+    inputs = b"".join(e.value or b"" for e in batch.events)
+    for canary in CANARIES.values():
+        assert canary.encode() in inputs  # the corpus does carry them
+    for record in result.records:
+        for part in _all_bytes(record):
+            for canary in CANARIES.values():
+                assert canary.encode() not in part, (record.topic, canary)
+
+
+def test_audit_events_carry_no_values(pipeline: Pipeline, batch: _Batch) -> None:
+    result = pipeline.process(batch.events)
+    for record in _split(result.records)[2]:
+        body = orjson.loads(record.value)
+        assert set(body) <= {"type", "chain", "event", "schema", "policy", "instance", "time", "outcome",
+                             "output", "key_ids", "actions", "prev_hash", "hash", "chain_restart"}
+        assert body["instance"] == "unit-test"
+        assert body["policy"].startswith("sha256:")
+        if body["outcome"] == "sanitized" and body["chain"].startswith(PAY):
+            assert "token:customer/v1" in body["key_ids"]
+            assert any("/" in k and not k.startswith("token:") for k in body["key_ids"])  # the DEK
+            assert body["actions"]["card_number"] == "encrypt"
+            assert body["event"]["event_id"]
+        if body["outcome"].startswith("rejected:"):
+            assert body["key_ids"] == [pipeline.sealer.key_id]
+
+
+def _decode_sanitized(plan: Plan, record: OutRecord) -> dict[str, Any]:
+    headers = dict(record.headers or [])
+    encoding = headers["gateway-encoding"].decode()
+    assert headers["gateway-schema"] == plan.sanitized_schema["name"].encode()
+    assert headers["gateway-policy"] == plan.policy_hash.encode()
+    if encoding == "json":
+        return orjson.loads(record.value)
+    payload = record.value
+    if encoding == "confluent":
+        assert payload[0] == MAGIC_BYTE
+        assert int.from_bytes(payload[1:5], "big") == plan.sanitized_schema_id
+        payload = payload[5:]
+    buf = io.BytesIO(payload)
+    decoded = fastavro.schemaless_reader(buf, plan.sanitized_parsed, None)
+    assert buf.tell() == len(payload)
+    return decoded
+
+
+def test_sanitized_outputs_decode_and_decrypt(pipeline: Pipeline, batch: _Batch, keyring: Keyring,
+                                              payments_plan: Plan, clinical_plan: Plan) -> None:
+    result = pipeline.process(batch.events)
+    plans = {payments_plan.sanitized_topic: payments_plan, clinical_plan.sanitized_topic: clinical_plan}
+    decryptor = FieldDecryptor(keyring)
+    encodings: Counter[tuple[str, str]] = Counter()
+    for record in _split(result.records)[0]:
+        plan = plans[record.topic]
+        encodings[(record.topic, dict(record.headers or [])["gateway-encoding"].decode())] += 1
+        decoded = _decode_sanitized(plan, record)
+        assert record.key == decoded[plan.subject_field].encode()  # keyed by the tokenized subject
+        assert record.key.startswith(b"tok_v1_")
+        _, report = decrypt_record(decoded, plan, decryptor)
+        assert report.ok, report.fields
+    assert encodings == {("payments.sanitized", "confluent"): 4, ("payments.sanitized", "avro"): 4,
+                         ("payments.sanitized", "json"): 4, ("clinical.visits.sanitized", "avro"): 4,
+                         ("clinical.visits.sanitized", "json"): 4}
+
+
+def test_dead_letters_unseal_to_the_original_event(pipeline: Pipeline, batch: _Batch, keyring: Keyring) -> None:
+    result = pipeline.process(batch.events)
+    sealer = QuarantineSealer(*keyring.quarantine_key())
+    by_offset = {e.offset: e for e in batch.events if e.partition == 2 and e.topic == PAY}
+    unsealed = 0
+    for record in _split(result.records)[1]:
+        dead = orjson.loads(record.value)
+        event = by_offset[dead["source"]["offset"]]
+        if dead["reason"] == "record_too_large":
+            assert dead["sealed"] is None  # too big to seal: only its coordinates are kept
+            continue
+        opened = sealer.unseal(dead)
+        assert opened == {"value": event.value, "key": event.key, "headers": event.headers}
+        unsealed += 1
+    assert unsealed == len(by_offset) - 1
+
+
+def test_unexpected_exception_becomes_internal_error(pipeline: Pipeline, batch: _Batch,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(record: dict[str, Any]) -> Any:
+        raise ValueError(f"boom {record['email']}")
+
+    monkeypatch.setattr(pipeline.stages[PAY].sanitizer, "sanitize", explode)
+    result = pipeline.process(batch.events[:3])
+    sanitized, dlq, audit = _split(result.records)
+    assert sanitized == []
+    assert [orjson.loads(r.value)["reason"] for r in dlq] == ["internal_error"] * 3
+    for record in dlq:
+        assert b"boom" not in record.value
+        assert CANARIES["email"].encode() not in record.value
+        assert b"ValueError" in record.value
+    assert [orjson.loads(r.value)["outcome"] for r in audit] == ["rejected:internal_error"] * 3
+    assert result.counts == Counter({(PAY, "rejected:internal_error"): 3})
+
+
+def test_output_too_large(pipeline: Pipeline, batch: _Batch) -> None:
+    pipeline.max_output_bytes = 50
+    result = pipeline.process(batch.events[:1])
+    dead = orjson.loads(result.records[0].value)
+    assert dead["reason"] == "output_too_large"
+    assert result.counts == Counter({(PAY, "rejected:output_too_large"): 1})
+
+
+def test_field_too_large_uses_the_configured_limit(payments_plan: Plan, keyring: Keyring, tmp_path: Path) -> None:
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", max_field_bytes=64)
+    pipeline = Pipeline([payments_plan], keyring, config, 1)
+    payment = dict(SampleEvents(seed=1).payment(), customer_name="n" * 100)
+    result = pipeline.process([RawEvent(PAY, 0, 0, 0, None, orjson.dumps(payment), None)])
+    dead = orjson.loads(result.records[0].value)
+    assert dead["reason"] == "field_too_large"
+    assert "customer_name" in dead["message"]
+    assert result.records[1].partition == 0
+
+
+def test_json_output_is_the_same_for_avro_and_json_input(write_schema, keyring: Keyring, tmp_path: Path,
+                                                         schemas_dir: Path) -> None:
+    raw = json.loads((schemas_dir / "payments.avsc").read_text())
+    raw["privacy"]["output"] = "json"
+    plan = compile_plan(load_schema_file(write_schema(raw, name="payments_json.avsc")))
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    payment = SampleEvents(seed=3).payment()
+    result = pipeline.process([
+        RawEvent(PAY, 0, 0, 0, None, avro_bytes(plan.schema.parsed, payment), None),
+        RawEvent(PAY, 0, 1, 0, None, orjson.dumps(payment), None),
+    ])
+    from_avro, from_json = orjson.loads(result.records[0].value), orjson.loads(result.records[2].value)
+    assert from_json["occurred_at"] == payment["occurred_at"]
+    assert from_avro["occurred_at"] == from_json["occurred_at"]

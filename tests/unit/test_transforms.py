@@ -1,0 +1,383 @@
+"""RecordSanitizer: minimize, tokenize, encrypt; and the round trip through decrypt_record."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.decrypt import decrypt_record
+from gateway.errors import RejectedEvent
+from gateway.keys.envelope import DekCache, FieldDecryptor
+from gateway.keys.keyring import Keyring
+from gateway.keys.tokens import DomainTokenizer
+from gateway.pipeline import Pipeline
+from gateway.policy import Plan, compile_plan
+from gateway.samples import CANARIES, SampleEvents
+from gateway.schema import EventDecoder, avro_bytes, json_bytes, load_schema_file
+from gateway.transforms import RecordSanitizer
+
+TOKEN_RE = re.compile(r"^tok_v1_[A-Za-z0-9_-]{43}$")
+
+
+def _sanitizer(pipeline: Pipeline, topic: str) -> RecordSanitizer:
+    return pipeline.stages[topic].sanitizer
+
+
+def _avro_decoded(plan: Plan, record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the pipeline sees it after decoding bare Avro (logical types applied)."""
+    decoder = EventDecoder(plan.schema, "avro", None, 10_000_000)
+    return decoder.decode(avro_bytes(plan.schema.parsed, record))[0]
+
+
+def _sanitized_avro_round_trip(plan: Plan, record: dict[str, Any]) -> dict[str, Any]:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, plan.sanitized_parsed, record)
+    buf.seek(0)
+    return fastavro.schemaless_reader(buf, plan.sanitized_parsed, None)
+
+
+# ---- minimization ------------------------------------------------------------------------------
+def test_payment_keeps_only_planned_fields(pipeline: Pipeline, payments_plan: Plan) -> None:
+    raw = SampleEvents(seed=1).payment(canary=True)
+    out = _sanitizer(pipeline, "payments.raw").sanitize(raw).record
+    assert "ip_address" not in out
+    assert "user_agent" not in out
+    assert "postal_code" not in out["billing_address"]
+    assert out["amount_minor"] == raw["amount_minor"]
+    assert out["merchant"] == raw["merchant"]
+    assert out["billing_address"]["city"] == raw["billing_address"]["city"]
+    assert isinstance(out["customer_name"], bytes)
+    assert isinstance(out["billing_address"]["street"], bytes)
+    assert set(out) == {f["name"] for f in payments_plan.sanitized_schema["fields"]}
+    assert CANARIES["name"].encode() not in out["customer_name"]
+    assert CANARIES["card"].encode() not in out["card_number"]
+    # the result is valid against the sanitized schema
+    assert _sanitized_avro_round_trip(payments_plan, out)["event_id"] == raw["event_id"]
+
+
+def test_clinical_keeps_only_planned_fields(pipeline: Pipeline, clinical_plan: Plan) -> None:
+    raw = SampleEvents(seed=2).clinical_visit(canary=True)
+    out = _sanitizer(pipeline, "clinical.visits.raw").sanitize(raw).record
+    for dropped in ("patient_name", "phone", "insurer_member_id"):
+        assert dropped not in out
+    assert "postal_code" not in out["clinic"]
+    assert out["severity"] == raw["severity"]
+    _sanitized_avro_round_trip(clinical_plan, out)
+
+
+def test_sanitize_does_not_mutate_the_input(pipeline: Pipeline) -> None:
+    raw = SampleEvents(seed=3).payment()
+    before = orjson.dumps(raw)
+    _sanitizer(pipeline, "payments.raw").sanitize(raw)
+    assert orjson.dumps(raw) == before
+
+
+# ---- tokens ------------------------------------------------------------------------------------
+def test_tokens_are_deterministic_for_value_and_domain(pipeline: Pipeline) -> None:
+    sanitizer = _sanitizer(pipeline, "payments.raw")
+    a = SampleEvents(seed=4).payment()
+    b = dict(SampleEvents(seed=5).payment(), user_id=a["user_id"], email=a["email"])
+    out_a, out_b = sanitizer.sanitize(a), sanitizer.sanitize(b)
+    assert out_a.record["user_id"] == out_b.record["user_id"]
+    assert out_a.record["email"] == out_b.record["email"]
+    assert out_a.record["user_id"] != out_a.record["email"]
+    for token in (out_a.record["user_id"], out_a.record["email"]):
+        assert TOKEN_RE.match(token), token
+    other = dict(a, user_id=a["user_id"] + "x")
+    assert sanitizer.sanitize(other).record["user_id"] != out_a.record["user_id"]
+
+
+def test_subject_is_the_tokenized_subject(pipeline: Pipeline) -> None:
+    raw = SampleEvents(seed=6).payment()
+    result = _sanitizer(pipeline, "payments.raw").sanitize(raw)
+    assert result.subject == result.record["user_id"]
+    assert result.subject != raw["user_id"]
+
+
+def test_same_email_gets_unlinkable_tokens_across_domains(pipeline: Pipeline) -> None:
+    email = CANARIES["email"]
+    payment = dict(SampleEvents(seed=7).payment(), email=email)
+    visit = dict(SampleEvents(seed=7).clinical_visit(), email=email)
+    token_customer = _sanitizer(pipeline, "payments.raw").sanitize(payment).record["email"]
+    token_contact = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record["email"]
+    assert TOKEN_RE.match(token_customer)
+    assert TOKEN_RE.match(token_contact)
+    assert token_customer != token_contact
+
+
+def test_tokens_are_stable_across_pipelines_on_the_same_keyring(
+        payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, tmp_path: Path) -> None:
+    raw = SampleEvents(seed=8).payment()
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="a")
+    first = Pipeline([payments_plan], keyring, config, 3)
+    second = Pipeline([payments_plan, clinical_plan], Keyring.open(tmp_path / "k.json"), config, 3)
+    assert (first.stages["payments.raw"].sanitizer.sanitize(raw).record["email"]
+            == second.stages["payments.raw"].sanitizer.sanitize(raw).record["email"])
+
+
+def test_null_optional_tokenized_field_stays_null(pipeline: Pipeline) -> None:
+    visit = dict(SampleEvents(seed=9).clinical_visit(), email=None)
+    assert _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record["email"] is None
+
+
+def test_token_key_ids_name_the_domains(pipeline: Pipeline) -> None:
+    assert _sanitizer(pipeline, "payments.raw").token_key_ids == ("token:customer/v1",)
+    assert _sanitizer(pipeline, "clinical.visits.raw").token_key_ids == ("token:contact/v1", "token:patient/v1")
+
+
+# ---- encryption --------------------------------------------------------------------------------
+def test_null_optional_encrypted_fields_stay_null(pipeline: Pipeline) -> None:
+    payment = dict(SampleEvents(seed=10).payment(), card_expiry=None)
+    out = _sanitizer(pipeline, "payments.raw").sanitize(payment).record
+    assert out["card_expiry"] is None
+    visit = dict(SampleEvents(seed=10).clinical_visit(), location=None,
+                 procedures=[{"code": "99213", "notes": None}])
+    out = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record
+    assert out["location"] is None
+    assert out["procedures"] == [{"code": "99213", "notes": None}]
+
+
+def test_dek_key_id_reported_when_encrypting(pipeline: Pipeline, keyring: Keyring) -> None:
+    result = _sanitizer(pipeline, "payments.raw").sanitize(SampleEvents(seed=12).payment())
+    assert result.dek_key_id is not None
+    assert result.dek_key_id.startswith(keyring.active_key_id() + "/")
+
+
+def test_same_value_encrypts_differently_each_time(pipeline: Pipeline) -> None:
+    raw = SampleEvents(seed=13).payment()
+    sanitizer = _sanitizer(pipeline, "payments.raw")
+    assert sanitizer.sanitize(raw).record["card_number"] != sanitizer.sanitize(raw).record["card_number"]
+
+
+def test_nested_encrypted_field_in_array_of_records(pipeline: Pipeline, clinical_plan: Plan,
+                                                    keyring: Keyring) -> None:
+    visit = dict(SampleEvents(seed=14).clinical_visit(),
+                 procedures=[{"code": "99213", "notes": "note one"}, {"code": "80053", "notes": None},
+                             {"code": "93000", "notes": "note three"}])
+    out = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record
+    notes = [p["notes"] for p in out["procedures"]]
+    assert isinstance(notes[0], bytes) and isinstance(notes[2], bytes)
+    assert notes[1] is None
+    assert b"note one" not in notes[0]
+    assert [p["code"] for p in out["procedures"]] == ["99213", "80053", "93000"]
+    opened, report = decrypt_record(out, clinical_plan, FieldDecryptor(keyring))
+    assert report.ok
+    assert report.fields["procedures[].notes"] == "decrypted"
+    assert [p["notes"] for p in opened["procedures"]] == ["note one", None, "note three"]
+
+
+# ---- size limits -------------------------------------------------------------------------------
+@pytest.fixture
+def small_pipeline(payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, tmp_path: Path) -> Pipeline:
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", max_field_bytes=100)
+    return Pipeline([payments_plan, clinical_plan], keyring, config, 3)
+
+
+@pytest.mark.parametrize("field,value", [("customer_name", "x" * 200),  # encrypt
+                                         ("email", "y" * 200),  # tokenize
+                                         ("country", "z" * 200)])  # keep
+def test_field_too_large(small_pipeline: Pipeline, field: str, value: str) -> None:
+    raw = dict(SampleEvents(seed=15).payment(), **{field: value})
+    with pytest.raises(RejectedEvent) as excinfo:
+        _sanitizer(small_pipeline, "payments.raw").sanitize(raw)
+    assert excinfo.value.reason == "field_too_large"
+    assert f"'{field}'" in excinfo.value.message
+    assert value not in str(excinfo.value)
+
+
+def test_field_at_the_limit_is_accepted(small_pipeline: Pipeline) -> None:
+    raw = dict(SampleEvents(seed=15).payment(), country="z" * 100, email="e" * 100)
+    out = _sanitizer(small_pipeline, "payments.raw").sanitize(raw).record
+    assert out["country"] == "z" * 100
+
+
+def test_nested_field_too_large_names_the_path(small_pipeline: Pipeline) -> None:
+    raw = SampleEvents(seed=16).payment()
+    raw["billing_address"] = dict(raw["billing_address"], street="s" * 300)
+    with pytest.raises(RejectedEvent) as excinfo:
+        _sanitizer(small_pipeline, "payments.raw").sanitize(raw)
+    assert "'billing_address.street'" in excinfo.value.message
+
+
+def test_field_limit_counts_utf8_bytes_for_kept_strings(small_pipeline: Pipeline) -> None:
+    raw = dict(SampleEvents(seed=17).payment(), country="é" * 60)  # 60 characters, 120 bytes
+    with pytest.raises(RejectedEvent):
+        _sanitizer(small_pipeline, "payments.raw").sanitize(raw)
+
+
+# ---- round trips through decrypt_record --------------------------------------------------------
+PAYMENT_ENCRYPTED = ("customer_name", "card_number", "card_expiry", "billing_address.street")
+CLINICAL_ENCRYPTED = ("date_of_birth", "diagnosis_codes", "procedures[].notes", "location")
+
+
+def _get(record: dict[str, Any], path: str) -> Any:
+    if path == "procedures[].notes":
+        return [p["notes"] for p in record["procedures"]]
+    value: Any = record
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_payment_round_trip_restores_encrypted_fields(pipeline: Pipeline, payments_plan: Plan,
+                                                       keyring: Keyring, seed: int) -> None:
+    raw = SampleEvents(seed=seed).payment(canary=seed == 0)
+    if seed == 1:
+        raw["card_expiry"] = "12/29"
+    decoded = _avro_decoded(payments_plan, raw)
+    result = _sanitizer(pipeline, "payments.raw").sanitize(decoded)
+    opened, report = decrypt_record(result.record, payments_plan, FieldDecryptor(keyring))
+    assert report.ok, report.fields
+    for path in PAYMENT_ENCRYPTED:
+        assert _get(opened, path) == _get(raw, path), path
+    expected_reported = {p for p in PAYMENT_ENCRYPTED if _get(raw, p) is not None}
+    assert set(report.fields) == expected_reported
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clinical_round_trip_restores_encrypted_fields(pipeline: Pipeline, clinical_plan: Plan,
+                                                        keyring: Keyring, seed: int) -> None:
+    raw = SampleEvents(seed=seed).clinical_visit(canary=seed == 0)
+    raw["procedures"] = [{"code": "99213", "notes": f"note {seed}"}, {"code": "71046", "notes": None}]
+    if seed % 2:
+        raw["location"] = {"lat": 52.5, "lon": 13.4}
+    decoded = _avro_decoded(clinical_plan, raw)
+    result = _sanitizer(pipeline, "clinical.visits.raw").sanitize(decoded)
+    opened, report = decrypt_record(result.record, clinical_plan, FieldDecryptor(keyring))
+    assert report.ok, report.fields
+    assert opened["date_of_birth"] == raw["date_of_birth"]  # days since epoch, as the Avro int
+    assert opened["diagnosis_codes"] == raw["diagnosis_codes"]
+    assert _get(opened, "procedures[].notes") == [f"note {seed}", None]
+    assert opened["location"] == raw["location"]
+
+
+def test_clinical_round_trip_from_raw_json_values(pipeline: Pipeline, clinical_plan: Plan,
+                                                   keyring: Keyring) -> None:
+    raw = dict(SampleEvents(seed=21).clinical_visit(), location={"lat": 40.1, "lon": -3.5})
+    assert isinstance(raw["date_of_birth"], int)
+    result = _sanitizer(pipeline, "clinical.visits.raw").sanitize(raw)
+    opened, report = decrypt_record(result.record, clinical_plan, FieldDecryptor(keyring))
+    assert report.ok
+    assert opened["date_of_birth"] == raw["date_of_birth"]  # days since epoch, as the Avro int
+    assert opened["location"] == {"lat": 40.1, "lon": -3.5}
+    assert opened["diagnosis_codes"] == raw["diagnosis_codes"]
+
+
+@pytest.mark.parametrize("via", ["avro", "json"])
+def test_round_trip_through_sanitized_wire_encodings(pipeline: Pipeline, payments_plan: Plan,
+                                                     keyring: Keyring, via: str) -> None:
+    raw = dict(SampleEvents(seed=22).payment(canary=True), card_expiry="01/28")
+    record = _sanitizer(pipeline, "payments.raw").sanitize(raw).record
+    if via == "avro":
+        on_wire = _sanitized_avro_round_trip(payments_plan, record)
+    else:
+        on_wire = orjson.loads(json_bytes(record))
+        assert isinstance(on_wire["card_number"], str)  # base64 text
+    opened, report = decrypt_record(on_wire, payments_plan, FieldDecryptor(keyring))
+    assert report.ok
+    assert opened["card_number"] == CANARIES["card"]
+    assert opened["customer_name"] == CANARIES["name"]
+    assert opened["card_expiry"] == "01/28"
+    assert opened["billing_address"]["street"] == raw["billing_address"]["street"]
+
+
+def test_decrypt_with_changed_subject_fails(pipeline: Pipeline, payments_plan: Plan, keyring: Keyring) -> None:
+    a = SampleEvents(seed=23).payment()
+    b = SampleEvents(seed=24).payment()
+    assert a["user_id"] != b["user_id"]
+    sanitizer = _sanitizer(pipeline, "payments.raw")
+    out_a, out_b = sanitizer.sanitize(a).record, sanitizer.sanitize(b).record
+    moved = dict(out_b, card_number=out_a["card_number"])
+    opened, report = decrypt_record(moved, payments_plan, FieldDecryptor(keyring))
+    assert not report.ok
+    assert report.fields["card_number"].startswith("tampered")
+    assert opened["card_number"] == out_a["card_number"]  # left as ciphertext
+    assert report.fields["customer_name"] == "decrypted"
+
+
+def test_decrypt_reports_malformed_field(pipeline: Pipeline, payments_plan: Plan, keyring: Keyring) -> None:
+    record = _sanitizer(pipeline, "payments.raw").sanitize(SampleEvents(seed=25).payment()).record
+    for bad in ("not base64!", b"\x01\x02"):
+        _, report = decrypt_record(dict(record, card_number=bad), payments_plan, FieldDecryptor(keyring))
+        assert report.fields["card_number"].startswith("malformed")
+
+
+def test_sanitizer_constructed_directly(payments_plan: Plan, keyring: Keyring) -> None:
+    tokenizer = DomainTokenizer("customer", "3", b"\x01" * 32)
+    deks = DekCache(keyring, 60, 10)
+    sanitizer = RecordSanitizer(payments_plan, {"customer": tokenizer}, deks, max_field_bytes=1000)
+    raw = SampleEvents(seed=26).payment()
+    result = sanitizer.sanitize(raw)
+    assert result.record["email"] == tokenizer.token(raw["email"])
+    assert result.record["email"].startswith("tok_v3_")
+    assert result.subject == tokenizer.token(raw["user_id"])
+    assert sanitizer.token_key_ids == ("token:customer/v3",)
+    assert deks.kms_calls == 1
+
+
+def test_decrypt_report_flags_a_tampered_last_array_element(pipeline: Pipeline, clinical_plan: Plan,
+                                                             keyring: Keyring) -> None:
+    visit = dict(SampleEvents(seed=27).clinical_visit(),
+                 procedures=[{"code": "1", "notes": "first"}, {"code": "2", "notes": "second"}])
+    record = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record
+    last = bytearray(record["procedures"][1]["notes"])
+    last[-1] ^= 1
+    record["procedures"][1]["notes"] = bytes(last)
+    opened, report = decrypt_record(record, clinical_plan, FieldDecryptor(keyring))
+    assert not report.ok
+    assert report.fields["procedures[].notes"].startswith("tampered")
+    assert opened["procedures"][0]["notes"] == "first"
+
+
+def test_decrypt_report_flags_a_tampered_earlier_array_element(pipeline: Pipeline, clinical_plan: Plan,
+                                                               keyring: Keyring) -> None:
+    visit = dict(SampleEvents(seed=27).clinical_visit(),
+                 procedures=[{"code": "1", "notes": "first"}, {"code": "2", "notes": "second"}])
+    record = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record
+    first = bytearray(record["procedures"][0]["notes"])
+    first[-1] ^= 1
+    record["procedures"][0]["notes"] = bytes(first)
+    opened, report = decrypt_record(record, clinical_plan, FieldDecryptor(keyring))
+    assert isinstance(opened["procedures"][0]["notes"], bytes)  # left as ciphertext
+    assert opened["procedures"][1]["notes"] == "second"
+    assert not report.ok
+
+
+def _union_plan(write_schema: Any, inner_action: str) -> Plan:
+    schema = {"type": "record", "name": "Ev", "namespace": "ex.union", "privacy": {"source_topic": "ev.raw"},
+              "fields": [
+                  {"name": "id", "type": "string", "privacy": "keep"},
+                  {"name": "contact", "privacy": "keep", "type": ["null", "string", {
+                      "type": "record", "name": "Contact", "fields": [
+                          {"name": "email", "type": "string", "privacy": inner_action},
+                          {"name": "kind", "type": "string", "privacy": "keep"}]}]}]}
+    return compile_plan(load_schema_file(write_schema(schema, name=f"union_{inner_action}.avsc")))
+
+
+def test_kept_union_with_a_record_branch_sanitizes_records(write_schema: Any, keyring: Keyring,
+                                                           tmp_path: Path) -> None:
+    plan = _union_plan(write_schema, "drop")
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    out = pipeline.stages["ev.raw"].sanitizer.sanitize({"id": "1", "contact": {"email": "a@b", "kind": "x"}})
+    assert out.record["contact"] == {"kind": "x"}
+
+
+def test_kept_union_with_a_record_branch_keeps_a_string_value(write_schema: Any, keyring: Keyring,
+                                                              tmp_path: Path) -> None:
+    plan = _union_plan(write_schema, "drop")
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    out = pipeline.stages["ev.raw"].sanitizer.sanitize({"id": "1", "contact": "call the front desk"})
+    assert out.record["contact"] == "call the front desk"
+
+
+def test_encrypt_inside_a_union_record_branch_compiles(write_schema: Any) -> None:
+    plan = _union_plan(write_schema, "encrypt")
+    assert plan.field_actions["contact.email"] == "encrypt"
