@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import struct
 from typing import Any
 
 import orjson
@@ -34,10 +35,11 @@ class QuarantineSealer:
 
     def seal(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None,
              headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
-        payload = orjson.dumps({
-            "value": _b64(value), "key": _b64(key),
-            "headers": [[name, _b64(data)] for name, data in (headers or [])],
-        })
+        # binary framing (u32 metadata length | metadata JSON | raw value): the value is base64'd
+        # once, for the dead-letter JSON, not twice
+        meta = orjson.dumps({"key": _b64(key), "value_is_null": value is None,
+                             "headers": [[name, _b64(data)] for name, data in (headers or [])]})
+        payload = struct.pack(">I", len(meta)) + meta + (value or b"")
         nonce = secrets.token_bytes(12)
         sealed = nonce + self._aead.encrypt(nonce, payload, _coordinates(topic, partition, offset))
         return {"format": SEAL_FORMAT, "key_id": self.key_id, "data": base64.b64encode(sealed).decode("ascii")}
@@ -47,13 +49,16 @@ class QuarantineSealer:
         source = dead_letter["source"]
         sealed = base64.b64decode(dead_letter["sealed"]["data"])
         try:
-            payload = orjson.loads(self._aead.decrypt(sealed[:12], sealed[12:], _coordinates(
-                source["topic"], source["partition"], source["offset"])))
+            payload = self._aead.decrypt(sealed[:12], sealed[12:], _coordinates(
+                source["topic"], source["partition"], source["offset"]))
         except InvalidTag:
             raise DecryptError("tampered", "sealed payload does not authenticate for its source coordinates") \
                 from None
-        return {"value": _unb64(payload["value"]), "key": _unb64(payload["key"]),
-                "headers": [(n, _unb64(d)) for n, d in payload["headers"]]}
+        (meta_len,) = struct.unpack(">I", payload[:4])
+        meta = orjson.loads(payload[4:4 + meta_len])
+        value = None if meta["value_is_null"] else payload[4 + meta_len:]
+        return {"value": value, "key": _unb64(meta["key"]),
+                "headers": [(n, _unb64(d)) for n, d in meta["headers"]]}
 
 
 def _b64(data: bytes | None) -> str | None:

@@ -56,7 +56,7 @@ class BatchResult:
 
 def max_message_bytes(config: GatewayConfig) -> int:
     """Producer limit: a sealed dead letter of a max-size event (base64 + JSON) must fit."""
-    return max(1_000_000, config.max_record_bytes * 3 // 2 + 65_536)
+    return max(1_000_000, config.max_record_bytes * 4 // 3 + 131_072)
 
 
 class TopicStage:
@@ -177,8 +177,11 @@ class Pipeline:
             "instance": self.instance,
             "time": now_ms,
         }
-        return OutRecord(stage.plan.dlq_topic, None, orjson.dumps(body),
-                         [("gateway-reason", reason.encode())])
+        value = orjson.dumps(body)
+        if len(value) > self.max_output_bytes:  # never emit a record Kafka would refuse
+            body["sealed"] = None
+            value = orjson.dumps(body)
+        return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode())])
 
     def _sealed(self, event: RawEvent) -> dict[str, Any] | None:
         """The original event sealed, unless it exceeds max_record_bytes: then it stays at its source

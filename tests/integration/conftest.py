@@ -78,16 +78,18 @@ class Deployment:
     def clinical(self) -> Plan:
         return self.plans["ClinicalVisit"]
 
-    def start_worker(self, instance: str, log_path: Path | None = None) -> WorkerProcess:
+    def start_worker(self, instance: str, log_path: Path | None = None, partitions: int = 3,
+                     wait: bool = True) -> WorkerProcess:
         log_path = log_path or self.root / f"worker-{instance}.log"
         handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas", str(self.schemas),
              "--keyring", str(self.keyring), "--audit-topic", self.audit_topic, "--group-id", self.group_id,
-             "--instance-id", instance, "--partitions", "3", "--session-timeout-ms", "6000"],
+             "--instance-id", instance, "--partitions", str(partitions), "--session-timeout-ms", "6000"],
             stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
         worker = WorkerProcess(proc, log_path, handle)
-        worker.wait_for_log('"msg":"partitions assigned"')
+        if wait:
+            worker.wait_for_log('"msg":"partitions assigned"')
         return worker
 
     def produce(self, topic: str, values: list[bytes], partition: int = -1) -> None:
@@ -156,6 +158,12 @@ class WorkerProcess:
         finally:
             self.handle.close()
         return code
+
+
+@pytest.fixture
+def fresh_deployment(bootstrap: str, tmp_path: Path) -> Deployment:
+    """A deployment of its own for tests that need untouched topics."""
+    return Deployment(bootstrap, tmp_path, uuid.uuid4().hex[:8])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,138 @@
+"""Nothing lost, nothing duplicated: crashes (kill -9), scale-out, SIGTERM, on the real broker."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+
+import orjson
+import pytest
+
+from gateway.audit import verify_chains
+from gateway.consume import SanitizedDecoder
+from gateway.demo import encode_raw
+from gateway.samples import SampleEvents
+
+from .conftest import Deployment, committed_count
+
+pytestmark = pytest.mark.integration
+
+
+def _publish_payments(d: Deployment, count: int, seed: int, broken_every: int = 0) -> set[str]:
+    """Publish `count` payments with unique event ids; every `broken_every`-th is truncated (dead letter)."""
+    samples = SampleEvents(seed=seed)
+    ids: set[str] = set()
+    values = []
+    for i in range(count):
+        record = samples.payment()
+        ids.add(record["event_id"])
+        value = encode_raw(d.payments, record, "confluent")
+        if broken_every and i % broken_every == 0:
+            value = value[:-3]  # truncated: must land in the dead-letter topic
+        values.append(value)
+    d.produce(d.payments.source_topic, values)
+    return ids
+
+
+def _outcomes(d: Deployment) -> tuple[Counter[str], int]:
+    """(sanitized event ids with multiplicity, dead-letter count)."""
+    decoder = SanitizedDecoder(list(d.plans.values()))
+    sanitized = Counter(decoder.decode(r)[1]["event_id"] for r in d.read(d.payments.sanitized_topic))
+    return sanitized, len(d.read(d.payments.dlq_topic))
+
+
+def _wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment) -> None:
+    d = deployment
+    total = 20_000
+    ids = _publish_payments(d, total, seed=1234, broken_every=97)
+    rng = random.Random(5)
+    kills = 0
+    worker = d.start_worker("crashy")
+    try:
+        for _ in range(3):
+            target = rng.randint(total // 8, total // 2) * (kills + 1) // 2
+            _wait_until(lambda t=target: committed_count(d.bootstrap, d.audit_topic) >= t, 120, f"{target} audited")
+            worker.proc.send_signal(signal.SIGKILL)
+            worker.proc.wait(10)
+            worker.handle.close()
+            kills += 1
+            worker = d.start_worker("crashy")  # same instance id: fences the dead one's transaction
+        d.wait_for_audit(total, timeout_s=180)
+    finally:
+        worker.stop()
+    assert kills == 3
+    sanitized, dead = _outcomes(d)
+    duplicates = sum(n - 1 for n in sanitized.values() if n > 1)
+    print(f"\ncrash test: {total} published, {len(sanitized)} sanitized, {dead} dead-lettered, "
+          f"{duplicates} duplicates after {kills} kill -9")
+    broken = len(range(0, total, 97))
+    assert dead == broken
+    missing = ids - set(sanitized)
+    assert len(missing) == broken  # exactly the truncated ones are not sanitized
+    assert duplicates == 0  # exactly once
+    audit = d.read(d.audit_topic)
+    assert len(audit) == total
+    report = verify_chains((r.partition, r.offset, r.value or b"") for r in audit)
+    assert report.ok, report.breaks[:3]
+    refs = Counter((e["event"]["partition"], e["event"]["offset"]) for e in map(orjson.loads, (r.value for r in audit)))
+    assert len(refs) == total and max(refs.values()) == 1
+
+
+def _assigned(log: str) -> list[list[str]]:
+    """Every 'partitions assigned' list in a worker log, in order."""
+    return [orjson.loads(line)["partitions"] for line in log.splitlines()
+            if '"msg":"partitions assigned"' in line]
+
+
+def test_two_workers_share_partitions_and_the_survivor_finishes(fresh_deployment: Deployment) -> None:
+    d = fresh_deployment
+    a = d.start_worker("scale-a", partitions=6)
+    b = d.start_worker("scale-b", partitions=6)
+    try:
+        payments_partitions = lambda w: [p for p in _assigned(w.log())[-1] if p.startswith(d.payments.source_topic)]  # noqa: E731
+        _wait_until(lambda: len(payments_partitions(a)) == 3 and len(payments_partitions(b)) == 3, 60,
+                    "both workers to own 3 of the 6 payments partitions")
+        assert set(payments_partitions(a)).isdisjoint(payments_partitions(b))
+        ids = _publish_payments(d, 6_000, seed=77)
+        _wait_until(lambda: committed_count(d.bootstrap, d.audit_topic) >= 1_500, 60, "some progress")
+        b.proc.send_signal(signal.SIGKILL)  # b dies mid-stream, its transaction open
+        b.proc.wait(10)
+        b.handle.close()
+        _wait_until(lambda: len(payments_partitions(a)) == 6, 60, "the survivor to take all partitions")
+        d.wait_for_audit(6_000, timeout_s=120)
+    finally:
+        a.stop()
+    sanitized, dead = _outcomes(d)
+    assert dead == 0 and set(sanitized) == ids
+    assert max(sanitized.values()) == 1
+    report = verify_chains((r.partition, r.offset, r.value or b"") for r in d.read(d.audit_topic))
+    assert report.ok, report.breaks[:3]
+
+
+def test_sigterm_mid_stream_exits_cleanly_and_restart_completes(fresh_deployment: Deployment) -> None:
+    d = fresh_deployment
+    worker = d.start_worker("graceful")
+    ids = _publish_payments(d, 8_000, seed=8)
+    _wait_until(lambda: committed_count(d.bootstrap, d.audit_topic) >= 1_000, 60, "some progress")
+    started = time.monotonic()
+    assert worker.stop(timeout_s=30) == 0  # finish the batch in flight, commit, exit 0
+    assert time.monotonic() - started < 15
+    assert '"msg":"worker stopped"' in worker.log()
+    worker = d.start_worker("graceful")
+    try:
+        d.wait_for_audit(8_000, timeout_s=120)
+    finally:
+        assert worker.stop() == 0
+    sanitized, dead = _outcomes(d)
+    assert dead == 0 and set(sanitized) == ids and max(sanitized.values()) == 1
