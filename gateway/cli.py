@@ -34,6 +34,8 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
                    help="fail instead of creating missing topics")
     p.add_argument("--batch-max-events", dest="batch_max_events", type=int)
     p.add_argument("--batch-timeout-s", dest="batch_timeout_s", type=float)
+    p.add_argument("--fetch-queue-kbytes", dest="fetch_queue_kbytes", type=int,
+                   help="bound on prefetched input per worker (default 16384)")
     p.add_argument("--max-record-bytes", dest="max_record_bytes", type=int)
     p.add_argument("--max-field-bytes", dest="max_field_bytes", type=int)
     p.add_argument("--dek-max-age-s", dest="dek_max_age_s", type=float)

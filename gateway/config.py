@@ -38,6 +38,8 @@ class GatewayConfig:
     create_topics: bool = True
     batch_max_events: int = 1000
     batch_timeout_s: float = 0.1
+    # upper bound of prefetched, not yet processed input per worker (librdkafka's queue)
+    fetch_queue_kbytes: int = 16_384
     max_record_bytes: int = 1_048_576
     max_field_bytes: int = 65_536
     dek_max_age_s: float = 3600.0
@@ -60,6 +62,8 @@ class GatewayConfig:
         self._check(1 <= self.batch_max_events <= 100_000, "batch_max_events",
                     "must be between 1 and 100000")
         self._check(0 < self.batch_timeout_s <= 60, "batch_timeout_s", "must be in (0, 60] seconds")
+        self._check(1024 <= self.fetch_queue_kbytes <= 2_097_151, "fetch_queue_kbytes",
+                    "must be between 1024 and 2097151")
         self._check(self.max_record_bytes >= 64, "max_record_bytes", "must be at least 64")
         self._check(1 <= self.max_field_bytes <= self.max_record_bytes, "max_field_bytes",
                     "must be between 1 and max_record_bytes")

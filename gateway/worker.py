@@ -126,6 +126,9 @@ class Worker:
             "isolation.level": "read_committed",
             "session.timeout.ms": self.config.session_timeout_ms,
             "heartbeat.interval.ms": max(500, self.config.session_timeout_ms // 5),
+            # backpressure: the fetch queue is bounded, and the loop fetches the next batch only
+            # after the previous one committed, so a slow KMS or broker slows consumption
+            "queued.max.messages.kbytes": self.config.fetch_queue_kbytes,
         })
         self.consumer.subscribe(self.pipeline.source_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)

@@ -1,0 +1,56 @@
+"""Bounded soak: a fixed event count at a steady rate through one worker; resident memory must be
+flat after warm-up (and far under the 300 MB goal)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import encode_raw
+from gateway.samples import SampleEvents
+
+from .conftest import Deployment, committed_count
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 180_000
+CHUNK = 3_000
+RATE_PER_S = 4_000
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_is_flat_after_warm_up(fresh_deployment: Deployment) -> None:
+    d = fresh_deployment
+    worker = d.start_worker("soak")
+    samples = SampleEvents(seed=42)
+    chunk = [encode_raw(d.payments, samples.payment(), "confluent") for _ in range(CHUNK)]
+    rss: list[tuple[int, float]] = []
+    started = time.monotonic()
+    try:
+        for sent in range(0, EVENTS, CHUNK):
+            d.produce(d.payments.source_topic, chunk)  # same payloads: memory growth can't hide in data
+            rss.append((sent, _rss_mb(worker.proc.pid)))
+            pause = (sent + CHUNK) / RATE_PER_S - (time.monotonic() - started)
+            if pause > 0:
+                time.sleep(pause)
+        deadline = time.monotonic() + 120
+        while committed_count(d.bootstrap, d.audit_topic) < EVENTS and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rss.append((EVENTS, _rss_mb(worker.proc.pid)))
+        assert worker.alive()
+    finally:
+        worker.stop()
+    warm = [mb for sent, mb in rss if EVENTS // 4 <= sent < EVENTS // 2]
+    late = [mb for sent, mb in rss if sent >= EVENTS // 2]
+    print(f"\nsoak: {EVENTS} events in {time.monotonic() - started:.0f}s; RSS MB after warm-up "
+          f"{min(warm):.0f}-{max(warm):.0f}, second half {min(late):.0f}-{max(late):.0f}")
+    assert max(late) <= max(warm) * 1.10 + 5, rss
+    assert max(mb for _, mb in rss) < 300
