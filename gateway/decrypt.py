@@ -2,7 +2,8 @@
 
 Works on records decoded with the sanitized schema (Avro) or read from JSON, where encrypted
 fields are base64 strings. Each encrypted field is reported as decrypted or with the reason it
-could not be (tampered, key not held, malformed).
+could not be (tampered, key not held, key erased, not permitted,
+kms unavailable, malformed).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Walker:
     def open(self, value: Any, fp: FieldPlan) -> Any:
         try:
             data = _as_bytes(value)
-            plaintext = self.decryptor.decrypt(data, context_bytes(self.topic, fp.path, self.subject))
+            plaintext = self.decryptor.decrypt(data, context_bytes(self.topic, fp.path, self.subject), self.subject)
             result = fastavro.schemaless_reader(io.BytesIO(plaintext), fp.plaintext_schema, None)
         except DecryptError as exc:
             # inside arrays one path has many values: keep the first failure, never overwrite it

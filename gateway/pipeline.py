@@ -22,6 +22,9 @@ from gateway.deadletter import QuarantineSealer
 from gateway.errors import RejectedEvent
 from gateway.keys.envelope import DekCache
 from gateway.keys.keyring import Keyring
+from gateway.keys.kms import KmsProvider
+from gateway.keys.providers import build_kms
+from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.policy import Plan
 from gateway.schema import EventDecoder, avro_bytes, frame_confluent, json_bytes
@@ -90,7 +93,8 @@ class Pipeline:
     """Turns batches of raw events into output records. Holds the audit chain heads."""
 
     def __init__(self, plans: Sequence[Plan], keyring: Keyring, config: GatewayConfig,
-                 audit_partitions: int) -> None:
+                 audit_partitions: int, kms: KmsProvider | None = None,
+                 subject_keys: SubjectKeys | None = None) -> None:
         self.config = config
         self.audit_topic = config.audit_topic
         self.audit_partitions = audit_partitions
@@ -100,9 +104,19 @@ class Pipeline:
         for domain in sorted({d for p in plans for d in p.token_domains}):
             version, keys = keyring.token_keys(domain)
             tokenizers[domain] = DomainTokenizer(domain, version, keys[version])
-        self.dek_cache = DekCache(keyring, config.dek_max_age_s, config.dek_max_uses)
+        # the configured KMS (checked now: a wrong or unreachable one fails start-up, never falls back)
+        self.kms = kms if kms is not None else build_kms(config, keyring)
+        self.dek_cache = DekCache(self.kms, config.dek_max_age_s, config.dek_max_uses)
+        # per-subject keys (crypto-shredding): kept in step with the key topic by a consumer thread
+        self.subject_keys = subject_keys
+        if subject_keys is None and any(p.per_subject for p in plans):
+            from gateway.keys.keytopic import KeyTopic
+
+            self.subject_keys = SubjectKeys(self.kms, config.dek_max_uses)
+            self.key_topic = KeyTopic(config, self.subject_keys)
         self.stages = {p.source_topic: TopicStage(p, RecordSanitizer(p, tokenizers, self.dek_cache,
-                                                                      config.max_field_bytes), config)
+                                                                      config.max_field_bytes, self.subject_keys),
+                                  config)
                        for p in plans}
         quarantine_id, quarantine_key = keyring.quarantine_key()
         self.sealer = QuarantineSealer(quarantine_id, quarantine_key)
@@ -162,6 +176,8 @@ class Pipeline:
                              actions=stage.plan.field_actions, key_ids=key_ids)
                 counts[(event.topic, "sanitized")] += 1
             out.append(self._audit_record(audit))
+        if self.subject_keys is not None:
+            self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
         return BatchResult(out, counts)
 
     def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,

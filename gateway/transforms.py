@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import RejectedEvent
-from gateway.keys.envelope import DekCache, context_bytes, encrypt_field
+from gateway.keys.envelope import DataKey, DekCache, context_bytes, encrypt_field
+from gateway.keys.errors import KmsUnavailable
+from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
 from gateway.schema import avro_bytes
@@ -27,8 +29,9 @@ class RecordSanitizer:
     """Sanitizes records of one plan. Tokenizers and the DEK cache are shared, built once."""
 
     def __init__(self, plan: Plan, tokenizers: dict[str, DomainTokenizer], dek_cache: DekCache,
-                 max_field_bytes: int) -> None:
+                 max_field_bytes: int, subject_keys: SubjectKeys | None = None) -> None:
         self.plan = plan
+        self._subject_keys = subject_keys
         self.topic = plan.sanitized_topic
         self._tokenizers = tokenizers
         self._deks = dek_cache
@@ -103,9 +106,19 @@ class RecordSanitizer:
         plaintext = avro_bytes(fp.plaintext_schema, value)
         if len(plaintext) > self._max_field_bytes:
             self._too_large(fp, len(plaintext))
-        key = self._deks.current()
+        try:
+            key = self._subject_key(fp, state) if fp.per_subject else self._deks.current()
+        except KmsUnavailable as exc:  # dead-letter (sealed, replayable): never publish without encryption
+            raise RejectedEvent("kms_unavailable", f"no data key for field '{fp.path}': {exc}") from None
         state.dek_key_id = key.key_id
         return encrypt_field(key, plaintext, context_bytes(self.topic, fp.path, state.subject))
+
+    def _subject_key(self, fp: FieldPlan, state: _EventState) -> DataKey:
+        if not state.subject:
+            raise RejectedEvent("missing_subject", f"field '{fp.path}' is encrypted under the subject's own key, "
+                                "but the event has no subject")
+        assert self._subject_keys is not None and self.plan.subject_domain is not None  # set up with the plan
+        return self._subject_keys.current(self.plan.subject_domain, state.subject)
 
     def _too_large(self, fp: FieldPlan, size: int) -> None:
         raise RejectedEvent("field_too_large", f"field '{fp.path}' holds {size} bytes, above "

@@ -4,6 +4,11 @@ Ciphertext format v1 (self-describing, all integers big-endian)::
 
     0x01 | u8 len | kek_id | dek_id (16 bytes) | u16 len | wrapped DEK | nonce (12) | ciphertext+tag
 
+Format v2, per-subject keys (``"encrypt": {"per_subject": true}``): the DEK is the subject's own,
+stored wrapped in the key topic only, so erasing it there (``gateway forget``) shreds every copy::
+
+    0x02 | u8 len | token domain | dek_id (16 bytes) | nonce (12) | ciphertext+tag
+
 The wrapped DEK travels with the ciphertext (as Kroxylicious does per record), so a holder of
 the KEK can decrypt offline. The associated data is the header plus the context (topic, field
 path, subject), each length-prefixed: a ciphertext moved to another field, record subject or
@@ -17,14 +22,17 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import DecryptError, GatewayError
+from gateway.keys.errors import KmsError, KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
 
 FORMAT_V1 = 1
+FORMAT_SUBJECT = 2
 NONCE_BYTES = 12
 DEK_ID_BYTES = 16
 MIN_WRAPPED_BYTES = 16  # any KMS's wrapped 32-byte key is longer: shorter is corrupt
@@ -55,9 +63,16 @@ class DataKey:
 
     @property
     def key_id(self) -> str:
-        """Printable id for audit: '<kek_id>/<dek_id hex>'."""
+        """Printable id for audit: '<kek_id>/<dek_id hex>' (v1) or 'subject:<domain>/<dek_id hex>' (v2)."""
         kek_len = self.header[1]
-        return f"{self.header[2:2 + kek_len].decode()}/{self.dek_id.hex()}"
+        prefix = "subject:" if self.header[0] == FORMAT_SUBJECT else ""
+        return f"{prefix}{self.header[2:2 + kek_len].decode()}/{self.dek_id.hex()}"
+
+
+def subject_header(domain: str, dek_id: bytes) -> bytes:
+    """Header of a format-v2 ciphertext: the DEK is found by (domain, subject token, dek_id)."""
+    data = domain.encode("utf-8")
+    return bytes([FORMAT_SUBJECT, len(data)]) + data + dek_id
 
 
 class DekCache:
@@ -101,12 +116,13 @@ def encrypt_field(key: DataKey, plaintext: bytes, context: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class ParsedCiphertext:
-    kek_id: str
+    kek_id: str  # v2: the subject's token domain
     dek_id: bytes
-    wrapped: bytes
+    wrapped: bytes  # v2: empty (the wrapped DEK lives in the key topic)
     header: bytes
     nonce: bytes
     body: bytes
+    version: int = FORMAT_V1
 
     @property
     def key_id(self) -> str:
@@ -114,6 +130,8 @@ class ParsedCiphertext:
 
 
 def parse_ciphertext(data: bytes) -> ParsedCiphertext:
+    if data[:1] == bytes([FORMAT_SUBJECT]):
+        return _parse_subject(data)
     try:
         if data[0] != FORMAT_V1:
             raise DecryptError("unknown_format", f"ciphertext format version {data[0]} is not supported")
@@ -137,17 +155,48 @@ def parse_ciphertext(data: bytes) -> ParsedCiphertext:
     return ParsedCiphertext(kek_id, dek_id, wrapped, header, nonce, body)
 
 
-class FieldDecryptor:
-    """The authorized consumer's side: unwraps each DEK once (bounded cache) and opens fields."""
+def _parse_subject(data: bytes) -> ParsedCiphertext:
+    try:
+        pos = 2 + data[1]
+        domain = data[2:pos].decode("utf-8")
+    except (IndexError, UnicodeDecodeError):
+        raise DecryptError("malformed", "ciphertext is truncated or not in the gateway's format") from None
+    dek_id = data[pos:pos + DEK_ID_BYTES]
+    header = data[:pos + DEK_ID_BYTES]
+    nonce = data[pos + DEK_ID_BYTES:pos + DEK_ID_BYTES + NONCE_BYTES]
+    body = data[pos + DEK_ID_BYTES + NONCE_BYTES:]
+    if not domain or len(dek_id) != DEK_ID_BYTES or len(nonce) != NONCE_BYTES or len(body) < 16:
+        raise DecryptError("malformed", "ciphertext is truncated or not in the gateway's format")
+    return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, FORMAT_SUBJECT)
 
-    def __init__(self, kms: KmsProvider, cache_size: int = 10_000) -> None:
+
+class SubjectKeyResolver(Protocol):
+    def aead_for(self, domain: str, subject: str, dek_id: bytes) -> AESGCM: ...
+
+
+class FieldDecryptor:
+    """The authorized consumer's side: unwraps each DEK once (bounded cache) and opens fields.
+
+    Per-subject ciphertexts (format v2) need `subject_keys` (the key topic's content) and the
+    record's subject token; an erased subject's fields fail with reason "key_erased".
+    """
+
+    def __init__(self, kms: KmsProvider, cache_size: int = 10_000,
+                 subject_keys: SubjectKeyResolver | None = None) -> None:
         self._kms = kms
         self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._cache_size = cache_size
+        self._subject_keys = subject_keys
 
-    def decrypt(self, data: bytes, context: bytes) -> bytes:
+    def decrypt(self, data: bytes, context: bytes, subject: str = "") -> bytes:
         parsed = parse_ciphertext(data)
-        aead = self._aead_for(parsed)
+        if parsed.version == FORMAT_SUBJECT:
+            if self._subject_keys is None:
+                raise DecryptError("key_not_held", "the field is under a per-subject key: read the key topic "
+                                   "(gateway decrypt --bootstrap ...) to open it")
+            aead = self._subject_keys.aead_for(parsed.kek_id, subject, parsed.dek_id)
+        else:
+            aead = self._aead_for(parsed)
         try:
             return aead.decrypt(parsed.nonce, parsed.body, parsed.header + context)
         except InvalidTag:
@@ -160,7 +209,12 @@ class FieldDecryptor:
         if aead is not None:
             self._cache.move_to_end(cache_key)
             return aead
-        dek = self._kms.unwrap(WrappedKey(parsed.kek_id, parsed.wrapped), _DEK_CONTEXT + parsed.dek_id)
+        try:
+            dek = self._kms.unwrap(WrappedKey(parsed.kek_id, parsed.wrapped), _DEK_CONTEXT + parsed.dek_id)
+        except KmsUnavailable as exc:
+            raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
+        except KmsError as exc:
+            raise DecryptError("not_permitted", str(exc)) from None
         aead = self._cache[cache_key] = AESGCM(dek)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

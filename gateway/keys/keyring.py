@@ -62,6 +62,19 @@ class _VersionedKeys:
     def active_key(self) -> bytes:
         return self._keys[self._active]
 
+    def add(self, key_id: str) -> None:
+        """Add a fresh key under `key_id` and make it the active one (rotation)."""
+        if key_id in self._keys:
+            raise KeyringError(f"key '{key_id}' already exists")
+        self._keys[key_id] = secrets.token_bytes(32)
+        self._active = key_id
+
+    def remove(self, key_id: str) -> None:
+        if key_id == self._active:
+            raise KeyringError(f"key '{key_id}' is the active one: rotate first, then retire it")
+        if self._keys.pop(key_id, None) is None:
+            raise KeyringError(f"key '{key_id}' is not in the keyring")
+
     def to_json(self) -> dict[str, Any]:
         return {"active": self._active, "keys": {k: _b64(v) for k, v in self._keys.items()}}
 
@@ -95,6 +108,7 @@ class Keyring:
         self._token_domains = token_domains
         self._quarantine = quarantine
         self._kek_aeads: dict[str, AESGCM] = {}
+        self._mtime = self._stat_mtime()
 
     def __repr__(self) -> str:
         return (f"<Keyring path={str(self.path)!r} kek={self._keks.active!r} "
@@ -171,6 +185,70 @@ class Keyring:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
+    # ---- rotation ---------------------------------------------------------------------------
+    def _stat_mtime(self) -> tuple[int, int]:
+        """(inode, mtime ns): every write replaces the file, so a new inode marks a change."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    def reload_if_changed(self) -> bool:
+        """Pick up a rotation made by another process (`gateway keys rotate`): one stat() per call.
+
+        Called when a new DEK is wrapped and when an unknown KEK is asked for, never per event.
+        Token keys stay as the running pipeline built them: token rotation takes effect on restart.
+        """
+        mtime = self._stat_mtime()
+        if mtime == self._mtime or not self.path.exists():
+            return False
+        latest = self._read(self.path)
+        self._keks, self._quarantine = latest._keks, latest._quarantine
+        self._token_domains.update(latest._token_domains)
+        self._mtime = mtime
+        return True
+
+    def _update(self, change: Any) -> Any:
+        """Apply `change(latest_keyring)` to the file's latest content under the lock, write, adopt it."""
+        try:
+            with self._locked():
+                latest = self._read(self.path) if self.path.exists() else self
+                result = change(latest)
+                latest._write()
+        except OSError as exc:
+            raise KeyringError(f"cannot update keyring '{self.path}' ({exc.strerror})") from None
+        self._keks, self._quarantine, self._token_domains = latest._keks, latest._quarantine, latest._token_domains
+        self._mtime = self._stat_mtime()
+        return result
+
+    def rotate_kek(self) -> str:
+        """Add a new KEK and make it active: new DEKs are wrapped with it; older KEKs still unwrap."""
+        new_id = f"kek-{secrets.token_hex(6)}"
+        self._update(lambda ring: ring._keks.add(new_id))
+        return new_id
+
+    def rotate_token_domain(self, domain: str) -> str:
+        """Add version N+1 of a token domain's key and make it active; return the new version."""
+        def change(ring: Keyring) -> str:
+            keys = ring._token_domains.get(domain)
+            if keys is None:
+                raise KeyringError(f"token domain '{domain}' has no key in keyring '{self.path}': "
+                                   "run gateway keys init first")
+            version = str(max(int(v) for v in keys.ids() if v.isdigit()) + 1)
+            keys.add(version)
+            return version
+
+        return str(self._update(change))
+
+    def retire_kek(self, kek_id: str) -> None:
+        """Delete an old KEK. Every DEK still wrapped only under it becomes unreadable (see README)."""
+        self._update(lambda ring: ring._keks.remove(kek_id))
+        self._kek_aeads.pop(kek_id, None)
+
+    def kek_ids(self) -> list[str]:
+        return self._keks.ids()
+
     # ---- KMS provider: KEK wrap / unwrap ----------------------------------------------------
     def active_key_id(self) -> str:
         return self._keks.active
@@ -182,12 +260,15 @@ class Keyring:
         aead = self._kek_aeads.get(kek_id)
         if aead is None:
             key = self._keks.get(kek_id)
+            if key is None and self.reload_if_changed():  # rotated by another process since we loaded
+                key = self._keks.get(kek_id)
             if key is None:
                 raise DecryptError("key_not_held", f"KEK '{kek_id}' is not in keyring '{self.path}'")
             aead = self._kek_aeads[kek_id] = AESGCM(key)
         return aead
 
     def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
+        self.reload_if_changed()  # once per new DEK: a rotation applies to the next DEK
         kek_id = self._keks.active
         nonce = secrets.token_bytes(12)
         blob = nonce + self._kek_aead(kek_id).encrypt(nonce, dek, _WRAP_AAD + kek_id.encode() + context)

@@ -245,11 +245,14 @@ def test_invalid_record_settings(write_schema, settings: dict[str, Any]) -> None
     assert all(e.where == "(record)" for e in errors)
 
 
-def test_per_subject_encrypt_is_not_supported(write_schema) -> None:
+def test_per_subject_encrypt_needs_a_tokenized_subject(write_schema) -> None:
     field = {"name": "x", "type": "string", "privacy": {"encrypt": {"per_subject": True}}}
-    errors = _only(lint_file(write_schema(_with_field(field))), "error")
+    assert not _only(lint_file(write_schema(_with_field(field))), "error")  # uid is tokenized
+    schema = _with_field(field)
+    schema["fields"][0]["privacy"] = "keep"
+    errors = _only(lint_file(write_schema(schema)), "error")
     assert [e.where for e in errors] == ["x"]
-    assert "per-subject" in errors[0].message
+    assert "per_subject encryption needs a tokenized subject" in errors[0].message
 
 
 def test_unknown_encrypt_option(write_schema) -> None:

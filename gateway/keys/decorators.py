@@ -1,0 +1,122 @@
+"""Concerns that wrap any KMS provider from outside (Kroxylicious' ResilientKms / InstrumentedKms).
+
+`InstrumentedKms` counts every request a provider makes (Prometheus and a local tally);
+`ResilientKms` retries transient failures with exponential backoff and jitter, then opens a short
+circuit so a KMS outage fails fast instead of stalling every event behind a retry loop. Neither
+retries a refusal (tampered wrapped key, missing permission): only `KmsUnavailable`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
+
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram
+
+from gateway.errors import DecryptError
+from gateway.keys.errors import KmsUnavailable
+from gateway.keys.kms import KmsProvider, WrappedKey
+
+T = TypeVar("T")
+
+KMS_REQUESTS = PromCounter("gateway_kms_requests_total", "Requests to a KMS provider",
+                           ["provider", "operation", "outcome"])
+KMS_SECONDS = Histogram("gateway_kms_request_seconds", "KMS request latency", ["provider", "operation"],
+                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+class InstrumentedKms:
+    """Counts each wrap/unwrap by outcome: ok, unavailable, refused (DecryptError) or error."""
+
+    def __init__(self, inner: KmsProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<InstrumentedKms {self.inner!r}>"
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = fn()
+            outcome = "ok"
+            return result
+        except KmsUnavailable:
+            outcome = "unavailable"
+            raise
+        except DecryptError:
+            outcome = "refused"
+            raise
+        finally:
+            self.counts[(operation, outcome)] += 1
+            KMS_REQUESTS.labels(self.name, operation, outcome).inc()
+            KMS_SECONDS.labels(self.name, operation).observe(time.monotonic() - started)
+
+    def active_key_id(self) -> str:
+        return self.inner.active_key_id()
+
+    def healthy(self) -> bool:
+        return self._call("health", self.inner.healthy)
+
+    def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
+        return self._call("wrap", lambda: self.inner.wrap(dek, context))
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        return self._call("unwrap", lambda: self.inner.unwrap(wrapped, context))
+
+
+class ResilientKms:
+    """Retries `KmsUnavailable` up to `attempts` times with backoff, then fails fast for `cooldown_s`."""
+
+    def __init__(self, inner: KmsProvider, attempts: int = 3, base_delay_s: float = 0.05,
+                 max_delay_s: float = 1.0, cooldown_s: float = 2.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._attempts = max(1, attempts)
+        self._base = base_delay_s
+        self._max = max_delay_s
+        self._cooldown = cooldown_s
+        self._sleep = sleep
+        self._open_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"<ResilientKms attempts={self._attempts} {self.inner!r}>"
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        remaining = self._open_until - time.monotonic()
+        if remaining > 0:
+            raise KmsUnavailable(f"KMS provider '{self.name}' is unavailable: failing fast for another "
+                                 f"{remaining:.1f}s after repeated failures")
+        delay = self._base
+        for attempt in range(1, self._attempts + 1):
+            try:
+                result = fn()
+            except KmsUnavailable:
+                if attempt == self._attempts:
+                    self._open_until = time.monotonic() + self._cooldown
+                    raise
+                self._sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._max)
+                continue
+            self._open_until = 0.0
+            return result
+        raise AssertionError("unreachable")
+
+    def active_key_id(self) -> str:
+        return self.inner.active_key_id()
+
+    def healthy(self) -> bool:
+        return self.inner.healthy()
+
+    def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
+        return self._call(lambda: self.inner.wrap(dek, context))
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        return self._call(lambda: self.inner.unwrap(wrapped, context))
