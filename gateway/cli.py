@@ -43,6 +43,21 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz")
     p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--key-topic", dest="key_topic", help="compacted topic of per-subject keys (default privacy.keys)")
+    _add_kms_settings(p)
+
+
+def _add_kms_settings(p: argparse.ArgumentParser) -> None:
+    """KMS choice (env GATEWAY_<NAME> otherwise). The Vault token is read from GATEWAY_VAULT_TOKEN only."""
+    p.add_argument("--kms-provider", dest="kms_provider", choices=("local", "aws", "vault"),
+                   help="KEK provider (default local: the keyring)")
+    p.add_argument("--kms-timeout-s", dest="kms_timeout_s", type=float)
+    p.add_argument("--aws-kms-key-id", dest="aws_kms_key_id", help="AWS KMS key id, ARN or alias/NAME")
+    p.add_argument("--aws-region", dest="aws_region")
+    p.add_argument("--aws-endpoint-url", dest="aws_endpoint_url")
+    p.add_argument("--vault-addr", dest="vault_addr", help="Vault/OpenBao address (token: GATEWAY_VAULT_TOKEN)")
+    p.add_argument("--vault-transit-key", dest="vault_transit_key")
+    p.add_argument("--vault-mount", dest="vault_mount", help="transit mount (default transit)")
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -71,11 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain")
     p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
     p.add_argument("--schemas", type=Path, default=None, help="schema directory (GATEWAY_SCHEMAS)")
+    p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain), made active")
+    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
+    p.add_argument("--token-domain", dest="token_domain", help="rotate this token domain's HMAC key instead")
+    _add_kms_settings(p)
+    p = keys.add_parser("retire", help="delete an old local KEK (ciphertexts wrapped only under it become unreadable)")
+    p.add_argument("kek_id")
+    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
+    p.add_argument("--yes", action="store_true", help="confirm: the deletion cannot be undone")
+    p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
+    p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
+    _add_kms_settings(p)
+
+    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it")
+    p.add_argument("subject", help="the subject's identifier as producers send it (never stored)")
+    p.add_argument("--domain", required=True, help="token domain of the subject field")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--keyring", type=Path, default=None, help="keyring with the domain's token keys")
+    p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
+    p.add_argument("--audit-topic", dest="audit_topic", help="audit topic (default privacy.audit)")
 
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
     p.add_argument("--keyring", type=Path, default=None, help="keyring holding the KEK (GATEWAY_KEYRING)")
     p.add_argument("--schemas", type=Path, default=None, help="schema directory (GATEWAY_SCHEMAS)")
     p.add_argument("--topic", help="sanitized topic the records came from (needed with several policies)")
+    p.add_argument("--bootstrap", help="read the key topic from here to open per-subject fields")
+    p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
+    _add_kms_settings(p)
 
     p = sub.add_parser("dump", help="print a topic's records as JSON lines (sanitized, dlq or audit)")
     p.add_argument("--bootstrap", required=True)
@@ -87,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit.add_parser("verify", help="walk the audit hash chains and report the first break")
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", default="privacy.audit")
+
+    p = sub.add_parser("aggregate", help="run the differentially private aggregate stages (a consumer-group member)")
+    _add_run_settings(p)
+    p.add_argument("--ledger-topic", dest="ledger_topic", help="privacy ledger topic (default privacy.ledger)")
+    p.add_argument("--dp-idle-close-s", dest="dp_idle_close_s", type=float,
+                   help="close windows past end + grace after this many quiet seconds (default 10)")
+    p.add_argument("--dp-test-no-noise", dest="dp_test_no_noise", action="store_true", help=argparse.SUPPRESS)
+
+    budget = sub.add_parser("budget", help="privacy budget").add_subparsers(dest="budget_cmd", required=True)
+    p = budget.add_parser("show", help="print the privacy ledger: budget spent per aggregate and period")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--ledger-topic", dest="ledger_topic", default=None, help="default privacy.ledger")
+    p.add_argument("--schemas", type=Path, default=None, help="schemas, to show each aggregate's cap")
+    p.add_argument("--json", action="store_true", help="one JSON object per aggregate")
 
     p = sub.add_parser("demo", help="embedded broker + gateway + sample events, end to end")
     p.add_argument("--events", type=int, default=400, help="valid events per schema")
@@ -101,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(getattr(args, "log_level", None) or "INFO")
     try:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
-                   "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys}[args.command]
+                   "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
+                   "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget}[args.command]
         return handler(args)
     except GatewayError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
@@ -141,6 +195,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for warning in plan.warnings:
             log.warning("policy", extra={"problem": str(warning)})
     keyring = Keyring.open(config.keyring, create=True)
+    from gateway.keys.providers import build_kms
+
+    build_kms(config, keyring)  # fail fast, before Kafka, on a wrong or unreachable KMS
     return Worker(config, plans, keyring).run()
 
 
@@ -188,6 +245,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.policy import load_plans
 
+    if args.keys_cmd in ("rotate", "retire", "rewrap"):
+        from gateway.keys.rotation import cmd_retire, cmd_rewrap, cmd_rotate
+
+        return {"rotate": cmd_rotate, "retire": cmd_retire, "rewrap": cmd_rewrap}[args.keys_cmd](args, _config(args))
+
     config = GatewayConfig.load({"keyring": args.keyring, "schemas": args.schemas})
     plans = load_plans(config.require_schemas_dir())
     existed = config.keyring.exists()
@@ -208,10 +270,22 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from gateway.policy import load_plans
     from gateway.schema import decoded_for_json
 
-    config = GatewayConfig.load({"keyring": args.keyring, "schemas": args.schemas})
+    config = _config(args)
     plans = load_plans(config.require_schemas_dir())
     decoder = SanitizedDecoder(plans)
-    decryptor = FieldDecryptor(Keyring.open(config.keyring, create=False))
+    from gateway.keys.providers import build_kms
+
+    # with a remote KMS the keyring is optional (it opens ciphertexts made before the move)
+    keyring = (Keyring.open(config.keyring, create=False)
+               if config.kms_provider == "local" or config.keyring.exists() else None)
+    kms = build_kms(config, keyring)
+    subject_keys = None
+    if args.bootstrap:
+        from gateway.keys.keytopic import load_subject_keys
+        from gateway.keys.subject_keys import SubjectKeys
+
+        subject_keys = load_subject_keys(args.bootstrap, config.key_topic, SubjectKeys(kms))
+    decryptor = FieldDecryptor(kms, subject_keys=subject_keys)
     data = sys.stdin.buffer.read()
     failures = 0
     for n, (plan, record) in enumerate(_stdin_records(data, decoder, args.topic), start=1):
@@ -276,6 +350,55 @@ def cmd_audit(args: argparse.Namespace) -> int:
     status = "OK" if report.ok else "BROKEN"
     print(f"audit chain {status}: {report.events} events in {report.chains} chains on '{args.topic}'")
     return 0 if report.ok else 1
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from gateway.keys.keyring import Keyring
+    from gateway.keys.keytopic import forget_subject, load_subject_keys
+    from gateway.keys.subject_keys import SubjectKeys
+
+    config = _config(args)
+    keyring = Keyring.open(config.keyring, create=False)
+    _, token_keys = keyring.token_keys(args.domain)
+    keys = load_subject_keys(config.bootstrap, config.key_topic, SubjectKeys(keyring))
+    event = forget_subject(config, args.subject, args.domain, token_keys, keys)
+    print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
+          f"'{config.key_topic}' (tombstones), audit event on '{config.audit_topic}'. Running workers evict the keys "
+          "within seconds; the subject's earlier ciphertexts can no longer be decrypted")
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from gateway.aggregate_worker import AggregateWorker
+    from gateway.dp.testmode import allow_no_noise
+    from gateway.policy import load_plans
+
+    config = _config(args)
+    plans = load_plans(config.require_schemas_dir())
+    no_noise = None
+    if args.dp_test_no_noise:  # test-only; see gateway/dp/testmode.py for every guard
+        no_noise = allow_no_noise(config.bootstrap)
+        log.warning("NO-NOISE TEST MODE: releases carry true values and no privacy", extra={})
+    return AggregateWorker(config, plans, no_noise).run()
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from gateway.aggregate_worker import describe_ledger
+    from gateway.dp.ledger_store import load_ledger
+    from gateway.policy import load_plans
+
+    config = GatewayConfig.load({"bootstrap": args.bootstrap, "ledger_topic": args.ledger_topic})
+    specs = {}
+    if args.schemas is not None:
+        specs = {a.id: a for p in load_plans(_schemas_dir(args.schemas)) for a in p.aggregates}
+    ledger = load_ledger(config.bootstrap, config.ledger_topic)
+    if args.json:
+        for row in ledger.summary(specs=specs):
+            sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+        return 0
+    print(f"privacy ledger '{config.ledger_topic}' on {config.bootstrap}")
+    print(describe_ledger(ledger, specs))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

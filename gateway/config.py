@@ -47,6 +47,20 @@ class GatewayConfig:
     session_timeout_ms: int = 10_000
     metrics_port: int = 0
     log_level: str = "INFO"
+    # differentially private aggregates (`gateway aggregate`, `gateway budget show`)
+    ledger_topic: str = "privacy.ledger"
+    dp_idle_close_s: float = 10.0
+    # KMS for KEKs (see gateway/keys/providers.py). Secrets come from the environment only.
+    kms_provider: str = "local"  # local | aws | vault
+    kms_timeout_s: float = 5.0
+    aws_kms_key_id: str = ""  # key id, ARN or alias/NAME; credentials from the standard AWS chain
+    aws_region: str = ""
+    aws_endpoint_url: str = ""
+    vault_addr: str = ""
+    vault_token: str = field(default="", repr=False)  # GATEWAY_VAULT_TOKEN only; never on the command line
+    vault_transit_key: str = ""
+    vault_mount: str = "transit"
+    key_topic: str = "privacy.keys"  # compacted topic of wrapped per-subject keys (crypto-shredding)
 
     def __post_init__(self) -> None:
         self._check(bool(self.bootstrap.strip()), "bootstrap", "must be HOST:PORT[,HOST:PORT...]")
@@ -73,8 +87,29 @@ class GatewayConfig:
         self._check(1000 <= self.session_timeout_ms <= 300_000, "session_timeout_ms",
                     "must be between 1000 and 300000")
         self._check(0 <= self.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
+        self._check(bool(_TOPIC_RE.match(self.ledger_topic)), "ledger_topic", "must be a valid Kafka topic name")
+        self._check(0 < self.dp_idle_close_s <= 86_400, "dp_idle_close_s", "must be in (0, 86400] seconds")
         self._check(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
                     "must be DEBUG, INFO, WARNING or ERROR")
+        self._check(bool(_TOPIC_RE.match(self.key_topic)), "key_topic", "must be a valid Kafka topic name")
+        self._check_kms()
+
+    def _check_kms(self) -> None:
+        self._check(self.kms_provider in {"local", "aws", "vault"}, "kms_provider", "must be local, aws or vault")
+        self._check(0 < self.kms_timeout_s <= 60, "kms_timeout_s", "must be in (0, 60] seconds")
+        if self.kms_provider == "aws":
+            self._check(bool(self.aws_kms_key_id), "aws_kms_key_id",
+                        "is required with kms_provider=aws (key id, ARN or alias/NAME)")
+            self._check(not self.aws_endpoint_url or self.aws_endpoint_url.startswith(("http://", "https://")),
+                        "aws_endpoint_url", "must start with http:// or https://")
+        if self.kms_provider == "vault":
+            self._check(self.vault_addr.startswith(("http://", "https://")), "vault_addr",
+                        "is required with kms_provider=vault, as http(s)://HOST:PORT")
+            self._check(bool(self.vault_token), "vault_token",
+                        "is required with kms_provider=vault; set it in the environment, never on the command line")
+            self._check(bool(self.vault_transit_key), "vault_transit_key",
+                        "is required with kms_provider=vault (the name of an aes256-gcm96 transit key)")
+            self._check(bool(self.vault_mount.strip("/")), "vault_mount", "must name the transit mount")
 
     @staticmethod
     def _check(ok: bool, setting: str, problem: str) -> None:

@@ -21,6 +21,7 @@ import fastavro
 import orjson
 from fastavro.schema import expand_schema
 
+from gateway.dp.declarations import AggregateSpec, compile_aggregates, kept_top_level
 from gateway.errors import PolicyError
 from gateway.schema import (
     ENCODINGS,
@@ -33,7 +34,7 @@ from gateway.schema import (
 
 ACTIONS = ("keep", "drop", "tokenize", "encrypt")
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
-                   "sanitized_schema_id", "event_id"}
+                   "sanitized_schema_id", "event_id", "aggregates"}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -70,6 +71,7 @@ class FieldPlan:
     domain: str | None = None
     shape: Shape | None = None  # keep only: nested records to sanitize
     plaintext_schema: Any = None  # encrypt only: parsed Avro schema of the value (null excluded)
+    per_subject: bool = False  # encrypt only: under the subject's own key (gateway/keys/subject_keys.py)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class Plan:
     field_actions: dict[str, str]
     token_domains: frozenset[str]
     warnings: tuple[Problem, ...] = field(default=())
+    aggregates: tuple[AggregateSpec, ...] = field(default=())  # DP aggregates (gateway/dp/declarations.py)
+    subject_domain: str | None = None  # token domain of the subject when it is tokenized
+    per_subject: bool = False  # some field is encrypted under the subject's own key
 
     @property
     def name(self) -> str:
@@ -120,6 +125,7 @@ class _Compiler:
         self.problems: list[Problem] = []
         self.domains: set[str] = set()
         self.actions: dict[str, str] = {}
+        self.per_subject_paths: list[str] = []
         self.emitted_names: set[str] = set()
         self.in_progress: set[str] = set()
         self.expanded = expand_schema(schema.raw)
@@ -203,9 +209,9 @@ class _Compiler:
                 out_field["default"] = None
             return FieldPlan(f["name"], path, "tokenize", nullable, domain=domain), out_field
         # encrypt
-        if isinstance(options, dict) and options.get("per_subject"):
-            self.error(path, "per-subject encryption keys are not available in this version; "
-                             "remove \"per_subject\"")
+        per_subject = isinstance(options, dict) and options.get("per_subject", False)
+        if per_subject not in (True, False):
+            self.error(path, "encrypt option per_subject must be true or false")
             return None
         if isinstance(options, dict) and set(options) - {"per_subject"}:
             self.error(path, f"unknown encrypt options {sorted(set(options) - {'per_subject'})}")
@@ -215,12 +221,15 @@ class _Compiler:
         except Exception as exc:
             self.error(path, f"cannot build the plaintext schema for encryption ({exc})")
             return None
-        self.actions[path] = "encrypt"
+        self.actions[path] = "encrypt:per_subject" if per_subject else "encrypt"
+        if per_subject:
+            self.per_subject_paths.append(path)
         out_field["type"] = ["null", "bytes"] if nullable else "bytes"
         out_field["doc"] = ENCRYPTED_DOC
         if nullable and f.get("default", "absent") is None:
             out_field["default"] = None
-        return FieldPlan(f["name"], path, "encrypt", nullable, plaintext_schema=plaintext_schema), out_field
+        return FieldPlan(f["name"], path, "encrypt", nullable, plaintext_schema=plaintext_schema,
+                         per_subject=bool(per_subject)), out_field
 
     def _expanded_inner(self, path: str) -> Any:
         """The field's type with every named type inlined (so it parses on its own)."""
@@ -415,12 +424,24 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
             c.error(subject, "the subject field must be a string or a number, not a record")
         else:
             subject_tokenized = top[subject].action == "tokenize"
+    subject_domain = None
+    if subject_tokenized:
+        subject_domain = next(f.domain for f in record_plan.fields if f.name == subject)
+    for path in c.per_subject_paths if not subject_tokenized else ():
+        c.error(path, "per_subject encryption needs a tokenized subject field (\"subject\" in the record's "
+                      "privacy settings, annotated {\"tokenize\": {\"domain\": D}}): subject keys are stored "
+                      "under the subject's token, never the subject in clear")
     event_id = settings.get("event_id")
     if event_id is None:
         event_id = next((f.name for f in record_plan.fields if f.name == "event_id" and f.action == "keep"), None)
     elif not any(f.name == event_id and f.action in ("keep", "tokenize") for f in record_plan.fields):
         c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
 
+    aggregates = compile_aggregates(
+        settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
+        sanitized_topic=sanitized_topic, subject=subject,
+        kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.action == "keep"}),
+        named=schema.parsed.get("__named_schemas", {}), error=c.error)
     if any(p.severity == "error" for p in c.problems):
         return None, c.problems
     try:
@@ -436,7 +457,8 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         sanitized_schema_id=sanitized_schema_id, sanitized_schema=sanitized,
         sanitized_parsed=sanitized_parsed, policy_hash=policy_hash(schema.raw),
         field_actions=dict(c.actions), token_domains=frozenset(c.domains),
-        warnings=tuple(p for p in c.problems if p.severity == "warning"),
+        warnings=tuple(p for p in c.problems if p.severity == "warning"), aggregates=aggregates,
+        subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
     )
     return plan, c.problems
 

@@ -52,7 +52,8 @@ class SampleEvents:
             "card_expiry": (None if self.rng.random() < 0.2
                             else f"{self.rng.randint(1, 12):02d}/2{self.rng.randint(7, 9)}"),
             "ip_address": CANARIES["ip"] if canary else f"198.51.100.{self.rng.randint(1, 254)}",
-            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+            "user_agent": ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                           "Chrome/126.0 Safari/537.36"),
             "amount_minor": self.rng.randint(100, 250_000),
             "currency": self.rng.choice(["EUR", "USD", "GBP"]),
             "country": country,

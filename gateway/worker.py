@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import orjson
@@ -87,8 +87,12 @@ class ChainRecovery:
 
 
 class Worker:
-    def __init__(self, config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring) -> None:
+    def __init__(self, config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring,
+                 pipeline_factory: Callable[[int], Pipeline] | None = None) -> None:
+        """`pipeline_factory(audit_partitions)` replaces the sanitize pipeline (the benchmark's
+        passthrough uses it to measure this exact loop with no transform)."""
         self.config = config
+        self._pipeline_factory = pipeline_factory
         self.plans = plans
         self.keyring = keyring
         self.health = metrics.Health()
@@ -106,7 +110,9 @@ class Worker:
         if self.config.metrics_port:
             metrics.serve(self.config.metrics_port, self.health)
         counts = ensure_topics(self.plans, self.config)
-        self.pipeline = Pipeline(self.plans, self.keyring, self.config, counts[self.config.audit_topic])
+        audit_partitions = counts[self.config.audit_topic]
+        self.pipeline = (self._pipeline_factory(audit_partitions) if self._pipeline_factory
+                         else Pipeline(self.plans, self.keyring, self.config, audit_partitions))
         self.recovery = ChainRecovery(self.config, counts[self.config.audit_topic])
         self.producer = Producer({
             "bootstrap.servers": self.config.bootstrap,

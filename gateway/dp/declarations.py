@@ -1,0 +1,254 @@
+"""DP aggregate declarations: the record-level ``"privacy": {"aggregates": [...]}`` block, parsed,
+validated and compiled into frozen specs once, at policy compilation.
+
+```json
+"aggregates": [{"name": "spend_by_country", "metric": "sum", "field": "amount_minor",
+                "group_by": ["country"], "window_s": 60, "grace_s": 10,
+                "epsilon": 1.0, "delta": 1e-6,
+                "max_groups_per_subject": 1, "max_records_per_group": 5, "clamp": [0, 100000],
+                "time_field": "occurred_at", "output_topic": "payments.raw.aggregates",
+                "period_s": 86400, "period_epsilon_cap": 24.0}]
+```
+
+Every problem is reported through the policy compiler's ``error`` callback with the aggregate's
+name and the setting, so `gateway policy lint` lists them with the schema.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+METRICS = ("count", "sum", "mean")
+REQUIRED = ("name", "metric", "group_by", "window_s", "epsilon", "delta", "max_groups_per_subject",
+            "max_records_per_group")
+OPTIONAL = ("field", "grace_s", "clamp", "time_field", "output_topic", "period_s", "period_epsilon_cap",
+            "period_delta_cap")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_GROUPABLE = {"string", "int", "long", "boolean", "enum"}
+_INTEGER = {"int", "long"}
+MAX_ABS_VALUE = 2**40  # keeps m * max|clamp| * k well inside i64 for any sane bound
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """One compiled aggregate. Sensitivities and noise scales derive from these bounds only."""
+
+    schema: str  # raw schema full name
+    name: str
+    metric: str  # count | sum | mean
+    field: str | None  # summed field (sum, mean)
+    group_by: tuple[str, ...]
+    window_ms: int
+    grace_ms: int
+    epsilon: float
+    delta: float
+    max_groups_per_subject: int  # k
+    max_records_per_group: int  # m
+    clamp: tuple[int, int] | None  # [lo, hi] for sum and mean
+    time_field: str | None  # None: the Kafka record timestamp
+    output_topic: str
+    source_topic: str
+    sanitized_topic: str
+    period_ms: int
+    period_epsilon_cap: float
+    period_delta_cap: float
+
+    @property
+    def id(self) -> str:
+        """Ledger and audit identity: schema full name + aggregate name."""
+        return f"{self.schema}/{self.name}"
+
+    @property
+    def max_abs_value(self) -> int:
+        return 0 if self.clamp is None else max(abs(self.clamp[0]), abs(self.clamp[1]))
+
+    def window_start(self, t_ms: int) -> int:
+        return t_ms - (t_ms % self.window_ms)
+
+    def bounds(self) -> dict[str, Any]:
+        return {"max_groups_per_subject": self.max_groups_per_subject,
+                "max_records_per_group": self.max_records_per_group,
+                "clamp": list(self.clamp) if self.clamp else None}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _base(ftype: Any) -> str | None:
+    """Base type name of a non-null field type (enums as 'enum'), None for unions/containers."""
+    if isinstance(ftype, list):  # unions (nullable fields included) are neither grouped nor summed
+        return None
+    if isinstance(ftype, str):
+        return ftype
+    if isinstance(ftype, dict):
+        return "enum" if ftype.get("type") == "enum" else ftype.get("type")
+    return None
+
+
+def compile_aggregates(block: Any, *, schema: str, source_topic: str, sanitized_topic: str,
+                       subject: str | None, kept: dict[str, Any], named: dict[str, Any],
+                       error: Callable[[str, str], None]) -> tuple[AggregateSpec, ...]:
+    """Compile the ``aggregates`` block. `kept` maps each *kept* top-level field to its raw Avro type
+    (only kept values reach the sanitized topic, which the aggregate stage reads); `named` holds the
+    schema's named types (enums referenced by name). Errors go to `error(where, message)`."""
+    if block is None:
+        return ()
+    if not isinstance(block, list):
+        error("(record)", "aggregates must be a list of aggregate declarations")
+        return ()
+    specs: list[AggregateSpec] = []
+    seen: set[str] = set()
+    for i, decl in enumerate(block):
+        where = f"aggregates[{i}]"
+        if not isinstance(decl, dict):
+            error(where, "an aggregate declaration must be an object")
+            continue
+        name = decl.get("name")
+        if isinstance(name, str) and _NAME_RE.match(name):
+            where = f"aggregate '{name}'"
+            if name in seen:
+                error(where, "duplicate aggregate name")
+            seen.add(name)
+        spec = _compile_one(decl, where, schema=schema, source_topic=source_topic, sanitized_topic=sanitized_topic,
+                            subject=subject, kept=kept, named=named, error=error)
+        if spec is not None:
+            specs.append(spec)
+    return tuple(specs)
+
+
+def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic: str, sanitized_topic: str,
+                 subject: str | None, kept: dict[str, Any], named: dict[str, Any],
+                 error: Callable[[str, str], None]) -> AggregateSpec | None:
+    problems: list[str] = []
+
+    def bad(setting: str, message: str) -> None:
+        problems.append(setting)
+        error(where, f"setting '{setting}': {message}")
+
+    for key in sorted(set(decl) - set(REQUIRED) - set(OPTIONAL)):
+        bad(key, f"unknown aggregate setting (known: {', '.join(sorted(REQUIRED + OPTIONAL))})")
+    for key in REQUIRED:
+        if key not in decl:
+            bad(key, "is required")
+    if subject is None:
+        bad("(subject)", "aggregates need the record-level 'subject': contribution bounds are per subject")
+    name = decl.get("name")
+    if "name" in decl and not (isinstance(name, str) and _NAME_RE.match(name)):
+        bad("name", "must be lowercase letters, digits and '_' (up to 64), starting with a letter")
+    metric = decl.get("metric")
+    if "metric" in decl and metric not in METRICS:
+        bad("metric", f"'{metric}' is not one of {', '.join(METRICS)}")
+    field = decl.get("field")
+    clamp = decl.get("clamp")
+    if metric in ("sum", "mean"):
+        if field is None:
+            bad("field", f"metric '{metric}' needs the numeric field to {metric}")
+        elif field not in kept:
+            bad("field", f"'{field}' must be a kept top-level field (aggregates read the sanitized record)")
+        elif _resolve(kept[field], named) not in _INTEGER:
+            bad("field", f"'{field}' must be an int or long (values are summed as integers; store amounts in "
+                         "minor units)")
+        if not (isinstance(clamp, list) and len(clamp) == 2 and all(_is_int(v) for v in clamp)
+                and clamp[0] <= clamp[1] and max(abs(clamp[0]), abs(clamp[1])) <= MAX_ABS_VALUE):
+            bad("clamp", f"metric '{metric}' needs integer bounds [lo, hi] with lo <= hi and |bound| <= 2^40; "
+                         "sensitivity is derived from them")
+    elif metric == "count":
+        if field is not None:
+            bad("field", "metric 'count' takes no field")
+        if clamp is not None:
+            bad("clamp", "metric 'count' takes no clamp")
+    group_by = decl.get("group_by")
+    if "group_by" in decl:
+        if not (isinstance(group_by, list) and group_by and all(isinstance(g, str) for g in group_by)
+                and len(set(group_by)) == len(group_by)):
+            bad("group_by", "must be a non-empty list of distinct field names")
+        else:
+            for g in group_by:
+                if g == subject:
+                    bad("group_by", f"'{g}' is the subject: grouping by it would release per-subject values")
+                elif g not in kept:
+                    bad("group_by", f"'{g}' must be a kept top-level field")
+                elif _resolve(kept[g], named) not in _GROUPABLE:
+                    bad("group_by", f"'{g}' must be a string, int, long, boolean or enum")
+    time_field = decl.get("time_field")
+    if time_field is not None and (time_field not in kept or _resolve(kept[time_field], named) != "long"):
+        bad("time_field", f"'{time_field}' must be a kept top-level long (timestamp-millis)")
+    window_s = decl.get("window_s")
+    if "window_s" in decl and not (_is_int(window_s) and 1 <= window_s <= 31 * 86400):
+        bad("window_s", "must be an integer number of seconds between 1 and 2678400")
+    grace_s = decl.get("grace_s", 0)
+    if not (_is_int(grace_s) and 0 <= grace_s <= 7 * 86400):
+        bad("grace_s", "must be an integer number of seconds between 0 and 604800")
+    epsilon = decl.get("epsilon")
+    if "epsilon" in decl and not (_is_number(epsilon) and 0 < epsilon <= 10):
+        bad("epsilon", "must be a number in (0, 10]")
+    delta = decl.get("delta")
+    if "delta" in decl and not (_is_number(delta) and 0 < delta < 1e-2):
+        bad("delta", "must be a number in (0, 0.01): key selection needs it, and it should be far below "
+                     "1/number of subjects")
+    for key in ("max_groups_per_subject", "max_records_per_group"):
+        value = decl.get(key)
+        if key in decl and not (_is_int(value) and 1 <= value <= 10_000):
+            bad(key, "must be an integer between 1 and 10000")
+    output_topic = decl.get("output_topic", f"{source_topic}.aggregates")
+    if not (isinstance(output_topic, str) and _TOPIC_RE.match(output_topic)):
+        bad("output_topic", f"'{output_topic}' is not a valid Kafka topic name")
+    elif output_topic in (source_topic, sanitized_topic):
+        bad("output_topic", "must differ from the source and sanitized topics")
+    period_s = decl.get("period_s", 86400)
+    if not (_is_int(period_s) and 1 <= period_s <= 366 * 86400):
+        bad("period_s", "must be an integer number of seconds between 1 and 31622400")
+    if problems:
+        return None
+    if metric in ("sum", "mean"):
+        bound = max(abs(clamp[0]), abs(clamp[1]))
+        k, m = decl["max_groups_per_subject"], decl["max_records_per_group"]
+        if bound == 0:
+            bad("clamp", "[0, 0] sums nothing; widen the bounds")
+        elif k * m * bound > 2**52:
+            bad("clamp", "max_groups_per_subject x max_records_per_group x max|clamp| must stay below 2^52 "
+                         "(integer noise and sums are 64-bit)")
+    windows_per_period = math.ceil(period_s / window_s)
+    eps_cap = decl.get("period_epsilon_cap", epsilon * windows_per_period)
+    delta_cap = decl.get("period_delta_cap", delta * windows_per_period)
+    if not (_is_number(eps_cap) and eps_cap >= epsilon):
+        bad("period_epsilon_cap", "must be a number >= epsilon (one window's release)")
+    if not (_is_number(delta_cap) and delta_cap >= delta):
+        bad("period_delta_cap", "must be a number >= delta (one window's release)")
+    if problems:
+        return None
+    return AggregateSpec(
+        schema=schema, name=name, metric=metric, field=field if metric != "count" else None,
+        group_by=tuple(group_by), window_ms=window_s * 1000, grace_ms=grace_s * 1000, epsilon=float(epsilon),
+        delta=float(delta), max_groups_per_subject=decl["max_groups_per_subject"],
+        max_records_per_group=decl["max_records_per_group"],
+        clamp=(clamp[0], clamp[1]) if metric != "count" else None, time_field=time_field,
+        output_topic=output_topic, source_topic=source_topic, sanitized_topic=sanitized_topic,
+        period_ms=period_s * 1000, period_epsilon_cap=float(eps_cap), period_delta_cap=float(delta_cap))
+
+
+def _resolve(ftype: Any, named: dict[str, Any]) -> str | None:
+    base = _base(ftype)
+    if isinstance(ftype, dict) and ftype.get("logicalType") and base != "long":
+        return None  # decimals and the like are not summed as plain integers
+    if base is not None and base not in _GROUPABLE | {"double", "float", "bytes", "null", "record", "array",
+                                                      "map", "fixed"}:
+        ref = named.get(base) or next((v for k, v in named.items() if k.rsplit(".", 1)[-1] == base), None)
+        if isinstance(ref, dict):
+            return "enum" if ref.get("type") == "enum" else ref.get("type")
+    return base
+
+
+def kept_top_level(fields: Sequence[dict[str, Any]], kept_names: set[str]) -> dict[str, Any]:
+    """Raw Avro types of the kept top-level fields."""
+    return {f["name"]: f["type"] for f in fields if f["name"] in kept_names}

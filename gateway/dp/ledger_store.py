@@ -1,0 +1,61 @@
+"""The ledger's Kafka side: a compacted topic, read whole at start-up, followed while running."""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from gateway.consume import read_topic
+from gateway.dp.ledger import Ledger, LedgerEntry
+from gateway.topics import admin_client, create_topics, partition_counts
+
+LEDGER_CONFIG = {"cleanup.policy": "compact"}
+
+
+def ensure_ledger_topic(bootstrap: str, topic: str) -> None:
+    """One partition (a small, totally ordered log), compacted: the latest entry per key survives."""
+    admin = admin_client(bootstrap)
+    if topic not in partition_counts(admin):
+        create_topics(admin, {topic: 1}, configs={topic: LEDGER_CONFIG})
+
+
+def load_ledger(bootstrap: str, topic: str) -> Ledger:
+    """Every committed entry of the ledger topic (empty ledger if the topic does not exist yet)."""
+    if topic not in partition_counts(admin_client(bootstrap)):
+        return Ledger()
+    return Ledger.from_records((r.key, r.value) for r in read_topic(bootstrap, topic))
+
+
+class LedgerFollower:
+    """Applies entries other workers commit after start-up (read_committed, from the loaded end)."""
+
+    def __init__(self, bootstrap: str, topic: str, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": "privacy-gateway.ledger-follower",
+            "enable.auto.commit": False, "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+        })
+        metadata = self.consumer.list_topics(topic, timeout=15).topics[topic]
+        assignment = []
+        for p in metadata.partitions:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            assignment.append(TopicPartition(topic, p, high))
+        self.consumer.assign(assignment)
+
+    def poll(self) -> int:
+        applied = 0
+        for msg in self.consumer.consume(500, 0):
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    continue
+                continue
+            if msg.key() is None:
+                continue
+            if msg.value() is None:
+                self.ledger.entries.pop(msg.key(), None)
+            else:
+                self.ledger.apply(LedgerEntry.from_json(msg.value()))
+            applied += 1
+        return applied
+
+    def close(self) -> None:
+        self.consumer.close()

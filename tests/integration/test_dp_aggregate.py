@@ -1,0 +1,203 @@
+"""DP aggregates end to end on the real broker: raw events -> `gateway run` -> sanitized topic ->
+`gateway aggregate` (two stages) -> aggregates topic, with an audit event per release, late events
+audited, and the privacy ledger surviving a restart and refusing an over-cap release."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.demo import encode_raw
+from gateway.samples import SampleEvents
+
+from .conftest import ENV, REPO, Deployment, WorkerProcess, cli
+
+pytestmark = pytest.mark.integration
+WINDOW_S = 10
+PER_COUNTRY = {"DE": 260, "FR": 220, "LU": 1}  # LU: a single subject, must not be released
+
+
+def enable_aggregates(d: Deployment, aggregates: list[dict[str, Any]]) -> None:
+    path = d.schemas / "payments.avsc"
+    schema = orjson.loads(path.read_bytes())
+    schema["privacy"]["aggregates"] = aggregates
+    path.write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
+    from gateway.policy import load_plans
+
+    d.plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(d.schemas)}
+
+
+def start_aggregator(d: Deployment, instance: str, ledger_topic: str, *extra: str,
+                     env: dict[str, str] | None = None, idle_s: float = 1.0) -> WorkerProcess:
+    log_path = d.root / f"aggregate-{instance}.log"
+    handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "aggregate", "--bootstrap", d.bootstrap, "--schemas", str(d.schemas),
+         "--audit-topic", d.audit_topic, "--group-id", d.group_id, "--instance-id", instance,
+         "--partitions", "3", "--session-timeout-ms", "6000", "--ledger-topic", ledger_topic,
+         "--dp-idle-close-s", str(idle_s), *extra],
+        stdout=handle, stderr=subprocess.STDOUT, env=env or ENV, cwd=REPO)
+    worker = WorkerProcess(proc, log_path, handle)
+    worker.wait_for_log('"stage":"release"')
+    worker.wait_for_log('"stage":"bound"')
+    return worker
+
+
+def wait_for(predicate: Any, timeout_s: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def audit_bodies(d: Deployment, kind: str) -> list[dict[str, Any]]:
+    try:
+        records = d.read(d.audit_topic)
+    except Exception:
+        return []
+    return [b for b in (orjson.loads(r.value or b"{}") for r in records) if b.get("type") == kind]
+
+
+@pytest.fixture(scope="module")
+def dp(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    d = Deployment(bootstrap, tmp_path_factory.mktemp("dp"), uuid.uuid4().hex[:8])
+    enable_aggregates(d, [
+        {"name": "spend_by_country", "metric": "sum", "field": "amount_minor", "group_by": ["country"],
+         "time_field": "occurred_at", "window_s": WINDOW_S, "grace_s": 2, "epsilon": 1.0, "delta": 1e-6,
+         "max_groups_per_subject": 1, "max_records_per_group": 5, "clamp": [0, 100000],
+         "period_s": 3600, "period_epsilon_cap": 1.5},
+        {"name": "payments_by_country", "metric": "count", "group_by": ["country"], "time_field": "occurred_at",
+         "window_s": WINDOW_S, "grace_s": 2, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
+         "max_records_per_group": 5}])
+    ledger_topic = f"privacy.ledger.{d.suffix}"
+    sanitizer = d.start_worker("sanitizer")
+    plan = d.payments
+    base = (int(time.time() * 1000) - 3_600_000) // (WINDOW_S * 1000) * (WINDOW_S * 1000)  # an hour ago
+    samples = SampleEvents(seed=5)
+    truth: dict[str, int] = defaultdict(int)
+    events = []
+    for country, n in PER_COUNTRY.items():
+        for i in range(n):
+            e = samples.payment()
+            # one subject per event: the bounds (k = 1 group per subject) then drop nothing
+            e.update(user_id=f"subject-{country}-{i}", country=country, occurred_at=base + 1000 + i % 5000,
+                     amount_minor=1000 + i)
+            truth[country] += e["amount_minor"]
+            events.append(encode_raw(plan, e, "avro"))
+    d.produce(plan.source_topic, events)
+    # the events are an hour old, so their window closes as soon as the aggregator's input is quiet
+    # for 1 s: start it once everything is sanitized, so that quiet moment is the real end
+    d.wait_for_audit(len(events))
+    aggregator = start_aggregator(d, "agg-1", ledger_topic)
+    output = plan.aggregates[0].output_topic
+    state = {"d": d, "base": base, "truth": truth, "output": output, "ledger": ledger_topic,
+             "sanitizer": sanitizer, "aggregator": aggregator, "plan": plan}
+    try:
+        wait_for(lambda: sum(r["groups_released"] for r in audit_bodies(d, "dp_release")) >= 4, 90,
+                 "dp_release audit events for 2 groups x 2 aggregates")
+        yield state
+    finally:
+        for worker in (state["aggregator"], sanitizer):
+            if worker.alive():
+                worker.stop()
+
+
+def _aggregates(dp: dict[str, Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value or b"") for r in dp["d"].read(dp["output"])]
+
+
+def test_aggregates_are_released_with_their_metadata(dp: dict[str, Any]) -> None:
+    released = _aggregates(dp)
+    spend = {r["group"]["country"]: r for r in released if r["aggregate"] == "spend_by_country"}
+    count = {r["group"]["country"]: r for r in released if r["aggregate"] == "payments_by_country"}
+    assert set(spend) == set(count) == {"DE", "FR"}  # LU (one subject) is not released
+    for country, r in spend.items():
+        assert r["window"] == {"start": dp["base"], "end": dp["base"] + WINDOW_S * 1000}
+        assert r["mechanism"].startswith("discrete_laplace") and r["epsilon"] == 1.0 and r["delta"] == 1e-6
+        assert r["bounds"] == {"max_groups_per_subject": 1, "max_records_per_group": 5, "clamp": [0, 100000]}
+        # the noise is real but bounded: 5x the 95% bound is exceeded with probability ~ 0.05^5
+        assert r["value"] != dp["truth"][country] or r["noisy_count"] != PER_COUNTRY[country]
+        assert abs(r["value"] - dp["truth"][country]) <= 5 * r["error_95"]
+        assert abs(count[country]["value"] - PER_COUNTRY[country]) <= 5 * count[country]["error_95"]
+
+
+def test_every_release_is_audited_and_charged_to_the_ledger(dp: dict[str, Any]) -> None:
+    d = dp["d"]
+    releases = [r for r in audit_bodies(d, "dp_release") if r["window"]["start"] == dp["base"]]
+    assert releases and all(r["outcome"] == "released" and r["epsilon"] == 1.0 for r in releases)
+    released_groups = Counter()
+    for r in releases:
+        released_groups[r["aggregate"]] += r["groups_released"]
+    assert released_groups == {"example.payments.Payment/spend_by_country": 2,
+                               "example.payments.Payment/payments_by_country": 2}
+    ledger = [orjson.loads(r.value or b"") for r in d.read(dp["ledger"])]
+    assert {(e["aggregate"], e["window_start"], e["partition"]) for e in ledger} == \
+        {(r["aggregate"], r["window"]["start"], r["partition"]) for r in releases}
+    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_late_event_is_audited_not_folded_in(dp: dict[str, Any]) -> None:
+    d, plan = dp["d"], dp["plan"]
+    before = len(_aggregates(dp))
+    e = SampleEvents(seed=99).payment()
+    e.update(country="DE", occurred_at=dp["base"] + 500)
+    d.produce(plan.source_topic, [encode_raw(plan, e, "json")])
+    late = wait_for(lambda: [b for b in audit_bodies(d, "dp_late") if b["window"]["start"] == dp["base"]],
+                    60, "a dp_late audit event")
+    assert {b["aggregate"] for b in late} == {"example.payments.Payment/spend_by_country",
+                                              "example.payments.Payment/payments_by_country"}
+    assert all(b["outcome"] == "late" and b"\"DE\"" not in orjson.dumps(b) for b in late)  # no values
+    time.sleep(2)
+    assert len(_aggregates(dp)) == before
+
+
+def test_ledger_survives_a_restart_and_refuses_over_cap(dp: dict[str, Any]) -> None:
+    d, plan = dp["d"], dp["plan"]
+    assert dp["aggregator"].stop() == 0
+    aggregator = dp["aggregator"] = start_aggregator(d, "agg-2", dp["ledger"])
+    try:
+        assert '"ledger_entries":0' not in aggregator.log()
+        # the next window: spend_by_country would reach 2.0 > cap 1.5 in its hour -> refused;
+        # payments_by_country has the default cap (one release per window) -> released
+        nxt = dp["base"] + WINDOW_S * 1000
+        samples = SampleEvents(seed=123)
+        events = []
+        for i in range(200):
+            e = samples.payment()
+            e.update(country="DE", occurred_at=nxt + 100 + i)
+            events.append(encode_raw(plan, e, "avro"))
+        d.produce(plan.source_topic, events)
+        refused = wait_for(lambda: [r for r in audit_bodies(d, "dp_release") if r["window"]["start"] == nxt
+                                    and r["aggregate"].endswith("spend_by_country")], 60, "the refusal")
+        assert [r["outcome"] for r in refused] == ["refused:period_epsilon_cap"]
+        assert refused[0]["epsilon"] is None and refused[0]["groups_released"] == 0
+        wait_for(lambda: any(r["window"]["start"] == nxt for r in _aggregates(dp)), 30, "the count release")
+        assert not any(r["window"]["start"] == nxt and r["aggregate"] == "spend_by_country" for r in _aggregates(dp))
+        shown = cli("budget", "show", "--bootstrap", d.bootstrap, "--ledger-topic", dp["ledger"],
+                    "--schemas", str(d.schemas))
+        assert shown.returncode == 0, shown.stderr
+        out = shown.stdout.decode()
+        assert "example.payments.Payment/spend_by_country: 1 window(s)" in out
+        assert "1 of cap 1.5, remaining 0.5" in out
+        assert "example.payments.Payment/payments_by_country: 2 window(s)" in out
+    finally:
+        assert aggregator.stop() == 0
+
+
+def test_no_pii_in_worker_logs(dp: dict[str, Any]) -> None:
+    logs = "".join(p.read_text(errors="replace") for p in Path(dp["d"].root).glob("aggregate-*.log"))
+    assert "aggregate worker started" in logs
+    assert "@" not in logs  # no e-mail addresses (every sample subject has one)

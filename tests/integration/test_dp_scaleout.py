@@ -1,0 +1,119 @@
+"""Scale-out: the same sanitized input through one aggregate worker and through two workers in one
+group gives the same true (pre-noise) results per window and group, with noise switched off by the
+test-only mode (gateway/dp/testmode.py), and those equal what the bounds allow."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from gateway.dp.bounding import ACCEPTED, ContributionBounder
+from gateway.dp.testmode import ENV_VAR, NO_NOISE_ACK
+
+from .conftest import ENV, Deployment, WorkerProcess
+from .test_dp_aggregate import audit_bodies, enable_aggregates, start_aggregator, wait_for
+
+pytestmark = pytest.mark.integration
+WINDOW_S = 600
+AGGREGATES = [
+    {"name": "spend", "metric": "sum", "field": "amount_minor", "group_by": ["country"], "time_field": "occurred_at",
+     "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 2,
+     "max_records_per_group": 2, "clamp": [0, 5000]},
+    {"name": "visits", "metric": "count", "group_by": ["currency"], "time_field": "occurred_at",
+     "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
+     "max_records_per_group": 3},
+]
+
+
+def _events(base: int) -> list[tuple[bytes, dict[str, Any]]]:
+    rng = random.Random(17)
+    out = []
+    for i in range(500):
+        subject = f"tok_v1_subject{rng.randint(0, 80)}"
+        out.append((subject.encode(), {"country": rng.choice(["DE", "FR", "NL", "PL"]),
+                                       "currency": rng.choice(["EUR", "USD", "GBP"]),
+                                       "amount_minor": rng.randint(-100, 9000), "occurred_at": base + i * 2_000}))
+    return out
+
+
+def _expected(d: Deployment, events: list[tuple[bytes, dict[str, Any]]]) -> dict[tuple[str, int, str], tuple]:
+    """What the bounds let through, computed with the pure stage-1 logic (a subject's events in order)."""
+    specs = d.payments.aggregates
+    bounder = ContributionBounder(specs)
+    out: dict[tuple[str, int, str], list[int]] = {}
+    for key, record in events:
+        for spec, outcome, c in bounder.offer(key.decode(), record, 0):
+            if outcome == ACCEPTED and c is not None:
+                acc = out.setdefault((spec.name, c.window_start, c.group), [0, 0])
+                acc[0] += 1
+                acc[1] += c.value
+    return {k: (v[0], v[1] if k[0] == "spend" else None) for k, v in out.items()}
+
+
+def _released(d: Deployment) -> dict[tuple[str, int, str], tuple]:
+    out = {}
+    for r in d.read(d.payments.aggregates[0].output_topic):
+        body = orjson.loads(r.value or b"")
+        assert body["mechanism"] == "none:test-mode" and body["epsilon"] is None
+        key = (body["aggregate"], body["window"]["start"], orjson.dumps(list(body["group"].values())).decode())
+        assert key not in out, f"released twice: {key}"
+        out[key] = (body["noisy_count"], body["noisy_sum"])
+    return out
+
+
+@pytest.fixture
+def no_noise_env() -> Iterator[dict[str, str]]:
+    yield dict(ENV, **{ENV_VAR: NO_NOISE_ACK, "PYTEST_CURRENT_TEST": os.environ["PYTEST_CURRENT_TEST"]})
+
+
+def test_one_worker_and_two_workers_give_the_same_pre_noise_sums(
+        bootstrap: str, tmp_path_factory: pytest.TempPathFactory, no_noise_env: dict[str, str]) -> None:
+    one = Deployment(bootstrap, tmp_path_factory.mktemp("one"), uuid.uuid4().hex[:8])
+    two = Deployment(bootstrap, tmp_path_factory.mktemp("two"), uuid.uuid4().hex[:8])
+    workers: list[WorkerProcess] = []
+    try:
+        for d in (one, two):
+            enable_aggregates(d, AGGREGATES)
+        # idle close after 3 s: the input below takes well under a second to bound and repartition
+        workers.append(start_aggregator(one, "solo", f"privacy.ledger.{one.suffix}", "--dp-test-no-noise",
+                                        env=no_noise_env, idle_s=3))
+        first = start_aggregator(two, "a", f"privacy.ledger.{two.suffix}", "--dp-test-no-noise",
+                                 env=no_noise_env, idle_s=3)
+        workers.append(first)
+        workers.append(start_aggregator(two, "b", f"privacy.ledger.{two.suffix}", "--dp-test-no-noise",
+                                        env=no_noise_env, idle_s=3))
+        # the first worker gives up half its partitions in the rebalance: wait for its new assignment
+        wait_for(lambda: first.log().count('"stage":"release"') >= 2 and first.log().count('"stage":"bound"') >= 2,
+                 30, "the rebalance")
+        time.sleep(1)
+        assert "NO-NOISE TEST MODE" in first.log()
+        base = (int(time.time() * 1000) - 4 * 3_600_000) // (WINDOW_S * 1000) * (WINDOW_S * 1000)
+        events = _events(base)
+        for d in (one, two):
+            producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+            headers = [("gateway-schema", d.payments.sanitized_schema["name"].encode()),
+                       ("gateway-encoding", b"json")]
+            for key, record in events:
+                producer.produce(d.payments.sanitized_topic, orjson.dumps(record), key, headers=headers)
+            assert producer.flush(30) == 0
+        expected = _expected(one, events)
+        assert len({k[1] for k in expected}) == 2  # two windows
+        for d in (one, two):
+            wait_for(lambda d=d: len(_released(d)) >= len(expected), 60, "all groups released")
+        time.sleep(1)
+        assert _released(one) == expected
+        assert _released(two) == expected
+        # two workers really shared the work: both released windows
+        instances = {b["instance"] for b in audit_bodies(two, "dp_release")}
+        assert instances == {"a", "b"}
+    finally:
+        for w in workers:
+            w.stop()
