@@ -18,5 +18,12 @@ test: $(BIN)/gateway  ## the whole suite; integration tests start the embedded b
 	$(BIN)/ruff check gateway tests
 	$(BIN)/pytest -q
 
+$(VENV)/.bench: $(BIN)/gateway
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench  ## the gateway beside passthrough, naive code, Confluent CSFLE and Presidio
+	PYTHONPATH=. $(BIN)/python benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

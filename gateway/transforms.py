@@ -6,16 +6,17 @@ sanitizer builds a new record holding only the fields the plan keeps, so droppin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import RejectedEvent
-from gateway.keys.envelope import DataKey, DekCache, context_bytes, encrypt_field
+from gateway.keys.envelope import DataKey, DekCache, context_prefix, encrypt_field, subject_suffix
 from gateway.keys.errors import KmsUnavailable
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
-from gateway.schema import avro_bytes
+from gateway.schema import plaintext_encoder
 
 
 @dataclass
@@ -32,6 +33,9 @@ class RecordSanitizer:
                  max_field_bytes: int, subject_keys: SubjectKeys | None = None) -> None:
         self.plan = plan
         self._subject_keys = subject_keys
+        encrypted = list(_encrypted_fields(plan.record))
+        self._encoders = {fp.path: plaintext_encoder(fp.plaintext_schema) for fp in encrypted}
+        self._contexts = {fp.path: context_prefix(plan.sanitized_topic, fp.path) for fp in encrypted}
         self.topic = plan.sanitized_topic
         self._tokenizers = tokenizers
         self._deks = dek_cache
@@ -103,7 +107,7 @@ class RecordSanitizer:
         return self._tokenizers[fp.domain or ""].token(value)
 
     def _encrypt(self, value: Any, fp: FieldPlan, state: _EventState) -> bytes:
-        plaintext = avro_bytes(fp.plaintext_schema, value)
+        plaintext = self._encoders[fp.path](value)
         if len(plaintext) > self._max_field_bytes:
             self._too_large(fp, len(plaintext))
         try:
@@ -111,7 +115,9 @@ class RecordSanitizer:
         except KmsUnavailable as exc:  # dead-letter (sealed, replayable): never publish without encryption
             raise RejectedEvent("kms_unavailable", f"no data key for field '{fp.path}': {exc}") from None
         state.dek_key_id = key.key_id
-        return encrypt_field(key, plaintext, context_bytes(self.topic, fp.path, state.subject))
+        if state.subject_context is None:
+            state.subject_context = subject_suffix(state.subject)
+        return encrypt_field(key, plaintext, self._contexts[fp.path] + state.subject_context)
 
     def _subject_key(self, fp: FieldPlan, state: _EventState) -> DataKey:
         if not state.subject:
@@ -131,3 +137,15 @@ class _EventState:
 
     subject: str
     dek_key_id: str | None = None
+    subject_context: bytes | None = None  # the subject's part of the associated data, built on first use
+
+
+def _encrypted_fields(plan: RecordPlan) -> Iterator[FieldPlan]:
+    for fp in plan.fields:
+        if fp.action == "encrypt":
+            yield fp
+        shape = fp.shape
+        while shape is not None:
+            if shape.record is not None:
+                yield from _encrypted_fields(shape.record)
+            shape = shape.inner

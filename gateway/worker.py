@@ -135,6 +135,8 @@ class Worker:
             # backpressure: the fetch queue is bounded, and the loop fetches the next batch only
             # after the previous one committed, so a slow KMS or broker slows consumption
             "queued.max.messages.kbytes": self.config.fetch_queue_kbytes,
+            # latency: don't let an idle partition's fetch wait librdkafka's default 500 ms
+            "fetch.wait.max.ms": 20,
         })
         self.consumer.subscribe(self.pipeline.source_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)

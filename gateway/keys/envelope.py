@@ -17,6 +17,7 @@ topic, or with any header byte changed, fails to authenticate.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import struct
 import time
@@ -39,13 +40,24 @@ MIN_WRAPPED_BYTES = 16  # any KMS's wrapped 32-byte key is longer: shorter is co
 _DEK_CONTEXT = b"privacy-gateway/field-dek"
 
 
+def _length_prefixed(part: str) -> bytes:
+    data = part.encode("utf-8")
+    return struct.pack(">I", len(data)) + data
+
+
+def context_prefix(topic: str, field_path: str) -> bytes:
+    """The static part of a field's context, computed once per field when the sanitizer is built."""
+    return _length_prefixed(topic) + _length_prefixed(field_path)
+
+
 def context_bytes(topic: str, field_path: str, subject: str) -> bytes:
     """Length-prefixed encoding of the context, so no two contexts share a byte string."""
-    out = bytearray()
-    for part in (topic, field_path, subject):
-        data = part.encode("utf-8")
-        out += struct.pack(">I", len(data)) + data
-    return bytes(out)
+    return context_prefix(topic, field_path) + _length_prefixed(subject)
+
+
+def subject_suffix(subject: str) -> bytes:
+    """The per-event part of the context (see `context_bytes`)."""
+    return _length_prefixed(subject)
 
 
 @dataclass
@@ -61,7 +73,7 @@ class DataKey:
     def __repr__(self) -> str:
         return f"<DataKey id={self.dek_id.hex()} uses={self.uses}>"
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         """Printable id for audit: '<kek_id>/<dek_id hex>' (v1) or 'subject:<domain>/<dek_id hex>' (v2)."""
         kek_len = self.header[1]

@@ -1,0 +1,387 @@
+"""`make bench`: the gateway beside its ceiling and its alternatives, in one run on one machine.
+
+1. passthrough: the worker's own loop (batch consume, transactional produce) with no transform
+2. sanitize: `gateway run`, end to end through the embedded broker
+3. transforms: the gateway's pipeline alone, in-process (decode, minimize, tokenize, encrypt,
+   encode, dead letters, audit chain), plus the primitive floor it is measured against
+4. naive per-record code, Confluent CSFLE and Presidio operators (benchmarks/peers.py)
+
+Prints events/s, MB/s, CPU seconds per 1,000 events and p50/p99 latency (event timestamp to
+output record) at half the saturated sanitize rate; writes benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import io
+import os
+import platform
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.broker import EmbeddedBroker
+from gateway.config import GatewayConfig
+from gateway.demo import encode_raw
+from gateway.keys.keyring import Keyring
+from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
+from gateway.policy import Plan, load_plans
+from gateway.samples import SampleEvents
+from gateway.schema import strip_logical_types
+from gateway.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 20261123
+
+
+# ---- data ------------------------------------------------------------------------------------
+def unique_schemas(root: Path, suffix: str) -> Path:
+    """Copies of the example schemas whose topics carry `suffix`, so each stage reads its own data."""
+    target = root / f"schemas-{suffix}"
+    target.mkdir(parents=True)
+    for source in sorted((REPO / "schemas").glob("*.avsc")):
+        schema = orjson.loads(source.read_bytes())
+        for key in ("source_topic", "sanitized_topic"):
+            schema["privacy"][key] += f".{suffix}"
+        (target / source.name).write_bytes(orjson.dumps(schema))
+    return target
+
+
+def make_events(plans: dict[str, Plan], count: int) -> list[tuple[str, bytes, dict[str, Any]]]:
+    """(schema short name, Avro bytes, record): half payments (Confluent framing), half visits."""
+    samples = SampleEvents(seed=SEED)
+    events = []
+    for i in range(count):
+        if i % 2 == 0:
+            record = samples.payment()
+            events.append(("Payment", encode_raw(plans["Payment"], record, "confluent"), record))
+        else:
+            record = samples.clinical_visit()
+            events.append(("ClinicalVisit", encode_raw(plans["ClinicalVisit"], record, "avro"), record))
+    return events
+
+
+def by_short_name(plans: list[Plan]) -> dict[str, Plan]:
+    return {p.name.rsplit(".", 1)[-1]: p for p in plans}
+
+
+# ---- process measurements --------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ---- the Kafka stages ------------------------------------------------------------------------
+class PassthroughPipeline:
+    """Same interface as Pipeline: copies each event to the sanitized topic, untouched."""
+
+    def __init__(self, plans: list[Plan]) -> None:
+        self.out = {p.source_topic: p.sanitized_topic for p in plans}
+        from gateway.audit import ChainHeads
+
+        self.chains = ChainHeads()
+        self.dek_cache = type("NoKms", (), {"kms_calls": 0})()
+
+    @property
+    def source_topics(self) -> list[str]:
+        return list(self.out)
+
+    def process(self, events: list[RawEvent]) -> BatchResult:
+        from collections import Counter
+
+        records = [OutRecord(self.out[e.topic], e.key, e.value or b"",
+                             [("in_ts", str(e.timestamp_ms).encode())]) for e in events]
+        return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))
+
+
+def passthrough_main(argv: list[str]) -> int:
+    """Entry for the passthrough worker process."""
+    from gateway.logs import setup_logging
+    from gateway.worker import Worker
+
+    bootstrap, schemas, group = argv
+    setup_logging("INFO")
+    plans = load_plans(Path(schemas))
+    config = GatewayConfig(bootstrap=bootstrap, schemas=Path(schemas), keyring=Path(schemas) / "k.json",
+                           group_id=group, instance_id=group, session_timeout_ms=6000, partitions=3,
+                           audit_topic=f"audit.{group}")
+    return Worker(config, plans, Keyring.open(config.keyring), lambda _n: PassthroughPipeline(plans)).run()
+
+
+class KafkaStage:
+    """Runs one worker process over a preloaded backlog, then at a paced rate for latency."""
+
+    def __init__(self, kind: str, bootstrap: str, workdir: Path) -> None:
+        self.kind = kind
+        self.bootstrap = bootstrap
+        self.suffix = f"{kind}-{uuid.uuid4().hex[:6]}"
+        self.schemas = unique_schemas(workdir, self.suffix)
+        self.plans = by_short_name(load_plans(self.schemas))
+        self.group = f"bench-{self.suffix}"
+        self.log_path = workdir / f"{self.suffix}.log"
+        config = GatewayConfig(bootstrap=bootstrap, schemas=self.schemas, partitions=3,
+                               audit_topic=f"privacy.audit.{self.suffix}", keyring=workdir / "keyring.json")
+        ensure_topics(list(self.plans.values()), config)
+        self.audit_topic = config.audit_topic
+        self.keyring = config.keyring
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        started = time.monotonic()
+        for i, (name, value, _record) in enumerate(events):
+            producer.produce(self.plans[name].source_topic, value)
+            if rate and i % 50 == 0:
+                ahead = i / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+                producer.poll(0)
+        producer.flush(60)
+
+    def start(self) -> None:
+        if self.kind == "sanitize":
+            cmd = [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas",
+                   str(self.schemas), "--keyring", str(self.keyring), "--group-id", self.group,
+                   "--instance-id", self.group, "--audit-topic", self.audit_topic, "--session-timeout-ms", "6000"]
+        else:
+            cmd = [sys.executable, str(Path(__file__)), "_passthrough", self.bootstrap, str(self.schemas), self.group]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env=dict(os.environ, PYTHONPATH=str(REPO)))
+        deadline = time.monotonic() + 90
+        while b'"msg":"partitions assigned"' not in self.log_path.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind} worker did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def _lag(self, consumer: Consumer) -> int:
+        lag = 0
+        for plan in self.plans.values():
+            parts = [TopicPartition(plan.source_topic, p) for p in range(3)]
+            for tp in consumer.committed(parts, timeout=10):
+                high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                lag += high - max(tp.offset, 0)
+        return lag
+
+    def drain(self, timeout_s: float = 600) -> float:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+        deadline = time.monotonic() + timeout_s
+        try:
+            while self._lag(consumer) > 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.kind} did not drain its backlog")
+                time.sleep(0.02)
+            return time.monotonic()
+        finally:
+            consumer.close()
+
+    def latencies_ms(self, since_ms: int) -> list[float]:
+        """Event timestamp to output record timestamp, for events published after `since_ms`."""
+        out: list[float] = []
+        topics = [self.audit_topic] if self.kind == "sanitize" else [p.sanitized_topic for p in self.plans.values()]
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"lat-{self.group}",
+                             "isolation.level": "read_committed", "enable.partition.eof": True,
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(self._partitions(consumer, t))])
+        pending = len(consumer.assignment())
+        while pending:
+            for msg in consumer.consume(2000, 1.0):
+                if msg.error():
+                    pending -= 1
+                    continue
+                if self.kind == "sanitize":
+                    event_ts = orjson.loads(msg.value())["event"]["timestamp"]
+                else:
+                    event_ts = int(dict(msg.headers())["in_ts"])
+                if event_ts >= since_ms:
+                    out.append(msg.timestamp()[1] - event_ts)
+        consumer.close()
+        return out
+
+    @staticmethod
+    def _partitions(consumer: Consumer, topic: str) -> int:
+        return len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        self.log.close()
+
+
+def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
+                  latency_rate: float | None) -> dict[str, Any]:
+    stage.publish(events)
+    stage.start()
+    assert stage.proc is not None
+    t0, cpu0 = time.monotonic(), cpu_seconds(stage.proc.pid)
+    t1 = stage.drain()
+    cpu1 = cpu_seconds(stage.proc.pid)
+    result: dict[str, Any] = {"events": len(events), "seconds": t1 - t0, "cpu_s": cpu1 - cpu0,
+                              "bytes_in": sum(len(v) for _, v, _ in events)}
+    if latency_rate:
+        since = int(time.time() * 1000)
+        count = int(min(latency_rate * 8, 20_000))
+        stage.publish(events[:count], rate=latency_rate)
+        stage.drain()
+        lat = stage.latencies_ms(since)
+        result.update(latency_rate=latency_rate, latency_events=len(lat),
+                      p50_ms=statistics.median(lat), p99_ms=statistics.quantiles(lat, n=100)[98])
+    result["rss_mb"] = peak_rss_mb(stage.proc.pid)
+    stage.stop()
+    return result
+
+
+# ---- in-process ------------------------------------------------------------------------------
+def measure_transforms(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path) -> dict[str, Any]:
+    plans = load_plans(REPO / "schemas")
+    topics = by_short_name(plans)
+    config = GatewayConfig(keyring=workdir / "transforms-keyring.json", instance_id="bench")
+    pipeline = Pipeline(plans, Keyring.open(config.keyring), config, 6)
+    raw = [RawEvent(topics[name].source_topic, i % 3, i, 0, None, value, None)
+           for i, (name, value, _r) in enumerate(events)]
+    pipeline.process(raw[:2000])  # warm-up
+    t0, c0 = time.perf_counter(), time.process_time()
+    for start in range(0, len(raw), 1000):
+        result = pipeline.process(raw[start:start + 1000])
+        assert all(r.topic.endswith((".sanitized", "audit")) for r in result.records)
+    return {"events": len(raw), "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "bytes_in": sum(len(v) for _, v, _ in events)}
+
+
+def measure_floor(events: list[tuple[str, bytes, dict[str, Any]]]) -> dict[str, Any]:
+    """The primitives alone for payments: decode, 2 HMACs, 4 AES-GCM field encryptions, encode."""
+    plan = by_short_name(load_plans(REPO / "schemas"))["Payment"]
+    reader = fastavro.parse_schema(strip_logical_types(plan.schema.raw))
+    mac = hmac.new(secrets.token_bytes(32), digestmod=hashlib.sha256)
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    payloads = [v[5:] for name, v, _ in events if name == "Payment"]
+    t0 = time.perf_counter()
+    for payload in payloads:
+        rec = fastavro.schemaless_reader(io.BytesIO(payload), reader, None)
+        out = {k: rec[k] for k in ("event_id", "occurred_at", "amount_minor", "currency", "country", "merchant")}
+        for name in ("user_id", "email"):
+            m = mac.copy()
+            m.update(rec[name].encode())
+            out[name] = m.hexdigest()
+        for value in (rec["customer_name"], rec["card_number"], rec["card_expiry"] or "",
+                      rec["billing_address"]["street"]):
+            nonce = secrets.token_bytes(12)
+            out.setdefault("enc", []).append(aead.encrypt(nonce, value.encode(), b"ctx"))
+        orjson.dumps(out, default=lambda b: b.hex())
+    return {"events": len(payloads), "seconds": time.perf_counter() - t0}
+
+
+# ---- report ----------------------------------------------------------------------------------
+def summarize(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    eps = r["events"] / r["seconds"]
+    row = {"eps": round(eps), "us_per_event": round(1e6 / eps, 1)}
+    if "bytes_in" in r:
+        row["mb_s"] = round(r["bytes_in"] / r["seconds"] / 1e6, 2)
+    if "cpu_s" in r:
+        row["cpu_s_per_1000"] = round(r["cpu_s"] / r["events"] * 1000, 4)
+    for key in ("p50_ms", "p99_ms", "rss_mb", "latency_rate"):
+        if key in r:
+            row[key] = round(r[key], 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--peer-events", type=int, default=4_000)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    rows: dict[str, dict[str, Any]] = {}
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        print(f"embedded broker {broker.bootstrap}; {args.events} events per stage (half payments, half visits)")
+        sanitize = KafkaStage("sanitize", broker.bootstrap, workdir)
+        events = make_events(sanitize.plans, args.events)
+        print("  sanitize (gateway run, end to end) ...", flush=True)
+        sanitize_raw = measure_kafka(sanitize, events, latency_rate=None)
+        half_rate = args.events / sanitize_raw["seconds"] / 2
+        sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, half_rate)
+        rows["sanitize"] = summarize("sanitize", sanitize_raw) | {
+            k: summarize("sanitize", sanitize_lat)[k] for k in ("p50_ms", "p99_ms", "latency_rate")}
+        rows["sanitize"]["rss_mb"] = round(max(sanitize_raw["rss_mb"], sanitize_lat["rss_mb"]), 1)
+        print("  passthrough (same loop, no transform) ...", flush=True)
+        rows["passthrough"] = summarize("passthrough", measure_kafka(
+            KafkaStage("passthrough", broker.bootstrap, workdir), events, half_rate))
+    print("  transforms in-process ...", flush=True)
+    rows["transforms"] = summarize("transforms", measure_transforms(events, workdir))
+    rows["primitive_floor_payments"] = summarize("floor", measure_floor(events))
+    peer_events = events[: args.peer_events]
+    try:
+        from benchmarks import peers
+    except ImportError as exc:  # the bench extra is not installed
+        print(f"  peers skipped: {exc} (pip install -e '.[bench]')")
+    else:
+        stems = {"Payment": "payments", "ClinicalVisit": "clinical_visits"}
+        records: dict[str, list[dict[str, Any]]] = {}
+        for name, _value, record in peer_events:
+            records.setdefault(stems[name], []).append(record)
+        print("  naive per-record (KMS data key per record) ...", flush=True)
+        with peers.local_kms() as (endpoint, key_id):
+            rows["naive"] = summarize("naive", peers.naive_per_record(records, endpoint, key_id))
+        print("  Confluent CSFLE serializer ...", flush=True)
+        rows["confluent_csfle"] = summarize("csfle", peers.confluent_csfle(records))
+        print("  Presidio anonymizer operators ...", flush=True)
+        rows["presidio"] = summarize("presidio", peers.presidio(records))
+    report(rows, args.out)
+    return 0
+
+
+def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
+    base = rows["passthrough"]["eps"]
+    print(f"\n{'path':<26}{'events/s':>10}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}{'p50 ms':>8}"
+          f"{'p99 ms':>8}{'vs passthrough':>16}")
+    for name, row in rows.items():
+        print(f"{name:<26}{row['eps']:>10}{row['us_per_event']:>10}{row.get('mb_s', ''):>8}"
+              f"{row.get('cpu_s_per_1000', ''):>10}{row.get('p50_ms', ''):>8}{row.get('p99_ms', ''):>8}"
+              f"{row['eps'] / base:>15.2f}x")
+    results: dict[str, Any] = {
+        "passthrough_eps": rows["passthrough"]["eps"],
+        "sanitize_eps": rows["sanitize"]["eps"],
+        "transforms_eps": rows["transforms"]["eps"],
+        "naive_eps": rows.get("naive", {}).get("eps"),
+        "confluent_csfle_eps": rows.get("confluent_csfle", {}).get("eps"),
+        "presidio_eps": rows.get("presidio", {}).get("eps"),
+        "p99_ms": rows["sanitize"]["p99_ms"],
+        "rss_mb": rows["sanitize"]["rss_mb"],
+        "sanitize_vs_passthrough": round(rows["sanitize"]["eps"] / base, 3),
+        "transforms_vs_floor": round(rows["primitive_floor_payments"]["eps"] / rows["transforms"]["eps"], 2),
+        "rows": rows,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_passthrough":
+        raise SystemExit(passthrough_main(sys.argv[2:]))
+    raise SystemExit(main())
