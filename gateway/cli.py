@@ -197,8 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     keyring = Keyring.open(config.keyring, create=True)
     from gateway.keys.providers import build_kms
 
-    build_kms(config, keyring)  # fail fast, before Kafka, on a wrong or unreachable KMS
-    return Worker(config, plans, keyring).run()
+    kms = build_kms(config, keyring)  # fail fast, before Kafka, on a wrong or unreachable KMS
+    return Worker(config, plans, keyring, kms=kms).run()
 
 
 def cmd_policy(args: argparse.Namespace) -> int:

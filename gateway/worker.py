@@ -22,6 +22,7 @@ from gateway import metrics
 from gateway.audit import audit_partition, chain_key
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
+from gateway.keys.kms import KmsProvider
 from gateway.pipeline import OutRecord, Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
 from gateway.topics import ensure_topics
@@ -88,11 +89,13 @@ class ChainRecovery:
 
 class Worker:
     def __init__(self, config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring,
-                 pipeline_factory: Callable[[int], Pipeline] | None = None) -> None:
+                 pipeline_factory: Callable[[int], Pipeline] | None = None,
+                 kms: KmsProvider | None = None) -> None:
         """`pipeline_factory(audit_partitions)` replaces the sanitize pipeline (the benchmark's
         passthrough uses it to measure this exact loop with no transform)."""
         self.config = config
         self._pipeline_factory = pipeline_factory
+        self._kms = kms  # already checked by the caller: not probed a second time
         self.plans = plans
         self.keyring = keyring
         self.health = metrics.Health()
@@ -112,7 +115,7 @@ class Worker:
         counts = ensure_topics(self.plans, self.config)
         audit_partitions = counts[self.config.audit_topic]
         self.pipeline = (self._pipeline_factory(audit_partitions) if self._pipeline_factory
-                         else Pipeline(self.plans, self.keyring, self.config, audit_partitions))
+                         else Pipeline(self.plans, self.keyring, self.config, audit_partitions, kms=self._kms))
         self.recovery = ChainRecovery(self.config, counts[self.config.audit_topic])
         self.producer = Producer({
             "bootstrap.servers": self.config.bootstrap,

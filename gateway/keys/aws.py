@@ -59,7 +59,9 @@ class AwsKms:
 
     # ---- start-up check ------------------------------------------------------------------
     def check(self) -> None:
-        """Resolve the key and prove it can wrap and unwrap; raise KmsConfigError naming the setting."""
+        """Resolve the key and check its metadata; raise KmsConfigError naming the setting.
+
+        The wrap/unwrap proof runs in `providers.remote_provider`, shared with Vault."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         where = f"KMS provider 'aws' at {self._endpoint}"
@@ -78,19 +80,12 @@ class AwsKms:
         except BotoCoreError as exc:
             raise KmsConfigError(f"{where} is unreachable ({type(exc).__name__}): check setting aws_endpoint_url "
                                  "(GATEWAY_AWS_ENDPOINT_URL) and aws_region (GATEWAY_AWS_REGION)") from None
-        # (the wrap/unwrap probe below is the real proof; KeyUsage may be absent from emulators)
+        # (the wrap/unwrap probe in providers.py is the real proof; KeyUsage may be absent from emulators)
         if meta.get("KeyState") != "Enabled" or meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":
             raise KmsConfigError(f"{where}: key '{self._key_id}' (setting aws_kms_key_id) is "
                                  f"{meta.get('KeyState')} with usage {meta.get('KeyUsage')}; it must be an "
                                  "enabled ENCRYPT_DECRYPT key")
         self._arn = meta["Arn"]
-        probe = b"\x00" * 32
-        try:
-            if self.unwrap(self.wrap(probe, b"startup-check"), b"startup-check") != probe:
-                raise KmsConfigError(f"{where}: key '{self._key_id}' did not round-trip a test key")
-        except (KmsError, DecryptError) as exc:
-            raise KmsConfigError(f"{where}: key '{self._key_id}' (setting aws_kms_key_id) cannot wrap and unwrap: "
-                                 f"{exc}") from None
 
     # ---- KmsProvider ---------------------------------------------------------------------
     def active_key_id(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from gateway.config import GatewayConfig, env_name
 from gateway.errors import DecryptError
 from gateway.keys.decorators import InstrumentedKms, ResilientKms
-from gateway.keys.errors import KmsConfigError
+from gateway.keys.errors import KmsConfigError, KmsError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider, WrappedKey, provider_of
 
@@ -56,6 +56,7 @@ def remote_provider(config: GatewayConfig) -> KmsProvider:
 
         aws = AwsKms(config.aws_kms_key_id, config.aws_region, config.aws_endpoint_url, config.kms_timeout_s)
         aws.check()
+        _round_trip(aws, f"KMS provider 'aws': key '{config.aws_kms_key_id}'", "aws_kms_key_id")
         provider = aws
     elif config.kms_provider == "vault":
         from gateway.keys.vault import VaultTransitKms
@@ -63,11 +64,24 @@ def remote_provider(config: GatewayConfig) -> KmsProvider:
         vault = VaultTransitKms(config.vault_addr, config.vault_token, config.vault_transit_key, config.vault_mount,
                                 config.kms_timeout_s)
         vault.check()
+        _round_trip(vault, f"KMS provider 'vault' at {config.vault_addr}: transit key "
+                           f"'{config.vault_mount}/{config.vault_transit_key}'", "vault_transit_key")
         provider = vault
     else:
         raise KmsConfigError(f"setting 'kms_provider' ({env_name('kms_provider')}): '{config.kms_provider}' is not "
                              "a remote KMS provider (aws, vault)")
     return provider
+
+
+def _round_trip(provider: KmsProvider, what: str, setting: str) -> None:
+    """The real proof a remote key works: wrap and unwrap a test key (metadata may lie, emulators omit it)."""
+    probe = b"\x00" * 32
+    try:
+        if provider.unwrap(provider.wrap(probe, b"startup-check"), b"startup-check") != probe:
+            raise KmsConfigError(f"{what} did not round-trip a test key")
+    except (KmsError, DecryptError) as exc:
+        raise KmsConfigError(f"{what} (setting {setting}, {env_name(setting)}) cannot wrap and unwrap: {exc}") \
+            from None
 
 
 def build_kms(config: GatewayConfig, keyring: Keyring | None) -> KmsRouter:
