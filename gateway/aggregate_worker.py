@@ -3,8 +3,10 @@
 Stage 1 (consumer group ``<group_id>.dp-bound``) reads the *sanitized* topics of every schema that
 declares aggregates. They are keyed by the subject token, so a subject's events share a partition
 and one ContributionBounder per partition enforces the bounds. Accepted contributions go to the
-internal topic ``<group_id>.dp-contributions``, keyed by (aggregate, window, group); contributions
-and input offsets commit in one Kafka transaction.
+internal topic ``<group_id>.dp-contributions``, keyed by (aggregate, window, group); the bounders'
+state changes go to the compacted ``<group_id>.dp-bound-state``; contributions, state changes and
+input offsets commit in one Kafka transaction, and a worker taking over a partition restores its
+bounder from that changelog first (so moving a partition mid-window does not reset anyone's bound).
 
 Stage 2 (consumer group ``<group_id>.dp-release``) reads the contributions, sums per group and
 window, and at window close adds noise (OpenDP, once per group), selects keys, and publishes in one
@@ -33,6 +35,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from gateway.audit import ChainHeads, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.consume import SanitizedDecoder, StoredRecord
+from gateway.dp.bound_store import STATE_CONFIG, load_state, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Ledger, LedgerEntry
@@ -52,6 +55,10 @@ COMMIT_EVERY_S = 1.0
 
 def contributions_topic(config: GatewayConfig) -> str:
     return f"{config.group_id}.dp-contributions"
+
+
+def bound_state_topic(config: GatewayConfig) -> str:
+    return f"{config.group_id}.dp-bound-state"
 
 
 class Releaser:
@@ -125,6 +132,8 @@ class AggregateWorker:
         self.by_sanitized = {p.sanitized_topic: p for p in self.plans}
         self.decoder = SanitizedDecoder(self.plans)
         self.contrib_topic = contributions_topic(config)
+        self.state_topic = bound_state_topic(config)
+        self.state_partitions = 1
         self.bounders: dict[tuple[str, int], ContributionBounder] = {}
         self.windows = GroupWindows(self.specs, int(config.dp_idle_close_s * 1000))
         self.next_offsets: dict[int, int] = {}
@@ -147,12 +156,16 @@ class AggregateWorker:
         wanted = {self.contrib_topic: self.config.partitions}
         for spec in self.specs.values():
             wanted.setdefault(spec.output_topic, self.config.partitions)
-        missing = {t: n for t, n in wanted.items() if t not in partition_counts(admin)}
+        # one changelog partition per input partition number (of the widest sanitized topic)
+        wanted[self.state_topic] = max(counts.get(t, self.config.partitions) for t in self.by_sanitized)
+        existing = partition_counts(admin)
+        missing = {t: n for t, n in wanted.items() if t not in existing}
         if missing and not self.config.create_topics:
             raise ConfigError(f"setting 'create_topics' is off and these topics do not exist: "
                               f"{', '.join(sorted(missing))}")
         if missing:
-            create_topics(admin, missing)
+            create_topics(admin, missing, configs={self.state_topic: STATE_CONFIG})
+        self.state_partitions = partition_counts(admin)[self.state_topic]
         ensure_ledger_topic(self.config.bootstrap, self.config.ledger_topic)
         return counts[self.config.audit_topic]
 
@@ -242,6 +255,8 @@ class AggregateWorker:
                                                 m.timestamp()[1]))
         if not last:
             return
+        for source, bounder in self.bounders.items():
+            out += state_records(self.state_topic, self.state_partitions, source, bounder.drain_changes())
         self._transact(self.bound_producer, self.bound, out,
                        [TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
 
@@ -341,8 +356,23 @@ class AggregateWorker:
 
     def _on_assign_bound(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._recover(self.bound_chains, [f"dp-bound:{tp.topic}:{tp.partition}" for tp in partitions])
+        self._restore_bounders([(tp.topic, tp.partition) for tp in partitions])
         log.info("partitions assigned", extra={"stage": "bound", "partitions": [
             f"{tp.topic}:{tp.partition}" for tp in partitions]})
+
+    def _restore_bounders(self, sources: list[tuple[str, int]]) -> None:
+        """Rebuild the bounders of partitions this worker takes over, before it reads them."""
+        started = time.monotonic()
+        entries = load_state({"bootstrap.servers": self.config.bootstrap,
+                              "group.id": f"{self.config.group_id}.dp-state-restore"},
+                             self.state_topic, self.state_partitions, sources)
+        restored = 0
+        for source, changes in entries.items():
+            bounder = ContributionBounder(self.by_sanitized[source[0]].aggregates)
+            restored += bounder.restore(changes)
+            self.bounders[source] = bounder
+        log.info("bounding state restored", extra={"partitions": len(sources), "entries": restored,
+                                                    "seconds": round(time.monotonic() - started, 3)})
 
     def _on_revoke_bound(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -11,11 +11,18 @@ to ``clamp``. Anything beyond is dropped here, before it can reach stage 2.
 Windows close on this partition's event-time watermark (the largest event time seen) once it passes
 window end + grace; their state is then forgotten, and a later event for a closed window is *late*:
 it is dropped and reported, never folded into a fresh (empty) bound.
+
+The state survives a restart or a partition moving to another worker: every change is drained as
+changelog entries (:meth:`ContributionBounder.drain_changes`), which the worker writes to a compacted
+topic in the same transaction as the contributions and the input offsets, and a new owner rebuilds
+the bounder from them (:meth:`ContributionBounder.restore`) before it reads the partition. Without
+that, a subject whose partition moved mid-window could contribute its whole bound a second time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +86,10 @@ class ContributionBounder:
     # (aggregate id, window start) -> subject -> group -> records accepted
     state: dict[tuple[str, int], dict[str, dict[str, int]]] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    # changes not yet drained to the changelog
+    _dirty: set[tuple[str, int, str]] = field(default_factory=set, repr=False)
+    _dirty_watermarks: set[str] = field(default_factory=set, repr=False)
+    _closed: list[tuple[str, int, list[str]]] = field(default_factory=list, repr=False)
 
     def offer(self, subject: str, record: dict[str, Any], timestamp_ms: int
               ) -> list[tuple[AggregateSpec, str, Contribution | None]]:
@@ -116,6 +127,7 @@ class ContributionBounder:
         if groups[group] >= spec.max_records_per_group:
             return OVER_RECORDS, None
         groups[group] += 1
+        self._dirty.add((spec.id, start, subject))
         return ACCEPTED, Contribution(spec.id, start, group, value, t)
 
     def advance(self, spec: AggregateSpec, t: int) -> None:
@@ -123,5 +135,50 @@ class ContributionBounder:
         if t <= self.watermarks.get(spec.id, NEVER):
             return
         self.watermarks[spec.id] = t
+        self._dirty_watermarks.add(spec.id)
         for key in [k for k in self.state if k[0] == spec.id and k[1] + spec.window_ms + spec.grace_ms <= t]:
-            del self.state[key]
+            self._closed.append((key[0], key[1], list(self.state.pop(key))))
+
+    # ---- changelog -------------------------------------------------------------------------------
+    def drain_changes(self) -> list[tuple[list[Any], bytes | None]]:
+        """Changelog entries for what changed since the last drain: ``(key, value)``, value None
+        deleting the key. Keys are JSON lists: ``["s", aggregate, window, subject]`` holds a subject's
+        ``{group: records}`` for a window, ``["w", aggregate]`` the watermark."""
+        out: list[tuple[list[Any], bytes | None]] = []
+        for aggregate, start, subjects in self._closed:
+            out += [(["s", aggregate, start, subject], None) for subject in subjects]
+        for aggregate, start, subject in sorted(self._dirty):
+            groups = self.state.get((aggregate, start), {}).get(subject)
+            if groups is not None:  # else its window closed later in the same batch: deleted above
+                out.append((["s", aggregate, start, subject], orjson.dumps(groups)))
+        out += [(["w", aggregate], orjson.dumps(self.watermarks[aggregate]))
+                for aggregate in sorted(self._dirty_watermarks)]
+        self._closed.clear()
+        self._dirty.clear()
+        self._dirty_watermarks.clear()
+        return out
+
+    def restore(self, entries: Iterable[tuple[list[Any], bytes | None]]) -> int:
+        """Rebuild the state from changelog entries in log order (the last entry per key wins)."""
+        applied = 0
+        for key, value in entries:
+            if key[0] == "w" and value is not None:
+                self.watermarks[str(key[1])] = int(orjson.loads(value))
+            elif key[0] == "s":
+                window = (str(key[1]), int(key[2]))
+                if value is None:
+                    self.state.get(window, {}).pop(str(key[3]), None)
+                else:
+                    self.state.setdefault(window, {})[str(key[3])] = {
+                        str(g): int(n) for g, n in orjson.loads(value).items()}
+            else:
+                continue
+            applied += 1
+        # windows the restored watermark has closed (their tombstones may not all have been written)
+        for spec in self.specs:
+            watermark = self.watermarks.get(spec.id, NEVER)
+            for window in [k for k in self.state if k[0] == spec.id and k[1] + spec.window_ms + spec.grace_ms
+                           <= watermark]:
+                del self.state[window]
+        self.state = {k: v for k, v in self.state.items() if v}
+        return applied

@@ -117,3 +117,55 @@ def test_one_worker_and_two_workers_give_the_same_pre_noise_sums(
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_partition_moving_mid_window_does_not_grant_a_subject_its_bound_twice(
+        bootstrap: str, tmp_path_factory: pytest.TempPathFactory, no_noise_env: dict[str, str]) -> None:
+    """Worker a bounds the first half of a window and is killed (-9); worker b takes over the same
+    partitions mid-window and sees the second half. Each subject may add 2 records to the window's
+    group in total, not 2 per owner: b must restore a's bounding state from the changelog."""
+    d = Deployment(bootstrap, tmp_path_factory.mktemp("moved"), uuid.uuid4().hex[:8])
+    enable_aggregates(d, [{"name": "visits", "metric": "count", "group_by": ["currency"],
+                           "time_field": "occurred_at", "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0,
+                           "delta": 1e-6, "max_groups_per_subject": 1, "max_records_per_group": 2}])
+    ledger = f"privacy.ledger.{d.suffix}"
+    base = (int(time.time() * 1000) - 4 * 3_600_000) // (WINDOW_S * 1000) * (WINDOW_S * 1000)
+    subjects = [f"tok_v1_moved{i}".encode() for i in range(12)]
+    headers = [("gateway-schema", d.payments.sanitized_schema["name"].encode()), ("gateway-encoding", b"json")]
+
+    def produce_half(half: int) -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        for i in range(3):  # three records per subject and half: one more than the bound already
+            for s in subjects:
+                record = {"currency": "EUR", "country": "DE", "amount_minor": 1,
+                          "occurred_at": base + half * 100_000 + i * 1_000}
+                producer.produce(d.payments.sanitized_topic, orjson.dumps(record), s, headers=headers)
+        assert producer.flush(30) == 0
+
+    contributions = f"{d.group_id}.dp-contributions"
+    workers: list[WorkerProcess] = []
+    try:
+        # idle close far away: the window must stay open while the partitions move
+        a = start_aggregator(d, "a", ledger, "--dp-test-no-noise", env=no_noise_env, idle_s=600)
+        workers.append(a)
+        produce_half(0)
+        wait_for(lambda: len(d.read(contributions)) >= 2 * len(subjects), 60, "worker a to bound the first half")
+        a.proc.kill()
+        a.proc.wait(10)
+        # worker b, alone in the group, takes over every partition mid-window; quick idle close
+        b = start_aggregator(d, "b", ledger, "--dp-test-no-noise", env=no_noise_env, idle_s=3)
+        workers.append(b)
+        produce_half(1)
+        wait_for(lambda: _released(d), 90, "the window's release")
+        time.sleep(1)
+        released = _released(d)
+        assert list(released.values()) == [(2 * len(subjects), None)], released  # not 4 per subject
+        assert len(d.read(contributions)) == 2 * len(subjects)
+        restores = [orjson.loads(line) for line in b.log().splitlines() if '"bounding state restored"' in line]
+        assert sum(r["entries"] for r in restores) >= len(subjects)  # b rebuilt a's state before reading
+        state = d.read(f"{d.group_id}.dp-bound-state")
+        assert {orjson.loads(r.key or b"[]")[5] for r in state if orjson.loads(r.key or b"[]")[2] == "s"} == \
+               {s.decode() for s in subjects}
+    finally:
+        for w in workers:
+            w.stop()

@@ -148,3 +148,52 @@ def test_forget_partition_drops_only_its_state() -> None:
     w.add(c, 1, 1, 0)
     w.forget_partition(0)
     assert list(w.open) == [(SPEC.id, 0, 1)]
+
+
+def _replay_changelog(log: list[tuple[list[object], bytes | None]]) -> ContributionBounder:
+    bounder = ContributionBounder((SPEC,))
+    bounder.restore(log)
+    return bounder
+
+
+def test_a_bounder_restored_from_its_changelog_continues_exactly_where_the_first_stopped() -> None:
+    """A partition moving to another worker at any batch boundary changes no decision."""
+    rng = random.Random(11)
+    events = [(f"tok_{rng.randint(0, 30)}", _event(rng.choice(COUNTRIES), rng.randint(0, 2000),
+                                                     i * 150 + rng.randint(0, 400))) for i in range(2_000)]
+    for cut in (1, 97, 700, 1_500, 1_999):
+        original = ContributionBounder((SPEC,))
+        log: list[tuple[list[object], bytes | None]] = []
+        for start in range(0, cut, 50):  # batches of 50, drained as the worker does per transaction
+            for subject, record in events[start:min(start + 50, cut)]:
+                original.offer(subject, record, 0)
+            log += original.drain_changes()
+        moved = _replay_changelog(log)
+        assert moved.state == original.state and moved.watermarks == original.watermarks
+        for subject, record in events[cut:]:
+            assert [o for _, o, _ in moved.offer(subject, record, 0)] == \
+                   [o for _, o, _ in original.offer(subject, record, 0)], (cut, subject, record)
+
+
+def test_without_the_changelog_a_moved_partition_would_grant_the_bound_again() -> None:
+    """The gap the changelog closes: a fresh bounder mid-window accepts a subject at its bound."""
+    first = ContributionBounder((SPEC,))
+    assert [first.offer("s", _event("DE", 1, 1_000 + i), 0)[0][1] for i in range(4)] == \
+           [ACCEPTED] * 3 + [OVER_RECORDS]
+    restored = _replay_changelog(first.drain_changes())
+    fresh = ContributionBounder((SPEC,))
+    assert restored.offer("s", _event("DE", 1, 2_000), 0)[0][1] == OVER_RECORDS
+    assert fresh.offer("s", _event("DE", 1, 2_000), 0)[0][1] == ACCEPTED
+
+
+def test_closed_windows_are_tombstoned_and_the_watermark_keeps_late_events_late() -> None:
+    bounder = ContributionBounder((SPEC,))
+    bounder.offer("s", _event("DE", 1, 1_000), 0)
+    log = bounder.drain_changes()
+    bounder.offer("x", _event("FR", 1, 70_000), 0)  # closes window 0 (end 60_000 + grace 10_000)
+    changes = bounder.drain_changes()
+    assert (["s", SPEC.id, 0, "s"], None) in changes  # the closed window's subject is deleted
+    assert bounder.drain_changes() == []  # nothing changed since
+    restored = _replay_changelog(log + changes)
+    assert (SPEC.id, 0) not in restored.state
+    assert restored.offer("s", _event("DE", 1, 2_000), 0)[0][1] == LATE
