@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from gateway import metrics
 from gateway.audit import ChainHeads, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.consume import SanitizedDecoder, StoredRecord
@@ -143,6 +144,7 @@ class AggregateWorker:
         self.pending_audit: list[OutRecord] = []
         self._stop = False
         self._dirty = False
+        self.health = metrics.Health(checks=("kafka", "assignment"))
         for mech in self.mechanisms.values():
             log.info("aggregate compiled", extra=mech.describe())
 
@@ -188,7 +190,11 @@ class AggregateWorker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        if self.config.metrics_port:
+            metrics.serve(self.config.metrics_port, self.health, self.config.metrics_host)
         audit_partitions = self._ensure_topics()
+        admin = admin_client(self.config.bootstrap)
+        probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()
         self.ledger = load_ledger(self.config.bootstrap, self.config.ledger_topic)
         self.follower = LedgerFollower(self.config.bootstrap, self.config.ledger_topic, self.ledger)
         self.releaser = Releaser(self.config, self.mechanisms, self.ledger, audit_partitions, self.release_chains)
@@ -209,6 +215,7 @@ class AggregateWorker:
         next_commit = time.monotonic() + COMMIT_EVERY_S
         try:
             while not self._stop:
+                self.health.beat()
                 self._stage1(self.bound.consume(self.config.batch_max_events, 0.05))
                 self._stage2(self.release.consume(self.config.batch_max_events, 0.05))
                 self.follower.poll()
@@ -217,6 +224,8 @@ class AggregateWorker:
                     self._release(due)
                     next_commit = time.monotonic() + COMMIT_EVERY_S
         finally:
+            probe.stop()
+            self.health.stop()
             self.bound.close()
             self.release.close()
             self.follower.close()
@@ -247,6 +256,7 @@ class AggregateWorker:
             bounder = self.bounders.setdefault((m.topic(), m.partition()), ContributionBounder(plan.aggregates))
             for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1]):
                 self.counts[f"stage1:{outcome}"] += 1
+                metrics.DP_CONTRIBUTIONS.labels(spec.id, outcome).inc()
                 if outcome == ACCEPTED and contribution is not None:
                     out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json()))
                 elif outcome == LATE:
@@ -307,10 +317,12 @@ class AggregateWorker:
         out = list(self.pending_audit)
         entries: list[LedgerEntry] = []
         outcomes: Counter[str] = Counter()
+        released: list[tuple[str, str, int]] = []
         for key in due:
             records, entry, outcome = self.releaser.release(key, self.windows.close(key), now)
             out += records
             outcomes[outcome] += 1
+            released.append((key[0], outcome, sum(r.topic == self.specs[key[0]].output_topic for r in records)))
             if entry is not None:
                 entries.append(entry)
         offsets = [TopicPartition(self.contrib_topic, p, self.windows.commit_offset(p, nxt))
@@ -318,6 +330,10 @@ class AggregateWorker:
         self._transact(self.release_producer, self.release, out, offsets)
         for entry in entries:  # only once the transaction committed
             self.ledger.apply(entry)
+            metrics.DP_EPSILON.labels(entry.aggregate).inc(entry.epsilon)
+        for aggregate, outcome, groups in released:
+            metrics.DP_RELEASES.labels(aggregate, outcome).inc()
+            metrics.DP_GROUPS.labels(aggregate).inc(groups)
         self.pending_audit = []
         self._dirty = False
         self.windows.prune_closed()
@@ -355,6 +371,7 @@ class AggregateWorker:
         chains.restarted |= lost
 
     def _on_assign_bound(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.health.set("assignment", True)
         self._recover(self.bound_chains, [f"dp-bound:{tp.topic}:{tp.partition}" for tp in partitions])
         self._restore_bounders([(tp.topic, tp.partition) for tp in partitions])
         log.info("partitions assigned", extra={"stage": "bound", "partitions": [

@@ -42,6 +42,7 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dek-max-uses", dest="dek_max_uses", type=int)
     p.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz")
+    p.add_argument("--metrics-host", dest="metrics_host", help="address for the metrics port (default 127.0.0.1)")
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--key-topic", dest="key_topic", help="compacted topic of per-subject keys (default privacy.keys)")
     _add_kms_settings(p)

@@ -45,7 +45,8 @@ class GatewayConfig:
     dek_max_age_s: float = 3600.0
     dek_max_uses: int = 4_000_000
     session_timeout_ms: int = 10_000
-    metrics_port: int = 0
+    metrics_port: int = 0  # 0: no HTTP endpoint; else /metrics, /healthz, /readyz on metrics_host:metrics_port
+    metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (Dockerfile) so probes and Prometheus reach it
     log_level: str = "INFO"
     # differentially private aggregates (`gateway aggregate`, `gateway budget show`)
     ledger_topic: str = "privacy.ledger"
@@ -87,6 +88,7 @@ class GatewayConfig:
         self._check(1000 <= self.session_timeout_ms <= 300_000, "session_timeout_ms",
                     "must be between 1000 and 300000")
         self._check(0 <= self.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
+        self._check(bool(self.metrics_host.strip()), "metrics_host", "must be an address to bind, e.g. 0.0.0.0")
         self._check(bool(_TOPIC_RE.match(self.ledger_topic)), "ledger_topic", "must be a valid Kafka topic name")
         self._check(0 < self.dp_idle_close_s <= 86_400, "dp_idle_close_s", "must be in (0, 86400] seconds")
         self._check(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",

@@ -1,30 +1,70 @@
-"""Prometheus metrics and health endpoints. Labels are topics, outcomes and reason codes only."""
+"""Prometheus metrics and the health endpoints.
+
+Labels hold topics, partitions, stages, outcomes, reason codes and aggregate names only: never a
+field value, key or subject (tests scrape the endpoint and look for canary PII).
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-EVENTS = Counter("gateway_events_total", "Input events by source topic and outcome",
+log = logging.getLogger("gateway.health")
+
+# ---- sanitize worker ----------------------------------------------------------------------------
+EVENTS = Counter("gateway_events_total", "Input events by source topic and outcome (sanitized, rejected)",
                  ["source_topic", "outcome"])
+DEAD_LETTERS = Counter("gateway_dead_letters_total", "Events sent to the dead-letter topic, by reason code",
+                       ["source_topic", "reason"])
+AUDITED = Counter("gateway_audit_events_total", "Audit events committed")
 BATCHES = Counter("gateway_batches_total", "Batches committed")
 ABORTS = Counter("gateway_transaction_aborts_total", "Transactions aborted and retried")
-BATCH_SECONDS = Histogram("gateway_batch_seconds", "Time from fetch to commit per batch",
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-KMS_CALLS = Gauge("gateway_kms_calls", "KMS wrap calls made for new DEKs since start")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_SECONDS = Histogram("gateway_batch_seconds", "Time from fetch to commit per batch", buckets=_LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("gateway_stage_seconds", "Time per batch in each stage: process (decode, validate, "
+                          "minimize, tokenize, encrypt, encode), produce, commit", ["stage"],
+                          buckets=_LATENCY_BUCKETS)
+EVENT_LATENCY = Histogram("gateway_event_latency_seconds", "Event timestamp to committed sanitized record "
+                          "(sampled: evenly spaced events, about 64 per batch)",
+                          buckets=_LATENCY_BUCKETS + (30, 60, 300))
+LATENCY_SAMPLES_PER_BATCH = 64
+CONSUMER_LAG = Gauge("gateway_consumer_lag", "Records behind the partition end, per assigned source partition",
+                     ["topic", "partition"])
 ASSIGNED = Gauge("gateway_assigned_partitions", "Source partitions assigned to this worker")
+DEK_CACHE = Counter("gateway_dek_cache_total", "Data-key lookups: hit (cached DEK) or miss (new DEK, one KMS "
+                    "wrap)", ["result"])
+KMS_CALLS = Counter("gateway_kms_calls_total", "KMS wrap calls made for new DEKs")
+READY = Gauge("gateway_ready", "1 when the readiness checks pass", ["check"])
+
+# ---- DP aggregate worker ------------------------------------------------------------------------
+DP_CONTRIBUTIONS = Counter("gateway_dp_contributions_total", "Stage-1 bounding decisions per aggregate",
+                           ["aggregate", "outcome"])
+DP_RELEASES = Counter("gateway_dp_releases_total", "Window releases per aggregate and outcome (released, "
+                      "refused:<reason>)", ["aggregate", "outcome"])
+DP_EPSILON = Counter("gateway_dp_epsilon_spent_total", "Epsilon charged to the privacy ledger", ["aggregate"])
+DP_GROUPS = Counter("gateway_dp_groups_released_total", "Groups published (passed key selection)", ["aggregate"])
 
 
 class Health:
-    """Liveness: the main loop turned recently. Readiness: subscribed with a working producer."""
+    """Liveness: the main loop turned recently. Readiness: every named check passes.
 
-    def __init__(self, stall_after_s: float = 60.0) -> None:
-        self.ready = False
+    A worker is ready once it is connected to Kafka, its KMS answers and the group gave it an
+    assignment (possibly empty: more workers than partitions is a healthy state).
+    """
+
+    CHECKS = ("kafka", "kms", "assignment")
+
+    def __init__(self, stall_after_s: float = 60.0, checks: tuple[str, ...] = CHECKS) -> None:
         self._last_beat = time.monotonic()
         self._stall_after_s = stall_after_s
+        self._checks = {name: False for name in checks}
+        for name in checks:
+            READY.labels(name).set(0)
 
     def beat(self) -> None:
         self._last_beat = time.monotonic()
@@ -32,8 +72,57 @@ class Health:
     def alive(self) -> bool:
         return time.monotonic() - self._last_beat < self._stall_after_s
 
+    def set(self, check: str, ok: bool) -> None:
+        if self._checks.get(check) != ok:
+            log.info("readiness check changed", extra={"check": check, "ok": ok})
+        self._checks[check] = ok
+        READY.labels(check).set(1 if ok else 0)
 
-def serve(port: int, health: Health) -> ThreadingHTTPServer:
+    def failing(self) -> list[str]:
+        return [name for name, ok in self._checks.items() if not ok]
+
+    @property
+    def ready(self) -> bool:
+        return not self.failing()
+
+    def stop(self) -> None:
+        for name in self._checks:
+            self.set(name, False)
+
+
+class HealthProbe:
+    """Re-checks Kafka and the KMS in the background, so a slow probe never stalls the hot loop."""
+
+    def __init__(self, health: Health, checks: dict[str, Callable[[], bool]], every_s: float = 10.0) -> None:
+        self._health = health
+        self._checks = checks
+        self._every_s = every_s
+        self._stopped = threading.Event()
+
+    def check_now(self) -> None:
+        for name, check in self._checks.items():
+            try:
+                ok = bool(check())
+            except Exception:  # a probe that raises is a failed probe; its message may quote config
+                ok = False
+            self._health.set(name, ok)
+
+    def start(self) -> HealthProbe:
+        self.check_now()
+        threading.Thread(target=self._loop, name="health-probe", daemon=True).start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self._every_s):
+            self.check_now()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def serve(port: int, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - kubelet probes
+    """/metrics (Prometheus), /healthz (liveness) and /readyz (readiness, naming failing checks)."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             if self.path == "/metrics":
@@ -42,11 +131,13 @@ def serve(port: int, health: Health) -> ThreadingHTTPServer:
                 ok = health.alive()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
             elif self.path == "/readyz":
-                self._send(200 if health.ready else 503, b"ready\n" if health.ready else b"starting\n")
+                failing = health.failing()
+                self._send(503 if failing else 200,
+                           f"not ready: {', '.join(failing)}\n".encode() if failing else b"ready\n")
             else:
                 self._send(404, b"not found\n")
 
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -56,6 +147,6 @@ def serve(port: int, health: Health) -> ThreadingHTTPServer:
         def log_message(self, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - probes come from the kubelet
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -25,10 +25,11 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.pipeline import OutRecord, Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
-from gateway.topics import ensure_topics
+from gateway.topics import admin_client, ensure_topics, partition_counts
 
 log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0
+LAG_EVERY_S = 5.0
 
 
 class ChainRecovery:
@@ -101,6 +102,8 @@ class Worker:
         self.health = metrics.Health()
         self._stop = False
         self._totals: Counter[tuple[str, str]] = Counter()
+        self._dek_seen = (0, 0)  # (hits, KMS calls) already added to the metrics
+        self._lag_labels: set[tuple[str, str]] = set()
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         if not self._stop:
@@ -111,7 +114,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         if self.config.metrics_port:
-            metrics.serve(self.config.metrics_port, self.health)
+            metrics.serve(self.config.metrics_port, self.health, self.config.metrics_host)
         counts = ensure_topics(self.plans, self.config)
         audit_partitions = counts[self.config.audit_topic]
         self.pipeline = (self._pipeline_factory(audit_partitions) if self._pipeline_factory
@@ -143,11 +146,12 @@ class Worker:
         })
         self.consumer.subscribe(self.pipeline.source_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        self.health.ready = True
+        self.probe = self._health_probe().start()
         log.info("worker started", extra={"group_id": self.config.group_id, "instance": self.config.instance_id,
                                           "source_topics": self.pipeline.source_topics,
                                           "audit_topic": self.config.audit_topic})
         next_status = time.monotonic() + STATUS_EVERY_S
+        next_lag = time.monotonic() + LAG_EVERY_S
         try:
             while not self._stop:
                 messages = self.consumer.consume(self.config.batch_max_events, self.config.batch_timeout_s)
@@ -155,11 +159,16 @@ class Worker:
                 events = self._events(messages)
                 if events:
                     self._publish(events)
-                if time.monotonic() >= next_status:
+                now = time.monotonic()
+                if now >= next_lag:
+                    self._update_lag()
+                    next_lag = now + LAG_EVERY_S
+                if now >= next_status:
                     self._log_status()
-                    next_status = time.monotonic() + STATUS_EVERY_S
+                    next_status = now + STATUS_EVERY_S
         finally:
-            self.health.ready = False
+            self.probe.stop()
+            self.health.stop()
             self.consumer.close()
             self.producer.flush(10)
             self._log_status()
@@ -180,10 +189,19 @@ class Worker:
                                    m.headers()))
         return events
 
+    def _health_probe(self) -> metrics.HealthProbe:
+        """Kafka: the cluster answers a metadata request. KMS: the provider's own health call
+        (the local keyring is always healthy; AWS and Vault make a cheap request)."""
+        admin = admin_client(self.config.bootstrap)
+        kms = self._kms if self._kms is not None else self.keyring
+        return metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5)),
+                                                 "kms": kms.healthy})
+
     def _publish(self, events: list[RawEvent]) -> None:
         started = time.monotonic()
         snapshot = self.pipeline.chains.snapshot()
         result = self.pipeline.process(events)
+        processed = time.monotonic()
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         for e in events:
@@ -191,8 +209,11 @@ class Worker:
             last[(e.topic, e.partition)] = e.offset
         try:
             self.producer.begin_transaction()
+            audited = 0
             for record in result.records:
                 self._produce(record)
+                audited += record.topic == self.config.audit_topic
+            produced = time.monotonic()
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
                 self.consumer.consumer_group_metadata(), 30)
@@ -211,12 +232,50 @@ class Worker:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             metrics.ABORTS.inc()
             return
-        for (topic, outcome), n in result.counts.items():
-            metrics.EVENTS.labels(topic, outcome.split(":")[0]).inc(n)
+        committed = time.monotonic()
         self._totals.update(result.counts)
+        self._observe(events, result.counts, audited, (started, processed, produced, committed))
+
+    def _observe(self, events: list[RawEvent], counts: Counter[tuple[str, str]], audited: int,
+                 times: tuple[float, float, float, float]) -> None:
+        """Metrics for one committed batch: outcomes, stage times, event latency, DEK cache."""
+        for (topic, outcome), n in counts.items():
+            kind, _, reason = outcome.partition(":")
+            metrics.EVENTS.labels(topic, kind).inc(n)
+            if reason:
+                metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
+        metrics.AUDITED.inc(audited)
         metrics.BATCHES.inc()
-        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
-        metrics.KMS_CALLS.set(self.pipeline.dek_cache.kms_calls)
+        started, processed, produced, committed = times
+        metrics.STAGE_SECONDS.labels("process").observe(processed - started)
+        metrics.STAGE_SECONDS.labels("produce").observe(produced - processed)
+        metrics.STAGE_SECONDS.labels("commit").observe(committed - produced)
+        metrics.BATCH_SECONDS.observe(committed - started)
+        now_ms = time.time() * 1000
+        latency = metrics.EVENT_LATENCY
+        for e in events[::max(1, len(events) // metrics.LATENCY_SAMPLES_PER_BATCH)]:  # observe() costs ~1.4 us
+            latency.observe(max(0.0, now_ms - e.timestamp_ms) / 1000)
+        cache = self.pipeline.dek_cache
+        hits, calls = cache.hits, cache.kms_calls
+        metrics.DEK_CACHE.labels("hit").inc(hits - self._dek_seen[0])
+        metrics.DEK_CACHE.labels("miss").inc(calls - self._dek_seen[1])
+        metrics.KMS_CALLS.inc(calls - self._dek_seen[1])
+        self._dek_seen = (hits, calls)
+
+    def _update_lag(self) -> None:
+        """Consumer lag per assigned partition, from the high watermarks of the last fetches (no request)."""
+        assignment = self.consumer.assignment()
+        seen = set()
+        for tp in self.consumer.position(assignment) if assignment else []:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset < 0 or high < 0:
+                continue
+            labels = (tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, high - tp.offset))
+            seen.add(labels)
+        for labels in self._lag_labels - seen:
+            metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_labels = seen
 
     def _produce(self, record: OutRecord) -> None:
         partition = -1 if record.partition is None else record.partition
@@ -234,6 +293,7 @@ class Worker:
         self.pipeline.chains.heads.update(heads)
         self.pipeline.chains.restarted |= lost
         metrics.ASSIGNED.set(len(partitions))
+        self.health.set("assignment", True)
         log.info("partitions assigned", extra={"partitions": sorted(keys),
                                                "chains_resumed": len(heads), "chains_restarted": len(lost)})
 

@@ -99,11 +99,14 @@ class DekCache:
         self._max_uses = max_uses
         self._current: DataKey | None = None
         self.kms_calls = 0
+        self.hits = 0  # lookups served by the cached DEK (metrics: gateway_dek_cache_total)
 
     def current(self) -> DataKey:
         key = self._current
         if key is None or key.uses >= self._max_uses or time.monotonic() - key.created > self._max_age_s:
             key = self._current = self._new_key()
+        else:
+            self.hits += 1
         return key
 
     def _new_key(self) -> DataKey:

@@ -79,13 +79,13 @@ class Deployment:
         return self.plans["ClinicalVisit"]
 
     def start_worker(self, instance: str, log_path: Path | None = None, partitions: int = 3,
-                     wait: bool = True) -> WorkerProcess:
+                     wait: bool = True, extra: tuple[str, ...] = ()) -> WorkerProcess:
         log_path = log_path or self.root / f"worker-{instance}.log"
         handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas", str(self.schemas),
              "--keyring", str(self.keyring), "--audit-topic", self.audit_topic, "--group-id", self.group_id,
-             "--instance-id", instance, "--partitions", str(partitions), "--session-timeout-ms", "6000"],
+             "--instance-id", instance, "--partitions", str(partitions), "--session-timeout-ms", "6000", *extra],
             stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
         worker = WorkerProcess(proc, log_path, handle)
         if wait:

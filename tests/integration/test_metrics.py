@@ -1,0 +1,90 @@
+"""Metrics and health on a running worker: scrape /metrics while events flow, check the counters move
+by what was published, and that no canary PII reaches the endpoint; /healthz and /readyz answer."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from gateway.broker import free_port
+from gateway.demo import encode_raw
+from gateway.samples import CANARIES, SampleEvents, broken_payment_events
+from gateway.schema import avro_bytes
+
+from .conftest import Deployment
+
+pytestmark = pytest.mark.integration
+N_EVENTS = 120
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - 127.0.0.1 only
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _samples(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of metric `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_counters_move_with_the_events_and_never_show_pii(fresh_deployment: Deployment) -> None:
+    d = fresh_deployment
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    worker = d.start_worker("metrics", extra=("--metrics-port", str(port)))
+    try:
+        deadline = time.monotonic() + 30
+        while _get(f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _get(f"{base}/readyz") == (200, "ready\n")
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert _get(f"{base}/nothing")[0] == 404
+        before = _get(f"{base}/metrics")[1]
+        topic = d.payments.source_topic
+        assert _samples(before, "gateway_events_total", source_topic=topic) == 0
+        assert _samples(before, "gateway_ready", check="kafka") == 1
+
+        samples = SampleEvents(seed=23)
+        valid = [encode_raw(d.payments, samples.payment(canary=(i % 10 == 0)), "avro") for i in range(N_EVENTS)]
+        broken = broken_payment_events(samples.payment(canary=True), 1,
+                                       lambda r: avro_bytes(d.payments.schema.parsed, r))
+        d.produce(topic, [v for _, v in broken] + valid)
+        d.wait_for_audit(N_EVENTS + len(broken))
+        time.sleep(6)  # the lag gauge refreshes every 5 s
+        after = _get(f"{base}/metrics")[1]
+
+        assert _samples(after, "gateway_events_total", source_topic=topic, outcome="sanitized") == N_EVENTS
+        assert _samples(after, "gateway_events_total", source_topic=topic, outcome="rejected") == len(broken)
+        reasons = {code for code, _ in broken}
+        for reason in reasons:
+            assert _samples(after, "gateway_dead_letters_total", source_topic=topic, reason=reason) >= 1, reason
+        assert _samples(after, "gateway_dead_letters_total", source_topic=topic) == len(broken)
+        assert _samples(after, "gateway_audit_events_total") == N_EVENTS + len(broken)
+        assert _samples(after, "gateway_stage_seconds_count", stage="process") >= 1
+        assert _samples(after, "gateway_stage_seconds_count", stage="commit") >= 1
+        assert _samples(after, "gateway_event_latency_seconds_count") >= 1
+        assert _samples(after, "gateway_dek_cache_total", result="hit") >= N_EVENTS - 1
+        assert _samples(after, "gateway_kms_calls_total") >= 1
+        assert _samples(after, "gateway_consumer_lag", topic=topic) == 0  # caught up
+        assert "gateway_consumer_lag{" in after
+        for canary in CANARIES.values():
+            assert canary not in after, canary
+    finally:
+        assert worker.stop() == 0
+    for canary in CANARIES.values():
+        assert canary not in worker.log()
