@@ -39,7 +39,7 @@ from gateway.consume import SanitizedDecoder, StoredRecord
 from gateway.dp.bound_store import STATE_CONFIG, load_state, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.ledger import Ledger, LedgerEntry
+from gateway.dp.ledger import Charge, Ledger, LedgerEntry
 from gateway.dp.ledger_store import LedgerFollower, ensure_ledger_topic, load_ledger
 from gateway.dp.mechanisms import AggregateMechanism
 from gateway.dp.testmode import NoNoise
@@ -312,8 +312,25 @@ class AggregateWorker:
                     self.release_chains, f"dp-release:{c.aggregate}:{p}", spec, "release", m.topic(), p,
                     m.offset(), None, c.event_time, c.window_start))
 
+    def _charge(self, due: list[WindowKey], now: int) -> None:
+        """Commit a charge for each due window not yet charged and read them back: the ledger log's
+        order, the same for every worker, decides which windows fit the period cap."""
+        charges = []
+        for aggregate, window_start, partition in due:
+            mech = self.mechanisms[aggregate]
+            if mech.no_noise or self.ledger.charged(aggregate, window_start, partition) or \
+                    self.ledger.released(aggregate, window_start, partition):
+                continue
+            charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id))
+        if not charges:
+            return
+        self._transact(self.release_producer, self.release,
+                       [OutRecord(self.config.ledger_topic, c.key, c.to_json(), None, 0) for c in charges], [])
+        self.follower.wait_for({c.key for c in charges})
+
     def _release(self, due: list[WindowKey]) -> None:
         now = _now_ms()
+        self._charge(due, now)
         out = list(self.pending_audit)
         entries: list[LedgerEntry] = []
         outcomes: Counter[str] = Counter()

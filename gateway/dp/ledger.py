@@ -14,6 +14,14 @@ Accounting (basic composition over time, parallel composition over groups):
   that would spend the window's budget twice (a replay after a crash, a duplicate worker);
 * a release is refused (``period_epsilon_cap`` / ``period_delta_cap``) if any rolling period of
   ``period_s`` (in event time) containing its window would then spend more than the cap.
+
+Scaled out, two workers may close different windows at the same moment, each with a view of the
+ledger that lacks the other's release; both would pass the cap check and together exceed it. So the
+cap is decided by the log, not by a worker's view: before releasing, a worker commits a *charge*
+record (key ``charge|<aggregate>|<window>|<partition>``) to the one-partition ledger topic and waits
+until it has read it back. The first charge of a window, in log order, decides for that window,
+counting only windows admitted before it; every worker replaying the same log reaches the same
+decision. A charge whose release never follows (a crash) stays spent: conservative, never over.
 """
 
 from __future__ import annotations
@@ -59,9 +67,48 @@ class LedgerEntry:
                    str(d["instance"]))
 
 
+@dataclass(frozen=True)
+class Charge:
+    """A request to spend a window's budget, decided by its position in the ledger topic."""
+
+    aggregate: str
+    window_start: int
+    partition: int
+    epsilon: float
+    delta: float
+    period_ms: int
+    period_epsilon_cap: float
+    period_delta_cap: float
+    charged_at: int
+    instance: str
+
+    @classmethod
+    def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, now_ms: int,
+                    instance: str) -> Charge:
+        return cls(spec.id, window_start, partition, spec.epsilon, spec.delta, spec.period_ms,
+                   spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance)
+
+    @property
+    def key(self) -> bytes:
+        return f"charge|{self.aggregate}|{self.window_start}|{self.partition}".encode()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"type": "charge", **asdict(self)})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Charge:
+        d = orjson.loads(data)
+        return cls(str(d["aggregate"]), int(d["window_start"]), int(d["partition"]), float(d["epsilon"]),
+                   float(d["delta"]), int(d["period_ms"]), float(d["period_epsilon_cap"]),
+                   float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]))
+
+
 @dataclass
 class Ledger:
     entries: dict[bytes, LedgerEntry] = field(default_factory=dict)
+    charges: dict[bytes, Charge] = field(default_factory=dict)
+    # (aggregate, window start) -> None (admitted) or the refusal, decided by the window's first charge
+    decisions: dict[tuple[str, int], str | None] = field(default_factory=dict)
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[bytes | None, bytes | None]]) -> Ledger:
@@ -69,25 +116,52 @@ class Ledger:
         for key, value in records:
             if key is None:
                 continue
-            if value is None:  # tombstone (an operator retiring an entry)
-                ledger.entries.pop(key, None)
-                continue
-            ledger.apply(LedgerEntry.from_json(value))
+            ledger.apply_record(key, value)
         return ledger
+
+    def apply_record(self, key: bytes, value: bytes | None) -> None:
+        """Apply one ledger-topic record, in log order."""
+        if value is None:  # tombstone (an operator retiring an entry)
+            self.entries.pop(key, None)
+        elif key.startswith(b"charge|"):
+            self.apply_charge(Charge.from_json(value))
+        else:
+            self.apply(LedgerEntry.from_json(value))
 
     def apply(self, entry: LedgerEntry) -> None:
         self.entries[entry.key] = entry
+
+    def apply_charge(self, charge: Charge) -> None:
+        """The window's first charge decides, against the windows admitted before it."""
+        self.charges.setdefault(charge.key, charge)
+        window = (charge.aggregate, charge.window_start)
+        if window in self.decisions:
+            return
+        eps, delta = self.period_spend(charge.aggregate, charge.window_start, charge.period_ms,
+                                       (charge.epsilon, charge.delta))
+        refusal = None
+        if eps > charge.period_epsilon_cap * (1 + _TOLERANCE):
+            refusal = EPSILON_CAP
+        elif delta > charge.period_delta_cap * (1 + _TOLERANCE):
+            refusal = DELTA_CAP
+        self.decisions[window] = refusal
+
+    def charged(self, aggregate: str, window_start: int, partition: int) -> bool:
+        return f"charge|{aggregate}|{window_start}|{partition}".encode() in self.charges
 
     def released(self, aggregate: str, window_start: int, partition: int) -> bool:
         return f"{aggregate}|{window_start}|{partition}".encode() in self.entries
 
     def windows(self, aggregate: str) -> dict[int, tuple[float, float]]:
-        """Window start -> (epsilon, delta) spent, each window counted once."""
+        """Window start -> (epsilon, delta) spent, each window counted once: released windows and
+        admitted charges (a charge admitted but never released still counts)."""
         out: dict[int, tuple[float, float]] = {}
-        for e in self.entries.values():
-            if e.aggregate == aggregate:
-                eps, delta = out.get(e.window_start, (0.0, 0.0))
-                out[e.window_start] = (max(eps, e.epsilon), max(delta, e.delta))
+        spent = [(e.window_start, e.epsilon, e.delta) for e in self.entries.values() if e.aggregate == aggregate]
+        spent += [(c.window_start, c.epsilon, c.delta) for c in self.charges.values()
+                  if c.aggregate == aggregate and self.decisions.get((aggregate, c.window_start)) is None]
+        for window_start, epsilon, delta in spent:
+            eps, dlt = out.get(window_start, (0.0, 0.0))
+            out[window_start] = (max(eps, epsilon), max(dlt, delta))
         return out
 
     def period_spend(self, aggregate: str, window_start: int, period_ms: int,
@@ -106,9 +180,12 @@ class Ledger:
         return worst
 
     def check(self, spec: AggregateSpec, window_start: int, partition: int) -> str | None:
-        """None if the release may go ahead, else the refusal reason."""
+        """None if the release may go ahead, else the refusal reason. Once the window is charged, the
+        log's decision stands; before, this is the worker's own view (a pre-check)."""
         if self.released(spec.id, window_start, partition):
             return ALREADY_RELEASED
+        if (spec.id, window_start) in self.decisions:
+            return self.decisions[(spec.id, window_start)]
         eps, delta = self.period_spend(spec.id, window_start, spec.period_ms, (spec.epsilon, spec.delta))
         if eps > spec.period_epsilon_cap * (1 + _TOLERANCE):
             return EPSILON_CAP

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from gateway.consume import read_topic
-from gateway.dp.ledger import Ledger, LedgerEntry
+from gateway.dp.ledger import Ledger
+from gateway.errors import GatewayError
 from gateway.topics import admin_client, create_topics, partition_counts
 
 LEDGER_CONFIG = {"cleanup.policy": "compact"}
@@ -50,12 +53,19 @@ class LedgerFollower:
                 continue
             if msg.key() is None:
                 continue
-            if msg.value() is None:
-                self.ledger.entries.pop(msg.key(), None)
-            else:
-                self.ledger.apply(LedgerEntry.from_json(msg.value()))
+            self.ledger.apply_record(msg.key(), msg.value())
             applied += 1
         return applied
+
+    def wait_for(self, keys: set[bytes], timeout_s: float = 30.0) -> None:
+        """Follow the ledger until it holds every charge in `keys` (decided in log order)."""
+        deadline = time.monotonic() + timeout_s
+        while not keys <= set(self.ledger.charges):
+            if time.monotonic() > deadline:
+                raise GatewayError(f"{len(keys - set(self.ledger.charges))} ledger charge(s) not read back "
+                                   f"within {timeout_s:.0f}s")
+            if not self.poll():
+                time.sleep(0.01)
 
     def close(self) -> None:
         self.consumer.close()
