@@ -154,7 +154,7 @@ class AggregateWorker:
     # ---- set-up ----------------------------------------------------------------------------------
     def _ensure_topics(self) -> int:
         counts = ensure_topics(self.plans, self.config)
-        admin = admin_client(self.config.bootstrap)
+        admin = admin_client(self.config.kafka_client_config())
         wanted = {self.contrib_topic: self.config.partitions}
         for spec in self.specs.values():
             wanted.setdefault(spec.output_topic, self.config.partitions)
@@ -168,11 +168,11 @@ class AggregateWorker:
         if missing:
             create_topics(admin, missing, configs={self.state_topic: STATE_CONFIG})
         self.state_partitions = partition_counts(admin)[self.state_topic]
-        ensure_ledger_topic(self.config.bootstrap, self.config.ledger_topic)
+        ensure_ledger_topic(self.config.kafka_client_config(), self.config.ledger_topic)
         return counts[self.config.audit_topic]
 
     def _producer(self, role: str) -> Producer:
-        producer = Producer({"bootstrap.servers": self.config.bootstrap,
+        producer = Producer({**self.config.kafka_client_config(),
                              "transactional.id": f"{self.config.group_id}-dp-{role}-{self.config.instance_id}",
                              "enable.idempotence": True, "linger.ms": 5, "transaction.timeout.ms": 60_000})
         producer.init_transactions(30)
@@ -180,7 +180,7 @@ class AggregateWorker:
 
     def _consumer(self, role: str) -> Consumer:
         return Consumer({
-            "bootstrap.servers": self.config.bootstrap, "group.id": f"{self.config.group_id}.dp-{role}",
+            **self.config.kafka_client_config(), "group.id": f"{self.config.group_id}.dp-{role}",
             "client.id": f"{self.config.instance_id}-{role}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             "session.timeout.ms": self.config.session_timeout_ms,
@@ -193,10 +193,10 @@ class AggregateWorker:
         if self.config.metrics_port:
             metrics.serve(self.config.metrics_port, self.health, self.config.metrics_host)
         audit_partitions = self._ensure_topics()
-        admin = admin_client(self.config.bootstrap)
+        admin = admin_client(self.config.kafka_client_config())
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()
-        self.ledger = load_ledger(self.config.bootstrap, self.config.ledger_topic)
-        self.follower = LedgerFollower(self.config.bootstrap, self.config.ledger_topic, self.ledger)
+        self.ledger = load_ledger(self.config.kafka_client_config(), self.config.ledger_topic)
+        self.follower = LedgerFollower(self.config.kafka_client_config(), self.config.ledger_topic, self.ledger)
         self.releaser = Releaser(self.config, self.mechanisms, self.ledger, audit_partitions, self.release_chains)
         self.audit_partitions = audit_partitions
         self.recovery = ChainRecovery(self.config, audit_partitions)
@@ -397,7 +397,7 @@ class AggregateWorker:
     def _restore_bounders(self, sources: list[tuple[str, int]]) -> None:
         """Rebuild the bounders of partitions this worker takes over, before it reads them."""
         started = time.monotonic()
-        entries = load_state({"bootstrap.servers": self.config.bootstrap,
+        entries = load_state({**self.config.kafka_client_config(),
                               "group.id": f"{self.config.group_id}.dp-state-restore"},
                              self.state_topic, self.state_partitions, sources)
         restored = 0

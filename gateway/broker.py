@@ -51,10 +51,22 @@ def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] 
 
 
 class EmbeddedBroker:
-    """Start Tansu on 127.0.0.1:PORT, wait until it accepts connections, stop it on exit."""
+    """Start Tansu on 127.0.0.1:PORT, wait until it accepts connections, stop it on exit.
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    `advertised_port`: the port clients are told to connect to (metadata), when something else
+    (a TLS-terminating proxy in the tests) listens there and forwards to PORT. `authentication`:
+    Tansu's ``--authentication`` (clients must authenticate with SASL SCRAM).
+
+    No TLS: the bundled Tansu (0.6.0) declares ``--cert`` and ``--key`` but refuses them together
+    ("the argument '--cert <CERT>' cannot be used with '--key <KEY>'"), and with either one alone
+    it still listens in plaintext.
+    """
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None,
+                 authentication: bool = False) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        self.authentication = authentication
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"gateway-broker-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -63,12 +75,14 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
+        command = [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                   "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
+                   "--storage-engine", "memory://tansu/"]
+        if self.authentication:
+            command.append("--authentication")
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
         try:
             wait_for_port(self.port, timeout_s, self.process)
         except GatewayError:

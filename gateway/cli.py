@@ -46,6 +46,23 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--key-topic", dest="key_topic", help="compacted topic of per-subject keys (default privacy.keys)")
     _add_kms_settings(p)
+    _add_kafka_security_settings(p)
+
+
+def _add_kafka_security_settings(p: argparse.ArgumentParser) -> None:
+    """TLS and SASL for every Kafka client (env GATEWAY_<NAME> otherwise). Passwords come from the
+    environment only: GATEWAY_SSL_KEY_PASSWORD, GATEWAY_SASL_PASSWORD."""
+    p.add_argument("--security-protocol", dest="security_protocol",
+                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), help="default PLAINTEXT")
+    p.add_argument("--ssl-ca-location", dest="ssl_ca_location", help="CA certificate(s) of the brokers (PEM)")
+    p.add_argument("--ssl-certificate-location", dest="ssl_certificate_location",
+                   help="client certificate for mTLS (PEM)")
+    p.add_argument("--ssl-key-location", dest="ssl_key_location",
+                   help="client private key (PEM; password: GATEWAY_SSL_KEY_PASSWORD)")
+    p.add_argument("--ssl-endpoint-identification", dest="ssl_endpoint_identification", choices=("https", "none"),
+                   help="check the broker's name against its certificate (default https)")
+    p.add_argument("--sasl-mechanism", dest="sasl_mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    p.add_argument("--sasl-username", dest="sasl_username", help="SASL user (password: GATEWAY_SASL_PASSWORD)")
 
 
 def _add_kms_settings(p: argparse.ArgumentParser) -> None:
@@ -63,7 +80,10 @@ def _add_kms_settings(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
     names = GatewayConfig.__dataclass_fields__
-    return GatewayConfig.load({k: v for k, v in vars(args).items() if k in names})
+    config = GatewayConfig.load({k: v for k, v in vars(args).items() if k in names})
+    for warning in config.security_warnings():
+        log.warning("kafka security", extra={"problem": warning})
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
     p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
     _add_kms_settings(p)
+    _add_kafka_security_settings(p)
 
     p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it")
     p.add_argument("subject", help="the subject's identifier as producers send it (never stored)")
@@ -108,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyring", type=Path, default=None, help="keyring with the domain's token keys")
     p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
     p.add_argument("--audit-topic", dest="audit_topic", help="audit topic (default privacy.audit)")
+    _add_kafka_security_settings(p)
 
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
     p.add_argument("--keyring", type=Path, default=None, help="keyring holding the KEK (GATEWAY_KEYRING)")
@@ -116,17 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", help="read the key topic from here to open per-subject fields")
     p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
     _add_kms_settings(p)
+    _add_kafka_security_settings(p)
 
     p = sub.add_parser("dump", help="print a topic's records as JSON lines (sanitized, dlq or audit)")
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
     p.add_argument("--schemas", type=Path, default=None)
     p.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
+    _add_kafka_security_settings(p)
 
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
     p = audit.add_parser("verify", help="walk the audit hash chains and report the first break")
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", default="privacy.audit")
+    _add_kafka_security_settings(p)
 
     p = sub.add_parser("aggregate", help="run the differentially private aggregate stages (a consumer-group member)")
     _add_run_settings(p)
@@ -141,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger-topic", dest="ledger_topic", default=None, help="default privacy.ledger")
     p.add_argument("--schemas", type=Path, default=None, help="schemas, to show each aggregate's cap")
     p.add_argument("--json", action="store_true", help="one JSON object per aggregate")
+    _add_kafka_security_settings(p)
 
     p = sub.add_parser("demo", help="embedded broker + gateway + sample events, end to end")
     p.add_argument("--events", type=int, default=400, help="valid events per schema")
@@ -285,7 +311,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         from gateway.keys.keytopic import load_subject_keys
         from gateway.keys.subject_keys import SubjectKeys
 
-        subject_keys = load_subject_keys(args.bootstrap, config.key_topic, SubjectKeys(kms))
+        subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
     decryptor = FieldDecryptor(kms, subject_keys=subject_keys)
     data = sys.stdin.buffer.read()
     failures = 0
@@ -328,7 +354,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from gateway.schema import decoded_for_json
 
     decoder = None
-    for record in read_topic(args.bootstrap, args.topic)[: args.limit or None]:
+    for record in read_topic(_config(args).kafka_client_config(), args.topic)[: args.limit or None]:
         if "gateway-schema" in record.headers:
             decoder = decoder or SanitizedDecoder(load_plans(_schemas_dir(args.schemas)))
             _, value = decoder.decode(record)
@@ -342,7 +368,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from gateway.audit import verify_chains
     from gateway.consume import read_topic
 
-    records = read_topic(args.bootstrap, args.topic)
+    records = read_topic(_config(args).kafka_client_config(), args.topic)
     report = verify_chains((r.partition, r.offset, r.value or b"") for r in records)
     for restart in report.restarts:
         print(f"note: {restart}")
@@ -361,7 +387,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
-    keys = load_subject_keys(config.bootstrap, config.key_topic, SubjectKeys(keyring))
+    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(keyring))
     event = forget_subject(config, args.subject, args.domain, token_keys, keys)
     print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
           f"'{config.key_topic}' (tombstones), audit event on '{config.audit_topic}'. Running workers evict the keys "
@@ -388,11 +414,11 @@ def cmd_budget(args: argparse.Namespace) -> int:
     from gateway.dp.ledger_store import load_ledger
     from gateway.policy import load_plans
 
-    config = GatewayConfig.load({"bootstrap": args.bootstrap, "ledger_topic": args.ledger_topic})
+    config = _config(args)
     specs = {}
     if args.schemas is not None:
         specs = {a.id: a for p in load_plans(_schemas_dir(args.schemas)) for a in p.aggregates}
-    ledger = load_ledger(config.bootstrap, config.ledger_topic)
+    ledger = load_ledger(config.kafka_client_config(), config.ledger_topic)
     if args.json:
         for row in ledger.summary(specs=specs):
             sys.stdout.buffer.write(orjson.dumps(row) + b"\n")

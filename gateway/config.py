@@ -3,6 +3,31 @@
 Every setting has one name: the dataclass field. It can come from the command line
 (``--batch-max-events``) or the environment (``GATEWAY_BATCH_MAX_EVENTS``); the command
 line wins. Validation errors name the setting and the environment variable.
+
+Kafka security (every Producer, Consumer and AdminClient the gateway creates gets these, through
+``GatewayConfig.kafka_client_config()``):
+
+=============================  ===========  ====================================================
+setting                        default      meaning (librdkafka property)
+=============================  ===========  ====================================================
+security_protocol              PLAINTEXT    PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+                                            (``security.protocol``)
+ssl_ca_location                (system)     CA certificate(s) that sign the brokers' certificates
+                                            (``ssl.ca.location``)
+ssl_certificate_location       (none)       client certificate for mTLS (``ssl.certificate.location``)
+ssl_key_location               (none)       its private key (``ssl.key.location``)
+ssl_key_password               (none)       the key's password; GATEWAY_SSL_KEY_PASSWORD only
+ssl_endpoint_identification    https        ``https`` checks the broker's name against its
+                                            certificate, ``none`` does not
+                                            (``ssl.endpoint.identification.algorithm``)
+sasl_mechanism                 (none)       PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (``sasl.mechanisms``)
+sasl_username                  (none)       ``sasl.username``
+sasl_password                  (none)       ``sasl.password``; GATEWAY_SASL_PASSWORD only
+=============================  ===========  ====================================================
+
+The ssl_* settings need SSL or SASL_SSL, the sasl_* settings SASL_PLAINTEXT or SASL_SSL; SASL needs
+all three of mechanism, username and password, and a client certificate needs its key. Secrets are
+read from the environment only and never appear in a repr, a log line or an error message.
 """
 
 from __future__ import annotations
@@ -18,6 +43,9 @@ from typing import Any
 from gateway.errors import ConfigError
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+ENDPOINT_IDENTIFICATION = ("https", "none")
 
 
 def env_name(setting: str) -> str:
@@ -62,6 +90,16 @@ class GatewayConfig:
     vault_transit_key: str = ""
     vault_mount: str = "transit"
     key_topic: str = "privacy.keys"  # compacted topic of wrapped per-subject keys (crypto-shredding)
+    # Kafka security (see the table above). Secrets come from the environment only.
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    ssl_ca_location: str = ""  # PEM file (or directory) of the CA(s); empty: the system's trust store
+    ssl_certificate_location: str = ""  # client certificate (PEM) for mTLS
+    ssl_key_location: str = ""  # its private key (PEM)
+    ssl_key_password: str = field(default="", repr=False)  # GATEWAY_SSL_KEY_PASSWORD only
+    ssl_endpoint_identification: str = "https"  # https | none
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)  # GATEWAY_SASL_PASSWORD only; never on the command line
 
     def __post_init__(self) -> None:
         self._check(bool(self.bootstrap.strip()), "bootstrap", "must be HOST:PORT[,HOST:PORT...]")
@@ -95,6 +133,82 @@ class GatewayConfig:
                     "must be DEBUG, INFO, WARNING or ERROR")
         self._check(bool(_TOPIC_RE.match(self.key_topic)), "key_topic", "must be a valid Kafka topic name")
         self._check_kms()
+        self._check_kafka_security()
+
+    def _check_kafka_security(self) -> None:
+        # normalized spellings (librdkafka takes either case; the checks below compare exactly)
+        object.__setattr__(self, "security_protocol", self.security_protocol.strip().upper())
+        object.__setattr__(self, "sasl_mechanism", self.sasl_mechanism.strip().upper())
+        object.__setattr__(self, "ssl_endpoint_identification", self.ssl_endpoint_identification.strip().lower())
+        protocol = self.security_protocol
+        self._check(protocol in SECURITY_PROTOCOLS, "security_protocol",
+                    "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        self._check(self.ssl_endpoint_identification in ENDPOINT_IDENTIFICATION, "ssl_endpoint_identification",
+                    "must be https (check the broker's name against its certificate) or none")
+        tls = protocol in ("SSL", "SASL_SSL")
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location", "ssl_key_password"):
+            self._check(tls or not getattr(self, name), name,
+                        f"is set but security_protocol is {protocol}; TLS settings need SSL or SASL_SSL")
+        self._check(tls or self.ssl_endpoint_identification == "https", "ssl_endpoint_identification",
+                    f"is set but security_protocol is {protocol}; TLS settings need SSL or SASL_SSL")
+        if self.ssl_ca_location != "probe":  # librdkafka's "probe": look in the usual system places
+            self._check_readable("ssl_ca_location", directory_ok=True)
+        self._check_readable("ssl_certificate_location")
+        self._check_readable("ssl_key_location")
+        self._check(bool(self.ssl_key_location) or not self.ssl_certificate_location, "ssl_key_location",
+                    "is required with ssl_certificate_location (the client certificate's private key)")
+        self._check(bool(self.ssl_certificate_location) or not self.ssl_key_location, "ssl_certificate_location",
+                    "is required with ssl_key_location (the certificate of that private key)")
+        self._check(bool(self.ssl_key_location) or not self.ssl_key_password, "ssl_key_password",
+                    "is set but ssl_key_location is not")
+        sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+            self._check(sasl or not getattr(self, name), name,
+                        f"is set but security_protocol is {protocol}; SASL settings need SASL_PLAINTEXT or SASL_SSL")
+        if sasl:
+            self._check(self.sasl_mechanism in SASL_MECHANISMS, "sasl_mechanism",
+                        f"is required with security_protocol={protocol}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+            self._check(bool(self.sasl_username), "sasl_username", f"is required with security_protocol={protocol}")
+            self._check(bool(self.sasl_password), "sasl_password",
+                        f"is required with security_protocol={protocol}; set it in the environment, "
+                        "never on the command line")
+
+    def _check_readable(self, setting: str, directory_ok: bool = False) -> None:
+        value = getattr(self, setting)
+        if not value:
+            return
+        path = Path(value)
+        kind_ok = path.is_file() or (directory_ok and path.is_dir())
+        self._check(kind_ok and os.access(path, os.R_OK), setting,
+                    f"'{value}' is not a readable file" + (" or directory" if directory_ok else ""))
+
+    def security_warnings(self) -> list[str]:
+        """Allowed but risky combinations, for the caller to log once at start-up."""
+        if self.security_protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN":
+            return ["sasl_mechanism=PLAIN over security_protocol=SASL_PLAINTEXT sends the password in clear; "
+                    "use SASL_SSL or SCRAM"]
+        if self.security_protocol in ("SSL", "SASL_SSL") and self.ssl_endpoint_identification == "none":
+            return ["ssl_endpoint_identification=none: the broker's certificate is not checked against its name"]
+        return []
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings every client needs: bootstrap.servers plus the security settings.
+
+        Holds secrets (passwords): pass it to confluent-kafka, never to a log or an exception message.
+        """
+        conf = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol.lower()}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            conf["ssl.endpoint.identification.algorithm"] = self.ssl_endpoint_identification
+            for setting, key in (("ssl_ca_location", "ssl.ca.location"),
+                                 ("ssl_certificate_location", "ssl.certificate.location"),
+                                 ("ssl_key_location", "ssl.key.location"),
+                                 ("ssl_key_password", "ssl.key.password")):
+                if getattr(self, setting):
+                    conf[key] = getattr(self, setting)
+        if self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            conf.update({"sasl.mechanisms": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                         "sasl.password": self.sasl_password})
+        return conf
 
     def _check_kms(self) -> None:
         self._check(self.kms_provider in {"local", "aws", "vault"}, "kms_provider", "must be local, aws or vault")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import fastavro
@@ -24,17 +24,19 @@ class StoredRecord(NamedTuple):
     headers: dict[str, bytes]
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[StoredRecord]:
-    """Every committed record of `topic`, in offset order per partition, up to the current end."""
+def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0) -> list[StoredRecord]:
+    """Every committed record of `topic`, in offset order per partition, up to the current end.
+
+    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
     consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "privacy-gateway.reader", "enable.auto.commit": False,
+        **kafka, "group.id": "privacy-gateway.reader", "enable.auto.commit": False,
         "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })
     try:
         metadata = consumer.list_topics(topic, timeout=15)
         info = metadata.topics.get(topic)
         if info is None or info.error is not None:
-            raise GatewayError(f"topic '{topic}' does not exist on {bootstrap}")
+            raise GatewayError(f"topic '{topic}' does not exist on {kafka['bootstrap.servers']}")
         pending: set[int] = set()
         assignment = []
         for partition in info.partitions:

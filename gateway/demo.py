@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Mapping
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,13 @@ def encode_raw(plan: Plan, record: dict[str, Any], encoding: str) -> bytes:
     return payload
 
 
-def publish_samples(bootstrap: str, plans: list[Plan], per_schema: int, seed: int = 7) -> dict[str, Any]:
-    """Publish valid events (mixed encodings) and a corpus of broken ones; return what was sent."""
+def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int,
+                    seed: int = 7) -> dict[str, Any]:
+    """Publish valid events (mixed encodings) and a corpus of broken ones; return what was sent.
+
+    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
     samples = SampleEvents(seed)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+    producer = Producer({**kafka, "linger.ms": 5, "enable.idempotence": True,
                          "message.max.bytes": 4_000_000})
     sent: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {}
@@ -107,11 +111,11 @@ def _side_by_side(title: str, left: dict[str, Any], right: dict[str, Any]) -> st
     return f"\n== {title} ==\n" + "\n".join(rows)
 
 
-def _wait_for_audit(bootstrap: str, topic: str, expected: int, worker: subprocess.Popen[bytes],
+def _wait_for_audit(kafka: Mapping[str, str], topic: str, expected: int, worker: subprocess.Popen[bytes],
                     timeout_s: float = 180.0) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-progress"})
+    consumer = Consumer({**kafka, "group.id": "demo-progress"})
     deadline = time.monotonic() + timeout_s
     seen = 0
     try:
@@ -124,7 +128,7 @@ def _wait_for_audit(bootstrap: str, topic: str, expected: int, worker: subproces
             print(f"\r  gateway progress: {min(seen, expected)}/{expected} events audited", end="", flush=True)
             if seen >= expected:
                 # watermarks count transaction markers too; confirm with committed records
-                committed = len(read_topic(bootstrap, topic))
+                committed = len(read_topic(kafka, topic))
                 if committed >= expected:
                     print()
                     return committed
@@ -158,10 +162,10 @@ def run_demo(schemas: Path, per_schema: int) -> int:
         try:
             print(f"4. publishing {per_schema} valid events per schema (Confluent, bare Avro and JSON) "
                   "and a corpus of broken ones ...")
-            published = publish_samples(broker.bootstrap, plans, per_schema)
+            published = publish_samples(config.kafka_client_config(), plans, per_schema)
             expected = sum(published["sent"].values())
-            audited = _wait_for_audit(broker.bootstrap, config.audit_topic, expected, worker)
-            _report(broker.bootstrap, plans, published, audited, keyring_path)
+            audited = _wait_for_audit(config.kafka_client_config(), config.audit_topic, expected, worker)
+            _report(config.kafka_client_config(), plans, published, audited, keyring_path)
         finally:
             worker.terminate()
             try:
@@ -174,7 +178,7 @@ def run_demo(schemas: Path, per_schema: int) -> int:
     return 0
 
 
-def _report(bootstrap: str, plans: list[Plan], published: dict[str, Any], audited: int,
+def _report(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, Any], audited: int,
             keyring_path: Path) -> None:
     decoder = SanitizedDecoder(plans)
     decryptor = FieldDecryptor(Keyring.open(keyring_path, create=False))
@@ -182,7 +186,7 @@ def _report(bootstrap: str, plans: list[Plan], published: dict[str, Any], audite
     dead = Counter()
     decrypted_ok = 0
     for plan in plans:
-        sanitized = read_topic(bootstrap, plan.sanitized_topic)
+        sanitized = read_topic(kafka, plan.sanitized_topic)
         sanitized_total += len(sanitized)
         by_key: dict[str, dict[str, Any]] = {}
         for stored in sanitized:
@@ -194,9 +198,9 @@ def _report(bootstrap: str, plans: list[Plan], published: dict[str, Any], audite
             match = by_key.get(str(raw.get(plan.event_id_field or "")))
             if match is not None:
                 print(_side_by_side(f"{plan.source_topic} -> {plan.sanitized_topic}", raw, match))
-        for stored in read_topic(bootstrap, plan.dlq_topic):
+        for stored in read_topic(kafka, plan.dlq_topic):
             dead[orjson.loads(stored.value or b"{}")["reason"]] += 1
-    audit = read_topic(bootstrap, "privacy.audit")
+    audit = read_topic(kafka, "privacy.audit")
     chain = verify_chains((r.partition, r.offset, r.value or b"") for r in audit)
     published_total = sum(published["sent"].values())
     print("\n== summary ==")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -16,8 +16,9 @@ from gateway.policy import Plan
 log = logging.getLogger("gateway.topics")
 
 
-def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def admin_client(kafka: Mapping[str, str]) -> AdminClient:
+    """`kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
+    return AdminClient(dict(kafka))
 
 
 def partition_counts(admin: AdminClient, timeout: float = 15.0) -> dict[str, int]:
@@ -61,7 +62,7 @@ def topics_for(plans: Sequence[Plan], config: GatewayConfig, existing: dict[str,
 
 def ensure_topics(plans: Sequence[Plan], config: GatewayConfig) -> dict[str, int]:
     """Create missing topics (or fail naming them when create_topics is off); return partition counts."""
-    admin = admin_client(config.bootstrap)
+    admin = admin_client(config.kafka_client_config())
     existing = partition_counts(admin)
     wanted = topics_for(plans, config, existing)
     missing = sorted(t for t in wanted if t not in existing)

@@ -48,7 +48,7 @@ class ChainRecovery:
         heads: dict[str, str] = {}
         lost: set[str] = set()
         consumer = Consumer({
-            "bootstrap.servers": self._config.bootstrap, "group.id": f"{self._config.group_id}.audit-recovery",
+            **self._config.kafka_client_config(), "group.id": f"{self._config.group_id}.audit-recovery",
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
         })
@@ -121,7 +121,7 @@ class Worker:
                          else Pipeline(self.plans, self.keyring, self.config, audit_partitions, kms=self._kms))
         self.recovery = ChainRecovery(self.config, counts[self.config.audit_topic])
         self.producer = Producer({
-            "bootstrap.servers": self.config.bootstrap,
+            **self.config.kafka_client_config(),
             "transactional.id": f"{self.config.group_id}-{self.config.instance_id}",
             "enable.idempotence": True,
             "linger.ms": 5,
@@ -130,7 +130,7 @@ class Worker:
         })
         self.producer.init_transactions(30)
         self.consumer = Consumer({
-            "bootstrap.servers": self.config.bootstrap,
+            **self.config.kafka_client_config(),
             "group.id": self.config.group_id,
             "client.id": self.config.instance_id,
             "enable.auto.commit": False,
@@ -192,7 +192,7 @@ class Worker:
     def _health_probe(self) -> metrics.HealthProbe:
         """Kafka: the cluster answers a metadata request. KMS: the provider's own health call
         (the local keyring is always healthy; AWS and Vault make a cheap request)."""
-        admin = admin_client(self.config.bootstrap)
+        admin = admin_client(self.config.kafka_client_config())
         kms = self._kms if self._kms is not None else self.keyring
         return metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5)),
                                                  "kms": kms.healthy})

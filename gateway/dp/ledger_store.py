@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -14,27 +15,27 @@ from gateway.topics import admin_client, create_topics, partition_counts
 LEDGER_CONFIG = {"cleanup.policy": "compact"}
 
 
-def ensure_ledger_topic(bootstrap: str, topic: str) -> None:
+def ensure_ledger_topic(kafka: Mapping[str, str], topic: str) -> None:
     """One partition (a small, totally ordered log), compacted: the latest entry per key survives."""
-    admin = admin_client(bootstrap)
+    admin = admin_client(kafka)
     if topic not in partition_counts(admin):
         create_topics(admin, {topic: 1}, configs={topic: LEDGER_CONFIG})
 
 
-def load_ledger(bootstrap: str, topic: str) -> Ledger:
+def load_ledger(kafka: Mapping[str, str], topic: str) -> Ledger:
     """Every committed entry of the ledger topic (empty ledger if the topic does not exist yet)."""
-    if topic not in partition_counts(admin_client(bootstrap)):
+    if topic not in partition_counts(admin_client(kafka)):
         return Ledger()
-    return Ledger.from_records((r.key, r.value) for r in read_topic(bootstrap, topic))
+    return Ledger.from_records((r.key, r.value) for r in read_topic(kafka, topic))
 
 
 class LedgerFollower:
     """Applies entries other workers commit after start-up (read_committed, from the loaded end)."""
 
-    def __init__(self, bootstrap: str, topic: str, ledger: Ledger) -> None:
+    def __init__(self, kafka: Mapping[str, str], topic: str, ledger: Ledger) -> None:
         self.ledger = ledger
         self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": "privacy-gateway.ledger-follower",
+            **kafka, "group.id": "privacy-gateway.ledger-follower",
             "enable.auto.commit": False, "isolation.level": "read_committed", "auto.offset.reset": "earliest",
         })
         metadata = self.consumer.list_topics(topic, timeout=15).topics[topic]

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -39,10 +40,10 @@ KEY_TOPIC_CONFIG = {
 FORGET_CHAIN = "keys:forget"
 
 
-def ensure_key_topic(bootstrap: str, topic: str, partitions: int) -> int:
+def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> int:
     from gateway.topics import admin_client, create_topics, partition_counts
 
-    admin = admin_client(bootstrap)
+    admin = admin_client(kafka)
     create_topics(admin, {topic: partitions}, configs={topic: KEY_TOPIC_CONFIG})
     count = partition_counts(admin).get(topic)
     if not count:
@@ -58,10 +59,10 @@ class KeyTopic:
         self.keys = keys
         self._stop = threading.Event()
         self._loaded = threading.Event()
-        self.partitions = ensure_key_topic(config.bootstrap, self.topic, config.partitions)
-        self._producer = Producer({"bootstrap.servers": config.bootstrap, "enable.idempotence": True,
-                                   "acks": "all", "linger.ms": 0})
-        self._consumer = Consumer({"bootstrap.servers": config.bootstrap,
+        kafka = config.kafka_client_config()
+        self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
+        self._producer = Producer({**kafka, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
+        self._consumer = Consumer({**kafka,
                                    "group.id": f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}",
                                    "enable.auto.commit": False, "enable.partition.eof": True,
                                    "auto.offset.reset": "earliest"})
@@ -114,11 +115,13 @@ def produce_records(producer: Producer, topic: str, records: list[KeyRecord], ti
                            f"({', '.join(sorted(set(errors))) or 'timeout'}): nothing under them is published")
 
 
-def load_subject_keys(bootstrap: str, topic: str, keys: SubjectKeys) -> SubjectKeys:
-    """Read the whole key topic into `keys` (for decrypt, forget and rewrap)."""
+def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> SubjectKeys:
+    """Read the whole key topic into `keys` (for decrypt, forget and rewrap).
+
+    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
     from gateway.consume import read_topic
 
-    for record in read_topic(bootstrap, topic):
+    for record in read_topic(kafka, topic):
         if record.key is not None:
             keys.apply(record.key, record.value)
     return keys
@@ -129,7 +132,7 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
     """Tombstone every key of `subject` (under each token version of `domain`); audit it; return the event."""
     tokens = [DomainTokenizer(domain, version, key).token(subject) for version, key in sorted(token_keys.items())]
     names = [n for token in tokens for n in keys.keys_of(domain, token)]
-    producer = Producer({"bootstrap.servers": config.bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer({**config.kafka_client_config(), "enable.idempotence": True, "acks": "all"})
     produce_records(producer, config.key_topic, [(n.encode(), None) for n in names])
     for name in names:
         keys.apply(name.encode(), None)
@@ -141,7 +144,7 @@ def _audit_forget(config: GatewayConfig, producer: Producer, domain: str, tokens
     from gateway.topics import admin_client, create_topics, partition_counts
     from gateway.worker import ChainRecovery
 
-    admin = admin_client(config.bootstrap)
+    admin = admin_client(config.kafka_client_config())
     create_topics(admin, {config.audit_topic: config.partitions})
     partitions = partition_counts(admin)[config.audit_topic]
     heads, _lost = ChainRecovery(config, partitions).recover([FORGET_CHAIN])

@@ -66,10 +66,10 @@ def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
     kms = build_kms(config, keyring)
-    keys = load_subject_keys(config.bootstrap, config.key_topic, SubjectKeys(kms))
+    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
     records = keys.rewrap()
     if records:
-        produce_records(Producer({"bootstrap.servers": config.bootstrap, "enable.idempotence": True,
+        produce_records(Producer({**config.kafka_client_config(), "enable.idempotence": True,
                                   "acks": "all"}), config.key_topic, records)
     print(f"rewrapped {len(records)} of {len(keys)} subject key(s) on '{config.key_topic}' under "
           f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "

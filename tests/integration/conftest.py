@@ -101,7 +101,7 @@ class Deployment:
         assert producer.flush(30) == 0
 
     def read(self, topic: str) -> list[StoredRecord]:
-        return read_topic(self.bootstrap, topic)
+        return read_topic({"bootstrap.servers": self.bootstrap}, topic)
 
     def wait_for_audit(self, expected: int, timeout_s: float = 90.0) -> list[StoredRecord]:
         deadline = time.monotonic() + timeout_s

@@ -86,14 +86,16 @@ class Setup:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if committed_count(self.bootstrap, self.audit_topic) >= n:
-                events = [orjson.loads(r.value or b"") for r in read_topic(self.bootstrap, self.audit_topic)]
+                records = read_topic({"bootstrap.servers": self.bootstrap}, self.audit_topic)
+                events = [orjson.loads(r.value or b"") for r in records]
                 if sum(e.get("type") == "event" for e in events) >= n:
                     return
             time.sleep(0.3)
         raise AssertionError(f"fewer than {n} audit events after {timeout_s}s")
 
     def sanitized(self) -> list[dict[str, Any]]:
-        return [orjson.loads(r.value or b"") for r in read_topic(self.bootstrap, self.plan.sanitized_topic)]
+        records = read_topic({"bootstrap.servers": self.bootstrap}, self.plan.sanitized_topic)
+        return [orjson.loads(r.value or b"") for r in records]
 
 
 def test_forget_shreds_one_subject_everywhere_and_only_that_subject(bootstrap: str, tmp_path: Path) -> None:
@@ -117,8 +119,9 @@ def test_forget_shreds_one_subject_everywhere_and_only_that_subject(bootstrap: s
 
     records = s.sanitized()
     assert len(records) == 7
+    kafka = {"bootstrap.servers": bootstrap}
     keyring = Keyring.open(s.keyring, create=False)
-    keys = load_subject_keys(bootstrap, s.key_topic, SubjectKeys(keyring))
+    keys = load_subject_keys(kafka, s.key_topic, SubjectKeys(keyring))
     decryptor = FieldDecryptor(keyring, subject_keys=keys)
     by_id: dict[str, tuple[str, str, str | None]] = {}
     for record in records:  # JSON output: encrypted fields are base64 strings
@@ -143,13 +146,13 @@ def test_forget_shreds_one_subject_everywhere_and_only_that_subject(bootstrap: s
     assert result.stderr.decode().count("key_erased") == 2
 
     # neither the key topic nor the audit topic nor a log holds the subject in clear
-    key_records = read_topic(bootstrap, s.key_topic)
+    key_records = read_topic(kafka, s.key_topic)
     assert any(r.value is None for r in key_records)
-    audit = [orjson.loads(r.value or b"") for r in read_topic(bootstrap, s.audit_topic)]
+    audit = [orjson.loads(r.value or b"") for r in read_topic(kafka, s.audit_topic)]
     forgotten = [e for e in audit if e.get("type") == "subject_forgotten"]
     assert len(forgotten) == 1 and forgotten[0]["keys_erased"] == 1
     assert forgotten[0]["subject_tokens"][0].startswith("tok_v1_")
-    everything = b"".join((r.key or b"") + (r.value or b"") for r in key_records + read_topic(bootstrap, s.audit_topic))
+    everything = b"".join((r.key or b"") + (r.value or b"") for r in key_records + read_topic(kafka, s.audit_topic))
     everything += b"".join(p.read_bytes() for p in tmp_path.glob("*.log"))
     assert ALICE.encode() not in everything and BOB.encode() not in everything
     verify = cli("audit", "verify", "--bootstrap", bootstrap, "--topic", s.audit_topic)

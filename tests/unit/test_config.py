@@ -122,3 +122,149 @@ def test_require_schemas_dir(tmp_path: Path) -> None:
     assert GatewayConfig(schemas=tmp_path).require_schemas_dir() == tmp_path
     with pytest.raises(ConfigError, match="GATEWAY_SCHEMAS"):
         GatewayConfig(schemas=tmp_path / "missing").require_schemas_dir()
+
+
+# ---- Kafka security (TLS, SASL) ------------------------------------------------------------------
+
+SECRET = "hunter2-do-not-print"  # noqa: S105 - a test value, checked never to leak
+
+
+@pytest.fixture
+def pem_files(tmp_path: Path) -> dict[str, str]:
+    files = {}
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+        files[name] = str(tmp_path / name)
+    return files
+
+
+def test_plaintext_by_default_gives_only_bootstrap_and_protocol() -> None:
+    config = GatewayConfig.load({"bootstrap": "k1:9092,k2:9092"}, environ={})
+    assert config.security_protocol == "PLAINTEXT"
+    assert config.kafka_client_config() == {"bootstrap.servers": "k1:9092,k2:9092", "security.protocol": "plaintext"}
+    assert config.security_warnings() == []
+
+
+def test_tls_with_ca_from_environment(pem_files: dict[str, str]) -> None:
+    config = GatewayConfig.load({}, environ={"GATEWAY_SECURITY_PROTOCOL": "SSL",
+                                             "GATEWAY_SSL_CA_LOCATION": pem_files["ca.pem"]})
+    assert config.kafka_client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "ssl",
+        "ssl.endpoint.identification.algorithm": "https", "ssl.ca.location": pem_files["ca.pem"]}
+
+
+def test_mutual_tls_and_scram_over_tls(pem_files: dict[str, str]) -> None:
+    environ = {"GATEWAY_SECURITY_PROTOCOL": "sasl_ssl", "GATEWAY_SSL_CA_LOCATION": pem_files["ca.pem"],
+               "GATEWAY_SSL_CERTIFICATE_LOCATION": pem_files["client.pem"],
+               "GATEWAY_SSL_KEY_LOCATION": pem_files["client.key"], "GATEWAY_SSL_KEY_PASSWORD": SECRET,
+               "GATEWAY_SSL_ENDPOINT_IDENTIFICATION": "NONE", "GATEWAY_SASL_MECHANISM": "scram-sha-512",
+               "GATEWAY_SASL_USERNAME": "gateway", "GATEWAY_SASL_PASSWORD": SECRET + "-sasl"}
+    config = GatewayConfig.load({}, environ=environ)
+    assert config.security_protocol == "SASL_SSL" and config.sasl_mechanism == "SCRAM-SHA-512"
+    assert config.kafka_client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "sasl_ssl",
+        "ssl.endpoint.identification.algorithm": "none", "ssl.ca.location": pem_files["ca.pem"],
+        "ssl.certificate.location": pem_files["client.pem"], "ssl.key.location": pem_files["client.key"],
+        "ssl.key.password": SECRET, "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "gateway",
+        "sasl.password": SECRET + "-sasl"}
+    assert config.security_warnings() == [
+        "ssl_endpoint_identification=none: the broker's certificate is not checked against its name"]
+    for text in (repr(config), str(config)):
+        assert SECRET not in text
+        assert "sasl_username='gateway'" in text
+
+
+def test_command_line_overrides_security_settings(pem_files: dict[str, str]) -> None:
+    config = GatewayConfig.load({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                                 "sasl_username": "cli-user"},
+                                environ={"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SASL_USERNAME": "env-user",
+                                         "GATEWAY_SASL_PASSWORD": SECRET})
+    conf = config.kafka_client_config()
+    assert conf["security.protocol"] == "sasl_plaintext" and conf["sasl.username"] == "cli-user"
+    assert not any(k.startswith("ssl.") for k in conf)
+    assert "in clear" in config.security_warnings()[0]
+
+
+def test_passwords_are_not_command_line_options() -> None:
+    from gateway.cli import build_parser
+
+    for flag in ("--sasl-password", "--ssl-key-password"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", flag, SECRET])
+    args = build_parser().parse_args(["run", "--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-256",
+                                      "--sasl-username", "u", "--ssl-ca-location", "/ca.pem",
+                                      "--ssl-endpoint-identification", "none"])
+    assert (args.security_protocol, args.sasl_mechanism, args.ssl_endpoint_identification) == \
+        ("SASL_SSL", "SCRAM-SHA-256", "none")
+    for command in (["dump", "--bootstrap", "k:1", "--topic", "t"], ["audit", "verify", "--bootstrap", "k:1"],
+                    ["budget", "show", "--bootstrap", "k:1"], ["forget", "s", "--domain", "d", "--bootstrap", "k:1"],
+                    ["keys", "rewrap", "--bootstrap", "k:1"], ["decrypt"], ["aggregate"]):
+        assert build_parser().parse_args([*command, "--security-protocol", "SSL"]).security_protocol == "SSL"
+
+
+@pytest.mark.parametrize("environ,setting,fragment", [
+    ({"GATEWAY_SECURITY_PROTOCOL": "TLS"}, "security_protocol", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    ({"GATEWAY_SSL_CA_LOCATION": "<ca.pem>"}, "ssl_ca_location", "security_protocol is PLAINTEXT"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "GATEWAY_SASL_MECHANISM": "PLAIN",
+      "GATEWAY_SASL_USERNAME": "u", "GATEWAY_SASL_PASSWORD": SECRET,
+      "GATEWAY_SSL_CERTIFICATE_LOCATION": "<client.pem>"},
+     "ssl_certificate_location", "security_protocol is SASL_PLAINTEXT; TLS settings need SSL or SASL_SSL"),
+    ({"GATEWAY_SSL_ENDPOINT_IDENTIFICATION": "none"}, "ssl_endpoint_identification", "security_protocol is PLAINTEXT"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_ENDPOINT_IDENTIFICATION": "sometimes"},
+     "ssl_endpoint_identification", "must be https"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_CA_LOCATION": "/nonexistent/ca.pem"},
+     "ssl_ca_location", "'/nonexistent/ca.pem' is not a readable file or directory"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_CERTIFICATE_LOCATION": "<dir>",
+      "GATEWAY_SSL_KEY_LOCATION": "<client.key>"}, "ssl_certificate_location", "is not a readable file"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_CERTIFICATE_LOCATION": "<client.pem>"},
+     "ssl_key_location", "is required with ssl_certificate_location"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_KEY_LOCATION": "<client.key>"},
+     "ssl_certificate_location", "is required with ssl_key_location"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_KEY_PASSWORD": SECRET},
+     "ssl_key_password", "ssl_key_location is not"),
+    ({"GATEWAY_SASL_USERNAME": "u"}, "sasl_username", "security_protocol is PLAINTEXT; SASL settings need"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SASL_PASSWORD": SECRET}, "sasl_password",
+     "security_protocol is SSL"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SASL_SSL", "GATEWAY_SASL_USERNAME": "u", "GATEWAY_SASL_PASSWORD": SECRET},
+     "sasl_mechanism", "is required with security_protocol=SASL_SSL"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SASL_SSL", "GATEWAY_SASL_MECHANISM": "GSSAPI", "GATEWAY_SASL_USERNAME": "u",
+      "GATEWAY_SASL_PASSWORD": SECRET}, "sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "GATEWAY_SASL_MECHANISM": "SCRAM-SHA-256",
+      "GATEWAY_SASL_PASSWORD": SECRET}, "sasl_username", "is required with security_protocol=SASL_PLAINTEXT"),
+    ({"GATEWAY_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "GATEWAY_SASL_MECHANISM": "SCRAM-SHA-256",
+      "GATEWAY_SASL_USERNAME": "u"}, "sasl_password", "set it in the environment, never on the command line"),
+])
+def test_invalid_security_settings_name_setting_and_variable(environ: dict[str, str], setting: str, fragment: str,
+                                                             pem_files: dict[str, str], tmp_path: Path) -> None:
+    places = {"<dir>": str(tmp_path), **{f"<{name}>": path for name, path in pem_files.items()}}
+    environ = {k: places.get(v, v) for k, v in environ.items()}
+    with pytest.raises(ConfigError) as excinfo:
+        GatewayConfig.load({}, environ=environ)
+    message = str(excinfo.value)
+    assert f"'{setting}' ({env_name(setting)})" in message
+    assert fragment in message
+    assert SECRET not in message
+
+
+def test_every_kafka_client_is_built_from_the_client_config() -> None:
+    """No Producer, Consumer or AdminClient in gateway/ is given bootstrap.servers of its own (which
+    would drop the TLS and SASL settings): each takes a mapping built by kafka_client_config()."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "gateway"
+    clients = 0
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict) and path.name != "config.py":
+                keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+                assert "bootstrap.servers" not in keys, f"{path}:{node.lineno} sets bootstrap.servers itself"
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in {"Producer", "Consumer", "AdminClient"} and node.args:
+                    clients += 1
+                    conf = node.args[0]
+                    spread = isinstance(conf, ast.Dict) and any(k is None for k in conf.keys)
+                    copied = isinstance(conf, ast.Call) and getattr(conf.func, "id", None) == "dict"
+                    assert spread or copied, f"{path}:{node.lineno}: {name} not built from a client config"
+    assert clients >= 10
