@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per aggregate")
     _add_kafka_security_settings(p)
 
+    p = sub.add_parser("produce-samples", help="publish synthetic raw events (and a few broken ones) to a broker")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers HOST:PORT[,...] (GATEWAY_BOOTSTRAP)")
+    p.add_argument("--schemas", type=Path, help="directory of annotated *.avsc (GATEWAY_SCHEMAS)")
+    p.add_argument("--count", type=int, default=1000, help="valid events per schema (default 1000)")
+    p.add_argument("--rate", type=float, default=0.0, help="events/s per schema; 0 = as fast as possible")
+    p.add_argument("--seed", type=int, default=7)
+    _add_kafka_security_settings(p)
+
     p = sub.add_parser("demo", help="embedded broker + gateway + sample events, end to end")
     p.add_argument("--events", type=int, default=400, help="valid events per schema")
     p.add_argument("--schemas", type=Path, default=Path("schemas"))
@@ -182,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
-                   "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget}[args.command]
+                   "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget,
+                   "produce-samples": cmd_produce_samples}[args.command]
         return handler(args)
     except GatewayError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
@@ -425,6 +434,30 @@ def cmd_budget(args: argparse.Namespace) -> int:
         return 0
     print(f"privacy ledger '{config.ledger_topic}' on {config.bootstrap}")
     print(describe_ledger(ledger, specs))
+    return 0
+
+
+def cmd_produce_samples(args: argparse.Namespace) -> int:
+    from gateway.demo import produce_samples
+    from gateway.policy import load_plans
+
+    if args.count < 0 or args.rate < 0:
+        raise GatewayError("--count and --rate must not be negative")
+    config = _config(args)
+    plans = load_plans(config.require_schemas_dir())
+    stop = {"now": False}
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("producing samples", extra={"topics": [p.source_topic for p in plans], "per_schema": args.count,
+                                         "rate": args.rate})
+    sent = produce_samples(config.kafka_client_config(), plans, args.count, args.rate, args.seed,
+                           stop=lambda: stop["now"],
+                           progress=lambda s: log.info("progress", extra={"sent": dict(s)}))
+    log.info("samples produced", extra={"sent": dict(sent), "stopped_early": stop["now"]})
     return 0
 
 

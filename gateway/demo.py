@@ -15,7 +15,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,46 @@ def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int
         producer.poll(0)
     producer.flush(30)
     return {"sent": sent, "examples": examples}
+
+
+TIME_FIELDS = ("occurred_at", "visit_time")  # the example schemas' event-time fields
+
+
+def produce_samples(kafka: Mapping[str, str], plans: list[Plan], count: int, rate: float, seed: int = 7,
+                    broken_every: int = 1000, stop: Callable[[], bool] = lambda: False,
+                    progress: Callable[[Counter[str]], None] | None = None) -> Counter[str]:
+    """`count` valid events per schema at `rate` events/s per schema (0: as fast as possible), event
+    time stamped now (so DP windows close as they would in production), plus one broken payment
+    every `broken_every` events so the dead-letter path is exercised. Stops early when `stop()`."""
+    samples = SampleEvents(seed)
+    producer = Producer({**kafka, "linger.ms": 5, "enable.idempotence": True})
+    sent: Counter[str] = Counter()
+    started = time.monotonic()
+    next_progress = started + 10
+    for i in range(count):
+        if stop():
+            break
+        if rate > 0:
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
+        now_ms = int(time.time() * 1000)
+        for plan in plans:
+            is_payment = plan.name.endswith("Payment")
+            record = (samples.payment if is_payment else samples.clinical_visit)()
+            record.update({f: now_ms for f in TIME_FIELDS if f in record})
+            encodings = ["confluent", "avro", "json"] if plan.schema_id is not None else ["avro", "json"]
+            producer.produce(plan.source_topic, encode_raw(plan, record, encodings[i % len(encodings)]))
+            sent[plan.source_topic] += 1
+            if is_payment and plan.schema_id is not None and i % broken_every == broken_every - 1:
+                broken = broken_payment_events(record, plan.schema_id, lambda r, p=plan: avro_bytes(p.schema.parsed, r))
+                producer.produce(plan.source_topic, broken[(i // broken_every) % len(broken)][1])
+                sent[f"{plan.source_topic} (broken)"] += 1
+        producer.poll(0)
+        if progress is not None and time.monotonic() >= next_progress:
+            progress(sent)
+            next_progress += 10
+    if producer.flush(30):
+        raise GatewayError("some sample events were not delivered within 30 s")
+    return sent
 
 
 def _display(value: Any) -> Any:

@@ -9,7 +9,7 @@ import fastavro
 import orjson
 import pytest
 
-from .conftest import REPO, cli
+from .conftest import REPO, Deployment, cli
 
 
 def test_policy_lint_passes_the_examples_and_names_dropped_fields() -> None:
@@ -62,3 +62,29 @@ def test_demo_runs_end_to_end_and_loses_nothing() -> None:
     assert re.search(r"dead-lettered\s+13\b", out) and re.search(r"lost\s+0\b", out)
     assert "hash chains: verified" in out and "decrypted      60/60" in out
     assert "RAW (producer)" in out and "stopped the gateway (exit 0)" in out
+
+
+def test_produce_samples_sends_current_events_and_a_broken_one_per_thousand(fresh_deployment: Deployment) -> None:
+    """The compose stack's sample producer: N valid events per schema stamped with the current
+    time (so DP windows close), one broken payment per 1,000, all decodable with the raw schemas."""
+    import time
+
+    from gateway.schema import EventDecoder
+
+    d = fresh_deployment
+    started_ms = int(time.time() * 1000)
+    result = cli("produce-samples", "--bootstrap", d.bootstrap, "--schemas", str(d.schemas), "--count", "1000")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert b'"msg":"samples produced"' in result.stderr
+    for plan, time_field in ((d.payments, "occurred_at"), (d.clinical, "visit_time")):
+        records = d.read(plan.source_topic)
+        decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, 1_048_576)
+        decoded, failed = [], 0
+        for r in records:
+            try:
+                decoded.append(decoder.decode(r.value or b"")[0])
+            except Exception:
+                failed += 1
+        assert len(decoded) == 1000
+        assert failed == (1 if plan is d.payments else 0)
+        assert all(started_ms - 1000 <= rec[time_field] <= int(time.time() * 1000) for rec in decoded)
