@@ -7,6 +7,7 @@ plus exactly one audit event, whatever the input holds.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import fastavro
 import orjson
 
 from gateway.audit import ChainHeads, audit_partition, chain_key, seal_audit_event
@@ -27,8 +29,8 @@ from gateway.keys.providers import build_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.policy import Plan
-from gateway.schema import EventDecoder, avro_bytes, frame_confluent, json_bytes
-from gateway.transforms import RecordSanitizer
+from gateway.schema import EventDecoder, frame_confluent, json_bytes
+from gateway.transforms import RecordSanitizer, SanitizeResult
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -75,18 +77,35 @@ class TopicStage:
                   ("gateway-policy", plan.policy_hash.encode())]
             for enc in ("avro", "confluent", "json")
         }
+        self._output = None if plan.output == "same" else plan.output
+        self._writer_schema = plan.sanitized_parsed
+        framed = plan.sanitized_schema_id is not None and plan.sanitized_schema_id < 2**32
+        self._confluent_header = frame_confluent(plan.sanitized_schema_id, b"") if framed else None
+
+    def transform(self, value: bytes | None, max_output_bytes: int) -> tuple[bytes, str, SanitizeResult]:
+        """One event's whole transform: decode and validate, sanitize, encode, check the size.
+
+        Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
+        """
+        record, encoding = self.decoder.decode(value)
+        result = self.sanitizer.sanitize(record)
+        out, out_encoding = self.encode(result.record, encoding)
+        if len(out) > max_output_bytes:
+            raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
+                                f"the producer limit of {max_output_bytes}")
+        return out, out_encoding, result
 
     def encode(self, record: dict[str, Any], encoding: str) -> tuple[bytes, str]:
-        plan = self.plan
-        if plan.output != "same":
-            encoding = plan.output
+        if self._output is not None:
+            encoding = self._output
         if encoding == "json":
             return json_bytes(record), "json"
-        payload = avro_bytes(plan.sanitized_parsed, record)
+        buffer = io.BytesIO()
         if encoding == "confluent":
-            assert plan.sanitized_schema_id is not None  # guaranteed by policy compilation
-            return frame_confluent(plan.sanitized_schema_id, payload), "confluent"
-        return payload, "avro"
+            assert self._confluent_header is not None  # guaranteed by policy compilation
+            buffer.write(self._confluent_header)
+        fastavro.schemaless_writer(buffer, self._writer_schema, record)
+        return buffer.getvalue(), encoding
 
 
 class Pipeline:
@@ -144,12 +163,7 @@ class Pipeline:
                 "time": now_ms,
             }
             try:
-                record, encoding = stage.decoder.decode(event.value)
-                result = stage.sanitizer.sanitize(record)
-                value, out_encoding = stage.encode(result.record, encoding)
-                if len(value) > self.max_output_bytes:
-                    raise RejectedEvent("output_too_large", f"the sanitized record is {len(value)} bytes, above "
-                                        f"the producer limit of {self.max_output_bytes}")
+                value, out_encoding, result = stage.transform(event.value, self.max_output_bytes)
             except RejectedEvent as rejected:
                 out.append(self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms))
                 audit.update(outcome=f"rejected:{rejected.reason}", output={"topic": stage.plan.dlq_topic},

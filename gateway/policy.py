@@ -72,6 +72,7 @@ class FieldPlan:
     shape: Shape | None = None  # keep only: nested records to sanitize
     plaintext_schema: Any = None  # encrypt only: parsed Avro schema of the value (null excluded)
     per_subject: bool = False  # encrypt only: under the subject's own key (gateway/keys/subject_keys.py)
+    kind: str = ""  # keep only: Avro type of the value, null excluded ("string", "long", "record", "union", ...)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class _Compiler:
             if "default" in f:
                 out_field["default"] = f["default"]
             self.actions[path] = "keep"
-            return FieldPlan(f["name"], path, "keep", nullable, shape=shape), out_field
+            return FieldPlan(f["name"], path, "keep", nullable, shape=shape, kind=self._kind(inner)), out_field
         if action == "tokenize":
             domain = options.get("domain") if isinstance(options, dict) else None
             if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
@@ -230,6 +231,17 @@ class _Compiler:
             out_field["default"] = None
         return FieldPlan(f["name"], path, "encrypt", nullable, plaintext_schema=plaintext_schema,
                          per_subject=bool(per_subject)), out_field
+
+    def _kind(self, ftype: Any) -> str:
+        """The Avro type of a (non-null) field type, named types resolved: what the decoder yields."""
+        if isinstance(ftype, list):
+            return "union"
+        if isinstance(ftype, dict):
+            return str(ftype.get("type"))
+        if ftype in _PRIMITIVES:
+            return str(ftype)
+        named = self.schema.parsed["__named_schemas"].get(ftype)
+        return str(named["type"]) if named else "union"  # unknown: checked like a union, by value
 
     def _expanded_inner(self, path: str) -> Any:
         """The field's type with every named type inlined (so it parses on its own)."""

@@ -99,18 +99,30 @@ def _zigzag_varint(n: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = 1024
+_SMALL_VARINTS = tuple(_zigzag_varint(n) for n in range(_SMALL))  # lengths and small counts, built once
+
+
 def plaintext_encoder(parsed: Any) -> Any:
     """A function value -> Avro bytes for `parsed`; strings, bytes and integers skip fastavro's
-    writer (a BytesIO and a writer call cost more than the encryption of a short field)."""
+    writer (a BytesIO and a writer call cost more than the encryption of a short field), and
+    their length prefix (or small value) comes from a table."""
+    small, varint = _SMALL_VARINTS, _zigzag_varint
     if parsed == "string":
         def encode_string(value: str) -> bytes:
-            data = value.encode("utf-8")
-            return _zigzag_varint(len(data)) + data
+            data = value.encode()
+            n = len(data)
+            return (small[n] if n < _SMALL else varint(n)) + data
         return encode_string
     if parsed == "bytes":
-        return lambda value: _zigzag_varint(len(value)) + value
+        def encode_bytes(value: bytes) -> bytes:
+            n = len(value)
+            return (small[n] if n < _SMALL else varint(n)) + value
+        return encode_bytes
     if parsed in ("int", "long"):
-        return _zigzag_varint
+        def encode_long(value: int) -> bytes:
+            return small[value] if 0 <= value < _SMALL else varint(value)
+        return encode_long
     return lambda value: avro_bytes(parsed, value)
 
 
@@ -150,6 +162,9 @@ class EventDecoder:
         self.schema_id = schema_id
         self.max_record_bytes = max_record_bytes
         self._parsed = fastavro.parse_schema(strip_logical_types(schema.raw))
+        # the expected Confluent header, for the fast path of the common case (see decode)
+        self._confluent_header = (frame_confluent(schema_id, b"") if input_mode in ("auto", "confluent")
+                                  and schema_id is not None and 0 <= schema_id < 2**32 else None)
         self._fields = [(f["name"], "default" in f, f.get("default")) for f in schema.raw["fields"]]
         self._field_probes = self._build_field_probes(schema)
 
@@ -172,6 +187,11 @@ class EventDecoder:
         if len(value) > self.max_record_bytes:
             raise RejectedEvent("record_too_large",
                                 f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
+        if self._confluent_header is not None and value[:5] == self._confluent_header:
+            try:  # framed with the expected schema id: the Avro after the header, if it decodes cleanly
+                return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent"
+            except RejectedEvent:
+                pass  # the general path below names the problem (in auto mode, after trying bare Avro)
         mode = self.input_mode
         if mode == "auto":
             mode = self._sniff(value)

@@ -16,6 +16,7 @@ from gateway.audit import GENESIS, audit_partition, verify_chains
 from gateway.config import GatewayConfig
 from gateway.deadletter import QuarantineSealer
 from gateway.decrypt import decrypt_record
+from gateway.errors import RejectedEvent
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import OutRecord, Pipeline, RawEvent
@@ -308,3 +309,18 @@ def test_json_output_is_the_same_for_avro_and_json_input(write_schema, keyring: 
     from_avro, from_json = orjson.loads(result.records[0].value), orjson.loads(result.records[2].value)
     assert from_json["occurred_at"] == payment["occurred_at"]
     assert from_avro["occurred_at"] == from_json["occurred_at"]
+
+
+def test_stage_transform_is_the_per_event_path(pipeline: Pipeline, batch: _Batch, payments_plan: Plan) -> None:
+    stage = pipeline.stages[PAY]
+    framed = batch.events[0]  # a Confluent-framed payment
+    value, encoding, result = stage.transform(framed.value, pipeline.max_output_bytes)
+    assert encoding == "confluent"
+    assert value[:5] == frame_confluent(payments_plan.sanitized_schema_id or 0, b"")
+    assert fastavro.schemaless_reader(io.BytesIO(value[5:]), payments_plan.sanitized_parsed, None) == result.record
+    assert result.subject == result.record["user_id"] and result.dek_key_id
+    bare_value, bare_encoding, _ = stage.transform(batch.events[1].value, pipeline.max_output_bytes)
+    assert bare_encoding == "avro" and bare_value[:1] != b"\x00"
+    with pytest.raises(RejectedEvent) as excinfo:
+        stage.transform(framed.value, 50)
+    assert excinfo.value.reason == "output_too_large"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,16 +12,17 @@ import fastavro
 import orjson
 import pytest
 
+from gateway import transforms
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
-from gateway.errors import RejectedEvent
-from gateway.keys.envelope import DekCache, FieldDecryptor
+from gateway.errors import DecryptError, RejectedEvent
+from gateway.keys.envelope import DekCache, FieldDecryptor, context_bytes, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
 from gateway.pipeline import Pipeline
 from gateway.policy import Plan, compile_plan
 from gateway.samples import CANARIES, SampleEvents
-from gateway.schema import EventDecoder, avro_bytes, json_bytes, load_schema_file
+from gateway.schema import EventDecoder, avro_bytes, json_bytes, load_schema_file, plaintext_encoder
 from gateway.transforms import RecordSanitizer
 
 TOKEN_RE = re.compile(r"^tok_v1_[A-Za-z0-9_-]{43}$")
@@ -381,3 +383,138 @@ def test_kept_union_with_a_record_branch_keeps_a_string_value(write_schema: Any,
 def test_encrypt_inside_a_union_record_branch_compiles(write_schema: Any) -> None:
     plan = _union_plan(write_schema, "encrypt")
     assert plan.field_actions["contact.email"] == "encrypt"
+
+
+# ---- the compiled per-event path -----------------------------------------------------------------
+def test_ciphertexts_keep_format_v1_and_bind_topic_path_and_subject(pipeline: Pipeline, payments_plan: Plan,
+                                                                    keyring: Keyring) -> None:
+    sanitizer = _sanitizer(pipeline, "payments.raw")
+    raw = dict(SampleEvents(seed=30).payment(), card_expiry="02/29")
+    result = sanitizer.sanitize(raw)
+    key = pipeline.dek_cache.current()
+    decryptor = FieldDecryptor(keyring)
+    for path in PAYMENT_ENCRYPTED:
+        ciphertext = _get(result.record, path)
+        parsed = parse_ciphertext(ciphertext)
+        assert parsed.version == 1 and parsed.header == key.header  # what encrypt_field writes
+        assert len(ciphertext) == len(key.header) + 12 + len(plaintext_encoder("string")(_get(raw, path))) + 16
+        context = context_bytes(payments_plan.sanitized_topic, path, result.subject)
+        assert decryptor.decrypt(ciphertext, context) == plaintext_encoder("string")(_get(raw, path))
+        with pytest.raises(DecryptError):
+            decryptor.decrypt(ciphertext, context_bytes(payments_plan.sanitized_topic, path, "someone else"))
+    assert result.dek_key_id == key.key_id
+
+
+def test_one_dek_lookup_and_one_subject_token_per_event(pipeline: Pipeline, monkeypatch) -> None:
+    sanitizer = _sanitizer(pipeline, "payments.raw")
+    lookups, tokens = [], []
+    current, token = pipeline.dek_cache.current, sanitizer._tokenizers["customer"].token
+    monkeypatch.setattr(pipeline.dek_cache, "current", lambda: lookups.append(1) or current())
+    rebuilt = RecordSanitizer(sanitizer.plan, {"customer": _CountingTokenizer(token, tokens)}, pipeline.dek_cache,
+                              max_field_bytes=1000)
+    raw = dict(SampleEvents(seed=31).payment(), card_expiry="03/28")  # four encrypted fields
+    result = rebuilt.sanitize(raw)
+    assert len(lookups) == 1
+    assert tokens == [raw["user_id"], raw["email"]]  # the subject (user_id) is tokenized once
+    assert result.record["user_id"] == result.subject == token(raw["user_id"])
+
+
+class _CountingTokenizer:
+    def __init__(self, token: Any, calls: list[str]) -> None:
+        self._token, self._calls, self.key_id = token, calls, "token:customer/v1"
+
+    def token(self, value: str) -> str:
+        self._calls.append(value)
+        return self._token(value)  # type: ignore[no-any-return]
+
+
+def test_an_event_never_uses_a_dek_beyond_max_uses(payments_plan: Plan, keyring: Keyring) -> None:
+    deks = DekCache(keyring, 3600, 3)
+    sanitizer = RecordSanitizer(payments_plan, {"customer": DomainTokenizer("customer", "1", b"\x02" * 32)}, deks,
+                                max_field_bytes=1000)
+    records = [sanitizer.sanitize(dict(SampleEvents(seed=32 + i).payment(), card_expiry="04/28")).record
+               for i in range(3)]  # 3 events x 4 encrypted fields: 12 uses, 4 DEKs of 3
+    dek_ids = [parse_ciphertext(_get(r, p)).dek_id for r in records for p in PAYMENT_ENCRYPTED]
+    assert [dek_ids.count(d) for d in dict.fromkeys(dek_ids)] == [3, 3, 3, 3]
+    assert deks.kms_calls == 4
+    decryptor = FieldDecryptor(keyring)
+    for record in records:
+        assert decrypt_record(record, payments_plan, decryptor)[1].ok
+
+
+def test_nonces_are_unique_across_events(pipeline: Pipeline) -> None:
+    sanitizer = _sanitizer(pipeline, "payments.raw")
+    raw = SampleEvents(seed=33).payment()
+    nonces = [parse_ciphertext(sanitizer.sanitize(raw).record["card_number"]).nonce for _ in range(1000)]
+    assert len(set(nonces)) == 1000 and all(len(n) == 12 for n in nonces)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_repeat_the_parents_nonces() -> None:
+    transforms._NONCES.refill()  # the parent holds drawn, unused nonces
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, next(transforms._NONCES.it, None) or transforms._NONCES.refill())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 12)
+    os.close(read)
+    os.close(write)
+    assert len(child) == 12 and child != next(transforms._NONCES.it)
+
+
+def test_sanitized_fields_follow_the_sanitized_schema_order(pipeline: Pipeline, payments_plan: Plan,
+                                                            clinical_plan: Plan) -> None:
+    for plan, raw in ((payments_plan, SampleEvents(seed=34).payment()),
+                      (clinical_plan, SampleEvents(seed=34).clinical_visit())):
+        out = _sanitizer(pipeline, plan.source_topic).sanitize(raw).record
+        assert list(out) == [f["name"] for f in plan.sanitized_schema["fields"]]
+    assert list(out["clinic"]) == ["clinic_id", "region"]
+
+
+def test_kept_fields_know_their_avro_type(payments_plan: Plan, clinical_plan: Plan) -> None:
+    kinds = {f.name: f.kind for f in payments_plan.record.fields if f.action == "keep"}
+    assert kinds == {"event_id": "string", "occurred_at": "long", "amount_minor": "long", "currency": "enum",
+                     "country": "string", "billing_address": "record", "merchant": "record"}
+    kinds = {f.name: f.kind for f in clinical_plan.record.fields if f.action == "keep"}
+    assert kinds["procedures"] == "array" and kinds["severity"] == "enum" and kinds["clinic"] == "record"
+
+
+def test_kept_union_value_is_size_checked_by_value(write_schema: Any, keyring: Keyring, tmp_path: Path) -> None:
+    plan = _union_plan(write_schema, "keep")
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", max_field_bytes=20)
+    sanitizer = Pipeline([plan], keyring, config, 1).stages["ev.raw"].sanitizer
+    assert sanitizer.sanitize({"id": "1", "contact": "short"}).record["contact"] == "short"
+    for contact in ("x" * 21, {"email": "e" * 21, "kind": "k"}):
+        with pytest.raises(RejectedEvent) as excinfo:
+            sanitizer.sanitize({"id": "1", "contact": contact})
+        assert excinfo.value.reason == "field_too_large"
+
+
+def test_kept_record_with_every_field_dropped_is_an_empty_record(write_schema: Any, keyring: Keyring,
+                                                                tmp_path: Path) -> None:
+    schema = {"type": "record", "name": "Ev", "namespace": "ex.empty", "privacy": {"source_topic": "ev.raw"},
+              "fields": [{"name": "id", "type": "long", "privacy": "keep"},
+                         {"name": "inner", "privacy": "keep", "type": {"type": "record", "name": "Inner", "fields": [
+                             {"name": "secret", "type": "string", "privacy": "drop"}]}}]}
+    plan = compile_plan(load_schema_file(write_schema(schema, name="empty.avsc")))
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    out = pipeline.stages["ev.raw"].sanitizer.sanitize({"id": 7, "inner": {"secret": "s"}}).record
+    assert out == {"id": 7, "inner": {}}
+    _sanitized_avro_round_trip(plan, out)
+
+
+@pytest.mark.parametrize("parsed,values", [
+    ("string", ["", "a", "é" * 40, "x" * 63, "x" * 64, "x" * 1023, "x" * 1024, "x" * 5000]),
+    ("bytes", [b"", b"\x00" * 64, b"z" * 2000]),
+    ("int", [0, 1, -1, 63, 64, -64, -65, 1023, 1024, 2**31 - 1, -2**31]),
+    ("long", [2**63 - 1, -2**63, 500, -500]),
+])
+def test_plaintext_encoders_match_fastavro(parsed: str, values: list[Any]) -> None:
+    encode = plaintext_encoder(parsed)
+    schema = fastavro.parse_schema(parsed)
+    for value in values:
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, schema, value)
+        assert encode(value) == buffer.getvalue(), value
