@@ -94,7 +94,7 @@ class PassthroughPipeline:
         from gateway.audit import ChainHeads
 
         self.chains = ChainHeads()
-        self.dek_cache = type("NoKms", (), {"kms_calls": 0})()
+        self.dek_cache = type("NoKms", (), {"kms_calls": 0, "hits": 0})()
 
     @property
     def source_topics(self) -> list[str]:

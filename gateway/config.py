@@ -65,7 +65,7 @@ class GatewayConfig:
     partitions: int = 6
     create_topics: bool = True
     batch_max_events: int = 1000
-    batch_timeout_s: float = 0.1
+    batch_timeout_s: float = 0.02  # longest wait for a batch to fill: bounds latency at low rates
     # upper bound of prefetched, not yet processed input per worker (librdkafka's queue)
     fetch_queue_kbytes: int = 16_384
     max_record_bytes: int = 1_048_576
