@@ -55,7 +55,7 @@ from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import Pipeline, RawEvent, TopicStage
 from gateway.policy import Plan, load_plans
-from gateway.schema import strip_logical_types
+from gateway.schema import strip_logical_types, zigzag_varint
 
 
 # ---- the floor -------------------------------------------------------------------------------
@@ -73,16 +73,6 @@ class _Primitives:
     def encrypt(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(12)
         return nonce + self.aead.encrypt(nonce, plaintext, self.aad)
-
-
-def _varint(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def floor_payments(plan: Plan) -> Callable[[bytes], bytes]:
@@ -125,7 +115,7 @@ def floor_clinical(plan: Plan) -> Callable[[bytes], bytes]:
         if not values:
             return b"\x00"
         data = [v.encode() for v in values]
-        return _varint(len(data)) + b"".join(_varint(len(d)) + d for d in data) + b"\x00"
+        return zigzag_varint(len(data)) + b"".join(zigzag_varint(len(d)) + d for d in data) + b"\x00"
 
     def one(value: bytes) -> bytes:
         rec = schemaless_reader(BytesIO(value), reader, None)
@@ -133,7 +123,7 @@ def floor_clinical(plan: Plan) -> Callable[[bytes], bytes]:
         out = {
             "visit_id": rec["visit_id"], "visit_time": rec["visit_time"],
             "patient_id": token(rec["patient_id"]), "email": None if email is None else token(email),
-            "date_of_birth": encrypt(_varint(rec["date_of_birth"])),
+            "date_of_birth": encrypt(zigzag_varint(rec["date_of_birth"])),
             "diagnosis_codes": encrypt(codes(rec["diagnosis_codes"])),
             "procedures": [{"code": p["code"], "notes": None if p["notes"] is None else encrypt(p["notes"].encode())}
                            for p in rec["procedures"]],

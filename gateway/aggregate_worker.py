@@ -397,9 +397,7 @@ class AggregateWorker:
     def _restore_bounders(self, sources: list[tuple[str, int]]) -> None:
         """Rebuild the bounders of partitions this worker takes over, before it reads them."""
         started = time.monotonic()
-        entries = load_state({**self.config.kafka_client_config(),
-                              "group.id": f"{self.config.group_id}.dp-state-restore"},
-                             self.state_topic, self.state_partitions, sources)
+        entries = load_state(self.config.kafka_client_config(), self.state_topic, self.state_partitions, sources)
         restored = 0
         for source, changes in entries.items():
             bounder = ContributionBounder(self.by_sanitized[source[0]].aggregates)

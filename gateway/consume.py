@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import fastavro
@@ -24,8 +24,10 @@ class StoredRecord(NamedTuple):
     headers: dict[str, bytes]
 
 
-def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0) -> list[StoredRecord]:
-    """Every committed record of `topic`, in offset order per partition, up to the current end.
+def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
+               partitions: Collection[int] | None = None) -> list[StoredRecord]:
+    """Every committed record of `topic` (of `partitions`, if given), in offset order per partition,
+    up to the current end (the last stable offset: an open transaction's records are not read).
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
     consumer = Consumer({
@@ -40,6 +42,8 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0) ->
         pending: set[int] = set()
         assignment = []
         for partition in info.partitions:
+            if partitions is not None and partition not in partitions:
+                continue
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             if high > low:
                 pending.add(partition)

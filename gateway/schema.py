@@ -89,7 +89,7 @@ def avro_bytes(parsed: dict[str, Any], record: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-def _zigzag_varint(n: int) -> bytes:
+def zigzag_varint(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n & ~0x7F:
@@ -100,14 +100,14 @@ def _zigzag_varint(n: int) -> bytes:
 
 
 _SMALL = 1024
-_SMALL_VARINTS = tuple(_zigzag_varint(n) for n in range(_SMALL))  # lengths and small counts, built once
+_SMALL_VARINTS = tuple(zigzag_varint(n) for n in range(_SMALL))  # lengths and small counts, built once
 
 
 def plaintext_encoder(parsed: Any) -> Any:
     """A function value -> Avro bytes for `parsed`; strings, bytes and integers skip fastavro's
     writer (a BytesIO and a writer call cost more than the encryption of a short field), and
     their length prefix (or small value) comes from a table."""
-    small, varint = _SMALL_VARINTS, _zigzag_varint
+    small, varint = _SMALL_VARINTS, zigzag_varint
     if parsed == "string":
         def encode_string(value: str) -> bytes:
             data = value.encode()

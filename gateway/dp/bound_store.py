@@ -9,13 +9,12 @@ the state a new owner restores always matches the offsets it resumes from.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from gateway.errors import GatewayError
+from gateway.consume import read_topic
 from gateway.pipeline import OutRecord
 
 STATE_CONFIG = {"cleanup.policy": "compact"}
@@ -30,43 +29,16 @@ def state_records(state_topic: str, state_partitions: int, source: BoundKey,
             for key, value in changes]
 
 
-def load_state(consumer_config: dict[str, Any], state_topic: str, state_partitions: int,
+def load_state(kafka: Mapping[str, str], state_topic: str, state_partitions: int,
                sources: list[BoundKey], timeout_s: float = 60.0) -> dict[BoundKey, list[Change]]:
     """Every committed changelog entry of `sources`, in log order, read up to the end (the last stable
     offset: a transaction still open is not part of the state, nor are its input offsets)."""
-    wanted = set(sources)
     out: dict[BoundKey, list[Change]] = {s: [] for s in sources}
-    partitions = sorted({p % state_partitions for _, p in sources})
+    partitions = {p % state_partitions for _, p in sources}
     if not partitions:
         return out
-    consumer = Consumer({**consumer_config, "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "enable.partition.eof": True, "auto.offset.reset": "earliest"})
-    try:
-        pending = set()
-        assignment = []
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(state_topic, p), timeout=10)
-            if high > low:
-                pending.add(p)
-                assignment.append(TopicPartition(state_topic, p, low))
-        if not assignment:
-            return out
-        consumer.assign(assignment)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise GatewayError(f"restoring bounding state from '{state_topic}' did not reach its end "
-                                   f"within {timeout_s:.0f}s")
-            for msg in consumer.consume(1000, 0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                    continue
-                key = orjson.loads(msg.key() or b"[]")
-                if len(key) < 3 or (key[0], key[1]) not in wanted:
-                    continue
-                out[(key[0], key[1])].append((key[2:], msg.value()))
-        return out
-    finally:
-        consumer.close()
+    for record in read_topic(kafka, state_topic, timeout_s, partitions):
+        key = orjson.loads(record.key or b"[]")
+        if len(key) >= 3 and (key[0], key[1]) in out:
+            out[(key[0], key[1])].append((key[2:], record.value))
+    return out

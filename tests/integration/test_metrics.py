@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -14,19 +12,13 @@ from gateway.broker import free_port
 from gateway.demo import encode_raw
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.schema import avro_bytes
+from tests.http_get import http_get
 
 from .conftest import Deployment
 
 pytestmark = pytest.mark.integration
 N_EVENTS = 120
 
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - 127.0.0.1 only
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def _samples(text: str, name: str, **labels: str) -> float:
@@ -49,12 +41,12 @@ def test_counters_move_with_the_events_and_never_show_pii(fresh_deployment: Depl
     worker = d.start_worker("metrics", extra=("--metrics-port", str(port)))
     try:
         deadline = time.monotonic() + 30
-        while _get(f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
+        while http_get(f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _get(f"{base}/readyz") == (200, "ready\n")
-        assert _get(f"{base}/healthz") == (200, "ok\n")
-        assert _get(f"{base}/nothing")[0] == 404
-        before = _get(f"{base}/metrics")[1]
+        assert http_get(f"{base}/readyz") == (200, "ready\n")
+        assert http_get(f"{base}/healthz") == (200, "ok\n")
+        assert http_get(f"{base}/nothing")[0] == 404
+        before = http_get(f"{base}/metrics")[1]
         topic = d.payments.source_topic
         assert _samples(before, "gateway_events_total", source_topic=topic) == 0
         assert _samples(before, "gateway_ready", check="kafka") == 1
@@ -66,7 +58,7 @@ def test_counters_move_with_the_events_and_never_show_pii(fresh_deployment: Depl
         d.produce(topic, [v for _, v in broken] + valid)
         d.wait_for_audit(N_EVENTS + len(broken))
         time.sleep(6)  # the lag gauge refreshes every 5 s
-        after = _get(f"{base}/metrics")[1]
+        after = http_get(f"{base}/metrics")[1]
 
         assert _samples(after, "gateway_events_total", source_topic=topic, outcome="sanitized") == N_EVENTS
         assert _samples(after, "gateway_events_total", source_topic=topic, outcome="rejected") == len(broken)

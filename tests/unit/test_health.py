@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+from tests.http_get import http_get
 
 from gateway.broker import free_port
 from gateway.metrics import Health, HealthProbe, serve
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - 127.0.0.1 only
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_readyz_reports_each_failing_check_until_all_pass() -> None:
@@ -23,7 +14,7 @@ def test_readyz_reports_each_failing_check_until_all_pass() -> None:
     server = serve(port, health, "127.0.0.1")
     try:
         url = f"http://127.0.0.1:{port}"
-        assert _get(f"{url}/readyz") == (503, "not ready: kafka, kms, assignment\n")
+        assert http_get(f"{url}/readyz") == (503, "not ready: kafka, kms, assignment\n")
         kms_up = {"ok": False}
 
         def broken_kafka() -> bool:
@@ -32,16 +23,16 @@ def test_readyz_reports_each_failing_check_until_all_pass() -> None:
         probe = HealthProbe(health, {"kafka": broken_kafka, "kms": lambda: kms_up["ok"]})
         probe.check_now()
         health.set("assignment", True)
-        assert _get(f"{url}/readyz") == (503, "not ready: kafka, kms\n")
+        assert http_get(f"{url}/readyz") == (503, "not ready: kafka, kms\n")
         probe = HealthProbe(health, {"kafka": lambda: True, "kms": lambda: kms_up["ok"]})
         probe.check_now()
-        assert _get(f"{url}/readyz") == (503, "not ready: kms\n")
+        assert http_get(f"{url}/readyz") == (503, "not ready: kms\n")
         kms_up["ok"] = True
         probe.check_now()
-        assert _get(f"{url}/readyz") == (200, "ready\n")
-        assert "gateway_ready{check=\"kms\"} 1.0" in _get(f"{url}/metrics")[1]
+        assert http_get(f"{url}/readyz") == (200, "ready\n")
+        assert "gateway_ready{check=\"kms\"} 1.0" in http_get(f"{url}/metrics")[1]
         health.stop()
-        assert _get(f"{url}/readyz")[0] == 503
+        assert http_get(f"{url}/readyz")[0] == 503
     finally:
         server.shutdown()
 
