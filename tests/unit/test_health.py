@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from tests.http_get import http_get
-
 from gateway.broker import free_port
 from gateway.metrics import Health, HealthProbe, serve
+from tests.http_get import http_get
 
 
 def test_readyz_reports_each_failing_check_until_all_pass() -> None:
