@@ -39,6 +39,8 @@ class ChainRecovery:
         self._config = config
         self._audit_partitions = audit_partitions
         self._max_scan = max_scan
+        # chain key -> the source offset after the last audited event (filled by recover)
+        self.next_offsets: dict[str, int] = {}
 
     def recover(self, keys: Sequence[str]) -> tuple[dict[str, str], set[str]]:
         """Return ({key: last hash}, keys whose head lies beyond the scan limit)."""
@@ -80,7 +82,11 @@ class ChainRecovery:
                         break
                     continue
                 if msg.key() is not None and msg.key().decode() in wanted:
-                    found[msg.key().decode()] = orjson.loads(msg.value())["hash"]
+                    key, body = msg.key().decode(), orjson.loads(msg.value())
+                    found[key] = body["hash"]
+                    source = body.get("event")
+                    if body.get("type") == "event" and isinstance(source, dict) and "offset" in source:
+                        self.next_offsets[key] = max(self.next_offsets.get(key, 0), int(source["offset"]) + 1)
             if set(found) >= wanted or start == low:
                 return found, True
             if window >= self._max_scan:
@@ -292,10 +298,33 @@ class Worker:
         heads, lost = self.recovery.recover(keys)
         self.pipeline.chains.heads.update(heads)
         self.pipeline.chains.restarted |= lost
+        self._resume_after_audited(consumer, partitions)
         metrics.ASSIGNED.set(len(partitions))
         self.health.set("assignment", True)
         log.info("partitions assigned", extra={"partitions": sorted(keys),
                                                "chains_resumed": len(heads), "chains_restarted": len(lost)})
+
+    def _resume_after_audited(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Start each partition after its last audited event if the committed offset is behind it.
+
+        Every event's audit record commits in the transaction that commits its offset, so the audit
+        trail can never be ahead of the true committed offset. A broker that answers an offset fetch
+        before a just-committed transaction's offsets are visible (KIP-447's stable offsets; the
+        embedded Tansu does, under load) would otherwise make us process that batch twice.
+        """
+        if not partitions:
+            return
+        behind = []
+        committed = consumer.committed(partitions, timeout=30)
+        for tp in committed:
+            audited = self.recovery.next_offsets.get(chain_key(tp.topic, tp.partition))
+            if audited is not None and audited > tp.offset:
+                behind.append(f"{tp.topic}:{tp.partition}")
+                tp.offset = audited
+        if behind:
+            log.warning("committed offset behind the audit trail: resuming after the last audited event",
+                        extra={"partitions": sorted(behind)})
+            consumer.assign(committed)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -136,3 +136,34 @@ def test_sigterm_mid_stream_exits_cleanly_and_restart_completes(fresh_deployment
         assert worker.stop() == 0
     sanitized, dead = _outcomes(d)
     assert dead == 0 and set(sanitized) == ids and max(sanitized.values()) == 1
+
+
+def test_a_committed_offset_behind_the_audit_trail_does_not_reprocess(fresh_deployment: Deployment) -> None:
+    """A broker may answer an offset fetch before a just-committed transaction's offsets show (the
+    embedded Tansu does under load). The worker then resumes after the last audited event instead:
+    here the group's offsets are rewound to 0 by hand, as a stale fetch would show them."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    d = fresh_deployment
+    _publish_payments(d, 300, seed=77)
+    worker = d.start_worker("first")
+    d.wait_for_audit(300)
+    assert worker.stop() == 0
+    rewind = Consumer({"bootstrap.servers": d.bootstrap, "group.id": d.group_id, "enable.auto.commit": False})
+    try:
+        rewind.commit(offsets=[TopicPartition(d.payments.source_topic, p, 0) for p in range(3)], asynchronous=False)
+        behind = rewind.committed([TopicPartition(d.payments.source_topic, p) for p in range(3)], timeout=10)
+        assert [tp.offset for tp in behind] == [0, 0, 0]
+    finally:
+        rewind.close()
+    ids = _publish_payments(d, 50, seed=78)
+    worker = d.start_worker("second")
+    try:
+        d.wait_for_audit(350)
+        time.sleep(2)
+    finally:
+        assert worker.stop() == 0
+    sanitized, _dead = _outcomes(d)
+    assert len(sanitized) == 350 and ids <= set(sanitized)
+    assert sum(n - 1 for n in sanitized.values()) == 0  # nothing processed twice
+    assert "committed offset behind the audit trail" in worker.log()
