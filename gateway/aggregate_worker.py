@@ -91,8 +91,8 @@ class Releaser:
                 out.append(OutRecord(spec.output_topic, f"{spec.id}|{window_start}|{g.group}".encode(),
                                      orjson.dumps(record), [("gateway-aggregate", spec.id.encode())]))
             if not mech.no_noise:
-                entry = LedgerEntry(spec.id, window_start, window_start + spec.window_ms, partition, spec.epsilon,
-                                    spec.delta, len(groups), now_ms, self.config.instance_id)
+                entry = LedgerEntry.for_release(spec, window_start, partition, len(groups), now_ms,
+                                                self.config.instance_id)
                 out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
         outcome = "released" if refusal is None else f"refused:{refusal}"
         audit = {
@@ -236,6 +236,7 @@ class AggregateWorker:
     def _stage1(self, messages: list[Any]) -> None:
         out: list[OutRecord] = []
         last: dict[tuple[str, int], int] = {}
+        decisions: Counter[tuple[str, str]] = Counter()  # (aggregate, outcome): metrics once per batch
         for m in messages:
             if m.error() is not None:
                 if m.error().fatal():
@@ -255,14 +256,16 @@ class AggregateWorker:
                 continue
             bounder = self.bounders.setdefault((m.topic(), m.partition()), ContributionBounder(plan.aggregates))
             for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1]):
-                self.counts[f"stage1:{outcome}"] += 1
-                metrics.DP_CONTRIBUTIONS.labels(spec.id, outcome).inc()
+                decisions[(spec.id, outcome)] += 1
                 if outcome == ACCEPTED and contribution is not None:
                     out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json()))
                 elif outcome == LATE:
                     out.append(self._late_audit(self.bound_chains, f"dp-bound:{m.topic()}:{m.partition()}", spec,
                                                 "bound", m.topic(), m.partition(), m.offset(), record,
                                                 m.timestamp()[1]))
+        for (aggregate, outcome), n in decisions.items():
+            self.counts[f"stage1:{outcome}"] += n
+            metrics.DP_CONTRIBUTIONS.labels(aggregate, outcome).inc(n)
         if not last:
             return
         for source, bounder in self.bounders.items():

@@ -49,6 +49,18 @@ def encode_raw(plan: Plan, record: dict[str, Any], encoding: str) -> bytes:
     return payload
 
 
+def _sample_source(samples: SampleEvents, plan: Plan) -> tuple[Any, list[str]]:
+    """The sample generator for a plan's schema and the input encodings it rotates through."""
+    make = samples.payment if plan.name.endswith("Payment") else samples.clinical_visit
+    encodings = ["confluent", "avro", "json"] if plan.schema_id is not None else ["avro", "json"]
+    return make, encodings
+
+
+def _broken(plan: Plan, valid: dict[str, Any]) -> list[tuple[str, bytes]]:
+    assert plan.schema_id is not None
+    return broken_payment_events(valid, plan.schema_id, lambda r: avro_bytes(plan.schema.parsed, r))
+
+
 def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int,
                     seed: int = 7) -> dict[str, Any]:
     """Publish valid events (mixed encodings) and a corpus of broken ones; return what was sent.
@@ -60,8 +72,7 @@ def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int
     sent: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {}
     for plan in plans:
-        make = samples.payment if plan.name.endswith("Payment") else samples.clinical_visit
-        encodings = ["confluent", "avro", "json"] if plan.schema_id is not None else ["avro", "json"]
+        make, encodings = _sample_source(samples, plan)
         for i in range(per_schema):
             record = make(canary=(i == 0))
             producer.produce(plan.source_topic, encode_raw(plan, record, encodings[i % len(encodings)]),
@@ -69,8 +80,7 @@ def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int
             examples.setdefault(plan.source_topic, []).append(record) if i < 3 else None
             sent[plan.source_topic] += 1
         if plan.name.endswith("Payment") and plan.schema_id is not None:
-            for _reason, value in broken_payment_events(make(canary=True), plan.schema_id,
-                                                        lambda r, p=plan: avro_bytes(p.schema.parsed, r)):
+            for _reason, value in _broken(plan, make(canary=True)):
                 producer.produce(plan.source_topic, value)
                 sent[plan.source_topic] += 1
         producer.poll(0)
@@ -99,14 +109,13 @@ def produce_samples(kafka: Mapping[str, str], plans: list[Plan], count: int, rat
             time.sleep(max(0.0, started + i / rate - time.monotonic()))
         now_ms = int(time.time() * 1000)
         for plan in plans:
-            is_payment = plan.name.endswith("Payment")
-            record = (samples.payment if is_payment else samples.clinical_visit)()
+            make, encodings = _sample_source(samples, plan)
+            record = make()
             record.update({f: now_ms for f in TIME_FIELDS if f in record})
-            encodings = ["confluent", "avro", "json"] if plan.schema_id is not None else ["avro", "json"]
             producer.produce(plan.source_topic, encode_raw(plan, record, encodings[i % len(encodings)]))
             sent[plan.source_topic] += 1
-            if is_payment and plan.schema_id is not None and i % broken_every == broken_every - 1:
-                broken = broken_payment_events(record, plan.schema_id, lambda r, p=plan: avro_bytes(p.schema.parsed, r))
+            if make == samples.payment and plan.schema_id is not None and i % broken_every == broken_every - 1:
+                broken = _broken(plan, record)
                 producer.produce(plan.source_topic, broken[(i // broken_every) % len(broken)][1])
                 sent[f"{plan.source_topic} (broken)"] += 1
         producer.poll(0)

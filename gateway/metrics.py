@@ -37,8 +37,7 @@ CONSUMER_LAG = Gauge("gateway_consumer_lag", "Records behind the partition end, 
                      ["topic", "partition"])
 ASSIGNED = Gauge("gateway_assigned_partitions", "Source partitions assigned to this worker")
 DEK_CACHE = Counter("gateway_dek_cache_total", "Data-key lookups: hit (cached DEK) or miss (new DEK, one KMS "
-                    "wrap)", ["result"])
-KMS_CALLS = Counter("gateway_kms_calls_total", "KMS wrap calls made for new DEKs")
+                    "wrap; the KMS requests themselves are gateway_kms_requests_total)", ["result"])
 READY = Gauge("gateway_ready", "1 when the readiness checks pass", ["check"])
 
 # ---- DP aggregate worker ------------------------------------------------------------------------
@@ -80,10 +79,6 @@ class Health:
 
     def failing(self) -> list[str]:
         return [name for name, ok in self._checks.items() if not ok]
-
-    @property
-    def ready(self) -> bool:
-        return not self.failing()
 
     def stop(self) -> None:
         for name in self._checks:

@@ -265,7 +265,6 @@ class Worker:
         hits, calls = cache.hits, cache.kms_calls
         metrics.DEK_CACHE.labels("hit").inc(hits - self._dek_seen[0])
         metrics.DEK_CACHE.labels("miss").inc(calls - self._dek_seen[1])
-        metrics.KMS_CALLS.inc(calls - self._dek_seen[1])
         self._dek_seen = (hits, calls)
 
     def _update_lag(self) -> None:

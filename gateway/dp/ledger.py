@@ -52,6 +52,12 @@ class LedgerEntry:
     released_at: int
     instance: str
 
+    @classmethod
+    def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
+                    instance: str) -> LedgerEntry:
+        return cls(spec.id, window_start, window_start + spec.window_ms, partition, spec.epsilon, spec.delta,
+                   groups, released_at, instance)
+
     @property
     def key(self) -> bytes:
         return f"{self.aggregate}|{self.window_start}|{self.partition}".encode()
@@ -195,8 +201,7 @@ class Ledger:
 
     def charge(self, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                instance: str) -> LedgerEntry:
-        entry = LedgerEntry(spec.id, window_start, window_start + spec.window_ms, partition, spec.epsilon,
-                            spec.delta, groups, released_at, instance)
+        entry = LedgerEntry.for_release(spec, window_start, partition, groups, released_at, instance)
         self.apply(entry)
         return entry
 

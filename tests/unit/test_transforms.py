@@ -325,32 +325,22 @@ def test_sanitizer_constructed_directly(payments_plan: Plan, keyring: Keyring) -
     assert deks.kms_calls == 1
 
 
-def test_decrypt_report_flags_a_tampered_last_array_element(pipeline: Pipeline, clinical_plan: Plan,
-                                                             keyring: Keyring) -> None:
+@pytest.mark.parametrize(("tampered", "intact"), [(1, 0), (0, 1)], ids=["last", "earlier"])
+def test_decrypt_report_flags_a_tampered_array_element(pipeline: Pipeline, clinical_plan: Plan, keyring: Keyring,
+                                                       tampered: int, intact: int) -> None:
+    """Either element of an array tampered: reported, left as ciphertext, the other still opened."""
+    notes = ["first", "second"]
     visit = dict(SampleEvents(seed=27).clinical_visit(),
-                 procedures=[{"code": "1", "notes": "first"}, {"code": "2", "notes": "second"}])
+                 procedures=[{"code": "1", "notes": notes[0]}, {"code": "2", "notes": notes[1]}])
     record = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record
-    last = bytearray(record["procedures"][1]["notes"])
-    last[-1] ^= 1
-    record["procedures"][1]["notes"] = bytes(last)
+    altered = bytearray(record["procedures"][tampered]["notes"])
+    altered[-1] ^= 1
+    record["procedures"][tampered]["notes"] = bytes(altered)
     opened, report = decrypt_record(record, clinical_plan, FieldDecryptor(keyring))
     assert not report.ok
     assert report.fields["procedures[].notes"].startswith("tampered")
-    assert opened["procedures"][0]["notes"] == "first"
-
-
-def test_decrypt_report_flags_a_tampered_earlier_array_element(pipeline: Pipeline, clinical_plan: Plan,
-                                                               keyring: Keyring) -> None:
-    visit = dict(SampleEvents(seed=27).clinical_visit(),
-                 procedures=[{"code": "1", "notes": "first"}, {"code": "2", "notes": "second"}])
-    record = _sanitizer(pipeline, "clinical.visits.raw").sanitize(visit).record
-    first = bytearray(record["procedures"][0]["notes"])
-    first[-1] ^= 1
-    record["procedures"][0]["notes"] = bytes(first)
-    opened, report = decrypt_record(record, clinical_plan, FieldDecryptor(keyring))
-    assert isinstance(opened["procedures"][0]["notes"], bytes)  # left as ciphertext
-    assert opened["procedures"][1]["notes"] == "second"
-    assert not report.ok
+    assert isinstance(opened["procedures"][tampered]["notes"], bytes)  # left as ciphertext
+    assert opened["procedures"][intact]["notes"] == notes[intact]
 
 
 def _union_plan(write_schema: Any, inner_action: str) -> Plan:
