@@ -277,7 +277,7 @@ def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, An
 # the worker's own frames that make up a batch, for the profile's inclusive shares
 STAGES = {"decode": "decode (gateway/schema.py", "sanitize": "sanitize (gateway/transforms.py",
           "encode": "encode (gateway/pipeline.py", "audit event": "_audit_record (gateway/pipeline.py",
-          "produce": "_produce (gateway/worker.py", "wait for the last commit": "_settle (gateway/worker.py"}
+          "produce and commit": "_publish (gateway/worker.py"}
 
 
 def profile_worker(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
