@@ -75,11 +75,14 @@ class _Primitives:
         return nonce + self.aead.encrypt(nonce, plaintext, self.aad)
 
 
-def floor_payments(plan: Plan) -> Callable[[bytes], bytes]:
-    reader = fastavro.parse_schema(strip_logical_types(plan.schema.raw))
-    writer = plan.sanitized_parsed
+def _floor_parts(plan: Plan) -> tuple[Any, Any, Callable[[str], str], Callable[[bytes], bytes]]:
+    """(raw reader schema, sanitized writer schema, token, encrypt): what both floors start from."""
     p = _Primitives()
-    token, encrypt = p.token, p.encrypt
+    return fastavro.parse_schema(strip_logical_types(plan.schema.raw)), plan.sanitized_parsed, p.token, p.encrypt
+
+
+def floor_payments(plan: Plan) -> Callable[[bytes], bytes]:
+    reader, writer, token, encrypt = _floor_parts(plan)
     schemaless_reader, schemaless_writer, BytesIO = fastavro.schemaless_reader, fastavro.schemaless_writer, io.BytesIO
 
     def one(value: bytes) -> bytes:
@@ -105,10 +108,7 @@ def floor_payments(plan: Plan) -> Callable[[bytes], bytes]:
 
 
 def floor_clinical(plan: Plan) -> Callable[[bytes], bytes]:
-    reader = fastavro.parse_schema(strip_logical_types(plan.schema.raw))
-    writer = plan.sanitized_parsed
-    p = _Primitives()
-    token, encrypt = p.token, p.encrypt
+    reader, writer, token, encrypt = _floor_parts(plan)
     schemaless_reader, schemaless_writer, BytesIO = fastavro.schemaless_reader, fastavro.schemaless_writer, io.BytesIO
 
     def codes(values: list[str]) -> bytes:
