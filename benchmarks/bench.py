@@ -100,7 +100,7 @@ class PassthroughPipeline:
     def source_topics(self) -> list[str]:
         return list(self.out)
 
-    def process(self, events: list[RawEvent]) -> BatchResult:
+    def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
         from collections import Counter
 
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"",

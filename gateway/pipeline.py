@@ -11,7 +11,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ from gateway.keys.providers import build_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.policy import Plan
+from gateway.replay import SOURCE_HEADER, ReplayedPartition, source_ref
 from gateway.schema import EventDecoder, frame_confluent, json_bytes
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
@@ -146,7 +147,10 @@ class Pipeline:
     def source_topics(self) -> list[str]:
         return list(self.stages)
 
-    def process(self, events: Sequence[RawEvent]) -> BatchResult:
+    def process(self, events: Sequence[RawEvent],
+                replay: Mapping[tuple[str, int], ReplayedPartition] | None = None) -> BatchResult:
+        """`replay`: per source partition, what a dead transaction left showing (gateway.replay);
+        an event's output or audit record that already shows is not emitted again."""
         out: list[OutRecord] = []
         counts: Counter[tuple[str, str]] = Counter()
         now_ms = int(time.time() * 1000)
@@ -162,10 +166,11 @@ class Pipeline:
                 "instance": self.instance,
                 "time": now_ms,
             }
+            source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
             try:
                 value, out_encoding, result = stage.transform(event.value, self.max_output_bytes)
             except RejectedEvent as rejected:
-                out.append(self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms))
+                output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source)
                 audit.update(outcome=f"rejected:{rejected.reason}", output={"topic": stage.plan.dlq_topic},
                              key_ids=[self.sealer.key_id])
                 counts[(event.topic, f"rejected:{rejected.reason}")] += 1
@@ -173,13 +178,13 @@ class Pipeline:
                 log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
                           "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
                 message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
-                out.append(self._dead_letter(stage, event, "internal_error", message, now_ms))
+                output = self._dead_letter(stage, event, "internal_error", message, now_ms, source)
                 audit.update(outcome="rejected:internal_error", output={"topic": stage.plan.dlq_topic},
                              key_ids=[self.sealer.key_id])
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
-                out.append(OutRecord(stage.plan.sanitized_topic, key, value, stage.headers[out_encoding]))
+                output = OutRecord(stage.plan.sanitized_topic, key, value, [*stage.headers[out_encoding], source])
                 key_ids = list(stage.sanitizer.token_key_ids)
                 if result.dek_key_id:
                     key_ids.append(result.dek_key_id)
@@ -189,13 +194,21 @@ class Pipeline:
                 audit.update(outcome="sanitized", output={"topic": stage.plan.sanitized_topic},
                              actions=stage.plan.field_actions, key_ids=key_ids)
                 counts[(event.topic, "sanitized")] += 1
-            out.append(self._audit_record(audit))
+            replayed = replay.get((event.topic, event.partition)) if replay else None
+            if replayed is None:
+                out.append(output)
+                out.append(self._audit_record(audit))
+                continue
+            if event.offset not in replayed.published:
+                out.append(output)
+            if event.offset > replayed.audited_through:
+                out.append(self._audit_record(audit))
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
         return BatchResult(out, counts)
 
     def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
-                     now_ms: int) -> OutRecord:
+                     now_ms: int, source: tuple[str, bytes]) -> OutRecord:
         body = {
             "reason": reason,
             "message": message,
@@ -211,7 +224,7 @@ class Pipeline:
         if len(value) > self.max_output_bytes:  # never emit a record Kafka would refuse
             body["sealed"] = None
             value = orjson.dumps(body)
-        return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode())])
+        return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode()), source])
 
     def _sealed(self, event: RawEvent) -> dict[str, Any] | None:
         """The original event sealed, unless it exceeds max_record_bytes: then it stays at its source

@@ -25,6 +25,7 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.pipeline import OutRecord, Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
+from gateway.replay import CLOCK_MARGIN_MS, OutputScan, ReplayedPartition
 from gateway.topics import admin_client, ensure_topics, partition_counts
 
 log = logging.getLogger("gateway.worker")
@@ -39,8 +40,8 @@ class ChainRecovery:
         self._config = config
         self._audit_partitions = audit_partitions
         self._max_scan = max_scan
-        # chain key -> the source offset after the last audited event (filled by recover)
-        self.next_offsets: dict[str, int] = {}
+        # chain key -> [(source offset, audit time ms)] of the audited events seen (filled by recover)
+        self.audited: dict[str, list[tuple[int, int]]] = {}
 
     def recover(self, keys: Sequence[str]) -> tuple[dict[str, str], set[str]]:
         """Return ({key: last hash}, keys whose head lies beyond the scan limit)."""
@@ -71,6 +72,7 @@ class ChainRecovery:
         while True:
             start = max(low, high - window)
             found: dict[str, str] = {}
+            audited: dict[str, list[tuple[int, int]]] = {}
             consumer.assign([TopicPartition(topic, partition, start)])
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -86,11 +88,10 @@ class ChainRecovery:
                     found[key] = body["hash"]
                     source = body.get("event")
                     if body.get("type") == "event" and isinstance(source, dict) and "offset" in source:
-                        self.next_offsets[key] = max(self.next_offsets.get(key, 0), int(source["offset"]) + 1)
-            if set(found) >= wanted or start == low:
-                return found, True
-            if window >= self._max_scan:
-                return found, False
+                        audited.setdefault(key, []).append((int(source["offset"]), int(body.get("time", 0))))
+            if set(found) >= wanted or start == low or window >= self._max_scan:
+                self.audited.update(audited)
+                return found, set(found) >= wanted or start == low
             window *= 4
 
 
@@ -110,6 +111,8 @@ class Worker:
         self._totals: Counter[tuple[str, str]] = Counter()
         self._dek_seen = (0, 0)  # (hits, KMS calls) already added to the metrics
         self._lag_labels: set[tuple[str, str]] = set()
+        # source partition -> what a dead transaction left showing (cleared once processed past it)
+        self._replay: dict[tuple[str, int], ReplayedPartition] = {}
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         if not self._stop:
@@ -126,6 +129,7 @@ class Worker:
         self.pipeline = (self._pipeline_factory(audit_partitions) if self._pipeline_factory
                          else Pipeline(self.plans, self.keyring, self.config, audit_partitions, kms=self._kms))
         self.recovery = ChainRecovery(self.config, counts[self.config.audit_topic])
+        self.output_scan = OutputScan(self.config)
         self.producer = Producer({
             **self.config.kafka_client_config(),
             "transactional.id": f"{self.config.group_id}-{self.config.instance_id}",
@@ -206,7 +210,7 @@ class Worker:
     def _publish(self, events: list[RawEvent]) -> None:
         started = time.monotonic()
         snapshot = self.pipeline.chains.snapshot()
-        result = self.pipeline.process(events)
+        result = self.pipeline.process(events, self._replay)
         processed = time.monotonic()
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
@@ -239,6 +243,10 @@ class Worker:
             metrics.ABORTS.inc()
             return
         committed = time.monotonic()
+        for source, offset in last.items():
+            replayed = self._replay.get(source)
+            if replayed is not None and offset >= replayed.through:
+                del self._replay[source]  # past what showed: processed as usual from here
         self._totals.update(result.counts)
         self._observe(events, result.counts, audited, (started, processed, produced, committed))
 
@@ -297,39 +305,55 @@ class Worker:
         heads, lost = self.recovery.recover(keys)
         self.pipeline.chains.heads.update(heads)
         self.pipeline.chains.restarted |= lost
-        self._resume_after_audited(consumer, partitions)
+        self._plan_replay(consumer, partitions)
         metrics.ASSIGNED.set(len(partitions))
         self.health.set("assignment", True)
         log.info("partitions assigned", extra={"partitions": sorted(keys),
                                                "chains_resumed": len(heads), "chains_restarted": len(lost)})
 
-    def _resume_after_audited(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each partition after its last audited event if the committed offset is behind it.
+    def _plan_replay(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Find what a dead transaction left showing beyond each committed offset (see gateway.replay).
 
-        Every event's audit record commits in the transaction that commits its offset, so the audit
-        trail can never be ahead of the true committed offset. A broker that answers an offset fetch
-        before a just-committed transaction's offsets are visible (KIP-447's stable offsets; the
-        embedded Tansu does, under load) would otherwise make us process that batch twice.
+        Audit records come from the chain recovery's read of the audit topic; outputs from a read of
+        the sanitized and dead-letter topics' tails back to the oldest audit time that matters.
         """
         if not partitions:
             return
-        behind = []
-        committed = consumer.committed(partitions, timeout=30)
-        for tp in committed:
-            audited = self.recovery.next_offsets.get(chain_key(tp.topic, tp.partition))
-            if audited is not None and audited > tp.offset:
-                behind.append(f"{tp.topic}:{tp.partition}")
-                tp.offset = audited
-        if behind:
-            log.warning("committed offset behind the audit trail: resuming after the last audited event",
-                        extra={"partitions": sorted(behind)})
-            consumer.assign(committed)
+        starts: dict[tuple[str, int], int] = {}
+        audited_through: dict[tuple[str, int], int] = {}
+        since_ms = int(time.time() * 1000)  # a chain never audited: only outputs written from now on
+        for tp in consumer.committed(partitions, timeout=30):
+            start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=10)[0]
+            source = (tp.topic, tp.partition)
+            starts[source] = start
+            audited = self.recovery.audited.get(chain_key(tp.topic, tp.partition), [])
+            beyond = [(offset, at) for offset, at in audited if offset >= start]
+            if beyond:
+                audited_through[source] = max(offset for offset, _ in beyond)
+            # outputs may show without their audit records: read back to the chain's last audit time
+            times = ([at for _, at in beyond] or [max(at for _, at in audited)]) if audited else []
+            since_ms = min([since_ms, *times])
+        outputs = [t for p in self.plans if p.source_topic in {s for s, _ in starts}
+                   for t in (p.sanitized_topic, p.dlq_topic)]
+        published = self.output_scan.published(outputs, starts, since_ms - CLOCK_MARGIN_MS)
+        for source, start in starts.items():
+            self._replay.pop(source, None)
+            if source in audited_through or source in published:
+                self._replay[source] = ReplayedPartition(start, audited_through.get(source, -1),
+                                                         published.get(source, set()))
+        if any(source in self._replay for source in starts):
+            log.warning("a dead transaction's records show beyond the committed offset: replaying "
+                        "those events without publishing or auditing them twice",
+                        extra={"partitions": {f"{t}:{p}": {"from": r.start, "audited_through": r.audited_through,
+                                                           "published": len(r.published)}
+                                              for (t, p), r in sorted(self._replay.items())}})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             key = chain_key(tp.topic, tp.partition)
             self.pipeline.chains.heads.pop(key, None)
             self.pipeline.chains.restarted.discard(key)
+            self._replay.pop((tp.topic, tp.partition), None)
         metrics.ASSIGNED.set(0)
         log.info("partitions revoked", extra={"partitions": sorted(chain_key(tp.topic, tp.partition)
                                                                    for tp in partitions)})
