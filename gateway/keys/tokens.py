@@ -6,10 +6,14 @@ token (joins work); different domains use different keys, so their tokens are un
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import unicodedata
+from typing import Any
+
+# base64 to base64url, and drop the padding: binascii is C, base64.urlsafe_b64encode is Python
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class DomainTokenizer:
@@ -19,7 +23,11 @@ class DomainTokenizer:
         self.domain = domain
         self.version = version
         self._prefix = f"tok_v{version}_"
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        mac = hmac.new(key, digestmod=hashlib.sha256)
+        # hmac.HMAC.copy() is a Python method wrapping the OpenSSL-backed state it keeps in `_hmac`;
+        # copying that state directly saves ~0.5 us of the ~2 us a token costs. It has the same
+        # copy/update/digest interface; without it (no OpenSSL, another Python) the public object is used.
+        self._mac: Any = getattr(mac, "_hmac", None) or mac
 
     def __repr__(self) -> str:
         return f"<DomainTokenizer domain={self.domain!r} version={self.version!r}>"
@@ -31,4 +39,4 @@ class DomainTokenizer:
     def token(self, value: str) -> str:
         mac = self._mac.copy()
         mac.update(unicodedata.normalize("NFC", value).encode("utf-8"))
-        return self._prefix + base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+        return self._prefix + binascii.b2a_base64(mac.digest(), newline=False).translate(_URLSAFE, b"=").decode("ascii")
