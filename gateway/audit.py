@@ -28,8 +28,13 @@ def audit_partition(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % partitions
 
 
+def canonical(body: dict[str, Any]) -> bytes:
+    """The bytes an audit hash covers: the body as JSON with sorted keys, at every level."""
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
 def event_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 def seal_audit_event(body: dict[str, Any], prev_hash: str) -> dict[str, Any]:
@@ -37,6 +42,20 @@ def seal_audit_event(body: dict[str, Any], prev_hash: str) -> dict[str, Any]:
     body["prev_hash"] = prev_hash
     body["hash"] = event_hash(body)
     return body
+
+
+def seal_audit_value(body: dict[str, Any], prev_hash: str) -> tuple[bytes, str]:
+    """(record value, hash) of an audit body, serializing it once; the per-event form of seal_audit_event.
+
+    The hash covers the canonical body with prev_hash (as seal_audit_event's does); the value is those
+    same bytes with "hash" spliced in as the last key (the body is never empty: it holds prev_hash).
+    JSON key order carries no meaning and verify_chains pops "hash" and re-canonicalizes, so both
+    verify alike. The body may hold orjson.Fragment values, each itself canonical JSON (sorted keys).
+    """
+    body["prev_hash"] = prev_hash
+    data = canonical(body)
+    digest = hashlib.sha256(data).hexdigest()
+    return b"".join((data[:-1], b',"hash":"', digest.encode("ascii"), b'"}')), digest
 
 
 @dataclass

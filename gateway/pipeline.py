@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import fastavro
 import orjson
 
-from gateway.audit import ChainHeads, audit_partition, chain_key, seal_audit_event
+from gateway.audit import ChainHeads, audit_partition, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
 from gateway.deadletter import QuarantineSealer
 from gateway.errors import RejectedEvent
@@ -44,6 +44,14 @@ class RawEvent(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None
+
+
+class AuditChain(NamedTuple):
+    """A source partition's audit chain: its key, that key as record key bytes, its audit partition."""
+
+    key: str
+    key_bytes: bytes
+    partition: int
 
 
 class OutRecord(NamedTuple):
@@ -82,6 +90,12 @@ class TopicStage:
         self._writer_schema = plan.sanitized_parsed
         framed = plan.sanitized_schema_id is not None and plan.sanitized_schema_id < 2**32
         self._confluent_header = frame_confluent(plan.sanitized_schema_id, b"") if framed else None
+        # audit body parts fixed per topic, serialized once: canonical JSON (sorted keys) that orjson
+        # splices in verbatim as Fragments, so the canonical body is the same bytes as with the dicts
+        self.audit_schema = plan.name
+        self.audit_actions = orjson.Fragment(canonical(plan.field_actions))
+        self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
+        self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
 
     def transform(self, value: bytes | None, max_output_bytes: int) -> tuple[bytes, str, SanitizeResult]:
         """One event's whole transform: decode and validate, sanitize, encode, check the size.
@@ -140,7 +154,9 @@ class Pipeline:
                        for p in plans}
         quarantine_id, quarantine_key = keyring.quarantine_key()
         self.sealer = QuarantineSealer(quarantine_id, quarantine_key)
+        self._dead_letter_key_ids = orjson.Fragment(orjson.dumps([self.sealer.key_id]))
         self.chains = ChainHeads()
+        self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self.max_output_bytes = max_message_bytes(config)
 
     @property
@@ -154,14 +170,16 @@ class Pipeline:
         out: list[OutRecord] = []
         counts: Counter[tuple[str, str]] = Counter()
         now_ms = int(time.time() * 1000)
+        audit_chains = self._audit_chains
         for event in events:
             stage = self.stages[event.topic]
+            chain = audit_chains.get((event.topic, event.partition)) or self._audit_chain(event.topic, event.partition)
             audit: dict[str, Any] = {
                 "type": "event",
-                "chain": chain_key(event.topic, event.partition),
+                "chain": chain.key,
                 "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
                           "timestamp": event.timestamp_ms},
-                "schema": stage.plan.name,
+                "schema": stage.audit_schema,
                 "policy": stage.plan.policy_hash,
                 "instance": self.instance,
                 "time": now_ms,
@@ -171,16 +189,18 @@ class Pipeline:
                 value, out_encoding, result = stage.transform(event.value, self.max_output_bytes)
             except RejectedEvent as rejected:
                 output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source)
-                audit.update(outcome=f"rejected:{rejected.reason}", output={"topic": stage.plan.dlq_topic},
-                             key_ids=[self.sealer.key_id])
-                counts[(event.topic, f"rejected:{rejected.reason}")] += 1
+                audit["outcome"] = outcome = f"rejected:{rejected.reason}"
+                audit["output"] = stage.audit_dlq_output
+                audit["key_ids"] = self._dead_letter_key_ids
+                counts[(event.topic, outcome)] += 1
             except Exception as exc:  # a bug must not stop the partition or leak the event
                 log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
                           "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
                 message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
                 output = self._dead_letter(stage, event, "internal_error", message, now_ms, source)
-                audit.update(outcome="rejected:internal_error", output={"topic": stage.plan.dlq_topic},
-                             key_ids=[self.sealer.key_id])
+                audit["outcome"] = "rejected:internal_error"
+                audit["output"] = stage.audit_dlq_output
+                audit["key_ids"] = self._dead_letter_key_ids
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
@@ -191,18 +211,20 @@ class Pipeline:
                 event_id_field = stage.plan.event_id_field
                 if event_id_field and result.record.get(event_id_field) is not None:
                     audit["event"]["event_id"] = result.record[event_id_field]
-                audit.update(outcome="sanitized", output={"topic": stage.plan.sanitized_topic},
-                             actions=stage.plan.field_actions, key_ids=key_ids)
+                audit["outcome"] = "sanitized"
+                audit["output"] = stage.audit_sanitized_output
+                audit["actions"] = stage.audit_actions
+                audit["key_ids"] = key_ids
                 counts[(event.topic, "sanitized")] += 1
             replayed = replay.get((event.topic, event.partition)) if replay else None
             if replayed is None:
                 out.append(output)
-                out.append(self._audit_record(audit))
+                out.append(self._audit_record(audit, chain))
                 continue
             if event.offset not in replayed.published:
                 out.append(output)
             if event.offset > replayed.audited_through:
-                out.append(self._audit_record(audit))
+                out.append(self._audit_record(audit, chain))
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
         return BatchResult(out, counts)
@@ -234,13 +256,18 @@ class Pipeline:
             return None
         return self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers)
 
-    def _audit_record(self, body: dict[str, Any]) -> OutRecord:
-        key = body["chain"]
-        prev, restart = self.chains.next_prev(key)
+    def _audit_chain(self, topic: str, partition: int) -> AuditChain:
+        """The chain of a source partition, computed on its first event (the partition count is fixed)."""
+        key = chain_key(topic, partition)
+        chain = AuditChain(key, key.encode(), audit_partition(key, self.audit_partitions))
+        self._audit_chains[(topic, partition)] = chain
+        return chain
+
+    def _audit_record(self, body: dict[str, Any], chain: AuditChain) -> OutRecord:
+        prev, restart = self.chains.next_prev(chain.key)
         if restart:
             body["chain_restart"] = True
-            self.chains.restarted.discard(key)
-        sealed = seal_audit_event(body, prev)
-        self.chains.heads[key] = sealed["hash"]
-        return OutRecord(self.audit_topic, key.encode(), orjson.dumps(sealed), None,
-                         audit_partition(key, self.audit_partitions))
+            self.chains.restarted.discard(chain.key)
+        value, digest = seal_audit_value(body, prev)
+        self.chains.heads[chain.key] = digest
+        return OutRecord(self.audit_topic, chain.key_bytes, value, None, chain.partition)

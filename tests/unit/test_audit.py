@@ -8,7 +8,17 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, ChainHeads, audit_partition, chain_key, event_hash, seal_audit_event, verify_chains
+from gateway.audit import (
+    GENESIS,
+    ChainHeads,
+    audit_partition,
+    canonical,
+    chain_key,
+    event_hash,
+    seal_audit_event,
+    seal_audit_value,
+    verify_chains,
+)
 
 
 def _body(chain: str, n: int) -> dict[str, Any]:
@@ -50,6 +60,53 @@ def test_seal_sets_prev_and_hash() -> None:
 def test_event_hash_ignores_key_order() -> None:
     body = _body("t:0", 1)
     assert event_hash(body) == event_hash(dict(reversed(list(body.items()))))
+
+
+def _hash_spliced(canonical_body: bytes, digest: str) -> bytes:
+    return canonical_body[:-1] + b',"hash":"' + digest.encode() + b'"}'
+
+
+@pytest.mark.parametrize("body", [
+    _body("payments.raw:0", 0),
+    dict(_body("payments.raw:0", 1), chain_restart=True),
+    {"chain": "x:0", "note": "Ångström ✓ \u2028 \"quoted\" \\", "nested": {"b": [1, {"z": 2, "a": None}], "a": True}},
+])
+def test_seal_audit_value_is_seal_audit_event_serialized_once(body: dict[str, Any]) -> None:
+    value, digest = seal_audit_value(copy.deepcopy(body), "a" * 64)
+    sealed = seal_audit_event(copy.deepcopy(body), "a" * 64)
+    assert digest == sealed["hash"]
+    assert orjson.loads(value) == sealed
+    assert orjson.loads(value) == orjson.loads(orjson.dumps(sealed))
+    # the value is the canonical body (what the hash covers) with "hash" spliced in last
+    assert value == _hash_spliced(canonical({k: v for k, v in sealed.items() if k != "hash"}), digest)
+
+
+def test_fragments_of_canonical_json_serialize_like_the_dicts() -> None:
+    """The pipeline pre-serializes fixed parts as orjson Fragments: the canonical bytes must not change."""
+    actions = {"zeta": "keep", "email": "tokenize:customer", "a.b": "drop", "a": "keep", "Ä": "encrypt"}
+    body = dict(_body("payments.raw:0", 0), actions=actions, output={"topic": "p.sanitized"}, key_ids=["q/1"])
+    fast = dict(body, actions=orjson.Fragment(canonical(actions)),
+                output=orjson.Fragment(canonical({"topic": "p.sanitized"})), key_ids=orjson.Fragment(b'["q/1"]'))
+    assert canonical(fast) == canonical(body)
+    assert seal_audit_value(fast, GENESIS) == seal_audit_value(body, GENESIS)
+
+
+def test_chains_sealed_once_verify_and_detect_alteration() -> None:
+    prev, records = GENESIS, []
+    for n in range(6):
+        if n % 2:  # the two forms interleave in one chain
+            sealed = seal_audit_event(_body("payments.raw:0", n), prev)
+            value, prev = orjson.dumps(sealed), sealed["hash"]
+        else:
+            value, prev = seal_audit_value(_body("payments.raw:0", n), prev)
+        records.append((0, n, value))
+    report = verify_chains(records)
+    assert report.ok, report.breaks
+    assert (report.chains, report.events) == (1, 6)
+    altered = orjson.loads(records[2][2])
+    altered["event"]["offset"] = 99
+    records[2] = (0, 2, orjson.dumps(altered))
+    assert verify_chains(records).breaks[0].startswith("chain payments.raw:0: audit partition 0 offset 2: content")
 
 
 def test_valid_chains_verify() -> None:

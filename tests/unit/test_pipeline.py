@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, audit_partition, verify_chains
+from gateway.audit import GENESIS, audit_partition, seal_audit_event, verify_chains
 from gateway.config import GatewayConfig
 from gateway.deadletter import QuarantineSealer
 from gateway.decrypt import decrypt_record
@@ -174,6 +176,70 @@ def test_restarted_chain_is_marked(pipeline: Pipeline, batch: _Batch) -> None:
     report = verify_chains(_audit_log(_split(before.records)[2] + _split(after.records)[2]))
     assert report.ok, report.breaks
     assert len(report.restarts) == 1
+
+
+def _plain_audit_body(pipeline: Pipeline, event: RawEvent, outcome: str, parsed: dict[str, Any], now_ms: int,
+                      prev_hash: str, restart: bool) -> dict[str, Any]:
+    """The audit body as plain dicts, field by field (the reference for the pre-serialized fast path)."""
+    plan = pipeline.stages[event.topic].plan
+    body: dict[str, Any] = {
+        "type": "event", "chain": f"{event.topic}:{event.partition}",
+        "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                  "timestamp": event.timestamp_ms},
+        "schema": plan.name, "policy": plan.policy_hash, "instance": "unit-test", "time": now_ms, "outcome": outcome,
+    }
+    if outcome == "sanitized":
+        body["event"]["event_id"] = parsed["event"]["event_id"]  # the record's own id, checked non-empty below
+        body.update(output={"topic": plan.sanitized_topic}, actions=dict(plan.field_actions),
+                    key_ids=parsed["key_ids"])  # the DEK id varies; its shape is checked elsewhere
+    else:
+        body.update(output={"topic": plan.dlq_topic}, key_ids=[pipeline.sealer.key_id])
+    if restart:
+        body["chain_restart"] = True
+    body["prev_hash"] = prev_hash
+    return body
+
+
+def test_audit_value_is_the_canonical_body_with_its_hash(pipeline: Pipeline, batch: _Batch,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each audit value is orjson.dumps(plain body, OPT_SORT_KEYS) with "hash" spliced in last, and
+    seal_audit_event of that plain body gives the same hash and the same object."""
+    monkeypatch.setattr(time, "time", lambda: 1_790_000_123.456)
+    pipeline.chains.restarted.add(f"{CLIN}:1")
+    events, outcomes = list(batch.events), list(batch.expected)
+    records = _split(pipeline.process(batch.events).records)[2]
+
+    def explode(record: dict[str, Any]) -> Any:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(pipeline.stages[PAY].sanitizer, "sanitize", explode)
+    records += _split(pipeline.process(batch.events[:2]).records)[2]
+    events += batch.events[:2]
+    outcomes += ["rejected:internal_error"] * 2
+
+    heads: dict[str, str] = {}
+    cases: Counter[str] = Counter()
+    for event, outcome, record in zip(events, outcomes, records, strict=True):
+        parsed = orjson.loads(record.value)
+        chain = f"{event.topic}:{event.partition}"
+        restart = chain == f"{CLIN}:1" and chain not in heads
+        expected = _plain_audit_body(pipeline, event, outcome, parsed, 1_790_000_123_456, heads.get(chain, GENESIS),
+                                     restart)
+        plain = orjson.dumps(expected, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(plain).hexdigest()
+        assert record.value == plain[:-1] + b',"hash":"' + digest.encode() + b'"}'
+        sealed = seal_audit_event(expected, expected["prev_hash"])
+        assert sealed["hash"] == digest
+        assert parsed == sealed
+        heads[chain] = digest
+        cases[outcome.split(":")[0]] += 1
+        cases["internal_error"] += outcome == "rejected:internal_error"
+        cases["event_id"] += bool(parsed["event"].get("event_id"))
+        cases["chain_restart"] += restart
+    assert heads == pipeline.chains.heads
+    assert cases["sanitized"] == cases["event_id"] == 20
+    assert cases["rejected"] > cases["internal_error"] == 2
+    assert cases["chain_restart"] == 1
 
 
 def test_no_canary_in_any_output(pipeline: Pipeline, batch: _Batch) -> None:
