@@ -14,7 +14,7 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, audit_partition, seal_audit_event, verify_chains
+from gateway.audit import GENESIS, audit_partition, chain_key, seal_audit_event, verify_chains
 from gateway.config import GatewayConfig
 from gateway.deadletter import QuarantineSealer
 from gateway.decrypt import decrypt_record
@@ -23,6 +23,7 @@ from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import OutRecord, Pipeline, RawEvent
 from gateway.policy import Plan, compile_plan
+from gateway.replay import SOURCE_HEADER, ReplayedPartition, parse_source_ref
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.schema import MAGIC_BYTE, avro_bytes, frame_confluent, load_schema_file
 
@@ -390,3 +391,42 @@ def test_stage_transform_is_the_per_event_path(pipeline: Pipeline, batch: _Batch
     with pytest.raises(RejectedEvent) as excinfo:
         stage.transform(framed.value, 50)
     assert excinfo.value.reason == "output_too_large"
+
+
+def _source_of(record: OutRecord) -> tuple[str, int, int]:
+    ref = parse_source_ref(dict(record.headers or [])[SOURCE_HEADER])
+    assert ref is not None
+    return ref
+
+
+def test_every_output_names_its_raw_event(pipeline: Pipeline, batch: _Batch) -> None:
+    sanitized, dlq, _audit = _split(pipeline.process(batch.events).records)
+    expected = [(e.topic, e.partition, e.offset) for e in batch.events]
+    assert [_source_of(r) for r in sanitized + dlq] == [expected[i] for i, outcome in enumerate(batch.expected)
+                                                        if outcome == "sanitized"] + \
+        [expected[i] for i, outcome in enumerate(batch.expected) if outcome != "sanitized"]
+
+
+def test_a_replay_emits_only_what_does_not_show_yet_and_keeps_the_chain(
+        payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, config: GatewayConfig, batch: _Batch) -> None:
+    """Events whose audit record shows are not audited again, events whose output shows are not
+    published again; the chain continues from what shows."""
+    whole = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    reference = whole.process(batch.events).records
+    replaying = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    chain, source = chain_key(PAY, 1), (PAY, 1)
+    events = [e for e in batch.events if (e.topic, e.partition) == source]
+    assert len(events) >= 4
+    # what a dead transaction left: the first two events audited, outputs of events 0 and 3
+    shown = [r for r in reference if r.topic == AUDIT and r.key == chain.encode()][:2]
+    replaying.chains.heads[chain] = orjson.loads(shown[-1].value)["hash"]
+    replay = {source: ReplayedPartition(0, audited_through=events[1].offset,
+                                        published={events[0].offset, events[3].offset})}
+    records = replaying.process(events, replay).records
+    outputs = [_source_of(r)[2] for r in records if r.topic != AUDIT]
+    audited = [orjson.loads(r.value)["event"]["offset"] for r in records if r.topic == AUDIT]
+    assert outputs == [e.offset for e in events if e.offset not in (events[0].offset, events[3].offset)]
+    assert audited == [e.offset for e in events[2:]]
+    log = _audit_log(shown + [r for r in records if r.topic == AUDIT])
+    report = verify_chains(log)
+    assert report.ok and report.events == len(events), report.breaks
