@@ -148,11 +148,12 @@ class Worker:
             "isolation.level": "read_committed",
             "session.timeout.ms": self.config.session_timeout_ms,
             "heartbeat.interval.ms": max(500, self.config.session_timeout_ms // 5),
-            # backpressure: the fetch queue is bounded, and the loop fetches the next batch only
-            # after the previous one committed, so a slow KMS or broker slows consumption
+            # backpressure: the fetch queue is bounded, and the loop produces a batch only after the
+            # previous one committed (two batches at most in hand), so a slow KMS or broker slows consumption
             "queued.max.messages.kbytes": self.config.fetch_queue_kbytes,
-            # latency: don't let an idle partition's fetch wait librdkafka's default 500 ms
-            "fetch.wait.max.ms": 20,
+            # latency: a fetch waits at most 5 ms for data (librdkafka's default is 500 ms); measured on
+            # the embedded broker, 5 ms against 20 ms cut p50 latency at low rates with no loss at saturation
+            "fetch.wait.max.ms": 5,
         })
         self.consumer.subscribe(self.pipeline.source_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
