@@ -26,7 +26,6 @@ from gateway.config import GatewayConfig
 log = logging.getLogger("gateway.replay")
 
 SOURCE_HEADER = "gateway-source"
-CLOCK_MARGIN_MS = 5_000  # record timestamps come from the producers' clocks
 
 
 def source_ref(topic: str, partition: int, offset: int) -> bytes:
@@ -57,16 +56,23 @@ class ReplayedPartition:
 
 
 class OutputScan:
-    """Reads the tail of output topics for records whose source header names a watched partition."""
+    """Reads the tail of output topics for records whose source header names a watched partition.
 
-    def __init__(self, config: GatewayConfig, max_scan: int = 200_000) -> None:
+    A source partition's outputs land in any output partition, but in each one in source-offset
+    order (one owner at a time, transactions in order). So reading an output partition back until
+    it holds a record of that source from before its start finds all of its records after it. A
+    source with no audited event yet (`fresh`) is only looked for in the first window: at most a
+    first, torn batch of it can show.
+    """
+
+    def __init__(self, config: GatewayConfig, max_scan: int = 200_000, first_window: int = 2_000) -> None:
         self._config = config
         self._max_scan = max_scan
+        self._first_window = first_window
 
     def published(self, topics: Iterable[str], starts: Mapping[tuple[str, int], int],
-                  since_ms: int) -> dict[tuple[str, int], set[int]]:
-        """{(source topic, partition): offsets at or after its start whose output shows}, from
-        records written since `since_ms` (each output partition read back until an older record)."""
+                  fresh: set[tuple[str, int]]) -> dict[tuple[str, int], set[int]]:
+        """{(source topic, partition): offsets at or after its start whose output shows}."""
         found: dict[tuple[str, int], set[int]] = {}
         consumer = Consumer({
             **self._config.kafka_client_config(), "group.id": f"{self._config.group_id}.replay-scan",
@@ -79,19 +85,19 @@ class OutputScan:
                 if metadata is None or metadata.error is not None:
                     continue
                 for partition in sorted(metadata.partitions):
-                    self._scan(consumer, TopicPartition(topic, partition), starts, since_ms, found)
+                    self._scan(consumer, TopicPartition(topic, partition), starts, fresh, found)
         finally:
             consumer.close()
         return found
 
     def _scan(self, consumer: Consumer, tp: TopicPartition, starts: Mapping[tuple[str, int], int],
-              since_ms: int, found: dict[tuple[str, int], set[int]]) -> None:
+              fresh: set[tuple[str, int]], found: dict[tuple[str, int], set[int]]) -> None:
         low, high = consumer.get_watermark_offsets(tp, timeout=10)
-        window = 2_000
+        window = self._first_window
         while high > low:
             start = max(low, high - window)
-            oldest = self._read(consumer, TopicPartition(tp.topic, tp.partition, start), starts, found)
-            if start == low or oldest < since_ms:
+            reached = self._read(consumer, TopicPartition(tp.topic, tp.partition, start), starts, found)
+            if start == low or set(starts) - fresh <= reached:
                 return
             if window >= self._max_scan:
                 log.info("output scan stopped at its limit", extra={"topic": tp.topic, "partition": tp.partition,
@@ -100,10 +106,10 @@ class OutputScan:
             window *= 4
 
     def _read(self, consumer: Consumer, tp: TopicPartition, starts: Mapping[tuple[str, int], int],
-              found: dict[tuple[str, int], set[int]]) -> int:
-        """Read from tp.offset to the end; returns the oldest record timestamp seen."""
+              found: dict[tuple[str, int], set[int]]) -> set[tuple[str, int]]:
+        """Read from tp.offset to the end; returns the sources seen with an offset before their start."""
         consumer.assign([tp])
-        oldest = 2**63
+        reached: set[tuple[str, int]] = set()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             msg = consumer.poll(1.0)
@@ -113,10 +119,14 @@ class OutputScan:
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     break
                 continue
-            oldest = min(oldest, msg.timestamp()[1])
             for name, value in msg.headers() or []:
-                if name == SOURCE_HEADER and value is not None:
-                    ref = parse_source_ref(value)
-                    if ref is not None and ref[2] >= starts.get(ref[:2], 2**63):
-                        found.setdefault(ref[:2], set()).add(ref[2])
-        return oldest
+                if name != SOURCE_HEADER or value is None:
+                    continue
+                ref = parse_source_ref(value)
+                if ref is None or ref[:2] not in starts:
+                    continue
+                if ref[2] >= starts[ref[:2]]:
+                    found.setdefault(ref[:2], set()).add(ref[2])
+                else:
+                    reached.add(ref[:2])
+        return reached

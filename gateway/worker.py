@@ -25,7 +25,7 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.pipeline import OutRecord, Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
-from gateway.replay import CLOCK_MARGIN_MS, OutputScan, ReplayedPartition
+from gateway.replay import OutputScan, ReplayedPartition
 from gateway.topics import admin_client, ensure_topics, partition_counts
 
 log = logging.getLogger("gateway.worker")
@@ -40,8 +40,8 @@ class ChainRecovery:
         self._config = config
         self._audit_partitions = audit_partitions
         self._max_scan = max_scan
-        # chain key -> [(source offset, audit time ms)] of the audited events seen (filled by recover)
-        self.audited: dict[str, list[tuple[int, int]]] = {}
+        # chain key -> source offsets of the audited events seen (filled by recover)
+        self.audited: dict[str, list[int]] = {}
 
     def recover(self, keys: Sequence[str]) -> tuple[dict[str, str], set[str]]:
         """Return ({key: last hash}, keys whose head lies beyond the scan limit)."""
@@ -72,7 +72,7 @@ class ChainRecovery:
         while True:
             start = max(low, high - window)
             found: dict[str, str] = {}
-            audited: dict[str, list[tuple[int, int]]] = {}
+            audited: dict[str, list[int]] = {}
             consumer.assign([TopicPartition(topic, partition, start)])
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -88,7 +88,7 @@ class ChainRecovery:
                     found[key] = body["hash"]
                     source = body.get("event")
                     if body.get("type") == "event" and isinstance(source, dict) and "offset" in source:
-                        audited.setdefault(key, []).append((int(source["offset"]), int(body.get("time", 0))))
+                        audited.setdefault(key, []).append(int(source["offset"]))
             if set(found) >= wanted or start == low or window >= self._max_scan:
                 self.audited.update(audited)
                 return found, set(found) >= wanted or start == low
@@ -316,27 +316,26 @@ class Worker:
         """Find what a dead transaction left showing beyond each committed offset (see gateway.replay).
 
         Audit records come from the chain recovery's read of the audit topic; outputs from a read of
-        the sanitized and dead-letter topics' tails back to the oldest audit time that matters.
+        the sanitized and dead-letter topics' tails (gateway.replay.OutputScan).
         """
         if not partitions:
             return
         starts: dict[tuple[str, int], int] = {}
         audited_through: dict[tuple[str, int], int] = {}
-        since_ms = int(time.time() * 1000)  # a chain never audited: only outputs written from now on
+        fresh: set[tuple[str, int]] = set()
         for tp in consumer.committed(partitions, timeout=30):
             start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=10)[0]
             source = (tp.topic, tp.partition)
             starts[source] = start
-            audited = self.recovery.audited.get(chain_key(tp.topic, tp.partition), [])
-            beyond = [(offset, at) for offset, at in audited if offset >= start]
-            if beyond:
-                audited_through[source] = max(offset for offset, _ in beyond)
-            # outputs may show without their audit records: read back to the chain's last audit time
-            times = ([at for _, at in beyond] or [max(at for _, at in audited)]) if audited else []
-            since_ms = min([since_ms, *times])
+            audited = [offset for offset in self.recovery.audited.get(chain_key(tp.topic, tp.partition), ())
+                       if offset >= start]
+            if audited:
+                audited_through[source] = max(audited)
+            elif chain_key(tp.topic, tp.partition) not in self.pipeline.chains.heads:
+                fresh.add(source)
         outputs = [t for p in self.plans if p.source_topic in {s for s, _ in starts}
                    for t in (p.sanitized_topic, p.dlq_topic)]
-        published = self.output_scan.published(outputs, starts, since_ms - CLOCK_MARGIN_MS)
+        published = self.output_scan.published(outputs, starts, fresh)
         for source, start in starts.items():
             self._replay.pop(source, None)
             if source in audited_through or source in published:
