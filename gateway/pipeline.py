@@ -60,6 +60,7 @@ class OutRecord(NamedTuple):
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None
+    timestamp_ms: int = 0  # 0: the producer stamps the time of sending
 
 
 @dataclass
@@ -204,7 +205,9 @@ class Pipeline:
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
-                output = OutRecord(stage.plan.sanitized_topic, key, value, [*stage.headers[out_encoding], source])
+                # the input's timestamp carries over (as Kafka Streams does), so event time survives
+                output = OutRecord(stage.plan.sanitized_topic, key, value, [*stage.headers[out_encoding], source],
+                                   None, max(event.timestamp_ms, 0))
                 key_ids = list(stage.sanitizer.token_key_ids)
                 if result.dek_key_id:
                     key_ids.append(result.dek_key_id)

@@ -296,7 +296,7 @@ class Worker:
         while True:
             try:
                 self.producer.produce(record.topic, record.value, record.key, partition=partition,
-                                      headers=record.headers)
+                                      headers=record.headers, timestamp=record.timestamp_ms)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self.producer.poll(0.05)
