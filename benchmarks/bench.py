@@ -6,8 +6,9 @@
    encode, dead letters, audit chain), plus the primitive floor it is measured against
 4. naive per-record code, Confluent CSFLE and Presidio operators (benchmarks/peers.py)
 
-Prints events/s, MB/s, CPU seconds per 1,000 events and p50/p99 latency (event timestamp to
-output record) at half the saturated sanitize rate; writes benchmarks/results.json.
+Prints events/s, MB/s, CPU seconds per 1,000 events and p50/p99 latency (event timestamp to the
+sanitized record reaching a read_committed reader) at half the saturated sanitize rate; writes
+benchmarks/results.json.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +105,7 @@ class PassthroughPipeline:
         return list(self.out)
 
     def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
-        from collections import Counter
-
-        records = [OutRecord(self.out[e.topic], e.key, e.value or b"",
-                             [("in_ts", str(e.timestamp_ms).encode())]) for e in events]
+        records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
         return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))
 
 
@@ -120,6 +121,46 @@ def passthrough_main(argv: list[str]) -> int:
                            group_id=group, instance_id=group, session_timeout_ms=6000, partitions=3,
                            audit_topic=f"audit.{group}")
     return Worker(config, plans, Keyring.open(config.keyring), lambda _n: PassthroughPipeline(plans)).run()
+
+
+class LatencyProbe:
+    """End-to-end latency as a downstream reader sees it: from the event's timestamp (stamped by
+    the producer that published it, carried over to the sanitized record) to the moment a
+    read_committed consumer receives the sanitized record, i.e. after the gateway's commit."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                                  "fetch.wait.max.ms": 10})
+        assignment = []
+        for topic in topics:
+            for partition in self.consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+                assignment.append(TopicPartition(topic, partition, high))  # only what comes next
+        self.consumer.assign(assignment)
+        # the high watermark can lag the last commit: earlier records are told apart by timestamp
+        self.since_ms = int(time.time() * 1000)
+        self.latencies_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self.consumer.consume(1000, 0.05):
+                if msg.error() is None and msg.timestamp()[1] >= self.since_ms:
+                    self.latencies_ms.append(time.time() * 1000 - msg.timestamp()[1])
+
+    def wait(self, expected: int, timeout_s: float = 60) -> list[float]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.latencies_ms) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join()
+        self.consumer.close()
+        if len(self.latencies_ms) < expected:
+            raise RuntimeError(f"only {len(self.latencies_ms)} of {expected} records reached the reader")
+        return self.latencies_ms
 
 
 class KafkaStage:
@@ -139,9 +180,12 @@ class KafkaStage:
         self.audit_topic = config.audit_topic
         self.keyring = config.keyring
         self.proc: subprocess.Popen[bytes] | None = None
+        # one producer for the stage's life: a new idempotent producer's first ~0.5 s of records
+        # wait for its producer id, which a paced run would otherwise count as gateway latency
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
 
     def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
-        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        producer = self.producer
         started = time.monotonic()
         for i, (name, value, _record) in enumerate(events):
             producer.produce(self.plans[name].source_topic, value)
@@ -189,28 +233,9 @@ class KafkaStage:
         finally:
             consumer.close()
 
-    def latencies_ms(self, since_ms: int) -> list[float]:
-        """Event timestamp to output record timestamp, for events published after `since_ms`."""
-        out: list[float] = []
-        topics = [self.audit_topic] if self.kind == "sanitize" else [p.sanitized_topic for p in self.plans.values()]
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"lat-{self.group}",
-                             "isolation.level": "read_committed", "enable.partition.eof": True,
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        consumer.assign([TopicPartition(t, p, 0) for t in topics for p in range(self._partitions(consumer, t))])
-        pending = len(consumer.assignment())
-        while pending:
-            for msg in consumer.consume(2000, 1.0):
-                if msg.error():
-                    pending -= 1
-                    continue
-                if self.kind == "sanitize":
-                    event_ts = orjson.loads(msg.value())["event"]["timestamp"]
-                else:
-                    event_ts = int(dict(msg.headers())["in_ts"])
-                if event_ts >= since_ms:
-                    out.append(msg.timestamp()[1] - event_ts)
-        consumer.close()
-        return out
+    def latency_probe(self) -> LatencyProbe:
+        topics = [p.sanitized_topic for p in self.plans.values()]
+        return LatencyProbe(self.bootstrap, topics)
 
     @staticmethod
     def _partitions(consumer: Consumer, topic: str) -> int:
@@ -224,7 +249,7 @@ class KafkaStage:
 
 
 def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
-                  latency_rate: float | None) -> dict[str, Any]:
+                  latency_rate: float | None, profile: bool = False) -> dict[str, Any]:
     stage.publish(events)
     stage.start()
     assert stage.proc is not None
@@ -234,16 +259,59 @@ def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, An
     result: dict[str, Any] = {"events": len(events), "seconds": t1 - t0, "cpu_s": cpu1 - cpu0,
                               "bytes_in": sum(len(v) for _, v, _ in events)}
     if latency_rate:
-        since = int(time.time() * 1000)
         count = int(min(latency_rate * 8, 20_000))
+        stage.publish(events[-int(latency_rate):], rate=latency_rate)  # a second at the rate first: steady state
+        probe = stage.latency_probe()
         stage.publish(events[:count], rate=latency_rate)
-        stage.drain()
-        lat = stage.latencies_ms(since)
+        lat = probe.wait(count)
         result.update(latency_rate=latency_rate, latency_events=len(lat),
                       p50_ms=statistics.median(lat), p99_ms=statistics.quantiles(lat, n=100)[98])
+    if profile:
+        print("  profiling the saturated worker (py-spy) ...", flush=True)
+        result["profile"] = profile_worker(stage, events, seconds=result["seconds"] * 0.8)
     result["rss_mb"] = peak_rss_mb(stage.proc.pid)
     stage.stop()
     return result
+
+
+# the worker's own frames that make up a batch, for the profile's inclusive shares
+STAGES = {"decode": "decode (gateway/schema.py", "sanitize": "sanitize (gateway/transforms.py",
+          "encode": "encode (gateway/pipeline.py", "audit event": "_audit_record (gateway/pipeline.py",
+          "produce": "_produce (gateway/worker.py", "wait for the last commit": "_settle (gateway/worker.py"}
+
+
+def profile_worker(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
+                   seconds: float) -> dict[str, Any]:
+    """py-spy samples the saturated worker while it drains another backlog: where a batch's time goes."""
+    assert stage.proc is not None
+    beside = Path(sys.executable).with_name("py-spy")
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        print("  profile skipped: py-spy is not installed (pip install -e '.[bench]')")
+        return {}
+    out = stage.log_path.with_suffix(".pyspy.txt")
+    stage.publish(events)
+    spy = subprocess.Popen([py_spy, "record", "--pid", str(stage.proc.pid), "--duration",
+                            str(max(1, round(seconds))), "--rate", "250", "--format", "raw", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage.drain()
+    spy.wait(60)
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if "Worker.run (gateway/worker.py" not in stack:  # the committer, librdkafka and probe threads
+            continue
+        frames = stack.split(";")
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for name, frame in STAGES.items():
+            if frame in stack:
+                inclusive[name] += int(count)
+    share = {name: round(inclusive[name] / total, 3) for name in STAGES} if total else {}
+    top = [(frame, round(n / total, 3)) for frame, n in own.most_common(12)] if total else []
+    return {"samples": total, "stage_share": share, "top_self": top, "raw": str(out)}
 
 
 # ---- in-process ------------------------------------------------------------------------------
@@ -317,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--peer-events", type=int, default=4_000)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the py-spy profile of the saturated sanitize worker")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     rows: dict[str, dict[str, Any]] = {}
@@ -327,10 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         print("  sanitize (gateway run, end to end) ...", flush=True)
         sanitize_raw = measure_kafka(sanitize, events, latency_rate=None)
         half_rate = args.events / sanitize_raw["seconds"] / 2
-        sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, half_rate)
+        sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, half_rate,
+                                     profile=args.profile)
         rows["sanitize"] = summarize("sanitize", sanitize_raw) | {
             k: summarize("sanitize", sanitize_lat)[k] for k in ("p50_ms", "p99_ms", "latency_rate")}
         rows["sanitize"]["rss_mb"] = round(max(sanitize_raw["rss_mb"], sanitize_lat["rss_mb"]), 1)
+        profile = sanitize_lat.get("profile")
         print("  passthrough (same loop, no transform) ...", flush=True)
         rows["passthrough"] = summarize("passthrough", measure_kafka(
             KafkaStage("passthrough", broker.bootstrap, workdir), events, half_rate))
@@ -355,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         rows["confluent_csfle"] = summarize("csfle", peers.confluent_csfle(records))
         print("  Presidio anonymizer operators ...", flush=True)
         rows["presidio"] = summarize("presidio", peers.presidio(records))
-    report(rows, args.out)
+    report(rows, args.out, profile)
     return 0
 
 
-def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
+def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] | None = None) -> None:
     base = rows["passthrough"]["eps"]
     print(f"\n{'path':<26}{'events/s':>10}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}{'p50 ms':>8}"
           f"{'p99 ms':>8}{'vs passthrough':>16}")
@@ -381,10 +453,16 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
         # like for like: TopicStage.transform on payments against the payments floor
         "transforms_vs_floor": round(rows["primitive_floor_payments"]["eps"] / rows["transforms_payments"]["eps"], 2),
         "rows": rows,
+        "sanitize_profile": profile,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if profile:
+        print(f"\nsanitize worker at saturation, py-spy ({profile['samples']} samples of the main thread):")
+        print("  share of time in: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["stage_share"].items()))
+        for frame, share in profile["top_self"]:
+            print(f"  {share:>6.1%}  {frame}")
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"\nwrote {out}")
 
