@@ -4,6 +4,11 @@ Why confluent-kafka and not a per-event faust agent on this path: the faust agen
 200 us of overhead per event (see README, "Design choices"), ten times the whole transform. Here a
 batch is consumed, transformed and published inside one Kafka transaction together with the
 consumer offsets, so sanitized records, dead letters, audit events and progress commit atomically.
+
+The commit of batch N (two broker round trips) runs on a committer thread while the loop consumes
+and transforms batch N + 1; batch N + 1 is produced only once N has committed, in its own
+transaction. If N aborts, both are rewound: the chain heads to before N, each partition to its
+first offset in N (or in N + 1), and both are read again.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from types import FrameType
 
 import orjson
@@ -23,7 +30,7 @@ from gateway.audit import audit_partition, chain_key
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
-from gateway.pipeline import OutRecord, Pipeline, RawEvent, max_message_bytes
+from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
 from gateway.replay import OutputScan, ReplayedPartition
 from gateway.topics import admin_client, ensure_topics, partition_counts
@@ -31,6 +38,21 @@ from gateway.topics import admin_client, ensure_topics, partition_counts
 log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0
 LAG_EVERY_S = 5.0
+
+
+@dataclass
+class Batch:
+    """One consumed batch on its way through: transformed, then produced and committed."""
+
+    events: list[RawEvent]
+    result: BatchResult
+    snapshot: dict[str, str]  # audit chain heads before the batch, to rewind to on abort
+    first: dict[tuple[str, int], int]  # (topic, partition) -> first offset in the batch
+    last: dict[tuple[str, int], int]  # (topic, partition) -> last offset in the batch
+    started: float
+    processed: float
+    produced: float = 0.0
+    commit: Future[float] | None = None  # the committer thread's work: when the commit finished
 
 
 class ChainRecovery:
@@ -113,6 +135,9 @@ class Worker:
         self._lag_labels: set[tuple[str, str]] = set()
         # source partition -> what a dead transaction left showing (cleared once processed past it)
         self._replay: dict[tuple[str, int], ReplayedPartition] = {}
+        # one thread commits batch N while the loop consumes and transforms batch N + 1
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._in_flight: Batch | None = None
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         if not self._stop:
@@ -168,8 +193,11 @@ class Worker:
                 messages = self.consumer.consume(self.config.batch_max_events, self.config.batch_timeout_s)
                 self.health.beat()
                 events = self._events(messages)
-                if events:
-                    self._publish(events)
+                batch = self._transform(events) if events else None  # while the last batch commits
+                if not self._settle(newer=batch):
+                    continue  # the last batch aborted: this one was rewound with it and is read again
+                if batch is not None:
+                    self._publish(batch)
                 now = time.monotonic()
                 if now >= next_lag:
                     self._update_lag()
@@ -177,9 +205,11 @@ class Worker:
                 if now >= next_status:
                     self._log_status()
                     next_status = now + STATUS_EVERY_S
+            self._settle()
         finally:
             self.probe.stop()
             self.health.stop()
+            self._committer.shutdown(wait=True)
             self.consumer.close()
             self.producer.flush(10)
             self._log_status()
@@ -208,66 +238,95 @@ class Worker:
         return metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5)),
                                                  "kms": kms.healthy})
 
-    def _publish(self, events: list[RawEvent]) -> None:
+    def _transform(self, events: list[RawEvent]) -> Batch:
+        """Run the pipeline over a batch (pure CPU: overlaps the previous batch's commit)."""
         started = time.monotonic()
         snapshot = self.pipeline.chains.snapshot()
         result = self.pipeline.process(events, self._replay)
-        processed = time.monotonic()
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         for e in events:
             first.setdefault((e.topic, e.partition), e.offset)
             last[(e.topic, e.partition)] = e.offset
+        return Batch(events, result, snapshot, first, last, started, time.monotonic())
+
+    def _publish(self, batch: Batch) -> None:
+        """Open the batch's transaction, queue its records and hand the commit to the committer
+        thread; `_settle` waits for it after the next batch has been transformed."""
         try:
             self.producer.begin_transaction()
-            audited = 0
-            for record in result.records:
+            for record in batch.result.records:
                 self._produce(record)
-                audited += record.topic == self.config.audit_topic
-            produced = time.monotonic()
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
-                self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(60)
         except KafkaException as exc:
-            error = exc.args[0]
-            if not error.txn_requires_abort() and not error.retriable():
-                log.error("fatal Kafka error: exiting so the orchestrator restarts the worker",
-                          extra={"code": error.name()})
-                raise
-            log.warning("transaction aborted: rewinding the batch", extra={"code": error.name(),
-                                                                            "events": len(events)})
-            self.producer.abort_transaction(30)
-            self.pipeline.chains.restore(snapshot)
-            for (topic, partition), offset in first.items():
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-            metrics.ABORTS.inc()
+            self._abort(exc, batch)
             return
-        committed = time.monotonic()
-        for source, offset in last.items():
+        batch.produced = time.monotonic()
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last.items()]
+        batch.commit = self._committer.submit(self._commit, offsets, self.consumer.consumer_group_metadata())
+        self._in_flight = batch
+
+    def _commit(self, offsets: list[TopicPartition], group: object) -> float:
+        """Runs on the committer thread; librdkafka releases the GIL while it waits on the broker."""
+        self.producer.send_offsets_to_transaction(offsets, group, 30)
+        self.producer.commit_transaction(60)
+        return time.monotonic()
+
+    def _settle(self, newer: Batch | None = None) -> bool:
+        """Wait for the batch in flight to commit. False if it aborted: it and `newer` (transformed
+        after it, from the offsets that follow) were rewound and will be read again."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is None:
+            return True
+        assert batch.commit is not None
+        try:
+            committed = batch.commit.result()
+        except KafkaException as exc:
+            self._abort(exc, batch, newer)
+            return False
+        for source, offset in batch.last.items():
             replayed = self._replay.get(source)
             if replayed is not None and offset >= replayed.through:
                 del self._replay[source]  # past what showed: processed as usual from here
-        self._totals.update(result.counts)
-        self._observe(events, result.counts, audited, (started, processed, produced, committed))
+        self._totals.update(batch.result.counts)
+        self._observe(batch, committed)
+        return True
 
-    def _observe(self, events: list[RawEvent], counts: Counter[tuple[str, str]], audited: int,
-                 times: tuple[float, float, float, float]) -> None:
+    def _abort(self, exc: KafkaException, batch: Batch, newer: Batch | None = None) -> None:
+        """Abort the open transaction and rewind: chain heads to before `batch`, and every partition
+        to its first offset in `batch` (or in `newer` where `batch` had none)."""
+        error = exc.args[0]
+        if not error.txn_requires_abort() and not error.retriable():
+            log.error("fatal Kafka error: exiting so the orchestrator restarts the worker",
+                      extra={"code": error.name()})
+            raise exc
+        events = len(batch.events) + (len(newer.events) if newer else 0)
+        log.warning("transaction aborted: rewinding the batch", extra={"code": error.name(), "events": events})
+        self.producer.abort_transaction(30)
+        self.pipeline.chains.restore(batch.snapshot)
+        rewind = {**(newer.first if newer else {}), **batch.first}
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (topic, partition), offset in rewind.items():
+            if (topic, partition) in assigned:  # a revoked partition restarts from the committed offset
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        metrics.ABORTS.inc()
+
+    def _observe(self, batch: Batch, committed: float) -> None:
         """Metrics for one committed batch: outcomes, stage times, event latency, DEK cache."""
-        for (topic, outcome), n in counts.items():
+        for (topic, outcome), n in batch.result.counts.items():
             kind, _, reason = outcome.partition(":")
             metrics.EVENTS.labels(topic, kind).inc(n)
             if reason:
                 metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
-        metrics.AUDITED.inc(audited)
+        metrics.AUDITED.inc(sum(r.topic == self.config.audit_topic for r in batch.result.records))
         metrics.BATCHES.inc()
-        started, processed, produced, committed = times
+        started, processed, produced = batch.started, batch.processed, batch.produced
         metrics.STAGE_SECONDS.labels("process").observe(processed - started)
         metrics.STAGE_SECONDS.labels("produce").observe(produced - processed)
         metrics.STAGE_SECONDS.labels("commit").observe(committed - produced)
         metrics.BATCH_SECONDS.observe(committed - started)
         now_ms = time.time() * 1000
         latency = metrics.EVENT_LATENCY
+        events = batch.events
         for e in events[::max(1, len(events) // metrics.LATENCY_SAMPLES_PER_BATCH)]:  # observe() costs ~1.4 us
             latency.observe(max(0.0, now_ms - e.timestamp_ms) / 1000)
         cache = self.pipeline.dek_cache
@@ -303,14 +362,19 @@ class Worker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [chain_key(tp.topic, tp.partition) for tp in partitions]
-        heads, lost = self.recovery.recover(keys)
-        self.pipeline.chains.heads.update(heads)
-        self.pipeline.chains.restarted |= lost
-        self._plan_replay(consumer, partitions)
+        heads, lost = self._recover(consumer, partitions)
         metrics.ASSIGNED.set(len(partitions))
         self.health.set("assignment", True)
         log.info("partitions assigned", extra={"partitions": sorted(keys),
                                                "chains_resumed": len(heads), "chains_restarted": len(lost)})
+
+    def _recover(self, consumer: Consumer, partitions: list[TopicPartition]) -> tuple[dict[str, str], set[str]]:
+        """Chain heads from the audit topic's tail, then what to replay (see `_plan_replay`)."""
+        heads, lost = self.recovery.recover([chain_key(tp.topic, tp.partition) for tp in partitions])
+        self.pipeline.chains.heads.update(heads)
+        self.pipeline.chains.restarted |= lost
+        self._plan_replay(consumer, partitions)
+        return heads, lost
 
     def _plan_replay(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Find what a dead transaction left showing beyond each committed offset (see gateway.replay).
@@ -349,6 +413,7 @@ class Worker:
                                               for (t, p), r in sorted(self._replay.items())}})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle()  # the batch in flight commits (or aborts) before its partitions go
         for tp in partitions:
             key = chain_key(tp.topic, tp.partition)
             self.pipeline.chains.heads.pop(key, None)

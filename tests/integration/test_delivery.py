@@ -229,3 +229,71 @@ def test_a_dead_transactions_partial_records_are_neither_repeated_nor_lost(fresh
     assert len(refs) == 300 and max(refs.values()) == 1, "an event was audited twice or not at all"
     report = verify_chains((r.partition, r.offset, r.value or b"") for r in audit)
     assert report.ok, report.breaks[:3]
+
+
+def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(fresh_deployment: Deployment) -> None:
+    """Batch N commits on a thread while batch N + 1 is transformed. A commit that fails must
+    rewind both: every event still lands exactly once and the audit chains stay unbroken (a
+    wrong chain-head rewind would break them, a batch left behind would be missing).
+
+    The failures are injected: the doomed transactions are really begun and aborted at the
+    broker, but their records are never sent, because the embedded Tansu 0.6.0 serves aborted
+    records to read_committed consumers (Apache Kafka filters them out).
+    """
+    import threading
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from gateway import metrics
+    from gateway.config import GatewayConfig
+    from gateway.keys.keyring import Keyring
+    from gateway.pipeline import OutRecord
+    from gateway.policy import load_plans
+    from gateway.worker import Batch, Worker
+
+    d = fresh_deployment
+    ids = _publish_payments(d, 2_000, seed=91, broken_every=89)
+    config = GatewayConfig(bootstrap=d.bootstrap, schemas=d.schemas, keyring=d.keyring, audit_topic=d.audit_topic,
+                           group_id=d.group_id, instance_id="aborts", session_timeout_ms=6000, batch_max_events=150)
+    failing = {2, 3, 6}  # the second fails twice in a row: the rewound batches abort again
+
+    class FailingCommits(Worker):
+        publishes = 0
+        doomed = False
+
+        def _publish(self, batch: Batch) -> None:
+            FailingCommits.publishes += 1
+            self.doomed = FailingCommits.publishes in failing
+            super()._publish(batch)
+
+        def _commit(self, offsets, group):  # type: ignore[no-untyped-def]
+            if self.doomed:  # the next _publish waits for this commit: `doomed` is this batch's
+                raise KafkaException(KafkaError(KafkaError._STATE, "injected", txn_requires_abort=True))
+            return super()._commit(offsets, group)
+
+        def _produce(self, record: OutRecord) -> None:
+            if not self.doomed:
+                super()._produce(record)
+
+    worker = FailingCommits(config, load_plans(d.schemas), Keyring.open(config.keyring))
+
+    def stop_when_audited() -> None:
+        try:
+            d.wait_for_audit(2_000, timeout_s=120)
+            time.sleep(1)  # a duplicate would show up in this second
+        finally:
+            worker.request_stop()
+
+    aborts_before = metrics.ABORTS._value.get()
+    stopper = threading.Thread(target=stop_when_audited, daemon=True)
+    stopper.start()
+    assert worker.run() == 0
+    stopper.join()
+    assert metrics.ABORTS._value.get() - aborts_before == len(failing)
+    sanitized, dead = _outcomes(d)
+    assert set(sanitized) <= ids and dead == len(range(0, 2_000, 89)) and len(sanitized) + dead == 2_000
+    assert sum(n - 1 for n in sanitized.values()) == 0  # nothing published twice
+    audit = d.read(d.audit_topic)
+    assert len(audit) == 2_000
+    report = verify_chains((r.partition, r.offset, r.value or b"") for r in audit)
+    assert report.ok and report.events == 2_000, report.breaks
