@@ -151,9 +151,11 @@ def test_a_committed_offset_behind_the_audit_trail_does_not_reprocess(fresh_depl
     assert worker.stop() == 0
     rewind = Consumer({"bootstrap.servers": d.bootstrap, "group.id": d.group_id, "enable.auto.commit": False})
     try:
-        rewind.commit(offsets=[TopicPartition(d.payments.source_topic, p, 0) for p in range(3)], asynchronous=False)
-        behind = rewind.committed([TopicPartition(d.payments.source_topic, p) for p in range(3)], timeout=10)
-        assert [tp.offset for tp in behind] == [0, 0, 0]
+        topic = d.payments.source_topic  # auto-created by the publisher: its partition count is the broker's
+        partitions = sorted(rewind.list_topics(topic, timeout=10).topics[topic].partitions)
+        rewind.commit(offsets=[TopicPartition(topic, p, 0) for p in partitions], asynchronous=False)
+        behind = rewind.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        assert [tp.offset for tp in behind] == [0] * len(partitions)
     finally:
         rewind.close()
     ids = _publish_payments(d, 50, seed=78)
