@@ -1,11 +1,12 @@
-"""After a crash: what a dead transaction left showing, so its events are not published twice.
+"""After a crash or an abort: what a dead transaction left showing, so nothing shows twice.
 
 A broker that implements `read_committed` hides an aborted transaction's records. The embedded
-Tansu 0.6.0 does not: it serves them. A worker killed mid-transaction can then leave part of a
-batch showing: some audit events, some sanitized records or dead letters, beyond the committed
-offset. When a worker is assigned a partition it reads what shows beyond the committed offset,
-and the pipeline replays those events without repeating what shows: an event whose audit record
-shows is not audited again, an event whose output shows is not published again.
+Tansu 0.6.0 does not: it serves them. A worker killed mid-transaction, or one whose commit
+failed, can then leave part of a batch showing: some audit events, some sanitized records or
+dead letters, beyond the committed offset. When a worker is assigned a partition (or rewinds one
+after an abort) it reads what shows beyond the committed offset, and the pipeline replays those
+events without repeating what shows: an event whose audit record shows is not audited again, an
+event whose output shows is not published again.
 
 On Apache Kafka nothing of an aborted transaction shows, so every replay is empty. A committed
 offset fetched stale (a broker without KIP-447 stable offsets) is handled the same way: the
