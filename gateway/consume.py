@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import fastavro
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from gateway.errors import GatewayError
 from gateway.policy import Plan
@@ -68,6 +68,22 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
         return records
     finally:
         consumer.close()
+
+
+def read_from(consumer: Consumer, start: TopicPartition, timeout_s: float = 30.0) -> Iterator[Message]:
+    """The records of one partition from `start` to its end (or until `timeout_s`), on a consumer
+    configured with `enable.partition.eof` (the recovery scans' tail reads)."""
+    consumer.assign([start])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                return
+            continue
+        yield msg
 
 
 class SanitizedDecoder:

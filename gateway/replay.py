@@ -16,13 +16,13 @@ events between it and the true position show in full and are skipped.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from gateway.config import GatewayConfig
+from gateway.consume import read_from
 
 log = logging.getLogger("gateway.replay")
 
@@ -109,17 +109,8 @@ class OutputScan:
     def _read(self, consumer: Consumer, tp: TopicPartition, starts: Mapping[tuple[str, int], int],
               found: dict[tuple[str, int], set[int]]) -> set[tuple[str, int]]:
         """Read from tp.offset to the end; returns the sources seen with an offset before their start."""
-        consumer.assign([tp])
         reached: set[tuple[str, int]] = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
+        for msg in read_from(consumer, tp):
             for name, value in msg.headers() or []:
                 if name != SOURCE_HEADER or value is None:
                     continue

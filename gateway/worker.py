@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from gateway import metrics
 from gateway.audit import audit_partition, chain_key
 from gateway.config import GatewayConfig
+from gateway.consume import read_from
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent, max_message_bytes
@@ -95,16 +96,7 @@ class ChainRecovery:
             start = max(low, high - window)
             found: dict[str, str] = {}
             audited: dict[str, list[int]] = {}
-            consumer.assign([TopicPartition(topic, partition, start)])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                msg = consumer.poll(1.0)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        break
-                    continue
+            for msg in read_from(consumer, TopicPartition(topic, partition, start)):
                 if msg.key() is not None and msg.key().decode() in wanted:
                     key, body = msg.key().decode(), orjson.loads(msg.value())
                     found[key] = body["hash"]
