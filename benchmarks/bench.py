@@ -237,10 +237,6 @@ class KafkaStage:
         topics = [p.sanitized_topic for p in self.plans.values()]
         return LatencyProbe(self.bootstrap, topics)
 
-    @staticmethod
-    def _partitions(consumer: Consumer, topic: str) -> int:
-        return len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

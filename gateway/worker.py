@@ -63,8 +63,8 @@ class ChainRecovery:
         self._config = config
         self._audit_partitions = audit_partitions
         self._max_scan = max_scan
-        # chain key -> source offsets of the audited events seen (filled by recover)
-        self.audited: dict[str, list[int]] = {}
+        # chain key -> source offset of its last audited event (filled by recover)
+        self.last_audited: dict[str, int] = {}
 
     def recover(self, keys: Sequence[str]) -> tuple[dict[str, str], set[str]]:
         """Return ({key: last hash}, keys whose head lies beyond the scan limit)."""
@@ -95,16 +95,16 @@ class ChainRecovery:
         while True:
             start = max(low, high - window)
             found: dict[str, str] = {}
-            audited: dict[str, list[int]] = {}
+            last_audited: dict[str, int] = {}
             for msg in read_from(consumer, TopicPartition(topic, partition, start)):
                 if msg.key() is not None and msg.key().decode() in wanted:
                     key, body = msg.key().decode(), orjson.loads(msg.value())
                     found[key] = body["hash"]
                     source = body.get("event")
                     if body.get("type") == "event" and isinstance(source, dict) and "offset" in source:
-                        audited.setdefault(key, []).append(int(source["offset"]))
+                        last_audited[key] = max(last_audited.get(key, -1), int(source["offset"]))
             if set(found) >= wanted or start == low or window >= self._max_scan:
-                self.audited.update(audited)
+                self.last_audited.update(last_audited)
                 return found, set(found) >= wanted or start == low
             window *= 4
 
@@ -387,10 +387,9 @@ class Worker:
             start = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=10)[0]
             source = (tp.topic, tp.partition)
             starts[source] = start
-            audited = [offset for offset in self.recovery.audited.get(chain_key(tp.topic, tp.partition), ())
-                       if offset >= start]
-            if audited:
-                audited_through[source] = max(audited)
+            last_audited = self.recovery.last_audited.get(chain_key(tp.topic, tp.partition), -1)
+            if last_audited >= start:
+                audited_through[source] = last_audited
             elif chain_key(tp.topic, tp.partition) not in self.pipeline.chains.heads:
                 fresh.add(source)
         outputs = [t for p in self.plans if p.source_topic in {s for s, _ in starts}
@@ -401,12 +400,11 @@ class Worker:
             if source in audited_through or source in published:
                 self._replay[source] = ReplayedPartition(start, audited_through.get(source, -1),
                                                          published.get(source, set()))
-        if any(source in self._replay for source in starts):
+        replaying = {f"{t}:{p}": {"from": r.start, "audited_through": r.audited_through, "published": len(r.published)}
+                     for (t, p), r in sorted(self._replay.items()) if (t, p) in starts}
+        if replaying:
             log.warning("a dead transaction's records show beyond the committed offset: replaying "
-                        "those events without publishing or auditing them twice",
-                        extra={"partitions": {f"{t}:{p}": {"from": r.start, "audited_through": r.audited_through,
-                                                           "published": len(r.published)}
-                                              for (t, p), r in sorted(self._replay.items())}})
+                        "those events without publishing or auditing them twice", extra={"partitions": replaying})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle()  # the batch in flight commits (or aborts) before its partitions go
