@@ -39,7 +39,7 @@ from gateway.keys.keyring import Keyring
 from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
 from gateway.policy import Plan, load_plans
 from gateway.samples import SampleEvents
-from gateway.topics import ensure_topics
+from gateway.topics import admin_client, create_topics, ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20261123
@@ -90,6 +90,19 @@ def peak_rss_mb(pid: int) -> float:
 
 
 # ---- the Kafka stages ------------------------------------------------------------------------
+def publish(producer: Producer, records: list[tuple[str, bytes]], rate: float = 0.0) -> None:
+    """(topic, value) records, as fast as the producer takes them or paced at `rate` per second."""
+    started = time.monotonic()
+    for i, (topic, value) in enumerate(records):
+        producer.produce(topic, value)
+        if rate and i % 50 == 0:
+            ahead = i / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.poll(0)
+    producer.flush(60)
+
+
 class PassthroughPipeline:
     """Same interface as Pipeline: copies each event to the sanitized topic, untouched."""
 
@@ -185,16 +198,7 @@ class KafkaStage:
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
 
     def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
-        producer = self.producer
-        started = time.monotonic()
-        for i, (name, value, _record) in enumerate(events):
-            producer.produce(self.plans[name].source_topic, value)
-            if rate and i % 50 == 0:
-                ahead = i / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-                producer.poll(0)
-        producer.flush(60)
+        publish(self.producer, [(self.plans[name].source_topic, value) for name, value, _ in events], rate)
 
     def start(self) -> None:
         if self.kind == "sanitize":
@@ -244,8 +248,28 @@ class KafkaStage:
         self.log.close()
 
 
-def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
-                  latency_rate: float | None, profile: bool = False) -> dict[str, Any]:
+def measure_latency(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes, dict[str, Any]]],
+                    rates: list[float], pids: dict[str, int]) -> list[dict[str, Any]]:
+    """p50/p99 at each paced rate, and the CPU each process used meanwhile (in cores): on a shared
+    machine the publisher, the reader and the broker take their part of the cores at every rate."""
+    out = []
+    for rate in rates:
+        stage.publish(events[-int(rate):], rate=rate)  # a second at the rate first: steady state
+        probe = stage.latency_probe()
+        count = int(min(rate * 8, 20_000))
+        before, t0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+        stage.publish(events[:count], rate=rate)
+        lat = probe.wait(count)
+        wall = time.monotonic() - t0
+        out.append({"rate": round(rate), "p50_ms": round(statistics.median(lat), 1),
+                    "p99_ms": round(statistics.quantiles(lat, n=100)[98], 1),
+                    "cpu_cores": {name: round((cpu_seconds(pid) - before[name]) / wall, 2)
+                                  for name, pid in pids.items()}})
+    return out
+
+
+def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]], latency_rates: list[float],
+                  broker_pid: int, profile: bool = False) -> dict[str, Any]:
     stage.publish(events)
     stage.start()
     assert stage.proc is not None
@@ -254,20 +278,35 @@ def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, An
     cpu1 = cpu_seconds(stage.proc.pid)
     result: dict[str, Any] = {"events": len(events), "seconds": t1 - t0, "cpu_s": cpu1 - cpu0,
                               "bytes_in": sum(len(v) for _, v, _ in events)}
-    if latency_rate:
-        count = int(min(latency_rate * 8, 20_000))
-        stage.publish(events[-int(latency_rate):], rate=latency_rate)  # a second at the rate first: steady state
-        probe = stage.latency_probe()
-        stage.publish(events[:count], rate=latency_rate)
-        lat = probe.wait(count)
-        result.update(latency_rate=latency_rate, latency_events=len(lat),
-                      p50_ms=statistics.median(lat), p99_ms=statistics.quantiles(lat, n=100)[98])
+    if latency_rates:
+        pids = {"worker": stage.proc.pid, "broker": broker_pid, "publisher and reader": os.getpid()}
+        result["latency"] = measure_latency(stage, events, latency_rates, pids)
+        last = result["latency"][-1]  # the highest rate: half the saturated sanitize rate
+        result.update(latency_rate=last["rate"], p50_ms=last["p50_ms"], p99_ms=last["p99_ms"])
     if profile:
         print("  profiling the saturated worker (py-spy) ...", flush=True)
         result["profile"] = profile_worker(stage, events, seconds=result["seconds"] * 0.8)
     result["rss_mb"] = peak_rss_mb(stage.proc.pid)
     stage.stop()
     return result
+
+
+class BrokerHop:
+    """One hop through the broker and nothing else: the same warm publisher settings straight into
+    a topic, read by the same read_committed reader. The gateway's path is two such hops (publisher
+    to source topic, worker to sanitized topic) plus the worker's batch."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = f"hop-{uuid.uuid4().hex[:6]}"
+        create_topics(admin_client({"bootstrap.servers": bootstrap}), {self.topic: 3})
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+
+    def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
+        publish(self.producer, [(self.topic, value) for _, value, _ in events], rate)
+
+    def latency_probe(self) -> LatencyProbe:
+        return LatencyProbe(self.bootstrap, [self.topic])
 
 
 # the worker's own frames that make up a batch, for the profile's inclusive shares
@@ -327,39 +366,31 @@ def measure_transforms(events: list[tuple[str, bytes, dict[str, Any]]], workdir:
             "bytes_in": sum(len(v) for _, v, _ in events)}
 
 
-def _payments_transform_and_floor(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path
-                                  ) -> tuple[list[bytes], Any, Any]:
-    from benchmarks.microbench import floor_payments, transform_fn  # microbench imports this module
+def measure_transforms_vs_floor(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path,
+                                reps: int = 3, chunk: int = 200) -> dict[str, Any]:
+    """TopicStage.transform alone on the payments (the issue's "transforms alone") against the
+    primitive floor for the same payments (benchmarks/microbench.py: fastavro decode, one HMAC per
+    tokenized field, one AES-GCM per non-null encrypted field, fastavro encode), timed in pairs over
+    the same chunks so that the host's changing speed hits both sides of a ratio."""
+    from benchmarks.microbench import floor_payments, paired, transform_fn  # microbench imports this module
 
     plans = by_short_name(load_plans(REPO / "schemas"))
     config = GatewayConfig(keyring=workdir / "floor-keyring.json", instance_id="bench")
     pipeline = Pipeline(list(plans.values()), Keyring.open(config.keyring), config, 6)
-    stage = pipeline.stages[plans["Payment"].source_topic]
+    transform = transform_fn(pipeline.stages[plans["Payment"].source_topic], pipeline.max_output_bytes)
+    floor = floor_payments(plans["Payment"])
     payloads = [v for name, v, _ in events if name == "Payment"]
-    return payloads, transform_fn(stage, pipeline.max_output_bytes), floor_payments(plans["Payment"])
-
-
-def measure_transforms_payments(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path) -> dict[str, Any]:
-    """TopicStage.transform alone on payments: the issue's "transforms alone", compared with the floor."""
-    payloads, transform, _ = _payments_transform_and_floor(events, workdir)
-    for value in payloads[:2000]:
+    for value in payloads[:2000]:  # warm-up
         transform(value)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for value in payloads:
-        transform(value)
-    return {"events": len(payloads), "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-
-
-def measure_floor(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path) -> dict[str, Any]:
-    """The primitives alone for payments (benchmarks/microbench.py's floor): fastavro decode, one
-    HMAC per tokenized field, one AES-GCM per non-null encrypted field, fastavro encode."""
-    payloads, _, floor = _payments_transform_and_floor(events, workdir)
-    for value in payloads[:2000]:
         floor(value)
-    t0 = time.perf_counter()
-    for value in payloads:
-        floor(value)
-    return {"events": len(payloads), "seconds": time.perf_counter() - t0}
+    seconds, ratios = paired({"payments": (floor, transform, payloads)}, reps, chunk)
+    quartiles = statistics.quantiles(ratios["payments"], n=4)
+    per_event = {side: statistics.median(seconds[f"{side} payments"]) for side in ("transforms", "floor")}
+    n = len(payloads)
+    return {"transforms": {"events": n, "seconds": per_event["transforms"] * n, "cpu_s": per_event["transforms"] * n},
+            "floor": {"events": n, "seconds": per_event["floor"] * n},
+            "ratio": round(statistics.median(ratios["payments"]), 2),
+            "ratio_quartiles": [round(quartiles[0], 2), round(quartiles[2], 2)], "pairs": len(ratios["payments"])}
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -391,21 +422,32 @@ def main(argv: list[str] | None = None) -> int:
         sanitize = KafkaStage("sanitize", broker.bootstrap, workdir)
         events = make_events(sanitize.plans, args.events)
         print("  sanitize (gateway run, end to end) ...", flush=True)
-        sanitize_raw = measure_kafka(sanitize, events, latency_rate=None)
+        assert broker.process is not None
+        broker_pid = broker.process.pid
+        sanitize_raw = measure_kafka(sanitize, events, [], broker_pid)
         half_rate = args.events / sanitize_raw["seconds"] / 2
-        sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, half_rate,
+        # the issue's rate (half the saturated sanitize rate) and, below it, fixed rates to compare runs by
+        rates = [r for r in (1000.0, 2500.0) if r < half_rate * 0.9] + [half_rate]
+        print(f"  sanitize latency at {', '.join(f'{r:,.0f}' for r in rates)} events/s ...", flush=True)
+        sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, rates, broker_pid,
                                      profile=args.profile)
         rows["sanitize"] = summarize("sanitize", sanitize_raw) | {
             k: summarize("sanitize", sanitize_lat)[k] for k in ("p50_ms", "p99_ms", "latency_rate")}
         rows["sanitize"]["rss_mb"] = round(max(sanitize_raw["rss_mb"], sanitize_lat["rss_mb"]), 1)
         profile = sanitize_lat.get("profile")
+        latency = {"sanitize": sanitize_lat["latency"]}
+        print("  one broker hop (publisher to reader, no worker) ...", flush=True)
+        latency["broker_hop"] = measure_latency(BrokerHop(broker.bootstrap), events, rates,
+                                                {"broker": broker_pid, "publisher and reader": os.getpid()})
         print("  passthrough (same loop, no transform) ...", flush=True)
-        rows["passthrough"] = summarize("passthrough", measure_kafka(
-            KafkaStage("passthrough", broker.bootstrap, workdir), events, half_rate))
+        passthrough = measure_kafka(KafkaStage("passthrough", broker.bootstrap, workdir), events, rates, broker_pid)
+        rows["passthrough"] = summarize("passthrough", passthrough)
+        latency["passthrough"] = passthrough["latency"]
     print("  transforms in-process ...", flush=True)
     rows["transforms"] = summarize("transforms", measure_transforms(events, workdir))
-    rows["transforms_payments"] = summarize("transforms", measure_transforms_payments(events, workdir))
-    rows["primitive_floor_payments"] = summarize("floor", measure_floor(events, workdir))
+    versus_floor = measure_transforms_vs_floor(events, workdir)
+    rows["transforms_payments"] = summarize("transforms", versus_floor["transforms"])
+    rows["primitive_floor_payments"] = summarize("floor", versus_floor["floor"])
     peer_events = events[: args.peer_events]
     try:
         from benchmarks import peers
@@ -423,11 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         rows["confluent_csfle"] = summarize("csfle", peers.confluent_csfle(records))
         print("  Presidio anonymizer operators ...", flush=True)
         rows["presidio"] = summarize("presidio", peers.presidio(records))
-    report(rows, args.out, profile)
+    report(rows, args.out, profile, latency, versus_floor)
     return 0
 
 
-def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] | None = None) -> None:
+def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] | None,
+           latency: dict[str, list[dict[str, Any]]], versus_floor: dict[str, Any]) -> None:
     base = rows["passthrough"]["eps"]
     print(f"\n{'path':<26}{'events/s':>10}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}{'p50 ms':>8}"
           f"{'p99 ms':>8}{'vs passthrough':>16}")
@@ -446,14 +489,29 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
         "rss_mb": rows["sanitize"]["rss_mb"],
         "sanitize_vs_passthrough": round(rows["sanitize"]["eps"] / base, 3),
         "transforms_payments_eps": rows["transforms_payments"]["eps"],
-        # like for like: TopicStage.transform on payments against the payments floor
-        "transforms_vs_floor": round(rows["primitive_floor_payments"]["eps"] / rows["transforms_payments"]["eps"], 2),
+        # like for like: TopicStage.transform on payments against the payments floor, median of paired chunks
+        "transforms_vs_floor": versus_floor["ratio"],
+        "transforms_vs_floor_quartiles": versus_floor["ratio_quartiles"],
+        # by rate, for the broker hop (the lower bound: the sanitized path is two hops plus the
+        # worker), passthrough and sanitize, with the CPU (cores) each process used meanwhile
+        "latency": latency,
         "rows": rows,
         "sanitize_profile": profile,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    print(f"\ntransforms vs primitive floor, payments: {versus_floor['ratio']:.2f}x (median of "
+          f"{versus_floor['pairs']} paired chunks, quartiles {versus_floor['ratio_quartiles'][0]:.2f}-"
+          f"{versus_floor['ratio_quartiles'][1]:.2f})")
+    print("\nlatency, event timestamp to a read_committed reader, and the CPU (cores) each process used meanwhile:")
+    print(f"  {'events/s':>8}  {'path':<12}{'p50 ms':>8}{'p99 ms':>8}{'worker':>8}{'broker':>8}"
+          f"{'publisher+reader':>18}")
+    for i, point in enumerate(latency["sanitize"]):
+        for path in ("broker_hop", "passthrough", "sanitize"):
+            p, cpu = latency[path][i], latency[path][i]["cpu_cores"]
+            print(f"  {point['rate']:>8,}  {path:<12}{p['p50_ms']:>8.0f}{p['p99_ms']:>8.0f}{cpu.get('worker', ''):>8}"
+                  f"{cpu['broker']:>8}{cpu['publisher and reader']:>18}")
     if profile:
         print(f"\nsanitize worker at saturation, py-spy ({profile['samples']} samples of the main thread):")
         print("  share of time in: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["stage_share"].items()))

@@ -190,6 +190,29 @@ def _timed_pipeline(pipeline: Pipeline, raw: list[RawEvent]) -> float:
     return time.process_time() - t0
 
 
+def paired(pairs: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any], list[Any]]], reps: int,
+           chunk_size: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Floor and transforms back to back over the same chunk, in alternating order, many short
+    pairs: a change in the machine's load hits both sides of a pair, and the median of the per-pair
+    ratios drops the pairs it hit unevenly. Returns (CPU seconds per event by "side label", ratios
+    by label), one entry per pair."""
+    seconds: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {label: [] for label in pairs}
+    flip = False
+    for _rep in range(reps):
+        gc.collect()
+        for label, (floor, transform, values) in pairs.items():
+            for start in range(0, len(values), chunk_size):
+                chunk = values[start:start + chunk_size]
+                order = [("floor", floor), ("transforms", transform)]
+                flip = not flip
+                times = {side: _timed(fn, chunk) for side, fn in (order[::-1] if flip else order)}
+                for side, secs in times.items():
+                    seconds.setdefault(f"{side} {label}", []).append(secs / len(chunk))
+                ratios[label].append(times["transforms"] / times["floor"])
+    return seconds, ratios
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=4000, help="events per workload (half payments)")
@@ -236,23 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     mixed_floor, mixed_gateway = run_mixed(floors), run_mixed(gateway)
     pairs = {"payments": (floors["Payment"], gateway["Payment"], payments),
              "mixed": (mixed_floor, mixed_gateway, mixed)}
-    seconds: dict[str, list[float]] = {}
-    ratios: dict[str, list[float]] = {"payments": [], "mixed": []}
-    flip = False
+    seconds, ratios = paired(pairs, args.reps, args.chunk)
     for _rep in range(args.reps):
-        gc.collect()
-        for label, (floor, transform, values) in pairs.items():
-            # floor and transforms back to back over the same chunk, in alternating order, many short
-            # pairs: a change in the machine's load hits both sides of a pair, and the median drops
-            # the pairs it hit unevenly
-            for start in range(0, len(values), args.chunk):
-                chunk = values[start:start + args.chunk]
-                order = [("floor", floor), ("transforms", transform)]
-                flip = not flip
-                times = {side: _timed(fn, chunk) for side, fn in (order[::-1] if flip else order)}
-                for side, secs in times.items():
-                    seconds.setdefault(f"{side} {label}", []).append(secs / len(chunk))
-                ratios[label].append(times["transforms"] / times["floor"])
         seconds.setdefault("pipeline mixed (with audit)", []).append(_timed_pipeline(pipeline, raw) / len(raw))
 
     print(f"{len(payments)} payments, {len(mixed)} mixed events; {args.reps} repetitions in pairs of "
