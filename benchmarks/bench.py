@@ -92,11 +92,18 @@ def peak_rss_mb(pid: int) -> float:
 
 
 # ---- the Kafka stages ------------------------------------------------------------------------
-def publish(producer: Producer, records: list[tuple[str, bytes]], rate: float = 0.0) -> None:
-    """(topic, value) records, as fast as the producer takes them or paced at `rate` per second."""
+def publish(producer: Producer, records: list[tuple[str, bytes]], rate: float = 0.0,
+            ends: dict[tuple[str, int], int] | None = None) -> None:
+    """(topic, value) records, as fast as the producer takes them or paced at `rate` per second.
+    `ends`: kept at each (topic, partition)'s offset after its last delivered record."""
+    def delivered(err: Any, msg: Any) -> None:
+        if err is None and ends is not None:
+            where = (msg.topic(), msg.partition())
+            ends[where] = max(ends.get(where, 0), msg.offset() + 1)
+
     started = time.monotonic()
     for i, (topic, value) in enumerate(records):
-        producer.produce(topic, value)
+        producer.produce(topic, value, on_delivery=delivered)
         if rate and i % 50 == 0:
             ahead = i / rate - (time.monotonic() - started)
             if ahead > 0:
@@ -228,9 +235,11 @@ class KafkaStage:
         # one producer for the stage's life: a new idempotent producer's first ~0.5 s of records
         # wait for its producer id, which a paced run would otherwise count as gateway latency
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        self.ends: dict[tuple[str, int], int] = {}  # (source topic, partition) -> offset after the last published
 
     def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
-        publish(self.producer, [(self.plans[name].source_topic, value) for name, value, _ in events], rate)
+        publish(self.producer, [(self.plans[name].source_topic, value) for name, value, _ in events], rate,
+                self.ends)
 
     def start(self) -> None:
         if self.kind == "sanitize":
@@ -250,13 +259,13 @@ class KafkaStage:
             time.sleep(0.05)
 
     def _lag(self, consumer: Consumer) -> int:
-        lag = 0
-        for plan in self.plans.values():
-            parts = [TopicPartition(plan.source_topic, p) for p in range(3)]
-            for tp in consumer.committed(parts, timeout=10):
-                high = consumer.get_watermark_offsets(tp, timeout=10)[1]
-                lag += high - max(tp.offset, 0)
-        return lag
+        """Events published and not yet committed by the worker. The end of each partition is taken
+        from the publisher's delivery reports, not from ListOffsets: the embedded Tansu 0.6.0 was
+        seen answering it with offsets below what its partitions hold (2 for one with thousands of
+        records), which ended a drain while 12,000 events still waited in the worker."""
+        parts = [TopicPartition(topic, partition) for topic, partition in self.ends]
+        return sum(max(0, self.ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
+                   for tp in consumer.committed(parts, timeout=10))
 
     def drain(self, timeout_s: float = 600) -> float:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
