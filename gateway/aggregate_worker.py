@@ -40,7 +40,7 @@ from gateway.dp.bound_store import STATE_CONFIG, load_state, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
-from gateway.dp.ledger_store import LedgerFollower, ensure_ledger_topic, load_ledger
+from gateway.dp.ledger_store import LedgerFollower, ensure_ledger_topic, read_ledger
 from gateway.dp.mechanisms import AggregateMechanism
 from gateway.dp.testmode import NoNoise
 from gateway.dp.windows import GroupWindows, WindowKey, WindowState
@@ -195,8 +195,9 @@ class AggregateWorker:
         audit_partitions = self._ensure_topics()
         admin = admin_client(self.config.kafka_client_config())
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()
-        self.ledger = load_ledger(self.config.kafka_client_config(), self.config.ledger_topic)
-        self.follower = LedgerFollower(self.config.kafka_client_config(), self.config.ledger_topic, self.ledger)
+        self.ledger, follow_from = read_ledger(self.config.kafka_client_config(), self.config.ledger_topic)
+        self.follower = LedgerFollower(self.config.kafka_client_config(), self.config.ledger_topic, self.ledger,
+                                       follow_from)
         self.releaser = Releaser(self.config, self.mechanisms, self.ledger, audit_partitions, self.release_chains)
         self.audit_partitions = audit_partitions
         self.recovery = ChainRecovery(self.config, audit_partitions)
