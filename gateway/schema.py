@@ -10,6 +10,7 @@ import base64
 import datetime
 import decimal
 import io
+import re
 import struct
 import uuid
 from collections.abc import Iterator
@@ -148,6 +149,9 @@ def _avro_type_name(field_type: Any) -> str:
 
 
 _AVRO_ERRORS_TRUNCATED = (EOFError, StopIteration)
+_JSON_WHITESPACE = frozenset(b" \t\n\r")
+_JSON_WHITESPACE_RUN = re.compile(rb"[ \t\n\r]*")
+_OPEN_BRACE, _OPEN_BRACKET = ord("{"), ord("[")
 
 
 class EventDecoder:
@@ -190,32 +194,72 @@ class EventDecoder:
         if self._confluent_header is not None and value[:5] == self._confluent_header:
             try:  # framed with the expected schema id: the Avro after the header, if it decodes cleanly
                 return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent"
-            except RejectedEvent:
-                pass  # the general path below names the problem (in auto mode, after trying bare Avro)
+            except RejectedEvent as framed_error:
+                if self.input_mode != "auto":
+                    raise
+                try:  # bare Avro may start with bytes that look like the header: accept it if it decodes
+                    return self._decode_avro(value, "bare Avro"), "avro"
+                except RejectedEvent:
+                    raise framed_error from None
         mode = self.input_mode
         if mode == "auto":
-            mode = self._sniff(value)
+            return self._decode_auto(value)
         if mode == "json":
             return self._decode_json(value), "json"
         if mode == "confluent":
             return self._decode_confluent(value)
+        return self._decode_avro(value, "bare Avro"), "avro"
+
+    def _decode_auto(self, value: bytes) -> tuple[dict[str, Any], str]:
+        """Auto mode: the first encoding that decodes cleanly and validates wins, however the value's
+        bytes happen to start (a bare-Avro string of length 16 starts with a space, of length 5 with
+        a newline). The likely encoding is tried first, so a valid event pays for one attempt; when
+        none decodes, the likely encoding's rejection is raised. (A value framed with the expected
+        schema id has already been tried by decode.)"""
+        likely = self._sniff(value)
+        if likely == "json":
+            try:
+                return self._decode_json(value), "json"
+            except RejectedEvent as json_error:
+                try:
+                    return self._decode_avro(value, "bare Avro"), "avro"
+                except RejectedEvent:
+                    raise json_error from None
+        if likely == "confluent":  # 0x00 and a schema id that is not ours; tries bare Avro as well
+            return self._decode_confluent(value)
         try:
             return self._decode_avro(value, "bare Avro"), "avro"
-        except RejectedEvent:
-            if self.input_mode == "auto" and self._looks_like_bad_magic(value):
-                raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {MAGIC_BYTE}: "
-                                    "the event looks Confluent-framed with a corrupt first byte") from None
-            raise
+        except RejectedEvent as exc:
+            avro_error = exc
+        if likely == "json_array":  # an array is never an event: report it as the JSON it is
+            return self._decode_json(value), "json"  # raises (a list is not an object)
+        if self._looks_like_bad_magic(value):
+            raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {MAGIC_BYTE}: "
+                                "the event looks Confluent-framed with a corrupt first byte")
+        raise avro_error
 
     def _looks_like_bad_magic(self, value: bytes) -> bool:
         return (self.schema_id is not None and len(value) >= 5 and value[0] != MAGIC_BYTE
                 and struct.unpack(">I", value[1:5])[0] == self.schema_id)
 
     def _sniff(self, value: bytes) -> str:
-        first = value[:1]
-        if first in (b"{", b"[", b" ", b"\n", b"\t", b"\r"):
+        """The likely encoding in auto mode: the order of attempts and whose rejection is reported.
+
+        "json" when the first byte after JSON whitespace is `{`; "json_array" when it is `[` (never
+        a valid event, so bare Avro is tried first, but a failure is reported as JSON); "confluent"
+        for 0x00 and room for a header when a schema id is configured; otherwise "avro" (also for
+        whitespace followed by anything else: bare Avro whose first string has length 16 or 5).
+        """
+        first = value[0]
+        if first in _JSON_WHITESPACE:
+            run = _JSON_WHITESPACE_RUN.match(value)  # matches at least the first byte
+            end = run.end() if run else 0
+            first = value[end] if end < len(value) else -1
+        if first == _OPEN_BRACE:
             return "json"
-        if first == b"\x00" and len(value) >= 5 and self.schema_id is not None:
+        if first == _OPEN_BRACKET:
+            return "json_array"
+        if first == MAGIC_BYTE and len(value) >= 5 and self.schema_id is not None:
             return "confluent"
         return "avro"
 

@@ -7,11 +7,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import PolicyError, RejectedEvent
-from gateway.policy import Plan
+from gateway.policy import Plan, compile_plan
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.schema import (
     EventDecoder,
@@ -20,9 +23,11 @@ from gateway.schema import (
     frame_confluent,
     json_bytes,
     load_schema_file,
+    strip_logical_types,
 )
 
 MAX_RECORD = 1_048_576
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def _decoder(plan: Plan, mode: str | None = None, max_record_bytes: int = MAX_RECORD) -> EventDecoder:
@@ -210,6 +215,150 @@ def test_auto_sniffs_json_with_leading_whitespace(payments_plan: Plan) -> None:
     record, encoding = _decoder(payments_plan).decode(b"\n  " + orjson.dumps(valid))
     assert encoding == "json"
     assert record["event_id"] == valid["event_id"]
+
+
+# ---- auto mode: bare Avro whose first byte looks like JSON ---------------------------------------
+@pytest.mark.parametrize("event_id,first_byte", [("x" * 16, b" "), ("abcde", b"\n"),
+                                                 ("{" + "y" * 15, b" "), ("  {  ", b"\n"),
+                                                 ("[" + "z" * 15, b" ")])
+def test_auto_accepts_bare_payment_whose_first_string_length_is_json_whitespace(
+        payments_plan: Plan, event_id: str, first_byte: bytes) -> None:
+    """A string of length 16 is prefixed 0x20 (space), of length 5 0x0a (newline): still Avro."""
+    valid = dict(_canary_payment(), event_id=event_id)
+    bare = avro_bytes(payments_plan.schema.parsed, valid)
+    assert bare[:1] == first_byte
+    for decoder in (_decoder(payments_plan), EventDecoder(payments_plan.schema, "auto", None, MAX_RECORD)):
+        record, encoding = decoder.decode(bare)
+        assert encoding == "avro"
+        assert record == valid
+
+
+@pytest.mark.parametrize("n,first_byte", [(16, b" "), (5, b"\n"), (-5, b"\t"), (-7, b"\r"), (-62, b"{"),
+                                          (-46, b"[")])
+def test_auto_accepts_bare_avro_whose_first_long_looks_like_json(zero_first_schema, n: int,
+                                                                 first_byte: bytes) -> None:
+    record = {"n": n, "label": "hello there", "x": 12345}
+    bare = avro_bytes(zero_first_schema.parsed, record)
+    assert bare[:1] == first_byte
+    for schema_id in (None, 1):
+        decoded, encoding = EventDecoder(zero_first_schema, "auto", schema_id, MAX_RECORD).decode(bare)
+        assert (decoded, encoding) == (record, "avro")
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b' {"event_id": ', "json_invalid"),      # looks like JSON, decodes as nothing: the JSON error
+    (b"\n[1, 2]", "json_invalid"),             # an array is never an event
+    (b" " + b"x" * 10, "avro_truncated"),      # a 16-byte string announced, 10 bytes follow
+    (b"\n" + b"x" * 40, "avro_truncated"),     # not JSON at all: the bare-Avro error
+])
+def test_auto_reports_the_likely_encodings_error(payments_plan: Plan, data: bytes, reason: str) -> None:
+    with pytest.raises(RejectedEvent) as excinfo:
+        _decoder(payments_plan).decode(data)
+    assert excinfo.value.reason == reason
+
+
+def test_auto_bare_avro_with_json_first_byte_that_fails_is_reported_as_avro(payments_plan: Plan) -> None:
+    valid = dict(_canary_payment(), event_id="x" * 16)
+    bare = avro_bytes(payments_plan.schema.parsed, valid)
+    with pytest.raises(RejectedEvent) as excinfo:
+        _decoder(payments_plan).decode(bare[:-3])
+    assert excinfo.value.reason == "avro_truncated"
+    _assert_no_canary(str(excinfo.value))
+    with pytest.raises(RejectedEvent) as excinfo:
+        _decoder(payments_plan).decode(bare + CANARIES["email"].encode())
+    assert excinfo.value.reason == "avro_trailing_bytes"
+    _assert_no_canary(str(excinfo.value))
+
+
+@pytest.mark.parametrize("kind", ["confluent", "avro", "avro_space", "avro_zero", "json"])
+def test_auto_decodes_a_valid_event_in_one_attempt(payments_plan: Plan, kind: str) -> None:
+    """The hot path: a valid event of the likely encoding is decoded once, nothing else is tried."""
+    event_id = {"avro_space": "x" * 16, "avro_zero": ""}.get(kind, "evt-1")
+    valid = dict(_canary_payment(), event_id=event_id)
+    bare = avro_bytes(payments_plan.schema.parsed, valid)
+    value = {"confluent": frame_confluent(1, bare), "json": orjson.dumps(valid)}.get(kind, bare)
+    decoder = _decoder(payments_plan)
+    calls: list[str] = []
+    decode_avro, decode_json = decoder._decode_avro, decoder._decode_json
+
+    def counting_avro(payload: bytes, what: str) -> dict[str, Any]:
+        calls.append("avro")
+        return decode_avro(payload, what)
+
+    def counting_json(payload: bytes) -> dict[str, Any]:
+        calls.append("json")
+        return decode_json(payload)
+
+    decoder._decode_avro = counting_avro  # type: ignore[method-assign]
+    decoder._decode_json = counting_json  # type: ignore[method-assign]
+    record, encoding = decoder.decode(value)
+    assert record == valid
+    assert calls == (["json"] if kind == "json" else ["avro"])
+
+
+# ---- property: every valid record decodes to itself in every encoding ---------------------------
+_PROPERTY_PLANS = [compile_plan(load_schema_file(SCHEMAS / name))
+                   for name in ("payments.avsc", "clinical_visits.avsc")]
+# the schema id a decoder expects for Confluent framing; ClinicalVisit has none configured, so use
+# one whose header no bare ClinicalVisit can start with (0x01 after 0x00 would be a negative string
+# length), keeping "bare Avro decodes as bare Avro" unambiguous (Payment's id 1 has the same property)
+_FALLBACK_SCHEMA_ID = 0x01010101
+# Avro lengths count bytes: one-byte characters at chosen lengths make a string's zigzag length
+# prefix every value 0x00..0x7f often (16 is a space, 5 a newline), any-character strings cover UTF-8
+_ONE_BYTE_CHAR = st.characters(max_codepoint=0x7F)
+_STRING = st.one_of(
+    st.one_of(st.sampled_from([0, 5, 16]), st.integers(0, 300)).flatmap(
+        lambda n: st.text(_ONE_BYTE_CHAR, min_size=n, max_size=n)),
+    st.text(st.characters(codec="utf-8"), max_size=300),
+)
+_PRIMITIVES: dict[str, st.SearchStrategy[Any]] = {
+    "null": st.none(),
+    "boolean": st.booleans(),
+    "int": st.integers(-(2**31), 2**31 - 1),
+    "long": st.integers(-(2**63), 2**63 - 1),
+    "double": st.floats(allow_nan=False, allow_infinity=False),  # JSON has no NaN or infinity
+    "string": _STRING,
+}
+
+
+def _avro_values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values valid for `schema`: a fastavro-parsed schema with logical types stripped (a
+    timestamp-millis is its long, a date its int). Types these schemas do not use fail loudly."""
+    if isinstance(schema, list):
+        return st.one_of(*[_avro_values(branch, named) for branch in schema])
+    if isinstance(schema, str):
+        return _PRIMITIVES[schema] if schema in _PRIMITIVES else _avro_values(named[schema], named)
+    kind = schema["type"]
+    if kind == "record":
+        return st.fixed_dictionaries({f["name"]: _avro_values(f["type"], named) for f in schema["fields"]})
+    if kind == "enum":
+        return st.sampled_from(schema["symbols"])
+    if kind == "array":
+        return st.lists(_avro_values(schema["items"], named), max_size=3)
+    if kind in _PRIMITIVES:
+        return _PRIMITIVES[kind]
+    raise NotImplementedError(f"no generator for Avro type {kind!r}")
+
+
+def _plan_case(plan: Plan) -> st.SearchStrategy[tuple[Plan, dict[str, Any]]]:
+    stripped = fastavro.parse_schema(strip_logical_types(plan.schema.raw))
+    return st.tuples(st.just(plan), _avro_values(stripped, stripped["__named_schemas"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=st.one_of(*[_plan_case(plan) for plan in _PROPERTY_PLANS]))
+def test_auto_mode_decodes_every_valid_record_in_every_encoding(case: tuple[Plan, dict[str, Any]]) -> None:
+    plan, record = case
+    schema_id = plan.schema_id if plan.schema_id is not None else _FALLBACK_SCHEMA_ID
+    bare = avro_bytes(fastavro.parse_schema(strip_logical_types(plan.schema.raw)), record)
+    as_json = json_bytes(record)
+    with_id = EventDecoder(plan.schema, "auto", schema_id, MAX_RECORD)
+    without_id = EventDecoder(plan.schema, "auto", None, MAX_RECORD)
+    assert with_id.decode(frame_confluent(schema_id, bare)) == (record, "confluent")
+    for decoder in (with_id, without_id):
+        assert decoder.decode(bare) == (record, "avro")
+        assert decoder.decode(as_json) == (record, "json")
+        assert decoder.decode(b" \n\t\r" + as_json) == (record, "json")
 
 
 # ---- helpers -------------------------------------------------------------------------------------
