@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from gateway.broker import EmbeddedBroker
+from gateway.embedded.broker import EmbeddedBroker
 from gateway.config import GatewayConfig
 from gateway.demo import encode_raw
 from gateway.keys.keyring import Keyring
@@ -153,7 +153,7 @@ class FloorPipeline(PassthroughPipeline):
 def loop_main(argv: list[str]) -> int:
     """Entry for the passthrough and floor worker processes: the gateway's worker loop around them."""
     from gateway.logs import setup_logging
-    from gateway.worker import Worker
+    from gateway.runtime.jobs.sanitize import Worker
 
     kind, bootstrap, schemas, group = argv
     setup_logging("INFO")

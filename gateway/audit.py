@@ -71,11 +71,18 @@ class ChainHeads:
             return self.heads[key], False
         return GENESIS, key in self.restarted
 
-    def snapshot(self) -> dict[str, str]:
-        return dict(self.heads)
+    def resume(self, key: str, head: str | None, restarted: bool = False) -> None:
+        """Continue chain `key` from `head`; without one it starts at genesis (marked if `restarted`)."""
+        self.heads.pop(key, None)
+        self.restarted.discard(key)
+        if head is not None:
+            self.heads[key] = head
+        elif restarted:
+            self.restarted.add(key)
 
-    def restore(self, snapshot: dict[str, str]) -> None:
-        self.heads = dict(snapshot)
+    def forget(self, key: str) -> None:
+        self.heads.pop(key, None)
+        self.restarted.discard(key)
 
 
 @dataclass
@@ -130,3 +137,19 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]]) -> ChainReport:
                 continue
         last[key] = stored_hash
     return report
+
+
+def head_metadata(head: str) -> str:
+    """The offset-commit metadata that carries a chain's head with its partition's offset."""
+    return orjson.dumps({"audit_head": head}).decode()
+
+
+def parse_head_metadata(metadata: str | None) -> str | None:
+    """The chain head in committed metadata, or None (none committed, or not ours)."""
+    if not metadata:
+        return None
+    try:
+        head = orjson.loads(metadata).get("audit_head")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return head if isinstance(head, str) and len(head) == 64 else None

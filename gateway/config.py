@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,7 +57,10 @@ class GatewayConfig:
     schemas: Path = Path("schemas")
     keyring: Path = Path(".gateway/keyring.json")
     group_id: str = "privacy-gateway"
-    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # empty: HOST-<slot>, the lowest slot free on this host (gateway.runtime.instance), so a restarted
+    # worker takes its predecessor's transactional id (fencing its dead transaction at once) and two
+    # workers on one host never share one
+    instance_id: str = ""
     audit_topic: str = "privacy.audit"
     # Partitions for topics the gateway creates (sanitized, dead-letter, audit) when the
     # source topic does not exist yet; otherwise the source topic's count is reused.
@@ -73,6 +75,12 @@ class GatewayConfig:
     dek_max_age_s: float = 3600.0
     dek_max_uses: int = 4_000_000
     session_timeout_ms: int = 10_000
+    # how long a transaction may stay open before the broker aborts it: bounds how long a crashed
+    # worker's partitions wait before another worker can take them over
+    transaction_timeout_ms: int = 60_000
+    # a partition whose committed position has not moved for this long while input waits is "stalled"
+    # (a warning, gateway_stalled_partitions, /readyz not ready)
+    stall_after_s: float = 60.0
     metrics_port: int = 0  # 0: no HTTP endpoint; else /metrics, /healthz, /readyz on metrics_host:metrics_port
     metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (Dockerfile) so probes and Prometheus reach it
     log_level: str = "INFO"
@@ -108,7 +116,8 @@ class GatewayConfig:
             self._check(bool(sep and host and port.isdigit()), "bootstrap",
                         f"'{part}' is not HOST:PORT")
         self._check(bool(self.group_id), "group_id", "must not be empty")
-        self._check(bool(self.instance_id), "instance_id", "must not be empty")
+        self._check(self.instance_id == "" or bool(re.match(r"^[A-Za-z0-9._-]{1,200}$", self.instance_id)),
+                    "instance_id", "must be letters, digits, '.', '_' or '-' (or empty: HOST-<slot>)")
         self._check(bool(_TOPIC_RE.match(self.audit_topic)), "audit_topic",
                     "must be a valid Kafka topic name")
         self._check(1 <= self.partitions <= 10_000, "partitions", "must be between 1 and 10000")
@@ -125,6 +134,9 @@ class GatewayConfig:
                     "must be between 1 and 2^32 (random 96-bit nonces stay safe below that)")
         self._check(1000 <= self.session_timeout_ms <= 300_000, "session_timeout_ms",
                     "must be between 1000 and 300000")
+        self._check(1000 <= self.transaction_timeout_ms <= 900_000, "transaction_timeout_ms",
+                    "must be between 1000 and 900000 (the broker's transaction.max.timeout.ms default)")
+        self._check(1 <= self.stall_after_s <= 86_400, "stall_after_s", "must be between 1 and 86400 seconds")
         self._check(0 <= self.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
         self._check(bool(self.metrics_host.strip()), "metrics_host", "must be an address to bind, e.g. 0.0.0.0")
         self._check(bool(_TOPIC_RE.match(self.ledger_topic)), "ledger_topic", "must be a valid Kafka topic name")

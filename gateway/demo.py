@@ -24,10 +24,10 @@ import orjson
 from confluent_kafka import Producer
 
 from gateway.audit import verify_chains
-from gateway.broker import EmbeddedBroker
 from gateway.config import GatewayConfig
 from gateway.consume import SanitizedDecoder, read_topic
 from gateway.decrypt import decrypt_record
+from gateway.embedded.broker import EmbeddedBroker
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring

@@ -35,6 +35,8 @@ EVENT_LATENCY = Histogram("gateway_event_latency_seconds", "Event timestamp to c
 LATENCY_SAMPLES_PER_BATCH = 64
 CONSUMER_LAG = Gauge("gateway_consumer_lag", "Records behind the partition end, per assigned source partition",
                      ["topic", "partition"])
+STALLED = Gauge("gateway_stalled_partitions", "Assigned partitions whose committed position has not moved for "
+                "stall_after_s while input waits", ["job"])
 ASSIGNED = Gauge("gateway_assigned_partitions", "Source partitions assigned to this worker")
 DEK_CACHE = Counter("gateway_dek_cache_total", "Data-key lookups: hit (cached DEK) or miss (new DEK, one KMS "
                     "wrap; the KMS requests themselves are gateway_kms_requests_total)", ["result"])
@@ -62,6 +64,7 @@ class Health:
         self._last_beat = time.monotonic()
         self._stall_after_s = stall_after_s
         self._checks = {name: False for name in checks}
+        self._stalled: dict[str, list[str]] = {}  # job -> its stalled partitions
         for name in checks:
             READY.labels(name).set(0)
 
@@ -77,8 +80,18 @@ class Health:
         self._checks[check] = ok
         READY.labels(check).set(1 if ok else 0)
 
+    def set_stalled(self, job: str, partitions: list[str]) -> None:
+        self._stalled[job] = partitions
+
+    def stalled(self) -> list[str]:
+        return sorted(p for partitions in self._stalled.values() for p in partitions)
+
     def failing(self) -> list[str]:
-        return [name for name, ok in self._checks.items() if not ok]
+        failing = [name for name, ok in self._checks.items() if not ok]
+        stalled = self.stalled()
+        if stalled:
+            failing.append(f"stalled ({', '.join(stalled)})")
+        return failing
 
     def stop(self) -> None:
         for name in self._checks:

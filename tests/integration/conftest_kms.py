@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import free_port
+from gateway.embedded.broker import free_port
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 VAULT_TOKEN = "root-token-for-tests-only"  # noqa: S105 - a dev server's root token, on 127.0.0.1 only

@@ -129,7 +129,7 @@ def test_aws_unknown_key_fails_start_up_naming_the_setting(moto_kms: MotoKms, tm
 
 
 def test_aws_unreachable_fails_start_up_naming_the_endpoint_setting(moto_kms: MotoKms, tmp_path: Path) -> None:
-    from gateway.broker import free_port
+    from gateway.embedded.broker import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     message = _startup_error(aws_config(moto_kms, tmp_path, aws_endpoint_url=dead))
@@ -137,7 +137,7 @@ def test_aws_unreachable_fails_start_up_naming_the_endpoint_setting(moto_kms: Mo
 
 
 def test_vault_failures_name_the_setting_and_never_the_token(openbao: OpenBao, tmp_path: Path) -> None:
-    from gateway.broker import free_port
+    from gateway.embedded.broker import free_port
 
     wrong_token = "s.this-token-must-not-appear"  # noqa: S105
     message = _startup_error(vault_config(openbao, tmp_path, vault_token=wrong_token))
@@ -151,7 +151,7 @@ def test_vault_failures_name_the_setting_and_never_the_token(openbao: OpenBao, t
 
 
 def test_gateway_run_with_the_kms_down_exits_before_touching_kafka(openbao: OpenBao, tmp_path: Path) -> None:
-    from gateway.broker import free_port
+    from gateway.embedded.broker import free_port
 
     env = {**ENV, "GATEWAY_VAULT_TOKEN": openbao.token}
     result = subprocess.run(

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.broker import free_port
+from gateway.embedded.broker import free_port
 from gateway.demo import encode_raw
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.schema import avro_bytes

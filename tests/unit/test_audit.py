@@ -233,11 +233,11 @@ def test_chain_key_and_deterministic_partition() -> None:
 def test_chain_heads() -> None:
     heads = ChainHeads()
     assert heads.next_prev("a:0") == (GENESIS, False)
-    heads.restarted.add("b:0")
+    heads.resume("b:0", None, restarted=True)
     assert heads.next_prev("b:0") == (GENESIS, True)
-    heads.heads["a:0"] = "f" * 64
+    heads.resume("a:0", "f" * 64)
     assert heads.next_prev("a:0") == ("f" * 64, False)
-    snap = heads.snapshot()
-    heads.heads["a:0"] = "e" * 64
-    heads.restore(snap)
-    assert heads.next_prev("a:0") == ("f" * 64, False)
+    heads.resume("b:0", "e" * 64)  # a head found later clears the restart mark
+    assert heads.next_prev("b:0") == ("e" * 64, False)
+    heads.forget("a:0")
+    assert heads.next_prev("a:0") == (GENESIS, False)

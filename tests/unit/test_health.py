@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.broker import free_port
+from gateway.embedded.broker import free_port
 from gateway.metrics import Health, HealthProbe, serve
 from tests.http_get import http_get
 

@@ -14,16 +14,22 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, audit_partition, chain_key, seal_audit_event, verify_chains
+from gateway.audit import (
+    GENESIS,
+    audit_partition,
+    head_metadata,
+    parse_head_metadata,
+    seal_audit_event,
+    verify_chains,
+)
 from gateway.config import GatewayConfig
 from gateway.deadletter import QuarantineSealer
 from gateway.decrypt import decrypt_record
 from gateway.errors import RejectedEvent
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import OutRecord, Pipeline, RawEvent
+from gateway.pipeline import SOURCE_HEADER, OutRecord, Pipeline, RawEvent, parse_source_ref
 from gateway.policy import Plan, compile_plan
-from gateway.replay import SOURCE_HEADER, ReplayedPartition, parse_source_ref
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.schema import MAGIC_BYTE, avro_bytes, frame_confluent, load_schema_file
 
@@ -166,8 +172,7 @@ def test_audit_chain_continues_across_batches(pipeline: Pipeline, batch: _Batch)
 
 def test_restarted_chain_is_marked(pipeline: Pipeline, batch: _Batch) -> None:
     before = pipeline.process(batch.events[:3])
-    pipeline.chains.restore({})
-    pipeline.chains.restarted.add(f"{PAY}:0")
+    pipeline.resume_chain(PAY, 0, None, fresh=False)  # offsets committed before, but no head with them
     later = next(e for e in batch.events[3:] if (e.topic, e.partition) == (PAY, 0))
     after = pipeline.process([later])
     restart_body = orjson.loads(_split(after.records)[2][0].value)
@@ -407,26 +412,35 @@ def test_every_output_names_its_raw_event(pipeline: Pipeline, batch: _Batch) -> 
         [expected[i] for i, outcome in enumerate(batch.expected) if outcome != "sanitized"]
 
 
-def test_a_replay_emits_only_what_does_not_show_yet_and_keeps_the_chain(
+def test_a_chain_resumed_from_its_committed_head_verifies_across_owners(
         payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, config: GatewayConfig, batch: _Batch) -> None:
-    """Events whose audit record shows are not audited again, events whose output shows are not
-    published again; the chain continues from what shows."""
-    whole = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
-    reference = whole.process(batch.events).records
-    replaying = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
-    chain, source = chain_key(PAY, 1), (PAY, 1)
-    events = [e for e in batch.events if (e.topic, e.partition) == source]
-    assert len(events) >= 4
-    # what a dead transaction left: the first two events audited, outputs of events 0 and 3
-    shown = [r for r in reference if r.topic == AUDIT and r.key == chain.encode()][:2]
-    replaying.chains.heads[chain] = orjson.loads(shown[-1].value)["hash"]
-    replay = {source: ReplayedPartition(0, audited_through=events[1].offset,
-                                        published={events[0].offset, events[3].offset})}
-    records = replaying.process(events, replay).records
-    outputs = [_source_of(r)[2] for r in records if r.topic != AUDIT]
-    audited = [orjson.loads(r.value)["event"]["offset"] for r in records if r.topic == AUDIT]
-    assert outputs == [e.offset for e in events if e.offset not in (events[0].offset, events[3].offset)]
-    assert audited == [e.offset for e in events[2:]]
-    log = _audit_log(shown + [r for r in records if r.topic == AUDIT])
-    report = verify_chains(log)
-    assert report.ok and report.events == len(events), report.breaks
+    """A new owner resumes each chain from the head committed with the offset (offset-commit
+    metadata): the audit log of both owners verifies as one chain per partition, with no restart."""
+    first = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    half = len(batch.events) // 2
+    before = first.process(batch.events[:half]).records
+    heads = {(e.topic, e.partition): head_metadata(first.chain_head(e.topic, e.partition) or "")
+             for e in batch.events[:half]}
+    second = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    for (topic, partition), metadata in heads.items():
+        second.resume_chain(topic, partition, parse_head_metadata(metadata), fresh=False)
+    after = second.process(batch.events[half:]).records
+    audit = [r for r in before + after if r.topic == AUDIT]
+    report = verify_chains(_audit_log(audit))
+    assert report.ok and not report.restarts, (report.breaks, report.restarts)
+    assert report.events == len(batch.events)
+    # the same second half resumed without the heads: every continued chain is a marked restart, not a break
+    blind = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    for topic, partition in heads:
+        blind.resume_chain(topic, partition, None, fresh=False)
+    restarted = verify_chains(_audit_log([r for r in before if r.topic == AUDIT] +
+                                         [r for r in blind.process(batch.events[half:]).records if r.topic == AUDIT]))
+    continued = {(e.topic, e.partition) for e in batch.events[half:]} & set(heads)
+    assert restarted.ok and len(restarted.restarts) == len(continued) > 0
+
+
+def test_head_metadata_round_trips_and_rejects_what_is_not_a_head() -> None:
+    head = "ab" * 32
+    assert parse_head_metadata(head_metadata(head)) == head
+    for metadata in (None, "", "not json", '{"audit_head": "short"}', "[1]", '{"other": 1}'):
+        assert parse_head_metadata(metadata) is None

@@ -1,0 +1,1 @@
+"""The gateway's jobs, each one transactional loop (or two) around pure logic."""

@@ -1,0 +1,301 @@
+"""The one consume -> transform -> produce loop every job uses, exactly once through Kafka transactions.
+
+A batch is consumed, handed to the job's `BatchHandler` (pure work: no Kafka I/O), and what it
+returns is produced in one transaction together with the consumer offsets; each offset carries the
+handler's metadata for its partition (the sanitize job's audit chain head), so state and progress
+commit atomically and a new owner reads both back with the committed offsets.
+
+- A partition is *opened* on its first message after assignment (or after a rewind): its committed
+  offset and metadata are fetched then, when the broker serves them stable, and given to the
+  handler. Nothing blocks inside a rebalance callback.
+- Abortable errors abort the transaction and rewind: the handler closes every partition, each is
+  sought back to its committed offset and reopened from the committed metadata. Retriable timeouts
+  of commit and abort are retried, as librdkafka documents; fatal errors (a fenced producer) raise.
+- With `overlap`, the commit of batch N runs on a thread while batch N + 1 is consumed and
+  transformed; N + 1 is produced only after N committed, in its own transaction. If N aborts, N + 1
+  is dropped with it and both are read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from gateway import metrics
+from gateway.outputs import OutRecord
+
+log = logging.getLogger("gateway.runtime")
+Source = tuple[str, int]  # (topic, partition)
+
+
+@dataclass
+class Output:
+    """What a handler made of one batch: records to publish, and per source partition the metadata
+    to commit with its offset (absent: none). `offsets`, when given, are the next offsets to commit
+    per partition instead of one past the last message (a job that must re-read part of what it saw
+    after a restart, like the DP release stage with its open windows, commits behind)."""
+
+    records: list[OutRecord]
+    metadata: dict[Source, str] = field(default_factory=dict)
+    offsets: dict[Source, int] | None = None
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # outcomes, reported once committed
+
+
+class BatchHandler(Protocol):
+    def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
+        """A partition's first message is about to be processed; `metadata` as last committed."""
+
+    def close(self, sources: Sequence[Source]) -> None:
+        """Forget these partitions (revoked, or rewound and to be reopened)."""
+
+    def process(self, messages: list[Message]) -> Output:
+        """Turn one batch (error-free messages of open partitions, in order) into output."""
+
+
+@dataclass
+class Batch:
+    messages: list[Message]
+    output: Output
+    last: dict[Source, int]  # last offset per source partition
+    started: float
+    processed: float
+    produced: float = 0.0
+    commit: Future[float] | None = None
+
+
+def is_retriable(error: KafkaError) -> bool:
+    return bool(error.retriable()) and not error.txn_requires_abort() and not error.fatal()
+
+
+def retry_retriable(what: str, call: Callable[[], Any], attempts: int = 10) -> Any:
+    """Call again while librdkafka says the error is retriable (a timeout waiting on the broker)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not is_retriable(error) or attempt == attempts:
+                raise
+            log.warning(f"{what} timed out: retrying", extra={"code": error.name(), "attempt": attempt})
+    return None
+
+
+class TransactionalLoop:
+    """One consumer-group member and its transactional producer, driven one `step` at a time."""
+
+    def __init__(self, name: str, consumer: Consumer, producer: Producer, handler: BatchHandler,
+                 topics: Sequence[str], batch_max_events: int, batch_timeout_s: float,
+                 overlap: bool = False, on_committed: Callable[[Batch, float], None] | None = None,
+                 on_assignment: Callable[[set[Source]], None] | None = None) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.producer = producer
+        self.handler = handler
+        self.topics = list(topics)
+        self.batch_max_events = batch_max_events
+        self.batch_timeout_s = batch_timeout_s
+        self.on_committed = on_committed
+        self.on_assignment = on_assignment
+        self.owned: set[Source] = set()
+        self.opened: set[Source] = set()
+        self.aborts = 0
+        self._in_flight: Batch | None = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-commit") if overlap else None
+
+    # ---- life cycle ------------------------------------------------------------------------------
+    def start(self, init_timeout_s: float = 60.0) -> TransactionalLoop:
+        """Fence any earlier producer of this transactional id, then join the group."""
+        retry_retriable("init_transactions", lambda: self.producer.init_transactions(init_timeout_s))
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        return self
+
+    def close(self) -> None:
+        try:
+            self.settle()
+        finally:
+            if self._committer is not None:
+                self._committer.shutdown(wait=True)
+            self.consumer.close()
+            self.producer.flush(10)
+
+    # ---- one turn --------------------------------------------------------------------------------
+    def step(self, timeout_s: float | None = None) -> int:
+        """Consume one batch and publish what the handler makes of it; returns the messages taken."""
+        raw = self.consumer.consume(self.batch_max_events, self.batch_timeout_s if timeout_s is None else timeout_s)
+        messages = self._usable(raw)
+        batch = self._process(messages) if messages else None  # overlaps the last batch's commit
+        if not self.settle():
+            return 0  # the last batch aborted: this one was rewound with it and is read again
+        if batch is not None:
+            self._publish(batch)
+            if self._committer is None:
+                self.settle()
+        return len(messages)
+
+    def commit_now(self, output: Output) -> bool:
+        """Publish a timer's output (no batch consumed) in a transaction of its own; False if it aborted."""
+        if not self.settle():
+            return False
+        batch = Batch([], output, {}, time.monotonic(), time.monotonic())
+        self._publish(batch)
+        return self.settle()
+
+    def _usable(self, raw: list[Message]) -> list[Message]:
+        messages: list[Message] = []
+        for m in raw:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", extra={"loop": self.name, "code": err.name(), "fatal": err.fatal()})
+                    if err.fatal():
+                        raise KafkaException(err)
+                continue
+            messages.append(m)
+        new = {(m.topic(), m.partition()) for m in messages} - self.opened
+        if new:
+            self._open(sorted(new & self.owned))
+            if new - self.owned:  # fetched before a revocation: not ours any more
+                messages = [m for m in messages if (m.topic(), m.partition()) in self.owned]
+        return messages
+
+    def _open(self, sources: list[Source]) -> None:
+        if not sources:
+            return
+        committed = retry_retriable("offset fetch", lambda: self.consumer.committed(
+            [TopicPartition(t, p) for t, p in sources], timeout=30))
+        for tp in committed:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            self.handler.open((tp.topic, tp.partition), tp.offset, tp.metadata)
+            self.opened.add((tp.topic, tp.partition))
+
+    def _process(self, messages: list[Message]) -> Batch:
+        started = time.monotonic()
+        output = self.handler.process(messages)
+        last: dict[Source, int] = {}
+        for m in messages:
+            last[(m.topic(), m.partition())] = m.offset()
+        return Batch(messages, output, last, started, time.monotonic())
+
+    def _publish(self, batch: Batch) -> None:
+        try:
+            self.producer.begin_transaction()
+            produce = self.producer.produce
+            for r in batch.output.records:
+                while True:
+                    try:
+                        produce(r.topic, r.value, r.key, partition=-1 if r.partition is None else r.partition,
+                                headers=r.headers, timestamp=r.timestamp_ms)
+                        break
+                    except BufferError:  # local queue full: let deliveries drain, then retry
+                        self.producer.poll(0.05)
+        except KafkaException as exc:
+            self._abort(exc)
+            return
+        batch.produced = time.monotonic()
+        nexts = batch.output.offsets if batch.output.offsets is not None else {
+            source: offset + 1 for source, offset in batch.last.items()}
+        offsets = [TopicPartition(t, p, o, metadata=batch.output.metadata.get((t, p)))
+                   for (t, p), o in nexts.items() if (t, p) in self.owned]
+        group = self.consumer.consumer_group_metadata()
+        if self._committer is not None:
+            batch.commit = self._committer.submit(self._commit, offsets, group)
+        else:
+            future: Future[float] = Future()
+            try:
+                future.set_result(self._commit(offsets, group))
+            except KafkaException as exc:
+                future.set_exception(exc)
+            batch.commit = future
+        self._in_flight = batch
+
+    def _commit(self, offsets: list[TopicPartition], group: object) -> float:
+        if offsets:
+            retry_retriable("send_offsets_to_transaction",
+                            lambda: self.producer.send_offsets_to_transaction(offsets, group, 30))
+        retry_retriable("commit_transaction", lambda: self.producer.commit_transaction(60))
+        return time.monotonic()
+
+    def settle(self) -> bool:
+        """Wait for the batch in flight to commit. False if it aborted (everything was rewound)."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is None:
+            return True
+        assert batch.commit is not None
+        try:
+            committed = batch.commit.result()
+        except KafkaException as exc:
+            self._abort(exc)
+            return False
+        if self.on_committed is not None:
+            self.on_committed(batch, committed)
+        return True
+
+    def _abort(self, exc: KafkaException) -> None:
+        """Abort the open transaction and rewind every owned partition to its committed offset."""
+        error = exc.args[0]
+        if error.fatal() or not (error.txn_requires_abort() or error.retriable()):
+            log.error("fatal Kafka error: exiting so the orchestrator restarts the job",
+                      extra={"loop": self.name, "code": error.name()})
+            raise exc
+        log.warning("transaction aborted: rewinding to the committed offsets",
+                    extra={"loop": self.name, "code": error.name()})
+        retry_retriable("abort_transaction", lambda: self.producer.abort_transaction(30))
+        self.aborts += 1
+        metrics.ABORTS.inc()
+        self.rewind()
+
+    def rewind(self) -> None:
+        """Every owned partition back to its committed offset, its state to be reopened from there."""
+        self.handler.close(sorted(self.opened))
+        self.opened.clear()
+        if not self.owned:
+            return
+        committed = retry_retriable("offset fetch", lambda: self.consumer.committed(
+            [TopicPartition(t, p) for t, p in sorted(self.owned)], timeout=30))
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as seek_error:  # not yet fetching: it starts from the committed offset anyway
+                log.info("seek deferred", extra={"loop": self.name, "partition": f"{tp.topic}:{tp.partition}",
+                                                 "code": seek_error.args[0].name()})
+
+    # ---- rebalance callbacks (cooperative: only the partitions that move) -------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.owned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self.on_assignment is not None:
+            self.on_assignment(set(self.owned))
+        log.info("partitions assigned", extra={"loop": self.name, "partitions": _names(partitions),
+                                               "owned": len(self.owned)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.settle()  # the batch in flight commits (or aborts) before its partitions go
+        self._forget(partitions)
+        log.info("partitions revoked", extra={"loop": self.name, "partitions": _names(partitions)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # another member may own them already: the in-flight commit is fenced and aborts
+        self.settle()
+        self._forget(partitions)
+        log.warning("partitions lost", extra={"loop": self.name, "partitions": _names(partitions)})
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = [(tp.topic, tp.partition) for tp in partitions]
+        self.handler.close([s for s in gone if s in self.opened])
+        self.opened -= set(gone)
+        self.owned -= set(gone)
+        if self.on_assignment is not None:
+            self.on_assignment(set(self.owned))
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
