@@ -1,29 +1,37 @@
-"""Kafka security for real: a gateway worker configured only through GATEWAY_SECURITY_PROTOCOL and
-GATEWAY_SSL_* connects over mutual TLS and sanitizes events; clients without the CA, without a
-client certificate, or in plaintext are refused; SASL settings reach a broker that demands SASL.
+"""Kafka security for real, on the embedded Apache Kafka: TLS and SASL are terminated by the broker.
 
-TLS is terminated by a small proxy in this test, not by Tansu: the bundled Tansu (0.6.0) declares
-``--cert``/``--key`` but refuses the two together ("the argument '--cert <CERT>' cannot be used
-with '--key <KEY>'") and listens in plaintext with either one alone. The broker advertises the
-proxy's port, so every connection librdkafka makes (bootstrap, then the advertised broker, the
-group and transaction coordinators) goes through TLS. Certificates are made here with
-`cryptography`: a CA, a server certificate for 127.0.0.1 (IP SAN) and localhost, a client
-certificate with an encrypted key, and a second, unrelated CA.
+A broker of this module's own has three listeners: PLAINTEXT (inter-broker only; this module's
+clients never use it except as a control), MTLS (SSL, ``ssl.client.auth=required``) and SECURE
+(SASL_SSL, SCRAM-SHA-512 only, one SCRAM user written into the storage at format time). Each
+listener advertises itself, so a client that bootstraps on a secured port makes every connection
+(advertised broker, group and transaction coordinators) to that port, under that protocol.
+
+Certificates are made here with `cryptography`: a CA, a broker certificate for 127.0.0.1 (IP SAN)
+and localhost, a client certificate whose key is encrypted (PBES2; OpenSSL in librdkafka opens
+it with GATEWAY_SSL_KEY_PASSWORD), and a second, unrelated CA. The broker reads its key and
+certificate as a PEM keystore; the key is unencrypted PKCS#8 (mode 0600) because Java 17 cannot
+open the PBES2-encrypted PKCS#8 that `cryptography` writes ("PBES2 SecretKeyFactory not available").
+
+Proven: the gateway worker (`gateway run`, configured by flags plus passwords from the
+environment) sanitizes events end to end over mutual TLS and over SASL_SSL; `gateway audit
+verify` reads the audit chain over TLS with settings from the environment alone; clients with a
+wrong CA or the system trust store, without a client certificate, with a wrong SCRAM password, or
+in plaintext are refused; a worker with a wrong SCRAM password exits non-zero naming the
+authentication failure; no password ever shows up in a log. The validation of the settings
+themselves (missing files, settings that need another protocol) is in tests/unit/test_config.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import ipaddress
-import ssl
+import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,17 +45,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.audit import verify_chains
-from gateway.broker import EmbeddedBroker, free_port
-from gateway.config import GatewayConfig
-from gateway.consume import SanitizedDecoder, read_topic
+from gateway.consume import SanitizedDecoder, StoredRecord, read_topic
 from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.embedded.broker import EmbeddedBroker, Listener, ScramUser, free_port
+from gateway.samples import CANARIES, SampleEvents
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess
 
 pytestmark = pytest.mark.integration
 KEY_PASSWORD = "tls-key-pass-" + uuid.uuid4().hex  # must never show up in a log
-SASL_PASSWORD = "sasl-pass-" + uuid.uuid4().hex
+SASL_USER = "gateway-svc"
+SASL_PASSWORD = "sasl-pass-" + uuid.uuid4().hex  # likewise
 EVENTS = 30
 
 
@@ -57,8 +65,7 @@ EVENTS = 30
 class Pki:
     ca: Path
     other_ca: Path
-    server_cert: Path
-    server_key: Path
+    broker_keystore: Path  # PKCS#8 key + certificate, for ssl.keystore.type=PEM
     client_cert: Path
     client_key: Path  # encrypted with KEY_PASSWORD
 
@@ -106,116 +113,108 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def make_pki(root: Path) -> Pki:
-    pem = serialization.Encoding.PEM
+    pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     ca_key, ca_cert = _ca("gateway test CA")
     _, other_cert = _ca("some other CA")
-    server_key, server_cert = _leaf(ca_key, ca_cert, "localhost", server=True)
+    broker_key, broker_cert = _leaf(ca_key, ca_cert, "localhost", server=True)
     client_key, client_cert = _leaf(ca_key, ca_cert, "privacy-gateway", server=False)
     return Pki(
         ca=_write(root / "ca.pem", ca_cert.public_bytes(pem)),
         other_ca=_write(root / "other-ca.pem", other_cert.public_bytes(pem)),
-        server_cert=_write(root / "server.pem", server_cert.public_bytes(pem)),
-        server_key=_write(root / "server.key", server_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
+        broker_keystore=_write(root / "broker-keystore.pem", broker_key.private_bytes(
+            pem, pkcs8, serialization.NoEncryption()) + broker_cert.public_bytes(pem)),
         client_cert=_write(root / "client.pem", client_cert.public_bytes(pem)),
         client_key=_write(root / "client.key", client_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(KEY_PASSWORD.encode()))),
+            pem, pkcs8, serialization.BestAvailableEncryption(KEY_PASSWORD.encode()))),
     )
 
 
-# ---- a TLS-terminating proxy in front of the plaintext broker --------------------------------------
-
-class TlsTerminator:
-    """Accepts TLS on 127.0.0.1:port (server certificate; client certificate required, signed by the
-    CA) and forwards the plaintext to the broker. Records every refused handshake's reason."""
-
-    def __init__(self, port: int, target_port: int, pki: Pki) -> None:
-        self.port, self.target_port = port, target_port
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
-        self.context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-        self.context.verify_mode = ssl.CERT_REQUIRED
-        self.refused: list[str] = []
-        self.accepted = 0
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_exception_handler(lambda _loop, _context: None)  # refused handshakes are expected
-        self._thread = threading.Thread(target=self.loop.run_forever, name="tls-terminator", daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def __enter__(self) -> TlsTerminator:
-        self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", self.port), self.loop).result(10)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._server is not None:
-            self.loop.call_soon_threadsafe(self._server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await writer.start_tls(self.context, ssl_handshake_timeout=10)
-        except (TimeoutError, ssl.SSLError, OSError) as exc:
-            self.refused.append(getattr(exc, "reason", None) or type(exc).__name__)
-            writer.transport.abort()
-            return
-        self.accepted += 1
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            writer.transport.abort()
-
-
-# ---- fixtures and helpers --------------------------------------------------------------------------
+# ---- the secured broker ----------------------------------------------------------------------------
 
 @dataclass
-class TlsSetup:
+class Secured:
     pki: Pki
-    bootstrap: str  # the TLS port
-    terminator: TlsTerminator
-    env: dict[str, str]  # the gateway's settings, as an operator would set them
+    broker: EmbeddedBroker
+    mtls: str  # bootstrap of the SSL listener (client certificate required)
+    sasl: str  # bootstrap of the SASL_SSL listener (SCRAM-SHA-512)
 
-    def client_config(self) -> dict[str, str]:
-        return GatewayConfig.load({}, environ=self.env).kafka_client_config()
+    def mtls_client(self) -> dict[str, str]:
+        """What an mTLS client needs, written out here rather than taken from GatewayConfig."""
+        return {"bootstrap.servers": self.mtls, "security.protocol": "ssl", "ssl.ca.location": str(self.pki.ca),
+                "ssl.certificate.location": str(self.pki.client_cert),
+                "ssl.key.location": str(self.pki.client_key), "ssl.key.password": KEY_PASSWORD}
+
+    def sasl_client(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.sasl, "security.protocol": "sasl_ssl", "ssl.ca.location": str(self.pki.ca),
+                "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": SASL_USER, "sasl.password": SASL_PASSWORD}
+
+    def mtls_args(self) -> tuple[str, ...]:
+        return ("--security-protocol", "SSL", "--ssl-ca-location", str(self.pki.ca),
+                "--ssl-certificate-location", str(self.pki.client_cert), "--ssl-key-location", str(self.pki.client_key))
+
+    def sasl_args(self) -> tuple[str, ...]:
+        return ("--security-protocol", "SASL_SSL", "--ssl-ca-location", str(self.pki.ca),
+                "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", SASL_USER)
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSetup]:
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("tls")
     pki = make_pki(root)
-    tls_port = free_port()
-    with EmbeddedBroker(log_path=root / "broker.log", advertised_port=tls_port) as broker, \
-            TlsTerminator(tls_port, broker.port, pki) as terminator:
-        bootstrap = f"127.0.0.1:{tls_port}"
-        env = {"GATEWAY_BOOTSTRAP": bootstrap, "GATEWAY_SECURITY_PROTOCOL": "SSL",
-               "GATEWAY_SSL_CA_LOCATION": str(pki.ca), "GATEWAY_SSL_CERTIFICATE_LOCATION": str(pki.client_cert),
-               "GATEWAY_SSL_KEY_LOCATION": str(pki.client_key), "GATEWAY_SSL_KEY_PASSWORD": KEY_PASSWORD}
-        yield TlsSetup(pki, bootstrap, terminator, env)
+    stores = {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(pki.broker_keystore),
+              "ssl.truststore.type": "PEM", "ssl.truststore.location": str(pki.ca)}
+    mtls = Listener("MTLS", free_port(), "SSL", {**stores, "ssl.client.auth": "required"})
+    sasl = Listener("SECURE", free_port(), "SASL_SSL", {
+        **stores, "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;"})
+    with EmbeddedBroker(log_path=root / "broker.log", listeners=[mtls, sasl],
+                        scram_users=[ScramUser("SCRAM-SHA-512", SASL_USER, SASL_PASSWORD)]) as broker:
+        yield Secured(pki, broker, f"127.0.0.1:{mtls.port}", f"127.0.0.1:{sasl.port}")
 
 
-def refusal(conf: dict[str, Any], timeout_s: float = 4.0) -> str:
-    """Ask for metadata; return the errors librdkafka reported, failing the test if it got an answer."""
-    errors: list[str] = []
-    admin = AdminClient({**conf, "error_cb": lambda err: errors.append(err.str()),
-                         "log_level": 0, "reconnect.backoff.ms": 200})
-    with pytest.raises(KafkaException):
-        admin.list_topics(timeout=timeout_s)
-    admin.poll(0.5)  # serves error_cb
-    return " | ".join(errors)
+# ---- helpers ---------------------------------------------------------------------------------------
+
+class _Collector:
+    """librdkafka's error_cb and log lines, deduplicated, without the '(after 3ms in state …)' tail."""
+
+    def __init__(self) -> None:
+        self.lines: set[str] = set()
+
+    def error(self, err: Any) -> None:
+        self._add(err.str())
+
+    def log(self, _level: int, fmt: str, *args: Any) -> None:
+        self._add(fmt % args)
+
+    def _add(self, line: str) -> None:
+        self.lines.add(re.sub(r" \(after \d+ms in state \w+\)", "", line))
+
+    def text(self) -> str:
+        return "\n".join(sorted(self.lines))
+
+
+def metadata_ok(conf: dict[str, str]) -> list[str]:
+    """The brokers a client is told about (so: it connected, authenticated and got an answer)."""
+    metadata = AdminClient({**conf, "log_level": 0}).list_topics(timeout=15)
+    return [f"{b.host}:{b.port}" for b in metadata.brokers.values()]
+
+
+def refused(case: str, conf: dict[str, str], reason: str, timeout_s: float = 4.0) -> str:
+    """Ask for metadata and fail unless the client gets none and librdkafka says why, matching the
+    regular expression `reason`; return what it said."""
+    seen = _Collector()
+    admin = AdminClient({**conf, "error_cb": seen.error, "logger": seen, "reconnect.backoff.ms": 200})
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        pass
+    else:
+        pytest.fail(f"{case}: not refused, the broker answered with {len(metadata.topics)} topics")
+    deadline = time.monotonic() + 5
+    while not re.search(reason, seen.text()) and time.monotonic() < deadline:
+        admin.poll(0.2)  # serves error_cb and the logger
+    assert re.search(reason, seen.text()), f"{case}: no /{reason}/ in:\n{seen.text()}"
+    return seen.text()
 
 
 def run_gateway(args: list[str], env: dict[str, str], log_path: Path) -> WorkerProcess:
@@ -225,106 +224,144 @@ def run_gateway(args: list[str], env: dict[str, str], log_path: Path) -> WorkerP
     return WorkerProcess(proc, log_path, handle)
 
 
+def worker_args(d: Deployment, instance: str, security: tuple[str, ...]) -> list[str]:
+    """`Deployment.start_worker`'s command line, plus the security flags."""
+    return ["run", "--bootstrap", d.bootstrap, "--schemas", str(d.schemas), "--keyring", str(d.keyring),
+            "--audit-topic", d.audit_topic, "--group-id", d.group_id, "--instance-id", instance,
+            "--partitions", "1", "--session-timeout-ms", "6000", *security]
+
+
+def wait_for_records(kafka: dict[str, str], topic: str, expected: int, timeout_s: float = 45) -> list[StoredRecord]:
+    deadline = time.monotonic() + timeout_s
+    records: list[StoredRecord] = []
+    while time.monotonic() < deadline:
+        try:
+            records = read_topic(kafka, topic, timeout_s=10)
+        except Exception:  # noqa: BLE001 - the topic may not have its first records yet
+            records = []
+        if len(records) >= expected:
+            return records
+        time.sleep(0.3)
+    raise AssertionError(f"{len(records)} of {expected} records on {topic} after {timeout_s}s")
+
+
+def sanitize_end_to_end(d: Deployment, kafka: dict[str, str], worker: WorkerProcess) -> None:
+    """Produce raw payments (one with every canary) through `kafka`, read them back sanitized."""
+    worker.wait_for_log('"msg":"partitions assigned"', timeout_s=60)
+    samples = SampleEvents(seed=5)
+    payments = [samples.payment(canary=i == 0) for i in range(EVENTS)]
+    producer = Producer({**kafka, "linger.ms": 5})
+    for record in payments:
+        producer.produce(d.payments.source_topic, encode_raw(d.payments, record, "avro"))
+    assert producer.flush(20) == 0
+    sanitized = wait_for_records(kafka, d.payments.sanitized_topic, EVENTS)
+    assert len(sanitized) == EVENTS
+    decoder = SanitizedDecoder(list(d.plans.values()))
+    records = [decoder.decode(r)[1] for r in sanitized]
+    assert sorted(r["event_id"] for r in records) == sorted(p["event_id"] for p in payments)
+    by_id = {p["event_id"]: p for p in payments}
+    for record in records:  # sanitized, not copied: tokens and ciphertexts instead of the values
+        raw = by_id[record["event_id"]]
+        assert record["user_id"].startswith("tok_v1_") and record["user_id"] != raw["user_id"]
+        assert record["card_number"] and record["card_number"] != raw["card_number"]
+        assert "ip_address" not in record
+    stored = b"".join((r.value or b"") + b"".join(r.headers.values()) for r in sanitized)
+    for name, canary in CANARIES.items():
+        assert canary.encode() not in stored, name
+    assert not {p["card_number"].encode() for p in payments if p["card_number"].encode() in stored}
+    audit = wait_for_records(kafka, d.audit_topic, 1)
+    assert verify_chains((r.partition, r.offset, r.value or b"") for r in audit).ok
+
+
 # ---- tests -----------------------------------------------------------------------------------------
 
-def test_gateway_sanitizes_over_mutual_tls(tls: TlsSetup, tmp_path: Path) -> None:
-    d = Deployment(tls.bootstrap, tmp_path, uuid.uuid4().hex[:8])
-    log_path = tmp_path / "worker.log"
-    worker = run_gateway(["run", "--schemas", str(d.schemas), "--keyring", str(d.keyring), "--audit-topic",
-                          d.audit_topic, "--group-id", d.group_id, "--instance-id", "tls-worker", "--partitions",
-                          "1", "--session-timeout-ms", "6000"], tls.env, log_path)
+def test_gateway_sanitizes_over_mutual_tls(secured: Secured, tmp_path: Path) -> None:
+    kafka = secured.mtls_client()
+    assert metadata_ok(kafka) == [secured.mtls]  # the broker advertises the TLS listener on it, nothing else
+    d = Deployment(secured.mtls, tmp_path, uuid.uuid4().hex[:8])
+    worker = run_gateway(worker_args(d, "tls-worker", secured.mtls_args()),
+                         {"GATEWAY_SSL_KEY_PASSWORD": KEY_PASSWORD}, tmp_path / "worker.log")
     try:
-        worker.wait_for_log('"msg":"partitions assigned"', timeout_s=40)
-        kafka = tls.client_config()  # the test's own clients: the same settings, over TLS too
-        assert kafka["security.protocol"] == "ssl" and kafka["ssl.key.password"] == KEY_PASSWORD
-        samples = SampleEvents(seed=5)
-        payments = [samples.payment() for _ in range(EVENTS)]
-        producer = Producer({**kafka, "linger.ms": 5})
-        for record in payments:
-            producer.produce(d.payments.source_topic, encode_raw(d.payments, record, "avro"))
-        assert producer.flush(20) == 0
-        deadline = time.monotonic() + 40
-        sanitized = []
-        while len(sanitized) < EVENTS and time.monotonic() < deadline:
-            with contextlib.suppress(Exception):  # the topic may not have its first records yet
-                sanitized = read_topic(kafka, d.payments.sanitized_topic, timeout_s=10)
-            time.sleep(0.3)
-        decoder = SanitizedDecoder(list(d.plans.values()))
-        records = [decoder.decode(r)[1] for r in sanitized]
-        assert sorted(r["event_id"] for r in records) == sorted(p["event_id"] for p in payments)
-        by_id = {p["event_id"]: p for p in payments}
-        for record in records:  # sanitized, not copied: tokens and ciphertexts instead of the values
-            raw = by_id[record["event_id"]]
-            assert record["user_id"].startswith("tok_v1_") and record["user_id"] != raw["user_id"]
-            assert record["card_number"] and record["card_number"] != raw["card_number"]
-            assert "ip_address" not in record
-        audit = read_topic(kafka, d.audit_topic)
-        assert verify_chains((r.partition, r.offset, r.value or b"") for r in audit).ok
+        sanitize_end_to_end(d, kafka, worker)
     finally:
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
-    # the CLI reads over TLS from the same environment
-    result = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--bootstrap", tls.bootstrap,
-                             "--topic", d.audit_topic], capture_output=True, timeout=60, env={**ENV, **tls.env},
-                            cwd=REPO)
+    # another command, configured by the environment alone, reads the audit chain over TLS too
+    env = {"GATEWAY_SECURITY_PROTOCOL": "SSL", "GATEWAY_SSL_CA_LOCATION": str(secured.pki.ca),
+           "GATEWAY_SSL_CERTIFICATE_LOCATION": str(secured.pki.client_cert),
+           "GATEWAY_SSL_KEY_LOCATION": str(secured.pki.client_key), "GATEWAY_SSL_KEY_PASSWORD": KEY_PASSWORD}
+    result = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--bootstrap", secured.mtls,
+                             "--topic", d.audit_topic], capture_output=True, timeout=60, env={**ENV, **env}, cwd=REPO)
     assert result.returncode == 0 and b"audit chain OK" in result.stdout, result.stdout + result.stderr
-    assert tls.terminator.accepted >= 3  # bootstrap, advertised broker, coordinators: all through TLS
     everything = worker.log() + result.stdout.decode() + result.stderr.decode()
     assert KEY_PASSWORD not in everything
 
 
-def test_clients_without_the_ca_a_client_certificate_or_tls_are_refused(tls: TlsSetup) -> None:
-    good = tls.client_config()
-    assert "ssl.ca.location" in good
-    before = len(tls.terminator.refused)
-    no_ca = {k: v for k, v in good.items() if k != "ssl.ca.location"}  # the system trust store only
-    other_ca = {**good, "ssl.ca.location": str(tls.pki.other_ca)}
-    no_client_cert = {k: v for k, v in good.items() if not k.startswith(("ssl.certificate", "ssl.key"))}
-    plaintext = {"bootstrap.servers": tls.bootstrap}
-    results: dict[str, str] = {}
-    threads = [threading.Thread(target=lambda n=name, c=conf: results.__setitem__(n, refusal(c)))
-               for name, conf in (("no_ca", no_ca), ("other_ca", other_ca), ("no_client_cert", no_client_cert),
-                                  ("plaintext", plaintext))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert set(results) == {"no_ca", "other_ca", "no_client_cert", "plaintext"}, results
-    assert "certificate verify failed" in results["no_ca"], results["no_ca"]
-    assert "certificate verify failed" in results["other_ca"], results["other_ca"]
-    refused = " ".join(tls.terminator.refused[before:])
-    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in refused, refused  # mTLS: no client certificate, no entry
-    assert "WRONG_VERSION_NUMBER" in refused or "HTTP_REQUEST" in refused, refused  # plaintext bytes
-    # and the settings themselves: a CA that does not exist stops the gateway before it touches Kafka
-    result = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--bootstrap", tls.bootstrap],
+def test_gateway_sanitizes_over_sasl_ssl_with_scram(secured: Secured, tmp_path: Path) -> None:
+    kafka = secured.sasl_client()
+    assert metadata_ok(kafka) == [secured.sasl]
+    d = Deployment(secured.sasl, tmp_path, uuid.uuid4().hex[:8])
+    worker = run_gateway(worker_args(d, "sasl-worker", secured.sasl_args()),
+                         {"GATEWAY_SASL_PASSWORD": SASL_PASSWORD}, tmp_path / "worker.log")
+    try:
+        sanitize_end_to_end(d, kafka, worker)
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log()[-3000:]
+    assert SASL_PASSWORD not in worker.log()
+
+
+def test_wrong_ca_no_client_certificate_wrong_password_and_plaintext_are_refused(
+        secured: Secured, tmp_path: Path) -> None:
+    mtls, sasl = secured.mtls_client(), secured.sasl_client()
+    # a worker with the wrong SCRAM password, started first: it takes the longest to give up
+    wrong_password = "not-the-" + SASL_PASSWORD
+    d = Deployment(secured.sasl, tmp_path, uuid.uuid4().hex[:8])
+    worker = run_gateway(worker_args(d, "wrong-password", secured.sasl_args()),
+                         {"GATEWAY_SASL_PASSWORD": wrong_password}, tmp_path / "worker.log")
+    try:
+        # controls: the right settings get metadata on each listener, a plaintext client on PLAINTEXT
+        assert metadata_ok(mtls) == [secured.mtls]
+        assert metadata_ok(sasl) == [secured.sasl]
+        assert metadata_ok({"bootstrap.servers": secured.broker.bootstrap}) == [secured.broker.bootstrap]
+        verify_failed = r"SSL handshake failed: .*certificate verify failed"
+        closed = r"Disconnected: connection closed by peer|Disconnected while requesting ApiVersion"
+        cases = {
+            "wrong CA (mTLS)": ({**mtls, "ssl.ca.location": str(secured.pki.other_ca)}, verify_failed),
+            "wrong CA (SASL_SSL)": ({**sasl, "ssl.ca.location": str(secured.pki.other_ca)}, verify_failed),
+            "system trust store": ({k: v for k, v in mtls.items() if k != "ssl.ca.location"}, verify_failed),
+            "no client certificate": ({k: v for k, v in mtls.items() if not k.startswith(("ssl.certificate",
+                                                                                           "ssl.key"))},
+                                      r"alert (bad certificate|certificate required)"),
+            "wrong SCRAM password": ({**sasl, "sasl.password": wrong_password},
+                                     r"SASL authentication error: Authentication failed .*invalid credentials "
+                                     r"with SASL mechanism SCRAM-SHA-512"),
+            "unknown SCRAM user": ({**sasl, "sasl.username": "nobody"}, r"SASL authentication error"),
+            "TLS without SASL": ({k: v for k, v in sasl.items() if not k.startswith("sasl.")}
+                                 | {"security.protocol": "ssl"}, r"Disconnected: SSL connection closed by peer"),
+            "plaintext to mTLS": ({"bootstrap.servers": secured.mtls}, closed),
+            "plaintext to SASL_SSL": ({"bootstrap.servers": secured.sasl}, closed),
+        }
+        with ThreadPoolExecutor(len(cases)) as pool:
+            futures = {name: pool.submit(refused, name, conf, reason) for name, (conf, reason) in cases.items()}
+            said = {name: future.result() for name, future in futures.items()}  # re-raises a failed case
+        assert set(said) == set(cases)
+        # and the worker gives up, naming the reason, without its password in the log
+        code = worker.proc.wait(90)
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+        worker.stop()
+    log = worker.log()
+    assert code != 0, log[-3000:]
+    assert "Authentication failed" in log and "SCRAM-SHA-512" in log, log[-3000:]
+    assert wrong_password not in log and SASL_PASSWORD not in log
+    # settings that cannot work stop the gateway before it touches Kafka (exit 2, the setting named)
+    args = [a if a != str(secured.pki.ca) else "/nonexistent/ca.pem" for a in secured.mtls_args()]
+    result = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--bootstrap", secured.mtls, *args],
                             capture_output=True, timeout=60, cwd=REPO,
-                            env={**ENV, **tls.env, "GATEWAY_SSL_CA_LOCATION": "/nonexistent/ca.pem"})
-    assert result.returncode == 2
-    assert b"'ssl_ca_location' (GATEWAY_SSL_CA_LOCATION): '/nonexistent/ca.pem' is not a readable file" \
-        in result.stderr
+                            env={**ENV, "GATEWAY_SSL_KEY_PASSWORD": KEY_PASSWORD})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert b"'/nonexistent/ca.pem' is not a readable file" in result.stderr, result.stderr
     assert KEY_PASSWORD.encode() not in result.stderr + result.stdout
 
-
-def test_sasl_settings_reach_a_broker_that_requires_authentication(tmp_path: Path) -> None:
-    """Tansu's --authentication demands SASL (SCRAM). It has no user here (`tansu user create` needs an
-    authenticated connection, and storage is in memory), so the point is what the broker answers:
-    the gateway's mechanism and user name arrived, and its password was never logged."""
-    with EmbeddedBroker(log_path=tmp_path / "broker.log", authentication=True) as broker:
-        refusal({"bootstrap.servers": broker.bootstrap}, timeout_s=3)  # no SASL, no metadata
-        env = {"GATEWAY_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "GATEWAY_SASL_MECHANISM": "SCRAM-SHA-256",
-               "GATEWAY_SASL_USERNAME": "gateway-svc", "GATEWAY_SASL_PASSWORD": SASL_PASSWORD}
-        schemas = REPO / "schemas"
-        log_path = tmp_path / "worker.log"
-        worker = run_gateway(["run", "--bootstrap", broker.bootstrap, "--schemas", str(schemas), "--keyring",
-                              str(tmp_path / "keyring.json"), "--instance-id", "sasl-worker"], env, log_path)
-        try:
-            code = worker.proc.wait(60)
-        finally:
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-            worker.stop()
-        log = worker.log()
-        assert code == 2, log[-3000:]
-        assert "cannot reach Kafka" in log
-        assert "SASL SCRAM authentication failed" in log and "unknown-user" in log, log[-3000:]
-        assert SASL_PASSWORD not in log
