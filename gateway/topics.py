@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException
@@ -46,8 +47,25 @@ def create_topics(admin: AdminClient, wanted: dict[str, int], timeout: float = 3
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise GatewayError(f"cannot create topic '{name}': {exc.args[0].str()}") from None
     if created:
+        _wait_until_visible(admin, created, timeout)
         log.info("created topics", extra={"topics": sorted(created)})
     return created
+
+
+def _wait_until_visible(admin: AdminClient, topics: list[str], timeout: float) -> None:
+    """Kafka answers CreateTopics before every broker's metadata has the topics and their leaders:
+    wait until it does, so what follows (partition counts, produce, assign) sees them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout).topics
+        ready = [t for t in topics if t in metadata and metadata[t].error is None and metadata[t].partitions
+                 and all(p.leader >= 0 for p in metadata[t].partitions.values())]
+        if len(ready) == len(topics):
+            return
+        if time.monotonic() > deadline:
+            raise GatewayError(f"created topics {sorted(set(topics) - set(ready))} did not show in the metadata "
+                               f"within {timeout:.0f}s")
+        time.sleep(0.05)
 
 
 def topics_for(plans: Sequence[Plan], config: GatewayConfig, existing: dict[str, int]) -> dict[str, int]:

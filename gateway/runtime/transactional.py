@@ -248,6 +248,10 @@ class TransactionalLoop:
             raise exc
         log.warning("transaction aborted: rewinding to the committed offsets",
                     extra={"loop": self.name, "code": error.name()})
+        # let what was sent be delivered (or fail) first: an abort purges messages still queued, and
+        # on Kafka 4 the sequence gap that leaves made the next transaction fail with
+        # OUT_OF_ORDER_SEQUENCE_NUMBER and then a fatal INVALID_TXN_STATE (seen in the abort test)
+        self.producer.flush(30)
         retry_retriable("abort_transaction", lambda: self.producer.abort_transaction(30))
         self.aborts += 1
         metrics.ABORTS.inc()

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from gateway.embedded.broker import free_port
 from gateway.consume import StoredRecord, read_topic
+from gateway.embedded.broker import free_port
 from gateway.policy import Plan, load_plans
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +129,22 @@ def committed_count(bootstrap: str, topic: str) -> int:
             return 0
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                    for p in topics[topic].partitions)
+    except KafkaException:  # a topic just created: its leader is not known everywhere yet
+        return 0
+    finally:
+        consumer.close()
+
+
+def group_progress(bootstrap: str, group_id: str, topic: str) -> tuple[int, int]:
+    """(sum of the group's committed offsets, sum of the partition ends) over `topic`: equal once the
+    group has processed every record of a topic written without transactions (offsets are dense)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+        ends = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+        return committed, ends
     finally:
         consumer.close()
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from gateway.embedded.broker import free_port
 from gateway.demo import encode_raw
+from gateway.embedded.broker import free_port
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.schema import avro_bytes
 from tests.http_get import http_get

@@ -1,5 +1,5 @@
-"""Bounded soak: a fixed event count at a steady rate through one worker; resident memory must be
-flat after warm-up (and far under the 300 MB goal)."""
+"""Bounded soak: a fixed event count at a steady rate through one worker; every event is processed,
+and resident memory is flat after warm-up (and far under the 300 MB goal)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from gateway.demo import encode_raw
 from gateway.samples import SampleEvents
 
-from .conftest import Deployment, committed_count
+from .conftest import Deployment, group_progress
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,8 @@ def test_memory_is_flat_after_warm_up(fresh_deployment: Deployment) -> None:
             if pause > 0:
                 time.sleep(pause)
         deadline = time.monotonic() + 120
-        while committed_count(d.bootstrap, d.audit_topic) < EVENTS and time.monotonic() < deadline:
+        while group_progress(d.bootstrap, d.group_id, d.payments.source_topic) != (EVENTS, EVENTS):
+            assert time.monotonic() < deadline, group_progress(d.bootstrap, d.group_id, d.payments.source_topic)
             time.sleep(0.5)
         rss.append((EVENTS, _rss_mb(worker.proc.pid)))
         assert worker.alive()
@@ -53,4 +54,7 @@ def test_memory_is_flat_after_warm_up(fresh_deployment: Deployment) -> None:
     print(f"\nsoak: {EVENTS} events in {time.monotonic() - started:.0f}s; RSS MB after warm-up "
           f"{min(warm):.0f}-{max(warm):.0f}, second half {min(late):.0f}-{max(late):.0f}")
     assert max(late) <= max(warm) * 1.10 + 5, rss
+    # every event processed exactly once: one audit event per input offset, each of them
+    audited = d.read(d.audit_topic)
+    assert len(audited) == EVENTS
     assert max(mb for _, mb in rss) < 300
