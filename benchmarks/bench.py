@@ -259,10 +259,8 @@ class KafkaStage:
             time.sleep(0.05)
 
     def _lag(self, consumer: Consumer) -> int:
-        """Events published and not yet committed by the worker. The end of each partition is taken
-        from the publisher's delivery reports, not from ListOffsets: the embedded Tansu 0.6.0 was
-        seen answering it with offsets below what its partitions hold (2 for one with thousands of
-        records), which ended a drain while 12,000 events still waited in the worker."""
+        """Events published and not yet committed by the worker: the end of each partition is taken
+        from the publisher's delivery reports (exact, and no extra request)."""
         parts = [TopicPartition(topic, partition) for topic, partition in self.ends]
         return sum(max(0, self.ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
                    for tp in consumer.committed(parts, timeout=10))

@@ -39,9 +39,8 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
         info = metadata.topics.get(topic)
         if info is None or info.error is not None:
             raise GatewayError(f"topic '{topic}' does not exist on {kafka['bootstrap.servers']}")
-        # every partition from its beginning, each done at its end-of-partition event: the end is not
-        # asked for up front, because the embedded Tansu 0.6.0 answers ListOffsets with ends below
-        # the real one (even 0 for a partition that holds records), which would skip or cut reads
+        # every partition from its beginning, each done at its end-of-partition event (under
+        # read_committed: the last stable offset), so no separate ListOffsets answer decides the end
         pending = {p for p in info.partitions if partitions is None or p in partitions}
         assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)]
         records: list[StoredRecord] = []

@@ -163,8 +163,7 @@ def _side_by_side(title: str, left: dict[str, Any], right: dict[str, Any]) -> st
 def _wait_for_audit(kafka: Mapping[str, str], topic: str, expected: int, worker: subprocess.Popen[bytes],
                     timeout_s: float = 180.0) -> int:
     """Wait until `expected` audit records are committed, counting them by reading the topic:
-    partition ends from ListOffsets count transaction markers, and the embedded Tansu 0.6.0 answers
-    it with ends below the real one."""
+    partition ends from ListOffsets count transaction markers as well as records."""
     deadline = time.monotonic() + timeout_s
     seen = 0
     while time.monotonic() < deadline:
@@ -184,7 +183,7 @@ def run_demo(schemas: Path, per_schema: int) -> int:
     plans = load_plans(schemas)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     keyring_path = workdir / "keyring.json"
-    print("1. starting the embedded broker (Tansu) on 127.0.0.1 ... ", end="", flush=True)
+    print("1. starting the embedded broker (Apache Kafka, KRaft) on 127.0.0.1 ... ", end="", flush=True)
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         print(broker.bootstrap)
         config = GatewayConfig(bootstrap=broker.bootstrap, schemas=schemas, keyring=keyring_path,

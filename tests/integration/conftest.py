@@ -120,8 +120,7 @@ class Deployment:
 
 def committed_count(bootstrap: str, topic: str) -> int:
     """A cheap estimate of the records in `topic`, for progress waits only: the partition ends from
-    ListOffsets count transaction markers, and the embedded Tansu answers it low while it is busy
-    (callers that need the records read them with read_topic)."""
+    ListOffsets count transaction markers too (callers that need the records read them with read_topic)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
     try:
         topics = consumer.list_topics(topic, timeout=10).topics

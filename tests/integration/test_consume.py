@@ -11,8 +11,7 @@ from gateway.topics import admin_client, create_topics
 
 
 def test_read_topic_ends_each_partition_at_its_end_including_an_empty_one(bootstrap: str) -> None:
-    """read_topic does not ask the broker for partition ends (the embedded Tansu answers
-    ListOffsets low); it reads every partition until its end-of-partition event. An empty partition
+    """read_topic reads every partition until its end-of-partition event. An empty partition
     must end at once, and every record of the others must come back, in offset order."""
     topic = f"consume-{uuid.uuid4().hex[:8]}"
     assert create_topics(admin_client({"bootstrap.servers": bootstrap}), {topic: 3}) == [topic]

@@ -282,11 +282,9 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
         fresh_deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batch N commits on a thread while batch N + 1 is transformed. A commit that fails must
     rewind both: every event still lands exactly once and the audit chains stay unbroken (a
-    wrong chain-head rewind would break them, a batch left behind would be missing).
-
-    The failures are injected after the doomed transactions' records were queued: on the embedded
-    Tansu, which serves aborted records, what they sent shows and must not be repeated either.
-    """
+    wrong chain-head rewind would break them, a batch left behind would be missing). A retriable
+    timeout of commit_transaction is retried, not aborted (librdkafka documents it as retriable).
+    The failures are injected after the doomed transactions' records were queued."""
     import threading
 
     from confluent_kafka import KafkaError, KafkaException
