@@ -34,9 +34,10 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from gateway.embedded.broker import EmbeddedBroker
 from gateway.config import GatewayConfig
 from gateway.demo import encode_raw
+from gateway.embedded.broker import EmbeddedBroker
+from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
 from gateway.policy import Plan, load_plans
@@ -378,7 +379,7 @@ def profile_worker(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, A
     total = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if "Worker.run (gateway/worker.py" not in stack:  # the committer, librdkafka and probe threads
+        if "Worker.run (gateway/runtime/jobs/sanitize.py" not in stack:  # the committer, librdkafka and probe threads
             continue
         frames = stack.split(";")
         total += int(count)
@@ -545,6 +546,7 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
         "latency": latency,
         "rows": rows,
         "sanitize_profile": profile,
+        "broker": f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, embedded: gateway.embedded.broker)",
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
