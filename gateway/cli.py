@@ -28,7 +28,8 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keyring", help="local keyring file, created with mode 0600 on first run (GATEWAY_KEYRING)")
     p.add_argument("--audit-topic", dest="audit_topic", help="audit topic (default privacy.audit)")
     p.add_argument("--group-id", dest="group_id", help="consumer group id (default privacy-gateway)")
-    p.add_argument("--instance-id", dest="instance_id", help="this worker's id (default HOST-PID)")
+    p.add_argument("--instance-id", dest="instance_id", help="this worker's id; also names its transactional id "
+                   "(default HOST-<slot>: stable across restarts, unique on the host)")
     p.add_argument("--partitions", type=int, help="partitions for topics the gateway creates (default 6)")
     p.add_argument("--no-create-topics", dest="create_topics", action="store_const", const=False,
                    help="fail instead of creating missing topics")
@@ -41,6 +42,10 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dek-max-age-s", dest="dek_max_age_s", type=float)
     p.add_argument("--dek-max-uses", dest="dek_max_uses", type=int)
     p.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
+    p.add_argument("--transaction-timeout-ms", dest="transaction_timeout_ms", type=int,
+                   help="the broker aborts a transaction open longer than this (default 60000)")
+    p.add_argument("--stall-after-s", dest="stall_after_s", type=float,
+                   help="report a partition stalled when its position has not moved for this long (default 60)")
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz")
     p.add_argument("--metrics-host", dest="metrics_host", help="address for the metrics port (default 127.0.0.1)")
     p.add_argument("--log-level", dest="log_level")
@@ -90,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Kafka privacy gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on 127.0.0.1")
-    p.add_argument("--port", type=int, default=9092)
+    p = sub.add_parser("broker", help="run the embedded Apache Kafka broker (KRaft, one node) on 127.0.0.1")
+    p.add_argument("--port", type=int, default=9092, help="the PLAINTEXT listener's port (default 9092)")
+    p.add_argument("--data-dir", dest="data_dir", type=Path, default=None,
+                   help="keep the storage here across restarts (default: a temporary directory, removed on exit)")
 
     p = sub.add_parser("run", help="run the sanitize worker (a consumer-group member)")
     _add_run_settings(p)
@@ -201,9 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from gateway.broker import EmbeddedBroker
+    from gateway.embedded.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(args.port)
+    broker = EmbeddedBroker(args.port, data_dir=args.data_dir)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -212,18 +219,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     with broker:
-        print(f"broker listening on {broker.bootstrap} (Tansu, in-memory; log: {broker.log_path})", flush=True)
+        print(f"broker listening on {broker.bootstrap} (Apache Kafka {broker.version}, KRaft; "
+              f"data: {broker.data_dir}; log: {broker.log_path})", flush=True)
         assert broker.process is not None
         while not stop["now"] and broker.process.poll() is None:
             time.sleep(0.2)
         code = broker.process.poll()
-    return 0 if code in (None, 0, -15) else int(code)
+    return 0 if code in (None, 0, -15, 143) else int(code)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.policy import load_plans
-    from gateway.worker import Worker
+    from gateway.runtime.jobs.sanitize import Worker
 
     config = _config(args)
     plans = load_plans(config.require_schemas_dir())
@@ -405,9 +413,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from gateway.aggregate_worker import AggregateWorker
     from gateway.dp.testmode import allow_no_noise
     from gateway.policy import load_plans
+    from gateway.runtime.jobs.aggregate import AggregateWorker
 
     config = _config(args)
     plans = load_plans(config.require_schemas_dir())
@@ -419,9 +427,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
-    from gateway.aggregate_worker import describe_ledger
-    from gateway.dp.ledger_store import load_ledger
     from gateway.policy import load_plans
+    from gateway.runtime.jobs.aggregate import describe_ledger
+    from gateway.runtime.ledger import load_ledger
 
     config = _config(args)
     specs = {}

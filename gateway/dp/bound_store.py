@@ -1,4 +1,4 @@
-"""Stage 1's bounding state on Kafka: a compacted changelog topic, one record per changed key.
+"""Stage 1's bounding state as changelog records (pure; gateway.runtime.changelog reads them back).
 
 Records are keyed by ``[sanitized topic, partition, *bounder key]`` (JSON) and written to the
 changelog partition of the same number as the input partition (modulo the changelog's partition
@@ -9,36 +9,35 @@ the state a new owner restores always matches the offsets it resumes from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import orjson
 
-from gateway.consume import read_topic
-from gateway.pipeline import OutRecord
+from gateway.outputs import OutRecord
 
 STATE_CONFIG = {"cleanup.policy": "compact"}
 BoundKey = tuple[str, int]  # (sanitized topic, partition)
 Change = tuple[list[Any], bytes | None]  # a bounder's changelog entry: (key, value or None to delete)
 
 
+def state_partition(source: BoundKey, state_partitions: int) -> int:
+    return source[1] % state_partitions
+
+
 def state_records(state_topic: str, state_partitions: int, source: BoundKey,
                   changes: list[Change]) -> list[OutRecord]:
-    partition = source[1] % state_partitions
+    partition = state_partition(source, state_partitions)
     return [OutRecord(state_topic, orjson.dumps([source[0], source[1], *key]), value, None, partition)
             for key, value in changes]
 
 
-def load_state(kafka: Mapping[str, str], state_topic: str, state_partitions: int,
-               sources: list[BoundKey], timeout_s: float = 60.0) -> dict[BoundKey, list[Change]]:
-    """Every committed changelog entry of `sources`, in log order, read up to the end (the last stable
-    offset: a transaction still open is not part of the state, nor are its input offsets)."""
+def changes_by_source(records: Iterable[tuple[bytes | None, bytes | None]],
+                      sources: Collection[BoundKey]) -> dict[BoundKey, list[Change]]:
+    """The changelog entries of `sources` among (key, value) records read in log order."""
     out: dict[BoundKey, list[Change]] = {s: [] for s in sources}
-    partitions = {p % state_partitions for _, p in sources}
-    if not partitions:
-        return out
-    for record in read_topic(kafka, state_topic, timeout_s, partitions):
-        key = orjson.loads(record.key or b"[]")
-        if len(key) >= 3 and (key[0], key[1]) in out:
-            out[(key[0], key[1])].append((key[2:], record.value))
+    for raw_key, value in records:
+        key = orjson.loads(raw_key or b"[]")
+        if isinstance(key, list) and len(key) >= 3 and (key[0], key[1]) in out:
+            out[(key[0], key[1])].append((key[2:], value))
     return out

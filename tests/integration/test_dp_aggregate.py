@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.audit import verify_chains
 from gateway.demo import encode_raw
 from gateway.samples import SampleEvents
 
@@ -195,6 +197,56 @@ def test_ledger_survives_a_restart_and_refuses_over_cap(dp: dict[str, Any]) -> N
         assert "example.payments.Payment/payments_by_country: 2 window(s)" in out
     finally:
         assert aggregator.stop() == 0
+
+
+def test_audit_chains_go_on_across_restarts_from_the_committed_metadata(dp: dict[str, Any]) -> None:
+    """Each chain's head rides in its partition's offset-commit metadata, not in a scan of the audit
+    topic: after a restart, a release continues a stage-2 chain an earlier worker wrote to, a late
+    event continues the stage-1 chain the worker before wrote to, none restarts, and all verify."""
+    d, plan = dp["d"], dp["plan"]
+    window_ms = WINDOW_S * 1000
+    count_id = "example.payments.Payment/payments_by_country"
+    # a later window whose DE group lands (librdkafka's default partitioner: CRC32 of the key) on a
+    # contributions partition where an earlier worker already released this aggregate's windows
+    released_on = {b["partition"] for b in audit_bodies(d, "dp_release") if b["aggregate"] == count_id}
+    window = next(w for w in (dp["base"] + k * window_ms for k in range(2, 200))
+                  if zlib.crc32(f'{count_id}|{w}|["DE"]'.encode()) % 3 in released_on)
+    samples = SampleEvents(seed=7)
+    ahead = samples.payment()  # moves its partition's stage-1 watermark past the first window ...
+    ahead.update(user_id="subject-chains", country="DE", occurred_at=window + 100)
+    late = samples.payment()  # ... so this one, the same subject (partition) after it, is late in stage 1
+    late.update(user_id="subject-chains", country="DE", occurred_at=dp["base"] + 500)
+
+    def stage1_late(instance: str) -> list[dict[str, Any]]:
+        return [b for b in audit_bodies(d, "dp_late") if b["stage"] == "bound" and b["instance"] == instance]
+
+    aggregator = dp["aggregator"] = start_aggregator(d, "agg-3", dp["ledger"])
+    try:
+        d.produce(plan.source_topic, [encode_raw(plan, ahead, "json"), encode_raw(plan, late, "json")], partition=0)
+        wait_for(lambda: len(stage1_late("agg-3")) == 2, 60, "agg-3's stage-1 late events")
+        release = wait_for(lambda: [b for b in audit_bodies(d, "dp_release") if b["aggregate"] == count_id
+                                    and b["window"]["start"] == window], 60, "the later window's release")
+        assert [b["instance"] for b in release] == ["agg-3"]
+    finally:
+        assert aggregator.stop() == 0
+    aggregator = dp["aggregator"] = start_aggregator(d, "agg-4", dp["ledger"])
+    try:
+        d.produce(plan.source_topic, [encode_raw(plan, late, "json")], partition=0)
+        wait_for(lambda: len(stage1_late("agg-4")) == 2, 60, "agg-4's stage-1 late events")
+    finally:
+        assert aggregator.stop() == 0
+    bodies = audit_bodies(d, "dp_late") + audit_bodies(d, "dp_release")
+    by_chain: dict[str, list[str]] = defaultdict(list)
+    for b in bodies:
+        by_chain[b["chain"]].append(b["instance"])
+    release_chain = f"dp-release:{count_id}:{release[0]['partition']}"
+    assert by_chain[release_chain][-1] == "agg-3" and {"agg-1", "agg-2"} & set(by_chain[release_chain])
+    (bound_chain,) = {b["chain"] for b in stage1_late("agg-4")}
+    assert by_chain[bound_chain] == ["agg-3", "agg-3", "agg-4", "agg-4"]
+    assert not any(b.get("chain_restart") for b in bodies)
+    report = verify_chains((r.partition, r.offset, r.value or b"") for r in d.read(d.audit_topic))
+    assert report.ok, report.breaks
+    assert report.restarts == []
 
 
 def test_no_pii_in_worker_logs(dp: dict[str, Any]) -> None:

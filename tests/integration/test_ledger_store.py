@@ -1,4 +1,4 @@
-"""The privacy ledger's Kafka side on the real broker (gateway.dp.ledger_store)."""
+"""The privacy ledger's Kafka side on the real broker (gateway.runtime.ledger)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from confluent_kafka import Producer
 
 from gateway.dp.ledger import LedgerEntry
-from gateway.dp.ledger_store import LedgerFollower, ensure_ledger_topic, read_ledger
+from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
 
 HOUR = 3_600_000
 

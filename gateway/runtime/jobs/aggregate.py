@@ -1,22 +1,35 @@
-"""`gateway aggregate`: the two DP stages on Kafka, with confluent-kafka and explicit per-partition state.
+"""`gateway aggregate`: the two DP stages, each a consumer group on the shared transactional loop.
 
 Stage 1 (consumer group ``<group_id>.dp-bound``) reads the *sanitized* topics of every schema that
 declares aggregates. They are keyed by the subject token, so a subject's events share a partition
 and one ContributionBounder per partition enforces the bounds. Accepted contributions go to the
 internal topic ``<group_id>.dp-contributions``, keyed by (aggregate, window, group); the bounders'
 state changes go to the compacted ``<group_id>.dp-bound-state``; contributions, state changes and
-input offsets commit in one Kafka transaction, and a worker taking over a partition restores its
-bounder from that changelog first (so moving a partition mid-window does not reset anyone's bound).
+input offsets commit in one Kafka transaction. When the loop opens a partition (after an assignment,
+or after an abort rewound it to its committed offset) its bounder is rebuilt from that changelog
+before its first event is bounded, and it is dropped when the partition closes: the state always
+matches the committed offset it resumes from (so moving a partition mid-window does not reset
+anyone's bound, and an aborted batch's state changes are never kept).
 
 Stage 2 (consumer group ``<group_id>.dp-release``) reads the contributions, sums per group and
 window, and at window close adds noise (OpenDP, once per group), selects keys, and publishes in one
 transaction: the releases (``<source_topic>.aggregates``), the ledger entry, an audit event, and the
-input offsets. It commits only up to the first contribution of a window still open, so after a crash
-or rebalance the new owner re-reads what it needs; contributions of windows the ledger shows released
-are skipped.
+input offsets. It commits only up to the first contribution of a window still open, so after a crash,
+rebalance or abort the partition is re-read from there and its windows rebuilt; contributions of
+windows the ledger shows released are skipped.
+
+Audit chains: ``dp-bound:<topic>:<partition>`` (stage 1's late events) and
+``dp-release:<aggregate>:<partition>`` (stage 2's releases and late contributions). Each chain's
+head rides in the offset-commit metadata of its partition, committed in the transaction that
+publishes the chain's events, and is read back with the committed offset when the partition
+opens: stage 1 as ``{"audit_head": ...}`` (gateway.audit.head_metadata), stage 2 as one object
+``{"audit_heads": {<aggregate id>: head}}`` per contributions partition.
+
+Both loops run on the job's one thread, stepped alternately; a timer between steps closes due
+windows and publishes their releases with `TransactionalLoop.commit_now`.
 
 Why not faust: the state here is small and explicit, the exactly-once plumbing (transactions with
-offsets) is the same as the sanitize worker's, and faust's per-event agent costs ~200 us per event.
+offsets) is the sanitize job's, and faust's per-event agent costs ~200 us per event.
 """
 
 from __future__ import annotations
@@ -25,33 +38,40 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Message
 
 from gateway import metrics
-from gateway.audit import ChainHeads, audit_partition, seal_audit_event
+from gateway.audit import ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.consume import SanitizedDecoder, StoredRecord
-from gateway.dp.bound_store import STATE_CONFIG, load_state, state_records
+from gateway.dp.bound_store import STATE_CONFIG, changes_by_source, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
-from gateway.dp.ledger_store import LedgerFollower, ensure_ledger_topic, read_ledger
 from gateway.dp.mechanisms import AggregateMechanism
 from gateway.dp.testmode import NoNoise
 from gateway.dp.windows import GroupWindows, WindowKey, WindowState
-from gateway.errors import ConfigError
-from gateway.pipeline import OutRecord
+from gateway.errors import ConfigError, GatewayError
+from gateway.outputs import OutRecord
 from gateway.policy import Plan
-from gateway.topics import admin_client, create_topics, ensure_topics, partition_counts
-from gateway.worker import ChainRecovery
+from gateway.runtime import changelog, clients
+from gateway.runtime.instance import with_instance_id
+from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
+from gateway.runtime.stall import StallMonitor
+from gateway.runtime.transactional import Batch, Output, Source, TransactionalLoop
+from gateway.topics import create_topics, ensure_topics, partition_counts
 
 log = logging.getLogger("gateway.aggregate")
-COMMIT_EVERY_S = 1.0
+STEP_S = 0.05  # longest wait of each stage's consume: the two loops and the release timer take turns
+# stage 2's offset-commit metadata (every aggregate's chain head) must stay well under the broker's
+# offset.metadata.max.bytes (4096 by default): the job refuses to start with aggregates needing more
+METADATA_LIMIT = 2048
+NO_HEAD = orjson.dumps({"audit_head": None}).decode()  # stage 1, a chain without events yet
 
 
 def contributions_topic(config: GatewayConfig) -> str:
@@ -60,6 +80,40 @@ def contributions_topic(config: GatewayConfig) -> str:
 
 def bound_state_topic(config: GatewayConfig) -> str:
     return f"{config.group_id}.dp-bound-state"
+
+
+def bound_chain(topic: str, partition: int) -> str:
+    return f"dp-bound:{topic}:{partition}"
+
+
+def release_chain(aggregate: str, partition: int) -> str:
+    return f"dp-release:{aggregate}:{partition}"
+
+
+def release_metadata(heads: dict[str, str]) -> str:
+    """Stage 2's offset-commit metadata: the chain head of every aggregate on one partition."""
+    value = orjson.dumps({"audit_heads": heads}, option=orjson.OPT_SORT_KEYS).decode()
+    if len(value.encode()) > METADATA_LIMIT:
+        raise GatewayError(f"the audit chain heads of {len(heads)} aggregates need {len(value.encode())} bytes of "
+                           f"offset-commit metadata, more than {METADATA_LIMIT}")
+    return value
+
+
+def _committed_field(metadata: str | None, name: str) -> tuple[bool, Any]:
+    """(metadata is this job's JSON object holding `name`, its value)."""
+    if not metadata:
+        return False, None
+    try:
+        data = orjson.loads(metadata)
+    except orjson.JSONDecodeError:
+        return False, None
+    if not isinstance(data, dict) or name not in data:
+        return False, None
+    return True, data[name]
+
+
+def _is_head(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64
 
 
 class Releaser:
@@ -96,7 +150,7 @@ class Releaser:
                 out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
         outcome = "released" if refusal is None else f"refused:{refusal}"
         audit = {
-            "type": "dp_release", "chain": f"dp-release:{aggregate}:{partition}", "aggregate": spec.id,
+            "type": "dp_release", "chain": release_chain(aggregate, partition), "aggregate": spec.id,
             "window": {"start": window_start, "end": window_start + spec.window_ms}, "partition": partition,
             "outcome": outcome, "groups_released": len(groups), "mechanism": mech.mechanism,
             "epsilon": None if mech.no_noise or refusal else spec.epsilon,
@@ -119,31 +173,207 @@ class Releaser:
         return OutRecord(self.config.audit_topic, key.encode(), orjson.dumps(sealed), None,
                          audit_partition(key, self.audit_partitions))
 
+    def late_audit(self, chains: ChainHeads, chain: str, spec: AggregateSpec, stage: str, topic: str,
+                   partition: int, offset: int, record: dict[str, Any] | None, timestamp: int,
+                   window_start: int | None = None) -> OutRecord:
+        if window_start is None:
+            t = record.get(spec.time_field) if (record is not None and spec.time_field) else timestamp
+            window_start = spec.window_start(int(t)) if isinstance(t, int) else None
+        body = {"type": "dp_late", "chain": chain, "aggregate": spec.id, "stage": stage, "outcome": "late",
+                "event": {"topic": topic, "partition": partition, "offset": offset},
+                "window": None if window_start is None else {"start": window_start,
+                                                             "end": window_start + spec.window_ms},
+                "instance": self.config.instance_id, "time": _now_ms()}
+        return self.audit_record(body, chains)
+
+
+class BoundHandler:
+    """Stage 1 behind the loop: one ContributionBounder per open input partition, restored from the
+    changelog when the partition opens; contributions, state changes and late audits out."""
+
+    def __init__(self, kafka: dict[str, str], plans: dict[str, Plan], contrib_topic: str, state_topic: str,
+                 state_partitions: int, releaser: Releaser) -> None:
+        self.kafka = kafka
+        self.plans = plans  # by sanitized topic
+        self.decoder = SanitizedDecoder(list(plans.values()))
+        self.contrib_topic = contrib_topic
+        self.state_topic = state_topic
+        self.state_partitions = state_partitions
+        self.releaser = releaser
+        self.chains = ChainHeads()
+        self.bounders: dict[Source, ContributionBounder] = {}
+        self._unrestored: set[Source] = set()
+
+    def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
+        ours, _ = _committed_field(metadata, "audit_head")
+        head = parse_head_metadata(metadata)
+        # no head: a fresh partition, or one whose chain has no event yet, starts at genesis; one
+        # committed without this job's metadata (lost, or an older version) is marked restarted
+        self.chains.resume(bound_chain(*source), head, restarted=head is None and committed_offset >= 0 and not ours)
+        self._unrestored.add(source)  # restored with the others opened alongside, before its first event
+
+    def close(self, sources: Sequence[Source]) -> None:
+        for source in sources:
+            self.bounders.pop(source, None)
+            self.chains.forget(bound_chain(*source))
+            self._unrestored.discard(source)
+
+    def restore(self) -> None:
+        """Rebuild the bounders of the partitions opened since the last batch, in one changelog read."""
+        if not self._unrestored:
+            return
+        sources = sorted(self._unrestored)
+        started = time.monotonic()
+        records, _ = changelog.restore(self.kafka, self.state_topic,
+                                       {state_partition(s, self.state_partitions) for s in sources})
+        restored = 0
+        for source, changes in changes_by_source(((r.key, r.value) for r in records), sources).items():
+            bounder = ContributionBounder(self.plans[source[0]].aggregates)
+            restored += bounder.restore(changes)
+            self.bounders[source] = bounder
+        self._unrestored.clear()
+        log.info("bounding state restored", extra={"partitions": len(sources), "entries": restored,
+                                                    "seconds": round(time.monotonic() - started, 3)})
+
+    def process(self, messages: list[Message]) -> Output:
+        self.restore()
+        out: list[OutRecord] = []
+        counts: Counter[tuple[str, str]] = Counter()  # (aggregate or "", outcome)
+        sources: set[Source] = set()
+        for m in messages:
+            source = (m.topic(), m.partition())
+            sources.add(source)
+            plan = self.plans[m.topic()]
+            if m.key() is None:
+                counts[("", "no_subject")] += 1
+                continue
+            try:
+                _, record = self.decoder.decode(StoredRecord(m.topic(), m.partition(), m.offset(), m.key(),
+                                                             m.value(), dict(m.headers() or [])))
+            except Exception as exc:  # never log the value
+                log.warning("cannot decode a sanitized record", extra={"topic": m.topic(), "error": type(exc).__name__})
+                counts[("", "undecodable")] += 1
+                continue
+            bounder = self.bounders.setdefault(source, ContributionBounder(plan.aggregates))
+            for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1]):
+                counts[(spec.id, outcome)] += 1
+                if outcome == ACCEPTED and contribution is not None:
+                    out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json()))
+                elif outcome == LATE:
+                    out.append(self.releaser.late_audit(self.chains, bound_chain(*source), spec, "bound",
+                                                        m.topic(), m.partition(), m.offset(), record,
+                                                        m.timestamp()[1]))
+        metadata: dict[Source, str] = {}
+        for source in sorted(sources):
+            bounder = self.bounders.get(source)
+            if bounder is not None:
+                out += state_records(self.state_topic, self.state_partitions, source, bounder.drain_changes())
+            head = self.chains.heads.get(bound_chain(*source))
+            metadata[source] = head_metadata(head) if head is not None else NO_HEAD
+        return Output(out, metadata, counts=counts)
+
+
+class ReleaseHandler:
+    """Stage 2 behind the loop: windows of the open contributions partitions, late audits out, and
+    offsets committed behind the windows still open (the job's timer releases the due ones)."""
+
+    def __init__(self, specs: dict[str, AggregateSpec], contrib_topic: str, releaser: Releaser, ledger: Ledger,
+                 idle_close_ms: int) -> None:
+        self.specs = specs
+        self.contrib_topic = contrib_topic
+        self.releaser = releaser
+        self.ledger = ledger
+        self.idle_close_ms = idle_close_ms
+        self.chains = releaser.chains
+        self.windows = GroupWindows(specs, idle_close_ms)
+        self.next_offsets: dict[int, int] = {}  # per open partition: one past the last contribution read
+        self.opened: set[int] = set()
+
+    def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
+        partition = source[1]
+        ours, heads = _committed_field(metadata, "audit_heads")
+        heads = heads if isinstance(heads, dict) else {}
+        for aggregate in self.specs:
+            head = heads.get(aggregate)
+            head = head if _is_head(head) else None
+            self.chains.resume(release_chain(aggregate, partition), head,
+                               restarted=head is None and committed_offset >= 0 and not ours)
+        self.opened.add(partition)
+
+    def close(self, sources: Sequence[Source]) -> None:
+        for _, partition in sources:
+            self.windows.forget_partition(partition)
+            # what was released is the ledger's to say once the partition is re-read
+            self.windows.closed = {k for k in self.windows.closed if k[2] != partition}
+            self.next_offsets.pop(partition, None)
+            for aggregate in self.specs:
+                self.chains.forget(release_chain(aggregate, partition))
+            self.opened.discard(partition)
+        if not self.opened:
+            # nothing open (a rewind closes every partition): the watermarks go too, so windows are
+            # rebuilt exactly as re-reading from the committed offsets makes them, none of them late
+            self.windows = GroupWindows(self.specs, self.idle_close_ms)
+
+    def process(self, messages: list[Message]) -> Output:
+        now = _now_ms()
+        out: list[OutRecord] = []
+        counts: Counter[tuple[str, str]] = Counter()
+        windows = self.windows
+        for m in messages:
+            p = m.partition()
+            self.next_offsets[p] = m.offset() + 1
+            c = Contribution.from_json(m.value())
+            spec = self.specs.get(c.aggregate)
+            if spec is None:
+                counts[("", "stage2:unknown_aggregate")] += 1
+                continue
+            if (c.aggregate, c.window_start, p) not in windows.closed and \
+                    self.ledger.released(c.aggregate, c.window_start, p):
+                counts[("", "stage2:already_released")] += 1  # re-read after a restart: released already
+                windows.last_input_ms = now
+                continue
+            if windows.add(c, p, m.offset(), now):
+                counts[("", "stage2:added")] += 1
+            else:
+                counts[("", "stage2:late")] += 1
+                out.append(self.releaser.late_audit(self.chains, release_chain(c.aggregate, p), spec, "release",
+                                                    m.topic(), p, m.offset(), None, c.event_time, c.window_start))
+        return Output(out, self.metadata(), self.offsets(), counts)
+
+    def offsets(self) -> dict[Source, int]:
+        """Per open partition, the earliest offset a window still open needs (else past the last read)."""
+        return {(self.contrib_topic, p): self.windows.commit_offset(p, nxt) for p, nxt in self.next_offsets.items()}
+
+    def metadata(self) -> dict[Source, str]:
+        out = {}
+        for p in self.next_offsets:
+            heads = {a: self.chains.heads[release_chain(a, p)] for a in self.specs
+                     if release_chain(a, p) in self.chains.heads}
+            out[(self.contrib_topic, p)] = release_metadata(heads)
+        return out
+
 
 class AggregateWorker:
     def __init__(self, config: GatewayConfig, plans: Sequence[Plan], no_noise: NoNoise | None = None) -> None:
-        self.config = config
+        self.config = with_instance_id(config, "aggregate")
         self.plans = [p for p in plans if p.aggregates]
         if not self.plans:
             raise ConfigError(f"no schema in '{config.schemas}' declares aggregates (record-level "
                               "\"privacy\": {\"aggregates\": [...]})")
         self.specs: dict[str, AggregateSpec] = {a.id: a for p in self.plans for a in p.aggregates}
+        try:
+            release_metadata({a: "0" * 64 for a in self.specs})
+        except GatewayError as exc:
+            raise ConfigError(f"{exc} (Kafka's offset.metadata.max.bytes defaults to 4096): declare fewer "
+                              "aggregates or give them shorter names") from None
         # measurements built once, here; releasing only applies them
         self.mechanisms = {sid: AggregateMechanism(spec, no_noise) for sid, spec in self.specs.items()}
         self.by_sanitized = {p.sanitized_topic: p for p in self.plans}
-        self.decoder = SanitizedDecoder(self.plans)
-        self.contrib_topic = contributions_topic(config)
-        self.state_topic = bound_state_topic(config)
+        self.contrib_topic = contributions_topic(self.config)
+        self.state_topic = bound_state_topic(self.config)
         self.state_partitions = 1
-        self.bounders: dict[tuple[str, int], ContributionBounder] = {}
-        self.windows = GroupWindows(self.specs, int(config.dp_idle_close_s * 1000))
-        self.next_offsets: dict[int, int] = {}
         self.counts: Counter[str] = Counter()
-        self.bound_chains = ChainHeads()
-        self.release_chains = ChainHeads()
-        self.pending_audit: list[OutRecord] = []
         self._stop = False
-        self._dirty = False
         self.health = metrics.Health(checks=("kafka", "assignment"))
         for mech in self.mechanisms.values():
             log.info("aggregate compiled", extra=mech.describe())
@@ -154,7 +384,7 @@ class AggregateWorker:
     # ---- set-up ----------------------------------------------------------------------------------
     def _ensure_topics(self) -> int:
         counts = ensure_topics(self.plans, self.config)
-        admin = admin_client(self.config.kafka_client_config())
+        admin = clients.admin(self.config)
         wanted = {self.contrib_topic: self.config.partitions}
         for spec in self.specs.values():
             wanted.setdefault(spec.output_topic, self.config.partitions)
@@ -165,67 +395,61 @@ class AggregateWorker:
         if missing and not self.config.create_topics:
             raise ConfigError(f"setting 'create_topics' is off and these topics do not exist: "
                               f"{', '.join(sorted(missing))}")
+        kafka = self.config.kafka_client_config()
         if missing:
-            create_topics(admin, missing, configs={self.state_topic: STATE_CONFIG})
-        self.state_partitions = partition_counts(admin)[self.state_topic]
-        ensure_ledger_topic(self.config.kafka_client_config(), self.config.ledger_topic)
+            create_topics(admin, {t: n for t, n in missing.items() if t != self.state_topic})
+        self.state_partitions = changelog.ensure_changelog(kafka, self.state_topic, wanted[self.state_topic],
+                                                           STATE_CONFIG)
+        ensure_ledger_topic(kafka, self.config.ledger_topic)
         return counts[self.config.audit_topic]
 
-    def _producer(self, role: str) -> Producer:
-        producer = Producer({**self.config.kafka_client_config(),
-                             "transactional.id": f"{self.config.group_id}-dp-{role}-{self.config.instance_id}",
-                             "enable.idempotence": True, "linger.ms": 5, "transaction.timeout.ms": 60_000})
-        producer.init_transactions(30)
-        return producer
-
-    def _consumer(self, role: str) -> Consumer:
-        return Consumer({
-            **self.config.kafka_client_config(), "group.id": f"{self.config.group_id}.dp-{role}",
-            "client.id": f"{self.config.instance_id}-{role}", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-            "session.timeout.ms": self.config.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, self.config.session_timeout_ms // 5),
-        })
+    def _loop(self, stage: str, handler: BoundHandler | ReleaseHandler, topics: list[str],
+              on_committed: Callable[[Batch, float], None]) -> TransactionalLoop:
+        config = self.config
+        group = f"{config.group_id}.dp-{stage}"
+        return TransactionalLoop(
+            f"dp-{stage}", clients.group_consumer(config, group, f"{config.instance_id}-{stage}"),
+            clients.transactional_producer(config, f"{config.group_id}-dp-{stage}-{config.instance_id}"),
+            handler, topics, config.batch_max_events, config.batch_timeout_s,
+            on_committed=on_committed, on_assignment=lambda owned: self._assigned(stage, owned))
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        if self.config.metrics_port:
-            metrics.serve(self.config.metrics_port, self.health, self.config.metrics_host)
+        config = self.config
+        if config.metrics_port:
+            metrics.serve(config.metrics_port, self.health, config.metrics_host)
         audit_partitions = self._ensure_topics()
-        admin = admin_client(self.config.kafka_client_config())
+        admin = clients.admin(config)
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()
-        self.ledger, follow_from = read_ledger(self.config.kafka_client_config(), self.config.ledger_topic)
-        self.follower = LedgerFollower(self.config.kafka_client_config(), self.config.ledger_topic, self.ledger,
-                                       follow_from)
-        self.releaser = Releaser(self.config, self.mechanisms, self.ledger, audit_partitions, self.release_chains)
-        self.audit_partitions = audit_partitions
-        self.recovery = ChainRecovery(self.config, audit_partitions)
-        self.bound_producer = self._producer("bound")
-        self.release_producer = self._producer("release")
-        self.bound = self._consumer("bound")
-        self.release = self._consumer("release")
-        self.bound.subscribe(sorted(self.by_sanitized), on_assign=self._on_assign_bound,
-                             on_revoke=self._on_revoke_bound, on_lost=self._on_revoke_bound)
-        self.release.subscribe([self.contrib_topic], on_assign=self._on_assign_release,
-                               on_revoke=self._on_revoke_release, on_lost=self._on_revoke_release)
-        log.info("aggregate worker started", extra={"group_id": self.config.group_id,
-                                                    "instance": self.config.instance_id,
+        kafka = config.kafka_client_config()
+        self.ledger, follow_from = read_ledger(kafka, config.ledger_topic)
+        self.follower = LedgerFollower(kafka, config.ledger_topic, self.ledger, follow_from)
+        self.releaser = Releaser(config, self.mechanisms, self.ledger, audit_partitions, ChainHeads())
+        self.bound_handler = BoundHandler(kafka, self.by_sanitized, self.contrib_topic, self.state_topic,
+                                          self.state_partitions, self.releaser)
+        self.release_handler = ReleaseHandler(self.specs, self.contrib_topic, self.releaser, self.ledger,
+                                              int(config.dp_idle_close_s * 1000))
+        # stage 1 only: stage 2 commits behind its open windows by design, so its committed offset
+        # legitimately stands still while input waits
+        self.stall = StallMonitor(config, f"{config.group_id}.dp-bound", "dp-bound", self.health).start()
+        self.bound = self._loop("bound", self.bound_handler, sorted(self.by_sanitized), self._observe_bound)
+        self.release = self._loop("release", self.release_handler, [self.contrib_topic], self._observe_release)
+        self.bound.start()
+        self.release.start()
+        log.info("aggregate worker started", extra={"group_id": config.group_id, "instance": config.instance_id,
                                                     "aggregates": sorted(self.specs),
                                                     "ledger_entries": len(self.ledger.entries)})
-        next_commit = time.monotonic() + COMMIT_EVERY_S
         try:
             while not self._stop:
                 self.health.beat()
-                self._stage1(self.bound.consume(self.config.batch_max_events, 0.05))
-                self._stage2(self.release.consume(self.config.batch_max_events, 0.05))
+                self.bound.step(STEP_S)
+                self.release.step(STEP_S)
                 self.follower.poll()
-                due = self.windows.due(_now_ms())
-                if due or self.pending_audit or (self._dirty and time.monotonic() >= next_commit):
-                    self._release(due)
-                    next_commit = time.monotonic() + COMMIT_EVERY_S
+                self._release_due()
         finally:
             probe.stop()
+            self.stall.stop()
             self.health.stop()
             self.bound.close()
             self.release.close()
@@ -233,92 +457,30 @@ class AggregateWorker:
             log.info("aggregate worker stopped", extra={"counts": dict(self.counts)})
         return 0
 
-    # ---- stage 1 ---------------------------------------------------------------------------------
-    def _stage1(self, messages: list[Any]) -> None:
-        out: list[OutRecord] = []
-        last: dict[tuple[str, int], int] = {}
-        decisions: Counter[tuple[str, str]] = Counter()  # (aggregate, outcome): metrics once per batch
-        for m in messages:
-            if m.error() is not None:
-                if m.error().fatal():
-                    raise KafkaException(m.error())
-                continue
-            last[(m.topic(), m.partition())] = m.offset()
-            plan = self.by_sanitized[m.topic()]
-            if m.key() is None:
-                self.counts["no_subject"] += 1
-                continue
-            try:
-                _, record = self.decoder.decode(StoredRecord(m.topic(), m.partition(), m.offset(), m.key(),
-                                                             m.value(), dict(m.headers() or [])))
-            except Exception as exc:  # never log the value
-                log.warning("cannot decode a sanitized record", extra={"topic": m.topic(), "error": type(exc).__name__})
-                self.counts["undecodable"] += 1
-                continue
-            bounder = self.bounders.setdefault((m.topic(), m.partition()), ContributionBounder(plan.aggregates))
-            for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1]):
-                decisions[(spec.id, outcome)] += 1
-                if outcome == ACCEPTED and contribution is not None:
-                    out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json()))
-                elif outcome == LATE:
-                    out.append(self._late_audit(self.bound_chains, f"dp-bound:{m.topic()}:{m.partition()}", spec,
-                                                "bound", m.topic(), m.partition(), m.offset(), record,
-                                                m.timestamp()[1]))
-        for (aggregate, outcome), n in decisions.items():
-            self.counts[f"stage1:{outcome}"] += n
-            metrics.DP_CONTRIBUTIONS.labels(aggregate, outcome).inc(n)
-        if not last:
-            return
-        for source, bounder in self.bounders.items():
-            out += state_records(self.state_topic, self.state_partitions, source, bounder.drain_changes())
-        self._transact(self.bound_producer, self.bound, out,
-                       [TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
+    def _assigned(self, stage: str, owned: set[Source]) -> None:
+        self.health.set("assignment", True)
+        if stage == "bound":
+            self.stall.set_owned(owned)
+        log.info("partitions owned", extra={"stage": stage, "partitions": sorted(f"{t}:{p}" for t, p in owned)})
 
-    def _late_audit(self, chains: ChainHeads, chain: str, spec: AggregateSpec, stage: str, topic: str,
-                    partition: int, offset: int, record: dict[str, Any] | None, timestamp: int,
-                    window_start: int | None = None) -> OutRecord:
-        if window_start is None:
-            t = record.get(spec.time_field) if (record is not None and spec.time_field) else timestamp
-            window_start = spec.window_start(int(t)) if isinstance(t, int) else None
-        body = {"type": "dp_late", "chain": chain, "aggregate": spec.id, "stage": stage, "outcome": "late",
-                "event": {"topic": topic, "partition": partition, "offset": offset},
-                "window": None if window_start is None else {"start": window_start,
-                                                             "end": window_start + spec.window_ms},
-                "instance": self.config.instance_id, "time": _now_ms()}
-        return self.releaser.audit_record(body, chains)
-
-    # ---- stage 2 ---------------------------------------------------------------------------------
-    def _stage2(self, messages: list[Any]) -> None:
-        now = _now_ms()
-        for m in messages:
-            if m.error() is not None:
-                if m.error().fatal():
-                    raise KafkaException(m.error())
-                continue
-            p = m.partition()
-            self.next_offsets[p] = m.offset() + 1
-            self._dirty = True
-            c = Contribution.from_json(m.value())
-            spec = self.specs.get(c.aggregate)
-            if spec is None:
-                self.counts["stage2:unknown_aggregate"] += 1
-                continue
-            if (c.aggregate, c.window_start, p) not in self.windows.closed and \
-                    self.ledger.released(c.aggregate, c.window_start, p):
-                self.counts["stage2:already_released"] += 1  # re-read after a restart: released already
-                self.windows.last_input_ms = now
-                continue
-            if self.windows.add(c, p, m.offset(), now):
-                self.counts["stage2:added"] += 1
+    def _observe_bound(self, batch: Batch, committed: float) -> None:
+        """Stage 1's bounding decisions, counted once their batch committed."""
+        for (aggregate, outcome), n in batch.output.counts.items():
+            if aggregate:
+                self.counts[f"stage1:{outcome}"] += n
+                metrics.DP_CONTRIBUTIONS.labels(aggregate, outcome).inc(n)
             else:
-                self.counts["stage2:late"] += 1
-                self.pending_audit.append(self._late_audit(
-                    self.release_chains, f"dp-release:{c.aggregate}:{p}", spec, "release", m.topic(), p,
-                    m.offset(), None, c.event_time, c.window_start))
+                self.counts[outcome] += n
 
-    def _charge(self, due: list[WindowKey], now: int) -> None:
+    def _observe_release(self, batch: Batch, committed: float) -> None:
+        for (_, outcome), n in batch.output.counts.items():
+            self.counts[outcome] += n
+
+    # ---- stage 2's timer -------------------------------------------------------------------------
+    def _charge(self, due: list[WindowKey], now: int) -> bool:
         """Commit a charge for each due window not yet charged and read them back: the ledger log's
-        order, the same for every worker, decides which windows fit the period cap."""
+        order, the same for every worker, decides which windows fit the period cap. False if the
+        charge's transaction aborted (stage 2 was rewound)."""
         charges = []
         for aggregate, window_start, partition in due:
             mech = self.mechanisms[aggregate]
@@ -327,102 +489,48 @@ class AggregateWorker:
                 continue
             charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id))
         if not charges:
-            return
-        self._transact(self.release_producer, self.release,
-                       [OutRecord(self.config.ledger_topic, c.key, c.to_json(), None, 0) for c in charges], [])
+            return True
+        records = [OutRecord(self.config.ledger_topic, c.key, c.to_json(), None, 0) for c in charges]
+        if not self.release.commit_now(Output(records, offsets={})):
+            return False
         self.follower.wait_for({c.key for c in charges})
+        return True
 
-    def _release(self, due: list[WindowKey]) -> None:
+    def _release_due(self) -> None:
+        """Release the windows due now, with the offsets they no longer hold back, in one transaction."""
+        handler = self.release_handler
+        due = handler.windows.due(_now_ms())
+        if not due:
+            return
         now = _now_ms()
-        self._charge(due, now)
-        out = list(self.pending_audit)
+        if not self._charge(due, now):
+            log.warning("window charge aborted: stage 2 re-reads from its committed offsets", extra={})
+            return
+        out: list[OutRecord] = []
         entries: list[LedgerEntry] = []
         outcomes: Counter[str] = Counter()
         released: list[tuple[str, str, int]] = []
         for key in due:
-            records, entry, outcome = self.releaser.release(key, self.windows.close(key), now)
+            records, entry, outcome = self.releaser.release(key, handler.windows.close(key), now)
             out += records
             outcomes[outcome] += 1
             released.append((key[0], outcome, sum(r.topic == self.specs[key[0]].output_topic for r in records)))
             if entry is not None:
                 entries.append(entry)
-        offsets = [TopicPartition(self.contrib_topic, p, self.windows.commit_offset(p, nxt))
-                   for p, nxt in self.next_offsets.items()]
-        self._transact(self.release_producer, self.release, out, offsets)
+        if not self.release.commit_now(Output(out, handler.metadata(), handler.offsets())):
+            log.warning("window release aborted: stage 2 re-reads from its committed offsets",
+                        extra={"windows": len(due)})
+            return
         for entry in entries:  # only once the transaction committed
             self.ledger.apply(entry)
             metrics.DP_EPSILON.labels(entry.aggregate).inc(entry.epsilon)
         for aggregate, outcome, groups in released:
             metrics.DP_RELEASES.labels(aggregate, outcome).inc()
             metrics.DP_GROUPS.labels(aggregate).inc(groups)
-        self.pending_audit = []
-        self._dirty = False
-        self.windows.prune_closed()
+        handler.windows.prune_closed()
         for outcome, n in outcomes.items():
             self.counts[f"windows:{outcome}"] += n
-        if due:
-            log.info("windows closed", extra={"outcomes": dict(outcomes), "ledger_entries": len(entries)})
-
-    # ---- Kafka plumbing ------------------------------------------------------------------------
-    def _transact(self, producer: Producer, consumer: Consumer, records: list[OutRecord],
-                  offsets: list[TopicPartition]) -> None:
-        """Publish and commit offsets atomically. Any failure exits the worker: the next owner of
-        the partitions re-reads from the last committed offsets (state is rebuilt from them)."""
-        try:
-            producer.begin_transaction()
-            for r in records:
-                while True:
-                    try:
-                        producer.produce(r.topic, r.value, r.key, partition=-1 if r.partition is None
-                                         else r.partition, headers=r.headers)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            if offsets:
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
-        except KafkaException as exc:
-            log.error("transaction failed: exiting so the partitions are re-read", extra={"code": exc.args[0].name()})
-            raise
-
-    def _recover(self, chains: ChainHeads, keys: list[str]) -> None:
-        """Resume audit chains this worker takes over from the audit topic's tail."""
-        heads, lost = self.recovery.recover(keys)
-        chains.heads.update(heads)
-        chains.restarted |= lost
-
-    def _on_assign_bound(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.health.set("assignment", True)
-        self._recover(self.bound_chains, [f"dp-bound:{tp.topic}:{tp.partition}" for tp in partitions])
-        self._restore_bounders([(tp.topic, tp.partition) for tp in partitions])
-        log.info("partitions assigned", extra={"stage": "bound", "partitions": [
-            f"{tp.topic}:{tp.partition}" for tp in partitions]})
-
-    def _restore_bounders(self, sources: list[tuple[str, int]]) -> None:
-        """Rebuild the bounders of partitions this worker takes over, before it reads them."""
-        started = time.monotonic()
-        entries = load_state(self.config.kafka_client_config(), self.state_topic, self.state_partitions, sources)
-        restored = 0
-        for source, changes in entries.items():
-            bounder = ContributionBounder(self.by_sanitized[source[0]].aggregates)
-            restored += bounder.restore(changes)
-            self.bounders[source] = bounder
-        log.info("bounding state restored", extra={"partitions": len(sources), "entries": restored,
-                                                    "seconds": round(time.monotonic() - started, 3)})
-
-    def _on_revoke_bound(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.bounders.pop((tp.topic, tp.partition), None)
-            self.bound_chains.heads.pop(f"dp-bound:{tp.topic}:{tp.partition}", None)
-
-    def _on_assign_release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._recover(self.release_chains, [f"dp-release:{a}:{tp.partition}" for a in self.specs for tp in partitions])
-        log.info("partitions assigned", extra={"stage": "release", "partitions": [tp.partition for tp in partitions]})
-
-    def _on_revoke_release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.windows.forget_partition(tp.partition)
-            self.next_offsets.pop(tp.partition, None)
+        log.info("windows closed", extra={"outcomes": dict(outcomes), "ledger_entries": len(entries)})
 
 
 def _now_ms() -> int:
@@ -442,5 +550,3 @@ def describe_ledger(ledger: Ledger, specs: dict[str, AggregateSpec]) -> str:
                      f"remaining {r['epsilon_remaining']:g}")
         lines.append(line)
     return "\n".join(lines)
-
-
