@@ -12,6 +12,10 @@ tombstone for every key of a subject (``gateway forget``) leaves no copy of the 
 gateway writes, so every ciphertext of that subject, in every topic and backup, is unreadable.
 Several keys per subject may coexist (two workers creating one concurrently, or a rotation); the
 newest is used for new events, all of them are erased together.
+
+Keys starting with ``_`` are the gateway's own bookkeeping in that topic, never a subject key (a
+token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain
+(keytopic.py). `SubjectKeys.apply` ignores them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ _WRAP_CONTEXT = b"privacy-gateway/subject-dek/"
 ENTRY_FORMAT = 1
 
 KeyRecord = tuple[bytes, bytes | None]  # (key, value or None for a tombstone)
+RESERVED_PREFIX = "_"  # key-topic records that are not subject keys (token domains never start with it)
+
+
+def is_subject_key(key: bytes | str) -> bool:
+    """Whether a key-topic record's key names a subject key (not the gateway's bookkeeping)."""
+    name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return not name.startswith(RESERVED_PREFIX)
 
 
 def entry_key(domain: str, token: str, dek_id: bytes) -> str:
@@ -128,8 +139,12 @@ class SubjectKeys:
 
     # ---- the key topic's content -------------------------------------------------------------
     def apply(self, key: bytes, value: bytes | None) -> None:
-        """Apply one key-topic record: a stored key, or a tombstone that erases it (and evicts it)."""
+        """Apply one key-topic record: a stored key, or a tombstone that erases it (and evicts it).
+
+        Bookkeeping records (`is_subject_key` false, e.g. the forget chain's head) are ignored."""
         name = key.decode("utf-8", "replace")
+        if not is_subject_key(name):
+            return
         prefix, _, dek_hex = name.rpartition("/")
         prefix += "/"
         with self._lock:
