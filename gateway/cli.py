@@ -290,7 +290,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from gateway.policy import load_plans
 
     if args.keys_cmd in ("rotate", "retire", "rewrap"):
-        from gateway.keys.rotation import cmd_retire, cmd_rewrap, cmd_rotate
+        from gateway.keys.rotation import cmd_retire, cmd_rotate
+        from gateway.runtime.keytopic import cmd_rewrap
 
         return {"rotate": cmd_rotate, "retire": cmd_retire, "rewrap": cmd_rewrap}[args.keys_cmd](args, _config(args))
 
@@ -307,11 +308,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
-    from gateway.consume import SanitizedDecoder
     from gateway.decrypt import decrypt_record
     from gateway.keys.envelope import FieldDecryptor
     from gateway.keys.keyring import Keyring
     from gateway.policy import load_plans
+    from gateway.sanitized import SanitizedDecoder
     from gateway.schema import decoded_for_json
 
     config = _config(args)
@@ -325,8 +326,8 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     kms = build_kms(config, keyring)
     subject_keys = None
     if args.bootstrap:
-        from gateway.keys.keytopic import load_subject_keys
         from gateway.keys.subject_keys import SubjectKeys
+        from gateway.runtime.keytopic import load_subject_keys
 
         subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
     decryptor = FieldDecryptor(kms, subject_keys=subject_keys)
@@ -366,8 +367,9 @@ def _stdin_records(data: bytes, decoder: Any, topic: str | None) -> Any:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from gateway.consume import SanitizedDecoder, read_topic
     from gateway.policy import load_plans
+    from gateway.runtime.reader import read_topic
+    from gateway.sanitized import SanitizedDecoder
     from gateway.schema import decoded_for_json
 
     decoder = None
@@ -383,7 +385,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from gateway.audit import verify_chains
-    from gateway.consume import read_topic
+    from gateway.runtime.reader import read_topic
 
     records = read_topic(_config(args).kafka_client_config(), args.topic)
     report = verify_chains((r.partition, r.offset, r.value or b"") for r in records)
@@ -398,8 +400,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
-    from gateway.keys.keytopic import forget_subject, load_subject_keys
     from gateway.keys.subject_keys import SubjectKeys
+    from gateway.runtime.keytopic import forget_subject, load_subject_keys
 
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)

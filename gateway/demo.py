@@ -25,16 +25,17 @@ from confluent_kafka import Producer
 
 from gateway.audit import verify_chains
 from gateway.config import GatewayConfig
-from gateway.consume import SanitizedDecoder, read_topic
 from gateway.decrypt import decrypt_record
 from gateway.embedded.broker import EmbeddedBroker
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.policy import Plan, load_plans
+from gateway.runtime.reader import read_topic
+from gateway.runtime.topics import ensure_topics
 from gateway.samples import SampleEvents, broken_payment_events
+from gateway.sanitized import SanitizedDecoder
 from gateway.schema import avro_bytes, decoded_for_json, frame_confluent, json_bytes
-from gateway.topics import ensure_topics
 
 COLUMN = 58
 

@@ -54,24 +54,3 @@ def cmd_retire(args: argparse.Namespace, config: GatewayConfig) -> int:
     keyring.retire_kek(args.kek_id)
     print(f"KEK {args.kek_id} deleted from {config.keyring}; active KEK {keyring.active_key_id()}")
     return 0
-
-
-def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
-    from confluent_kafka import Producer
-
-    from gateway.keys.keytopic import load_subject_keys, produce_records
-    from gateway.keys.providers import build_kms
-    from gateway.keys.subject_keys import SubjectKeys
-
-    keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
-    kms = build_kms(config, keyring)
-    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
-    records = keys.rewrap()
-    if records:
-        produce_records(Producer({**config.kafka_client_config(), "enable.idempotence": True,
-                                  "acks": "all"}), config.key_topic, records)
-    print(f"rewrapped {len(records)} of {len(keys)} subject key(s) on '{config.key_topic}' under "
-          f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
-          "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")
-    return 0

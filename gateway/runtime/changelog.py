@@ -14,10 +14,11 @@ from collections.abc import Collection, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from gateway.consume import StoredRecord, read_topic
 from gateway.errors import GatewayError
 from gateway.runtime import clients
-from gateway.topics import admin_client, create_topics, partition_counts
+from gateway.runtime.reader import read_topic
+from gateway.runtime.topics import admin_client, create_topics, partition_counts
+from gateway.sanitized import StoredRecord
 
 COMPACTED = {"cleanup.policy": "compact"}
 

@@ -18,9 +18,10 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from gateway.consume import StoredRecord, read_topic
 from gateway.embedded.broker import free_port
 from gateway.policy import Plan, load_plans
+from gateway.runtime.reader import read_topic
+from gateway.sanitized import StoredRecord
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")

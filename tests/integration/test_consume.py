@@ -6,8 +6,8 @@ import uuid
 
 from confluent_kafka import Producer
 
-from gateway.consume import read_topic
-from gateway.topics import admin_client, create_topics
+from gateway.runtime.reader import read_topic
+from gateway.runtime.topics import admin_client, create_topics
 
 
 def test_read_topic_ends_each_partition_at_its_end_including_an_empty_one(bootstrap: str) -> None:

@@ -13,10 +13,10 @@ import pytest
 from confluent_kafka import Producer
 
 from gateway.audit import verify_chains
-from gateway.consume import SanitizedDecoder
 from gateway.demo import encode_raw
 from gateway.embedded.broker import free_port
 from gateway.samples import SampleEvents
+from gateway.sanitized import SanitizedDecoder
 from tests.http_get import http_get
 
 from .conftest import Deployment, WorkerProcess, committed_count

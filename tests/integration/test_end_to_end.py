@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.consume import SanitizedDecoder, StoredRecord
 from gateway.deadletter import QuarantineSealer
 from gateway.demo import encode_raw
 from gateway.keys.keyring import Keyring
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
+from gateway.sanitized import SanitizedDecoder, StoredRecord
 from gateway.schema import avro_bytes
 
 from .conftest import Deployment, WorkerProcess, cli

@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.consume import SanitizedDecoder
 from gateway.decrypt import decrypt_record
 from gateway.demo import encode_raw
 from gateway.errors import DecryptError
@@ -28,6 +27,7 @@ from gateway.keys.providers import KmsRouter, build_kms
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import Plan
 from gateway.samples import SampleEvents
+from gateway.sanitized import SanitizedDecoder
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess, cli
 from .conftest_kms import MotoKms, OpenBao, TcpProxy, moto_kms, openbao  # noqa: F401

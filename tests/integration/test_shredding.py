@@ -22,13 +22,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.audit import GENESIS
 from gateway.config import GatewayConfig
-from gateway.consume import StoredRecord, read_topic
 from gateway.decrypt import decrypt_record
 from gateway.errors import DecryptError
 from gateway.keys.envelope import _DEK_CONTEXT as FIELD_DEK_CONTEXT
 from gateway.keys.envelope import FieldDecryptor, context_bytes, parse_ciphertext
 from gateway.keys.keyring import Keyring
-from gateway.keys.keytopic import (
+from gateway.keys.kms import WrappedKey
+from gateway.keys.subject_keys import _WRAP_CONTEXT as SUBJECT_WRAP_CONTEXT
+from gateway.keys.subject_keys import SubjectKeys
+from gateway.keys.tokens import DomainTokenizer
+from gateway.policy import load_plans
+from gateway.runtime.keytopic import (
     FORGET_CHAIN,
     forget_head_key,
     forget_head_value,
@@ -36,11 +40,8 @@ from gateway.keys.keytopic import (
     load_subject_keys,
     read_forget_head,
 )
-from gateway.keys.kms import WrappedKey
-from gateway.keys.subject_keys import _WRAP_CONTEXT as SUBJECT_WRAP_CONTEXT
-from gateway.keys.subject_keys import SubjectKeys
-from gateway.keys.tokens import DomainTokenizer
-from gateway.policy import load_plans
+from gateway.runtime.reader import read_topic
+from gateway.sanitized import StoredRecord
 
 from .conftest import ENV, REPO, WorkerProcess, cli, committed_count
 

@@ -45,10 +45,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.audit import verify_chains
-from gateway.consume import SanitizedDecoder, StoredRecord, read_topic
 from gateway.demo import encode_raw
 from gateway.embedded.broker import EmbeddedBroker, Listener, ScramUser, free_port
+from gateway.runtime.reader import read_topic
 from gateway.samples import CANARIES, SampleEvents
+from gateway.sanitized import SanitizedDecoder, StoredRecord
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess
 

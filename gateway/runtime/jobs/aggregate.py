@@ -48,7 +48,6 @@ from confluent_kafka import Message
 from gateway import metrics
 from gateway.audit import ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
 from gateway.config import GatewayConfig
-from gateway.consume import SanitizedDecoder, StoredRecord
 from gateway.dp.bound_store import STATE_CONFIG, changes_by_source, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
@@ -63,8 +62,9 @@ from gateway.runtime import changelog, clients
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
 from gateway.runtime.stall import StallMonitor
+from gateway.runtime.topics import create_topics, ensure_topics, partition_counts
 from gateway.runtime.transactional import Batch, Output, Source, TransactionalLoop
-from gateway.topics import create_topics, ensure_topics, partition_counts
+from gateway.sanitized import SanitizedDecoder, StoredRecord
 
 log = logging.getLogger("gateway.aggregate")
 STEP_S = 0.05  # longest wait of each stage's consume: the two loops and the release timer take turns

@@ -24,16 +24,16 @@ from gateway import metrics
 from gateway.audit import head_metadata, parse_head_metadata
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
-from gateway.keys.keytopic import KeyTopic
 from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.pipeline import Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
 from gateway.runtime import clients
 from gateway.runtime.instance import with_instance_id
+from gateway.runtime.keytopic import KeyTopic
 from gateway.runtime.stall import StallMonitor
+from gateway.runtime.topics import ensure_topics, partition_counts
 from gateway.runtime.transactional import Batch, Output, Source, TransactionalLoop
-from gateway.topics import ensure_topics, partition_counts
 
 log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0

@@ -25,6 +25,7 @@ One forget is one Kafka transaction under the stable transactional.id
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import re
@@ -63,7 +64,7 @@ _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PR
 
 
 def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> int:
-    from gateway.topics import admin_client, create_topics, partition_counts
+    from gateway.runtime.topics import admin_client, create_topics, partition_counts
 
     admin = admin_client(kafka)
     create_topics(admin, {topic: partitions}, configs={topic: KEY_TOPIC_CONFIG})
@@ -143,7 +144,7 @@ def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -
     """Read the whole key topic into `keys` (for decrypt, forget and rewrap).
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
-    from gateway.consume import read_topic
+    from gateway.runtime.reader import read_topic
 
     for record in read_topic(kafka, topic):
         if record.key is not None and is_subject_key(record.key):  # not the forget chain's head
@@ -178,7 +179,7 @@ def parse_forget_head(value: bytes | None) -> str | None:
 
 def read_forget_head(kafka: Mapping[str, str], key_topic: str, audit_topic: str) -> str | None:
     """The forget chain's last hash as the key topic holds it (committed records only), or None."""
-    from gateway.consume import read_topic
+    from gateway.runtime.reader import read_topic
 
     wanted = forget_head_key(audit_topic)
     value: bytes | None = None
@@ -230,7 +231,7 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
 
 
 def _audit_partitions(config: GatewayConfig) -> int:
-    from gateway.topics import admin_client, create_topics, partition_counts
+    from gateway.runtime.topics import admin_client, create_topics, partition_counts
 
     admin = admin_client(config.kafka_client_config())
     create_topics(admin, {config.audit_topic: config.partitions})
@@ -279,3 +280,21 @@ def _transaction_failed(producer: Producer, err: KafkaError, transactional_id: s
                             "chain head and audit event in one transaction); running it again is harmless")
     return GatewayError(f"the forget could not be written ({err.str()}): nothing of it is visible to readers "
                         "(one transaction: tombstones, chain head and audit event); run it again")
+
+
+def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
+    from gateway.keys.keyring import Keyring
+    from gateway.keys.providers import build_kms
+    from gateway.runtime.clients import plain_producer
+
+    keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
+    kms = build_kms(config, keyring)
+    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
+    records = keys.rewrap()
+    if records:
+        produce_records(plain_producer(config), config.key_topic, records)
+    print(f"rewrapped {len(records)} of {len(keys)} subject key(s) on '{config.key_topic}' under "
+          f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
+          "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")
+    return 0

@@ -1,0 +1,52 @@
+"""Reading topics to their end (demo, `gateway dump`, `gateway audit verify`, changelogs, tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from gateway.errors import GatewayError
+from gateway.sanitized import StoredRecord
+
+
+def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
+               partitions: Collection[int] | None = None) -> list[StoredRecord]:
+    """Every committed record of `topic` (of `partitions`, if given), in offset order per partition,
+    up to the current end (the last stable offset: an open transaction's records are not read).
+
+    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
+    consumer = Consumer({
+        **kafka, "group.id": "privacy-gateway.reader", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
+    })
+    try:
+        metadata = consumer.list_topics(topic, timeout=15)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            raise GatewayError(f"topic '{topic}' does not exist on {kafka['bootstrap.servers']}")
+        # every partition from its beginning, each done at its end-of-partition event (under
+        # read_committed: the last stable offset), so no separate ListOffsets answer decides the end
+        pending = {p for p in info.partitions if partitions is None or p in partitions}
+        assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)]
+        records: list[StoredRecord] = []
+        if not assignment:
+            return records
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise GatewayError(f"reading '{topic}' did not reach its end within {timeout_s:.0f}s")
+            for msg in consumer.consume(1000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                    continue
+                records.append(StoredRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                            dict(msg.headers() or [])))
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+    finally:
+        consumer.close()
