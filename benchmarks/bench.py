@@ -41,8 +41,8 @@ from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
 from gateway.policy import Plan, load_plans
+from gateway.runtime.topics import admin_client, create_topics, ensure_topics
 from gateway.samples import SampleEvents
-from gateway.topics import admin_client, create_topics, ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 20261123
