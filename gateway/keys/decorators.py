@@ -89,6 +89,18 @@ class ResilientKms:
     def __repr__(self) -> str:
         return f"<ResilientKms attempts={self._attempts} {self.inner!r}>"
 
+    @property
+    def cooldown_s(self) -> float:
+        return self._cooldown
+
+    def circuit_open(self) -> bool:
+        """True while calls fail fast (after `attempts` failures, for `cooldown_s`)."""
+        return self._open_until > time.monotonic()
+
+    def circuit_tripped(self) -> bool:
+        """True from an outage until the next successful call closes the circuit (half-open included)."""
+        return self._open_until > 0.0
+
     def _call(self, fn: Callable[[], T]) -> T:
         remaining = self._open_until - time.monotonic()
         if remaining > 0:

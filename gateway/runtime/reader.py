@@ -12,14 +12,16 @@ from gateway.sanitized import StoredRecord
 
 
 def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
-               partitions: Collection[int] | None = None) -> list[StoredRecord]:
+               partitions: Collection[int] | None = None, committed_only: bool = True) -> list[StoredRecord]:
     """Every committed record of `topic` (of `partitions`, if given), in offset order per partition,
     up to the current end (the last stable offset: an open transaction's records are not read).
+    `committed_only=False` reads what a read_uncommitted consumer sees, aborted records included.
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
     consumer = Consumer({
         **kafka, "group.id": "privacy-gateway.reader", "enable.auto.commit": False,
-        "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+        "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })
     try:
         metadata = consumer.list_topics(topic, timeout=15)

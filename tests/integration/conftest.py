@@ -24,6 +24,7 @@ from gateway.runtime.reader import read_topic
 from gateway.sanitized import StoredRecord
 
 REPO = Path(__file__).resolve().parents[2]
+_STARTED: list[subprocess.Popen[bytes]] = []  # every worker process the fixtures started
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
@@ -36,8 +37,12 @@ def bootstrap() -> Iterator[str]:
     line = proc.stdout.readline().decode()  # the one line `gateway broker` prints when ready
     assert f"broker listening on 127.0.0.1:{port}" in line, line
     yield f"127.0.0.1:{port}"
+    for worker in _STARTED:  # a test that failed before stopping its worker leaves it running
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(20) == 0
+    assert proc.wait(30) == 0
 
 
 def cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
@@ -88,6 +93,7 @@ class Deployment:
              "--keyring", str(self.keyring), "--audit-topic", self.audit_topic, "--group-id", self.group_id,
              "--instance-id", instance, "--partitions", str(partitions), "--session-timeout-ms", "6000", *extra],
             stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
+        _STARTED.append(proc)
         worker = WorkerProcess(proc, log_path, handle)
         if wait:
             worker.wait_for_log('"msg":"partitions assigned"')

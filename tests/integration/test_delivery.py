@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from gateway.audit import verify_chains
 from gateway.demo import encode_raw
 from gateway.embedded.broker import free_port
+from gateway.runtime.reader import read_topic
 from gateway.samples import SampleEvents
 from gateway.sanitized import SanitizedDecoder
 from tests.http_get import http_get
@@ -78,10 +79,14 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment)
     finally:
         worker.stop()
     assert kills == 3
-    sanitized, dead = _outcomes(d)
+    sanitized, dead = _outcomes(d)  # as a separate read_committed consumer sees them
     duplicates = sum(n - 1 for n in sanitized.values() if n > 1)
+    # the kills left aborted transactions in the log: a read_uncommitted reader sees their records
+    in_log = len(read_topic({"bootstrap.servers": d.bootstrap}, d.payments.sanitized_topic, committed_only=False))
     print(f"\ncrash test: {total} published, {len(sanitized)} sanitized, {dead} dead-lettered, "
-          f"{duplicates} duplicates after {kills} kill -9")
+          f"{duplicates} duplicates after {kills} kill -9; {in_log - sum(sanitized.values())} records of "
+          "aborted transactions in the sanitized log, invisible to read_committed")
+    assert in_log > sum(sanitized.values()), "no kill landed inside a transaction: the test proved nothing"
     broken = len(range(0, total, 97))
     assert dead == broken
     missing = ids - set(sanitized)
@@ -191,7 +196,9 @@ def test_scale_out_on_the_group_protocol_loses_and_doubles_nothing(fresh_deploym
             assert a.stop() == 0
             _wait_until(lambda: len(_owned(c, pay)) + sum(len(_owned(w, pay)) for w in workers[2:-1]) == 6, 60,
                         "the remaining workers to own every partition")
-            time.sleep(3)  # events keep flowing through the new assignment for a while before the publisher stops
+            flowed = len(steady.ids)
+            _wait_until(lambda: len(steady.ids) >= flowed + 2_000, 30,
+                        "events to flow through the new assignment before the publisher stops")
         total = 6_000 + len(steady.ids)
         d.wait_for_audit(total, timeout_s=120)
         pause = _max_pause_s(d, since, int(time.time() * 1000))
@@ -323,9 +330,8 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
     worker = Worker(config, load_plans(d.schemas), Keyring.open(config.keyring))
 
     def stop_when_audited() -> None:
-        try:
+        try:  # once the worker has stopped, everything it will ever write is committed: nothing to wait for
             d.wait_for_audit(2_000, timeout_s=120)
-            time.sleep(1)  # a duplicate would show up in this second
         finally:
             worker.request_stop()
 

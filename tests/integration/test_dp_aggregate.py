@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from gateway.audit import verify_chains
 from gateway.demo import encode_raw
@@ -62,6 +63,36 @@ def wait_for(predicate: Any, timeout_s: float = 60.0, what: str = "") -> Any:
             return result
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of `topic` (negative: none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in committed}
+    finally:
+        consumer.close()
+
+
+def consumed_all(d: Deployment, group_id: str, topic: str) -> bool:
+    """`group_id` has consumed every committed record of `topic` and committed past it: per partition,
+    its committed offset is one past the last record a read_committed reader sees. (The partition ends
+    of a topic written in transactions count the commit markers too, so they are no measure here.)"""
+    committed = committed_offsets(d.bootstrap, group_id, topic)  # first: a record written after shows
+    last = {r.partition: r.offset for r in d.read(topic)}  # records in offset order: the last one wins
+    return all(committed.get(p, -1) == offset + 1 for p, offset in last.items())
+
+
+def stages_drained(d: Deployment) -> bool:
+    """Nothing is in flight in either DP stage: stage 1 committed every sanitized record (together
+    with the contributions and late audits it made of them: one transaction), and then stage 2 every
+    contribution. Stage 2 commits behind the first contribution of a window still open, so its
+    offsets reach the end only once every window they fed is released or was never opened (the
+    contribution was late, audited in the transaction that commits its offset)."""
+    return (consumed_all(d, f"{d.group_id}.dp-bound", d.payments.sanitized_topic)
+            and consumed_all(d, f"{d.group_id}.dp-release", f"{d.group_id}.dp-contributions"))
 
 
 def audit_bodies(d: Deployment, kind: str) -> list[dict[str, Any]]:
@@ -157,12 +188,17 @@ def test_late_event_is_audited_not_folded_in(dp: dict[str, Any]) -> None:
     e = SampleEvents(seed=99).payment()
     e.update(country="DE", occurred_at=dp["base"] + 500)
     d.produce(plan.source_topic, [encode_raw(plan, e, "json")])
-    late = wait_for(lambda: [b for b in audit_bodies(d, "dp_late") if b["window"]["start"] == dp["base"]],
-                    60, "a dp_late audit event")
-    assert {b["aggregate"] for b in late} == {"example.payments.Payment/spend_by_country",
-                                              "example.payments.Payment/payments_by_country"}
-    assert all(b["outcome"] == "late" and b"\"DE\"" not in orjson.dumps(b) for b in late)  # no values
-    time.sleep(2)
+
+    def late() -> list[dict[str, Any]]:
+        return [b for b in audit_bodies(d, "dp_late") if b["window"]["start"] == dp["base"]]
+
+    wait_for(late, 60, "a dp_late audit event")  # the event went through the sanitizer into the stages
+    # every decision made of it is committed: nothing it could still feed is in flight
+    wait_for(lambda: stages_drained(d), 60, "both DP stages to commit their whole input")
+    events = late()
+    assert {b["aggregate"] for b in events} == {"example.payments.Payment/spend_by_country",
+                                                "example.payments.Payment/payments_by_country"}
+    assert all(b["outcome"] == "late" and b"\"DE\"" not in orjson.dumps(b) for b in events)  # no values
     assert len(_aggregates(dp)) == before
 
 

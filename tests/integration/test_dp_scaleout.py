@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from gateway.dp.bounding import ACCEPTED, ContributionBounder
 from gateway.dp.testmode import ENV_VAR, NO_NOISE_ACK
 
 from .conftest import ENV, Deployment, WorkerProcess
-from .test_dp_aggregate import audit_bodies, enable_aggregates, start_aggregator, wait_for
+from .test_dp_aggregate import audit_bodies, enable_aggregates, stages_drained, start_aggregator, wait_for
 
 pytestmark = pytest.mark.integration
 WINDOW_S = 600
@@ -86,6 +86,35 @@ def _released(d: Deployment) -> dict[tuple[str, int, str], tuple]:
     return out
 
 
+def _owned(worker: WorkerProcess, stage: str) -> set[str]:
+    """The partitions a worker's stage owns, as its last "partitions owned" log line says."""
+    owned: set[str] = set()
+    for line in worker.log().splitlines():
+        if '"msg":"partitions owned"' in line:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:  # a line still being written
+                continue
+            if entry.get("stage") == stage:
+                owned = set(entry["partitions"])
+    return owned
+
+
+def _split(d: Deployment, workers: list[WorkerProcess]) -> bool:
+    """The rebalance is over: in each stage every worker owns partitions, and each partition of the
+    stage's input has exactly one owner."""
+    consumer = Consumer({"bootstrap.servers": d.bootstrap, "group.id": "test-watermarks"})
+    try:
+        for stage, topic in (("bound", d.payments.sanitized_topic), ("release", f"{d.group_id}.dp-contributions")):
+            partitions = {f"{topic}:{p}" for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions}
+            owned = [_owned(w, stage) for w in workers]
+            if not all(owned) or sum(map(len, owned)) != len(partitions) or set().union(*owned) != partitions:
+                return False
+        return True
+    finally:
+        consumer.close()
+
+
 @pytest.fixture
 def no_noise_env() -> Iterator[dict[str, str]]:
     yield dict(ENV, **{ENV_VAR: NO_NOISE_ACK, "PYTEST_CURRENT_TEST": os.environ["PYTEST_CURRENT_TEST"]})
@@ -105,12 +134,14 @@ def test_one_worker_and_two_workers_give_the_same_pre_noise_sums(
         first = start_aggregator(two, "a", f"privacy.ledger.{two.suffix}", "--dp-test-no-noise",
                                  env=no_noise_env, idle_s=3)
         workers.append(first)
-        workers.append(start_aggregator(two, "b", f"privacy.ledger.{two.suffix}", "--dp-test-no-noise",
-                                        env=no_noise_env, idle_s=3))
+        second = start_aggregator(two, "b", f"privacy.ledger.{two.suffix}", "--dp-test-no-noise",
+                                  env=no_noise_env, idle_s=3)
+        workers.append(second)
         # the first worker gives up half its partitions in the rebalance: wait for its new assignment
         wait_for(lambda: first.log().count('"stage":"release"') >= 2 and first.log().count('"stage":"bound"') >= 2,
                  30, "the rebalance")
-        time.sleep(1)
+        # ... and for the second worker's: every partition of each stage owned by exactly one of them
+        wait_for(lambda: _split(two, [first, second]), 30, "both workers owning partitions of both stages")
         assert "NO-NOISE TEST MODE" in first.log()
         base = _spread_base(two)
         events = _events(base)
@@ -125,7 +156,8 @@ def test_one_worker_and_two_workers_give_the_same_pre_noise_sums(
         assert len({k[1] for k in expected}) == 2  # two windows
         for d in (one, two):
             wait_for(lambda d=d: len(_released(d)) >= len(expected), 60, "all groups released")
-        time.sleep(1)
+            # and nothing more can come: both stages committed their whole input
+            wait_for(lambda d=d: stages_drained(d), 60, "both DP stages to commit their whole input")
         assert _released(one) == expected
         assert _released(two) == expected
         # two workers really shared the work: both released windows
@@ -174,7 +206,7 @@ def test_a_partition_moving_mid_window_does_not_grant_a_subject_its_bound_twice(
         workers.append(b)
         produce_half(1)
         wait_for(lambda: _released(d), 90, "the window's release")
-        time.sleep(1)
+        wait_for(lambda: stages_drained(d), 60, "both DP stages to commit their whole input")
         released = _released(d)
         assert list(released.values()) == [(2 * len(subjects), None)], released  # not 4 per subject
         assert len(d.read(contributions)) == 2 * len(subjects)

@@ -192,9 +192,19 @@ def test_kms_outage_dead_letters_with_kms_unavailable_and_resumes(moto_kms: Moto
     sanitized, reasons = outcome(_payment_events(plan, 20, 100))
     assert sanitized == 0 and reasons == ["kms_unavailable"] * 20  # never published without encryption
     assert time.monotonic() - started < 15  # the circuit opens: the outage does not stall each event
+    assert isinstance(pipeline.kms, KmsRouter)
+    circuit = pipeline.kms.active
+    assert isinstance(circuit, ResilientKms)
+    assert circuit.circuit_tripped()  # the outage opened the circuit (and no success has closed it)
     proxy.restore()
-    time.sleep(2.5)  # the circuit's cool-down
+    # a time-based breaker: it fails fast until its deadline, then lets the next call through (half
+    # open) and closes on success. Wait for that deadline itself, bounded by the configured cool-down
+    deadline = time.monotonic() + circuit.cooldown_s + 5
+    while circuit.circuit_open():
+        assert time.monotonic() < deadline, "the circuit stayed open past its cool-down"
+        time.sleep(0.05)
     assert outcome(_payment_events(plan, 3, 200)) == (3, [])
+    assert not circuit.circuit_tripped()  # the successful call closed the circuit
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from gateway.demo import encode_raw
 from gateway.embedded.broker import free_port
@@ -34,6 +35,29 @@ def _samples(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def _partitions_with_records(bootstrap: str, topic: str) -> set[str]:
+    """The partitions of `topic` (written without transactions) holding records."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {str(p) for p in partitions if consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]}
+    finally:
+        consumer.close()
+
+
+def _caught_up(text: str, topic: str, partitions: set[str], events: int) -> bool:
+    """The scrape shows every event counted and a lag of 0 on every partition that had records."""
+    lag: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^gateway_consumer_lag\{(.*)\} (\S+)$", line)
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) if match else {}
+        if match and labels.get("topic") == topic:
+            lag[labels["partition"]] = float(match.group(2))
+    return (partitions <= set(lag) and not any(lag.values())
+            and _samples(text, "gateway_events_total", source_topic=topic) >= events
+            and _samples(text, "gateway_audit_events_total") >= events)
+
+
 def test_counters_move_with_the_events_and_never_show_pii(fresh_deployment: Deployment) -> None:
     d = fresh_deployment
     port = free_port()
@@ -57,8 +81,17 @@ def test_counters_move_with_the_events_and_never_show_pii(fresh_deployment: Depl
                                        lambda r: avro_bytes(d.payments.schema.parsed, r))
         d.produce(topic, [v for _, v in broken] + valid)
         d.wait_for_audit(N_EVENTS + len(broken))
-        time.sleep(6)  # the lag gauge refreshes every 5 s
-        after = http_get(f"{base}/metrics")[1]
+        # the lag gauge refreshes every 5 s, and a batch's counters move once its commit is observed
+        # (just after its audit events are readable): scrape until both show the caught-up worker
+        with_data = _partitions_with_records(d.bootstrap, topic)
+        assert with_data
+        deadline = time.monotonic() + 30
+        while True:
+            after = http_get(f"{base}/metrics")[1]
+            if _caught_up(after, topic, with_data, N_EVENTS + len(broken)):
+                break
+            assert time.monotonic() < deadline, f"the metrics did not show the caught-up worker:\n{after}"
+            time.sleep(0.2)
 
         assert _samples(after, "gateway_events_total", source_topic=topic, outcome="sanitized") == N_EVENTS
         assert _samples(after, "gateway_events_total", source_topic=topic, outcome="rejected") == len(broken)
