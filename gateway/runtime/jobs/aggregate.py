@@ -35,7 +35,6 @@ offsets) is the sanitize job's, and faust's per-event agent costs ~200 us per ev
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -60,6 +59,7 @@ from gateway.outputs import OutRecord
 from gateway.policy import Plan
 from gateway.runtime import changelog, clients
 from gateway.runtime.instance import with_instance_id
+from gateway.runtime.jobs import start_process
 from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import create_topics, ensure_topics, partition_counts
@@ -414,11 +414,8 @@ class AggregateWorker:
             on_committed=on_committed, on_assignment=lambda owned: self._assigned(stage, owned))
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
         config = self.config
-        if config.metrics_port:
-            metrics.serve(config.metrics_port, self.health, config.metrics_host)
+        start_process(config, self.health, self.request_stop)
         audit_partitions = self._ensure_topics()
         admin = clients.admin(config)
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()

@@ -12,7 +12,6 @@ taking the partition over reads the head back with the offset, before its first 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from gateway.pipeline import Pipeline, RawEvent, max_message_bytes
 from gateway.policy import Plan
 from gateway.runtime import clients
 from gateway.runtime.instance import with_instance_id
+from gateway.runtime.jobs import start_process
 from gateway.runtime.keytopic import KeyTopic
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import ensure_topics, partition_counts
@@ -104,11 +104,8 @@ class Worker:
                         subject_keys=subject_keys)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
         config = self.config
-        if config.metrics_port:
-            metrics.serve(config.metrics_port, self.health, config.metrics_host)
+        start_process(config, self.health, self.request_stop)
         counts = ensure_topics(self.plans, config)
         self.pipeline = self._build_pipeline(counts[config.audit_topic])
         self.handler = SanitizeHandler(self.pipeline)
