@@ -118,14 +118,21 @@ class PassthroughPipeline:
 
     def __init__(self, plans: list[Plan]) -> None:
         self.out = {p.source_topic: p.sanitized_topic for p in plans}
-        from gateway.audit import ChainHeads
-
-        self.chains = ChainHeads()
         self.dek_cache = type("NoKms", (), {"kms_calls": 0, "hits": 0})()
 
     @property
     def source_topics(self) -> list[str]:
         return list(self.out)
+
+    # no audit chain: nothing to resume, forget or commit with the offsets
+    def resume_chain(self, topic: str, partition: int, head: str | None, fresh: bool) -> None:
+        return None
+
+    def forget_chain(self, topic: str, partition: int) -> None:
+        return None
+
+    def chain_head(self, topic: str, partition: int) -> str | None:
+        return None
 
     def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
@@ -271,6 +278,9 @@ class KafkaStage:
         deadline = time.monotonic() + timeout_s
         try:
             while self._lag(consumer) > 0:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.kind} worker exited ({self.proc.returncode}): "
+                                       f"{self.log_path.read_text()[-2000:]}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.kind} did not drain its backlog")
                 time.sleep(0.02)
