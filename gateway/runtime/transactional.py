@@ -203,7 +203,8 @@ class TransactionalLoop:
         batch.produced = time.monotonic()
         nexts = batch.output.offsets if batch.output.offsets is not None else {
             source: offset + 1 for source, offset in batch.last.items()}
-        offsets = [TopicPartition(t, p, o, metadata=batch.output.metadata.get((t, p)))
+        metadata = batch.output.metadata
+        offsets = [TopicPartition(t, p, o, metadata=metadata[(t, p)]) if (t, p) in metadata else TopicPartition(t, p, o)
                    for (t, p), o in nexts.items() if (t, p) in self.owned]
         group = self.consumer.consumer_group_metadata()
         if self._committer is not None:
