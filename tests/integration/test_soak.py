@@ -15,7 +15,7 @@ from .conftest import Deployment, group_progress
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 180_000
+EVENTS = 120_000
 CHUNK = 3_000
 RATE_PER_S = 4_000
 
