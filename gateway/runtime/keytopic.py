@@ -36,13 +36,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from gateway.audit import GENESIS, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.keys.subject_keys import RESERVED_PREFIX, KeyRecord, SubjectKeys, is_subject_key
 from gateway.keys.tokens import DomainTokenizer
+from gateway.runtime import clients
+from gateway.runtime.reader import read_topic
+from gateway.runtime.topics import admin_client, create_topics, partition_counts
 
 log = logging.getLogger("gateway.keys")
 KEY_TOPIC_CONFIG = {
@@ -64,8 +67,6 @@ _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PR
 
 
 def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> int:
-    from gateway.runtime.topics import admin_client, create_topics, partition_counts
-
     admin = admin_client(kafka)
     create_topics(admin, {topic: partitions}, configs={topic: KEY_TOPIC_CONFIG})
     count = partition_counts(admin).get(topic)
@@ -84,13 +85,9 @@ class KeyTopic:
         self._loaded = threading.Event()
         kafka = config.kafka_client_config()
         self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
-        self._producer = Producer({**kafka, "enable.idempotence": True, "acks": "all", "linger.ms": 0})
-        self._consumer = Consumer({**kafka,
-                                   "group.id": f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}",
-                                   "enable.auto.commit": False, "enable.partition.eof": True,
-                                   # an aborted forget's tombstones must never evict a key
-                                   "isolation.level": "read_committed",
-                                   "auto.offset.reset": "earliest"})
+        self._producer = clients.plain_producer(kafka, **{"linger.ms": 0})
+        # read_committed (the reader's default): an aborted forget's tombstones must never evict a key
+        self._consumer = clients.reader(kafka, f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
         if not self._loaded.wait(load_timeout_s):
@@ -144,7 +141,6 @@ def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -
     """Read the whole key topic into `keys` (for decrypt, forget and rewrap).
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
-    from gateway.runtime.reader import read_topic
 
     for record in read_topic(kafka, topic):
         if record.key is not None and is_subject_key(record.key):  # not the forget chain's head
@@ -179,7 +175,6 @@ def parse_forget_head(value: bytes | None) -> str | None:
 
 def read_forget_head(kafka: Mapping[str, str], key_topic: str, audit_topic: str) -> str | None:
     """The forget chain's last hash as the key topic holds it (committed records only), or None."""
-    from gateway.runtime.reader import read_topic
 
     wanted = forget_head_key(audit_topic)
     value: bytes | None = None
@@ -204,9 +199,8 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
     kafka = config.kafka_client_config()
     audit_partitions = _audit_partitions(config)
     transactional_id = forget_transactional_id(config)
-    producer = Producer({**kafka, "transactional.id": transactional_id, "enable.idempotence": True,
-                         "acks": "all", "linger.ms": 0,
-                         "transaction.timeout.ms": FORGET_TRANSACTION_TIMEOUT_MS})
+    producer = clients.transactional_producer(config, transactional_id, **{
+        "acks": "all", "linger.ms": 0, "transaction.timeout.ms": FORGET_TRANSACTION_TIMEOUT_MS})
     try:
         producer.init_transactions(60)  # fences earlier forgets: from here on this one owns the chain
     except KafkaException as exc:
@@ -231,8 +225,6 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
 
 
 def _audit_partitions(config: GatewayConfig) -> int:
-    from gateway.runtime.topics import admin_client, create_topics, partition_counts
-
     admin = admin_client(config.kafka_client_config())
     create_topics(admin, {config.audit_topic: config.partitions})
     return partition_counts(admin)[config.audit_topic]
@@ -286,14 +278,13 @@ def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
     """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
     from gateway.keys.keyring import Keyring
     from gateway.keys.providers import build_kms
-    from gateway.runtime.clients import plain_producer
 
     keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
     kms = build_kms(config, keyring)
     keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
     records = keys.rewrap()
     if records:
-        produce_records(plain_producer(config), config.key_topic, records)
+        produce_records(clients.plain_producer(config), config.key_topic, records)
     print(f"rewrapped {len(records)} of {len(keys)} subject key(s) on '{config.key_topic}' under "
           f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
           "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from gateway.errors import GatewayError
+from gateway.runtime import clients
 from gateway.sanitized import StoredRecord
 
 
@@ -18,11 +19,8 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
     `committed_only=False` reads what a read_uncommitted consumer sees, aborted records included.
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
-    consumer = Consumer({
-        **kafka, "group.id": "privacy-gateway.reader", "enable.auto.commit": False,
-        "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-        "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    })
+    consumer = clients.reader(kafka, "privacy-gateway.reader",
+                              **({} if committed_only else {"isolation.level": "read_uncommitted"}))
     try:
         metadata = consumer.list_topics(topic, timeout=15)
         info = metadata.topics.get(topic)

@@ -8,10 +8,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from gateway import metrics
 from gateway.config import GatewayConfig
+from gateway.runtime import clients
 from gateway.stall import Source, StallDetector
 
 log = logging.getLogger("gateway.stall")
@@ -27,10 +28,7 @@ class StallMonitor:
         self.owned: set[Source] = set()
         self.stalled: set[Source] = set()
         self._stop = threading.Event()
-        # read_uncommitted: the offset fetch returns the last committed offset at once, where a
-        # read_committed one waits while a transaction holds pending offsets (which is the stall)
-        self._consumer = Consumer({**config.kafka_client_config(), "group.id": group_id,
-                                   "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+        self._consumer = clients.offsets_probe(config, group_id)
         self._thread = threading.Thread(target=self._loop, name=f"stall-{job}", daemon=True)
 
     def start(self) -> StallMonitor:

@@ -13,13 +13,14 @@ from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.pipeline import max_message_bytes
 from gateway.policy import Plan
+from gateway.runtime import clients
 
 log = logging.getLogger("gateway.topics")
 
 
 def admin_client(kafka: Mapping[str, str]) -> AdminClient:
     """`kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
-    return AdminClient(dict(kafka))
+    return clients.admin(kafka)
 
 
 def partition_counts(admin: AdminClient, timeout: float = 15.0) -> dict[str, int]:
