@@ -36,14 +36,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from gateway.audit import GENESIS, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.keys.subject_keys import RESERVED_PREFIX, KeyRecord, SubjectKeys, is_subject_key
 from gateway.keys.tokens import DomainTokenizer
-from gateway.runtime import clients
+from gateway.runtime import changelog, clients
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import admin_client, create_topics, partition_counts
 
@@ -76,43 +76,39 @@ def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> i
 
 
 class KeyTopic:
-    """A running worker's link to the key topic: loads it, follows it, and stores new keys."""
+    """A running worker's link to the key topic: restores it (gateway.runtime.changelog), follows
+    it on a thread so a tombstone evicts its key within a poll, and stores new keys."""
 
     def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0) -> None:
         self.topic = config.key_topic
         self.keys = keys
         self._stop = threading.Event()
-        self._loaded = threading.Event()
         kafka = config.kafka_client_config()
         self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
         self._producer = clients.plain_producer(kafka, **{"linger.ms": 0})
-        # read_committed (the reader's default): an aborted forget's tombstones must never evict a key
-        self._consumer = clients.reader(kafka, f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
+        # read_committed, as every changelog read: an aborted forget's tombstones never evict a key
+        records, follow_from = changelog.restore(kafka, self.topic, timeout_s=load_timeout_s)
+        for record in records:
+            self._apply(record.key, record.value)
+        self._follower = changelog.ChangelogFollower(kafka, self.topic, follow_from,
+                                                     group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
-        if not self._loaded.wait(load_timeout_s):
-            raise GatewayError(f"key topic '{self.topic}' could not be read to its end within {load_timeout_s}s")
         keys.publisher = self.publish
         log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys)})
 
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or not is_subject_key(key):  # not the forget chain's head
+            return
+        self.keys.apply(key, value)
+        if value is None:
+            log.info("subject key erased", extra={"topic": self.topic})
+
     def _follow(self) -> None:
-        self._consumer.assign([TopicPartition(self.topic, p, 0) for p in range(self.partitions)])
-        at_end: set[int] = set()
         while not self._stop.is_set():
-            msg = self._consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
-                    if len(at_end) == self.partitions:
-                        self._loaded.set()
-                continue
-            if msg.key() is not None and is_subject_key(msg.key()):  # not the forget chain's head
-                self.keys.apply(msg.key(), msg.value())
-                if msg.value() is None:
-                    log.info("subject key erased", extra={"topic": self.topic})
-        self._consumer.close()
+            for key, value in self._follower.poll(500, 0.5):
+                self._apply(key, value)
+        self._follower.close()
 
     def publish(self, records: list[KeyRecord]) -> None:
         """Produce and wait: a key must be durable before any ciphertext under it leaves the gateway."""
