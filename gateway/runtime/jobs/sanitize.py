@@ -45,7 +45,6 @@ class SanitizeHandler:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self.last_counts: Counter[tuple[str, str]] = Counter()
 
     def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
         self.pipeline.resume_chain(*source, parse_head_metadata(metadata), fresh=committed_offset < 0)
