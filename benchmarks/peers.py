@@ -255,7 +255,7 @@ def naive_per_record(records_by_schema: dict[str, list[dict[str, Any]]], kms_end
     rplans = {name: plan_for(name).record for name in records_by_schema}
 
     def tokenize(value: str, fp: FieldPlan) -> str:
-        digest = hmac.new(_TOKEN_KEYS[fp.domain or ""], value.encode("utf-8"), hashlib.sha256).digest()
+        digest = hmac.new(_TOKEN_KEYS[fp.operator.domain], value.encode("utf-8"), hashlib.sha256).digest()
         return "tok_" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     def one(blob: bytes, rplan: RecordPlan) -> bytes:
@@ -303,7 +303,7 @@ def csfle_schema(plan: Plan) -> dict[str, Any]:
                     fp = fields[field["name"]]
                     if fp.action == "encrypt":
                         field["confluent:tags"] = [PII_TAG]
-                        if fp.plaintext_schema == "string":
+                        if fp.operator.plaintext_schema == "string":
                             field["type"] = ["null", "string"] if fp.nullable else "string"
                     else:
                         tag(field["type"])
@@ -354,12 +354,12 @@ def confluent_csfle(records_by_schema: dict[str, list[dict[str, Any]]], from_avr
     macs = {d: hmac.new(k, digestmod=hashlib.sha256) for d, k in _TOKEN_KEYS.items()}
 
     def tokenize(value: str, fp: FieldPlan) -> str:
-        mac = macs[fp.domain or ""].copy()
+        mac = macs[fp.operator.domain].copy()
         mac.update(value.encode("utf-8"))
         return "tok_" + base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
 
     def prepare(value: Any, fp: FieldPlan) -> Any:
-        return value if fp.plaintext_schema == "string" else avro_bytes(fp.plaintext_schema, value)
+        return value if fp.operator.plaintext_schema == "string" else avro_bytes(fp.operator.plaintext_schema, value)
 
     stages, inputs = {}, {}
     for name, records in records_by_schema.items():

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fastavro
-
 from gateway.errors import DecryptError
 from gateway.keys.envelope import FieldDecryptor, context_bytes
-from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
+from gateway.policy import Plan, RecordPlan, Shape
 
 
 @dataclass
@@ -45,6 +43,9 @@ def decrypt_record(record: dict[str, Any], plan: Plan,
 
 
 class _Walker:
+    """Visits the fields whose operator opens something (encrypted ones, kept records holding them);
+    the operators call back here for the ciphertexts (gateway.operators.base.Opener)."""
+
     def __init__(self, topic: str, subject: str, decryptor: FieldDecryptor, report: DecryptReport) -> None:
         self.topic = topic
         self.subject = subject
@@ -55,12 +56,8 @@ class _Walker:
         out = dict(record)
         for fp in plan.fields:
             value = record.get(fp.name)
-            if value is None:
-                continue
-            if fp.action == "encrypt":
-                out[fp.name] = self.open(value, fp)
-            elif fp.action == "keep" and fp.shape is not None:
-                out[fp.name] = self.walk(value, fp.shape)
+            if value is not None and fp.operator.opens:
+                out[fp.name] = fp.operator.open(value, fp, self)
         return out
 
     def walk(self, value: Any, shape: Shape) -> Any:
@@ -74,17 +71,17 @@ class _Walker:
             return [self.walk(v, shape.inner) for v in value]
         return {k: self.walk(v, shape.inner) for k, v in value.items()}
 
-    def open(self, value: Any, fp: FieldPlan) -> Any:
+    def open_ciphertext(self, value: Any, path: str, decode: Callable[[bytes], Any]) -> Any:
         try:
             data = _as_bytes(value)
-            plaintext = self.decryptor.decrypt(data, context_bytes(self.topic, fp.path, self.subject), self.subject)
-            result = fastavro.schemaless_reader(io.BytesIO(plaintext), fp.plaintext_schema, None)
+            plaintext = self.decryptor.decrypt(data, context_bytes(self.topic, path, self.subject), self.subject)
+            result = decode(plaintext)
         except DecryptError as exc:
             # inside arrays one path has many values: keep the first failure, never overwrite it
-            if self.report.fields.get(fp.path, "decrypted") == "decrypted":
-                self.report.fields[fp.path] = f"{exc.reason}: {exc.message}"
+            if self.report.fields.get(path, "decrypted") == "decrypted":
+                self.report.fields[path] = f"{exc.reason}: {exc.message}"
             return value
-        self.report.fields.setdefault(fp.path, "decrypted")
+        self.report.fields.setdefault(path, "decrypted")
         return result
 
 

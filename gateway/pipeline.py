@@ -103,13 +103,15 @@ class TopicStage:
         self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
         self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
 
-    def transform(self, value: bytes | None, max_output_bytes: int) -> tuple[bytes, str, SanitizeResult]:
+    def transform(self, value: bytes | None, max_output_bytes: int,
+                  timestamp_ms: int = 0) -> tuple[bytes, str, SanitizeResult]:
         """One event's whole transform: decode and validate, sanitize, encode, check the size.
+        `timestamp_ms` is the event's time (operators such as an age band read it).
 
         Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
         """
         record, encoding = self.decoder.decode(value)
-        result = self.sanitizer.sanitize(record)
+        result = self.sanitizer.sanitize(record, timestamp_ms)
         out, out_encoding = self.encode(result.record, encoding)
         if len(out) > max_output_bytes:
             raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
@@ -198,7 +200,7 @@ class Pipeline:
             }
             source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
             try:
-                value, out_encoding, result = stage.transform(event.value, self.max_output_bytes)
+                value, out_encoding, result = stage.transform(event.value, self.max_output_bytes, event.timestamp_ms)
             except RejectedEvent as rejected:
                 output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source)
                 audit["outcome"] = outcome = f"rejected:{rejected.reason}"

@@ -1,7 +1,8 @@
 """Privacy annotations in an Avro schema -> a compiled plan and the derived sanitized schema.
 
 Record level: ``"privacy": {"subject": FIELD, "source_topic": T, "sanitized_topic": T, ...}``.
-Field level: ``"keep"``, ``"drop"``, ``"encrypt"``, ``{"tokenize": {"domain": D}}``.
+Field level: an action, ``"name"`` or ``{"name": {options}}``: one operator of gateway/operators/
+(keep, drop, tokenize, encrypt, mask, generalize, shift_date, redact).
 Unannotated fields are dropped (privacy by default). A kept field whose type holds records
 descends into them; their fields follow their own annotations.
 
@@ -21,8 +22,10 @@ import fastavro
 import orjson
 from fastavro.schema import expand_schema
 
+from gateway import operators
 from gateway.dp.declarations import AggregateSpec, compile_aggregates, kept_top_level
 from gateway.errors import PolicyError
+from gateway.operators.base import FieldContext, Operator, OperatorError
 from gateway.schema import (
     ENCODINGS,
     INPUT_MODES,
@@ -32,13 +35,10 @@ from gateway.schema import (
     strip_logical_types,
 )
 
-ACTIONS = ("keep", "drop", "tokenize", "encrypt")
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates"}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-ENCRYPTED_DOC = "AES-256-GCM ciphertext, privacy-gateway format v1 (gateway decrypt)"
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,21 @@ class Shape:
 
 @dataclass(frozen=True)
 class FieldPlan:
+    """One field that reaches the sanitized record, with its compiled operator (dropped fields are
+    not in the plan)."""
+
     name: str
     path: str
-    action: str  # keep | tokenize | encrypt (dropped fields are not in the plan)
+    operator: Operator
     nullable: bool = False
-    domain: str | None = None
-    shape: Shape | None = None  # keep only: nested records to sanitize
-    plaintext_schema: Any = None  # encrypt only: parsed Avro schema of the value (null excluded)
-    per_subject: bool = False  # encrypt only: under the subject's own key (gateway/keys/subject_keys.py)
-    kind: str = ""  # keep only: Avro type of the value, null excluded ("string", "long", "record", "union", ...)
+
+    @property
+    def action(self) -> str:
+        return self.operator.name
+
+    @property
+    def shape(self) -> Shape | None:
+        return self.operator.shape
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class _Compiler:
         self.domains: set[str] = set()
         self.actions: dict[str, str] = {}
         self.per_subject_paths: list[str] = []
+        self.subject_paths: list[str] = []  # fields whose operator needs the event's subject
         self.emitted_names: set[str] = set()
         self.in_progress: set[str] = set()
         self.expanded = expand_schema(schema.raw)
@@ -170,78 +177,37 @@ class _Compiler:
         return plan, out
 
     def field(self, f: dict[str, Any], path: str) -> tuple[FieldPlan, dict[str, Any]] | None:
+        """Compile one field through its operator (gateway/operators/); None if it is dropped."""
         annotation = f.get("privacy")
-        action, options = self._parse_action(annotation, path)
-        ftype = f["type"]
-        nullable, inner = _split_nullable(ftype)
-        if action is None:
-            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", \"tokenize\", "
-                            "\"encrypt\" or \"drop\" to say so)")
+        if annotation is None:
+            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", "
+                            "{\"tokenize\": {\"domain\": D}}, \"encrypt\", another action, or \"drop\" to say so)")
             self.actions[path] = "drop"
             return None
-        if action == "drop":
-            self.actions[path] = "drop"
+        parsed = self._parse_action(annotation, path)
+        if parsed is None:
             return None
-        out_field: dict[str, Any] = {"name": f["name"]}
-        if f.get("doc"):
-            out_field["doc"] = f["doc"]
-        if action == "keep":
-            shape, out_type = self.keep_type(ftype, path)
-            out_field["type"] = out_type
-            if "default" in f:
-                out_field["default"] = f["default"]
-            self.actions[path] = "keep"
-            return FieldPlan(f["name"], path, "keep", nullable, shape=shape, kind=self._kind(inner)), out_field
-        if action == "tokenize":
-            domain = options.get("domain") if isinstance(options, dict) else None
-            if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
-                self.error(path, "tokenize needs a domain: {\"tokenize\": {\"domain\": \"customer\"}} "
-                                 "(lowercase letters, digits, '-' and '_')")
-                return None
-            if _base_type(inner) != "string":
-                self.error(path, f"tokenize applies to strings, but the field is {_type_label(ftype)}; "
-                                 "use encrypt or drop")
-                return None
-            self.domains.add(domain)
-            self.actions[path] = f"tokenize:{domain}"
-            out_field["type"] = ["null", "string"] if nullable else "string"
-            out_field["doc"] = f"token (HMAC-SHA256, domain {domain})"
-            if nullable and f.get("default", "absent") is None:
-                out_field["default"] = None
-            return FieldPlan(f["name"], path, "tokenize", nullable, domain=domain), out_field
-        # encrypt
-        per_subject = isinstance(options, dict) and options.get("per_subject", False)
-        if per_subject not in (True, False):
-            self.error(path, "encrypt option per_subject must be true or false")
-            return None
-        if isinstance(options, dict) and set(options) - {"per_subject"}:
-            self.error(path, f"unknown encrypt options {sorted(set(options) - {'per_subject'})}")
-            return None
+        operator_class, options = parsed
+        nullable, inner = _split_nullable(f["type"])
         try:
-            plaintext_schema = fastavro.parse_schema(strip_logical_types(self._expanded_inner(path)))
-        except Exception as exc:
-            self.error(path, f"cannot build the plaintext schema for encryption ({exc})")
+            resolved = self._expanded_inner(path)
+        except (StopIteration, KeyError, TypeError):  # a path through a union of records: as written
+            resolved = inner
+        ctx = FieldContext(self.label, path, f, nullable, inner, resolved, self.keep_type)
+        try:
+            operator = operator_class.compile(options, ctx)
+        except OperatorError as exc:
+            self.error(path, str(exc))
             return None
-        self.actions[path] = "encrypt:per_subject" if per_subject else "encrypt"
-        if per_subject:
+        self.actions[path] = operator.label
+        if operator.drops:
+            return None
+        self.domains |= operator.token_domains
+        if operator.per_subject_key:
             self.per_subject_paths.append(path)
-        out_field["type"] = ["null", "bytes"] if nullable else "bytes"
-        out_field["doc"] = ENCRYPTED_DOC
-        if nullable and f.get("default", "absent") is None:
-            out_field["default"] = None
-        return FieldPlan(f["name"], path, "encrypt", nullable, plaintext_schema=plaintext_schema,
-                         per_subject=bool(per_subject)), out_field
-
-    def _kind(self, ftype: Any) -> str:
-        """The Avro type of a (non-null) field type, named types resolved: what the decoder yields."""
-        if isinstance(ftype, list):
-            return "union"
-        if isinstance(ftype, dict):
-            return str(ftype.get("type"))
-        if ftype in _PRIMITIVES:
-            return str(ftype)
-        named = self.schema.parsed["__named_schemas"].get(ftype)
-        return str(named["type"]) if named else "union"  # unknown: checked like a union, by value
+        if operator.needs_subject:
+            self.subject_paths.append(path)
+        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
 
     def _expanded_inner(self, path: str) -> Any:
         """The field's type with every named type inlined (so it parses on its own)."""
@@ -297,27 +263,25 @@ class _Compiler:
         self.emitted_names.add(named["name"])
         return {k: v for k, v in named.items() if k != "privacy"}
 
-    def _parse_action(self, annotation: Any, path: str) -> tuple[str | None, Any]:
-        if annotation is None:
-            return None, None
+    def _parse_action(self, annotation: Any, path: str) -> tuple[type[Operator], dict[str, Any]] | None:
+        """`"name"` or `{"name": {options}}` -> (operator class, options); None (an error) otherwise."""
+        known = operators.registry()
         if isinstance(annotation, str):
-            if annotation in ("keep", "drop", "encrypt"):
-                return annotation, None
-            if annotation == "tokenize":
-                return "tokenize", None
-            self.error(path, f"unknown action '{annotation}' (expected one of {', '.join(ACTIONS)})")
-            return "drop", None
-        if isinstance(annotation, dict) and len(annotation) == 1:
+            action, options = annotation, {}
+        elif isinstance(annotation, dict) and len(annotation) == 1:
             (action, options), = annotation.items()
-            if action in ACTIONS:
-                if options is not None and not isinstance(options, dict):
-                    self.error(path, f"options of '{action}' must be an object")
-                    return "drop", None
-                return action, options or {}
-            self.error(path, f"unknown action '{action}' (expected one of {', '.join(ACTIONS)})")
-            return "drop", None
-        self.error(path, "privacy annotation must be an action name or {\"action\": {options}}")
-        return "drop", None
+            if options is None:
+                options = {}
+            if not isinstance(options, dict):
+                self.error(path, f"options of '{action}' must be an object")
+                return None
+        else:
+            self.error(path, "privacy annotation must be an action name or {\"action\": {options}}")
+            return None
+        if action not in known:
+            self.error(path, f"unknown action '{action}' (expected one of {', '.join(sorted(known))})")
+            return None
+        return known[action], options
 
 
 def _sanitized_name(fullname: str) -> str:
@@ -346,22 +310,6 @@ def _strip_containers(node: Any) -> Any:
             node = node["values"]
         else:
             return node
-
-
-def _base_type(t: Any) -> str | None:
-    if isinstance(t, str):
-        return t
-    if isinstance(t, dict):
-        return None if t.get("logicalType") else t.get("type")
-    return None
-
-
-def _type_label(t: Any) -> str:
-    if isinstance(t, list):
-        return "[" + ", ".join(_type_label(x) for x in t) + "]"
-    if isinstance(t, dict):
-        return str(t.get("logicalType") or t.get("type"))
-    return str(t)
 
 
 def _is_record(t: Any, parsed: dict[str, Any]) -> bool:
@@ -430,29 +378,32 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         elif subject not in top:
             c.error(subject, "the subject field must be kept or tokenized (it binds ciphertexts and keys "
                              "records), but it is dropped")
-        elif top[subject].action == "encrypt":
-            c.error(subject, "the subject field must be kept or tokenized, not encrypted")
         elif top[subject].shape is not None:
             c.error(subject, "the subject field must be a string or a number, not a record")
+        elif not top[subject].operator.can_be_subject:
+            c.error(subject, f"the subject field must be kept or tokenized (its action is '{top[subject].action}')")
         else:
-            subject_tokenized = top[subject].action == "tokenize"
+            subject_tokenized = bool(top[subject].operator.token_domains)
     subject_domain = None
     if subject_tokenized:
-        subject_domain = next(f.domain for f in record_plan.fields if f.name == subject)
+        (subject_domain,) = top[subject].operator.token_domains
+    for path in c.subject_paths if subject is None else ():
+        c.error(path, "this action derives its output from the event's subject: name the subject field in the "
+                      "record's privacy settings (\"subject\": FIELD)")
     for path in c.per_subject_paths if not subject_tokenized else ():
         c.error(path, "per_subject encryption needs a tokenized subject field (\"subject\" in the record's "
                       "privacy settings, annotated {\"tokenize\": {\"domain\": D}}): subject keys are stored "
                       "under the subject's token, never the subject in clear")
     event_id = settings.get("event_id")
     if event_id is None:
-        event_id = next((f.name for f in record_plan.fields if f.name == "event_id" and f.action == "keep"), None)
-    elif not any(f.name == event_id and f.action in ("keep", "tokenize") for f in record_plan.fields):
+        event_id = next((f.name for f in record_plan.fields if f.name == "event_id" and f.operator.in_clear), None)
+    elif not any(f.name == event_id and f.operator.can_be_subject for f in record_plan.fields):
         c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
 
     aggregates = compile_aggregates(
         settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
         sanitized_topic=sanitized_topic, subject=subject,
-        kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.action == "keep"}),
+        kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.operator.in_clear}),
         named=schema.parsed.get("__named_schemas", {}), error=c.error)
     if any(p.severity == "error" for p in c.problems):
         return None, c.problems

@@ -36,6 +36,13 @@ class DomainTokenizer:
     def key_id(self) -> str:
         return f"token:{self.domain}/v{self.version}"
 
+    def digest(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of `data` under the domain's key, for operators that derive values from a
+        subject (shift_date's per-subject offset) rather than publish the MAC."""
+        mac = self._mac.copy()
+        mac.update(data)
+        return bytes(mac.digest())
+
     def token(self, value: str) -> str:
         mac = self._mac.copy()
         mac.update(unicodedata.normalize("NFC", value).encode("utf-8"))

@@ -9,7 +9,7 @@ import orjson
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys, is_subject_key
 from gateway.keys.tokens import DomainTokenizer
-from gateway.policy import _DOMAIN_RE
+from gateway.operators.tokenize import DOMAIN_RE
 from gateway.runtime.keytopic import forget_head_key, forget_head_value, parse_forget_head
 
 ALICE = "alice.unit-1"
@@ -32,7 +32,7 @@ def test_head_records_are_bookkeeping_never_keys(keyring: Keyring) -> None:
     head = forget_head_key("privacy.audit")
     assert head == b"_audit-head/privacy.audit/keys:forget"
     assert not is_subject_key(head) and is_subject_key(keys.entries()[0][0])
-    assert not _DOMAIN_RE.match(head.decode().split("/", 1)[0])  # no token domain can look like it
+    assert not DOMAIN_RE.match(head.decode().split("/", 1)[0])  # no token domain can look like it
     keys.apply(head, forget_head_value("privacy.audit", "a" * 64))
     keys.apply(head, None)  # a head's tombstone erases nothing either
     assert len(keys) == 1 and keys.erased == 0

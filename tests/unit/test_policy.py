@@ -144,7 +144,7 @@ def test_unannotated_field_is_a_warning_and_dropped(write_schema) -> None:
     assert [w.where for w in plan.warnings] == ["hidden"]
 
 
-@pytest.mark.parametrize("annotation", ["hash", {"mask": {}}, ["keep"]])
+@pytest.mark.parametrize("annotation", ["hash", {"scramble": {}}, ["keep"]])
 def test_unknown_action_is_an_error(write_schema, annotation: Any) -> None:
     problems = lint_file(write_schema(_with_field({"name": "x", "type": "string", "privacy": annotation})))
     errors = _only(problems, "error")
@@ -204,7 +204,7 @@ def test_subject_field_encrypted(write_schema) -> None:
     schema = _with_field({"name": "owner", "type": "string", "privacy": "encrypt"}, subject="owner")
     errors = _only(lint_file(write_schema(schema)), "error")
     assert [e.where for e in errors] == ["owner"]
-    assert "not encrypted" in errors[0].message
+    assert "kept or tokenized (its action is 'encrypt')" in errors[0].message
 
 
 def test_subject_field_record_is_an_error(write_schema) -> None:
@@ -259,7 +259,7 @@ def test_unknown_encrypt_option(write_schema) -> None:
     field = {"name": "x", "type": "string", "privacy": {"encrypt": {"algorithm": "des"}}}
     errors = _only(lint_file(write_schema(_with_field(field))), "error")
     assert [e.where for e in errors] == ["x"]
-    assert "unknown encrypt options" in errors[0].message
+    assert "unknown encrypt option(s) ['algorithm']" in errors[0].message
 
 
 def test_no_record_level_privacy_block(write_schema) -> None:

@@ -12,10 +12,10 @@ import fastavro
 import orjson
 import pytest
 
-from gateway import transforms
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.errors import DecryptError, RejectedEvent
+from gateway.keys import envelope
 from gateway.keys.envelope import DekCache, FieldDecryptor, context_bytes, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
@@ -441,17 +441,18 @@ def test_nonces_are_unique_across_events(pipeline: Pipeline) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_repeat_the_parents_nonces() -> None:
-    transforms._NONCES.refill()  # the parent holds drawn, unused nonces
+    envelope.NONCES.forget()
+    envelope.NONCES.next()  # the parent holds drawn, unused nonces
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.write(write, next(transforms._NONCES.it, None) or transforms._NONCES.refill())
+        os.write(write, envelope.NONCES.next())
         os._exit(0)
     os.waitpid(pid, 0)
     child = os.read(read, 12)
     os.close(read)
     os.close(write)
-    assert len(child) == 12 and child != next(transforms._NONCES.it)
+    assert len(child) == 12 and child != envelope.NONCES.next()
 
 
 def test_sanitized_fields_follow_the_sanitized_schema_order(pipeline: Pipeline, payments_plan: Plan,
@@ -464,10 +465,10 @@ def test_sanitized_fields_follow_the_sanitized_schema_order(pipeline: Pipeline, 
 
 
 def test_kept_fields_know_their_avro_type(payments_plan: Plan, clinical_plan: Plan) -> None:
-    kinds = {f.name: f.kind for f in payments_plan.record.fields if f.action == "keep"}
+    kinds = {f.name: f.operator.kind for f in payments_plan.record.fields if f.action == "keep"}
     assert kinds == {"event_id": "string", "occurred_at": "long", "amount_minor": "long", "currency": "enum",
                      "country": "string", "billing_address": "record", "merchant": "record"}
-    kinds = {f.name: f.kind for f in clinical_plan.record.fields if f.action == "keep"}
+    kinds = {f.name: f.operator.kind for f in clinical_plan.record.fields if f.action == "keep"}
     assert kinds["procedures"] == "array" and kinds["severity"] == "enum" and kinds["clinic"] == "record"
 
 

@@ -1,0 +1,105 @@
+"""`"encrypt"` / `{"encrypt": {"per_subject": true}}`: envelope encryption of the value.
+
+The value's Avro encoding is encrypted with AES-256-GCM by `gateway.keys.envelope.encrypt_field`
+(the one encryption path), bound to topic, field path and subject. A shared DEK (format v1) is
+taken once per event from the DEK cache and reused by the event's other encrypted fields while it
+has uses left; `per_subject` uses the subject's own DEK (format v2), which `gateway forget` erases.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+import fastavro
+
+from gateway.keys.envelope import context_prefix, encrypt_field, subject_suffix
+from gateway.operators.base import CALL, BuildEnv, FieldContext, Opener, Operator, OperatorError, Step, reject_unknown
+from gateway.schema import plaintext_encoder, strip_logical_types
+
+if TYPE_CHECKING:
+    from gateway.policy import FieldPlan
+    from gateway.transforms import SanitizeResult
+
+SHARED_DOC = "AES-256-GCM ciphertext, privacy-gateway format v1 (gateway decrypt)"
+SUBJECT_DOC = "AES-256-GCM ciphertext under the subject's own key, privacy-gateway format v2 (gateway decrypt)"
+
+
+class Encrypt(Operator):
+    name = "encrypt"
+
+    def __init__(self, plaintext_schema: Any, per_subject: bool) -> None:
+        self.plaintext_schema = plaintext_schema  # parsed Avro schema of the value (null excluded)
+        self.per_subject = per_subject
+
+    @classmethod
+    def compile(cls, options: dict[str, Any], ctx: FieldContext) -> Encrypt:
+        reject_unknown(options, {"per_subject"}, "encrypt")
+        per_subject = options.get("per_subject", False)
+        if per_subject not in (True, False):
+            raise OperatorError("encrypt option per_subject must be true or false")
+        try:
+            plaintext_schema = fastavro.parse_schema(strip_logical_types(ctx.resolved))
+        except Exception as exc:  # fastavro raises several types for schemas it cannot parse
+            raise OperatorError(f"cannot build the plaintext schema for encryption ({exc})") from None
+        return cls(plaintext_schema, bool(per_subject))
+
+    @property
+    def label(self) -> str:
+        return "encrypt:per_subject" if self.per_subject else "encrypt"
+
+    @property
+    def per_subject_key(self) -> bool:
+        return self.per_subject
+
+    def output_type(self, ctx: FieldContext) -> Any:
+        return "bytes"
+
+    def doc(self, ctx: FieldContext) -> str:
+        return SUBJECT_DOC if self.per_subject else SHARED_DOC
+
+    def build(self, fp: FieldPlan, env: BuildEnv) -> Step:
+        encode = plaintext_encoder(self.plaintext_schema)
+        context = context_prefix(env.topic, fp.path)
+        path, limit = fp.path, env.max_field_bytes
+        too_large = env.too_large
+        if self.per_subject:
+            subject_key = env.subject_key(path)
+
+            def encrypt_per_subject(value: Any, event: SanitizeResult) -> bytes:
+                plaintext = encode(value)
+                if len(plaintext) > limit:
+                    too_large(path, len(plaintext))
+                key = subject_key(event.subject)  # per field: the key topic's consumer may erase it
+                event.dek_key_id = key.key_id
+                aad = event.subject_aad
+                if aad is None:
+                    aad = event.subject_aad = subject_suffix(event.subject)
+                return encrypt_field(key, plaintext, context + aad)
+
+            return CALL, encrypt_per_subject
+        current, max_uses = env.current_dek(path), env.dek_max_uses
+
+        def encrypt(value: Any, event: SanitizeResult) -> bytes:
+            plaintext = encode(value)
+            if len(plaintext) > limit:
+                too_large(path, len(plaintext))
+            key = event.dek
+            if key is None or key.uses >= max_uses:  # the event's first encrypted field, or the DEK is used up
+                key = event.dek = current()
+                if event.subject_aad is None:
+                    event.subject_aad = subject_suffix(event.subject)
+            event.dek_key_id = key.key_id
+            return encrypt_field(key, plaintext, context + event.subject_aad)  # type: ignore[operator]
+
+        return CALL, encrypt
+
+    @property
+    def opens(self) -> bool:
+        return True
+
+    def open(self, value: Any, fp: FieldPlan, opener: Opener) -> Any:
+        return opener.open_ciphertext(value, fp.path, self.decode)
+
+    def decode(self, plaintext: bytes) -> Any:
+        return fastavro.schemaless_reader(io.BytesIO(plaintext), self.plaintext_schema, None)
