@@ -16,7 +16,7 @@ import fastavro
 import orjson
 
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger("gateway.cli")
 
@@ -46,6 +46,8 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
                    help="the broker aborts a transaction open longer than this (default 60000)")
     p.add_argument("--stall-after-s", dest="stall_after_s", type=float,
                    help="report a partition stalled when its position has not moved for this long (default 60)")
+    p.add_argument("--leak-sample-rate", dest="leak_sample_rate", type=float,
+                   help="fraction of events whose kept string fields the leak sentinel scans for PII (default 0.01)")
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz")
     p.add_argument("--metrics-host", dest="metrics_host", help="address for the metrics port (default 127.0.0.1)")
     p.add_argument("--log-level", dest="log_level")
@@ -136,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyring", type=Path, default=None, help="keyring with the domain's token keys")
     p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
     p.add_argument("--audit-topic", dest="audit_topic", help="audit topic (default privacy.audit)")
+    p.add_argument("--schemas", type=Path, default=None,
+                   help="schema directory (GATEWAY_SCHEMAS): the domain's normalizer is taken from its policies")
+    p.add_argument("--normalizer", default=None,
+                   help="normalizer of the domain (email, phone:GB, trim, casefold), instead of reading the schemas")
     _add_kafka_security_settings(p)
 
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
@@ -183,6 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     _add_kafka_security_settings(p)
 
+    p = sub.add_parser("scan", help="sample a raw topic and report which fields hold PII, with suggested annotations")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers HOST:PORT[,...] (GATEWAY_BOOTSTRAP)")
+    p.add_argument("--topic", required=True, help="the raw topic to sample")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--schemas", type=Path, default=None,
+                       help="directory of *.avsc: the schema whose privacy.source_topic is the topic (GATEWAY_SCHEMAS)")
+    where.add_argument("--schema", dest="schema_file", type=Path, default=None, help="the topic's schema file")
+    p.add_argument("--sample", type=int, default=1000, help="events to read (default 1000)")
+    p.add_argument("--from", dest="start", choices=("end", "beginning"), default="end",
+                   help="the last events of each partition (default) or the first")
+    p.add_argument("--timeout-s", dest="scan_timeout_s", type=float, default=60.0,
+                   help="give up when the sample is not read within this time (default 60)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+    p.add_argument("--write-policy", dest="write_policy", type=Path, default=None,
+                   help="write the schema annotated with the suggested actions to this file")
+    p.add_argument("--max-record-bytes", dest="max_record_bytes", type=int)
+    p.add_argument("--log-level", dest="log_level")
+    _add_kafka_security_settings(p)
+
     p = sub.add_parser("demo", help="embedded broker + gateway + sample events, end to end")
     p.add_argument("--events", type=int, default=400, help="valid events per schema")
     p.add_argument("--schemas", type=Path, default=Path("schemas"))
@@ -198,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
                    "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget,
-                   "produce-samples": cmd_produce_samples}[args.command]
+                   "produce-samples": cmd_produce_samples, "scan": cmd_scan}[args.command]
         return handler(args)
     except GatewayError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
@@ -406,12 +431,36 @@ def cmd_forget(args: argparse.Namespace) -> int:
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
+    subject = _normalized_subject(args, config)
     keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(keyring))
-    event = forget_subject(config, args.subject, args.domain, token_keys, keys)
+    event = forget_subject(config, subject, args.domain, token_keys, keys)
     print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
           f"'{config.key_topic}' (tombstones), audit event on '{config.audit_topic}'. Running workers evict the keys "
           "within seconds; the subject's earlier ciphertexts can no longer be decrypted")
     return 0
+
+
+def _normalized_subject(args: argparse.Namespace, config: GatewayConfig) -> str:
+    """The identifier as the gateway tokenized it: through the domain's normalizer (gateway/normalize.py),
+    named by --normalizer or found in the policies, so any spelling of it erases the same keys."""
+    from gateway import normalize
+    from gateway.policy import load_plans
+
+    spec = args.normalizer
+    if spec is None and config.schemas.is_dir():
+        plans = load_plans(config.schemas)
+        specs = {p.token_normalizers[args.domain] for p in plans if args.domain in p.token_normalizers}
+        if not specs:
+            raise ConfigError(f"no policy in '{config.schemas}' tokenizes into domain '{args.domain}'")
+        (spec,) = specs  # policy lint allows one normalizer per domain
+    elif spec is None:
+        print(f"note: no schemas at '{config.schemas}': '{args.domain}' is assumed to have no normalizer "
+              "(pass --schemas DIR or --normalizer NAME)", file=sys.stderr)
+    try:
+        norm = normalize.from_spec(spec)
+    except ValueError as exc:
+        raise ConfigError(f"setting 'normalizer': {exc}") from None
+    return norm(args.subject) if norm is not None else args.subject
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -469,6 +518,132 @@ def cmd_produce_samples(args: argparse.Namespace) -> int:
                            progress=lambda s: log.info("progress", extra={"sent": dict(s)}))
     log.info("samples produced", extra={"sent": dict(sent), "stopped_early": stop["now"]})
     return 0
+
+
+def _scan_schema(args: argparse.Namespace, config: GatewayConfig) -> Any:
+    """The schema of `args.topic`: --schema FILE, or the one of --schemas DIR (GATEWAY_SCHEMAS)
+    whose privacy.source_topic (default: the record's full name) is the topic."""
+    from gateway.errors import PolicyError
+    from gateway.schema import iter_schema_files, load_schema_file
+
+    if args.schema_file is not None:
+        return load_schema_file(args.schema_file)
+    directory = config.require_schemas_dir()
+    unreadable: list[str] = []
+    for path in iter_schema_files(directory):
+        try:
+            schema = load_schema_file(path)
+        except PolicyError:
+            unreadable.append(path.name)
+            continue
+        settings = schema.privacy if isinstance(schema.privacy, dict) else {}
+        if settings.get("source_topic", schema.fullname) == args.topic:
+            return schema
+    extra = f" ({len(unreadable)} file(s) could not be read: {', '.join(unreadable)})" if unreadable else ""
+    raise GatewayError(f"no schema in '{directory}' has privacy.source_topic '{args.topic}'{extra}; "
+                       "pass the topic's schema with --schema FILE")
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """`gateway scan`: sample a raw topic, decode, detect PII per field, report (table or JSON),
+    optionally write the annotated schema. No value of any event is printed, logged or stored."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gateway.errors import RejectedEvent
+    from gateway.policy import lint_file
+    from gateway.runtime.sample import sample_topic
+    from gateway.scan import Scanner
+    from gateway.schema import EventDecoder
+
+    if args.sample < 1:
+        raise GatewayError("--sample must be at least 1")
+    if args.scan_timeout_s <= 0:
+        raise GatewayError("--timeout-s must be positive")
+    config = _config(args)
+    schema = _scan_schema(args, config)
+    settings = schema.privacy if isinstance(schema.privacy, dict) else {}
+    decoder = EventDecoder(schema, settings.get("input", "auto"), settings.get("schema_id"), config.max_record_bytes)
+    scanner = Scanner(schema)
+    errors = Console(stderr=True)
+    progress = Progress(TextColumn("[bold]scanning[/] {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("events"), TimeElapsedColumn(), console=errors, transient=True,
+                        disable=args.json or not sys.stderr.isatty())
+    sample = sample_topic(config.kafka_client_config(), args.topic, args.sample, args.start, args.scan_timeout_s)
+    with progress:
+        task = progress.add_task("scan", total=None, topic=args.topic)
+
+        def _progress(read: int) -> None:
+            progress.update(task, completed=read, total=sample.planned or None)
+
+        sample.progress = _progress
+        decode, add, failed = decoder.decode, scanner.add, scanner.failed
+        read = 0
+        for value in sample:
+            read += 1
+            try:
+                record, _encoding = decode(value)
+            except RejectedEvent as exc:
+                failed(exc.reason)
+                continue
+            add(record)
+    report = scanner.report(args.topic, {"from": args.start, "requested": args.sample, "read": read,
+                                         "partitions": sample.partitions})
+    code = 0
+    if args.write_policy is not None:
+        annotated = scanner.annotated_schema(args.topic)
+        try:
+            args.write_policy.write_bytes(orjson.dumps(annotated, option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as exc:
+            raise GatewayError(f"cannot write the policy to '{args.write_policy}': {exc.strerror}") from None
+        problems = [p for p in lint_file(args.write_policy) if p.severity == "error"]
+        for problem in problems:
+            errors.print(str(problem), markup=False, highlight=False)
+        errors.print(f"policy written to {args.write_policy}"
+                     + (f" ({len(problems)} lint error(s): review it)" if problems else " (gateway policy lint: ok)"),
+                     markup=False, highlight=False)
+        code = 1 if problems else 0
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        _print_scan_table(report)
+    return code
+
+
+def _print_scan_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from gateway.scan import annotation_label
+
+    sample = report["sample"]
+    console = Console()
+    reasons = ", ".join(f"{k}: {v}" for k, v in sample["undecodable_reasons"].items())
+    console.print(f"topic {report['topic']} (schema {report['schema']}, {report['schema_file']}): "
+                  f"{sample['read']} event(s) read from the {sample['from']} of {sample['partitions']} partition(s), "
+                  f"{sample['events']} decoded, {sample['undecodable']} undecodable" + (f" ({reasons})" if reasons
+                                                                                         else ""),
+                  markup=False, highlight=False)
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("field", "type", "values", "nulls", "entities (rate/whole value)", "distinct", "id-like",
+                   "current", "suggested", "written"):
+        table.add_column(column, justify="right" if column in ("values", "nulls", "distinct") else "left")
+    for row in report["fields"]:
+        entities = ", ".join(f"{e} {r['rate']:.0%}/{r['whole']:.0%}" for e, r in row["entities"].items()) or "-"
+        distinct = "-" if row["distinct"] is None else f"{row['distinct']}{'+' if row['distinct_capped'] else ''}"
+        written = {"added": "+ ", "replaced": "! ", "kept": "", "covered": ""}[row["change"]]
+        written += annotation_label(row["policy"]) if row["change"] != "covered" else f"(in {row['covered_by']})"
+        style = "bold red" if row["change"] == "replaced" else ("yellow" if row["pii"] else None)
+        cells = (row["path"], row["type"], str(row["values"]), str(row["nulls"]), entities, distinct,
+                 "yes" if row["identifier_like"] else "", annotation_label(row["current"]),
+                 annotation_label(row["suggested"]), written)
+        table.add_row(*(Text(cell) for cell in cells), style=style)
+    console.print(table)
+    s = report["summary"]
+    console.print(f"{s['fields']} field path(s), {s['pii_fields']} with PII; written: {s['added']} added (+), "
+                  f"{s['replaced']} replaced (!), {s['kept']} kept, {s['covered']} covered by their container",
+                  markup=False, highlight=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ class GatewayConfig:
     # a partition whose committed position has not moved for this long while input waits is "stalled"
     # (a warning, gateway_stalled_partitions, /readyz not ready)
     stall_after_s: float = 60.0
+    # leak sentinel: the fraction of events whose kept (clear) string fields are scanned for PII
+    leak_sample_rate: float = 0.01
     metrics_port: int = 0  # 0: no HTTP endpoint; else /metrics, /healthz, /readyz on metrics_host:metrics_port
     metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (Dockerfile) so probes and Prometheus reach it
     log_level: str = "INFO"
@@ -130,6 +132,7 @@ class GatewayConfig:
         self._check(1 <= self.max_field_bytes <= self.max_record_bytes, "max_field_bytes",
                     "must be between 1 and max_record_bytes")
         self._check(self.dek_max_age_s > 0, "dek_max_age_s", "must be positive")
+        self._check(0.0 <= self.leak_sample_rate <= 1.0, "leak_sample_rate", "must be between 0 and 1")
         self._check(1 <= self.dek_max_uses <= 2**32, "dek_max_uses",
                     "must be between 1 and 2^32 (random 96-bit nonces stay safe below that)")
         self._check(1000 <= self.session_timeout_ms <= 300_000, "session_timeout_ms",

@@ -21,6 +21,8 @@ EVENTS = Counter("gateway_events_total", "Input events by source topic and outco
                  ["source_topic", "outcome"])
 DEAD_LETTERS = Counter("gateway_dead_letters_total", "Events sent to the dead-letter topic, by reason code",
                        ["source_topic", "reason"])
+LEAKS = Counter("gateway_leak_suspected_total", "Sampled events with PII detected in a field kept in clear "
+                "(leak sentinel), by source topic, field path and entity type", ["topic", "field", "entity"])
 AUDITED = Counter("gateway_audit_events_total", "Audit events committed")
 BATCHES = Counter("gateway_batches_total", "Batches committed")
 ABORTS = Counter("gateway_transaction_aborts_total", "Transactions aborted and retried")

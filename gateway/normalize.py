@@ -66,3 +66,17 @@ def normalizer(name: str, region: str = "US") -> Normalizer:
     if name == "casefold":
         return casefold
     raise ValueError(f"unknown normalizer '{name}' (known: {', '.join(NAMES)})")
+
+
+def spec(name: str | None, region: str = "US") -> str | None:
+    """A normalizer as one string ("email", "phone:GB"), or None: how plans record a domain's normalizer."""
+    if name is None:
+        return None
+    return f"phone:{region}" if name == "phone" else name
+
+
+def from_spec(value: str | None) -> Normalizer | None:
+    if value is None:
+        return None
+    name, _, region = value.partition(":")
+    return normalizer(name, region or "US")

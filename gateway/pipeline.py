@@ -31,6 +31,7 @@ from gateway.keys.tokens import DomainTokenizer
 from gateway.outputs import OutRecord
 from gateway.policy import Plan
 from gateway.schema import EventDecoder, frame_confluent, json_bytes
+from gateway.sentinel import LeakSentinel
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
 log = logging.getLogger("gateway.pipeline")
@@ -71,7 +72,16 @@ class AuditChain(NamedTuple):
 @dataclass
 class BatchResult:
     records: list[OutRecord]
-    counts: Counter[tuple[str, str]]  # (source_topic, outcome) -> n
+    # (source_topic, outcome) -> n, and (source_topic, "leak_suspected", field, entity) -> n
+    counts: Counter[tuple[str, ...]]
+
+
+def _entity_counts(entities: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Redacted entities per field path and type, for the audit event (counts only, never text)."""
+    out: dict[str, dict[str, int]] = {}
+    for (path, entity), n in sorted(entities.items()):
+        out.setdefault(path, {})[entity] = n
+    return out
 
 
 def max_message_bytes(config: GatewayConfig) -> int:
@@ -84,6 +94,7 @@ class TopicStage:
 
     def __init__(self, plan: Plan, sanitizer: RecordSanitizer, config: GatewayConfig) -> None:
         self.plan = plan
+        self.sentinel = LeakSentinel(plan, config.leak_sample_rate)
         self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes)
         self.sanitizer = sanitizer
         self.headers = {
@@ -182,7 +193,7 @@ class Pipeline:
 
     def process(self, events: Sequence[RawEvent]) -> BatchResult:
         out: list[OutRecord] = []
-        counts: Counter[tuple[str, str]] = Counter()
+        counts: Counter[tuple[str, ...]] = Counter()
         now_ms = int(time.time() * 1000)
         audit_chains = self._audit_chains
         for event in events:
@@ -201,6 +212,9 @@ class Pipeline:
             source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
             try:
                 value, out_encoding, result = stage.transform(event.value, self.max_output_bytes, event.timestamp_ms)
+                sentinel = stage.sentinel
+                if sentinel.active and sentinel.sampled():
+                    self._check_leaks(sentinel, event.topic, result, audit, counts)
             except RejectedEvent as rejected:
                 output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source)
                 audit["outcome"] = outcome = f"rejected:{rejected.reason}"
@@ -227,6 +241,8 @@ class Pipeline:
                 event_id_field = stage.plan.event_id_field
                 if event_id_field and result.record.get(event_id_field) is not None:
                     audit["event"]["event_id"] = result.record[event_id_field]
+                if result.entities:
+                    audit["redacted"] = _entity_counts(result.entities)
                 audit["outcome"] = "sanitized"
                 audit["output"] = stage.audit_sanitized_output
                 audit["actions"] = stage.audit_actions
@@ -237,6 +253,21 @@ class Pipeline:
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
         return BatchResult(out, counts)
+
+    @staticmethod
+    def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],
+                     counts: Counter[tuple[str, ...]]) -> None:
+        """The leak sentinel on one sampled event: hits audited and counted; dead-lettered if enforced."""
+        leaks = sentinel.check(result.record)
+        if not leaks:
+            return
+        audit["leak_suspected"] = [{"field": path, "entity": entity} for path, entity in leaks]
+        for path, entity in leaks:
+            counts[(topic, "leak_suspected", path, entity)] += 1
+        if sentinel.enforce:
+            raise RejectedEvent("pii_in_kept_field", "PII detected in kept field(s) "
+                                + ", ".join(f"{path} ({entity})" for path, entity in leaks)
+                                + "; the policy's leak_sentinel is 'enforce'")
 
     def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
                      now_ms: int, source: tuple[str, bytes]) -> OutRecord:

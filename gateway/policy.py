@@ -36,7 +36,8 @@ from gateway.schema import (
 )
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
-                   "sanitized_schema_id", "event_id", "aggregates"}
+                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel"}
+LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
@@ -113,6 +114,8 @@ class Plan:
     aggregates: tuple[AggregateSpec, ...] = field(default=())  # DP aggregates (gateway/dp/declarations.py)
     subject_domain: str | None = None  # token domain of the subject when it is tokenized
     per_subject: bool = False  # some field is encrypted under the subject's own key
+    token_normalizers: dict[str, str | None] = field(default_factory=dict)  # domain -> normalizer spec
+    leak_sentinel: str = "observe"  # observe | enforce | off: PII found in a kept field is counted (and dead-lettered)
 
     @property
     def name(self) -> str:
@@ -134,6 +137,8 @@ class _Compiler:
         self.actions: dict[str, str] = {}
         self.per_subject_paths: list[str] = []
         self.subject_paths: list[str] = []  # fields whose operator needs the event's subject
+        self.failed: set[str] = set()  # fields whose annotation is an error (already reported)
+        self.normalizers: dict[str, dict[str | None, str]] = {}  # token domain -> normalizer spec -> first path
         self.emitted_names: set[str] = set()
         self.in_progress: set[str] = set()
         self.expanded = expand_schema(schema.raw)
@@ -198,11 +203,14 @@ class _Compiler:
             operator = operator_class.compile(options, ctx)
         except OperatorError as exc:
             self.error(path, str(exc))
+            self.failed.add(path)
             return None
         self.actions[path] = operator.label
         if operator.drops:
             return None
         self.domains |= operator.token_domains
+        for domain, spec in operator.token_normalizers.items():
+            self.normalizers.setdefault(domain, {}).setdefault(spec, path)
         if operator.per_subject_key:
             self.per_subject_paths.append(path)
         if operator.needs_subject:
@@ -274,12 +282,15 @@ class _Compiler:
                 options = {}
             if not isinstance(options, dict):
                 self.error(path, f"options of '{action}' must be an object")
+                self.failed.add(path)
                 return None
         else:
             self.error(path, "privacy annotation must be an action name or {\"action\": {options}}")
+            self.failed.add(path)
             return None
         if action not in known:
             self.error(path, f"unknown action '{action}' (expected one of {', '.join(sorted(known))})")
+            self.failed.add(path)
             return None
         return known[action], options
 
@@ -351,6 +362,9 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
     input_mode = settings.get("input", "auto")
     if input_mode not in INPUT_MODES:
         c.error("(record)", f"input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
+    leak_sentinel = settings.get("leak_sentinel", "observe")
+    if leak_sentinel not in LEAK_SENTINEL_MODES:
+        c.error("(record)", f"leak_sentinel '{leak_sentinel}' is not one of {', '.join(LEAK_SENTINEL_MODES)}")
     output = settings.get("output", "same")
     if output not in ("same", *ENCODINGS):
         c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
@@ -375,6 +389,8 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         raw_names = {f["name"] for f in schema.raw["fields"]}
         if subject not in raw_names:
             c.error("(record)", f"subject field '{subject}' does not exist (top-level fields only)")
+        elif subject in c.failed:
+            pass  # its own error says why
         elif subject not in top:
             c.error(subject, "the subject field must be kept or tokenized (it binds ciphertexts and keys "
                              "records), but it is dropped")
@@ -405,6 +421,11 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         sanitized_topic=sanitized_topic, subject=subject,
         kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.operator.in_clear}),
         named=schema.parsed.get("__named_schemas", {}), error=c.error)
+    for domain, specs in sorted(c.normalizers.items()):
+        if len(specs) > 1:
+            c.error("(record)", f"token domain '{domain}' is tokenized with different normalizers ("
+                    + ", ".join(f"{path}: {spec or 'none'}" for spec, path in specs.items())
+                    + "): one identifier would get several tokens; use one normalizer per domain")
     if any(p.severity == "error" for p in c.problems):
         return None, c.problems
     try:
@@ -422,6 +443,8 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         field_actions=dict(c.actions), token_domains=frozenset(c.domains),
         warnings=tuple(p for p in c.problems if p.severity == "warning"), aggregates=aggregates,
         subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
+        token_normalizers={d: next(iter(specs)) for d, specs in c.normalizers.items()},
+        leak_sentinel=leak_sentinel,
     )
     return plan, c.problems
 
@@ -440,6 +463,7 @@ def lint_directory(directory: Path) -> list[Problem]:
     if not paths:
         return [Problem("error", str(directory), "(directory)", "no *.avsc schema files found")]
     topics: dict[str, str] = {}
+    normalizers: dict[str, tuple[str | None, str]] = {}  # domain -> (normalizer spec, first schema)
     for path in paths:
         problems += lint_file(path)
         try:
@@ -448,6 +472,13 @@ def lint_directory(directory: Path) -> list[Problem]:
             source = settings.get("source_topic", schema.fullname)
         except PolicyError:
             continue
+        plan = _compile(schema)[0]
+        for domain, spec in (plan.token_normalizers if plan else {}).items():
+            first = normalizers.setdefault(domain, (spec, str(path)))
+            if first[0] != spec:
+                problems.append(Problem("error", str(path), "(record)", f"token domain '{domain}' is tokenized "
+                                        f"with normalizer {spec or 'none'} here and {first[0] or 'none'} in "
+                                        f"{first[1]}: one identifier would get several tokens"))
         if source in topics:
             problems.append(Problem("error", str(path), "(record)",
                                     f"source_topic '{source}' is also claimed by {topics[source]}"))

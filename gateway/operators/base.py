@@ -144,6 +144,13 @@ class Operator:
         return frozenset()
 
     @property
+    def token_normalizers(self) -> dict[str, str | None]:
+        """Token domains this operator tokenizes values into, with the normalizer spec it applies
+        (gateway.normalize.spec): one domain must use one normalizer everywhere, or tokens of one
+        identifier would differ by field and `gateway forget` could not know which to erase."""
+        return {}
+
+    @property
     def per_subject_key(self) -> bool:
         """True when values are encrypted under the subject's own key (needs a tokenized subject)."""
         return False

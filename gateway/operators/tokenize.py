@@ -63,6 +63,10 @@ class Tokenize(Operator):
     def token_domains(self) -> frozenset[str]:
         return frozenset({self.domain})
 
+    @property
+    def token_normalizers(self) -> dict[str, str | None]:
+        return {self.domain: normalize.spec(self.normalizer, self.region)}
+
     def output_type(self, ctx: FieldContext) -> Any:
         return "string"
 

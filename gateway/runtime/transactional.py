@@ -45,7 +45,7 @@ class Output:
     records: list[OutRecord]
     metadata: dict[Source, str] = field(default_factory=dict)
     offsets: dict[Source, int] | None = None
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # outcomes, reported once committed
+    counts: Counter[tuple[str, ...]] = field(default_factory=Counter)  # tallies, reported once committed
 
 
 class BatchHandler(Protocol):

@@ -166,8 +166,12 @@ class Worker:
     def _observe(self, batch: Batch, committed: float) -> None:
         """Metrics for one committed batch: outcomes, stage times, event latency, DEK cache."""
         counts = batch.output.counts
-        self._totals.update(counts)
-        for (topic, outcome), n in counts.items():
+        for key, n in counts.items():
+            if key[1] == "leak_suspected":  # (topic, "leak_suspected", field path, entity)
+                metrics.LEAKS.labels(key[0], key[2], key[3]).inc(n)
+                continue
+            self._totals[(key[0], key[1])] += n
+            topic, outcome = key
             kind, _, reason = outcome.partition(":")
             metrics.EVENTS.labels(topic, kind).inc(n)
             if reason:

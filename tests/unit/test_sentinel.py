@@ -1,0 +1,78 @@
+"""The leak sentinel: PII in a kept field is counted and audited (never its value), and dead-lettered
+when the policy enforces it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.config import GatewayConfig
+from gateway.keys.keyring import Keyring
+from gateway.pipeline import Pipeline, RawEvent
+from gateway.policy import compile_plan
+from gateway.schema import load_schema_file
+
+LEAK = "leaky.person@example.com"
+
+
+def _schema(mode: str | None) -> dict[str, Any]:
+    privacy: dict[str, Any] = {"source_topic": "n.raw", "sanitized_topic": "n.sanitized", "output": "json"}
+    if mode is not None:
+        privacy["leak_sentinel"] = mode
+    return {"type": "record", "name": "Note", "namespace": "t", "privacy": privacy, "fields": [
+        {"name": "comment", "type": "string", "privacy": "keep"},
+        {"name": "amount", "type": "long", "privacy": "keep"},
+        {"name": "lines", "privacy": "keep", "type": {"type": "array", "items": {
+            "type": "record", "name": "Line", "fields": [{"name": "label", "type": "string", "privacy": "keep"}]}}},
+    ]}
+
+
+def _pipeline(write_schema: Any, tmp_path: Path, mode: str | None, rate: float) -> Pipeline:
+    plan = compile_plan(load_schema_file(write_schema(_schema(mode))))
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", leak_sample_rate=rate)
+    return Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, 1)
+
+
+def _events(records: list[dict[str, Any]]) -> list[RawEvent]:
+    return [RawEvent("n.raw", 0, i, 0, None, orjson.dumps(r), None) for i, r in enumerate(records)]
+
+
+CLEAN = {"comment": "all good", "amount": 5, "lines": [{"label": "coffee"}]}
+LEAKY = {"comment": f"call me at {LEAK}", "amount": 5, "lines": [{"label": "tea"}]}
+NESTED = {"comment": "fine", "amount": 5, "lines": [{"label": "x"}, {"label": f"to {LEAK}"}]}
+
+
+def test_observe_mode_counts_and_audits_without_the_value(write_schema, tmp_path: Path) -> None:
+    pipeline = _pipeline(write_schema, tmp_path, None, rate=1.0)
+    result = pipeline.process(_events([CLEAN, LEAKY, NESTED]))
+    audit = [orjson.loads(r.value) for r in result.records if r.topic == "privacy.audit"]
+    assert [a["outcome"] for a in audit] == ["sanitized"] * 3  # observed, still published
+    assert [a.get("leak_suspected") for a in audit] == [
+        None, [{"field": "comment", "entity": "EMAIL"}], [{"field": "lines[].label", "entity": "EMAIL"}]]
+    assert result.counts[("n.raw", "leak_suspected", "comment", "EMAIL")] == 1
+    assert result.counts[("n.raw", "leak_suspected", "lines[].label", "EMAIL")] == 1
+    assert LEAK.encode() not in b"".join(r.value for r in result.records if r.topic == "privacy.audit")
+
+
+def test_enforce_mode_dead_letters_the_event(write_schema, tmp_path: Path) -> None:
+    pipeline = _pipeline(write_schema, tmp_path, "enforce", rate=1.0)
+    result = pipeline.process(_events([CLEAN, LEAKY]))
+    by_topic = {t: [orjson.loads(r.value) for r in result.records if r.topic == t]
+                for t in ("n.sanitized", "n.raw.dlq", "privacy.audit")}
+    assert [s["comment"] for s in by_topic["n.sanitized"]] == ["all good"]
+    assert [d["reason"] for d in by_topic["n.raw.dlq"]] == ["pii_in_kept_field"]
+    assert "comment (EMAIL)" in by_topic["n.raw.dlq"][0]["message"]
+    assert LEAK not in by_topic["n.raw.dlq"][0]["message"]
+    assert [a["outcome"] for a in by_topic["privacy.audit"]] == ["sanitized", "rejected:pii_in_kept_field"]
+
+
+def test_sampling_follows_the_rate_and_off_disables(write_schema, tmp_path: Path) -> None:
+    none = _pipeline(write_schema, tmp_path, "enforce", rate=0.0).process(_events([LEAKY] * 50))
+    assert not any(r.topic == "n.raw.dlq" for r in none.records)
+    off = _pipeline(write_schema, tmp_path, "off", rate=1.0).process(_events([LEAKY] * 50))
+    assert not any(r.topic == "n.raw.dlq" for r in off.records)
+    some = _pipeline(write_schema, tmp_path, "enforce", rate=0.5).process(_events([LEAKY] * 400))
+    rejected = sum(r.topic == "n.raw.dlq" for r in some.records)
+    assert 140 < rejected < 260  # binomial(400, 0.5): mean 200, sd 10
