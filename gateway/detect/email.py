@@ -1,0 +1,36 @@
+"""EMAIL: a conservative address regex plus the structural limits of RFC 5321."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from gateway.detect.base import Match
+
+# local part: dot-atom characters, not starting or ending with a dot; domain: one or more labels of
+# letters, digits and inner hyphens, then a TLD of letters (or an IDN "xn--" label). The lookarounds
+# keep a match from starting inside a longer local part or ending inside a longer domain.
+_EMAIL = re.compile(
+    r"(?<![\w.!#$%&'*+/=?^`{|}~-])"
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-](?:[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{0,62}[A-Za-z0-9!#$%&'*+/=?^_`{|}~-])?"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})"
+    r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
+)
+_MAX_LOCAL = 64
+_MAX_ADDRESS = 254
+
+
+class EmailFinder:
+    """Addresses with one '@', a dotted domain and a TLD-shaped last label ("jane@localhost" is not one)."""
+
+    entity = "EMAIL"
+
+    def find(self, text: str) -> Iterator[Match]:
+        if "@" not in text:
+            return
+        for m in _EMAIL.finditer(text):
+            value = m.group()
+            local = value[: value.index("@")]
+            if len(value) > _MAX_ADDRESS or len(local) > _MAX_LOCAL or ".." in local:
+                continue
+            yield Match(self.entity, m.start(), m.end())
