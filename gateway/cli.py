@@ -618,7 +618,7 @@ def _print_scan_table(report: dict[str, Any]) -> None:
     from gateway.scan import annotation_label
 
     sample = report["sample"]
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: no wrapping at 80 columns
     reasons = ", ".join(f"{k}: {v}" for k, v in sample["undecodable_reasons"].items())
     console.print(f"topic {report['topic']} (schema {report['schema']}, {report['schema_file']}): "
                   f"{sample['read']} event(s) read from the {sample['from']} of {sample['partitions']} partition(s), "
