@@ -115,6 +115,7 @@ class Plan:
     subject_domain: str | None = None  # token domain of the subject when it is tokenized
     per_subject: bool = False  # some field is encrypted under the subject's own key
     token_normalizers: dict[str, str | None] = field(default_factory=dict)  # domain -> normalizer spec
+    key_uses: dict[str, str] = field(default_factory=dict)  # domain -> what its key makes (tokens, shift_date)
     leak_sentinel: str = "observe"  # observe | enforce | off: PII found in a kept field is counted (and dead-lettered)
 
     @property
@@ -138,6 +139,7 @@ class _Compiler:
         self.per_subject_paths: list[str] = []
         self.subject_paths: list[str] = []  # fields whose operator needs the event's subject
         self.failed: set[str] = set()  # fields whose annotation is an error (already reported)
+        self.key_uses: dict[str, dict[str, str]] = {}  # domain -> what its key makes ("tokens", "shift_date") -> path
         self.normalizers: dict[str, dict[str | None, str]] = {}  # token domain -> normalizer spec -> first path
         self.emitted_names: set[str] = set()
         self.in_progress: set[str] = set()
@@ -211,6 +213,9 @@ class _Compiler:
         self.domains |= operator.token_domains
         for domain, spec in operator.token_normalizers.items():
             self.normalizers.setdefault(domain, {}).setdefault(spec, path)
+        for domain in operator.token_domains:
+            use = "tokens" if domain in operator.token_normalizers else operator.name
+            self.key_uses.setdefault(domain, {}).setdefault(use, path)
         if operator.per_subject_key:
             self.per_subject_paths.append(path)
         if operator.needs_subject:
@@ -426,6 +431,11 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
             c.error("(record)", f"token domain '{domain}' is tokenized with different normalizers ("
                     + ", ".join(f"{path}: {spec or 'none'}" for spec, path in specs.items())
                     + "): one identifier would get several tokens; use one normalizer per domain")
+    for domain, uses in sorted(c.key_uses.items()):
+        if len(uses) > 1:
+            c.error("(record)", f"domain '{domain}' is used for " + " and for ".join(
+                f"{use} ({path})" for use, path in uses.items()) + ": a published output of one use could "
+                "reveal the other's secret values (a shift_date offset from a token); give each its own domain")
     if any(p.severity == "error" for p in c.problems):
         return None, c.problems
     try:
@@ -445,6 +455,7 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
         token_normalizers={d: next(iter(specs)) for d, specs in c.normalizers.items()},
         leak_sentinel=leak_sentinel,
+        key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
     )
     return plan, c.problems
 
@@ -464,6 +475,7 @@ def lint_directory(directory: Path) -> list[Problem]:
         return [Problem("error", str(directory), "(directory)", "no *.avsc schema files found")]
     topics: dict[str, str] = {}
     normalizers: dict[str, tuple[str | None, str]] = {}  # domain -> (normalizer spec, first schema)
+    key_uses: dict[str, tuple[str, str]] = {}  # domain -> (what its key makes, first schema)
     for path in paths:
         problems += lint_file(path)
         try:
@@ -473,6 +485,11 @@ def lint_directory(directory: Path) -> list[Problem]:
         except PolicyError:
             continue
         plan = _compile(schema)[0]
+        for domain, use in (plan.key_uses if plan else {}).items():
+            first_use = key_uses.setdefault(domain, (use, str(path)))
+            if first_use[0] != use:
+                problems.append(Problem("error", str(path), "(record)", f"domain '{domain}' is used for {use} "
+                                        f"here and for {first_use[0]} in {first_use[1]}: give each its own domain"))
         for domain, spec in (plan.token_normalizers if plan else {}).items():
             first = normalizers.setdefault(domain, (spec, str(path)))
             if first[0] != spec:

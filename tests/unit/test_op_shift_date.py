@@ -279,3 +279,16 @@ def test_shift_date_needs_a_subject_field(write_schema: Any) -> None:
     with pytest.raises(PolicyError) as excinfo:
         compile_plan(load_schema_file(write_schema(schema, name="nosubject.avsc")))
     assert "nosubject.avsc: admitted: this action derives its output from the event's subject" in str(excinfo.value)
+
+
+def test_a_shift_date_domain_cannot_also_mint_tokens(write_schema: Any) -> None:
+    """A token of "shift_date\\0" + subject under the same key would publish a subject's offset."""
+    from gateway.policy import lint_file
+
+    schema = {"type": "record", "name": "R", "namespace": "t",
+              "privacy": {"source_topic": "r.raw", "sanitized_topic": "r.sanitized", "subject": "who"},
+              "fields": [{"name": "who", "type": "string", "privacy": {"tokenize": {"domain": "people"}}},
+                         {"name": "day", "type": {"type": "int", "logicalType": "date"},
+                          "privacy": {"shift_date": {"domain": "people", "max_days": 5}}}]}
+    errors = [p for p in lint_file(write_schema(schema)) if p.severity == "error"]
+    assert len(errors) == 1 and "domain 'people' is used for tokens (who) and for shift_date (day)" in errors[0].message
