@@ -467,7 +467,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of the saturated sanitize worker")
+    parser.add_argument("--only-text", action="store_true",
+                        help="run only the redaction and scan rows, updating those keys of --out")
     args = parser.parse_args(argv)
+    if args.only_text:
+        results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
+        results.update(measure_text())
+        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"\nwrote the redaction and scan rows into {args.out}")
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     rows: dict[str, dict[str, Any]] = {}
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
@@ -521,12 +529,33 @@ def main(argv: list[str] | None = None) -> int:
         rows["confluent_csfle"] = summarize("csfle", peers.confluent_csfle(records))
         print("  Presidio anonymizer operators ...", flush=True)
         rows["presidio"] = summarize("presidio", peers.presidio(records))
-    report(rows, args.out, profile, latency, versus_floor)
+    report(rows, args.out, profile, latency, versus_floor, measure_text())
     return 0
 
 
+def measure_text() -> dict[str, Any]:
+    """Redaction beside Presidio's analyzer and anonymizer on the labelled corpus, and `gateway scan`'s
+    throughput on sampled events (benchmarks/redaction.py, benchmarks/scan.py print the details)."""
+    from benchmarks import scan
+
+    out: dict[str, Any] = {}
+    print("  gateway scan throughput ...", flush=True)
+    out["scan"] = scan.run(events=5000, reps=5, broker=False) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime())}
+    try:
+        from benchmarks import redaction
+    except ImportError as exc:  # presidio-analyzer comes with the bench extra
+        print(f"  redaction vs Presidio skipped: {exc} (pip install -e '.[bench]')")
+        return out
+    print("  redaction beside Presidio's recognizers and anonymizer ...", flush=True)
+    figures = redaction.run(texts=800, reps=5)
+    redaction.print_table(figures)
+    out["redaction"] = figures | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return out
+
+
 def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] | None,
-           latency: dict[str, list[dict[str, Any]]], versus_floor: dict[str, Any]) -> None:
+           latency: dict[str, list[dict[str, Any]]], versus_floor: dict[str, Any], text: dict[str, Any]) -> None:
     base = rows["passthrough"]["eps"]
     print(f"\n{'path':<26}{'events/s':>10}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}{'p50 ms':>8}"
           f"{'p99 ms':>8}{'vs passthrough':>16}")
@@ -560,6 +589,7 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **text,
     }
     print(f"\ntransforms vs primitive floor, payments: {versus_floor['ratio']:.2f}x (median of "
           f"{versus_floor['pairs']} paired chunks, quartiles {versus_floor['ratio_quartiles'][0]:.2f}-"
