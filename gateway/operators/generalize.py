@@ -59,7 +59,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import RejectedEvent
-from gateway.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step
+from gateway.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step, type_label
 
 if TYPE_CHECKING:
     from gateway.policy import FieldPlan
@@ -513,16 +513,8 @@ def _compile_geohash(options: dict[str, Any], ctx: FieldContext) -> _Form:
         base = t.get("type") if isinstance(t, dict) and not t.get("logicalType") else t
         if base not in _FLOATS:
             raise OperatorError(f"generalize geohash: field '{name}' of the record must be a double (or float), "
-                                f"but it is {_label(t)}")
+                                f"but it is {type_label(t)}")
     return _Geohash(precision, names["lat"], names["lon"])
-
-
-def _label(t: Any) -> str:
-    if isinstance(t, list):
-        return "[" + ", ".join(_label(x) for x in t) + "]"
-    if isinstance(t, dict):
-        return str(t.get("logicalType") or t.get("type"))
-    return str(t)
 
 
 class _Prefix(_Form):

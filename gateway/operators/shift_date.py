@@ -21,16 +21,15 @@ dict hit costs about a tenth of the HMAC.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import RejectedEvent
 from gateway.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step, reject_unknown
+from gateway.operators.tokenize import DOMAIN_RE
 
 if TYPE_CHECKING:
     from gateway.policy import FieldPlan
 
-_DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # as tokenize's domains
 LIMIT_DAYS = 3650
 CACHE_SUBJECTS = 100_000
 DIGEST_PREFIX = b"shift_date\0"
@@ -58,7 +57,7 @@ class ShiftDate(Operator):
     def compile(cls, options: dict[str, Any], ctx: FieldContext) -> ShiftDate:
         reject_unknown(options, {"domain", "max_days", "min_days"}, "shift_date")
         domain = options.get("domain")
-        if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
+        if not isinstance(domain, str) or not DOMAIN_RE.match(domain):
             raise OperatorError("shift_date needs a key domain: {\"shift_date\": {\"domain\": \"dates\", "
                                 "\"max_days\": 30}} (lowercase letters, digits, '-' and '_')")
         if "max_days" not in options:

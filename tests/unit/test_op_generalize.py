@@ -27,6 +27,7 @@ from gateway.operators.generalize import Generalize
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import compile_plan
 from gateway.schema import avro_bytes, load_schema_file
+from tests.unit.operator_env import StringEnv, field_context
 
 DATE = {"type": "int", "logicalType": "date"}
 TS_MS = {"type": "long", "logicalType": "timestamp-millis"}
@@ -38,31 +39,10 @@ LOC = {"type": "record", "name": "Loc", "fields": [{"name": "lat", "type": "doub
 
 
 def _ctx(ftype: Any, name: str = "f") -> FieldContext:
-    nullable = isinstance(ftype, list) and "null" in ftype
-    inner = ftype
-    if nullable:
-        rest = [t for t in ftype if t != "null"]
-        inner = rest[0] if len(rest) == 1 else rest
-    return FieldContext("t.avsc", name, {"name": name, "type": ftype}, nullable, inner, inner,
-                        lambda t, _p: (None, t))
+    return field_context(ftype, name)
 
 
-class _Env:
-    topic = "t.sanitized"
-    dek_max_uses = 1
-    subject_path = None
-
-    def __init__(self, max_field_bytes: int = 400) -> None:
-        self.max_field_bytes = max_field_bytes
-        self.max_str_chars = max_field_bytes // 4
-
-    def string_check(self, path: str) -> Callable[[str], None]:
-        def check(value: str) -> None:
-            size = len(value.encode("utf-8"))
-            if size > self.max_field_bytes:
-                raise RejectedEvent("field_too_large", f"field '{path}' holds {size} bytes")
-
-        return check
+_Env = StringEnv
 
 
 def _op(options: dict[str, Any], ftype: Any) -> Generalize:

@@ -29,6 +29,7 @@ from gateway.operators.shift_date import ShiftDate
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import compile_plan
 from gateway.schema import avro_bytes, load_schema_file
+from tests.unit.operator_env import field_context
 
 DATE = {"type": "int", "logicalType": "date"}
 TS_MS = {"type": "long", "logicalType": "timestamp-millis"}
@@ -38,13 +39,7 @@ KEY = bytes(range(32))
 
 
 def _ctx(ftype: Any, name: str = "visit") -> FieldContext:
-    nullable = isinstance(ftype, list) and "null" in ftype
-    inner = ftype
-    if nullable:
-        rest = [t for t in ftype if t != "null"]
-        inner = rest[0] if len(rest) == 1 else rest
-    return FieldContext("t.avsc", name, {"name": name, "type": ftype}, nullable, inner, inner,
-                        lambda t, _p: (None, t))
+    return field_context(ftype, name)
 
 
 class _Env:
