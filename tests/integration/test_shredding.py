@@ -408,7 +408,7 @@ def test_forget_physically_removes_the_wrapped_key_so_not_even_a_kek_holder_can_
         return out
 
     assert all(opened is None for record in alice for opened in attempts(record))
-    note_schema = next(f.plaintext_schema for f in s.plan.record.fields if f.name == "note")
+    note_schema = next(f.operator.plaintext_schema for f in s.plan.record.fields if f.name == "note")
     bob_notes = {fastavro.schemaless_reader(io.BytesIO(opened), note_schema, None)
                  for record in bob for opened in attempts(record) if opened is not None}
     assert bob_notes == {"bob note 1", "bob note 2"}  # the same attempt opens the other subject's
