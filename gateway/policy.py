@@ -23,7 +23,7 @@ import orjson
 from fastavro.schema import expand_schema
 
 from gateway import operators
-from gateway.dp.declarations import AggregateSpec, compile_aggregates, kept_top_level
+from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.operators.base import FieldContext, Operator, OperatorError
 from gateway.schema import (
@@ -36,7 +36,7 @@ from gateway.schema import (
 )
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
-                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel"}
+                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -426,6 +426,8 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         sanitized_topic=sanitized_topic, subject=subject,
         kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.operator.in_clear}),
         named=schema.parsed.get("__named_schemas", {}), error=c.error)
+    aggregates = compile_budget(settings.get("budget"), aggregates, error=c.error,
+                                key=budget_key(subject_domain, source_topic))
     for domain, specs in sorted(c.normalizers.items()):
         if len(specs) > 1:
             c.error("(record)", f"token domain '{domain}' is tokenized with different normalizers ("
@@ -476,6 +478,7 @@ def lint_directory(directory: Path) -> list[Problem]:
     topics: dict[str, str] = {}
     normalizers: dict[str, tuple[str | None, str]] = {}  # domain -> (normalizer spec, first schema)
     key_uses: dict[str, tuple[str, str]] = {}  # domain -> (what its key makes, first schema)
+    budgets: dict[str, tuple[tuple[int, float, float], str]] = {}  # budget -> ((period, caps), first schema)
     for path in paths:
         problems += lint_file(path)
         try:
@@ -485,6 +488,14 @@ def lint_directory(directory: Path) -> list[Problem]:
         except PolicyError:
             continue
         plan = _compile(schema)[0]
+        for spec in {a.budget: a for a in (plan.aggregates if plan else ())}.values():  # one per budget
+            caps = (spec.period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap)
+            first_caps = budgets.setdefault(spec.budget, (caps, str(path)))
+            if first_caps[0] != caps:
+                problems.append(Problem("error", str(path), "(record)", f"budget '{spec.budget}' (the subjects "
+                                        f"these aggregates are about) has other caps or period in {first_caps[1]}: "
+                                        "sources whose subjects share a token domain share one budget; declare "
+                                        "the same \"budget\" in each"))
         for domain, use in (plan.key_uses if plan else {}).items():
             first_use = key_uses.setdefault(domain, (use, str(path)))
             if first_use[0] != use:

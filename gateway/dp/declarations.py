@@ -19,14 +19,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 METRICS = ("count", "sum", "mean")
 REQUIRED = ("name", "metric", "group_by", "window_s", "epsilon", "delta", "max_groups_per_subject",
             "max_records_per_group")
 OPTIONAL = ("field", "grace_s", "clamp", "time_field", "output_topic", "period_s", "period_epsilon_cap",
-            "period_delta_cap")
+            "period_delta_cap", "share")
+BUDGET_SETTINGS = ("period_s", "epsilon_cap", "delta_cap")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _GROUPABLE = {"string", "int", "long", "boolean", "enum"}
@@ -57,6 +58,12 @@ class AggregateSpec:
     period_ms: int
     period_epsilon_cap: float
     period_delta_cap: float
+    # the budget this aggregate spends from, shared by every aggregate over the same subjects (see
+    # compile_budget): its key, and its caps per period_ms
+    share: float | None = None  # the fraction of the budget's caps this aggregate may spend per period
+    budget: str = ""
+    budget_epsilon_cap: float = math.inf
+    budget_delta_cap: float = math.inf
 
     @property
     def id(self) -> str:
@@ -219,6 +226,9 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
             bad("clamp", "max_groups_per_subject x max_records_per_group x max|clamp| must stay below 2^52 "
                          "(integer noise and sums are 64-bit)")
     windows_per_period = math.ceil(period_s / window_s)
+    share = decl.get("share")
+    if share is not None and not (_is_number(share) and 0 < share <= 1):
+        bad("share", "must be a number in (0, 1]: the fraction of the source's budget this aggregate may spend")
     eps_cap = decl.get("period_epsilon_cap", epsilon * windows_per_period)
     delta_cap = decl.get("period_delta_cap", delta * windows_per_period)
     if not (_is_number(eps_cap) and eps_cap >= epsilon):
@@ -234,7 +244,64 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
         max_records_per_group=decl["max_records_per_group"],
         clamp=(clamp[0], clamp[1]) if metric != "count" else None, time_field=time_field,
         output_topic=output_topic, source_topic=source_topic, sanitized_topic=sanitized_topic,
-        period_ms=period_s * 1000, period_epsilon_cap=float(eps_cap), period_delta_cap=float(delta_cap))
+        period_ms=period_s * 1000, period_epsilon_cap=float(eps_cap), period_delta_cap=float(delta_cap),
+        share=float(share) if share is not None else None)
+
+
+def budget_key(subject_domain: str | None, source_topic: str) -> str:
+    """Whose privacy the budget protects: the subjects of a token domain (shared by every source
+    tokenizing its subject into that domain), else the subjects of one source topic."""
+    return f"subject:{subject_domain}" if subject_domain else f"source:{source_topic}"
+
+
+def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
+                   error: Callable[[str, str], None]) -> tuple[AggregateSpec, ...]:
+    """The record-level ``"budget": {"period_s", "epsilon_cap", "delta_cap"}``: what everything
+    released about one subject may spend per period, summed over all aggregates of the budget
+    (basic composition). Absent, the caps are the sum of the aggregates' own period caps (so no
+    aggregate is held back more than by its own cap, and the total is still accounted). An aggregate
+    with ``"share": f`` may spend at most f of the budget's caps per period; shares sum to at most 1."""
+    if not specs:
+        if block is not None:
+            error("(record)", "budget is set, but the schema declares no aggregates")
+        return specs
+    if block is not None and not isinstance(block, dict):
+        error("(record)", "budget must be an object {\"period_s\": P, \"epsilon_cap\": E, \"delta_cap\": D}")
+        return specs
+    block = block or {}
+    for name in sorted(set(block) - set(BUDGET_SETTINGS)):
+        error("(record)", f"unknown budget setting '{name}' (known: {', '.join(BUDGET_SETTINGS)})")
+    period_s = block.get("period_s", specs[0].period_ms // 1000)
+    if not (_is_int(period_s) and 1 <= period_s <= 366 * 86400):
+        error("(record)", "budget setting 'period_s' must be an integer number of seconds between 1 and 31622400")
+        return specs
+    for spec in specs:
+        if spec.period_ms != period_s * 1000:
+            error(f"aggregate '{spec.name}'", f"setting 'period_s': {spec.period_ms // 1000} differs from the "
+                                              f"budget's period_s {period_s}; one budget, one period")
+    shares = {s.name: s.share for s in specs if s.share is not None}
+    if sum(shares.values()) > 1 + 1e-9:
+        error("(record)", f"the aggregates' shares sum to {sum(shares.values()):g}, above 1")
+    eps_cap = block.get("epsilon_cap", sum(s.period_epsilon_cap for s in specs))
+    delta_cap = block.get("delta_cap", sum(s.period_delta_cap for s in specs))
+    if not (_is_number(eps_cap) and eps_cap > 0):
+        error("(record)", "budget setting 'epsilon_cap' must be a positive number")
+        return specs
+    if not (_is_number(delta_cap) and 0 <= delta_cap < 1):
+        error("(record)", "budget setting 'delta_cap' must be a number in [0, 1)")
+        return specs
+    out = []
+    for spec in specs:
+        share = shares.get(spec.name)
+        own_eps, own_delta = spec.period_epsilon_cap, spec.period_delta_cap
+        if share is not None:
+            own_eps, own_delta = min(own_eps, share * eps_cap), min(own_delta, share * delta_cap)
+        if spec.epsilon > min(own_eps, eps_cap) * (1 + 1e-9):
+            error(f"aggregate '{spec.name}'", f"one window's epsilon {spec.epsilon:g} is above what its budget "
+                                              f"allows per period ({min(own_eps, eps_cap):g})")
+        out.append(replace(spec, budget=key, budget_epsilon_cap=float(eps_cap), budget_delta_cap=float(delta_cap),
+                           period_epsilon_cap=own_eps, period_delta_cap=own_delta))
+    return tuple(out)
 
 
 def _resolve(ftype: Any, named: dict[str, Any]) -> str | None:

@@ -13,7 +13,11 @@ Accounting (basic composition over time, parallel composition over groups):
 * a second release of the same (aggregate, window, partition) is refused (``already_released``):
   that would spend the window's budget twice (a replay after a crash, a duplicate worker);
 * a release is refused (``period_epsilon_cap`` / ``period_delta_cap``) if any rolling period of
-  ``period_s`` (in event time) containing its window would then spend more than the cap.
+  ``period_s`` (in event time) containing its window would then spend more than the aggregate's cap;
+* and (``budget_epsilon_cap`` / ``budget_delta_cap``) if that period's spend summed over every
+  aggregate of the same budget (all aggregates about the same subjects: one source, or every source
+  tokenizing its subject into one domain) would exceed the budget's cap. That is basic composition
+  across aggregates: a subject's privacy loss is the sum over everything released about them.
 
 Scaled out, two workers may close different windows at the same moment, each with a view of the
 ledger that lacks the other's release; both would pass the cap check and together exceed it. So the
@@ -26,6 +30,7 @@ decision. A charge whose release never follows (a crash) stays spent: conservati
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,6 +42,8 @@ from gateway.dp.declarations import AggregateSpec
 ALREADY_RELEASED = "already_released"
 EPSILON_CAP = "period_epsilon_cap"
 DELTA_CAP = "period_delta_cap"
+BUDGET_EPSILON_CAP = "budget_epsilon_cap"
+BUDGET_DELTA_CAP = "budget_delta_cap"
 _TOLERANCE = 1e-9
 
 
@@ -51,12 +58,13 @@ class LedgerEntry:
     groups: int
     released_at: int
     instance: str
+    budget: str = ""  # "": an entry written before budgets, its aggregate's own
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                     instance: str) -> LedgerEntry:
         return cls(spec.id, window_start, window_start + spec.window_ms, partition, spec.epsilon, spec.delta,
-                   groups, released_at, instance)
+                   groups, released_at, instance, spec.budget)
 
     @property
     def key(self) -> bytes:
@@ -70,7 +78,7 @@ class LedgerEntry:
         d = orjson.loads(data)
         return cls(str(d["aggregate"]), int(d["window_start"]), int(d["window_end"]), int(d["partition"]),
                    float(d["epsilon"]), float(d["delta"]), int(d["groups"]), int(d["released_at"]),
-                   str(d["instance"]))
+                   str(d["instance"]), str(d.get("budget", "")))
 
 
 @dataclass(frozen=True)
@@ -87,26 +95,38 @@ class Charge:
     period_delta_cap: float
     charged_at: int
     instance: str
+    budget: str = ""  # "": a charge written before budgets, its aggregate's own
+    budget_epsilon_cap: float = math.inf
+    budget_delta_cap: float = math.inf
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, now_ms: int,
                     instance: str) -> Charge:
         return cls(spec.id, window_start, partition, spec.epsilon, spec.delta, spec.period_ms,
-                   spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance)
+                   spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance, spec.budget,
+                   spec.budget_epsilon_cap, spec.budget_delta_cap)
 
     @property
     def key(self) -> bytes:
         return f"charge|{self.aggregate}|{self.window_start}|{self.partition}".encode()
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"type": "charge", **asdict(self)})
+        body = asdict(self)
+        for cap in ("budget_epsilon_cap", "budget_delta_cap"):  # JSON has no infinity: null is no cap
+            body[cap] = body[cap] if math.isfinite(body[cap]) else None
+        return orjson.dumps({"type": "charge", **body})
 
     @classmethod
     def from_json(cls, data: bytes) -> Charge:
         d = orjson.loads(data)
+
+        def cap(name: str) -> float:
+            return math.inf if d.get(name) is None else float(d[name])
+
         return cls(str(d["aggregate"]), int(d["window_start"]), int(d["partition"]), float(d["epsilon"]),
                    float(d["delta"]), int(d["period_ms"]), float(d["period_epsilon_cap"]),
-                   float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]))
+                   float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]),
+                   str(d.get("budget", "")), cap("budget_epsilon_cap"), cap("budget_delta_cap"))
 
 
 @dataclass
@@ -143,14 +163,25 @@ class Ledger:
         window = (charge.aggregate, charge.window_start)
         if window in self.decisions:
             return
-        eps, delta = self.period_spend(charge.aggregate, charge.window_start, charge.period_ms,
-                                       (charge.epsilon, charge.delta))
-        refusal = None
-        if eps > charge.period_epsilon_cap * (1 + _TOLERANCE):
-            refusal = EPSILON_CAP
-        elif delta > charge.period_delta_cap * (1 + _TOLERANCE):
-            refusal = DELTA_CAP
-        self.decisions[window] = refusal
+        self.decisions[window] = self._refusal(charge.aggregate, charge.budget or charge.aggregate,
+                                               charge.window_start, charge.period_ms, (charge.epsilon, charge.delta),
+                                               (charge.period_epsilon_cap, charge.period_delta_cap),
+                                               (charge.budget_epsilon_cap, charge.budget_delta_cap))
+
+    def _refusal(self, aggregate: str, budget: str, window_start: int, period_ms: int, cost: tuple[float, float],
+                 caps: tuple[float, float], budget_caps: tuple[float, float]) -> str | None:
+        """Why a window's release (costing `cost`) would break its aggregate's or its budget's caps."""
+        eps, delta = self.period_spend(aggregate, window_start, period_ms, cost)
+        if eps > caps[0] * (1 + _TOLERANCE):
+            return EPSILON_CAP
+        if delta > caps[1] * (1 + _TOLERANCE):
+            return DELTA_CAP
+        eps, delta = self.budget_spend(budget, aggregate, window_start, period_ms, cost)
+        if eps > budget_caps[0] * (1 + _TOLERANCE):
+            return BUDGET_EPSILON_CAP
+        if delta > budget_caps[1] * (1 + _TOLERANCE):
+            return BUDGET_DELTA_CAP
+        return None
 
     def charged(self, aggregate: str, window_start: int, partition: int) -> bool:
         return f"charge|{aggregate}|{window_start}|{partition}".encode() in self.charges
@@ -158,32 +189,39 @@ class Ledger:
     def released(self, aggregate: str, window_start: int, partition: int) -> bool:
         return f"{aggregate}|{window_start}|{partition}".encode() in self.entries
 
-    def windows(self, aggregate: str) -> dict[int, tuple[float, float]]:
-        """Window start -> (epsilon, delta) spent, each window counted once: released windows and
-        admitted charges (a charge admitted but never released still counts)."""
-        out: dict[int, tuple[float, float]] = {}
-        spent = [(e.window_start, e.epsilon, e.delta) for e in self.entries.values() if e.aggregate == aggregate]
-        spent += [(c.window_start, c.epsilon, c.delta) for c in self.charges.values()
-                  if c.aggregate == aggregate and self.decisions.get((aggregate, c.window_start)) is None]
-        for window_start, epsilon, delta in spent:
-            eps, dlt = out.get(window_start, (0.0, 0.0))
-            out[window_start] = (max(eps, epsilon), max(dlt, delta))
+    def spent(self, aggregate: str | None = None,
+              budget: str | None = None) -> dict[tuple[str, int], tuple[float, float]]:
+        """(aggregate, window start) -> (epsilon, delta) spent, each window counted once: released
+        windows and admitted charges (a charge admitted but never released still counts); of one
+        aggregate, or of every aggregate of one budget."""
+        def wanted(name: str, of_budget: str) -> bool:
+            return (aggregate is None or name == aggregate) and (budget is None or (of_budget or name) == budget)
+
+        out: dict[tuple[str, int], tuple[float, float]] = {}
+        spent = [(e.aggregate, e.window_start, e.epsilon, e.delta) for e in self.entries.values()
+                 if wanted(e.aggregate, e.budget)]
+        spent += [(c.aggregate, c.window_start, c.epsilon, c.delta) for c in self.charges.values()
+                  if wanted(c.aggregate, c.budget) and self.decisions.get((c.aggregate, c.window_start)) is None]
+        for name, window_start, epsilon, delta in spent:
+            eps, dlt = out.get((name, window_start), (0.0, 0.0))
+            out[(name, window_start)] = (max(eps, epsilon), max(dlt, delta))
         return out
+
+    def windows(self, aggregate: str) -> dict[int, tuple[float, float]]:
+        """Window start -> (epsilon, delta) spent by one aggregate."""
+        return {start: cost for (_, start), cost in self.spent(aggregate=aggregate).items()}
 
     def period_spend(self, aggregate: str, window_start: int, period_ms: int,
                      extra: tuple[float, float] | None = None) -> tuple[float, float]:
-        """Largest (epsilon, delta) spent in any rolling period of `period_ms` that contains the window
-        starting at `window_start`, counting `extra` for that window if it is not charged yet."""
-        windows = self.windows(aggregate)
-        if extra is not None and window_start not in windows:
-            windows[window_start] = extra
-        near = sorted(w for w in windows if window_start - period_ms < w < window_start + period_ms)
-        worst = (0.0, 0.0)
-        for start in (w for w in near if w <= window_start):  # periods [start, start + period_ms)
-            inside = [windows[w] for w in near if start <= w < start + period_ms]
-            spend = (sum(e for e, _ in inside), sum(d for _, d in inside))
-            worst = (max(worst[0], spend[0]), max(worst[1], spend[1]))
-        return worst
+        """Largest (epsilon, delta) one aggregate spent in any rolling period of `period_ms` that
+        contains the window starting at `window_start`, counting `extra` for that window if it is not
+        charged yet."""
+        return _worst_period(self.spent(aggregate=aggregate), aggregate, window_start, period_ms, extra)
+
+    def budget_spend(self, budget: str, aggregate: str, window_start: int, period_ms: int,
+                     extra: tuple[float, float] | None = None) -> tuple[float, float]:
+        """The same summed over every aggregate of `budget` (`extra`: the window of `aggregate`)."""
+        return _worst_period(self.spent(budget=budget), aggregate, window_start, period_ms, extra)
 
     def check(self, spec: AggregateSpec, window_start: int, partition: int) -> str | None:
         """None if the release may go ahead, else the refusal reason. Once the window is charged, the
@@ -192,12 +230,9 @@ class Ledger:
             return ALREADY_RELEASED
         if (spec.id, window_start) in self.decisions:
             return self.decisions[(spec.id, window_start)]
-        eps, delta = self.period_spend(spec.id, window_start, spec.period_ms, (spec.epsilon, spec.delta))
-        if eps > spec.period_epsilon_cap * (1 + _TOLERANCE):
-            return EPSILON_CAP
-        if delta > spec.period_delta_cap * (1 + _TOLERANCE):
-            return DELTA_CAP
-        return None
+        return self._refusal(spec.id, spec.budget or spec.id, window_start, spec.period_ms,
+                             (spec.epsilon, spec.delta), (spec.period_epsilon_cap, spec.period_delta_cap),
+                             (spec.budget_epsilon_cap, spec.budget_delta_cap))
 
     def charge(self, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                instance: str) -> LedgerEntry:
@@ -221,6 +256,7 @@ class Ledger:
                 "releases": sum(1 for e in self.entries.values() if e.aggregate == aggregate),
             }
             if spec is not None:
+                row["budget"] = spec.budget or aggregate
                 period = (self.period_spend(aggregate, latest, spec.period_ms) if latest is not None
                           else (0.0, 0.0))
                 row.update(period_s=spec.period_ms // 1000, epsilon_in_period=round(period[0], 12),
@@ -228,3 +264,66 @@ class Ledger:
                            epsilon_remaining=round(spec.period_epsilon_cap - period[0], 12))
             rows.append(row)
         return rows
+
+    def budget_summary(self, specs: dict[str, AggregateSpec]) -> list[dict[str, Any]]:
+        """One row per budget of `specs`: what everything released about its subjects spent in the
+        period holding its latest window, against the budget's cap, and each aggregate's part."""
+        rows = []
+        for budget in sorted({s.budget or s.id for s in specs.values()}):
+            members = sorted((s for s in specs.values() if (s.budget or s.id) == budget), key=lambda s: s.id)
+            spent = self.spent(budget=budget)
+            latest = max((start for _, start in spent), default=None)
+            first = members[0]
+            row: dict[str, Any] = {"budget": budget, "period_s": first.period_ms // 1000,
+                                   "epsilon_total": round(sum(e for e, _ in spent.values()), 12),
+                                   "epsilon_cap": first.budget_epsilon_cap, "delta_cap": first.budget_delta_cap,
+                                   "latest_window_start": latest}
+            # the latest period: the windows starting in (latest - period, latest]
+            in_period: dict[str, float] = {s.id: 0.0 for s in members}
+            delta_in_period = 0.0
+            for (aggregate, start), (e, d) in spent.items():
+                if latest is not None and latest - first.period_ms < start <= latest:
+                    in_period[aggregate] = in_period.get(aggregate, 0.0) + e
+                    delta_in_period += d
+            eps = sum(in_period.values())
+            row.update(epsilon_in_period=round(eps, 12), delta_in_period=delta_in_period,
+                       epsilon_remaining=round(first.budget_epsilon_cap - eps, 12),
+                       aggregates={a: round(e, 12) for a, e in in_period.items()})
+            rows.append(row)
+        return rows
+
+
+def describe(ledger: Ledger, specs: dict[str, AggregateSpec]) -> str:
+    """`gateway budget show`: each aggregate's spend, then each budget's total and the parts."""
+    rows = ledger.summary(specs=specs)
+    if not rows:
+        return "ledger is empty"
+    lines = []
+    for r in rows:
+        line = (f"{r['aggregate']}: {r['windows']} window(s), {r['releases']} release(s), "
+                f"epsilon spent {r['epsilon_total']:g} (delta {r['delta_total']:g})")
+        if "epsilon_cap" in r:
+            line += (f"; latest {r['period_s']} s period: {r['epsilon_in_period']:g} of cap {r['epsilon_cap']:g}, "
+                     f"remaining {r['epsilon_remaining']:g}")
+        lines.append(line)
+    for b in ledger.budget_summary(specs):
+        parts = ", ".join(f"{a} {e:g}" for a, e in b["aggregates"].items())
+        lines.append(f"budget {b['budget']}: latest {b['period_s']} s period: {b['epsilon_in_period']:g} of cap "
+                     f"{b['epsilon_cap']:g}, remaining {b['epsilon_remaining']:g} ({parts})")
+    return "\n".join(lines)
+
+
+def _worst_period(spent: dict[tuple[str, int], tuple[float, float]], aggregate: str, window_start: int,
+                  period_ms: int, extra: tuple[float, float] | None) -> tuple[float, float]:
+    """Largest (epsilon, delta) summed over the windows starting in any period [p, p + period_ms)
+    that contains `window_start`, counting `extra` for (aggregate, window_start) if not spent yet."""
+    spent = dict(spent)
+    if extra is not None and (aggregate, window_start) not in spent:
+        spent[(aggregate, window_start)] = extra
+    near = sorted((start, cost) for (_, start), cost in spent.items()
+                  if window_start - period_ms < start < window_start + period_ms)
+    worst = (0.0, 0.0)
+    for first in sorted({start for start, _ in near if start <= window_start}):
+        inside = [cost for start, cost in near if first <= start < first + period_ms]
+        worst = (max(worst[0], sum(e for e, _ in inside)), max(worst[1], sum(d for _, d in inside)))
+    return worst
