@@ -171,7 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger-topic", dest="ledger_topic", help="privacy ledger topic (default privacy.ledger)")
     p.add_argument("--dp-idle-close-s", dest="dp_idle_close_s", type=float,
                    help="close windows past end + grace after this many quiet seconds (default 10)")
-    p.add_argument("--dp-test-no-noise", dest="dp_test_no_noise", action="store_true", help=argparse.SUPPRESS)
 
     budget = sub.add_parser("budget", help="privacy budget").add_subparsers(dest="budget_cmd", required=True)
     p = budget.add_parser("show", help="print the privacy ledger: budget spent per aggregate and period")
@@ -464,22 +463,16 @@ def _normalized_subject(args: argparse.Namespace, config: GatewayConfig) -> str:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from gateway.dp.testmode import allow_no_noise
     from gateway.policy import load_plans
     from gateway.runtime.jobs.aggregate import AggregateWorker
 
     config = _config(args)
-    plans = load_plans(config.require_schemas_dir())
-    no_noise = None
-    if args.dp_test_no_noise:  # test-only; see gateway/dp/testmode.py for every guard
-        no_noise = allow_no_noise(config.bootstrap)
-        log.warning("NO-NOISE TEST MODE: releases carry true values and no privacy", extra={})
-    return AggregateWorker(config, plans, no_noise).run()
+    return AggregateWorker(config, load_plans(config.require_schemas_dir())).run()
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
+    from gateway.dp.ledger import describe
     from gateway.policy import load_plans
-    from gateway.runtime.jobs.aggregate import describe_ledger
     from gateway.runtime.ledger import load_ledger
 
     config = _config(args)
@@ -488,11 +481,11 @@ def cmd_budget(args: argparse.Namespace) -> int:
         specs = {a.id: a for p in load_plans(_schemas_dir(args.schemas)) for a in p.aggregates}
     ledger = load_ledger(config.kafka_client_config(), config.ledger_topic)
     if args.json:
-        for row in ledger.summary(specs=specs):
+        for row in [*ledger.summary(specs=specs), *ledger.budget_summary(specs)]:
             sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
         return 0
     print(f"privacy ledger '{config.ledger_topic}' on {config.bootstrap}")
-    print(describe_ledger(ledger, specs))
+    print(describe(ledger, specs))
     return 0
 
 

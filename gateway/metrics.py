@@ -45,8 +45,9 @@ DEK_CACHE = Counter("gateway_dek_cache_total", "Data-key lookups: hit (cached DE
 READY = Gauge("gateway_ready", "1 when the readiness checks pass", ["check"])
 
 # ---- DP aggregate worker ------------------------------------------------------------------------
-DP_CONTRIBUTIONS = Counter("gateway_dp_contributions_total", "Stage-1 bounding decisions per aggregate",
-                           ["aggregate", "outcome"])
+# Nothing exact leaves the DP boundary: these count windows (data-independent: one per aggregate,
+# window and stage-2 partition), the budget spent, and groups released (key selection is noisy, so
+# that count is itself a DP output). Never the contributions bounded, accepted or dropped.
 DP_RELEASES = Counter("gateway_dp_releases_total", "Window releases per aggregate and outcome (released, "
                       "refused:<reason>)", ["aggregate", "outcome"])
 DP_EPSILON = Counter("gateway_dp_epsilon_spent_total", "Epsilon charged to the privacy ledger", ["aggregate"])

@@ -8,9 +8,21 @@ Per aggregate and window a subject may contribute to at most ``max_groups_per_su
 (the first ones it touches) and at most ``max_records_per_group`` records to each; sums are clamped
 to ``clamp``. Anything beyond is dropped here, before it can reach stage 2.
 
-Windows close on this partition's event-time watermark (the largest event time seen) once it passes
-window end + grace; their state is then forgotten, and a later event for a closed window is *late*:
-it is dropped and reported, never folded into a fresh (empty) bound.
+Lateness follows event time per *upstream*, not this partition's order. The sanitized topic is keyed
+by subject, so one of its partitions interleaves events of many raw partitions (the `gateway-source`
+header names each record's), and with a backlog its event time jumps back and forth. So:
+
+* each upstream (raw topic and partition) has its own mark, the largest event time seen from it; an
+  event is *late* when its window's close time (window end + grace) is at or below its upstream's
+  mark: its own producer had already moved past it, by more than the grace;
+* a window's state is forgotten once every upstream has passed its close time (every partition of
+  the raw topic, known when the job starts, plus any other seen since), or once the most advanced
+  upstream is more than ``max_skew`` past it (a raw partition lagging the others by more than that,
+  or carrying no events, holds nothing open for longer); the *frontier* is the latest close time
+  forgotten, and an event for a window at or below it is late too, never folded into a fresh
+  (empty) bound.
+
+Late events are dropped and reported (audited per event).
 
 The state survives a restart or a partition moving to another worker: every change is drained as
 changelog entries (:meth:`ContributionBounder.drain_changes`), which the worker writes to a compacted
@@ -47,15 +59,18 @@ class Contribution:
     group: str  # canonical JSON list of the group-by values
     value: int  # clamped value (0 for count)
     event_time: int
+    # where its event times come from in order: "<stage-1 partition>|<raw topic>/<raw partition>"
+    # (stage 2 keeps one event-time mark per source; see gateway/dp/windows.py)
+    source: str = ""
 
     def to_json(self) -> bytes:
         return orjson.dumps({"a": self.aggregate, "w": self.window_start, "g": self.group, "v": self.value,
-                             "t": self.event_time})
+                             "t": self.event_time, "s": self.source})
 
     @classmethod
     def from_json(cls, data: bytes) -> Contribution:
         d = orjson.loads(data)
-        return cls(str(d["a"]), int(d["w"]), str(d["g"]), int(d["v"]), int(d["t"]))
+        return cls(str(d["a"]), int(d["w"]), str(d["g"]), int(d["v"]), int(d["t"]), str(d.get("s", "")))
 
     @property
     def partition_key(self) -> bytes:
@@ -82,27 +97,32 @@ class ContributionBounder:
     """Bounding state of one input partition."""
 
     specs: tuple[AggregateSpec, ...]
-    watermarks: dict[str, int] = field(default_factory=dict)  # aggregate id -> largest event time seen
+    partition: str = ""  # its input partition, part of each contribution's source
+    upstreams: frozenset[str] = frozenset()  # the raw partitions expected ("<topic>/<partition>")
+    marks: dict[tuple[str, str], int] = field(default_factory=dict)  # (aggregate id, upstream) -> event time
+    frontier: dict[str, int] = field(default_factory=dict)  # aggregate id -> latest close time forgotten
     # (aggregate id, window start) -> subject -> group -> records accepted
     state: dict[tuple[str, int], dict[str, dict[str, int]]] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     # changes not yet drained to the changelog
     _dirty: set[tuple[str, int, str]] = field(default_factory=set, repr=False)
-    _dirty_watermarks: set[str] = field(default_factory=set, repr=False)
+    _dirty_marks: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _dirty_frontiers: set[str] = field(default_factory=set, repr=False)
     _closed: list[tuple[str, int, list[str]]] = field(default_factory=list, repr=False)
 
-    def offer(self, subject: str, record: dict[str, Any], timestamp_ms: int
+    def offer(self, subject: str, record: dict[str, Any], timestamp_ms: int, upstream: str = ""
               ) -> list[tuple[AggregateSpec, str, Contribution | None]]:
-        """Bound one sanitized record against every aggregate: [(spec, outcome, contribution)]."""
+        """Bound one sanitized record against every aggregate: [(spec, outcome, contribution)].
+        `upstream` names the raw partition the record came from (its event times are in order)."""
         out: list[tuple[AggregateSpec, str, Contribution | None]] = []
         for spec in self.specs:
-            outcome, contribution = self._offer_one(spec, subject, record, timestamp_ms)
+            outcome, contribution = self._offer_one(spec, subject, record, timestamp_ms, upstream)
             self.counts[outcome] += 1
             out.append((spec, outcome, contribution))
         return out
 
     def _offer_one(self, spec: AggregateSpec, subject: str, record: dict[str, Any],
-                   timestamp_ms: int) -> tuple[str, Contribution | None]:
+                   timestamp_ms: int, upstream: str) -> tuple[str, Contribution | None]:
         t = event_time(spec, record, timestamp_ms)
         group = group_key(spec, record)
         value = 0
@@ -115,9 +135,10 @@ class ContributionBounder:
         if t is None or group is None:
             return MISSING, None
         start = spec.window_start(t)
-        if start + spec.window_ms + spec.grace_ms <= self.watermarks.get(spec.id, NEVER):
+        close_at = start + spec.window_ms + spec.grace_ms
+        if close_at <= self.marks.get((spec.id, upstream), NEVER) or close_at <= self.frontier.get(spec.id, NEVER):
             return LATE, None
-        self.advance(spec, t)
+        self.advance(spec, upstream, t)
         subjects = self.state.setdefault((spec.id, start), {})
         groups = subjects.setdefault(subject, {})
         if group not in groups:
@@ -128,22 +149,33 @@ class ContributionBounder:
             return OVER_RECORDS, None
         groups[group] += 1
         self._dirty.add((spec.id, start, subject))
-        return ACCEPTED, Contribution(spec.id, start, group, value, t)
+        return ACCEPTED, Contribution(spec.id, start, group, value, t, f"{self.partition}|{upstream}")
 
-    def advance(self, spec: AggregateSpec, t: int) -> None:
-        """Move the aggregate's watermark to event time `t` (if later) and forget windows it closes."""
-        if t <= self.watermarks.get(spec.id, NEVER):
+    def advance(self, spec: AggregateSpec, upstream: str, t: int) -> None:
+        """Move an upstream's mark to event time `t` (if later) and forget the windows no upstream
+        can still reach (see the module docstring)."""
+        key = (spec.id, upstream)
+        if t <= self.marks.get(key, NEVER):
             return
-        self.watermarks[spec.id] = t
-        self._dirty_watermarks.add(spec.id)
-        for key in [k for k in self.state if k[0] == spec.id and k[1] + spec.window_ms + spec.grace_ms <= t]:
-            self._closed.append((key[0], key[1], list(self.state.pop(key))))
+        self.marks[key] = t
+        self._dirty_marks.add(key)
+        marks = {u: m for (aggregate, u), m in self.marks.items() if aggregate == spec.id}
+        slowest = min((marks.get(u, NEVER) for u in self.upstreams | marks.keys()), default=NEVER)
+        done = max(slowest, max(marks.values()) - spec.max_skew_ms)
+        if done <= self.frontier.get(spec.id, NEVER):
+            return
+        closing = [k for k in self.state if k[0] == spec.id and k[1] + spec.window_ms + spec.grace_ms <= done]
+        for window in closing:
+            self._closed.append((window[0], window[1], list(self.state.pop(window))))
+        self.frontier[spec.id] = done
+        self._dirty_frontiers.add(spec.id)
 
     # ---- changelog -------------------------------------------------------------------------------
     def drain_changes(self) -> list[tuple[list[Any], bytes | None]]:
         """Changelog entries for what changed since the last drain: ``(key, value)``, value None
         deleting the key. Keys are JSON lists: ``["s", aggregate, window, subject]`` holds a subject's
-        ``{group: records}`` for a window, ``["w", aggregate]`` the watermark."""
+        ``{group: records}`` for a window, ``["m", aggregate, upstream]`` an upstream's mark and
+        ``["f", aggregate]`` the frontier."""
         out: list[tuple[list[Any], bytes | None]] = []
         for aggregate, start, subjects in self._closed:
             out += [(["s", aggregate, start, subject], None) for subject in subjects]
@@ -151,19 +183,25 @@ class ContributionBounder:
             groups = self.state.get((aggregate, start), {}).get(subject)
             if groups is not None:  # else its window closed later in the same batch: deleted above
                 out.append((["s", aggregate, start, subject], orjson.dumps(groups)))
-        out += [(["w", aggregate], orjson.dumps(self.watermarks[aggregate]))
-                for aggregate in sorted(self._dirty_watermarks)]
+        out += [(["m", aggregate, upstream], orjson.dumps(self.marks[(aggregate, upstream)]))
+                for aggregate, upstream in sorted(self._dirty_marks)]
+        out += [(["f", aggregate], orjson.dumps(self.frontier[aggregate]))
+                for aggregate in sorted(self._dirty_frontiers)]
         self._closed.clear()
         self._dirty.clear()
-        self._dirty_watermarks.clear()
+        self._dirty_marks.clear()
+        self._dirty_frontiers.clear()
         return out
 
     def restore(self, entries: Iterable[tuple[list[Any], bytes | None]]) -> int:
         """Rebuild the state from changelog entries in log order (the last entry per key wins)."""
         applied = 0
         for key, value in entries:
-            if key[0] == "w" and value is not None:
-                self.watermarks[str(key[1])] = int(orjson.loads(value))
+            if key[0] == "m" and value is not None:
+                self.marks[(str(key[1]), str(key[2]))] = int(orjson.loads(value))
+            elif key[0] in ("f", "w") and value is not None:  # "w": the one watermark of older versions
+                aggregate = str(key[1])
+                self.frontier[aggregate] = max(self.frontier.get(aggregate, NEVER), int(orjson.loads(value)))
             elif key[0] == "s":
                 window = (str(key[1]), int(key[2]))
                 if value is None:
@@ -174,11 +212,11 @@ class ContributionBounder:
             else:
                 continue
             applied += 1
-        # windows the restored watermark has closed (their tombstones may not all have been written)
+        # windows the restored frontier has closed (their tombstones may not all have been written)
         for spec in self.specs:
-            watermark = self.watermarks.get(spec.id, NEVER)
+            frontier = self.frontier.get(spec.id, NEVER)
             for window in [k for k in self.state if k[0] == spec.id and k[1] + spec.window_ms + spec.grace_ms
-                           <= watermark]:
+                           <= frontier]:
                 del self.state[window]
         self.state = {k: v for k, v in self.state.items() if v}
         return applied

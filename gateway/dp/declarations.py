@@ -16,17 +16,21 @@ name and the setting, so `gateway policy lint` lists them with the schema.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 METRICS = ("count", "sum", "mean")
 REQUIRED = ("name", "metric", "group_by", "window_s", "epsilon", "delta", "max_groups_per_subject",
             "max_records_per_group")
 OPTIONAL = ("field", "grace_s", "clamp", "time_field", "output_topic", "period_s", "period_epsilon_cap",
-            "period_delta_cap", "share")
+            "period_delta_cap", "share", "max_skew_s", "continual")
+CONTINUAL_SETTINGS = ("horizon_windows", "start", "groups")
 BUDGET_SETTINGS = ("period_s", "epsilon_cap", "delta_cap")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -61,7 +65,30 @@ class AggregateSpec:
     # the budget this aggregate spends from, shared by every aggregate over the same subjects (see
     # compile_budget): its key, and its caps per period_ms
     share: float | None = None  # the fraction of the budget's caps this aggregate may spend per period
+    # how far (event time) a raw partition may lag the most advanced one before its events count late
+    max_skew_ms: int = 300_000
+    # continual release (gateway/dp/continual.py): running totals over a horizon of windows from a
+    # start, for a declared (public) set of groups; 0 windows: each window released on its own
+    continual_windows: int = 0
+    continual_start_ms: int = 0
+    continual_groups: tuple[str, ...] = ()
+
+    @property
+    def continual(self) -> bool:
+        return self.continual_windows > 0
+
+    def horizon_index(self, window_start: int) -> int | None:
+        """1-based window number in the continual horizon, None outside it."""
+        t = (window_start - self.continual_start_ms) // self.window_ms + 1
+        return t if 1 <= t <= self.continual_windows else None
+
+    @property
+    def per_window_bound(self) -> int:
+        """How much one subject can change one window's values, summed over groups (k*m, or k*m*M)."""
+        k, m = self.max_groups_per_subject, self.max_records_per_group
+        return k * m * (self.max_abs_value if self.metric == "sum" else 1)
     budget: str = ""
+    budget_period_ms: int = 0
     budget_epsilon_cap: float = math.inf
     budget_delta_cap: float = math.inf
 
@@ -226,6 +253,12 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
             bad("clamp", "max_groups_per_subject x max_records_per_group x max|clamp| must stay below 2^52 "
                          "(integer noise and sums are 64-bit)")
     windows_per_period = math.ceil(period_s / window_s)
+    continual = _compile_continual(decl.get("continual"), metric, decl.get("group_by"), bad)
+    if continual[0] and _is_int(window_s) and window_s > 0 and continual[1] % (window_s * 1000):
+        bad("continual", "'start' must fall on a window boundary (a multiple of window_s since the epoch)")
+    max_skew_s = decl.get("max_skew_s", 300)
+    if not (_is_int(max_skew_s) and 0 <= max_skew_s <= 31 * 86400):
+        bad("max_skew_s", "must be an integer number of seconds between 0 and 2678400")
     share = decl.get("share")
     if share is not None and not (_is_number(share) and 0 < share <= 1):
         bad("share", "must be a number in (0, 1]: the fraction of the source's budget this aggregate may spend")
@@ -245,7 +278,45 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
         clamp=(clamp[0], clamp[1]) if metric != "count" else None, time_field=time_field,
         output_topic=output_topic, source_topic=source_topic, sanitized_topic=sanitized_topic,
         period_ms=period_s * 1000, period_epsilon_cap=float(eps_cap), period_delta_cap=float(delta_cap),
-        share=float(share) if share is not None else None)
+        share=float(share) if share is not None else None, max_skew_ms=max_skew_s * 1000,
+        continual_windows=continual[0], continual_start_ms=continual[1], continual_groups=continual[2])
+
+
+def _compile_continual(block: Any, metric: Any, group_by: Any,
+                       bad: Callable[[str, str], None]) -> tuple[int, int, tuple[str, ...]]:
+    """``"continual": {"horizon_windows": T, "start": "2026-01-01T00:00:00Z", "groups": [["DE"], ...]}``.
+    The groups are declared, not found in the data: every one of them is released at every window
+    close (a group appearing only once someone contributed would tell that someone did)."""
+    if block is None:
+        return 0, 0, ()
+    if not isinstance(block, dict):
+        bad("continual", "must be an object {\"horizon_windows\": T, \"start\": ISO time, \"groups\": [...]}")
+        return 0, 0, ()
+    for name in sorted(set(block) - set(CONTINUAL_SETTINGS)):
+        bad("continual", f"unknown setting '{name}' (known: {', '.join(CONTINUAL_SETTINGS)})")
+    if metric not in ("count", "sum"):
+        bad("continual", "running totals are released for metric 'count' or 'sum'")
+    horizon = block.get("horizon_windows")
+    if not (_is_int(horizon) and 1 <= horizon <= 100_000):
+        bad("continual", "'horizon_windows' must be an integer between 1 and 100000")
+        horizon = 0
+    try:
+        start = datetime.datetime.fromisoformat(str(block.get("start")))
+        if start.tzinfo is None:
+            raise ValueError("no time zone")
+        start_ms = int(start.timestamp() * 1000)
+    except ValueError:
+        bad("continual", "'start' must be an ISO 8601 time with a zone, e.g. 2026-12-01T00:00:00Z")
+        start_ms = 0
+    groups = block.get("groups")
+    width = len(group_by) if isinstance(group_by, list) else 0
+    if not (isinstance(groups, list) and groups and all(isinstance(g, list) and len(g) == width for g in groups)):
+        bad("continual", f"'groups' must list the groups to release, each a list of {width} group-by value(s)")
+        return 0, 0, ()
+    keys = tuple(orjson.dumps(g).decode() for g in groups)
+    if len(set(keys)) != len(keys):
+        bad("continual", "'groups' lists a group twice")
+    return horizon, start_ms, keys
 
 
 def budget_key(subject_domain: str | None, source_topic: str) -> str:
@@ -257,10 +328,11 @@ def budget_key(subject_domain: str | None, source_topic: str) -> str:
 def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
                    error: Callable[[str, str], None]) -> tuple[AggregateSpec, ...]:
     """The record-level ``"budget": {"period_s", "epsilon_cap", "delta_cap"}``: what everything
-    released about one subject may spend per period, summed over all aggregates of the budget
-    (basic composition). Absent, the caps are the sum of the aggregates' own period caps (so no
-    aggregate is held back more than by its own cap, and the total is still accounted). An aggregate
-    with ``"share": f`` may spend at most f of the budget's caps per period; shares sum to at most 1."""
+    released about one subject may spend per rolling period, summed over all aggregates of the
+    budget (basic composition). Absent, the period is the longest of the aggregates' and the caps are
+    what their own caps allow over it, summed (so no aggregate is held back more than by its own cap,
+    and the total is still accounted). An aggregate with ``"share": f`` may spend at most f of the
+    budget's caps per its own period; shares sum to at most 1."""
     if not specs:
         if block is not None:
             error("(record)", "budget is set, but the schema declares no aggregates")
@@ -271,19 +343,17 @@ def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
     block = block or {}
     for name in sorted(set(block) - set(BUDGET_SETTINGS)):
         error("(record)", f"unknown budget setting '{name}' (known: {', '.join(BUDGET_SETTINGS)})")
-    period_s = block.get("period_s", specs[0].period_ms // 1000)
+    period_s = block.get("period_s", max(s.period_ms for s in specs) // 1000)
     if not (_is_int(period_s) and 1 <= period_s <= 366 * 86400):
         error("(record)", "budget setting 'period_s' must be an integer number of seconds between 1 and 31622400")
         return specs
-    for spec in specs:
-        if spec.period_ms != period_s * 1000:
-            error(f"aggregate '{spec.name}'", f"setting 'period_s': {spec.period_ms // 1000} differs from the "
-                                              f"budget's period_s {period_s}; one budget, one period")
     shares = {s.name: s.share for s in specs if s.share is not None}
     if sum(shares.values()) > 1 + 1e-9:
         error("(record)", f"the aggregates' shares sum to {sum(shares.values()):g}, above 1")
-    eps_cap = block.get("epsilon_cap", sum(s.period_epsilon_cap for s in specs))
-    delta_cap = block.get("delta_cap", sum(s.period_delta_cap for s in specs))
+    # default: what the aggregates' own caps allow over the budget's period, summed
+    periods = {s.name: math.ceil(period_s * 1000 / s.period_ms) for s in specs}
+    eps_cap = block.get("epsilon_cap", sum(s.period_epsilon_cap * periods[s.name] for s in specs))
+    delta_cap = block.get("delta_cap", sum(s.period_delta_cap * periods[s.name] for s in specs))
     if not (_is_number(eps_cap) and eps_cap > 0):
         error("(record)", "budget setting 'epsilon_cap' must be a positive number")
         return specs
@@ -299,8 +369,8 @@ def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
         if spec.epsilon > min(own_eps, eps_cap) * (1 + 1e-9):
             error(f"aggregate '{spec.name}'", f"one window's epsilon {spec.epsilon:g} is above what its budget "
                                               f"allows per period ({min(own_eps, eps_cap):g})")
-        out.append(replace(spec, budget=key, budget_epsilon_cap=float(eps_cap), budget_delta_cap=float(delta_cap),
-                           period_epsilon_cap=own_eps, period_delta_cap=own_delta))
+        out.append(replace(spec, budget=key, budget_period_ms=period_s * 1000, budget_epsilon_cap=float(eps_cap),
+                           budget_delta_cap=float(delta_cap), period_epsilon_cap=own_eps, period_delta_cap=own_delta))
     return tuple(out)
 
 

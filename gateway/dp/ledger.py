@@ -96,6 +96,7 @@ class Charge:
     charged_at: int
     instance: str
     budget: str = ""  # "": a charge written before budgets, its aggregate's own
+    budget_period_ms: int = 0  # 0: the aggregate's period
     budget_epsilon_cap: float = math.inf
     budget_delta_cap: float = math.inf
 
@@ -104,7 +105,7 @@ class Charge:
                     instance: str) -> Charge:
         return cls(spec.id, window_start, partition, spec.epsilon, spec.delta, spec.period_ms,
                    spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance, spec.budget,
-                   spec.budget_epsilon_cap, spec.budget_delta_cap)
+                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap)
 
     @property
     def key(self) -> bytes:
@@ -126,7 +127,8 @@ class Charge:
         return cls(str(d["aggregate"]), int(d["window_start"]), int(d["partition"]), float(d["epsilon"]),
                    float(d["delta"]), int(d["period_ms"]), float(d["period_epsilon_cap"]),
                    float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]),
-                   str(d.get("budget", "")), cap("budget_epsilon_cap"), cap("budget_delta_cap"))
+                   str(d.get("budget", "")), int(d.get("budget_period_ms", 0)), cap("budget_epsilon_cap"),
+                   cap("budget_delta_cap"))
 
 
 @dataclass
@@ -164,19 +166,22 @@ class Ledger:
         if window in self.decisions:
             return
         self.decisions[window] = self._refusal(charge.aggregate, charge.budget or charge.aggregate,
-                                               charge.window_start, charge.period_ms, (charge.epsilon, charge.delta),
+                                               charge.window_start, (charge.period_ms, charge.budget_period_ms),
+                                               (charge.epsilon, charge.delta),
                                                (charge.period_epsilon_cap, charge.period_delta_cap),
                                                (charge.budget_epsilon_cap, charge.budget_delta_cap))
 
-    def _refusal(self, aggregate: str, budget: str, window_start: int, period_ms: int, cost: tuple[float, float],
-                 caps: tuple[float, float], budget_caps: tuple[float, float]) -> str | None:
-        """Why a window's release (costing `cost`) would break its aggregate's or its budget's caps."""
-        eps, delta = self.period_spend(aggregate, window_start, period_ms, cost)
+    def _refusal(self, aggregate: str, budget: str, window_start: int, periods: tuple[int, int],
+                 cost: tuple[float, float], caps: tuple[float, float],
+                 budget_caps: tuple[float, float]) -> str | None:
+        """Why a window's release (costing `cost`) would break its aggregate's cap (over its own
+        period) or its budget's (over the budget's period; 0: the aggregate's)."""
+        eps, delta = self.period_spend(aggregate, window_start, periods[0], cost)
         if eps > caps[0] * (1 + _TOLERANCE):
             return EPSILON_CAP
         if delta > caps[1] * (1 + _TOLERANCE):
             return DELTA_CAP
-        eps, delta = self.budget_spend(budget, aggregate, window_start, period_ms, cost)
+        eps, delta = self.budget_spend(budget, aggregate, window_start, periods[1] or periods[0], cost)
         if eps > budget_caps[0] * (1 + _TOLERANCE):
             return BUDGET_EPSILON_CAP
         if delta > budget_caps[1] * (1 + _TOLERANCE):
@@ -230,7 +235,7 @@ class Ledger:
             return ALREADY_RELEASED
         if (spec.id, window_start) in self.decisions:
             return self.decisions[(spec.id, window_start)]
-        return self._refusal(spec.id, spec.budget or spec.id, window_start, spec.period_ms,
+        return self._refusal(spec.id, spec.budget or spec.id, window_start, (spec.period_ms, spec.budget_period_ms),
                              (spec.epsilon, spec.delta), (spec.period_epsilon_cap, spec.period_delta_cap),
                              (spec.budget_epsilon_cap, spec.budget_delta_cap))
 
@@ -274,7 +279,8 @@ class Ledger:
             spent = self.spent(budget=budget)
             latest = max((start for _, start in spent), default=None)
             first = members[0]
-            row: dict[str, Any] = {"budget": budget, "period_s": first.period_ms // 1000,
+            period_ms = first.budget_period_ms or first.period_ms
+            row: dict[str, Any] = {"budget": budget, "period_s": period_ms // 1000,
                                    "epsilon_total": round(sum(e for e, _ in spent.values()), 12),
                                    "epsilon_cap": first.budget_epsilon_cap, "delta_cap": first.budget_delta_cap,
                                    "latest_window_start": latest}
@@ -282,7 +288,7 @@ class Ledger:
             in_period: dict[str, float] = {s.id: 0.0 for s in members}
             delta_in_period = 0.0
             for (aggregate, start), (e, d) in spent.items():
-                if latest is not None and latest - first.period_ms < start <= latest:
+                if latest is not None and latest - period_ms < start <= latest:
                     in_period[aggregate] = in_period.get(aggregate, 0.0) + e
                     delta_in_period += d
             eps = sum(in_period.values())

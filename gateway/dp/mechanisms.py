@@ -47,12 +47,10 @@ from typing import Any
 import opendp.prelude as dp
 
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.testmode import NoNoise
 from gateway.errors import ConfigError
 
 dp.enable_features("contrib")
 MECHANISM = f"discrete_laplace+threshold (opendp {version('opendp')})"
-NO_NOISE_MECHANISM = "none:test-mode"
 _EPS_TOLERANCE = 1e-9
 
 
@@ -93,11 +91,8 @@ class GroupResult:
 class AggregateMechanism:
     """Everything noise-related for one aggregate: scales, threshold, and the OpenDP measurements."""
 
-    def __init__(self, spec: AggregateSpec, no_noise: NoNoise | None = None) -> None:
-        if no_noise is not None and not isinstance(no_noise, NoNoise):
-            raise ConfigError("no_noise must come from gateway.dp.testmode.allow_no_noise")
+    def __init__(self, spec: AggregateSpec) -> None:
         self.spec = spec
-        self.no_noise = no_noise is not None
         k, m, mx = spec.max_groups_per_subject, spec.max_records_per_group, spec.max_abs_value
         self.count_epsilon = spec.epsilon if spec.metric == "count" else spec.epsilon / 2
         self.sum_epsilon = 0.0 if spec.metric == "count" else spec.epsilon / 2
@@ -137,24 +132,26 @@ class AggregateMechanism:
 
     @property
     def mechanism(self) -> str:
-        return NO_NOISE_MECHANISM if self.no_noise else MECHANISM
+        return MECHANISM
 
     def release(self, counts: dict[str, int], sums: dict[str, int] | None = None) -> list[GroupResult]:
         """Noise once per group: thresholded noisy counts (key selection), then noisy sums of the kept
         groups. `counts` and `sums` map canonical group keys to the bounded true values."""
         if not counts:
             return []
-        if self.no_noise:
-            return [GroupResult(g, c, (sums or {}).get(g) if self._sum else None) for g, c in sorted(counts.items())]
-        noisy = self._count(dict(counts))
+        noisy = self.noisy_counts(counts)
         results: list[GroupResult] = []
         for group in sorted(noisy):
-            noisy_sum = int(self._sum(int((sums or {}).get(group, 0)))) if self._sum is not None else None
+            noisy_sum = self.sum_noise(int((sums or {}).get(group, 0))) if self._sum is not None else None
             results.append(GroupResult(group, int(noisy[group]), noisy_sum))
         return results
 
+    def noisy_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """The thresholded noisy counts of one window: the groups kept by key selection, and theirs."""
+        return {group: int(c) for group, c in self._count(dict(counts)).items()}
+
     def sum_noise(self, true_sum: int) -> int:
-        """One noisy sum (the per-group sum measurement, for tests and diagnostics)."""
+        """One noisy sum (the per-group sum measurement)."""
         if self._sum is None:
             raise ConfigError(f"aggregate '{self.spec.id}' has no sum")
         return int(self._sum(int(true_sum)))
@@ -178,10 +175,8 @@ class AggregateMechanism:
             "window": {"start": window_start, "end": window_start + spec.window_ms},
             "group": dict(zip(spec.group_by, json.loads(group.group), strict=True)),
             "value": value, "noisy_count": group.noisy_count, "noisy_sum": group.noisy_sum,
-            "error_95": error, "mechanism": self.mechanism,
-            "epsilon": None if self.no_noise else spec.epsilon, "delta": None if self.no_noise else spec.delta,
-            "noise_scale": {"count": self.count_scale, "sum": self.sum_scale},
-            "threshold": None if self.no_noise else self.threshold,
+            "error_95": error, "mechanism": self.mechanism, "epsilon": spec.epsilon, "delta": spec.delta,
+            "noise_scale": {"count": self.count_scale, "sum": self.sum_scale}, "threshold": self.threshold,
             "bounds": spec.bounds(), "released_at": released_at,
         }
 

@@ -4,13 +4,20 @@ Contributions arrive partitioned by (aggregate, window, group), so one stage-2 p
 contributions of its groups. State is kept per (aggregate, window start, partition): that is the
 unit the ledger charges and the worker releases.
 
-A window closes when
-* the event-time watermark (largest contribution event time this worker has seen) passes
-  window end + grace, or
+Event time is tracked per *source*: contributions of one stage-1 partition from one raw partition
+(`Contribution.source`) arrive in their event-time order, while contributions of different sources
+interleave however the stages' partitions happened to be processed, and this worker reads its
+own partitions at different paces too. So each (stage-2 partition, aggregate, source) has a mark, the
+largest event time seen from that source on that partition, and a partition's watermark for an
+aggregate is the smallest mark over every expected source (every stage-1 partition times every raw
+partition, known when the job starts, plus any other seen since), but never more than ``max_skew``
+behind the largest (a source that stopped, carries nothing, or lags by more, does not hold the
+windows open for longer). A window of a partition closes when
+* the watermark passes window end + grace (every source has moved past it), or
 * the input has been quiet for ``idle_close_ms`` of wall-clock time and the wall clock has passed
   window end + grace (so a quiet stream still gets its windows released).
 
-A contribution for a window already closed here (or already past the watermark) is late: it is
+A contribution for a window already closed here (or already behind the watermark) is late: it is
 reported, never folded into a released or fresh window.
 """
 
@@ -43,14 +50,18 @@ class GroupWindows:
     idle_close_ms: int
     open: dict[WindowKey, WindowState] = field(default_factory=dict)
     closed: set[WindowKey] = field(default_factory=set)
-    watermarks: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, frozenset[str]] = field(default_factory=dict)  # aggregate -> expected sources
+    # (aggregate, partition) -> source -> event time, and the watermark it gives (see the docstring)
+    marks: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    watermarks: dict[tuple[str, int], int] = field(default_factory=dict)
     last_input_ms: int = 0
 
     def is_late(self, c: Contribution, partition: int) -> bool:
         spec = self.specs[c.aggregate]
         if (c.aggregate, c.window_start, partition) in self.closed:
             return True
-        return c.window_start + spec.window_ms + spec.grace_ms <= self.watermarks.get(c.aggregate, NEVER)
+        return c.window_start + spec.window_ms + spec.grace_ms <= self.watermarks.get((c.aggregate, partition),
+                                                                                      NEVER)
 
     def add(self, c: Contribution, partition: int, offset: int, now_ms: int) -> bool:
         """Fold a contribution in; False (and nothing changes) if it is late."""
@@ -58,8 +69,15 @@ class GroupWindows:
         if self.is_late(c, partition):
             return False
         self.open.setdefault((c.aggregate, c.window_start, partition), WindowState()).add(c, offset)
-        if c.event_time > self.watermarks.get(c.aggregate, NEVER):
-            self.watermarks[c.aggregate] = c.event_time
+        key = (c.aggregate, partition)
+        marks = self.marks.setdefault(key, {})
+        if c.event_time > marks.get(c.source, NEVER):
+            marks[c.source] = c.event_time
+            expected = self.sources.get(c.aggregate, frozenset()) | marks.keys()
+            slowest = min(marks.get(source, NEVER) for source in expected)
+            watermark = max(slowest, max(marks.values()) - self.specs[c.aggregate].max_skew_ms)
+            if watermark > self.watermarks.get(key, NEVER):
+                self.watermarks[key] = watermark
         return True
 
     def due(self, now_ms: int) -> list[WindowKey]:
@@ -68,7 +86,7 @@ class GroupWindows:
         for key in self.open:
             spec = self.specs[key[0]]
             close_at = key[1] + spec.window_ms + spec.grace_ms
-            if self.watermarks.get(key[0], NEVER) >= close_at or (idle and now_ms >= close_at):
+            if self.watermarks.get((key[0], key[2]), NEVER) >= close_at or (idle and now_ms >= close_at):
                 out.append(key)
         return sorted(out, key=lambda k: (k[1], k[0], k[2]))
 
@@ -80,6 +98,9 @@ class GroupWindows:
         """On revoke: drop open state of a partition (its new owner re-reads it from the committed offset)."""
         for key in [k for k in self.open if k[2] == partition]:
             del self.open[key]
+        for key in [k for k in self.marks if k[1] == partition]:
+            del self.marks[key]
+            self.watermarks.pop(key, None)
 
     def commit_offset(self, partition: int, next_offset: int) -> int:
         """Offset to commit for a partition: the earliest one an open window still needs."""
@@ -91,6 +112,6 @@ class GroupWindows:
         keep = set()
         for key in self.closed:
             spec = self.specs[key[0]]
-            if key[1] + spec.window_ms + spec.grace_ms > self.watermarks.get(key[0], NEVER):
+            if key[1] + spec.window_ms + spec.grace_ms > self.watermarks.get((key[0], key[2]), NEVER):
                 keep.add(key)
         self.closed = keep

@@ -22,7 +22,7 @@ from gateway.audit import verify_chains
 from gateway.demo import encode_raw
 from gateway.samples import SampleEvents
 
-from .conftest import ENV, REPO, Deployment, WorkerProcess, cli
+from .conftest import _STARTED, ENV, REPO, Deployment, WorkerProcess, cli
 
 pytestmark = pytest.mark.integration
 WINDOW_S = 10
@@ -39,16 +39,22 @@ def enable_aggregates(d: Deployment, aggregates: list[dict[str, Any]]) -> None:
     d.plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(d.schemas)}
 
 
+GATEWAY_AGGREGATE = ("gateway", "aggregate")
+NOISE_FREE_WORKER = ("tests.dp_worker",)  # the same arguments, the noise-free double (tests/dp_doubles.py)
+
+
 def start_aggregator(d: Deployment, instance: str, ledger_topic: str, *extra: str,
-                     env: dict[str, str] | None = None, idle_s: float = 1.0) -> WorkerProcess:
+                     env: dict[str, str] | None = None, idle_s: float = 1.0,
+                     command: tuple[str, ...] = GATEWAY_AGGREGATE) -> WorkerProcess:
     log_path = d.root / f"aggregate-{instance}.log"
     handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "aggregate", "--bootstrap", d.bootstrap, "--schemas", str(d.schemas),
+        [sys.executable, "-m", *command, "--bootstrap", d.bootstrap, "--schemas", str(d.schemas),
          "--audit-topic", d.audit_topic, "--group-id", d.group_id, "--instance-id", instance,
          "--partitions", "3", "--session-timeout-ms", "6000", "--ledger-topic", ledger_topic,
          "--dp-idle-close-s", str(idle_s), *extra],
         stdout=handle, stderr=subprocess.STDOUT, env=env or ENV, cwd=REPO)
+    _STARTED.append(proc)  # killed at the end of the session if a failing test left it running
     worker = WorkerProcess(proc, log_path, handle)
     worker.wait_for_log('"stage":"release"')
     worker.wait_for_log('"stage":"bound"')

@@ -16,9 +16,8 @@ from gateway.dp.bounding import (
     ContributionBounder,
 )
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.mechanisms import AggregateMechanism
-from gateway.dp.testmode import ENV_VAR, NO_NOISE_ACK, allow_no_noise
 from gateway.dp.windows import GroupWindows
+from tests.dp_doubles import NoiseFreeMechanism
 
 SPEC = AggregateSpec(
     schema="t.Payment", name="spend", metric="sum", field="amount", group_by=("country",), window_ms=60_000,
@@ -28,7 +27,6 @@ SPEC = AggregateSpec(
 COUNTRIES = ["DE", "FR", "NL", "PL", "ES", "IT"]
 # events below arrive in random event-time order: a grace longer than the data keeps them all on time
 ORDERLESS = replace(SPEC, grace_ms=10**9)
-NO_NOISE = allow_no_noise("127.0.0.1:1", {ENV_VAR: NO_NOISE_ACK, "PYTEST_CURRENT_TEST": "unit"})
 
 
 def _event(country: str, amount: int, at: int) -> dict[str, object]:
@@ -36,7 +34,8 @@ def _event(country: str, amount: int, at: int) -> dict[str, object]:
 
 
 def _pre_noise(events: list[tuple[str, dict[str, object]]], partitions: int = 1) -> dict[tuple[int, str], tuple]:
-    """Stage 1 per partition (subjects hashed to partitions), stage 2, then a no-noise release."""
+    """Stage 1 per partition (subjects hashed to partitions), stage 2, then a release without noise
+    (the test double)."""
     bounders = [ContributionBounder((ORDERLESS,)) for _ in range(partitions)]
     windows = GroupWindows({ORDERLESS.id: ORDERLESS}, idle_close_ms=1000)
     for offset, (subject, record) in enumerate(events):
@@ -45,7 +44,7 @@ def _pre_noise(events: list[tuple[str, dict[str, object]]], partitions: int = 1)
             if outcome == ACCEPTED:
                 assert contribution is not None
                 assert windows.add(Contribution.from_json(contribution.to_json()), 0, offset, now_ms=0)
-    mech = AggregateMechanism(ORDERLESS, no_noise=NO_NOISE)
+    mech = NoiseFreeMechanism(ORDERLESS)
     out = {}
     for key in windows.due(now_ms=10**13):
         state = windows.close(key)
@@ -169,7 +168,7 @@ def test_a_bounder_restored_from_its_changelog_continues_exactly_where_the_first
                 original.offer(subject, record, 0)
             log += original.drain_changes()
         moved = _replay_changelog(log)
-        assert moved.state == original.state and moved.watermarks == original.watermarks
+        assert moved.state == original.state and moved.marks == original.marks and moved.frontier == original.frontier
         for subject, record in events[cut:]:
             assert [o for _, o, _ in moved.offer(subject, record, 0)] == \
                    [o for _, o, _ in original.offer(subject, record, 0)], (cut, subject, record)

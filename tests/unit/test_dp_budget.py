@@ -140,3 +140,18 @@ def test_sources_sharing_a_token_domain_must_declare_one_budget(tmp_path) -> Non
     (tmp_path / "b.avsc").write_bytes(orjson.dumps(_schema({"epsilon_cap": 10.0}, name="Refund",
                                                            topic="refunds.raw")))
     assert not [p for p in lint_directory(tmp_path) if p.severity == "error"]
+
+
+def test_aggregates_with_other_periods_share_a_budget_over_the_longest(write_schema) -> None:
+    schema = _schema()
+    schema["privacy"]["aggregates"][0].update(period_s=3600, period_epsilon_cap=1.5)
+    plan = compile_plan(load_schema_file(write_schema(schema)))
+    assert {a.budget_period_ms for a in plan.aggregates} == {86_400_000}
+    # by_country may spend 1.5 an hour (36 a day), by_city its default 0.5 x 24 windows a day
+    assert [a.budget_epsilon_cap for a in plan.aggregates] == [pytest.approx(36.0 + 12.0)] * 2
+    by_name = {a.name: a for a in plan.aggregates}
+    ledger = Ledger()
+    for w in range(24):  # a day of hourly windows: by_city 24 x 0.5, by_country 24 x 1.0 (within 1.5 an hour)
+        _charge(ledger, by_name["by_city"], w)
+        _charge(ledger, by_name["by_country"], w)
+    assert ledger.budget_spend("subject:customer", by_name["by_city"].id, 0, 86_400_000)[0] == pytest.approx(36.0)

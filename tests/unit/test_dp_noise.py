@@ -19,8 +19,7 @@ from gateway.dp.mechanisms import (
     single_subject_release_probability,
     tail_bound,
 )
-from gateway.dp.testmode import ENV_VAR, NO_NOISE_ACK, NoNoise, allow_no_noise
-from gateway.errors import ConfigError
+from tests.dp_doubles import NoiseFreeMechanism
 
 SPEC = AggregateSpec(
     schema="t.Payment", name="spend", metric="sum", field="amount", group_by=("country",), window_ms=60_000,
@@ -138,26 +137,26 @@ def test_mean_is_post_processing_of_noisy_sum_and_count() -> None:
     assert record["bounds"] == {"max_groups_per_subject": 2, "max_records_per_group": 5, "clamp": [-40, 100]}
 
 
-# ---- the test-only no-noise mode ------------------------------------------------------------------
-def test_no_noise_mode_needs_every_guard(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {ENV_VAR: NO_NOISE_ACK, "PYTEST_CURRENT_TEST": "x"}
-    assert isinstance(allow_no_noise("127.0.0.1:9092", env), NoNoise)
-    with pytest.raises(ConfigError, match=ENV_VAR):
-        allow_no_noise("127.0.0.1:9092", {"PYTEST_CURRENT_TEST": "x", ENV_VAR: "1"})
-    with pytest.raises(ConfigError, match="outside a pytest run"):
-        allow_no_noise("127.0.0.1:9092", {ENV_VAR: NO_NOISE_ACK})
-    with pytest.raises(ConfigError, match="non-loopback"):
-        allow_no_noise("127.0.0.1:9092,kafka-1:9092", env)
-    with pytest.raises(ConfigError):
-        NoNoise(object())  # cannot be forged
-    with pytest.raises(ConfigError):
-        AggregateMechanism(SPEC, no_noise=True)  # type: ignore[arg-type]
-
-
-def test_no_noise_mode_releases_true_values_and_says_so() -> None:
-    token = allow_no_noise("127.0.0.1:1", {ENV_VAR: NO_NOISE_ACK, "PYTEST_CURRENT_TEST": "x"})
-    mech = AggregateMechanism(SPEC, no_noise=token)
+# ---- the noise-free test double (tests/dp_doubles.py; the package has no no-noise mode) -----------
+def test_the_noise_free_double_releases_true_values_and_says_so() -> None:
+    mech = NoiseFreeMechanism(SPEC)
     groups = mech.release({'["DE"]': 1, '["FR"]': 3}, {'["DE"]': 7, '["FR"]': -2})
     assert [(g.group, g.noisy_count, g.noisy_sum) for g in groups] == [('["DE"]', 1, 7), ('["FR"]', 3, -2)]
     record = mech.record(groups[0], 0, 0)
-    assert record["mechanism"] == "none:test-mode" and record["epsilon"] is None
+    assert record["mechanism"] == "none:test-double"
+    # the rest is the real mechanism's: the same budget (charged to the ledger), bounds and scales
+    real = AggregateMechanism(SPEC)
+    assert real.mechanism.startswith("discrete_laplace")
+    assert {k: v for k, v in record.items() if k != "mechanism"} == \
+        {k: v for k, v in real.record(groups[0], 0, 0).items() if k != "mechanism"}
+    assert record["epsilon"] == 1.0 and record["delta"] == 1e-6
+
+
+def test_the_real_mechanism_takes_no_switch_and_always_adds_noise() -> None:
+    with pytest.raises(TypeError):
+        AggregateMechanism(SPEC, no_noise=True)  # type: ignore[call-arg]
+    mech = AggregateMechanism(SPEC)
+    true = {f'["g{i}"]': 10_000 for i in range(20)}
+    groups = mech.release(true, dict.fromkeys(true, 10_000))
+    # 40 independent discrete Laplace draws of scale >= 10 are all zero with probability < 0.1^40
+    assert any(g.noisy_count != 10_000 or g.noisy_sum != 10_000 for g in groups)

@@ -52,10 +52,10 @@ from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounde
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
 from gateway.dp.mechanisms import AggregateMechanism
-from gateway.dp.testmode import NoNoise
 from gateway.dp.windows import GroupWindows, WindowKey, WindowState
 from gateway.errors import ConfigError, GatewayError
 from gateway.outputs import OutRecord
+from gateway.pipeline import SOURCE_HEADER, parse_source_ref
 from gateway.policy import Plan
 from gateway.runtime import changelog, clients
 from gateway.runtime.instance import with_instance_id
@@ -63,7 +63,7 @@ from gateway.runtime.jobs import start_process
 from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import create_topics, ensure_topics, partition_counts
-from gateway.runtime.transactional import Batch, Output, Source, TransactionalLoop
+from gateway.runtime.transactional import Output, Source, TransactionalLoop
 from gateway.sanitized import SanitizedDecoder, StoredRecord
 
 log = logging.getLogger("gateway.aggregate")
@@ -112,6 +112,16 @@ def _committed_field(metadata: str | None, name: str) -> tuple[bool, Any]:
     return True, data[name]
 
 
+def _upstream(headers: list[tuple[str, bytes]] | None) -> str:
+    """The raw partition a sanitized record came from (its `gateway-source` header): "<topic>/<partition>"."""
+    for name, value in headers or ():
+        if name == SOURCE_HEADER and value:
+            ref = parse_source_ref(value)
+            if ref is not None:
+                return f"{ref[0]}/{ref[1]}"
+    return ""
+
+
 def _is_head(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64
 
@@ -134,7 +144,7 @@ class Releaser:
         mech = self.mechanisms[aggregate]
         spec = mech.spec
         out: list[OutRecord] = []
-        refusal = None if mech.no_noise else self.ledger.check(spec, window_start, partition)
+        refusal = self.ledger.check(spec, window_start, partition)
         entry = None
         groups = []
         if refusal is None:
@@ -144,17 +154,15 @@ class Releaser:
                 record["instance"] = self.config.instance_id
                 out.append(OutRecord(spec.output_topic, f"{spec.id}|{window_start}|{g.group}".encode(),
                                      orjson.dumps(record), [("gateway-aggregate", spec.id.encode())]))
-            if not mech.no_noise:
-                entry = LedgerEntry.for_release(spec, window_start, partition, len(groups), now_ms,
-                                                self.config.instance_id)
-                out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
+            entry = LedgerEntry.for_release(spec, window_start, partition, len(groups), now_ms,
+                                            self.config.instance_id)
+            out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
         outcome = "released" if refusal is None else f"refused:{refusal}"
         audit = {
             "type": "dp_release", "chain": release_chain(aggregate, partition), "aggregate": spec.id,
             "window": {"start": window_start, "end": window_start + spec.window_ms}, "partition": partition,
             "outcome": outcome, "groups_released": len(groups), "mechanism": mech.mechanism,
-            "epsilon": None if mech.no_noise or refusal else spec.epsilon,
-            "delta": None if mech.no_noise or refusal else spec.delta,
+            "epsilon": None if refusal else spec.epsilon, "delta": None if refusal else spec.delta,
             "output": {"topic": spec.output_topic}, "ledger": {"topic": self.config.ledger_topic},
             "instance": self.config.instance_id, "time": now_ms,
         }
@@ -192,9 +200,10 @@ class BoundHandler:
     changelog when the partition opens; contributions, state changes and late audits out."""
 
     def __init__(self, kafka: dict[str, str], plans: dict[str, Plan], contrib_topic: str, state_topic: str,
-                 state_partitions: int, releaser: Releaser) -> None:
+                 state_partitions: int, releaser: Releaser, upstreams: dict[str, frozenset[str]] | None = None) -> None:
         self.kafka = kafka
         self.plans = plans  # by sanitized topic
+        self.upstreams = upstreams or {}  # by sanitized topic: its raw topic's partitions ("<topic>/<n>")
         self.decoder = SanitizedDecoder(list(plans.values()))
         self.contrib_topic = contrib_topic
         self.state_topic = state_topic
@@ -226,14 +235,18 @@ class BoundHandler:
         started = time.monotonic()
         records, _ = changelog.restore(self.kafka, self.state_topic,
                                        {state_partition(s, self.state_partitions) for s in sources})
-        restored = 0
         for source, changes in changes_by_source(((r.key, r.value) for r in records), sources).items():
-            bounder = ContributionBounder(self.plans[source[0]].aggregates)
-            restored += bounder.restore(changes)
+            bounder = self._bounder(source)
+            bounder.restore(changes)
             self.bounders[source] = bounder
         self._unrestored.clear()
-        log.info("bounding state restored", extra={"partitions": len(sources), "entries": restored,
+        # how many entries were restored is an exact count of subjects: it stays inside the DP boundary
+        log.info("bounding state restored", extra={"partitions": len(sources),
                                                     "seconds": round(time.monotonic() - started, 3)})
+
+    def _bounder(self, source: Source) -> ContributionBounder:
+        return ContributionBounder(self.plans[source[0]].aggregates, str(source[1]),
+                                   self.upstreams.get(source[0], frozenset()))
 
     def process(self, messages: list[Message]) -> Output:
         self.restore()
@@ -243,7 +256,6 @@ class BoundHandler:
         for m in messages:
             source = (m.topic(), m.partition())
             sources.add(source)
-            plan = self.plans[m.topic()]
             if m.key() is None:
                 counts[("", "no_subject")] += 1
                 continue
@@ -254,8 +266,9 @@ class BoundHandler:
                 log.warning("cannot decode a sanitized record", extra={"topic": m.topic(), "error": type(exc).__name__})
                 counts[("", "undecodable")] += 1
                 continue
-            bounder = self.bounders.setdefault(source, ContributionBounder(plan.aggregates))
-            for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1]):
+            bounder = self.bounders.get(source) or self.bounders.setdefault(source, self._bounder(source))
+            for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1],
+                                                             _upstream(m.headers())):
                 counts[(spec.id, outcome)] += 1
                 if outcome == ACCEPTED and contribution is not None:
                     out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json()))
@@ -278,14 +291,15 @@ class ReleaseHandler:
     offsets committed behind the windows still open (the job's timer releases the due ones)."""
 
     def __init__(self, specs: dict[str, AggregateSpec], contrib_topic: str, releaser: Releaser, ledger: Ledger,
-                 idle_close_ms: int) -> None:
+                 idle_close_ms: int, sources: dict[str, frozenset[str]] | None = None) -> None:
         self.specs = specs
+        self.sources = sources or {}  # by aggregate: every (stage-1 partition, raw partition) pair
         self.contrib_topic = contrib_topic
         self.releaser = releaser
         self.ledger = ledger
         self.idle_close_ms = idle_close_ms
         self.chains = releaser.chains
-        self.windows = GroupWindows(specs, idle_close_ms)
+        self.windows = GroupWindows(specs, idle_close_ms, sources=self.sources)
         self.next_offsets: dict[int, int] = {}  # per open partition: one past the last contribution read
         self.opened: set[int] = set()
 
@@ -312,7 +326,7 @@ class ReleaseHandler:
         if not self.opened:
             # nothing open (a rewind closes every partition): the watermarks go too, so windows are
             # rebuilt exactly as re-reading from the committed offsets makes them, none of them late
-            self.windows = GroupWindows(self.specs, self.idle_close_ms)
+            self.windows = GroupWindows(self.specs, self.idle_close_ms, sources=self.sources)
 
     def process(self, messages: list[Message]) -> Output:
         now = _now_ms()
@@ -354,7 +368,10 @@ class ReleaseHandler:
 
 
 class AggregateWorker:
-    def __init__(self, config: GatewayConfig, plans: Sequence[Plan], no_noise: NoNoise | None = None) -> None:
+    def __init__(self, config: GatewayConfig, plans: Sequence[Plan],
+                 mechanism_factory: Callable[[AggregateSpec], AggregateMechanism] = AggregateMechanism) -> None:
+        """`mechanism_factory` builds each aggregate's measurements; tests inject a double there
+        (tests/dp_doubles.py), the gateway itself always uses AggregateMechanism."""
         self.config = with_instance_id(config, "aggregate")
         self.plans = [p for p in plans if p.aggregates]
         if not self.plans:
@@ -367,12 +384,15 @@ class AggregateWorker:
             raise ConfigError(f"{exc} (Kafka's offset.metadata.max.bytes defaults to 4096): declare fewer "
                               "aggregates or give them shorter names") from None
         # measurements built once, here; releasing only applies them
-        self.mechanisms = {sid: AggregateMechanism(spec, no_noise) for sid, spec in self.specs.items()}
+        self.mechanisms = {sid: mechanism_factory(spec) for sid, spec in self.specs.items()}
         self.by_sanitized = {p.sanitized_topic: p for p in self.plans}
         self.contrib_topic = contributions_topic(self.config)
         self.state_topic = bound_state_topic(self.config)
         self.state_partitions = 1
-        self.counts: Counter[str] = Counter()
+        self.topic_partitions: dict[str, int] = {}  # partition counts, read when the job starts
+        # windows closed per outcome: the only tally this job reports (exact contribution counts
+        # never leave it; see README "What stays inside the DP boundary")
+        self.windows_closed: Counter[str] = Counter()
         self._stop = False
         self.health = metrics.Health(checks=("kafka", "assignment"))
         for mech in self.mechanisms.values():
@@ -382,8 +402,23 @@ class AggregateWorker:
         self._stop = True
 
     # ---- set-up ----------------------------------------------------------------------------------
+    def _event_time_sources(self) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+        """Whose event times the lateness rules wait for (gateway/dp/bounding.py, windows.py): per
+        sanitized topic its raw topic's partitions, per aggregate every (stage-1 partition, raw
+        partition) pair."""
+        counts = self.topic_partitions
+        upstreams, sources = {}, {}
+        for topic, plan in self.by_sanitized.items():
+            raw = frozenset(f"{plan.source_topic}/{p}" for p in range(counts.get(plan.source_topic, 0)))
+            upstreams[topic] = raw
+            pairs = frozenset(f"{p}|{u}" for p in range(counts.get(topic, 0)) for u in raw)
+            for spec in plan.aggregates:
+                sources[spec.id] = pairs
+        return upstreams, sources
+
     def _ensure_topics(self) -> int:
         counts = ensure_topics(self.plans, self.config)
+        self.topic_partitions = counts
         admin = clients.admin(self.config)
         wanted = {self.contrib_topic: self.config.partitions}
         for spec in self.specs.values():
@@ -403,15 +438,14 @@ class AggregateWorker:
         ensure_ledger_topic(kafka, self.config.ledger_topic)
         return counts[self.config.audit_topic]
 
-    def _loop(self, stage: str, handler: BoundHandler | ReleaseHandler, topics: list[str],
-              on_committed: Callable[[Batch, float], None]) -> TransactionalLoop:
+    def _loop(self, stage: str, handler: BoundHandler | ReleaseHandler, topics: list[str]) -> TransactionalLoop:
         config = self.config
         group = f"{config.group_id}.dp-{stage}"
         return TransactionalLoop(
             f"dp-{stage}", clients.group_consumer(config, group, f"{config.instance_id}-{stage}"),
             clients.transactional_producer(config, f"{config.group_id}-dp-{stage}-{config.instance_id}"),
             handler, topics, config.batch_max_events, config.batch_timeout_s,
-            on_committed=on_committed, on_assignment=lambda owned: self._assigned(stage, owned))
+            on_assignment=lambda owned: self._assigned(stage, owned))
 
     def run(self) -> int:
         config = self.config
@@ -423,15 +457,16 @@ class AggregateWorker:
         self.ledger, follow_from = read_ledger(kafka, config.ledger_topic)
         self.follower = LedgerFollower(kafka, config.ledger_topic, self.ledger, follow_from)
         self.releaser = Releaser(config, self.mechanisms, self.ledger, audit_partitions, ChainHeads())
+        upstreams, sources = self._event_time_sources()
         self.bound_handler = BoundHandler(kafka, self.by_sanitized, self.contrib_topic, self.state_topic,
-                                          self.state_partitions, self.releaser)
+                                          self.state_partitions, self.releaser, upstreams)
         self.release_handler = ReleaseHandler(self.specs, self.contrib_topic, self.releaser, self.ledger,
-                                              int(config.dp_idle_close_s * 1000))
+                                              int(config.dp_idle_close_s * 1000), sources)
         # stage 1 only: stage 2 commits behind its open windows by design, so its committed offset
         # legitimately stands still while input waits
         self.stall = StallMonitor(config, f"{config.group_id}.dp-bound", "dp-bound", self.health).start()
-        self.bound = self._loop("bound", self.bound_handler, sorted(self.by_sanitized), self._observe_bound)
-        self.release = self._loop("release", self.release_handler, [self.contrib_topic], self._observe_release)
+        self.bound = self._loop("bound", self.bound_handler, sorted(self.by_sanitized))
+        self.release = self._loop("release", self.release_handler, [self.contrib_topic])
         self.bound.start()
         self.release.start()
         log.info("aggregate worker started", extra={"group_id": config.group_id, "instance": config.instance_id,
@@ -451,7 +486,7 @@ class AggregateWorker:
             self.bound.close()
             self.release.close()
             self.follower.close()
-            log.info("aggregate worker stopped", extra={"counts": dict(self.counts)})
+            log.info("aggregate worker stopped", extra={"windows": dict(self.windows_closed)})
         return 0
 
     def _assigned(self, stage: str, owned: set[Source]) -> None:
@@ -459,19 +494,6 @@ class AggregateWorker:
         if stage == "bound":
             self.stall.set_owned(owned)
         log.info("partitions owned", extra={"stage": stage, "partitions": sorted(f"{t}:{p}" for t, p in owned)})
-
-    def _observe_bound(self, batch: Batch, committed: float) -> None:
-        """Stage 1's bounding decisions, counted once their batch committed."""
-        for (aggregate, outcome), n in batch.output.counts.items():
-            if aggregate:
-                self.counts[f"stage1:{outcome}"] += n
-                metrics.DP_CONTRIBUTIONS.labels(aggregate, outcome).inc(n)
-            else:
-                self.counts[outcome] += n
-
-    def _observe_release(self, batch: Batch, committed: float) -> None:
-        for (_, outcome), n in batch.output.counts.items():
-            self.counts[outcome] += n
 
     # ---- stage 2's timer -------------------------------------------------------------------------
     def _charge(self, due: list[WindowKey], now: int) -> bool:
@@ -481,7 +503,7 @@ class AggregateWorker:
         charges = []
         for aggregate, window_start, partition in due:
             mech = self.mechanisms[aggregate]
-            if mech.no_noise or self.ledger.charged(aggregate, window_start, partition) or \
+            if self.ledger.charged(aggregate, window_start, partition) or \
                     self.ledger.released(aggregate, window_start, partition):
                 continue
             charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id))
@@ -525,8 +547,7 @@ class AggregateWorker:
             metrics.DP_RELEASES.labels(aggregate, outcome).inc()
             metrics.DP_GROUPS.labels(aggregate).inc(groups)
         handler.windows.prune_closed()
-        for outcome, n in outcomes.items():
-            self.counts[f"windows:{outcome}"] += n
+        self.windows_closed.update(outcomes)
         log.info("windows closed", extra={"outcomes": dict(outcomes), "ledger_entries": len(entries)})
 
 

@@ -1,0 +1,30 @@
+"""Test doubles for the DP stages. Test code only: the gateway package has no way to switch noise off.
+
+`NoiseFreeMechanism` is an AggregateMechanism whose noise step is the identity: key selection keeps
+every group with its true (bounded) count, and sums are the true bounded sums. Everything else is
+the real mechanism's: the spec, bounds, scales and error bounds it would have, the release records,
+and, inside the worker, the ledger check and charge of every release (its records carry the spec's
+epsilon and delta, charged like any other). Its `mechanism` says what it is, so no release it makes
+can be taken for a private one. Tests use it to compare pre-noise results (one worker against two,
+a partition moving mid-window) with what the bounds allow.
+"""
+
+from __future__ import annotations
+
+from gateway.dp.mechanisms import AggregateMechanism
+
+MECHANISM = "none:test-double"
+
+
+class NoiseFreeMechanism(AggregateMechanism):
+    """AggregateMechanism with the noise (and so the noisy threshold) left out: true values."""
+
+    @property
+    def mechanism(self) -> str:
+        return MECHANISM
+
+    def noisy_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        return {group: int(c) for group, c in counts.items()}
+
+    def sum_noise(self, true_sum: int) -> int:
+        return int(true_sum)
