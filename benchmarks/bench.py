@@ -468,13 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of the saturated sanitize worker")
     parser.add_argument("--only-text", action="store_true",
-                        help="run only the redaction and scan rows, updating those keys of --out")
+                        help="run only the in-process rows (redaction, scan, DP stages, continual release), "
+                             "updating those keys of --out")
     args = parser.parse_args(argv)
     if args.only_text:
         results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
         results.update(measure_text())
         args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"\nwrote the redaction and scan rows into {args.out}")
+        print(f"\nwrote the redaction, scan, DP-stage and continual-release rows into {args.out}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     rows: dict[str, dict[str, Any]] = {}
@@ -534,11 +535,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_text() -> dict[str, Any]:
-    """Redaction beside Presidio's analyzer and anonymizer on the labelled corpus, and `gateway scan`'s
-    throughput on sampled events (benchmarks/redaction.py, benchmarks/scan.py print the details)."""
-    from benchmarks import scan
+    """The in-process rows: redaction beside Presidio's analyzer and anonymizer on the labelled corpus,
+    `gateway scan`'s throughput, the DP stages' per-event cost beside the sanitize stage's, and the
+    continual-release accuracy against per-window summing (benchmarks/redaction.py, scan.py,
+    dp_stages.py and continual.py print the details)."""
+    from benchmarks import continual, dp_stages, scan
 
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Any] = {}
+    print("  DP stages beside the sanitize stage ...", flush=True)
+    out["dp_stages"] = dp_stages.run(events=20_000, reps=5) | {"when": when}
+    print("  continual release vs per-window summing (T = 24, 168) ...", flush=True)
+    out["continual_release"] = continual.run() | {"when": when}
     print("  gateway scan throughput ...", flush=True)
     out["scan"] = scan.run(events=5000, reps=5, broker=False) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime())}

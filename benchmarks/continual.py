@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from gateway.dp.continual import MAX_HORIZON, ContinualCounter, TreePlan
-from gateway.dp.mechanisms import noise_variance
+from gateway.dp.laplace import noise_variance
 
 EPSILON = 1.0
 BOUND = 1

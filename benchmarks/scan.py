@@ -26,9 +26,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import orjson
 
-from gateway.schema import EventDecoder, SchemaFile, avro_bytes, frame_confluent, load_schema_file
+from gateway.schema import (
+    EventDecoder,
+    SchemaFile,
+    avro_bytes,
+    frame_confluent,
+    load_schema_file,
+    strip_logical_types,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -44,8 +52,7 @@ def _events(count: int) -> dict[str, tuple[SchemaFile, list[dict[str, Any]], lis
         schema = load_schema_file(REPO / "schemas" / file)
         make = samples.payment if name == "Payment" else samples.clinical_visit
         records = [make() for _ in range(count)]
-        decoder = EventDecoder(schema, "auto", schema.privacy.get("schema_id"), 1 << 20)
-        parsed = decoder._parsed
+        parsed = fastavro.parse_schema(strip_logical_types(schema.raw))
         schema_id = schema.privacy.get("schema_id")
         wire = [frame_confluent(schema_id, avro_bytes(parsed, r)) if schema_id is not None else avro_bytes(parsed, r)
                 for r in records]

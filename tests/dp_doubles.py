@@ -11,6 +11,7 @@ a partition moving mid-window) with what the bounds allow.
 
 from __future__ import annotations
 
+from gateway.dp.continual import ContinualCounter, TreePlan
 from gateway.dp.mechanisms import AggregateMechanism
 
 MECHANISM = "none:test-double"
@@ -28,3 +29,13 @@ class NoiseFreeMechanism(AggregateMechanism):
 
     def sum_noise(self, true_sum: int) -> int:
         return int(true_sum)
+
+    def continual_counter(self, plan: TreePlan) -> ContinualCounter:
+        return ExactCounter(plan)
+
+
+class ExactCounter(ContinualCounter):
+    """A continual counter whose nodes carry their exact values: running totals are true prefix sums."""
+
+    def noisy_node(self, exact: int) -> int:
+        return exact

@@ -65,7 +65,7 @@ from typing import Any
 
 import opendp.prelude as dp
 
-from gateway.dp.mechanisms import noise_variance, tail_bound
+from gateway.dp.laplace import noise_variance, tail_bound
 from gateway.errors import ConfigError, GatewayError
 
 dp.enable_features("contrib")

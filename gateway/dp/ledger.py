@@ -62,8 +62,9 @@ class LedgerEntry:
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
-                    instance: str) -> LedgerEntry:
-        return cls(spec.id, window_start, window_start + spec.window_ms, partition, spec.epsilon, spec.delta,
+                    instance: str, cost: tuple[float, float] | None = None) -> LedgerEntry:
+        epsilon, delta = cost or (spec.epsilon, spec.delta)
+        return cls(spec.id, window_start, window_start + spec.window_ms, partition, epsilon, delta,
                    groups, released_at, instance, spec.budget)
 
     @property
@@ -102,8 +103,11 @@ class Charge:
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, now_ms: int,
-                    instance: str) -> Charge:
-        return cls(spec.id, window_start, partition, spec.epsilon, spec.delta, spec.period_ms,
+                    instance: str, cost: tuple[float, float] | None = None) -> Charge:
+        """`cost`: (epsilon, delta) of this window, if not the spec's (a continual aggregate pays its
+        horizon's epsilon with its first window)."""
+        epsilon, delta = cost or (spec.epsilon, spec.delta)
+        return cls(spec.id, window_start, partition, epsilon, delta, spec.period_ms,
                    spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance, spec.budget,
                    spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap)
 
@@ -188,6 +192,9 @@ class Ledger:
             return BUDGET_DELTA_CAP
         return None
 
+    def charge_of(self, aggregate: str, window_start: int, partition: int) -> Charge | None:
+        return self.charges.get(f"charge|{aggregate}|{window_start}|{partition}".encode())
+
     def charged(self, aggregate: str, window_start: int, partition: int) -> bool:
         return f"charge|{aggregate}|{window_start}|{partition}".encode() in self.charges
 
@@ -228,15 +235,17 @@ class Ledger:
         """The same summed over every aggregate of `budget` (`extra`: the window of `aggregate`)."""
         return _worst_period(self.spent(budget=budget), aggregate, window_start, period_ms, extra)
 
-    def check(self, spec: AggregateSpec, window_start: int, partition: int) -> str | None:
+    def check(self, spec: AggregateSpec, window_start: int, partition: int,
+              cost: tuple[float, float] | None = None) -> str | None:
         """None if the release may go ahead, else the refusal reason. Once the window is charged, the
-        log's decision stands; before, this is the worker's own view (a pre-check)."""
+        log's decision stands; before, this is the worker's own view (a pre-check). `cost`: the
+        window's (epsilon, delta) if not the spec's."""
         if self.released(spec.id, window_start, partition):
             return ALREADY_RELEASED
         if (spec.id, window_start) in self.decisions:
             return self.decisions[(spec.id, window_start)]
         return self._refusal(spec.id, spec.budget or spec.id, window_start, (spec.period_ms, spec.budget_period_ms),
-                             (spec.epsilon, spec.delta), (spec.period_epsilon_cap, spec.period_delta_cap),
+                             cost or (spec.epsilon, spec.delta), (spec.period_epsilon_cap, spec.period_delta_cap),
                              (spec.budget_epsilon_cap, spec.budget_delta_cap))
 
     def charge(self, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,

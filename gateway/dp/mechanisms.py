@@ -46,29 +46,14 @@ from typing import Any
 
 import opendp.prelude as dp
 
+from gateway.dp.continual import ContinualCounter, TreePlan
 from gateway.dp.declarations import AggregateSpec
+from gateway.dp.laplace import tail_bound
 from gateway.errors import ConfigError
 
 dp.enable_features("contrib")
 MECHANISM = f"discrete_laplace+threshold (opendp {version('opendp')})"
 _EPS_TOLERANCE = 1e-9
-
-
-def noise_variance(scale: float) -> float:
-    """Variance of OpenDP's discrete Laplace noise with this scale: 2a/(1-a)^2, a = exp(-1/scale)."""
-    a = math.exp(-1.0 / scale)
-    return 2.0 * a / (1.0 - a) ** 2
-
-
-def tail_bound(scale: float, p: float) -> int:
-    """Smallest integer t >= 0 with P(|Z| > t) <= p for discrete Laplace(scale)."""
-    a = math.exp(-1.0 / scale)
-    # P(|Z| > t) = P(|Z| >= t+1) = 2 a^(t+1) / (1 + a)
-    x = math.log(p * (1.0 + a) / 2.0) / math.log(a)
-    t = max(0, math.ceil(x) - 1)
-    while 2.0 * a ** (t + 1) / (1.0 + a) > p:  # guard against rounding at the boundary
-        t += 1
-    return t
 
 
 def key_selection_threshold(m: int, k: int, count_scale: float, delta: float) -> int:
@@ -149,6 +134,10 @@ class AggregateMechanism:
     def noisy_counts(self, counts: dict[str, int]) -> dict[str, int]:
         """The thresholded noisy counts of one window: the groups kept by key selection, and theirs."""
         return {group: int(c) for group, c in self._count(dict(counts)).items()}
+
+    def continual_counter(self, plan: TreePlan) -> ContinualCounter:
+        """A running-total counter for one group of a continual aggregate (gateway/dp/running.py)."""
+        return ContinualCounter(plan)
 
     def sum_noise(self, true_sum: int) -> int:
         """One noisy sum (the per-group sum measurement)."""

@@ -24,7 +24,7 @@ from gateway.dp.continual import (
     TreePlan,
     sum_tail_bound,
 )
-from gateway.dp.mechanisms import noise_variance
+from gateway.dp.laplace import noise_variance
 from gateway.errors import ConfigError
 
 

@@ -13,12 +13,8 @@ from dataclasses import replace
 import pytest
 
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.mechanisms import (
-    AggregateMechanism,
-    noise_variance,
-    single_subject_release_probability,
-    tail_bound,
-)
+from gateway.dp.laplace import noise_variance, tail_bound
+from gateway.dp.mechanisms import AggregateMechanism, single_subject_release_probability
 from tests.dp_doubles import NoiseFreeMechanism
 
 SPEC = AggregateSpec(

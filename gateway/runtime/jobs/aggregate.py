@@ -52,6 +52,7 @@ from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounde
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
 from gateway.dp.mechanisms import AggregateMechanism
+from gateway.dp.running import RunningTotals
 from gateway.dp.windows import GroupWindows, WindowKey, WindowState
 from gateway.errors import ConfigError, GatewayError
 from gateway.outputs import OutRecord
@@ -80,6 +81,25 @@ def contributions_topic(config: GatewayConfig) -> str:
 
 def bound_state_topic(config: GatewayConfig) -> str:
     return f"{config.group_id}.dp-bound-state"
+
+
+def continual_topic(config: GatewayConfig) -> str:
+    """Compacted: each continual aggregate's running-total counters (exact span sums: restricted)."""
+    return f"{config.group_id}.dp-continual"
+
+
+CONTINUAL_PARTITION = 0  # a continual aggregate's contributions all go to one stage-2 partition
+
+
+def window_cost(spec: AggregateSpec, ledger: Ledger, paid: set[str] | None = None) -> tuple[float, float]:
+    """What releasing one more window costs: the spec's (epsilon, delta); for a continual aggregate the
+    horizon's epsilon once, charged with its first release, and nothing after (the tree's accounting
+    covers every running total of the horizon; see gateway/dp/continual.py)."""
+    if not spec.continual:
+        return spec.epsilon, spec.delta
+    if (paid is not None and spec.id in paid) or ledger.spent(aggregate=spec.id):
+        return 0.0, 0.0
+    return spec.epsilon, 0.0
 
 
 def bound_chain(topic: str, partition: int) -> str:
@@ -130,12 +150,29 @@ class Releaser:
     """Stage 2's release step for one closed window: ledger check, noise, records. No Kafka I/O."""
 
     def __init__(self, config: GatewayConfig, mechanisms: dict[str, AggregateMechanism], ledger: Ledger,
-                 audit_partitions: int, chains: ChainHeads) -> None:
+                 audit_partitions: int, chains: ChainHeads,
+                 load_running: Callable[[], dict[bytes, bytes]] | None = None) -> None:
         self.config = config
         self.mechanisms = mechanisms
         self.ledger = ledger
         self.audit_partitions = audit_partitions
         self.chains = chains
+        self._load_running = load_running or dict
+        self.running: dict[str, RunningTotals] = {}
+        self.running_stale = True  # restored from the continual topic before the next release
+
+    def restore_running(self) -> None:
+        """Counters of the continual aggregates as last committed (their stage-2 partition just opened,
+        or a rewind dropped what this worker had fed since)."""
+        stored = self._load_running()
+        self.running = {}
+        for aggregate, mech in self.mechanisms.items():
+            if mech.spec.continual:
+                running = RunningTotals(mech.spec, mech.continual_counter)
+                if aggregate.encode() in stored:
+                    running.restore(stored[aggregate.encode()])
+                self.running[aggregate] = running
+        self.running_stale = False
 
     def release(self, key: WindowKey, state: WindowState, now_ms: int
                 ) -> tuple[list[OutRecord], LedgerEntry | None, str]:
@@ -143,6 +180,8 @@ class Releaser:
         aggregate, window_start, partition = key
         mech = self.mechanisms[aggregate]
         spec = mech.spec
+        if spec.continual:
+            return self.release_running(key, state, now_ms)
         out: list[OutRecord] = []
         refusal = self.ledger.check(spec, window_start, partition)
         entry = None
@@ -165,6 +204,50 @@ class Releaser:
             "epsilon": None if refusal else spec.epsilon, "delta": None if refusal else spec.delta,
             "output": {"topic": spec.output_topic}, "ledger": {"topic": self.config.ledger_topic},
             "instance": self.config.instance_id, "time": now_ms,
+        }
+        out.append(self.audit_record(audit))
+        return out, entry, outcome
+
+    def release_running(self, key: WindowKey, state: WindowState, now_ms: int
+                        ) -> tuple[list[OutRecord], LedgerEntry | None, str]:
+        """A continual aggregate's window: the running totals of every declared group, for it and for
+        the windows skipped since the last one (zeros), charged once per horizon."""
+        aggregate, window_start, partition = key
+        mech = self.mechanisms[aggregate]
+        spec = mech.spec
+        if self.running_stale:
+            self.restore_running()
+        running = self.running[aggregate]
+        charge = self.ledger.charge_of(aggregate, window_start, partition)
+        cost = (charge.epsilon, charge.delta) if charge is not None else window_cost(spec, self.ledger)
+        refusal = self.ledger.check(spec, window_start, partition, cost)
+        t = spec.horizon_index(window_start)
+        if refusal is None and (t is None or t <= running.t):
+            refusal = "outside_horizon" if t is None else "already_released"
+        out: list[OutRecord] = []
+        entry = None
+        releases = []
+        if refusal is None:
+            releases = running.release(window_start, state)
+            for release in releases:
+                for group in spec.continual_groups:
+                    record = running.record(release, group, now_ms)
+                    record["instance"] = self.config.instance_id
+                    out.append(OutRecord(spec.output_topic, f"{spec.id}|{release.window_start}|{group}".encode(),
+                                         orjson.dumps(record), [("gateway-aggregate", spec.id.encode())]))
+            out.append(OutRecord(continual_topic(self.config), aggregate.encode(), running.state_json(), None, 0))
+            entry = LedgerEntry.for_release(spec, window_start, partition, len(spec.continual_groups), now_ms,
+                                            self.config.instance_id, cost)
+            out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
+        outcome = "released" if refusal is None else f"refused:{refusal}"
+        audit = {
+            "type": "dp_release", "chain": release_chain(aggregate, partition), "aggregate": spec.id,
+            "window": {"start": window_start, "end": window_start + spec.window_ms}, "partition": partition,
+            "outcome": outcome, "release": "running_total", "windows_released": len(releases),
+            "groups_released": len(releases) * len(spec.continual_groups), "mechanism": running.plan.describe()[
+                "mechanism"], "epsilon": None if refusal else cost[0], "delta": None if refusal else cost[1],
+            "epsilon_horizon": spec.epsilon, "output": {"topic": spec.output_topic},
+            "ledger": {"topic": self.config.ledger_topic}, "instance": self.config.instance_id, "time": now_ms,
         }
         out.append(self.audit_record(audit))
         return out, entry, outcome
@@ -271,7 +354,8 @@ class BoundHandler:
                                                              _upstream(m.headers())):
                 counts[(spec.id, outcome)] += 1
                 if outcome == ACCEPTED and contribution is not None:
-                    out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json()))
+                    out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json(), None,
+                                         CONTINUAL_PARTITION if spec.continual else None))
                 elif outcome == LATE:
                     out.append(self.releaser.late_audit(self.chains, bound_chain(*source), spec, "bound",
                                                         m.topic(), m.partition(), m.offset(), record,
@@ -305,6 +389,8 @@ class ReleaseHandler:
 
     def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
         partition = source[1]
+        if partition == CONTINUAL_PARTITION:
+            self.releaser.running_stale = True  # its counters as committed, read before the next release
         ours, heads = _committed_field(metadata, "audit_heads")
         heads = heads if isinstance(heads, dict) else {}
         for aggregate in self.specs:
@@ -435,6 +521,8 @@ class AggregateWorker:
             create_topics(admin, {t: n for t, n in missing.items() if t != self.state_topic})
         self.state_partitions = changelog.ensure_changelog(kafka, self.state_topic, wanted[self.state_topic],
                                                            STATE_CONFIG)
+        if any(spec.continual for spec in self.specs.values()):
+            changelog.ensure_changelog(kafka, continual_topic(self.config), 1, STATE_CONFIG)
         ensure_ledger_topic(kafka, self.config.ledger_topic)
         return counts[self.config.audit_topic]
 
@@ -456,7 +544,9 @@ class AggregateWorker:
         kafka = config.kafka_client_config()
         self.ledger, follow_from = read_ledger(kafka, config.ledger_topic)
         self.follower = LedgerFollower(kafka, config.ledger_topic, self.ledger, follow_from)
-        self.releaser = Releaser(config, self.mechanisms, self.ledger, audit_partitions, ChainHeads())
+        self.releaser = Releaser(config, self.mechanisms, self.ledger, audit_partitions, ChainHeads(),
+                                 lambda: changelog.latest(changelog.restore(kafka, continual_topic(config),
+                                                                            {CONTINUAL_PARTITION}, missing_ok=True)[0]))
         upstreams, sources = self._event_time_sources()
         self.bound_handler = BoundHandler(kafka, self.by_sanitized, self.contrib_topic, self.state_topic,
                                           self.state_partitions, self.releaser, upstreams)
@@ -501,12 +591,16 @@ class AggregateWorker:
         order, the same for every worker, decides which windows fit the period cap. False if the
         charge's transaction aborted (stage 2 was rewound)."""
         charges = []
+        paid: set[str] = set()  # continual aggregates whose horizon a charge of this batch pays for
         for aggregate, window_start, partition in due:
             mech = self.mechanisms[aggregate]
             if self.ledger.charged(aggregate, window_start, partition) or \
                     self.ledger.released(aggregate, window_start, partition):
                 continue
-            charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id))
+            cost = window_cost(mech.spec, self.ledger, paid)
+            if cost[0] > 0 and mech.spec.continual:
+                paid.add(aggregate)
+            charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id, cost))
         if not charges:
             return True
         records = [OutRecord(self.config.ledger_topic, c.key, c.to_json(), None, 0) for c in charges]
