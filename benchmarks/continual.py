@@ -37,6 +37,7 @@ import orjson
 
 from gateway.dp.continual import MAX_HORIZON, ContinualCounter, TreePlan
 from gateway.dp.laplace import noise_variance
+from tests.dp_doubles import SeededCounter
 
 EPSILON = 1.0
 BOUND = 1
@@ -54,17 +55,6 @@ def seeded_laplace(scale: float, rng: random.Random) -> Callable[[int], int]:
                 - math.floor(math.log(1.0 - rng.random()) / log_a))
 
     return measure
-
-
-class SeededCounter(ContinualCounter):
-    """The counter with its noise step replaced by a seeded sampler of the same law."""
-
-    def __init__(self, plan: TreePlan, measure: Callable[[int], int]) -> None:
-        super().__init__(plan)
-        self._measure = measure
-
-    def noisy_node(self, exact: int) -> int:
-        return self._measure(exact)
 
 
 def analytic(plan: TreePlan) -> dict[str, dict[str, float]]:

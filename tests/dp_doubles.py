@@ -11,6 +11,8 @@ a partition moving mid-window) with what the bounds allow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.dp.continual import ContinualCounter, TreePlan
 from gateway.dp.mechanisms import AggregateMechanism
 
@@ -39,3 +41,15 @@ class ExactCounter(ContinualCounter):
 
     def noisy_node(self, exact: int) -> int:
         return exact
+
+
+class SeededCounter(ContinualCounter):
+    """A continual counter whose noise step is a seeded sampler of the same law (OpenDP's sampler
+    cannot be seeded): for statistical tests and benchmarks over many runs."""
+
+    def __init__(self, plan: TreePlan, measure: Callable[[int], int]) -> None:
+        super().__init__(plan)
+        self._measure = measure
+
+    def noisy_node(self, exact: int) -> int:
+        return self._measure(exact)

@@ -26,6 +26,7 @@ from gateway.dp.continual import (
 )
 from gateway.dp.laplace import noise_variance
 from gateway.errors import ConfigError
+from tests.dp_doubles import SeededCounter
 
 
 def seeded_laplace(scale: float, rng: random.Random) -> Callable[[int], int]:
@@ -42,17 +43,6 @@ def seeded_laplace(scale: float, rng: random.Random) -> Callable[[int], int]:
 
 def no_noise(x: int) -> int:
     return x
-
-
-class SeededCounter(ContinualCounter):
-    """The counter with its noise step replaced (the module has no switch for it)."""
-
-    def __init__(self, plan: TreePlan, measure: Callable[[int], int]) -> None:
-        super().__init__(plan)
-        self._measure = measure
-
-    def noisy_node(self, exact: int) -> int:
-        return self._measure(exact)
 
 
 def decomposition(t: int) -> list[tuple[int, int]]:
