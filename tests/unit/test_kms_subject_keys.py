@@ -69,6 +69,9 @@ def setup(plan: Plan, keyring: Keyring, tmp_path: Path) -> tuple[Pipeline, Topic
 def test_policy_compiles_per_subject_encryption(plan: Plan) -> None:
     assert plan.per_subject and plan.subject_domain == "patient"
     assert plan.field_actions["note"] == "encrypt:per_subject" and plan.field_actions["code"] == "encrypt"
+    docs = {f["name"]: f["doc"] for f in plan.sanitized_schema["fields"] if f["name"] in ("note", "code")}
+    assert "format v2" in docs["note"] and "subject's own key" in docs["note"]  # its bytes are format v2
+    assert "format v1" in docs["code"]
 
 
 def test_each_subject_has_its_own_key_stored_under_its_token(setup: tuple[Pipeline, Topic], plan: Plan,
