@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
+# pip shows what it fetches and builds (a first install takes a minute or two); later runs skip this
 $(BIN)/gateway: pyproject.toml
+	@echo "== installing the gateway and its test tools into $(VENV) =="
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --progress-bar on --upgrade pip
+	$(BIN)/pip install --progress-bar on -e '.[test]'
 	@touch $@
 
 demo: $(BIN)/gateway  ## embedded broker + gateway + sample events, end to end
@@ -19,7 +21,7 @@ test: $(BIN)/gateway  ## the whole suite; integration tests start the embedded b
 	$(BIN)/pytest -q
 
 $(VENV)/.bench: $(BIN)/gateway
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --progress-bar on -e '.[test,bench]'
 	@touch $@
 
 bench: $(VENV)/.bench  ## the gateway beside passthrough, naive code, Confluent CSFLE and Presidio

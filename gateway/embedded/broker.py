@@ -4,12 +4,17 @@ Broker and controller run in one JVM (`kafka.Kafka`), from the jars Maven fetche
 (gateway.embedded.jars). Storage is formatted on first start, in a temporary directory that goes
 with the broker, or in `data_dir`, which survives restarts. The settings below are chosen for one
 node and listed in the README ("The embedded broker"); `settings` overrides or adds any of them.
+
+The broker's log goes when the broker stops cleanly (unless `keep_log`) and stays when it failed
+(did not start, exited on its own, or had to be killed): `failure` says what happened and
+`log_path` where the log is, moved out of a temporary data directory before that goes.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import re
 import shutil
 import socket
@@ -24,6 +29,9 @@ from types import TracebackType
 
 from gateway.embedded.jars import KAFKA_VERSION, kafka_libs, require_tool
 from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+_CLEAN_EXIT = (0, 143, -15)  # SIGTERM: the JVM runs Kafka's shutdown hook and exits with 128 + 15
 
 # One node: internal topics with replication factor 1 and few partitions (created fast), no delay
 # before a new group's first rebalance, timed-out transactions aborted within a second of expiry,
@@ -115,7 +123,7 @@ class EmbeddedBroker:
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None, log_path: Path | None = None,
                  listeners: Sequence[Listener] = (), settings: Mapping[str, str] | None = None,
-                 scram_users: Sequence[ScramUser] = (), heap_mb: int = 512) -> None:
+                 scram_users: Sequence[ScramUser] = (), heap_mb: int = 512, keep_log: bool = False) -> None:
         self.port = port or free_port()
         self.controller_port = free_port()
         self.listeners = tuple(listeners)
@@ -125,7 +133,9 @@ class EmbeddedBroker:
         self._temporary = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="gateway-kafka-"))
         self.log_path = log_path or self.data_dir / "broker.log"
+        self.keep_log = keep_log
         self.process: subprocess.Popen[bytes] | None = None
+        self.failure: str | None = None  # why the broker failed (its log is kept), None while all is well
 
     @property
     def bootstrap(self) -> str:
@@ -175,9 +185,9 @@ class EmbeddedBroker:
         try:
             wait_for_port(self.port, timeout_s, self.process)
             self._wait_for_metadata(timeout_s)
-        except GatewayError:
-            self.stop()
-            raise
+        except GatewayError as exc:
+            self.stop(failure=str(exc))
+            raise GatewayError(f"{exc}; the broker log is kept at {self.log_path}") from None
         return self
 
     def _format(self, java: str, classpath: str, config: Path) -> None:
@@ -201,24 +211,63 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise GatewayError(f"the broker exited with code {self.process.returncode} while starting; "
-                                   f"see {self.log_path}")
+                raise GatewayError(f"the broker exited with code {self.process.returncode} while starting")
             with contextlib.suppress(Exception):
                 if admin.list_topics(timeout=2).brokers:
                     return
             time.sleep(0.1)
         raise GatewayError(f"the broker on {self.bootstrap} did not answer metadata within {timeout_s:.0f}s")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+    def stop(self, failure: str | None = None) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after 30 s) and clean up after it: a temporary data
+        directory goes, and so does the log when the broker stopped cleanly (unless `keep_log`). A
+        broker that failed keeps its log (moved out of a temporary data directory) and says where."""
+        process, self.process = self.process, None
+        if process is None and failure is None:  # never started, or stopped already (a kept log stays)
+            if self._temporary:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            return
+        if process is not None:
+            if process.poll() is not None:  # it was not asked to go
+                failure = failure or f"the broker had exited on its own with code {process.returncode}"
+            else:
+                process.terminate()
+                try:
+                    code = process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+                    failure = failure or "the broker did not stop within 30 s of SIGTERM and was killed"
+                else:
+                    if code not in _CLEAN_EXIT:
+                        failure = failure or f"the broker exited with code {code} when stopped"
+        if failure is not None:
+            self.failure = failure
+            self._keep_log_of_failure()
+        elif not self.keep_log:
+            self.log_path.unlink(missing_ok=True)
         if self._temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _keep_log_of_failure(self) -> None:
+        """Keep the log where it survives the temporary data directory, with the tail of the JVM's own
+        output (a crash before logging started is only there), then say where it is."""
+        if self._temporary:
+            parts = []
+            with contextlib.suppress(OSError):
+                parts.append(self.log_path.read_bytes())
+            with contextlib.suppress(OSError):
+                out = (self.data_dir / "broker.out").read_bytes()
+                if out:
+                    parts.append(b"\n--- JVM output (broker.out) ---\n" + out[-65_536:])
+            kept = self.log_path
+            if kept.is_relative_to(self.data_dir):
+                kept = Path(tempfile.gettempdir()) / f"gateway-broker-{self.port}.log"
+            with contextlib.suppress(OSError):
+                kept.write_bytes(b"".join(parts))
+                self.log_path = kept
+        log.warning("the embedded broker failed; its log is kept",
+                    extra={"failure": self.failure, "log": str(self.log_path)})
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
