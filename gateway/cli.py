@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import logging
+import os
+import re
 import signal
 import sys
 import time
@@ -15,7 +18,7 @@ from typing import Any
 import fastavro
 import orjson
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, env_name
 from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger("gateway.cli")
@@ -107,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="check and explain policies").add_subparsers(dest="policy_cmd",
                                                                                        required=True)
-    p = policy.add_parser("lint", help="list every problem in the policies of a directory")
-    p.add_argument("directory", type=Path)
+    p = policy.add_parser("lint", help="list every problem in a schema file's policy, or in those of a directory")
+    p.add_argument("directory", type=Path, metavar="PATH", help="a *.avsc file or a directory of them")
     p = policy.add_parser("show", help="print the compiled plan and the derived sanitized schema")
     p.add_argument("file", type=Path)
 
@@ -266,7 +269,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.keys.providers import build_kms
 
     kms = build_kms(config, keyring)  # fail fast, before Kafka, on a wrong or unreachable KMS
+    _require_kafka(config)
     return Worker(config, plans, keyring, kms=kms).run()
+
+
+def _require_kafka(config: GatewayConfig) -> None:
+    """One bounded metadata request: an unreachable cluster, a TLS or SASL failure is one error line
+    (exit 2) naming the bootstrap servers and librdkafka's reason, instead of a wait in the worker."""
+    from gateway.runtime import clients
+
+    errors = clients.ClientErrors("admin", log_every_s=None)
+    clients.require_metadata(clients.admin(config, errors), errors, config.bootstrap)
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -274,9 +287,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from gateway.schema import load_schema_file
 
     if args.policy_cmd == "lint":
-        if not args.directory.is_dir():
-            raise GatewayError(f"'{args.directory}' is not a directory")
-        problems = lint_directory(args.directory)
+        if args.directory.is_file():
+            problems = lint_file(args.directory)
+        elif args.directory.is_dir():
+            problems = lint_directory(args.directory)
+        else:
+            raise GatewayError(f"'{args.directory}' is neither a schema file nor a directory of *.avsc")
         for problem in problems:
             print(problem)
         errors = sum(p.severity == "error" for p in problems)
@@ -299,9 +315,40 @@ def cmd_policy(args: argparse.Namespace) -> int:
     width = max(len(p) for p in plan.field_actions)
     for path, action in plan.field_actions.items():
         print(f"  {path:<{width}}  {action}")
+    print("aggregates:" if plan.aggregates else "aggregates:      (none)")
+    for line in _aggregate_lines(plan.aggregates):
+        print(f"  {line}")
     print("sanitized schema:")
     print(orjson.dumps(plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _aggregate_lines(aggregates: Sequence[Any]) -> list[str]:
+    """`policy show`: each DP aggregate as declared and compiled (bounds, caps, its budget)."""
+    lines: list[str] = []
+    for a in aggregates:
+        of = f"({a.field})" if a.field else ""
+        when = a.time_field or "the record timestamp"
+        lines.append(f"{a.name}: {a.metric}{of} by {', '.join(a.group_by) or '(no groups)'} -> {a.output_topic}")
+        lines.append(f"    window {a.window_ms / 1000:g} s on {when}, grace {a.grace_ms / 1000:g} s; "
+                     f"epsilon {a.epsilon:g}, delta {a.delta:g} per window")
+        bounds = (f"at most {a.max_groups_per_subject} group(s) per subject and {a.max_records_per_group} "
+                  "record(s) per group per window")
+        if a.clamp is not None:
+            bounds += f", values clamped to [{a.clamp[0]}, {a.clamp[1]}]"
+        lines.append(f"    bounds: {bounds}")
+        lines.append(f"    caps: epsilon {a.period_epsilon_cap:g}, delta {a.period_delta_cap:g} per "
+                     f"{a.period_ms / 1000:g} s" + (f" (share {a.share:g} of the budget)" if a.share is not None
+                                                     else ""))
+        if a.budget:
+            lines.append(f"    budget {a.budget}: epsilon {a.budget_epsilon_cap:g}, delta {a.budget_delta_cap:g} "
+                         f"per {a.budget_period_ms / 1000:g} s, shared by every aggregate over these subjects")
+        if a.continual:
+            groups = ", ".join(a.continual_groups) or "(none)"
+            start = datetime.datetime.fromtimestamp(a.continual_start_ms / 1000, datetime.UTC)
+            lines.append(f"    continual: running totals over {a.continual_windows} window(s) from "
+                         f"{start.isoformat().replace('+00:00', 'Z')}, groups {groups}")
+    return lines
 
 
 def _schemas_dir(value: Path | None) -> Path:
@@ -391,20 +438,97 @@ def _stdin_records(data: bytes, decoder: Any, topic: str | None) -> Any:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from gateway.policy import load_plans
+    """One JSON line per record: sanitized records decoded (JSON ones as they are, Avro ones with the
+    schemas: --schemas, GATEWAY_SCHEMAS, or ./schemas when it exists), other JSON values as they are,
+    anything else as {"value": ..., "value_encoding": "utf-8" | "base64"}; a tombstone is null."""
     from gateway.runtime.reader import read_topic
-    from gateway.sanitized import SanitizedDecoder
-    from gateway.schema import decoded_for_json
 
-    decoder = None
-    for record in read_topic(_config(args).kafka_client_config(), args.topic)[: args.limit or None]:
-        if "gateway-schema" in record.headers:
-            decoder = decoder or SanitizedDecoder(load_plans(_schemas_dir(args.schemas)))
-            _, value = decoder.decode(record)
-            sys.stdout.buffer.write(orjson.dumps(decoded_for_json(value)) + b"\n")
-        else:
-            sys.stdout.buffer.write((record.value or b"") + b"\n")
+    config = _config(args)
+    dumper = _Dumper(config, explicit=args.schemas is not None or env_name("schemas") in os.environ)
+    out = sys.stdout.buffer
+    for record in read_topic(config.kafka_client_config(), args.topic)[: args.limit or None]:
+        out.write(orjson.dumps(dumper.line(record)) + b"\n")
+    out.flush()
+    if dumper.undecoded:
+        print(dumper.note(args.topic), file=sys.stderr)
     return 0
+
+
+class _Dumper:
+    """`gateway dump`'s record -> JSON value; remembers the Avro records it could not decode."""
+
+    def __init__(self, config: GatewayConfig, explicit: bool) -> None:
+        self.config = config
+        self.explicit = explicit  # --schemas or GATEWAY_SCHEMAS: a missing directory is an error
+        self._decoder: Any = None
+        self.undecoded: list[tuple[int, int, str]] = []  # (partition, offset, schema name)
+        self.problem = ""
+
+    def _decoder_or_none(self) -> Any:
+        if self._decoder is None:
+            from gateway.policy import load_plans
+            from gateway.sanitized import SanitizedDecoder
+
+            if self.explicit or self.config.schemas.is_dir():
+                self._decoder = SanitizedDecoder(load_plans(self.config.require_schemas_dir()))
+            else:
+                self._decoder = False
+                self.problem = f"no schemas (no directory '{self.config.schemas}')"
+        return self._decoder or None
+
+    def line(self, record: Any) -> Any:
+        from gateway.schema import decoded_for_json
+
+        name = record.headers.get("gateway-schema")
+        if name is None:
+            return _plain_value(record.value)
+        encoding = record.headers.get("gateway-encoding", b"").decode()
+        value = record.value or b""
+        if encoding == "json" or (not encoding and value[:1] == b"{"):
+            return _plain_value(record.value)  # a JSON sanitized record needs no schema
+        decoder = self._decoder_or_none()
+        plan = decoder.by_name.get(name.decode(errors="replace")) if decoder is not None else None
+        if plan is not None:
+            try:
+                return decoded_for_json(decoder.decode(record)[1])
+            except Exception:  # noqa: BLE001 - corrupt or foreign bytes: shown encoded, named in the note
+                self.problem = self.problem or "a record did not decode with its schema"
+        elif decoder is not None:
+            self.problem = f"no policy in '{self.config.schemas}' has this sanitized schema"
+        self.undecoded.append((record.partition, record.offset, name.decode(errors="replace")))
+        return {**_plain_value(value, text=False), "schema": name.decode(errors="replace")}
+
+    def note(self, topic: str) -> str:
+        names = ", ".join(sorted({n for _, _, n in self.undecoded}))
+        where = ", ".join(f"{p}/{o}" for p, o, _ in self.undecoded[:5])
+        more = f" and {len(self.undecoded) - 5} more" if len(self.undecoded) > 5 else ""
+        return (f"note: {len(self.undecoded)} Avro record(s) of '{topic}' (schema {names}; partition/offset "
+                f"{where}{more}) could not be decoded: {self.problem}. They are printed base64-encoded; pass "
+                "--schemas DIR (the annotated *.avsc of the raw topics) to decode them")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _plain_value(value: bytes | None, text: bool = True) -> Any:
+    """A value as JSON: parsed when it is JSON, else its text ("value_encoding": "utf-8") when it is
+    UTF-8 without control characters (and `text`), else its bytes base64-encoded ("value_encoding": "base64")."""
+    import base64
+
+    if value is None:
+        return None
+    if text:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+        try:
+            decoded = value.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = None
+        if decoded is not None and not _CONTROL.search(decoded):
+            return {"value": decoded, "value_encoding": "utf-8"}
+    return {"value": base64.b64encode(value).decode("ascii"), "value_encoding": "base64"}
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -467,7 +591,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from gateway.runtime.jobs.aggregate import AggregateWorker
 
     config = _config(args)
-    return AggregateWorker(config, load_plans(config.require_schemas_dir())).run()
+    plans = load_plans(config.require_schemas_dir())
+    _require_kafka(config)
+    return AggregateWorker(config, plans).run()
 
 
 def cmd_budget(args: argparse.Namespace) -> int:

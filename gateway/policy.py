@@ -373,6 +373,11 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
     output = settings.get("output", "same")
     if output not in ("same", *ENCODINGS):
         c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
+    elif output == "same" and "output" in settings and input_mode == "auto":
+        # only when written out: the default (same, auto) is documented in the README's settings table
+        c.warn("(record)", "output 'same' with input 'auto': each sanitized record takes its event's encoding, "
+                           "so the sanitized topic mixes Avro and JSON records when producers do; set output to "
+                           "'avro', 'confluent' or 'json' to give consumers one encoding")
     schema_id = settings.get("schema_id")
     sanitized_schema_id = settings.get("sanitized_schema_id")
     for key, value in (("schema_id", schema_id), ("sanitized_schema_id", sanitized_schema_id)):

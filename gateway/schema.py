@@ -1,7 +1,8 @@
 """Avro schemas, wire formats and input validation.
 
 Input encodings: Confluent wire format (magic byte 0 + 4-byte schema id + Avro), bare Avro, and
-JSON objects validated against the schema. Decoding never puts a value into an error message.
+JSON objects validated against the schema: plain JSON (a union's value as it is), or Avro's JSON
+encoding (a union's value wrapped in {"<branch type>": value}). Decoding never puts a value into an error message.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class EventDecoder:
                                   and schema_id is not None and 0 <= schema_id < 2**32 else None)
         self._fields = [(f["name"], "default" in f, f.get("default")) for f in schema.raw["fields"]]
         self._field_probes = self._build_field_probes(schema)
+        self._expanded: Any = None  # the schema with named types inlined, for Avro JSON unions (built on first use)
 
     @staticmethod
     def _build_field_probes(schema: SchemaFile) -> dict[str, tuple[dict[str, Any], str]]:
@@ -315,8 +317,27 @@ class EventDecoder:
             if name not in record and has_default:
                 record[name] = default
         if not fastavro.validation.validate(record, self._parsed, raise_errors=False):
+            avro_json = self._decode_avro_json(value)
+            if avro_json is not None:
+                return avro_json
             self._explain_json_mismatch(record)
         return record
+
+    def _decode_avro_json(self, value: bytes) -> dict[str, Any] | None:
+        """The event with each union value in Avro's JSON form, {"<branch>": value} (`{"string": "x"}`,
+        `{"ns.Name": {...}}`), unwrapped to its value, when that makes it valid; None otherwise. Tried
+        only after the plain form failed, so a value that is valid as it stands is never reread; plain
+        and wrapped unions may mix in one event."""
+        if self._expanded is None:
+            self._expanded = expand_schema(strip_logical_types(self.schema.raw))
+        record = orjson.loads(value)
+        for name, has_default, default in self._fields:
+            if name not in record and has_default:
+                record[name] = default
+        unwrapped = _unwrap_unions(self._expanded, record)
+        if not fastavro.validation.validate(unwrapped, self._parsed, raise_errors=False):
+            return None
+        return unwrapped
 
     def _explain_json_mismatch(self, record: dict[str, Any]) -> None:
         for name, _has_default, _default in self._fields:
@@ -327,6 +348,53 @@ class EventDecoder:
                 raise RejectedEvent("wrong_type", f"field '{name}' of {self.schema.fullname} does not hold "
                                     f"a valid {probe[1]}")
         raise RejectedEvent("wrong_type", f"the JSON event does not match {self.schema.fullname}")
+
+
+def _branch_names(branch: Any) -> set[str]:
+    """What Avro's JSON encoding may call a union branch: its type name, or a named type's full
+    and short name."""
+    if isinstance(branch, str):
+        return {branch}
+    if isinstance(branch, dict):
+        if "name" in branch and branch.get("type") in ("record", "enum", "fixed"):
+            name, namespace = str(branch["name"]), branch.get("namespace")
+            full = f"{namespace}.{name}" if namespace and "." not in name else name
+            return {full, full.rsplit(".", 1)[-1]}
+        return {str(branch.get("type"))}
+    return set()
+
+
+def _unwrap_unions(schema: Any, datum: Any) -> Any:
+    """`datum` with every union value written {"<branch>": value} replaced by the value (a copy;
+    everything else as it is). `schema`: fully expanded, logical types stripped."""
+    if isinstance(schema, list):
+        if isinstance(datum, dict) and len(datum) == 1:
+            (key, inner), = datum.items()
+            for branch in schema:
+                if key in _branch_names(branch):
+                    return _unwrap_unions(branch, inner)
+        for branch in schema:  # a plain value: descend through the branch of its shape
+            kind = branch.get("type") if isinstance(branch, dict) else branch
+            if (isinstance(datum, dict) and kind in ("record", "map")) or (isinstance(datum, list)
+                                                                           and kind == "array"):
+                return _unwrap_unions(branch, datum)
+        return datum
+    if not isinstance(schema, dict):
+        return datum
+    kind = schema.get("type")
+    if kind == "record" and isinstance(datum, dict):
+        out = dict(datum)
+        for field in schema["fields"]:
+            if field["name"] in out:
+                out[field["name"]] = _unwrap_unions(field["type"], out[field["name"]])
+        return out
+    if kind == "array" and isinstance(datum, list):
+        return [_unwrap_unions(schema["items"], v) for v in datum]
+    if kind == "map" and isinstance(datum, dict):
+        return {k: _unwrap_unions(schema["values"], v) for k, v in datum.items()}
+    if isinstance(kind, dict | list):  # {"type": {...}}: a type wrapped once more
+        return _unwrap_unions(kind, datum)
+    return datum
 
 
 def decoded_for_json(record: Any) -> Any:

@@ -1,15 +1,107 @@
 """The one place that makes Kafka clients: every consumer, producer and admin gets the security
-settings from GatewayConfig.kafka_client_config() and the same defaults for its role."""
+settings from GatewayConfig.kafka_client_config() and the same defaults for its role.
+
+librdkafka's own log lines (`%3|...|FAIL|...` on stderr, one per reconnect attempt) are silenced
+for every client: `log_level` 0, or, when the root logger is at DEBUG, routed through the
+`gateway.librdkafka` logger (JSON, redaction filter). What librdkafka reports as an error reaches
+the client's `error_cb`, a `ClientErrors`: it keeps the most telling recent error, which
+`require_metadata` names when the cluster cannot be reached, and (for long-running clients) logs
+each kind of error at most once a minute through `gateway.kafka`.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.kafka")
+_LIBRDKAFKA = logging.getLogger("gateway.librdkafka")  # librdkafka's log lines, at DEBUG only
+CONNECT_TIMEOUT_S = 10.0  # how long a command waits for the cluster's first metadata answer
+# errors that waiting does not cure: give up at once instead of at the deadline
+_HOPELESS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
+_NOISE = re.compile(r"^\S+/(?:bootstrap|\d+): |\s*\(after \d+ms in state \w+(?:, \d+ identical error\(s\) "
+                    r"suppressed)?\)$")
+
+
+class ClientErrors:
+    """A client's `error_cb`: remembers the most telling recent error (a broker's own reason, say
+    "Connect to ipv4#10.0.0.1:9092 failed: Connection refused", over the summary "1/1 brokers are
+    down") and, with `log_every_s`, logs each error code at most that often through `gateway.kafka`
+    (with how many were folded into it). Called from poll/consume/flush, in the polling thread."""
+
+    def __init__(self, client: str, log_every_s: float | None = 60.0) -> None:
+        self.client = client
+        self.log_every_s = log_every_s
+        self.last: KafkaError | None = None
+        self._logged: dict[int, tuple[float, int]] = {}  # code -> (last logged at, folded since)
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.code() != KafkaError._ALL_BROKERS_DOWN or self.last is None:
+            self.last = err
+        if self.log_every_s is None:
+            return
+        now = time.monotonic()
+        at, folded = self._logged.get(err.code(), (-1e18, 0))
+        if now - at < self.log_every_s:
+            self._logged[err.code()] = (at, folded + 1)
+            return
+        self._logged[err.code()] = (now, 0)
+        log.warning("kafka client error", extra={"client": self.client, "code": err.name(),
+                                                 "reason": self.reason(err), "fatal": err.fatal(),
+                                                 "repeated": folded})
+
+    @staticmethod
+    def reason(err: KafkaError) -> str:
+        """The error's text without librdkafka's "host:port/bootstrap: " prefix and "(after 0ms in state
+        CONNECT)" tail."""
+        return _NOISE.sub("", err.str())
+
+    @property
+    def hopeless(self) -> bool:
+        return self.last is not None and (self.last.code() in _HOPELESS or self.last.fatal())
+
+    @property
+    def cause(self) -> str | None:
+        return self.reason(self.last) if self.last is not None else None
+
+
+def _quiet(errors: ClientErrors | None) -> dict[str, Any]:
+    """Settings that keep librdkafka off stderr and hand its errors to `errors`. Without `errors`
+    librdkafka logs its errors, silenced as well: a client nobody polls (an admin) would otherwise
+    queue every error event of an outage until it is closed."""
+    quiet: dict[str, Any] = {"error_cb": errors} if errors is not None else {}
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        _LIBRDKAFKA.setLevel(logging.DEBUG)
+        return {**quiet, "logger": _LIBRDKAFKA}
+    return {**quiet, "log_level": 0}
+
+
+def require_metadata(client: Consumer | Producer | AdminClient, errors: ClientErrors, bootstrap: str,
+                     topic: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> ClusterMetadata:
+    """The cluster's metadata (of `topic` only, if given), asked for in one-second slices until
+    `timeout_s`, or a GatewayError naming the bootstrap servers and what librdkafka said went wrong
+    (refused, unresolvable, TLS or SASL failure: the last two without waiting for the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.list_topics(topic, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            client.poll(0)  # serves error_cb: the reason behind "Failed to get metadata"
+            if time.monotonic() < deadline and not errors.hopeless:
+                continue
+            cause = errors.cause or exc.args[0].str()
+            waited = "" if errors.hopeless else f"; no answer within {timeout_s:.0f}s"
+            raise GatewayError(f"cannot reach Kafka at {bootstrap}: {cause}{waited} (check --bootstrap "
+                               "and the security settings)") from None
 
 
 def _kafka(config_or_kafka: GatewayConfig | Mapping[str, str]) -> dict[str, str]:
@@ -19,16 +111,19 @@ def _kafka(config_or_kafka: GatewayConfig | Mapping[str, str]) -> dict[str, str]
     return dict(config_or_kafka)
 
 
-def admin(config_or_kafka: GatewayConfig | Mapping[str, str]) -> AdminClient:
-    return AdminClient({**_kafka(config_or_kafka)})
+def admin(config_or_kafka: GatewayConfig | Mapping[str, str], errors: ClientErrors | None = None) -> AdminClient:
+    """An admin client; pass `errors` (and poll it, as require_metadata does) to learn why a request failed."""
+    return AdminClient({**_kafka(config_or_kafka), **_quiet(errors)})
 
 
-def group_consumer(config: GatewayConfig, group_id: str, client_id: str, **overrides: Any) -> Consumer:
+def group_consumer(config: GatewayConfig, group_id: str, client_id: str, errors: ClientErrors | None = None,
+                   **overrides: Any) -> Consumer:
     """A consumer-group member of a transactional job: offsets are committed only inside the
     producer's transactions, only committed records are read, and rebalances are cooperative
     (a member joining or leaving moves only the partitions that change owner)."""
     return Consumer({
         **config.kafka_client_config(),
+        **_quiet(errors or ClientErrors(f"consumer {client_id}")),
         "group.id": group_id,
         "client.id": client_id,
         "enable.auto.commit": False,
@@ -42,9 +137,11 @@ def group_consumer(config: GatewayConfig, group_id: str, client_id: str, **overr
     })
 
 
-def transactional_producer(config: GatewayConfig, transactional_id: str, **overrides: Any) -> Producer:
+def transactional_producer(config: GatewayConfig, transactional_id: str, errors: ClientErrors | None = None,
+                           **overrides: Any) -> Producer:
     return Producer({
         **config.kafka_client_config(),
+        **_quiet(errors or ClientErrors(f"producer {transactional_id}")),
         "transactional.id": transactional_id,
         "enable.idempotence": True,
         "linger.ms": 5,
@@ -57,18 +154,21 @@ def offsets_probe(config: GatewayConfig, group_id: str) -> Consumer:
     """A consumer that only asks for a group's committed offsets and the partition ends. It reads
     read_uncommitted: its offset fetch then answers at once with the last committed offset, where a
     read_committed one waits while a transaction holds pending offsets (the stall it looks for)."""
-    return Consumer({**config.kafka_client_config(), "group.id": group_id, "enable.auto.commit": False,
-                     "isolation.level": "read_uncommitted"})
+    return Consumer({**config.kafka_client_config(), **_quiet(None), "group.id": group_id,
+                     "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
 
 
-def reader(config_or_kafka: GatewayConfig | Mapping[str, str], group_id: str, **overrides: Any) -> Consumer:
+def reader(config_or_kafka: GatewayConfig | Mapping[str, str], group_id: str, errors: ClientErrors | None = None,
+           **overrides: Any) -> Consumer:
     """A consumer that reads assigned partitions (no subscription, no commits) up to their end,
     committed records only unless `overrides` says otherwise."""
-    return Consumer({**_kafka(config_or_kafka), "group.id": group_id, "enable.auto.commit": False,
-                     "isolation.level": "read_committed", "enable.partition.eof": True,
-                     "auto.offset.reset": "earliest", **overrides})
+    return Consumer({**_kafka(config_or_kafka), **_quiet(errors or ClientErrors(f"reader {group_id}")),
+                     "group.id": group_id, "enable.auto.commit": False, "isolation.level": "read_committed",
+                     "enable.partition.eof": True, "auto.offset.reset": "earliest", **overrides})
 
 
-def plain_producer(config_or_kafka: GatewayConfig | Mapping[str, str], **overrides: Any) -> Producer:
+def plain_producer(config_or_kafka: GatewayConfig | Mapping[str, str], errors: ClientErrors | None = None,
+                   **overrides: Any) -> Producer:
     """An idempotent producer that waits for every replica (key records, forget)."""
-    return Producer({**_kafka(config_or_kafka), "enable.idempotence": True, "acks": "all", **overrides})
+    return Producer({**_kafka(config_or_kafka), **_quiet(errors or ClientErrors("producer")),
+                     "enable.idempotence": True, "acks": "all", **overrides})

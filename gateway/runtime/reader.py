@@ -18,11 +18,14 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
     up to the current end (the last stable offset: an open transaction's records are not read).
     `committed_only=False` reads what a read_uncommitted consumer sees, aborted records included.
 
-    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
-    consumer = clients.reader(kafka, "privacy-gateway.reader",
+    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config()).
+    A cluster that does not answer within clients.CONNECT_TIMEOUT_S is a GatewayError naming the
+    bootstrap servers and librdkafka's reason (librdkafka itself prints nothing)."""
+    errors = clients.ClientErrors("reader", log_every_s=None)  # the error raised says what went wrong
+    consumer = clients.reader(kafka, "privacy-gateway.reader", errors,
                               **({} if committed_only else {"isolation.level": "read_uncommitted"}))
     try:
-        metadata = consumer.list_topics(topic, timeout=15)
+        metadata = clients.require_metadata(consumer, errors, kafka["bootstrap.servers"], topic)
         info = metadata.topics.get(topic)
         if info is None or info.error is not None:
             raise GatewayError(f"topic '{topic}' does not exist on {kafka['bootstrap.servers']}")

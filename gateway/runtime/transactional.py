@@ -87,13 +87,90 @@ def retry_retriable(what: str, call: Callable[[], Any], attempts: int = 10) -> A
     return None
 
 
+class AssignmentWait:
+    """Says why a new member waits for its first assignment, which can take a session timeout or
+    more: "waiting for partition assignment" when it subscribes, then every `every_s` how long it
+    has waited, the group's state (asked of the coordinator with `describe_group`, a non-blocking
+    admin request) and the likely cause; the first assignment logs the time it took."""
+
+    def __init__(self, loop: str, group_id: str | None, session_timeout_ms: int | None,
+                 describe_group: Callable[[], Future[Any]] | None = None, every_s: float = 5.0) -> None:
+        self.loop = loop
+        self.group_id = group_id
+        self.session_timeout_ms = session_timeout_ms
+        self.describe_group = describe_group
+        self.every_s = every_s
+        self.since: float | None = None
+        self.done = False
+        self._next = 0.0
+        self._pending: Future[Any] | None = None
+
+    def started(self) -> None:
+        self.since = time.monotonic()
+        self._next = self.since + self.every_s
+        log.info("waiting for partition assignment", extra={"loop": self.loop, "group_id": self.group_id})
+        self._ask()
+
+    def _ask(self) -> None:
+        if self.describe_group is not None and self._pending is None:
+            try:
+                self._pending = self.describe_group()
+            except Exception:  # noqa: BLE001 - the group's state is a hint only
+                self._pending = None
+
+    def tick(self, member_id: Callable[[], str | None]) -> None:
+        """Called every turn until assigned: logs when `every_s` has passed (`member_id`: ours, if joined)."""
+        if self.done or self.since is None or time.monotonic() < self._next:
+            return
+        now = time.monotonic()
+        self._next = now + self.every_s
+        state, members = None, None
+        if self._pending is not None and self._pending.done():
+            try:
+                description = self._pending.result()
+                state = getattr(description.state, "name", str(description.state)).lower()
+                members = [m.member_id for m in description.members]
+            except Exception:  # noqa: BLE001 - no answer from the coordinator: said in the cause
+                state = "no answer from the group coordinator"
+            self._pending = None
+        self._ask()
+        log.info("still waiting for partition assignment",
+                 extra={"loop": self.loop, "group_id": self.group_id, "waited_s": round(now - self.since, 1),
+                        "group_state": state, "members": None if members is None else len(members),
+                        "likely_cause": self.cause(state, members, member_id())})
+
+    def cause(self, state: str | None, members: list[str] | None, member_id: str | None) -> str:
+        timeout = (f"session_timeout_ms={self.session_timeout_ms}" if self.session_timeout_ms
+                   else "its session timeout")
+        others = [m for m in members or [] if m != member_id]
+        if state in ("preparing_rebalancing", "completing_rebalancing") or (state == "stable" and others):
+            return (f"a group rebalance is in progress ({len(others)} other member(s)): the coordinator waits "
+                    "for every member to rejoin, and a member that stopped without leaving the group (killed, "
+                    f"or the previous run of this worker) is removed only when its session times out ({timeout})")
+        if state in ("empty", "dead"):
+            return ("joining an empty group: the coordinator delays the first rebalance by the broker's "
+                    "group.initial.rebalance.delay.ms (3 s by default)")
+        if state is not None and state.startswith("no answer"):
+            return "the group coordinator does not answer (see the kafka client errors logged)"
+        return (f"a group rebalance: another member's session must time out ({timeout}) before the partitions "
+                "move, or the coordinator is still being found")
+
+    def assigned(self) -> float | None:
+        """The first assignment: the seconds waited (None after the first)."""
+        if self.done or self.since is None:
+            return None
+        self.done = True
+        return round(time.monotonic() - self.since, 1)
+
+
 class TransactionalLoop:
     """One consumer-group member and its transactional producer, driven one `step` at a time."""
 
     def __init__(self, name: str, consumer: Consumer, producer: Producer, handler: BatchHandler,
                  topics: Sequence[str], batch_max_events: int, batch_timeout_s: float,
                  overlap: bool = False, on_committed: Callable[[Batch, float], None] | None = None,
-                 on_assignment: Callable[[set[Source]], None] | None = None) -> None:
+                 on_assignment: Callable[[set[Source]], None] | None = None,
+                 assignment_wait: AssignmentWait | None = None) -> None:
         self.name = name
         self.consumer = consumer
         self.producer = producer
@@ -108,13 +185,23 @@ class TransactionalLoop:
         self.aborts = 0
         self._in_flight: Batch | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-commit") if overlap else None
+        self.assignment_wait = assignment_wait or AssignmentWait(name, None, None)
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self, init_timeout_s: float = 60.0) -> TransactionalLoop:
         """Fence any earlier producer of this transactional id, then join the group."""
+        started = time.monotonic()
         retry_retriable("init_transactions", lambda: self.producer.init_transactions(init_timeout_s))
+        took = time.monotonic() - started
+        if took > 2.0:  # the coordinator first aborted (or waited out) the previous producer's transaction
+            log.info("transactions initialized", extra={
+                "loop": self.name, "waited_s": round(took, 1),
+                "likely_cause": "the previous producer of this transactional id (an earlier run of this worker) "
+                                "left a transaction open: the coordinator fenced it and aborted the transaction "
+                                "first"})
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+        self.assignment_wait.started()
         return self
 
     def close(self) -> None:
@@ -130,6 +217,8 @@ class TransactionalLoop:
     def step(self, timeout_s: float | None = None) -> int:
         """Consume one batch and publish what the handler makes of it; returns the messages taken."""
         raw = self.consumer.consume(self.batch_max_events, self.batch_timeout_s if timeout_s is None else timeout_s)
+        if not self.assignment_wait.done:
+            self.assignment_wait.tick(self._member_id)
         messages = self._usable(raw)
         batch = self._process(messages) if messages else None  # overlaps the last batch's commit
         if not self.settle():
@@ -139,6 +228,12 @@ class TransactionalLoop:
             if self._committer is None:
                 self.settle()
         return len(messages)
+
+    def _member_id(self) -> str | None:
+        try:
+            return self.consumer.memberid()
+        except Exception:  # noqa: BLE001 - not joined yet, or a test double
+            return None
 
     def commit_now(self, output: Output) -> bool:
         """Publish a timer's output (no batch consumed) in a transaction of its own; False if it aborted."""
@@ -279,8 +374,10 @@ class TransactionalLoop:
         self.owned |= {(tp.topic, tp.partition) for tp in partitions}
         if self.on_assignment is not None:
             self.on_assignment(set(self.owned))
+        waited = self.assignment_wait.assigned()
         log.info("partitions assigned", extra={"loop": self.name, "partitions": _names(partitions),
-                                               "owned": len(self.owned)})
+                                               "owned": len(self.owned),
+                                               **({"waited_s": waited} if waited is not None else {})})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.settle()  # the batch in flight commits (or aborts) before its partitions go

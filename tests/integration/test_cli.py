@@ -1,15 +1,24 @@
-"""The command-line promises: policy lint/show, and `gateway demo` end to end (its own broker)."""
+"""The command-line promises: policy lint/show, dump, one-line errors against an unreachable broker,
+and `gateway demo` end to end (its own broker)."""
 
 from __future__ import annotations
 
+import base64
 import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fastavro
 import orjson
 import pytest
 
-from .conftest import REPO, Deployment, cli
+from gateway.demo import encode_raw
+from gateway.embedded.broker import free_port
+from gateway.samples import SampleEvents
+
+from .conftest import ENV, REPO, Deployment, cli
 
 
 def test_policy_lint_passes_the_examples_and_names_dropped_fields() -> None:
@@ -54,14 +63,22 @@ def test_policy_show_prints_plan_and_a_valid_sanitized_schema() -> None:
 
 
 @pytest.mark.integration
-def test_demo_runs_end_to_end_and_loses_nothing() -> None:
-    result = cli("demo", "--events", "30", timeout=300)
+def test_demo_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
+    """... and, having succeeded, leaves nothing behind in the temporary directory (its folder, the
+    broker's data and log) and names no log it has removed."""
+    env = dict(ENV, TMPDIR=str(tmp_path))  # the demo's temporary files go here, and only here
+    result = subprocess.run([sys.executable, "-m", "gateway", "demo", "--events", "30"], capture_output=True,
+                            timeout=300, env=env, cwd=REPO)
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     assert re.search(r"published\s+73\b", out) and re.search(r"sanitized\s+60\b", out)
     assert re.search(r"dead-lettered\s+13\b", out) and re.search(r"lost\s+0\b", out)
     assert "hash chains: verified" in out and "decrypted      60/60" in out
     assert "RAW (producer)" in out and "stopped the gateway (exit 0)" in out
+    # progress: the phases and the final count, one line each on a pipe (no carriage returns)
+    assert "\r" not in out and re.search(r"^  73/73 events audited", out, re.M)
+    assert "log" not in out.split("5. stopped", 1)[1] and "gateway-demo-" not in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_produce_samples_sends_current_events_and_a_broken_one_per_thousand(fresh_deployment: Deployment) -> None:
@@ -88,3 +105,94 @@ def test_produce_samples_sends_current_events_and_a_broken_one_per_thousand(fres
         assert len(decoded) == 1000
         assert failed == (1 if plan is d.payments else 0)
         assert all(started_ms - 1000 <= rec[time_field] <= int(time.time() * 1000) for rec in decoded)
+
+
+def test_policy_lint_takes_a_file_and_show_lists_the_aggregates() -> None:
+    lint = cli("policy", "lint", str(REPO / "schemas" / "payments.avsc"))
+    assert lint.returncode == 0, lint.stdout
+    out = lint.stdout.decode()
+    assert "user_agent: no privacy annotation" in out and 'annotate it "keep", {"tokenize": {"domain": D}}' in out
+    assert "0 error(s), 1 warning(s)" in out
+    show = cli("policy", "show", str(REPO / "schemas" / "payments.avsc"))
+    assert show.returncode == 0, show.stderr
+    aggregates = show.stdout.decode().split("aggregates:\n", 1)[1].split("sanitized schema:", 1)[0]
+    assert re.search(r"spend_by_country: sum\(amount_minor\) by country", aggregates)
+    assert "epsilon 1, delta 1e-06 per window" in aggregates and "budget subject:customer" in aggregates
+
+
+def _run_in(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, timeout=timeout, env=ENV,
+                          cwd=cwd)
+
+
+def test_an_unreachable_broker_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    """No librdkafka FAIL lines, no traceback: the broker named, the cause said, exit 2."""
+    dead = f"127.0.0.1:{free_port()}"
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "thing.avsc").write_bytes(orjson.dumps({  # no lint warning: run prints nothing else
+        "type": "record", "name": "Thing", "namespace": "t",
+        "privacy": {"source_topic": "things.raw", "subject": "uid", "output": "avro"},
+        "fields": [{"name": "uid", "type": "string", "privacy": {"tokenize": {"domain": "customer"}}},
+                   {"name": "n", "type": "long", "privacy": "keep"}]}))
+    keyring = tmp_path / "keyring.json"
+    assert _run_in(tmp_path, "keys", "init", "--keyring", str(keyring), "--schemas", str(schemas)).returncode == 0
+    commands = {
+        "dump": ["dump", "--bootstrap", dead, "--topic", "things.raw"],
+        "audit": ["audit", "verify", "--bootstrap", dead],
+        "forget": ["forget", "someone", "--domain", "customer", "--bootstrap", dead, "--keyring", str(keyring),
+                   "--schemas", str(schemas)],
+        "run": ["run", "--bootstrap", dead, "--schemas", str(schemas), "--keyring", str(keyring)],
+    }
+    with ThreadPoolExecutor(len(commands)) as pool:
+        results = dict(zip(commands, pool.map(lambda a: _run_in(tmp_path, *a), commands.values()), strict=True))
+    for name, result in results.items():
+        lines = result.stderr.decode().strip().splitlines()
+        assert result.returncode == 2, (name, result.stderr.decode()[-2000:])
+        assert len(lines) == 1, (name, lines[:5])
+        assert lines[0].startswith(f"gateway {name}: cannot reach Kafka at {dead}: "), lines[0]
+        assert "Connection refused" in lines[0] and "Traceback" not in lines[0]
+
+
+def test_dump_without_schemas_and_of_binary_values(fresh_deployment: Deployment, tmp_path: Path) -> None:
+    """The README's Compose example omits --schemas: JSON sanitized records print as they are, Avro
+    ones base64-encoded with one note; a raw topic's binary values print base64-encoded, never raw."""
+    d = fresh_deployment
+    worker = d.start_worker("dump")
+    samples = SampleEvents(seed=9)
+    payments = [samples.payment() for _ in range(6)]
+    encodings = ["avro", "json"] * 3
+    d.produce(d.payments.source_topic, [encode_raw(d.payments, r, e) for r, e in zip(payments, encodings,
+                                                                                      strict=True)], partition=0)
+    try:
+        d.wait_for_audit(6)
+    finally:
+        assert worker.stop() == 0
+    log = worker.log()
+    assert f'"msg":"waiting for partition assignment","loop":"sanitize","group_id":"{d.group_id}"' in log
+    assert re.search(r'"msg":"partitions assigned".*"waited_s":', log)
+    nowhere = tmp_path / "elsewhere"  # no ./schemas: the default directory does not exist
+    nowhere.mkdir()
+    topic = d.payments.sanitized_topic
+    bare = _run_in(nowhere, "dump", "--bootstrap", d.bootstrap, "--topic", topic)
+    assert bare.returncode == 0, bare.stderr.decode()
+    lines = [orjson.loads(line) for line in bare.stdout.splitlines()]
+    assert len(lines) == 6
+    as_json = [line for line in lines if "event_id" in line]
+    encoded = [line for line in lines if line.get("value_encoding") == "base64"]
+    assert {r["event_id"] for r in as_json} == {p["event_id"] for p, e in zip(payments, encodings, strict=True)
+                                               if e == "json"}
+    assert len(encoded) == 3 and {r["schema"] for r in encoded} == {d.payments.sanitized_schema["name"]}
+    note = bare.stderr.decode().strip().splitlines()
+    assert len(note) == 1 and note[0].startswith(f"note: 3 Avro record(s) of '{topic}'") and "--schemas" in note[0]
+    full = _run_in(nowhere, "dump", "--bootstrap", d.bootstrap, "--topic", topic, "--schemas", str(d.schemas))
+    assert full.returncode == 0 and not full.stderr, full.stderr.decode()
+    decoded = [orjson.loads(line) for line in full.stdout.splitlines()]
+    assert sorted(r["event_id"] for r in decoded) == sorted(p["event_id"] for p in payments)
+    raw = _run_in(nowhere, "dump", "--bootstrap", d.bootstrap, "--topic", d.payments.source_topic)
+    assert raw.returncode == 0, raw.stderr.decode()
+    values = [orjson.loads(line) for line in raw.stdout.splitlines()]  # every line is JSON: no raw bytes
+    assert [v.get("value_encoding") == "base64" for v in values] == [e == "avro" for e in encodings]
+    originals = [encode_raw(d.payments, r, e) for r, e in zip(payments, encodings, strict=True)]
+    assert [base64.b64decode(v["value"]) for v in values if "value_encoding" in v] == \
+        [o for o, e in zip(originals, encodings, strict=True) if e == "avro"]

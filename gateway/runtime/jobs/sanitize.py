@@ -15,7 +15,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from types import FrameType
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -33,7 +35,7 @@ from gateway.runtime.jobs import start_process
 from gateway.runtime.keytopic import KeyTopic
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import ensure_topics, partition_counts
-from gateway.runtime.transactional import Batch, Output, Source, TransactionalLoop
+from gateway.runtime.transactional import AssignmentWait, Batch, Output, Source, TransactionalLoop
 
 log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0
@@ -120,7 +122,8 @@ class Worker:
                                                   **{"message.max.bytes": max_message_bytes(config)})
         self.loop = TransactionalLoop("sanitize", consumer, producer, self.handler, self.pipeline.source_topics,
                                       config.batch_max_events, config.batch_timeout_s, overlap=True,
-                                      on_committed=self._observe, on_assignment=self._assigned)
+                                      on_committed=self._observe, on_assignment=self._assigned,
+                                      assignment_wait=self._assignment_wait())
         self.probe = self._health_probe().start()
         self.loop.start()
         log.info("worker started", extra={"group_id": config.group_id, "instance": config.instance_id,
@@ -149,6 +152,17 @@ class Worker:
             self._log_status()
             log.info("worker stopped")
         return 0
+
+    def _assignment_wait(self) -> AssignmentWait:
+        """The first assignment can wait a session timeout (a dead member still in the group) or the
+        fencing of the previous run's transactions: logged with the group's state until it comes."""
+        admin = clients.admin(self.config)
+        group_id = self.config.group_id
+
+        def describe() -> Future[Any]:
+            return admin.describe_consumer_groups([group_id], request_timeout=5)[group_id]
+
+        return AssignmentWait("sanitize", group_id, self.config.session_timeout_ms, describe)
 
     def _assigned(self, owned: set[Source]) -> None:
         metrics.ASSIGNED.set(len(owned))
