@@ -216,9 +216,15 @@ class TransactionalLoop:
     # ---- one turn --------------------------------------------------------------------------------
     def step(self, timeout_s: float | None = None) -> int:
         """Consume one batch and publish what the handler makes of it; returns the messages taken."""
+        aborts = self.aborts
         raw = self.consumer.consume(self.batch_max_events, self.batch_timeout_s if timeout_s is None else timeout_s)
         if not self.assignment_wait.done:
             self.assignment_wait.tick(self._member_id)
+        if self.aborts != aborts:
+            # a rebalance callback inside consume settled the batch in flight, it aborted, and every
+            # owned partition was rewound: what consume returned was fetched before the rewind and
+            # comes again from the committed offsets, so publishing it now would publish it twice
+            return 0
         messages = self._usable(raw)
         batch = self._process(messages) if messages else None  # overlaps the last batch's commit
         if not self.settle():
