@@ -334,25 +334,21 @@ class BoundHandler:
     def process(self, messages: list[Message]) -> Output:
         self.restore()
         out: list[OutRecord] = []
-        counts: Counter[tuple[str, str]] = Counter()  # (aggregate or "", outcome)
         sources: set[Source] = set()
         for m in messages:
             source = (m.topic(), m.partition())
             sources.add(source)
             if m.key() is None:
-                counts[("", "no_subject")] += 1
                 continue
             try:
                 _, record = self.decoder.decode(StoredRecord(m.topic(), m.partition(), m.offset(), m.key(),
                                                              m.value(), dict(m.headers() or [])))
             except Exception as exc:  # never log the value
                 log.warning("cannot decode a sanitized record", extra={"topic": m.topic(), "error": type(exc).__name__})
-                counts[("", "undecodable")] += 1
                 continue
             bounder = self.bounders.get(source) or self.bounders.setdefault(source, self._bounder(source))
             for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1],
                                                              _upstream(m.headers())):
-                counts[(spec.id, outcome)] += 1
                 if outcome == ACCEPTED and contribution is not None:
                     out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json(), None,
                                          CONTINUAL_PARTITION if spec.continual else None))
@@ -367,7 +363,7 @@ class BoundHandler:
                 out += state_records(self.state_topic, self.state_partitions, source, bounder.drain_changes())
             head = self.chains.heads.get(bound_chain(*source))
             metadata[source] = head_metadata(head) if head is not None else NO_HEAD
-        return Output(out, metadata, counts=counts)
+        return Output(out, metadata)
 
 
 class ReleaseHandler:
@@ -417,7 +413,6 @@ class ReleaseHandler:
     def process(self, messages: list[Message]) -> Output:
         now = _now_ms()
         out: list[OutRecord] = []
-        counts: Counter[tuple[str, str]] = Counter()
         windows = self.windows
         for m in messages:
             p = m.partition()
@@ -425,20 +420,16 @@ class ReleaseHandler:
             c = Contribution.from_json(m.value())
             spec = self.specs.get(c.aggregate)
             if spec is None:
-                counts[("", "stage2:unknown_aggregate")] += 1
                 continue
             if (c.aggregate, c.window_start, p) not in windows.closed and \
                     self.ledger.released(c.aggregate, c.window_start, p):
-                counts[("", "stage2:already_released")] += 1  # re-read after a restart: released already
+                # re-read after a restart: released already
                 windows.last_input_ms = now
                 continue
-            if windows.add(c, p, m.offset(), now):
-                counts[("", "stage2:added")] += 1
-            else:
-                counts[("", "stage2:late")] += 1
+            if not windows.add(c, p, m.offset(), now):  # late: audited, never folded in
                 out.append(self.releaser.late_audit(self.chains, release_chain(c.aggregate, p), spec, "release",
                                                     m.topic(), p, m.offset(), None, c.event_time, c.window_start))
-        return Output(out, self.metadata(), self.offsets(), counts)
+        return Output(out, self.metadata(), self.offsets())
 
     def offsets(self) -> dict[Source, int]:
         """Per open partition, the earliest offset a window still open needs (else past the last read)."""
@@ -647,18 +638,3 @@ class AggregateWorker:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def describe_ledger(ledger: Ledger, specs: dict[str, AggregateSpec]) -> str:
-    rows = ledger.summary(specs=specs)
-    if not rows:
-        return "ledger is empty"
-    lines = []
-    for r in rows:
-        line = (f"{r['aggregate']}: {r['windows']} window(s), {r['releases']} release(s), "
-                f"epsilon spent {r['epsilon_total']:g} (delta {r['delta_total']:g})")
-        if "epsilon_cap" in r:
-            line += (f"; latest {r['period_s']} s period: {r['epsilon_in_period']:g} of cap {r['epsilon_cap']:g}, "
-                     f"remaining {r['epsilon_remaining']:g}")
-        lines.append(line)
-    return "\n".join(lines)
