@@ -134,6 +134,15 @@ class PassthroughPipeline:
     def chain_head(self, topic: str, partition: int) -> str | None:
         return None
 
+    def commit_metadata(self, topic: str, partition: int) -> str | None:
+        return None
+
+    def resume_quality(self, topic: str, partition: int, committed: object) -> None:  # no quality rules
+        return None
+
+    def forget_quality(self, sources: object) -> None:
+        return None
+
     def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
         return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))

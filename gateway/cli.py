@@ -55,6 +55,8 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", dest="metrics_host", help="address for the metrics port (default 127.0.0.1)")
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--key-topic", dest="key_topic", help="compacted topic of per-subject keys (default privacy.keys)")
+    p.add_argument("--quality-topic", dest="quality_topic",
+                   help="topic of the quality windows' records (default privacy.quality)")
     _add_kms_settings(p)
     _add_kafka_security_settings(p)
 
@@ -114,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path, metavar="PATH", help="a *.avsc file or a directory of them")
     p = policy.add_parser("show", help="print the compiled plan and the derived sanitized schema")
     p.add_argument("file", type=Path)
+    p.add_argument("--bootstrap", default=None,
+                   help="also read the latest quality window: warn when the quasi-identifiers are too fine for "
+                        "the observed traffic")
+    p.add_argument("--quality-topic", dest="quality_topic", default=None, help="default privacy.quality")
+    _add_kafka_security_settings(p)
 
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
     p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain")
@@ -183,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per aggregate")
     _add_kafka_security_settings(p)
 
+    quality = sub.add_parser("quality", help="data quality and re-identification risk").add_subparsers(
+        dest="quality_cmd", required=True)
+    p = quality.add_parser("show", help="the latest quality windows per source: rule outcomes, completeness, "
+                                        "freshness and risk figures")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--quality-topic", dest="quality_topic", default=None, help="default privacy.quality")
+    p.add_argument("--source", default=None, help="only this source topic")
+    p.add_argument("--windows", type=int, default=5, help="windows per source (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per window")
+    _add_kafka_security_settings(p)
+
     p = sub.add_parser("produce-samples", help="publish synthetic raw events (and a few broken ones) to a broker")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers HOST:PORT[,...] (GATEWAY_BOOTSTRAP)")
     p.add_argument("--schemas", type=Path, help="directory of annotated *.avsc (GATEWAY_SCHEMAS)")
@@ -224,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
-                   "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget,
+                   "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget, "quality": cmd_quality,
                    "produce-samples": cmd_produce_samples, "scan": cmd_scan}[args.command]
         return handler(args)
     except GatewayError as exc:
@@ -318,9 +336,38 @@ def cmd_policy(args: argparse.Namespace) -> int:
     print("aggregates:" if plan.aggregates else "aggregates:      (none)")
     for line in _aggregate_lines(plan.aggregates):
         print(f"  {line}")
+    print("quality:" if plan.quality else "quality:         (none)")
+    if plan.quality:
+        from gateway.quality.spec import describe
+
+        for line in describe(plan.quality):
+            print(f"  {line}")
+    if args.bootstrap and plan.quality is not None and plan.quality.risk is not None:
+        _print_risk_warning(args, plan.source_topic)
     print("sanitized schema:")
     print(orjson.dumps(plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _print_risk_warning(args: argparse.Namespace, source: str) -> None:
+    """`policy show --bootstrap`: the risk measured in the source's latest quality window."""
+    from gateway.quality.report import latest, merge_windows
+    from gateway.quality.risk import generalization_warning, risk_figures
+    from gateway.runtime.reader import read_topic
+
+    config = _config(args)
+    records = [orjson.loads(r.value) for r in read_topic(config.kafka_client_config(), config.quality_topic)
+               if r.value]
+    rows = [row for row in latest(merge_windows(records, source), 1) if "risk" in row]
+    if not rows:
+        print(f"  observed: no quality window with risk figures yet on '{config.quality_topic}'")
+        return
+    risk = rows[-1]["risk"]
+    print(f"  observed (latest window): k = {risk['k']}, {risk['below_k_share']:.1%} of {risk['records']} "
+          f"records in classes smaller than {risk['k_target']}")
+    warning = generalization_warning(risk_figures(risk))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _aggregate_lines(aggregates: Sequence[Any]) -> list[str]:
@@ -613,6 +660,63 @@ def cmd_budget(args: argparse.Namespace) -> int:
     print(f"privacy ledger '{config.ledger_topic}' on {config.bootstrap}")
     print(describe(ledger, specs))
     return 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from gateway.quality.report import latest, merge_windows
+    from gateway.runtime.reader import read_topic
+
+    if args.windows < 1:
+        raise GatewayError("--windows must be at least 1")
+    config = _config(args)
+    records = []
+    for r in read_topic(config.kafka_client_config(), config.quality_topic):
+        try:
+            records.append(orjson.loads(r.value or b""))
+        except orjson.JSONDecodeError:
+            continue
+    rows = latest(merge_windows(records, args.source), args.windows)
+    if args.json:
+        for row in rows:
+            sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+        return 0
+    print(f"quality topic '{config.quality_topic}' on {config.bootstrap}: {len(rows)} window(s)")
+    if not rows:
+        print("no quality windows yet (a schema needs \"quality\" rules, and a window closes after window_s)")
+    for row in rows:
+        _print_quality_window(row)
+    return 0
+
+
+def _print_quality_window(row: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    start = datetime.datetime.fromtimestamp(row["window"]["start"] / 1000, datetime.UTC)
+    seconds = (row["window"]["end"] - row["window"]["start"]) / 1000
+    table = Table(title=f"{row['source']}  {start.isoformat().replace('+00:00', 'Z')} (+{seconds:g} s)  "
+                        f"{row['events']} events, {row['sanitized']} sanitized, partitions "
+                        f"{','.join(map(str, row['partitions']))}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("kind / action")
+    table.add_column("count", justify="right")
+    table.add_column("rate", justify="right")
+    for name, rule in row["rules"].items():
+        table.add_row(name, f"{rule['kind']} / {rule['action']}", f"{rule['failed']} failed", f"{rule['rate']:.2%}")
+    for name, c in row["completeness"].items():
+        target = f" (target {c['target']:.0%}: {'met' if c['met'] else 'NOT met'})" if "target" in c else ""
+        table.add_row(f"{name} present", "completeness" + target, str(c["present"]), f"{c['rate']:.2%}")
+    table.add_row("event lag", "freshness", f"max {row['lag_ms']['max']} ms", f"mean {row['lag_ms']['mean']} ms")
+    risk = row.get("risk")
+    if risk is not None:
+        table.add_row("smallest class", f"k-anonymity (target {risk['k_target']})", str(risk["k"]),
+                      "" if risk.get("complete", True) else "partial window")
+        table.add_row(f"records in classes < {risk['k_target']}", "k-anonymity", str(risk["below_k_records"]),
+                      f"{risk['below_k_share']:.2%}")
+        if risk.get("l_target"):
+            table.add_row("fewest sensitive values", f"l-diversity (target {risk['l_target']})", str(risk["l"]),
+                          f"{risk['below_l_classes']} class(es) below")
+    Console().print(table)
 
 
 def cmd_produce_samples(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ class GatewayConfig:
     # workers on one host never share one
     instance_id: str = ""
     audit_topic: str = "privacy.audit"
+    quality_topic: str = "privacy.quality"  # one record per quality window and source partition (counts only)
     # Partitions for topics the gateway creates (sanitized, dead-letter, audit) when the
     # source topic does not exist yet; otherwise the source topic's count is reused.
     partitions: int = 6
@@ -121,6 +122,8 @@ class GatewayConfig:
         self._check(self.instance_id == "" or bool(re.match(r"^[A-Za-z0-9._-]{1,200}$", self.instance_id)),
                     "instance_id", "must be letters, digits, '.', '_' or '-' (or empty: HOST-<slot>)")
         self._check(bool(_TOPIC_RE.match(self.audit_topic)), "audit_topic",
+                    "must be a valid Kafka topic name")
+        self._check(bool(_TOPIC_RE.match(self.quality_topic)), "quality_topic",
                     "must be a valid Kafka topic name")
         self._check(1 <= self.partitions <= 10_000, "partitions", "must be between 1 and 10000")
         self._check(1 <= self.batch_max_events <= 100_000, "batch_max_events",

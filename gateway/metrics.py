@@ -23,6 +23,16 @@ DEAD_LETTERS = Counter("gateway_dead_letters_total", "Events sent to the dead-le
                        ["source_topic", "reason"])
 LEAKS = Counter("gateway_leak_suspected_total", "Sampled events with PII detected in a field kept in clear "
                 "(leak sentinel), by source topic, field path and entity type", ["topic", "field", "entity"])
+QUALITY_FAILURES = Counter("gateway_quality_failures_total", "Events failing a data-quality rule, by source topic, "
+                           "rule and the rule's action (reject, flag, measure)", ["source_topic", "rule", "action"])
+QUALITY_WINDOWS = Counter("gateway_quality_windows_total", "Quality windows closed (records on the quality topic)",
+                          ["source_topic"])
+QUALITY_COMPLETENESS = Gauge("gateway_quality_completeness", "Share of non-null values of a nullable field in the "
+                             "last closed window of a source partition", ["source_topic", "partition", "field"])
+RISK_K = Gauge("gateway_reid_k", "Smallest equivalence class of the quasi-identifiers in the last closed window "
+               "of a source partition (k-anonymity)", ["source_topic", "partition"])
+RISK_BELOW_K = Gauge("gateway_reid_below_k_share", "Share of records in classes smaller than the declared k, "
+                     "last closed window of a source partition", ["source_topic", "partition"])
 AUDITED = Counter("gateway_audit_events_total", "Audit events committed")
 BATCHES = Counter("gateway_batches_total", "Batches committed")
 ABORTS = Counter("gateway_transaction_aborts_total", "Transactions aborted and retried")

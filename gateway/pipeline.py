@@ -11,7 +11,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -30,12 +30,16 @@ from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.outputs import OutRecord
 from gateway.policy import Plan
+from gateway.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
+from gateway.quality.gate import QualityGate, Verdict
 from gateway.schema import EventDecoder, frame_confluent, json_bytes
 from gateway.sentinel import LeakSentinel
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
 log = logging.getLogger("gateway.pipeline")
 SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
+QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
+DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
 
 
 def source_ref(topic: str, partition: int, offset: int) -> bytes:
@@ -61,6 +65,17 @@ class RawEvent(NamedTuple):
     headers: list[tuple[str, bytes]] | None
 
 
+class Held(NamedTuple):
+    """An event of an enforced window, processed but not yet published (its audit not yet sealed)."""
+
+    event: RawEvent
+    output: OutRecord
+    audit: dict[str, Any]
+    chain: AuditChain
+    risk_class: int | None
+    fingerprint: int | None
+
+
 class AuditChain(NamedTuple):
     """A source partition's audit chain: its key, that key as record key bytes, its audit partition."""
 
@@ -84,16 +99,33 @@ def _entity_counts(entities: Counter[tuple[str, str]]) -> dict[str, dict[str, in
     return out
 
 
+def dedup_topic(config: GatewayConfig) -> str:
+    """The log of event-id fingerprints the sanitize workers of a group share (duplicate detection)."""
+    return f"{config.group_id}.quality-dedup"
+
+
 def max_message_bytes(config: GatewayConfig) -> int:
     """Producer limit: a sealed dead letter of a max-size event (base64 + JSON) must fit."""
     return max(1_000_000, config.max_record_bytes * 4 // 3 + 131_072)
 
 
+def quality_key(topic: str, partition: int) -> bytes:
+    """The quality topic's record key: one per source partition (its windows in order)."""
+    return f"{topic}/{partition}".encode()
+
+
 class TopicStage:
     """Everything compiled for one source topic: decoder, sanitizer, encoders, static audit parts."""
 
-    def __init__(self, plan: Plan, sanitizer: RecordSanitizer, config: GatewayConfig) -> None:
+    def __init__(self, plan: Plan, sanitizer: RecordSanitizer, config: GatewayConfig,
+                 dedup_key: bytes | None = None) -> None:
         self.plan = plan
+        self.quality: QualityGate | None = None
+        if plan.quality is not None:
+            duplicates = plan.quality.duplicates
+            dedup = DuplicateFilter(duplicates.horizon_ms, duplicates.max_ids) if duplicates is not None else None
+            self.quality = QualityGate(plan.quality, plan.name, plan.policy_hash, plan.source_topic,
+                                       plan.event_id_field, dedup, dedup_key)
         self.sentinel = LeakSentinel(plan, config.leak_sample_rate)
         self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes)
         self.sanitizer = sanitizer
@@ -122,6 +154,11 @@ class TopicStage:
         Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
         """
         record, encoding = self.decoder.decode(value)
+        return self.finish(record, encoding, max_output_bytes, timestamp_ms)
+
+    def finish(self, record: dict[str, Any], encoding: str, max_output_bytes: int,
+               timestamp_ms: int) -> tuple[bytes, str, SanitizeResult]:
+        """Sanitize and encode a decoded event (transform after the decode)."""
         result = self.sanitizer.sanitize(record, timestamp_ms)
         out, out_encoding = self.encode(result.record, encoding)
         if len(out) > max_output_bytes:
@@ -165,10 +202,17 @@ class Pipeline:
             raise GatewayError("a policy encrypts per subject: the pipeline needs the subject keys "
                                "(gateway.runtime.keytopic follows the key topic into them)")
         self.subject_keys = subject_keys
+        dedup_key = None
+        if any(p.quality is not None and p.quality.duplicates is not None for p in plans):
+            keyring.ensure_token_domains({DEDUP_DOMAIN})
+            _, dedup_keys = keyring.token_keys(DEDUP_DOMAIN)
+            dedup_key = fingerprint_key(dedup_keys[min(dedup_keys, key=lambda v: (len(v), v))])  # never rotates
         self.stages = {p.source_topic: TopicStage(p, RecordSanitizer(p, tokenizers, self.dek_cache,
                                                                       config.max_field_bytes, self.subject_keys),
-                                  config)
+                                  config, dedup_key)
                        for p in plans}
+        self.quality_topic = config.quality_topic
+        self.dedup_topic = dedup_topic(config)
         quarantine_id, quarantine_key = keyring.quarantine_key()
         self.sealer = QuarantineSealer(quarantine_id, quarantine_key)
         self._dead_letter_key_ids = orjson.Fragment(orjson.dumps([self.sealer.key_id]))
@@ -191,11 +235,96 @@ class Pipeline:
     def chain_head(self, topic: str, partition: int) -> str | None:
         return self.chains.heads.get(chain_key(topic, partition))
 
-    def process(self, events: Sequence[RawEvent]) -> BatchResult:
+    # ---- quality state per partition ------------------------------------------------------------
+    def resume_quality(self, topic: str, partition: int, committed: Any) -> None:
+        """Continue the partition's quality window from the counters committed with its offset."""
+        quality = self.stages[topic].quality
+        if quality is not None:
+            quality.open(partition, committed, int(time.time() * 1000))
+
+    def forget_quality(self, sources: Sequence[tuple[str, int]]) -> None:
+        """Partitions closed (revoked, or rewound after an abort): their windows and unconfirmed ids go."""
+        for topic, partition in sources:
+            quality = self.stages[topic].quality
+            if quality is not None:
+                quality.close(partition)
+                if quality.dedup is not None:
+                    quality.dedup.drop_tentative([(topic, partition)])
+
+    def commit_metadata(self, topic: str, partition: int) -> str | None:
+        """What the partition's committed offset carries: its audit chain head and quality counters."""
+        body: dict[str, Any] = {}
+        head = self.chains.heads.get(chain_key(topic, partition))
+        if head is not None:
+            body["audit_head"] = head
+        quality = self.stages[topic].quality
+        if quality is not None:
+            counters = quality.metadata(partition)
+            if counters is not None:
+                body["quality"] = counters
+        return orjson.dumps(body).decode() if body else None
+
+    @property
+    def enforced_windows(self) -> dict[str, tuple[int, int]]:
+        """Source topics whose risk measure is enforced: (window ms, most events held per partition)."""
+        return {topic: (s.quality.spec.window_ms, s.quality.spec.risk.max_held_events)  # type: ignore[union-attr]
+                for topic, s in self.stages.items()
+                if s.quality is not None and s.quality.spec.risk is not None and s.quality.spec.risk.mode == "enforce"}
+
+    @property
+    def has_quality(self) -> bool:
+        return any(s.quality is not None for s in self.stages.values())
+
+    @property
+    def checks_duplicates(self) -> bool:
+        return any(s.quality is not None and s.quality.dedup is not None for s in self.stages.values())
+
+    def apply_dedup_log(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Fingerprints committed by any worker (read back from the dedup log) join the filters."""
+        now_ms = int(time.time() * 1000)
+        for key, value in records:
+            parsed = parse_log_key(key or b"")
+            stage = self.stages.get(parsed[0]) if parsed else None
+            if stage is not None and stage.quality is not None and stage.quality.dedup is not None:
+                stage.quality.dedup.apply(key or b"", value)
+        for stage in self.stages.values():
+            if stage.quality is not None and stage.quality.dedup is not None:
+                stage.quality.dedup.expire(now_ms)
+
+    def roll_windows(self, sources: Iterable[tuple[str, int]], now_ms: int | None = None,
+                     force: bool = False) -> list[OutRecord]:
+        """Quality records of the windows of `sources` that have ended (all of them with `force`); their
+        counters reset: commit them with these records."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        out: list[OutRecord] = []
+        for topic, partition in sources:
+            quality = self.stages[topic].quality
+            if quality is None or partition not in quality.partitions:
+                continue
+            if force or now_ms >= quality.partitions[partition].window.start_ms + quality.spec.window_ms:
+                record = quality.roll(partition, now_ms, self.instance)
+                if record is not None:
+                    out.append(OutRecord(self.quality_topic, quality_key(topic, partition), orjson.dumps(record)))
+        return out
+
+    def windows_due(self, now_ms: int) -> list[tuple[str, int]]:
+        return [(topic, p) for topic, stage in self.stages.items() if stage.quality is not None
+                for p in stage.quality.due(now_ms)]
+
+    def process(self, events: Sequence[RawEvent], withhold_since_ms: int | None = None) -> BatchResult:
+        """`withhold_since_ms`: the events are one partition's held window of a source whose risk
+        measure is enforced (gateway.runtime.jobs.sanitize holds them); records in classes smaller
+        than k are withheld, every event audited, and the window's quality record written."""
         out: list[OutRecord] = []
         counts: Counter[tuple[str, ...]] = Counter()
         now_ms = int(time.time() * 1000)
         audit_chains = self._audit_chains
+        batch_ids: set[int] = set()  # event-id fingerprints published in this batch (any partition)
+        new_ids: dict[tuple[str, int], tuple[int, list[int]]] = {}  # per partition: (first offset, fingerprints)
+        held: list[Held] | None = [] if withhold_since_ms is not None else None
+        if withhold_since_ms is not None:
+            for topic, partition in {(e.topic, e.partition) for e in events}:
+                self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
         for event in events:
             stage = self.stages[event.topic]
             chain = audit_chains.get((event.topic, event.partition)) or self._audit_chain(event.topic, event.partition)
@@ -210,8 +339,22 @@ class Pipeline:
                 "time": now_ms,
             }
             source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
+            quality = stage.quality
+            failed: list[int] | None = None
+            risk_class: int | None = None
+            verdict: Verdict | None = None
             try:
-                value, out_encoding, result = stage.transform(event.value, self.max_output_bytes, event.timestamp_ms)
+                if quality is None:
+                    value, out_encoding, result = stage.transform(event.value, self.max_output_bytes,
+                                                                  event.timestamp_ms)
+                else:
+                    record, encoding = stage.decoder.decode(event.value)
+                    verdict = quality.check(event.partition, record, event.timestamp_ms, now_ms, batch_ids)
+                    failed = verdict.failed
+                    if failed:
+                        self._quality_failed(quality, event.topic, failed, verdict.reject, audit, counts)
+                    value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
+                                                               event.timestamp_ms)
                 sentinel = stage.sentinel
                 if sentinel.active and sentinel.sampled():
                     self._check_leaks(sentinel, event.topic, result, audit, counts)
@@ -232,9 +375,13 @@ class Pipeline:
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
+                headers = [*stage.headers[out_encoding], source]
+                if quality is not None:
+                    assert verdict is not None
+                    risk_class = self._quality_published(quality, event, result.record, verdict.fingerprint, failed,
+                                                         headers, batch_ids, new_ids)
                 # the input's timestamp carries over (as Kafka Streams does), so event time survives
-                output = OutRecord(stage.plan.sanitized_topic, key, value, [*stage.headers[out_encoding], source],
-                                   None, max(event.timestamp_ms, 0))
+                output = OutRecord(stage.plan.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
                 key_ids = list(stage.sanitizer.token_key_ids)
                 if result.dek_key_id:
                     key_ids.append(result.dek_key_id)
@@ -248,11 +395,81 @@ class Pipeline:
                 audit["actions"] = stage.audit_actions
                 audit["key_ids"] = key_ids
                 counts[(event.topic, "sanitized")] += 1
+            if held is not None:
+                held.append(Held(event, output, audit, chain, risk_class,
+                                 verdict.fingerprint if verdict is not None else None))
+                continue
             out.append(output)
             out.append(self._audit_record(audit, chain))
+        if held is not None:
+            self._withhold_small_classes(held, counts, new_ids, out)
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
+        for (topic, partition), (first, ids) in new_ids.items():
+            dedup = self.stages[topic].quality.dedup  # type: ignore[union-attr]
+            log_key = dedup.add_tentative(topic, partition, first, now_ms, ids)  # type: ignore[union-attr]
+            out.append(OutRecord(self.dedup_topic, log_key, pack(now_ms, ids), None, 0))
+        if self.has_quality:
+            out += self.roll_windows({(e.topic, e.partition) for e in events}, now_ms,
+                                     force=withhold_since_ms is not None)
         return BatchResult(out, counts)
+
+    def _withhold_small_classes(self, held: list[Held], counts: Counter[tuple[str, ...]],
+                                new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord]) -> None:
+        """A held window is complete: records of classes below k (or l) are withheld, the rest published,
+        and every audit event sealed in offset order."""
+        small: dict[tuple[str, int], dict[int, str]] = {}
+        for entry in held:
+            event = entry.event
+            where = (event.topic, event.partition)
+            if where not in small:
+                small[where] = self.stages[event.topic].quality.withheld_classes(event.partition)  # type: ignore[union-attr]
+            reason = small[where].get(entry.risk_class) if entry.risk_class is not None else None
+            if reason is None or entry.output.topic != self.stages[event.topic].plan.sanitized_topic:
+                out.append(entry.output)
+                out.append(self._audit_record(entry.audit, entry.chain))
+                continue
+            outcome = f"withheld:{reason}"
+            entry.audit["outcome"] = outcome
+            entry.audit["output"] = None
+            counts[(event.topic, "sanitized")] -= 1
+            counts[(event.topic, outcome)] += 1
+            self.stages[event.topic].quality.withheld(event.partition)  # type: ignore[union-attr]
+            if entry.fingerprint is not None and where in new_ids:  # never published: not a duplicate later
+                ids = new_ids[where][1]
+                if entry.fingerprint in ids:
+                    ids.remove(entry.fingerprint)
+            out.append(self._audit_record(entry.audit, entry.chain))
+        for where in [w for w, (_, ids) in new_ids.items() if not ids]:
+            del new_ids[where]
+
+    @staticmethod
+    def _quality_failed(quality: QualityGate, topic: str, failed: list[int], reject: int | None,
+                        audit: dict[str, Any], counts: Counter[tuple[str, ...]]) -> None:
+        """Failed rules go into the audit event and the counts; a rule whose action is reject dead-letters."""
+        names = quality.names(failed)
+        audit["quality"] = names
+        for i, name in zip(failed, names, strict=True):
+            counts[(topic, "quality", name, quality.spec.rules[i].action)] += 1
+        if reject is not None:
+            rule = quality.rule_names[reject]
+            raise RejectedEvent(f"quality:{rule}", f"failed quality rule(s) {', '.join(names)}; "
+                                f"'{rule}' has action reject")
+
+    @staticmethod
+    def _quality_published(quality: QualityGate, event: RawEvent, sanitized: dict[str, Any], fp: int | None,
+                           failed: list[int] | None, headers: list[tuple[str, bytes]], batch_ids: set[int],
+                           new_ids: dict[tuple[str, int], tuple[int, list[int]]]) -> int | None:
+        """Counted as sanitized; flags into the header, the event id into the batch's; its risk class."""
+        risk_class = quality.published(event.partition, sanitized)
+        if failed:
+            flags = quality.flags(failed)
+            if flags:
+                headers.append((QUALITY_HEADER, ",".join(flags).encode()))
+        if fp is not None and fp not in batch_ids and not quality.is_duplicate(failed):
+            batch_ids.add(fp)
+            new_ids.setdefault((event.topic, event.partition), (event.offset, []))[1].append(fp)
+        return risk_class
 
     @staticmethod
     def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],

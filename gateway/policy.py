@@ -2,7 +2,9 @@
 
 Record level: ``"privacy": {"subject": FIELD, "source_topic": T, "sanitized_topic": T, ...}``.
 Field level: an action, ``"name"`` or ``{"name": {options}}``: one operator of gateway/operators/
-(keep, drop, tokenize, encrypt, mask, generalize, shift_date, redact).
+(keep, drop, tokenize, encrypt, mask, generalize, shift_date, redact). Beside it, an optional
+``"quality"`` key holds the field's data-quality rules, and the schema's own ``"quality"`` block the
+checks across fields, duplicates, freshness and the re-identification risk (gateway/quality/).
 Unannotated fields are dropped (privacy by default). A kept field whose type holds records
 descends into them; their fields follow their own annotations.
 
@@ -26,6 +28,7 @@ from gateway import operators
 from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.operators.base import FieldContext, Operator, OperatorError
+from gateway.quality.spec import QualitySpec, compile_quality
 from gateway.schema import (
     ENCODINGS,
     INPUT_MODES,
@@ -117,6 +120,7 @@ class Plan:
     token_normalizers: dict[str, str | None] = field(default_factory=dict)  # domain -> normalizer spec
     key_uses: dict[str, str] = field(default_factory=dict)  # domain -> what its key makes (tokens, shift_date)
     leak_sentinel: str = "observe"  # observe | enforce | off: PII found in a kept field is counted (and dead-lettered)
+    quality: QualitySpec | None = None  # data-quality rules and the re-identification risk measure (gateway/quality/)
 
     @property
     def name(self) -> str:
@@ -426,6 +430,9 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
     elif not any(f.name == event_id and f.operator.can_be_subject for f in record_plan.fields):
         c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
 
+    quality = compile_quality(schema.raw["fields"], schema.raw.get("quality"),
+                              schema.parsed.get("__named_schemas", {}), event_id,
+                              {f.name: f.operator.deterministic for f in record_plan.fields}, c.error)
     aggregates = compile_aggregates(
         settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
         sanitized_topic=sanitized_topic, subject=subject,
@@ -461,7 +468,7 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         warnings=tuple(p for p in c.problems if p.severity == "warning"), aggregates=aggregates,
         subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
         token_normalizers={d: next(iter(specs)) for d, specs in c.normalizers.items()},
-        leak_sentinel=leak_sentinel,
+        leak_sentinel=leak_sentinel, quality=quality,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
     )
     return plan, c.problems

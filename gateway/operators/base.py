@@ -107,6 +107,9 @@ class Operator:
     needs_subject: bool = False  # its output depends on the event's subject
     drops: bool = False  # the field leaves no trace in the sanitized record
     in_clear: bool = False  # the value passes unchanged (aggregates may group by it; the leak sentinel watches it)
+    # equal inputs give equal outputs (a ciphertext does not): a quasi-identifier or sensitive field
+    # whose classes the re-identification risk measure counts must be deterministic
+    deterministic: bool = True
 
     @classmethod
     def compile(cls, options: dict[str, Any], ctx: FieldContext) -> Operator:

@@ -27,6 +27,7 @@ SUBJECT_DOC = "AES-256-GCM ciphertext under the subject's own key, privacy-gatew
 
 class Encrypt(Operator):
     name = "encrypt"
+    deterministic = False  # a fresh nonce per value
 
     def __init__(self, plaintext_schema: Any, per_subject: bool) -> None:
         self.plaintext_schema = plaintext_schema  # parsed Avro schema of the value (null excluded)

@@ -72,6 +72,8 @@ def _wait_until_visible(admin: AdminClient, topics: list[str], timeout: float) -
 def topics_for(plans: Sequence[Plan], config: GatewayConfig, existing: dict[str, int]) -> dict[str, int]:
     """Every topic the worker needs, with the source topic's partition count for its outputs."""
     wanted: dict[str, int] = {config.audit_topic: existing.get(config.audit_topic, config.partitions)}
+    if any(p.quality is not None for p in plans):
+        wanted[config.quality_topic] = existing.get(config.quality_topic, config.partitions)
     for plan in plans:
         n = existing.get(plan.source_topic, config.partitions)
         for topic in (plan.source_topic, plan.sanitized_topic, plan.dlq_topic):

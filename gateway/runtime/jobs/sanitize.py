@@ -14,22 +14,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from types import FrameType
 from typing import Any
 
+import orjson
 from confluent_kafka import Message
 
 from gateway import metrics
-from gateway.audit import head_metadata, parse_head_metadata
+from gateway.audit import parse_head_metadata
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.pipeline import Pipeline, RawEvent, max_message_bytes
+from gateway.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
 from gateway.policy import Plan
-from gateway.runtime import clients
+from gateway.runtime import changelog, clients
+from gateway.runtime.changelog import ChangelogFollower
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
 from gateway.runtime.keytopic import KeyTopic
@@ -40,31 +42,123 @@ from gateway.runtime.transactional import AssignmentWait, Batch, Output, Source,
 log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0
 LAG_EVERY_S = 5.0
+WINDOWS_EVERY_S = 1.0  # how often idle partitions' ended quality windows are closed
 
 
 class SanitizeHandler:
-    """The pipeline behind the loop's handler interface: chain heads in, records and heads out."""
+    """The pipeline behind the loop's handler interface: chain heads and quality counters in with the
+    committed offsets, records and the same state out with the next ones.
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    A source whose re-identification risk is enforced is held: its events wait, per partition, until
+    the partition's window ends (or holds max_held_events), and the offset committed meanwhile stays
+    at the first held event, so a restart or rewind reads the window again. Then the window goes
+    through the pipeline at once and its small classes are withheld."""
+
+    def __init__(self, pipeline: Pipeline, dedup_log: ChangelogFollower | None = None) -> None:
         self.pipeline = pipeline
+        self.dedup_log = dedup_log  # the duplicate filters follow what every worker commits
+        self.next_offsets: dict[Source, int] = {}  # per open partition: where its committed offset goes next
+        self.enforced: dict[str, tuple[int, int]] = getattr(pipeline, "enforced_windows", {})
+        self.held: dict[Source, list[RawEvent]] = {}
+        self.held_since: dict[Source, int] = {}  # when the partition's first held event arrived (ms)
 
     def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
         self.pipeline.resume_chain(*source, parse_head_metadata(metadata), fresh=committed_offset < 0)
+        self.pipeline.resume_quality(*source, committed_quality(metadata))
+        if committed_offset >= 0:
+            self.next_offsets[source] = committed_offset
 
     def close(self, sources: Sequence[Source]) -> None:
         for topic, partition in sources:
             self.pipeline.forget_chain(topic, partition)
+            self.next_offsets.pop((topic, partition), None)
+            self.held.pop((topic, partition), None)  # read again from the committed offset
+            self.held_since.pop((topic, partition), None)
+        self.pipeline.forget_quality(sources)
 
     def process(self, messages: list[Message]) -> Output:
+        if self.dedup_log is not None:
+            self.pipeline.apply_dedup_log(self.dedup_log.poll(10_000))
         events = [RawEvent(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers())
                   for m in messages]
-        result = self.pipeline.process(events)
-        heads: dict[Source, str] = {}
-        for source in {(e.topic, e.partition) for e in events}:
-            head = self.pipeline.chain_head(*source)
-            if head is not None:
-                heads[source] = head_metadata(head)
-        return Output(result.records, heads, counts=result.counts)
+        if not self.enforced:
+            result = self.pipeline.process(events)
+            self._advance(events)
+            return Output(result.records, self._metadata({(e.topic, e.partition) for e in events}),
+                          counts=result.counts)
+        now_ms = int(time.time() * 1000)
+        plain = [e for e in events if e.topic not in self.enforced]
+        for e in events:
+            if e.topic in self.enforced:
+                self.held.setdefault((e.topic, e.partition), []).append(e)
+                self.held_since.setdefault((e.topic, e.partition), now_ms)
+        result = self.pipeline.process(plain)
+        self._advance(plain)
+        records, counts = result.records, result.counts
+        released = self._release_due(now_ms, records, counts)
+        touched = {(e.topic, e.partition) for e in events} | set(released)
+        return Output(records, self._metadata(touched), offsets=self._offsets(touched), counts=counts)
+
+    def _advance(self, events: Sequence[RawEvent]) -> None:
+        for e in events:
+            self.next_offsets[(e.topic, e.partition)] = e.offset + 1
+
+    def _metadata(self, sources: Iterable[Source]) -> dict[Source, str]:
+        return {s: m for s in sources if (m := self.pipeline.commit_metadata(*s)) is not None}
+
+    def _offsets(self, sources: Iterable[Source]) -> dict[Source, int]:
+        """A held partition's offset stays at its first held event; the others move past what was published."""
+        return {s: self.held[s][0].offset if s in self.held else self.next_offsets[s]
+                for s in sources if s in self.held or s in self.next_offsets}
+
+    def _release_due(self, now_ms: int, records: list[Any], counts: Counter[tuple[str, ...]]) -> list[Source]:
+        """Held windows that ended (or filled up) go through the pipeline, small classes withheld."""
+        due = [s for s, since in self.held_since.items()
+               if now_ms >= since + self.enforced[s[0]][0] or len(self.held[s]) >= self.enforced[s[0]][1]]
+        for source in due:
+            events = self.held.pop(source)
+            result = self.pipeline.process(events, withhold_since_ms=self.held_since.pop(source))
+            self._advance(events)
+            records += result.records
+            counts.update(result.counts)
+        return due
+
+    def roll_idle_windows(self, owned: set[Source]) -> Output | None:
+        """Quality windows that ended on partitions with no event since, and held windows due: their
+        records, committed with the reset counters at the partitions' offsets (a timer's transaction)."""
+        records: list[Any] = []
+        counts: Counter[tuple[str, ...]] = Counter()
+        released = self._release_due(int(time.time() * 1000), records, counts) if self.held else []
+        due = [s for s in self.pipeline.windows_due(int(time.time() * 1000))
+               if s in owned and s in self.next_offsets and s not in self.held]
+        records += self.pipeline.roll_windows(due)
+        touched = set(due) | set(released)
+        if not touched:
+            return None
+        return Output(records, self._metadata(touched), offsets=self._offsets(touched), counts=counts)
+
+
+def observe_quality_window(window: dict[str, Any]) -> None:
+    """Gauges from a committed quality record: completeness per field, and the risk figures."""
+    source, partition = window["source"], str(window["partition"])
+    metrics.QUALITY_WINDOWS.labels(source).inc()
+    for name, entry in window.get("completeness", {}).items():
+        metrics.QUALITY_COMPLETENESS.labels(source, partition, name).set(entry["rate"])
+    risk = window.get("risk")
+    if risk is not None:
+        metrics.RISK_K.labels(source, partition).set(risk["k"])
+        metrics.RISK_BELOW_K.labels(source, partition).set(risk["below_k_share"])
+
+
+def committed_quality(metadata: str | None) -> Any:
+    """The quality counters in a partition's committed metadata (None: none, or not ours)."""
+    if not metadata:
+        return None
+    try:
+        body = orjson.loads(metadata)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("quality") if isinstance(body, dict) else None
 
 
 class Worker:
@@ -109,7 +203,7 @@ class Worker:
         start_process(config, self.health, self.request_stop)
         counts = ensure_topics(self.plans, config)
         self.pipeline = self._build_pipeline(counts[config.audit_topic])
-        self.handler = SanitizeHandler(self.pipeline)
+        self.handler = SanitizeHandler(self.pipeline, self._follow_dedup_log())
         self.stall = StallMonitor(config, config.group_id, "sanitize", self.health).start()
         consumer = clients.group_consumer(
             config, config.group_id, config.instance_id,
@@ -131,11 +225,15 @@ class Worker:
                                           "audit_topic": config.audit_topic})
         next_status = time.monotonic() + STATUS_EVERY_S
         next_lag = time.monotonic() + LAG_EVERY_S
+        next_windows = time.monotonic() + WINDOWS_EVERY_S
         try:
             while not self._stop:
                 self.loop.step()
                 self.health.beat()
                 now = time.monotonic()
+                if now >= next_windows:
+                    self._roll_idle_windows()
+                    next_windows = now + WINDOWS_EVERY_S
                 if now >= next_lag:
                     self._update_lag()
                     next_lag = now + LAG_EVERY_S
@@ -149,9 +247,37 @@ class Worker:
             self.loop.close()
             if self.key_topic is not None:
                 self.key_topic.close()
+            if self.handler.dedup_log is not None:
+                self.handler.dedup_log.close()
             self._log_status()
             log.info("worker stopped")
         return 0
+
+    def _follow_dedup_log(self) -> ChangelogFollower | None:
+        """Duplicate detection: the fingerprint log every worker of the group writes, read to its end
+        (read_committed) before the first event, then followed. Kept for twice the longest horizon."""
+        if not getattr(self.pipeline, "checks_duplicates", False):
+            return None
+        kafka = self.config.kafka_client_config()
+        horizon_ms = max(p.quality.duplicates.horizon_ms for p in self.plans
+                         if p.quality is not None and p.quality.duplicates is not None)
+        topic = dedup_topic(self.config)
+        changelog.ensure_changelog(kafka, topic, 1, {"cleanup.policy": "delete", "retention.ms": str(2 * horizon_ms),
+                                                     "segment.ms": str(max(60_000, horizon_ms // 4))})
+        started = time.monotonic()
+        records, follow_from = changelog.restore(kafka, topic)
+        self.pipeline.apply_dedup_log((r.key, r.value) for r in records)
+        log.info("duplicate filter restored", extra={"records": len(records),
+                                                     "seconds": round(time.monotonic() - started, 3)})
+        return ChangelogFollower(kafka, topic, follow_from, group_id=f"{self.config.group_id}.dedup-follower")
+
+    def _roll_idle_windows(self) -> None:
+        """Close the quality windows of partitions that had no event since their window ended."""
+        if not getattr(self.pipeline, "has_quality", False) or not self.loop.settle():
+            return  # the batch in flight aborted: everything reopens from the committed state
+        output = self.handler.roll_idle_windows(self.loop.opened & self.loop.owned)
+        if output is not None and not self.loop.commit_now(output):  # committed: _observe reads its records
+            log.warning("quality window records aborted: the windows reopen from the committed counters", extra={})
 
     def _assignment_wait(self) -> AssignmentWait:
         """The first assignment can wait a session timeout (a dead member still in the group) or the
@@ -184,13 +310,20 @@ class Worker:
             if key[1] == "leak_suspected":  # (topic, "leak_suspected", field path, entity)
                 metrics.LEAKS.labels(key[0], key[2], key[3]).inc(n)
                 continue
+            if key[1] == "quality":  # (topic, "quality", rule, action)
+                metrics.QUALITY_FAILURES.labels(key[0], key[2], key[3]).inc(n)
+                continue
             self._totals[(key[0], key[1])] += n
             topic, outcome = key
             kind, _, reason = outcome.partition(":")
             metrics.EVENTS.labels(topic, kind).inc(n)
-            if reason:
+            if reason and kind == "rejected":
                 metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
         metrics.AUDITED.inc(sum(r.topic == self.config.audit_topic for r in batch.output.records))
+        quality_topic = self.config.quality_topic
+        for r in batch.output.records:
+            if r.topic == quality_topic:
+                observe_quality_window(orjson.loads(r.value))
         metrics.BATCHES.inc()
         started, processed, produced = batch.started, batch.processed, batch.produced
         metrics.STAGE_SECONDS.labels("process").observe(processed - started)
