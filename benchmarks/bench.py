@@ -477,14 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of the saturated sanitize worker")
     parser.add_argument("--only-text", action="store_true",
-                        help="run only the in-process rows (redaction, scan, DP stages, continual release), "
+                        help="run only the in-process rows (quality rules, redaction, scan, DP stages, continual "
+                             "release), "
                              "updating those keys of --out")
     args = parser.parse_args(argv)
     if args.only_text:
         results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
         results.update(measure_text())
         args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"\nwrote the redaction, scan, DP-stage and continual-release rows into {args.out}")
+        print(f"\nwrote the quality, redaction, scan, DP-stage and continual-release rows into {args.out}")
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     rows: dict[str, dict[str, Any]] = {}
@@ -548,10 +549,12 @@ def measure_text() -> dict[str, Any]:
     `gateway scan`'s throughput, the DP stages' per-event cost beside the sanitize stage's, and the
     continual-release accuracy against per-window summing (benchmarks/redaction.py, scan.py,
     dp_stages.py and continual.py print the details)."""
-    from benchmarks import continual, dp_stages, scan
+    from benchmarks import continual, dp_stages, quality, scan
 
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Any] = {}
+    print("  quality rules beside the sanitize path ...", flush=True)
+    out["quality_rules"] = quality.run(events=10_000, reps=5) | {"when": when}
     print("  DP stages beside the sanitize stage ...", flush=True)
     out["dp_stages"] = dp_stages.run(events=20_000, reps=5) | {"when": when}
     print("  continual release vs per-window summing (T = 24, 168) ...", flush=True)

@@ -31,7 +31,7 @@ from gateway.keys.tokens import DomainTokenizer
 from gateway.outputs import OutRecord
 from gateway.policy import Plan
 from gateway.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
-from gateway.quality.gate import QualityGate, Verdict
+from gateway.quality.gate import QualityGate
 from gateway.schema import EventDecoder, frame_confluent, json_bytes
 from gateway.sentinel import LeakSentinel
 from gateway.transforms import RecordSanitizer, SanitizeResult
@@ -282,14 +282,15 @@ class Pipeline:
     def apply_dedup_log(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
         """Fingerprints committed by any worker (read back from the dedup log) join the filters."""
         now_ms = int(time.time() * 1000)
+        filters = [s.quality.dedup for s in self.stages.values()
+                   if s.quality is not None and s.quality.dedup is not None]
+        for dedup in filters:  # first: records older than the horizon are skipped, not held and evicted
+            dedup.expire(now_ms)
         for key, value in records:
             parsed = parse_log_key(key or b"")
             stage = self.stages.get(parsed[0]) if parsed else None
             if stage is not None and stage.quality is not None and stage.quality.dedup is not None:
                 stage.quality.dedup.apply(key or b"", value)
-        for stage in self.stages.values():
-            if stage.quality is not None and stage.quality.dedup is not None:
-                stage.quality.dedup.expire(now_ms)
 
     def roll_windows(self, sources: Iterable[tuple[str, int]], now_ms: int | None = None,
                      force: bool = False) -> list[OutRecord]:
@@ -342,29 +343,33 @@ class Pipeline:
             quality = stage.quality
             failed: list[int] | None = None
             risk_class: int | None = None
-            verdict: Verdict | None = None
+            fp: int | None = None
             try:
                 if quality is None:
                     value, out_encoding, result = stage.transform(event.value, self.max_output_bytes,
                                                                   event.timestamp_ms)
                 else:
                     record, encoding = stage.decoder.decode(event.value)
-                    verdict = quality.check(event.partition, record, event.timestamp_ms, now_ms, batch_ids)
-                    failed = verdict.failed
+                    failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
+                                                       batch_ids)
                     if failed:
-                        self._quality_failed(quality, event.topic, failed, verdict.reject, audit, counts)
+                        self._quality_failed(quality, event.topic, failed, reject, audit, counts)
                     value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
                                                                event.timestamp_ms)
                 sentinel = stage.sentinel
                 if sentinel.active and sentinel.sampled():
                     self._check_leaks(sentinel, event.topic, result, audit, counts)
             except RejectedEvent as rejected:
+                if failed is not None:  # checked (and counted as sanitized): it is not
+                    quality.not_published(event.partition)  # type: ignore[union-attr]
                 output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source)
                 audit["outcome"] = outcome = f"rejected:{rejected.reason}"
                 audit["output"] = stage.audit_dlq_output
                 audit["key_ids"] = self._dead_letter_key_ids
                 counts[(event.topic, outcome)] += 1
             except Exception as exc:  # a bug must not stop the partition or leak the event
+                if failed is not None:
+                    quality.not_published(event.partition)  # type: ignore[union-attr]
                 log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
                           "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
                 message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
@@ -376,10 +381,16 @@ class Pipeline:
             else:
                 key = result.subject.encode() if result.subject else None
                 headers = [*stage.headers[out_encoding], source]
-                if quality is not None:
-                    assert verdict is not None
-                    risk_class = self._quality_published(quality, event, result.record, verdict.fingerprint, failed,
-                                                         headers, batch_ids, new_ids)
+                if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
+                    if failed or quality.risk_measured:
+                        risk_class = self._quality_published(quality, event, result.record, failed, headers)
+                    if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
+                        batch_ids.add(fp)
+                        ids = new_ids.get((event.topic, event.partition))
+                        if ids is None:
+                            new_ids[(event.topic, event.partition)] = (event.offset, [fp])
+                        else:
+                            ids[1].append(fp)
                 # the input's timestamp carries over (as Kafka Streams does), so event time survives
                 output = OutRecord(stage.plan.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
                 key_ids = list(stage.sanitizer.token_key_ids)
@@ -396,8 +407,7 @@ class Pipeline:
                 audit["key_ids"] = key_ids
                 counts[(event.topic, "sanitized")] += 1
             if held is not None:
-                held.append(Held(event, output, audit, chain, risk_class,
-                                 verdict.fingerprint if verdict is not None else None))
+                held.append(Held(event, output, audit, chain, risk_class, fp))
                 continue
             out.append(output)
             out.append(self._audit_record(audit, chain))
@@ -457,19 +467,14 @@ class Pipeline:
                                 f"'{rule}' has action reject")
 
     @staticmethod
-    def _quality_published(quality: QualityGate, event: RawEvent, sanitized: dict[str, Any], fp: int | None,
-                           failed: list[int] | None, headers: list[tuple[str, bytes]], batch_ids: set[int],
-                           new_ids: dict[tuple[str, int], tuple[int, list[int]]]) -> int | None:
-        """Counted as sanitized; flags into the header, the event id into the batch's; its risk class."""
-        risk_class = quality.published(event.partition, sanitized)
+    def _quality_published(quality: QualityGate, event: RawEvent, sanitized: dict[str, Any], failed: list[int] | None,
+                           headers: list[tuple[str, bytes]]) -> int | None:
+        """A published event's flags go into its header; its risk class (None: no risk measure)."""
         if failed:
             flags = quality.flags(failed)
             if flags:
                 headers.append((QUALITY_HEADER, ",".join(flags).encode()))
-        if fp is not None and fp not in batch_ids and not quality.is_duplicate(failed):
-            batch_ids.add(fp)
-            new_ids.setdefault((event.topic, event.partition), (event.offset, []))[1].append(fp)
-        return risk_class
+        return quality.risk_class(event.partition, sanitized)
 
     @staticmethod
     def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],

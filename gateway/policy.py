@@ -3,8 +3,9 @@
 Record level: ``"privacy": {"subject": FIELD, "source_topic": T, "sanitized_topic": T, ...}``.
 Field level: an action, ``"name"`` or ``{"name": {options}}``: one operator of gateway/operators/
 (keep, drop, tokenize, encrypt, mask, generalize, shift_date, redact). Beside it, an optional
-``"quality"`` key holds the field's data-quality rules, and the schema's own ``"quality"`` block the
-checks across fields, duplicates, freshness and the re-identification risk (gateway/quality/).
+``"quality"`` key holds the field's data-quality rules; ``"quality"`` in the record-level privacy
+settings holds the checks across fields, duplicates, freshness and the re-identification risk
+(gateway/quality/).
 Unannotated fields are dropped (privacy by default). A kept field whose type holds records
 descends into them; their fields follow their own annotations.
 
@@ -39,7 +40,7 @@ from gateway.schema import (
 )
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
-                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget"}
+                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -189,6 +190,9 @@ class _Compiler:
 
     def field(self, f: dict[str, Any], path: str) -> tuple[FieldPlan, dict[str, Any]] | None:
         """Compile one field through its operator (gateway/operators/); None if it is dropped."""
+        if "quality" in f and ("." in path or "[" in path or "{" in path):
+            self.error(path, "quality rules are supported on top-level fields only (a nested field's rule would "
+                             "never run)")
         annotation = f.get("privacy")
         if annotation is None:
             self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", "
@@ -359,6 +363,9 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
     if not isinstance(settings, dict):
         c.error("(record)", "record-level \"privacy\" must be an object")
         return None, c.problems
+    if "quality" in schema.raw:
+        c.error("(record)", "the record-level \"quality\" block belongs in the privacy settings "
+                            "(\"privacy\": {..., \"quality\": {...}}); a field's rules sit beside its annotation")
     for key in sorted(set(settings) - RECORD_SETTINGS):
         c.error("(record)", f"unknown privacy setting '{key}' (known: {', '.join(sorted(RECORD_SETTINGS))})")
     source_topic = settings.get("source_topic", schema.fullname)
@@ -430,7 +437,7 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
     elif not any(f.name == event_id and f.operator.can_be_subject for f in record_plan.fields):
         c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
 
-    quality = compile_quality(schema.raw["fields"], schema.raw.get("quality"),
+    quality = compile_quality(schema.raw["fields"], settings.get("quality"),
                               schema.parsed.get("__named_schemas", {}), event_id,
                               {f.name: f.operator.deterministic for f in record_plan.fields}, c.error)
     aggregates = compile_aggregates(

@@ -20,6 +20,16 @@ _MAX_LOCAL = 64
 _MAX_ADDRESS = 254
 
 
+def _valid(value: str) -> bool:
+    local = value[: value.index("@")]
+    return len(value) <= _MAX_ADDRESS and len(local) <= _MAX_LOCAL and ".." not in local
+
+
+def is_email(text: str) -> bool:
+    """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan."""
+    return "@" in text and _EMAIL.fullmatch(text) is not None and _valid(text)
+
+
 class EmailFinder:
     """Addresses with one '@', a dotted domain and a TLD-shaped last label ("jane@localhost" is not one)."""
 
@@ -29,8 +39,6 @@ class EmailFinder:
         if "@" not in text:
             return
         for m in _EMAIL.finditer(text):
-            value = m.group()
-            local = value[: value.index("@")]
-            if len(value) > _MAX_ADDRESS or len(local) > _MAX_LOCAL or ".." in local:
+            if not _valid(m.group()):
                 continue
             yield Match(self.entity, m.start(), m.end())

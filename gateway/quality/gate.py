@@ -9,19 +9,13 @@ window that has ended into a quality record. Pure: the runtime feeds it and publ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from gateway.quality.dedup import DuplicateFilter, fingerprint
+from gateway.quality.dedup import DuplicateFilter, Fingerprinter
 from gateway.quality.risk import RiskWindow
 from gateway.quality.rules import CheckerState
 from gateway.quality.spec import QualitySpec
 from gateway.quality.window import QualityWindow
-
-
-class Verdict(NamedTuple):
-    failed: list[int]  # indexes into spec.rules
-    reject: int | None  # the first failed rule whose action is reject
-    fingerprint: int | None  # the event id's, when duplicates are checked
 
 
 @dataclass
@@ -41,7 +35,7 @@ class QualityGate:
         self.source_topic = source_topic
         self.event_id_field = event_id_field
         self.dedup = dedup if spec.duplicates is not None else None
-        self.dedup_key = dedup_key
+        self.fingerprinter = Fingerprinter(dedup_key, schema) if self.dedup is not None and dedup_key else None
         self.partitions: dict[int, PartitionQuality] = {}
         self.rule_names = [r.name for r in spec.rules]
         self.flag_rules = frozenset(i for i, r in enumerate(spec.rules) if r.action == "flag")
@@ -49,8 +43,9 @@ class QualityGate:
         self._dup = spec.duplicate_index
         self._fresh = spec.freshness_index
         self._fresh_ms = spec.freshness.max_lag_ms if spec.freshness is not None else 0
-        self._null_fields = spec.completeness_fields
-        if self.dedup is not None and dedup_key is None:
+        self.risk_measured = spec.risk is not None
+        self._null_fields = tuple(enumerate(spec.completeness_fields))
+        if self.dedup is not None and self.fingerprinter is None:
             raise ValueError("duplicate detection needs its fingerprint key")
 
     # ---- partitions ------------------------------------------------------------------------------
@@ -82,48 +77,58 @@ class QualityGate:
 
     # ---- events ----------------------------------------------------------------------------------
     def check(self, partition: int, record: dict[str, Any], timestamp_ms: int, now_ms: int,
-              batch_fingerprints: set[int]) -> Verdict:
-        """Every rule on one decoded event, counted in its partition's window."""
+              batch_fingerprints: set[int]) -> tuple[list[int], int | None, int | None]:
+        """Every rule on one decoded event, counted in its partition's window: (failed rule indexes,
+        the first failed rule whose action is reject, the event id's fingerprint). A plain tuple and
+        local names: this runs per event."""
         state = self.partitions.get(partition)
         if state is None:
             self.open(partition, None, now_ms)
             state = self.partitions[partition]
         window = state.window
         window.events += 1
+        window.sanitized += 1  # until a rejection says otherwise (not_published): the common case costs nothing
         checker = self.spec.checker
         failed = checker.check(record, state.checker_state) if checker is not None else []  # type: ignore[arg-type]
         fp = None
-        if self.dedup is not None:
-            event_id = record.get(self.event_id_field) if self.event_id_field else None
+        dedup = self.dedup
+        if dedup is not None:
+            event_id = record.get(self.event_id_field)  # type: ignore[arg-type]
             if event_id is not None:
-                fp = fingerprint(self.dedup_key, self.schema, event_id)  # type: ignore[arg-type]
-                if fp in batch_fingerprints or self.dedup.seen(fp):
+                fp = self.fingerprinter.of(event_id)  # type: ignore[union-attr]
+                if fp in batch_fingerprints or dedup.seen(fp):
                     failed.append(self._dup)  # type: ignore[arg-type]
         lag = now_ms - timestamp_ms
         if lag > 0:
             window.lag_sum_ms += lag
             if lag > window.lag_max_ms:
                 window.lag_max_ms = lag
-        if self._fresh is not None and lag > self._fresh_ms:
-            failed.append(self._fresh)
-        for i, name in enumerate(self._null_fields):
-            if record.get(name) is None:
-                window.nulls[i] += 1
+            if lag > self._fresh_ms and self._fresh is not None:
+                failed.append(self._fresh)
+        if self._null_fields:
+            nulls = window.nulls
+            get = record.get
+            for i, name in self._null_fields:
+                if get(name) is None:
+                    nulls[i] += 1
+        if not failed:
+            return failed, None, fp
+        counts = window.failed
         reject = None
-        if failed:
-            counts = window.failed
-            for i in failed:
-                counts[i] += 1
-            reject = next((i for i in failed if i in self.reject_rules), None)
-        return Verdict(failed, reject, fp)
+        for i in failed:
+            counts[i] += 1
+            if reject is None and i in self.reject_rules:
+                reject = i
+        return failed, reject, fp
 
-    def published(self, partition: int, sanitized: dict[str, Any]) -> int | None:
-        """The event reached the sanitized topic: counted, and its risk class (None: no risk measure)."""
-        state = self.partitions[partition]
-        state.window.sanitized += 1
-        if state.risk is None:
-            return None
-        return state.risk.add(sanitized)
+    def risk_class(self, partition: int, sanitized: dict[str, Any]) -> int | None:
+        """A published record joins its partition's risk window: its class (None: no risk measure)."""
+        risk = self.partitions[partition].risk
+        return risk.add(sanitized) if risk is not None else None
+
+    def not_published(self, partition: int) -> None:
+        """A checked event was rejected after all (by a rule, the leak sentinel or its size)."""
+        self.partitions[partition].window.sanitized -= 1
 
     def start_window(self, partition: int, start_ms: int) -> None:
         """An enforced window (held by the runtime) began when its first event was held."""

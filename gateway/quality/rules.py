@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.detect import ENTITIES, detector
+from gateway.detect.email import is_email
 
 ACTIONS = ("reject", "flag", "measure")
 FIELD_KINDS = ("required", "range", "allowed", "format", "max_length", "outlier")  # also the evaluation order
@@ -232,6 +233,8 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     entity = name.upper() if isinstance(name, str) else None
     if entity not in ENTITIES:
         raise _Invalid(f"unknown detector {name!r} (known: {', '.join(ENTITIES)})")
+    if entity == "EMAIL":  # the common case, without the scan and overlap resolution of find()
+        return action, lambda value: is_email(value.strip())
     find = detector([entity]).find
 
     def whole(value: str) -> bool:

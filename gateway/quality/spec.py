@@ -1,7 +1,7 @@
-"""The record-level ``"quality"`` block of a schema, compiled once with the per-field rules.
+"""The ``"quality"`` block of a schema's record-level privacy settings, compiled with the field rules.
 
-``"quality": {"window_s": 60, "checks": [...], "duplicates": {...}, "freshness": {...}, "risk": {...}}``
-beside the record's ``"privacy"`` block; per-field rules sit in each field's ``"quality"`` key
+``"privacy": {..., "quality": {"window_s": 60, "checks": [...], "duplicates": {...}, "freshness": {...},
+"risk": {...}}}``; per-field rules sit in each field's ``"quality"`` key
 (gateway/quality/rules.py). Every problem goes to the policy compiler's `error(where, message)`,
 so `gateway policy lint` lists them and start-up fails naming schema, field and rule.
 
@@ -97,7 +97,7 @@ def _known(spec: Any, keys: set[str], where: str, error: Callable[[str, str], No
 
 def compile_quality(fields: list[dict[str, Any]], settings: Any, named: dict[str, Any], event_id: str | None,
                     sanitized: Mapping[str, bool], error: Callable[[str, str], None]) -> QualitySpec | None:
-    """`fields`: the raw schema's top-level fields; `settings`: its record-level "quality" (or None);
+    """`fields`: the raw schema's top-level fields; `settings`: "quality" of its privacy settings (or None);
     `sanitized`: top-level sanitized field -> whether its operator is deterministic (the risk measure's
     quasi-identifiers must be). None when nothing is declared."""
     if settings is not None and not _known(settings, QUALITY_SETTINGS, "(record).quality", error):

@@ -33,15 +33,13 @@ def _ride_schema(suffix: str) -> dict[str, Any]:
     return {
         "type": "record", "name": "Ride", "namespace": "example.rides",
         "privacy": {"source_topic": f"rides.raw.{suffix}", "sanitized_topic": f"rides.sanitized.{suffix}",
-                    "subject": "rider_id", "event_id": "ride_id", "output": "json"},
-        "quality": {
-            "window_s": 2,
-            "checks": [{"name": "dropoff_after_request", "rule": ["dropoff_at", ">=", "requested_at"],
-                        "action": "reject"}],
-            "duplicates": {"action": "reject", "horizon_s": 3600},
-            "freshness": {"max_lag_s": 600, "action": "flag"},
-            "risk": {"quasi_identifiers": ["city"], "k": 2},
-        },
+                    "subject": "rider_id", "event_id": "ride_id", "output": "json", "quality": {
+                        "window_s": 2,
+                        "checks": [{"name": "dropoff_after_request", "rule": ["dropoff_at", ">=", "requested_at"],
+                                    "action": "reject"}],
+                        "duplicates": {"action": "reject", "horizon_s": 3600},
+                        "freshness": {"max_lag_s": 600, "action": "flag"},
+                        "risk": {"quasi_identifiers": ["city"], "k": 2}}},
         "fields": [
             {"name": "ride_id", "type": "string", "privacy": "keep"},
             {"name": "rider_id", "type": "string", "privacy": {"tokenize": {"domain": "rider"}}},
@@ -213,10 +211,10 @@ def test_enforce_withholds_exactly_the_records_of_small_classes(fresh_deployment
     source, sanitized = f"visits.raw.{d.suffix}", f"visits.sanitized.{d.suffix}"
     schema = {
         "type": "record", "name": "Visit", "namespace": "example.risk",
-        "privacy": {"source_topic": source, "sanitized_topic": sanitized, "event_id": "visit_id", "output": "json"},
         # the window is released when it holds every event: the test knows the whole window
-        "quality": {"window_s": 300, "risk": {"quasi_identifiers": ["region", "age_band"], "k": 3,
-                                              "mode": "enforce", "max_held_events": total}},
+        "privacy": {"source_topic": source, "sanitized_topic": sanitized, "event_id": "visit_id", "output": "json",
+                    "quality": {"window_s": 300, "risk": {"quasi_identifiers": ["region", "age_band"], "k": 3,
+                                                          "mode": "enforce", "max_held_events": total}}},
         "fields": [{"name": "visit_id", "type": "string", "privacy": "keep"},
                    {"name": "region", "type": "string", "privacy": "keep"},
                    {"name": "age_band", "type": "string", "privacy": "keep"},

@@ -43,8 +43,11 @@ def test_fingerprint_key_is_domain_separated() -> None:
 def test_fingerprint_pins_its_encoding() -> None:
     """Fingerprints outlive a process in the log: the encoding must not drift between versions."""
     message = (6).to_bytes(4, "big") + b"t.Demo" + b"s" + "évent-1".encode()
-    expected = int.from_bytes(hmac.new(KEY, message, hashlib.sha256).digest()[:8], "big")
+    expected = int.from_bytes(hashlib.blake2b(message, key=KEY, digest_size=8).digest(), "big")
     assert fingerprint(KEY, "t.Demo", "évent-1") == expected
+    int_message = (6).to_bytes(4, "big") + b"t.Demo" + b"i42"
+    assert fingerprint(KEY, "t.Demo", 42) == int.from_bytes(hashlib.blake2b(int_message, key=KEY,
+                                                                            digest_size=8).digest(), "big")
     assert FINGERPRINT_BYTES == 8
 
 

@@ -30,15 +30,13 @@ def _schema(risk_mode: str = "report", k: int = 3) -> dict[str, Any]:
     return {
         "type": "record", "name": "Ride", "namespace": "t",
         "privacy": {"source_topic": SOURCE, "sanitized_topic": "rides.sanitized", "subject": "rider_id",
-                    "event_id": "ride_id", "output": "json"},
-        "quality": {
-            "window_s": 60,
-            "checks": [{"name": "dropoff_after_request", "rule": ["dropoff_at", ">=", "requested_at"],
-                        "action": "reject"}],
-            "duplicates": {"action": "reject", "horizon_s": 3600},
-            "freshness": {"max_lag_s": 300, "action": "flag"},
-            "risk": {"quasi_identifiers": ["city", "age_band"], "k": k, "mode": risk_mode},
-        },
+                    "event_id": "ride_id", "output": "json", "quality": {
+                        "window_s": 60,
+                        "checks": [{"name": "dropoff_after_request", "rule": ["dropoff_at", ">=", "requested_at"],
+                                    "action": "reject"}],
+                        "duplicates": {"action": "reject", "horizon_s": 3600},
+                        "freshness": {"max_lag_s": 300, "action": "flag"},
+                        "risk": {"quasi_identifiers": ["city", "age_band"], "k": k, "mode": risk_mode}}},
         "fields": [
             {"name": "ride_id", "type": "string", "privacy": "keep"},
             {"name": "rider_id", "type": "string", "privacy": {"tokenize": {"domain": "rider"}}},
@@ -232,7 +230,17 @@ def test_bad_rules_fail_naming_schema_field_and_rule(write_schema: Any, field_qu
 
 def test_risk_fields_must_reach_consumers_in_a_deterministic_form(write_schema: Any) -> None:
     schema = _schema()
-    schema["quality"]["risk"]["quasi_identifiers"] = ["city", "email_plain"]
+    schema["privacy"]["quality"]["risk"]["quasi_identifiers"] = ["city", "email_plain"]
     schema["fields"].append({"name": "email_plain", "type": "string", "privacy": "encrypt"})
     problems = [p for p in lint_file(write_schema(schema)) if p.severity == "error"]
     assert any(p.where == "risk" and "encrypted" in p.message for p in problems), problems
+
+
+def test_quality_declared_where_it_would_never_run_is_an_error(write_schema: Any) -> None:
+    schema = _schema()
+    schema["quality"] = schema["privacy"].pop("quality")  # beside "privacy" instead of inside it
+    schema["fields"].append({"name": "stop", "privacy": "keep", "type": {"type": "record", "name": "Stop", "fields": [
+        {"name": "zone", "type": "string", "privacy": "keep", "quality": {"max_length": 3}}]}})
+    problems = [p for p in lint_file(write_schema(schema)) if p.severity == "error"]
+    assert any(p.where == "(record)" and "belongs in the privacy settings" in p.message for p in problems)
+    assert any(p.where == "stop.zone" and "top-level fields only" in p.message for p in problems)
