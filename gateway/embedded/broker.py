@@ -117,6 +117,16 @@ def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] 
     raise GatewayError(f"the broker did not accept connections on 127.0.0.1:{port} within {timeout_s:.0f}s")
 
 
+def cluster_uuid() -> str:
+    """A random cluster id as Kafka writes them (base64url of 16 bytes). Like Kafka's Uuid.randomUuid,
+    never one starting with '-': kafka-storage's argument parser would take it for an option (one id
+    in 64 did, and the broker failed to start)."""
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
+
+
 class EmbeddedBroker:
     """Start Apache Kafka on 127.0.0.1:PORT (PLAINTEXT) plus any extra listeners, wait until it
     answers a metadata request, stop it on exit (SIGTERM: a clean shutdown)."""
@@ -192,7 +202,7 @@ class EmbeddedBroker:
 
     def _format(self, java: str, classpath: str, config: Path) -> None:
         """Format the storage once (`--ignore-formatted`: a given data_dir keeps its data)."""
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = cluster_uuid()
         command = [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--ignore-formatted",
                    "-t", cluster_id, "-c", str(config)]
         for user in self.scram_users:
