@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 # pip shows what it fetches and builds (a first install takes a minute or two); later runs skip this
 $(BIN)/gateway: pyproject.toml
@@ -26,6 +26,9 @@ $(VENV)/.bench: $(BIN)/gateway
 
 bench: $(VENV)/.bench  ## the gateway beside passthrough, naive code, Confluent CSFLE and Presidio
 	PYTHONPATH=. $(BIN)/python benchmarks/bench.py
+
+docs: $(BIN)/gateway  ## rewrite the README's settings tables from their declarations (gateway/config.py)
+	$(BIN)/python -m gateway.config README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -18,76 +18,51 @@ from typing import Any
 import fastavro
 import orjson
 
-from gateway.config import GatewayConfig, env_name
+from gateway.config import GROUPS, GatewayConfig, declared, env_name, shown_default
 from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger("gateway.cli")
 
 
-def _add_run_settings(p: argparse.ArgumentParser) -> None:
-    """Options that map one-to-one onto GatewayConfig settings (env GATEWAY_<NAME> otherwise)."""
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers HOST:PORT[,...] (GATEWAY_BOOTSTRAP)")
-    p.add_argument("--schemas", help="directory of annotated *.avsc schemas (GATEWAY_SCHEMAS)")
-    p.add_argument("--keyring", help="local keyring file, created with mode 0600 on first run (GATEWAY_KEYRING)")
-    p.add_argument("--audit-topic", dest="audit_topic", help="audit topic (default privacy.audit)")
-    p.add_argument("--group-id", dest="group_id", help="consumer group id (default privacy-gateway)")
-    p.add_argument("--instance-id", dest="instance_id", help="this worker's id; also names its transactional id "
-                   "(default HOST-<slot>: stable across restarts, unique on the host)")
-    p.add_argument("--partitions", type=int, help="partitions for topics the gateway creates (default 6)")
-    p.add_argument("--no-create-topics", dest="create_topics", action="store_const", const=False,
-                   help="fail instead of creating missing topics")
-    p.add_argument("--batch-max-events", dest="batch_max_events", type=int)
-    p.add_argument("--batch-timeout-s", dest="batch_timeout_s", type=float)
-    p.add_argument("--fetch-queue-kbytes", dest="fetch_queue_kbytes", type=int,
-                   help="bound on prefetched input per worker (default 16384)")
-    p.add_argument("--max-record-bytes", dest="max_record_bytes", type=int)
-    p.add_argument("--max-field-bytes", dest="max_field_bytes", type=int)
-    p.add_argument("--dek-max-age-s", dest="dek_max_age_s", type=float)
-    p.add_argument("--dek-max-uses", dest="dek_max_uses", type=int)
-    p.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
-    p.add_argument("--transaction-timeout-ms", dest="transaction_timeout_ms", type=int,
-                   help="the broker aborts a transaction open longer than this (default 60000)")
-    p.add_argument("--stall-after-s", dest="stall_after_s", type=float,
-                   help="report a partition stalled when its position has not moved for this long (default 60)")
-    p.add_argument("--leak-sample-rate", dest="leak_sample_rate", type=float,
-                   help="fraction of events whose kept string fields the leak sentinel scans for PII (default 0.01)")
-    p.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz")
-    p.add_argument("--metrics-host", dest="metrics_host", help="address for the metrics port (default 127.0.0.1)")
-    p.add_argument("--log-level", dest="log_level")
-    p.add_argument("--key-topic", dest="key_topic", help="compacted topic of per-subject keys (default privacy.keys)")
-    p.add_argument("--quality-topic", dest="quality_topic",
-                   help="topic of the quality windows' records (default privacy.quality)")
-    _add_kms_settings(p)
-    _add_kafka_security_settings(p)
+# The settings groups (gateway/config.py) each command reads: `--help` shows exactly these.
+RUN_GROUPS = ("kafka", "worker", "topics", "sanitize", "keys", "ops", "security")
+AGGREGATE_GROUPS = ("kafka", "worker", "audit_topic", "partitions", "create_topics", "dp", "ops", "security")
 
 
-def _add_kafka_security_settings(p: argparse.ArgumentParser) -> None:
-    """TLS and SASL for every Kafka client (env GATEWAY_<NAME> otherwise). Passwords come from the
-    environment only: GATEWAY_SSL_KEY_PASSWORD, GATEWAY_SASL_PASSWORD."""
-    p.add_argument("--security-protocol", dest="security_protocol",
-                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), help="default PLAINTEXT")
-    p.add_argument("--ssl-ca-location", dest="ssl_ca_location", help="CA certificate(s) of the brokers (PEM)")
-    p.add_argument("--ssl-certificate-location", dest="ssl_certificate_location",
-                   help="client certificate for mTLS (PEM)")
-    p.add_argument("--ssl-key-location", dest="ssl_key_location",
-                   help="client private key (PEM; password: GATEWAY_SSL_KEY_PASSWORD)")
-    p.add_argument("--ssl-endpoint-identification", dest="ssl_endpoint_identification", choices=("https", "none"),
-                   help="check the broker's name against its certificate (default https)")
-    p.add_argument("--sasl-mechanism", dest="sasl_mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
-    p.add_argument("--sasl-username", dest="sasl_username", help="SASL user (password: GATEWAY_SASL_PASSWORD)")
+def add_settings(p: argparse.ArgumentParser, *wanted: str) -> None:
+    """Options derived from the settings' declarations: each group (or single setting) named in
+    `wanted`, `--name-with-dashes` with its type, choices, default and environment variable in the
+    help. Secrets get no option: the environment only, said in the group's description."""
+    names = {f.name for f in declared()}
+    groups = tuple(w for w in wanted if w in GROUPS)
+    chosen = [f for f in declared() if f.metadata["group"] in groups or f.name in wanted]
+    unknown = [w for w in wanted if w not in GROUPS and w not in names]
+    assert not unknown, f"not a settings group or setting: {unknown}"  # a programming error, not a user's
+    by_group: dict[str, list[Any]] = {}
+    for f in chosen:
+        by_group.setdefault(f.metadata["group"], []).append(f)
+    for group, group_fields in by_group.items():
+        secrets = [env_name(f.name) for f in group_fields if f.metadata["secret"]]
+        section = p.add_argument_group(GROUPS[group], "secrets from the environment only: "
+                                       + ", ".join(secrets) if secrets else None)
+        for f in group_fields:
+            if not f.metadata["secret"]:
+                _add_setting(section, f)
 
 
-def _add_kms_settings(p: argparse.ArgumentParser) -> None:
-    """KMS choice (env GATEWAY_<NAME> otherwise). The Vault token is read from GATEWAY_VAULT_TOKEN only."""
-    p.add_argument("--kms-provider", dest="kms_provider", choices=("local", "aws", "vault"),
-                   help="KEK provider (default local: the keyring)")
-    p.add_argument("--kms-timeout-s", dest="kms_timeout_s", type=float)
-    p.add_argument("--aws-kms-key-id", dest="aws_kms_key_id", help="AWS KMS key id, ARN or alias/NAME")
-    p.add_argument("--aws-region", dest="aws_region")
-    p.add_argument("--aws-endpoint-url", dest="aws_endpoint_url")
-    p.add_argument("--vault-addr", dest="vault_addr", help="Vault/OpenBao address (token: GATEWAY_VAULT_TOKEN)")
-    p.add_argument("--vault-transit-key", dest="vault_transit_key")
-    p.add_argument("--vault-mount", dest="vault_mount", help="transit mount (default transit)")
+def _add_setting(section: Any, f: Any) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f"{f.metadata['help']} (default {shown_default(f)}; {env_name(f.name)})"
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        if f.default:
+            section.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
+                                 help=f"turn off: {help_text}")
+        else:
+            section.add_argument(flag, dest=f.name, action="store_const", const=True, help=help_text)
+        return
+    types = {"int": int, "float": float, "Path": Path, "str": str}
+    section.add_argument(flag, dest=f.name, type=types[kind], choices=f.metadata["choices"], help=help_text)
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -98,8 +73,13 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
     return config
 
 
+KMS = ("kms_provider", "kms_timeout_s", "aws_kms_key_id", "aws_region", "aws_endpoint_url", "vault_addr",
+       "vault_token", "vault_transit_key", "vault_mount")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Kafka privacy gateway")
+    parser = argparse.ArgumentParser(prog="gateway", description="Kafka privacy gateway. Settings also come from "
+                                     "the environment as GATEWAY_<NAME>; the command line wins.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="run the embedded Apache Kafka broker (KRaft, one node) on 127.0.0.1")
@@ -108,114 +88,79 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the storage here across restarts (default: a temporary directory, removed on exit)")
 
     p = sub.add_parser("run", help="run the sanitize worker (a consumer-group member)")
-    _add_run_settings(p)
+    add_settings(p, *RUN_GROUPS)
 
     policy = sub.add_parser("policy", help="check and explain policies").add_subparsers(dest="policy_cmd",
                                                                                        required=True)
     p = policy.add_parser("lint", help="list every problem in a schema file's policy, or in those of a directory")
     p.add_argument("directory", type=Path, metavar="PATH", help="a *.avsc file or a directory of them")
-    p = policy.add_parser("show", help="print the compiled plan and the derived sanitized schema")
-    p.add_argument("file", type=Path)
-    p.add_argument("--bootstrap", default=None,
-                   help="also read the latest quality window: warn when the quasi-identifiers are too fine for "
-                        "the observed traffic")
-    p.add_argument("--quality-topic", dest="quality_topic", default=None, help="default privacy.quality")
-    _add_kafka_security_settings(p)
+    p = policy.add_parser("show", help="print the compiled plan and the derived sanitized schema",
+                          description="With --bootstrap, the source's latest quality window is read too: a warning "
+                                      "says when the quasi-identifiers are too fine for the observed traffic.")
+    p.add_argument("file", type=Path, help="the *.avsc schema file")
+    add_settings(p, "bootstrap", "quality_topic", "security")
 
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
     p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain")
-    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
-    p.add_argument("--schemas", type=Path, default=None, help="schema directory (GATEWAY_SCHEMAS)")
+    add_settings(p, "keyring", "schemas")
     p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain), made active")
-    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
     p.add_argument("--token-domain", dest="token_domain", help="rotate this token domain's HMAC key instead")
-    _add_kms_settings(p)
+    add_settings(p, "keyring", *KMS)
     p = keys.add_parser("retire", help="delete an old local KEK (ciphertexts wrapped only under it become unreadable)")
-    p.add_argument("kek_id")
-    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
+    p.add_argument("kek_id", help="the KEK version to delete (gateway keys rotate printed it)")
     p.add_argument("--yes", action="store_true", help="confirm: the deletion cannot be undone")
+    add_settings(p, "keyring")
     p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--keyring", type=Path, default=None, help="keyring path (GATEWAY_KEYRING)")
-    p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
-    _add_kms_settings(p)
-    _add_kafka_security_settings(p)
+    add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
 
     p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it")
     p.add_argument("subject", help="the subject's identifier as producers send it (never stored)")
     p.add_argument("--domain", required=True, help="token domain of the subject field")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--keyring", type=Path, default=None, help="keyring with the domain's token keys")
-    p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
-    p.add_argument("--audit-topic", dest="audit_topic", help="audit topic (default privacy.audit)")
-    p.add_argument("--schemas", type=Path, default=None,
-                   help="schema directory (GATEWAY_SCHEMAS): the domain's normalizer is taken from its policies")
     p.add_argument("--normalizer", default=None,
                    help="normalizer of the domain (email, phone:GB, trim, casefold), instead of reading the schemas")
-    _add_kafka_security_settings(p)
+    add_settings(p, "bootstrap", "keyring", "schemas", "key_topic", "audit_topic", "security")
 
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
-    p.add_argument("--keyring", type=Path, default=None, help="keyring holding the KEK (GATEWAY_KEYRING)")
-    p.add_argument("--schemas", type=Path, default=None, help="schema directory (GATEWAY_SCHEMAS)")
     p.add_argument("--topic", help="sanitized topic the records came from (needed with several policies)")
-    p.add_argument("--bootstrap", help="read the key topic from here to open per-subject fields")
-    p.add_argument("--key-topic", dest="key_topic", help="key topic (default privacy.keys)")
-    _add_kms_settings(p)
-    _add_kafka_security_settings(p)
+    add_settings(p, "keyring", "schemas", "bootstrap", "key_topic", *KMS, "security")
 
     p = sub.add_parser("dump", help="print a topic's records as JSON lines (sanitized, dlq or audit)")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--topic", required=True)
-    p.add_argument("--schemas", type=Path, default=None)
+    p.add_argument("--topic", required=True, help="the topic to print")
     p.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
-    _add_kafka_security_settings(p)
+    add_settings(p, "bootstrap", "schemas", "security")
 
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
     p = audit.add_parser("verify", help="walk the audit hash chains and report the first break")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--topic", default="privacy.audit")
-    _add_kafka_security_settings(p)
+    p.add_argument("--topic", default="privacy.audit", help="the audit topic (default privacy.audit)")
+    add_settings(p, "bootstrap", "security")
 
     p = sub.add_parser("aggregate", help="run the differentially private aggregate stages (a consumer-group member)")
-    _add_run_settings(p)
-    p.add_argument("--ledger-topic", dest="ledger_topic", help="privacy ledger topic (default privacy.ledger)")
-    p.add_argument("--dp-idle-close-s", dest="dp_idle_close_s", type=float,
-                   help="close windows past end + grace after this many quiet seconds (default 10)")
+    add_settings(p, *AGGREGATE_GROUPS)
 
     budget = sub.add_parser("budget", help="privacy budget").add_subparsers(dest="budget_cmd", required=True)
     p = budget.add_parser("show", help="print the privacy ledger: budget spent per aggregate and period")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--ledger-topic", dest="ledger_topic", default=None, help="default privacy.ledger")
-    p.add_argument("--schemas", type=Path, default=None, help="schemas, to show each aggregate's cap")
     p.add_argument("--json", action="store_true", help="one JSON object per aggregate")
-    _add_kafka_security_settings(p)
+    add_settings(p, "bootstrap", "ledger_topic", "schemas", "security")
 
     quality = sub.add_parser("quality", help="data quality and re-identification risk").add_subparsers(
         dest="quality_cmd", required=True)
     p = quality.add_parser("show", help="the latest quality windows per source: rule outcomes, completeness, "
                                         "freshness and risk figures")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--quality-topic", dest="quality_topic", default=None, help="default privacy.quality")
     p.add_argument("--source", default=None, help="only this source topic")
     p.add_argument("--windows", type=int, default=5, help="windows per source (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per window")
-    _add_kafka_security_settings(p)
+    add_settings(p, "bootstrap", "quality_topic", "security")
 
     p = sub.add_parser("produce-samples", help="publish synthetic raw events (and a few broken ones) to a broker")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers HOST:PORT[,...] (GATEWAY_BOOTSTRAP)")
-    p.add_argument("--schemas", type=Path, help="directory of annotated *.avsc (GATEWAY_SCHEMAS)")
     p.add_argument("--count", type=int, default=1000, help="valid events per schema (default 1000)")
     p.add_argument("--rate", type=float, default=0.0, help="events/s per schema; 0 = as fast as possible")
-    p.add_argument("--seed", type=int, default=7)
-    _add_kafka_security_settings(p)
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated values (default 7)")
+    add_settings(p, "bootstrap", "schemas", "security")
 
     p = sub.add_parser("scan", help="sample a raw topic and report which fields hold PII, with suggested annotations")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers HOST:PORT[,...] (GATEWAY_BOOTSTRAP)")
     p.add_argument("--topic", required=True, help="the raw topic to sample")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--schemas", type=Path, default=None,
-                       help="directory of *.avsc: the schema whose privacy.source_topic is the topic (GATEWAY_SCHEMAS)")
-    where.add_argument("--schema", dest="schema_file", type=Path, default=None, help="the topic's schema file")
+    p.add_argument("--schema", dest="schema_file", type=Path, default=None,
+                   help="the topic's schema file (instead of the one in --schemas whose source_topic is the topic)")
     p.add_argument("--sample", type=int, default=1000, help="events to read (default 1000)")
     p.add_argument("--from", dest="start", choices=("end", "beginning"), default="end",
                    help="the last events of each partition (default) or the first")
@@ -224,13 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
     p.add_argument("--write-policy", dest="write_policy", type=Path, default=None,
                    help="write the schema annotated with the suggested actions to this file")
-    p.add_argument("--max-record-bytes", dest="max_record_bytes", type=int)
-    p.add_argument("--log-level", dest="log_level")
-    _add_kafka_security_settings(p)
+    add_settings(p, "bootstrap", "schemas", "max_record_bytes", "log_level", "security")
 
     p = sub.add_parser("demo", help="embedded broker + gateway + sample events, end to end")
-    p.add_argument("--events", type=int, default=400, help="valid events per schema")
-    p.add_argument("--schemas", type=Path, default=Path("schemas"))
+    p.add_argument("--events", type=int, default=400, help="valid events per schema (default 400)")
+    p.add_argument("--schemas", type=Path, default=Path("schemas"),
+                   help="directory of annotated *.avsc schemas (default schemas)")
     return parser
 
 
@@ -750,6 +694,8 @@ def _scan_schema(args: argparse.Namespace, config: GatewayConfig) -> Any:
     from gateway.schema import iter_schema_files, load_schema_file
 
     if args.schema_file is not None:
+        if args.schemas is not None:
+            raise GatewayError("--schema FILE and --schemas DIR both given: pass one")
         return load_schema_file(args.schema_file)
     directory = config.require_schemas_dir()
     unreadable: list[str] = []

@@ -1,29 +1,14 @@
 """Settings, declared once and validated at start-up.
 
-Every setting has one name: the dataclass field. It can come from the command line
-(``--batch-max-events``) or the environment (``GATEWAY_BATCH_MAX_EVENTS``); the command
-line wins. Validation errors name the setting and the environment variable.
+Every setting is one dataclass field, declared with `setting(default, help, group=...)`: its name,
+type, default and help text. It can come from the command line (``--batch-max-events``, derived
+from the declaration by `gateway.cli.add_settings` for the commands that use its group) or the
+environment (``GATEWAY_BATCH_MAX_EVENTS``); the command line wins. The README's settings tables are
+`settings_table(group)` (a unit test keeps them equal). Validation errors name the setting and the
+environment variable.
 
-Kafka security (every Producer, Consumer and AdminClient the gateway creates gets these, through
-``GatewayConfig.kafka_client_config()``):
-
-=============================  ===========  ====================================================
-setting                        default      meaning (librdkafka property)
-=============================  ===========  ====================================================
-security_protocol              PLAINTEXT    PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
-                                            (``security.protocol``)
-ssl_ca_location                (system)     CA certificate(s) that sign the brokers' certificates
-                                            (``ssl.ca.location``)
-ssl_certificate_location       (none)       client certificate for mTLS (``ssl.certificate.location``)
-ssl_key_location               (none)       its private key (``ssl.key.location``)
-ssl_key_password               (none)       the key's password; GATEWAY_SSL_KEY_PASSWORD only
-ssl_endpoint_identification    https        ``https`` checks the broker's name against its
-                                            certificate, ``none`` does not
-                                            (``ssl.endpoint.identification.algorithm``)
-sasl_mechanism                 (none)       PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (``sasl.mechanisms``)
-sasl_username                  (none)       ``sasl.username``
-sasl_password                  (none)       ``sasl.password``; GATEWAY_SASL_PASSWORD only
-=============================  ===========  ====================================================
+Every Producer, Consumer and AdminClient the gateway creates gets the Kafka security settings
+through ``GatewayConfig.kafka_client_config()``.
 
 The ssl_* settings need SSL or SASL_SSL, the sasl_* settings SASL_PLAINTEXT or SASL_SSL; SASL needs
 all three of mechanism, username and password, and a client certificate needs its key. Secrets are
@@ -51,68 +36,145 @@ def env_name(setting: str) -> str:
     return "GATEWAY_" + setting.upper()
 
 
+class Secret(str):
+    """A secret setting's value: the str itself for the clients that need it (librdkafka reads the
+    characters, not `str()`), but `repr`, `str` and f-strings print a mask, so a log line, an error
+    message or a config dump cannot carry it. `reveal()` says so where the plain value is needed."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def __str__(self) -> str:
+        return "***" if self else ""
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def reveal(self) -> str:
+        return reveal(self)
+
+
+def reveal(value: str) -> str:
+    """The plain characters of a setting's value, Secret or not (never `str(secret)`: that is the mask,
+    and so is `Secret(secret)`)."""
+    return str.__str__(value)
+
+
+def setting(default: Any, help: str, *, group: str, choices: tuple[str, ...] | None = None,  # noqa: A002
+            secret: bool = False, shown: str | None = None) -> Any:
+    """One setting, declared once: its default, help text and group. The command line
+    (`gateway.cli.add_settings`: `--name-with-dashes`, only for the commands whose groups it is in)
+    and the README's tables (`settings_table`) are derived from this; the environment variable is
+    GATEWAY_<NAME>. A secret is read from the environment only and never printed. `shown`: the
+    default as the docs state it, when the value itself says less (an empty string)."""
+    return field(default=default, repr=not secret,
+                 metadata={"help": help, "group": group, "choices": choices, "secret": secret, "shown": shown})
+
+
+# The groups a command takes its settings from (gateway/cli.py). Each group is one table in the README.
+GROUPS = {
+    "kafka": "Kafka connection",
+    "worker": "Worker (consumer-group member)",
+    "topics": "Topics",
+    "sanitize": "Sanitize path",
+    "keys": "Keyring and KMS",
+    "dp": "Differentially private aggregates",
+    "ops": "Health, metrics and logs",
+    "security": "Kafka security (TLS, SASL)",
+}
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
-    bootstrap: str = "127.0.0.1:9092"
-    schemas: Path = Path("schemas")
-    keyring: Path = Path(".gateway/keyring.json")
-    group_id: str = "privacy-gateway"
+    bootstrap: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]", group="kafka")
+    schemas: Path = setting(Path("schemas"), "directory of annotated *.avsc schemas (the policies)", group="worker")
+    keyring: Path = setting(Path(".gateway/keyring.json"), "local keyring (KEK, token keys, quarantine key), "
+                            "created with mode 0600 on first run", group="keys")
+    group_id: str = setting("privacy-gateway", "consumer group id; also prefixes the transactional ids and the "
+                            "group's internal topics", group="worker")
     # empty: HOST-<slot>, the lowest slot free on this host (gateway.runtime.instance), so a restarted
     # worker takes its predecessor's transactional id (fencing its dead transaction at once) and two
     # workers on one host never share one
-    instance_id: str = ""
-    audit_topic: str = "privacy.audit"
-    quality_topic: str = "privacy.quality"  # one record per quality window and source partition (counts only)
+    instance_id: str = setting("", "this worker's id; names its transactional producer (<group_id>-<instance_id>). "
+                               "Empty: HOST-<slot>, the host name and the lowest slot no live worker of the same "
+                               "group and job holds on this host (lock files in GATEWAY_INSTANCE_LOCK_DIR, else "
+                               "$TMPDIR/privacy-gateway): stable across restarts, unique on the host", group="worker",
+                               shown="HOST-<slot>")
+    audit_topic: str = setting("privacy.audit", "the hash-chained audit topic", group="topics")
+    quality_topic: str = setting("privacy.quality", "one record per quality window and source partition (counts "
+                                 "and rates only)", group="topics")
+    key_topic: str = setting("privacy.keys", "compacted topic of wrapped per-subject keys (crypto-shredding)",
+                             group="topics")
+    ledger_topic: str = setting("privacy.ledger", "the privacy ledger: DP budget charged per aggregate and period",
+                                group="dp")
     # Partitions for topics the gateway creates (sanitized, dead-letter, audit) when the
     # source topic does not exist yet; otherwise the source topic's count is reused.
-    partitions: int = 6
-    create_topics: bool = True
-    batch_max_events: int = 1000
-    batch_timeout_s: float = 0.02  # longest wait for a batch to fill: bounds latency at low rates
+    partitions: int = setting(6, "partitions of the topics the gateway creates when missing (outputs copy their "
+                              "source's count)", group="topics")
+    create_topics: bool = setting(True, "create missing topics (off: fail naming them)", group="topics")
+    batch_max_events: int = setting(1000, "most events per batch (one transaction)", group="worker")
+    batch_timeout_s: float = setting(0.02, "longest wait for a batch to fill: bounds latency at low rates",
+                                     group="worker")
     # upper bound of prefetched, not yet processed input per worker (librdkafka's queue)
-    fetch_queue_kbytes: int = 16_384
-    max_record_bytes: int = 1_048_576
-    max_field_bytes: int = 65_536
-    dek_max_age_s: float = 3600.0
-    dek_max_uses: int = 4_000_000
-    session_timeout_ms: int = 10_000
+    fetch_queue_kbytes: int = setting(16_384, "bound on prefetched, unprocessed input per worker (backpressure)",
+                                      group="worker")
+    max_record_bytes: int = setting(1_048_576, "larger events are dead-lettered (record_too_large)",
+                                    group="sanitize")
+    max_field_bytes: int = setting(65_536, "events with a larger field are dead-lettered (field_too_large)",
+                                   group="sanitize")
+    dek_max_age_s: float = setting(3600.0, "a data key is replaced after this many seconds (one KMS call)",
+                                   group="keys")
+    dek_max_uses: int = setting(4_000_000, "... or after this many encryptions", group="keys")
+    session_timeout_ms: int = setting(10_000, "consumer-group session timeout", group="worker")
     # how long a transaction may stay open before the broker aborts it: bounds how long a crashed
     # worker's partitions wait before another worker can take them over
-    transaction_timeout_ms: int = 60_000
+    transaction_timeout_ms: int = setting(60_000, "the broker aborts a transaction open longer than this; bounds "
+                                          "how long a dead worker's partitions wait when nobody restarts under "
+                                          "its instance id (1000 to 900000)", group="worker")
     # a partition whose committed position has not moved for this long while input waits is "stalled"
     # (a warning, gateway_stalled_partitions, /readyz not ready)
-    stall_after_s: float = 60.0
-    # leak sentinel: the fraction of events whose kept (clear) string fields are scanned for PII
-    leak_sample_rate: float = 0.01
-    metrics_port: int = 0  # 0: no HTTP endpoint; else /metrics, /healthz, /readyz on metrics_host:metrics_port
-    metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (Dockerfile) so probes and Prometheus reach it
-    log_level: str = "INFO"
-    # differentially private aggregates (`gateway aggregate`, `gateway budget show`)
-    ledger_topic: str = "privacy.ledger"
-    dp_idle_close_s: float = 10.0
+    stall_after_s: float = setting(60.0, "a partition whose committed position has not moved for this long while "
+                                   "input waits is reported stalled", group="ops")
+    leak_sample_rate: float = setting(0.01, "fraction of events whose kept string fields the leak sentinel scans "
+                                      "for PII", group="sanitize")
+    metrics_port: int = setting(0, "serve /metrics, /healthz and /readyz on this port (0: off)", group="ops")
+    metrics_host: str = setting("127.0.0.1", "address of the metrics port (containers set 0.0.0.0)", group="ops")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", group="ops",
+                             choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    dp_idle_close_s: float = setting(10.0, "close DP windows past end + grace after this many quiet seconds",
+                                     group="dp")
     # KMS for KEKs (see gateway/keys/providers.py). Secrets come from the environment only.
-    kms_provider: str = "local"  # local | aws | vault
-    kms_timeout_s: float = 5.0
-    aws_kms_key_id: str = ""  # key id, ARN or alias/NAME; credentials from the standard AWS chain
-    aws_region: str = ""
-    aws_endpoint_url: str = ""
-    vault_addr: str = ""
-    vault_token: str = field(default="", repr=False)  # GATEWAY_VAULT_TOKEN only; never on the command line
-    vault_transit_key: str = ""
-    vault_mount: str = "transit"
-    key_topic: str = "privacy.keys"  # compacted topic of wrapped per-subject keys (crypto-shredding)
-    # Kafka security (see the table above). Secrets come from the environment only.
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    ssl_ca_location: str = ""  # PEM file (or directory) of the CA(s); empty: the system's trust store
-    ssl_certificate_location: str = ""  # client certificate (PEM) for mTLS
-    ssl_key_location: str = ""  # its private key (PEM)
-    ssl_key_password: str = field(default="", repr=False)  # GATEWAY_SSL_KEY_PASSWORD only
-    ssl_endpoint_identification: str = "https"  # https | none
-    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
-    sasl_username: str = ""
-    sasl_password: str = field(default="", repr=False)  # GATEWAY_SASL_PASSWORD only; never on the command line
+    kms_provider: str = setting("local", "where the KEK lives: local (the keyring), aws (AWS KMS) or vault "
+                                "(Vault/OpenBao Transit)", group="keys", choices=("local", "aws", "vault"))
+    kms_timeout_s: float = setting(5.0, "timeout of one KMS request", group="keys")
+    aws_kms_key_id: str = setting("", "AWS KMS key id, ARN or alias/NAME (credentials: the standard AWS chain)",
+                                  group="keys")
+    aws_region: str = setting("", "AWS region of the key", group="keys")
+    aws_endpoint_url: str = setting("", "AWS KMS endpoint (a local KMS, a VPC endpoint)", group="keys")
+    vault_addr: str = setting("", "Vault/OpenBao address, http(s)://HOST:PORT", group="keys")
+    vault_token: str = setting("", "Vault/OpenBao token", group="keys", secret=True)
+    vault_transit_key: str = setting("", "name of the aes256-gcm96 transit key", group="keys")
+    vault_mount: str = setting("transit", "the transit engine's mount", group="keys")
+    # Kafka security. Secrets come from the environment only.
+    security_protocol: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", group="security",
+                                     choices=SECURITY_PROTOCOLS)
+    ssl_ca_location: str = setting("", "PEM file (or directory) of the CA(s) that sign the brokers' certificates",
+                                   group="security", shown="system trust store")
+    ssl_certificate_location: str = setting("", "client certificate (PEM) for mutual TLS", group="security")
+    ssl_key_location: str = setting("", "its private key (PEM)", group="security")
+    ssl_key_password: str = setting("", "the private key's password", group="security", secret=True)
+    ssl_endpoint_identification: str = setting("https", "https checks the broker's name against its certificate; "
+                                               "none does not", group="security", choices=ENDPOINT_IDENTIFICATION)
+    sasl_mechanism: str = setting("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", group="security",
+                                  choices=SASL_MECHANISMS)
+    sasl_username: str = setting("", "SASL user", group="security")
+    sasl_password: str = setting("", "SASL password", group="security", secret=True)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and not isinstance(value, Secret):
+                object.__setattr__(self, f.name, Secret(value))
         self._check(bool(self.bootstrap.strip()), "bootstrap", "must be HOST:PORT[,HOST:PORT...]")
         for part in self.bootstrap.split(","):
             host, sep, port = part.strip().rpartition(":")
@@ -221,11 +283,12 @@ class GatewayConfig:
                                  ("ssl_certificate_location", "ssl.certificate.location"),
                                  ("ssl_key_location", "ssl.key.location"),
                                  ("ssl_key_password", "ssl.key.password")):
-                if getattr(self, setting):
-                    conf[key] = getattr(self, setting)
+                value = getattr(self, setting)
+                if value:
+                    conf[key] = reveal(value)
         if self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
             conf.update({"sasl.mechanisms": self.sasl_mechanism, "sasl.username": self.sasl_username,
-                         "sasl.password": self.sasl_password})
+                         "sasl.password": reveal(self.sasl_password)})
         return conf
 
     def _check_kms(self) -> None:
@@ -293,3 +356,44 @@ def _coerce(name: str, type_name: Any, raw: Any) -> Any:
         return str(raw)
     except ValueError:
         raise ConfigError(f"setting '{name}' ({env_name(name)}): cannot read '{raw}' as {kind}") from None
+
+
+def declared(groups: tuple[str, ...] | None = None) -> list[Any]:
+    """The declared settings (dataclass fields), in declaration order; of these groups if given."""
+    return [f for f in fields(GatewayConfig) if groups is None or f.metadata["group"] in groups]
+
+
+def shown_default(f: Any) -> str:
+    """A setting's default as the help text and the README state it."""
+    if f.metadata.get("shown"):
+        return str(f.metadata["shown"])
+    if f.default == "" or f.metadata.get("secret"):
+        return "(none)"
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return str(f.default)
+
+
+def settings_table(group: str) -> str:
+    """The README's table of one group's settings, derived from the declarations."""
+    rows = ["| setting | default | environment | |", "|---|---|---|---|"]
+    for f in declared((group,)):
+        meaning = f.metadata["help"] + (" (from the environment only; never printed)" if f.metadata["secret"] else "")
+        rows.append(f"| `{f.name}` | `{shown_default(f)}` | `{env_name(f.name)}` | {meaning} |")
+    return "\n".join(rows)
+
+
+_TABLE_RE = re.compile(r"(<!-- settings: (\w+) -->\n)((?:\|[^\n]*\n)*)(<!-- /settings -->)")
+
+
+def with_settings_tables(readme: str) -> str:
+    """The README with every `<!-- settings: GROUP -->` block replaced by that group's table
+    (`make docs` writes it back; tests/unit/test_config.py checks the README is current)."""
+    return _TABLE_RE.sub(lambda m: m.group(1) + settings_table(m.group(2)) + "\n" + m.group(4), readme)
+
+
+if __name__ == "__main__":  # python -m gateway.config README.md: rewrite its settings tables
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    target.write_text(with_settings_tables(target.read_text()))

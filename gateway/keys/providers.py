@@ -9,7 +9,7 @@ here, at start-up, with an error naming the provider and the setting; there is n
 
 from __future__ import annotations
 
-from gateway.config import GatewayConfig, env_name
+from gateway.config import GatewayConfig, env_name, reveal
 from gateway.errors import DecryptError
 from gateway.keys.decorators import InstrumentedKms, ResilientKms
 from gateway.keys.errors import KmsConfigError, KmsError
@@ -61,8 +61,8 @@ def remote_provider(config: GatewayConfig) -> KmsProvider:
     elif config.kms_provider == "vault":
         from gateway.keys.vault import VaultTransitKms
 
-        vault = VaultTransitKms(config.vault_addr, config.vault_token, config.vault_transit_key, config.vault_mount,
-                                config.kms_timeout_s)
+        vault = VaultTransitKms(config.vault_addr, reveal(config.vault_token), config.vault_transit_key,
+                                config.vault_mount, config.kms_timeout_s)
         vault.check()
         _round_trip(vault, f"KMS provider 'vault' at {config.vault_addr}: transit key "
                            f"'{config.vault_mount}/{config.vault_transit_key}'", "vault_transit_key")
