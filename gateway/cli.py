@@ -25,7 +25,7 @@ log = logging.getLogger("gateway.cli")
 
 
 # The settings groups (gateway/config.py) each command reads: `--help` shows exactly these.
-RUN_GROUPS = ("kafka", "worker", "topics", "sanitize", "keys", "ops", "security")
+RUN_GROUPS = ("kafka", "processes", "worker", "topics", "sanitize", "keys", "ops", "security")
 AGGREGATE_GROUPS = ("kafka", "worker", "audit_topic", "partitions", "create_topics", "dp", "ops", "security")
 
 
@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `gateway run --processes N` hands its arguments on to the children
     from gateway.logs import setup_logging
 
     setup_logging(getattr(args, "log_level", None) or "INFO")
@@ -224,6 +226,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     plans = load_plans(config.require_schemas_dir())
+    processes = config.process_count()
+    if processes > 1:  # every check below runs in each child, with its errors and exit code 2
+        from gateway.runtime.supervisor import Supervisor, child_arguments
+
+        return Supervisor(child_arguments(args.argv[1:]), processes, config.metrics_port, config.metrics_host,
+                          config.instance_id).run()
     for plan in plans:
         for warning in plan.warnings:
             log.warning("policy", extra={"problem": str(warning)})

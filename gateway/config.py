@@ -75,6 +75,7 @@ def setting(default: Any, help: str, *, group: str, choices: tuple[str, ...] | N
 GROUPS = {
     "kafka": "Kafka connection",
     "worker": "Worker (consumer-group member)",
+    "processes": "Processes",
     "topics": "Topics",
     "sanitize": "Sanitize path",
     "keys": "Keyring and KMS",
@@ -112,6 +113,9 @@ class GatewayConfig:
     partitions: int = setting(6, "partitions of the topics the gateway creates when missing (outputs copy their "
                               "source's count)", group="topics")
     create_topics: bool = setting(True, "create missing topics (off: fail naming them)", group="topics")
+    processes: str = setting("auto", "worker processes `gateway run` starts under one supervisor (one per core: "
+                             "one Python process uses one); auto: the CPUs this process may use (its affinity, "
+                             "capped by a cgroup CPU quota)", group="processes")
     batch_max_events: int = setting(1000, "most events per batch (one transaction)", group="worker")
     batch_timeout_s: float = setting(0.02, "longest wait for a batch to fill: bounds latency at low rates",
                                      group="worker")
@@ -188,6 +192,8 @@ class GatewayConfig:
         self._check(bool(_TOPIC_RE.match(self.quality_topic)), "quality_topic",
                     "must be a valid Kafka topic name")
         self._check(1 <= self.partitions <= 10_000, "partitions", "must be between 1 and 10000")
+        self._check(self.processes == "auto" or (self.processes.isdigit() and 1 <= int(self.processes) <= 256),
+                    "processes", "must be auto or a number of processes between 1 and 256")
         self._check(1 <= self.batch_max_events <= 100_000, "batch_max_events",
                     "must be between 1 and 100000")
         self._check(0 < self.batch_timeout_s <= 60, "batch_timeout_s", "must be in (0, 60] seconds")
@@ -328,6 +334,11 @@ class GatewayConfig:
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
         return cls(**values)
+
+    def process_count(self) -> int:
+        from gateway.cpus import usable_cpus
+
+        return usable_cpus() if self.processes == "auto" else int(self.processes)
 
     def require_schemas_dir(self) -> Path:
         if not self.schemas.is_dir():

@@ -346,7 +346,7 @@ def _run_demo(schemas: Path, per_schema: int, plans: list[Plan], workdir: Path) 
             worker = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--bootstrap", broker.bootstrap, "--schemas",
                  str(schemas), "--keyring", str(keyring_path), "--instance-id", "demo-worker",
-                 "--session-timeout-ms", "6000"],
+                 "--session-timeout-ms", "6000", "--processes", "1"],  # one worker: its log is the demo's
                 stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         try:
             print(f"4. publishing {per_schema} valid events per schema (Confluent, bare Avro and JSON) "

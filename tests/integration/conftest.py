@@ -25,7 +25,8 @@ from gateway.sanitized import StoredRecord
 
 REPO = Path(__file__).resolve().parents[2]
 _STARTED: list[subprocess.Popen[bytes]] = []  # every worker process the fixtures started
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+# one process per `gateway run` (not one per core): the tests count workers, pids and instance ids
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", GATEWAY_PROCESSES="1")
 
 
 @pytest.fixture(scope="session")
