@@ -81,8 +81,32 @@ def by_short_name(plans: list[Plan]) -> dict[str, Plan]:
 
 # ---- process measurements --------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU of `pid` and its live descendants (`gateway run --processes N`: the supervisor's workers)."""
+    return sum(_own_cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # exited meanwhile
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo += children.get(child, [])
+    return out
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -235,8 +259,9 @@ class LatencyProbe:
 class KafkaStage:
     """Runs one worker process over a preloaded backlog, then at a paced rate for latency."""
 
-    def __init__(self, kind: str, bootstrap: str, workdir: Path) -> None:
+    def __init__(self, kind: str, bootstrap: str, workdir: Path, processes: int = 1) -> None:
         self.kind = kind
+        self.processes = processes
         self.bootstrap = bootstrap
         self.suffix = f"{kind}-{uuid.uuid4().hex[:6]}"
         self.schemas = unique_schemas(workdir, self.suffix)
@@ -262,7 +287,8 @@ class KafkaStage:
         if self.kind == "sanitize":
             cmd = [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas",
                    str(self.schemas), "--keyring", str(self.keyring), "--group-id", self.group,
-                   "--instance-id", self.group, "--audit-topic", self.audit_topic, "--session-timeout-ms", "6000"]
+                   "--instance-id", self.group, "--audit-topic", self.audit_topic, "--session-timeout-ms", "6000",
+                   "--processes", str(self.processes)]
         else:
             cmd = [sys.executable, str(Path(__file__)), "_loop", self.kind, self.bootstrap, str(self.schemas),
                    self.group]
@@ -270,7 +296,7 @@ class KafkaStage:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env=dict(os.environ, PYTHONPATH=str(REPO)))
         deadline = time.monotonic() + 90
-        while b'"msg":"partitions assigned"' not in self.log_path.read_bytes():
+        while self.log_path.read_bytes().count(b'"msg":"partitions assigned"') < self.processes:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} worker did not start: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.05)
@@ -506,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         rows["sanitize"] = summarize("sanitize", sanitize_raw) | {
             k: summarize("sanitize", sanitize_lat)[k] for k in ("p50_ms", "p99_ms", "latency_rate")}
         rows["sanitize"]["rss_mb"] = round(max(sanitize_raw["rss_mb"], sanitize_lat["rss_mb"]), 1)
+        print("  sanitize with --processes 2 (one supervisor, two workers in the group) ...", flush=True)
+        rows["sanitize_2_processes"] = summarize("sanitize", measure_kafka(
+            KafkaStage("sanitize", broker.bootstrap, workdir, processes=2), events, [], broker_pid))
         profile = sanitize_lat.get("profile")
         latency = {"sanitize": sanitize_lat["latency"]}
         print("  one broker hop (publisher to reader, no worker) ...", flush=True)
