@@ -151,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per window")
     add_settings(p, "bootstrap", "quality_topic", "security")
 
+    p = sub.add_parser("report", help="summarize a period for privacy impact assessments and access reviews "
+                                      "(events, fields, keys, erasures, DP budget, quality, leaks)",
+                       description="Reads the audit, ledger, key and quality topics and summarizes the period: "
+                                   "counts, names and key ids only, never a value, subject, token or key.")
+    p.add_argument("--since", default="7d", help="start of the period: an ISO-8601 time (UTC without a zone) or a "
+                                                 "duration before now such as 30m, 24h, 7d (default 7d)")
+    p.add_argument("--until", default="now", help="end of the period: an ISO-8601 time or a duration before now "
+                                                  "(default now)")
+    p.add_argument("--html", dest="html_file", type=Path, default=None, metavar="FILE",
+                   help="write the report as one self-contained HTML file with charts (opens offline)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
+    add_settings(p, "bootstrap", "schemas", "audit_topic", "ledger_topic", "key_topic", "quality_topic", "security")
+
     p = sub.add_parser("produce-samples", help="publish synthetic raw events (and a few broken ones) to a broker")
     p.add_argument("--count", type=int, default=1000, help="valid events per schema (default 1000)")
     p.add_argument("--rate", type=float, default=0.0, help="events/s per schema; 0 = as fast as possible")
@@ -189,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
                    "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget, "quality": cmd_quality,
+                   "report": cmd_report,
                    "produce-samples": cmd_produce_samples, "scan": cmd_scan}[args.command]
         return handler(args)
     except GatewayError as exc:
@@ -669,6 +683,72 @@ def _print_quality_window(row: dict[str, Any]) -> None:
             table.add_row("fewest sensitive values", f"l-diversity (target {risk['l_target']})", str(risk["l"]),
                           f"{risk['below_l_classes']} class(es) below")
     Console().print(table)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`gateway report`: read the audit, ledger, key and quality topics, summarize the period
+    (gateway.report.collect), and print it (text or --json) and/or write it as HTML (--html)."""
+    from gateway.audit import verify_chains
+    from gateway.policy import load_plans
+    from gateway.report.collect import collect, decode_json, key_record, parse_when
+    from gateway.runtime.ledger import load_ledger
+    from gateway.runtime.reader import read_topic
+    from gateway.runtime.topics import admin_client, partition_counts
+
+    config = _config(args)
+    now_ms = int(time.time() * 1000)
+    since_ms = parse_when(args.since, now_ms, "--since")
+    until_ms = parse_when(args.until, now_ms, "--until")
+    if until_ms <= since_ms:
+        raise GatewayError(f"--since ({args.since}) must be before --until ({args.until})")
+    notes: list[str] = []
+    plans = []
+    if args.schemas is not None or env_name("schemas") in os.environ or config.schemas.is_dir():
+        plans = load_plans(config.require_schemas_dir())
+    else:
+        notes.append(f"no schemas at '{config.schemas}': fields by action and DP caps are not reported "
+                     "(pass --schemas DIR)")
+    _require_kafka(config)
+    kafka = config.kafka_client_config()
+    existing = partition_counts(admin_client(kafka))
+    if config.audit_topic not in existing:
+        raise GatewayError(f"audit topic '{config.audit_topic}' does not exist on {config.bootstrap} "
+                           "(pass --audit-topic)")
+    topics = {"audit": config.audit_topic, "ledger": config.ledger_topic, "keys": config.key_topic,
+              "quality": config.quality_topic}  # CONSENT (a later issue): the consent topic is read here too
+    for name in ("keys", "quality"):
+        if topics[name] not in existing:
+            notes.append(f"no {name} topic '{topics[name]}' on {config.bootstrap}: nothing from it in this report")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each read waits for its partitions' ends: the four wait together
+        reads = {name: pool.submit(read_topic, kafka, topics[name]) for name in ("audit", "keys", "quality")
+                 if topics[name] in existing}
+        ledger = pool.submit(load_ledger, kafka, config.ledger_topic)
+        records = {name: future.result() for name, future in reads.items()}
+        ledger_state = ledger.result()
+    audit_records = records["audit"]
+    chains = verify_chains((r.partition, r.offset, r.value or b"") for r in audit_records)
+    report = collect(
+        since_ms=since_ms, until_ms=until_ms, generated_ms=now_ms, plans=plans, chains=chains, topics=topics,
+        audit=(decode_json(r.value) for r in audit_records), ledger=ledger_state,
+        keys=(key_record(r.key, r.value) for r in records.get("keys", [])),
+        quality=(decode_json(r.value) for r in records.get("quality", [])),
+        notes=notes)
+    if args.html_file is not None:
+        from gateway.report.html import render
+
+        try:
+            args.html_file.write_text(render(report), encoding="utf-8")
+        except OSError as exc:
+            raise GatewayError(f"cannot write the report to '{args.html_file}': {exc.strerror}") from None
+        print(f"report written to {args.html_file}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        sys.stdout.buffer.write(report.dumps() + b"\n")
+        sys.stdout.buffer.flush()
+    elif args.html_file is None:
+        print("\n".join(report.summary_lines()))
+    return 0
 
 
 def cmd_produce_samples(args: argparse.Namespace) -> int:
