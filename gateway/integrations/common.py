@@ -1,0 +1,193 @@
+"""Decoding (and opening) sanitized records, framework-free: what every stream-processor adapter shares.
+
+An adapter hands over what its framework has (topic, value bytes, headers) and gets a `Decoded`:
+the record's value as a dict, with the encrypted fields opened when the reader holds keys, and the
+outcome of each encrypted field. The policies are compiled once, when the reader is made; nothing
+here imports a Kafka client, so it is tested without a broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+
+from gateway.decrypt import decrypt_record
+from gateway.errors import DecryptError, GatewayError
+from gateway.keys.envelope import FieldDecryptor
+from gateway.keys.keyring import Keyring
+from gateway.policy import Plan, load_plans
+from gateway.sanitized import SanitizedDecoder, StoredRecord
+
+HeadersLike = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+DECRYPTED = "decrypted"
+
+
+class UndecodableRecord(GatewayError):
+    """A record the reader cannot decode; the message names topic and cause, never a value."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One sanitized record as a consumer sees it.
+
+    `value` is the decoded record (a dict, or the model an adapter built from it); opened fields hold
+    their plaintext, the others keep the ciphertext as the record carried it (bytes in Avro, base64
+    text in JSON). `fields` maps each encrypted field path that held a value to "decrypted" or
+    "<reason>: <message>" (the reasons of `gateway decrypt`: key_not_held, tampered, ...).
+    """
+
+    schema: str
+    value: Any
+    fields: Mapping[str, str]
+
+    @property
+    def opened(self) -> bool:
+        """Every encrypted field is open (true too when the record has none)."""
+        return all(outcome == DECRYPTED for outcome in self.fields.values())
+
+    def reason(self, path: str) -> str | None:
+        """The reason code of one field ("decrypted", "key_not_held", ...), None if it held no ciphertext."""
+        outcome = self.fields.get(path)
+        return None if outcome is None else outcome.split(":", 1)[0]
+
+    def with_value(self, value: Any) -> Decoded:
+        return dataclasses.replace(self, value=value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The value with the status under `_gateway`, for hooks that can only return a mapping."""
+        return {**self.value, "_gateway": {"schema": self.schema, "fields": dict(self.fields)}}
+
+
+class _NoKeys(FieldDecryptor):
+    """Stands in for a decryptor when the reader holds no keys, so every ciphertext is still reported."""
+
+    def __init__(self) -> None:  # holds no KMS: it never opens anything
+        pass
+
+    def decrypt(self, data: bytes, context: bytes, subject: str = "") -> bytes:
+        raise DecryptError("key_not_held", "this reader was given no keyring or decryptor")
+
+
+def header_dict(headers: HeadersLike) -> dict[str, bytes]:
+    """Kafka clients give headers as a mapping or as (name, value) pairs, values as bytes or str."""
+    if headers is None:
+        return {}
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    out: dict[str, bytes] = {}
+    for name, value in pairs:
+        if value is not None:
+            out.setdefault(name, value.encode() if isinstance(value, str) else bytes(value))
+    return out
+
+
+class SanitizedReader:
+    """Compiles the policies of `schemas` once, then decodes (and opens) sanitized records one by one.
+
+    Keys, optional: `keyring` (the local keyring file the key holder gave this consumer), or a
+    `decryptor` built by the caller (`FieldDecryptor` over a remote KMS the consumer's role may use,
+    with per-subject keys read from the key topic).
+    Without either, encrypted fields stay closed and are reported `key_not_held`. `topic` names the
+    sanitized topic for records that arrive without headers when `schemas` holds several policies.
+    """
+
+    def __init__(self, schemas: str | Path, keyring: str | Path | None = None, *,
+                 decryptor: FieldDecryptor | None = None, topic: str | None = None) -> None:
+        if keyring is not None and decryptor is not None:
+            raise ValueError("give a keyring or a decryptor, not both")
+        self.plans = load_plans(Path(schemas))
+        self.decoder = SanitizedDecoder(self.plans)
+        if keyring is not None:
+            decryptor = FieldDecryptor(Keyring.open(Path(keyring), create=False))
+        self.decryptor: FieldDecryptor = decryptor or _NoKeys()
+        self.topic = topic
+
+    @property
+    def holds_keys(self) -> bool:
+        return not isinstance(self.decryptor, _NoKeys)
+
+    def decode(self, topic: str | None, value: bytes | None, headers: HeadersLike = None) -> Decoded:
+        """Decode by the `gateway-schema` and `gateway-encoding` headers the gateway sets on every
+        sanitized record; without them, as `decode_value` does."""
+        if value is None:
+            raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
+        hdrs = header_dict(headers)
+        plan = self._plan(topic, hdrs.get("gateway-schema", b"").decode(errors="replace") or None)
+        encoding = hdrs.get("gateway-encoding", b"").decode(errors="replace")
+        if not encoding:
+            return self._guess(plan, value, topic)
+        try:
+            _, record = self.decoder.decode(StoredRecord(plan.sanitized_topic, -1, -1, None, value, hdrs))
+        except Exception as exc:  # fastavro and orjson raise many kinds on corrupt input
+            raise UndecodableRecord(f"record on '{topic}' does not decode as {plan.sanitized_schema['name']} "
+                                    f"({encoding}: {type(exc).__name__})") from None
+        return self._open(plan, record, topic)
+
+    def decode_value(self, value: bytes | None, topic: str | None = None) -> Decoded:
+        """Decode without headers, for hooks that see bytes only: a JSON object, else bare or
+        Confluent-framed Avro of the topic's policy (the only one, or `topic`), whichever decodes whole."""
+        if value is None:
+            raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
+        return self._guess(self._plan(topic, None), value, topic)
+
+    def _guess(self, plan: Plan, value: bytes, topic: str | None) -> Decoded:
+        # the order of the gateway's own `input: auto`: JSON on "{", Confluent framing on byte 0 when
+        # the policy has a registry id; a value that fails one is tried as the others
+        attempts = [_json, _avro, _confluent]
+        if value[:1] == b"\x00" and plan.sanitized_schema_id is not None:
+            attempts = [_confluent, _avro, _json]
+        elif value[:1] != b"{":
+            attempts = [_avro, _confluent, _json]
+        for attempt in attempts:
+            record = attempt(plan, value)
+            if record is not None:
+                return self._open(plan, record, topic)
+        raise UndecodableRecord(f"record on '{topic or plan.sanitized_topic}' is neither a JSON object nor "
+                                f"Avro of {plan.sanitized_schema['name']}")
+
+    def _plan(self, topic: str | None, schema_name: str | None) -> Plan:
+        by_name, by_topic = self.decoder.by_name, self.decoder.by_topic
+        plan = by_name.get(schema_name or "") or by_topic.get(topic or "") or by_topic.get(self.topic or "")
+        if plan is None and len(self.plans) == 1:
+            plan = self.plans[0]
+        if plan is None:
+            raise UndecodableRecord(f"no policy sanitizes topic '{topic}' (schema {schema_name or 'not named'}); "
+                                    f"known schemas: {', '.join(sorted(by_name))}")
+        return plan
+
+    def _open(self, plan: Plan, record: Any, topic: str | None) -> Decoded:
+        if not isinstance(record, dict):
+            raise UndecodableRecord(f"record on '{topic}' is a JSON {type(record).__name__}, not an object")
+        opened, report = decrypt_record(record, plan, self.decryptor)
+        return Decoded(plan.sanitized_schema["name"], opened, report.fields)
+
+
+def _json(plan: Plan, value: bytes) -> Any:
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _avro(plan: Plan, value: bytes) -> Any:
+    buffer = io.BytesIO(value)
+    try:
+        record = fastavro.schemaless_reader(buffer, plan.sanitized_parsed, None)
+    except Exception:  # fastavro raises IndexError, ValueError, EOFError, ... on bytes of another shape
+        return None
+    return record if buffer.tell() == len(value) else None
+
+
+def _confluent(plan: Plan, value: bytes) -> Any:
+    if value[:1] != b"\x00" or len(value) < 5:
+        return None
+    if plan.sanitized_schema_id is not None and int.from_bytes(value[1:5], "big") != plan.sanitized_schema_id:
+        return None
+    return _avro(plan, value[5:])

@@ -1,0 +1,124 @@
+"""The stream-processor integrations against the real broker and a real gateway worker.
+
+Raw payments (half bare Avro, half JSON, so the sanitized topic mixes both encodings) go through
+`gateway run`; the faust example app then counts the sanitized topic per country, once with the
+keyring and once without. The counts must equal those of what was published, the opened customer
+names the published ones, and without the keyring every encrypted field must be reported not opened.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.samples import SampleEvents
+from gateway.schema import avro_bytes
+
+from .conftest import ENV, REPO, Deployment
+
+pytestmark = pytest.mark.integration
+# the `faust` extra: it cannot sit in `test` (faust-streaming caps click below 8.4, check-jsonschema needs 8.5)
+pytest.importorskip("faust", reason="faust-streaming is not installed: pip install -e '.[faust]'")
+
+N = 40
+PARTITIONS = 3
+
+
+class FaustExample:
+    """examples/faust_payments_by_country.py as a `faust worker` subprocess, its report in a file."""
+
+    def __init__(self, d: Deployment, name: str, keyring: Path | None) -> None:
+        self.out = d.root / f"faust-{name}.json"
+        self.log_path = d.root / f"faust-{name}.log"
+        env = {k: v for k, v in ENV.items() if k != "GATEWAY_KEYRING"}
+        env.update(GATEWAY_SCHEMAS=str(d.schemas), EXAMPLE_TOPIC=d.payments.sanitized_topic,
+                   EXAMPLE_BROKER=f"kafka://{d.bootstrap}", EXAMPLE_APP_ID=f"faust-{name}-{d.suffix}",
+                   EXAMPLE_PARTITIONS=str(PARTITIONS), EXAMPLE_OUT=str(self.out))
+        if keyring is not None:
+            env["GATEWAY_KEYRING"] = str(keyring)
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait()
+        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "examples.faust_payments_by_country",
+                                      "worker", "-l", "info", "--without-web"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def report(self) -> dict[str, Any] | None:
+        return orjson.loads(self.out.read_bytes()) if self.out.exists() else None
+
+    def wait_for_count(self, expected: int, deadline: float) -> dict[str, Any]:
+        report = None
+        while time.monotonic() < deadline:
+            report = self.report()
+            if report is not None and sum(report["counts"].values()) >= expected:
+                return report
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"faust counted {report and report['counts']} (want {expected} payments), "
+                             f"exit {self.proc.poll()}:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int | None:
+        """Its exit code after SIGTERM, None if it had to be killed."""
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+        finally:
+            self.log.close()
+
+
+def test_faust_example_counts_the_sanitized_payments_per_country(fresh_deployment: Deployment) -> None:
+    d = fresh_deployment
+    plan = d.payments
+    samples = SampleEvents(seed=23)
+    payments = [samples.payment() for _ in range(N)]
+    values = [orjson.dumps(p) if i % 2 else avro_bytes(plan.schema.parsed, p) for i, p in enumerate(payments)]
+    worker = d.start_worker("integrations", partitions=PARTITIONS)
+    try:
+        d.produce(plan.source_topic, values)
+        d.wait_for_audit(N)
+    finally:
+        assert worker.stop() == 0
+    sanitized = d.read(plan.sanitized_topic)
+    assert len(sanitized) == N
+    assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": N // 2, b"json": N // 2}
+
+    # ground truth: what was published, never what the gateway wrote
+    countries = Counter(p["country"] for p in payments)
+    names = {p["event_id"]: p["customer_name"] for p in payments}
+    assert len(countries) > 1 and len(names) == N
+
+    apps = {"keys": FaustExample(d, "keys", d.keyring), "nokeys": FaustExample(d, "nokeys", None)}
+    try:
+        deadline = time.monotonic() + 40
+        reports = {name: app.wait_for_count(N, deadline) for name, app in apps.items()}
+    finally:
+        for app in apps.values():
+            app.stop()  # both at once: each takes a second or two to leave its group
+        codes = {name: app.wait() for name, app in apps.items()}
+    assert codes == {"keys": 0, "nokeys": 0}, codes
+
+    for report in reports.values():
+        assert report["counts"] == dict(countries)
+    keys, nokeys = reports["keys"], reports["nokeys"]
+    assert keys["opened"] == names
+    assert keys["fields"]["customer_name"] == {"decrypted": N}
+    assert keys["fields"]["billing_address.street"] == {"decrypted": N}
+    assert nokeys["opened"] == {}
+    assert nokeys["fields"]["customer_name"] == {"key_not_held": N}
+    assert nokeys["fields"]["card_number"] == {"key_not_held": N}
+    assert sum(nokeys["fields"].get("card_expiry", {}).values()) == sum(p["card_expiry"] is not None
+                                                                         for p in payments)
