@@ -237,9 +237,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.policy import load_plans
     from gateway.runtime.jobs.sanitize import Worker
+    from gateway.runtime.registry import resolve_ids
 
     config = _config(args)
-    plans = load_plans(config.require_schemas_dir())
+    plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url)
     processes = config.process_count()
     if processes > 1:  # every check below runs in each child, with its errors and exit code 2
         from gateway.runtime.supervisor import Supervisor, child_arguments
@@ -602,9 +603,10 @@ def _normalized_subject(args: argparse.Namespace, config: GatewayConfig) -> str:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from gateway.policy import load_plans
     from gateway.runtime.jobs.aggregate import AggregateWorker
+    from gateway.runtime.registry import resolve_ids
 
     config = _config(args)
-    plans = load_plans(config.require_schemas_dir())
+    plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url)
     _require_kafka(config)
     return AggregateWorker(config, plans).run()
 

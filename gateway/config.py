@@ -88,6 +88,9 @@ GROUPS = {
 @dataclass(frozen=True)
 class GatewayConfig:
     bootstrap: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]", group="kafka")
+    schema_registry_url: str = setting("", "Schema Registry (Confluent API) for policies whose schema ids are "
+                                       "\"registry\": the raw ids are looked up and the sanitized schemas "
+                                       "registered, compatibility checked, at start-up", group="kafka")
     schemas: Path = setting(Path("schemas"), "directory of annotated *.avsc schemas (the policies)", group="worker")
     keyring: Path = setting(Path(".gateway/keyring.json"), "local keyring (KEK, token keys, quarantine key), "
                             "created with mode 0600 on first run", group="keys")
@@ -185,6 +188,8 @@ class GatewayConfig:
             self._check(bool(sep and host and port.isdigit()), "bootstrap",
                         f"'{part}' is not HOST:PORT")
         self._check(bool(self.group_id), "group_id", "must not be empty")
+        self._check(not self.schema_registry_url or self.schema_registry_url.startswith(("http://", "https://")),
+                    "schema_registry_url", "must start with http:// or https://")
         self._check(self.instance_id == "" or bool(re.match(r"^[A-Za-z0-9._-]{1,200}$", self.instance_id)),
                     "instance_id", "must be letters, digits, '.', '_' or '-' (or empty: HOST-<slot>)")
         self._check(bool(_TOPIC_RE.match(self.audit_topic)), "audit_topic",

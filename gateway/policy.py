@@ -122,6 +122,8 @@ class Plan:
     key_uses: dict[str, str] = field(default_factory=dict)  # domain -> what its key makes (tokens, shift_date)
     leak_sentinel: str = "observe"  # observe | enforce | off: PII found in a kept field is counted (and dead-lettered)
     quality: QualitySpec | None = None  # data-quality rules and the re-identification risk measure (gateway/quality/)
+    schema_id_from_registry: bool = False  # "schema_id": "registry": looked up at start-up
+    sanitized_schema_id_from_registry: bool = False  # "sanitized_schema_id": "registry": registered at start-up
 
     @property
     def name(self) -> str:
@@ -391,14 +393,23 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
                            "'avro', 'confluent' or 'json' to give consumers one encoding")
     schema_id = settings.get("schema_id")
     sanitized_schema_id = settings.get("sanitized_schema_id")
+    # "registry": the worker resolves the id at start-up (gateway/runtime/registry.py)
+    schema_id_from_registry = schema_id == "registry"
+    sanitized_from_registry = sanitized_schema_id == "registry"
+    schema_id = None if schema_id_from_registry else schema_id
+    sanitized_schema_id = None if sanitized_from_registry else sanitized_schema_id
     for key, value in (("schema_id", schema_id), ("sanitized_schema_id", sanitized_schema_id)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            c.error("(record)", f"{key} must be a non-negative integer")
-    if input_mode == "confluent" and schema_id is None:
-        c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with)")
-    if schema_id is not None and output in ("same", "confluent") and sanitized_schema_id is None:
+            c.error("(record)", f"{key} must be a non-negative integer, or \"registry\" (resolved from the "
+                                "schema registry at start-up)")
+    if input_mode == "confluent" and schema_id is None and not schema_id_from_registry:
+        c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with, "
+                            "or \"registry\" to look it up at start-up)")
+    if ((schema_id is not None or schema_id_from_registry) and output in ("same", "confluent")
+            and sanitized_schema_id is None and not sanitized_from_registry):
         c.error("(record)", "schema_id is set, so Confluent-framed output needs sanitized_schema_id "
-                            "(or set output to 'avro' or 'json')")
+                            "(an id, or \"registry\" to register the sanitized schema at start-up; or set output "
+                            "to 'avro' or 'json')")
 
     record_plan, sanitized = c.record(schema.parsed, "")
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
@@ -475,7 +486,8 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         warnings=tuple(p for p in c.problems if p.severity == "warning"), aggregates=aggregates,
         subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
         token_normalizers={d: next(iter(specs)) for d, specs in c.normalizers.items()},
-        leak_sentinel=leak_sentinel, quality=quality,
+        leak_sentinel=leak_sentinel, quality=quality, schema_id_from_registry=schema_id_from_registry,
+        sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
     )
     return plan, c.problems

@@ -13,10 +13,13 @@ from gateway.sanitized import StoredRecord
 
 
 def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
-               partitions: Collection[int] | None = None, committed_only: bool = True) -> list[StoredRecord]:
+               partitions: Collection[int] | None = None, committed_only: bool = True,
+               settle_s: float = 3.0) -> list[StoredRecord]:
     """Every committed record of `topic` (of `partitions`, if given), in offset order per partition,
     up to the current end (the last stable offset: an open transaction's records are not read).
     `committed_only=False` reads what a read_uncommitted consumer sees, aborted records included.
+    A partition whose last stable offset stays below its high watermark for `settle_s` (an open
+    transaction) ends there; a shorter lag is a commit's markers on their way, and is waited for.
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config()).
     A cluster that does not answer within clients.CONNECT_TIMEOUT_S is a GatewayError naming the
@@ -38,15 +41,29 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
             return records
         consumer.assign(assignment)
         deadline = time.monotonic() + timeout_s
+        behind: dict[int, float] = {}  # partitions at their last stable offset but short of the high watermark
         while pending:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise GatewayError(f"reading '{topic}' did not reach its end within {timeout_s:.0f}s")
-            for msg in consumer.consume(1000, 0.5):
+            for partition in [p for p, since in behind.items() if now - since > settle_s]:
+                pending.discard(partition)  # a transaction really is open: its records are not committed
+                del behind[partition]
+            for msg in consumer.consume(1000, 0.2 if behind else 0.5):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
+                        _, high = consumer.get_watermark_offsets(TopicPartition(topic, msg.partition()), cached=True)
+                        if committed_only and 0 <= msg.offset() < high:
+                            # the last stable offset lags the high watermark: a transaction still open,
+                            # or one whose commit markers are still being written (commit_transaction
+                            # returns before they reach every partition); wait briefly for them
+                            behind.setdefault(msg.partition(), time.monotonic())
+                        else:
+                            pending.discard(msg.partition())
+                            behind.pop(msg.partition(), None)
                     continue
+                behind.pop(msg.partition(), None)
                 records.append(StoredRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
                                             dict(msg.headers() or [])))
         records.sort(key=lambda r: (r.partition, r.offset))
