@@ -35,8 +35,10 @@ _CLEAN_EXIT = (0, 143, -15)  # SIGTERM: the JVM runs Kafka's shutdown hook and e
 
 # One node: internal topics with replication factor 1 and few partitions (created fast), no delay
 # before a new group's first rebalance, timed-out transactions aborted within a second of expiry,
-# the log cleaner looking for work every second (an erased key leaves the log soon after), and
-# records up to 4 MiB.
+# the log cleaner looking for work every second (an erased key leaves the log soon after), records
+# up to 4 MiB, and no deletion by age: records keep their events' timestamps, and events stamped
+# months ago (a test's fixed event time, a replayed backlog) would otherwise vanish at the next
+# retention check (every 5 minutes), between a write and the read that checks it.
 ONE_NODE_SETTINGS: dict[str, str] = {
     "offsets.topic.replication.factor": "1",
     "offsets.topic.num.partitions": "6",
@@ -53,6 +55,7 @@ ONE_NODE_SETTINGS: dict[str, str] = {
     # to prove they are dead-lettered (Kafka's default refuses records over 1 MiB at the broker)
     "message.max.bytes": "4194304",
     "auto.create.topics.enable": "true",
+    "log.retention.ms": "-1",  # topics that set retention.ms (the duplicate-filter log) keep their own
 }
 JVM_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
                "-Djava.awt.headless=true")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from gateway.errors import GatewayError
 from gateway.runtime import clients
@@ -39,6 +40,7 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
         records: list[StoredRecord] = []
         if not assignment:
             return records
+        high = _high_watermarks(kafka, topic, pending) if committed_only else {}
         consumer.assign(assignment)
         deadline = time.monotonic() + timeout_s
         behind: dict[int, float] = {}  # partitions at their last stable offset but short of the high watermark
@@ -53,8 +55,7 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        _, high = consumer.get_watermark_offsets(TopicPartition(topic, msg.partition()), cached=True)
-                        if committed_only and 0 <= msg.offset() < high:
+                        if 0 <= msg.offset() < high.get(msg.partition(), -1):
                             # the last stable offset lags the high watermark: a transaction still open,
                             # or one whose commit markers are still being written (commit_transaction
                             # returns before they reach every partition); wait briefly for them
@@ -70,3 +71,15 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
         return records
     finally:
         consumer.close()
+
+
+def _high_watermarks(kafka: Mapping[str, str], topic: str, partitions: Collection[int]) -> dict[int, int]:
+    """Each partition's high watermark as a read_uncommitted ListOffsets sees it (a read_committed
+    consumer is told the last stable offset instead); {} if the cluster does not say."""
+    try:
+        admin = AdminClient(dict(kafka))
+        futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
+                                     isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
+        return {tp.partition: future.result().offset for tp, future in futures.items()}
+    except (KafkaException, ValueError):  # a hint only: without it a read ends at the last stable offset
+        return {}
