@@ -141,24 +141,35 @@ class HealthProbe:
         self._stopped.set()
 
 
+Answer = tuple[int, bytes, str]  # (status, body, content type)
+TEXT = "text/plain; charset=utf-8"
+
+
 def serve(port: int, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - kubelet probes
     """/metrics (Prometheus), /healthz (liveness) and /readyz (readiness, naming failing checks)."""
 
+    def answer(path: str) -> Answer:
+        if path == "/metrics":
+            return 200, generate_latest(), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            ok = health.alive()
+            return (200 if ok else 503), (b"ok\n" if ok else b"stalled\n"), TEXT
+        if path == "/readyz":
+            failing = health.failing()
+            return (503 if failing else 200), (f"not ready: {', '.join(failing)}\n".encode() if failing
+                                               else b"ready\n"), TEXT
+        return 404, b"not found\n", TEXT
+
+    return serve_http(port, host, answer)
+
+
+def serve_http(port: int, host: str, answer: Callable[[str], Answer]) -> ThreadingHTTPServer:
+    """A GET-only endpoint on a daemon thread: `answer(path)` says what each path returns (the worker's
+    health and metrics above, the supervisor's union of its workers')."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path == "/metrics":
-                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                ok = health.alive()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
-            elif self.path == "/readyz":
-                failing = health.failing()
-                self._send(503 if failing else 200,
-                           f"not ready: {', '.join(failing)}\n".encode() if failing else b"ready\n")
-            else:
-                self._send(404, b"not found\n")
-
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            code, body, content_type = answer(self.path)
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -169,5 +180,5 @@ def serve(port: int, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServ
             return
 
     server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
     return server

@@ -211,6 +211,7 @@ class Pipeline:
                                                                       config.max_field_bytes, self.subject_keys),
                                   config, dedup_key)
                        for p in plans}
+        self.has_quality = any(s.quality is not None for s in self.stages.values())  # fixed: checked per batch
         self.quality_topic = config.quality_topic
         self.dedup_topic = dedup_topic(config)
         quarantine_id, quarantine_key = keyring.quarantine_key()
@@ -270,10 +271,6 @@ class Pipeline:
         return {topic: (s.quality.spec.window_ms, s.quality.spec.risk.max_held_events)  # type: ignore[union-attr]
                 for topic, s in self.stages.items()
                 if s.quality is not None and s.quality.spec.risk is not None and s.quality.spec.risk.mode == "enforce"}
-
-    @property
-    def has_quality(self) -> bool:
-        return any(s.quality is not None for s in self.stages.values())
 
     @property
     def checks_duplicates(self) -> bool:

@@ -31,7 +31,7 @@ from gateway.embedded.jars import KAFKA_VERSION, kafka_libs, require_tool
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
-_CLEAN_EXIT = (0, 143, -15)  # SIGTERM: the JVM runs Kafka's shutdown hook and exits with 128 + 15
+_CLEAN_EXIT = (0, 143, -15)  # SIGTERM: the JVM runs its shutdown hooks (Kafka's, Quarkus') and exits with 128 + 15
 
 # One node: internal topics with replication factor 1 and few partitions (created fast), no delay
 # before a new group's first rebalance, timed-out transactions aborted within a second of expiry,
@@ -118,6 +118,20 @@ def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] 
             return
         time.sleep(0.1)
     raise GatewayError(f"the broker did not accept connections on 127.0.0.1:{port} within {timeout_s:.0f}s")
+
+
+def stop_jvm(process: subprocess.Popen[bytes], what: str) -> str | None:
+    """SIGTERM an embedded server's JVM, SIGKILL after 30 s; why it failed, or None if it stopped cleanly."""
+    if process.poll() is not None:  # it was not asked to go
+        return f"{what} had exited on its own with code {process.returncode}"
+    process.terminate()
+    try:
+        code = process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+        return f"{what} did not stop within 30 s of SIGTERM and was killed"
+    return None if code in _CLEAN_EXIT else f"{what} exited with code {code} when stopped"
 
 
 def cluster_uuid() -> str:
@@ -241,19 +255,8 @@ class EmbeddedBroker:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
             return
         if process is not None:
-            if process.poll() is not None:  # it was not asked to go
-                failure = failure or f"the broker had exited on its own with code {process.returncode}"
-            else:
-                process.terminate()
-                try:
-                    code = process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
-                    failure = failure or "the broker did not stop within 30 s of SIGTERM and was killed"
-                else:
-                    if code not in _CLEAN_EXIT:
-                        failure = failure or f"the broker exited with code {code} when stopped"
+            stopped = stop_jvm(process, "the broker")  # always stopped, even with a failure in hand
+            failure = failure or stopped
         if failure is not None:
             self.failure = failure
             self._keep_log_of_failure()

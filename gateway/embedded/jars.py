@@ -44,11 +44,11 @@ def cache_dir() -> Path:
     return Path(base) / "privacy-gateway"
 
 
-def require_tool(name: str, purpose: str) -> str:
+def require_tool(name: str, purpose: str, who: str = "the embedded Apache Kafka broker",
+                 install: str = "Java 17+ and Maven (Debian: apt-get install openjdk-17-jre-headless maven)") -> str:
     path = shutil.which(name)
     if path is None:
-        raise GatewayError(f"'{name}' is not on PATH: the embedded Apache Kafka broker needs it to {purpose}; "
-                           "install Java 17+ and Maven (Debian: apt-get install openjdk-17-jre-headless maven)")
+        raise GatewayError(f"'{name}' is not on PATH: {who} needs it to {purpose}; install {install}")
     return path
 
 

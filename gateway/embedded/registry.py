@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway.embedded.broker import free_port, java_major_version
-from gateway.embedded.jars import cache_dir
+from gateway.embedded.broker import free_port, java_major_version, stop_jvm
+from gateway.embedded.jars import cache_dir, require_tool
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ APICURIO_VERSION = "2.4.2.Final"  # pinned in registry/pom.xml; here it names th
 POM = Path(__file__).with_name("registry") / "pom.xml"
 CCOMPAT_PATH = "/apis/ccompat/v7"  # the Confluent Schema Registry API (v7 paths)
 STAMP = ".complete"
-_CLEAN_EXIT = (0, 143, -15)  # SIGTERM: Quarkus shuts down and the JVM exits with 128 + 15
 JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k", "-XX:+ExitOnOutOfMemoryError",
                "-Djava.awt.headless=true")
 
@@ -84,11 +83,8 @@ def _project_files() -> dict[str, bytes]:
 
 
 def _require(name: str, purpose: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise GatewayError(f"'{name}' is not on PATH: the embedded Schema Registry (Apicurio) needs it to {purpose}; "
-                           "install a JDK 17+ and Maven (Debian: apt-get install openjdk-17-jdk-headless maven)")
-    return path
+    return require_tool(name, purpose, who="the embedded Schema Registry (Apicurio)",
+                        install="a JDK 17+ and Maven (Debian: apt-get install openjdk-17-jdk-headless maven)")
 
 
 def registry_app(quiet: bool = True, timeout_s: float = 1200.0) -> Path:
@@ -213,19 +209,8 @@ class EmbeddedRegistry:
         `keep_log`); a registry that failed keeps its log, moved out of the temporary directory, and says where."""
         process, self.process = self.process, None
         if process is not None:
-            if process.poll() is not None:
-                failure = failure or f"the Schema Registry had exited on its own with code {process.returncode}"
-            else:
-                process.terminate()
-                try:
-                    code = process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
-                    failure = failure or "the Schema Registry did not stop within 30 s of SIGTERM and was killed"
-                else:
-                    if code not in _CLEAN_EXIT:
-                        failure = failure or f"the Schema Registry exited with code {code} when stopped"
+            stopped = stop_jvm(process, "the Schema Registry")  # always stopped, even with a failure in hand
+            failure = failure or stopped
         if failure is not None:
             self.failure = failure
         if failure is not None or (process is not None and self.keep_log):

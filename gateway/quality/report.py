@@ -42,20 +42,26 @@ def merge_windows(records: Iterable[dict[str, Any]], source: str | None = None) 
             _merge_risk(row, r["risk"])
     out = []
     for _, row in sorted(merged.items()):
-        n = row["events"]
         row["partitions"].sort()
-        row["lag_ms"] = {"mean": round(row["lag_ms"]["sum"] / n) if n else 0, "max": row["lag_ms"]["max"]}
-        for entry in row["rules"].values():
-            entry["rate"] = round(entry["failed"] / n, 6) if n else 0.0
-        for entry in row["completeness"].values():
-            entry["rate"] = round(entry["present"] / n, 6) if n else 0.0
-            if "target" in entry:
-                entry["met"] = entry["rate"] >= entry["target"]
-        if "risk" in row:
-            risk = row["risk"]
-            risk["below_k_share"] = round(risk["below_k_records"] / risk["records"], 6) if risk["records"] else 0.0
-        out.append(row)
+        out.append(finish_rates(row))
     return out
+
+
+def finish_rates(row: dict[str, Any]) -> dict[str, Any]:
+    """Turn a summed row's (windows or a whole period's) sums into rates: mean lag, failure and
+    completeness rates against their targets, the share of records below k."""
+    n = row["events"]
+    row["lag_ms"] = {"mean": round(row["lag_ms"]["sum"] / n) if n else 0, "max": row["lag_ms"]["max"]}
+    for entry in row["rules"].values():
+        entry["rate"] = round(entry["failed"] / n, 6) if n else 0.0
+    for entry in row["completeness"].values():
+        entry["rate"] = round(entry["present"] / n, 6) if n else 0.0
+        if "target" in entry:
+            entry["met"] = entry["rate"] >= entry["target"]
+    if "risk" in row:
+        risk = row["risk"]
+        risk["below_k_share"] = round(risk["below_k_records"] / risk["records"], 6) if risk["records"] else 0.0
+    return row
 
 
 def _merge_risk(row: dict[str, Any], risk: dict[str, Any]) -> None:

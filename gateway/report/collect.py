@@ -35,7 +35,7 @@ from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
 from gateway.policy import Plan
-from gateway.quality.report import merge_windows
+from gateway.quality.report import finish_rates, merge_windows
 
 REPORT_FORMAT = 1
 OUTCOMES = ("sanitized", "rejected", "withheld")
@@ -561,17 +561,7 @@ def _quality(events: list[Mapping[str, Any]], records: Iterable[Mapping[str, Any
             risk["below_k_records"] += r.get("below_k_records", 0)
             risk["windows_incomplete"] += not r.get("complete", True)
     for src in sources.values():
-        n = src["events"]
-        src["lag_ms"] = {"mean": round(src["lag_ms"]["sum"] / n) if n else 0, "max": src["lag_ms"]["max"]}
-        for entry in src["rules"].values():
-            entry["rate"] = round(entry["failed"] / n, 6) if n else 0.0
-        for entry in src["completeness"].values():
-            entry["rate"] = round(entry["present"] / n, 6) if n else 0.0
-            if "target" in entry:
-                entry["met"] = entry["rate"] >= entry["target"]
-        if "risk" in src:
-            risk = src["risk"]
-            risk["below_k_share"] = round(risk["below_k_records"] / risk["records"], 6) if risk["records"] else 0.0
+        finish_rates(src)
     return {"windows": len(windows), "sources": dict(sorted(sources.items())),
             "failures_from_audit": {t: _ranked(c) for t, c in sorted(failures.items())}}
 

@@ -24,11 +24,13 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import FrameType
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics
 
 log = logging.getLogger("gateway.supervisor")
 BACKOFF_FIRST_S = 1.0
@@ -238,27 +240,13 @@ def _number(value: float) -> str:
 
 
 def serve(supervisor: Supervisor, port: int, host: str) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path == "/metrics":
-                self._send(200, supervisor.metrics().encode(), CONTENT_TYPE_LATEST)
-            elif self.path in ("/healthz", "/readyz"):
-                code, body = supervisor.health(self.path)
-                prefix = "" if code == 200 else ("stalled: " if self.path == "/healthz" else "not ready: ")
-                self._send(code, (prefix + body).encode())
-            else:
-                self._send(404, b"not found\n")
+    def answer(path: str) -> metrics.Answer:
+        if path == "/metrics":
+            return 200, supervisor.metrics().encode(), CONTENT_TYPE_LATEST
+        if path in ("/healthz", "/readyz"):
+            code, body = supervisor.health(path)
+            prefix = "" if code == 200 else ("stalled: " if path == "/healthz" else "not ready: ")
+            return code, (prefix + body).encode(), metrics.TEXT
+        return 404, b"not found\n", metrics.TEXT
 
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="supervisor-metrics", daemon=True).start()
-    return server
+    return metrics.serve_http(port, host, answer)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,17 @@ class Deployment:
                     return records
             time.sleep(0.3)
         raise AssertionError(f"{len(records)} of {expected} audit events after {timeout_s}s")
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    """Poll `condition` until it is truthy (its value is returned); fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout_s}s")
 
 
 def committed_count(bootstrap: str, topic: str) -> int:

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import orjson
@@ -23,7 +22,7 @@ from gateway.embedded.broker import free_port
 from gateway.samples import SampleEvents
 from tests.http_get import http_get
 
-from .conftest import ENV, REPO, Deployment, WorkerProcess
+from .conftest import ENV, REPO, Deployment, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +35,6 @@ def _sum(text: str, name: str, **labels: str) -> float:
         if match and all(found.get(k) == v for k, v in labels.items()):
             total += float(match.group(2))
     return total
-
-
-def _wait(condition: object, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def _ready(port: int) -> bool:
@@ -73,7 +65,7 @@ def test_two_processes_share_the_group_survive_a_kill_and_stop_together(fresh_de
     supervisor = WorkerProcess(proc, log_path, handle)
     samples = SampleEvents(seed=11)
     try:
-        _wait(lambda: _ready(port), "both processes ready")
+        wait_for(lambda: _ready(port), "both processes ready")
         pids = [int(p) for p in re.search(r'"pids":\[([\d,]+)\]', supervisor.log()).group(1).split(",")]
         assert len(pids) == 2 and proc.pid not in pids
         _publish(d, samples, 300)
@@ -90,7 +82,7 @@ def test_two_processes_share_the_group_survive_a_kill_and_stop_together(fresh_de
         pids.append(int(re.search(r'"msg":"worker process restarted".*?"pid":(\d+)', supervisor.log()).group(1)))
         _publish(d, samples, 200)
         audit = d.wait_for_audit(500, timeout_s=120)
-        _wait(lambda: _ready(port), "ready again after the restart")
+        wait_for(lambda: _ready(port), "ready again after the restart")
         restarts = _sum(http_get(f"http://127.0.0.1:{port}/metrics")[1], "gateway_supervisor_restarts_total",
                         process="0")
         assert restarts == 1

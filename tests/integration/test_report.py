@@ -20,7 +20,7 @@ import pytest
 from gateway.quality.report import merge_windows
 from gateway.runtime.reader import read_topic
 
-from .conftest import Deployment, cli, committed_count
+from .conftest import Deployment, cli, committed_count, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,16 +49,6 @@ def _notes_schema(suffix: str) -> dict[str, Any]:
              "quality": {"range": {"min": 0, "max": 1000, "action": "reject"}}},
         ],
     }
-
-
-def _wait(condition: Any, what: str, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout_s}s")
 
 
 def test_report_counts_equal_the_topics_and_the_html_draws_them(fresh_deployment: Deployment, tmp_path: Path) -> None:
@@ -91,7 +81,7 @@ def test_report_counts_equal_the_topics_and_the_html_draws_them(fresh_deployment
         d.wait_for_audit(expected)
         phases["audit wait"], mark = time.monotonic() - mark, time.monotonic()
         # the quality windows of the notes' partitions close within a second of going idle
-        _wait(lambda: committed_count(d.bootstrap, quality_topic) and any(
+        wait_for(lambda: committed_count(d.bootstrap, quality_topic) and any(
             w["source"] == source for w in merge_windows(orjson.loads(r.value or b"{}")
                                                          for r in read_topic(kafka, quality_topic))),
             "a quality window of the notes")

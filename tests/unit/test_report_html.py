@@ -6,26 +6,19 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from pathlib import Path
 
-import orjson
 import pytest
 from plotly.offline import get_plotlyjs_version
 
 from gateway.dp.ledger import Ledger
-from gateway.policy import Plan, load_plans
+from gateway.policy import Plan
 from gateway.report import html as report_html
 from gateway.report.collect import collect
 from gateway.report.html import render
-from tests.unit.test_report_collect import CANARIES, SCHEMA, SINCE, UNTIL, build
+from tests.unit import test_report_collect
+from tests.unit.test_report_collect import CANARIES, SINCE, UNTIL, build
 
+plan = test_report_collect.plan  # the same fixture: the ride policy of those tests
 URL_ATTRIBUTES = {"src", "href", "srcset", "action", "data", "poster", "background", "formaction"}
-
-
-@pytest.fixture(scope="module")
-def plan(tmp_path_factory: pytest.TempPathFactory) -> Plan:
-    directory = tmp_path_factory.mktemp("schemas")
-    (directory / "ride.avsc").write_bytes(orjson.dumps(SCHEMA))
-    (plan,) = load_plans(directory)
-    return plan
 
 
 class Page(HTMLParser):
