@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                        required=True)
     p = policy.add_parser("lint", help="list every problem in a schema file's policy, or in those of a directory")
     p.add_argument("directory", type=Path, metavar="PATH", help="a *.avsc file or a directory of them")
+    p.description = ("With --schema-registry-url, every registered version of each raw subject is checked too (fields "
+                     "the policy does not annotate, versions it cannot read), and whether the derived sanitized "
+                     "schema may follow the versions registered under its subject.")
+    add_settings(p, "schema_registry_url", "sanitized_compatibility")
     p = policy.add_parser("show", help="print the compiled plan and the derived sanitized schema",
                           description="With --bootstrap, the source's latest quality window is read too: a warning "
                                       "says when the quasi-identifiers are too fine for the observed traffic.")
@@ -124,10 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", help="sanitized topic the records came from (needed with several policies)")
     add_settings(p, "keyring", "schemas", "bootstrap", "key_topic", *KMS, "security")
 
+    dlq = sub.add_parser("dlq", help="dead-letter tools").add_subparsers(dest="dlq_cmd", required=True)
+    p = dlq.add_parser("unseal", help="open sealed dead letters from stdin (JSON lines, as `gateway dump` prints a "
+                                      "dead-letter topic)",
+                       description="Prints each dead letter's original value, key and headers (base64), one JSON "
+                                   "line each. Dead letters sealed under a subject's key need the key topic "
+                                   "(--bootstrap); after `gateway forget` they fail with key_erased (exit 1).")
+    add_settings(p, "keyring", "bootstrap", "key_topic", *KMS, "security")
+
     p = sub.add_parser("dump", help="print a topic's records as JSON lines (sanitized, dlq or audit)")
     p.add_argument("--topic", required=True, help="the topic to print")
     p.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
-    add_settings(p, "bootstrap", "schemas", "security")
+    add_settings(p, "bootstrap", "schema_registry_url", "schemas", "security")
 
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
     p = audit.add_parser("verify", help="walk the audit hash chains and report the first break")
@@ -199,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(getattr(args, "log_level", None) or "INFO")
     try:
-        handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt,
+        handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt, "dlq": cmd_dlq,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
                    "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget, "quality": cmd_quality,
                    "report": cmd_report,
@@ -240,7 +252,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.runtime.registry import resolve_ids
 
     config = _config(args)
-    plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url)
+    plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
+                        config.sanitized_compatibility)
     processes = config.process_count()
     if processes > 1:  # every check below runs in each child, with its errors and exit code 2
         from gateway.runtime.supervisor import Supervisor, child_arguments
@@ -278,6 +291,14 @@ def cmd_policy(args: argparse.Namespace) -> int:
             problems = lint_directory(args.directory)
         else:
             raise GatewayError(f"'{args.directory}' is neither a schema file nor a directory of *.avsc")
+        config = _config(args)
+        if config.schema_registry_url and not any(p.severity == "error" for p in problems):
+            from gateway.policy import load_plans
+            from gateway.runtime.registry import lint_against_registry
+
+            plans = ([compile_plan(load_schema_file(args.directory))] if args.directory.is_file()
+                     else load_plans(args.directory))
+            problems += lint_against_registry(plans, config.schema_registry_url, config.sanitized_compatibility)
         for problem in problems:
             print(problem)
         errors = sum(p.severity == "error" for p in problems)
@@ -451,6 +472,71 @@ def _stdin_records(data: bytes, decoder: Any, topic: str | None) -> Any:
         yield plan, fastavro.schemaless_reader(buffer, plan.sanitized_parsed, None)
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """`gateway dlq unseal`: each dead letter's original as {"source", "reason", "value", "key", "headers"}
+    (bytes base64, for inspection or replay). One that does not open is reported on stderr with its reason
+    (key_erased: its subject was forgotten) and makes the exit code 1; the others are still printed."""
+    from gateway.deadletter import SEAL_FORMAT, QuarantineSealer
+    from gateway.errors import DecryptError
+    from gateway.keys.errors import KmsUnavailable
+    from gateway.keys.keyring import Keyring
+
+    config = _config(args)
+    keyring = Keyring.open(config.keyring, create=False)
+    subject_keys = None
+    if args.bootstrap:  # format-2 dead letters: the subject keys the key topic still holds
+        from gateway.keys.providers import build_kms
+        from gateway.keys.subject_keys import SubjectKeys
+        from gateway.runtime.keytopic import load_subject_keys
+
+        subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic,
+                                         SubjectKeys(build_kms(config, keyring)))
+    sealers: dict[str, QuarantineSealer] = {}
+    out = sys.stdout.buffer
+    failures = 0
+    for n, line in enumerate(sys.stdin.buffer, start=1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            letter = orjson.loads(line)
+            source = letter["source"]
+            where = f"dead letter {source['topic']}/{source['partition']}/{source['offset']}"
+            sealed = letter.get("sealed")
+            key_id = sealed.get("key_id") if isinstance(sealed, dict) and sealed.get("format") == SEAL_FORMAT else None
+            sealer = sealers.get(key_id or "")
+            if sealer is None:  # format 1 names its quarantine key; format 2 needs only the subject keys
+                sealer = sealers[key_id or ""] = QuarantineSealer(*keyring.quarantine_key(key_id), subject_keys)
+            opened = sealer.unseal(letter)
+        except DecryptError as exc:
+            failures += 1
+            print(f"{where}: {exc.reason}: {exc.message}", file=sys.stderr)
+            continue
+        except KmsUnavailable as exc:
+            failures += 1
+            print(f"{where}: kms_unavailable: {exc}", file=sys.stderr)
+            continue
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            failures += 1
+            print(f"{where}: malformed: not a dead letter (JSON with source and sealed)", file=sys.stderr)
+            continue
+        out.write(orjson.dumps({
+            "source": source, "reason": letter.get("reason"), "value": _b64(opened["value"]),
+            "key": _b64(opened["key"]), "headers": [[name, _b64(data)] for name, data in opened["headers"]],
+        }) + b"\n")
+    out.flush()
+    if failures:
+        print(f"gateway dlq unseal: {failures} dead letter(s) could not be unsealed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _b64(data: bytes | None) -> str | None:
+    import base64
+
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     """One JSON line per record: sanitized records decoded (JSON ones as they are, Avro ones with the
     schemas: --schemas, GATEWAY_SCHEMAS, or ./schemas when it exists), other JSON values as they are,
@@ -477,6 +563,7 @@ class _Dumper:
         self._decoder: Any = None
         self.undecoded: list[tuple[int, int, str]] = []  # (partition, offset, schema name)
         self.problem = ""
+        self.problem_says_fix = False  # the decoder's message already says what to pass
 
     def _decoder_or_none(self) -> Any:
         if self._decoder is None:
@@ -484,7 +571,12 @@ class _Dumper:
             from gateway.sanitized import SanitizedDecoder
 
             if self.explicit or self.config.schemas.is_dir():
-                self._decoder = SanitizedDecoder(load_plans(self.config.require_schemas_dir()))
+                writers = None
+                if self.config.schema_registry_url:  # records of other sanitized schema versions
+                    from gateway.runtime.registry import WriterSchemaLookup
+
+                    writers = WriterSchemaLookup(self.config.schema_registry_url)
+                self._decoder = SanitizedDecoder(load_plans(self.config.require_schemas_dir()), writers)
             else:
                 self._decoder = False
                 self.problem = f"no schemas (no directory '{self.config.schemas}')"
@@ -505,6 +597,9 @@ class _Dumper:
         if plan is not None:
             try:
                 return decoded_for_json(decoder.decode(record)[1])
+            except GatewayError as exc:  # another sanitized schema version: the message says how to fix
+                if not self.problem:
+                    self.problem, self.problem_says_fix = str(exc), True
             except Exception:  # noqa: BLE001 - corrupt or foreign bytes: shown encoded, named in the note
                 self.problem = self.problem or "a record did not decode with its schema"
         elif decoder is not None:
@@ -517,8 +612,9 @@ class _Dumper:
         where = ", ".join(f"{p}/{o}" for p, o, _ in self.undecoded[:5])
         more = f" and {len(self.undecoded) - 5} more" if len(self.undecoded) > 5 else ""
         return (f"note: {len(self.undecoded)} Avro record(s) of '{topic}' (schema {names}; partition/offset "
-                f"{where}{more}) could not be decoded: {self.problem}. They are printed base64-encoded; pass "
-                "--schemas DIR (the annotated *.avsc of the raw topics) to decode them")
+                f"{where}{more}) could not be decoded: {self.problem}. They are printed base64-encoded"
+                + ("" if self.problem_says_fix else "; pass --schemas DIR (the annotated *.avsc of the raw "
+                   "topics) to decode them"))
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -606,7 +702,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from gateway.runtime.registry import resolve_ids
 
     config = _config(args)
-    plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url)
+    plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
+                        config.sanitized_compatibility)
     _require_kafka(config)
     return AggregateWorker(config, plans).run()
 

@@ -91,6 +91,11 @@ class GatewayConfig:
     schema_registry_url: str = setting("", "Schema Registry (Confluent API) for policies whose schema ids are "
                                        "\"registry\": the raw ids are looked up and the sanitized schemas "
                                        "registered, compatibility checked, at start-up", group="kafka")
+    sanitized_compatibility: str = setting(
+        "full", "how a new policy's sanitized schema must relate to the versions registered before it, checked "
+        "against every one at start-up (refused: the worker does not start): backward (read old records with "
+        "the new schema), forward (consumers holding an old version read the new records), full (both), none",
+        group="kafka", choices=("backward", "forward", "full", "none"))
     schemas: Path = setting(Path("schemas"), "directory of annotated *.avsc schemas (the policies)", group="worker")
     keyring: Path = setting(Path(".gateway/keyring.json"), "local keyring (KEK, token keys, quarantine key), "
                             "created with mode 0600 on first run", group="keys")
@@ -116,6 +121,9 @@ class GatewayConfig:
     partitions: int = setting(6, "partitions of the topics the gateway creates when missing (outputs copy their "
                               "source's count)", group="topics")
     create_topics: bool = setting(True, "create missing topics (off: fail naming them)", group="topics")
+    dlq_retention_days: int = setting(30, "retention of the dead-letter topics the gateway creates (retention.ms): "
+                                      "bounds how long sealed originals, and the quarantine key's reach, last",
+                                      group="topics")
     processes: str = setting("auto", "worker processes `gateway run` starts under one supervisor (one per core: "
                              "one Python process uses one); auto: the CPUs this process may use (its affinity, "
                              "capped by a cgroup CPU quota)", group="processes")
@@ -190,6 +198,8 @@ class GatewayConfig:
         self._check(bool(self.group_id), "group_id", "must not be empty")
         self._check(not self.schema_registry_url or self.schema_registry_url.startswith(("http://", "https://")),
                     "schema_registry_url", "must start with http:// or https://")
+        self._check(self.sanitized_compatibility in {"backward", "forward", "full", "none"},
+                    "sanitized_compatibility", "must be backward, forward, full or none")
         self._check(self.instance_id == "" or bool(re.match(r"^[A-Za-z0-9._-]{1,200}$", self.instance_id)),
                     "instance_id", "must be letters, digits, '.', '_' or '-' (or empty: HOST-<slot>)")
         self._check(bool(_TOPIC_RE.match(self.audit_topic)), "audit_topic",
@@ -197,6 +207,7 @@ class GatewayConfig:
         self._check(bool(_TOPIC_RE.match(self.quality_topic)), "quality_topic",
                     "must be a valid Kafka topic name")
         self._check(1 <= self.partitions <= 10_000, "partitions", "must be between 1 and 10000")
+        self._check(1 <= self.dlq_retention_days <= 3650, "dlq_retention_days", "must be between 1 and 3650 days")
         self._check(self.processes == "auto" or (self.processes.isdigit() and 1 <= int(self.processes) <= 256),
                     "processes", "must be auto or a number of processes between 1 and 256")
         self._check(1 <= self.batch_max_events <= 100_000, "batch_max_events",

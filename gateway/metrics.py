@@ -25,6 +25,9 @@ LEAKS = Counter("gateway_leak_suspected_total", "Sampled events with PII detecte
                 "(leak sentinel), by source topic, field path and entity type", ["topic", "field", "entity"])
 QUALITY_FAILURES = Counter("gateway_quality_failures_total", "Events failing a data-quality rule, by source topic, "
                            "rule and the rule's action (reject, flag, measure)", ["source_topic", "rule", "action"])
+UNANNOTATED_FIELDS = Counter("gateway_unannotated_fields_total", "Sanitized events whose writer schema had a field "
+                             "the policy does not annotate (dropped), by source topic and field path",
+                             ["topic", "field"])
 QUALITY_WINDOWS = Counter("gateway_quality_windows_total", "Quality windows closed (records on the quality topic)",
                           ["source_topic"])
 QUALITY_COMPLETENESS = Gauge("gateway_quality_completeness", "Share of non-null values of a nullable field in the "

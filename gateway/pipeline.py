@@ -11,7 +11,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,8 +20,9 @@ import orjson
 
 from gateway.audit import ChainHeads, audit_partition, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
-from gateway.deadletter import QuarantineSealer
+from gateway.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
 from gateway.errors import GatewayError, RejectedEvent
+from gateway.evolution import UNANNOTATED_ACTION, single_object_header
 from gateway.keys.envelope import DekCache
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
@@ -32,7 +33,7 @@ from gateway.outputs import OutRecord
 from gateway.policy import Plan
 from gateway.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
 from gateway.quality.gate import QualityGate
-from gateway.schema import EventDecoder, frame_confluent, json_bytes
+from gateway.schema import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent, json_bytes
 from gateway.sentinel import LeakSentinel
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
@@ -127,22 +128,26 @@ class TopicStage:
             self.quality = QualityGate(plan.quality, plan.name, plan.policy_hash, plan.source_topic,
                                        plan.event_id_field, dedup, dedup_key)
         self.sentinel = LeakSentinel(plan, config.leak_sample_rate)
-        self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes)
+        self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
+                                    plan.writers_by_id, plan.writers_by_fingerprint)
         self.sanitizer = sanitizer
         self.headers = {
             enc: [("gateway-schema", plan.sanitized_schema["name"].encode()),
                   ("gateway-encoding", enc.encode()),
                   ("gateway-policy", plan.policy_hash.encode())]
-            for enc in ("avro", "confluent", "json")
+            for enc in ENCODINGS
         }
         self._output = None if plan.output == "same" else plan.output
         self._writer_schema = plan.sanitized_parsed
         framed = plan.sanitized_schema_id is not None and plan.sanitized_schema_id < 2**32
         self._confluent_header = frame_confluent(plan.sanitized_schema_id, b"") if framed else None
+        self._single_object_header = single_object_header(plan.sanitized_schema)
         # audit body parts fixed per topic, serialized once: canonical JSON (sorted keys) that orjson
         # splices in verbatim as Fragments, so the canonical body is the same bytes as with the dicts
         self.audit_schema = plan.name
         self.audit_actions = orjson.Fragment(canonical(plan.field_actions))
+        # events of a writer version with fields the policy does not name: those fields dropped, and said
+        self._writer_actions: dict[tuple[str, ...], orjson.Fragment] = {}
         self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
         self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
 
@@ -153,8 +158,19 @@ class TopicStage:
 
         Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
         """
-        record, encoding = self.decoder.decode(value)
+        record, encoding, _ = self.decoder.decode_event(value)
         return self.finish(record, encoding, max_output_bytes, timestamp_ms)
+
+    def actions_for(self, unannotated: tuple[str, ...]) -> orjson.Fragment:
+        """The audit actions of an event whose writer schema had `unannotated` fields (built once per writer)."""
+        if not unannotated:
+            return self.audit_actions
+        actions = self._writer_actions.get(unannotated)
+        if actions is None:
+            actions = orjson.Fragment(canonical({**self.plan.field_actions,
+                                                 **dict.fromkeys(unannotated, UNANNOTATED_ACTION)}))
+            self._writer_actions[unannotated] = actions
+        return actions
 
     def finish(self, record: dict[str, Any], encoding: str, max_output_bytes: int,
                timestamp_ms: int) -> tuple[bytes, str, SanitizeResult]:
@@ -175,6 +191,8 @@ class TopicStage:
         if encoding == "confluent":
             assert self._confluent_header is not None  # guaranteed by policy compilation
             buffer.write(self._confluent_header)
+        elif encoding == "single_object":
+            buffer.write(self._single_object_header)
         fastavro.schemaless_writer(buffer, self._writer_schema, record)
         return buffer.getvalue(), encoding
 
@@ -215,8 +233,23 @@ class Pipeline:
         self.quality_topic = config.quality_topic
         self.dedup_topic = dedup_topic(config)
         quarantine_id, quarantine_key = keyring.quarantine_key()
-        self.sealer = QuarantineSealer(quarantine_id, quarantine_key)
+        self.sealer = QuarantineSealer(quarantine_id, quarantine_key, subject_keys)
         self._dead_letter_key_ids = orjson.Fragment(orjson.dumps([self.sealer.key_id]))
+        # dead letters whose subject can be read are sealed under the subject's key (erased by forget):
+        # per source topic (subject field, token domain, the subject field's own value -> token, token key id)
+        self._subject_readers: dict[str, tuple[str, str, Callable[[str], str], str]] = {}
+        for topic, stage in self.stages.items():
+            plan = stage.plan
+            if plan.subject_field is None or plan.subject_domain is None:
+                continue
+            if subject_keys is None:
+                log.warning("no subject keys: dead letters are sealed under the quarantine key only, out of "
+                            "gateway forget's reach", extra={"topic": topic})
+                continue
+            fp = next(f for f in plan.record.fields if f.name == plan.subject_field)
+            self._subject_readers[topic] = (plan.subject_field, plan.subject_domain,
+                                            fp.operator.subject_value(fp, stage.sanitizer),
+                                            stage.sanitizer.tokenizer(plan.subject_domain).key_id)
         self.chains = ChainHeads()
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self.max_output_bytes = max_message_bytes(config)
@@ -341,28 +374,25 @@ class Pipeline:
             failed: list[int] | None = None
             risk_class: int | None = None
             fp: int | None = None
+            unannotated = NO_FIELDS
             try:
-                if quality is None:
-                    value, out_encoding, result = stage.transform(event.value, self.max_output_bytes,
-                                                                  event.timestamp_ms)
-                else:
-                    record, encoding = stage.decoder.decode(event.value)
+                record, encoding, unannotated = stage.decoder.decode_event(event.value)
+                if quality is not None:
                     failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
                                                        batch_ids)
                     if failed:
                         self._quality_failed(quality, event.topic, failed, reject, audit, counts)
-                    value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
-                                                               event.timestamp_ms)
+                value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
+                                                           event.timestamp_ms)
                 sentinel = stage.sentinel
                 if sentinel.active and sentinel.sampled():
                     self._check_leaks(sentinel, event.topic, result, audit, counts)
             except RejectedEvent as rejected:
                 if failed is not None:  # checked (and counted as sanitized): it is not
                     quality.not_published(event.partition)  # type: ignore[union-attr]
-                output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source)
+                output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source, audit)
                 audit["outcome"] = outcome = f"rejected:{rejected.reason}"
                 audit["output"] = stage.audit_dlq_output
-                audit["key_ids"] = self._dead_letter_key_ids
                 counts[(event.topic, outcome)] += 1
             except Exception as exc:  # a bug must not stop the partition or leak the event
                 if failed is not None:
@@ -370,10 +400,9 @@ class Pipeline:
                 log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
                           "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
                 message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
-                output = self._dead_letter(stage, event, "internal_error", message, now_ms, source)
+                output = self._dead_letter(stage, event, "internal_error", message, now_ms, source, audit)
                 audit["outcome"] = "rejected:internal_error"
                 audit["output"] = stage.audit_dlq_output
-                audit["key_ids"] = self._dead_letter_key_ids
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
@@ -400,9 +429,11 @@ class Pipeline:
                     audit["redacted"] = _entity_counts(result.entities)
                 audit["outcome"] = "sanitized"
                 audit["output"] = stage.audit_sanitized_output
-                audit["actions"] = stage.audit_actions
+                audit["actions"] = stage.actions_for(unannotated) if unannotated else stage.audit_actions
                 audit["key_ids"] = key_ids
                 counts[(event.topic, "sanitized")] += 1
+                for path in unannotated:  # a newer producer's field no annotation covers: dropped, counted
+                    counts[(event.topic, "unannotated", path)] += 1
             if held is not None:
                 held.append(Held(event, output, audit, chain, risk_class, fp))
                 continue
@@ -489,7 +520,9 @@ class Pipeline:
                                 + "; the policy's leak_sentinel is 'enforce'")
 
     def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
-                     now_ms: int, source: tuple[str, bytes]) -> OutRecord:
+                     now_ms: int, source: tuple[str, bytes], audit: dict[str, Any]) -> OutRecord:
+        """The dead letter of a rejected event; its audit event gets the ids of the key that sealed it."""
+        sealed, key_ids = self._sealed(stage, event, reason)
         body = {
             "reason": reason,
             "message": message,
@@ -497,7 +530,7 @@ class Pipeline:
                        "timestamp": event.timestamp_ms},
             "schema": stage.plan.name,
             "policy": stage.plan.policy_hash,
-            "sealed": self._sealed(event),
+            "sealed": sealed,
             "instance": self.instance,
             "time": now_ms,
         }
@@ -505,15 +538,57 @@ class Pipeline:
         if len(value) > self.max_output_bytes:  # never emit a record Kafka would refuse
             body["sealed"] = None
             value = orjson.dumps(body)
+            key_ids = self._dead_letter_key_ids
+        audit["key_ids"] = key_ids
         return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode()), source])
 
-    def _sealed(self, event: RawEvent) -> dict[str, Any] | None:
-        """The original event sealed, unless it exceeds max_record_bytes: then it stays at its source
-        coordinates only (sealing it could make a dead letter Kafka refuses, stopping the partition)."""
+    def _sealed(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[dict[str, Any] | None, Any]:
+        """(the original event sealed, the audit's key ids). Under the subject's key (format 2, erased by
+        `gateway forget`) when its subject can be read, else under the quarantine key (format 1). Not
+        sealed when it exceeds max_record_bytes: then it stays at its source coordinates only (sealing it
+        could make a dead letter Kafka refuses, stopping the partition)."""
         size = len(event.value or b"") + len(event.key or b"") + sum(len(v or b"") for _, v in event.headers or [])
         if size > self.config.max_record_bytes:
+            return None, self._dead_letter_key_ids
+        subject = self._read_subject(stage, event, reason)
+        if subject is not None:
+            domain, token, token_key_id = subject
+            try:
+                sealed = self.sealer.seal_for_subject(event.topic, event.partition, event.offset, event.value,
+                                                      event.key, event.headers, domain, token)
+                return sealed, [token_key_id, sealed["key_id"]]
+            except Exception as exc:  # KMS down: still dead-letter (and say so), never stop the partition
+                log.warning("dead letter sealed under the quarantine key: the subject's key is unavailable",
+                            extra={"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                                   "error": type(exc).__name__})
+        return (self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers),
+                self._dead_letter_key_ids)
+
+    def _read_subject(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[str, str, str] | None:
+        """(token domain, subject token, token key id) of a rejected event, or None; never raises.
+
+        Read only where it is sound: an event rejected after it decoded is decoded again (the same
+        bytes give the same record; only rejected events pay); an event that failed validation as a
+        JSON object (missing_field, wrong_type: it parsed) gives its subject field when that is a
+        string, the value its valid events would carry, so the token is theirs. Nothing else is read:
+        a broken Avro record has no field that can be trusted without decoding all of it."""
+        reader = self._subject_readers.get(event.topic)
+        if reader is None:
             return None
-        return self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers)
+        field, domain, token_of, token_key_id = reader
+        try:
+            if reason not in DECODE_REASONS:
+                record: Any = stage.decoder.decode(event.value)[0]
+            elif reason in JSON_SHAPE_REASONS and stage.plan.input_mode in ("auto", "json"):
+                record = orjson.loads(event.value or b"")
+            else:
+                return None
+            value = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                return None
+            return domain, token_of(value), token_key_id  # the sanitizer's own function: its size check too
+        except Exception:  # a subject that cannot be read: sealed under the quarantine key
+            return None
 
     def _audit_chain(self, topic: str, partition: int) -> AuditChain:
         """The chain of a source partition, computed on its first event (the partition count is fixed)."""

@@ -28,6 +28,7 @@ from fastavro.schema import expand_schema
 from gateway import operators
 from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
+from gateway.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.operators.base import FieldContext, Operator, OperatorError
 from gateway.quality.spec import QualitySpec, compile_quality
 from gateway.schema import (
@@ -40,7 +41,8 @@ from gateway.schema import (
 )
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
-                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality"}
+                   "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
+                   "writer_schemas"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -124,6 +126,10 @@ class Plan:
     quality: QualitySpec | None = None  # data-quality rules and the re-identification risk measure (gateway/quality/)
     schema_id_from_registry: bool = False  # "schema_id": "registry": looked up at start-up
     sanitized_schema_id_from_registry: bool = False  # "sanitized_schema_id": "registry": registered at start-up
+    # other versions of the schema producers write with (gateway/evolution.py): by single-object
+    # fingerprint and by Confluent schema id (from "writer_schemas", and from the registry at start-up)
+    writers_by_fingerprint: dict[bytes, WriterSchema] = field(default_factory=dict)
+    writers_by_id: dict[int, WriterSchema] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -411,6 +417,7 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
                             "(an id, or \"registry\" to register the sanitized schema at start-up; or set output "
                             "to 'avro' or 'json')")
 
+    by_fingerprint, by_id = _writer_schemas(schema, settings.get("writer_schemas"), c.error)
     record_plan, sanitized = c.record(schema.parsed, "")
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
 
@@ -489,8 +496,52 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         leak_sentinel=leak_sentinel, quality=quality, schema_id_from_registry=schema_id_from_registry,
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
+        writers_by_fingerprint=by_fingerprint, writers_by_id=by_id,
     )
     return plan, c.problems
+
+
+def _writer_schemas(schema: SchemaFile, declared: Any, error: Any) -> tuple[dict[bytes, WriterSchema],
+                                                                            dict[int, WriterSchema]]:
+    """The record-level "writer_schemas": other versions producers write with, each a schema file
+    (relative to the policy's) or {"file": F, "schema_id": N} for Confluent framing with static ids.
+    Each must resolve to the policy's schema by Avro's rules; events in single-object encoding are
+    matched by fingerprint, Confluent-framed ones by id."""
+    by_fingerprint: dict[bytes, WriterSchema] = {}
+    by_id: dict[int, WriterSchema] = {}
+    if declared is None:
+        return by_fingerprint, by_id
+    if not isinstance(declared, list):
+        error("(record)", "writer_schemas must be a list of schema files (or {\"file\": F, \"schema_id\": N})")
+        return by_fingerprint, by_id
+    for entry in declared:
+        name, schema_id = (entry, None) if isinstance(entry, str) else (
+            (entry.get("file"), entry.get("schema_id")) if isinstance(entry, dict) else (None, None))
+        if not isinstance(name, str) or (schema_id is not None and (
+                not isinstance(schema_id, int) or isinstance(schema_id, bool) or schema_id < 0)):
+            error("(record)", f"writer_schemas entry {orjson.dumps(entry).decode()} is not a file name or "
+                              "{\"file\": F, \"schema_id\": N}")
+            continue
+        path = schema.path.parent / name
+        try:
+            raw = orjson.loads(path.read_bytes())
+            fastavro.parse_schema(raw)
+        except OSError as exc:
+            error("(record)", f"writer schema {name}: cannot read it ({exc.strerror})")
+            continue
+        except Exception as exc:  # orjson and fastavro raise several types
+            error("(record)", f"writer schema {name}: not a valid Avro schema ({type(exc).__name__})")
+            continue
+        writer = resolve_writer(schema.raw, raw, f"writer schema {name}")
+        if writer.problem is not None:
+            error("(record)", f"writer schema {name} cannot be read with this policy's schema: {writer.problem}")
+            continue
+        fp = fingerprint(raw)
+        if fp != fingerprint(schema.raw):
+            by_fingerprint[fp] = writer
+        if schema_id is not None:
+            by_id[schema_id] = writer
+    return by_fingerprint, by_id
 
 
 def lint_file(path: Path) -> list[Problem]:

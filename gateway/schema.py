@@ -1,8 +1,11 @@
 """Avro schemas, wire formats and input validation.
 
-Input encodings: Confluent wire format (magic byte 0 + 4-byte schema id + Avro), bare Avro, and
-JSON objects validated against the schema: plain JSON (a union's value as it is), or Avro's JSON
-encoding (a union's value wrapped in {"<branch type>": value}). Decoding never puts a value into an error message.
+Input encodings: Confluent wire format (magic byte 0 + 4-byte schema id + Avro), Avro's single-object
+encoding (C3 01 + the schema's 8-byte fingerprint + Avro), bare Avro, and JSON objects validated
+against the schema: plain JSON (a union's value as it is), or Avro's JSON encoding (a union's value
+wrapped in {"<branch type>": value}). Framed events written with another version of the schema
+(a registry id or fingerprint the policy accepts, gateway.evolution) are decoded with their writer
+schema and resolved to the policy's. Decoding never puts a value into an error message.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import io
 import re
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,10 @@ import orjson
 from fastavro.schema import expand_schema
 
 from gateway.errors import PolicyError, RejectedEvent
+from gateway.evolution import SINGLE_OBJECT_HEADER_BYTES, SINGLE_OBJECT_MAGIC, WriterSchema, fingerprint
+from gateway.evolution import strip_logical_types as strip_logical_types
 
-ENCODINGS = ("confluent", "avro", "json")
+ENCODINGS = ("confluent", "avro", "json", "single_object")
 INPUT_MODES = ("auto", *ENCODINGS)
 MAGIC_BYTE = 0
 
@@ -66,19 +71,6 @@ def load_schema_file(path: Path) -> SchemaFile:
 
 def iter_schema_files(directory: Path) -> Iterator[Path]:
     yield from sorted(Path(directory).glob("*.avsc"))
-
-
-def strip_logical_types(schema: Any) -> Any:
-    """The schema without logicalType annotations: same binary encoding, values in their base types.
-
-    The gateway decodes and encodes with this form so a timestamp is the same long whether the
-    event arrived as Avro or JSON; the published sanitized schema keeps the logical types.
-    """
-    if isinstance(schema, dict):
-        return {k: strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [strip_logical_types(v) for v in schema]
-    return schema
 
 
 def frame_confluent(schema_id: int, payload: bytes) -> bytes:
@@ -155,11 +147,19 @@ _JSON_WHITESPACE_RUN = re.compile(rb"[ \t\n\r]*")
 _OPEN_BRACE, _OPEN_BRACKET = ord("{"), ord("[")
 
 
+NO_FIELDS: tuple[str, ...] = ()
+
+
 class EventDecoder:
-    """Decodes and validates one topic's events against its schema (compiled once at start-up)."""
+    """Decodes and validates one topic's events against its schema (compiled once at start-up).
+
+    `writers`: other schema versions by registry id, `fingerprints`: by single-object fingerprint;
+    an event framed with one is read with it and resolved to the policy's schema. The runtime adds
+    ids it meets later (`add_writer`), resolved from the registry."""
 
     def __init__(self, schema: SchemaFile, input_mode: str, schema_id: int | None,
-                 max_record_bytes: int) -> None:
+                 max_record_bytes: int, writers: dict[int, WriterSchema] | None = None,
+                 fingerprints: dict[bytes, WriterSchema] | None = None) -> None:
         if input_mode not in INPUT_MODES:
             raise PolicyError(f"{schema.path}: input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
         self.schema = schema
@@ -167,6 +167,9 @@ class EventDecoder:
         self.schema_id = schema_id
         self.max_record_bytes = max_record_bytes
         self._parsed = fastavro.parse_schema(strip_logical_types(schema.raw))
+        self.writers: dict[int, WriterSchema] = dict(writers or {})
+        self.fingerprints: dict[bytes, WriterSchema] = dict(fingerprints or {})
+        self.fingerprint = fingerprint(schema.raw)  # the policy's own schema, in single-object framing
         # the expected Confluent header, for the fast path of the common case (see decode)
         self._confluent_header = (frame_confluent(schema_id, b"") if input_mode in ("auto", "confluent")
                                   and schema_id is not None and 0 <= schema_id < 2**32 else None)
@@ -186,8 +189,30 @@ class EventDecoder:
                 continue
         return probes
 
+    def add_writer(self, schema_id: int, writer: WriterSchema) -> None:
+        self.writers[schema_id] = writer
+
+    def unknown_ids(self, values: Iterable[bytes | None]) -> set[int]:
+        """Confluent schema ids among `values` that are neither the policy's nor a known writer's
+        (for the runtime to look up before the batch is decoded)."""
+        if self.input_mode not in ("auto", "confluent"):
+            return set()
+        known, own = self.writers, self.schema_id
+        found: set[int] = set()
+        for value in values:
+            if value is not None and len(value) > 5 and value[0] == MAGIC_BYTE:
+                schema_id = int.from_bytes(value[1:5], "big")
+                if schema_id != own and schema_id not in known:
+                    found.add(schema_id)
+        return found
+
     def decode(self, value: bytes | None) -> tuple[dict[str, Any], str]:
         """Return (record, encoding) or raise RejectedEvent with a reason code."""
+        record, encoding, _ = self.decode_event(value)
+        return record, encoding
+
+    def decode_event(self, value: bytes | None) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+        """Return (record, encoding, the writer's fields the policy does not name) or raise RejectedEvent."""
         if value is None or len(value) == 0:
             raise RejectedEvent("empty_value", "the event has no value (tombstone or empty payload)")
         if len(value) > self.max_record_bytes:
@@ -195,24 +220,41 @@ class EventDecoder:
                                 f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
         if self._confluent_header is not None and value[:5] == self._confluent_header:
             try:  # framed with the expected schema id: the Avro after the header, if it decodes cleanly
-                return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent"
+                return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent", NO_FIELDS
             except RejectedEvent as framed_error:
                 if self.input_mode != "auto":
                     raise
                 try:  # bare Avro may start with bytes that look like the header: accept it if it decodes
-                    return self._decode_avro(value, "bare Avro"), "avro"
+                    return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
                 except RejectedEvent:
                     raise framed_error from None
         mode = self.input_mode
         if mode == "auto":
             return self._decode_auto(value)
         if mode == "json":
-            return self._decode_json(value), "json"
+            return self._decode_json(value), "json", NO_FIELDS
         if mode == "confluent":
             return self._decode_confluent(value)
-        return self._decode_avro(value, "bare Avro"), "avro"
+        if mode == "single_object":
+            return self._decode_single_object(value)
+        return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
 
-    def _decode_auto(self, value: bytes) -> tuple[dict[str, Any], str]:
+    def _decode_single_object(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+        if len(value) < SINGLE_OBJECT_HEADER_BYTES or value[:2] != SINGLE_OBJECT_MAGIC:
+            raise RejectedEvent("bad_framing", "Avro single-object encoding starts with C3 01 and an 8-byte "
+                                "schema fingerprint")
+        fp = value[2:SINGLE_OBJECT_HEADER_BYTES]
+        payload = value[SINGLE_OBJECT_HEADER_BYTES:]
+        if fp == self.fingerprint:
+            return self._decode_avro(payload, "Avro after the single-object header"), "single_object", NO_FIELDS
+        writer = self.fingerprints.get(fp)
+        if writer is None:
+            raise RejectedEvent("unknown_schema_fingerprint", f"schema fingerprint {fp.hex()} is neither "
+                                f"{self.schema.fullname}'s nor one of its policy's writer_schemas")
+        return (self._decode_with(writer, payload, "Avro after the single-object header"), "single_object",
+                writer.unannotated)
+
+    def _decode_auto(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
         """Auto mode: the first encoding that decodes cleanly and validates wins, however the value's
         bytes happen to start (a bare-Avro string of length 16 starts with a space, of length 5 with
         a newline). The likely encoding is tried first, so a valid event pays for one attempt; when
@@ -221,20 +263,28 @@ class EventDecoder:
         likely = self._sniff(value)
         if likely == "json":
             try:
-                return self._decode_json(value), "json"
+                return self._decode_json(value), "json", NO_FIELDS
             except RejectedEvent as json_error:
                 try:
-                    return self._decode_avro(value, "bare Avro"), "avro"
+                    return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
                 except RejectedEvent:
                     raise json_error from None
         if likely == "confluent":  # 0x00 and a schema id that is not ours; tries bare Avro as well
             return self._decode_confluent(value)
+        if likely == "single_object":  # C3 01: bare Avro may start so too, so it is tried after
+            try:
+                return self._decode_single_object(value)
+            except RejectedEvent as framed_error:
+                try:
+                    return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+                except RejectedEvent:
+                    raise framed_error from None
         try:
-            return self._decode_avro(value, "bare Avro"), "avro"
+            return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
         except RejectedEvent as exc:
             avro_error = exc
         if likely == "json_array":  # an array is never an event: report it as the JSON it is
-            return self._decode_json(value), "json"  # raises (a list is not an object)
+            return self._decode_json(value), "json", NO_FIELDS  # raises (a list is not an object)
         if self._looks_like_bad_magic(value):
             raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {MAGIC_BYTE}: "
                                 "the event looks Confluent-framed with a corrupt first byte")
@@ -261,11 +311,13 @@ class EventDecoder:
             return "json"
         if first == _OPEN_BRACKET:
             return "json_array"
-        if value[0] == MAGIC_BYTE and len(value) >= 5 and self.schema_id is not None:
+        if value[0] == MAGIC_BYTE and len(value) >= 5 and (self.schema_id is not None or self.writers):
             return "confluent"
+        if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= SINGLE_OBJECT_HEADER_BYTES:
+            return "single_object"
         return "avro"
 
-    def _decode_confluent(self, value: bytes) -> tuple[dict[str, Any], str]:
+    def _decode_confluent(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
         if len(value) < 5:
             raise RejectedEvent("bad_framing", f"Confluent wire format needs 5 header bytes, got {len(value)}")
         magic, schema_id = struct.unpack(">bI", value[:5])
@@ -273,23 +325,38 @@ class EventDecoder:
             raise RejectedEvent("bad_magic_byte", f"magic byte is {magic}, expected {MAGIC_BYTE} "
                                 "(Confluent wire format)")
         try:
-            if schema_id != self.schema_id:
+            if schema_id == self.schema_id:
+                return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent", NO_FIELDS
+            writer = self.writers.get(schema_id)
+            if writer is None:
+                expected = "" if self.schema_id is None else f" (expected {self.schema_id})"
                 raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
-                                    f"{self.schema.fullname} (expected {self.schema_id})")
-            return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent"
+                                    f"{self.schema.fullname}{expected}")
+            return (self._decode_with(writer, value[5:], "Avro after the Confluent header"), "confluent",
+                    writer.unannotated)
         except RejectedEvent:
             if self.input_mode != "auto":
                 raise
             try:  # in auto mode, bare Avro may start with 0x00 too: accept it if it decodes cleanly
-                return self._decode_avro(value, "bare Avro"), "avro"
+                return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
             except RejectedEvent:
                 pass
             raise
 
-    def _decode_avro(self, payload: bytes, what: str) -> dict[str, Any]:
+    def _decode_with(self, writer: WriterSchema, payload: bytes, what: str) -> dict[str, Any]:
+        """An event of another schema version: read with its writer schema, resolved to the policy's."""
+        if writer.parsed is None:
+            raise RejectedEvent("incompatible_writer_schema", f"{what} was written with {writer.label}, which "
+                                f"{self.schema.fullname}'s policy cannot read: {writer.problem}")
+        return self._decode_avro(payload, what, writer.parsed)
+
+    def _decode_avro(self, payload: bytes, what: str, writer: Any = None) -> dict[str, Any]:
         buffer = io.BytesIO(payload)
         try:
-            record = fastavro.schemaless_reader(buffer, self._parsed, None)
+            if writer is None:
+                record = fastavro.schemaless_reader(buffer, self._parsed, None)
+            else:
+                record = fastavro.schemaless_reader(buffer, writer, self._parsed)
         except _AVRO_ERRORS_TRUNCATED:
             raise RejectedEvent("avro_truncated", f"{what} ended before the record was complete") from None
         except UnicodeDecodeError:

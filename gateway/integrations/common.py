@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import orjson
 
 from gateway.decrypt import decrypt_record
@@ -23,7 +22,7 @@ from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
 from gateway.policy import Plan, load_plans
-from gateway.sanitized import SanitizedDecoder, StoredRecord
+from gateway.sanitized import CONFLUENT_HEADER_BYTES, SanitizedDecoder, StoredRecord, WriterSchemas, read_avro
 
 HeadersLike = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 DECRYPTED = "decrypted"
@@ -95,14 +94,26 @@ class SanitizedReader:
     with per-subject keys read from the key topic).
     Without either, encrypted fields stay closed and are reported `key_not_held`. `topic` names the
     sanitized topic for records that arrive without headers when `schemas` holds several policies.
+
+    Sanitized schema versions, optional: `registry_url` (the Schema Registry the gateway registers its
+    sanitized schemas in) or a `writer_schemas` callable (registry id -> schema JSON or None).
+    Records of another version are then decoded in this reader's view (its policy's fields); without
+    either, a record framed with an id other than the policy's is undecodable.
     """
 
     def __init__(self, schemas: str | Path, keyring: str | Path | None = None, *,
-                 decryptor: FieldDecryptor | None = None, topic: str | None = None) -> None:
+                 decryptor: FieldDecryptor | None = None, topic: str | None = None,
+                 registry_url: str | None = None, writer_schemas: WriterSchemas | None = None) -> None:
         if keyring is not None and decryptor is not None:
             raise ValueError("give a keyring or a decryptor, not both")
+        if registry_url and writer_schemas is not None:
+            raise ValueError("give a registry_url or a writer_schemas lookup, not both")
         self.plans = load_plans(Path(schemas))
-        self.decoder = SanitizedDecoder(self.plans)
+        if registry_url:
+            from gateway.runtime.registry import WriterSchemaLookup  # confluent_kafka's registry client
+
+            writer_schemas = WriterSchemaLookup(registry_url)
+        self.decoder = SanitizedDecoder(self.plans, writer_schemas)
         if keyring is not None:
             decryptor = FieldDecryptor(Keyring.open(Path(keyring), create=False))
         self.decryptor: FieldDecryptor = decryptor or _NoKeys()
@@ -124,6 +135,8 @@ class SanitizedReader:
             return self._guess(plan, value, topic)
         try:
             _, record = self.decoder.decode(StoredRecord(plan.sanitized_topic, -1, -1, None, value, hdrs))
+        except GatewayError as exc:  # another schema version it cannot read: the message names no value
+            raise UndecodableRecord(str(exc)) from None
         except Exception as exc:  # fastavro and orjson raise many kinds on corrupt input
             raise UndecodableRecord(f"record on '{topic}' does not decode as {plan.sanitized_schema['name']} "
                                     f"({encoding}: {type(exc).__name__})") from None
@@ -138,18 +151,37 @@ class SanitizedReader:
 
     def _guess(self, plan: Plan, value: bytes, topic: str | None) -> Decoded:
         # the order of the gateway's own `input: auto`: JSON on "{", Confluent framing on byte 0 when
-        # the policy has a registry id; a value that fails one is tried as the others
-        attempts = [_json, _avro, _confluent]
-        if value[:1] == b"\x00" and plan.sanitized_schema_id is not None:
-            attempts = [_confluent, _avro, _json]
+        # the policy has a registry id (or the reader can look ids up); a value that fails one is
+        # tried as the others
+        problems: list[str] = []  # why Confluent framing did not decode, for the error
+
+        def confluent(plan: Plan, value: bytes) -> Any:
+            return self._confluent(plan, value, topic, problems)
+
+        attempts = [_json, _avro, confluent]
+        if value[:1] == b"\x00" and (plan.sanitized_schema_id is not None or self.decoder.writer_schemas is not None):
+            attempts = [confluent, _avro, _json]
         elif value[:1] != b"{":
-            attempts = [_avro, _confluent, _json]
+            attempts = [_avro, confluent, _json]
         for attempt in attempts:
             record = attempt(plan, value)
             if record is not None:
                 return self._open(plan, record, topic)
+        why = f" ({problems[0]})" if problems else ""
         raise UndecodableRecord(f"record on '{topic or plan.sanitized_topic}' is neither a JSON object nor "
-                                f"Avro of {plan.sanitized_schema['name']}")
+                                f"Avro of {plan.sanitized_schema['name']}{why}")
+
+    def _confluent(self, plan: Plan, value: bytes, topic: str | None, problems: list[str]) -> Any:
+        """Confluent-framed Avro of the plan's id, or of another id the decoder can look up and resolve;
+        None (with the reason in `problems`) when the value is not that."""
+        if value[:1] != b"\x00" or len(value) < CONFLUENT_HEADER_BYTES:
+            return None
+        try:
+            writer = self.decoder.writer_for(plan, int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big"), topic)
+        except GatewayError as exc:  # unknown or unreadable id, registry down: maybe bare Avro after all
+            problems.append(str(exc))
+            return None
+        return _avro(plan, value[CONFLUENT_HEADER_BYTES:], writer)
 
     def _plan(self, topic: str | None, schema_name: str | None) -> Plan:
         by_name, by_topic = self.decoder.by_name, self.decoder.by_topic
@@ -176,18 +208,12 @@ def _json(plan: Plan, value: bytes) -> Any:
     return record if isinstance(record, dict) else None
 
 
-def _avro(plan: Plan, value: bytes) -> Any:
+def _avro(plan: Plan, value: bytes, writer: Any = None) -> Any:
+    """Bare Avro written with `writer` (default: the plan's sanitized schema) in the plan's view,
+    None unless it decodes and uses every byte."""
     buffer = io.BytesIO(value)
     try:
-        record = fastavro.schemaless_reader(buffer, plan.sanitized_parsed, None)
+        record = read_avro(buffer, plan.sanitized_parsed if writer is None else writer, plan)
     except Exception:  # fastavro raises IndexError, ValueError, EOFError, ... on bytes of another shape
         return None
     return record if buffer.tell() == len(value) else None
-
-
-def _confluent(plan: Plan, value: bytes) -> Any:
-    if value[:1] != b"\x00" or len(value) < 5:
-        return None
-    if plan.sanitized_schema_id is not None and int.from_bytes(value[1:5], "big") != plan.sanitized_schema_id:
-        return None
-    return _avro(plan, value[5:])

@@ -17,6 +17,10 @@ The codec `register_codec` installs (named "gateway") is for places where faust 
 (`value_serializer="gateway"`): it decodes JSON or the one policy's Avro and returns a dict with
 the status under `_gateway` (see `Decoded.as_dict`).
 
+Both take `registry_url=`, the Schema Registry the gateway registers its sanitized schemas in: records
+written with another sanitized schema version (the gateway's policy changed) are then decoded with
+their writer schema into this app's view, instead of failing.
+
 A record that does not decode raises faust's `ValueDecodeError` (the message names topic and
 cause, never a value), which faust logs and throws into the agent, as for any undecodable value.
 The schema only reads: faust re-publishes a stream's values with its topic's schema on `group_by`,
@@ -46,9 +50,9 @@ class GatewaySchema(Schema):
 
     def __init__(self, schemas: str | Path, keyring: str | Path | None = None, *,
                  decryptor: FieldDecryptor | None = None, record: type[Any] | None = None,
-                 key_type: Any = str) -> None:
+                 key_type: Any = str, registry_url: str | None = None) -> None:
         super().__init__(key_type=key_type)
-        self.reader = SanitizedReader(schemas, keyring, decryptor=decryptor)
+        self.reader = SanitizedReader(schemas, keyring, decryptor=decryptor, registry_url=registry_url)
         self.record = record
 
     def loads_value(self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None) -> Decoded:
@@ -84,9 +88,11 @@ class GatewayCodec(Codec):
 
 
 def register_codec(schemas: str | Path, keyring: str | Path | None = None, *, topic: str | None = None,
-                   decryptor: FieldDecryptor | None = None, name: str = "gateway") -> GatewayCodec:
+                   decryptor: FieldDecryptor | None = None, name: str = "gateway",
+                   registry_url: str | None = None) -> GatewayCodec:
     """Compile the policies once and register the codec under `name` (`topic` picks the policy
-    when `schemas` holds several)."""
-    codec = GatewayCodec(reader=SanitizedReader(schemas, keyring, decryptor=decryptor, topic=topic))
+    when `schemas` holds several; `registry_url` decodes records of other sanitized schema versions)."""
+    codec = GatewayCodec(reader=SanitizedReader(schemas, keyring, decryptor=decryptor, topic=topic,
+                                                registry_url=registry_url))
     codecs.register(name, codec)
     return codec

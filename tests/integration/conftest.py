@@ -46,6 +46,21 @@ def bootstrap() -> Iterator[str]:
     assert proc.wait(30) == 0
 
 
+@pytest.fixture(scope="session")
+def registry_url() -> Iterator[str]:
+    """One Apicurio Registry (in-memory, Confluent API) for the session's schema-evolution tests; tests
+    keep apart by their unique topic names (subjects are `<topic>-value`). Skipped without a JDK."""
+    import shutil
+
+    from gateway.embedded.registry import EmbeddedRegistry
+
+    missing = [tool for tool in ("java", "mvn", "javac") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"the Schema Registry needs {', '.join(missing)}")
+    with EmbeddedRegistry() as registry:
+        yield registry.url
+
+
 def cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin, capture_output=True,
                           timeout=timeout, env=ENV, cwd=REPO)

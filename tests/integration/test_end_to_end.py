@@ -15,6 +15,8 @@ import pytest
 from gateway.deadletter import QuarantineSealer
 from gateway.demo import encode_raw
 from gateway.keys.keyring import Keyring
+from gateway.keys.subject_keys import SubjectKeys
+from gateway.runtime.keytopic import load_subject_keys
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.sanitized import SanitizedDecoder, StoredRecord
 from gateway.schema import avro_bytes
@@ -184,8 +186,10 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_later_events_flow(run: R
 
 def test_dead_letters_are_sealed_and_an_operator_can_unseal_them(run: Run) -> None:
     d = run.deployment
-    key_id, key = Keyring.open(d.keyring, create=False).quarantine_key()
-    sealer = QuarantineSealer(key_id, key)
+    keyring = Keyring.open(d.keyring, create=False)
+    # dead letters whose subject could be read are sealed under its key (format 2): the key topic opens them
+    subject_keys = load_subject_keys({"bootstrap.servers": d.bootstrap}, "privacy.keys", SubjectKeys(keyring))
+    sealer = QuarantineSealer(*keyring.quarantine_key(), subject_keys)
     originals = {offset: value for offset, (_reason, value) in enumerate(run.broken)}
     letters = [orjson.loads(r.value or b"") for r in d.read(d.payments.dlq_topic)]
     unsealed = 0
@@ -196,6 +200,8 @@ def test_dead_letters_are_sealed_and_an_operator_can_unseal_them(run: Run) -> No
         assert sealer.unseal(letter)["value"] == originals[letter["source"]["offset"]]
         unsealed += 1
     assert unsealed == len(run.broken) - 1
+    formats = Counter(letter["sealed"]["format"] for letter in letters if letter["sealed"] is not None)
+    assert formats == {1: len(run.broken) - 4, 2: 3}  # wrong_type, missing_field, field_too_large: JSON with a subject
 
 
 def _bytes(value: Any) -> bytes:

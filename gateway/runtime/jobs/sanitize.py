@@ -35,6 +35,7 @@ from gateway.runtime.changelog import ChangelogFollower
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
 from gateway.runtime.keytopic import KeyTopic
+from gateway.runtime.registry import NewWriterIds, WriterSchemaLookup
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import ensure_topics, partition_counts
 from gateway.runtime.transactional import AssignmentWait, Batch, Output, Source, TransactionalLoop
@@ -54,9 +55,11 @@ class SanitizeHandler:
     at the first held event, so a restart or rewind reads the window again. Then the window goes
     through the pipeline at once and its small classes are withheld."""
 
-    def __init__(self, pipeline: Pipeline, dedup_log: ChangelogFollower | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, dedup_log: ChangelogFollower | None = None,
+                 new_writers: NewWriterIds | None = None) -> None:
         self.pipeline = pipeline
         self.dedup_log = dedup_log  # the duplicate filters follow what every worker commits
+        self.new_writers = new_writers  # registry ids first met are looked up before their batch decodes
         self.next_offsets: dict[Source, int] = {}  # per open partition: where its committed offset goes next
         self.enforced: dict[str, tuple[int, int]] = getattr(pipeline, "enforced_windows", {})
         self.held: dict[Source, list[RawEvent]] = {}
@@ -81,6 +84,8 @@ class SanitizeHandler:
             self.pipeline.apply_dedup_log(self.dedup_log.poll(10_000))
         events = [RawEvent(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers())
                   for m in messages]
+        if self.new_writers is not None:
+            self.new_writers.resolve(events)
         if not self.enforced:
             result = self.pipeline.process(events)
             self._advance(events)
@@ -188,7 +193,9 @@ class Worker:
         if self._pipeline_factory is not None:
             return self._pipeline_factory(audit_partitions)
         subject_keys = None
-        if any(p.per_subject for p in self.plans):
+        # per-subject keys: for fields encrypted per subject, and to seal the dead letters whose subject
+        # can be read under that subject's key (so `gateway forget` erases them too)
+        if any(p.per_subject or p.subject_domain is not None for p in self.plans):
             from gateway.keys.providers import build_kms
 
             kms = self._kms if self._kms is not None else build_kms(self.config, self.keyring)
@@ -203,7 +210,7 @@ class Worker:
         start_process(config, self.health, self.request_stop)
         counts = ensure_topics(self.plans, config)
         self.pipeline = self._build_pipeline(counts[config.audit_topic])
-        self.handler = SanitizeHandler(self.pipeline, self._follow_dedup_log())
+        self.handler = SanitizeHandler(self.pipeline, self._follow_dedup_log(), self._new_writer_ids())
         self.stall = StallMonitor(config, config.group_id, "sanitize", self.health).start()
         consumer = clients.group_consumer(
             config, config.group_id, config.instance_id,
@@ -252,6 +259,12 @@ class Worker:
             self._log_status()
             log.info("worker stopped")
         return 0
+
+    def _new_writer_ids(self) -> NewWriterIds | None:
+        stages = getattr(self.pipeline, "stages", {})
+        if not self.config.schema_registry_url or not any(s.plan.schema_id_from_registry for s in stages.values()):
+            return None
+        return NewWriterIds(list(stages.values()), WriterSchemaLookup(self.config.schema_registry_url))
 
     def _follow_dedup_log(self) -> ChangelogFollower | None:
         """Duplicate detection: the fingerprint log every worker of the group writes, read to its end
@@ -309,6 +322,9 @@ class Worker:
         for key, n in counts.items():
             if key[1] == "leak_suspected":  # (topic, "leak_suspected", field path, entity)
                 metrics.LEAKS.labels(key[0], key[2], key[3]).inc(n)
+                continue
+            if key[1] == "unannotated":  # (topic, "unannotated", field path): a writer field the policy lacks
+                metrics.UNANNOTATED_FIELDS.labels(key[0], key[2]).inc(n)
                 continue
             if key[1] == "quality":  # (topic, "quality", rule, action)
                 metrics.QUALITY_FAILURES.labels(key[0], key[2], key[3]).inc(n)
