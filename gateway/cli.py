@@ -77,6 +77,14 @@ KMS = ("kms_provider", "kms_timeout_s", "aws_kms_key_id", "aws_region", "aws_end
        "vault_token", "vault_transit_key", "vault_mount")
 
 
+def _role_name(value: str) -> str:
+    from gateway.keys.roles import ROLE_NAME_RULE, valid_role
+
+    if not valid_role(value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a role name ({ROLE_NAME_RULE})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Kafka privacy gateway. Settings also come from "
                                      "the environment as GATEWAY_<NAME>; the command line wins.")
@@ -105,11 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, "bootstrap", "quality_topic", "security")
 
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
-    p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain")
+    p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain and, with "
+                                     "kms_provider=local, every role the policies name")
+    p.add_argument("--role", dest="roles", action="append", type=_role_name, default=None, metavar="ROLE",
+                   help="also create a key for this role (repeatable)")
     add_settings(p, "keyring", "schemas")
-    p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain), made active")
+    p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain, role key version "
+                                       "with --role), made active")
     p.add_argument("--token-domain", dest="token_domain", help="rotate this token domain's HMAC key instead")
-    add_settings(p, "keyring", *KMS)
+    p.add_argument("--role", type=_role_name, default=None, help="rotate this role's key instead (the keyring's, or "
+                                                                  "its KMS key of role_kms_keys)")
+    add_settings(p, "keyring", *KMS, "role_kms_keys")
+    p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers",
+                        description="The file (mode 0600) holds every version of the role's key and nothing else: "
+                                    "no KEK, token key or quarantine key. Its holder opens the fields readable by "
+                                    "that role (gateway decrypt --role ROLE --keyring FILE) and no others. Export "
+                                    "again after gateway keys rotate --role ROLE.")
+    p.add_argument("--role", required=True, type=_role_name, help="the role whose key to export")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the keyring file to write")
+    add_settings(p, "keyring", "kms_provider")
     p = keys.add_parser("retire", help="delete an old local KEK (ciphertexts wrapped only under it become unreadable)")
     p.add_argument("kek_id", help="the KEK version to delete (gateway keys rotate printed it)")
     p.add_argument("--yes", action="store_true", help="confirm: the deletion cannot be undone")
@@ -117,16 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
     add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
 
-    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it")
-    p.add_argument("subject", help="the subject's identifier as producers send it (never stored)")
-    p.add_argument("--domain", required=True, help="token domain of the subject field")
-    p.add_argument("--normalizer", default=None,
-                   help="normalizer of the domain (email, phone:GB, trim, casefold), instead of reading the schemas")
+    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it",
+                       description="The identifier is read from stdin (or --file), so it stays out of shell history.")
+    p.add_argument("subject", nargs="?", default=None,
+                   help="deprecated: the identifier on the command line (it stays in shell history); pipe it on stdin")
+    _identifier_options(p)
     add_settings(p, "bootstrap", "keyring", "schemas", "key_topic", "audit_topic", "security")
+
+    consent = sub.add_parser("consent", help="grant, revoke or show a subject's consent to a purpose").add_subparsers(
+        dest="consent_cmd", required=True)
+    for name, what in (("grant", "grant"), ("revoke", "revoke")):
+        p = consent.add_parser(name, help=f"{what} a subject's consent to a purpose (queued on consent_input_topic; "
+                                          "the worker stores it under the subject's token and audits it)",
+                               description="The identifier is read from stdin (or --file), never from the command "
+                                           "line.")
+        p.add_argument("--purpose", required=True, help="a purpose with basis consent in the policies")
+        p.add_argument("--at", default=None, help="when the change takes effect: ISO 8601 (2026-12-01T10:00:00Z) or "
+                                                  "epoch milliseconds (default: now)")
+        _identifier_options(p)
+        add_settings(p, "bootstrap", "schemas", "consent_input_topic", "security")
+    p = consent.add_parser("show", help="a subject's consent history per purpose (read from the consent topic)",
+                           description="The identifier is read from stdin (or --file); the subject is shown as its "
+                                       "token.")
+    _identifier_options(p)
+    add_settings(p, "bootstrap", "keyring", "schemas", "consent_topic", "security")
 
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
     p.add_argument("--topic", help="sanitized topic the records came from (needed with several policies)")
-    add_settings(p, "keyring", "schemas", "bootstrap", "key_topic", *KMS, "security")
+    p.add_argument("--role", type=_role_name, default=None,
+                   help="open the role-scoped fields (format v3) readable by this role, with its key only; others "
+                        "are reported not_permitted")
+    add_settings(p, "keyring", "schemas", "bootstrap", "key_topic", *KMS, "role_kms_keys", "security")
 
     dlq = sub.add_parser("dlq", help="dead-letter tools").add_subparsers(dest="dlq_cmd", required=True)
     p = dlq.add_parser("unseal", help="open sealed dead letters from stdin (JSON lines, as `gateway dump` prints a "
@@ -213,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt, "dlq": cmd_dlq,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
-                   "forget": cmd_forget, "aggregate": cmd_aggregate, "budget": cmd_budget, "quality": cmd_quality,
+                   "forget": cmd_forget, "consent": cmd_consent,
+                   "aggregate": cmd_aggregate, "budget": cmd_budget, "quality": cmd_quality,
                    "report": cmd_report,
                    "produce-samples": cmd_produce_samples, "scan": cmd_scan}[args.command]
         return handler(args)
@@ -395,11 +439,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.policy import load_plans
 
+    if args.keys_cmd in ("rotate", "export") and getattr(args, "role", None):
+        from gateway.keys.roles import cmd_export_role, cmd_rotate_role
+
+        if getattr(args, "token_domain", None):
+            raise GatewayError("--role and --token-domain both given: rotate one key at a time")
+        return {"rotate": cmd_rotate_role, "export": cmd_export_role}[args.keys_cmd](args, _config(args))
     if args.keys_cmd in ("rotate", "retire", "rewrap"):
         from gateway.keys.rotation import cmd_retire, cmd_rotate
         from gateway.runtime.keytopic import cmd_rewrap
 
         return {"rotate": cmd_rotate, "retire": cmd_retire, "rewrap": cmd_rewrap}[args.keys_cmd](args, _config(args))
+
+    from gateway.keys.roles import policy_roles
 
     config = GatewayConfig.load({"keyring": args.keyring, "schemas": args.schemas})
     plans = load_plans(config.require_schemas_dir())
@@ -407,9 +459,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     keyring = Keyring.open(config.keyring, create=True)
     domains = {d for p in plans for d in p.token_domains}
     keyring.ensure_token_domains(domains)
+    # with AWS or Vault the policies' roles have KMS keys (role_kms_keys); --role still makes a local one
+    roles = set(args.roles or ()) | (policy_roles(plans) if config.kms_provider == "local" else set())
+    keyring.ensure_roles(roles)
     state = "updated" if existed else "created"
     print(f"keyring {config.keyring} {state}: KEK {keyring.active_key_id()}, token domains "
-          f"{', '.join(sorted(domains)) or '(none)'}")
+          f"{', '.join(sorted(domains)) or '(none)'}, role keys {', '.join(keyring.roles()) or '(none)'}")
     return 0
 
 
@@ -424,19 +479,21 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     config = _config(args)
     plans = load_plans(config.require_schemas_dir())
     decoder = SanitizedDecoder(plans)
-    from gateway.keys.providers import build_kms
+    from gateway.keys.providers import build_kms, build_role_decrypt_kms
 
     # with a remote KMS the keyring is optional (it opens ciphertexts made before the move)
     keyring = (Keyring.open(config.keyring, create=False)
                if config.kms_provider == "local" or config.keyring.exists() else None)
-    kms = build_kms(config, keyring)
+    # as a role with AWS or Vault: that role's key only, unwrap only (its consumer may not wrap)
+    kms = (build_role_decrypt_kms(config, keyring, args.role) if args.role and config.kms_provider != "local"
+           else build_kms(config, keyring))
     subject_keys = None
     if args.bootstrap:
         from gateway.keys.subject_keys import SubjectKeys
         from gateway.runtime.keytopic import load_subject_keys
 
         subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
-    decryptor = FieldDecryptor(kms, subject_keys=subject_keys)
+    decryptor = FieldDecryptor(kms, subject_keys=subject_keys, role=args.role)
     data = sys.stdin.buffer.read()
     failures = 0
     for n, (plan, record) in enumerate(_stdin_records(data, decoder, args.topic), start=1):
@@ -656,6 +713,95 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _identifier_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain", required=True, help="token domain of the subject field")
+    p.add_argument("--file", type=Path, default=None, help="read the identifier from this file (default: stdin)")
+    p.add_argument("--normalizer", default=None,
+                   help="normalizer of the domain (email, phone:GB, trim, casefold), instead of reading the schemas")
+
+
+def _read_identifier(args: argparse.Namespace) -> str:
+    """The subject's identifier from --file or stdin (one line, surrounding newline dropped); never echoed."""
+    if getattr(args, "subject", None):
+        print("warning: an identifier on the command line stays in the shell history; pipe it on stdin instead",
+              file=sys.stderr)
+        return str(args.subject)
+    if args.file is not None:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--file {args.file}: cannot read it ({exc.strerror})") from None
+    else:
+        if sys.stdin.isatty():
+            print("identifier (not echoed to the log; end with Enter):", file=sys.stderr)
+        text = sys.stdin.readline()
+    identifier = text.rstrip("\r\n")
+    if not identifier:
+        raise ConfigError("no identifier: pipe it on stdin or pass --file FILE")
+    return identifier
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    from gateway.policy import load_plans
+
+    config = _config(args)
+    plans = load_plans(config.require_schemas_dir())
+    purposes = {name for p in plans if p.subject_domain == args.domain for name in p.consent_purposes}
+    if not purposes:
+        raise ConfigError(f"no policy in '{config.schemas}' asks consent of subjects in domain '{args.domain}'")
+    if args.consent_cmd == "show":
+        return _consent_show(args, config)
+    if args.purpose not in purposes:
+        raise ConfigError(f"purpose '{args.purpose}' is not a consent purpose of domain '{args.domain}' "
+                          f"(known: {', '.join(sorted(purposes))})")
+    if not config.consent_input_topic:
+        raise ConfigError("setting 'consent_input_topic' (GATEWAY_CONSENT_INPUT_TOPIC): the topic the worker reads "
+                          "consent events from; set it as the worker has it")
+    from gateway.runtime.consent import queue_raw_consent
+
+    at_ms = _epoch_ms(args.at) if args.at else int(time.time() * 1000)
+    # the raw identifier goes where producers put it: the worker tokenizes it before storing
+    queue_raw_consent(config, {"subject": _read_identifier(args), "domain": args.domain, "purpose": args.purpose,
+                               "granted": args.consent_cmd == "grant", "at": at_ms})
+    print(f"consent {args.consent_cmd} for '{args.purpose}' (domain '{args.domain}', effective "
+          f"{_iso(at_ms)}) queued on '{config.consent_input_topic}': the worker stores it under the subject's "
+          "token and audits it")
+    return 0
+
+
+def _consent_show(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.keys.keyring import Keyring
+    from gateway.keys.tokens import DomainTokenizer
+    from gateway.runtime.consent import restore_table
+
+    keyring = Keyring.open(config.keyring, create=False)
+    version, token_keys = keyring.token_keys(args.domain)
+    subject = _normalized_subject(args, config, _read_identifier(args))
+    token = DomainTokenizer(args.domain, version, token_keys[version]).token(subject)
+    table, _ = restore_table(config, create=False)
+    history = table.history(args.domain, token)
+    print(orjson.dumps({"domain": args.domain, "subject": token, "purposes": {
+        purpose: [{"at": _iso(at), "granted": granted} for at, granted in changes]
+        for purpose, changes in history.items()}}, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _epoch_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at '{text}' is neither ISO 8601 nor epoch milliseconds") from None
+    if moment.tzinfo is None:
+        raise ConfigError(f"--at '{text}' has no time zone: add Z or an offset")
+    return int(moment.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).isoformat(timespec="milliseconds")
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.keys.subject_keys import SubjectKeys
@@ -664,7 +810,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
-    subject = _normalized_subject(args, config)
+    subject = _normalized_subject(args, config, _read_identifier(args))
     keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(keyring))
     event = forget_subject(config, subject, args.domain, token_keys, keys)
     print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
@@ -673,7 +819,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
-def _normalized_subject(args: argparse.Namespace, config: GatewayConfig) -> str:
+def _normalized_subject(args: argparse.Namespace, config: GatewayConfig, identifier: str) -> str:
     """The identifier as the gateway tokenized it: through the domain's normalizer (gateway/normalize.py),
     named by --normalizer or found in the policies, so any spelling of it erases the same keys."""
     from gateway import normalize
@@ -693,7 +839,7 @@ def _normalized_subject(args: argparse.Namespace, config: GatewayConfig) -> str:
         norm = normalize.from_spec(spec)
     except ValueError as exc:
         raise ConfigError(f"setting 'normalizer': {exc}") from None
-    return norm(args.subject) if norm is not None else args.subject
+    return norm(identifier) if norm is not None else identifier
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:

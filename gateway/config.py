@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.keys.roles import parse_role_kms_keys
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -121,6 +122,11 @@ class GatewayConfig:
     partitions: int = setting(6, "partitions of the topics the gateway creates when missing (outputs copy their "
                               "source's count)", group="topics")
     create_topics: bool = setting(True, "create missing topics (off: fail naming them)", group="topics")
+    consent_topic: str = setting("privacy.consent", "compacted topic of consent grants and revocations, keyed by "
+                                 "subject token (never the identifier); workers follow it", group="topics")
+    consent_input_topic: str = setting("", "topic of raw consent events ({\"subject\", \"purpose\", \"granted\", "
+                                       "\"at\"}) the worker tokenizes into the consent topic; empty: none",
+                                       group="topics", shown="(none)")
     dlq_retention_days: int = setting(30, "retention of the dead-letter topics the gateway creates (retention.ms): "
                                       "bounds how long sealed originals, and the quarantine key's reach, last",
                                       group="topics")
@@ -170,6 +176,11 @@ class GatewayConfig:
     vault_token: str = setting("", "Vault/OpenBao token", group="keys", secret=True)
     vault_transit_key: str = setting("", "name of the aes256-gcm96 transit key", group="keys")
     vault_mount: str = setting("transit", "the transit engine's mount", group="keys")
+    # role-scoped fields (gateway/keys/roles.py): with kms_provider=local the role keys live in the keyring
+    role_kms_keys: str = setting("", "the KMS key of each role of role-scoped fields, ROLE=KEY[,ROLE=KEY...] "
+                                 "(support=alias/gw-support,fraud=alias/gw-fraud): for aws a key id, ARN or "
+                                 "alias, for vault a transit key under vault_mount. Not used with kms_provider=local "
+                                 "(role keys live in the keyring)", group="keys")
     # Kafka security. Secrets come from the environment only.
     security_protocol: str = setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", group="security",
                                      choices=SECURITY_PROTOCOLS)
@@ -316,8 +327,17 @@ class GatewayConfig:
     def _check_kms(self) -> None:
         self._check(self.kms_provider in {"local", "aws", "vault"}, "kms_provider", "must be local, aws or vault")
         self._check(0 < self.kms_timeout_s <= 60, "kms_timeout_s", "must be in (0, 60] seconds")
+        try:
+            roles = parse_role_kms_keys(self.role_kms_keys)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'role_kms_keys' ({env_name('role_kms_keys')}): {exc}; expected "
+                              "ROLE=KEY[,ROLE=KEY...]") from None
+        self._check(not roles or self.kms_provider != "local", "role_kms_keys",
+                    "is set but kms_provider is local: local role keys live in the keyring (gateway keys init "
+                    "--role R); set kms_provider=aws or vault to use KMS keys per role")
+        # a consumer decrypting as one role (gateway decrypt --role R) needs only its role's key
         if self.kms_provider == "aws":
-            self._check(bool(self.aws_kms_key_id), "aws_kms_key_id",
+            self._check(bool(self.aws_kms_key_id) or bool(roles), "aws_kms_key_id",
                         "is required with kms_provider=aws (key id, ARN or alias/NAME)")
             self._check(not self.aws_endpoint_url or self.aws_endpoint_url.startswith(("http://", "https://")),
                         "aws_endpoint_url", "must start with http:// or https://")
@@ -326,7 +346,7 @@ class GatewayConfig:
                         "is required with kms_provider=vault, as http(s)://HOST:PORT")
             self._check(bool(self.vault_token), "vault_token",
                         "is required with kms_provider=vault; set it in the environment, never on the command line")
-            self._check(bool(self.vault_transit_key), "vault_transit_key",
+            self._check(bool(self.vault_transit_key) or bool(roles), "vault_transit_key",
                         "is required with kms_provider=vault (the name of an aes256-gcm96 transit key)")
             self._check(bool(self.vault_mount.strip("/")), "vault_mount", "must name the transit mount")
 
@@ -350,6 +370,10 @@ class GatewayConfig:
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
         return cls(**values)
+
+    def role_kms_key_map(self) -> dict[str, str]:
+        """`role_kms_keys` as {role: KMS key name} (checked when the settings were made)."""
+        return parse_role_kms_keys(self.role_kms_keys)
 
     def process_count(self) -> int:
         from gateway.cpus import usable_cpus

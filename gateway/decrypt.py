@@ -4,6 +4,10 @@ Works on records decoded with the sanitized schema (Avro) or read from JSON, whe
 fields are base64 strings. Each encrypted field is reported as decrypted or with the reason it
 could not be (tampered, key not held, key erased, not permitted,
 kms unavailable, malformed).
+
+Role-scoped fields (format v3) open only for the role the decryptor was made with
+(`FieldDecryptor(kms, role=R)`); a field whose roles do not include it is reported
+"not_permitted", one whose role key is not held here "key_not_held".
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ LEAKS = Counter("gateway_leak_suspected_total", "Sampled events with PII detecte
                 "(leak sentinel), by source topic, field path and entity type", ["topic", "field", "entity"])
 QUALITY_FAILURES = Counter("gateway_quality_failures_total", "Events failing a data-quality rule, by source topic, "
                            "rule and the rule's action (reject, flag, measure)", ["source_topic", "rule", "action"])
+PURPOSE_EVENTS = Counter("gateway_purpose_events_total", "Sanitized events per purpose view: published (its legal "
+                         "basis allows it) or withheld (no consent in force at the event's time)",
+                         ["topic", "purpose", "outcome"])
 UNANNOTATED_FIELDS = Counter("gateway_unannotated_fields_total", "Sanitized events whose writer schema had a field "
                              "the policy does not annotate (dropped), by source topic and field path",
                              ["topic", "field"])

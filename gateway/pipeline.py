@@ -20,6 +20,7 @@ import orjson
 
 from gateway.audit import ChainHeads, audit_partition, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
+from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
 from gateway.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
 from gateway.errors import GatewayError, RejectedEvent
 from gateway.evolution import UNANNOTATED_ACTION, single_object_header
@@ -30,7 +31,7 @@ from gateway.keys.providers import build_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.outputs import OutRecord
-from gateway.policy import Plan
+from gateway.policy import Plan, Purpose
 from gateway.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
 from gateway.quality.gate import QualityGate
 from gateway.schema import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent, json_bytes
@@ -139,6 +140,7 @@ class TopicStage:
         }
         self._output = None if plan.output == "same" else plan.output
         self._writer_schema = plan.sanitized_parsed
+        self.views: list[PurposeView] = []  # the plan's purposes (set by the pipeline)
         framed = plan.sanitized_schema_id is not None and plan.sanitized_schema_id < 2**32
         self._confluent_header = frame_confluent(plan.sanitized_schema_id, b"") if framed else None
         self._single_object_header = single_object_header(plan.sanitized_schema)
@@ -189,12 +191,51 @@ class TopicStage:
             return json_bytes(record), "json"
         buffer = io.BytesIO()
         if encoding == "confluent":
-            assert self._confluent_header is not None  # guaranteed by policy compilation
-            buffer.write(self._confluent_header)
+            if self._confluent_header is None:  # a purpose's view has no registry id: bare Avro
+                encoding = "avro"
+            else:
+                buffer.write(self._confluent_header)
         elif encoding == "single_object":
             buffer.write(self._single_object_header)
         fastavro.schemaless_writer(buffer, self._writer_schema, record)
         return buffer.getvalue(), encoding
+
+
+class PurposeView(NamedTuple):
+    """A purpose of a plan and the stage that sanitizes and encodes its view."""
+
+    purpose: Purpose
+    stage: TopicStage
+
+
+class ConsentIntake:
+    """Raw consent events (the consent input topic) become consent changes under the subject's token,
+    tokenized with the subject's domain and normalizer as the events of its policies are."""
+
+    def __init__(self, config: GatewayConfig, stages: dict[str, TopicStage]) -> None:
+        self.topic = config.consent_input_topic
+        self.consent_topic = config.consent_topic
+        self.dlq_topic = f"{self.topic}.dlq"
+        self.tokens: dict[str, Any] = {}  # domain -> the subject's token function
+        self.purposes: dict[str, set[str]] = {}  # domain -> its consent purposes
+        for stage in stages.values():
+            plan = stage.plan
+            if plan.consent_purposes and plan.subject_domain is not None:
+                self.tokens.setdefault(plan.subject_domain, stage.sanitizer.subject_token)
+                self.purposes.setdefault(plan.subject_domain, set()).update(plan.consent_purposes)
+        self.default_domain = next(iter(self.purposes)) if len(self.purposes) == 1 else None
+        self.audit_output = orjson.Fragment(canonical({"topic": self.consent_topic}))
+        self.audit_dlq_output = orjson.Fragment(canonical({"topic": self.dlq_topic}))
+
+    def change(self, event: RawEvent) -> ConsentChange:
+        """The stored change of one raw consent event; raises ConsentEventError (never with a value)."""
+        raw = parse_raw_consent(event.value, event.timestamp_ms, self.purposes, self.default_domain)
+        try:
+            token = self.tokens[raw.domain](raw.subject)
+        except RejectedEvent as exc:
+            raise ConsentEventError(exc.reason, exc.message) from None
+        where = source_ref(event.topic, event.partition, event.offset).decode()
+        return ConsentChange(raw.domain, token, raw.purpose, raw.at_ms, raw.granted, where)
 
 
 class Pipeline:
@@ -207,16 +248,17 @@ class Pipeline:
         self.audit_topic = config.audit_topic
         self.audit_partitions = audit_partitions
         self.instance = config.instance_id
-        keyring.ensure_token_domains({d for p in plans for d in p.token_domains})
+        views = [purpose.plan for p in plans for purpose in p.purposes]  # each purpose's view is a plan too
+        keyring.ensure_token_domains({d for p in (*plans, *views) for d in p.token_domains})
         tokenizers: dict[str, DomainTokenizer] = {}
-        for domain in sorted({d for p in plans for d in p.token_domains}):
+        for domain in sorted({d for p in (*plans, *views) for d in p.token_domains}):
             version, keys = keyring.token_keys(domain)
             tokenizers[domain] = DomainTokenizer(domain, version, keys[version])
         # the configured KMS (checked now: a wrong or unreachable one fails start-up, never falls back)
         self.kms = kms if kms is not None else build_kms(config, keyring)
         self.dek_cache = DekCache(self.kms, config.dek_max_age_s, config.dek_max_uses)
         # per-subject keys (crypto-shredding): the sanitize job keeps them in step with the key topic
-        if subject_keys is None and any(p.per_subject for p in plans):
+        if subject_keys is None and any(p.per_subject for p in (*plans, *views)):
             raise GatewayError("a policy encrypts per subject: the pipeline needs the subject keys "
                                "(gateway.runtime.keytopic follows the key topic into them)")
         self.subject_keys = subject_keys
@@ -230,6 +272,13 @@ class Pipeline:
                                   config, dedup_key)
                        for p in plans}
         self.has_quality = any(s.quality is not None for s in self.stages.values())  # fixed: checked per batch
+        for stage in self.stages.values():
+            stage.views = [PurposeView(purpose, TopicStage(purpose.plan, RecordSanitizer(
+                purpose.plan, tokenizers, self.dek_cache, config.max_field_bytes, self.subject_keys), config))
+                for purpose in stage.plan.purposes]
+        # consent: the table the runtime keeps in step with the consent topic (None: nobody has consented)
+        self.consent: ConsentTable | None = None
+        self.consent_intake = ConsentIntake(config, self.stages) if config.consent_input_topic else None
         self.quality_topic = config.quality_topic
         self.dedup_topic = dedup_topic(config)
         quarantine_id, quarantine_key = keyring.quarantine_key()
@@ -256,7 +305,12 @@ class Pipeline:
 
     @property
     def source_topics(self) -> list[str]:
-        return list(self.stages)
+        intake = [self.consent_intake.topic] if self.consent_intake is not None else []
+        return [*self.stages, *intake]
+
+    @property
+    def asks_consent(self) -> bool:
+        return any(s.plan.consent_purposes for s in self.stages.values())
 
     def resume_chain(self, topic: str, partition: int, head: str | None, fresh: bool) -> None:
         """Continue a source partition's audit chain from `head` (committed with its offset). No head:
@@ -270,16 +324,21 @@ class Pipeline:
         return self.chains.heads.get(chain_key(topic, partition))
 
     # ---- quality state per partition ------------------------------------------------------------
+    def _quality_of(self, topic: str) -> QualityGate | None:
+        """The source's quality gate (None: no quality rules, or the consent input topic)."""
+        stage = self.stages.get(topic)
+        return stage.quality if stage is not None else None
+
     def resume_quality(self, topic: str, partition: int, committed: Any) -> None:
         """Continue the partition's quality window from the counters committed with its offset."""
-        quality = self.stages[topic].quality
+        quality = self._quality_of(topic)
         if quality is not None:
             quality.open(partition, committed, int(time.time() * 1000))
 
     def forget_quality(self, sources: Sequence[tuple[str, int]]) -> None:
         """Partitions closed (revoked, or rewound after an abort): their windows and unconfirmed ids go."""
         for topic, partition in sources:
-            quality = self.stages[topic].quality
+            quality = self._quality_of(topic)
             if quality is not None:
                 quality.close(partition)
                 if quality.dedup is not None:
@@ -291,7 +350,7 @@ class Pipeline:
         head = self.chains.heads.get(chain_key(topic, partition))
         if head is not None:
             body["audit_head"] = head
-        quality = self.stages[topic].quality
+        quality = self._quality_of(topic)
         if quality is not None:
             counters = quality.metadata(partition)
             if counters is not None:
@@ -329,7 +388,7 @@ class Pipeline:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         out: list[OutRecord] = []
         for topic, partition in sources:
-            quality = self.stages[topic].quality
+            quality = self._quality_of(topic)
             if quality is None or partition not in quality.partitions:
                 continue
             if force or now_ms >= quality.partitions[partition].window.start_ms + quality.spec.window_ms:
@@ -356,9 +415,13 @@ class Pipeline:
         if withhold_since_ms is not None:
             for topic, partition in {(e.topic, e.partition) for e in events}:
                 self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
+        intake = self.consent_intake
         for event in events:
-            stage = self.stages[event.topic]
             chain = audit_chains.get((event.topic, event.partition)) or self._audit_chain(event.topic, event.partition)
+            if intake is not None and event.topic == intake.topic:
+                self._consent_event(intake, event, chain, now_ms, out, counts)
+                continue
+            stage = self.stages[event.topic]
             audit: dict[str, Any] = {
                 "type": "event",
                 "chain": chain.key,
@@ -384,6 +447,8 @@ class Pipeline:
                         self._quality_failed(quality, event.topic, failed, reject, audit, counts)
                 value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
                                                            event.timestamp_ms)
+                views = self._purpose_outputs(stage, record, encoding, event, result, audit, counts) \
+                    if stage.views else None
                 sentinel = stage.sentinel
                 if sentinel.active and sentinel.sampled():
                     self._check_leaks(sentinel, event.topic, result, audit, counts)
@@ -419,9 +484,14 @@ class Pipeline:
                             ids[1].append(fp)
                 # the input's timestamp carries over (as Kafka Streams does), so event time survives
                 output = OutRecord(stage.plan.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
+                if views:  # the purposes' views of the event, published with it (same key, time, source)
+                    out += [OutRecord(topic, key, data, [*vheaders, source], None, max(event.timestamp_ms, 0))
+                            for topic, data, vheaders in views]
                 key_ids = list(stage.sanitizer.token_key_ids)
                 if result.dek_key_id:
                     key_ids.append(result.dek_key_id)
+                if result.other_key_ids:  # per-subject and role keys, each named once
+                    key_ids += sorted(result.other_key_ids)
                 event_id_field = stage.plan.event_id_field
                 if event_id_field and result.record.get(event_id_field) is not None:
                     audit["event"]["event_id"] = result.record[event_id_field]
@@ -451,6 +521,69 @@ class Pipeline:
             out += self.roll_windows({(e.topic, e.partition) for e in events}, now_ms,
                                      force=withhold_since_ms is not None)
         return BatchResult(out, counts)
+
+    def _purpose_outputs(self, stage: TopicStage, record: dict[str, Any], encoding: str, event: RawEvent,
+                         result: SanitizeResult, audit: dict[str, Any], counts: Counter[tuple[str, ...]]
+                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
+        """Each purpose's view of a sanitized event, where its legal basis allows it: a consent purpose
+        only while the subject's consent is in force at the event's time. The audit event says, per
+        purpose, `published:<basis>` or `withheld:no_consent:<purpose>`. Raises RejectedEvent (a view
+        that cannot be made dead-letters the whole event: one outcome per event)."""
+        decisions: dict[str, str] = {}
+        outputs = []
+        for view in stage.views:
+            purpose = view.purpose
+            if purpose.needs_consent and not self._consented(stage.plan.subject_domain, result.subject,
+                                                             purpose.name, event.timestamp_ms):
+                decisions[purpose.name] = f"withheld:no_consent:{purpose.name}"
+                counts[(event.topic, "purpose", purpose.name, "withheld")] += 1
+                continue
+            data, view_encoding, _ = view.stage.finish(record, encoding, self.max_output_bytes, event.timestamp_ms)
+            outputs.append((purpose.topic, data, view.stage.headers[view_encoding]))
+            decisions[purpose.name] = f"published:{purpose.basis}"
+            counts[(event.topic, "purpose", purpose.name, "published")] += 1
+        audit["purposes"] = decisions
+        return outputs
+
+    def _consent_event(self, intake: ConsentIntake, event: RawEvent, chain: AuditChain, now_ms: int,
+                       out: list[OutRecord], counts: Counter[tuple[str, ...]]) -> None:
+        """A raw consent event: its change stored on the consent topic under the subject's token, or
+        dead-lettered (sealed) with its reason; audited either way, in the batch's transaction."""
+        audit: dict[str, Any] = {
+            "type": "consent", "chain": chain.key,
+            "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                      "timestamp": event.timestamp_ms},
+            "instance": self.instance, "time": now_ms,
+        }
+        try:
+            change = intake.change(event)
+        except ConsentEventError as exc:
+            source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
+            body = {"reason": exc.reason, "message": str(exc), "schema": "consent",
+                    "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                               "timestamp": event.timestamp_ms},
+                    "sealed": self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key,
+                                               event.headers) if len(event.value or b"") <= self.config.max_record_bytes
+                    else None,
+                    "instance": self.instance, "time": now_ms}
+            out.append(OutRecord(intake.dlq_topic, None, orjson.dumps(body),
+                                 [("gateway-reason", exc.reason.encode()), source]))
+            audit["outcome"] = outcome = f"rejected:{exc.reason}"
+            audit["output"] = intake.audit_dlq_output
+            audit["key_ids"] = self._dead_letter_key_ids
+        else:
+            out.append(OutRecord(intake.consent_topic, change.key(), change.value()))
+            audit["outcome"] = outcome = "consent:granted" if change.granted else "consent:revoked"
+            audit["consent"] = {"domain": change.domain, "subject": change.token, "purpose": change.purpose,
+                                "at": change.at_ms}
+            audit["output"] = intake.audit_output
+        counts[(event.topic, outcome)] += 1
+        out.append(self._audit_record(audit, chain))
+
+    def _consented(self, domain: str | None, token: str, purpose: str, at_ms: int) -> bool:
+        table = self.consent
+        return table is not None and domain is not None and bool(token) and table.in_force(domain, token, purpose,
+                                                                                             at_ms)
 
     def _withhold_small_classes(self, held: list[Held], counts: Counter[tuple[str, ...]],
                                 new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord]) -> None:

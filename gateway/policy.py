@@ -26,6 +26,7 @@ import orjson
 from fastavro.schema import expand_schema
 
 from gateway import operators
+from gateway.consent.purposes import PurposeSpec, parse_purposes
 from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.evolution import WriterSchema, fingerprint, resolve_writer
@@ -42,7 +43,7 @@ from gateway.schema import (
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas"}
+                   "writer_schemas", "purposes"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -130,10 +131,40 @@ class Plan:
     # fingerprint and by Confluent schema id (from "writer_schemas", and from the registry at start-up)
     writers_by_fingerprint: dict[bytes, WriterSchema] = field(default_factory=dict)
     writers_by_id: dict[int, WriterSchema] = field(default_factory=dict)
+    # purposes (gateway/consent/): each a view compiled as a plan of its own, published to its topic
+    purposes: tuple[Purpose, ...] = field(default=())
+
+    @property
+    def consent_purposes(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.purposes if p.needs_consent)
 
     @property
     def name(self) -> str:
         return self.schema.fullname
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """A compiled purpose: its declaration and the plan of its view (topic, fields, sanitized schema)."""
+
+    spec: PurposeSpec
+    plan: Plan
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def topic(self) -> str:
+        return self.spec.topic
+
+    @property
+    def basis(self) -> str:
+        return self.spec.basis
+
+    @property
+    def needs_consent(self) -> bool:
+        return self.spec.needs_consent
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -143,7 +174,8 @@ def policy_hash(raw_schema: dict[str, Any]) -> str:
 
 # ---- compiler --------------------------------------------------------------------------------
 class _Compiler:
-    def __init__(self, schema: SchemaFile) -> None:
+    def __init__(self, schema: SchemaFile, view: str = "sanitized") -> None:
+        self.view = view  # the namespace part of derived record names: "sanitized", or a purpose's name
         self.schema = schema
         self.label = str(schema.path)
         self.problems: list[Problem] = []
@@ -169,7 +201,7 @@ class _Compiler:
         """Compile a record at `path`. A named type used twice gets a plan per use (its field paths
         bind ciphertexts), but is defined once in the sanitized schema and referenced after."""
         fullname = node["name"]
-        new_name = _sanitized_name(fullname)
+        new_name = _sanitized_name(fullname, self.view)
         if fullname in self.in_progress:
             self.error(path.rstrip(".") or "(record)", f"recursive record type '{fullname}' is not supported")
             return RecordPlan(fullname, (), ()), new_name
@@ -316,9 +348,9 @@ class _Compiler:
         return known[action], options
 
 
-def _sanitized_name(fullname: str) -> str:
+def _sanitized_name(fullname: str, view: str = "sanitized") -> str:
     namespace, _, name = fullname.rpartition(".")
-    return f"{namespace}.sanitized.{name}" if namespace else f"sanitized.{name}"
+    return f"{namespace}.{view}.{name}" if namespace else f"{view}.{name}"
 
 
 def _split_nullable(ftype: Any) -> tuple[bool, Any]:
@@ -362,8 +394,8 @@ def compile_plan(schema: SchemaFile) -> Plan:
     return plan
 
 
-def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
-    c = _Compiler(schema)
+def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, list[Problem]]:
+    c = _Compiler(schema, view)
     settings = schema.privacy
     if settings is None:
         c.error("(record)", "no record-level \"privacy\" block: add at least {\"sanitized_topic\": ...}")
@@ -418,6 +450,7 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
                             "to 'avro' or 'json')")
 
     by_fingerprint, by_id = _writer_schemas(schema, settings.get("writer_schemas"), c.error)
+    purpose_specs = parse_purposes(settings.get("purposes"), c.error)
     record_plan, sanitized = c.record(schema.parsed, "")
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
 
@@ -475,6 +508,11 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
             c.error("(record)", f"domain '{domain}' is used for " + " and for ".join(
                 f"{use} ({path})" for use, path in uses.items()) + ": a published output of one use could "
                 "reveal the other's secret values (a shift_date offset from a token); give each its own domain")
+    if purpose_specs and quality is not None and quality.risk is not None and quality.risk.mode == "enforce":
+        c.error("(record)", "purposes cannot be combined with an enforced re-identification risk measure yet: the "
+                            "held window withholds the sanitized records only; set the risk's mode to measure")
+    purposes = _compile_purposes(schema, purpose_specs, subject, subject_tokenized, output, input_mode,
+                                 event_id, (source_topic, sanitized_topic), c.error)
     if any(p.severity == "error" for p in c.problems):
         return None, c.problems
     try:
@@ -496,9 +534,58 @@ def _compile(schema: SchemaFile) -> tuple[Plan | None, list[Problem]]:
         leak_sentinel=leak_sentinel, quality=quality, schema_id_from_registry=schema_id_from_registry,
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
-        writers_by_fingerprint=by_fingerprint, writers_by_id=by_id,
+        writers_by_fingerprint=by_fingerprint, writers_by_id=by_id, purposes=purposes,
     )
     return plan, c.problems
+
+
+def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str | None, subject_tokenized: bool,
+                      output: str, input_mode: str, event_id: str | None, taken: tuple[str, str],
+                      error: Any) -> tuple[Purpose, ...]:
+    """Each purpose's view compiled as a plan of its own: the raw schema with the view's actions on
+    its top-level fields (the others dropped) and the record settings that shape outputs."""
+    out: list[Purpose] = []
+    topics = set(taken)
+    names = {f["name"] for f in schema.raw["fields"]}
+    for spec in specs:
+        where = f"purpose '{spec.name}'"
+        if spec.topic in topics or not _TOPIC_RE.match(spec.topic):
+            error("(record)", f"{where}: topic '{spec.topic}' is not a valid topic name of its own (it must differ "
+                              "from the source, sanitized and other purposes' topics)")
+            continue
+        topics.add(spec.topic)
+        unknown = sorted(set(spec.fields) - names)
+        if unknown:
+            error("(record)", f"{where}: no top-level field {', '.join(unknown)} in the schema")
+            continue
+        if spec.needs_consent and not subject_tokenized:
+            error("(record)", f"{where}: basis consent needs a tokenized subject (\"subject\" in the privacy "
+                              "settings, annotated {\"tokenize\": {\"domain\": D}}): consent is kept per subject token")
+            continue
+        if subject is not None and subject not in spec.fields:
+            error("(record)", f"{where}: the view must hold the subject field '{subject}' (it keys the records and "
+                              "binds their ciphertexts); tokenize it")
+            continue
+        raw = {k: v for k, v in schema.raw.items() if k != "privacy"}
+        raw["fields"] = [{**{k: v for k, v in f.items() if k not in ("privacy", "quality")},
+                          "privacy": spec.fields.get(f["name"], "drop")} for f in schema.raw["fields"]]
+        framed = output == "confluent" or (output == "same" and input_mode == "confluent")
+        view_output = spec.output or ("avro" if framed else output)  # a view has no registry id of its own
+        view_event_id = event_id if event_id in spec.fields else None
+        raw["privacy"] = {k: v for k, v in (("subject", subject), ("event_id", view_event_id)) if v is not None}
+        raw["privacy"].update(source_topic=taken[0], sanitized_topic=spec.topic, input=input_mode, output=view_output)
+        try:
+            view_schema = SchemaFile(schema.path, raw, fastavro.parse_schema(raw))
+        except Exception as exc:  # fastavro raises several types
+            error("(record)", f"{where}: its view is not a valid schema ({type(exc).__name__})")
+            continue
+        plan, problems = _compile(view_schema, view=spec.name)
+        for problem in problems:
+            if problem.severity == "error":
+                error(problem.where, f"{where}: {problem.message}")
+        if plan is not None:
+            out.append(Purpose(spec, plan))
+    return tuple(out)
 
 
 def _writer_schemas(schema: SchemaFile, declared: Any, error: Any) -> tuple[dict[bytes, WriterSchema],

@@ -22,9 +22,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import RejectedEvent
+from gateway.errors import GatewayError, KeyringError, RejectedEvent
 from gateway.keys.envelope import DataKey, DekCache
-from gateway.keys.errors import KmsUnavailable
+from gateway.keys.errors import KmsConfigError, KmsUnavailable
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.operators.base import CALL, CHECK_STR, StepFn
@@ -37,19 +37,28 @@ class SanitizeResult:
     """The sanitized record, its subject and the DEK used; also the per-event state the field
     operators share while the record is built (one object per event)."""
 
-    __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "dek", "subject_aad", "entities")
+    __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "other_key_ids", "dek", "subject_aad",
+                 "entities")
 
     def __init__(self, subject: str, timestamp_ms: int = 0) -> None:
         self.record: dict[str, Any] = {}
         self.subject = subject  # the subject as it appears in the sanitized record ("" if none)
         self.timestamp_ms = timestamp_ms  # the event's time (its Kafka timestamp)
-        self.dek_key_id: str | None = None  # DEK used, if any field was encrypted
+        self.dek_key_id: str | None = None  # the shared (format v1) DEK used, if any field was encrypted
+        self.other_key_ids: set[str] | None = None  # per-subject (v2) and role (v3) keys, for the audit
         self.dek: DataKey | None = None  # the shared DEK this event encrypts under
         self.subject_aad: bytes | None = None  # the subject's part of the associated data
         self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
 
     def __repr__(self) -> str:
         return f"<SanitizeResult subject={self.subject!r} dek={self.dek_key_id!r} fields={len(self.record)}>"
+
+    def add_key_id(self, key_id: str) -> None:
+        """A per-subject or role key this event's fields were encrypted under (the audit names every one)."""
+        if self.other_key_ids is None:
+            self.other_key_ids = {key_id}
+        else:
+            self.other_key_ids.add(key_id)
 
 
 class RecordSanitizer:
@@ -76,6 +85,12 @@ class RecordSanitizer:
             subject_plan = next(f for f in plan.record.fields if f.name == plan.subject_field)
             self._subject_value = subject_plan.operator.subject_value(subject_plan, self)
         self._record: RecordFn = self.compile_record(plan.record)
+
+    def subject_token(self, value: Any) -> str:
+        """The subject as its sanitized records carry it (the token, through the domain's normalizer)."""
+        if self._subject_value is None:
+            raise GatewayError(f"{self.plan.name} names no subject")
+        return self._subject_value(value)
 
     def sanitize(self, record: dict[str, Any], timestamp_ms: int = 0) -> SanitizeResult:
         subject = ""
@@ -174,6 +189,22 @@ class RecordSanitizer:
 
     def current_dek(self, path: str) -> Callable[[], DataKey]:
         deks = self._deks
+
+        def current() -> DataKey:
+            try:
+                return deks.current()
+            except KmsUnavailable as exc:  # dead-letter (sealed, replayable): never publish without encryption
+                raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
+
+        return current
+
+    def role_dek(self, path: str, roles: tuple[str, ...]) -> Callable[[], DataKey]:
+        """The current DEK of a role-scoped field (format v3): one cache per role set, shared with every
+        plan's fields naming the same roles. A role without a key fails start-up here, naming the field."""
+        try:
+            deks = self._deks.for_roles(roles)
+        except (KmsConfigError, KeyringError) as exc:
+            raise type(exc)(f"schema '{self.plan.name}', field '{path}' (roles {', '.join(roles)}): {exc}") from None
 
         def current() -> DataKey:
             try:

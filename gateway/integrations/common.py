@@ -91,7 +91,8 @@ class SanitizedReader:
 
     Keys, optional: `keyring` (the local keyring file the key holder gave this consumer), or a
     `decryptor` built by the caller (`FieldDecryptor` over a remote KMS the consumer's role may use,
-    with per-subject keys read from the key topic).
+    with per-subject keys read from the key topic). `role` (with `keyring`): the role whose
+    role-scoped fields (format v3) to open, e.g. with a keyring from `gateway keys export --role R`.
     Without either, encrypted fields stay closed and are reported `key_not_held`. `topic` names the
     sanitized topic for records that arrive without headers when `schemas` holds several policies.
 
@@ -103,9 +104,12 @@ class SanitizedReader:
 
     def __init__(self, schemas: str | Path, keyring: str | Path | None = None, *,
                  decryptor: FieldDecryptor | None = None, topic: str | None = None,
-                 registry_url: str | None = None, writer_schemas: WriterSchemas | None = None) -> None:
+                 registry_url: str | None = None, writer_schemas: WriterSchemas | None = None,
+                 role: str | None = None) -> None:
         if keyring is not None and decryptor is not None:
             raise ValueError("give a keyring or a decryptor, not both")
+        if role is not None and keyring is None:
+            raise ValueError("role goes with keyring (a decryptor carries its own: FieldDecryptor(kms, role=R))")
         if registry_url and writer_schemas is not None:
             raise ValueError("give a registry_url or a writer_schemas lookup, not both")
         self.plans = load_plans(Path(schemas))
@@ -115,7 +119,7 @@ class SanitizedReader:
             writer_schemas = WriterSchemaLookup(registry_url)
         self.decoder = SanitizedDecoder(self.plans, writer_schemas)
         if keyring is not None:
-            decryptor = FieldDecryptor(Keyring.open(Path(keyring), create=False))
+            decryptor = FieldDecryptor(Keyring.open(Path(keyring), create=False), role=role)  # role: format v3
         self.decryptor: FieldDecryptor = decryptor or _NoKeys()
         self.topic = topic
 

@@ -8,6 +8,10 @@ Key rotation is AWS's own (automatic or on demand): the ARN stays, old ciphertex
 
 Credentials come from the standard AWS chain (environment, profile, instance or pod role), never
 from gateway settings.
+
+Role keys (``role_kms_keys``) are AwsKms instances too, one per role; `setting` names the setting
+their start-up errors point at. A consumer decrypting as a role needs only ``kms:Decrypt`` on its
+role's key: unwrap names the key by the ARN in the ciphertext and makes no other call.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ class AwsKms:
 
     name = "aws"
 
-    def __init__(self, key_id: str, region: str = "", endpoint_url: str = "", timeout_s: float = 5.0) -> None:
+    def __init__(self, key_id: str, region: str = "", endpoint_url: str = "", timeout_s: float = 5.0,
+                 setting: str = "aws_kms_key_id") -> None:
         try:
             import boto3
             from botocore.config import Config
@@ -43,6 +48,7 @@ class AwsKms:
             raise KmsConfigError("KMS provider 'aws' (setting kms_provider, GATEWAY_KMS_PROVIDER) needs boto3: "
                                  "pip install boto3") from None
         self._key_id = key_id
+        self._setting = setting  # what start-up errors name: aws_kms_key_id, or role_kms_keys for a role's key
         self._endpoint = endpoint_url or "the AWS default endpoint"
         self._arn: str | None = None
         config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
@@ -73,16 +79,16 @@ class AwsKms:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
             if code == "NotFoundException":
-                raise KmsConfigError(f"{where}: key '{self._key_id}' not found: check setting aws_kms_key_id "
-                                     "(GATEWAY_AWS_KMS_KEY_ID) and aws_region (GATEWAY_AWS_REGION)") from None
-            raise KmsConfigError(f"{where}: cannot use key '{self._key_id}' (setting aws_kms_key_id, "
-                                 f"GATEWAY_AWS_KMS_KEY_ID): {code}") from None
+                raise KmsConfigError(f"{where}: key '{self._key_id}' not found: check setting {self._setting} "
+                                     f"({_env(self._setting)}) and aws_region (GATEWAY_AWS_REGION)") from None
+            raise KmsConfigError(f"{where}: cannot use key '{self._key_id}' (setting {self._setting}, "
+                                 f"{_env(self._setting)}): {code}") from None
         except BotoCoreError as exc:
             raise KmsConfigError(f"{where} is unreachable ({type(exc).__name__}): check setting aws_endpoint_url "
                                  "(GATEWAY_AWS_ENDPOINT_URL) and aws_region (GATEWAY_AWS_REGION)") from None
         # (the wrap/unwrap probe in providers.py is the real proof; KeyUsage may be absent from emulators)
         if meta.get("KeyState") != "Enabled" or meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":
-            raise KmsConfigError(f"{where}: key '{self._key_id}' (setting aws_kms_key_id) is "
+            raise KmsConfigError(f"{where}: key '{self._key_id}' (setting {self._setting}) is "
                                  f"{meta.get('KeyState')} with usage {meta.get('KeyUsage')}; it must be an "
                                  "enabled ENCRYPT_DECRYPT key")
         self._arn = meta["Arn"]
@@ -126,6 +132,10 @@ class AwsKms:
         except Exception as exc:
             raise _translate(exc, "rotate", kek_id) from None
         return f"{kek_id} (new key material inside AWS KMS)"
+
+
+def _env(setting: str) -> str:
+    return "GATEWAY_" + setting.upper()
 
 
 def _context(context: bytes) -> dict[str, str]:

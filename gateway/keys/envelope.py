@@ -9,6 +9,16 @@ stored wrapped in the key topic only, so erasing it there (``gateway forget``) s
 
     0x02 | u8 len | token domain | dek_id (16 bytes) | nonce (12) | ciphertext+tag
 
+Format v3, role-scoped (``"encrypt": {"roles": ["fraud", "support"]}``): one DEK wrapped under each
+listed role's KEK, so only a holder of one of those KEKs can unwrap it (gateway.keys.roles)::
+
+    0x03 | dek_id (16 bytes) | u8 count | count x (u8 len | role | u8 len | kek_id | u16 len | wrapped DEK)
+         | nonce (12) | ciphertext+tag
+
+Roles are sorted and unique. Each wrap is bound to its role and the DEK id (the KMS's encryption
+context or associated data), so an entry cannot be relabelled for another role even where two
+roles share a KMS key; the header, role list included, is part of the associated data.
+
 The wrapped DEK travels with the ciphertext (as Kroxylicious does per record), so a holder of
 the KEK can decrypt offline. The associated data is the header plus the context (topic, field
 path, subject), each length-prefixed: a ciphertext moved to another field, record subject or
@@ -31,15 +41,19 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import DecryptError, GatewayError
-from gateway.keys.errors import KmsError, KmsUnavailable
+from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
+from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 
 FORMAT_V1 = 1
 FORMAT_SUBJECT = 2
+FORMAT_ROLES = 3
 NONCE_BYTES = 12
 DEK_ID_BYTES = 16
 MIN_WRAPPED_BYTES = 16  # any KMS's wrapped 32-byte key is longer: shorter is corrupt
 _DEK_CONTEXT = b"privacy-gateway/field-dek"
+_ROLE_DEK_CONTEXT = b"privacy-gateway/role-dek/"
+_MALFORMED = "ciphertext is truncated or not in the gateway's format"
 
 
 def _length_prefixed(part: str) -> bytes:
@@ -62,6 +76,51 @@ def subject_suffix(subject: str) -> bytes:
     return _length_prefixed(subject)
 
 
+def role_wrap_context(role: str, dek_id: bytes) -> bytes:
+    """What a role's wrap of a DEK is bound to: the role and the DEK id (format v3)."""
+    data = role.encode("utf-8")
+    return _ROLE_DEK_CONTEXT + bytes([len(data)]) + data + dek_id
+
+
+@dataclass(frozen=True)
+class RoleWrap:
+    """One entry of a v3 header: the DEK wrapped for `role` under `kek_id`."""
+
+    role: str
+    kek_id: str
+    wrapped: bytes
+
+    def __repr__(self) -> str:
+        return f"RoleWrap(role={self.role!r}, kek_id={self.kek_id!r}, wrapped=<{len(self.wrapped)} bytes>)"
+
+
+def _role_entries(data: bytes, pos: int) -> tuple[tuple[RoleWrap, ...], int]:
+    """The entries of a v3 header starting at the count byte; (entries, position after them).
+    Raises DecryptError("malformed") on anything but sorted, unique, complete entries."""
+    try:
+        count = data[pos]
+        pos += 1
+        entries: list[RoleWrap] = []
+        for _ in range(count):
+            end = pos + 1 + data[pos]
+            role = data[pos + 1:end].decode("utf-8")
+            pos = end + 1 + data[end]
+            kek_id = data[end + 1:pos].decode("utf-8")
+            (wrapped_len,) = struct.unpack(">H", data[pos:pos + 2])
+            wrapped = data[pos + 2:pos + 2 + wrapped_len]
+            pos += 2 + wrapped_len
+            if not valid_role(role) or not kek_id or wrapped_len < MIN_WRAPPED_BYTES or len(wrapped) != wrapped_len:
+                raise DecryptError("malformed", _MALFORMED)
+            if entries and entries[-1].role >= role:
+                raise DecryptError("malformed", "ciphertext's role list is not sorted and unique")
+            entries.append(RoleWrap(role, kek_id, wrapped))
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise DecryptError("malformed", _MALFORMED) from None
+    if not entries:
+        raise DecryptError("malformed", "ciphertext lists no role")
+    return tuple(entries), pos
+
+
 @dataclass
 class DataKey:
     """One DEK in use: its AEAD object (built once), its wrapped form and its usage."""
@@ -77,7 +136,11 @@ class DataKey:
 
     @functools.cached_property
     def key_id(self) -> str:
-        """Printable id for audit: '<kek_id>/<dek_id hex>' (v1) or 'subject:<domain>/<dek_id hex>' (v2)."""
+        """Printable id for audit: '<kek_id>/<dek_id hex>' (v1), 'subject:<domain>/<dek_id hex>' (v2) or
+        'roles:<role>,<role>/<dek_id hex>' (v3)."""
+        if self.header[0] == FORMAT_ROLES:
+            entries, _ = _role_entries(self.header, 1 + DEK_ID_BYTES)
+            return f"roles:{','.join(e.role for e in entries)}/{self.dek_id.hex()}"
         kek_len = self.header[1]
         prefix = "subject:" if self.header[0] == FORMAT_SUBJECT else ""
         return f"{prefix}{self.header[2:2 + kek_len].decode()}/{self.dek_id.hex()}"
@@ -100,8 +163,74 @@ class DekCache:
         self._max_age_s = max_age_s
         self.max_uses = max_uses
         self._current: DataKey | None = None
+        self._kms_calls = 0
+        self._hits = 0
+        self._role_caches: dict[tuple[str, ...], RoleDekCache] = {}
+
+    @property
+    def kms_calls(self) -> int:
+        """KMS wraps made for new DEKs, role-scoped ones included (one per role per DEK)."""
+        return self._kms_calls + sum(c.kms_calls for c in self._role_caches.values())
+
+    @property
+    def hits(self) -> int:
+        """Lookups served by a cached DEK (metrics: gateway_dek_cache_total), role-scoped ones included."""
+        return self._hits + sum(c.hits for c in self._role_caches.values())
+
+    def current(self) -> DataKey:
+        key = self._current
+        if key is None or key.uses >= self.max_uses or time.monotonic() - key.created > self._max_age_s:
+            key = self._current = self._new_key()
+        else:
+            self._hits += 1
+        return key
+
+    def for_roles(self, roles: tuple[str, ...]) -> RoleDekCache:
+        """The DEK cache of one role set (format v3), made once and shared by every field naming that
+        set. Raises KmsConfigError when the KMS has no key for one of the roles."""
+        key = tuple(sorted(set(roles)))
+        cache = self._role_caches.get(key)
+        if cache is None:
+            wrapping = getattr(self._kms, "role_wrapping_kms", None)
+            if wrapping is None:
+                raise KmsConfigError(f"KMS provider '{self._kms.name}' holds no role keys")
+            providers = tuple((role, wrapping(role)) for role in key)
+            cache = self._role_caches[key] = RoleDekCache(providers, self._max_age_s, self.max_uses)
+        return cache
+
+    def _new_key(self) -> DataKey:
+        dek = AESGCM.generate_key(bit_length=256)
+        dek_id = secrets.token_bytes(DEK_ID_BYTES)
+        wrapped = self._kms.wrap(dek, _DEK_CONTEXT + dek_id)
+        self._kms_calls += 1
+        kek = wrapped.kek_id.encode("utf-8")
+        if len(kek) > 255 or len(wrapped.blob) > 65535:
+            raise GatewayError("KMS returned a key id or wrapped key too long for ciphertext format v1")
+        header = (bytes([FORMAT_V1, len(kek)]) + kek + dek_id
+                  + struct.pack(">H", len(wrapped.blob)) + wrapped.blob)
+        return DataKey(dek_id=dek_id, aead=AESGCM(dek), header=header, created=time.monotonic())
+
+
+class RoleDekCache:
+    """Like `DekCache`, for one role set: each new DEK is wrapped under every role's KEK (format v3).
+
+    The KMSs are called once per new DEK per role, never per event. `providers` are (role, KMS) pairs.
+    """
+
+    def __init__(self, providers: tuple[tuple[str, KmsProvider], ...], max_age_s: float, max_uses: int) -> None:
+        roles = [role for role, _ in providers]
+        if not 1 <= len(set(roles)) == len(roles) <= 255:
+            raise GatewayError("a role-scoped field needs 1 to 255 distinct roles (ciphertext format v3)")
+        self._providers = tuple(sorted(providers, key=lambda pair: pair[0]))  # the header's order
+        self.roles = tuple(role for role, _ in self._providers)
+        self._max_age_s = max_age_s
+        self.max_uses = max_uses
+        self._current: DataKey | None = None
         self.kms_calls = 0
-        self.hits = 0  # lookups served by the cached DEK (metrics: gateway_dek_cache_total)
+        self.hits = 0
+
+    def __repr__(self) -> str:
+        return f"<RoleDekCache roles={list(self.roles)} kms_calls={self.kms_calls}>"
 
     def current(self) -> DataKey:
         key = self._current
@@ -114,14 +243,17 @@ class DekCache:
     def _new_key(self) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)
         dek_id = secrets.token_bytes(DEK_ID_BYTES)
-        wrapped = self._kms.wrap(dek, _DEK_CONTEXT + dek_id)
-        self.kms_calls += 1
-        kek = wrapped.kek_id.encode("utf-8")
-        if len(kek) > 255 or len(wrapped.blob) > 65535:
-            raise GatewayError("KMS returned a key id or wrapped key too long for ciphertext format v1")
-        header = (bytes([FORMAT_V1, len(kek)]) + kek + dek_id
-                  + struct.pack(">H", len(wrapped.blob)) + wrapped.blob)
-        return DataKey(dek_id=dek_id, aead=AESGCM(dek), header=header, created=time.monotonic())
+        header = bytearray([FORMAT_ROLES]) + dek_id + bytes([len(self._providers)])
+        for role, kms in self._providers:
+            wrapped = kms.wrap(dek, role_wrap_context(role, dek_id))
+            self.kms_calls += 1
+            role_bytes, kek = role.encode("utf-8"), wrapped.kek_id.encode("utf-8")
+            if len(kek) > 255 or len(wrapped.blob) > 65535 or len(role_bytes) > 255:
+                raise GatewayError(f"KMS returned a key id or wrapped key for role '{role}' too long for "
+                                   "ciphertext format v3")
+            header += (bytes([len(role_bytes)]) + role_bytes + bytes([len(kek)]) + kek
+                       + struct.pack(">H", len(wrapped.blob)) + wrapped.blob)
+        return DataKey(dek_id=dek_id, aead=AESGCM(dek), header=bytes(header), created=time.monotonic())
 
 
 class _Nonces:
@@ -175,15 +307,23 @@ class ParsedCiphertext:
     nonce: bytes
     body: bytes
     version: int = FORMAT_V1
+    role_wraps: tuple[RoleWrap, ...] = ()  # v3: the DEK wrapped per role (kek_id: "roles:<r1>,<r2>")
 
     @property
     def key_id(self) -> str:
         return f"{self.kek_id}/{self.dek_id.hex()}"
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles that may open a v3 ciphertext (empty for v1 and v2)."""
+        return tuple(w.role for w in self.role_wraps)
+
 
 def parse_ciphertext(data: bytes) -> ParsedCiphertext:
     if data[:1] == bytes([FORMAT_SUBJECT]):
         return _parse_subject(data)
+    if data[:1] == bytes([FORMAT_ROLES]):
+        return _parse_roles(data)
     try:
         if data[0] != FORMAT_V1:
             raise DecryptError("unknown_format", f"ciphertext format version {data[0]} is not supported")
@@ -222,6 +362,16 @@ def _parse_subject(data: bytes) -> ParsedCiphertext:
     return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, FORMAT_SUBJECT)
 
 
+def _parse_roles(data: bytes) -> ParsedCiphertext:
+    dek_id = data[1:1 + DEK_ID_BYTES]
+    entries, pos = _role_entries(data, 1 + DEK_ID_BYTES)
+    header, nonce, body = data[:pos], data[pos:pos + NONCE_BYTES], data[pos + NONCE_BYTES:]
+    if len(dek_id) != DEK_ID_BYTES or len(nonce) != NONCE_BYTES or len(body) < 16:
+        raise DecryptError("malformed", _MALFORMED)
+    label = "roles:" + ",".join(e.role for e in entries)
+    return ParsedCiphertext(label, dek_id, b"", header, nonce, body, FORMAT_ROLES, entries)
+
+
 class SubjectKeyResolver(Protocol):
     def aead_for(self, domain: str, subject: str, dek_id: bytes) -> AESGCM: ...
 
@@ -231,14 +381,23 @@ class FieldDecryptor:
 
     Per-subject ciphertexts (format v2) need `subject_keys` (the key topic's content) and the
     record's subject token; an erased subject's fields fail with reason "key_erased".
+
+    Role-scoped ciphertexts (format v3) open only for a decryptor made with `role`, and only through
+    that role's own entry and key (`kms.role_unwrapping_kms(role)`): a field whose header does not
+    list the role is "not_permitted" whatever other keys this process holds, and "key_not_held"
+    when the role's key is not available here.
     """
 
     def __init__(self, kms: KmsProvider, cache_size: int = 10_000,
-                 subject_keys: SubjectKeyResolver | None = None) -> None:
+                 subject_keys: SubjectKeyResolver | None = None, role: str | None = None) -> None:
         self._kms = kms
         self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._cache_size = cache_size
         self._subject_keys = subject_keys
+        if role is not None and not valid_role(role):
+            raise GatewayError(f"role '{role}' is not a role name ({ROLE_NAME_RULE})")
+        self.role = role
+        self._role_kms: KmsProvider | None = None
 
     def decrypt(self, data: bytes, context: bytes, subject: str = "") -> bytes:
         parsed = parse_ciphertext(data)
@@ -247,6 +406,8 @@ class FieldDecryptor:
                 raise DecryptError("key_not_held", "the field is under a per-subject key: read the key topic "
                                    "(gateway decrypt --bootstrap ...) to open it")
             aead = self._subject_keys.aead_for(parsed.kek_id, subject, parsed.dek_id)
+        elif parsed.version == FORMAT_ROLES:
+            aead = self._role_aead_for(parsed)
         else:
             aead = self._aead_for(parsed)
         try:
@@ -255,14 +416,35 @@ class FieldDecryptor:
             raise DecryptError("tampered", "ciphertext does not authenticate: it was altered, or moved "
                                "to another topic, field or subject") from None
 
+    def _role_aead_for(self, parsed: ParsedCiphertext) -> AESGCM:
+        readers = ", ".join(parsed.roles)
+        if self.role is None:
+            raise DecryptError("not_permitted", f"the field is readable by role(s) {readers} only: decrypt as "
+                               "one of them (gateway decrypt --role R; FieldDecryptor(..., role=R))")
+        entry = next((w for w in parsed.role_wraps if w.role == self.role), None)
+        if entry is None:
+            raise DecryptError("not_permitted", f"role '{self.role}' may not open the field (readable by role(s) "
+                               f"{readers})")
+        if self._role_kms is None:
+            unwrapping = getattr(self._kms, "role_unwrapping_kms", None)
+            if unwrapping is None:
+                raise DecryptError("key_not_held", f"KMS provider '{self._kms.name}' holds no role keys")
+            self._role_kms = unwrapping(self.role)
+        return self._unwrap_cached(parsed.header, self._role_kms, WrappedKey(entry.kek_id, entry.wrapped),
+                                   role_wrap_context(self.role, parsed.dek_id))
+
     def _aead_for(self, parsed: ParsedCiphertext) -> AESGCM:
-        cache_key = parsed.header
+        return self._unwrap_cached(parsed.header, self._kms, WrappedKey(parsed.kek_id, parsed.wrapped),
+                                   _DEK_CONTEXT + parsed.dek_id)
+
+    def _unwrap_cached(self, cache_key: bytes, kms: KmsProvider, wrapped: WrappedKey, context: bytes) -> AESGCM:
+        """The DEK's AEAD, unwrapped once per header (a header names exactly one DEK and its wraps)."""
         aead = self._cache.get(cache_key)
         if aead is not None:
             self._cache.move_to_end(cache_key)
             return aead
         try:
-            dek = self._kms.unwrap(WrappedKey(parsed.kek_id, parsed.wrapped), _DEK_CONTEXT + parsed.dek_id)
+            dek = kms.unwrap(wrapped, context)
         except KmsUnavailable as exc:
             raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
         except KmsError as exc:

@@ -1,7 +1,13 @@
-"""The local keyring: the embedded default KMS, plus token keys and the quarantine key.
+"""The local keyring: the embedded default KMS, plus token keys, the quarantine key and role keys.
 
 One JSON file, created on first use with mode 0600 and replaced atomically on change. Key bytes
 live in private attributes and never appear in a repr, a log line or an exception.
+
+Role keys (section ``roles``, one versioned key per role: gateway.keys.roles) wrap the data keys of
+role-scoped fields. A keyring that holds any is written as format 2, which older gateways refuse to
+read rather than rewrite without them. ``export_role`` writes a keyring holding one role's key
+versions and nothing else (``"role_export": ROLE``): its holder opens that role's fields only, and
+the gateway refuses to run or change keys on it.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import DecryptError, KeyringError
 from gateway.keys.kms import WrappedKey
+from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 
 KEYRING_FORMAT = 1
+ROLES_FORMAT = 2  # a keyring with role keys, or a role export
 _WRAP_AAD = b"privacy-gateway/dek-wrap/v1"
+_ROLE_WRAP_AAD = b"privacy-gateway/role-wrap/v1"
 
 
 def _b64(data: bytes) -> str:
@@ -92,6 +101,14 @@ class _VersionedKeys:
     def fresh(cls, first_id: str) -> _VersionedKeys:
         return cls(first_id, {first_id: secrets.token_bytes(32)})
 
+    @classmethod
+    def empty(cls) -> _VersionedKeys:
+        """No keys at all: the KEK and quarantine sections of a role export."""
+        return cls("", {})
+
+    def copy(self) -> _VersionedKeys:
+        return _VersionedKeys(self._active, dict(self._keys))
+
     def __repr__(self) -> str:
         return f"<keys active={self._active!r} versions={len(self._keys)}>"
 
@@ -102,17 +119,23 @@ class Keyring:
     name = "local"
 
     def __init__(self, path: Path, keks: _VersionedKeys, token_domains: dict[str, _VersionedKeys],
-                 quarantine: _VersionedKeys) -> None:
+                 quarantine: _VersionedKeys, roles: dict[str, _VersionedKeys] | None = None,
+                 role_export: str | None = None) -> None:
         self.path = path
         self._keks = keks
         self._token_domains = token_domains
         self._quarantine = quarantine
+        self._roles: dict[str, _VersionedKeys] = roles if roles is not None else {}
+        self.role_export = role_export  # the one role of an exported keyring, else None
         self._kek_aeads: dict[str, AESGCM] = {}
+        self._role_aeads: dict[tuple[str, str], AESGCM] = {}
         self._mtime = self._stat_mtime()
 
     def __repr__(self) -> str:
+        if self.role_export is not None:
+            return f"<Keyring path={str(self.path)!r} role_export={self.role_export!r}>"
         return (f"<Keyring path={str(self.path)!r} kek={self._keks.active!r} "
-                f"token_domains={sorted(self._token_domains)}>")
+                f"token_domains={sorted(self._token_domains)} roles={sorted(self._roles)}>")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -145,24 +168,43 @@ class Keyring:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise KeyringError(f"keyring '{path}' is not valid JSON") from None
-        if not isinstance(data, dict) or data.get("format") != KEYRING_FORMAT:
-            raise KeyringError(f"keyring '{path}' has an unknown format (expected format {KEYRING_FORMAT})")
+        if not isinstance(data, dict) or data.get("format") not in (KEYRING_FORMAT, ROLES_FORMAT):
+            raise KeyringError(f"keyring '{path}' has an unknown format (expected format {KEYRING_FORMAT} or "
+                               f"{ROLES_FORMAT})")
+        roles_raw = data.get("roles") or {}
+        if not isinstance(roles_raw, dict) or not all(valid_role(r) for r in roles_raw):
+            raise KeyringError(f"keyring '{path}': roles must be an object keyed by role names ({ROLE_NAME_RULE})")
+        roles = {r: _VersionedKeys.from_json(v, f"roles.{r}") for r, v in roles_raw.items()}
+        export = data.get("role_export")
+        if export is not None:
+            if not valid_role(export) or set(roles) != {export}:
+                raise KeyringError(f"keyring '{path}': a role export must hold exactly the key of its role_export")
+            return cls(path, _VersionedKeys.empty(), {}, _VersionedKeys.empty(), roles, export)
         keks = _VersionedKeys.from_json(data.get("kek"), "kek")
         quarantine = _VersionedKeys.from_json(data.get("quarantine"), "quarantine")
         domains_raw = data.get("token_domains") or {}
         if not isinstance(domains_raw, dict):
             raise KeyringError(f"keyring '{path}': token_domains must be an object")
         domains = {d: _VersionedKeys.from_json(v, f"token_domains.{d}") for d, v in domains_raw.items()}
-        return cls(path, keks, domains, quarantine)
+        return cls(path, keks, domains, quarantine, roles)
 
-    def _write(self, exclusive: bool = False) -> bool:
-        """Write atomically with mode 0600. With `exclusive`, lose gracefully to a concurrent creator."""
-        data = orjson.dumps({
-            "format": KEYRING_FORMAT,
+    def _content(self) -> dict[str, Any]:
+        roles = {r: k.to_json() for r, k in sorted(self._roles.items())}
+        if self.role_export is not None:
+            return {"format": ROLES_FORMAT, "role_export": self.role_export, "roles": roles}
+        content: dict[str, Any] = {
+            "format": ROLES_FORMAT if roles else KEYRING_FORMAT,
             "kek": self._keks.to_json(),
             "token_domains": {d: k.to_json() for d, k in sorted(self._token_domains.items())},
             "quarantine": self._quarantine.to_json(),
-        }, option=orjson.OPT_INDENT_2)
+        }
+        if roles:
+            content["roles"] = roles
+        return content
+
+    def _write(self, exclusive: bool = False) -> bool:
+        """Write atomically with mode 0600. With `exclusive`, lose gracefully to a concurrent creator."""
+        data = orjson.dumps(self._content(), option=orjson.OPT_INDENT_2)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".keyring-", dir=self.path.parent)
         try:
@@ -204,13 +246,19 @@ class Keyring:
         if mtime == self._mtime or not self.path.exists():
             return False
         latest = self._read(self.path)
-        self._keks, self._quarantine = latest._keks, latest._quarantine
+        self._keks, self._quarantine, self._roles = latest._keks, latest._quarantine, latest._roles
         self._token_domains.update(latest._token_domains)
         self._mtime = mtime
         return True
 
+    def _refuse_export(self, what: str) -> None:
+        if self.role_export is not None:
+            raise KeyringError(f"keyring '{self.path}' is an export of role '{self.role_export}''s key only: it "
+                               f"cannot {what}. Use the key holder's keyring")
+
     def _update(self, change: Any) -> Any:
         """Apply `change(latest_keyring)` to the file's latest content under the lock, write, adopt it."""
+        self._refuse_export("change keys")
         try:
             with self._locked():
                 latest = self._read(self.path) if self.path.exists() else self
@@ -219,6 +267,7 @@ class Keyring:
         except OSError as exc:
             raise KeyringError(f"cannot update keyring '{self.path}' ({exc.strerror})") from None
         self._keks, self._quarantine, self._token_domains = latest._keks, latest._quarantine, latest._token_domains
+        self._roles = latest._roles
         self._mtime = self._stat_mtime()
         return result
 
@@ -268,6 +317,7 @@ class Keyring:
         return aead
 
     def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
+        self._refuse_export("wrap data keys")
         self.reload_if_changed()  # once per new DEK: a rotation applies to the next DEK
         kek_id = self._keks.active
         nonce = secrets.token_bytes(12)
@@ -291,10 +341,13 @@ class Keyring:
         missing = sorted(d for d in domains if d not in self._token_domains)
         if not missing:
             return
+        self._refuse_export("hold token keys")
         try:
             with self._locked():  # several workers may start at once: one writer, all read its keys
                 latest = self._read(self.path) if self.path.exists() else self
                 self._token_domains.update(latest._token_domains)
+                # the file is the truth under the lock: keep what others added (rotated KEKs, role keys)
+                self._keks, self._quarantine, self._roles = latest._keks, latest._quarantine, latest._roles
                 for domain in missing:
                     self._token_domains.setdefault(domain, _VersionedKeys.fresh("1"))
                 self._write()
@@ -322,8 +375,156 @@ class Keyring:
 
     # ---- quarantine key -------------------------------------------------------------------
     def quarantine_key(self, key_id: str | None = None) -> tuple[str, bytes]:
+        if self.role_export is not None:
+            raise DecryptError("key_not_held", f"keyring '{self.path}' is an export of role '{self.role_export}''s "
+                               "key: it holds no quarantine key")
         key_id = key_id or self._quarantine.active
         key = self._quarantine.get(key_id)
         if key is None:
             raise DecryptError("key_not_held", f"quarantine key '{key_id}' is not in keyring '{self.path}'")
         return key_id, key
+
+    # ---- role keys (gateway.keys.roles) ----------------------------------------------------------
+    def roles(self) -> list[str]:
+        return sorted(self._roles)
+
+    def role_key_ids(self, role: str) -> list[str]:
+        keys = self._roles.get(role)
+        return keys.ids() if keys is not None else []
+
+    def ensure_roles(self, roles: set[str]) -> list[str]:
+        """Create a key for each role the keyring lacks (under the lock, adopting others' keys); return the
+        roles created."""
+        if not (set(roles) - set(self._roles)):
+            return []
+        bad = sorted(r for r in roles if not valid_role(r))
+        if bad:
+            raise KeyringError(f"not role names: {bad} ({ROLE_NAME_RULE})")
+
+        def change(ring: Keyring) -> list[str]:
+            created = sorted(r for r in roles if r not in ring._roles)
+            for role in created:
+                ring._roles[role] = _VersionedKeys.fresh(_role_key_id(role))
+            return created
+
+        try:
+            return list(self._update(change))
+        except KeyringError as exc:
+            if self.role_export is not None:
+                raise
+            raise KeyringError(f"{exc}: the keyring lacks keys for roles {sorted(set(roles) - set(self._roles))}; "
+                               "create them beforehand with: gateway keys init --role R") from None
+
+    def rotate_role(self, role: str) -> str:
+        """Add a new version of a role's key and make it active; older versions still unwrap."""
+        new_id = _role_key_id(role)
+
+        def change(ring: Keyring) -> None:
+            keys = ring._roles.get(role)
+            if keys is None:
+                raise KeyringError(f"role '{role}' has no key in keyring '{self.path}': run gateway keys init "
+                                   f"--role {role} first")
+            keys.add(new_id)
+
+        self._update(change)
+        return new_id
+
+    def export_role(self, role: str, out: Path) -> int:
+        """Write a keyring (mode 0600) holding every version of `role`'s key and nothing else; return the
+        number of versions. The consumer it is given to opens that role's fields only."""
+        self.reload_if_changed()
+        keys = self._roles.get(role)
+        if keys is None:
+            raise KeyringError(f"keyring '{self.path}' holds no key for role '{role}': create it with "
+                               f"gateway keys init --role {role}")
+        out = Path(out)
+        if out.resolve() == self.path.resolve():
+            raise KeyringError(f"the export would replace keyring '{self.path}' itself: choose another --out")
+        export = Keyring(out, _VersionedKeys.empty(), {}, _VersionedKeys.empty(), {role: keys.copy()}, role)
+        try:
+            export._write()
+        except OSError as exc:
+            raise KeyringError(f"cannot write the export '{out}' ({exc.strerror})") from None
+        return len(keys.ids())
+
+    def role_wrapping_kms(self, role: str) -> KeyringRoleKms:
+        """The role's KEK as a KMS provider for the worker: made now if the keyring lacks it."""
+        self.ensure_roles({role})
+        return KeyringRoleKms(self, role)
+
+    def role_unwrapping_kms(self, role: str) -> KeyringRoleKms:
+        """The role's KEK versions as a KMS provider for a consumer (key_not_held when absent)."""
+        return KeyringRoleKms(self, role)
+
+    def _role_aead(self, role: str, key_id: str) -> AESGCM:
+        aead = self._role_aeads.get((role, key_id))
+        if aead is None:
+            keys = self._roles.get(role)
+            key = keys.get(key_id) if keys is not None else None
+            if key is None and self.reload_if_changed():  # rotated or created by another process
+                keys = self._roles.get(role)
+                key = keys.get(key_id) if keys is not None else None
+            if keys is None:
+                raise DecryptError("key_not_held", f"keyring '{self.path}' holds no key for role '{role}' (the key "
+                                   f"holder gives one: gateway keys export --role {role} --out FILE)")
+            if key is None:
+                raise DecryptError("key_not_held", f"key '{key_id}' of role '{role}' is not in keyring '{self.path}' "
+                                   "(made after this keyring was exported? ask the key holder for a new export)")
+            aead = self._role_aeads[(role, key_id)] = AESGCM(key)
+        return aead
+
+    def _role_active(self, role: str) -> str:
+        keys = self._roles.get(role)
+        if keys is None:
+            raise KeyringError(f"keyring '{self.path}' holds no key for role '{role}': gateway keys init --role {role}")
+        return keys.active
+
+    def _role_wrap(self, role: str, dek: bytes, context: bytes) -> WrappedKey:
+        self._refuse_export("wrap data keys")
+        self.reload_if_changed()  # once per new DEK: a rotation applies to the next DEK
+        kek_id = self._role_active(role)
+        nonce = secrets.token_bytes(12)
+        blob = nonce + self._role_aead(role, kek_id).encrypt(nonce, dek, _ROLE_WRAP_AAD + kek_id.encode() + context)
+        return WrappedKey(kek_id, blob)
+
+    def _role_unwrap(self, role: str, wrapped: WrappedKey, context: bytes) -> bytes:
+        aead = self._role_aead(role, wrapped.kek_id)  # only this role's versions: another role's id is not held
+        if len(wrapped.blob) < 12 + 16 + 32:
+            raise DecryptError("malformed", "the wrapped DEK is too short for the local keyring's format")
+        try:
+            return aead.decrypt(wrapped.blob[:12], wrapped.blob[12:],
+                                _ROLE_WRAP_AAD + wrapped.kek_id.encode() + context)
+        except InvalidTag:
+            raise DecryptError("tampered", f"the wrapped DEK does not authenticate under key '{wrapped.kek_id}' of "
+                               f"role '{role}': the ciphertext header was altered") from None
+
+
+def _role_key_id(role: str) -> str:
+    # unique per keyring, like KEK ids: another keyring's role key is "not held", never mistaken for it
+    return f"role-{role}-{secrets.token_hex(6)}"
+
+
+class KeyringRoleKms:
+    """One role's key versions in a keyring, as a KMS provider ('local'): wraps under the active
+    version, unwraps with this role's versions only."""
+
+    name = "local"
+
+    def __init__(self, keyring: Keyring, role: str) -> None:
+        self._keyring = keyring
+        self.role = role
+
+    def __repr__(self) -> str:
+        return f"<KeyringRoleKms role={self.role!r} keyring={str(self._keyring.path)!r}>"
+
+    def active_key_id(self) -> str:
+        return self._keyring._role_active(self.role)
+
+    def healthy(self) -> bool:
+        return True
+
+    def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
+        return self._keyring._role_wrap(self.role, dek, context)
+
+    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        return self._keyring._role_unwrap(self.role, wrapped, context)

@@ -7,6 +7,10 @@ the wrapped blob (``vault:v2:...``), so rotating the key in Vault (``gateway key
 keeps old DEKs readable.
 
 The token comes from the environment only (GATEWAY_VAULT_TOKEN) and is never logged or repr'd.
+
+Role keys (``role_kms_keys``) are VaultTransitKms instances too, one transit key per role; `setting`
+names the setting their start-up errors point at. A consumer decrypting as a role needs only
+``update`` on ``<mount>/decrypt/<its role's key>``: unwrap makes no other call.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ class VaultTransitKms:
 
     name = "vault"
 
-    def __init__(self, addr: str, token: str, key: str, mount: str = "transit", timeout_s: float = 5.0) -> None:
+    def __init__(self, addr: str, token: str, key: str, mount: str = "transit", timeout_s: float = 5.0,
+                 setting: str = "vault_transit_key") -> None:
         try:
             import hvac
         except ImportError:
@@ -34,6 +39,7 @@ class VaultTransitKms:
                                  "pip install hvac") from None
         self._addr = addr
         self._key = key
+        self._setting = setting  # what start-up errors name: vault_transit_key, or role_kms_keys for a role's key
         self._mount = mount
         self._client: Any = hvac.Client(url=addr, token=token, timeout=timeout_s)
 
@@ -57,13 +63,13 @@ class VaultTransitKms:
                                  "check GATEWAY_VAULT_TOKEN (environment only) and its policy") from None
         except hv.InvalidPath:
             raise KmsConfigError(f"{where}: transit key '{self._key}' not found under mount '{self._mount}': check "
-                                 "settings vault_transit_key (GATEWAY_VAULT_TRANSIT_KEY) and vault_mount "
+                                 f"settings {self._setting} (GATEWAY_{self._setting.upper()}) and vault_mount "
                                  "(GATEWAY_VAULT_MOUNT)") from None
         except hv.VaultError as exc:
             raise KmsConfigError(f"{where}: cannot read transit key '{self._mount}/{self._key}' "
-                                 f"({type(exc).__name__}): check settings vault_addr and vault_transit_key") from None
+                                 f"({type(exc).__name__}): check settings vault_addr and {self._setting}") from None
         if not meta.get("supports_encryption") or not str(meta.get("type", "")).startswith(("aes", "chacha")):
-            raise KmsConfigError(f"{where}: transit key '{self._mount}/{self._key}' (setting vault_transit_key) is "
+            raise KmsConfigError(f"{where}: transit key '{self._mount}/{self._key}' (setting {self._setting}) is "
                                  f"of type {meta.get('type')}; create an aes256-gcm96 key")
 
     # ---- KmsProvider ---------------------------------------------------------------------

@@ -1,9 +1,15 @@
-"""`"encrypt"` / `{"encrypt": {"per_subject": true}}`: envelope encryption of the value.
+"""`"encrypt"` / `{"encrypt": {"per_subject": true}}` / `{"encrypt": {"roles": [...]}}`: envelope
+encryption of the value.
 
 The value's Avro encoding is encrypted with AES-256-GCM by `gateway.keys.envelope.encrypt_field`
 (the one encryption path), bound to topic, field path and subject. A shared DEK (format v1) is
 taken once per event from the DEK cache and reused by the event's other encrypted fields while it
-has uses left; `per_subject` uses the subject's own DEK (format v2), which `gateway forget` erases.
+has uses left; `per_subject` uses the subject's own DEK (format v2), which `gateway forget` erases;
+`roles` uses a DEK wrapped under each listed role's KEK (format v3), so only those roles open it.
+
+`roles` and `per_subject` do not combine (a compile error): a per-subject DEK is stored in the key
+topic wrapped by the one KEK, so whoever holds that KEK and the topic could open the field whatever
+its roles; scoping it would need the key topic to hold a wrap per role.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import fastavro
 
 from gateway.keys.envelope import context_prefix, encrypt_field, subject_suffix
+from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 from gateway.operators.base import CALL, BuildEnv, FieldContext, Opener, Operator, OperatorError, Step, reject_unknown
 from gateway.schema import plaintext_encoder, strip_logical_types
 
@@ -23,30 +30,41 @@ if TYPE_CHECKING:
 
 SHARED_DOC = "AES-256-GCM ciphertext, privacy-gateway format v1 (gateway decrypt)"
 SUBJECT_DOC = "AES-256-GCM ciphertext under the subject's own key, privacy-gateway format v2 (gateway decrypt)"
+ROLES_DOC = ("AES-256-GCM ciphertext readable by role(s) {roles} only, privacy-gateway format v3 "
+             "(gateway decrypt --role R)")
+MAX_ROLES = 255  # format v3 counts them in one byte
 
 
 class Encrypt(Operator):
     name = "encrypt"
     deterministic = False  # a fresh nonce per value
 
-    def __init__(self, plaintext_schema: Any, per_subject: bool) -> None:
+    def __init__(self, plaintext_schema: Any, per_subject: bool, roles: tuple[str, ...] = ()) -> None:
         self.plaintext_schema = plaintext_schema  # parsed Avro schema of the value (null excluded)
         self.per_subject = per_subject
+        self.roles = roles  # sorted, unique; empty: not role-scoped
 
     @classmethod
     def compile(cls, options: dict[str, Any], ctx: FieldContext) -> Encrypt:
-        reject_unknown(options, {"per_subject"}, "encrypt")
+        reject_unknown(options, {"per_subject", "roles"}, "encrypt")
         per_subject = options.get("per_subject", False)
         if per_subject not in (True, False):
             raise OperatorError("encrypt option per_subject must be true or false")
+        roles = _roles_option(options)
+        if roles and per_subject:
+            raise OperatorError("encrypt options roles and per_subject cannot be combined: a per-subject key is "
+                                "wrapped by the one KEK in the key topic, so roles would not restrict who opens the "
+                                "field; choose one (README, \"Roles and KMS permissions\")")
         try:
             plaintext_schema = fastavro.parse_schema(strip_logical_types(ctx.resolved))
         except Exception as exc:  # fastavro raises several types for schemas it cannot parse
             raise OperatorError(f"cannot build the plaintext schema for encryption ({exc})") from None
-        return cls(plaintext_schema, bool(per_subject))
+        return cls(plaintext_schema, bool(per_subject), roles)
 
     @property
     def label(self) -> str:
+        if self.roles:
+            return "encrypt:roles=" + ",".join(self.roles)
         return "encrypt:per_subject" if self.per_subject else "encrypt"
 
     @property
@@ -57,6 +75,8 @@ class Encrypt(Operator):
         return "bytes"
 
     def doc(self, ctx: FieldContext) -> str:
+        if self.roles:
+            return ROLES_DOC.format(roles=", ".join(self.roles))
         return SUBJECT_DOC if self.per_subject else SHARED_DOC
 
     def build(self, fp: FieldPlan, env: BuildEnv) -> Step:
@@ -72,13 +92,30 @@ class Encrypt(Operator):
                 if len(plaintext) > limit:
                     too_large(path, len(plaintext))
                 key = subject_key(event.subject)  # per field: the key topic's consumer may erase it
-                event.dek_key_id = key.key_id
+                event.add_key_id(key.key_id)
                 aad = event.subject_aad
                 if aad is None:
                     aad = event.subject_aad = subject_suffix(event.subject)
                 return encrypt_field(key, plaintext, context + aad)
 
             return CALL, encrypt_per_subject
+        if self.roles:
+            # the role set's own DEK cache (BuildEnv.role_dek): looked up per field, since the event's
+            # shared DEK (event.dek) is the v1 one
+            role_current = env.role_dek(path, self.roles)
+
+            def encrypt_for_roles(value: Any, event: SanitizeResult) -> bytes:
+                plaintext = encode(value)
+                if len(plaintext) > limit:
+                    too_large(path, len(plaintext))
+                key = role_current()
+                event.add_key_id(key.key_id)
+                aad = event.subject_aad
+                if aad is None:
+                    aad = event.subject_aad = subject_suffix(event.subject)
+                return encrypt_field(key, plaintext, context + aad)
+
+            return CALL, encrypt_for_roles
         current, max_uses = env.current_dek(path), env.dek_max_uses
 
         def encrypt(value: Any, event: SanitizeResult) -> bytes:
@@ -104,3 +141,21 @@ class Encrypt(Operator):
 
     def decode(self, plaintext: bytes) -> Any:
         return fastavro.schemaless_reader(io.BytesIO(plaintext), self.plaintext_schema, None)
+
+
+def _roles_option(options: dict[str, Any]) -> tuple[str, ...]:
+    """`roles`: a non-empty list of distinct role names, returned sorted (the v3 header's order)."""
+    if "roles" not in options:
+        return ()
+    roles = options["roles"]
+    if not isinstance(roles, list) or not roles:
+        raise OperatorError("encrypt option roles must be a non-empty list of role names, e.g. [\"support\"]")
+    bad = [r for r in roles if not valid_role(r)]
+    if bad:
+        raise OperatorError(f"encrypt option roles: {', '.join(repr(r) for r in bad)}: each role name must be "
+                            f"{ROLE_NAME_RULE}")
+    if len(set(roles)) != len(roles):
+        raise OperatorError("encrypt option roles names a role twice")
+    if len(roles) > MAX_ROLES:
+        raise OperatorError(f"encrypt option roles names {len(roles)} roles; at most {MAX_ROLES}")
+    return tuple(sorted(roles))

@@ -76,7 +76,11 @@ def topics_for(plans: Sequence[Plan], config: GatewayConfig, existing: dict[str,
         wanted[config.quality_topic] = existing.get(config.quality_topic, config.partitions)
     for plan in plans:
         n = existing.get(plan.source_topic, config.partitions)
-        for topic in (plan.source_topic, plan.sanitized_topic, plan.dlq_topic):
+        for topic in (plan.source_topic, plan.sanitized_topic, plan.dlq_topic, *(p.topic for p in plan.purposes)):
+            wanted.setdefault(topic, existing.get(topic, n))
+    if config.consent_input_topic and any(p.consent_purposes for p in plans):
+        n = existing.get(config.consent_input_topic, config.partitions)
+        for topic in (config.consent_input_topic, f"{config.consent_input_topic}.dlq"):
             wanted.setdefault(topic, existing.get(topic, n))
     return wanted
 
@@ -95,5 +99,7 @@ def ensure_topics(plans: Sequence[Plan], config: GatewayConfig) -> dict[str, int
         limit = str(max_message_bytes(config))
         retention = str(config.dlq_retention_days * 86_400_000)
         configs = {p.dlq_topic: {"max.message.bytes": limit, "retention.ms": retention} for p in plans}
+        if config.consent_input_topic:
+            configs[f"{config.consent_input_topic}.dlq"] = {"max.message.bytes": limit, "retention.ms": retention}
         create_topics(admin, {t: wanted[t] for t in missing}, configs=configs)
     return partition_counts(admin)

@@ -137,11 +137,13 @@ def test_an_unreachable_broker_is_one_error_line_and_exit_2(tmp_path: Path) -> N
                    {"name": "n", "type": "long", "privacy": "keep"}]}))
     keyring = tmp_path / "keyring.json"
     assert _run_in(tmp_path, "keys", "init", "--keyring", str(keyring), "--schemas", str(schemas)).returncode == 0
+    identifier = tmp_path / "subject.txt"  # forget reads the identifier from a file or stdin, never argv
+    identifier.write_text("someone\n")
     commands = {
         "dump": ["dump", "--bootstrap", dead, "--topic", "things.raw"],
         "audit": ["audit", "verify", "--bootstrap", dead],
-        "forget": ["forget", "someone", "--domain", "customer", "--bootstrap", dead, "--keyring", str(keyring),
-                   "--schemas", str(schemas)],
+        "forget": ["forget", "--file", str(identifier), "--domain", "customer", "--bootstrap", dead,
+                   "--keyring", str(keyring), "--schemas", str(schemas)],
         "run": ["run", "--bootstrap", dead, "--schemas", str(schemas), "--keyring", str(keyring)],
     }
     with ThreadPoolExecutor(len(commands)) as pool:

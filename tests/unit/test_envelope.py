@@ -95,7 +95,7 @@ def test_flipped_dek_id_is_reported_as_tampered(keyring: Keyring, ciphertext: by
 
 def test_unknown_format_version(keyring: Keyring, ciphertext: bytes) -> None:
     with pytest.raises(DecryptError) as excinfo:
-        FieldDecryptor(keyring).decrypt(_replace(ciphertext, 0, 3), CTX)
+        FieldDecryptor(keyring).decrypt(_replace(ciphertext, 0, 9), CTX)  # 1-3 are formats v1-v3
     assert excinfo.value.reason == "unknown_format"
 
 

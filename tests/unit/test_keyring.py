@@ -94,7 +94,7 @@ def test_missing_keyring_without_create(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content,fragment", [
     (b"not json", "not valid JSON"),
-    (b'{"format": 2}', "unknown format"),
+    (b'{"format": 99}', "unknown format"),  # 1, and 2 (with role keys), are known
     (b'{"format": 1, "kek": {"active": "a", "keys": {"a": "!!"}}, "quarantine": {}}', "not base64"),
     (b'{"format": 1, "kek": {"active": "a", "keys": {"a": "AAAA"}}, "quarantine": {}}', "32-byte key"),
     (b'{"format": 1, "kek": {"active": "b", "keys": {}}, "quarantine": {}}', "not among its keys"),

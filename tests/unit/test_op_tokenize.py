@@ -82,10 +82,10 @@ def test_forget_normalizes_the_identifier_like_the_policy(write_schema, tmp_path
     (schemas / "u.avsc").write_bytes(write_schema(_schema({"tokenize": {"domain": "customer",
                                                                          "normalizer": "email"}})).read_bytes())
     config = GatewayConfig(schemas=schemas)
-    args = argparse.Namespace(subject="  Jane@Example.ORG ", domain="customer", normalizer=None)
-    assert _normalized_subject(args, config) == "jane@example.org"
-    args = argparse.Namespace(subject="020 7946 0958", domain="customer", normalizer="phone:GB")
-    assert _normalized_subject(args, config) == "+442079460958"
-    args = argparse.Namespace(subject="x", domain="unknown", normalizer=None)
+    args = argparse.Namespace(domain="customer", normalizer=None)
+    assert _normalized_subject(args, config, "  Jane@Example.ORG ") == "jane@example.org"
+    args = argparse.Namespace(domain="customer", normalizer="phone:GB")
+    assert _normalized_subject(args, config, "020 7946 0958") == "+442079460958"
+    args = argparse.Namespace(domain="unknown", normalizer=None)
     with pytest.raises(Exception, match="no policy .* tokenizes into domain 'unknown'"):
-        _normalized_subject(args, config)
+        _normalized_subject(args, config, "x")

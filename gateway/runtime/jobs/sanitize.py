@@ -30,7 +30,7 @@ from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
 from gateway.policy import Plan
-from gateway.runtime import changelog, clients
+from gateway.runtime import changelog, clients, consent
 from gateway.runtime.changelog import ChangelogFollower
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
@@ -56,9 +56,10 @@ class SanitizeHandler:
     through the pipeline at once and its small classes are withheld."""
 
     def __init__(self, pipeline: Pipeline, dedup_log: ChangelogFollower | None = None,
-                 new_writers: NewWriterIds | None = None) -> None:
+                 new_writers: NewWriterIds | None = None, consent_log: ChangelogFollower | None = None) -> None:
         self.pipeline = pipeline
         self.dedup_log = dedup_log  # the duplicate filters follow what every worker commits
+        self.consent_log = consent_log  # the consent table follows the consent topic
         self.new_writers = new_writers  # registry ids first met are looked up before their batch decodes
         self.next_offsets: dict[Source, int] = {}  # per open partition: where its committed offset goes next
         self.enforced: dict[str, tuple[int, int]] = getattr(pipeline, "enforced_windows", {})
@@ -82,6 +83,8 @@ class SanitizeHandler:
     def process(self, messages: list[Message]) -> Output:
         if self.dedup_log is not None:
             self.pipeline.apply_dedup_log(self.dedup_log.poll(10_000))
+        if self.consent_log is not None and self.pipeline.consent is not None:  # changes fetched so far decide
+            consent.follow(self.pipeline.consent, self.consent_log)
         events = [RawEvent(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers())
                   for m in messages]
         if self.new_writers is not None:
@@ -210,7 +213,8 @@ class Worker:
         start_process(config, self.health, self.request_stop)
         counts = ensure_topics(self.plans, config)
         self.pipeline = self._build_pipeline(counts[config.audit_topic])
-        self.handler = SanitizeHandler(self.pipeline, self._follow_dedup_log(), self._new_writer_ids())
+        self.handler = SanitizeHandler(self.pipeline, self._follow_dedup_log(), self._new_writer_ids(),
+                                       self._follow_consent())
         self.stall = StallMonitor(config, config.group_id, "sanitize", self.health).start()
         consumer = clients.group_consumer(
             config, config.group_id, config.instance_id,
@@ -254,11 +258,24 @@ class Worker:
             self.loop.close()
             if self.key_topic is not None:
                 self.key_topic.close()
-            if self.handler.dedup_log is not None:
-                self.handler.dedup_log.close()
+            for follower in (self.handler.dedup_log, self.handler.consent_log):
+                if follower is not None:
+                    follower.close()
             self._log_status()
             log.info("worker stopped")
         return 0
+
+    def _follow_consent(self) -> ChangelogFollower | None:
+        """Consent purposes: the consent topic restored into the pipeline's table before the first event
+        (read_committed, to its end), then followed before every batch."""
+        if not getattr(self.pipeline, "asks_consent", False) and getattr(self.pipeline, "consent_intake", None) is None:
+            return None
+        started = time.monotonic()
+        table, follower = consent.restore_table(self.config)
+        self.pipeline.consent = table
+        log.info("consent table restored", extra={"subjects": len(table),
+                                                  "seconds": round(time.monotonic() - started, 3)})
+        return follower
 
     def _new_writer_ids(self) -> NewWriterIds | None:
         stages = getattr(self.pipeline, "stages", {})
@@ -322,6 +339,9 @@ class Worker:
         for key, n in counts.items():
             if key[1] == "leak_suspected":  # (topic, "leak_suspected", field path, entity)
                 metrics.LEAKS.labels(key[0], key[2], key[3]).inc(n)
+                continue
+            if key[1] == "purpose":  # (topic, "purpose", purpose, published | withheld)
+                metrics.PURPOSE_EVENTS.labels(key[0], key[2], key[3]).inc(n)
                 continue
             if key[1] == "unannotated":  # (topic, "unannotated", field path): a writer field the policy lacks
                 metrics.UNANNOTATED_FIELDS.labels(key[0], key[2]).inc(n)

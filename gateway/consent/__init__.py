@@ -1,0 +1,1 @@
+"""Consent and purposes (pure): the consent table's semantics and the purposes a policy declares."""
