@@ -139,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
     add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
 
+    retention = sub.add_parser("retention", help="retention by key expiry: list and erase the period keys of fields "
+                                                 "with retention_days").add_subparsers(dest="retention_cmd",
+                                                                                       required=True)
+    p = retention.add_parser("show", help="list the key topic's periods: retention, period, key ids and when each "
+                                          "is erased")
+    p.add_argument("--json", action="store_true", help="one JSON object per period, every key id listed")
+    add_settings(p, "bootstrap", "key_topic", "security")
+    p = retention.add_parser("enforce", help="erase (tombstone) every period key whose period ended more than its "
+                                             "retention ago, audited in the same transaction",
+                             description="Workers do the same every retention_check_s. Use the workers' group_id "
+                                         "(it prefixes the transactional id their runs and this one share, so they "
+                                         "fence each other and the audit chain keys:retention has one writer).")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
+    add_settings(p, "bootstrap", "key_topic", "audit_topic", "group_id", "security")
+
     p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it",
                        description="The identifier is read from stdin (or --file), so it stays out of shell history.")
     p.add_argument("subject", nargs="?", default=None,
@@ -256,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {"broker": cmd_broker, "run": cmd_run, "policy": cmd_policy, "decrypt": cmd_decrypt, "dlq": cmd_dlq,
                    "dump": cmd_dump, "audit": cmd_audit, "demo": cmd_demo, "keys": cmd_keys,
-                   "forget": cmd_forget, "consent": cmd_consent,
+                   "forget": cmd_forget, "retention": cmd_retention, "consent": cmd_consent,
                    "aggregate": cmd_aggregate, "budget": cmd_budget, "quality": cmd_quality,
                    "report": cmd_report,
                    "produce-samples": cmd_produce_samples, "scan": cmd_scan}[args.command]
@@ -800,6 +815,12 @@ def _epoch_ms(text: str) -> int:
 
 def _iso(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from gateway.runtime.retention import cmd_retention as run
+
+    return run(args, _config(args))
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

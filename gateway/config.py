@@ -146,6 +146,10 @@ class GatewayConfig:
     dek_max_age_s: float = setting(3600.0, "a data key is replaced after this many seconds (one KMS call)",
                                    group="keys")
     dek_max_uses: int = setting(4_000_000, "... or after this many encryptions", group="keys")
+    retention_check_s: float = setting(3600.0, "how often a worker erases the period keys past their retention "
+                                       "(fields with retention_days): only the worker holding partition 0 of the "
+                                       "first source topic with a retention does; 0: never (run gateway retention "
+                                       "enforce)", group="keys")
     session_timeout_ms: int = setting(10_000, "consumer-group session timeout", group="worker")
     # how long a transaction may stay open before the broker aborts it: bounds how long a crashed
     # worker's partitions wait before another worker can take them over
@@ -230,6 +234,8 @@ class GatewayConfig:
         self._check(1 <= self.max_field_bytes <= self.max_record_bytes, "max_field_bytes",
                     "must be between 1 and max_record_bytes")
         self._check(self.dek_max_age_s > 0, "dek_max_age_s", "must be positive")
+        self._check(self.retention_check_s == 0 or 1 <= self.retention_check_s <= 86_400, "retention_check_s",
+                    "must be 0 (off) or between 1 and 86400 seconds")
         self._check(0.0 <= self.leak_sample_rate <= 1.0, "leak_sample_rate", "must be between 0 and 1")
         self._check(1 <= self.dek_max_uses <= 2**32, "dek_max_uses",
                     "must be between 1 and 2^32 (random 96-bit nonces stay safe below that)")

@@ -5,6 +5,10 @@ fields are base64 strings. Each encrypted field is reported as decrypted or with
 could not be (tampered, key not held, key erased, not permitted,
 kms unavailable, malformed).
 
+Per-subject (format v2) and period-key (format v4, fields with a retention) fields open with the key
+topic's keys (`FieldDecryptor(kms, subject_keys=...)`: SubjectKeys holds both); a period erased by
+retention, like a forgotten subject, is reported "key_erased".
+
 Role-scoped fields (format v3) open only for the role the decryptor was made with
 (`FieldDecryptor(kms, role=R)`); a field whose roles do not include it is reported
 "not_permitted", one whose role key is not held here "key_not_held".

@@ -30,6 +30,7 @@ from gateway.consent.purposes import PurposeSpec, parse_purposes
 from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.evolution import WriterSchema, fingerprint, resolve_writer
+from gateway.keys.period_keys import retention_problem
 from gateway.operators.base import FieldContext, Operator, OperatorError
 from gateway.quality.spec import QualitySpec, compile_quality
 from gateway.schema import (
@@ -43,7 +44,7 @@ from gateway.schema import (
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas", "purposes"}
+                   "writer_schemas", "purposes", "retention_days"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -189,6 +190,7 @@ class _Compiler:
         self.emitted_names: set[str] = set()
         self.in_progress: set[str] = set()
         self.expanded = expand_schema(schema.raw)
+        self.retention_days: int | None = None  # the record-level retention of encrypted fields (operators/encrypt.py)
 
     def error(self, where: str, message: str) -> None:
         self.problems.append(Problem("error", self.label, where, message))
@@ -248,7 +250,7 @@ class _Compiler:
             resolved = self._expanded_inner(path)
         except (StopIteration, KeyError, TypeError):  # a path through a union of records: as written
             resolved = inner
-        ctx = FieldContext(self.label, path, f, nullable, inner, resolved, self.keep_type)
+        ctx = FieldContext(self.label, path, f, nullable, inner, resolved, self.keep_type, self.retention_days)
         try:
             operator = operator_class.compile(options, ctx)
         except OperatorError as exc:
@@ -451,6 +453,12 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
 
     by_fingerprint, by_id = _writer_schemas(schema, settings.get("writer_schemas"), c.error)
     purpose_specs = parse_purposes(settings.get("purposes"), c.error)
+    if "retention_days" in settings:  # every encrypted field without its own: keys erased by period
+        problem = retention_problem(settings["retention_days"])
+        if problem is not None:
+            c.error("(record)", problem)
+        else:
+            c.retention_days = settings["retention_days"]
     record_plan, sanitized = c.record(schema.parsed, "")
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
 
@@ -572,7 +580,8 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
         framed = output == "confluent" or (output == "same" and input_mode == "confluent")
         view_output = spec.output or ("avro" if framed else output)  # a view has no registry id of its own
         view_event_id = event_id if event_id in spec.fields else None
-        raw["privacy"] = {k: v for k, v in (("subject", subject), ("event_id", view_event_id)) if v is not None}
+        raw["privacy"] = {k: v for k, v in (("subject", subject), ("event_id", view_event_id),
+                                            ("retention_days", schema.privacy.get("retention_days"))) if v is not None}
         raw["privacy"].update(source_topic=taken[0], sanitized_topic=spec.topic, input=input_mode, output=view_output)
         try:
             view_schema = SchemaFile(schema.path, raw, fastavro.parse_schema(raw))

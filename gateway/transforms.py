@@ -18,6 +18,7 @@ event, not once per field).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from gateway.errors import GatewayError, KeyringError, RejectedEvent
 from gateway.keys.envelope import DataKey, DekCache
 from gateway.keys.errors import KmsConfigError, KmsUnavailable
+from gateway.keys.period_keys import event_day
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.operators.base import CALL, CHECK_STR, StepFn
@@ -45,7 +47,7 @@ class SanitizeResult:
         self.subject = subject  # the subject as it appears in the sanitized record ("" if none)
         self.timestamp_ms = timestamp_ms  # the event's time (its Kafka timestamp)
         self.dek_key_id: str | None = None  # the shared (format v1) DEK used, if any field was encrypted
-        self.other_key_ids: set[str] | None = None  # per-subject (v2) and role (v3) keys, for the audit
+        self.other_key_ids: set[str] | None = None  # per-subject (v2), role (v3) and period (v4) keys, for the audit
         self.dek: DataKey | None = None  # the shared DEK this event encrypts under
         self.subject_aad: bytes | None = None  # the subject's part of the associated data
         self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
@@ -228,6 +230,32 @@ class RecordSanitizer:
                 raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
 
         return subject_key
+
+    def period_dek(self, path: str, days: int, per_subject: bool) -> Callable[[int, str], DataKey]:
+        """The key of a field with a retention (format v4) for an event's (timestamp, subject): the period
+        key of the event's UTC day, per subject too when `per_subject`. The key topic holds them, so a
+        plan with a retention needs the subject keys (gateway.runtime.keytopic) even without a subject."""
+        if self._subject_keys is None:
+            raise GatewayError(f"schema '{self.plan.name}', field '{path}' has a retention: the sanitizer needs the "
+                               "key topic's keys (gateway.runtime.keytopic follows it into SubjectKeys)")
+        periods = self._subject_keys.periods
+        domain = self.plan.subject_domain if per_subject else ""
+        assert domain is not None  # per_subject needs a tokenized subject (the policy compiler checks)
+
+        def period_key(timestamp_ms: int, subject: str) -> DataKey:
+            if timestamp_ms is None or timestamp_ms < 0:  # Kafka says -1 when a record has no timestamp
+                raise RejectedEvent("missing_timestamp", f"field '{path}' is kept for {days} day(s) from the event's "
+                                    "time, but the event has no timestamp")
+            if per_subject and not subject:
+                raise RejectedEvent("missing_subject", f"field '{path}' is encrypted under the subject's own "
+                                    "key, but the event has no subject")
+            day = event_day(timestamp_ms, int(time.time() * 1000))
+            try:
+                return periods.current(days, day, domain, subject if per_subject else "")
+            except KmsUnavailable as exc:
+                raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
+
+        return period_key
 
     def too_large(self, path: str, size: int) -> None:
         raise RejectedEvent("field_too_large", f"field '{path}' holds {size} bytes, above "

@@ -15,6 +15,14 @@ listed role's KEK, so only a holder of one of those KEKs can unwrap it (gateway.
     0x03 | dek_id (16 bytes) | u8 count | count x (u8 len | role | u8 len | kek_id | u16 len | wrapped DEK)
          | nonce (12) | ciphertext+tag
 
+Format v4, period keys (``"encrypt": {"retention_days": N}``): the DEK of the UTC day the event falls
+in, for that retention, stored wrapped in the key topic only (gateway.keys.period_keys), so erasing
+it there (``gateway retention enforce``) makes that day's ciphertexts unreadable everywhere. A
+per-subject field with a retention names the subject's token domain: its key is per subject and day::
+
+    0x04 | u16 retention days | u32 day (days since 1970-01-01 UTC) | u8 len | token domain ("": shared)
+         | dek_id (16 bytes) | nonce (12) | ciphertext+tag
+
 Roles are sorted and unique. Each wrap is bound to its role and the DEK id (the KMS's encryption
 context or associated data), so an entry cannot be relabelled for another role even where two
 roles share a KMS key; the header, role list included, is part of the associated data.
@@ -27,6 +35,7 @@ topic, or with any header byte changed, fails to authenticate.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import secrets
@@ -48,12 +57,15 @@ from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 FORMAT_V1 = 1
 FORMAT_SUBJECT = 2
 FORMAT_ROLES = 3
+FORMAT_PERIOD = 4
 NONCE_BYTES = 12
 DEK_ID_BYTES = 16
 MIN_WRAPPED_BYTES = 16  # any KMS's wrapped 32-byte key is longer: shorter is corrupt
 _DEK_CONTEXT = b"privacy-gateway/field-dek"
 _ROLE_DEK_CONTEXT = b"privacy-gateway/role-dek/"
 _MALFORMED = "ciphertext is truncated or not in the gateway's format"
+EPOCH_DATE = datetime.date(1970, 1, 1)  # day 0 of format v4's day numbers (UTC)
+MAX_PERIOD_DAY = (datetime.date.max - EPOCH_DATE).days  # 9999-12-31: later days have no date to name them
 
 
 def _length_prefixed(part: str) -> bytes:
@@ -136,8 +148,12 @@ class DataKey:
 
     @functools.cached_property
     def key_id(self) -> str:
-        """Printable id for audit: '<kek_id>/<dek_id hex>' (v1), 'subject:<domain>/<dek_id hex>' (v2) or
-        'roles:<role>,<role>/<dek_id hex>' (v3)."""
+        """Printable id for audit: '<kek_id>/<dek_id hex>' (v1), 'subject:<domain>/<dek_id hex>' (v2),
+        'roles:<role>,<role>/<dek_id hex>' (v3) or 'period:<days>/<yyyy-mm-dd>[/subject:<domain>]/<dek_id hex>'
+        (v4; never the subject's token)."""
+        if self.header[0] == FORMAT_PERIOD:
+            days, day, domain = _period_fields(self.header)
+            return period_key_id(days, day, domain, self.dek_id)
         if self.header[0] == FORMAT_ROLES:
             entries, _ = _role_entries(self.header, 1 + DEK_ID_BYTES)
             return f"roles:{','.join(e.role for e in entries)}/{self.dek_id.hex()}"
@@ -150,6 +166,29 @@ def subject_header(domain: str, dek_id: bytes) -> bytes:
     """Header of a format-v2 ciphertext: the DEK is found by (domain, subject token, dek_id)."""
     data = domain.encode("utf-8")
     return bytes([FORMAT_SUBJECT, len(data)]) + data + dek_id
+
+
+def period_header(days: int, day: int, domain: str, dek_id: bytes) -> bytes:
+    """Header of a format-v4 ciphertext: the DEK is found by (retention days, day, domain, subject token
+    when `domain` is set, dek_id) in the key topic."""
+    data = domain.encode("utf-8")
+    if not 1 <= days <= 0xFFFF or not 0 <= day <= MAX_PERIOD_DAY or len(data) > 255 or len(dek_id) != DEK_ID_BYTES:
+        raise GatewayError("a period key's retention, day, domain or id does not fit ciphertext format v4")
+    return bytes([FORMAT_PERIOD]) + struct.pack(">HI", days, day) + bytes([len(data)]) + data + dek_id
+
+
+def _period_fields(header: bytes) -> tuple[int, int, str]:
+    """(retention days, day, token domain) of a v4 header (its first bytes are checked by the parser)."""
+    days, day = struct.unpack(">HI", header[1:7])
+    return days, day, header[8:8 + header[7]].decode("utf-8")
+
+
+def period_key_id(days: int, day: int, domain: str, dek_id: bytes) -> str:
+    """The audit's name for a period key: retention, day and DEK id, and the token domain of a per-subject
+    one, never the subject's token (gateway.keys.period_keys names the key-topic records)."""
+    period = (EPOCH_DATE + datetime.timedelta(days=day)).isoformat()
+    scope = f"subject:{domain}/" if domain else ""
+    return f"period:{days}/{period}/{scope}{dek_id.hex()}"
 
 
 class DekCache:
@@ -308,9 +347,13 @@ class ParsedCiphertext:
     body: bytes
     version: int = FORMAT_V1
     role_wraps: tuple[RoleWrap, ...] = ()  # v3: the DEK wrapped per role (kek_id: "roles:<r1>,<r2>")
+    retention_days: int = 0  # v4: the retention the period key belongs to (kek_id: the token domain or "")
+    day: int = 0  # v4: the period, days since 1970-01-01 UTC
 
     @property
     def key_id(self) -> str:
+        if self.version == FORMAT_PERIOD:
+            return period_key_id(self.retention_days, self.day, self.kek_id, self.dek_id)
         return f"{self.kek_id}/{self.dek_id.hex()}"
 
     @property
@@ -324,6 +367,8 @@ def parse_ciphertext(data: bytes) -> ParsedCiphertext:
         return _parse_subject(data)
     if data[:1] == bytes([FORMAT_ROLES]):
         return _parse_roles(data)
+    if data[:1] == bytes([FORMAT_PERIOD]):
+        return _parse_period(data)
     try:
         if data[0] != FORMAT_V1:
             raise DecryptError("unknown_format", f"ciphertext format version {data[0]} is not supported")
@@ -372,8 +417,29 @@ def _parse_roles(data: bytes) -> ParsedCiphertext:
     return ParsedCiphertext(label, dek_id, b"", header, nonce, body, FORMAT_ROLES, entries)
 
 
+def _parse_period(data: bytes) -> ParsedCiphertext:
+    try:
+        days, day = struct.unpack(">HI", data[1:7])
+        pos = 8 + data[7]
+        domain = data[8:pos].decode("utf-8")
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise DecryptError("malformed", _MALFORMED) from None
+    dek_id = data[pos:pos + DEK_ID_BYTES]
+    header = data[:pos + DEK_ID_BYTES]
+    nonce = data[pos + DEK_ID_BYTES:pos + DEK_ID_BYTES + NONCE_BYTES]
+    body = data[pos + DEK_ID_BYTES + NONCE_BYTES:]
+    if (days < 1 or day > MAX_PERIOD_DAY or len(dek_id) != DEK_ID_BYTES or len(nonce) != NONCE_BYTES
+            or len(body) < 16):
+        raise DecryptError("malformed", _MALFORMED)
+    return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, FORMAT_PERIOD, retention_days=days, day=day)
+
+
 class SubjectKeyResolver(Protocol):
     def aead_for(self, domain: str, subject: str, dek_id: bytes) -> AESGCM: ...
+
+
+class PeriodKeyResolver(Protocol):
+    def aead_for(self, days: int, day: int, domain: str, subject: str, dek_id: bytes) -> AESGCM: ...
 
 
 class FieldDecryptor:
@@ -382,6 +448,10 @@ class FieldDecryptor:
     Per-subject ciphertexts (format v2) need `subject_keys` (the key topic's content) and the
     record's subject token; an erased subject's fields fail with reason "key_erased".
 
+    Period ciphertexts (format v4) need `period_keys` (the key topic's period keys; by default those
+    `subject_keys` holds, gateway.keys.subject_keys.SubjectKeys.periods); a period whose key was erased
+    by retention fails with "key_erased".
+
     Role-scoped ciphertexts (format v3) open only for a decryptor made with `role`, and only through
     that role's own entry and key (`kms.role_unwrapping_kms(role)`): a field whose header does not
     list the role is "not_permitted" whatever other keys this process holds, and "key_not_held"
@@ -389,11 +459,13 @@ class FieldDecryptor:
     """
 
     def __init__(self, kms: KmsProvider, cache_size: int = 10_000,
-                 subject_keys: SubjectKeyResolver | None = None, role: str | None = None) -> None:
+                 subject_keys: SubjectKeyResolver | None = None, role: str | None = None,
+                 period_keys: PeriodKeyResolver | None = None) -> None:
         self._kms = kms
         self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._cache_size = cache_size
         self._subject_keys = subject_keys
+        self._period_keys = period_keys if period_keys is not None else getattr(subject_keys, "periods", None)
         if role is not None and not valid_role(role):
             raise GatewayError(f"role '{role}' is not a role name ({ROLE_NAME_RULE})")
         self.role = role
@@ -406,6 +478,12 @@ class FieldDecryptor:
                 raise DecryptError("key_not_held", "the field is under a per-subject key: read the key topic "
                                    "(gateway decrypt --bootstrap ...) to open it")
             aead = self._subject_keys.aead_for(parsed.kek_id, subject, parsed.dek_id)
+        elif parsed.version == FORMAT_PERIOD:
+            if self._period_keys is None:
+                raise DecryptError("key_not_held", "the field is under a period key (retention): read the key topic "
+                                   "(gateway decrypt --bootstrap ...) to open it")
+            aead = self._period_keys.aead_for(parsed.retention_days, parsed.day, parsed.kek_id,
+                                              subject if parsed.kek_id else "", parsed.dek_id)
         elif parsed.version == FORMAT_ROLES:
             aead = self._role_aead_for(parsed)
         else:

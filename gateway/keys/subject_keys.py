@@ -16,6 +16,10 @@ newest is used for new events, all of them are erased together.
 Keys starting with ``_`` are the gateway's own bookkeeping in that topic, never a subject key (a
 token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain
 (keytopic.py). `SubjectKeys.apply` ignores them.
+
+Keys starting with ``period:`` are period keys (retention by key expiry, gateway.keys.period_keys;
+a token domain cannot hold ':'). `SubjectKeys.apply` hands them to `SubjectKeys.periods`, and
+`publish_pending` stores new ones with the new subject keys, so the key topic has one state object.
 """
 
 from __future__ import annotations
@@ -40,10 +44,17 @@ ENTRY_FORMAT = 1
 
 KeyRecord = tuple[bytes, bytes | None]  # (key, value or None for a tombstone)
 RESERVED_PREFIX = "_"  # key-topic records that are not subject keys (token domains never start with it)
+PERIOD_PREFIX = "period:"  # period keys (gateway.keys.period_keys); no token domain holds ':'
 
 
 def is_subject_key(key: bytes | str) -> bool:
-    """Whether a key-topic record's key names a subject key (not the gateway's bookkeeping)."""
+    """Whether a key-topic record's key names a subject key (not the gateway's bookkeeping, not a period key)."""
+    name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return not name.startswith(RESERVED_PREFIX) and not name.startswith(PERIOD_PREFIX)
+
+
+def is_key_record(key: bytes | str) -> bool:
+    """Whether a key-topic record holds a key (subject or period) rather than the gateway's bookkeeping."""
     name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
     return not name.startswith(RESERVED_PREFIX)
 
@@ -83,9 +94,12 @@ class SubjectKeys:
         self._lock = threading.RLock()
         self.kms_calls = 0
         self.erased = 0
+        from gateway.keys.period_keys import PeriodKeys  # here: period_keys builds on this module's entries
+
+        self.periods = PeriodKeys(kms, max_uses, cache_size)  # the key topic's period keys (retention)
 
     def __repr__(self) -> str:
-        return f"<SubjectKeys live={len(self._entries)} cached={len(self._aeads)}>"
+        return f"<SubjectKeys live={len(self._entries)} cached={len(self._aeads)} periods={len(self.periods)}>"
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -125,9 +139,11 @@ class SubjectKeys:
         return DataKey(dek_id, aead, subject_header(domain, dek_id), time.monotonic())
 
     def publish_pending(self) -> int:
-        """Store new keys (durably, through `publisher`) before any ciphertext under them is published."""
+        """Store new keys, period keys included (durably, through `publisher`), before any ciphertext under
+        them is published."""
         with self._lock:
             pending, self._pending = self._pending, []
+        pending += self.periods.drain_pending()
         if pending and self.publisher is not None:
             self.publisher(pending)
         return len(pending)
@@ -135,14 +151,17 @@ class SubjectKeys:
     def drain_pending(self) -> list[KeyRecord]:
         with self._lock:
             pending, self._pending = self._pending, []
-        return pending
+        return pending + self.periods.drain_pending()
 
     # ---- the key topic's content -------------------------------------------------------------
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Apply one key-topic record: a stored key, or a tombstone that erases it (and evicts it).
 
-        Bookkeeping records (`is_subject_key` false, e.g. the forget chain's head) are ignored."""
+        Period keys go to `periods`; bookkeeping records (e.g. the forget chain's head) are ignored."""
         name = key.decode("utf-8", "replace")
+        if name.startswith(PERIOD_PREFIX):
+            self.periods.apply(key, value)
+            return
         if not is_subject_key(name):
             return
         prefix, _, dek_hex = name.rpartition("/")

@@ -7,9 +7,16 @@ taken once per event from the DEK cache and reused by the event's other encrypte
 has uses left; `per_subject` uses the subject's own DEK (format v2), which `gateway forget` erases;
 `roles` uses a DEK wrapped under each listed role's KEK (format v3), so only those roles open it.
 
+`retention_days` (or the record's `retention_days` setting) uses the DEK of the event's UTC day for
+that retention (format v4; per subject and day with `per_subject`), stored in the key topic only, so
+`gateway retention enforce` makes the day unreadable once the retention has passed
+(gateway.keys.period_keys).
+
 `roles` and `per_subject` do not combine (a compile error): a per-subject DEK is stored in the key
 topic wrapped by the one KEK, so whoever holds that KEK and the topic could open the field whatever
-its roles; scoping it would need the key topic to hold a wrap per role.
+its roles; scoping it would need the key topic to hold a wrap per role. `roles` and a retention do
+not combine for the same reason: a period key is stored in the key topic under the one KEK, and
+the v3 wraps in the header would outlive the erasure.
 """
 
 from __future__ import annotations
@@ -20,18 +27,21 @@ from typing import TYPE_CHECKING, Any
 import fastavro
 
 from gateway.keys.envelope import context_prefix, encrypt_field, subject_suffix
+from gateway.keys.period_keys import retention_problem
 from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 from gateway.operators.base import CALL, BuildEnv, FieldContext, Opener, Operator, OperatorError, Step, reject_unknown
 from gateway.schema import plaintext_encoder, strip_logical_types
 
 if TYPE_CHECKING:
-    from gateway.policy import FieldPlan
+    from gateway.policy import FieldPlan, Plan, RecordPlan
     from gateway.transforms import SanitizeResult
 
 SHARED_DOC = "AES-256-GCM ciphertext, privacy-gateway format v1 (gateway decrypt)"
 SUBJECT_DOC = "AES-256-GCM ciphertext under the subject's own key, privacy-gateway format v2 (gateway decrypt)"
 ROLES_DOC = ("AES-256-GCM ciphertext readable by role(s) {roles} only, privacy-gateway format v3 "
              "(gateway decrypt --role R)")
+PERIOD_DOC = ("AES-256-GCM ciphertext under the key of its day, erased {days} day(s) after the day ends{subject}, "
+              "privacy-gateway format v4 (gateway decrypt --bootstrap)")
 MAX_ROLES = 255  # format v3 counts them in one byte
 
 
@@ -39,14 +49,16 @@ class Encrypt(Operator):
     name = "encrypt"
     deterministic = False  # a fresh nonce per value
 
-    def __init__(self, plaintext_schema: Any, per_subject: bool, roles: tuple[str, ...] = ()) -> None:
+    def __init__(self, plaintext_schema: Any, per_subject: bool, roles: tuple[str, ...] = (),
+                 retention_days: int | None = None) -> None:
         self.plaintext_schema = plaintext_schema  # parsed Avro schema of the value (null excluded)
         self.per_subject = per_subject
         self.roles = roles  # sorted, unique; empty: not role-scoped
+        self.retention_days = retention_days  # None: no retention (the key is not a period key)
 
     @classmethod
     def compile(cls, options: dict[str, Any], ctx: FieldContext) -> Encrypt:
-        reject_unknown(options, {"per_subject", "roles"}, "encrypt")
+        reject_unknown(options, {"per_subject", "roles", "retention_days"}, "encrypt")
         per_subject = options.get("per_subject", False)
         if per_subject not in (True, False):
             raise OperatorError("encrypt option per_subject must be true or false")
@@ -55,16 +67,26 @@ class Encrypt(Operator):
             raise OperatorError("encrypt options roles and per_subject cannot be combined: a per-subject key is "
                                 "wrapped by the one KEK in the key topic, so roles would not restrict who opens the "
                                 "field; choose one (README, \"Roles and KMS permissions\")")
+        retention_days = _retention_option(options, ctx)
+        if roles and retention_days is not None:
+            where = ("encrypt option retention_days" if "retention_days" in options
+                     else "the record's retention_days setting (it applies to every encrypted field)")
+            raise OperatorError(f"encrypt option roles cannot be combined with {where} yet: a period key is wrapped "
+                                "by the one KEK in the key topic, so roles would not restrict who opens the field; "
+                                "drop the roles, or declare retention_days on the other encrypted fields rather than "
+                                "on the record (README, \"Retention by key expiry\")")
         try:
             plaintext_schema = fastavro.parse_schema(strip_logical_types(ctx.resolved))
         except Exception as exc:  # fastavro raises several types for schemas it cannot parse
             raise OperatorError(f"cannot build the plaintext schema for encryption ({exc})") from None
-        return cls(plaintext_schema, bool(per_subject), roles)
+        return cls(plaintext_schema, bool(per_subject), roles, retention_days)
 
     @property
     def label(self) -> str:
         if self.roles:
             return "encrypt:roles=" + ",".join(self.roles)
+        if self.retention_days is not None:
+            return f"encrypt:{'per_subject,' if self.per_subject else ''}retention_days={self.retention_days}"
         return "encrypt:per_subject" if self.per_subject else "encrypt"
 
     @property
@@ -77,6 +99,8 @@ class Encrypt(Operator):
     def doc(self, ctx: FieldContext) -> str:
         if self.roles:
             return ROLES_DOC.format(roles=", ".join(self.roles))
+        if self.retention_days is not None:
+            return PERIOD_DOC.format(days=self.retention_days, subject=" (per subject)" if self.per_subject else "")
         return SUBJECT_DOC if self.per_subject else SHARED_DOC
 
     def build(self, fp: FieldPlan, env: BuildEnv) -> Step:
@@ -84,6 +108,23 @@ class Encrypt(Operator):
         context = context_prefix(env.topic, fp.path)
         path, limit = fp.path, env.max_field_bytes
         too_large = env.too_large
+        if self.retention_days is not None:
+            # the key of the event's day (per subject and day with per_subject), looked up per field:
+            # the key topic's consumer may erase it
+            period_key = env.period_dek(path, self.retention_days, self.per_subject)
+
+            def encrypt_for_period(value: Any, event: SanitizeResult) -> bytes:
+                plaintext = encode(value)
+                if len(plaintext) > limit:
+                    too_large(path, len(plaintext))
+                key = period_key(event.timestamp_ms, event.subject)
+                event.add_key_id(key.key_id)
+                aad = event.subject_aad
+                if aad is None:
+                    aad = event.subject_aad = subject_suffix(event.subject)
+                return encrypt_field(key, plaintext, context + aad)
+
+            return CALL, encrypt_for_period
         if self.per_subject:
             subject_key = env.subject_key(path)
 
@@ -141,6 +182,38 @@ class Encrypt(Operator):
 
     def decode(self, plaintext: bytes) -> Any:
         return fastavro.schemaless_reader(io.BytesIO(plaintext), self.plaintext_schema, None)
+
+
+def _retention_option(options: dict[str, Any], ctx: FieldContext) -> int | None:
+    """`retention_days`: the field's own, else the record's (checked by the policy compiler)."""
+    if "retention_days" not in options:
+        return ctx.retention_days
+    problem = retention_problem(options["retention_days"])
+    if problem is not None:
+        raise OperatorError(f"encrypt option {problem}")
+    return int(options["retention_days"])
+
+
+def plan_retentions(plan: Plan) -> frozenset[int]:
+    """The retentions (days) of every encrypted field of a plan, nested records and purpose views
+    included: a worker with any needs the key topic and enforces retention."""
+    found: set[int] = set()
+
+    def walk(record: RecordPlan) -> None:
+        for fp in record.fields:
+            op = fp.operator
+            if isinstance(op, Encrypt) and op.retention_days is not None:
+                found.add(op.retention_days)
+            shape = fp.shape
+            while shape is not None:
+                if shape.record is not None:
+                    walk(shape.record)
+                shape = shape.inner
+
+    walk(plan.record)
+    for purpose in plan.purposes:
+        found |= plan_retentions(purpose.plan)
+    return frozenset(found)
 
 
 def _roles_option(options: dict[str, Any]) -> tuple[str, ...]:

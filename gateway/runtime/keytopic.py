@@ -1,4 +1,5 @@
-"""The key topic's I/O: a compacted topic of wrapped per-subject DEKs (see subject_keys.py).
+"""The key topic's I/O: a compacted topic of wrapped per-subject and period DEKs (see subject_keys.py
+and period_keys.py).
 
 `KeyTopic` keeps a `SubjectKeys` in step with the topic: at start it reads the topic to its end,
 then a background consumer thread applies every new record within a poll interval, so a tombstone
@@ -21,6 +22,15 @@ One forget is one Kafka transaction under the stable transactional.id
    as a restart, not a break, when earlier forget events exist, e.g. after an upgrade);
 3. tombstones, the new head record and the sealed audit event are produced and committed together,
    so readers (read_committed) see all of them or none.
+
+`enforce_retention` is the other erasure: tombstones for every period key whose period ended more
+than its retention ago (period_keys.due_keys), audited by one ``retention_enforced`` event per run
+(periods and key ids, never a subject's token) on its own chain ``keys:retention``, the same way:
+head ``_audit-head/<audit topic>/keys:retention``, transactional.id
+``<group_id>-retention:<key topic>`` (the CLI and the worker's schedule share it, so they fence
+each other and the chain has one writer at a time). A run erasing more than
+MAX_KEYS_PER_TRANSACTION keys commits several such transactions, one event each, so no audit event
+outgrows a Kafka record. A run with nothing due writes nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +51,16 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from gateway.audit import GENESIS, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.keys.subject_keys import RESERVED_PREFIX, KeyRecord, SubjectKeys, is_subject_key
+from gateway.keys.period_keys import (
+    PeriodKeyName,
+    PeriodKeys,
+    day_label,
+    due_keys,
+    erase_at_ms,
+    is_period_key,
+    parse_period_key,
+)
+from gateway.keys.subject_keys import RESERVED_PREFIX, KeyRecord, SubjectKeys, is_key_record
 from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import changelog, clients
 from gateway.runtime.reader import read_topic
@@ -58,6 +77,8 @@ KEY_TOPIC_CONFIG = {
     "min.cleanable.dirty.ratio": "0.01",
 }
 FORGET_CHAIN = "keys:forget"
+RETENTION_CHAIN = "keys:retention"
+MAX_KEYS_PER_TRANSACTION = 2_000  # about 200 KB of key ids in one audit event, far below a record's limit
 HEAD_PREFIX = f"{RESERVED_PREFIX}audit-head/"
 HEAD_FORMAT = 1
 HEAD_PARTITION = 0  # stable when partitions are added (a key's hash partition would move)
@@ -98,11 +119,12 @@ class KeyTopic:
         log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys)})
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None or not is_subject_key(key):  # not the forget chain's head
+        if key is None or not is_key_record(key):  # not an audit chain's head
             return
         self.keys.apply(key, value)
         if value is None:
-            log.info("subject key erased", extra={"topic": self.topic})
+            kind = "period key erased" if is_period_key(key) else "subject key erased"
+            log.info(kind, extra={"topic": self.topic})
 
     def _follow(self) -> None:
         while not self._stop.is_set():
@@ -134,27 +156,36 @@ def produce_records(producer: Producer, topic: str, records: list[KeyRecord], ti
 
 
 def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> SubjectKeys:
-    """Read the whole key topic into `keys` (for decrypt, forget and rewrap).
+    """Read the whole key topic into `keys`, period keys included (for decrypt, forget and rewrap).
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
 
     for record in read_topic(kafka, topic):
-        if record.key is not None and is_subject_key(record.key):  # not the forget chain's head
+        if record.key is not None and is_key_record(record.key):  # not an audit chain's head
             keys.apply(record.key, record.value)
     return keys
 
 
-def forget_head_key(audit_topic: str) -> bytes:
-    """Key of the key-topic record that holds the head of `audit_topic`'s forget chain."""
-    return f"{HEAD_PREFIX}{audit_topic}/{FORGET_CHAIN}".encode()
+def load_period_keys(kafka: Mapping[str, str], topic: str) -> PeriodKeys:
+    """The key topic's period keys only, without a KMS (to list or erase them: `gateway retention`)."""
+    keys = PeriodKeys(None)
+    for record in read_topic(kafka, topic):
+        if record.key is not None and is_period_key(record.key):
+            keys.apply(record.key, record.value)
+    return keys
 
 
-def forget_head_value(audit_topic: str, last_hash: str) -> bytes:
-    return orjson.dumps({"format": HEAD_FORMAT, "chain": FORGET_CHAIN, "audit_topic": audit_topic,
+def chain_head_key(audit_topic: str, chain: str) -> bytes:
+    """Key of the key-topic record that holds the head of `audit_topic`'s chain `chain` (forget, retention)."""
+    return f"{HEAD_PREFIX}{audit_topic}/{chain}".encode()
+
+
+def chain_head_value(audit_topic: str, chain: str, last_hash: str) -> bytes:
+    return orjson.dumps({"format": HEAD_FORMAT, "chain": chain, "audit_topic": audit_topic,
                          "hash": last_hash, "time": int(time.time() * 1000)})
 
 
-def parse_forget_head(value: bytes | None) -> str | None:
+def parse_chain_head(value: bytes | None, chain: str) -> str | None:
     """The last hash a head record holds; None for none (a tombstone) or an unreadable one."""
     if value is None:
         return None
@@ -165,19 +196,37 @@ def parse_forget_head(value: bytes | None) -> str | None:
         last = None
     if isinstance(last, str) and _HASH_RE.fullmatch(last):
         return last
-    log.warning("the forget chain's head record is unreadable: the chain restarts from genesis", extra={})
+    log.warning("an audit chain's head record is unreadable: the chain restarts from genesis", extra={"chain": chain})
     return None
 
 
-def read_forget_head(kafka: Mapping[str, str], key_topic: str, audit_topic: str) -> str | None:
-    """The forget chain's last hash as the key topic holds it (committed records only), or None."""
-
-    wanted = forget_head_key(audit_topic)
+def read_chain_head(kafka: Mapping[str, str], key_topic: str, audit_topic: str, chain: str) -> str | None:
+    """The chain's last hash as the key topic holds it (committed records only), or None."""
+    wanted = chain_head_key(audit_topic, chain)
     value: bytes | None = None
     for record in read_topic(kafka, key_topic, partitions={HEAD_PARTITION}):
         if record.key == wanted:
             value = record.value
-    return parse_forget_head(value)
+    return parse_chain_head(value, chain)
+
+
+def forget_head_key(audit_topic: str) -> bytes:
+    """Key of the key-topic record that holds the head of `audit_topic`'s forget chain."""
+    return chain_head_key(audit_topic, FORGET_CHAIN)
+
+
+def forget_head_value(audit_topic: str, last_hash: str) -> bytes:
+    return chain_head_value(audit_topic, FORGET_CHAIN, last_hash)
+
+
+def parse_forget_head(value: bytes | None) -> str | None:
+    """The last hash a forget head record holds; None for none (a tombstone) or an unreadable one."""
+    return parse_chain_head(value, FORGET_CHAIN)
+
+
+def read_forget_head(kafka: Mapping[str, str], key_topic: str, audit_topic: str) -> str | None:
+    """The forget chain's last hash as the key topic holds it (committed records only), or None."""
+    return read_chain_head(kafka, key_topic, audit_topic, FORGET_CHAIN)
 
 
 def forget_transactional_id(config: GatewayConfig) -> str:
@@ -186,38 +235,86 @@ def forget_transactional_id(config: GatewayConfig) -> str:
     return f"{config.group_id}-forget:{config.key_topic}"
 
 
+def retention_transactional_id(config: GatewayConfig) -> str:
+    """One id per key topic for every retention run, the CLI's and the workers' (see forget_transactional_id)."""
+    return f"{config.group_id}-retention:{config.key_topic}"
+
+
 def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys: dict[str, bytes],
                    keys: SubjectKeys) -> dict[str, Any]:
-    """Tombstone every key of `subject` (under each token version of `domain`) and audit it, in one
-    transaction with the forget chain's new head (see the module's docstring); return the event."""
+    """Tombstone every key of `subject` (under each token version of `domain`), its per-subject period keys
+    included, and audit it, in one transaction with the forget chain's new head (see the module's
+    docstring); return the event."""
     tokens = [DomainTokenizer(domain, version, key).token(subject) for version, key in sorted(token_keys.items())]
-    names = [n for token in tokens for n in keys.keys_of(domain, token)]
+    names = [n for token in tokens for n in (*keys.keys_of(domain, token), *keys.periods.keys_of(domain, token))]
     kafka = config.kafka_client_config()
     audit_partitions = _audit_partitions(config)
     transactional_id = forget_transactional_id(config)
+    producer = _chain_producer(config, transactional_id, "forget")  # from here on this one owns the chain
+    prev = read_forget_head(kafka, config.key_topic, config.audit_topic)
+    sealed = seal_audit_event(_forget_body(config, domain, tokens, names, restart=prev is None), prev or GENESIS)
+    _erase_and_audit(producer, config, FORGET_CHAIN, names, sealed, audit_partitions, transactional_id, "forget")
+    for name in names:
+        keys.apply(name.encode(), None)
+    return sealed
+
+
+def enforce_retention(config: GatewayConfig, periods: PeriodKeys, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """Tombstone every period key of `periods` whose period ended more than its retention ago, and audit it
+    on the retention chain (see the module's docstring); return the audit events (none: nothing was due).
+
+    Running it twice is harmless: a key already erased is no longer in `periods` (a running worker's
+    follower, or the key topic read again), so a second run finds nothing and writes nothing."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    due = due_keys(periods.names(), now_ms)
+    if not due:
+        return []
+    kafka = config.kafka_client_config()
+    audit_partitions = _audit_partitions(config)
+    transactional_id = retention_transactional_id(config)
+    producer = _chain_producer(config, transactional_id, "retention run")
+    prev = read_chain_head(kafka, config.key_topic, config.audit_topic, RETENTION_CHAIN)
+    restart = prev is None
+    events: list[dict[str, Any]] = []
+    for start in range(0, len(due), MAX_KEYS_PER_TRANSACTION):
+        chunk = due[start:start + MAX_KEYS_PER_TRANSACTION]
+        names = [p.name for p in chunk]
+        sealed = seal_audit_event(_retention_body(config, chunk, now_ms, restart), prev or GENESIS)
+        _erase_and_audit(producer, config, RETENTION_CHAIN, names, sealed, audit_partitions, transactional_id,
+                         "retention run")
+        for name in names:
+            periods.apply(name.encode(), None)
+        events.append(sealed)
+        prev, restart = sealed["hash"], False  # this producer still owns the chain: a rival would have fenced it
+    return events
+
+
+def _chain_producer(config: GatewayConfig, transactional_id: str, what: str) -> Producer:
+    """A transactional producer whose init_transactions fenced every earlier writer of its chain."""
     producer = clients.transactional_producer(config, transactional_id, **{
         "acks": "all", "linger.ms": 0, "transaction.timeout.ms": FORGET_TRANSACTION_TIMEOUT_MS})
     try:
-        producer.init_transactions(60)  # fences earlier forgets: from here on this one owns the chain
+        producer.init_transactions(60)
     except KafkaException as exc:
-        raise GatewayError(f"cannot start the forget's transaction (transactional.id '{transactional_id}'): "
+        raise GatewayError(f"cannot start the {what}'s transaction (transactional.id '{transactional_id}'): "
                            f"{exc.args[0].str()}; nothing was erased") from None
-    prev = read_forget_head(kafka, config.key_topic, config.audit_topic)
-    sealed = seal_audit_event(_forget_body(config, domain, tokens, names, restart=prev is None), prev or GENESIS)
+    return producer
+
+
+def _erase_and_audit(producer: Producer, config: GatewayConfig, chain: str, names: list[str],
+                     sealed: dict[str, Any], audit_partitions: int, transactional_id: str, what: str) -> None:
+    """One transaction: the tombstones, the chain's new head in the key topic and the sealed audit event."""
     try:
         producer.begin_transaction()
         for name in names:
             producer.produce(config.key_topic, None, name.encode())
-        producer.produce(config.key_topic, forget_head_value(config.audit_topic, sealed["hash"]),
-                         forget_head_key(config.audit_topic), partition=HEAD_PARTITION)
-        producer.produce(config.audit_topic, orjson.dumps(sealed), FORGET_CHAIN.encode(),
-                         partition=audit_partition(FORGET_CHAIN, audit_partitions))
+        producer.produce(config.key_topic, chain_head_value(config.audit_topic, chain, sealed["hash"]),
+                         chain_head_key(config.audit_topic, chain), partition=HEAD_PARTITION)
+        producer.produce(config.audit_topic, orjson.dumps(sealed), chain.encode(),
+                         partition=audit_partition(chain, audit_partitions))
         _commit(producer, 60)
     except KafkaException as exc:
-        raise _transaction_failed(producer, exc.args[0], transactional_id) from None
-    for name in names:
-        keys.apply(name.encode(), None)
-    return sealed
+        raise _transaction_failed(producer, exc.args[0], transactional_id, what) from None
 
 
 def _audit_partitions(config: GatewayConfig) -> int:
@@ -235,7 +332,7 @@ def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: l
         "domain": domain,
         "subject_tokens": tokens,  # the subject's tokens, never the subject
         "keys_erased": len(names),
-        "key_ids": [f"subject:{n.split('/', 1)[0]}/{n.rsplit('/', 1)[1]}" for n in names],
+        "key_ids": [_forgotten_key_id(n) for n in names],
         "key_topic": config.key_topic,
         "instance": config.instance_id,
         "time": int(time.time() * 1000),
@@ -243,6 +340,43 @@ def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: l
     if restart:  # no head in the key topic: a new chain, or one whose head was lost
         body["chain_restart"] = True
     return body
+
+
+def _forgotten_key_id(name: str) -> str:
+    """The audit's id of an erased subject key ('subject:<domain>/<dek id>') or per-subject period key
+    ('period:<days>/<day>/subject:<domain>/<dek id>'): never the token."""
+    period = parse_period_key(name)
+    if period is not None:
+        return period.key_id
+    return f"subject:{name.split('/', 1)[0]}/{name.rsplit('/', 1)[1]}"
+
+
+def _retention_body(config: GatewayConfig, erased: list[PeriodKeyName], now_ms: int, restart: bool) -> dict[str, Any]:
+    """The audit event of one retention transaction: per period (retention, day, scope) its key ids."""
+    periods: dict[tuple[int, int, str], list[str]] = {}
+    for key in erased:
+        periods.setdefault((key.days, key.day, key.domain), []).append(key.key_id)
+    body: dict[str, Any] = {
+        "type": "retention_enforced",
+        "chain": RETENTION_CHAIN,
+        "outcome": "keys_erased",
+        "periods": [{"retention_days": days, "period": day_label(day),
+                     "scope": f"subject:{domain}" if domain else "shared",
+                     "due_since": _iso_ms(erase_at_ms(days, day)),
+                     "keys_erased": len(ids), "key_ids": sorted(ids)}
+                    for (days, day, domain), ids in sorted(periods.items(), key=lambda p: (p[0][1], p[0][0], p[0][2]))],
+        "keys_erased": len(erased),
+        "key_topic": config.key_topic,
+        "instance": config.instance_id,
+        "time": now_ms,
+    }
+    if restart:  # no head in the key topic: a new chain, or one whose head was lost
+        body["chain_restart"] = True
+    return body
+
+
+def _iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def _commit(producer: Producer, timeout_s: float) -> None:
@@ -256,17 +390,19 @@ def _commit(producer: Producer, timeout_s: float) -> None:
                 raise
 
 
-def _transaction_failed(producer: Producer, err: KafkaError, transactional_id: str) -> GatewayError:
+def _transaction_failed(producer: Producer, err: KafkaError, transactional_id: str,
+                        what: str = "forget") -> GatewayError:
     if err.txn_requires_abort():
         with contextlib.suppress(KafkaException):
             producer.abort_transaction(30)
     if err.code() in _FENCED:
-        return GatewayError(f"another 'gateway forget' (transactional.id '{transactional_id}') started while this "
+        other = "'gateway forget'" if what == "forget" else "retention run (a worker's or 'gateway retention enforce')"
+        return GatewayError(f"another {other} (transactional.id '{transactional_id}') started while this "
                             "one ran and fenced it: nothing of this one was written; run it again")
     if err.retriable():
-        return GatewayError(f"the forget's commit did not complete ({err.str()}): it is all or nothing (tombstones, "
+        return GatewayError(f"the {what}'s commit did not complete ({err.str()}): it is all or nothing (tombstones, "
                             "chain head and audit event in one transaction); running it again is harmless")
-    return GatewayError(f"the forget could not be written ({err.str()}): nothing of it is visible to readers "
+    return GatewayError(f"the {what} could not be written ({err.str()}): nothing of it is visible to readers "
                         "(one transaction: tombstones, chain head and audit event); run it again")
 
 
@@ -278,10 +414,11 @@ def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
     keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
     kms = build_kms(config, keyring)
     keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
-    records = keys.rewrap()
+    records = keys.rewrap() + keys.periods.rewrap()
     if records:
         produce_records(clients.plain_producer(config), config.key_topic, records)
-    print(f"rewrapped {len(records)} of {len(keys)} subject key(s) on '{config.key_topic}' under "
+    print(f"rewrapped {len(records)} of {len(keys) + len(keys.periods)} subject and period key(s) on "
+          f"'{config.key_topic}' under "
           f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
           "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")
     return 0

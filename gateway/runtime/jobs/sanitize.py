@@ -28,6 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys
+from gateway.operators.encrypt import plan_retentions
 from gateway.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
 from gateway.policy import Plan
 from gateway.runtime import changelog, clients, consent
@@ -36,6 +37,7 @@ from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
 from gateway.runtime.keytopic import KeyTopic
 from gateway.runtime.registry import NewWriterIds, WriterSchemaLookup
+from gateway.runtime.retention import RetentionSchedule, schedule_for
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import ensure_topics, partition_counts
 from gateway.runtime.transactional import AssignmentWait, Batch, Output, Source, TransactionalLoop
@@ -186,6 +188,7 @@ class Worker:
         self._dek_seen = (0, 0)  # (hits, KMS calls) already added to the metrics
         self._lag_labels: set[tuple[str, str]] = set()
         self.key_topic: KeyTopic | None = None
+        self.retention: RetentionSchedule | None = None
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         if not self._stop:
@@ -197,8 +200,9 @@ class Worker:
             return self._pipeline_factory(audit_partitions)
         subject_keys = None
         # per-subject keys: for fields encrypted per subject, and to seal the dead letters whose subject
-        # can be read under that subject's key (so `gateway forget` erases them too)
-        if any(p.per_subject or p.subject_domain is not None for p in self.plans):
+        # can be read under that subject's key (so `gateway forget` erases them too); period keys for
+        # fields with a retention live in the same key topic
+        if any(p.per_subject or p.subject_domain is not None or plan_retentions(p) for p in self.plans):
             from gateway.keys.providers import build_kms
 
             kms = self._kms if self._kms is not None else build_kms(self.config, self.keyring)
@@ -213,6 +217,7 @@ class Worker:
         start_process(config, self.health, self.request_stop)
         counts = ensure_topics(self.plans, config)
         self.pipeline = self._build_pipeline(counts[config.audit_topic])
+        self.retention = schedule_for(config, self.plans, self.key_topic.keys.periods if self.key_topic else None)
         self.handler = SanitizeHandler(self.pipeline, self._follow_dedup_log(), self._new_writer_ids(),
                                        self._follow_consent())
         self.stall = StallMonitor(config, config.group_id, "sanitize", self.health).start()
@@ -244,6 +249,8 @@ class Worker:
                 now = time.monotonic()
                 if now >= next_windows:
                     self._roll_idle_windows()
+                    if self.retention is not None:  # erases the period keys past their retention, on its thread
+                        self.retention.tick(self.loop.owned)
                     next_windows = now + WINDOWS_EVERY_S
                 if now >= next_lag:
                     self._update_lag()
@@ -256,6 +263,8 @@ class Worker:
             self.stall.stop()
             self.health.stop()
             self.loop.close()
+            if self.retention is not None:
+                self.retention.close()
             if self.key_topic is not None:
                 self.key_topic.close()
             for follower in (self.handler.dedup_log, self.handler.consent_log):
