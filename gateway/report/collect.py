@@ -144,9 +144,10 @@ class PrivacyReport:
     redactions: dict[str, Any]
     audit: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-    # CONSENT (a later issue): the consent topic's figures (grants and withdrawals per purpose,
-    # events withheld for want of consent) get their own field here, filled by collect() from the
-    # consent topic's records. Until that topic exists the report says nothing about consent.
+    # consent and purposes: changes per purpose (from the consent audit events) and each purpose
+    # view's published / withheld events; retention runs (keys erased by period)
+    consent: dict[str, Any] = field(default_factory=dict)
+    retention: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no infinities: an absent cap is null)."""
@@ -165,6 +166,8 @@ class PrivacyReport:
             "leaks": self.leaks,
             "redactions": self.redactions,
             "audit": self.audit,
+            "consent": self.consent,
+            "retention": self.retention,
             "notes": self.notes,
         }
         return _finite(body)
@@ -224,6 +227,8 @@ def collect(*, since_ms: int, until_ms: int, audit: Iterable[Mapping[str, Any] |
     dp_audit = [b for b in in_period if b.get("type") in ("dp_release", "dp_late")]
     specs = {a.id: a for p in plans for a in p.aggregates}
     forgotten = _forgotten(forgets)
+    consent = _consent(events, [b for b in in_period if b.get("type") == "consent"])
+    retention = _retention([b for b in in_period if b.get("type") == "retention_enforced"])
     return PrivacyReport(
         generated_ms=generated_ms if generated_ms is not None else until_ms,
         since_ms=since_ms, until_ms=until_ms, bucket_ms=buckets.size_ms,
@@ -232,6 +237,8 @@ def collect(*, since_ms: int, until_ms: int, audit: Iterable[Mapping[str, Any] |
         policies=[_policy(p) for p in sorted(plans, key=lambda p: p.name)],
         keys=_keys(events, keys, forgotten, since_ms, until_ms),
         forgotten=forgotten,
+        consent=consent,
+        retention=retention,
         dp=_dp(ledger, specs, dp_audit, since_ms, until_ms),
         quality=_quality(events, quality, since_ms, until_ms),
         leaks=_leaks(events),
@@ -331,11 +338,19 @@ def _keys(events: list[Mapping[str, Any]], records: Iterable[tuple[str, Mapping[
     seen: dict[str, str] = {}  # key name -> kek id of its last stored value
     counted: set[str] = set()  # a rewrap re-stores a key with its old "created": count its creation once
     rewrapped = tombstones = 0
+    periods: dict[str, set[str]] = {}  # date -> period key names still held (retention)
     for record in records:
         if record is None:
             continue
         name, value = record
         if name.startswith("_"):  # the gateway's bookkeeping (the forget chain's head), not a key
+            continue
+        if name.startswith("period:"):  # a period key (retention): "period:<days>/<date>/...", counted apart
+            day = name.split("/", 2)[1] if name.count("/") >= 2 else "?"
+            if value is None:
+                periods.get(day, set()).discard(name)
+            else:
+                periods.setdefault(day, set()).add(name)
             continue
         domain = name.split("/", 1)[0]
         if value is None:
@@ -357,6 +372,8 @@ def _keys(events: list[Mapping[str, Any]], records: Iterable[tuple[str, Mapping[
     token_keys: dict[str, dict[str, Any]] = {}
     quarantine: dict[str, dict[str, Any]] = {}
     subject_deks: dict[str, dict[str, Any]] = {}
+    period_deks: dict[str, dict[str, Any]] = {}
+    role_deks: dict[str, dict[str, Any]] = {}
     deks: dict[str, set[str]] = {}
     for body in events:
         t = body["time"]
@@ -371,6 +388,11 @@ def _keys(events: list[Mapping[str, Any]], records: Iterable[tuple[str, Mapping[
                 entry = _seen(subject_deks, domain, t)
                 deks.setdefault("subject:" + domain, set()).add(dek)
                 entry["deks"] = len(deks["subject:" + domain])
+            elif key_id.startswith("period:"):  # period:<days>/<date>[/subject:<domain>]/<dek id> (retention)
+                retention = key_id[len("period:"):].split("/", 1)[0]
+                _seen(period_deks, f"{retention} days", t)
+            elif key_id.startswith("roles:"):  # roles:<role>,<role>/<dek id>: a role-scoped (v3) data key
+                _seen(role_deks, key_id[len("roles:"):].rpartition("/")[0], t)
             elif "/" in key_id:  # <kek id>/<dek id>: a v1 data key wrapped under that KEK
                 kek, _, dek = key_id.partition("/")
                 entry = _seen(kek_ids, kek, t)
@@ -391,6 +413,9 @@ def _keys(events: list[Mapping[str, Any]], records: Iterable[tuple[str, Mapping[
         "token_keys": _by_first_seen(token_keys),
         "quarantine_keys": _by_first_seen(quarantine),
         "subject_deks": dict(sorted(subject_deks.items())),
+        "period_deks": dict(sorted(period_deks.items())),  # by retention: events encrypted under period keys
+        "role_deks": dict(sorted(role_deks.items())),  # by role set
+        "period_keys_held": {day: len(names) for day, names in sorted(periods.items()) if names},
         # a rotation shows as a second id in use in the period: KEKs, and token-key versions per domain
         "rotations": {"kek": max(0, len(kek_ids) - 1),
                       "token_keys": sum(n - 1 for n in token_versions.values()),
@@ -410,6 +435,44 @@ def _seen(table: dict[str, dict[str, Any]], key: str, t: int) -> dict[str, Any]:
 
 def _by_first_seen(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return dict(sorted(table.items(), key=lambda kv: (kv[1]["first_seen"], kv[0])))
+
+
+def _consent(events: list[Mapping[str, Any]], changes: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Consent changes per purpose (granted, revoked, rejected) and each purpose view's outcomes:
+    counts only, never a subject or its token."""
+    by_purpose: dict[str, Counter[str]] = {}
+    rejected: Counter[str] = Counter()
+    for body in changes:
+        outcome = str(body.get("outcome", ""))
+        detail = body.get("consent")
+        if outcome.startswith("rejected:"):
+            rejected[outcome.partition(":")[2]] += 1
+        elif isinstance(detail, Mapping):
+            by_purpose.setdefault(str(detail.get("purpose")), Counter())[outcome.partition(":")[2]] += 1
+    views: dict[str, Counter[str]] = {}
+    for body in events:
+        decisions = body.get("purposes")
+        if isinstance(decisions, Mapping):
+            for purpose, decision in decisions.items():
+                kind = str(decision).split(":", 1)[0]  # published | withheld
+                views.setdefault(str(purpose), Counter())[kind] += 1
+    return {"changes": {p: dict(sorted(c.items())) for p, c in sorted(by_purpose.items())},
+            "rejected": dict(sorted(rejected.items())),
+            "views": {p: {"published": c["published"], "withheld": c["withheld"]} for p, c in sorted(views.items())}}
+
+
+def _retention(runs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Retention runs: keys erased per retention (days), the periods they covered."""
+    erased: Counter[str] = Counter()
+    periods: set[tuple[str, str]] = set()
+    for body in runs:
+        for period in body.get("periods", ()) if isinstance(body.get("periods"), list) else ():
+            if isinstance(period, Mapping):
+                days = str(period.get("retention_days"))
+                erased[days] += int(period.get("keys_erased", 0) or 0)
+                periods.add((days, str(period.get("period"))))
+    return {"runs": len(runs), "keys_erased": sum(erased.values()),
+            "keys_erased_by_retention_days": dict(sorted(erased.items())), "periods_erased": len(periods)}
 
 
 def _forgotten(forgets: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -56,9 +56,8 @@ def render(report: PrivacyReport) -> str:
         _dp(r),
         _quality(r),
         _leaks(r),
+        _consent(r),
         _audit(r),
-        # CONSENT (a later issue): the consent section goes here, rendered from the report's consent
-        # figures once the consent topic exists. Nothing about consent is reported before that.
     ]
     title = f"Privacy report {r['period']['since_iso']} .. {r['period']['until_iso']}"
     return "".join([
@@ -204,6 +203,32 @@ def _keys(r: dict[str, Any]) -> str:
         rot = k["rotations"]
         out.append(f"<p class=\"note\">Rotations seen: {rot['kek']} KEK, {rot['token_keys']} token key, "
                    f"{rot['subject_keys_rewrapped']} subject key(s) rewrapped.</p>")
+    return "".join(out) + "</section>"
+
+
+def _consent(r: dict[str, Any]) -> str:
+    c, ret = r["consent"], r["retention"]
+    out = ["<section id=\"consent\"><h2>Consent, purposes and retention</h2>"]
+    if not (c["changes"] or c["views"] or c["rejected"] or ret["runs"]):
+        out.append(_none("No purpose view, consent change or retention run in the period."))
+        return "".join(out) + "</section>"
+    if c["views"]:
+        purposes = list(c["views"])
+        out.append(_chart("purposes", [
+            {"type": "bar", "name": kind, "x": purposes, "y": [c["views"][p][kind] for p in purposes]}
+            for kind in ("published", "withheld")], "Purpose views: published and withheld events", barmode="stack"))
+        out.append(_table(["purpose", "published", "withheld (no consent)"],
+                          [[p, v["published"], v["withheld"]] for p, v in c["views"].items()], numeric={1, 2}))
+    if c["changes"] or c["rejected"]:
+        rows = [[p, n.get("granted", 0), n.get("revoked", 0)] for p, n in c["changes"].items()]
+        out.append("<h3>Consent changes per purpose</h3>")
+        out.append(_table(["purpose", "granted", "revoked"], rows, numeric={1, 2}))
+        if c["rejected"]:
+            out.append(_table(["rejected consent event reason", "events"], list(map(list, c["rejected"].items())),
+                              numeric={1}))
+    if ret["runs"]:
+        out.append(f"<p>Retention: {ret['runs']} run(s) erased {ret['keys_erased']} period key(s) of "
+                   f"{ret['periods_erased']} period(s).</p>")
     return "".join(out) + "</section>"
 
 

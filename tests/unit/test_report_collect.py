@@ -268,9 +268,37 @@ def test_json_is_serializable_and_has_no_infinity(plan: Plan) -> None:
     report = build(plan)
     body = orjson.loads(report.dumps())
     assert list(body) == ["format", "generated_at", "generated_at_iso", "period", "topics", "events", "policies",
-                          "keys", "forgotten", "dp", "quality", "leaks", "redactions", "audit", "notes"]
+                          "keys", "forgotten", "dp", "quality", "leaks", "redactions", "audit", "consent",
+                          "retention", "notes"]
     assert body["period"]["since"] == SINCE and body["period"]["until_iso"].endswith("Z")
-    assert "consent" not in body  # a later issue: nothing about consent before its topic exists
+
+
+def test_consent_purposes_and_retention_are_counted_never_named() -> None:
+    pseudonym = "tok_v1_a-token-of-one-subject"
+    audit = [
+        event("sanitized", SINCE + 1, purposes={"fraud": "published:consent", "analytics": "published:contract"}),
+        event("sanitized", SINCE + 2, purposes={"fraud": "withheld:no_consent:fraud",
+                                                "analytics": "published:contract"}),
+        {"type": "consent", "outcome": "consent:granted", "time": SINCE + 3,
+         "consent": {"domain": "customer", "subject": pseudonym, "purpose": "fraud", "at": SINCE}},
+        {"type": "consent", "outcome": "consent:revoked", "time": SINCE + 4,
+         "consent": {"domain": "customer", "subject": pseudonym, "purpose": "fraud", "at": SINCE + 4}},
+        {"type": "consent", "outcome": "rejected:unknown_purpose", "time": SINCE + 5},
+        {"type": "retention_enforced", "time": SINCE + 6, "keys_erased": 3, "periods": [
+            {"retention_days": 30, "period": "2026-01-01", "keys_erased": 2},
+            {"retention_days": 30, "period": "2026-01-02", "keys_erased": 1}]},
+        {"type": "consent", "outcome": "consent:granted", "time": UNTIL + 1,  # outside the period
+         "consent": {"domain": "customer", "subject": pseudonym, "purpose": "fraud", "at": UNTIL}},
+    ]
+    report = collect(since_ms=SINCE, until_ms=UNTIL, audit=audit, ledger=Ledger(), keys=[], quality=[], plans=[])
+    body = report.to_json()
+    assert body["consent"] == {"changes": {"fraud": {"granted": 1, "revoked": 1}},
+                               "rejected": {"unknown_purpose": 1},
+                               "views": {"analytics": {"published": 2, "withheld": 0},
+                                         "fraud": {"published": 1, "withheld": 1}}}
+    assert body["retention"] == {"runs": 1, "keys_erased": 3, "keys_erased_by_retention_days": {"30": 3},
+                                 "periods_erased": 2}
+    assert pseudonym.encode() not in report.dumps()
 
 
 def test_an_empty_period_is_reported_as_zeros(plan: Plan) -> None:
