@@ -367,6 +367,8 @@ class TransactionalLoop:
             return
         committed = retry_retriable("offset fetch", lambda: self.consumer.committed(
             [TopicPartition(t, p) for t, p in sorted(self.owned)], timeout=30))
+        log.info("rewound", extra={"loop": self.name, "offsets": {f"{tp.topic}:{tp.partition}": tp.offset
+                                                                 for tp in committed}})
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:

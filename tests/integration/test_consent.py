@@ -11,6 +11,7 @@ seen is withheld. Every withheld view is audited; no identifier leaves the raw t
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -96,8 +97,8 @@ def test_consent_gates_the_purpose_topic_by_the_events_time(fresh_deployment: De
 
     events = [a for a in audit if a.get("type") == "event"]
     consents = [a for a in audit if a.get("type") == "consent"]
-    assert [c["outcome"] for c in consents] == ["consent:granted", "consent:granted", "consent:revoked",
-                                                "consent:granted"]
+    # one audit chain per consent-topic partition: counted, not ordered across them
+    assert Counter(c["outcome"] for c in consents) == {"consent:granted": 3, "consent:revoked": 1}
     by_id = {a["event"]["event_id"]: a for a in events}
     expected = {"probe": [True], "a": [True, True], "b": [True, False], "c": [False]}
     seen: dict[str, list[bool]] = {}

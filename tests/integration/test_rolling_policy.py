@@ -166,9 +166,12 @@ def test_rolling_restart_between_two_policy_versions_sanitizes_each_event_once(
 
     # exactly once: one sanitized record and one `sanitized` audit event per produced source offset
     by_source = Counter(_source(r.headers["gateway-source"], topic) for r in sanitized)
+    missing = sorted(produced - set(by_source))
+    audited_sources = {(e["event"]["partition"], e["event"]["offset"]) for e in audit}
     assert set(by_source) == produced and max(by_source.values()) == 1, (
-        f"missing {len(produced - set(by_source))}, unexpected {len(set(by_source) - produced)}, "
-        f"duplicated {sum(n > 1 for n in by_source.values())}")
+        f"missing {len(missing)} {missing[:10]} (of them audited: {sorted(set(missing) & audited_sources)[:10]}), "
+        f"unexpected {len(set(by_source) - produced)}, duplicated {sum(n > 1 for n in by_source.values())}; "
+        f"sanitized records {len(sanitized)}, audit events {len(audit)}")
     assert len(audit) == EVENTS
     assert {e["outcome"] for e in audit} == {"sanitized"}
     audited: dict[Source, dict[str, Any]] = {}
