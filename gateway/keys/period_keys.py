@@ -31,9 +31,7 @@ from __future__ import annotations
 import datetime
 import re
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +41,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import DEK_ID_BYTES, EPOCH_DATE, DataKey, period_header, period_key_id
 from gateway.keys.errors import KmsError, KmsUnavailable
-from gateway.keys.kms import KmsProvider, WrappedKey
-from gateway.keys.subject_keys import PERIOD_PREFIX, KeyRecord, _decode, _encode, _Entry
+from gateway.keys.key_store import KeyStore
+from gateway.keys.kms import KmsProvider
+from gateway.keys.subject_keys import PERIOD_PREFIX
 
 DAY_MS = 86_400_000
 MAX_RETENTION_DAYS = 36_500  # 100 years; format v4 could say 65535
@@ -80,8 +79,26 @@ def erase_at_ms(days: int, day: int) -> int:
     return (day + 1 + days) * DAY_MS
 
 
+class _Period:
+    """When a retention's day is erased: shared by a key's name and a period's summary (both hold days, day)."""
+
+    days: int
+    day: int
+
+    @property
+    def period(self) -> str:
+        return day_label(self.day)
+
+    @property
+    def erase_at_ms(self) -> int:
+        return erase_at_ms(self.days, self.day)
+
+    def due(self, now_ms: int) -> bool:
+        return now_ms >= self.erase_at_ms
+
+
 @dataclass(frozen=True)
-class PeriodKeyName:
+class PeriodKeyName(_Period):
     """One period key's name, parsed: retention, day, DEK id and, per subject, domain and token."""
 
     days: int
@@ -101,17 +118,6 @@ class PeriodKeyName:
     def key_id(self) -> str:
         """The audit's name: no subject token (gateway.keys.envelope.period_key_id)."""
         return period_key_id(self.days, self.day, self.domain, self.dek_id)
-
-    @property
-    def period(self) -> str:
-        return day_label(self.day)
-
-    @property
-    def erase_at_ms(self) -> int:
-        return erase_at_ms(self.days, self.day)
-
-    def due(self, now_ms: int) -> bool:
-        return now_ms >= self.erase_at_ms
 
 
 def scope_prefix(days: int, day: int, domain: str = "", token: str = "") -> str:
@@ -149,24 +155,13 @@ def due_keys(names: Iterable[str], now_ms: int) -> list[PeriodKeyName]:
 
 
 @dataclass(frozen=True)
-class PeriodSummary:
+class PeriodSummary(_Period):
     """One period's keys as `gateway retention show` lists them: per retention, day and scope."""
 
     days: int
     day: int
     domain: str  # "" for the shared keys of the day, else the per-subject keys of that token domain
     key_ids: tuple[str, ...]
-
-    @property
-    def period(self) -> str:
-        return day_label(self.day)
-
-    @property
-    def erase_at_ms(self) -> int:
-        return erase_at_ms(self.days, self.day)
-
-    def due(self, now_ms: int) -> bool:
-        return now_ms >= self.erase_at_ms
 
 
 def summarize(names: Iterable[str]) -> list[PeriodSummary]:
@@ -180,7 +175,7 @@ def summarize(names: Iterable[str]) -> list[PeriodSummary]:
             for (days, day, domain), ids in sorted(groups.items(), key=lambda g: (erase_at_ms(g[0][0], g[0][1]), g[0]))]
 
 
-class PeriodKeys:
+class PeriodKeys(KeyStore):
     """Live period keys as the key topic holds them, plus the DEKs this process uses or opened.
 
     Thread-safe: the key-topic consumer applies records while the pipeline encrypts. New keys wait in
@@ -189,24 +184,13 @@ class PeriodKeys:
     never per event. `kms` may be None for tools that only list or erase keys.
     """
 
+    _no_kms = "period keys were loaded without a KMS: they can be listed and erased, not used"
+
     def __init__(self, kms: KmsProvider | None, max_uses: int = 4_000_000, cache_size: int = 100_000) -> None:
-        self._kms = kms
-        self._max_uses = max_uses
-        self._cache_size = cache_size
-        self._entries: dict[str, _Entry] = {}
-        self._newest: dict[str, str] = {}  # scope prefix -> name of its newest live key
-        self._aeads: OrderedDict[str, AESGCM] = OrderedDict()  # unwrapped, bounded
-        self._current: OrderedDict[str, DataKey] = OrderedDict()  # per scope prefix, for encryption
-        self._pending: list[KeyRecord] = []
-        self._lock = threading.RLock()
-        self.kms_calls = 0
-        self.erased = 0
+        super().__init__(kms, _WRAP_CONTEXT, max_uses, cache_size)
 
     def __repr__(self) -> str:
         return f"<PeriodKeys live={len(self._entries)} cached={len(self._aeads)}>"
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     # ---- encryption side -------------------------------------------------------------------
     def current(self, days: int, day: int, domain: str = "", token: str = "") -> DataKey:
@@ -214,79 +198,24 @@ class PeriodKeys:
         set): cached, else the newest stored one, else a new one (a new one too once it is used up)."""
         if domain and not token:
             raise GatewayError("a per-subject period key needs the subject's token")
-        prefix = scope_prefix(days, day, domain, token)
-        with self._lock:
-            key = self._current.get(prefix)
-            if key is not None and key.uses < self._max_uses:
-                self._current.move_to_end(prefix)
-                return key
-            name = self._newest.get(prefix)
-            if name is not None and key is None:
-                dek_id = bytes.fromhex(name.rsplit("/", 1)[1])
-                key = DataKey(dek_id, self._aead(name), period_header(days, day, domain, dek_id), time.monotonic())
-            else:
-                key = self._create(days, day, domain, token)
-            self._current[prefix] = key
-            if len(self._current) > self._cache_size:
-                self._current.popitem(last=False)
-            return key
+        return self._current_key(scope_prefix(days, day, domain, token),
+                                 lambda dek_id: period_header(days, day, domain, dek_id),
+                                 lambda: self._create(days, day, domain, token))
 
     def _create(self, days: int, day: int, domain: str, token: str) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)
         dek_id = secrets.token_bytes(DEK_ID_BYTES)
         header = period_header(days, day, domain, dek_id)  # checks the ranges before the KMS is asked
-        name = PeriodKeyName(days, day, dek_id, domain, token).name
-        wrapped = self._require_kms().wrap(dek, _WRAP_CONTEXT + name.encode())
-        self.kms_calls += 1
-        created = int(time.time() * 1000)
-        self._pending.append((name.encode(), _encode(wrapped, created)))
-        self._add(name, _Entry(wrapped, created))
-        aead = self._aeads[name] = AESGCM(dek)
+        aead = self._store_new(PeriodKeyName(days, day, dek_id, domain, token).name, dek)
         return DataKey(dek_id, aead, header, time.monotonic())
-
-    def drain_pending(self) -> list[KeyRecord]:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        return pending
 
     # ---- the key topic's content -------------------------------------------------------------
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Apply one key-topic record: a stored period key, or a tombstone that erases it (and evicts it).
         Names that are not period keys in canonical form are ignored."""
         name = key.decode("utf-8", "replace")
-        if parse_period_key(name) is None:
-            return
-        with self._lock:
-            if value is None:
-                self._erase(name)
-                return
-            try:
-                entry = _decode(value)
-            except (ValueError, KeyError, TypeError):
-                return  # not ours or damaged: never fatal, the key simply stays unknown
-            self._add(name, entry)
-
-    def _add(self, name: str, entry: _Entry) -> None:
-        prefix = name.rsplit("/", 1)[0] + "/"
-        self._entries[name] = entry
-        newest = self._newest.get(prefix)
-        if newest is None or self._entries[newest].created <= entry.created:
-            self._newest[prefix] = name
-
-    def _erase(self, name: str) -> None:
-        prefix = name.rsplit("/", 1)[0] + "/"
-        if self._entries.pop(name, None) is not None:
-            self.erased += 1
-        self._aeads.pop(name, None)
-        current = self._current.get(prefix)
-        if current is not None and name.endswith(current.dek_id.hex()):
-            del self._current[prefix]
-        if self._newest.get(prefix) == name:
-            rest = [(e.created, n) for n, e in self._entries.items() if n.startswith(prefix)]
-            if rest:
-                self._newest[prefix] = max(rest)[1]
-            else:
-                del self._newest[prefix]
+        if parse_period_key(name) is not None:
+            self._apply(name, value)
 
     def names(self) -> list[str]:
         """Every live period key stored in the key topic (not those still waiting to be stored: a
@@ -300,10 +229,6 @@ class PeriodKeys:
         with self._lock:
             return sorted(n for n in self._entries
                           if (p := parse_period_key(n)) is not None and p.domain == domain and p.token == token)
-
-    def entries(self) -> list[tuple[str, WrappedKey]]:
-        with self._lock:
-            return [(n, e.wrapped) for n, e in self._entries.items()]
 
     # ---- decryption side -------------------------------------------------------------------
     def aead_for(self, days: int, day: int, domain: str, subject: str, dek_id: bytes) -> AESGCM:
@@ -326,39 +251,4 @@ class PeriodKeys:
             except KmsError as exc:
                 raise DecryptError("not_permitted", str(exc)) from None
 
-    def _aead(self, name: str) -> AESGCM:
-        aead = self._aeads.get(name)
-        if aead is not None:
-            self._aeads.move_to_end(name)
-            return aead
-        dek = self._require_kms().unwrap(self._entries[name].wrapped, _WRAP_CONTEXT + name.encode())
-        self.kms_calls += 1
-        aead = self._aeads[name] = AESGCM(dek)
-        if len(self._aeads) > self._cache_size:
-            self._aeads.popitem(last=False)
-        return aead
-
-    def _require_kms(self) -> KmsProvider:
-        if self._kms is None:
-            raise GatewayError("period keys were loaded without a KMS: they can be listed and erased, not used")
-        return self._kms
-
     # ---- rewrap ------------------------------------------------------------------------------
-    def rewrap(self, kms: KmsProvider | None = None) -> list[KeyRecord]:
-        """Records that re-store every live period key not under the active KEK, wrapped under it (same
-        DEK and id, so every ciphertext keeps opening; see SubjectKeys.rewrap)."""
-        kms = kms or self._require_kms()
-        active = kms.active_key_id()
-        out: list[KeyRecord] = []
-        for name, wrapped in self.entries():
-            if wrapped.kek_id == active:
-                continue
-            context = _WRAP_CONTEXT + name.encode()
-            rewrapped = kms.wrap(kms.unwrap(wrapped, context), context)
-            with self._lock:
-                entry = self._entries.get(name)
-                if entry is None:  # erased meanwhile: never store it again
-                    continue
-                self._entries[name] = _Entry(rewrapped, entry.created)
-            out.append((name.encode(), _encode(rewrapped, entry.created)))
-        return out

@@ -14,12 +14,13 @@ from gateway.config import GatewayConfig
 from gateway.deadletter import SUBJECT_SEAL_FORMAT, QuarantineSealer
 from gateway.errors import DecryptError
 from gateway.keys.keyring import Keyring
-from gateway.keys.subject_keys import KeyRecord, SubjectKeys, entry_key
+from gateway.keys.subject_keys import SubjectKeys, entry_key
 from gateway.keys.tokens import DomainTokenizer
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import compile_plan
 from gateway.samples import CANARIES
 from gateway.schema import load_schema_file
+from tests.unit.key_topic import KeyTopic
 
 VALUE = orjson.dumps({"email": CANARIES["email"], "card": CANARIES["card"], "name": CANARIES["name"]})
 KEY = CANARIES["ip"].encode()
@@ -99,27 +100,6 @@ def test_seals_are_randomized(sealer: QuarantineSealer) -> None:
 # ---- format 2: sealed under the subject's key (erased by gateway forget) ----------------------------
 
 SUBJECT = CANARIES["email"]
-
-
-class KeyTopic:
-    """The key topic's records in order (what `gateway forget` and a reader of the topic see)."""
-
-    def __init__(self) -> None:
-        self.records: list[KeyRecord] = []
-
-    def publish(self, records: list[KeyRecord]) -> None:
-        self.records += records
-
-    def reader(self, kms: Any) -> SubjectKeys:
-        keys = SubjectKeys(kms)
-        for key, value in self.records:
-            keys.apply(key, value)
-        return keys
-
-    def forget(self, domain: str, token: str) -> None:
-        """Tombstones for the subject's keys, as forget_subject writes them."""
-        names = {k for k, _ in self.records if k.decode().startswith(f"{domain}/{token}/")}
-        self.records += [(name, None) for name in sorted(names)]
 
 
 def _token(keyring: Keyring, value: str, domain: str = "customer") -> str:

@@ -59,15 +59,6 @@ V3 = _bare(V1)
 V3["fields"] = [{"name": "customer", "type": "string"}, {"name": "count", "type": "int"}]
 
 
-@pytest.fixture
-def policy(tmp_path: Path) -> Callable[..., Path]:
-    def write(schema: dict[str, Any], name: str = "orders.avsc") -> Path:
-        path = tmp_path / name
-        path.write_text(json.dumps(schema))
-        return path
-    return write
-
-
 def test_the_fingerprint_is_the_avro_specifications() -> None:
     # Avro's schema test vectors: CRC-64-AVRO of "null" is 0x63dd24e7cc258f8a, carried little-endian
     assert fingerprint("null") == (0x63DD24E7CC258F8A).to_bytes(8, "little")
@@ -102,11 +93,11 @@ def test_an_unreadable_writer_is_dead_lettered_with_its_rule_never_decoded_wrong
 
 
 def test_single_object_events_resolve_by_fingerprint_and_an_unknown_one_has_its_reason(
-        policy: Callable[..., Path], tmp_path: Path) -> None:
+        write_schema: Callable[..., Path], tmp_path: Path) -> None:
     (tmp_path / "writers").mkdir()
     (tmp_path / "writers" / "orders.v2.avsc").write_text(json.dumps(V2))
     schema = dict(V1, privacy={**V1["privacy"], "input": "single_object", "writer_schemas": ["writers/orders.v2.avsc"]})
-    plan = compile_plan(load_schema_file(policy(schema)))
+    plan = compile_plan(load_schema_file(write_schema(schema, "orders.avsc")))
     decoder = EventDecoder(plan.schema, plan.input_mode, None, 1_000_000, plan.writers_by_id,
                            plan.writers_by_fingerprint)
     own = single_object_header(V1) + avro_bytes(V1, {"customer": "a", "amount": 1.0, "count": 1})
@@ -122,13 +113,14 @@ def test_single_object_events_resolve_by_fingerprint_and_an_unknown_one_has_its_
     assert auto.decode_event(v2)[1:] == ("single_object", ("note",))
 
 
-def test_a_writer_schema_the_policy_cannot_read_fails_the_policy(policy: Callable[..., Path], tmp_path: Path) -> None:
+def test_a_writer_schema_the_policy_cannot_read_fails_the_policy(write_schema: Callable[..., Path],
+                                                                 tmp_path: Path) -> None:
     breaking = _bare(V1)
     breaking["fields"] = [{"name": "customer", "type": "string"}]  # drops "count", which has no default
     (tmp_path / "old.avsc.json").write_text(json.dumps(breaking))
     schema = dict(V1, privacy={**V1["privacy"], "writer_schemas": ["old.avsc.json", "missing.avsc"]})
     with pytest.raises(PolicyError) as failed:
-        compile_plan(load_schema_file(policy(schema)))
+        compile_plan(load_schema_file(write_schema(schema, "orders.avsc")))
     message = str(failed.value)
     assert "writer schema old.avsc.json" in message and "field 'count'" in message
     assert "reader_field_missing_default_value" in message and "missing.avsc: cannot read it" in message
@@ -167,9 +159,9 @@ def test_compatibility_problems_name_the_field_and_the_rule() -> None:
 
 
 def test_the_audit_names_a_newer_producers_field_and_its_value_goes_nowhere(tmp_path: Path,
-                                                                            policy: Callable[..., Path]) -> None:
+                                                                            write_schema: Callable[..., Path]) -> None:
     schema = dict(V1, privacy={**V1["privacy"], "input": "confluent", "schema_id": 1, "output": "json"})
-    plan = compile_plan(load_schema_file(policy(schema)))
+    plan = compile_plan(load_schema_file(write_schema(schema, "orders.avsc")))
     plan = type(plan)(**{**plan.__dict__, "writers_by_id": {2: resolve_writer(V1, V2, "registry id 2")}})
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test")
     pipeline = Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, audit_partitions=1)

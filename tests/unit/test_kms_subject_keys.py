@@ -14,10 +14,11 @@ from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.keys.envelope import FORMAT_SUBJECT, FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
-from gateway.keys.subject_keys import KeyRecord, SubjectKeys
+from gateway.keys.subject_keys import SubjectKeys
 from gateway.pipeline import Pipeline
 from gateway.policy import Plan, compile_plan
 from gateway.schema import load_schema_file
+from tests.unit.key_topic import KeyTopic
 
 SCHEMA = {
     "type": "record", "name": "Note", "namespace": "t.notes",
@@ -35,22 +36,6 @@ def plan(write_schema: Callable[..., Path]) -> Plan:
     return compile_plan(load_schema_file(write_schema(SCHEMA, "notes.avsc")))
 
 
-class Topic:
-    """The key topic's records in order, replayed into readers (what a consumer of the topic sees)."""
-
-    def __init__(self) -> None:
-        self.records: list[KeyRecord] = []
-
-    def publish(self, records: list[KeyRecord]) -> None:
-        self.records += records
-
-    def reader(self, kms: Any) -> SubjectKeys:
-        keys = SubjectKeys(kms)
-        for key, value in self.records:
-            keys.apply(key, value)
-        return keys
-
-
 def _sanitize(pipeline: Pipeline, patient: str, note: str) -> dict[str, Any]:
     stage = pipeline.stages["notes.raw"]
     result = stage.sanitizer.sanitize({"patient_id": patient, "note": note, "code": "C-1"})
@@ -59,8 +44,8 @@ def _sanitize(pipeline: Pipeline, patient: str, note: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def setup(plan: Plan, keyring: Keyring, tmp_path: Path) -> tuple[Pipeline, Topic]:
-    topic = Topic()
+def setup(plan: Plan, keyring: Keyring, tmp_path: Path) -> tuple[Pipeline, KeyTopic]:
+    topic = KeyTopic()
     keys = SubjectKeys(keyring, publisher=topic.publish)
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t")
     return Pipeline([plan], keyring, config, 1, subject_keys=keys), topic
@@ -74,7 +59,7 @@ def test_policy_compiles_per_subject_encryption(plan: Plan) -> None:
     assert "format v1" in docs["code"]
 
 
-def test_each_subject_has_its_own_key_stored_under_its_token(setup: tuple[Pipeline, Topic], plan: Plan,
+def test_each_subject_has_its_own_key_stored_under_its_token(setup: tuple[Pipeline, KeyTopic], plan: Plan,
                                                              keyring: Keyring) -> None:
     pipeline, topic = setup
     a1, b1, a2 = (_sanitize(pipeline, p, n) for p, n in (("alice-17", "n1"), ("bob-42", "n2"), ("alice-17", "n3")))
@@ -94,7 +79,7 @@ def test_each_subject_has_its_own_key_stored_under_its_token(setup: tuple[Pipeli
 
 
 def test_forgetting_a_subject_erases_only_its_fields_and_new_events_get_a_fresh_key(
-        setup: tuple[Pipeline, Topic], plan: Plan, keyring: Keyring) -> None:
+        setup: tuple[Pipeline, KeyTopic], plan: Plan, keyring: Keyring) -> None:
     pipeline, topic = setup
     alice_old, bob = _sanitize(pipeline, "alice-17", "old"), _sanitize(pipeline, "bob-42", "b")
     alice_keys = [k for k, _ in topic.records if k.startswith(f"patient/{alice_old['patient_id']}/".encode())]
@@ -112,7 +97,7 @@ def test_forgetting_a_subject_erases_only_its_fields_and_new_events_get_a_fresh_
         assert report.ok and opened["note"] == note
 
 
-def test_a_per_subject_field_cannot_be_opened_without_the_key_topic(setup: tuple[Pipeline, Topic], plan: Plan,
+def test_a_per_subject_field_cannot_be_opened_without_the_key_topic(setup: tuple[Pipeline, KeyTopic], plan: Plan,
                                                                    keyring: Keyring) -> None:
     record = _sanitize(setup[0], "alice-17", "x")
     _, report = decrypt_record(record, plan, FieldDecryptor(keyring))
@@ -120,7 +105,7 @@ def test_a_per_subject_field_cannot_be_opened_without_the_key_topic(setup: tuple
 
 
 def test_rewrap_moves_subject_keys_to_the_new_kek_so_the_old_one_can_be_retired(
-        setup: tuple[Pipeline, Topic], plan: Plan, keyring: Keyring) -> None:
+        setup: tuple[Pipeline, KeyTopic], plan: Plan, keyring: Keyring) -> None:
     pipeline, topic = setup
     records = [_sanitize(pipeline, f"p-{i}", f"note {i}") for i in range(3)]
     old_kek = keyring.active_key_id()
@@ -140,7 +125,7 @@ def test_rewrap_moves_subject_keys_to_the_new_kek_so_the_old_one_can_be_retired(
         assert report.fields["note"] == "decrypted" and report.fields["code"].startswith("key_not_held:")
 
 
-def test_an_event_without_subject_is_rejected_with_missing_subject(setup: tuple[Pipeline, Topic]) -> None:
+def test_an_event_without_subject_is_rejected_with_missing_subject(setup: tuple[Pipeline, KeyTopic]) -> None:
     from gateway.errors import RejectedEvent
 
     sanitizer = setup[0].stages["notes.raw"].sanitizer

@@ -33,7 +33,7 @@ from gateway.keys.period_keys import (
     parse_period_key,
     summarize,
 )
-from gateway.keys.subject_keys import KeyRecord, SubjectKeys, is_key_record, is_subject_key
+from gateway.keys.subject_keys import SubjectKeys, is_key_record, is_subject_key
 from gateway.operators.encrypt import plan_retentions
 from gateway.pipeline import Pipeline
 from gateway.policy import Plan, compile_plan, lint_file
@@ -41,6 +41,7 @@ from gateway.runtime import retention as retention_module
 from gateway.runtime.keytopic import _forgotten_key_id, _retention_body
 from gateway.runtime.retention import RetentionSchedule, retention_owner, summary_lines
 from gateway.schema import load_schema_file
+from tests.unit.key_topic import KeyTopic
 
 DEK = bytes(range(16))
 T0 = int(datetime.datetime(2026, 3, 4, 12, 30, tzinfo=datetime.UTC).timestamp() * 1000)  # a Wednesday noon
@@ -91,23 +92,7 @@ class CountingKms:
         return True
 
 
-class Topic:
-    """The key topic's records in order, replayed into readers (what a consumer of the topic sees)."""
-
-    def __init__(self) -> None:
-        self.records: list[KeyRecord] = []
-
-    def publish(self, records: list[KeyRecord]) -> None:
-        self.records += records
-
-    def reader(self, kms: Any) -> SubjectKeys:
-        keys = SubjectKeys(kms)
-        for key, value in self.records:
-            keys.apply(key, value)
-        return keys
-
-
-def _pipeline(plan: Plan, keyring: Keyring, config: GatewayConfig, topic: Topic, kms: Any = None
+def _pipeline(plan: Plan, keyring: Keyring, config: GatewayConfig, topic: KeyTopic, kms: Any = None
               ) -> Pipeline:
     keys = SubjectKeys(kms or keyring, publisher=topic.publish)
     return Pipeline([plan], keyring, config, audit_partitions=1, kms=kms, subject_keys=keys)
@@ -157,7 +142,7 @@ def test_period_key_names_round_trip_and_are_never_subject_keys_or_bookkeeping()
 
 
 def test_subject_keys_hand_period_records_to_their_period_keys(keyring: Keyring) -> None:
-    topic = Topic()
+    topic = KeyTopic()
     keys = SubjectKeys(keyring, publisher=topic.publish)
     keys.periods.current(1, DAY0)
     keys.current("customer", "tok_v1_abc")
@@ -172,7 +157,7 @@ def test_subject_keys_hand_period_records_to_their_period_keys(keyring: Keyring)
 
 # ---- format v4 -------------------------------------------------------------------------------------
 def test_v4_round_trip_shared_and_per_subject(plan: Plan, keyring: Keyring, config: GatewayConfig) -> None:
-    topic = Topic()
+    topic = KeyTopic()
     pipeline = _pipeline(plan, keyring, config, topic)
     result = _sanitize(pipeline, "alice", T0, card="4242 4242", note="alice's note")
     record = result.record
@@ -227,7 +212,7 @@ def test_any_v4_bytes_fail_with_a_decrypt_error_only(keyring: Keyring) -> None:
 
 def test_events_of_one_day_share_a_key_other_days_and_subjects_get_their_own(
         plan: Plan, keyring: Keyring, config: GatewayConfig) -> None:
-    pipeline = _pipeline(plan, keyring, config, Topic())
+    pipeline = _pipeline(plan, keyring, config, KeyTopic())
     first = _sanitize(pipeline, "alice", T0).record
     same_day = _sanitize(pipeline, "bob", T0 + 3 * 3600_000).record
     next_day = _sanitize(pipeline, "alice", T0 + DAY_MS).record
@@ -239,7 +224,7 @@ def test_events_of_one_day_share_a_key_other_days_and_subjects_get_their_own(
 
 def test_an_erased_period_reports_key_erased_and_other_periods_still_open(
         plan: Plan, keyring: Keyring, config: GatewayConfig) -> None:
-    topic = Topic()
+    topic = KeyTopic()
     pipeline = _pipeline(plan, keyring, config, topic)
     old = _sanitize(pipeline, "alice", T0 - 3 * DAY_MS).record
     today = _sanitize(pipeline, "alice", T0).record
@@ -266,7 +251,7 @@ def test_an_erased_period_reports_key_erased_and_other_periods_still_open(
 
 def test_gateway_forget_erases_the_subject_s_period_keys_too(plan: Plan, keyring: Keyring,
                                                                config: GatewayConfig) -> None:
-    topic = Topic()
+    topic = KeyTopic()
     pipeline = _pipeline(plan, keyring, config, topic)
     token = _sanitize(pipeline, "alice", T0).subject
     _sanitize(pipeline, "alice", T0 - DAY_MS)
@@ -281,7 +266,7 @@ def test_gateway_forget_erases_the_subject_s_period_keys_too(plan: Plan, keyring
 
 def test_an_event_without_timestamp_or_subject_is_dead_lettered(plan: Plan, keyring: Keyring,
                                                                config: GatewayConfig) -> None:
-    sanitizer = _pipeline(plan, keyring, config, Topic()).stages["pay.raw"].sanitizer
+    sanitizer = _pipeline(plan, keyring, config, KeyTopic()).stages["pay.raw"].sanitizer
     with pytest.raises(RejectedEvent) as no_time:
         sanitizer.sanitize({"user_id": "alice", "card": "4242", "note": None, "code": "C"}, -1)
     assert no_time.value.reason == "missing_timestamp" and "'card'" in no_time.value.message
@@ -303,7 +288,7 @@ def test_a_retention_needs_the_key_topic(plan: Plan, keyring: Keyring, config: G
 def test_one_kms_call_per_new_period_key_never_per_event(plan: Plan, keyring: Keyring,
                                                          config: GatewayConfig) -> None:
     kms = CountingKms(keyring)
-    topic = Topic()
+    topic = KeyTopic()
     pipeline = _pipeline(plan, keyring, config, topic, kms)
     periods = pipeline.subject_keys.periods
     for i in range(200):

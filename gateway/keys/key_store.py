@@ -1,0 +1,201 @@
+"""The in-memory key store that subject keys and period keys share (no Kafka here; see keytopic.py for I/O).
+
+Both hold wrapped DEKs as the compacted key topic does, one record per key, named
+``<scope prefix><dek id hex>``, with the same value::
+
+    value = {"format": 1, "kek_id": ..., "wrapped": base64, "created": ms}   (null: erased)
+
+One class keeps the bookkeeping (newest key per scope, the DEK in use per scope, the unwrapped-DEK
+cache, what erasing a key evicts) in one place, so the two kinds of key cannot drift apart. What
+differs (names, headers, wrap context, what a record's key must look like) stays in the subclasses.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.errors import GatewayError
+from gateway.keys.envelope import DataKey
+from gateway.keys.kms import KmsProvider, WrappedKey
+
+ENTRY_FORMAT = 1
+
+KeyRecord = tuple[bytes, bytes | None]  # (key, value or None for a tombstone)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    wrapped: WrappedKey
+    created: int
+
+
+def _scope(name: str) -> str:
+    """A key's scope prefix: its name up to the DEK id (the keys of one scope replace each other)."""
+    return name.rsplit("/", 1)[0] + "/"
+
+
+class KeyStore:
+    """Live keys as the key topic holds them, plus the DEKs this process uses or opened.
+
+    Thread-safe: the key-topic consumer applies records while the pipeline encrypts. New keys wait in
+    `drain_pending` until they are stored, before the ciphertexts under them are published.
+    """
+
+    _no_kms = "keys were loaded without a KMS: they can be listed and erased, not used"
+
+    def __init__(self, kms: KmsProvider | None, wrap_context: bytes, max_uses: int, cache_size: int) -> None:
+        self._kms = kms
+        self._wrap_context = wrap_context
+        self._max_uses = max_uses
+        self._cache_size = cache_size
+        self._entries: dict[str, _Entry] = {}
+        self._newest: dict[str, str] = {}  # scope prefix -> name of its newest live key
+        self._aeads: OrderedDict[str, AESGCM] = OrderedDict()  # unwrapped, bounded
+        self._current: OrderedDict[str, DataKey] = OrderedDict()  # per scope prefix, for encryption
+        self._pending: list[KeyRecord] = []
+        self._lock = threading.RLock()
+        self.kms_calls = 0
+        self.erased = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _require_kms(self) -> KmsProvider:
+        if self._kms is None:
+            raise GatewayError(self._no_kms)
+        return self._kms
+
+    # ---- encryption side -------------------------------------------------------------------
+    def _current_key(self, prefix: str, header_of: Callable[[bytes], bytes], create: Callable[[], DataKey]
+                     ) -> DataKey:
+        """The scope's DEK for new ciphertexts: cached, else its newest stored key, else `create()` (a new
+        one too once the cached one is used up)."""
+        with self._lock:
+            key = self._current.get(prefix)
+            if key is not None and key.uses < self._max_uses:
+                self._current.move_to_end(prefix)
+                return key
+            name = self._newest.get(prefix)
+            if name is not None and key is None:
+                dek_id = bytes.fromhex(name.rsplit("/", 1)[1])
+                key = DataKey(dek_id, self._aead(name), header_of(dek_id), time.monotonic())
+            else:
+                key = create()
+            self._current[prefix] = key
+            if len(self._current) > self._cache_size:
+                self._current.popitem(last=False)
+            return key
+
+    def _store_new(self, name: str, dek: bytes) -> AESGCM:
+        """Wrap a new DEK, queue its record for the key topic and make it live here."""
+        wrapped = self._require_kms().wrap(dek, self._wrap_context + name.encode())
+        self.kms_calls += 1
+        created = int(time.time() * 1000)
+        self._pending.append((name.encode(), _encode(wrapped, created)))
+        self._add(name, _Entry(wrapped, created))
+        aead = self._aeads[name] = AESGCM(dek)
+        return aead
+
+    def drain_pending(self) -> list[KeyRecord]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    # ---- the key topic's content -------------------------------------------------------------
+    def _apply(self, name: str, value: bytes | None) -> None:
+        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it."""
+        with self._lock:
+            if value is None:
+                self._erase(name)
+                return
+            try:
+                entry = _decode(value)
+            except (ValueError, KeyError, TypeError):
+                return  # not ours or damaged: never fatal, the key simply stays unknown
+            self._add(name, entry)
+
+    def _add(self, name: str, entry: _Entry) -> None:
+        prefix = _scope(name)
+        self._entries[name] = entry
+        newest = self._newest.get(prefix)
+        if newest is None or self._entries[newest].created <= entry.created:
+            self._newest[prefix] = name
+
+    def _erase(self, name: str) -> None:
+        prefix = _scope(name)
+        if self._entries.pop(name, None) is not None:
+            self.erased += 1
+        self._aeads.pop(name, None)
+        current = self._current.get(prefix)
+        if current is not None and name.endswith(current.dek_id.hex()):
+            del self._current[prefix]
+        if self._newest.get(prefix) == name:
+            rest = [(e.created, n) for n, e in self._entries.items() if n.startswith(prefix)]
+            if rest:
+                self._newest[prefix] = max(rest)[1]
+            else:
+                del self._newest[prefix]
+
+    def entries(self) -> list[tuple[str, WrappedKey]]:
+        with self._lock:
+            return [(n, e.wrapped) for n, e in self._entries.items()]
+
+    # ---- decryption side -------------------------------------------------------------------
+    def _aead(self, name: str) -> AESGCM:
+        aead = self._aeads.get(name)
+        if aead is not None:
+            self._aeads.move_to_end(name)
+            return aead
+        dek = self._require_kms().unwrap(self._entries[name].wrapped, self._wrap_context + name.encode())
+        self.kms_calls += 1
+        aead = self._aeads[name] = AESGCM(dek)
+        if len(self._aeads) > self._cache_size:
+            self._aeads.popitem(last=False)
+        return aead
+
+    # ---- rewrap ------------------------------------------------------------------------------
+    def rewrap(self, kms: KmsProvider | None = None) -> list[KeyRecord]:
+        """Records that re-store every live key not under the active KEK, wrapped under it.
+
+        The DEK and its id stay the same, so every ciphertext keeps decrypting; afterwards the old
+        KEK wraps nothing in the key topic and can be retired (once compaction drops the old values).
+        A key erased meanwhile is never stored again."""
+        out: list[KeyRecord] = []
+        for name, rewrapped in self._rewrapped(kms or self._require_kms()):
+            with self._lock:
+                entry = self._entries.get(name)
+                if entry is None:
+                    continue
+                self._entries[name] = _Entry(rewrapped, entry.created)
+            out.append((name.encode(), _encode(rewrapped, entry.created)))
+        return out
+
+    def _rewrapped(self, kms: KmsProvider) -> Iterator[tuple[str, WrappedKey]]:
+        """(name, the same DEK wrapped under the active KEK) for every live key not under it yet."""
+        active = kms.active_key_id()
+        for name, wrapped in self.entries():
+            if wrapped.kek_id == active:
+                continue
+            context = self._wrap_context + name.encode()
+            yield name, kms.wrap(kms.unwrap(wrapped, context), context)
+
+
+def _encode(wrapped: WrappedKey, created: int) -> bytes:
+    return orjson.dumps({"format": ENTRY_FORMAT, "kek_id": wrapped.kek_id,
+                         "wrapped": base64.b64encode(wrapped.blob).decode("ascii"), "created": created})
+
+
+def _decode(value: bytes) -> _Entry:
+    data = orjson.loads(value)
+    if data.get("format") != ENTRY_FORMAT:
+        raise ValueError("unknown key entry format")
+    return _Entry(WrappedKey(str(data["kek_id"]), base64.b64decode(data["wrapped"], validate=True)),
+                  int(data["created"]))
