@@ -6,7 +6,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import OffsetSpec
 
 from gateway.errors import GatewayError
 from gateway.runtime import clients
@@ -79,7 +79,7 @@ def _high_watermarks(kafka: Mapping[str, str], topic: str, partitions: Collectio
     """Each partition's high watermark as a read_uncommitted ListOffsets sees it (a read_committed
     consumer is told the last stable offset instead); {} if the cluster does not say."""
     try:
-        admin = AdminClient(dict(kafka))
+        admin = clients.admin(kafka)  # quiet, as every client: librdkafka prints nothing on stderr
         futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
                                      isolation_level=IsolationLevel.READ_UNCOMMITTED, request_timeout=10)
         return {tp.partition: future.result().offset for tp, future in futures.items()}

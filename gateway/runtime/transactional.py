@@ -222,8 +222,12 @@ class TransactionalLoop:
             self.assignment_wait.tick(self._member_id)
         if self.aborts != aborts:
             # a rebalance callback inside consume settled the batch in flight, it aborted, and every
-            # owned partition was rewound: what consume returned was fetched before the rewind and
-            # comes again from the committed offsets, so publishing it now would publish it twice
+            # owned partition was rewound. What consume returned is dropped: part of it was fetched
+            # before that rewind (publishing it would publish it twice), and part may have been
+            # fetched after it, from the committed offsets, so the positions are past those records.
+            # Rewinding again, now outside the callback, reads all of it again from the committed
+            # offsets (a CI run lost five records when only the first rewind was made).
+            self.rewind()
             return 0
         messages = self._usable(raw)
         batch = self._process(messages) if messages else None  # overlaps the last batch's commit
@@ -344,7 +348,11 @@ class TransactionalLoop:
     def _abort(self, exc: KafkaException) -> None:
         """Abort the open transaction and rewind every owned partition to its committed offset."""
         error = exc.args[0]
-        if error.fatal() or not (error.txn_requires_abort() or error.retriable()):
+        # _STATE from produce: the transaction went into an abortable state under the batch (a CI run
+        # saw it right after an ILLEGAL_GENERATION abort); aborting recovers it, and an abort that
+        # fails in turn is fatal below
+        abortable = error.txn_requires_abort() or error.retriable() or error.code() == KafkaError._STATE
+        if error.fatal() or not abortable:
             log.error("fatal Kafka error: exiting so the orchestrator restarts the job",
                       extra={"loop": self.name, "code": error.name()})
             raise exc
