@@ -15,14 +15,12 @@ from gateway.sanitized import StoredRecord
 
 def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
                partitions: Collection[int] | None = None, committed_only: bool = True,
-               settle_s: float = 10.0) -> list[StoredRecord]:
+               settle_s: float = 3.0) -> list[StoredRecord]:
     """Every committed record of `topic` (of `partitions`, if given), in offset order per partition,
     up to the current end (the last stable offset: an open transaction's records are not read).
     `committed_only=False` reads what a read_uncommitted consumer sees, aborted records included.
     A partition whose last stable offset stays below its high watermark for `settle_s` (an open
-    transaction) ends there; a shorter lag is a commit's markers on their way, and is waited for
-    (on a loaded 2-core machine the coordinator took more than 3 s to write them: records of a
-    committed transaction went missing from a read).
+    transaction) ends there; a shorter lag is a commit's markers on their way, and is waited for.
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config()).
     A cluster that does not answer within clients.CONNECT_TIMEOUT_S is a GatewayError naming the
