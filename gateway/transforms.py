@@ -190,15 +190,7 @@ class RecordSanitizer:
         return walk_map
 
     def current_dek(self, path: str) -> Callable[[], DataKey]:
-        deks = self._deks
-
-        def current() -> DataKey:
-            try:
-                return deks.current()
-            except KmsUnavailable as exc:  # dead-letter (sealed, replayable): never publish without encryption
-                raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
-
-        return current
+        return _current_or_reject(self._deks, path)
 
     def role_dek(self, path: str, roles: tuple[str, ...]) -> Callable[[], DataKey]:
         """The current DEK of a role-scoped field (format v3): one cache per role set, shared with every
@@ -208,13 +200,7 @@ class RecordSanitizer:
         except (KmsConfigError, KeyringError) as exc:
             raise type(exc)(f"schema '{self.plan.name}', field '{path}' (roles {', '.join(roles)}): {exc}") from None
 
-        def current() -> DataKey:
-            try:
-                return deks.current()
-            except KmsUnavailable as exc:  # dead-letter (sealed, replayable): never publish without encryption
-                raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
-
-        return current
+        return _current_or_reject(deks, path)
 
     def subject_key(self, path: str) -> Callable[[str], DataKey]:
         keys, domain = self._subject_keys, self.plan.subject_domain
@@ -260,3 +246,15 @@ class RecordSanitizer:
     def too_large(self, path: str, size: int) -> None:
         raise RejectedEvent("field_too_large", f"field '{path}' holds {size} bytes, above "
                             f"max_field_bytes={self.max_field_bytes}")
+
+
+def _current_or_reject(deks: Any, path: str) -> Callable[[], DataKey]:
+    """The cache's current DEK; a KMS outage dead-letters the event (sealed, replayable): never publish
+    without encryption."""
+    def current() -> DataKey:
+        try:
+            return deks.current()  # type: ignore[no-any-return]
+        except KmsUnavailable as exc:
+            raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
+
+    return current

@@ -33,6 +33,9 @@ from gateway.operators.base import CALL, BuildEnv, FieldContext, Opener, Operato
 from gateway.schema import plaintext_encoder, strip_logical_types
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.keys.envelope import DataKey
     from gateway.policy import FieldPlan, Plan, RecordPlan
     from gateway.transforms import SanitizeResult
 
@@ -108,55 +111,35 @@ class Encrypt(Operator):
         context = context_prefix(env.topic, fp.path)
         path, limit = fp.path, env.max_field_bytes
         too_large = env.too_large
+        key_of: Callable[[SanitizeResult], DataKey] | None = None  # a key looked up per field, by event
         if self.retention_days is not None:
-            # the key of the event's day (per subject and day with per_subject), looked up per field:
-            # the key topic's consumer may erase it
+            # the key of the event's day (per subject and day with per_subject): the key topic's
+            # consumer may erase it
             period_key = env.period_dek(path, self.retention_days, self.per_subject)
-
-            def encrypt_for_period(value: Any, event: SanitizeResult) -> bytes:
-                plaintext = encode(value)
-                if len(plaintext) > limit:
-                    too_large(path, len(plaintext))
-                key = period_key(event.timestamp_ms, event.subject)
-                event.add_key_id(key.key_id)
-                aad = event.subject_aad
-                if aad is None:
-                    aad = event.subject_aad = subject_suffix(event.subject)
-                return encrypt_field(key, plaintext, context + aad)
-
-            return CALL, encrypt_for_period
-        if self.per_subject:
+            key_of = lambda event: period_key(event.timestamp_ms, event.subject)  # noqa: E731
+        elif self.per_subject:
             subject_key = env.subject_key(path)
-
-            def encrypt_per_subject(value: Any, event: SanitizeResult) -> bytes:
-                plaintext = encode(value)
-                if len(plaintext) > limit:
-                    too_large(path, len(plaintext))
-                key = subject_key(event.subject)  # per field: the key topic's consumer may erase it
-                event.add_key_id(key.key_id)
-                aad = event.subject_aad
-                if aad is None:
-                    aad = event.subject_aad = subject_suffix(event.subject)
-                return encrypt_field(key, plaintext, context + aad)
-
-            return CALL, encrypt_per_subject
-        if self.roles:
-            # the role set's own DEK cache (BuildEnv.role_dek): looked up per field, since the event's
-            # shared DEK (event.dek) is the v1 one
+            key_of = lambda event: subject_key(event.subject)  # noqa: E731
+        elif self.roles:
+            # the role set's own DEK cache (BuildEnv.role_dek): the event's shared DEK is the v1 one
             role_current = env.role_dek(path, self.roles)
+            key_of = lambda _event: role_current()  # noqa: E731
+        if key_of is not None:
+            lookup = key_of
 
-            def encrypt_for_roles(value: Any, event: SanitizeResult) -> bytes:
+            def encrypt_keyed(value: Any, event: SanitizeResult) -> bytes:
+                """Formats v2, v3, v4: the field's own key, named in the audit."""
                 plaintext = encode(value)
                 if len(plaintext) > limit:
                     too_large(path, len(plaintext))
-                key = role_current()
+                key = lookup(event)
                 event.add_key_id(key.key_id)
                 aad = event.subject_aad
                 if aad is None:
                     aad = event.subject_aad = subject_suffix(event.subject)
                 return encrypt_field(key, plaintext, context + aad)
 
-            return CALL, encrypt_for_roles
+            return CALL, encrypt_keyed
         current, max_uses = env.current_dek(path), env.dek_max_uses
 
         def encrypt(value: Any, event: SanitizeResult) -> bytes:

@@ -204,6 +204,17 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def owned(self, topic: str) -> set[str]:
+        """The partitions of `topic` the worker owns now, from its assignment log lines (cooperative:
+        each line adds or removes only the partitions that moved)."""
+        owned: set[str] = set()
+        for line in self.log().splitlines():
+            if '"msg":"partitions assigned"' in line:
+                owned |= {p for p in orjson.loads(line)["partitions"] if p.startswith(topic + ":")}
+            elif '"msg":"partitions revoked"' in line or '"msg":"partitions lost"' in line:
+                owned -= set(orjson.loads(line)["partitions"])
+        return owned
+
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

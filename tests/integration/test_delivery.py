@@ -19,7 +19,7 @@ from gateway.samples import SampleEvents
 from gateway.sanitized import SanitizedDecoder
 from tests.http_get import http_get
 
-from .conftest import Deployment, WorkerProcess, committed_count, group_progress
+from .conftest import Deployment, committed_count, group_progress
 
 pytestmark = pytest.mark.integration
 TXN_TIMEOUT_MS = 10_000
@@ -139,18 +139,6 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment)
     assert len(refs) == total and max(refs.values()) == 1
 
 
-def _owned(w: WorkerProcess, topic: str) -> set[str]:
-    """The partitions of `topic` a worker owns now, from its assignment log lines (cooperative:
-    each line adds or removes only the partitions that moved)."""
-    owned: set[str] = set()
-    for line in w.log().splitlines():
-        if '"msg":"partitions assigned"' in line:
-            owned |= {p for p in orjson.loads(line)["partitions"] if p.startswith(topic + ":")}
-        elif '"msg":"partitions revoked"' in line or '"msg":"partitions lost"' in line:
-            owned -= set(orjson.loads(line)["partitions"])
-    return owned
-
-
 def _max_pause_s(d: Deployment, since_ms: int, until_ms: int) -> float:
     """The longest gap between two consecutive audited events of one source partition whose audit
     times fall in [since_ms, until_ms]: how long a rebalance held any partition still."""
@@ -210,9 +198,9 @@ def test_scale_out_on_the_group_protocol_loses_and_doubles_nothing(fresh_deploym
     b = d.start_worker("scale-b", partitions=6, extra=timeouts)
     workers = [a, b]
     try:
-        _wait_until(lambda: len(_owned(a, pay)) == 3 and len(_owned(b, pay)) == 3, 60,
+        _wait_until(lambda: len(a.owned(pay)) == 3 and len(b.owned(pay)) == 3, 60,
                     "both workers to own 3 of the 6 payments partitions")
-        assert _owned(a, pay).isdisjoint(_owned(b, pay))
+        assert a.owned(pay).isdisjoint(b.owned(pay))
         ids = _publish_payments(d, 6_000, seed=77)
         _wait_until(lambda: committed_count(d.bootstrap, d.audit_topic) >= 1_500, 60, "some progress")
         b.proc.send_signal(signal.SIGKILL)  # b dies mid-stream, its transaction open
@@ -231,9 +219,9 @@ def test_scale_out_on_the_group_protocol_loses_and_doubles_nothing(fresh_deploym
             since = int(time.time() * 1000)
             c = d.start_worker("scale-c", partitions=6, extra=timeouts)
             workers.append(c)
-            _wait_until(lambda: len(_owned(c, pay)) >= 1, 60, "the new worker to take partitions")
+            _wait_until(lambda: len(c.owned(pay)) >= 1, 60, "the new worker to take partitions")
             assert a.stop() == 0
-            _wait_until(lambda: len(_owned(c, pay)) + sum(len(_owned(w, pay)) for w in workers[2:-1]) == 6, 60,
+            _wait_until(lambda: len(c.owned(pay)) + sum(len(w.owned(pay)) for w in workers[2:-1]) == 6, 60,
                         "the remaining workers to own every partition")
             flowed = len(steady.ids)
             _wait_until(lambda: len(steady.ids) >= flowed + 2_000, 30,

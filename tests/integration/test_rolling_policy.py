@@ -36,7 +36,7 @@ from gateway.policy import Plan, load_plans
 from gateway.samples import SampleEvents
 from gateway.sanitized import SanitizedDecoder
 
-from .conftest import Deployment, WorkerProcess, cli, group_progress, wait_for
+from .conftest import Deployment, cli, group_progress, wait_for
 
 pytestmark = pytest.mark.integration
 EVENTS = 3_000
@@ -101,17 +101,6 @@ def _payments_plan(directory: Path) -> Plan:
     return plan
 
 
-def _owned_payments(w: WorkerProcess, topic: str) -> set[str]:
-    """The partitions of `topic` a worker owns now, from its (cooperative, incremental) assignment log."""
-    owned: set[str] = set()
-    for line in w.log().splitlines():
-        if '"msg":"partitions assigned"' in line:
-            owned |= {p for p in orjson.loads(line)["partitions"] if p.startswith(topic + ":")}
-        elif '"msg":"partitions revoked"' in line or '"msg":"partitions lost"' in line:
-            owned -= set(orjson.loads(line)["partitions"])
-    return owned
-
-
 def _source(header: bytes, topic: str) -> Source:
     source_topic, partition, offset = header.decode().rsplit("/", 2)
     assert source_topic == topic, header
@@ -142,11 +131,11 @@ def test_rolling_restart_between_two_policy_versions_sanitizes_each_event_once(
         # v2 in the same group: argparse keeps the last --schemas
         b = d.start_worker("roll-b", wait=False, extra=("--schemas", str(v2_dir)))
         workers.append(b)
-        wait_for(lambda: _owned_payments(b, topic), "worker B to own a payments partition")
+        wait_for(lambda: b.owned(topic), "worker B to own a payments partition")
         assert load.running(), "the load ended before the rolling restart: nothing would flow under B alone"
         assert a.stop() == 0  # SIGTERM: A finishes its batch, commits, hands its partitions over
         assert '"msg":"worker stopped"' in a.log()
-        wait_for(lambda: len(_owned_payments(b, topic)) == 3, "worker B to own every payments partition")
+        wait_for(lambda: len(b.owned(topic)) == 3, "worker B to own every payments partition")
         load.thread.join(60)
         assert not load.running() and not load.errors, load.errors
         assert len(load.event_ids) == EVENTS
