@@ -45,8 +45,11 @@ ABORTS = Counter("gateway_transaction_aborts_total", "Transactions aborted and r
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_SECONDS = Histogram("gateway_batch_seconds", "Time from fetch to commit per batch", buckets=_LATENCY_BUCKETS)
 STAGE_SECONDS = Histogram("gateway_stage_seconds", "Time per batch in each stage: process (decode, validate, "
-                          "minimize, tokenize, encrypt, encode), produce, commit", ["stage"],
-                          buckets=_LATENCY_BUCKETS)
+                          "minimize, tokenize, encrypt, encode), wait (for the batch before it to commit), "
+                          "produce, commit", ["stage"], buckets=_LATENCY_BUCKETS)
+EVENT_QUEUED = Histogram("gateway_event_queued_seconds", "Event timestamp to the start of its batch: the "
+                         "producer's linger, the hop to the broker, the fetch and the wait for a batch (sampled "
+                         "like gateway_event_latency_seconds)", buckets=_LATENCY_BUCKETS + (30, 60, 300))
 EVENT_LATENCY = Histogram("gateway_event_latency_seconds", "Event timestamp to committed sanitized record "
                           "(sampled: evenly spaced events, about 64 per batch)",
                           buckets=_LATENCY_BUCKETS + (30, 60, 300))

@@ -64,10 +64,12 @@ class Batch:
     messages: list[Message]
     output: Output
     last: dict[Source, int]  # last offset per source partition
-    started: float
+    started: float  # consume returned (monotonic)
     processed: float
+    settled: float = 0.0  # the batch before it committed: this one may be produced
     produced: float = 0.0
     commit: Future[float] | None = None
+    started_wall_ms: float = 0.0  # `started` on the event timestamps' clock
 
 
 def is_retriable(error: KafkaError) -> bool:
@@ -283,14 +285,15 @@ class TransactionalLoop:
             self.opened.add((tp.topic, tp.partition))
 
     def _process(self, messages: list[Message]) -> Batch:
-        started = time.monotonic()
+        started, started_wall_ms = time.monotonic(), time.time() * 1000
         output = self.handler.process(messages)
         last: dict[Source, int] = {}
         for m in messages:
             last[(m.topic(), m.partition())] = m.offset()
-        return Batch(messages, output, last, started, time.monotonic())
+        return Batch(messages, output, last, started, time.monotonic(), started_wall_ms=started_wall_ms)
 
     def _publish(self, batch: Batch) -> None:
+        batch.settled = time.monotonic()
         try:
             self.producer.begin_transaction()
             produce = self.producer.produce

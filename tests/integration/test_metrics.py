@@ -102,7 +102,13 @@ def test_counters_move_with_the_events_and_never_show_pii(fresh_deployment: Depl
         assert _samples(after, "gateway_audit_events_total") == N_EVENTS + len(broken)
         assert _samples(after, "gateway_stage_seconds_count", stage="process") >= 1
         assert _samples(after, "gateway_stage_seconds_count", stage="commit") >= 1
+        assert _samples(after, "gateway_stage_seconds_count", stage="wait") >= 1
         assert _samples(after, "gateway_event_latency_seconds_count") >= 1
+        # an event's wait for its batch is part of its latency to the commit, sample by sample
+        assert _samples(after, "gateway_event_queued_seconds_count") == _samples(
+            after, "gateway_event_latency_seconds_count")
+        assert 0 < _samples(after, "gateway_event_queued_seconds_sum") < _samples(
+            after, "gateway_event_latency_seconds_sum")
         assert _samples(after, "gateway_dek_cache_total", result="hit") >= N_EVENTS - 1
         assert _samples(after, "gateway_dek_cache_total", result="miss") >= 1
         assert _samples(after, "gateway_consumer_lag", topic=topic) == 0  # caught up
