@@ -26,8 +26,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from gateway.config import GatewayConfig
 from gateway.demo import encode_raw
-from gateway.embedded.broker import EmbeddedBroker
+from gateway.embedded.broker import EmbeddedBroker, free_port
 from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
@@ -81,7 +83,10 @@ def by_short_name(plans: list[Plan]) -> dict[str, Plan]:
 
 # ---- process measurements --------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    """CPU of `pid` and its live descendants (`gateway run --processes N`: the supervisor's workers)."""
+    """CPU of `pid` and its live descendants (`gateway run --processes N`: the supervisor's workers);
+    the bench's own process alone, whose child is the broker, measured apart."""
+    if pid == os.getpid():
+        return _own_cpu_seconds(pid)
     return sum(_own_cpu_seconds(p) for p in (pid, *descendants(pid)))
 
 
@@ -127,9 +132,11 @@ def publish(producer: Producer, records: list[tuple[str, bytes]], rate: float = 
             ends[where] = max(ends.get(where, 0), msg.offset() + 1)
 
     started = time.monotonic()
+    # paced in steps of 5 records (2 ms at 2,500/s): steps of 50 sent 50-record bursts, and a burst
+    # waits for its own last record to be processed
     for i, (topic, value) in enumerate(records):
         producer.produce(topic, value, on_delivery=delivered)
-        if rate and i % 50 == 0:
+        if rate and i % 5 == 0:
             ahead = i / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
@@ -214,7 +221,9 @@ class LatencyProbe:
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                                   "isolation.level": "read_committed", "enable.auto.commit": False,
-                                  "fetch.wait.max.ms": 10})
+                                  # a fetch returns as soon as data is there; a shorter wait only
+                                  # adds idle fetches, which cost the broker CPU (5 ms: 0.35 cores)
+                                  "fetch.wait.max.ms": 100})
         assignment = []
         for topic in topics:
             for partition in self.consumer.list_topics(topic, timeout=10).topics[topic].partitions:
@@ -229,11 +238,18 @@ class LatencyProbe:
         self._thread.start()
 
     def _run(self) -> None:
+        # the first record is waited for alone, then what is queued is taken without waiting: a
+        # batch consume waits out its whole timeout unless it fills, which added up to 50 ms of the
+        # reader's own to every latency measured before (a bare broker hop read p99 ~60 ms)
         while not self._stop.is_set():
-            for msg in self.consumer.consume(1000, 0.05):
+            first = self.consumer.poll(0.05)
+            if first is None:
+                continue
+            now = time.time() * 1000
+            for msg in (first, *self.consumer.consume(1000, 0)):
                 if msg.error() is None:
                     stamp = msg.timestamp()[1]
-                    self.received.append((stamp, time.time() * 1000 - stamp))
+                    self.received.append((stamp, now - stamp))
 
     def count_from_now(self) -> None:
         """Count only records stamped from now on: the reader was started and warmed up before."""
@@ -256,6 +272,40 @@ class LatencyProbe:
         return latencies
 
 
+def warm_broker(bootstrap: str, broker_pid: int, max_s: float = 120.0) -> list[float]:
+    """Transactions through the broker until the CPU each costs it settles, before anything is measured.
+
+    A fresh JVM interprets and JIT-compiles its transaction, produce and fetch paths for minutes: on
+    the reference machine a commit over nine partitions cost the broker 38 ms of CPU in its first
+    300 transactions and 3-4 ms after 3,000, while the compiler took most of a core. Measured cold,
+    the first stage (sanitize) paid for that warm-up in throughput and latency. Returns the broker's
+    CPU milliseconds per transaction, per round of 300."""
+    topic = f"warm-{uuid.uuid4().hex[:6]}"
+    create_topics(admin_client({"bootstrap.servers": bootstrap}), {topic: 9})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": topic, "linger.ms": 5})
+    producer.init_transactions(30)
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "isolation.level": "read_committed",
+                       "fetch.wait.max.ms": 100, "enable.auto.commit": False})
+    reader.subscribe([topic])
+    rounds: list[float] = []
+    deadline = time.monotonic() + max_s
+    try:
+        while time.monotonic() < deadline:
+            before = _own_cpu_seconds(broker_pid)
+            for _ in range(300):
+                producer.begin_transaction()
+                for partition in range(9):
+                    producer.produce(topic, b"w" * 200, partition=partition)
+                producer.commit_transaction(30)
+                reader.consume(100, 0)
+            rounds.append(round((_own_cpu_seconds(broker_pid) - before) / 300 * 1000, 1))
+            if len(rounds) >= 4 and max(rounds[-3:]) <= 1.2 * min(rounds[-3:]):
+                break
+    finally:
+        reader.close()
+    return rounds
+
+
 class KafkaStage:
     """Runs one worker process over a preloaded backlog, then at a paced rate for latency."""
 
@@ -274,6 +324,7 @@ class KafkaStage:
         self.audit_topic = config.audit_topic
         self.keyring = config.keyring
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_url: str | None = None  # the sanitize worker's /metrics, for the latency breakdown
         # one producer for the stage's life: a new idempotent producer's first ~0.5 s of records
         # wait for its producer id, which a paced run would otherwise count as gateway latency
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
@@ -289,6 +340,10 @@ class KafkaStage:
                    str(self.schemas), "--keyring", str(self.keyring), "--group-id", self.group,
                    "--instance-id", self.group, "--audit-topic", self.audit_topic, "--session-timeout-ms", "6000",
                    "--processes", str(self.processes)]
+            if self.processes == 1:
+                port = free_port()
+                cmd += ["--metrics-port", str(port)]
+                self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         else:
             cmd = [sys.executable, str(Path(__file__)), "_loop", self.kind, self.bootstrap, str(self.schemas),
                    self.group]
@@ -307,6 +362,15 @@ class KafkaStage:
         parts = [TopicPartition(topic, partition) for topic, partition in self.ends]
         return sum(max(0, self.ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
                    for tp in consumer.committed(parts, timeout=10))
+
+    def remaining(self) -> int:
+        """Events not yet committed now: what a throughput measurement starting now will see processed
+        (a worker starts on the backlog the moment it is assigned, before the last one has joined)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+        try:
+            return self._lag(consumer)
+        finally:
+            consumer.close()
 
     def drain(self, timeout_s: float = 600) -> float:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
@@ -331,7 +395,8 @@ class KafkaStage:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
-        self.log.close()
+        if getattr(self, "log", None) is not None:  # not opened when start() failed before the worker
+            self.log.close()
 
 
 def measure_latency(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes, dict[str, Any]]],
@@ -344,39 +409,117 @@ def measure_latency(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes
         # a second at the rate first: the worker, the broker and the reader in steady state
         stage.publish(events[-int(rate):], rate=rate)
         probe.count_from_now()
-        count = int(min(rate * 8, 20_000))
+        count = int(min(rate * 8, 20_000, len(events)))
+        metrics_url = getattr(stage, "metrics_url", None)
+        scraped = scrape(metrics_url) if metrics_url else None
         before, t0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
         stage.publish(events[:count], rate=rate)
         lat = probe.wait(count)
         wall = time.monotonic() - t0
-        out.append({"rate": round(rate), "p50_ms": round(statistics.median(lat), 1),
-                    "p99_ms": round(statistics.quantiles(lat, n=100)[98], 1),
-                    "cpu_cores": {name: round((cpu_seconds(pid) - before[name]) / wall, 2)
-                                  for name, pid in pids.items()}})
+        point = {"rate": round(rate), "p50_ms": round(statistics.median(lat), 1),
+                 "p99_ms": round(statistics.quantiles(lat, n=100)[98], 1),
+                 "cpu_cores": {name: round((cpu_seconds(pid) - before[name]) / wall, 2)
+                               for name, pid in pids.items()}}
+        if metrics_url and scraped is not None:
+            point["breakdown_ms"] = breakdown(scraped, scrape(metrics_url), statistics.fmean(lat))
+        out.append(point)
+    return out
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """The worker's histogram sums and counts: (sample name, stage label) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - the bench's own worker on 127.0.0.1
+        text = response.read().decode()
+    return {(sample.name, sample.labels.get("stage", "")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name.endswith(("_sum", "_count"))}
+
+
+def breakdown(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
+              reader_mean_ms: float) -> dict[str, float]:
+    """Where an event's time goes, in mean milliseconds over one paced run, from the worker's own
+    histograms: until its batch starts (linger, hop, fetch, batch fill), the batch's stages, and
+    from the commit until the reader has it (commit markers, the reader's fetch)."""
+    def mean(name: str, stage: str = "") -> float:
+        n = after[(f"{name}_count", stage)] - before.get((f"{name}_count", stage), 0)
+        total = after[(f"{name}_sum", stage)] - before.get((f"{name}_sum", stage), 0)
+        return round(total / n * 1000, 1) if n else 0.0
+
+    out = {"to batch start": mean("gateway_event_queued_seconds")}
+    for stage in ("process", "wait", "produce", "commit"):
+        out[f"batch {stage}"] = mean("gateway_stage_seconds", stage)
+    out["to committed"] = mean("gateway_event_latency_seconds")
+    out["commit to reader"] = round(reader_mean_ms - out["to committed"], 1)
     return out
 
 
 def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]], latency_rates: list[float],
                   broker_pid: int, profile: bool = False) -> dict[str, Any]:
     stage.publish(events)
-    stage.start()
-    assert stage.proc is not None
-    t0, cpu0 = time.monotonic(), cpu_seconds(stage.proc.pid)
-    t1 = stage.drain()
-    cpu1 = cpu_seconds(stage.proc.pid)
-    result: dict[str, Any] = {"events": len(events), "seconds": t1 - t0, "cpu_s": cpu1 - cpu0,
-                              "bytes_in": sum(len(v) for _, v, _ in events)}
-    if latency_rates:
-        pids = {"worker": stage.proc.pid, "broker": broker_pid, "publisher and reader": os.getpid()}
-        result["latency"] = measure_latency(stage, events, latency_rates, pids)
-        last = result["latency"][-1]  # the highest rate: half the saturated sanitize rate
-        result.update(latency_rate=last["rate"], p50_ms=last["p50_ms"], p99_ms=last["p99_ms"])
-    if profile:
-        print("  profiling the saturated worker (py-spy) ...", flush=True)
-        result["profile"] = profile_worker(stage, events, seconds=result["seconds"] * 0.8)
-    result["rss_mb"] = peak_rss_mb(stage.proc.pid)
-    stage.stop()
+    try:
+        stage.start()
+        assert stage.proc is not None
+        processes = (stage.proc.pid, *descendants(stage.proc.pid))  # the supervisor's workers are up once started
+        measured = stage.remaining()  # then at once the clock and CPU: the lag read takes ~0.1 s
+        t0, cpu0 = time.monotonic(), {pid: _own_cpu_seconds(pid) for pid in processes}
+        t1 = stage.drain()
+        cpu = {pid: _own_cpu_seconds(pid) - before for pid, before in cpu0.items()}
+        result: dict[str, Any] = {"events": measured, "seconds": t1 - t0, "cpu_s": sum(cpu.values()),
+                                  "bytes_in": sum(len(v) for _, v, _ in events) * measured / len(events),
+                                  # per process, in cores over the drain: the supervisor first, then its workers
+                                  "cpu_cores_by_process": [round(c / (t1 - t0), 2) for c in cpu.values()]}
+        if latency_rates:
+            pids = {"worker": stage.proc.pid, "broker": broker_pid, "publisher and reader": os.getpid()}
+            result["latency"] = measure_latency(stage, events, latency_rates, pids)
+            last = result["latency"][-1]  # the highest rate: half the saturated sanitize rate
+            result.update(latency_rate=last["rate"], p50_ms=last["p50_ms"], p99_ms=last["p99_ms"])
+        if profile:
+            print("  profiling the saturated worker (py-spy) ...", flush=True)
+            result["profile"] = profile_worker(stage, events, seconds=result["seconds"] * 0.8)
+        result["rss_mb"] = max(peak_rss_mb(pid) for pid in (stage.proc.pid, *descendants(stage.proc.pid)))
+    finally:
+        stage.stop()  # a failed measurement leaves no worker behind
     return result
+
+
+def measure_rounds(stages: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, list[dict[str, Any]]]:
+    """Each throughput row `rounds` times, interleaved (row A, B, C, then A, B, C again), so that
+    the host's changing speed spreads over every row alike instead of favouring whichever ran in a
+    quiet minute."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in stages}
+    for round_no in range(1, rounds + 1):
+        for name, measure in stages.items():
+            print(f"  round {round_no}/{rounds}: {name} ...", flush=True)
+            runs[name].append(measure())
+    return runs
+
+
+def summarize_runs(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by events/s, with every run's events/s and CPU per 1,000 events beside it
+    (CPU cost is the steadier of the two on a shared machine)."""
+    rows = [summarize(name, r) for r in runs]
+    median = sorted(rows, key=lambda row: row["eps"])[len(rows) // 2]
+    out = dict(median)
+    out["runs"] = len(rows)
+    out["eps_runs"] = [row["eps"] for row in rows]
+    if all("cpu_s_per_1000" in row for row in rows):
+        out["cpu_s_per_1000"] = round(statistics.median(row["cpu_s_per_1000"] for row in rows), 4)
+        out["cpu_s_per_1000_runs"] = [row["cpu_s_per_1000"] for row in rows]
+    if all("cpu_cores_by_process" in r for r in runs):
+        out["cpu_cores_by_process"] = runs[rows.index(median)]["cpu_cores_by_process"]
+    out["rss_mb"] = round(max(r["rss_mb"] for r in runs), 1)
+    return out
+
+
+def spread(row: dict[str, Any], key: str) -> str:
+    """min-max of a row's runs, as text: "7,012-7,840"."""
+    values = row.get(f"{key}_runs")
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    return f"{low:,}-{high:,}" if isinstance(low, int) else f"{low:.4f}-{high:.4f}"
 
 
 class BrokerHop:
@@ -499,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--peer-events", type=int, default=4_000)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each Kafka throughput row, interleaved")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of the saturated sanitize worker")
@@ -517,36 +661,48 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         print(f"embedded broker {broker.bootstrap}; {args.events} events per stage (half payments, half visits)")
-        sanitize = KafkaStage("sanitize", broker.bootstrap, workdir)
-        events = make_events(sanitize.plans, args.events)
-        print("  sanitize (gateway run, end to end) ...", flush=True)
         assert broker.process is not None
+        print("  warming the broker's JIT up (transactions until their CPU cost settles) ...", flush=True)
+        warm_up = warm_broker(broker.bootstrap, broker.process.pid)
+        print(f"  broker CPU ms per transaction (9 partitions), per 300: {' '.join(map(str, warm_up))}", flush=True)
         broker_pid = broker.process.pid
-        sanitize_raw = measure_kafka(sanitize, events, [], broker_pid)
-        half_rate = args.events / sanitize_raw["seconds"] / 2
+        events = make_events(by_short_name(load_plans(REPO / "schemas")), args.events)
+        by_schema = {name: [e for e in events if e[0] == name] for name in ("Payment", "ClinicalVisit")}
+
+        def saturated(kind: str, processes: int = 1, batch: list[tuple[str, bytes, dict[str, Any]]] = events
+                      ) -> Callable[[], dict[str, Any]]:
+            return lambda: measure_kafka(KafkaStage(kind, broker.bootstrap, workdir, processes), batch, [],
+                                         broker_pid)
+
+        print(f"  throughput rows, {args.rounds} rounds interleaved (a backlog drained by a fresh worker each) ...")
+        runs = measure_rounds({"sanitize": saturated("sanitize"),
+                               "sanitize_2_processes": saturated("sanitize", processes=2),
+                               "passthrough": saturated("passthrough"),
+                               "floor_through_kafka": saturated("floor"),
+                               "sanitize_payments": saturated("sanitize", batch=by_schema["Payment"]),
+                               "sanitize_visits": saturated("sanitize", batch=by_schema["ClinicalVisit"])},
+                              args.rounds)
+        for name, name_runs in runs.items():
+            rows[name] = summarize_runs(name, name_runs)
+        half_rate = rows["sanitize"]["eps"] / 2
         # the issue's rate (half the saturated sanitize rate) and, below it, fixed rates to compare runs by
         rates = [r for r in (1000.0, 2500.0) if r < half_rate * 0.9] + [half_rate]
         print(f"  sanitize latency at {', '.join(f'{r:,.0f}' for r in rates)} events/s ...", flush=True)
         sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, rates, broker_pid,
                                      profile=args.profile)
-        rows["sanitize"] = summarize("sanitize", sanitize_raw) | {
-            k: summarize("sanitize", sanitize_lat)[k] for k in ("p50_ms", "p99_ms", "latency_rate")}
-        rows["sanitize"]["rss_mb"] = round(max(sanitize_raw["rss_mb"], sanitize_lat["rss_mb"]), 1)
-        print("  sanitize with --processes 2 (one supervisor, two workers in the group) ...", flush=True)
-        rows["sanitize_2_processes"] = summarize("sanitize", measure_kafka(
-            KafkaStage("sanitize", broker.bootstrap, workdir, processes=2), events, [], broker_pid))
+        rows["sanitize"].update({k: summarize("sanitize", sanitize_lat)[k]
+                                 for k in ("p50_ms", "p99_ms", "latency_rate")})
+        rows["sanitize"]["rss_mb"] = round(max(rows["sanitize"]["rss_mb"], sanitize_lat["rss_mb"]), 1)
         profile = sanitize_lat.get("profile")
         latency = {"sanitize": sanitize_lat["latency"]}
         print("  one broker hop (publisher to reader, no worker) ...", flush=True)
         latency["broker_hop"] = measure_latency(BrokerHop(broker.bootstrap), events, rates,
                                                 {"broker": broker_pid, "publisher and reader": os.getpid()})
-        print("  passthrough (same loop, no transform) ...", flush=True)
+        print("  passthrough latency (same loop, no transform) ...", flush=True)
         passthrough = measure_kafka(KafkaStage("passthrough", broker.bootstrap, workdir), events, rates, broker_pid)
-        rows["passthrough"] = summarize("passthrough", passthrough)
+        rows["passthrough"].update({k: summarize("passthrough", passthrough)[k]
+                                    for k in ("p50_ms", "p99_ms", "latency_rate")})
         latency["passthrough"] = passthrough["latency"]
-        print("  primitive floor through the same loop (no audit) ...", flush=True)
-        rows["floor_through_kafka"] = summarize("floor", measure_kafka(
-            KafkaStage("floor", broker.bootstrap, workdir), events, [], broker_pid))
     print("  transforms in-process ...", flush=True)
     rows["transforms"] = summarize("transforms", measure_transforms(events, workdir))
     versus_floor = measure_transforms_vs_floor(events, workdir)
@@ -569,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["confluent_csfle"] = summarize("csfle", peers.confluent_csfle(records))
         print("  Presidio anonymizer operators ...", flush=True)
         rows["presidio"] = summarize("presidio", peers.presidio(records))
-    report(rows, args.out, profile, latency, versus_floor, measure_text())
+    report(rows, args.out, profile, latency, versus_floor, measure_text() | {"broker_warm_up_ms_per_txn": warm_up})
     return 0
 
 
@@ -606,12 +762,28 @@ def measure_text() -> dict[str, Any]:
 def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] | None,
            latency: dict[str, list[dict[str, Any]]], versus_floor: dict[str, Any], text: dict[str, Any]) -> None:
     base = rows["passthrough"]["eps"]
-    print(f"\n{'path':<26}{'events/s':>10}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}{'p50 ms':>8}"
-          f"{'p99 ms':>8}{'vs passthrough':>16}")
+    print(f"\n{'path':<26}{'events/s':>10}{'runs':>16}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}"
+          f"{'runs':>16}{'p50 ms':>8}{'p99 ms':>8}{'vs passthrough':>16}")
     for name, row in rows.items():
-        print(f"{name:<26}{row['eps']:>10}{row['us_per_event']:>10}{row.get('mb_s', ''):>8}"
-              f"{row.get('cpu_s_per_1000', ''):>10}{row.get('p50_ms', ''):>8}{row.get('p99_ms', ''):>8}"
-              f"{row['eps'] / base:>15.2f}x")
+        print(f"{name:<26}{row['eps']:>10}{spread(row, 'eps'):>16}{row['us_per_event']:>10}{row.get('mb_s', ''):>8}"
+              f"{row.get('cpu_s_per_1000', ''):>10}{spread(row, 'cpu_s_per_1000'):>16}{row.get('p50_ms', ''):>8}"
+              f"{row.get('p99_ms', ''):>8}{row['eps'] / base:>15.2f}x")
+    sizing = {}
+    for name, schema in (("sanitize_payments", "payments"), ("sanitize_visits", "clinical visits"),
+                         ("sanitize", "mixed")):
+        row = rows[name]
+        per_core = 1000 / row["cpu_s_per_1000"]  # the worker's CPU only: the broker's is apart
+        mb_per_core = per_core * row["mb_s"] / row["eps"]
+        sizing[schema] = {"eps_per_core": round(per_core), "mb_s_per_core": round(mb_per_core, 2),
+                          "millicores_per_mb_s": round(1000 / mb_per_core)}
+    print("\nsizing, from the worker's CPU per 1,000 events (median of the rounds; the broker's CPU apart):")
+    for schema, figures in sizing.items():
+        print(f"  {schema:<16}{figures['eps_per_core']:>8,} events/s per core  {figures['mb_s_per_core']:>6} MB/s "
+              f"per core  {figures['millicores_per_mb_s']:>5} millicores per MB/s")
+    one, two = rows["sanitize"], rows["sanitize_2_processes"]
+    print(f"\n1 vs 2 processes: {one['eps']:,} vs {two['eps']:,} events/s ({two['eps'] / one['eps']:.2f}x); "
+          f"cores by process over the drain (supervisor first): {one.get('cpu_cores_by_process')} vs "
+          f"{two.get('cpu_cores_by_process')}")
     results: dict[str, Any] = {
         "passthrough_eps": rows["passthrough"]["eps"],
         "sanitize_eps": rows["sanitize"]["eps"],
@@ -632,6 +804,7 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
         # by rate, for the broker hop (the lower bound: the sanitized path is two hops plus the
         # worker), passthrough and sanitize, with the CPU (cores) each process used meanwhile
         "latency": latency,
+        "sizing": sizing,
         "rows": rows,
         "sanitize_profile": profile,
         "broker": f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, embedded: gateway.embedded.broker)",
@@ -651,6 +824,10 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
             p, cpu = latency[path][i], latency[path][i]["cpu_cores"]
             print(f"  {point['rate']:>8,}  {path:<12}{p['p50_ms']:>8.0f}{p['p99_ms']:>8.0f}{cpu.get('worker', ''):>8}"
                   f"{cpu['broker']:>8}{cpu['publisher and reader']:>18}")
+    print("\nwhere a sanitized event's time goes (mean ms, from the worker's histograms and the reader):")
+    for point in latency["sanitize"]:
+        parts = point.get("breakdown_ms", {})
+        print(f"  {point['rate']:>8,}/s  " + ", ".join(f"{k} {v}" for k, v in parts.items()))
     if profile:
         print(f"\nsanitize worker at saturation, py-spy ({profile['samples']} samples of the main thread):")
         print("  share of time in: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["stage_share"].items()))
