@@ -13,7 +13,8 @@ carrying the country alone (never an opened field), and the second counts what i
 Settings (environment): GATEWAY_SCHEMAS (schema directory), GATEWAY_KEYRING (optional), EXAMPLE_TOPIC,
 EXAMPLE_BROKER (kafka://127.0.0.1:9092), EXAMPLE_APP_ID, EXAMPLE_PARTITIONS (those of the sanitized
 topic), EXAMPLE_OUT (optional: a JSON file rewritten after every count with the counts, the outcome
-tallies per encrypted field and the customer names opened by event id: keep it as safe as the keyring).
+tallies per encrypted field and the customer names opened by event id: keep it as safe as the keyring),
+EXAMPLE_DATADIR (faust's own state folder; <app id>-data in the working directory by default).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ OUT = os.environ.get("EXAMPLE_OUT")
 # does not show the new topic yet, the group is joined without it until the next metadata refresh
 # (5 minutes by default), so refresh every few seconds
 app = faust.App(APP_ID, broker=os.environ.get("EXAMPLE_BROKER", "kafka://127.0.0.1:9092"), store="memory://",
+                datadir=os.environ.get("EXAMPLE_DATADIR", f"{APP_ID}-data"),
                 topic_partitions=PARTITIONS, web_enabled=False, consumer_auto_offset_reset="earliest",
                 consumer_metadata_max_age_ms=3_000)
 payments = app.topic(TOPIC, schema=GatewaySchema(SCHEMAS, KEYRING))

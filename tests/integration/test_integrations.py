@@ -41,7 +41,8 @@ class FaustExample:
         env = {k: v for k, v in ENV.items() if k != "GATEWAY_KEYRING"}
         env.update(GATEWAY_SCHEMAS=str(d.schemas), EXAMPLE_TOPIC=d.payments.sanitized_topic,
                    EXAMPLE_BROKER=f"kafka://{d.bootstrap}", EXAMPLE_APP_ID=f"faust-{name}-{d.suffix}",
-                   EXAMPLE_PARTITIONS=str(PARTITIONS), EXAMPLE_OUT=str(self.out))
+                   EXAMPLE_PARTITIONS=str(PARTITIONS), EXAMPLE_OUT=str(self.out),
+                   EXAMPLE_DATADIR=str(d.root / f"faust-{name}-data"))  # not the checkout (faust's default: cwd)
         if keyring is not None:
             env["GATEWAY_KEYRING"] = str(keyring)
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait()
