@@ -36,6 +36,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+if not __package__:  # run as a script (python benchmarks/bench.py): its sibling modules come as `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from gateway.config import GatewayConfig
 from gateway.demo import encode_raw
 from gateway.embedded.broker import EmbeddedBroker, free_port
