@@ -220,7 +220,7 @@ class _AuditCounter:
         self.count = 0
 
     def poll(self, timeout_s: float) -> int:
-        for msg in self.consumer.consume(1000, timeout_s):
+        for msg in clients.take(self.consumer, 1000, timeout_s):
             if msg.error() is None:
                 self.count += 1
         return self.count

@@ -84,7 +84,7 @@ class ChangelogFollower:
     def poll(self, max_records: int = 500, timeout_s: float = 0.0) -> list[tuple[bytes, bytes | None]]:
         """(key, value) of the records committed since the last poll (keyless ones are skipped)."""
         out: list[tuple[bytes, bytes | None]] = []
-        for msg in self.consumer.consume(max_records, timeout_s):
+        for msg in clients.take(self.consumer, max_records, timeout_s):
             if msg.error() is not None or msg.key() is None:
                 continue
             out.append((msg.key(), msg.value()))

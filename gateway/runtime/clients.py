@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from gateway.config import GatewayConfig
@@ -172,3 +172,17 @@ def plain_producer(config_or_kafka: GatewayConfig | Mapping[str, str], errors: C
     """An idempotent producer that waits for every replica (key records, forget)."""
     return Producer({**_kafka(config_or_kafka), **_quiet(errors or ClientErrors("producer")),
                      "enable.idempotence": True, "acks": "all", **overrides})
+
+
+def take(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Up to `max_messages`: waits up to `timeout_s` for the first, then takes what is queued.
+
+    librdkafka's batch consume waits out its whole timeout unless the batch fills, so a read of a
+    small topic lasted at least that timeout per turn (about a second per `read_topic`), and a
+    reader timing arrivals saw them up to the timeout late."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    return [first, *consumer.consume(max_messages - 1, 0)]

@@ -51,7 +51,7 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
             for partition in [p for p, since in behind.items() if now - since > settle_s]:
                 pending.discard(partition)  # a transaction really is open: its records are not committed
                 del behind[partition]
-            for msg in consumer.consume(1000, 0.2 if behind else 0.5):
+            for msg in clients.take(consumer, 1000, 0.2 if behind else 0.5):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

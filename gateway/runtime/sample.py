@@ -84,7 +84,7 @@ class TopicSample:
                 if time.monotonic() > deadline:
                     raise GatewayError(f"sampling topic '{self.topic}' did not finish within {self.timeout_s:.0f}s "
                                        f"({read} of {self.planned} events read)")
-                for msg in consumer.consume(500, 0.5):
+                for msg in clients.take(consumer, 500, 0.5):
                     err = msg.error()
                     partition = msg.partition()
                     if err is not None:
