@@ -46,6 +46,7 @@ from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
 from gateway.policy import Plan, load_plans
+from gateway.runtime import clients
 from gateway.runtime.topics import admin_client, create_topics, ensure_topics
 from gateway.samples import SampleEvents
 
@@ -245,11 +246,9 @@ class LatencyProbe:
         # batch consume waits out its whole timeout unless it fills, which added up to 50 ms of the
         # reader's own to every latency measured before (a bare broker hop read p99 ~60 ms)
         while not self._stop.is_set():
-            first = self.consumer.poll(0.05)
-            if first is None:
-                continue
+            batch = clients.take(self.consumer, 1000, 0.05)
             now = time.time() * 1000
-            for msg in (first, *self.consumer.consume(1000, 0)):
+            for msg in batch:
                 if msg.error() is None:
                     stamp = msg.timestamp()[1]
                     self.received.append((stamp, now - stamp))
@@ -306,6 +305,7 @@ def warm_broker(bootstrap: str, broker_pid: int, max_s: float = 120.0) -> list[f
                 break
     finally:
         reader.close()
+        producer.close()
     return rounds
 
 
@@ -330,10 +330,12 @@ class KafkaStage:
         self.metrics_url: str | None = None  # the sanitize worker's /metrics, for the latency breakdown
         # one producer for the stage's life: a new idempotent producer's first ~0.5 s of records
         # wait for its producer id, which a paced run would otherwise count as gateway latency
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        self.producer: Producer | None = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                                                   "enable.idempotence": True})
         self.ends: dict[tuple[str, int], int] = {}  # (source topic, partition) -> offset after the last published
 
     def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
+        assert self.producer is not None, "the stage was stopped"
         publish(self.producer, [(self.plans[name].source_topic, value) for name, value, _ in events], rate,
                 self.ends)
 
@@ -400,6 +402,7 @@ class KafkaStage:
             self.proc.wait(30)
         if getattr(self, "log", None) is not None:  # not opened when start() failed before the worker
             self.log.close()
+        close_producer(self)
 
 
 def measure_latency(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes, dict[str, Any]]],
@@ -534,19 +537,38 @@ class BrokerHop:
         self.bootstrap = bootstrap
         self.topic = f"hop-{uuid.uuid4().hex[:6]}"
         create_topics(admin_client({"bootstrap.servers": bootstrap}), {self.topic: 3})
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        self.producer: Producer | None = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                                                   "enable.idempotence": True})
 
     def publish(self, events: list[tuple[str, bytes, dict[str, Any]]], rate: float = 0.0) -> None:
+        assert self.producer is not None, "the hop was stopped"
         publish(self.producer, [(self.topic, value) for _, value, _ in events], rate)
 
     def latency_probe(self) -> LatencyProbe:
         return LatencyProbe(self.bootstrap, [self.topic])
 
+    def stop(self) -> None:
+        close_producer(self)
 
-# the worker's own frames that make up a batch, for the profile's inclusive shares
-STAGES = {"decode": "decode (gateway/schema.py", "sanitize": "sanitize (gateway/transforms.py",
-          "encode": "encode (gateway/pipeline.py", "audit event": "_audit_record (gateway/pipeline.py",
-          "produce": "_produce (gateway/worker.py", "wait for the last commit": "_settle (gateway/worker.py"}
+
+def close_producer(stage: KafkaStage | BrokerHop) -> None:
+    """Close a stage's publisher once it is done: idle, it still holds a connection and threads,
+    and once the broker stops every one left open retries to connect, in the bench's own process,
+    under the in-process rows that follow (two dozen of them doubled the transforms' CPU)."""
+    if stage.producer is not None:
+        stage.producer.flush(10)
+        stage.producer.close()
+        stage.producer = None
+
+
+# the worker's own frames that make up a batch, for the profile's inclusive shares (py-spy names a
+# frame "Class.method (file:line)")
+STAGES = {"decode": "EventDecoder.decode_event (gateway/schema.py",
+          "sanitize": "RecordSanitizer.sanitize (gateway/transforms.py",
+          "encode": "TopicStage.encode (gateway/pipeline.py",
+          "audit event": "Pipeline._audit_record (gateway/pipeline.py",
+          "produce": "TransactionalLoop._publish (gateway/runtime/transactional.py",
+          "wait for the last commit": "TransactionalLoop.settle (gateway/runtime/transactional.py"}
 
 
 def profile_worker(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
@@ -565,6 +587,11 @@ def profile_worker(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, A
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage.drain()
     spy.wait(60)
+    return profile_shares(out)
+
+
+def profile_shares(out: Path) -> dict[str, Any]:
+    """The main thread's samples in a py-spy raw file: inclusive share per stage, top frames by self time."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -699,8 +726,10 @@ def main(argv: list[str] | None = None) -> int:
         profile = sanitize_lat.get("profile")
         latency = {"sanitize": sanitize_lat["latency"]}
         print("  one broker hop (publisher to reader, no worker) ...", flush=True)
-        latency["broker_hop"] = measure_latency(BrokerHop(broker.bootstrap), events, rates,
+        hop = BrokerHop(broker.bootstrap)
+        latency["broker_hop"] = measure_latency(hop, events, rates,
                                                 {"broker": broker_pid, "publisher and reader": os.getpid()})
+        hop.stop()
         print("  passthrough latency (same loop, no transform) ...", flush=True)
         passthrough = measure_kafka(KafkaStage("passthrough", broker.bootstrap, workdir), events, rates, broker_pid)
         rows["passthrough"].update({k: summarize("passthrough", passthrough)[k]
