@@ -87,7 +87,7 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment)
     """Three kill -9 while the worker's transaction holds sent records (mid-commit), each restart
     under the same instance id; a separate read_committed reader sees every input exactly once."""
     d = deployment
-    total = 12_000
+    total = 20_000
     # published at a steady rate through the kills, so the worker always has a transaction going
     ids = _publish_payments(d, total, seed=1234, broken_every=97, rate_per_s=1_500)
     kills = 0
