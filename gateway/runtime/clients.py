@@ -158,6 +158,13 @@ def offsets_probe(config: GatewayConfig, group_id: str) -> Consumer:
                      "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
 
 
+# for a reader that reads to the partition ends and closes: the end of a partition is known only from a
+# fetch answer, and the broker holds a fetch that finds nothing for up to fetch.wait.max.ms (500 ms by
+# default), so every read paid that at its end. A follower that lives on keeps the default: short
+# waits cost the broker CPU in fetch requests for as long as it runs.
+READ_TO_END = {"fetch.wait.max.ms": 20}
+
+
 def reader(config_or_kafka: GatewayConfig | Mapping[str, str], group_id: str, errors: ClientErrors | None = None,
            **overrides: Any) -> Consumer:
     """A consumer that reads assigned partitions (no subscription, no commits) up to their end,

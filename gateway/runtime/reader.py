@@ -26,7 +26,7 @@ def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,
     A cluster that does not answer within clients.CONNECT_TIMEOUT_S is a GatewayError naming the
     bootstrap servers and librdkafka's reason (librdkafka itself prints nothing)."""
     errors = clients.ClientErrors("reader", log_every_s=None)  # the error raised says what went wrong
-    consumer = clients.reader(kafka, "privacy-gateway.reader", errors,
+    consumer = clients.reader(kafka, "privacy-gateway.reader", errors, **clients.READ_TO_END,
                               **({} if committed_only else {"isolation.level": "read_uncommitted"}))
     try:
         metadata = clients.require_metadata(consumer, errors, kafka["bootstrap.servers"], topic)

@@ -51,7 +51,8 @@ class TopicSample:
         if self.start not in FROM:
             raise GatewayError(f"--from must be one of {', '.join(FROM)}, not '{self.start}'")
         _QUIET.setLevel(logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL)
-        consumer = clients.reader(self.kafka, "privacy-gateway.scan", logger=_QUIET, error_cb=self._error_cb)
+        consumer = clients.reader(self.kafka, "privacy-gateway.scan", logger=_QUIET, error_cb=self._error_cb,
+                                  **clients.READ_TO_END)
         deadline = time.monotonic() + self.timeout_s
         try:
             try:
