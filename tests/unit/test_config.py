@@ -81,6 +81,7 @@ def test_falsy_overrides_still_win() -> None:
     ("log_level", "LOUD", "DEBUG, INFO"),
     ("audit_topic", "bad topic", "valid Kafka topic"),
     ("group_id", "", "must not be empty"),
+    ("output_compression", "brotli", "none, gzip, snappy, lz4, zstd"),
 ])
 def test_invalid_environment_values_name_setting_and_variable(setting: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as excinfo:

@@ -231,7 +231,8 @@ class Worker:
                # gain in latency (benchmarks/bench.py)
                "fetch.wait.max.ms": 100})
         producer = clients.transactional_producer(config, f"{config.group_id}-{config.instance_id}",
-                                                  **{"message.max.bytes": max_message_bytes(config)})
+                                                  **{"message.max.bytes": max_message_bytes(config),
+                                                     "compression.type": config.output_compression})
         self.loop = TransactionalLoop("sanitize", consumer, producer, self.handler, self.pipeline.source_topics,
                                       config.batch_max_events, config.batch_timeout_s, overlap=True,
                                       on_committed=self._observe, on_assignment=self._assigned,
