@@ -312,9 +312,11 @@ def warm_broker(bootstrap: str, broker_pid: int, max_s: float = 120.0) -> list[f
 class KafkaStage:
     """Runs one worker process over a preloaded backlog, then at a paced rate for latency."""
 
-    def __init__(self, kind: str, bootstrap: str, workdir: Path, processes: int = 1) -> None:
+    def __init__(self, kind: str, bootstrap: str, workdir: Path, processes: int = 1,
+                 extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.processes = processes
+        self.extra = extra  # more `gateway run` options (sanitize only)
         self.bootstrap = bootstrap
         self.suffix = f"{kind}-{uuid.uuid4().hex[:6]}"
         self.schemas = unique_schemas(workdir, self.suffix)
@@ -344,7 +346,7 @@ class KafkaStage:
             cmd = [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas",
                    str(self.schemas), "--keyring", str(self.keyring), "--group-id", self.group,
                    "--instance-id", self.group, "--audit-topic", self.audit_topic, "--session-timeout-ms", "6000",
-                   "--processes", str(self.processes)]
+                   "--processes", str(self.processes), *self.extra]
             if self.processes == 1:
                 port = free_port()
                 cmd += ["--metrics-port", str(port)]
