@@ -143,7 +143,7 @@ class GatewayConfig:
                                       "almost 5x and its CPU by more than half (benchmarks/compression.py); zstd "
                                       "stores a quarter less again. Consumers need the codec: librdkafka and Java "
                                       "clients have them all; aiokafka (faust) needs cramjam, in the faust extra",
-                                      group="worker", choices=OUTPUT_COMPRESSIONS)
+                                      group="sanitize", choices=OUTPUT_COMPRESSIONS)
     # upper bound of prefetched, not yet processed input per worker (librdkafka's queue)
     fetch_queue_kbytes: int = setting(16_384, "bound on prefetched, unprocessed input per worker (backpressure)",
                                       group="worker")
