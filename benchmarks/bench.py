@@ -90,11 +90,11 @@ def cpu_seconds(pid: int) -> float:
     """CPU of `pid` and its live descendants (`gateway run --processes N`: the supervisor's workers);
     the bench's own process alone, whose child is the broker, measured apart."""
     if pid == os.getpid():
-        return _own_cpu_seconds(pid)
-    return sum(_own_cpu_seconds(p) for p in (pid, *descendants(pid)))
+        return process_cpu_seconds(pid)
+    return sum(process_cpu_seconds(p) for p in (pid, *descendants(pid)))
 
 
-def _own_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:  # exited meanwhile
@@ -293,14 +293,14 @@ def warm_broker(bootstrap: str, broker_pid: int, max_s: float = 120.0) -> list[f
     deadline = time.monotonic() + max_s
     try:
         while time.monotonic() < deadline:
-            before = _own_cpu_seconds(broker_pid)
+            before = process_cpu_seconds(broker_pid)
             for _ in range(300):
                 producer.begin_transaction()
                 for partition in range(9):
                     producer.produce(topic, b"w" * 200, partition=partition)
                 producer.commit_transaction(30)
                 reader.consume(100, 0)
-            rounds.append(round((_own_cpu_seconds(broker_pid) - before) / 300 * 1000, 1))
+            rounds.append(round((process_cpu_seconds(broker_pid) - before) / 300 * 1000, 1))
             if len(rounds) >= 4 and max(rounds[-3:]) <= 1.2 * min(rounds[-3:]):
                 break
     finally:
@@ -471,9 +471,9 @@ def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, An
         assert stage.proc is not None
         processes = (stage.proc.pid, *descendants(stage.proc.pid))  # the supervisor's workers are up once started
         measured = stage.remaining()  # then at once the clock and CPU: the lag read takes ~0.1 s
-        t0, cpu0 = time.monotonic(), {pid: _own_cpu_seconds(pid) for pid in processes}
+        t0, cpu0 = time.monotonic(), {pid: process_cpu_seconds(pid) for pid in processes}
         t1 = stage.drain()
-        cpu = {pid: _own_cpu_seconds(pid) - before for pid, before in cpu0.items()}
+        cpu = {pid: process_cpu_seconds(pid) - before for pid, before in cpu0.items()}
         result: dict[str, Any] = {"events": measured, "seconds": t1 - t0, "cpu_s": sum(cpu.values()),
                                   "bytes_in": sum(len(v) for _, v, _ in events) * measured / len(events),
                                   # per process, in cores over the drain: the supervisor first, then its workers

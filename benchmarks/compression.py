@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 
-from benchmarks.bench import REPO, KafkaStage, _own_cpu_seconds, by_short_name, make_events, measure_kafka, warm_broker
+from benchmarks.bench import (
+    REPO,
+    KafkaStage,
+    by_short_name,
+    make_events,
+    measure_kafka,
+    process_cpu_seconds,
+    warm_broker,
+)
 from gateway.embedded.broker import EmbeddedBroker
 from gateway.policy import load_plans
 
@@ -42,10 +50,10 @@ def run(events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
             for codec in CODECS:
                 print(f"  round {round_no}/{rounds}: {codec} ...", flush=True)
                 stage = KafkaStage("sanitize", broker.bootstrap, workdir, extra=("--output-compression", codec))
-                before = _own_cpu_seconds(pid)
+                before = process_cpu_seconds(pid)
                 result = measure_kafka(stage, batch, [], pid)
                 runs[codec].append({"worker_cpu_s_per_1000": result["cpu_s"] / result["events"] * 1000,
-                                    "broker_cpu_s_per_1000": (_own_cpu_seconds(pid) - before) / events * 1000,
+                                    "broker_cpu_s_per_1000": (process_cpu_seconds(pid) - before) / events * 1000,
                                     "stored_bytes_per_event": stored_bytes(broker.data_dir / "log", stage) / events,
                                     "eps": result["events"] / result["seconds"]})
     out: dict[str, Any] = {"events": events, "rounds": rounds}

@@ -69,7 +69,6 @@ class Batch:
     settled: float = 0.0  # the batch before it committed: this one may be produced
     produced: float = 0.0
     commit: Future[float] | None = None
-    started_wall_ms: float = 0.0  # `started` on the event timestamps' clock
 
 
 def is_retriable(error: KafkaError) -> bool:
@@ -285,12 +284,12 @@ class TransactionalLoop:
             self.opened.add((tp.topic, tp.partition))
 
     def _process(self, messages: list[Message]) -> Batch:
-        started, started_wall_ms = time.monotonic(), time.time() * 1000
+        started = time.monotonic()
         output = self.handler.process(messages)
         last: dict[Source, int] = {}
         for m in messages:
             last[(m.topic(), m.partition())] = m.offset()
-        return Batch(messages, output, last, started, time.monotonic(), started_wall_ms=started_wall_ms)
+        return Batch(messages, output, last, started, time.monotonic())
 
     def _publish(self, batch: Batch) -> None:
         batch.settled = time.monotonic()

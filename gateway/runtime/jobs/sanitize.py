@@ -379,10 +379,11 @@ class Worker:
         metrics.STAGE_SECONDS.labels("produce").observe(produced - settled)
         metrics.STAGE_SECONDS.labels("commit").observe(committed - produced)
         metrics.BATCH_SECONDS.observe(committed - started)
-        # the commit's time on the event clock: this runs only once the next batch was consumed and
-        # processed (the commits overlap), and measuring from now counted that wait too
-        committed_ms = time.time() * 1000 - (time.monotonic() - committed) * 1000
-        latency, queued, started_ms = metrics.EVENT_LATENCY, metrics.EVENT_QUEUED, batch.started_wall_ms
+        # the batch's start and its commit on the event timestamps' clock: this runs only once the next
+        # batch was consumed and processed (the commits overlap), and measuring from now counted that too
+        wall_ms = time.time() * 1000 - time.monotonic() * 1000
+        started_ms, committed_ms = started * 1000 + wall_ms, committed * 1000 + wall_ms
+        latency, queued = metrics.EVENT_LATENCY, metrics.EVENT_QUEUED
         messages = batch.messages
         for m in messages[::max(1, len(messages) // metrics.LATENCY_SAMPLES_PER_BATCH)]:  # observe() costs ~1.4 us
             stamp = m.timestamp()[1]
