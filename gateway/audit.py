@@ -1,9 +1,13 @@
 """Audit events and their per-partition hash chain.
 
-One audit event per input event: what was done, under which policy and keys, with what outcome;
-never a field value. Events of one source partition form a chain: each carries the previous
-event's hash, and its own hash covers its canonical body. The chain key is
-``<source_topic>:<partition>``; all its events go to one audit partition, in order.
+One audit entry per input event: what was done, under which policy and keys, with what outcome;
+never a field value. The sanitize worker writes a source partition's entries of one batch as one
+audit record, type ``events`` (`seal_audit_batch`): the batch's chain, instance and time once, its
+entries in offset order under ``events``. Other writers (forget, retention, DP releases) write one
+record per event. Records of one chain form a hash chain: each carries the previous record's hash,
+and its own hash covers its canonical body, every entry included. The chain key is
+``<source_topic>:<partition>``; all its records go to one audit partition, in order. Readers take
+entries with `entries`, which gives every record's entries in the per-event form.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 import orjson
 
 GENESIS = "0" * 64
+BATCH_TYPE = "events"  # a record holding one batch's entries of one chain
+BATCH_FIELDS = ("chain", "instance", "time")  # a batch record's fields that each of its entries shares
 
 
 def chain_key(topic: str, partition: int) -> str:
@@ -58,6 +64,35 @@ def seal_audit_value(body: dict[str, Any], prev_hash: str) -> tuple[bytes, str]:
     return b"".join((data[:-1], b',"hash":"', digest.encode("ascii"), b'"}')), digest
 
 
+def batch_body(chain: str, instance: str, time_ms: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of one batch's audit record for `chain`: each entry without the fields it shares."""
+    return {"type": BATCH_TYPE, "chain": chain, "instance": instance, "time": time_ms, "events": events}
+
+
+def entries(body: Any) -> list[dict[str, Any]]:
+    """The audit entries of one decoded record, each in the per-event form (a batch's shared chain,
+    instance and time put back into each; its chain_restart stays on the record). A record that is not
+    a JSON object has none."""
+    if not isinstance(body, dict):
+        return []
+    if body.get("type") != BATCH_TYPE:
+        return [body]
+    shared = {name: body.get(name) for name in BATCH_FIELDS}
+    events = body.get("events")
+    return [shared | e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def record_entries(values: Iterable[bytes | None]) -> list[dict[str, Any]]:
+    """The audit entries of raw audit record values, in record order (values that are not JSON skipped)."""
+    out: list[dict[str, Any]] = []
+    for value in values:
+        try:
+            out += entries(orjson.loads(value or b""))
+        except orjson.JSONDecodeError:
+            continue
+    return out
+
+
 @dataclass
 class ChainHeads:
     """Last hash per chain key, for the partitions this worker owns."""
@@ -88,7 +123,8 @@ class ChainHeads:
 @dataclass
 class ChainReport:
     chains: int = 0
-    events: int = 0
+    events: int = 0  # audit entries in the verified records (a batch record holds many)
+    records: int = 0
     restarts: list[str] = field(default_factory=list)
     breaks: list[str] = field(default_factory=list)
 
@@ -116,7 +152,9 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]]) -> ChainReport:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             report.breaks.append(f"{where}: not an audit event of this gateway")
             continue
-        report.events += 1
+        report.records += 1
+        report.events += len(body["events"]) if body.get("type") == BATCH_TYPE and isinstance(
+            body.get("events"), list) else 1
         if key in broken:
             continue
         if key not in last:

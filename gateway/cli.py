@@ -724,7 +724,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for problem in report.breaks:
         print(f"BREAK: {problem}")
     status = "OK" if report.ok else "BROKEN"
-    print(f"audit chain {status}: {report.events} events in {report.chains} chains on '{args.topic}'")
+    print(f"audit chain {status}: {report.events} events in {report.records} records, {report.chains} chains "
+          f"on '{args.topic}'")
     return 0 if report.ok else 1
 
 
@@ -954,7 +955,7 @@ def _print_quality_window(row: dict[str, Any]) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """`gateway report`: read the audit, ledger, key and quality topics, summarize the period
     (gateway.report.collect), and print it (text or --json) and/or write it as HTML (--html)."""
-    from gateway.audit import verify_chains
+    from gateway.audit import entries, verify_chains
     from gateway.policy import load_plans
     from gateway.report.collect import collect, decode_json, key_record, parse_when
     from gateway.runtime.ledger import load_ledger
@@ -997,7 +998,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     chains = verify_chains((r.partition, r.offset, r.value or b"") for r in audit_records)
     report = collect(
         since_ms=since_ms, until_ms=until_ms, generated_ms=now_ms, plans=plans, chains=chains, topics=topics,
-        audit=(decode_json(r.value) for r in audit_records), ledger=ledger_state,
+        audit=(e for r in audit_records for e in entries(decode_json(r.value))), ledger=ledger_state,
         keys=(key_record(r.key, r.value) for r in records.get("keys", [])),
         quality=(decode_json(r.value) for r in records.get("quality", [])),
         notes=notes)

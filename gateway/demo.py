@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
-from gateway.audit import verify_chains
+from gateway.audit import record_entries, verify_chains
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.embedded.broker import EmbeddedBroker
@@ -207,8 +207,8 @@ def _side_by_side(title: str, left: dict[str, Any], right: dict[str, Any]) -> st
 
 
 class _AuditCounter:
-    """Counts a topic's committed records as they commit: one read_committed reader from the
-    beginning, each poll adding what arrived since the last (no re-reading the topic)."""
+    """Counts the audit entries of a topic's committed records as they commit: one read_committed
+    reader from the beginning, each poll adding what arrived since the last (no re-reading the topic)."""
 
     def __init__(self, kafka: Mapping[str, str], topic: str) -> None:
         self.consumer = clients.reader(kafka, "privacy-gateway.demo-progress")
@@ -220,9 +220,8 @@ class _AuditCounter:
         self.count = 0
 
     def poll(self, timeout_s: float) -> int:
-        for msg in clients.take(self.consumer, 1000, timeout_s):
-            if msg.error() is None:
-                self.count += 1
+        self.count += len(record_entries(msg.value() for msg in clients.take(self.consumer, 1000, timeout_s)
+                                         if msg.error() is None))
         return self.count
 
     def close(self) -> None:
@@ -282,7 +281,7 @@ class _Progress:
 
 def _wait_for_audit(kafka: Mapping[str, str], topic: str, expected: int, worker: subprocess.Popen[bytes],
                     worker_log: Path, timeout_s: float = 180.0) -> int:
-    """Wait until `expected` audit records are committed, counting them as they commit (partition
+    """Wait until `expected` events are audited in committed records, counting them as they commit (partition
     ends from ListOffsets would count transaction markers as well as records), and show it."""
     deadline = time.monotonic() + timeout_s
     counter = _AuditCounter(kafka, topic)
@@ -398,7 +397,8 @@ def _report(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, An
     print(f"  published      {published_total}")
     print(f"  sanitized      {sanitized_total}")
     print(f"  dead-lettered  {sum(dead.values())}  ({', '.join(f'{r}: {n}' for r, n in sorted(dead.items()))})")
-    print(f"  audited        {audited}  (hash chains: {'verified' if chain.ok else 'BROKEN'}, {chain.chains} chains)")
+    print(f"  audited        {audited}  (hash chains: {'verified' if chain.ok else 'BROKEN'}, "
+          f"{chain.records} records in {chain.chains} chains)")
     print(f"  decrypted      {decrypted_ok}/{sanitized_total} sanitized records opened by an authorized "
           "consumer holding the keyring")
     lost = published_total - sanitized_total - sum(dead.values())

@@ -2,7 +2,8 @@
 
 No Kafka here: the worker feeds batches and publishes what comes back, so unit tests can drive
 the whole decision path. Every input event yields exactly one of (sanitized record, dead letter)
-plus exactly one audit event, whatever the input holds.
+plus exactly one audit entry, whatever the input holds; a batch's entries of one source partition
+go out as one audit record (gateway.audit).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 import fastavro
 import orjson
 
-from gateway.audit import ChainHeads, audit_partition, canonical, chain_key, seal_audit_value
+from gateway.audit import ChainHeads, audit_partition, batch_body, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
 from gateway.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
@@ -42,6 +43,7 @@ log = logging.getLogger("gateway.pipeline")
 SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
 QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
 DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
+AUDIT_ENTRIES_PER_RECORD = 500  # a batch's entries of one chain per audit record, at most (bounds its size)
 
 
 def source_ref(topic: str, partition: int, offset: int) -> bytes:
@@ -301,6 +303,7 @@ class Pipeline:
                                             stage.sanitizer.tokenizer(plan.subject_domain).key_id)
         self.chains = ChainHeads()
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
+        self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
 
     @property
@@ -416,21 +419,19 @@ class Pipeline:
             for topic, partition in {(e.topic, e.partition) for e in events}:
                 self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
         intake = self.consent_intake
+        self._entries = {}  # a batch that raised left its entries: it is aborted and read again
         for event in events:
             chain = audit_chains.get((event.topic, event.partition)) or self._audit_chain(event.topic, event.partition)
             if intake is not None and event.topic == intake.topic:
                 self._consent_event(intake, event, chain, now_ms, out, counts)
                 continue
             stage = self.stages[event.topic]
-            audit: dict[str, Any] = {
+            audit: dict[str, Any] = {  # the chain, instance and time are the batch record's
                 "type": "event",
-                "chain": chain.key,
                 "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
                           "timestamp": event.timestamp_ms},
                 "schema": stage.audit_schema,
                 "policy": stage.plan.policy_hash,
-                "instance": self.instance,
-                "time": now_ms,
             }
             source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
             quality = stage.quality
@@ -508,9 +509,10 @@ class Pipeline:
                 held.append(Held(event, output, audit, chain, risk_class, fp))
                 continue
             out.append(output)
-            out.append(self._audit_record(audit, chain))
+            self._audit(audit, chain)
         if held is not None:
             self._withhold_small_classes(held, counts, new_ids, out)
+        self._seal_entries(now_ms, out)
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
         for (topic, partition), (first, ids) in new_ids.items():
@@ -550,10 +552,9 @@ class Pipeline:
         """A raw consent event: its change stored on the consent topic under the subject's token, or
         dead-lettered (sealed) with its reason; audited either way, in the batch's transaction."""
         audit: dict[str, Any] = {
-            "type": "consent", "chain": chain.key,
+            "type": "consent",
             "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
                       "timestamp": event.timestamp_ms},
-            "instance": self.instance, "time": now_ms,
         }
         try:
             change = intake.change(event)
@@ -578,7 +579,7 @@ class Pipeline:
                                 "at": change.at_ms}
             audit["output"] = intake.audit_output
         counts[(event.topic, outcome)] += 1
-        out.append(self._audit_record(audit, chain))
+        self._audit(audit, chain)
 
     def _consented(self, domain: str | None, token: str, purpose: str, at_ms: int) -> bool:
         table = self.consent
@@ -598,7 +599,7 @@ class Pipeline:
             reason = small[where].get(entry.risk_class) if entry.risk_class is not None else None
             if reason is None or entry.output.topic != self.stages[event.topic].plan.sanitized_topic:
                 out.append(entry.output)
-                out.append(self._audit_record(entry.audit, entry.chain))
+                self._audit(entry.audit, entry.chain)
                 continue
             outcome = f"withheld:{reason}"
             entry.audit["outcome"] = outcome
@@ -610,7 +611,7 @@ class Pipeline:
                 ids = new_ids[where][1]
                 if entry.fingerprint in ids:
                     ids.remove(entry.fingerprint)
-            out.append(self._audit_record(entry.audit, entry.chain))
+            self._audit(entry.audit, entry.chain)
         for where in [w for w, (_, ids) in new_ids.items() if not ids]:
             del new_ids[where]
 
@@ -730,11 +731,36 @@ class Pipeline:
         self._audit_chains[(topic, partition)] = chain
         return chain
 
-    def _audit_record(self, body: dict[str, Any], chain: AuditChain) -> OutRecord:
+    def _audit(self, entry: dict[str, Any], chain: AuditChain) -> None:
+        """Keep an event's audit entry for its chain's record of this batch (`_seal_entries`)."""
+        entries = self._entries.get(chain)
+        if entries is None:
+            self._entries[chain] = [entry]
+        else:
+            entries.append(entry)
+
+    def _seal_entries(self, now_ms: int, out: list[OutRecord]) -> None:
+        """This batch's audit records: per chain, its entries in order, AUDIT_ENTRIES_PER_RECORD at most
+        per record (fewer when a record would pass the producer's limit), each record chained to the
+        last. One serialization, one hash and one Kafka record per chain and batch instead of per event."""
+        for chain, entries in self._entries.items():
+            for start in range(0, len(entries), AUDIT_ENTRIES_PER_RECORD):
+                self._seal_chunk(chain, entries[start:start + AUDIT_ENTRIES_PER_RECORD], now_ms, out)
+        self._entries = {}
+
+    def _seal_chunk(self, chain: AuditChain, entries: list[dict[str, Any]], now_ms: int,
+                    out: list[OutRecord]) -> None:
         prev, restart = self.chains.next_prev(chain.key)
+        body = batch_body(chain.key, self.instance, now_ms, entries)
         if restart:
             body["chain_restart"] = True
-            self.chains.restarted.discard(chain.key)
         value, digest = seal_audit_value(body, prev)
+        if len(value) > self.max_output_bytes and len(entries) > 1:  # halve until each record fits
+            half = len(entries) // 2
+            self._seal_chunk(chain, entries[:half], now_ms, out)
+            self._seal_chunk(chain, entries[half:], now_ms, out)
+            return
+        if restart:
+            self.chains.restarted.discard(chain.key)
         self.chains.heads[chain.key] = digest
-        return OutRecord(self.audit_topic, chain.key_bytes, value, None, chain.partition)
+        out.append(OutRecord(self.audit_topic, chain.key_bytes, value, None, chain.partition))

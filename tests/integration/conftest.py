@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
+from gateway.audit import record_entries
 from gateway.embedded.broker import free_port
 from gateway.policy import Plan, load_plans
 from gateway.runtime.reader import read_topic
@@ -129,16 +130,72 @@ class Deployment:
     def read(self, topic: str) -> list[StoredRecord]:
         return read_topic({"bootstrap.servers": self.bootstrap}, topic)
 
-    def wait_for_audit(self, expected: int, timeout_s: float = 90.0) -> list[StoredRecord]:
+    def audit_entries(self) -> list[dict[str, Any]]:
+        """Every audit entry of the committed audit records, in record order (a sanitize worker's record
+        holds a batch's entries of one source partition; gateway.audit.entries)."""
+        return record_entries(r.value for r in self.read(self.audit_topic))
+
+    def wait_for_audit(self, expected: int, timeout_s: float = 90.0) -> list[dict[str, Any]]:
+        """Wait until the committed audit records hold at least `expected` entries (events audited);
+        returns every entry then committed, read with read_topic, in record order."""
         deadline = time.monotonic() + timeout_s
-        records: list[StoredRecord] = []
-        while time.monotonic() < deadline:
-            if committed_count(self.bootstrap, self.audit_topic) >= expected:
-                records = self.read(self.audit_topic)
-                if len(records) >= expected:
-                    return records
-            time.sleep(0.3)
-        raise AssertionError(f"{len(records)} of {expected} audit events after {timeout_s}s")
+        counter = AuditCounter(self.bootstrap, self.audit_topic)
+        entries: list[dict[str, Any]] = []
+        try:
+            while time.monotonic() < deadline:
+                if counter.poll(0.3) >= expected:
+                    entries = self.audit_entries()
+                    if len(entries) >= expected:
+                        return entries
+        finally:
+            counter.close()
+        raise AssertionError(f"{max(len(entries), counter.count)} of {expected} audit events after {timeout_s}s")
+
+
+class AuditCounter:
+    """Counts the audit entries of a topic's committed records as they commit: one read_committed
+    reader from the beginning (assigned once the topic exists), each poll adding what arrived since
+    the last, so a long wait does not re-read the whole topic each turn."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.consumer: Consumer | None = None
+        self.count = 0
+
+    def poll(self, timeout_s: float) -> int:
+        if self.consumer is None:
+            if committed_count(self.bootstrap, self.topic) == 0:  # no topic yet, or nothing in it
+                time.sleep(timeout_s)
+                return self.count
+            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "test-audit-counter",
+                                 "enable.auto.commit": False, "isolation.level": "read_committed",
+                                 "fetch.wait.max.ms": 20})
+            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
+            self.consumer = consumer
+        first = self.consumer.poll(timeout_s)
+        if first is not None:
+            messages = [first, *self.consumer.consume(1000, 0)]
+            self.count += len(record_entries(m.value() for m in messages if m.error() is None))
+        return self.count
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+
+
+def audit_entries(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every audit entry of the committed records of audit topic `topic`, in record order ([] while
+    the topic does not exist)."""
+    if committed_count(bootstrap, topic) == 0:  # no topic yet (read_topic would raise), or nothing in it
+        return []
+    return record_entries(r.value for r in read_topic({"bootstrap.servers": bootstrap}, topic))
+
+
+def audited_count(bootstrap: str, topic: str) -> int:
+    """The events audited in the committed records of audit topic `topic`: its entries, not its records
+    (a sanitize worker writes one record per source partition per batch), for progress waits."""
+    return len(audit_entries(bootstrap, topic))
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
@@ -154,7 +211,8 @@ def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -
 
 def committed_count(bootstrap: str, topic: str) -> int:
     """A cheap estimate of the records in `topic`, for progress waits only: the partition ends from
-    ListOffsets count transaction markers too (callers that need the records read them with read_topic)."""
+    ListOffsets count transaction markers too (callers that need the records read them with read_topic).
+    Not a count of events on an audit topic, whose records hold many each: see audited_count."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
     try:
         topics = consumer.list_topics(topic, timeout=10).topics

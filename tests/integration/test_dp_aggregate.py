@@ -18,7 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway.audit import verify_chains
+from gateway.audit import record_entries, verify_chains
 from gateway.demo import encode_raw
 from gateway.samples import SampleEvents
 
@@ -106,7 +106,7 @@ def audit_bodies(d: Deployment, kind: str) -> list[dict[str, Any]]:
         records = d.read(d.audit_topic)
     except Exception:
         return []
-    return [b for b in (orjson.loads(r.value or b"{}") for r in records) if b.get("type") == kind]
+    return [b for b in record_entries(r.value for r in records) if b.get("type") == kind]
 
 
 @pytest.fixture(scope="module")

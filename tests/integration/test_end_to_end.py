@@ -18,7 +18,7 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.runtime.keytopic import load_subject_keys
 from gateway.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.sanitized import SanitizedDecoder, StoredRecord
+from gateway.sanitized import SanitizedDecoder
 from gateway.schema import avro_bytes
 
 from .conftest import Deployment, WorkerProcess, cli
@@ -36,7 +36,7 @@ class Run:
     payments: list[dict[str, Any]]
     visits: list[dict[str, Any]]
     broken: list[tuple[str, bytes]]
-    audit: list[StoredRecord]
+    audit: list[dict[str, Any]]  # the audit entries (one per event; a record holds a batch's of one partition)
 
     def sanitized(self, plan_name: str) -> list[dict[str, Any]]:
         plan = self.deployment.plans[plan_name]
@@ -72,7 +72,7 @@ def test_every_event_ends_in_exactly_one_place_and_is_audited(run: Run) -> None:
     dead = len(d.read(d.payments.dlq_topic)) + len(d.read(d.clinical.dlq_topic))
     assert sanitized == N_PAYMENTS + N_VISITS
     assert dead == len(run.broken)
-    events = [orjson.loads(r.value or b"") for r in run.audit]
+    events = run.audit
     refs = Counter((e["event"]["topic"], e["event"]["partition"], e["event"]["offset"]) for e in events)
     assert len(refs) == len(run.broken) + N_PAYMENTS + N_VISITS and set(refs.values()) == {1}
     outcomes = Counter(e["outcome"].split(":")[0] for e in events)
@@ -224,7 +224,7 @@ def test_no_canary_in_any_topic_or_the_worker_log(run: Run) -> None:
 
 
 def test_audit_events_say_what_was_done_without_values(run: Run) -> None:
-    events = [orjson.loads(r.value or b"") for r in run.audit]
+    events = run.audit
     sanitized = [e for e in events if e["outcome"] == "sanitized" and e["schema"].endswith("Payment")]
     assert sanitized and all(e["actions"]["card_number"] == "encrypt" and e["actions"]["ip_address"] == "drop"
                              for e in sanitized)
@@ -237,16 +237,19 @@ def test_audit_verify_passes_and_reports_an_altered_record(run: Run) -> None:
     d = run.deployment
     ok = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
     assert ok.returncode == 0 and b"audit chain OK" in ok.stdout, ok.stdout
+    records = d.read(d.audit_topic)
+    assert f"audit chain OK: {len(run.audit)} events in {len(records)} records, ".encode() in ok.stdout, ok.stdout
     # copy the chain to a new topic with one event's outcome rewritten, as an intruder would
     copy = d.audit_topic + ".tampered"
-    records = d.read(d.audit_topic)
     victim = len(records) // 2
     by_partition: dict[int, list[bytes]] = {}
     for i, record in enumerate(records):
         value = record.value or b""
         if i == victim:
             body = orjson.loads(value)
-            body["outcome"] = "sanitized" if body["outcome"] != "sanitized" else "rejected:forged"
+            # a batch record (the sanitize worker's): one of its entries; any other record: itself
+            entry = body["events"][len(body["events"]) // 2] if body.get("type") == "events" else body
+            entry["outcome"] = "sanitized" if entry["outcome"] != "sanitized" else "rejected:forged"
             value = orjson.dumps(body)
         by_partition.setdefault(record.partition, []).append(value)
     for partition, values in by_partition.items():

@@ -84,7 +84,7 @@ class Stream:
 
 def _wait_audited(d: Deployment, stream: Stream) -> list[dict[str, Any]]:
     assert stream.producer.flush(30) == 0
-    return [orjson.loads(r.value) for r in d.wait_for_audit(stream.sent)]
+    return d.wait_for_audit(stream.sent)
 
 
 def test_planted_cases_restart_and_partition_move(fresh_deployment: Deployment) -> None:
@@ -228,7 +228,7 @@ def test_enforce_withholds_exactly_the_records_of_small_classes(fresh_deployment
     worker = d.start_worker("risk", partitions=1, extra=("--quality-topic", quality_topic))
     try:
         d.produce(source, [orjson.dumps(v) for v in visits], partition=0)
-        audit = [orjson.loads(r.value) for r in d.wait_for_audit(total)]
+        audit = d.wait_for_audit(total)
         deadline = time.monotonic() + 30
         while not (windows := [orjson.loads(r.value) for r in d.read(quality_topic)]):
             assert time.monotonic() < deadline, "no quality record for the released window"

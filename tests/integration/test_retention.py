@@ -27,7 +27,7 @@ from gateway.policy import load_plans
 from gateway.runtime.keytopic import RETENTION_CHAIN, enforce_retention, load_period_keys, load_subject_keys
 from gateway.runtime.reader import read_topic
 
-from .conftest import ENV, REPO, WorkerProcess, cli, committed_count, wait_for
+from .conftest import ENV, REPO, WorkerProcess, audit_entries, cli, wait_for
 from .test_shredding import _tune_cleaner, _wait_compacted_away
 
 pytestmark = pytest.mark.integration
@@ -78,9 +78,8 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
                                                               "note": f"note of {name}", "code": "C"}),
                              timestamp=now - age * DAY_MS)
         assert producer.flush(30) == 0
-        wait_for(lambda: committed_count(bootstrap, audit_topic) >= 3 and sum(
-            orjson.loads(r.value or b"").get("type") == "event" for r in read_topic(kafka, audit_topic)) >= 3,
-            "three audit events", 60)
+        wait_for(lambda: sum(e.get("type") == "event" for e in audit_entries(bootstrap, audit_topic)) >= 3,
+                 "three audit events", 60)
         records = {r["event_id"]: r for r in (orjson.loads(r.value or b"") for r in
                                                 read_topic(kafka, plan.sanitized_topic))}
         assert set(records) == set(AGES)
@@ -113,7 +112,7 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
         assert worker.stop() == 0
 
     # one audit event for the run, on its own chain, naming periods and key ids (no token, no value)
-    audit = [orjson.loads(r.value or b"") for r in read_topic(kafka, audit_topic)]
+    audit = audit_entries(bootstrap, audit_topic)
     [event] = [e for e in audit if e.get("chain") == RETENTION_CHAIN]
     assert event["type"] == "retention_enforced" and event["keys_erased"] == 4
     assert sorted((p["period"], p["scope"]) for p in event["periods"]) == sorted(
@@ -152,8 +151,7 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
                  stdin=b"alice\n")
     assert forgot.returncode == 0, forgot.stderr.decode()
     assert "1 key(s) erased" in forgot.stdout.decode()
-    [forget_event] = [e for e in (orjson.loads(r.value or b"") for r in read_topic(kafka, audit_topic))
-                      if e.get("type") == "subject_forgotten"]
+    [forget_event] = [e for e in audit_entries(bootstrap, audit_topic) if e.get("type") == "subject_forgotten"]
     assert forget_event["key_ids"] == [parse_ciphertext(base64.b64decode(records["today"]["note"])).key_id]
     ring = Keyring.open(keyring, create=False)
     decryptor = FieldDecryptor(ring, subject_keys=load_subject_keys(kafka, key_topic, SubjectKeys(ring)))

@@ -130,7 +130,7 @@ def test_three_writer_versions_a_refused_and_a_compatible_policy_change(fresh_de
     worker = d.start_worker("evolve-1", extra=("--schema-registry-url", registry_url, "--metrics-port", str(port)))
     try:
         produce([3, 1, 2] * 6)  # v3 is registered now: the worker meets its id mid-stream
-        audit = [orjson.loads(r.value) for r in d.wait_for_audit(len(produced))]
+        audit = d.wait_for_audit(len(produced))
         first_phase = len(produced)
         wait_for(lambda: _unannotated_metric(f"http://127.0.0.1:{port}", source) == 14.0,
                  "gateway_unannotated_fields_total for coupon to count the 14 v2 events")
@@ -184,7 +184,7 @@ def test_three_writer_versions_a_refused_and_a_compatible_policy_change(fresh_de
     try:
         before = len(produced)
         produce([1, 2, 3] * 4)
-        audit = [orjson.loads(r.value) for r in d.wait_for_audit(len(produced))]
+        audit = d.wait_for_audit(len(produced))
     finally:
         assert worker.stop() == 0
     later = [a for a in audit if a["event"].get("event_id") in set(list(produced)[before:])]
@@ -233,7 +233,7 @@ def test_single_object_avro_of_two_versions_resolves_by_fingerprint(fresh_deploy
     d.produce(source, values, partition=0)
     worker = d.start_worker("single-object")
     try:
-        audit = [orjson.loads(r.value) for r in d.wait_for_audit(len(values))]
+        audit = d.wait_for_audit(len(values))
     finally:
         assert worker.stop() == 0
     assert [a["outcome"] for a in audit] == ["sanitized"] * 12 + ["rejected:unknown_schema_fingerprint"]

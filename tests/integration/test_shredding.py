@@ -43,7 +43,7 @@ from gateway.runtime.keytopic import (
 from gateway.runtime.reader import read_topic
 from gateway.sanitized import StoredRecord
 
-from .conftest import ENV, REPO, WorkerProcess, cli, committed_count
+from .conftest import ENV, REPO, WorkerProcess, audit_entries, cli
 
 pytestmark = pytest.mark.integration
 ALICE, BOB = "alice.canary-7781", "bob.canary-9920"
@@ -107,11 +107,8 @@ class Setup:
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if committed_count(self.bootstrap, self.audit_topic) >= n:
-                records = read_topic({"bootstrap.servers": self.bootstrap}, self.audit_topic)
-                events = [orjson.loads(r.value or b"") for r in records]
-                if sum(e.get("type") == "event" for e in events) >= n:
-                    return
+            if sum(e.get("type") == "event" for e in audit_entries(self.bootstrap, self.audit_topic)) >= n:
+                return
             time.sleep(0.3)
         raise AssertionError(f"fewer than {n} audit events after {timeout_s}s")
 
@@ -170,7 +167,7 @@ def test_forget_shreds_one_subject_everywhere_and_only_that_subject(bootstrap: s
     # neither the key topic nor the audit topic nor a log holds the subject in clear
     key_records = read_topic(kafka, s.key_topic)
     assert any(r.value is None for r in key_records)
-    audit = [orjson.loads(r.value or b"") for r in read_topic(kafka, s.audit_topic)]
+    audit = audit_entries(bootstrap, s.audit_topic)
     forgotten = [e for e in audit if e.get("type") == "subject_forgotten"]
     assert len(forgotten) == 1 and forgotten[0]["keys_erased"] == 1
     assert forgotten[0]["subject_tokens"][0].startswith("tok_v1_")
@@ -203,8 +200,7 @@ def _key_names(s: Setup, keyring: Keyring, subject: str) -> list[str]:
 
 
 def _forget_events(s: Setup) -> list[dict[str, Any]]:
-    audit = [orjson.loads(r.value or b"") for r in read_topic({"bootstrap.servers": s.bootstrap}, s.audit_topic)]
-    return [e for e in audit if e.get("chain") == FORGET_CHAIN]
+    return [e for e in audit_entries(s.bootstrap, s.audit_topic) if e.get("chain") == FORGET_CHAIN]
 
 
 def _wait_forgets(s: Setup, n: int, timeout_s: float = 30) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ def test_memory_is_flat_after_warm_up(fresh_deployment: Deployment) -> None:
           f"{min(warm):.0f}-{max(warm):.0f}, second half {min(late):.0f}-{max(late):.0f}")
     assert max(late) <= max(warm) * 1.10 + 5, rss
     # every event processed exactly once: one audit event per input offset, each of them
-    audited = d.read(d.audit_topic)
+    audited = d.audit_entries()
     assert len(audited) == EVENTS
+    assert len({(e["event"]["partition"], e["event"]["offset"]) for e in audited}) == EVENTS
     assert max(mb for _, mb in rss) < 300

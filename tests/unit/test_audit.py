@@ -12,9 +12,12 @@ from gateway.audit import (
     GENESIS,
     ChainHeads,
     audit_partition,
+    batch_body,
     canonical,
     chain_key,
+    entries,
     event_hash,
+    record_entries,
     seal_audit_event,
     seal_audit_value,
     verify_chains,
@@ -241,3 +244,58 @@ def test_chain_heads() -> None:
     assert heads.next_prev("b:0") == ("e" * 64, False)
     heads.forget("a:0")
     assert heads.next_prev("a:0") == (GENESIS, False)
+
+
+def _batches(chain: str, sizes: list[int]) -> list[tuple[int, int, bytes]]:
+    """Batch records of `chain` holding `sizes` entries each, chained, as the sanitize worker writes them."""
+    prev, offset, out = GENESIS, 0, []
+    for number, size in enumerate(sizes):
+        batch = [{k: v for k, v in _body(chain, offset + n).items() if k not in ("chain", "instance", "time")}
+                 for n in range(size)]
+        value, prev = seal_audit_value(batch_body(chain, "unit", 1_700_000_000_000 + number, batch), prev)
+        out.append((0, number, value))
+        offset += size
+    return out
+
+
+def test_batch_records_verify_and_count_their_entries() -> None:
+    records = _batches("payments.raw:0", [3, 1, 4])
+    report = verify_chains(records)
+    assert report.ok, report.breaks
+    assert (report.chains, report.records, report.events) == (1, 3, 8)
+
+
+def test_entries_put_the_batch_fields_back_into_each_entry() -> None:
+    records = _batches("payments.raw:0", [2, 3])
+    got = record_entries(value for _, _, value in records)
+    assert [e["event"]["offset"] for e in got] == [0, 1, 2, 3, 4]
+    assert all(e["chain"] == "payments.raw:0" and e["instance"] == "unit" for e in got)
+    assert [e["time"] for e in got] == [1_700_000_000_000] * 2 + [1_700_000_000_001] * 3
+    single = _body("t:0", 7)  # a record of one event (forget, retention, DP) is its own entry
+    assert entries(single) == [single]
+    assert entries(None) == entries([1, 2]) == entries({"type": "events", "events": "x"}) == []
+    assert record_entries([b"not json", orjson.dumps(single)]) == [single]
+
+
+@pytest.mark.parametrize("change", ["outcome", "offset", "drop", "add"])
+def test_altering_one_entry_of_a_batch_breaks_its_record(change: str) -> None:
+    records = _batches("payments.raw:0", [3, 3])
+    body = orjson.loads(records[0][2])
+    entry = body["events"][1]
+    if change == "outcome":
+        entry["outcome"] = "rejected:avro_decode_error"
+    elif change == "offset":
+        entry["event"]["offset"] = 99
+    elif change == "drop":
+        del body["events"][1]
+    else:
+        body["events"].append(dict(entry))
+    records[0] = (0, 0, orjson.dumps(body))
+    report = verify_chains(records)
+    assert len(report.breaks) == 1 and "offset 0: content does not match" in report.breaks[0]
+
+
+def test_a_missing_batch_record_breaks_the_chain() -> None:
+    records = _batches("payments.raw:0", [2, 2, 2])
+    report = verify_chains([records[0], records[2]])
+    assert len(report.breaks) == 1 and "prev_hash does not match" in report.breaks[0]

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
 from gateway.errors import PolicyError
@@ -150,7 +151,7 @@ def test_the_pipeline_publishes_each_view_its_basis_allows_and_audits_the_rest(t
     assert [f["event_id"] for f in fraud] == [granted["event_id"], revoked["event_id"]]  # in force at their time
     assert all(set(f) == {"event_id", "user_id", "card_number", "amount_minor"} for f in fraud)
     assert all(f["card_number"] != granted["card_number"] for f in fraud)  # the view encrypts it
-    audits = [orjson.loads(r.value) for r in by_topic[config.audit_topic]]
+    audits = record_entries(r.value for r in by_topic[config.audit_topic])
     assert [a["outcome"] for a in audits] == ["sanitized"] * 4  # one audit event per input event
     assert [a["purposes"]["fraud"] for a in audits] == ["published:consent", "published:consent",
                                                         "withheld:no_consent:fraud", "withheld:no_consent:fraud"]
@@ -169,7 +170,7 @@ def test_the_pipeline_publishes_each_view_its_basis_allows_and_audits_the_rest(t
     assert len(stored) == 1 and stored[0].key.startswith(f"customer/{token(unknown['user_id'])}/fraud/".encode())
     dead = [orjson.loads(r.value) for r in result.records if r.topic == "consent.raw.dlq"]
     assert [d["reason"] for d in dead] == ["unknown_purpose"]
-    audits = [orjson.loads(r.value) for r in result.records if r.topic == config.audit_topic]
+    audits = record_entries(r.value for r in result.records if r.topic == config.audit_topic)
     assert [a["outcome"] for a in audits] == ["consent:granted", "rejected:unknown_purpose"]
     for r in result.records:
         if r.topic != "consent.raw.dlq":  # the dead letter seals the original; nothing else holds it

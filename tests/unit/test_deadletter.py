@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.deadletter import SUBJECT_SEAL_FORMAT, QuarantineSealer
 from gateway.errors import DecryptError
@@ -280,8 +281,8 @@ def _run_orders(pipeline: Pipeline) -> tuple[list[RawEvent], dict[int, dict[str,
     result = pipeline.process(events)
     letters = {orjson.loads(r.value)["source"]["offset"]: orjson.loads(r.value)
                for r in result.records if r.topic == "orders.raw.dlq"}
-    audit = {orjson.loads(r.value)["event"]["offset"]: orjson.loads(r.value)
-             for r in result.records if r.topic == "privacy.audit"}
+    audit = {e["event"]["offset"]: e for e in record_entries(r.value for r in result.records
+                                                              if r.topic == "privacy.audit")}
     return events, letters, audit
 
 

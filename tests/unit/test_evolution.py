@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.errors import PolicyError, RejectedEvent
 from gateway.evolution import (
@@ -170,7 +171,7 @@ def test_the_audit_names_a_newer_producers_field_and_its_value_goes_nowhere(tmp_
     events = [RawEvent("orders.raw", 0, i, 1_790_000_000_000, None, v, None) for i, v in enumerate((v1, v2))]
     result = pipeline.process(events)
     sanitized = [orjson.loads(r.value) for r in result.records if r.topic == "orders.sanitized"]
-    audits = [orjson.loads(r.value) for r in result.records if r.topic == config.audit_topic]
+    audits = record_entries(r.value for r in result.records if r.topic == config.audit_topic)
     assert [s["count"] for s in sanitized] == [1, 2] and all("note" not in s for s in sanitized)
     assert "note" not in audits[0]["actions"] and audits[1]["actions"]["note"] == UNANNOTATED_ACTION
     assert audits[1]["actions"]["customer"] == audits[0]["actions"]["customer"]

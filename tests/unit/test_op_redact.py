@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
@@ -44,8 +45,8 @@ def _run(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[list[dict[s
     events = [RawEvent("tickets.raw", 0, i, 1_790_000_000_000, None, orjson.dumps(r), None)
               for i, r in enumerate(records)]
     out = pipeline.process(events).records
-    pick = {t: [orjson.loads(r.value) for r in out if r.topic == t]
-            for t in ("tickets.sanitized", "tickets.raw.dlq", "privacy.audit")}
+    pick = {t: [orjson.loads(r.value) for r in out if r.topic == t] for t in ("tickets.sanitized", "tickets.raw.dlq")}
+    pick["privacy.audit"] = record_entries(r.value for r in out if r.topic == "privacy.audit")
     return pick["tickets.sanitized"], pick["tickets.raw.dlq"], pick["privacy.audit"]
 
 

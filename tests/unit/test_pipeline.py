@@ -1,4 +1,5 @@
-"""Pipeline.process: one outcome and one chained audit event per input, and no PII anywhere."""
+"""Pipeline.process: one outcome and one audit entry per input (one chained audit record per source
+partition and batch), and no PII anywhere."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gateway.audit import (
     audit_partition,
     head_metadata,
     parse_head_metadata,
+    record_entries,
     seal_audit_event,
     verify_chains,
 )
@@ -106,19 +108,32 @@ def _all_bytes(record: OutRecord) -> list[bytes]:
     return parts
 
 
-def test_one_outcome_and_one_audit_event_per_input(pipeline: Pipeline, batch: _Batch) -> None:
+def _chains_of(events: list[RawEvent]) -> dict[str, list[int]]:
+    """Per audit chain, in order of its first event: the indexes of its events (the batch's order)."""
+    chains: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        chains.setdefault(f"{e.topic}:{e.partition}", []).append(i)
+    return chains
+
+
+def test_one_outcome_and_one_audit_entry_per_input(pipeline: Pipeline, batch: _Batch) -> None:
     result = pipeline.process(batch.events)
     sanitized, dlq, audit = _split(result.records)
     assert len(sanitized) + len(dlq) == len(batch.events)
-    assert len(audit) == len(batch.events)
     assert len(sanitized) == batch.expected.count("sanitized")
     assert len(dlq) == len(batch.events) - batch.expected.count("sanitized")
-    # per event: its outcome record, then its audit record
-    assert len(result.records) == 2 * len(batch.events)
-    for i, event in enumerate(batch.events):
-        outcome, audit_record = result.records[2 * i], result.records[2 * i + 1]
-        body = orjson.loads(audit_record.value)
-        assert audit_record.topic == AUDIT
+    # the events' outcome records in the batch's order, then one audit record per source partition
+    chains = _chains_of(batch.events)
+    assert [r.topic for r in result.records[len(batch.events):]] == [AUDIT] * len(chains)
+    assert [orjson.loads(r.value)["chain"] for r in audit] == list(chains)
+    assert [r.key for r in audit] == [c.encode() for c in chains]
+    order = [i for indexes in chains.values() for i in indexes]  # the entries' order: by chain, then offset
+    audited = record_entries(r.value for r in audit)
+    assert len(audited) == len(batch.events)
+    for i, body in zip(order, audited, strict=True):
+        event, outcome = batch.events[i], result.records[i]
+        assert body["chain"] == f"{event.topic}:{event.partition}"
+        assert body["instance"] == "unit-test" and isinstance(body["time"], int)
         assert body["event"]["topic"] == event.topic
         assert (body["event"]["partition"], body["event"]["offset"]) == (event.partition, event.offset)
         assert body["outcome"] == batch.expected[i], i
@@ -184,15 +199,14 @@ def test_restarted_chain_is_marked(pipeline: Pipeline, batch: _Batch) -> None:
     assert len(report.restarts) == 1
 
 
-def _plain_audit_body(pipeline: Pipeline, event: RawEvent, outcome: str, parsed: dict[str, Any], now_ms: int,
-                      prev_hash: str, restart: bool) -> dict[str, Any]:
-    """The audit body as plain dicts, field by field (the reference for the pre-serialized fast path)."""
+def _plain_entry(pipeline: Pipeline, event: RawEvent, outcome: str, parsed: dict[str, Any]) -> dict[str, Any]:
+    """An event's audit entry as plain dicts, field by field (the reference for the pre-serialized fast path)."""
     plan = pipeline.stages[event.topic].plan
     body: dict[str, Any] = {
-        "type": "event", "chain": f"{event.topic}:{event.partition}",
+        "type": "event",
         "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
                   "timestamp": event.timestamp_ms},
-        "schema": plan.name, "policy": plan.policy_hash, "instance": "unit-test", "time": now_ms, "outcome": outcome,
+        "schema": plan.name, "policy": plan.policy_hash, "outcome": outcome,
     }
     if outcome == "sanitized":
         body["event"]["event_id"] = parsed["event"]["event_id"]  # the record's own id, checked non-empty below
@@ -200,48 +214,49 @@ def _plain_audit_body(pipeline: Pipeline, event: RawEvent, outcome: str, parsed:
                     key_ids=parsed["key_ids"])  # the DEK id varies; its shape is checked elsewhere
     else:
         body.update(output={"topic": plan.dlq_topic}, key_ids=[pipeline.sealer.key_id])
-    if restart:
-        body["chain_restart"] = True
-    body["prev_hash"] = prev_hash
     return body
 
 
 def test_audit_value_is_the_canonical_body_with_its_hash(pipeline: Pipeline, batch: _Batch,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each audit value is orjson.dumps(plain body, OPT_SORT_KEYS) with "hash" spliced in last, and
-    seal_audit_event of that plain body gives the same hash and the same object."""
+    """Each audit record's value is orjson.dumps(plain batch body, OPT_SORT_KEYS) with "hash" spliced in
+    last, and seal_audit_event of that plain body gives the same hash and the same object."""
     monkeypatch.setattr(time, "time", lambda: 1_790_000_123.456)
     pipeline.chains.restarted.add(f"{CLIN}:1")
-    events, outcomes = list(batch.events), list(batch.expected)
-    records = _split(pipeline.process(batch.events).records)[2]
+    batches = [(batch.events, batch.expected, _split(pipeline.process(batch.events).records)[2])]
 
     def explode(record: dict[str, Any]) -> Any:
         raise ValueError("boom")
 
     monkeypatch.setattr(pipeline.stages[PAY].sanitizer, "sanitize", explode)
-    records += _split(pipeline.process(batch.events[:2]).records)[2]
-    events += batch.events[:2]
-    outcomes += ["rejected:internal_error"] * 2
+    batches.append((batch.events[:2], ["rejected:internal_error"] * 2,
+                    _split(pipeline.process(batch.events[:2]).records)[2]))
 
     heads: dict[str, str] = {}
     cases: Counter[str] = Counter()
-    for event, outcome, record in zip(events, outcomes, records, strict=True):
-        parsed = orjson.loads(record.value)
-        chain = f"{event.topic}:{event.partition}"
-        restart = chain == f"{CLIN}:1" and chain not in heads
-        expected = _plain_audit_body(pipeline, event, outcome, parsed, 1_790_000_123_456, heads.get(chain, GENESIS),
-                                     restart)
-        plain = orjson.dumps(expected, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.sha256(plain).hexdigest()
-        assert record.value == plain[:-1] + b',"hash":"' + digest.encode() + b'"}'
-        sealed = seal_audit_event(expected, expected["prev_hash"])
-        assert sealed["hash"] == digest
-        assert parsed == sealed
-        heads[chain] = digest
-        cases[outcome.split(":")[0]] += 1
-        cases["internal_error"] += outcome == "rejected:internal_error"
-        cases["event_id"] += bool(parsed["event"].get("event_id"))
-        cases["chain_restart"] += restart
+    for events, outcomes, records in batches:
+        for (chain, indexes), record in zip(_chains_of(events).items(), records, strict=True):
+            parsed = orjson.loads(record.value)
+            restart = chain == f"{CLIN}:1" and chain not in heads
+            expected: dict[str, Any] = {
+                "type": "events", "chain": chain, "instance": "unit-test", "time": 1_790_000_123_456,
+                "events": [_plain_entry(pipeline, events[i], outcomes[i], entry)
+                           for i, entry in zip(indexes, parsed["events"], strict=True)]}
+            if restart:
+                expected["chain_restart"] = True
+            expected["prev_hash"] = heads.get(chain, GENESIS)
+            plain = orjson.dumps(expected, option=orjson.OPT_SORT_KEYS)
+            digest = hashlib.sha256(plain).hexdigest()
+            assert record.value == plain[:-1] + b',"hash":"' + digest.encode() + b'"}'
+            sealed = seal_audit_event(expected, expected["prev_hash"])
+            assert sealed["hash"] == digest
+            assert parsed == sealed
+            heads[chain] = digest
+            cases["chain_restart"] += restart
+            for i, entry in zip(indexes, parsed["events"], strict=True):
+                cases[outcomes[i].split(":")[0]] += 1
+                cases["internal_error"] += outcomes[i] == "rejected:internal_error"
+                cases["event_id"] += bool(entry["event"].get("event_id"))
     assert heads == pipeline.chains.heads
     assert cases["sanitized"] == cases["event_id"] == 20
     assert cases["rejected"] > cases["internal_error"] == 2
@@ -261,10 +276,13 @@ def test_no_canary_in_any_output(pipeline: Pipeline, batch: _Batch) -> None:
 
 def test_audit_events_carry_no_values(pipeline: Pipeline, batch: _Batch) -> None:
     result = pipeline.process(batch.events)
-    for record in _split(result.records)[2]:
-        body = orjson.loads(record.value)
+    audit = _split(result.records)[2]
+    for record in audit:
+        assert set(orjson.loads(record.value)) <= {"type", "chain", "instance", "time", "events", "prev_hash",
+                                                   "hash", "chain_restart"}
+    for body in record_entries(r.value for r in audit):
         assert set(body) <= {"type", "chain", "event", "schema", "policy", "instance", "time", "outcome",
-                             "output", "key_ids", "actions", "prev_hash", "hash", "chain_restart"}
+                             "output", "key_ids", "actions"}
         assert body["instance"] == "unit-test"
         assert body["policy"].startswith("sha256:")
         if body["outcome"] == "sanitized" and body["chain"].startswith(PAY):
@@ -344,7 +362,7 @@ def test_unexpected_exception_becomes_internal_error(pipeline: Pipeline, batch: 
         assert b"boom" not in record.value
         assert CANARIES["email"].encode() not in record.value
         assert b"ValueError" in record.value
-    assert [orjson.loads(r.value)["outcome"] for r in audit] == ["rejected:internal_error"] * 3
+    assert [e["outcome"] for e in record_entries(r.value for r in audit)] == ["rejected:internal_error"] * 3
     assert result.counts == Counter({(PAY, "rejected:internal_error"): 3})
 
 
@@ -378,7 +396,7 @@ def test_json_output_is_the_same_for_avro_and_json_input(write_schema, keyring: 
         RawEvent(PAY, 0, 0, 0, None, avro_bytes(plan.schema.parsed, payment), None),
         RawEvent(PAY, 0, 1, 0, None, orjson.dumps(payment), None),
     ])
-    from_avro, from_json = orjson.loads(result.records[0].value), orjson.loads(result.records[2].value)
+    from_avro, from_json = orjson.loads(result.records[0].value), orjson.loads(result.records[1].value)
     assert from_json["occurred_at"] == payment["occurred_at"]
     assert from_avro["occurred_at"] == from_json["occurred_at"]
 
@@ -444,3 +462,43 @@ def test_head_metadata_round_trips_and_rejects_what_is_not_a_head() -> None:
     assert parse_head_metadata(head_metadata(head)) == head
     for metadata in (None, "", "not json", '{"audit_head": "short"}', "[1]", '{"other": 1}'):
         assert parse_head_metadata(metadata) is None
+
+
+def test_a_chain_with_more_entries_than_a_record_holds_is_split_in_order(
+        payments_plan: Plan, keyring: Keyring, config: GatewayConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More entries than AUDIT_ENTRIES_PER_RECORD, and records that would pass the producer's limit:
+    several records per chain, each within the limit, chained, every event audited once in order."""
+    import gateway.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "AUDIT_ENTRIES_PER_RECORD", 7)
+    pipeline = Pipeline([payments_plan], keyring, config, audit_partitions=3)
+    samples = SampleEvents(seed=5)
+    events = [RawEvent(PAY, 0, i, 0, None, orjson.dumps(samples.payment()), None) for i in range(30)]
+    audit = _split(pipeline.process(events).records)[2]
+    assert [len(orjson.loads(r.value)["events"]) for r in audit] == [7, 7, 7, 7, 2]
+    pipeline.max_output_bytes = max(len(r.value) for r in audit) // 3  # about 2 entries fit
+    more = [RawEvent(PAY, 0, 30 + i, 0, None, orjson.dumps(samples.payment()), None) for i in range(7)]
+    split = _split(pipeline.process(more).records)[2]
+    assert len(split) >= 3 and all(len(r.value) <= pipeline.max_output_bytes for r in split)
+    report = verify_chains(_audit_log(audit + split))
+    assert report.ok and (report.records, report.events) == (len(audit) + len(split), 37), report.breaks
+    assert [e["event"]["offset"] for e in record_entries(r.value for r in audit + split)] == list(range(37))
+
+
+def test_a_batch_that_raised_leaves_no_entries_for_the_next(pipeline: Pipeline, batch: _Batch,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that raises is aborted and read again: its entries must not go out with the next batch."""
+    import gateway.pipeline as pipeline_module
+
+    def fail(*_args: Any) -> Any:
+        raise RuntimeError("producer gone")
+
+    sealing = pipeline_module.seal_audit_value
+    monkeypatch.setattr(pipeline_module, "seal_audit_value", fail)
+    with pytest.raises(RuntimeError):
+        pipeline.process(batch.events[:5])
+    monkeypatch.setattr(pipeline_module, "seal_audit_value", sealing)
+    again = pipeline.process(batch.events[5:8])
+    audited = record_entries(r.value for r in _split(again.records)[2])
+    assert sorted((e["event"]["topic"], e["event"]["partition"], e["event"]["offset"]) for e in audited) == \
+        sorted((e.topic, e.partition, e.offset) for e in batch.events[5:8])

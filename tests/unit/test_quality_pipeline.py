@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.errors import PolicyError
 from gateway.keys.keyring import Keyring
@@ -79,7 +80,7 @@ def _events(rides: list[dict[str, Any]], now_ms: int, stale: set[int] = frozense
 
 
 def _audits(result: Any) -> list[dict[str, Any]]:
-    return [orjson.loads(r.value) for r in result.records if r.topic == "privacy.audit"]
+    return record_entries(r.value for r in result.records if r.topic == "privacy.audit")
 
 
 def _planted() -> tuple[list[dict[str, Any]], dict[int, str], dict[int, list[str]], set[int]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import Pipeline, RawEvent
@@ -47,7 +48,7 @@ NESTED = {"comment": "fine", "amount": 5, "lines": [{"label": "x"}, {"label": f"
 def test_observe_mode_counts_and_audits_without_the_value(write_schema, tmp_path: Path) -> None:
     pipeline = _pipeline(write_schema, tmp_path, None, rate=1.0)
     result = pipeline.process(_events([CLEAN, LEAKY, NESTED]))
-    audit = [orjson.loads(r.value) for r in result.records if r.topic == "privacy.audit"]
+    audit = record_entries(r.value for r in result.records if r.topic == "privacy.audit")
     assert [a["outcome"] for a in audit] == ["sanitized"] * 3  # observed, still published
     assert [a.get("leak_suspected") for a in audit] == [
         None, [{"field": "comment", "entity": "EMAIL"}], [{"field": "lines[].label", "entity": "EMAIL"}]]
@@ -60,7 +61,8 @@ def test_enforce_mode_dead_letters_the_event(write_schema, tmp_path: Path) -> No
     pipeline = _pipeline(write_schema, tmp_path, "enforce", rate=1.0)
     result = pipeline.process(_events([CLEAN, LEAKY]))
     by_topic = {t: [orjson.loads(r.value) for r in result.records if r.topic == t]
-                for t in ("n.sanitized", "n.raw.dlq", "privacy.audit")}
+                for t in ("n.sanitized", "n.raw.dlq")}
+    by_topic["privacy.audit"] = record_entries(r.value for r in result.records if r.topic == "privacy.audit")
     assert [s["comment"] for s in by_topic["n.sanitized"]] == ["all good"]
     assert [d["reason"] for d in by_topic["n.raw.dlq"]] == ["pii_in_kept_field"]
     assert "comment (EMAIL)" in by_topic["n.raw.dlq"][0]["message"]

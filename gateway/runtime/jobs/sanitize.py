@@ -348,6 +348,7 @@ class Worker:
     def _observe(self, batch: Batch, committed: float) -> None:
         """Metrics for one committed batch: outcomes, stage times, event latency, DEK cache."""
         counts = batch.output.counts
+        audited = 0  # every event has one (topic, outcome) count and one audit entry
         for key, n in counts.items():
             if key[1] == "leak_suspected":  # (topic, "leak_suspected", field path, entity)
                 metrics.LEAKS.labels(key[0], key[2], key[3]).inc(n)
@@ -362,12 +363,13 @@ class Worker:
                 metrics.QUALITY_FAILURES.labels(key[0], key[2], key[3]).inc(n)
                 continue
             self._totals[(key[0], key[1])] += n
+            audited += n
             topic, outcome = key
             kind, _, reason = outcome.partition(":")
             metrics.EVENTS.labels(topic, kind).inc(n)
             if reason and kind == "rejected":
                 metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
-        metrics.AUDITED.inc(sum(r.topic == self.config.audit_topic for r in batch.output.records))
+        metrics.AUDITED.inc(audited)
         quality_topic = self.config.quality_topic
         for r in batch.output.records:
             if r.topic == quality_topic:
