@@ -17,7 +17,7 @@ import io
 import re
 import struct
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,44 @@ _SMALL_VARINTS = tuple(zigzag_varint(n) for n in range(_SMALL))  # lengths and s
 
 
 def plaintext_encoder(parsed: Any) -> Any:
-    """A function value -> Avro bytes for `parsed`; strings, bytes and integers skip fastavro's
-    writer (a BytesIO and a writer call cost more than the encryption of a short field), and
-    their length prefix (or small value) comes from a table."""
+    """A function value -> Avro bytes for `parsed`; strings, bytes, numbers and booleans, unions of null
+    and one of them, arrays of them and records of them skip fastavro's writer (a BytesIO and a writer
+    call cost more than the encryption of a short field); a length prefix (or small value) comes from a
+    table. Other types go through fastavro. The values are a validated record's: the decoder checked
+    their types."""
+    fast = _fast_encoder(parsed)
+    if fast is None:
+        return lambda value: avro_bytes(parsed, value)
+    if isinstance(parsed, str):
+        return fast
+
+    def encode(value: Any) -> bytes:
+        try:
+            return fast(value)
+        except Exception:  # a value the shortcut does not take (e.g. a record's missing key): fastavro decides
+            return avro_bytes(parsed, value)
+    return encode
+
+
+_PACK_DOUBLE, _PACK_FLOAT = struct.Struct("<d").pack, struct.Struct("<f").pack
+
+
+def fast_record_encoder(parsed: Any) -> Callable[[Any], bytes] | None:
+    """The encoder written here of a parsed schema whose every type it covers (`plaintext_encoder`'s, and
+    enums), or None. Its output is fastavro's for every value it takes; it raises on a value it does not
+    take (a wrong type, a missing key, an unknown symbol), and the caller then asks fastavro's writer."""
+    return _fast_encoder(parsed, parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {})
+
+
+def _fast_encoder(parsed: Any, named: dict[str, Any] | None = None) -> Any:
+    """The encoder of `parsed` written here, or None when fastavro's writer is needed."""
     small, varint = _SMALL_VARINTS, zigzag_varint
+    named = named or {}
+    if isinstance(parsed, str) and parsed in named:  # a named type defined earlier in the schema
+        parsed = named[parsed]
+    if isinstance(parsed, dict) and parsed.get("type") in ("string", "bytes", "int", "long", "float", "double",
+                                                           "boolean"):
+        parsed = parsed["type"]  # {"type": "int"}: a logical type stripped
     if parsed == "string":
         def encode_string(value: str) -> bytes:
             data = value.encode()
@@ -117,7 +151,42 @@ def plaintext_encoder(parsed: Any) -> Any:
         def encode_long(value: int) -> bytes:
             return small[value] if 0 <= value < _SMALL else varint(value)
         return encode_long
-    return lambda value: avro_bytes(parsed, value)
+    if parsed == "double":
+        return _PACK_DOUBLE
+    if parsed == "float":
+        return _PACK_FLOAT
+    if parsed == "boolean":
+        return lambda value: b"\x01" if value else b"\x00"
+    if isinstance(parsed, list) and len(parsed) == 2 and "null" in parsed:
+        null_index = parsed.index("null")
+        inner = _fast_encoder(parsed[1 - null_index], named)
+        if inner is None:
+            return None
+        null_tag, value_tag = small[null_index], small[1 - null_index]
+
+        def encode_optional(value: Any) -> bytes:
+            return null_tag if value is None else value_tag + inner(value)
+        return encode_optional
+    if isinstance(parsed, dict) and parsed.get("type") == "array":
+        item = _fast_encoder(parsed["items"], named)
+        if item is None:
+            return None
+
+        def encode_array(values: list[Any]) -> bytes:
+            if not values:
+                return b"\x00"
+            n = len(values)
+            return b"".join((small[n] if n < _SMALL else varint(n), *map(item, values), b"\x00"))
+        return encode_array
+    if isinstance(parsed, dict) and parsed.get("type") == "record":
+        fields = [(f["name"], _fast_encoder(f["type"], named)) for f in parsed["fields"]]
+        if any(encode is None for _, encode in fields):
+            return None
+        return lambda record: b"".join([encode(record[name]) for name, encode in fields])
+    if isinstance(parsed, dict) and parsed.get("type") == "enum":
+        index = {symbol: small[i] for i, symbol in enumerate(parsed["symbols"])}  # an unknown one: KeyError
+        return index.__getitem__
+    return None
 
 
 def _json_default(value: Any) -> Any:
