@@ -313,10 +313,11 @@ class KafkaStage:
     """Runs one worker process over a preloaded backlog, then at a paced rate for latency."""
 
     def __init__(self, kind: str, bootstrap: str, workdir: Path, processes: int = 1,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), checkout: Path = REPO) -> None:
         self.kind = kind
         self.processes = processes
         self.extra = extra  # more `gateway run` options (sanitize only)
+        self.checkout = checkout  # whose gateway package the worker runs (benchmarks/versus_base.py)
         self.bootstrap = bootstrap
         self.suffix = f"{kind}-{uuid.uuid4().hex[:6]}"
         self.schemas = unique_schemas(workdir, self.suffix)
@@ -355,8 +356,8 @@ class KafkaStage:
             cmd = [sys.executable, str(Path(__file__)), "_loop", self.kind, self.bootstrap, str(self.schemas),
                    self.group]
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env=dict(os.environ, PYTHONPATH=str(REPO)))
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.checkout,
+                                     env=dict(os.environ, PYTHONPATH=str(self.checkout)))
         deadline = time.monotonic() + 90
         while self.log_path.read_bytes().count(b'"msg":"partitions assigned"') < self.processes:
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,111 @@
+"""The sanitize worker's CPU per 1,000 events against an earlier checkout's, in one run on one broker.
+
+    python -m benchmarks.versus_base [--base REV] [--events 30000] [--rounds 3] [--out benchmarks/results.json]
+
+Both workers run `gateway run` over the same backlog of the same mixed events (bench.py's generator,
+this checkout's schemas), one process each, rounds interleaved (base, current, base, ...), so a change
+in the host's load hits both alike. The base is extracted with `git archive` into a temporary folder
+and run with this checkout's virtualenv. The figure is the worker's own CPU (process and threads,
+librdkafka's included) over the drain, and the broker's CPU over the same stage; the ratio is
+taken per round (current over the base run beside it) and its median reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.bench import (
+    REPO,
+    KafkaStage,
+    by_short_name,
+    make_events,
+    measure_kafka,
+    process_cpu_seconds,
+    warm_broker,
+)
+from gateway.embedded.broker import EmbeddedBroker
+from gateway.policy import load_plans
+
+# main before issue 20's floor work (lz4 output, one audit record per batch): "today's main" of its goal
+DEFAULT_BASE = "ab42a5f"
+
+
+def extract(rev: str, into: Path) -> Path:
+    """The tree of `rev` (its gateway package is all the worker imports) in a folder of its own."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], check=True,
+                             capture_output=True).stdout
+    into.mkdir(parents=True)
+    with tempfile.TemporaryFile() as tar_file:
+        tar_file.write(archive)
+        tar_file.seek(0)
+        with tarfile.open(fileobj=tar_file) as tar:
+            tar.extractall(into, filter="data")
+    return into
+
+
+def run(base: str, events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-versus-"))
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", base], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    checkouts = {"base": extract(base, workdir / "base"), "current": REPO}
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in checkouts}
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        assert broker.process is not None
+        pid = broker.process.pid
+        warm_broker(broker.bootstrap, pid)
+        batch = make_events(by_short_name(load_plans(REPO / "schemas")), events)
+        for round_no in range(1, rounds + 1):
+            for side, checkout in (checkouts.items() if round_no % 2 else reversed(checkouts.items())):
+                print(f"  round {round_no}/{rounds}: {side} ...", flush=True)
+                stage = KafkaStage("sanitize", broker.bootstrap, workdir, checkout=checkout)
+                before = process_cpu_seconds(pid)
+                result = measure_kafka(stage, batch, [], pid)
+                runs[side].append({"worker_cpu_s_per_1000": result["cpu_s"] / result["events"] * 1000,
+                                   "broker_cpu_s_per_1000": (process_cpu_seconds(pid) - before) / events * 1000,
+                                   "eps": result["events"] / result["seconds"]})
+    out: dict[str, Any] = {"base_commit": commit, "events": events, "rounds": rounds}
+    for side, side_runs in runs.items():
+        out[side] = {key: round(statistics.median(r[key] for r in side_runs), 4) for key in side_runs[0]}
+        out[side]["worker_cpu_s_per_1000_runs"] = [round(r["worker_cpu_s_per_1000"], 4) for r in side_runs]
+    for key in ("worker_cpu_s_per_1000", "broker_cpu_s_per_1000"):
+        ratios = [c[key] / b[key] for b, c in zip(runs["base"], runs["current"], strict=True)]
+        out[f"{key.removesuffix('_s_per_1000')}_ratio"] = round(statistics.median(ratios), 3)
+        out[f"{key.removesuffix('_s_per_1000')}_ratio_runs"] = [round(r, 3) for r in ratios]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"the earlier revision (default {DEFAULT_BASE})")
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="a results.json whose versus_base key to update")
+    args = parser.parse_args()
+    figures = run(args.base, args.events, args.rounds) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.out:
+        results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
+        results["versus_base"] = figures
+        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\n{'':<10}{'events/s':>10}{'worker CPU s/1k':>17}{'broker CPU s/1k':>17}")
+    for side in ("base", "current"):
+        f = figures[side]
+        print(f"{side:<10}{f['eps']:>10.0f}{f['worker_cpu_s_per_1000']:>17.4f}{f['broker_cpu_s_per_1000']:>17.4f}")
+    print(f"current over base ({figures['base_commit']}), median of {args.rounds} paired rounds: worker CPU "
+          f"{figures['worker_cpu_ratio']:.3f}x (rounds {figures['worker_cpu_ratio_runs']}), broker CPU "
+          f"{figures['broker_cpu_ratio']:.3f}x (rounds {figures['broker_cpu_ratio_runs']})")
+    print(f"worker CPU s/1k per round: base {figures['base']['worker_cpu_s_per_1000_runs']}, "
+          f"current {figures['current']['worker_cpu_s_per_1000_runs']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
