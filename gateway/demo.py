@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from gateway.audit import record_entries, verify_chains
+from gateway.audit import verify_chains
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.embedded.broker import EmbeddedBroker
@@ -32,8 +32,7 @@ from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.policy import Plan, load_plans
-from gateway.runtime import clients
-from gateway.runtime.reader import read_topic
+from gateway.runtime.reader import AuditedCounter, read_topic
 from gateway.runtime.topics import ensure_topics
 from gateway.samples import SampleEvents, broken_events, broken_payment_events, json_encodable, sample_maker
 from gateway.sanitized import SanitizedDecoder
@@ -206,28 +205,6 @@ def _side_by_side(title: str, left: dict[str, Any], right: dict[str, Any]) -> st
     return f"\n== {title} ==\n" + "\n".join(rows)
 
 
-class _AuditCounter:
-    """Counts the audit entries of a topic's committed records as they commit: one read_committed
-    reader from the beginning, each poll adding what arrived since the last (no re-reading the topic)."""
-
-    def __init__(self, kafka: Mapping[str, str], topic: str) -> None:
-        self.consumer = clients.reader(kafka, "privacy-gateway.demo-progress")
-        info = self.consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if info is None or info.error is not None:
-            self.consumer.close()
-            raise GatewayError(f"topic '{topic}' does not exist on {kafka['bootstrap.servers']}")
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(info.partitions)])
-        self.count = 0
-
-    def poll(self, timeout_s: float) -> int:
-        self.count += len(record_entries(msg.value() for msg in clients.take(self.consumer, 1000, timeout_s)
-                                         if msg.error() is None))
-        return self.count
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 class _Progress:
     """The wait's progress: a rich bar on a terminal; on a pipe, a line when the phase changes and at
     most one every 10 s while events are being audited (no carriage-return spam in logs)."""
@@ -284,7 +261,7 @@ def _wait_for_audit(kafka: Mapping[str, str], topic: str, expected: int, worker:
     """Wait until `expected` events are audited in committed records, counting them as they commit (partition
     ends from ListOffsets would count transaction markers as well as records), and show it."""
     deadline = time.monotonic() + timeout_s
-    counter = _AuditCounter(kafka, topic)
+    counter = AuditedCounter(kafka, topic)
     progress = _Progress(expected, sys.stdout.isatty())
     joined, log_offset, seen = False, 0, 0
     try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
+from gateway.audit import record_entries
 from gateway.errors import GatewayError
 from gateway.runtime import clients
 from gateway.sanitized import StoredRecord
@@ -83,3 +84,34 @@ def _high_watermarks(kafka: Mapping[str, str], topic: str, partitions: Collectio
         return {tp.partition: future.result().offset for tp, future in futures.items()}
     except (KafkaException, ValueError):  # a hint only: without it a read ends at the last stable offset
         return {}
+
+
+class AuditedCounter:
+    """Counts the events audited on an audit topic as its records commit (the entries: a sanitize
+    worker's record holds a batch's of one source partition): one read_committed reader from the
+    beginning, assigned once the topic exists, each poll adding what arrived since the last, so a
+    long wait never re-reads the topic (the demo's progress, the tests' waits)."""
+
+    def __init__(self, kafka: Mapping[str, str], topic: str) -> None:
+        self.kafka, self.topic = kafka, topic
+        self.consumer: Consumer | None = None
+        self.count = 0
+
+    def poll(self, timeout_s: float) -> int:
+        """The events audited so far, after waiting up to `timeout_s` for more."""
+        if self.consumer is None:
+            consumer = clients.reader(self.kafka, "privacy-gateway.audited-counter", **clients.READ_TO_END)
+            info = consumer.list_topics(self.topic, timeout=15).topics.get(self.topic)
+            if info is None or info.error is not None:  # not created yet
+                consumer.close()
+                time.sleep(timeout_s)
+                return self.count
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(info.partitions)])
+            self.consumer = consumer
+        self.count += len(record_entries(m.value() for m in clients.take(self.consumer, 1000, timeout_s)
+                                         if m.error() is None))
+        return self.count
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()

@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from gateway.audit import record_entries
 from gateway.embedded.broker import free_port
 from gateway.policy import Plan, load_plans
-from gateway.runtime.reader import read_topic
+from gateway.runtime.reader import AuditedCounter, read_topic
 from gateway.sanitized import StoredRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ class Deployment:
         """Wait until the committed audit records hold at least `expected` entries (events audited);
         returns every entry then committed, read with read_topic, in record order."""
         deadline = time.monotonic() + timeout_s
-        counter = AuditCounter(self.bootstrap, self.audit_topic)
+        counter = AuditedCounter({"bootstrap.servers": self.bootstrap}, self.audit_topic)
         entries: list[dict[str, Any]] = []
         try:
             while time.monotonic() < deadline:
@@ -150,38 +150,6 @@ class Deployment:
         finally:
             counter.close()
         raise AssertionError(f"{max(len(entries), counter.count)} of {expected} audit events after {timeout_s}s")
-
-
-class AuditCounter:
-    """Counts the audit entries of a topic's committed records as they commit: one read_committed
-    reader from the beginning (assigned once the topic exists), each poll adding what arrived since
-    the last, so a long wait does not re-read the whole topic each turn."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.consumer: Consumer | None = None
-        self.count = 0
-
-    def poll(self, timeout_s: float) -> int:
-        if self.consumer is None:
-            if committed_count(self.bootstrap, self.topic) == 0:  # no topic yet, or nothing in it
-                time.sleep(timeout_s)
-                return self.count
-            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "test-audit-counter",
-                                 "enable.auto.commit": False, "isolation.level": "read_committed",
-                                 "fetch.wait.max.ms": 20})
-            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
-            self.consumer = consumer
-        first = self.consumer.poll(timeout_s)
-        if first is not None:
-            messages = [first, *self.consumer.consume(1000, 0)]
-            self.count += len(record_entries(m.value() for m in messages if m.error() is None))
-        return self.count
-
-    def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
 
 
 def audit_entries(bootstrap: str, topic: str) -> list[dict[str, Any]]:
