@@ -179,14 +179,51 @@ def _fast_encoder(parsed: Any, named: dict[str, Any] | None = None) -> Any:
             return b"".join((small[n] if n < _SMALL else varint(n), *map(item, values), b"\x00"))
         return encode_array
     if isinstance(parsed, dict) and parsed.get("type") == "record":
-        fields = [(f["name"], _fast_encoder(f["type"], named)) for f in parsed["fields"]]
-        if any(encode is None for _, encode in fields):
-            return None
-        return lambda record: b"".join([encode(record[name]) for name, encode in fields])
+        return _record_encoder(parsed, named)
     if isinstance(parsed, dict) and parsed.get("type") == "enum":
         index = {symbol: small[i] for i, symbol in enumerate(parsed["symbols"])}  # an unknown one: KeyError
         return index.__getitem__
     return None
+
+
+def _record_encoder(parsed: dict[str, Any], named: dict[str, Any]) -> Any:
+    """One straight-line function per record schema (as transforms.compile_record builds the sanitizer):
+    strings, bytes and integers inline, other fields through their own encoders, one join. Its source
+    holds only generated names (k0, e0, s0...): field names and encoders are bound through the
+    namespace, so nothing from a schema is ever parsed as code."""
+    namespace: dict[str, Any] = {"S": _SMALL_VARINTS, "V": zigzag_varint, "SMALL": _SMALL}
+    lines, parts = ["def encode_record(r):"], []
+    for i, f in enumerate(parsed["fields"]):
+        field_type = f["type"]
+        if isinstance(field_type, str) and field_type in named:
+            field_type = named[field_type]
+        if isinstance(field_type, dict) and field_type.get("type") in ("string", "bytes", "int", "long"):
+            field_type = field_type["type"]  # a logical type stripped
+        namespace[f"k{i}"] = f["name"]
+        if field_type == "string":
+            lines.append(f"    s{i} = r[k{i}].encode()")
+            parts += [f"(S[n{i}] if (n{i} := len(s{i})) < SMALL else V(n{i}))", f"s{i}"]
+        elif field_type == "bytes":
+            lines.append(f"    s{i} = r[k{i}]")
+            parts += [f"(S[n{i}] if (n{i} := len(s{i})) < SMALL else V(n{i}))", f"s{i}"]
+        elif field_type in ("int", "long"):
+            parts.append(f"(S[x{i}] if 0 <= (x{i} := r[k{i}]) < SMALL else V(x{i}))")
+        elif isinstance(field_type, list) and len(field_type) == 2 and "null" in field_type and \
+                field_type[1 - field_type.index("null")] == "bytes":  # an optional ciphertext
+            null_tag, value_tag = (b"\x00", b"\x02") if field_type[0] == "null" else (b"\x02", b"\x00")
+            namespace[f"t{i}"], namespace[f"u{i}"] = null_tag, value_tag
+            parts.append(f"(t{i} if (s{i} := r[k{i}]) is None else "
+                         f"u{i} + (S[n{i}] if (n{i} := len(s{i})) < SMALL else V(n{i})) + s{i})")
+        else:
+            encode = _fast_encoder(field_type, named)
+            if encode is None:
+                return None
+            namespace[f"e{i}"] = encode
+            parts.append(f"e{i}(r[k{i}])")
+    lines.append("    return b''.join((" + "".join(f"{part}, " for part in parts) + "))")
+    code = compile("\n".join(lines) + "\n", f"<avro writer {parsed.get('name', 'record')}>", "exec")
+    exec(code, namespace)  # noqa: S102 - generated from the template above only
+    return namespace["encode_record"]
 
 
 def _json_default(value: Any) -> Any:

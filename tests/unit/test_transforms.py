@@ -569,14 +569,20 @@ _COVERED = {"type": "record", "name": "Covered", "fields": [
     {"name": "e", "type": {"type": "enum", "name": "Level", "symbols": ["LOW", "HIGH"]}},
     {"name": "again", "type": "Level"},  # a named type used a second time
     {"name": "o", "type": ["null", {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "long"}]}]},
-    {"name": "a", "type": {"type": "array", "items": "Inner"}}]}
+    {"name": "a", "type": {"type": "array", "items": "Inner"}},
+    {"name": "ob", "type": ["null", "bytes"]}, {"name": "bo", "type": ["bytes", "null"]},
+    {"name": "os", "type": ["null", "string"]}]}
 _VALID = {"s": "é", "b": b"\x00\x01", "i": -3, "l": 1_790_000_000_000, "d": 2.5, "f": 1.5, "t": True, "e": "HIGH",
-          "again": "LOW", "o": {"x": 9}, "a": [{"x": 1}, {"x": -(2**40)}]}
+          "again": "LOW", "o": {"x": 9}, "a": [{"x": 1}, {"x": -(2**40)}], "ob": b"\x07" * 2000, "bo": None,
+          "os": "x"}
 
 
 @pytest.mark.parametrize("change", [
     {},
     {"o": None, "a": [], "t": False, "d": 3},
+    {"ob": None, "bo": b"", "os": None, "s": "z" * 1500, "i": 2**31 - 1},
+    {"ob": "text"},  # not bytes: fastavro's writer raises
+    {"l": 5.0},  # a float in a long: fastavro's writer decides
     {"l": datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)},  # a logical type's Python value
     {"o": {}},  # a nested record's field missing: fastavro's writer decides (it raises or uses a default)
     {"e": "MEDIUM"},  # not a symbol: fastavro's writer raises
