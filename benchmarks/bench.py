@@ -569,7 +569,7 @@ def close_producer(stage: KafkaStage | BrokerHop) -> None:
 STAGES = {"decode": "EventDecoder.decode_event (gateway/schema.py",
           "sanitize": "RecordSanitizer.sanitize (gateway/transforms.py",
           "encode": "TopicStage.encode (gateway/pipeline.py",
-          "audit event": "Pipeline._audit_record (gateway/pipeline.py",
+          "audit records": "Pipeline._seal_entries (gateway/pipeline.py",
           "produce": "TransactionalLoop._publish (gateway/runtime/transactional.py",
           "wait for the last commit": "TransactionalLoop.settle (gateway/runtime/transactional.py"}
 

@@ -156,6 +156,8 @@ class TopicStage:
         # events of a writer version with fields the policy does not name: those fields dropped, and said
         self._writer_actions: dict[tuple[str, ...], orjson.Fragment] = {}
         self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
+        self.sanitized_topic, self.event_id_field = plan.sanitized_topic, plan.event_id_field
+        self._key_ids: tuple[str | None, orjson.Fragment] | None = None  # the last DEK's, serialized once
         self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
 
     def transform(self, value: bytes | None, max_output_bytes: int,
@@ -167,6 +169,15 @@ class TopicStage:
         """
         record, encoding, _ = self.decoder.decode_event(value)
         return self.finish(record, encoding, max_output_bytes, timestamp_ms)
+
+    def key_ids(self, dek_key_id: str | None) -> orjson.Fragment:
+        """The audit key_ids of an event encrypted under the shared DEK `dek_key_id` alone (or none):
+        the token keys and that DEK, serialized once per DEK (a DEK serves many events)."""
+        cached = self._key_ids
+        if cached is None or cached[0] != dek_key_id:
+            ids = [*self.sanitizer.token_key_ids, *filter(None, [dek_key_id])]
+            cached = self._key_ids = (dek_key_id, orjson.Fragment(orjson.dumps(ids)))
+        return cached[1]
 
     def actions_for(self, unannotated: tuple[str, ...]) -> orjson.Fragment:
         """The audit actions of an event whose writer schema had `unannotated` fields (built once per writer)."""
@@ -494,16 +505,16 @@ class Pipeline:
                         else:
                             ids[1].append(fp)
                 # the input's timestamp carries over (as Kafka Streams does), so event time survives
-                output = OutRecord(stage.plan.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
+                output = OutRecord(stage.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
                 if views:  # the purposes' views of the event, published with it (same key, time, source)
                     out += [OutRecord(topic, key, data, [*vheaders, source], None, max(event.timestamp_ms, 0))
                             for topic, data, vheaders in views]
-                key_ids = list(stage.sanitizer.token_key_ids)
-                if result.dek_key_id:
-                    key_ids.append(result.dek_key_id)
                 if result.other_key_ids:  # per-subject and role keys, each named once
-                    key_ids += sorted(result.other_key_ids)
-                event_id_field = stage.plan.event_id_field
+                    key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
+                                    *sorted(result.other_key_ids)]
+                else:
+                    key_ids = stage.key_ids(result.dek_key_id)
+                event_id_field = stage.event_id_field
                 if event_id_field and result.record.get(event_id_field) is not None:
                     audit["event"]["event_id"] = result.record[event_id_field]
                 if result.entities:
