@@ -29,7 +29,8 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from gateway.runtime.topics import admin_client, create_topics, ensure_topics
 from gateway.samples import SampleEvents
 
 REPO = Path(__file__).resolve().parents[1]
+SEPARATE_KEYS = ("output_compression", "versus_base")  # results.json keys other scripts write
 SEED = 20261123
 
 
@@ -493,6 +495,33 @@ def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, An
     return result
 
 
+@contextmanager
+def warmed_broker(workdir: Path) -> Iterator[tuple[EmbeddedBroker, int]]:
+    """An embedded broker whose JIT is warmed up (warm_broker), and its pid (compression.py, versus_base.py)."""
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        assert broker.process is not None
+        warm_broker(broker.bootstrap, broker.process.pid)
+        yield broker, broker.process.pid
+
+
+def measure_sanitize_cost(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]],
+                          broker_pid: int) -> dict[str, float]:
+    """One sanitize stage over a backlog: the worker's CPU and the broker's (over the whole stage, the
+    backlog's publishing included) per 1,000 events, and events/s (compression.py, versus_base.py)."""
+    before = process_cpu_seconds(broker_pid)
+    result = measure_kafka(stage, events, [], broker_pid)
+    return {"worker_cpu_s_per_1000": result["cpu_s"] / result["events"] * 1000,
+            "broker_cpu_s_per_1000": (process_cpu_seconds(broker_pid) - before) / len(events) * 1000,
+            "eps": result["events"] / result["seconds"]}
+
+
+def update_results(path: Path, key: str, figures: dict[str, Any]) -> None:
+    """Set one key of a results.json (a separate script's figures), keeping the others."""
+    results = orjson.loads(path.read_bytes()) if path.exists() else {}
+    results[key] = figures
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+
+
 def measure_rounds(stages: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, list[dict[str, Any]]]:
     """Each throughput row `rounds` times, interleaved (row A, B, C, then A, B, C again), so that
     the host's changing speed spreads over every row alike instead of favouring whichever ran in a
@@ -868,6 +897,9 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
         print("  share of time in: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["stage_share"].items()))
         for frame, share in profile["top_self"]:
             print(f"  {share:>6.1%}  {frame}")
+    if out.exists():  # the figures of the separate scripts (compression.py, versus_base.py) stay
+        previous = orjson.loads(out.read_bytes())
+        results |= {key: previous[key] for key in SEPARATE_KEYS if key in previous}
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"\nwrote {out}")
 

@@ -16,18 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from benchmarks.bench import (
     REPO,
     KafkaStage,
     by_short_name,
     make_events,
-    measure_kafka,
-    process_cpu_seconds,
-    warm_broker,
+    measure_sanitize_cost,
+    update_results,
+    warmed_broker,
 )
-from gateway.embedded.broker import EmbeddedBroker
 from gateway.policy import load_plans
 
 CODECS = ("none", "lz4", "zstd")
@@ -41,21 +38,15 @@ def stored_bytes(log_dir: Path, stage: KafkaStage) -> int:
 def run(events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-compression-"))
     runs: dict[str, list[dict[str, float]]] = {codec: [] for codec in CODECS}
-    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-        assert broker.process is not None
-        pid = broker.process.pid
-        warm_broker(broker.bootstrap, pid)
+    with warmed_broker(workdir) as (broker, pid):
         batch = make_events(by_short_name(load_plans(REPO / "schemas")), events)
         for round_no in range(1, rounds + 1):
             for codec in CODECS:
                 print(f"  round {round_no}/{rounds}: {codec} ...", flush=True)
                 stage = KafkaStage("sanitize", broker.bootstrap, workdir, extra=("--output-compression", codec))
-                before = process_cpu_seconds(pid)
-                result = measure_kafka(stage, batch, [], pid)
-                runs[codec].append({"worker_cpu_s_per_1000": result["cpu_s"] / result["events"] * 1000,
-                                    "broker_cpu_s_per_1000": (process_cpu_seconds(pid) - before) / events * 1000,
-                                    "stored_bytes_per_event": stored_bytes(broker.data_dir / "log", stage) / events,
-                                    "eps": result["events"] / result["seconds"]})
+                cost = measure_sanitize_cost(stage, batch, pid)
+                runs[codec].append(cost | {"stored_bytes_per_event":
+                                           stored_bytes(broker.data_dir / "log", stage) / events})
     out: dict[str, Any] = {"events": events, "rounds": rounds}
     for codec, codec_runs in runs.items():
         out[codec] = {key: round(statistics.median(r[key] for r in codec_runs), 4) for key in codec_runs[0]}
@@ -70,9 +61,7 @@ def main() -> int:
     args = parser.parse_args()
     figures = run(args.events, args.rounds) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if args.out:
-        results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
-        results["output_compression"] = figures
-        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+        update_results(args.out, "output_compression", figures)
     print(f"\n{'codec':<8}{'events/s':>10}{'worker CPU s/1k':>17}{'broker CPU s/1k':>17}{'stored B/event':>16}")
     for codec in CODECS:
         f = figures[codec]

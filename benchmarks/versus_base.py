@@ -21,18 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from benchmarks.bench import (
     REPO,
     KafkaStage,
     by_short_name,
     make_events,
-    measure_kafka,
-    process_cpu_seconds,
-    warm_broker,
+    measure_sanitize_cost,
+    update_results,
+    warmed_broker,
 )
-from gateway.embedded.broker import EmbeddedBroker
 from gateway.policy import load_plans
 
 # main before issue 20's floor work (lz4 output, one audit record per batch): "today's main" of its goal
@@ -58,20 +55,13 @@ def run(base: str, events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
                             capture_output=True, text=True).stdout.strip()
     checkouts = {"base": extract(base, workdir / "base"), "current": REPO}
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in checkouts}
-    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
-        assert broker.process is not None
-        pid = broker.process.pid
-        warm_broker(broker.bootstrap, pid)
+    with warmed_broker(workdir) as (broker, pid):
         batch = make_events(by_short_name(load_plans(REPO / "schemas")), events)
         for round_no in range(1, rounds + 1):
             for side, checkout in (checkouts.items() if round_no % 2 else reversed(checkouts.items())):
                 print(f"  round {round_no}/{rounds}: {side} ...", flush=True)
                 stage = KafkaStage("sanitize", broker.bootstrap, workdir, checkout=checkout)
-                before = process_cpu_seconds(pid)
-                result = measure_kafka(stage, batch, [], pid)
-                runs[side].append({"worker_cpu_s_per_1000": result["cpu_s"] / result["events"] * 1000,
-                                   "broker_cpu_s_per_1000": (process_cpu_seconds(pid) - before) / events * 1000,
-                                   "eps": result["events"] / result["seconds"]})
+                runs[side].append(measure_sanitize_cost(stage, batch, pid))
     out: dict[str, Any] = {"base_commit": commit, "events": events, "rounds": rounds}
     for side, side_runs in runs.items():
         out[side] = {key: round(statistics.median(r[key] for r in side_runs), 4) for key in side_runs[0]}
@@ -92,9 +82,7 @@ def main() -> int:
     args = parser.parse_args()
     figures = run(args.base, args.events, args.rounds) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if args.out:
-        results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
-        results["versus_base"] = figures
-        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+        update_results(args.out, "versus_base", figures)
     print(f"\n{'':<10}{'events/s':>10}{'worker CPU s/1k':>17}{'broker CPU s/1k':>17}")
     for side in ("base", "current"):
         f = figures[side]
