@@ -140,8 +140,8 @@ class GatewayConfig:
                                      group="worker")
     output_compression: str = setting("lz4", "compression of the batches the sanitize worker writes (sanitized, "
                                       "purpose, dead-letter and audit topics): lz4 cut what the broker stores "
-                                      "almost 5x and its CPU by more than half (benchmarks/compression.py); zstd "
-                                      "stores a quarter less again. Consumers need the codec: librdkafka and Java "
+                                      "about 5x and its CPU to 0.6x (benchmarks/compression.py); zstd "
+                                      "stores a fifth less again. Consumers need the codec: librdkafka and Java "
                                       "clients have them all; aiokafka (faust) needs cramjam, in the faust extra",
                                       group="sanitize", choices=OUTPUT_COMPRESSIONS)
     # upper bound of prefetched, not yet processed input per worker (librdkafka's queue)
