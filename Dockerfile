@@ -8,8 +8,9 @@
 #   docker build -t privacy-gateway:0.1.0-vault --build-arg GATEWAY_EXTRAS=vault .
 #   docker run --rm privacy-gateway:0.1.0 --help
 #
-# GATEWAY_EXTRAS adds the optional remote KMS providers (pyproject.toml extras): empty (default:
-# the local keyring only), `aws` (boto3), `vault` (hvac) or `aws,vault`.
+# GATEWAY_EXTRAS adds optional features (pyproject.toml extras), comma-separated: empty (default:
+# the local keyring only), `aws` (boto3: AWS KMS), `vault` (hvac: OpenBao/Vault Transit) and
+# `registry` (a Confluent Schema Registry client: "schema_id": "registry" and --schema-registry-url).
 # Configuration is by GATEWAY_* environment variables (see gateway/config.py).
 # BuildKit is required (the default builder since Docker 23) for `RUN --mount`.
 
@@ -23,10 +24,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 ARG GATEWAY_EXTRAS=""
 # Refuse a misspelt extra here: pip would only warn and build an image without the provider.
-RUN case ",${GATEWAY_EXTRAS}," in \
-      ,,|,aws,|,vault,|,aws,vault,|,vault,aws,) ;; \
-      *) echo "GATEWAY_EXTRAS must be empty, aws, vault or aws,vault (got '${GATEWAY_EXTRAS}')" >&2; exit 1 ;; \
-    esac
+RUN set -f; IFS=,; for extra in ${GATEWAY_EXTRAS}; do \
+      case "${extra}" in \
+        aws|vault|registry) ;; \
+        *) echo "GATEWAY_EXTRAS: '${extra}' is not one of aws, vault, registry (got '${GATEWAY_EXTRAS}')" >&2; exit 1 ;; \
+      esac; \
+    done
 WORKDIR /src
 # README.md is the project's readme in pyproject.toml, so the wheel build needs it.
 COPY pyproject.toml README.md ./

@@ -870,6 +870,32 @@ def test_dockerfile_checks_report_each_broken_promise(change: str) -> None:
     assert dockerfile_problems(text) != []
 
 
+def _extras_check() -> str:
+    """The builder's RUN that refuses an unknown GATEWAY_EXTRAS (pip would only warn and build without it)."""
+    parser = DockerfileParser(fileobj=io.BytesIO(DOCKERFILE.read_bytes()))
+    [check] = [i["value"] for i in parser.structure if i["instruction"] == "RUN" and "for extra in" in i["value"]]
+    return check
+
+
+@pytest.mark.parametrize("extras,ok", [("", True), ("aws", True), ("registry", True), ("aws,vault,registry", True),
+                                       ("vault,aws", True), ("regsitry", False), ("aws,kms", False), ("*", False)])
+def test_the_image_takes_each_extra_of_the_project_and_refuses_a_misspelt_one(extras: str, ok: bool) -> None:
+    result = subprocess.run(["sh", "-c", _extras_check()], env={"GATEWAY_EXTRAS": extras, "PATH": os.environ["PATH"]},
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert (result.returncode == 0) == ok, result.stderr
+    if not ok:
+        assert "is not one of aws, vault, registry" in result.stderr
+
+
+def test_the_extras_the_image_takes_are_extras_of_the_project() -> None:
+    import tomllib
+
+    allowed = re.search(r"in\s+([\w|]+)\) ;;", _extras_check())
+    assert allowed is not None
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(allowed.group(1).split("|")) == {"aws", "vault", "registry"} <= set(extras)
+
+
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(_script("hadolint")), "--no-color", "--failure-threshold", "warning", str(path)],
                           capture_output=True, text=True, timeout=60, check=False)
