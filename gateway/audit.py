@@ -2,7 +2,7 @@
 
 One audit entry per input event: what was done, under which policy and keys, with what outcome;
 never a field value. The sanitize worker writes a source partition's entries of one batch as one
-audit record, type ``events`` (`seal_audit_batch`): the batch's chain, instance and time once, its
+audit record, type ``events`` (`batch_body`): the batch's chain, instance and time once, its
 entries in offset order under ``events``. Other writers (forget, retention, DP releases) write one
 record per event. Records of one chain form a hash chain: each carries the previous record's hash,
 and its own hash covers its canonical body, every entry included. The chain key is
@@ -153,8 +153,7 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]]) -> ChainReport:
             report.breaks.append(f"{where}: not an audit event of this gateway")
             continue
         report.records += 1
-        report.events += len(body["events"]) if body.get("type") == BATCH_TYPE and isinstance(
-            body.get("events"), list) else 1
+        report.events += len(entries(body))
         if key in broken:
             continue
         if key not in last:

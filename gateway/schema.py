@@ -106,7 +106,7 @@ def plaintext_encoder(parsed: Any) -> Any:
     fast = _fast_encoder(parsed)
     if fast is None:
         return lambda value: avro_bytes(parsed, value)
-    if isinstance(parsed, str):
+    if isinstance(_resolve(parsed, {}), str):  # a primitive: the shortcut takes every value fastavro does
         return fast
 
     def encode(value: Any) -> bytes:
@@ -127,15 +127,24 @@ def fast_record_encoder(parsed: Any) -> Callable[[Any], bytes] | None:
     return _fast_encoder(parsed, parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {})
 
 
+_PRIMITIVES = ("string", "bytes", "int", "long", "float", "double", "boolean")
+
+
+def _resolve(parsed: Any, named: dict[str, Any]) -> Any:
+    """A named type's definition (defined earlier in the schema), and {"type": "int"} (a logical type
+    stripped) as "int"."""
+    if isinstance(parsed, str) and parsed in named:
+        parsed = named[parsed]
+    if isinstance(parsed, dict) and parsed.get("type") in _PRIMITIVES:
+        parsed = parsed["type"]
+    return parsed
+
+
 def _fast_encoder(parsed: Any, named: dict[str, Any] | None = None) -> Any:
     """The encoder of `parsed` written here, or None when fastavro's writer is needed."""
     small, varint = _SMALL_VARINTS, zigzag_varint
     named = named or {}
-    if isinstance(parsed, str) and parsed in named:  # a named type defined earlier in the schema
-        parsed = named[parsed]
-    if isinstance(parsed, dict) and parsed.get("type") in ("string", "bytes", "int", "long", "float", "double",
-                                                           "boolean"):
-        parsed = parsed["type"]  # {"type": "int"}: a logical type stripped
+    parsed = _resolve(parsed, named)
     if parsed == "string":
         def encode_string(value: str) -> bytes:
             data = value.encode()
@@ -194,11 +203,7 @@ def _record_encoder(parsed: dict[str, Any], named: dict[str, Any]) -> Any:
     namespace: dict[str, Any] = {"S": _SMALL_VARINTS, "V": zigzag_varint, "SMALL": _SMALL}
     lines, parts = ["def encode_record(r):"], []
     for i, f in enumerate(parsed["fields"]):
-        field_type = f["type"]
-        if isinstance(field_type, str) and field_type in named:
-            field_type = named[field_type]
-        if isinstance(field_type, dict) and field_type.get("type") in ("string", "bytes", "int", "long"):
-            field_type = field_type["type"]  # a logical type stripped
+        field_type = _resolve(f["type"], named)
         namespace[f"k{i}"] = f["name"]
         if field_type == "string":
             lines.append(f"    s{i} = r[k{i}].encode()")
