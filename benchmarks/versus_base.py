@@ -13,6 +13,7 @@ taken per round (current over the base run beside it) and its median reported.
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import subprocess
 import tarfile
@@ -41,11 +42,8 @@ def extract(rev: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], check=True,
                              capture_output=True).stdout
     into.mkdir(parents=True)
-    with tempfile.TemporaryFile() as tar_file:
-        tar_file.write(archive)
-        tar_file.seek(0)
-        with tarfile.open(fileobj=tar_file) as tar:
-            tar.extractall(into, filter="data")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
     return into
 
 
