@@ -21,8 +21,9 @@ shared machine hits both sides of a pair and the pairs it hits unevenly fall out
   plaintext, DEK from the cache with its use count, v1 header, nonce, associated data binding
   header, topic, field path and subject), Avro encoding with Confluent framing, the output size
   check.
-- **pipeline**: ``Pipeline.process`` in batches of 1,000, which adds the audit event (orjson,
-  SHA-256 hash chain), counters and output records. Reported, not part of the ratio.
+- **pipeline**: ``Pipeline.process`` in batches of 1,000, which adds the audit entries (orjson,
+  one SHA-256-chained record per partition and batch), counters and output records. Reported, not part
+  of the ratio.
 
 Rows: payments alone (the issue's record), and bench.py's mix (half payments, half clinical
 visits) against a floor built the same way for clinical visits.
