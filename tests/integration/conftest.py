@@ -32,6 +32,16 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", GATEWAY_PROCESSES="1")
 
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:
+    """The session's broker: the embedded one, started here, or (GATEWAY_TEST_BOOTSTRAP=host:port) one
+    already running on this machine, so several test runs in parallel share one JVM."""
+    shared = os.environ.get("GATEWAY_TEST_BOOTSTRAP")
+    if shared:
+        yield shared
+        for worker in _STARTED:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+        return
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "broker", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
