@@ -3,25 +3,49 @@
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterator
 
-from stdnum import iban
+from stdnum import iban, numdb
 
 from gateway.detect.base import Match
 
-# Country code, two check digits, then 11-30 letters or digits, optionally in space-separated groups
-# (the print format "DE89 3704 0044 0532 0130 00"). Upper case only: the country code of a real IBAN
-# is written in capitals, and that keeps "de 12 ..." in prose out.
-_CANDIDATE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+# The countries that issue IBANs (python-stdnum's registry): a candidate must start with one, so
+# "CC4111111111111111" (a card glued to a label) or "ab12 ..." in prose is not IBAN-shaped.
+_IBAN_DB = numdb.get("iban")
+COUNTRIES: frozenset[str] = frozenset(
+    a + b for a in string.ascii_uppercase for b in string.ascii_uppercase if _IBAN_DB.info(a + b)[0][1]
+)
+
+# Country code, two check digits, then 11-30 letters or digits, compact or in groups separated by one
+# space, no-break space or dash ("DE89 3704 0044 0532 0130 00", "DE89-3704-...", "de89 3704 ...").
+# Any case: people type IBANs in lower case, and the country check, the per-country length and BBAN
+# format and mod-97 keep prose out.
+_CANDIDATE = re.compile(
+    r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ \u00a0-]?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])"
+)
+_SEPARATORS = re.compile(r"[ \u00a0-]")
 _MIN = 15  # the shortest IBAN (Norway)
 
 
+def _shaped(value: str) -> bool:
+    return value[:2].upper() in COUNTRIES
+
+
 def inside_iban_shape(text: str, start: int, end: int) -> bool:
-    """True when text[start:end] lies inside an IBAN-shaped token, valid or not.
+    """True when text[start:end] lies inside an IBAN-shaped token (a known IBAN country), valid or not.
 
     The digits of a mistyped IBAN are account digits: other finders (card, phone) must not claim them.
     """
-    return any(m.start() <= start and end <= m.end() for m in _CANDIDATE.finditer(text, max(0, start - 48), end + 48))
+    return any(
+        m.start() <= start and end <= m.end() and _shaped(m.group())
+        for m in _CANDIDATE.finditer(text, max(0, start - 48), end + 48)
+    )
+
+
+def is_iban(value: str) -> bool:
+    """`value` (as written: any case, separators) is a valid IBAN of a known country."""
+    return _shaped(value) and iban.is_valid(_SEPARATORS.sub("", value))
 
 
 class IbanFinder:
@@ -32,12 +56,14 @@ class IbanFinder:
     def find(self, text: str) -> Iterator[Match]:
         for m in _CANDIDATE.finditer(text):
             value = m.group()
-            # a candidate can swallow a following upper-case word ("... 32 THX"): retry without it
+            if not _shaped(value):
+                continue
+            # a candidate can swallow a following word ("... 32 THX"): retry without it
             while len(value) >= _MIN:
-                if iban.is_valid(value):
+                if iban.is_valid(_SEPARATORS.sub("", value)):
                     yield Match(self.entity, m.start(), m.start() + len(value))
                     break
-                cut = value.rfind(" ")
+                cut = max(value.rfind(" "), value.rfind("\u00a0"), value.rfind("-"))
                 if cut < 0:
                     break
                 value = value[:cut]

@@ -5,7 +5,9 @@ written form is enough. Where the check is weak or absent and the bare form is a
 that order ids and amounts also produce, the usual punctuation or a nearby context word is
 required as well:
 
-- US SSN: only NNN-NN-NNNN, with the SSA's rules (no area 000, 666 or 9xx, no group 00, no serial 0000).
+- US SSN: NNN-NN-NNNN or NNN NN NNNN (the 3-2-4 grouping is the SSN's own), with the SSA's rules (no
+  area 000, 666 or 9xx, no group 00, no serial 0000); the bare nine digits only after a context word
+  ("SSN", "social security").
 - UK NINO: two prefix letters from the allowed set, six digits, suffix A-D (no checksum exists; the
   letter rules and upper case carry it).
 - German Steuer-IdNr: 11 digits, ISO 7064 mod 11,10 and the digit-repetition rule, plus a context
@@ -39,6 +41,10 @@ def _nino_valid(value: str) -> bool:
     return value[:2] not in {"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"}
 
 
+def _ssn_valid(value: str) -> bool:
+    return ssn.is_valid(value.replace(" ", "-").replace("\u00a0", "-"))
+
+
 class _Rule:
     """One id type: a candidate pattern, a validator, and optionally a context word that must precede it."""
 
@@ -58,13 +64,15 @@ class _Rule:
                 yield m.start(), m.end()
 
 
+_US_CONTEXT = r"(?<!\w)(?:ssn|ss#|social[ -]security(?:[ -](?:number|no))?|soc\.? ?sec)(?!\w)"
 _DE_CONTEXT = r"(?<!\w)(?:steuer[\w-]*|idnr|identifikationsnummer|tin|tax[ -]?id)(?!\w)"
 _FR_CONTEXT = r"(?<!\w)(?:nir|insee|s[ée]curit[ée] sociale|s[ée]cu|social security)(?!\w)"
 _NL_CONTEXT = r"(?<!\w)(?:bsn|burgerservicenummer|sofi(?:nummer)?)(?!\w)"
 _CF_DIGIT = r"[0-9LMNPQRSTUV]"  # omocodia: a digit may be replaced by one of these letters
 
 _RULES: tuple[_Rule, ...] = (
-    _Rule("us_ssn", r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])", ssn.is_valid),
+    _Rule("us_ssn", r"(?<![\w-])\d{3}(?:-\d{2}-|[ \u00a0]\d{2}[ \u00a0])\d{4}(?![\w-])", _ssn_valid),
+    _Rule("us_ssn_bare", r"(?<![\w.,-])\d{9}(?![\w-]|[.,]\d)", ssn.is_valid, _US_CONTEXT),
     _Rule(
         "gb_nino",
         r"(?<!\w)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z](?:\d{6}|(?: \d{2}){3} ?)[A-D](?!\w)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator, Sequence
 
@@ -10,40 +11,71 @@ import phonenumbers
 from gateway.detect.base import Match
 from gateway.detect.iban import inside_iban_shape
 
-# PhoneNumberMatcher is exact but slow on long text (its candidate regex is large and pure-Python
-# work follows each hit), so it only sees short slices that can hold a number: an optional '+' or
-# '(' then digits and the usual separators, at least 7 digits in all. One character of context on
-# each side lets the matcher apply its own rules about what may touch a number.
-_CANDIDATE = re.compile(r"[+(]?\d[\d \u00a0().\-/]{5,24}\d")
+# PhoneNumberMatcher is exact but slow (50-200 µs a call: a large regex, then pure-Python parsing of
+# each sub-span it tries), so it only sees short slices that can hold a number: an optional '+' or
+# '(' then digits and the usual separators, at least 7 digits in all. A longer run of digit groups
+# is cut into windows of whole groups (at most _WINDOW characters), and a window goes to the matcher
+# only when its groups can add up to a phone number's length (PhoneFinder.plausible). One character
+# of context on each side lets the matcher apply its own rules about what may touch a number.
+_RUN = re.compile(r"[+(]?\d(?:[\d \u00a0().\-/]*\d)?")
+_WINDOW = 26
+_DIGITS = re.compile(r"\d+")
 _MIN_DIGITS = 7
+_MAX_DIGITS = 17  # E.164 allows 15; a trunk "(0)" and a carrier code can add two
 _VALID = phonenumbers.Leniency.VALID
 _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _OTHER_LABEL = re.compile(
-    r"(?<!\w)(?:id|idnr|steuer-?id|tax id|tin|bsn|ssn|nir|iban|account|acct|order|invoice|ref|ticket)\.?\s*[:#=]?\s*$",
+    r"(?<!\w)(?:id|idnr|steuer-?id|tax id|tin|bsn|ssn|nir|iban|account|acct|order|invoice|ref|ticket|case|claim"
+    r"|docket|tracking|serial)\.?\s*(?:n[or]\.?\s*)?[:#=]?\s*$",
     re.IGNORECASE,
 )
+_NUMBER_TYPES = ("general_desc", "fixed_line", "mobile", "toll_free", "premium_rate", "shared_cost",
+                 "personal_number", "voip", "pager", "uan", "voicemail")
 
 
-def _is_part_of_something_else(text: str, start: int, end: int) -> bool:
-    """Numbers that libphonenumber accepts but the text says are not phones.
+def _national_totals(metadata: phonenumbers.PhoneMetadata) -> frozenset[int]:
+    """How many digits a number written in this region's national format can have.
 
-    A number glued to a word by '-', '/' or '#' or '_' is an identifier ("ORD-5615-172110"), and so is
-    one right after the label of another kind of number ("Steuer-ID 15708964339", "order: ..."); a
-    dotted quad is an address or a version, even when its octets are out of range; digits inside an
-    IBAN-shaped token are account digits, even when the IBAN's checksum fails.
+    The national number's possible lengths, with or without the national prefix when that prefix is a
+    plain digit string ("1", "0"); where it is a pattern (carrier codes, area codes put in front),
+    anything up to 8 more digits.
     """
-    before = text[start - 1] if start else " "  # not "": `"" in "#_"` holds
-    if before in "#_" or (before in "-/" and start > 1 and text[start - 2].isalnum()):
-        return True
-    if _OTHER_LABEL.search(text, max(0, start - 24), start):
-        return True
-    if _DOTTED_QUAD.fullmatch(text, start, end):
-        return True
-    return inside_iban_shape(text, start, end)
+    lengths = {n for kind in _NUMBER_TYPES for n in (getattr(metadata, kind) and
+                                                     getattr(metadata, kind).possible_length or ())}
+    if not lengths:
+        return frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 9))
+    prefix = metadata.national_prefix_for_parsing or metadata.national_prefix or ""
+    extra = (0, len(prefix)) if prefix.isdigit() else range(0, 9)
+    return frozenset(n + k for n in lengths for k in extra)
+
+
+def _international_prefixes(metadata: phonenumbers.PhoneMetadata) -> tuple[str, ...]:
+    """How a number dialled abroad starts in this region: its plain IDD ("011") and the common "00";
+    when the IDD is a pattern, any leading 0."""
+    idd = metadata.international_prefix or ""
+    return ("00", idd) if idd.isdigit() else ("0",)
+
+
+def _token(text: str, start: int, end: int) -> str:
+    """The number with whatever dotted or slashed digit groups touch it: "30.22.26.39.36" around "22.26.39.36"."""
+    while start > 1 and text[start - 1] in "./" and text[start - 2].isdigit():
+        start -= 2
+        while start > 0 and text[start - 1].isdigit():
+            start -= 1
+    while end + 1 < len(text) and text[end] in "./" and text[end + 1].isdigit():
+        end += 2
+        while end < len(text) and text[end].isdigit():
+            end += 1
+    return text[start:end]
+
+
+def _sizes(text: str) -> list[int]:
+    return [len(g) for g in _DIGITS.findall(text)]
 
 
 class PhoneFinder:
-    """Numbers valid in their numbering plan: national format for `region`, international ("+44 ...") for any."""
+    """Numbers valid in their numbering plan: national format for `region`, international ("+44 ...",
+    "0044 ...", "011 44 ...") for any."""
 
     entity = "PHONE"
 
@@ -52,8 +84,33 @@ class PhoneFinder:
         if region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown phone region {region!r}: use an ISO 3166 code libphonenumber knows, e.g. 'US'")
         self.region = region
-        lengths = phonenumbers.PhoneMetadata.metadata_for_region(region).general_desc.possible_length
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        lengths = metadata.general_desc.possible_length
         self._min_national = max(_MIN_DIGITS, min(lengths, default=_MIN_DIGITS))
+        self._national = _national_totals(metadata)
+        self._international = frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 4))  # after '+' or an IDD
+        self._idd = _international_prefixes(metadata)
+
+    def plausible(self, value: str) -> bool:
+        """A cheap necessary condition for the matcher to find a number in `value`.
+
+        The matcher only returns spans of whole digit groups, so some run of consecutive groups must
+        add up to a digit count a number can have: national lengths for the region, or the
+        international range after a '+' or an international prefix. Long runs of digit groups
+        ("4111 4111 4111 ...", a table of amounts) rarely do, and skip the matcher.
+        """
+        groups = _DIGITS.findall(value)
+        plus = value[0] == "+" or value[:2] == "(+"
+        for i in range(len(groups)):
+            international = (i == 0 and plus) or groups[i].startswith(self._idd)
+            total = 0
+            for group in groups[i:]:
+                total += len(group)
+                if total > _MAX_DIGITS + 3:
+                    break
+                if total in self._national or (international and total in self._international):
+                    return True
+        return False
 
     def find(self, text: str, covered: Sequence[Match] = ()) -> Iterator[Match]:
         """Phone matches; candidates inside a `covered` span (a card, an IBAN, an IP already found) are skipped.
@@ -61,15 +118,115 @@ class PhoneFinder:
         Such a phone is no longer than the span covering it and ranks below it, so it would lose the
         overlap; the skip saves the costliest work for the texts that hold the most numbers.
         """
-        for m in _CANDIDATE.finditer(text):
-            value = m.group()
+        inside = _Cover(covered)
+        for start, end in _candidates(text):
+            value = text[start:end]
             # without a '+' the number is in national format: at least the plan's shortest national number
             if sum(c.isdigit() for c in value) < (_MIN_DIGITS if value[0] == "+" else self._min_national):
                 continue
-            if any(c.start <= m.start() and m.end() <= c.end for c in covered):
+            if inside(start, end) or not self.plausible(value):
                 continue
-            lo, hi = max(0, m.start() - 1), min(len(text), m.end() + 1)
-            for found in phonenumbers.PhoneNumberMatcher(text[lo:hi], self.region, leniency=_VALID):
-                start, end = lo + found.start, lo + found.end
-                if not _is_part_of_something_else(text, start, end):
-                    yield Match(self.entity, start, end)
+            yield from self._matches(text, start, end)
+
+    def _matches(self, text: str, cstart: int, cend: int) -> Iterator[Match]:
+        lo, hi = max(0, cstart - 1), min(len(text), cend + 1)
+        window = text[lo:hi]
+        # "0044 20 7946 0958": the international prefix most of the world dials. libphonenumber knows it
+        # only for regions that use it, so it is written as '+' (same length: " +44 ...") for any region
+        idd = cstart - lo + (text[cstart] == "(")
+        rewritten = window[idd : idd + 2] == "00" and window[idd + 2 : idd + 3] not in ("", "0") \
+            and (idd == 0 or not window[idd - 1].isdigit())
+        if rewritten:
+            window = window[:idd] + " +" + window[idd + 2 :]
+        for found in phonenumbers.PhoneNumberMatcher(window, self.region, leniency=_VALID):
+            start, end = lo + found.start, lo + found.end
+            if rewritten and found.start == idd + 1:
+                start -= 1  # the '+' stood for "00": the span covers both zeros
+            start, end = _balanced(text, start, end)
+            if not _is_part_of_something_else(text, start, end, self.region):
+                yield Match(self.entity, start, end)
+
+
+def _candidates(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each slice that may hold numbers: runs of digit groups, long ones cut at group ends."""
+    for run in _RUN.finditer(text):
+        if run.end() - run.start() <= _WINDOW:
+            yield run.start(), run.end()
+            continue
+        groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, run.start(), run.end())]
+        i = 0
+        while i < len(groups):
+            start = run.start() if i == 0 else groups[i][0] - (text[groups[i][0] - 1] in "+(")
+            j = i
+            while j + 1 < len(groups) and groups[j + 1][1] - start <= _WINDOW:
+                j += 1
+            yield start, groups[j][1]
+            i = j + 1
+
+
+class _Cover:
+    """Whether a span lies inside one of the given matches: bisect over starts and running maximum of ends,
+    so a text with thousands of cards does not make each phone candidate scan them all."""
+
+    def __init__(self, covered: Sequence[Match]) -> None:
+        spans = sorted((c.start, c.end) for c in covered)
+        self._starts = [s for s, _ in spans]
+        self._max_end: list[int] = []
+        high = -1
+        for _, end in spans:
+            high = max(high, end)
+            self._max_end.append(high)
+
+    def __call__(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self._starts, start)
+        return i > 0 and self._max_end[i - 1] >= end
+
+
+def _balanced(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span without a parenthesis it does not close: "(212-555-0100)" is matched as "(212-555-0100",
+    and replacing that would eat the opening parenthesis of the text."""
+    value = text[start:end]
+    if value.startswith("(") and ")" not in value:
+        start += 1
+        while start < end and text[start] in " \u00a0":
+            start += 1
+    elif value.endswith(")") and "(" not in value:
+        end -= 1
+    return start, end
+
+
+def _is_part_of_something_else(text: str, start: int, end: int, region: str) -> bool:
+    """Numbers that libphonenumber accepts but the text says are not phones.
+
+    A number glued to a word by '-', '/' or '#' or '_' is an identifier ("ORD-5615-172110"), and so is
+    one right after the label of another kind of number ("Steuer-ID 15708964339", "order: ...", "case
+    2026-0412-77"); a dotted quad is an address or a version, even when its octets are out of range;
+    digits inside an IBAN-shaped token are account digits, even when the IBAN's checksum fails. Two
+    slashes make a date, a case or file number ("2026/0412/77"); four or more dotted groups make a
+    version or an OID ("30.22.26.39.36") unless they are the number's own grouping (the French
+    "01.23.45.67.89").
+    """
+    before = text[start - 1] if start else " "  # not "": `"" in "#_"` holds
+    if before in "#_" or (before in "-/" and start > 1 and text[start - 2].isalnum()):
+        return True
+    if _OTHER_LABEL.search(text, max(0, start - 24), start):
+        return True
+    if _DOTTED_QUAD.fullmatch(text, start, end):
+        return True
+    token = _token(text, start, end)
+    if token.count("/") >= 2:
+        return True
+    if token.count(".") >= 3 and not _own_grouping(token, text[start:end], region):
+        return True
+    return inside_iban_shape(text, start, end)
+
+
+def _own_grouping(token: str, value: str, region: str) -> bool:
+    """The dotted token's groups are those libphonenumber writes the number in, nationally or internationally."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return False
+    sizes = _sizes(token)
+    return any(sizes == _sizes(phonenumbers.format_number(number, fmt))
+               for fmt in (phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
