@@ -64,16 +64,21 @@ def is_card_number(digits: str) -> bool:
     return False
 
 
-_DOUBLED = tuple((d * 2 - 9 if d > 4 else d * 2) for d in range(10))
+_PLAIN = {str(d): d for d in range(10)}
+_DOUBLED = {str(d): d * 2 - 9 if d > 4 else d * 2 for d in range(10)}
 
 
 def luhn_ok(digits: str) -> bool:
-    """The Luhn (mod 10) check over a string of ASCII digits: the one helper for cards, here and in the log filter."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        total += _DOUBLED[d] if i % 2 else d
-    return total % 10 == 0
+    """The Luhn (mod 10) check over a string of ASCII digits: the one helper for cards, here and in the log filter.
+
+    From the right, every second digit is doubled (minus 9 above 9); the sum must end in 0.
+    """
+    return (sum(map(_PLAIN.__getitem__, digits[::-2])) + sum(map(_DOUBLED.__getitem__, digits[-2::-2]))) % 10 == 0
+
+
+def _digits(text: str, groups: list[tuple[int, int]]) -> str:
+    digits = "".join(text[start:end] for start, end in groups)
+    return digits if digits.isascii() else _ascii_digits(digits)
 
 
 def _ascii_digits(group: str) -> str:
@@ -94,24 +99,27 @@ class CardFinder:
             yield from self._in_run(text, groups)
 
     def _in_run(self, text: str, groups: list[tuple[int, int]]) -> Iterator[Match]:
-        i = 0
-        while i < len(groups):
+        digits = _digits(text, groups)  # the run's digits, separators out: windows are slices of it
+        offsets = [0]
+        for start, end in groups:
+            offsets.append(offsets[-1] + end - start)
+        i, n = 0, len(groups)
+        while i < n:
             best = None
-            digits = ""
-            for j in range(i, len(groups)):
-                start, end = groups[j]
-                size = end - start
-                # a grouped card is 4-6 digits first, 3-6 in the middle, 1-6 last; a bare one is one group
-                if j > i and (size > 6 or (j == i + 1 and groups[i][1] - groups[i][0] not in (4, 5, 6))):
-                    break
-                if j > i + 1 and groups[j - 1][1] - groups[j - 1][0] < 3:
-                    break
-                group = text[start:end]
-                digits += group if group.isascii() else _ascii_digits(group)
-                if len(digits) > _MAX:
-                    break
-                if is_card_number(digits):
-                    best = j
+            first = offsets[i + 1] - offsets[i]
+            if _MIN <= first <= _MAX:  # a bare number
+                if digits[offsets[i]] in "23456" and is_card_number(digits[offsets[i] : offsets[i + 1]]):
+                    best = i
+            elif first in (4, 5, 6) and digits[offsets[i]] in "23456":  # every issuer prefix starts 2-6
+                # a grouped card is 4-6 digits first, 3-6 in the middle, 1-6 last
+                for j in range(i + 1, n):
+                    if offsets[j + 1] - offsets[j] > 6 or (j > i + 1 and offsets[j] - offsets[j - 1] < 3):
+                        break
+                    total = offsets[j + 1] - offsets[i]
+                    if total > _MAX:
+                        break
+                    if total >= _MIN and is_card_number(digits[offsets[i] : offsets[j + 1]]):
+                        best = j
             if best is None:
                 i += 1
                 continue
