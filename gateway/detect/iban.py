@@ -54,7 +54,11 @@ class IbanFinder:
     entity = "IBAN"
 
     def find(self, text: str) -> Iterator[Match]:
-        for m in _CANDIDATE.finditer(text):
+        pos = 0
+        while (m := _CANDIDATE.search(text, pos)) is not None:
+            # the next search starts after the IBAN found, or past this candidate's head: a candidate
+            # can swallow the words after an IBAN, and another IBAN with them ("at62... my iban is fr32 ...")
+            pos = m.start() + 4
             value = m.group()
             if not _shaped(value):
                 continue
@@ -62,6 +66,7 @@ class IbanFinder:
             while len(value) >= _MIN:
                 if iban.is_valid(_SEPARATORS.sub("", value)):
                     yield Match(self.entity, m.start(), m.start() + len(value))
+                    pos = m.start() + len(value)
                     break
                 cut = max(value.rfind(" "), value.rfind("\u00a0"), value.rfind("-"))
                 if cut < 0:

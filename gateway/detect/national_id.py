@@ -64,7 +64,10 @@ class _Rule:
                 yield m.start(), m.end()
 
 
-_US_CONTEXT = r"(?<!\w)(?:ssn|ss#|social[ -]security(?:[ -](?:number|no))?|soc\.? ?sec)(?!\w)"
+# the bare nine digits are most numbers' shape: the SSN label must come right before them ("SSN 536904399",
+# "social security no.: 536904399"), not merely within the context window
+_US_CONTEXT = (r"(?<!\w)(?:ssn|ss|social[ -]security|soc\.? ?sec\.?)(?:[ -]?(?:number|no\.?|nr\.?|#))?"
+               r"(?:\s+is)?\s*[:#=]?\s*$")
 _DE_CONTEXT = r"(?<!\w)(?:steuer[\w-]*|idnr|identifikationsnummer|tin|tax[ -]?id)(?!\w)"
 _FR_CONTEXT = r"(?<!\w)(?:nir|insee|s[ée]curit[ée] sociale|s[ée]cu|social security)(?!\w)"
 _NL_CONTEXT = r"(?<!\w)(?:bsn|burgerservicenummer|sofi(?:nummer)?)(?!\w)"
