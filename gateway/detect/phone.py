@@ -29,24 +29,35 @@ _OTHER_LABEL = re.compile(
     r"|docket|tracking|serial)\.?\s*(?:n[or]\.?\s*)?[:#=]?\s*$",
     re.IGNORECASE,
 )
+_COUNTRY_CODES = frozenset(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+_DOTTED = frozenset("0123456789.")
 _NUMBER_TYPES = ("general_desc", "fixed_line", "mobile", "toll_free", "premium_rate", "shared_cost",
                  "personal_number", "voip", "pager", "uan", "voicemail")
 
 
-def _national_totals(metadata: phonenumbers.PhoneMetadata) -> frozenset[int]:
-    """How many digits a number written in this region's national format can have.
+def _national_totals(metadata: phonenumbers.PhoneMetadata) -> tuple[frozenset[int], str, frozenset[int]]:
+    """How many digits a number written in this region's national format can have: (without the
+    national prefix, the prefix, with it).
 
-    The national number's possible lengths, with or without the national prefix when that prefix is a
-    plain digit string ("1", "0"); where it is a pattern (carrier codes, area codes put in front),
-    anything up to 8 more digits.
+    The national number's possible lengths, and those plus the national prefix when that prefix is a
+    plain digit string ("1", "0"; the digits must then start with it); where it is a pattern (carrier
+    codes, area codes put in front), anything up to 8 more digits, whatever they start with.
     """
     lengths = {n for kind in _NUMBER_TYPES for n in (getattr(metadata, kind) and
                                                      getattr(metadata, kind).possible_length or ())}
     if not lengths:
-        return frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 9))
+        return frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 9)), "", frozenset()
     prefix = metadata.national_prefix_for_parsing or metadata.national_prefix or ""
-    extra = (0, len(prefix)) if prefix.isdigit() else range(0, 9)
-    return frozenset(n + k for n in lengths for k in extra)
+    if prefix.isdigit():
+        return frozenset(lengths), prefix, frozenset(n + len(prefix) for n in lengths)
+    return frozenset(n + k for n in lengths for k in range(0, 9)), "", frozenset()
+
+
+def _max_groups(metadata: phonenumbers.PhoneMetadata) -> int:
+    """The most digit groups a national number of this region is written in: its formats' groups, plus
+    the national prefix written apart ("1 (212) 555-0100")."""
+    formats = list(metadata.number_format or ()) + list(metadata.intl_number_format or ())
+    return max((f.format.count("\\") for f in formats), default=_MAX_DIGITS) + 1
 
 
 def _international_prefixes(metadata: phonenumbers.PhoneMetadata) -> tuple[str, ...]:
@@ -87,9 +98,10 @@ class PhoneFinder:
         metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
         lengths = metadata.general_desc.possible_length
         self._min_national = max(_MIN_DIGITS, min(lengths, default=_MIN_DIGITS))
-        self._national = _national_totals(metadata)
+        self._national, self._prefix, self._prefixed = _national_totals(metadata)
         self._international = frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 4))  # after '+' or an IDD
         self._idd = _international_prefixes(metadata)
+        self._max_groups = _max_groups(metadata)
 
     def plausible(self, value: str) -> bool:
         """A cheap necessary condition for the matcher to find a number in `value`.
@@ -103,12 +115,14 @@ class PhoneFinder:
         plus = value[0] == "+" or value[:2] == "(+"
         for i in range(len(groups)):
             international = (i == 0 and plus) or groups[i].startswith(self._idd)
+            prefixed = bool(self._prefix) and groups[i].startswith(self._prefix)
             total = 0
             for group in groups[i:]:
                 total += len(group)
                 if total > _MAX_DIGITS + 3:
                     break
-                if total in self._national or (international and total in self._international):
+                if total in self._national or (prefixed and total in self._prefixed) \
+                        or (international and total in self._international):
                     return True
         return False
 
@@ -120,13 +134,34 @@ class PhoneFinder:
         """
         inside = _Cover(covered)
         for start, end in _candidates(text):
+            if end - start < _MIN_DIGITS:
+                continue
             value = text[start:end]
             # without a '+' the number is in national format: at least the plan's shortest national number
             if sum(c.isdigit() for c in value) < (_MIN_DIGITS if value[0] == "+" else self._min_national):
                 continue
-            if inside(start, end) or not self.plausible(value):
+            if inside(start, end) or not self.plausible(value) or self._never(text, start, value):
                 continue
             yield from self._matches(text, start, end)
+
+    def _never(self, text: str, start: int, value: str) -> bool:
+        """Candidates whose every match _is_part_of_something_else would reject (or the matcher finds none
+        in), told apart before the matcher's cost: an unknown country code after '+' or "00", and a single token
+        (no space inside, where the matcher could start over) glued to a word, with two slashes, or with
+        more dotted groups than any format of the region writes."""
+        code = value[1:4] if value[0] == "+" else value[2:5] if value[:2] == "00" and value[2:3] != "0" else None
+        if code is not None and not any(code[:n].isdigit() and int(code[:n]) in _COUNTRY_CODES for n in (1, 2, 3)):
+            return True
+        if " " in value or "\u00a0" in value:
+            return False
+        before = text[start - 1] if start else " "
+        if before.isalnum() or before in "#_" or (before in "-/" and start > 1 and text[start - 2].isalnum()):
+            return True
+        if value.count("/") >= 2:
+            return True
+        if _DOTTED_QUAD.fullmatch(value):
+            return True
+        return value[0] != "+" and value.count(".") >= self._max_groups and set(value) <= _DOTTED
 
     def _matches(self, text: str, cstart: int, cend: int) -> Iterator[Match]:
         lo, hi = max(0, cstart - 1), min(len(text), cend + 1)
