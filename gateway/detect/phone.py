@@ -14,11 +14,16 @@ from gateway.detect.iban import inside_iban_shape
 # PhoneNumberMatcher is exact but slow (50-200 µs a call: a large regex, then pure-Python parsing of
 # each sub-span it tries), so it only sees short slices that can hold a number: an optional '+' or
 # '(' then digits and the usual separators, at least 7 digits in all. A longer run of digit groups
-# is cut into windows of whole groups (at most _WINDOW characters), and a window goes to the matcher
-# only when its groups can add up to a phone number's length (PhoneFinder.plausible). One character
-# of context on each side lets the matcher apply its own rules about what may touch a number.
+# is cut into windows of whole groups (at most _WINDOW characters) that overlap so that every number
+# up to _LONGEST characters lies whole in one of them; the next window starts after the last number
+# found. A window goes to the matcher only when its groups can add up to a phone number's length
+# (PhoneFinder.plausible). Tokens no phone can be part of (versions, dates, dotted quads) split a run.
+# One character of context on each side lets the matcher apply its own rules about what may touch a
+# number.
 _RUN = re.compile(r"[+(]?\d(?:[\d \u00a0().\-/]*\d)?")
-_WINDOW = 26
+_TOKEN = re.compile(r"[^ \u00a0]+")
+_WINDOW = 32
+_LONGEST = 19  # "+44 (0)20 7946 0958"
 _DIGITS = re.compile(r"\d+")
 _MIN_DIGITS = 7
 _MAX_DIGITS = 17  # E.164 allows 15; a trunk "(0)" and a carrier code can add two
@@ -133,16 +138,64 @@ class PhoneFinder:
         overlap; the skip saves the costliest work for the texts that hold the most numbers.
         """
         inside = _Cover(covered)
-        for start, end in _candidates(text):
-            if end - start < _MIN_DIGITS:
+        for seg_start, seg_end in self._segments(text):
+            if seg_end - seg_start <= _WINDOW:
+                yield from self._window(text, seg_start, seg_end, inside)
                 continue
-            value = text[start:end]
-            # without a '+' the number is in national format: at least the plan's shortest national number
-            if sum(c.isdigit() for c in value) < (_MIN_DIGITS if value[0] == "+" else self._min_national):
+            groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, seg_start, seg_end)]
+            i = 0
+            while i < len(groups):
+                start = seg_start if i == 0 else groups[i][0] - (text[groups[i][0] - 1] in "+(")
+                j = i
+                while j + 1 < len(groups) and groups[j + 1][1] - start <= _WINDOW:
+                    j += 1
+                resume = start + _WINDOW - _LONGEST  # a number starting before this lies whole in the window
+                for match in self._window(text, start, groups[j][1], inside):
+                    resume = max(resume, match.end)
+                    yield match
+                if j == len(groups) - 1:
+                    break
+                i += 1
+                while i < len(groups) and groups[i][0] < resume:
+                    i += 1
+
+    def _segments(self, text: str) -> Iterator[tuple[int, int]]:
+        """The runs of digit groups, split at the tokens no phone can be part of."""
+        for run in _RUN.finditer(text):
+            start, end = run.start(), run.end()
+            if "/" not in run.group() and "." not in run.group():
+                yield start, end
                 continue
-            if inside(start, end) or not self.plausible(value) or self._never(text, start, value):
-                continue
-            yield from self._matches(text, start, end)
+            first = last = None
+            international = "+" in run.group()  # "+33 1.42.68.53.00": any grouping after a country code
+            for token in _TOKEN.finditer(text, start, end):
+                if self._never_token(token.group(), international):
+                    if first is not None and last is not None:
+                        yield first, last
+                    first = last = None
+                    continue
+                first = token.start() if first is None else first
+                last = token.end()
+            if first is not None and last is not None:
+                yield first, last
+
+    def _never_token(self, token: str, international: bool) -> bool:
+        """A date, case or file number (two slashes), a dotted quad, or (in a national number) more dotted
+        groups than the region writes a number in: _is_part_of_something_else rejects any number that
+        touches it."""
+        return token.count("/") >= 2 or _DOTTED_QUAD.fullmatch(token) is not None or (
+            not international and token.count(".") >= self._max_groups and set(token) <= _DOTTED)
+
+    def _window(self, text: str, start: int, end: int, inside: _Cover) -> Iterator[Match]:
+        if end - start < _MIN_DIGITS:
+            return
+        value = text[start:end]
+        # without a '+' the number is in national format: at least the plan's shortest national number
+        if sum(c.isdigit() for c in value) < (_MIN_DIGITS if value[0] == "+" else self._min_national):
+            return
+        if inside(start, end) or not self.plausible(value) or self._never(text, start, value):
+            return
+        yield from self._matches(text, start, end)
 
     def _never(self, text: str, start: int, value: str) -> bool:
         """Candidates whose every match _is_part_of_something_else would reject (or the matcher finds none
@@ -180,23 +233,6 @@ class PhoneFinder:
             start, end = _balanced(text, start, end)
             if not _is_part_of_something_else(text, start, end, self.region):
                 yield Match(self.entity, start, end)
-
-
-def _candidates(text: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of each slice that may hold numbers: runs of digit groups, long ones cut at group ends."""
-    for run in _RUN.finditer(text):
-        if run.end() - run.start() <= _WINDOW:
-            yield run.start(), run.end()
-            continue
-        groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, run.start(), run.end())]
-        i = 0
-        while i < len(groups):
-            start = run.start() if i == 0 else groups[i][0] - (text[groups[i][0] - 1] in "+(")
-            j = i
-            while j + 1 < len(groups) and groups[j + 1][1] - start <= _WINDOW:
-                j += 1
-            yield start, groups[j][1]
-            i = j + 1
 
 
 class _Cover:

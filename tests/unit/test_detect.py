@@ -274,10 +274,11 @@ def test_matcher_work_is_linear_in_the_text(groups: list[str], sep: str) -> None
     text = sep.join(groups)
     with pytest.MonkeyPatch.context() as mp:
         work = _matcher_work(mp, text)
-    # each character of the text is handed to the matcher at most once (its slices are disjoint
-    # windows of at most 26 characters, plus one character of context on each side)
-    assert work.chars <= len(text) + 2 * work.calls
-    assert work.calls <= len(text) // 7 + 1
+    # the matcher's windows hold at most 32 characters (plus one of context on each side) and each
+    # starts at least 12 characters after the one before, so each character is handed over at most
+    # three times
+    assert work.calls <= len(text) // 12 + 1
+    assert work.chars <= 3 * len(text) + 34
 
 
 def test_card_checks_are_linear_in_the_digit_groups(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,6 +287,13 @@ def test_card_checks_are_linear_in_the_digit_groups(monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(card, "is_card_number", counting)
         list(card.CardFinder().find("4111 " * n))
         assert counting.calls <= 4 * n  # a window is at most four groups of 4-6 digits past its first
+
+
+def test_a_list_of_phones_is_found_whole() -> None:
+    # a long run of numbers is cut into windows; a number across a window's end is in the next one
+    text = "(212) 555-0100) " * 40 + "212-555-0100 415-555-2671 " * 20
+    assert [m.entity for m in detector().find(text)] == ["PHONE"] * 80
+    assert redact(text, detector().find(text), placeholder) == "<PHONE>) " * 40 + "<PHONE> " * 40
 
 
 def test_many_matches_resolve_in_order() -> None:
