@@ -104,6 +104,9 @@ class PhoneFinder:
         lengths = metadata.general_desc.possible_length
         self._min_national = max(_MIN_DIGITS, min(lengths, default=_MIN_DIGITS))
         self._national, self._prefix, self._prefixed = _national_totals(metadata)
+        general = metadata.general_desc.national_number_pattern
+        plain = (metadata.national_prefix_for_parsing or metadata.national_prefix or "0").isdigit()
+        self._shape = re.compile(general) if general and plain else None
         self._international = frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 4))  # after '+' or an IDD
         self._idd = _international_prefixes(metadata)
         self._max_groups = _max_groups(metadata)
@@ -122,14 +125,23 @@ class PhoneFinder:
             international = (i == 0 and plus) or groups[i].startswith(self._idd)
             prefixed = bool(self._prefix) and groups[i].startswith(self._prefix)
             total = 0
-            for group in groups[i:]:
-                total += len(group)
+            for j in range(i, len(groups)):
+                total += len(groups[j])
                 if total > _MAX_DIGITS + 3:
                     break
-                if total in self._national or (prefixed and total in self._prefixed) \
-                        or (international and total in self._international):
+                if international and total in self._international:
+                    return True
+                if total in self._national and self._national_shape("".join(groups[i : j + 1])):
+                    return True
+                if prefixed and total in self._prefixed \
+                        and self._national_shape("".join(groups[i : j + 1])[len(self._prefix) :]):
                     return True
         return False
+
+    def _national_shape(self, digits: str) -> bool:
+        """The digits fit the region's general national number pattern (every valid number does: "496 ..."
+        is no US area code); where the national prefix is a pattern, any digits might."""
+        return self._shape is None or self._shape.fullmatch(digits) is not None
 
     def find(self, text: str, covered: Sequence[Match] = ()) -> Iterator[Match]:
         """Phone matches; candidates inside a `covered` span (a card, an IBAN, an IP already found) are skipped.
