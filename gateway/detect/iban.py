@@ -68,8 +68,10 @@ class IbanFinder:
             # a candidate can swallow a following word ("... 32 THX"): retry without it
             length = _LENGTHS[value[:2].upper()]
             while len(value) >= _MIN:
-                compact = _SEPARATORS.sub("", value)
-                if len(compact) == length and iban.is_valid(compact):  # the length first: it is cheap
+                size = len(value) - value.count(" ") - value.count("\u00a0") - value.count("-")
+                if size < length:  # dropping groups only shortens it
+                    break
+                if size == length and iban.is_valid(_SEPARATORS.sub("", value)):  # the length first: it is cheap
                     yield Match(self.entity, m.start(), m.start() + len(value))
                     pos = m.start() + len(value)
                     break

@@ -23,6 +23,7 @@ from gateway.detect.iban import inside_iban_shape
 _RUN = re.compile(r"[+(]?\d(?:[\d \u00a0().\-/]*\d)?")
 _TOKEN = re.compile(r"[^ \u00a0]+")
 _WINDOW = 32
+_TOKEN_REACH = 64
 _LONGEST = 19  # "+44 (0)20 7946 0958"
 _DIGITS = re.compile(r"\d+")
 _MIN_DIGITS = 7
@@ -73,14 +74,19 @@ def _international_prefixes(metadata: phonenumbers.PhoneMetadata) -> tuple[str, 
 
 
 def _token(text: str, start: int, end: int) -> str:
-    """The number with whatever dotted or slashed digit groups touch it: "30.22.26.39.36" around "22.26.39.36"."""
-    while start > 1 and text[start - 1] in "./" and text[start - 2].isdigit():
+    """The number with whatever dotted or slashed digit groups touch it: "30.22.26.39.36" around "22.26.39.36".
+
+    At most _TOKEN_REACH characters on each side, so a text of many numbers in one endless dotted run
+    costs no more per number (and such a run is no phone anyway: its dots reject it).
+    """
+    low, high = max(0, start - _TOKEN_REACH), min(len(text), end + _TOKEN_REACH)
+    while start > low + 1 and text[start - 1] in "./" and text[start - 2].isdigit():
         start -= 2
-        while start > 0 and text[start - 1].isdigit():
+        while start > low and text[start - 1].isdigit():
             start -= 1
-    while end + 1 < len(text) and text[end] in "./" and text[end + 1].isdigit():
+    while end + 1 < high and text[end] in "./" and text[end + 1].isdigit():
         end += 2
-        while end < len(text) and text[end].isdigit():
+        while end < high and text[end].isdigit():
             end += 1
     return text[start:end]
 
@@ -220,7 +226,9 @@ class PhoneFinder:
         if " " in value or "\u00a0" in value:
             return False
         before = text[start - 1] if start else " "
-        if before.isalnum() or before in "#_" or (before in "-/" and start > 1 and text[start - 2].isalnum()):
+        # a Latin letter: the matcher refuses those itself (a CJK character before a number is fine)
+        if (before.isascii() and before.isalpha()) or before in "#_" \
+                or (before in "-/" and start > 1 and text[start - 2].isalnum()):
             return True
         if value.count("/") >= 2:
             return True

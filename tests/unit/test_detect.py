@@ -194,6 +194,7 @@ def test_focused_finds(text: str, entity: str, value: str) -> None:
         ("call 0044 20 7946 0958 now", "PHONE", "0044 20 7946 0958"),
         ("call 0049 30 901820 now", "PHONE", "0049 30 901820"),
         ("call 011 44 20 7946 0958 now", "PHONE", "011 44 20 7946 0958"),
+        ("电话2125550100谢谢", "PHONE", "2125550100"),  # only a Latin letter glued to it makes an identifier
     ],
 )
 def test_side_door_shapes_are_found(text: str, entity: str, value: str) -> None:
