@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 
@@ -16,15 +17,17 @@ from gateway.detect.iban import inside_iban_shape
 # '(' then digits and the usual separators, at least 7 digits in all. A longer run of digit groups
 # is cut into windows of whole groups (at most _WINDOW characters) that overlap so that every number
 # up to _LONGEST characters lies whole in one of them; the next window starts after the last number
-# found. A window goes to the matcher only when its groups can add up to a phone number's length
-# (PhoneFinder.plausible). Tokens no phone can be part of (versions, dates, dotted quads) split a run.
-# One character of context on each side lets the matcher apply its own rules about what may touch a
-# number.
+# found (or with a number the cut may have split). A window goes to the matcher only when its groups
+# can add up to a phone number (PhoneFinder.plausible). Tokens no phone can be part of (versions,
+# dates, dotted quads) split a run. One character of context on each side lets the matcher apply its
+# own rules about what may touch a number.
 _RUN = re.compile(r"[+(]?\d(?:[\d \u00a0().\-/]*\d)?")
 _TOKEN = re.compile(r"[^ \u00a0]+")
 _WINDOW = 32
 _TOKEN_REACH = 64
 _LONGEST = 19  # "+44 (0)20 7946 0958"
+_TRIES = 4  # spans of a window retried apart from the others (PhoneFinder._between)
+_TRIES_AMONG_GROUPS = 1  # the same inside a longer run of digit groups, where every window is tried
 _DIGITS = re.compile(r"\d+")
 _MIN_DIGITS = 7
 _MAX_DIGITS = 17  # E.164 allows 15; a trunk "(0)" and a carrier code can add two
@@ -64,6 +67,32 @@ def _max_groups(metadata: phonenumbers.PhoneMetadata) -> int:
     the national prefix written apart ("1 (212) 555-0100")."""
     formats = list(metadata.number_format or ()) + list(metadata.intl_number_format or ())
     return max((f.format.count("\\") for f in formats), default=_MAX_DIGITS) + 1
+
+
+_FORMAT_GROUP = re.compile(r"\(\\d(?:\{(\d+)(?:,(\d+))?\})?\)")
+_FORMAT = re.compile(r"(?:\(\\d(?:\{\d+(?:,\d+)?\})?\))+")
+
+
+def _groupings(metadata: phonenumbers.PhoneMetadata, prefix: str,
+               lengths: frozenset[int]) -> frozenset[tuple[int, ...]] | None:
+    """The digit-group sizes a national number of this region is written in: each format of its metadata
+    ("(\\d{3})(\\d{3})(\\d{4})"), the national prefix joined to the first group ("01 42 68 53 00") or
+    apart ("1 212 555 0100"), or no groups at all ("2125550100"). None when a format is not a plain run
+    of digit groups: then any grouping may be one."""
+    out: set[tuple[int, ...]] = {(n,) for n in lengths}
+    for fmt in list(metadata.number_format or ()) + list(metadata.intl_number_format or ()):
+        if not _FORMAT.fullmatch(fmt.pattern):
+            return None
+        ranges = [range(int(a or 1), int(b or a or 1) + 1) for a, b in _FORMAT_GROUP.findall(fmt.pattern)]
+        for sizes in itertools.product(*ranges):
+            if sum(sizes) not in lengths:
+                continue
+            out.add(sizes)
+            if prefix:
+                out.add((sizes[0] + len(prefix), *sizes[1:]))
+                out.add((len(prefix), *sizes))
+                out.add((sum(sizes) + len(prefix),))
+    return frozenset(out)
 
 
 def _international_prefixes(metadata: phonenumbers.PhoneMetadata) -> tuple[str, ...]:
@@ -116,16 +145,26 @@ class PhoneFinder:
         self._international = frozenset(range(_MIN_DIGITS, _MAX_DIGITS + 4))  # after '+' or an IDD
         self._idd = _international_prefixes(metadata)
         self._max_groups = _max_groups(metadata)
+        possible = frozenset(n for kind in _NUMBER_TYPES for n in (getattr(metadata, kind) and
+                                                                   getattr(metadata, kind).possible_length or ()))
+        self._groupings = _groupings(metadata, self._prefix, possible) if self._shape is not None else None
 
-    def plausible(self, value: str) -> bool:
+    def plausible(self, value: str, grouped: bool = False) -> bool:
         """A cheap necessary condition for the matcher to find a number in `value`.
 
         The matcher only returns spans of whole digit groups, so some run of consecutive groups must
         add up to a digit count a number can have: national lengths for the region, or the
         international range after a '+' or an international prefix. Long runs of digit groups
-        ("4111 4111 4111 ...", a table of amounts) rarely do, and skip the matcher.
+        ("4111 4111 4111 ...", a table of amounts) rarely do, and skip the matcher. With `grouped`, a
+        national run of groups must also be written in one of the region's groupings.
         """
         groups = _DIGITS.findall(value)
+        if not self._counts(value, groups):
+            return False
+        return not grouped or self._groupings is None or self._grouped(value, groups)
+
+    def _counts(self, value: str, groups: list[str]) -> bool:
+        """Some run of the groups adds up to a digit count a number can have (see plausible)."""
         plus = value[0] == "+" or value[:2] == "(+"
         for i in range(len(groups)):
             international = (i == 0 and plus) or groups[i].startswith(self._idd)
@@ -141,6 +180,26 @@ class PhoneFinder:
                     return True
                 if prefixed and total in self._prefixed \
                         and self._national_shape("".join(groups[i : j + 1])[len(self._prefix) :]):
+                    return True
+        return False
+
+    def _grouped(self, value: str, groups: list[str]) -> bool:
+        """Some run of the groups is a national number in one of the region's groupings, or starts with
+        '+' or an international prefix and has a length a number can have."""
+        groupings = self._groupings or frozenset()
+        plus = value[0] == "+" or value[:2] == "(+"
+        sizes = [len(g) for g in groups]
+        for i in range(len(groups)):
+            if (i == 0 and plus) or groups[i].startswith(self._idd):
+                total = 0  # international: whatever the grouping, if the digits can make a number
+                for size in sizes[i:]:
+                    total += size
+                    if total in self._international:
+                        return True
+                    if total > _MAX_DIGITS + 3:
+                        break
+            for j in range(i + 1, min(len(sizes), i + self._max_groups + 1) + 1):
+                if tuple(sizes[i:j]) in groupings:
                     return True
         return False
 
@@ -168,12 +227,16 @@ class PhoneFinder:
                 while j + 1 < len(groups) and groups[j + 1][1] - start <= _WINDOW:
                     j += 1
                 resume = start + _WINDOW - _LONGEST  # a number starting before this lies whole in the window
-                for match in self._window(text, start, groups[j][1], inside):
+                last = j == len(groups) - 1
+                for match in self._window(text, start, groups[j][1], inside, among_groups=True):
+                    if not last and match.end == groups[j][1] and match.start > start:
+                        # it touches the cut and may go on past it ("+49 30 901820 | 12345"): a prefix of a
+                        # number can be a valid number too. The next window starts with it, whole
+                        resume = match.start
+                        break
                     resume = max(resume, match.end)
                     yield match
-                if j == len(groups) - 1:
-                    break
-                i += 1
+                i += 1  # on to the first group past `resume` (even from the last window: it tried few spans apart)
                 while i < len(groups) and groups[i][0] < resume:
                     i += 1
 
@@ -204,16 +267,78 @@ class PhoneFinder:
         return token.count("/") >= 2 or _DOTTED_QUAD.fullmatch(token) is not None or (
             not international and token.count(".") >= self._max_groups and set(token) <= _DOTTED)
 
-    def _window(self, text: str, start: int, end: int, inside: _Cover) -> Iterator[Match]:
+    def _window(self, text: str, start: int, end: int, inside: _Cover,
+                among_groups: bool = False) -> Iterator[Match]:
+        """The numbers of one window. `among_groups`: the window is part of a longer run of digit groups,
+        where a number's boundaries are a guess, so only a number written in its own grouping counts
+        (and a window with no run of groups in such a grouping never reaches the matcher)."""
         if end - start < _MIN_DIGITS:
             return
         value = text[start:end]
         # without a '+' the number is in national format: at least the plan's shortest national number
         if sum(c.isdigit() for c in value) < (_MIN_DIGITS if value[0] == "+" else self._min_national):
             return
-        if inside(start, end) or not self.plausible(value) or self._never(text, start, value):
+        if inside(start, end) or not self.plausible(value, among_groups) or self._never(text, start, value):
             return
-        yield from self._matches(text, start, end)
+        found = list(self._matches(text, start, end))
+        if among_groups:
+            found = [m for m in found if _own_grouping(text[m.start : m.end], text[m.start : m.end], self.region)]
+        yield from found
+        yield from self._between(text, start, end, found, inside, among_groups)
+
+    def _between(self, text: str, start: int, end: int, found: list[Match], inside: _Cover,
+                 among_groups: bool) -> Iterator[Match]:
+        """Numbers among other digit groups of the window that the matcher missed.
+
+        The matcher takes the longest run of groups it can as one candidate and, when that fails,
+        retries only the part before the first space and single tokens: "qty 2 212 555 0100", "212
+        555 0100 415 555 2671" and "+44 20 7946 0958 2 times" hold numbers it does not find. Here each
+        stretch of two or more groups outside what it found is tried again, span by span of whole
+        groups whose digits can make a number, longest first, at most _TRIES spans per window.
+        """
+        groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, start, end)
+                  if not any(m.start < g.end() and g.start() < m.end for m in found)]
+        if len(groups) < 2:
+            return
+        tries, i, budget = 0, 0, _TRIES_AMONG_GROUPS if among_groups else _TRIES
+        while i < len(groups) - 1 and tries < budget:
+            resume = i + 1
+            for j in range(len(groups) - 1, i, -1):
+                if groups[j][0] - groups[j - 1][1] > 2 or any(groups[k][0] - groups[k - 1][1] > 2
+                                                              for k in range(i + 1, j)):
+                    continue  # not one stretch: a number found by the matcher lies between
+                lo = groups[i][0] - (groups[i][0] > start and text[groups[i][0] - 1] in "+(")
+                if (lo, groups[j][1]) == (start, end) or inside(lo, groups[j][1]):
+                    continue  # the matcher saw this very span
+                span = text[lo : groups[j][1]]
+                if not self.whole_plausible(span) or (among_groups and self._groupings is not None and not (
+                        span[0] == "+" or tuple(_sizes(span)) in self._groupings)):
+                    continue
+                tries += 1
+                # among other digit groups the boundaries are a guess: only a number written in its own
+                # grouping counts ("212 555 0100" yes, "2496 8295 36" of a tracking number no)
+                matches = [m for m in self._matches(text, lo, groups[j][1])
+                           if _own_grouping(text[m.start : m.end], text[m.start : m.end], self.region)]
+                if matches:
+                    yield from matches
+                    resume = next((k for k in range(j + 1, len(groups)) if groups[k][0] >= matches[-1].end),
+                                  len(groups))
+                    break
+                if tries >= budget:
+                    return
+            i = resume
+
+    def whole_plausible(self, value: str) -> bool:
+        """`value`'s digits, all of them, can make a number (plausible() asks it of any run of its groups)."""
+        groups = _DIGITS.findall(value)
+        digits = "".join(groups)
+        total = len(digits)
+        if (value[0] == "+" or value[:2] == "(+" or digits.startswith(self._idd)) and total in self._international:
+            return True
+        if total in self._national and self._national_shape(digits):
+            return True
+        return bool(self._prefix) and digits.startswith(self._prefix) and total in self._prefixed \
+            and self._national_shape(digits[len(self._prefix) :])
 
     def _never(self, text: str, start: int, value: str) -> bool:
         """Candidates whose every match _is_part_of_something_else would reject (or the matcher finds none
@@ -313,11 +438,15 @@ def _is_part_of_something_else(text: str, start: int, end: int, region: str) -> 
 
 
 def _own_grouping(token: str, value: str, region: str) -> bool:
-    """The dotted token's groups are those libphonenumber writes the number in, nationally or internationally."""
+    """The token's digit groups are those libphonenumber writes the number in: national (with or without
+    the national prefix in front: "1 212 555 0100"), international, or E.164."""
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return False
     sizes = _sizes(token)
-    return any(sizes == _sizes(phonenumbers.format_number(number, fmt))
-               for fmt in (phonenumbers.PhoneNumberFormat.NATIONAL, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
+    national = _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    prefix = phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix or ""
+    return sizes in (national, [len(prefix), *national],
+                     _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)),
+                     _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)))

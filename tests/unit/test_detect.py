@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum import luhn
 
-from gateway.detect import ENTITIES, Detector, Match, card, detector, placeholder, redact
+from gateway.detect import ENTITIES, Detector, Match, card, detector, phone, placeholder, redact
 from gateway.detect.phone import PhoneFinder
 from tests.unit.redaction_corpus import (
     FORMATS,
@@ -275,11 +275,12 @@ def test_matcher_work_is_linear_in_the_text(groups: list[str], sep: str) -> None
     text = sep.join(groups)
     with pytest.MonkeyPatch.context() as mp:
         work = _matcher_work(mp, text)
-    # the matcher's windows hold at most 32 characters (plus one of context on each side) and each
-    # starts at least 12 characters after the one before, so each character is handed over at most
-    # three times
-    assert work.calls <= len(text) // 12 + 1
-    assert work.chars <= 3 * len(text) + 34
+    # the matcher's windows hold at most 32 characters (plus one of context on each side); each starts
+    # at least 12 characters after the one before, or (once per number) with a number the one before
+    # cut, and numbers are 7 characters or more; a window is tried whole and at most _TRIES spans of it
+    windows = len(text) // 12 + len(text) // 7 + 1
+    assert work.calls <= (1 + phone._TRIES) * windows
+    assert work.chars <= 34 * work.calls
 
 
 def test_card_checks_are_linear_in_the_digit_groups(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -288,6 +289,34 @@ def test_card_checks_are_linear_in_the_digit_groups(monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(card, "is_card_number", counting)
         list(card.CardFinder().find("4111 " * n))
         assert counting.calls <= 4 * n  # a window is at most four groups of 4-6 digits past its first
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [  # libphonenumber's matcher alone finds none of these: the number shares its run with other groups
+        ("qty 2 212 555 0100", ["212 555 0100"]),
+        ("phones 212 555 0100 415 555 2671", ["212 555 0100", "415 555 2671"]),
+        ("call +44 20 7946 0958 2 times", ["+44 20 7946 0958"]),
+        ("call (212) 555-0100 12 times", ["(212) 555-0100"]),
+        ("tracking 9574 5583 2496 8295 36", []),  # "2496 8295 36" validates, but is not how a number is written
+    ],
+)
+def test_a_number_among_other_digit_groups(text: str, found: list[str]) -> None:
+    assert [text[m.start : m.end] for m in detector().find(text)] == found
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [  # long runs of digit groups: only numbers in their own grouping, but every one of them
+        ("212 555 0100 415 555 2671 312 555 0199 646 555 0123 212 555 0188",
+         "<PHONE> <PHONE> <PHONE> <PHONE> <PHONE>"),
+        ("+44 20 7946 0958 2 +44 20 7946 0959 3 +44 20 7946 0960 4", "<PHONE> 2 <PHONE> 3 <PHONE> 4"),
+        ("4111 " * 20 + "212 555 0100" + " 4111" * 20, "4111 " * 20 + "<PHONE>" + " 4111" * 20),
+        ("9574 5583 2496 8295 36 1234 5678 9012 3456", "9574 5583 2496 8295 36 1234 5678 9012 3456"),
+    ],
+)
+def test_numbers_inside_long_runs_of_digit_groups(text: str, redacted: str) -> None:
+    assert redact(text, detector().find(text), placeholder) == redacted
 
 
 def test_a_list_of_phones_is_found_whole() -> None:
