@@ -280,9 +280,7 @@ class PhoneFinder:
             return
         if inside(start, end) or not self.plausible(value, among_groups) or self._never(text, start, value):
             return
-        found = list(self._matches(text, start, end))
-        if among_groups:
-            found = [m for m in found if _own_grouping(text[m.start : m.end], text[m.start : m.end], self.region)]
+        found = list(self._matches(text, start, end, among_groups))
         yield from found
         yield from self._between(text, start, end, found, inside, among_groups)
 
@@ -382,7 +380,9 @@ class PhoneFinder:
             return True
         return value[0] != "+" and value.count(".") >= self._max_groups and set(value) <= _DOTTED
 
-    def _matches(self, text: str, cstart: int, cend: int) -> Iterator[Match]:
+    def _matches(self, text: str, cstart: int, cend: int, own_grouping: bool = False) -> Iterator[Match]:
+        """The matcher's numbers in text[cstart:cend]; with `own_grouping`, only those written in one of
+        the ways libphonenumber writes them (see _span)."""
         lo, hi = max(0, cstart - 1), min(len(text), cend + 1)
         window = text[lo:hi]
         # "0044 20 7946 0958": the international prefix most of the world dials. libphonenumber knows it
@@ -393,6 +393,8 @@ class PhoneFinder:
         if rewritten:
             window = window[:idd] + " +" + window[idd + 2 :]
         for found in phonenumbers.PhoneNumberMatcher(window, self.region, leniency=_VALID):
+            if own_grouping and not _grouped_as_written(found.number, found.raw_string, self.region):
+                continue
             start, end = lo + found.start, lo + found.end
             if rewritten and found.start == idd + 1:
                 start -= 1  # the '+' stood for "00": the span covers both zeros
@@ -471,8 +473,11 @@ def _own_grouping(token: str, value: str, region: str) -> bool:
 def _grouped_as_written(number: phonenumbers.PhoneNumber, token: str, region: str) -> bool:
     """`token`'s digit groups are one of the ways libphonenumber writes `number` (see _own_grouping)."""
     sizes = _sizes(token)
+    if len(sizes) == 1:  # no separators: E.164 or the national number written plain
+        return True
     national = _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    if sizes == national:
+        return True
     prefix = phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix or ""
-    return sizes in (national, [len(prefix), *national],
-                     _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)),
-                     _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)))
+    return sizes == [len(prefix), *national] \
+        or sizes == _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL))
