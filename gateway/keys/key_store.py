@@ -5,6 +5,15 @@ Both hold wrapped DEKs as the compacted key topic does, one record per key, name
 
     value = {"format": 1, "kek_id": ..., "wrapped": base64, "created": ms}   (null: erased)
 
+A role-scoped key (ciphertext format v6: ``roles`` with ``per_subject`` or a retention) is named with
+its role set (``.../roles:<role>,<role>/<dek id hex>``) and stored wrapped under each listed role's KEK
+and under no other key, each wrap bound to the key's name and its role::
+
+    value = {"format": 2, "roles": [{"role": ..., "kek_id": ..., "wrapped": base64}, ...], "created": ms}
+
+It is erased like any other key (a tombstone for its name), and only a holder of one of those roles'
+keys can unwrap it.
+
 One class keeps the bookkeeping (newest key per scope, the DEK in use per scope, the unwrapped-DEK
 cache, what erasing a key evicts) in one place, so the two kinds of key cannot drift apart. What
 differs (names, headers, wrap context, what a record's key must look like) stays in the subclasses.
@@ -22,19 +31,33 @@ from dataclasses import dataclass
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import GatewayError
-from gateway.keys.envelope import DataKey
+from gateway.errors import DecryptError, GatewayError
+from gateway.keys.envelope import DataKey, RoleWrap
+from gateway.keys.errors import KmsError, KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
 
 ENTRY_FORMAT = 1
+ROLES_ENTRY_FORMAT = 2  # wrapped per role only (format v6 keys)
+ROLES_SEGMENT = "roles:"  # the name segment of a role-scoped key: "roles:<role>,<role>/"
 
 KeyRecord = tuple[bytes, bytes | None]  # (key, value or None for a tombstone)
 
 
 @dataclass(frozen=True)
 class _Entry:
-    wrapped: WrappedKey
+    wrapped: WrappedKey | None  # None: a role-scoped key, wrapped per role only
     created: int
+    role_wraps: tuple[RoleWrap, ...] = ()
+
+
+def roles_segment(roles: tuple[str, ...]) -> str:
+    """The part of a role-scoped key's name naming its roles (sorted, unique), ending in '/'."""
+    return f"{ROLES_SEGMENT}{','.join(roles)}/"
+
+
+def role_wrap_context(wrap_context: bytes, name: str, role: str) -> bytes:
+    """What one role's wrap of a key-topic key is bound to: the store's context, the key's name and the role."""
+    return wrap_context + name.encode() + b"|role:" + role.encode()
 
 
 def _scope(name: str) -> str:
@@ -74,10 +97,10 @@ class KeyStore:
         return self._kms
 
     # ---- encryption side -------------------------------------------------------------------
-    def _current_key(self, prefix: str, header_of: Callable[[bytes], bytes], create: Callable[[], DataKey]
-                     ) -> DataKey:
-        """The scope's DEK for new ciphertexts: cached, else its newest stored key, else `create()` (a new
-        one too once the cached one is used up)."""
+    def _current_key(self, prefix: str, header_of: Callable[[bytes], bytes], create: Callable[[], DataKey],
+                     open_stored: Callable[[str], AESGCM] | None = None) -> DataKey:
+        """The scope's DEK for new ciphertexts: cached, else its newest stored key (opened by `open_stored`,
+        by default with the KEK), else `create()` (a new one too once the cached one is used up)."""
         with self._lock:
             key = self._current.get(prefix)
             if key is not None and key.uses < self._max_uses:
@@ -86,7 +109,7 @@ class KeyStore:
             name = self._newest.get(prefix)
             if name is not None and key is None:
                 dek_id = bytes.fromhex(name.rsplit("/", 1)[1])
-                key = DataKey(dek_id, self._aead(name), header_of(dek_id), time.monotonic())
+                key = DataKey(dek_id, (open_stored or self._aead)(name), header_of(dek_id), time.monotonic())
             else:
                 key = create()
             self._current[prefix] = key
@@ -103,6 +126,48 @@ class KeyStore:
         self._add(name, _Entry(wrapped, created))
         aead = self._aeads[name] = AESGCM(dek)
         return aead
+
+    def _store_new_for_roles(self, name: str, dek: bytes, providers: tuple[tuple[str, KmsProvider], ...]) -> AESGCM:
+        """Like `_store_new`, for a role-scoped key: wrapped under each role's KEK, never under the KEK."""
+        wraps = []
+        for role, kms in providers:
+            wrapped = kms.wrap(dek, role_wrap_context(self._wrap_context, name, role))
+            self.kms_calls += 1
+            wraps.append(RoleWrap(role, wrapped.kek_id, wrapped.blob))
+        created = int(time.time() * 1000)
+        entry = _Entry(None, created, tuple(wraps))
+        self._pending.append((name.encode(), _encode_entry(entry)))
+        self._add(name, entry)
+        aead = self._aeads[name] = AESGCM(dek)
+        return aead
+
+    def _role_open(self, name: str, role: str, kms: KmsProvider) -> AESGCM:
+        """The DEK of a role-scoped key through `role`'s wrap: "key_erased" once its tombstone is read,
+        "not_permitted" when the key has no wrap for the role (or the KMS refuses)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise DecryptError("key_erased", "the field's role-scoped key is erased (gateway forget or gateway "
+                                   "retention enforce) or was never stored: this field can no longer be decrypted")
+            wrap = next((w for w in entry.role_wraps if w.role == role), None)
+            if wrap is None:
+                raise DecryptError("not_permitted", f"role '{role}' has no wrap of the field's key")
+            aead = self._aeads.get(name)
+            if aead is not None:
+                self._aeads.move_to_end(name)
+                return aead
+            try:
+                context = role_wrap_context(self._wrap_context, name, role)
+                dek = kms.unwrap(WrappedKey(wrap.kek_id, wrap.wrapped), context)
+            except KmsUnavailable as exc:
+                raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
+            except KmsError as exc:
+                raise DecryptError("not_permitted", str(exc)) from None
+            self.kms_calls += 1
+            aead = self._aeads[name] = AESGCM(dek)
+            if len(self._aeads) > self._cache_size:
+                self._aeads.popitem(last=False)
+            return aead
 
     def drain_pending(self) -> list[KeyRecord]:
         with self._lock:
@@ -145,8 +210,9 @@ class KeyStore:
                 del self._newest[prefix]
 
     def entries(self) -> list[tuple[str, WrappedKey]]:
+        """The keys wrapped by the KEK (role-scoped keys, wrapped per role only, are not)."""
         with self._lock:
-            return [(n, e.wrapped) for n, e in self._entries.items()]
+            return [(n, e.wrapped) for n, e in self._entries.items() if e.wrapped is not None]
 
     # ---- decryption side -------------------------------------------------------------------
     def _aead(self, name: str) -> AESGCM:
@@ -154,7 +220,10 @@ class KeyStore:
         if aead is not None:
             self._aeads.move_to_end(name)
             return aead
-        dek = self._require_kms().unwrap(self._entries[name].wrapped, self._wrap_context + name.encode())
+        wrapped = self._entries[name].wrapped
+        if wrapped is None:
+            raise DecryptError("not_permitted", "the key is wrapped for its roles only: open it as one of them")
+        dek = self._require_kms().unwrap(wrapped, self._wrap_context + name.encode())
         self.kms_calls += 1
         aead = self._aeads[name] = AESGCM(dek)
         if len(self._aeads) > self._cache_size:
@@ -193,8 +262,22 @@ def _encode(wrapped: WrappedKey, created: int) -> bytes:
                          "wrapped": base64.b64encode(wrapped.blob).decode("ascii"), "created": created})
 
 
+def _encode_entry(entry: _Entry) -> bytes:
+    if entry.wrapped is not None:
+        return _encode(entry.wrapped, entry.created)
+    wraps = [{"role": w.role, "kek_id": w.kek_id, "wrapped": base64.b64encode(w.wrapped).decode("ascii")}
+             for w in entry.role_wraps]
+    return orjson.dumps({"format": ROLES_ENTRY_FORMAT, "roles": wraps, "created": entry.created})
+
+
 def _decode(value: bytes) -> _Entry:
     data = orjson.loads(value)
+    if data.get("format") == ROLES_ENTRY_FORMAT:
+        wraps = tuple(RoleWrap(str(w["role"]), str(w["kek_id"]), base64.b64decode(w["wrapped"], validate=True))
+                      for w in data["roles"])
+        if not wraps:
+            raise ValueError("a role-scoped key entry names no role")
+        return _Entry(None, int(data["created"]), wraps)
     if data.get("format") != ENTRY_FORMAT:
         raise ValueError("unknown key entry format")
     return _Entry(WrappedKey(str(data["kek_id"]), base64.b64decode(data["wrapped"], validate=True)),
