@@ -48,8 +48,8 @@ def decrypt_record(record: dict[str, Any], plan: Plan, decryptor: FieldDecryptor
     """Return a copy of `record` with encrypted fields opened, and a per-field report.
 
     `source`: the record's `gateway-source` header, needed for the fields of a view without an event id
-    (without it they do not authenticate: "tampered", the message says why). A field that fails keeps its ciphertext (bytes) in
-    the copy.
+    (without it they do not authenticate: "tampered", the message says why). A field that fails keeps
+    its ciphertext (bytes) in the copy.
     """
     subject = ""
     if plan.subject_field is not None and record.get(plan.subject_field) is not None:
