@@ -13,6 +13,7 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
+from gateway.integrations.common import SanitizedReader
 from gateway.keys.envelope import (
     Binding,
     DekCache,
@@ -223,3 +224,26 @@ def test_a_bound_prefix_cannot_be_stripped_or_switched(plan: Plan, keyring: Keyr
                       bytes([Format.RECORD_BOUND, Binding.EVENT_ID]) + data):
         _, outcomes = _outcomes(dict(record, diagnosis=malformed), plan, decryptor)
         assert outcomes["diagnosis"] == "malformed"
+
+
+def test_the_stream_processor_reader_passes_the_source_header(write_schema: Callable[..., Path], keyring: Keyring,
+                                                               config: GatewayConfig) -> None:
+    """gateway.integrations.common: a record of a view without an event id opens with its headers, and a
+    ciphertext moved from another record, or the header of another record, does not."""
+    schema = _schema(event_id=False)
+    schema["privacy"].update(input="json", output="json")
+    path = write_schema(schema, "visit.avsc")
+    plan = compile_plan(load_schema_file(path))
+    topic = KeyTopic()
+    pipeline = Pipeline([plan], keyring, config, audit_partitions=1,
+                        subject_keys=SubjectKeys(keyring, publisher=topic.publish))
+    events = [RawEvent("visits.raw", 0, offset, 1_700_000_000_000, None, orjson.dumps(_raw(f"v-{offset}", "flu")),
+                       None) for offset in (1, 2)]
+    outputs = [r for r in pipeline.process(events).records if r.topic == "visits.sanitized"]
+    reader = SanitizedReader(path.parent, keyring.path)
+    first, second = outputs
+    decoded = reader.decode(first.topic, first.value, first.headers)
+    assert decoded.reason("diagnosis") == "decrypted" and decoded.value["diagnosis"] == "flu"
+    assert reader.decode(first.topic, first.value, second.headers).reason("diagnosis") == "tampered"
+    moved = orjson.dumps(dict(orjson.loads(first.value), diagnosis=orjson.loads(second.value)["diagnosis"]))
+    assert reader.decode(first.topic, moved, first.headers).reason("diagnosis") == "tampered"
