@@ -94,7 +94,8 @@ class RecordSanitizer:
         # event id in this view, or none in the event) to the raw event's source coordinates
         self._event_id_field = plan.event_id_field
         self._event_id_value: Callable[[Any], str] | None = None
-        if plan.event_id_field is not None:
+        encrypts = any(action.startswith("encrypt") for action in plan.field_actions.values())
+        if plan.event_id_field is not None and encrypts:  # a tokenized id costs an HMAC: only when it binds
             id_plan = next(f for f in plan.record.fields if f.name == plan.event_id_field)
             self._event_id_value = id_plan.operator.subject_value(id_plan, self)
         self._by_event_id, self._by_source = record_prefix(Binding.EVENT_ID), record_prefix(Binding.SOURCE)

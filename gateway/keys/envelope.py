@@ -229,7 +229,8 @@ class DataKey:
             days, day, domain = _period_fields(self.header)
             return period_key_id(days, day, domain, self.dek_id)
         if self.header[0] == Format.ROLE_KEYED:
-            return parse_ciphertext(self.header + bytes(NONCE_BYTES + 16)).key_id
+            roles, days, day, domain, _ = _role_keyed_fields(self.header)
+            return role_keyed_key_id(roles, days, day, domain, self.dek_id)
         if self.header[0] == FORMAT_ROLES:
             entries, _ = _role_entries(self.header, 1 + DEK_ID_BYTES)
             return f"roles:{','.join(e.role for e in entries)}/{self.dek_id.hex()}"
@@ -544,7 +545,8 @@ def _parse_period(data: bytes) -> ParsedCiphertext:
     return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, FORMAT_PERIOD, retention_days=days, day=day)
 
 
-def _parse_role_keyed(data: bytes) -> ParsedCiphertext:
+def _role_keyed_fields(data: bytes) -> tuple[tuple[str, ...], int, int, str, int]:
+    """(roles, retention days, day, token domain, position of the DEK id) of a v6 header."""
     try:
         count, pos, roles = data[1], 2, []
         for _ in range(count):
@@ -556,16 +558,21 @@ def _parse_role_keyed(data: bytes) -> ParsedCiphertext:
         domain = data[pos + 7:end].decode("utf-8")
     except (IndexError, struct.error, UnicodeDecodeError):
         raise DecryptError("malformed", _MALFORMED) from None
+    return tuple(roles), days, day, domain, end
+
+
+def _parse_role_keyed(data: bytes) -> ParsedCiphertext:
+    roles, days, day, domain, end = _role_keyed_fields(data)
     dek_id = data[end:end + DEK_ID_BYTES]
     header = data[:end + DEK_ID_BYTES]
     nonce = data[end + DEK_ID_BYTES:end + DEK_ID_BYTES + NONCE_BYTES]
     body = data[end + DEK_ID_BYTES + NONCE_BYTES:]
-    if (not roles or roles != sorted(set(roles)) or not all(valid_role(r) for r in roles) or day > MAX_PERIOD_DAY
+    if (not roles or list(roles) != sorted(set(roles)) or not all(valid_role(r) for r in roles) or day > MAX_PERIOD_DAY
             or (days == 0 and (not domain or day)) or len(dek_id) != DEK_ID_BYTES or len(nonce) != NONCE_BYTES
             or len(body) < 16):
         raise DecryptError("malformed", _MALFORMED)
     return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, Format.ROLE_KEYED, retention_days=days,
-                            day=day, key_roles=tuple(roles))
+                            day=day, key_roles=roles)
 
 
 @dataclass(frozen=True)
@@ -612,7 +619,12 @@ class FieldDecryptor:
     Role-scoped ciphertexts (format v3) open only for a decryptor made with `role`, and only through
     that role's own entry and key (`kms.role_unwrapping_kms(role)`): a field whose header does not
     list the role is "not_permitted" whatever other keys this process holds, and "key_not_held"
-    when the role's key is not available here.
+    when the role's key is not available here. Role-scoped key-topic keys (format v6) likewise, with
+    the role's wrap read from the key topic (`subject_keys`): "key_erased" once forget or retention
+    erased it.
+
+    Record-bound ciphertexts (format v5) also need the record they sit in (`RecordRef`: its event id
+    or `gateway-source`, and the element's position); gateway.decrypt.decrypt_record builds it.
     """
 
     def __init__(self, kms: KmsProvider, cache_size: int = 10_000,

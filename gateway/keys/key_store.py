@@ -142,8 +142,18 @@ class KeyStore:
         return aead
 
     def _role_open(self, name: str, role: str, kms: KmsProvider) -> AESGCM:
+        """The consumer's side of `_role_aead`: the KMS's refusals and outages as decrypt reasons."""
+        try:
+            return self._role_aead(name, role, kms)
+        except KmsUnavailable as exc:
+            raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
+        except KmsError as exc:
+            raise DecryptError("not_permitted", str(exc)) from None
+
+    def _role_aead(self, name: str, role: str, kms: KmsProvider) -> AESGCM:
         """The DEK of a role-scoped key through `role`'s wrap: "key_erased" once its tombstone is read,
-        "not_permitted" when the key has no wrap for the role (or the KMS refuses)."""
+        "not_permitted" when the key has no wrap for the role. KMS errors pass (the worker dead-letters
+        an event whose key the KMS cannot open now, `kms_unavailable`)."""
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
@@ -156,13 +166,8 @@ class KeyStore:
             if aead is not None:
                 self._aeads.move_to_end(name)
                 return aead
-            try:
-                context = role_wrap_context(self._wrap_context, name, role)
-                dek = kms.unwrap(WrappedKey(wrap.kek_id, wrap.wrapped), context)
-            except KmsUnavailable as exc:
-                raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
-            except KmsError as exc:
-                raise DecryptError("not_permitted", str(exc)) from None
+            context = role_wrap_context(self._wrap_context, name, role)
+            dek = kms.unwrap(WrappedKey(wrap.kek_id, wrap.wrapped), context)
             self.kms_calls += 1
             aead = self._aeads[name] = AESGCM(dek)
             if len(self._aeads) > self._cache_size:

@@ -238,7 +238,7 @@ class PeriodKeys(KeyStore):
                            time.monotonic())
 
         return self._current_key(prefix, lambda dek_id: role_keyed_header(roles, days, day, domain, dek_id), create,
-                                 lambda name: self._role_open(name, *providers[0]))
+                                 lambda name: self._role_aead(name, *providers[0]))
 
     def _create(self, days: int, day: int, domain: str, token: str) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)

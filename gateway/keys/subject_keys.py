@@ -81,6 +81,7 @@ class SubjectKeys(KeyStore):
                  publisher: Callable[[list[KeyRecord]], None] | None = None) -> None:
         super().__init__(kms, _WRAP_CONTEXT, max_uses, cache_size)
         self.publisher = publisher
+        self._role_kms: dict[tuple[str, ...], tuple[tuple[str, KmsProvider], ...]] = {}  # role set -> its KMSs
         from gateway.keys.period_keys import PeriodKeys  # here: period_keys imports this module's names
 
         self.periods = PeriodKeys(kms, max_uses, cache_size)  # the key topic's period keys (retention)
@@ -118,14 +119,18 @@ class SubjectKeys(KeyStore):
                            time.monotonic())
 
         return self._current_key(prefix, lambda dek_id: role_keyed_header(roles, 0, 0, domain, dek_id), create,
-                                 lambda name: self._role_open(name, *providers[0]))
+                                 lambda name: self._role_aead(name, *providers[0]))
 
     def role_providers(self, roles: tuple[str, ...]) -> tuple[tuple[str, KmsProvider], ...]:
-        """(role, the KMS wrapping its keys) for each role, from the KMS's role keys (the worker's side)."""
-        wrapping = getattr(self._require_kms(), "role_wrapping_kms", None)
-        if wrapping is None:
-            raise KmsConfigError(f"KMS provider '{self._require_kms().name}' holds no role keys")
-        return tuple((role, wrapping(role)) for role in roles)
+        """(role, the KMS wrapping its keys) for each role, from the KMS's role keys (the worker's side),
+        looked up once per role set."""
+        providers = self._role_kms.get(roles)
+        if providers is None:
+            wrapping = getattr(self._require_kms(), "role_wrapping_kms", None)
+            if wrapping is None:
+                raise KmsConfigError(f"KMS provider '{self._require_kms().name}' holds no role keys")
+            providers = self._role_kms[roles] = tuple((role, wrapping(role)) for role in roles)
+        return providers
 
     def publish_pending(self) -> int:
         """Store new keys, period keys included (durably, through `publisher`), before any ciphertext under
