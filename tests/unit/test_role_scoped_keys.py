@@ -207,3 +207,14 @@ def test_a_restarted_worker_reuses_the_stored_key_through_a_role_wrap(plan: Plan
     stored = len(topic.records)
     again = parse_ciphertext(_Worker(plan, keyring, topic).sanitize("v-2")["diagnosis"])
     assert again.dek_id == first.dek_id and len(topic.records) == stored  # no new key for the same subject
+
+
+def test_the_audit_names_each_role_scoped_key_without_the_token(plan: Plan, keyring: Keyring) -> None:
+    keyring.ensure_roles({"clinician", "lab"})
+    worker = _Worker(plan, keyring, KeyTopic())
+    result = worker.sanitizer.sanitize({"visit_id": "v-1", "patient": "patient-1", "diagnosis": DIAGNOSIS, "lab": LAB,
+                                        "note": NOTE, "code": CODE}, T0)
+    ids = {parse_ciphertext(result.record[f]).key_id for f in ("diagnosis", "lab", "note")}
+    assert result.other_key_ids == ids
+    assert {i.split("/", 1)[0] for i in ids} == {"roles:clinician", "roles:clinician,lab"}
+    assert not any(TOKENIZER.token("patient-1") in i for i in ids)
