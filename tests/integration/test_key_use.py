@@ -201,3 +201,46 @@ def test_late_events_of_an_erased_day_are_sanitized_under_new_keys_for_every_sco
     dry = cli("retention", "enforce", *topics, "--audit-topic", f"privacy.audit.{suffix}",
               "--group-id", f"gateway-{suffix}", "--dry-run")
     assert dry.returncode == 0 and "would erase" in dry.stdout.decode(), dry.stdout.decode()
+
+
+def test_quarantine_rotation_on_a_running_worker_and_old_dead_letters_still_unseal(bootstrap: str,
+                                                                                   tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    (tmp_path / "schemas").mkdir()
+    _write_schema(tmp_path / "schemas", "Order", suffix, {"note": {"encrypt": {"per_subject": True}}})
+    plan = load_plans(tmp_path / "schemas")[0]
+    keyring = str(tmp_path / "keyring.json")
+    canaries = [b'{"event_id": "e1", "user_id": "canary-7f3a-before", ',
+                b'{"event_id": "e2", "user_id": "canary-7f3a-after", ']
+    kafka = {"bootstrap.servers": bootstrap}
+
+    worker = _worker(tmp_path, bootstrap, "w1", suffix, 1)
+    try:
+        worker.wait_for_log('"msg":"partitions assigned"', timeout_s=90)
+        producer = Producer(kafka)
+        producer.produce(plan.source_topic, canaries[0])  # invalid JSON: no subject to read, quarantine key
+        assert producer.flush(30) == 0
+        wait_for(lambda: len(_events(bootstrap, suffix)) >= 1, "the first dead letter audited", 90)
+        old_id = Keyring.open(tmp_path / "keyring.json", create=False).quarantine_key()[0]
+        rotated = cli("keys", "rotate-quarantine", "--keyring", keyring)
+        assert rotated.returncode == 0, rotated.stderr.decode()
+        new_id = Keyring.open(tmp_path / "keyring.json", create=False).quarantine_key()[0]
+        assert new_id != old_id and f"{old_id} -> {new_id}" in rotated.stdout.decode()
+        producer.produce(plan.source_topic, canaries[1])  # the running worker seals it under the new key
+        assert producer.flush(30) == 0
+        wait_for(lambda: len(_events(bootstrap, suffix)) >= 2, "the second dead letter audited", 90)
+    finally:
+        assert worker.stop() == 0
+
+    letters = sorted((orjson.loads(r.value or b"") for r in read_topic(kafka, plan.dlq_topic)),
+                     key=lambda d: d["source"]["offset"])
+    assert [(d["reason"], d["sealed"]["format"], d["sealed"]["key_id"]) for d in letters] == [
+        ("json_invalid", 3, old_id), ("json_invalid", 3, new_id)]
+    assert [e["key_ids"] for e in _events(bootstrap, suffix)] == [[old_id], [new_id]]  # the audit names each key
+    unsealed = cli("dlq", "unseal", "--keyring", keyring, stdin=b"".join(orjson.dumps(d) + b"\n" for d in letters))
+    assert unsealed.returncode == 0, unsealed.stderr.decode()
+    opened = [base64.b64decode(orjson.loads(line)["value"]) for line in unsealed.stdout.splitlines()]
+    assert opened == canaries
+    everything = b"".join(r.value or b"" for r in read_topic(kafka, plan.dlq_topic) + read_topic(
+        kafka, f"privacy.audit.{suffix}")) + worker.log_path.read_bytes()
+    assert b"canary-7f3a" not in everything

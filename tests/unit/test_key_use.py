@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.config import GatewayConfig
+from gateway.deadletter import QuarantineSealer
 from gateway.decrypt import decrypt_record
 from gateway.errors import DecryptError
 from gateway.keys.envelope import FORMAT_PERIOD, FORMAT_SUBJECT, FieldDecryptor, encrypt_field, parse_ciphertext
@@ -165,3 +167,50 @@ def test_a_late_event_of_an_erased_day_gets_new_keys_for_every_scope(
     # ... which the next run erases in turn
     late_ids = {parse_ciphertext(late[s]).dek_id for s in scopes if s != "subject"}
     assert {k.dek_id for k in due_keys(reader.periods.names(), T0)} == late_ids
+
+
+# ---- item 9: the quarantine key: use limits and rotation -----------------------------------------
+def _letter(sealed: dict[str, Any], offset: int) -> dict[str, Any]:
+    return {"reason": "json_invalid", "source": {"topic": "t.raw", "partition": 0, "offset": offset}, "sealed": sealed}
+
+
+def test_each_process_seals_under_seal_keys_of_its_own_within_max_uses(keyring: Keyring) -> None:
+    """Two workers on one keyring: every seal key seals at most max_uses dead letters, and no two
+    processes ever share one (a random 128-bit seal id each), so the bound holds across the group."""
+    first = QuarantineSealer.of_keyring(keyring, max_uses=2)
+    second = QuarantineSealer.of_keyring(Keyring.open(keyring.path, create=False), max_uses=2)
+    letters = [_letter(s.seal("t.raw", 0, i, b"v%d" % i, None, None), i)
+               for i, s in enumerate([first, second] * 5)]
+    by_process = [{letter["sealed"]["seal_id"] for letter in letters[p::2]} for p in (0, 1)]
+    assert not by_process[0] & by_process[1]
+    uses = Counter(letter["sealed"]["seal_id"] for letter in letters)
+    assert max(uses.values()) <= 2 and len(uses) == 6  # 5 seals per process: 3 seal keys each
+    assert {letter["sealed"]["key_id"] for letter in letters} == {keyring.quarantine_key()[0]}
+    reader = QuarantineSealer.of_keyring(Keyring.open(keyring.path, create=False))
+    assert [reader.unseal(letter)["value"] for letter in letters] == [b"v%d" % i for i in range(10)]
+    # the seal id and the key id are bound: changing either does not open
+    tampered = dict(letters[0]["sealed"], seal_id=letters[1]["sealed"]["seal_id"])
+    with pytest.raises(DecryptError) as other_seal:
+        reader.unseal(_letter(tampered, 0))
+    assert other_seal.value.reason == "tampered"
+
+
+def test_quarantine_rotation_round_trip(keyring: Keyring) -> None:
+    """After `gateway keys rotate-quarantine` (another process, the keyring file) a running sealer seals
+    under the new key at its next dead letter; the old dead letters still unseal with the keyring."""
+    sealer = QuarantineSealer.of_keyring(keyring)
+    old_id = sealer.key_id
+    before = _letter(sealer.seal("t.raw", 0, 1, b"before", None, None), 1)
+    new_id = Keyring.open(keyring.path, create=False).rotate_quarantine()  # the CLI, elsewhere
+    after = _letter(sealer.seal("t.raw", 0, 2, b"after", None, None), 2)
+    assert (before["sealed"]["key_id"], after["sealed"]["key_id"]) == (old_id, new_id) and new_id != old_id
+    assert sealer.key_id == new_id and orjson.loads(bytes(orjson.dumps([sealer.audit_key_ids()]))) == [[new_id]]
+    ring = Keyring.open(keyring.path, create=False)
+    assert ring.quarantine_key()[0] == new_id and set(ring.quarantine_key_ids()) == {old_id, new_id}
+    reader = QuarantineSealer.of_keyring(ring)
+    assert (reader.unseal(before)["value"], reader.unseal(after)["value"]) == (b"before", b"after")
+    # a sealer holding only the new key cannot open the old letter: it names a key not held
+    with pytest.raises(DecryptError) as not_held:
+        QuarantineSealer(*ring.quarantine_key()).unseal(before)
+    assert not_held.value.reason == "key_not_held"
+    assert ring.quarantine_key(old_id)[1].hex() not in repr(reader) + repr(sealer)
