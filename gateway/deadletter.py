@@ -164,7 +164,7 @@ class QuarantineSealer:
         self._current: _SealKey | None = None
         self._opened: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()  # format 3 seal keys, bounded
         self._audit_ids: tuple[str, orjson.Fragment] | None = None
-        self.key_id  # noqa: B018 - fails now, not at the first dead letter, when there is no quarantine key
+        keys.quarantine_key()  # fails now, not at the first dead letter, when the keyring holds none
 
     def __repr__(self) -> str:
         return f"<QuarantineSealer key_id={self.key_id!r} subject_keys={self.subject_keys is not None}>"
