@@ -131,6 +131,19 @@ def test_a_restarted_worker_and_a_second_one_never_take_up_a_key_beyond_max_uses
         opened, report = decrypt_record(record, plan, decryptor)
         assert report.ok, report.fields
         assert (opened["note"], opened["card"], opened["memo"]) == ("n", "c", "m")
+    # gateway forget erases the subject's whole set, whichever process made each key
+    subject_keys = {parse_ciphertext(base64.b64decode(r[f])).dek_id for r in records for f in ("note", "memo")}
+    forgot = cli("forget", "--domain", "customer", "--bootstrap", bootstrap,
+                 "--keyring", str(tmp_path / "keyring.json"), "--schemas", str(tmp_path / "schemas"),
+                 "--key-topic", f"privacy.keys.{suffix}", "--audit-topic", f"privacy.audit.{suffix}",
+                 stdin=b"alice\n")
+    assert forgot.returncode == 0, forgot.stderr.decode()
+    assert f"{len(subject_keys)} key(s) erased" in forgot.stdout.decode()
+    decryptor = _decryptor(tmp_path, bootstrap, suffix)
+    for record in records:
+        opened, report = decrypt_record(record, plan, decryptor)
+        assert report.fields["note"].startswith("key_erased") and report.fields["memo"].startswith("key_erased")
+        assert opened["card"] == "c"  # the day's shared key is not the subject's
 
 
 # every combination of key scopes on an erased day; each its own retention, so its keys are its own
