@@ -304,9 +304,8 @@ class Pipeline:
         self.consent_intake = ConsentIntake(config, self.stages) if config.consent_input_topic else None
         self.quality_topic = config.quality_topic
         self.dedup_topic = dedup_topic(config)
-        quarantine_id, quarantine_key = keyring.quarantine_key()
-        self.sealer = QuarantineSealer(quarantine_id, quarantine_key, subject_keys)
-        self._dead_letter_key_ids = orjson.Fragment(orjson.dumps([self.sealer.key_id]))
+        # seals under the keyring's newest quarantine key, per-process seal keys within dek_max_uses
+        self.sealer = QuarantineSealer.of_keyring(keyring, subject_keys, config.dek_max_uses)
         # dead letters whose subject can be read are sealed under the subject's key (erased by forget):
         # per source topic (subject field, token domain, the subject field's own value -> token, token key id)
         self._subject_readers: dict[str, tuple[str, str, Callable[[str], str], str]] = {}
@@ -326,6 +325,11 @@ class Pipeline:
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
+
+    @property
+    def _dead_letter_key_ids(self) -> orjson.Fragment:
+        """The audit's key ids of a dead letter under the quarantine key: the key the sealer uses now."""
+        return self.sealer.audit_key_ids()
 
     @property
     def source_topics(self) -> list[str]:
