@@ -496,7 +496,7 @@ class Pipeline:
                 headers = [*stage.headers[out_encoding], source]
                 if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
                     if failed or quality.risk_measured:
-                        risk_class = self._quality_published(quality, event, result.record, failed, headers)
+                        risk_class = self._quality_published(quality, event, result, failed, headers)
                     if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
                         batch_ids.add(fp)
                         ids = new_ids.get((event.topic, event.partition))
@@ -504,11 +504,11 @@ class Pipeline:
                             new_ids[(event.topic, event.partition)] = (event.offset, [fp])
                         else:
                             ids[1].append(fp)
-                # the input's timestamp carries over (as Kafka Streams does), so event time survives
-                output = OutRecord(stage.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
-                if views:  # the purposes' views of the event, published with it (same key, time, source)
-                    out += [OutRecord(topic, key, data, [*vheaders, source], None, max(event.timestamp_ms, 0))
-                            for topic, data, vheaders in views]
+                # the record timestamp is data: the policy's treatment of it (gateway/record_timestamp.py)
+                output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
+                if views:  # the purposes' views of the event, published with it (same key and source)
+                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms)
+                            for topic, data, vheaders, timestamp_ms in views]
                 if result.other_key_ids:  # per-subject and role keys, each named once
                     key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
                                     *sorted(result.other_key_ids)]
@@ -547,7 +547,7 @@ class Pipeline:
 
     def _purpose_outputs(self, stage: TopicStage, record: dict[str, Any], encoding: str, event: RawEvent,
                          result: SanitizeResult, audit: dict[str, Any], counts: Counter[tuple[str, ...]]
-                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
+                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]], int]]:
         """Each purpose's view of a sanitized event, where its legal basis allows it: a consent purpose
         only while the subject's consent is in force at the event's time. The audit event says, per
         purpose, `published:<basis>` or `withheld:no_consent:<purpose>`. Raises RejectedEvent (a view
@@ -561,8 +561,9 @@ class Pipeline:
                 decisions[purpose.name] = f"withheld:no_consent:{purpose.name}"
                 counts[(event.topic, "purpose", purpose.name, "withheld")] += 1
                 continue
-            data, view_encoding, _ = view.stage.finish(record, encoding, self.max_output_bytes, event.timestamp_ms)
-            outputs.append((purpose.topic, data, view.stage.headers[view_encoding]))
+            data, view_encoding, view_result = view.stage.finish(record, encoding, self.max_output_bytes,
+                                                                 event.timestamp_ms)
+            outputs.append((purpose.topic, data, view.stage.headers[view_encoding], view_result.out_timestamp_ms))
             decisions[purpose.name] = f"published:{purpose.basis}"
             counts[(event.topic, "purpose", purpose.name, "published")] += 1
         audit["purposes"] = decisions
@@ -650,14 +651,15 @@ class Pipeline:
                                 f"'{rule}' has action reject")
 
     @staticmethod
-    def _quality_published(quality: QualityGate, event: RawEvent, sanitized: dict[str, Any], failed: list[int] | None,
+    def _quality_published(quality: QualityGate, event: RawEvent, result: SanitizeResult, failed: list[int] | None,
                            headers: list[tuple[str, bytes]]) -> int | None:
-        """A published event's flags go into its header; its risk class (None: no risk measure)."""
+        """A published event's flags go into its header; its risk class (None: no risk measure), of its
+        subject (k counts people) and its published timestamp."""
         if failed:
             flags = quality.flags(failed)
             if flags:
                 headers.append((QUALITY_HEADER, ",".join(flags).encode()))
-        return quality.risk_class(event.partition, sanitized)
+        return quality.risk_class(event.partition, result.record, result.subject, result.out_timestamp_ms)
 
     @staticmethod
     def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],
