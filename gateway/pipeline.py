@@ -35,12 +35,15 @@ from gateway.outputs import OutRecord
 from gateway.policy import Plan, Purpose
 from gateway.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
 from gateway.quality.gate import QualityGate
+from gateway.record_timestamp import PATH as TIMESTAMP_PATH
+from gateway.record_timestamp import TimestampMode
 from gateway.schema import ENCODINGS, NO_FIELDS, EventDecoder, fast_record_encoder, frame_confluent, json_bytes
 from gateway.sentinel import LeakSentinel
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
 log = logging.getLogger("gateway.pipeline")
 SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
+TIMESTAMP_HEADER = "gateway-timestamp"  # on an output whose record timestamp is not the raw event's: its treatment
 QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
 DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
 AUDIT_ENTRIES_PER_RECORD = 500  # a batch's entries of one chain per audit record, at most (bounds its size)
@@ -134,10 +137,13 @@ class TopicStage:
         self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
                                     plan.writers_by_id, plan.writers_by_fingerprint)
         self.sanitizer = sanitizer
+        # the record timestamp's treatment, when it is not the raw event's (gateway/record_timestamp.py)
+        kept = plan.timestamp.mode is TimestampMode.KEEP
+        timestamp = [] if kept else [(TIMESTAMP_HEADER, plan.timestamp.label.encode())]
         self.headers = {
             enc: [("gateway-schema", plan.sanitized_schema["name"].encode()),
                   ("gateway-encoding", enc.encode()),
-                  ("gateway-policy", plan.policy_hash.encode())]
+                  ("gateway-policy", plan.policy_hash.encode()), *timestamp]
             for enc in ENCODINGS
         }
         self._output = None if plan.output == "same" else plan.output
@@ -152,7 +158,9 @@ class TopicStage:
         # audit body parts fixed per topic, serialized once: canonical JSON (sorted keys) that orjson
         # splices in verbatim as Fragments, so the canonical body is the same bytes as with the dicts
         self.audit_schema = plan.name
-        self.audit_actions = orjson.Fragment(canonical(plan.field_actions))
+        self.field_actions = plan.field_actions if not timestamp else {**plan.field_actions,
+                                                                         TIMESTAMP_PATH: plan.timestamp.label}
+        self.audit_actions = orjson.Fragment(canonical(self.field_actions))
         # events of a writer version with fields the policy does not name: those fields dropped, and said
         self._writer_actions: dict[tuple[str, ...], orjson.Fragment] = {}
         self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
@@ -185,7 +193,7 @@ class TopicStage:
             return self.audit_actions
         actions = self._writer_actions.get(unannotated)
         if actions is None:
-            actions = orjson.Fragment(canonical({**self.plan.field_actions,
+            actions = orjson.Fragment(canonical({**self.field_actions,
                                                  **dict.fromkeys(unannotated, UNANNOTATED_ACTION)}))
             self._writer_actions[unannotated] = actions
         return actions

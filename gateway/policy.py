@@ -501,7 +501,9 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
     elif not any(f.name == event_id and f.operator.can_be_subject for f in record_plan.fields):
         c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
 
-    timestamp = compile_timestamp(settings.get("timestamp"), c.label, c.operators, subject, c.error, c.warn)
+    risk_declared = isinstance(settings.get("quality"), dict) and settings["quality"].get("risk") is not None
+    timestamp = compile_timestamp(settings.get("timestamp"), c.label, c.operators, subject, risk_declared, c.error,
+                                  c.warn)
     if timestamp is not None and timestamp.shift is not None:  # its key is the domain's, for shift_date only
         c.domains.add(timestamp.shift.domain)
         c.key_uses.setdefault(timestamp.shift.domain, {}).setdefault("shift_date", PATH)

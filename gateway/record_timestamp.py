@@ -25,8 +25,11 @@ setting says what the output timestamp is, one of a closed set (`TimestampMode`)
 Unspecified, it follows the fields, so the exact timestamp never undoes their generalization: a
 policy that shifts a date or timestamp (anywhere in the record) shifts the record timestamp with the
 same domain and range, one that truncates one truncates it to the coarsest unit truncated (both:
-shifted, then truncated), and a policy that does neither keeps it. `gateway policy lint` warns when a
-written-out treatment undoes a field's (``"keep"`` beside a shifted date, say) and says what to write.
+shifted, then truncated); a policy that does neither but measures the re-identification risk
+publishes processing time (an exact event time would make every record a class of its own; under
+``enforce`` that is the time the held window is released), and any other policy keeps it.
+`gateway policy lint` warns when a written-out treatment undoes a field's (``"keep"`` beside a
+shifted date, say) and says what to write.
 
 An event without a timestamp (Kafka's -1) gets processing time whatever the treatment. The plan is
 compiled once with the policy; the sanitizer builds the operators' steps (gateway.transforms).
@@ -108,9 +111,11 @@ def _describe_shift(shift: ShiftDate) -> dict[str, Any]:
 
 
 def compile_timestamp(declared: Any, schema: str, operators: Sequence[tuple[str, Operator]], subject: str | None,
-                      error: Callable[[str, str], None], warn: Callable[[str, str], None]) -> TimestampPlan | None:
+                      risk_measured: bool, error: Callable[[str, str], None],
+                      warn: Callable[[str, str], None]) -> TimestampPlan | None:
     """The record-level "timestamp" (None: not written) against the fields' compiled operators
-    (path, operator), every one of the record's, nested ones too. None after an error."""
+    (path, operator), every one of the record's, nested ones too; `risk_measured`: the policy declares
+    a re-identification risk measure. None after an error."""
     ctx = _context(schema)
     shifted = [(path, op) for path, op in operators if isinstance(op, ShiftDate)]
     truncated = [(path, op.form.unit) for path, op in operators  # type: ignore[attr-defined]
@@ -129,7 +134,7 @@ def compile_timestamp(declared: Any, schema: str, operators: Sequence[tuple[str,
             return TimestampPlan(TimestampMode.SHIFT, shift, truncate)
         if truncate is not None:
             return TimestampPlan(TimestampMode.TRUNCATE, truncate=truncate)
-        return KEEP
+        return TimestampPlan(TimestampMode.PROCESSING) if risk_measured else KEEP
     plan = _declared(declared, ctx, subject, error)
     if plan is None:
         return None
@@ -140,6 +145,10 @@ def compile_timestamp(declared: Any, schema: str, operators: Sequence[tuple[str,
                 if shifted else "truncated: the exact record timestamp beside it publishes what the truncation hides")
         warn(WHERE, f"the record timestamp is kept exact, but '{path}' is {what}; write \"timestamp\": {suggestion} "
                     "(or \"processing\"), or leave \"timestamp\" out to get that default")
+    elif plan.mode is TimestampMode.KEEP and risk_measured:
+        warn(WHERE, "the record timestamp is kept exact: the re-identification risk measure counts it as a "
+                    "quasi-identifier, and to the millisecond nearly every record is a class of its own; write "
+                    "\"timestamp\": {\"truncate\": \"hour\"} (or another unit), or \"processing\"")
     if plan.mode in (TimestampMode.TRUNCATE, TimestampMode.SHIFT):
         if shifted and (plan.shift is None or (plan.shift.domain, plan.shift.min_days, plan.shift.max_days)
                         not in specs):

@@ -90,6 +90,17 @@ def test_the_default_beside_a_shifted_date_gives_the_adversary_no_offset(write_s
     assert differences == {30 * DAY}  # ...but the adversary's difference is one public constant for all
 
 
+def test_consumers_and_auditors_are_told_the_treatment(write_schema: Any, tmp_path: Path) -> None:
+    result = _pipeline(write_schema, tmp_path, _schema()).process(_events()[:1])
+    ((record, _),) = _published(result)
+    assert dict(record.headers or [])["gateway-timestamp"] == b"shift_date:dates+truncate:hour"
+    (entry,) = record_entries(r.value for r in result.records if r.topic == "privacy.audit")
+    assert entry["actions"]["(record timestamp)"] == "shift_date:dates+truncate:hour"
+    kept = _pipeline(write_schema, tmp_path, _schema(shift=False, truncate=False)).process(_events()[:1])
+    ((record, _),) = _published(kept)
+    assert "gateway-timestamp" not in dict(record.headers or [])  # the raw event's, as before
+
+
 def test_the_default_beside_a_truncated_time_does_not_bypass_the_truncation(write_schema: Any,
                                                                             tmp_path: Path) -> None:
     pipeline = _pipeline(write_schema, tmp_path, _schema(shift=False))
@@ -212,12 +223,22 @@ def _now_events(n_per_subject: int = 1) -> list[RawEvent]:
 
 
 @pytest.mark.parametrize(("timestamp", "k"), [("keep", 1), ({"truncate": "hour"}, len(SUBJECTS)),
-                                              ("processing", len(SUBJECTS))])
+                                              ("processing", len(SUBJECTS)), (None, len(SUBJECTS))])
 def test_a_published_event_time_is_a_quasi_identifier_at_its_granularity(write_schema: Any, tmp_path: Path,
                                                                          timestamp: Any, k: int) -> None:
     pipeline = _pipeline(write_schema, tmp_path, _risk_schema(timestamp))
-    risk = _risk_record(pipeline.process(_now_events(), withhold_since_ms=int(time.time() * 1000) - 1))
+    events = _now_events()
+    result = pipeline.process(events, withhold_since_ms=int(time.time() * 1000) - 1)
+    risk = _risk_record(result)
     assert risk["k"] == k  # one city; the exact time singles every record out, the hour does not
+    if timestamp is None:  # a risk measure and nothing to follow: processing time, not the event's
+        assert {r.timestamp_ms for r, _ in _published(result)} == {0}
+
+
+def test_keeping_it_under_a_risk_measure_is_a_lint_warning(write_schema: Any) -> None:
+    (warning,) = [p for p in lint_file(write_schema(_risk_schema("keep"))) if p.where == "(record).timestamp"]
+    assert warning.severity == "warning" and "quasi-identifier" in warning.message
+    assert not [p for p in lint_file(write_schema(_risk_schema(None))) if p.where == "(record).timestamp"]
 
 
 def test_five_events_of_one_person_are_not_a_class_of_five() -> None:
@@ -236,9 +257,9 @@ def test_five_events_of_one_person_are_not_a_class_of_five() -> None:
 
 
 def test_enforce_withholds_five_events_of_one_person(write_schema: Any, tmp_path: Path) -> None:
-    pipeline = _pipeline(write_schema, tmp_path, _risk_schema({"truncate": "hour"}, mode="enforce", k=5))
+    pipeline = _pipeline(write_schema, tmp_path, _risk_schema(None, mode="enforce", k=5))  # timestamp kept
     events = [e for e in _now_events() if e.value and b'"patient-0"' in e.value]
-    events = [events[0]._replace(offset=i, timestamp_ms=events[0].timestamp_ms + i) for i in range(5)]
+    events = [events[0]._replace(offset=i) for i in range(5)]  # one person, one class (one city, one time)
     result = pipeline.process(events, withhold_since_ms=int(time.time() * 1000) - 1)
     assert not _published(result)
     outcomes = [e["outcome"] for r in result.records if r.topic == "privacy.audit" for e in record_entries([r.value])]
