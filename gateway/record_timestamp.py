@@ -14,7 +14,7 @@ setting says what the output timestamp is, one of a closed set (`TimestampMode`)
  (``"truncate": UNIT`` beside it: then truncated)      (shift_date's own derivation) minus ``max_days``
                                                        days, so never into the future (brokers refuse a
                                                        timestamp ahead of their clock by more than
-                                                       ``message.timestamp.after.max.ms``, 1 h by default);
+                                                       ``message.timestamp.after.max.ms``, 1 h by default in Kafka 4.1);
                                                        a shifted field minus the timestamp is then the raw
                                                        interval plus ``max_days`` days, the same for
                                                        every subject
