@@ -108,15 +108,16 @@ class RecordSanitizer:
         result = SanitizeResult(subject, timestamp_ms)
         result.record = self._record(record, result)
         if timestamp_ms is not None and timestamp_ms >= 0:  # none (Kafka's -1): processing time
-            result.out_timestamp_ms = self._timestamp(timestamp_ms, result)
+            step = self._timestamp
+            result.out_timestamp_ms = timestamp_ms if step is None else step(timestamp_ms, result)
         return result
 
-    def timestamp_step(self, plan: TimestampPlan) -> Callable[[int, SanitizeResult], int]:
+    def timestamp_step(self, plan: TimestampPlan) -> Callable[[int, SanitizeResult], int] | None:
         """The output timestamp of an event's (non-negative) Kafka timestamp: the plan's treatment, made of
-        the shift_date and generalize operators' own steps (built once, like a field's)."""
+        the shift_date and generalize operators' own steps (built once, like a field's); None: kept as it is."""
         mode = plan.mode
         if mode is TimestampMode.KEEP:
-            return _same
+            return None
         if mode is TimestampMode.PROCESSING:
             return _processing
         truncate = plan.truncate.build(FieldPlan(PATH, PATH, plan.truncate), self)[1] if plan.truncate else _same
