@@ -101,3 +101,34 @@ def test_the_sanitized_timestamps_give_away_no_offset_and_no_exact_time(fresh_de
         estimates.add((record["visit_time"] - timestamp) // DAY)  # the adversary's estimate of it
     assert len(offsets) > 3  # subjects' offsets differ...
     assert estimates == {MAX_DAYS}  # ...the adversary's estimate is one public constant for every subject
+
+
+def test_five_events_of_one_person_do_not_pass_k_5(fresh_deployment: Deployment) -> None:
+    """k counts people: one person's five events in a class are withheld under k = 5 enforce, five
+    people's five events in another class are published (the real worker, one held window)."""
+    d = fresh_deployment
+    for existing in d.schemas.glob("*.avsc"):
+        existing.unlink()
+    source, sanitized = f"risk.raw.{d.suffix}", f"risk.sanitized.{d.suffix}"
+    schema = {
+        "type": "record", "name": "Ride", "namespace": "example.k",
+        "privacy": {"source_topic": source, "sanitized_topic": sanitized, "subject": "rider_id", "output": "json",
+                    "quality": {"window_s": 300, "risk": {"quasi_identifiers": ["city"], "k": 5, "mode": "enforce",
+                                                          "max_held_events": 10}}},
+        "fields": [{"name": "ride_id", "type": "string", "privacy": "keep"},
+                   {"name": "rider_id", "type": "string", "privacy": {"tokenize": {"domain": "rider"}}},
+                   {"name": "city", "type": "string", "privacy": "keep"}],
+    }
+    (d.schemas / "rides.avsc").write_bytes(orjson.dumps(schema))
+    rides = ([{"ride_id": f"alone-{i}", "rider_id": "rider-alice", "city": "Lyon"} for i in range(5)]
+             + [{"ride_id": f"crowd-{i}", "rider_id": f"rider-{i}", "city": "Nice"} for i in range(5)])
+    worker = d.start_worker("k-people", partitions=1)
+    try:
+        d.produce(source, [orjson.dumps(r) for r in rides], partition=0)
+        audit = d.wait_for_audit(len(rides))
+    finally:
+        assert worker.stop() == 0
+    outcomes = {a["event"]["offset"]: a["outcome"] for a in audit if a["event"]["topic"] == source}
+    assert outcomes == {**dict.fromkeys(range(5), "withheld:k_anonymity"), **dict.fromkeys(range(5, 10), "sanitized")}
+    published = sorted(orjson.loads(r.value)["ride_id"] for r in d.read(sanitized))
+    assert published == [f"crowd-{i}" for i in range(5)]
