@@ -501,6 +501,8 @@ class Pipeline:
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
+                if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
+                    result.out_timestamp_ms = now_ms
                 headers = [*stage.headers[out_encoding], source]
                 if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
                     if failed or quality.risk_measured:
@@ -515,7 +517,7 @@ class Pipeline:
                 # the record timestamp is data: the policy's treatment of it (gateway/record_timestamp.py)
                 output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
                 if views:  # the purposes' views of the event, published with it (same key and source)
-                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms)
+                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
                             for topic, data, vheaders, timestamp_ms in views]
                 if result.other_key_ids:  # per-subject and role keys, each named once
                     key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),

@@ -18,8 +18,9 @@ setting says what the output timestamp is, one of a closed set (`TimestampMode`)
                                                        a shifted field minus the timestamp is then the raw
                                                        interval plus ``max_days`` days, the same for
                                                        every subject
-``"processing"``                                       replaced by processing time (the producer stamps the
-                                                       time it sends the record)
+``"processing"``                                       replaced by processing time: the time the gateway
+                                                       processed the record's batch, one value per batch
+                                                       (per held window, under an enforced risk measure)
 =====================================================  =============================================
 
 Unspecified, it follows the fields, so the exact timestamp never undoes their generalization: a
@@ -27,7 +28,8 @@ policy that shifts a date or timestamp (anywhere in the record) shifts the recor
 same domain and range, one that truncates one truncates it to the coarsest unit truncated (both:
 shifted, then truncated); a policy that does neither but measures the re-identification risk
 publishes processing time (an exact event time would make every record a class of its own; under
-``enforce`` that is the time the held window is released), and any other policy keeps it.
+``enforce`` the held window is released as one batch, so its records share one time), and any
+other policy keeps it.
 `gateway policy lint` warns when a written-out treatment undoes a field's (``"keep"`` beside a
 shifted date, say) and says what to write.
 
@@ -85,9 +87,11 @@ class TimestampPlan:
 
     @property
     def quasi_identifier(self) -> bool:
-        """The published timestamp is the event's own time (exact or coarsened), which a reader may know
-        from elsewhere: the re-identification risk measure counts it as a quasi-identifier."""
-        return self.mode in (TimestampMode.KEEP, TimestampMode.TRUNCATE)
+        """The published timestamp follows the event's own time (exact, coarsened, or the batch it was
+        processed in, which trails it by the gateway's lag), which a reader may know from elsewhere: the
+        re-identification risk measure counts it as a quasi-identifier, at its published granularity. A
+        shifted one is not counted: it matches no time a reader knows without the subject's offset."""
+        return self.mode is not TimestampMode.SHIFT
 
 
 KEEP = TimestampPlan(TimestampMode.KEEP)

@@ -52,7 +52,7 @@ class SanitizeResult:
         self.dek: DataKey | None = None  # the shared DEK this event encrypts under
         self.subject_aad: bytes | None = None  # the subject's part of the associated data
         self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
-        # the output record's Kafka timestamp as the policy treats it (0: the producer stamps processing time)
+        # the output record's Kafka timestamp as the policy treats it (0: processing time, the pipeline's batch's)
         self.out_timestamp_ms = 0
 
     def __repr__(self) -> str:
@@ -284,7 +284,7 @@ def _same(timestamp_ms: int, _event: SanitizeResult) -> int:
 
 
 def _processing(_timestamp_ms: int, _event: SanitizeResult) -> int:
-    return 0  # the producer stamps the time it sends the record
+    return 0  # processing time: the pipeline stamps its batch's time
 
 
 def _current_or_reject(deks: Any, path: str) -> Callable[[], DataKey]:
