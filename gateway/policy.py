@@ -511,7 +511,7 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
                               schema.parsed.get("__named_schemas", {}), event_id,
                               {f.name: f.operator.deterministic for f in record_plan.fields}, c.error)
     if quality is not None and quality.risk is not None and timestamp is not None and timestamp.quasi_identifier:
-        # the published timestamp is the event's time, which a reader may know: a quasi-identifier
+        # the published timestamp follows the event's time, which a reader may know: a quasi-identifier
         quality = replace(quality, risk=replace(quality.risk, timestamp=True))
     aggregates = compile_aggregates(
         settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
@@ -525,7 +525,7 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
             if spec.time_field is None:
                 c.error("(record)", f"aggregate '{spec.name}' windows by the sanitized record's timestamp, which is "
                                     "shifted per subject (\"timestamp\"): its windows would mix days; give it a "
-                                    "time_field, or set \"timestamp\" to \"processing\" or {\"truncate\": UNIT}")
+                                    "time_field (a kept timestamp field), or declare another \"timestamp\"")
     for domain, specs in sorted(c.normalizers.items()):
         if len(specs) > 1:
             c.error("(record)", f"token domain '{domain}' is tokenized with different normalizers ("

@@ -130,7 +130,7 @@ def compile_timestamp(declared: Any, schema: str, operators: Sequence[tuple[str,
         if len(specs) > 1:
             error(WHERE, "fields are shifted under different domains or ranges (" + ", ".join(specs.values())
                   + "): the record timestamp can share one offset only; declare \"timestamp\" in the privacy "
-                    "settings ({\"shift_date\": {...}} with one of theirs, or \"processing\")")
+                    "settings: {\"shift_date\": {...}} with one of theirs")
             return None
         shift = _shift(_describe_shift(shifted[0][1])["shift_date"], ctx, error) if shifted else None
         truncate = _truncation(coarsest, ctx, error) if coarsest else None
@@ -143,12 +143,14 @@ def compile_timestamp(declared: Any, schema: str, operators: Sequence[tuple[str,
     if plan is None:
         return None
     suggestion = _suggest(shifted, coarsest)
-    if plan.mode is TimestampMode.KEEP and (shifted or truncated):
+    exact = {TimestampMode.KEEP: "kept exact", TimestampMode.PROCESSING: "processing time, which trails the "
+             "event's own by the gateway's lag only"}.get(plan.mode)
+    if exact is not None and (shifted or truncated):
         path = (shifted or truncated)[0][0]
         what = ("shifted by a secret per-subject offset: the field minus the record timestamp gives that offset"
-                if shifted else "truncated: the exact record timestamp beside it publishes what the truncation hides")
-        warn(WHERE, f"the record timestamp is kept exact, but '{path}' is {what}; write \"timestamp\": {suggestion} "
-                    "(or \"processing\"), or leave \"timestamp\" out to get that default")
+                if shifted else "truncated: a finer record timestamp beside it publishes what the truncation hides")
+        warn(WHERE, f"the record timestamp is {exact}, but '{path}' is {what}; write \"timestamp\": {suggestion}, "
+                    "or leave \"timestamp\" out to get that default")
     elif plan.mode is TimestampMode.KEEP and risk_measured:
         warn(WHERE, "the record timestamp is kept exact: the re-identification risk measure counts it as a "
                     "quasi-identifier, and to the millisecond nearly every record is a class of its own; write "

@@ -6,9 +6,9 @@ quasi-identifier values form an equivalence class: a class of k people hides eac
 k; a class whose records share fewer than l sensitive values tells that value about everyone in it.
 k counts distinct subjects (the record's subject as published: its token), not records: five events
 of one person are one person, and a class of them singles that person out. A record without a
-subject counts as a person of its own. When the policy publishes the event's time (the record
-timestamp kept or truncated: gateway/record_timestamp.py), it is one more quasi-identifier, at the
-granularity it is published with.
+subject counts as a person of its own. When the policy publishes a time that follows the event's
+(the record timestamp kept, truncated or processing time: gateway/record_timestamp.py), it is one
+more quasi-identifier, at the granularity it is published with.
 The figures are measured on what is published, per window (the runtime decides its bounds), so
 they say what a reader of the output can link, not what the policy hoped for.
 
@@ -72,7 +72,7 @@ class RiskFigures:
     def to_json(self) -> dict[str, Any]:
         """Plain counts and rates only, never a value: the quality record goes where the data does not."""
         return {
-            "k_counts": "subjects",  # since format 2 of the risk figures; before, k counted records
+            "k_counts": "subjects",  # k counts distinct subjects; records written without this key counted records
             "records": self.records,
             "classes": self.classes,
             "k": self.k,

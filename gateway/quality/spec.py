@@ -44,7 +44,7 @@ class RiskSpec:
     l_target: int | None
     mode: str  # report | enforce
     max_held_events: int  # enforce: a partition's window closes early once it holds this many events
-    # the published record timestamp is a quasi-identifier too (kept or truncated: gateway/record_timestamp.py)
+    # the published record timestamp is a quasi-identifier too (unless shifted: gateway/record_timestamp.py)
     timestamp: bool = False
 
 

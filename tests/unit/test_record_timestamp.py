@@ -165,6 +165,9 @@ def test_keeping_it_beside_a_shifted_date_is_a_lint_warning_that_says_what_to_wr
     truncated = [p for p in lint_file(write_schema(_schema("keep", shift=False))) if p.where == "(record).timestamp"]
     assert len(truncated) == 1 and "opened_at" in truncated[0].message and "truncate" in truncated[0].message
     assert not [p for p in lint_file(write_schema(_schema())) if p.where == "(record).timestamp"]
+    # processing time trails the event's by the lag only: beside a shifted date it tells the offset too
+    (warning,) = [p for p in lint_file(write_schema(_schema("processing"))) if p.where == "(record).timestamp"]
+    assert "processing time" in warning.message and "visit_time" in warning.message
 
 
 @pytest.mark.parametrize(("declared", "says"), [
@@ -196,7 +199,7 @@ def test_a_dp_aggregate_cannot_window_by_a_shifted_timestamp(write_schema: Any) 
     schema = _schema(truncate=False, aggregates=[aggregate], budget={"epsilon": 100.0, "delta": 1e-3})
     errors = [p for p in lint_file(write_schema(schema)) if p.severity == "error"]
     assert any("visits_by_city" in p.message and "time_field" in p.message for p in errors), errors
-    schema["privacy"]["timestamp"] = "processing"
+    schema["privacy"]["timestamp"] = {"truncate": "day"}
     errors = [p for p in lint_file(write_schema(schema)) if p.severity == "error"]
     assert not any("visits_by_city" in p.message for p in errors), errors
 
