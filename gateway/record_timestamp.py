@@ -40,6 +40,7 @@ compiled once with the policy; the sanitizer builds the operators' steps (gatewa
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -175,7 +176,7 @@ def _suggest(shifted: Sequence[tuple[str, ShiftDate]], coarsest: str | None) -> 
             out["truncate"] = coarsest
     else:
         out = {"truncate": coarsest}
-    return str(out).replace("'", '"')
+    return json.dumps(out)
 
 
 def _truncation(unit: Any, ctx: FieldContext, error: Callable[[str, str], None]) -> Generalize | None:
