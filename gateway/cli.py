@@ -379,6 +379,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     print(f"topics:          {plan.source_topic} -> {plan.sanitized_topic} (dead letters: {plan.dlq_topic})")
     print(f"subject:         {plan.subject_field or '(none)'}")
     print(f"input / output:  {plan.input_mode} / {plan.output}")
+    print(f"record timestamp: {plan.timestamp.label}" + ("" if plan.timestamp.declared else " (default)"))
     print("fields:")
     width = max(len(p) for p in plan.field_actions)
     for path, action in plan.field_actions.items():
