@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
@@ -29,11 +30,12 @@ from gateway.runtime.topics import admin_client, create_topics, partition_counts
 from gateway.sanitized import StoredRecord
 
 log = logging.getLogger("gateway.changelog")
+K = TypeVar("K")  # a record's key: bytes as read, or a changelog key already parsed
 COMPACTED = {"cleanup.policy": "compact"}
 
 
-def apply_records(state: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
-                  apply: Callable[[bytes, bytes | None], object]) -> int:
+def apply_records(state: str, topic: str, records: Iterable[tuple[K | None, bytes | None]],
+                  apply: Callable[[K, bytes | None], object]) -> int:
     """Apply keyed records in log order; those `apply` cannot read are skipped and counted. How many
     were skipped. `state` names the state for the metric and the log (keys, consent, dp-ledger, ...)."""
     skipped = 0

@@ -21,17 +21,20 @@ from prometheus_client import REGISTRY
 
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange
+from gateway.dp.bound_store import STATE_CONFIG, state_records
 from gateway.dp.ledger import LedgerEntry
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.policy import load_plans
 from gateway.runtime import consent
+from gateway.runtime.changelog import ensure_changelog
+from gateway.runtime.jobs.aggregate import BoundHandler
 from gateway.runtime.jobs.sanitize import Worker
 from gateway.runtime.keytopic import KeyTopic, ensure_key_topic, load_subject_keys
 from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
 
-from .conftest import wait_for
+from .conftest import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 CANARY = "mallory.canary-6402"
@@ -251,4 +254,42 @@ def test_a_worker_starts_over_malformed_key_records_and_stops_not_ready_when_its
     messages = [r.getMessage() for r in caplog.records]
     assert messages.index("the key-topic follower died: erasures are no longer applied here") < \
         messages.index("worker stopped")
+    _no_canary(caplog)
+
+
+# ---- the DP bounding state (restored when stage 1 opens a partition) --------------------------------
+def test_malformed_bounding_state_records_are_skipped_counted_and_a_later_tombstone_still_applies(
+        bootstrap: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Stage 1 restores a partition's bounders from its changelog (gateway aggregate): records there that
+    are not a mark, a frontier or a subject's counts, or whose key is not a changelog key, are skipped
+    and counted; the entries after them, a subject's deletion included, still apply."""
+    caplog.set_level(logging.INFO)
+    kafka = {"bootstrap.servers": bootstrap}
+    plan = next(p for p in load_plans(REPO / "schemas") if p.aggregates)
+    spec = plan.aggregates[0]
+    state_topic = f"dp-bound-state-{uuid.uuid4().hex[:8]}"
+    ensure_changelog(kafka, state_topic, 1, STATE_CONFIG)
+    source, window = (plan.sanitized_topic, 0), 1_790_000_000_000
+    counts = orjson.dumps({'["DE"]': 2})
+
+    def entry(subject: str, value: bytes | None) -> tuple[list[Any], bytes | None]:
+        return ["s", spec.id, window, subject], value
+
+    valid = state_records(state_topic, 1, source, [entry("tok_a", counts), entry("tok_b", counts),
+                                                   entry("tok_c", counts), (["m", spec.id, "raw/0"], b"1790000000500")])
+    junk = state_records(state_topic, 1, source, [entry(f"tok_m{i}", v) for i, v in enumerate(MALFORMED)]
+                         + [entry("tok_b", b"[1, 2]"), (["m", spec.id, "raw/1"], b'"x"')])
+    bad_keys = [b"not json", b"[1, 2]", orjson.dumps({"topic": CANARY}), b"\xff\xfe"]
+    erase = state_records(state_topic, 1, source, [entry("tok_a", None)])
+    _produce(bootstrap, state_topic, [(r.key, r.value) for r in valid + junk] + [(k, counts) for k in bad_keys]
+             + [(r.key, r.value) for r in erase])
+
+    before = _skipped("dp-bound-state", state_topic)
+    handler = BoundHandler(kafka, {plan.sanitized_topic: plan}, "unused", state_topic, 1, None)  # type: ignore[arg-type]
+    handler.open(source, 10, None)
+    handler.restore()
+    bounder = handler.bounders[source]
+    assert set(bounder.state[(spec.id, window)]) == {"tok_c"}  # a: erased after the junk; b: junk over it
+    assert bounder.marks == {(spec.id, "raw/0"): 1_790_000_000_500}
+    assert _skipped("dp-bound-state", state_topic) - before == len(junk) + len(bad_keys)
     _no_canary(caplog)
