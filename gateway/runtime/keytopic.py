@@ -127,8 +127,8 @@ class KeyTopic:
         keys.publisher = self.publish
         log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys), "skipped": skipped})
 
-    def _apply(self, key: bytes, value: bytes | None) -> None:
-        if not is_key_record(key):  # an audit chain's head
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or not is_key_record(key):  # not an audit chain's head
             return
         self.keys.apply(key, value)
         if value is None:
