@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MalformedStateRecord
 from gateway.keys.envelope import DataKey
 from gateway.keys.kms import KmsProvider, WrappedKey
 
@@ -112,15 +112,19 @@ class KeyStore:
 
     # ---- the key topic's content -------------------------------------------------------------
     def _apply(self, name: str, value: bytes | None) -> None:
-        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it."""
+        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it.
+
+        A value that is no key entry (MalformedStateRecord) leaves no key under that name, as the
+        compacted topic will (it keeps only this record): every reader, running or fresh, agrees."""
         with self._lock:
             if value is None:
                 self._erase(name)
                 return
             try:
                 entry = _decode(value)
-            except (ValueError, KeyError, TypeError):
-                return  # not ours or damaged: never fatal, the key simply stays unknown
+            except MalformedStateRecord:
+                self._erase(name)
+                raise
             self._add(name, entry)
 
     def _add(self, name: str, entry: _Entry) -> None:
@@ -185,8 +189,21 @@ def _encode(wrapped: WrappedKey, created: int) -> bytes:
 
 
 def _decode(value: bytes) -> _Entry:
-    data = orjson.loads(value)
+    """A key entry; MalformedStateRecord for anything else (the message never quotes the value)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise MalformedStateRecord("a key-topic record is not JSON (or not UTF-8)") from None
+    if not isinstance(data, dict):
+        raise MalformedStateRecord("a key-topic record is JSON but not an object")
     if data.get("format") != ENTRY_FORMAT:
-        raise ValueError("unknown key entry format")
-    return _Entry(WrappedKey(str(data["kek_id"]), base64.b64decode(data["wrapped"], validate=True)),
-                  int(data["created"]))
+        raise MalformedStateRecord(f"a key-topic record is not a key entry of format {ENTRY_FORMAT}")
+    kek_id, wrapped, created = data.get("kek_id"), data.get("wrapped"), data.get("created")
+    if not isinstance(kek_id, str) or not isinstance(wrapped, str) or not isinstance(created, int) \
+            or isinstance(created, bool):
+        raise MalformedStateRecord("a key-topic record lacks kek_id, wrapped or created of the right type")
+    try:
+        blob = base64.b64decode(wrapped, validate=True)
+    except ValueError:
+        raise MalformedStateRecord("a key-topic record's wrapped key is not base64") from None
+    return _Entry(WrappedKey(kek_id, blob), created)
