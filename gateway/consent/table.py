@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MalformedStateRecord
 
 CONSENT_FORMAT = 1
 
@@ -65,11 +65,12 @@ class ConsentTable:
         return len(self._subjects)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
-        """One consent-topic record; a tombstone (erasure) removes that change. Malformed records
-        are skipped: the table never fails on what another writer put there."""
+        """One consent-topic record; a tombstone (erasure) removes that change. A malformed record
+        raises MalformedStateRecord for its reader to skip and count (changelog.apply_records); its
+        key's earlier change is gone, as after compaction: no consent is read from it."""
         parsed = parse_key(key)
         if parsed is None:
-            return
+            raise MalformedStateRecord("a consent-topic record's key is not <domain>/<token>/<purpose>/<time ms>")
         domain, token, purpose, at_ms = parsed
         changes = self._subjects.setdefault((domain, token), {}).setdefault(purpose, [])
         position = bisect.bisect_left(changes, (at_ms, False))
@@ -81,7 +82,9 @@ class ConsentTable:
             return
         granted = _granted(value)
         if granted is None:
-            return
+            if not changes:
+                self._drop_empty(domain, token, purpose)
+            raise MalformedStateRecord("a consent-topic record is not a JSON object with \"granted\": true or false")
         bisect.insort(changes, (at_ms, granted))
 
     def _drop_empty(self, domain: str, token: str, purpose: str) -> None:
@@ -116,7 +119,7 @@ class ConsentTable:
 def _granted(value: bytes) -> bool | None:
     try:
         body = orjson.loads(value)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError:  # bad UTF-8 too
         return None
     granted = body.get("granted") if isinstance(body, dict) else None
     return granted if isinstance(granted, bool) else None

@@ -14,9 +14,16 @@ and under no other key, each wrap bound to the key's name and its role::
 It is erased like any other key (a tombstone for its name), and only a holder of one of those roles'
 keys can unwrap it.
 
-One class keeps the bookkeeping (newest key per scope, the DEK in use per scope, the unwrapped-DEK
-cache, what erasing a key evicts) in one place, so the two kinds of key cannot drift apart. What
-differs (names, headers, wrap context, what a record's key must look like) stays in the subclasses.
+One class keeps the bookkeeping (the DEK in use per scope, the unwrapped-DEK cache, what erasing a
+key evicts) in one place, so the two kinds of key cannot drift apart. What differs (names, headers,
+wrap context, what a record's key must look like) stays in the subclasses.
+
+Use limits hold across the whole group because a process encrypts only under keys it created
+itself and counted since: a key loaded from the key topic (made by another process, or by this one
+before a restart) opens ciphertexts but never makes new ones, since nobody knows how often it was
+used. So a scope (a subject, a period) holds a set of keys, one or more per process that wrote to
+it, all erased together; each key encrypts at most `max_uses` values, under random 96-bit nonces
+(kept far below NIST SP 800-38D's 2^32 per key).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import DecryptError, GatewayError
+from gateway.errors import DecryptError, GatewayError, MalformedStateRecord
 from gateway.keys.envelope import DataKey, RoleWrap
 from gateway.keys.errors import KmsError, KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
@@ -80,9 +87,9 @@ class KeyStore:
         self._max_uses = max_uses
         self._cache_size = cache_size
         self._entries: dict[str, _Entry] = {}
-        self._newest: dict[str, str] = {}  # scope prefix -> name of its newest live key
         self._aeads: OrderedDict[str, AESGCM] = OrderedDict()  # unwrapped, bounded
-        self._current: OrderedDict[str, DataKey] = OrderedDict()  # per scope prefix, for encryption
+        # per scope prefix, for encryption: only keys this process created (their use count is complete)
+        self._current: OrderedDict[str, DataKey] = OrderedDict()
         self._pending: list[KeyRecord] = []
         self._lock = threading.RLock()
         self.kms_calls = 0
@@ -97,24 +104,18 @@ class KeyStore:
         return self._kms
 
     # ---- encryption side -------------------------------------------------------------------
-    def _current_key(self, prefix: str, header_of: Callable[[bytes], bytes], create: Callable[[], DataKey],
-                     open_stored: Callable[[str], AESGCM] | None = None) -> DataKey:
-        """The scope's DEK for new ciphertexts: cached, else its newest stored key (opened by `open_stored`,
-        by default with the KEK), else `create()` (a new one too once the cached one is used up)."""
+    def _current_key(self, prefix: str, create: Callable[[], DataKey]) -> DataKey:
+        """The scope's DEK for new ciphertexts: the one this process created for it while it has uses
+        left, else `create()`. Never a key loaded from the key topic: its uses elsewhere are unknown."""
         with self._lock:
             key = self._current.get(prefix)
             if key is not None and key.uses < self._max_uses:
                 self._current.move_to_end(prefix)
                 return key
-            name = self._newest.get(prefix)
-            if name is not None and key is None:
-                dek_id = bytes.fromhex(name.rsplit("/", 1)[1])
-                key = DataKey(dek_id, (open_stored or self._aead)(name), header_of(dek_id), time.monotonic())
-            else:
-                key = create()
-            self._current[prefix] = key
+            key = self._current[prefix] = create()
+            self._current.move_to_end(prefix)
             if len(self._current) > self._cache_size:
-                self._current.popitem(last=False)
+                self._current.popitem(last=False)  # dropped for encryption for good: a new key next time
             return key
 
     def _store_new(self, name: str, dek: bytes) -> AESGCM:
@@ -142,18 +143,8 @@ class KeyStore:
         return aead
 
     def _role_open(self, name: str, role: str, kms: KmsProvider) -> AESGCM:
-        """The consumer's side of `_role_aead`: the KMS's refusals and outages as decrypt reasons."""
-        try:
-            return self._role_aead(name, role, kms)
-        except KmsUnavailable as exc:
-            raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
-        except KmsError as exc:
-            raise DecryptError("not_permitted", str(exc)) from None
-
-    def _role_aead(self, name: str, role: str, kms: KmsProvider) -> AESGCM:
         """The DEK of a role-scoped key through `role`'s wrap: "key_erased" once its tombstone is read,
-        "not_permitted" when the key has no wrap for the role. KMS errors pass (the worker dead-letters
-        an event whose key the KMS cannot open now, `kms_unavailable`)."""
+        "not_permitted" when the key has no wrap for the role or the KMS refuses, "kms_unavailable"."""
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
@@ -166,8 +157,13 @@ class KeyStore:
             if aead is not None:
                 self._aeads.move_to_end(name)
                 return aead
-            context = role_wrap_context(self._wrap_context, name, role)
-            dek = kms.unwrap(WrappedKey(wrap.kek_id, wrap.wrapped), context)
+            try:
+                context = role_wrap_context(self._wrap_context, name, role)
+                dek = kms.unwrap(WrappedKey(wrap.kek_id, wrap.wrapped), context)
+            except KmsUnavailable as exc:
+                raise DecryptError("kms_unavailable", f"{exc}; try again when the KMS is back") from None
+            except KmsError as exc:
+                raise DecryptError("not_permitted", str(exc)) from None
             self.kms_calls += 1
             aead = self._aeads[name] = AESGCM(dek)
             if len(self._aeads) > self._cache_size:
@@ -181,38 +177,32 @@ class KeyStore:
 
     # ---- the key topic's content -------------------------------------------------------------
     def _apply(self, name: str, value: bytes | None) -> None:
-        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it."""
+        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it.
+
+        A value that is no key entry (MalformedStateRecord) leaves no key under that name, as the
+        compacted topic will (it keeps only this record): every reader, running or fresh, agrees."""
         with self._lock:
             if value is None:
                 self._erase(name)
                 return
             try:
                 entry = _decode(value)
-            except (ValueError, KeyError, TypeError):
-                return  # not ours or damaged: never fatal, the key simply stays unknown
+            except MalformedStateRecord:
+                self._erase(name)
+                raise
             self._add(name, entry)
 
     def _add(self, name: str, entry: _Entry) -> None:
-        prefix = _scope(name)
         self._entries[name] = entry
-        newest = self._newest.get(prefix)
-        if newest is None or self._entries[newest].created <= entry.created:
-            self._newest[prefix] = name
 
     def _erase(self, name: str) -> None:
-        prefix = _scope(name)
         if self._entries.pop(name, None) is not None:
             self.erased += 1
         self._aeads.pop(name, None)
+        prefix = _scope(name)
         current = self._current.get(prefix)
-        if current is not None and name.endswith(current.dek_id.hex()):
-            del self._current[prefix]
-        if self._newest.get(prefix) == name:
-            rest = [(e.created, n) for n, e in self._entries.items() if n.startswith(prefix)]
-            if rest:
-                self._newest[prefix] = max(rest)[1]
-            else:
-                del self._newest[prefix]
+        if current is not None and name == prefix + current.dek_id.hex():
+            del self._current[prefix]  # the scope's next value gets a new key
 
     def entries(self) -> list[tuple[str, WrappedKey]]:
         """The keys wrapped by the KEK (role-scoped keys, wrapped per role only, are not)."""
@@ -276,14 +266,40 @@ def _encode_entry(entry: _Entry) -> bytes:
 
 
 def _decode(value: bytes) -> _Entry:
-    data = orjson.loads(value)
+    """A key entry; MalformedStateRecord for anything else (the message never quotes the value)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise MalformedStateRecord("a key-topic record is not JSON (or not UTF-8)") from None
+    if not isinstance(data, dict):
+        raise MalformedStateRecord("a key-topic record is JSON but not an object")
     if data.get("format") == ROLES_ENTRY_FORMAT:
-        wraps = tuple(RoleWrap(str(w["role"]), str(w["kek_id"]), base64.b64decode(w["wrapped"], validate=True))
-                      for w in data["roles"])
-        if not wraps:
-            raise ValueError("a role-scoped key entry names no role")
-        return _Entry(None, int(data["created"]), wraps)
+        return _decode_roles(data)
     if data.get("format") != ENTRY_FORMAT:
-        raise ValueError("unknown key entry format")
-    return _Entry(WrappedKey(str(data["kek_id"]), base64.b64decode(data["wrapped"], validate=True)),
-                  int(data["created"]))
+        raise MalformedStateRecord(f"a key-topic record is not a key entry of format {ENTRY_FORMAT}")
+    kek_id, wrapped, created = data.get("kek_id"), data.get("wrapped"), data.get("created")
+    if not isinstance(kek_id, str) or not isinstance(wrapped, str) or not isinstance(created, int) \
+            or isinstance(created, bool):
+        raise MalformedStateRecord("a key-topic record lacks kek_id, wrapped or created of the right type")
+    try:
+        blob = base64.b64decode(wrapped, validate=True)
+    except ValueError:
+        raise MalformedStateRecord("a key-topic record's wrapped key is not base64") from None
+    return _Entry(WrappedKey(kek_id, blob), created)
+
+
+def _decode_roles(data: dict[str, object]) -> _Entry:
+    """A role-scoped key entry (format 2); MalformedStateRecord for anything else."""
+    roles, created = data.get("roles"), data.get("created")
+    if not isinstance(roles, list) or not roles or not isinstance(created, int) or isinstance(created, bool):
+        raise MalformedStateRecord("a role-scoped key-topic record lacks roles or created of the right type")
+    wraps: list[RoleWrap] = []
+    for wrap in roles:
+        if not isinstance(wrap, dict) or not all(isinstance(wrap.get(k), str) for k in ("role", "kek_id", "wrapped")):
+            raise MalformedStateRecord("a role-scoped key-topic record has a wrap without role, kek_id or wrapped")
+        try:
+            blob = base64.b64decode(wrap["wrapped"], validate=True)
+        except ValueError:
+            raise MalformedStateRecord("a role-scoped key-topic record's wrapped key is not base64") from None
+        wraps.append(RoleWrap(wrap["role"], wrap["kek_id"], blob))
+    return _Entry(None, created, tuple(wraps))

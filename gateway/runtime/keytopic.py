@@ -42,7 +42,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -98,25 +98,34 @@ def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> i
 
 class KeyTopic:
     """A running worker's link to the key topic: restores it (gateway.runtime.changelog), follows
-    it on a thread so a tombstone evicts its key within a poll, and stores new keys."""
+    it on a thread so a tombstone evicts its key within a poll, and stores new keys.
 
-    def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0) -> None:
+    Malformed records are skipped and counted (changelog.apply_records), at restore and while
+    following. A follower that fails otherwise stops following and says so: `failure` names the
+    error and `on_failure` is called, so the worker marks itself not ready and stops (a worker that
+    goes on with a dead follower would keep an erased key for good)."""
+
+    STATE = "keys"  # gateway_state_records_skipped_total{state}
+
+    def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.topic = config.key_topic
         self.keys = keys
+        self.failure: str | None = None
+        self._on_failure = on_failure
         self._stop = threading.Event()
         kafka = config.kafka_client_config()
         self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
         self._producer = clients.plain_producer(kafka, **{"linger.ms": 0})
         # read_committed, as every changelog read: an aborted forget's tombstones never evict a key
         records, follow_from = changelog.restore(kafka, self.topic, timeout_s=load_timeout_s)
-        for record in records:
-            self._apply(record.key, record.value)
+        skipped = changelog.apply_records(self.STATE, self.topic, ((r.key, r.value) for r in records), self._apply)
         self._follower = changelog.ChangelogFollower(kafka, self.topic, follow_from,
                                                      group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
         keys.publisher = self.publish
-        log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys)})
+        log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys), "skipped": skipped})
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None or not is_key_record(key):  # not an audit chain's head
@@ -127,10 +136,21 @@ class KeyTopic:
             log.info(kind, extra={"topic": self.topic})
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
-            for key, value in self._follower.poll(500, 0.5):
-                self._apply(key, value)
-        self._follower.close()
+        try:
+            while not self._stop.is_set():
+                changelog.apply_records(self.STATE, self.topic, self._follower.poll(500, 0.5), self._apply)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the follower is dead: said, never silent
+            self.failure = _failure_name(exc)
+            log.error("the key-topic follower died: erasures are no longer applied here", extra={
+                "topic": self.topic, "error": self.failure})
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
+        finally:
+            self._follower.close()
+
+    def alive(self) -> bool:
+        """Whether the follower still applies what the key topic commits."""
+        return self.failure is None and self._thread.is_alive()
 
     def publish(self, records: list[KeyRecord]) -> None:
         """Produce and wait: a key must be durable before any ciphertext under it leaves the gateway."""
@@ -139,6 +159,14 @@ class KeyTopic:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def _failure_name(exc: Exception) -> str:
+    """What failed, for logs and readiness: the error's type and Kafka code, never its message (which
+    may quote a record)."""
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return f"{type(exc).__name__}:{exc.args[0].name()}"
+    return type(exc).__name__
 
 
 def produce_records(producer: Producer, topic: str, records: list[KeyRecord], timeout_s: float = 30.0) -> None:
@@ -160,18 +188,16 @@ def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
 
-    for record in read_topic(kafka, topic):
-        if record.key is not None and is_key_record(record.key):  # not an audit chain's head
-            keys.apply(record.key, record.value)
+    changelog.apply_records(KeyTopic.STATE, topic, ((r.key, r.value) for r in read_topic(kafka, topic)
+                                                    if r.key is not None and is_key_record(r.key)), keys.apply)
     return keys
 
 
 def load_period_keys(kafka: Mapping[str, str], topic: str) -> PeriodKeys:
     """The key topic's period keys only, without a KMS (to list or erase them: `gateway retention`)."""
     keys = PeriodKeys(None)
-    for record in read_topic(kafka, topic):
-        if record.key is not None and is_period_key(record.key):
-            keys.apply(record.key, record.value)
+    changelog.apply_records(KeyTopic.STATE, topic, ((r.key, r.value) for r in read_topic(kafka, topic)
+                                                    if r.key is not None and is_period_key(r.key)), keys.apply)
     return keys
 
 

@@ -200,14 +200,22 @@ def test_another_role_and_the_kek_holder_cannot_open(plan: Plan, keyring: Keyrin
     assert outcomes["diagnosis"] == "key_erased"  # names a key the topic does not hold: no wrap opens it
 
 
-def test_a_restarted_worker_reuses_the_stored_key_through_a_role_wrap(plan: Plan, keyring: Keyring) -> None:
+def test_a_restarted_worker_makes_its_own_key_and_forget_erases_both(plan: Plan, keyring: Keyring,
+                                                                     tmp_path: Path) -> None:
+    """Use limits hold across processes (gateway.keys.key_store): a worker never encrypts under a key it
+    loaded, role-scoped ones included, so a restart makes a second key of the subject; forget erases both."""
     keyring.ensure_roles({"clinician", "lab"})
     topic = KeyTopic()
-    first = parse_ciphertext(_Worker(plan, keyring, topic).sanitize("v-1")["diagnosis"])
-    stored = len(topic.records)
-    again = parse_ciphertext(_Worker(plan, keyring, topic).sanitize("v-2")["diagnosis"])
-    assert again.dek_id == first.dek_id and len(topic.records) == stored  # no new key for the same subject
-
+    first = _Worker(plan, keyring, topic).sanitize("v-1")
+    again = _Worker(plan, keyring, topic).sanitize("v-2")
+    assert parse_ciphertext(first["diagnosis"]).dek_id != parse_ciphertext(again["diagnosis"]).dek_id
+    clinician = _as_role(keyring, "clinician", topic, tmp_path)
+    assert _outcomes(first, plan, clinician)[1]["diagnosis"] == _outcomes(again, plan, clinician)[1]["diagnosis"] \
+        == "decrypted"
+    _forget(topic, keyring, "patient-1")
+    clinician = _as_role(keyring, "clinician", topic, tmp_path)
+    assert _outcomes(first, plan, clinician)[1]["diagnosis"] == _outcomes(again, plan, clinician)[1]["diagnosis"] \
+        == "key_erased"
 
 def test_the_audit_names_each_role_scoped_key_without_the_token(plan: Plan, keyring: Keyring) -> None:
     keyring.ensure_roles({"clinician", "lab"})
