@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from gateway.decrypt import decrypt_record
+from gateway.errors import MalformedStateRecord
 from gateway.keys.envelope import DekCache, FieldDecryptor, Format, parse_ciphertext, role_keyed_header
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, day_label, due_keys, parse_period_key
@@ -226,3 +227,17 @@ def test_the_audit_names_each_role_scoped_key_without_the_token(plan: Plan, keyr
     assert result.other_key_ids == ids
     assert {i.split("/", 1)[0] for i in ids} == {"roles:clinician", "roles:clinician,lab"}
     assert not any(TOKENIZER.token("patient-1") in i for i in ids)
+
+
+@pytest.mark.parametrize("value", [
+    {"format": 2, "roles": [], "created": 1},
+    {"format": 2, "roles": [{"role": "clinician", "kek_id": "k"}], "created": 1},
+    {"format": 2, "roles": [{"role": "clinician", "kek_id": "k", "wrapped": "not base64!"}], "created": 1},
+    {"format": 2, "roles": [{"role": "clinician", "kek_id": "k", "wrapped": "AAAA"}], "created": True},
+])
+def test_a_malformed_role_scoped_entry_is_skipped_and_leaves_no_key(keyring: Keyring, value: dict[str, Any]) -> None:
+    keys = SubjectKeys(keyring)
+    name = b"patient/tok_v1_x/roles:clinician/" + bytes(16).hex().encode()
+    with pytest.raises(MalformedStateRecord):
+        keys.apply(name, orjson.dumps(value))
+    assert keys.keys_of("patient", "tok_v1_x") == []
