@@ -130,7 +130,8 @@ class SanitizedReader:
 
     def decode(self, topic: str | None, value: bytes | None, headers: HeadersLike = None) -> Decoded:
         """Decode by the `gateway-schema` and `gateway-encoding` headers the gateway sets on every
-        sanitized record; without them, as `decode_value` does."""
+        sanitized record; without them, as `decode_value` does. The `gateway-source` header opens the
+        ciphertexts of a view without an event id (bound to it, format v5)."""
         if value is None:
             raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
         hdrs = header_dict(headers)
@@ -149,7 +150,8 @@ class SanitizedReader:
 
     def decode_value(self, value: bytes | None, topic: str | None = None) -> Decoded:
         """Decode without headers, for hooks that see bytes only: a JSON object, else bare or
-        Confluent-framed Avro of the topic's policy (the only one, or `topic`), whichever decodes whole."""
+        Confluent-framed Avro of the topic's policy (the only one, or `topic`), whichever decodes whole.
+        Without the `gateway-source` header, ciphertexts of a view without an event id do not open."""
         if value is None:
             raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
         return self._guess(self._plan(topic, None), value, topic)
