@@ -169,14 +169,14 @@ class TopicStage:
         self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
 
     def transform(self, value: bytes | None, max_output_bytes: int,
-                  timestamp_ms: int = 0) -> tuple[bytes, str, SanitizeResult]:
+                  timestamp_ms: int = 0, source: str = "") -> tuple[bytes, str, SanitizeResult]:
         """One event's whole transform: decode and validate, sanitize, encode, check the size.
         `timestamp_ms` is the event's time (operators such as an age band read it).
 
         Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
         """
         record, encoding, _ = self.decoder.decode_event(value)
-        return self.finish(record, encoding, max_output_bytes, timestamp_ms)
+        return self.finish(record, encoding, max_output_bytes, timestamp_ms, source)
 
     def key_ids(self, dek_key_id: str | None) -> orjson.Fragment:
         """The audit key_ids of an event encrypted under the shared DEK `dek_key_id` alone (or none):
@@ -199,9 +199,10 @@ class TopicStage:
         return actions
 
     def finish(self, record: dict[str, Any], encoding: str, max_output_bytes: int,
-               timestamp_ms: int) -> tuple[bytes, str, SanitizeResult]:
-        """Sanitize and encode a decoded event (transform after the decode)."""
-        result = self.sanitizer.sanitize(record, timestamp_ms)
+               timestamp_ms: int, source: str = "") -> tuple[bytes, str, SanitizeResult]:
+        """Sanitize and encode a decoded event (transform after the decode). `source`: its `gateway-source`
+        value, which binds its ciphertexts to it where the view has no event id (format v5)."""
+        result = self.sanitizer.sanitize(record, timestamp_ms, source)
         out, out_encoding = self.encode(result.record, encoding)
         if len(out) > max_output_bytes:
             raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
@@ -480,7 +481,7 @@ class Pipeline:
                     if failed:
                         self._quality_failed(quality, event.topic, failed, reject, audit, counts)
                 value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
-                                                           event.timestamp_ms)
+                                                           event.timestamp_ms, source[1].decode())
                 views = self._purpose_outputs(stage, record, encoding, event, result, audit, counts) \
                     if stage.views else None
                 sentinel = stage.sentinel
@@ -575,8 +576,9 @@ class Pipeline:
                 decisions[purpose.name] = f"withheld:no_consent:{purpose.name}"
                 counts[(event.topic, "purpose", purpose.name, "withheld")] += 1
                 continue
-            data, view_encoding, view_result = view.stage.finish(record, encoding, self.max_output_bytes,
-                                                                 event.timestamp_ms)
+            data, view_encoding, view_result = view.stage.finish(
+                record, encoding, self.max_output_bytes, event.timestamp_ms,
+                source_ref(event.topic, event.partition, event.offset).decode())
             outputs.append((purpose.topic, data, view.stage.headers[view_encoding], view_result.out_timestamp_ms))
             decisions[purpose.name] = f"published:{purpose.basis}"
             counts[(event.topic, "purpose", purpose.name, "published")] += 1

@@ -25,7 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.errors import DecryptError
 from gateway.keys.envelope import _DEK_CONTEXT as FIELD_DEK_CONTEXT
-from gateway.keys.envelope import FieldDecryptor, context_bytes, parse_ciphertext
+from gateway.keys.envelope import FieldDecryptor, RecordRef, context_bytes, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import WrappedKey
 from gateway.keys.subject_keys import _WRAP_CONTEXT as SUBJECT_WRAP_CONTEXT
@@ -400,6 +400,8 @@ def test_forget_physically_removes_the_wrapped_key_so_not_even_a_kek_holder_can_
     def attempts(record: dict[str, Any]) -> list[bytes | None]:
         ct = parse_ciphertext(base64.b64decode(record["note"]))
         aad = ct.header + context_bytes(s.plan.sanitized_topic, "note", record["patient_id"])
+        if ct.binding is not None:  # format v5: bound to its record by the event id too
+            aad += RecordRef(event_id=record["event_id"]).suffix(ct.binding)
         out: list[bytes | None] = []
         for dek in deks:
             try:

@@ -450,17 +450,6 @@ def test_a_record_s_retention_is_checked_and_applies_to_every_encrypted_field_wi
     assert "format v4" in sanitized_doc and "90 day(s)" in sanitized_doc
 
 
-def test_roles_do_not_combine_with_a_retention_yet(write_schema: Callable[..., Path]) -> None:
-    schema = _schema()
-    schema["fields"][1]["privacy"] = {"encrypt": {"roles": ["fraud"], "retention_days": 7}}
-    [(where, message)] = _errors(write_schema, schema)
-    assert where == "card" and "roles cannot be combined with encrypt option retention_days" in message
-    schema = _schema(retention_days=7)
-    schema["fields"][3]["privacy"] = {"encrypt": {"roles": ["fraud"]}}
-    [(where, message)] = _errors(write_schema, schema)
-    assert where == "code" and "the record's retention_days setting" in message
-
-
 def test_per_subject_with_a_retention_needs_a_tokenized_subject(write_schema: Callable[..., Path]) -> None:
     schema = _schema()
     del schema["privacy"]["subject"]
