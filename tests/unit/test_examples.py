@@ -1,4 +1,4 @@
-"""The example policies under examples/schemas lint clean: what the README points users at works."""
+"""The example policies under examples/schemas lint clean: what the docs point users at works."""
 
 from __future__ import annotations
 
