@@ -827,14 +827,15 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.keys.subject_keys import SubjectKeys
-    from gateway.runtime.keytopic import forget_subject, load_subject_keys
+    from gateway.runtime.keytopic import forget_subject, snapshot_subject_keys
 
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
     subject = _normalized_subject(args, config, _read_identifier(args))
-    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(keyring))
-    event = forget_subject(config, subject, args.domain, token_keys, keys)
+    keys = SubjectKeys(keyring)
+    since = snapshot_subject_keys(config.kafka_client_config(), config.key_topic, keys)
+    event = forget_subject(config, subject, args.domain, token_keys, keys, since)
     print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
           f"'{config.key_topic}' (tombstones), audit event on '{config.audit_topic}'. Running workers evict the keys "
           "within seconds; the subject's earlier ciphertexts can no longer be decrypted")
