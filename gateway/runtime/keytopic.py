@@ -50,6 +50,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Produc
 
 from gateway.audit import GENESIS, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
+from gateway.consent.table import ConsentTable
+from gateway.consent.table import parse_key as parse_consent_key
 from gateway.errors import GatewayError
 from gateway.keys.kms import KmsProvider
 from gateway.keys.period_keys import (
@@ -291,43 +293,78 @@ def retention_transactional_id(config: GatewayConfig) -> str:
     return f"{config.group_id}-retention:{config.key_topic}"
 
 
+class NothingToForget(GatewayError):
+    """`forget` found no key and no consent record of the subject: nothing was written."""
+
+
 def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys: dict[str, bytes],
                    keys: SubjectKeys, since: Mapping[int, int] | None = None) -> dict[str, Any]:
     """Tombstone every key of `subject` (under each token version of `domain`), its per-subject period keys
-    included, and audit it, in one transaction with the forget chain's new head (see the module's
-    docstring); return the event.
+    included, and its consent history on the consent topic, and audit it, in one transaction with the
+    forget chain's new head (see the module's docstring); return the event. Raises NothingToForget,
+    writing nothing, when the subject has neither.
 
     `keys` is a snapshot of the key topic and `since` where it ended (snapshot_subject_keys; None: the
     topic is scanned from its beginning). Inside the transaction, before anything is erased, a fence
-    record goes to every partition; then everything written between the snapshot and the fences is
-    scanned, so a key a worker stored for the subject meanwhile is erased too (a worker waits until it
-    can read its new key back, which it cannot past the open fences: see KeyTopic.publish)."""
+    record goes to every partition of the key topic and of the consent topic; then everything written
+    between the snapshots and the fences is scanned, so a key a worker stored for the subject meanwhile
+    (or a consent change it stored) is erased too. A worker waits until it can read a new key back,
+    which it cannot past the open fences (KeyTopic.publish), so a key it stores later is a fresh one
+    for events processed after the forget."""
     tokens = [DomainTokenizer(domain, version, key).token(subject) for version, key in sorted(token_keys.items())]
+    wanted = {(domain, token) for token in tokens}
     names = {n for token in tokens for n in (*keys.keys_of(domain, token), *keys.periods.keys_of(domain, token))}
     kafka = config.kafka_client_config()
+    consent, consent_since = _consent_snapshot(config)
+    consent_keys = {k for token in tokens for k in consent.keys_of(domain, token)}
     audit_partitions = _audit_partitions(config)
     transactional_id = forget_transactional_id(config)
     producer = _chain_producer(config, transactional_id, "forget")  # from here on this one owns the chain
     prev = read_forget_head(kafka, config.key_topic, config.audit_topic)
     try:
         producer.begin_transaction()
-        fences = _fence(producer, config.key_topic, _key_partitions(config), FORGET_CHAIN)
+        fences = _fence(producer, config.key_topic, _partition_count(config, config.key_topic), FORGET_CHAIN)
+        consent_fences = {} if consent_since is None else _fence(
+            producer, config.consent_topic, _partition_count(config, config.consent_topic), FORGET_CHAIN)
         _pause("forget:fenced")
-        wanted = {(domain, token) for token in tokens}
         names |= {r.key.decode() for r in _scan(kafka, config.key_topic, since or {}, fences)
                   if r.key is not None and r.value is not None and _subject_of(r.key.decode()) in wanted}
+        consent_keys |= {r.key for r in _scan(kafka, config.consent_topic, consent_since or {}, consent_fences)
+                         if r.key is not None and r.value is not None
+                         and (parsed := parse_consent_key(r.key)) is not None and parsed[:2] in wanted}
+        if not names and not consent_keys:
+            raise NothingToForget(
+                f"no key and no consent record of this subject in token domain '{domain}' on '{config.key_topic}' "
+                f"and '{config.consent_topic}': nothing was erased. Check the identifier's spelling, --domain and "
+                "the domain's normalizer (--schemas or --normalizer); a subject already forgotten has nothing left")
+        for key in sorted(consent_keys):
+            producer.produce(config.consent_topic, None, key)
     except KafkaException as exc:
         raise _transaction_failed(producer, exc.args[0], transactional_id, "forget") from None
     except GatewayError:
         _abort_quietly(producer)
         raise
     ordered = sorted(names)
-    sealed = seal_audit_event(_forget_body(config, domain, tokens, ordered, restart=prev is None), prev or GENESIS)
+    sealed = seal_audit_event(_forget_body(config, domain, tokens, ordered, len(consent_keys),
+                                           restart=prev is None), prev or GENESIS)
     _erase_and_audit(producer, config, FORGET_CHAIN, ordered, sealed, audit_partitions, transactional_id, "forget",
                      begun=True)
     for name in ordered:
         keys.apply(name.encode(), None)
     return sealed
+
+
+def _consent_snapshot(config: GatewayConfig) -> tuple[ConsentTable, dict[int, int] | None]:
+    """The consent topic's table and where its read ended (None: there is no consent topic)."""
+    table = ConsentTable()
+    kafka = config.kafka_client_config()
+    if config.consent_topic not in partition_counts(admin_client(kafka)):
+        return table, None
+    records, read_to = changelog.restore(kafka, config.consent_topic)
+    for record in records:
+        if record.key is not None:
+            table.apply(record.key, record.value)
+    return table, read_to
 
 
 def _subject_of(name: str) -> tuple[str, str] | None:
@@ -347,10 +384,10 @@ def _pause(point: str) -> None:
         hook()
 
 
-def _key_partitions(config: GatewayConfig) -> int:
-    count = partition_counts(admin_client(config.kafka_client_config())).get(config.key_topic)
+def _partition_count(config: GatewayConfig, topic: str) -> int:
+    count = partition_counts(admin_client(config.kafka_client_config())).get(topic)
     if not count:
-        raise GatewayError(f"key topic '{config.key_topic}' (setting key_topic) does not exist: nothing was erased")
+        raise GatewayError(f"topic '{topic}' does not exist (or has no partitions): nothing was erased")
     return count
 
 
@@ -478,7 +515,7 @@ def _audit_partitions(config: GatewayConfig) -> int:
     return partition_counts(admin)[config.audit_topic]
 
 
-def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: list[str],
+def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: list[str], consent_records: int,
                  restart: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "subject_forgotten",
@@ -488,6 +525,7 @@ def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: l
         "subject_tokens": tokens,  # the subject's tokens, never the subject
         "keys_erased": len(names),
         "key_ids": [_forgotten_key_id(n) for n in names],
+        "consent_records_erased": consent_records,
         "key_topic": config.key_topic,
         "instance": config.instance_id,
         "time": int(time.time() * 1000),

@@ -52,7 +52,8 @@ class Setup:
         self.keyring = Keyring.open(self.keyring_path)
         self.keyring.ensure_token_domains({DOMAIN})
         self.config = GatewayConfig(bootstrap=bootstrap, keyring=self.keyring_path, key_topic=f"privacy.keys.{suffix}",
-                                    audit_topic=f"privacy.audit.{suffix}", group_id=f"gateway-{suffix}", partitions=3)
+                                    audit_topic=f"privacy.audit.{suffix}", group_id=f"gateway-{suffix}", partitions=3,
+                                    consent_topic=f"privacy.consent.{suffix}")
         self.kafka = self.config.kafka_client_config()
         _, self.token_keys = self.keyring.token_keys(DOMAIN)
 

@@ -54,6 +54,24 @@ def test_consent_is_decided_by_the_latest_change_at_the_events_time() -> None:
     assert not table.known("customer", "tok_c") or not table.in_force("customer", "tok_c", "fraud", T0)
 
 
+def test_no_event_stamp_reaches_back_behind_a_revocation_the_table_holds() -> None:
+    table = ConsentTable()
+    _change(table, "tok_a", "fraud", T0, True)
+    assert table.allows("customer", "tok_a", "fraud", T0 + 50)
+    _change(table, "tok_a", "fraud", T0 + 100, False)
+    # stamped while consent was in force, judged after the revocation is known: withheld
+    assert table.in_force("customer", "tok_a", "fraud", T0 + 50)
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 50)
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 200)
+    _change(table, "tok_a", "fraud", T0 + 300, True)  # granted again: events from then on
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 50)
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 299)
+    assert table.allows("customer", "tok_a", "fraud", T0 + 300)
+    _change(table, "tok_a", "fraud", T0 + 10_000, False)  # a revocation dated later than now binds at once
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 400)
+    assert not table.allows("customer", "tok_b", "fraud", T0 + 400)  # never seen
+
+
 def test_the_same_change_twice_counts_once_and_keys_never_hold_the_identifier() -> None:
     table = ConsentTable()
     _change(table, "tok_a", "fraud", T0, True)
@@ -148,15 +166,16 @@ def test_the_pipeline_publishes_each_view_its_basis_allows_and_audits_the_rest(t
         by_topic.setdefault(r.topic, []).append(r)
     assert len(by_topic[plan.sanitized_topic]) == 4 and len(by_topic["payments.analytics"]) == 4
     fraud = [orjson.loads(r.value) for r in by_topic["payments.fraud"]]
-    assert [f["event_id"] for f in fraud] == [granted["event_id"], revoked["event_id"]]  # in force at their time
+    # the revoked subject's event stamped before the revocation is withheld too: it is judged after it
+    assert [f["event_id"] for f in fraud] == [granted["event_id"]]
     assert all(set(f) == {"event_id", "user_id", "card_number", "amount_minor"} for f in fraud)
     assert all(f["card_number"] != granted["card_number"] for f in fraud)  # the view encrypts it
     audits = record_entries(r.value for r in by_topic[config.audit_topic])
     assert [a["outcome"] for a in audits] == ["sanitized"] * 4  # one audit event per input event
-    assert [a["purposes"]["fraud"] for a in audits] == ["published:consent", "published:consent",
+    assert [a["purposes"]["fraud"] for a in audits] == ["published:consent", "withheld:no_consent:fraud",
                                                         "withheld:no_consent:fraud", "withheld:no_consent:fraud"]
     assert {a["purposes"]["analytics"] for a in audits} == {"published:legitimate_interests"}
-    assert result.counts[(plan.source_topic, "purpose", "fraud", "withheld")] == 2
+    assert result.counts[(plan.source_topic, "purpose", "fraud", "withheld")] == 3
     keys = {r.key for r in by_topic["payments.fraud"]} | {r.key for r in by_topic["payments.analytics"]}
     assert keys <= {r.key for r in by_topic[plan.sanitized_topic]}  # keyed by the subject token, as the default
 
