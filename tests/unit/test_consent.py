@@ -207,3 +207,18 @@ def test_purposes_and_an_enforced_risk_measure_are_refused_together(tmp_path: Pa
     schema["privacy"]["quality"]["risk"]["mode"] = "report"  # measured only: allowed
     path.write_text(json.dumps(schema))
     assert compile_plan(load_schema_file(path)).purposes
+
+
+def test_a_revocation_binds_the_events_after_it_in_the_same_batch(tmp_path: Path) -> None:
+    plan = compile_plan(load_schema_file(_purposes_policy(tmp_path)))
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test", consent_input_topic="consent.raw")
+    pipeline = Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, audit_partitions=1)
+    payment = SampleEvents(seed=5).payment()
+    token = pipeline.stages[plan.source_topic].sanitizer.subject_token
+    pipeline.consent = ConsentTable()
+    _change(pipeline.consent, token(payment["user_id"]), "fraud", T0, True)
+    revoke = orjson.dumps({"subject": payment["user_id"], "purpose": "fraud", "granted": False, "at": T0 + 100})
+    result = pipeline.process([RawEvent("consent.raw", 0, 0, T0 + 100, None, revoke, None),
+                               RawEvent(plan.source_topic, 0, 0, T0 + 50, None, orjson.dumps(payment), None)])
+    assert not [r for r in result.records if r.topic == "payments.fraud"]  # stamped before, processed after
+    assert [r for r in result.records if r.topic == config.consent_topic]
