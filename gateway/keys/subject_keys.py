@@ -14,8 +14,8 @@ Several keys per subject may coexist (two workers creating one concurrently, or 
 newest is used for new events, all of them are erased together.
 
 Keys starting with ``_`` are the gateway's own bookkeeping in that topic, never a subject key (a
-token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain
-(keytopic.py). `SubjectKeys.apply` ignores them.
+token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain and
+the forget's fence records (keytopic.py). `SubjectKeys.apply` ignores them.
 
 Keys starting with ``period:`` are period keys (retention by key expiry, gateway.keys.period_keys;
 a token domain cannot hold ':'). `SubjectKeys.apply` hands them to `SubjectKeys.periods`, and

@@ -4,10 +4,17 @@ and period_keys.py).
 `KeyTopic` keeps a `SubjectKeys` in step with the topic: at start it reads the topic to its end,
 then a background consumer thread applies every new record within a poll interval, so a tombstone
 written by `gateway forget` evicts the key from every running worker within seconds. New keys are
-produced (idempotent, acks=all) and flushed before the batch that uses them is published.
+produced (idempotent, acks=all) and read back by that thread (read_committed) before the batch that
+uses them is published (KeyTopic.publish says why: it is the workers' side of the forget's fence).
+
+Erasure is final: no writer brings an erased key back. Workers only write new names; forget and
+retention only tombstones; `rewrap_keys`, the one writer of existing names, commits only if nothing
+touched its keys between its snapshot and its values. A forget fences every partition before it
+scans for keys stored since its snapshot (see `forget_subject`).
 
 `forget_subject` is the erasure: tombstones for every key of a subject under every version of its
-token domain, and one `subject_forgotten` event on the audit topic that names only the token(s).
+token domain and for its consent history, and one `subject_forgotten` event on the audit topic that
+names only the token(s).
 
 The forget events form the audit chain ``keys:forget``. Its head (the last event's hash) is kept in
 the key topic itself, as the record ``_audit-head/<audit topic>/keys:forget`` in partition 0 (a
@@ -20,7 +27,9 @@ One forget is one Kafka transaction under the stable transactional.id
 2. the head is read from the key topic, read_committed (no head record: the chain starts at
    GENESIS, the event marked ``chain_restart``, which verify ignores for a new chain and reports
    as a restart, not a break, when earlier forget events exist, e.g. after an upgrade);
-3. tombstones, the new head record and the sealed audit event are produced and committed together,
+3. a fence record goes to every partition of the key and consent topics, and what was written since
+   the snapshot up to the fences is scanned for the subject's keys and consent records;
+4. tombstones, the new head record and the sealed audit event are produced and committed together,
    so readers (read_committed) see all of them or none.
 
 `enforce_retention` is the other erasure: tombstones for every period key whose period ended more
