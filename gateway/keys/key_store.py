@@ -61,6 +61,7 @@ class KeyStore:
         self._aeads: OrderedDict[str, AESGCM] = OrderedDict()  # unwrapped, bounded
         self._current: OrderedDict[str, DataKey] = OrderedDict()  # per scope prefix, for encryption
         self._pending: list[KeyRecord] = []
+        self._refused: set[str] = set()  # names an erasure recorded for good (see `_refuse`)
         self._lock = threading.RLock()
         self.kms_calls = 0
         self.erased = 0
@@ -111,9 +112,10 @@ class KeyStore:
 
     # ---- the key topic's content -------------------------------------------------------------
     def _apply(self, name: str, value: bytes | None) -> None:
-        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it."""
+        """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it.
+        A value under a refused name is ignored, whoever wrote it."""
         with self._lock:
-            if value is None:
+            if value is None or name in self._refused:
                 self._erase(name)
                 return
             try:
@@ -121,6 +123,13 @@ class KeyStore:
             except (ValueError, KeyError, TypeError):
                 return  # not ours or damaged: never fatal, the key simply stays unknown
             self._add(name, entry)
+
+    def _refuse(self, name: str) -> None:
+        """`name` was erased for good (an erasure recorded it where key-topic writers cannot undo it):
+        drop it, and ignore any value stored under it from now on, in any order the records arrive."""
+        with self._lock:
+            self._refused.add(name)
+            self._erase(name)
 
     def _add(self, name: str, entry: _Entry) -> None:
         prefix = _scope(name)

@@ -119,6 +119,14 @@ class SubjectKeys(KeyStore):
         if is_subject_key(name):
             self._apply(name, value)
 
+    def refuse(self, key: bytes) -> None:
+        """An erased-names record: the key (subject or period) it names is never live again here."""
+        name = key.decode("utf-8", "replace")
+        if name.startswith(PERIOD_PREFIX):
+            self.periods.refuse(key)
+        elif is_subject_key(name):
+            self._refuse(name)
+
     def keys_of(self, domain: str, token: str) -> list[str]:
         prefix = subject_prefix(domain, token)
         with self._lock:

@@ -106,9 +106,17 @@ PAUSE_POINTS: dict[str, Callable[[], None]] = {}
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
+def erased_topic(key_topic: str) -> str:
+    """The erased-names topic of a key topic: one record per key name `gateway forget` erased, written in
+    the forget's transaction; every reader of the key topic refuses a value under such a name, so
+    not even a writer with Write on the key topic can bring the key back (only forget writes here)."""
+    return f"{key_topic}.erased"
+
+
 def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> int:
     admin = admin_client(kafka)
     create_topics(admin, {topic: partitions}, configs={topic: KEY_TOPIC_CONFIG})
+    changelog.ensure_changelog(kafka, erased_topic(topic), 1)  # compacted; waits until the metadata shows it
     count = partition_counts(admin).get(topic)
     if not count:
         raise GatewayError(f"key topic '{topic}' (setting key_topic) could not be created or read")
@@ -127,9 +135,12 @@ class KeyTopic:
         self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
         self._producer = clients.plain_producer(kafka, **{"linger.ms": 0})
         # read_committed, as every changelog read: an aborted forget's tombstones never evict a key
+        erased_from = _restore_erased(kafka, self.topic, keys, load_timeout_s)  # first: refused names stay out
         records, follow_from = changelog.restore(kafka, self.topic, timeout_s=load_timeout_s)
         for record in records:
             self._apply(record.key, record.value)
+        self._erased = changelog.ChangelogFollower(kafka, erased_topic(self.topic), erased_from,
+                                                   group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._follower = changelog.ChangelogFollower(kafka, self.topic, follow_from,
                                                      group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._seen = threading.Condition()
@@ -149,6 +160,9 @@ class KeyTopic:
 
     def _follow(self) -> None:
         while not self._stop.is_set():
+            for key, value in self._erased.poll(500):
+                if value is not None:
+                    self.keys.refuse(key)
             records = self._follower.poll(500, 0.5)
             for key, value in records:
                 self._apply(key, value)
@@ -158,6 +172,7 @@ class KeyTopic:
                     self._positions.update(positions)
                     self._seen.notify_all()
         self._follower.close()
+        self._erased.close()
 
     def publish(self, records: list[KeyRecord]) -> None:
         """Produce, then wait until this worker's follower has read the new keys back (read_committed)
@@ -221,10 +236,21 @@ def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -
 def snapshot_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> dict[int, int]:
     """`load_subject_keys`, returning per partition the offset after the last record read: where a
     writer that acts on this snapshot (forget, rewrap) scans what was written since."""
+    _restore_erased(kafka, topic, keys)
     records, read_to = changelog.restore(kafka, topic)
     for record in records:
         if record.key is not None and is_key_record(record.key):  # not an audit chain's head
             keys.apply(record.key, record.value)
+    return read_to
+
+
+def _restore_erased(kafka: Mapping[str, str], key_topic: str, keys: SubjectKeys, timeout_s: float = 60.0
+                    ) -> dict[int, int]:
+    """Apply the erased-names topic to `keys` (none yet: nothing); where a follower goes on."""
+    records, read_to = changelog.restore(kafka, erased_topic(key_topic), timeout_s=timeout_s, missing_ok=True)
+    for record in records:
+        if record.key is not None and record.value is not None:  # a tombstone there never un-erases
+            keys.refuse(record.key)
     return read_to
 
 
@@ -324,6 +350,7 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
     wanted = {(domain, token) for token in tokens}
     names = {n for token in tokens for n in (*keys.keys_of(domain, token), *keys.periods.keys_of(domain, token))}
     kafka = config.kafka_client_config()
+    changelog.ensure_changelog(kafka, erased_topic(config.key_topic), 1)
     consent, consent_since = _consent_snapshot(config)
     consent_keys = {k for token in tokens for k in consent.keys_of(domain, token)}
     audit_partitions = _audit_partitions(config)
@@ -348,6 +375,9 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
                 "the domain's normalizer (--schemas or --normalizer); a subject already forgotten has nothing left")
         for key in sorted(consent_keys):
             producer.produce(config.consent_topic, None, key)
+        erased_value = orjson.dumps({"format": HEAD_FORMAT, "erased_by": "forget", "time": int(time.time() * 1000)})
+        for name in sorted(names):
+            producer.produce(erased_topic(config.key_topic), erased_value, name.encode())
     except KafkaException as exc:
         raise _transaction_failed(producer, exc.args[0], transactional_id, "forget") from None
     except GatewayError:

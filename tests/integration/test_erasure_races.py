@@ -8,6 +8,8 @@ Each test pauses one writer at its critical point (a hook, never a sleep) while 
   subject: that key must be erased too (before: it survived the forget);
 - `forget` with its transaction open, while a worker stores a new key: the worker cannot use it
   (its batch cannot commit) until the forget committed, and then it is a fresh key.
+
+And one writer that is not honest: it re-stores an erased key's old value; readers refuse it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
@@ -192,5 +195,36 @@ def test_a_worker_cannot_use_a_key_stored_while_a_forget_is_open_until_the_forge
         # the new key came after the forget's fences: a fresh key for events after the erasure
         assert setup.snapshot().keys_of(DOMAIN, token) == [stored["name"]]
         assert first not in setup.live()
+    finally:
+        worker.close()
+
+
+def test_a_writer_that_restores_an_erased_keys_old_value_is_refused_by_every_reader(setup: Setup) -> None:
+    """Not a race: a writer with Write on the key topic (and a copy of the wrapped value, read before
+    the forget) stores it again under its name. Readers honour the erased-names topic, which only
+    forget writes, and refuse it: at start-up, and in a worker already following the topic."""
+    worker = setup.worker()
+    try:
+        alice = new_subject_key(worker, setup.token(ALICE))
+        bob = new_subject_key(worker, setup.token(BOB))
+        copied = setup.stored_values()[alice]
+        assert copied is not None
+        forget_subject(setup.config, ALICE, DOMAIN, setup.token_keys, setup.snapshot())
+        wait_for(lambda: alice not in {n for n, _ in worker.keys.entries()}, "the worker evicting alice's key", 30)
+
+        written: dict[str, int] = {}
+        rogue = Producer({**setup.kafka, "enable.idempotence": True})
+        rogue.produce(setup.config.key_topic, copied, alice.encode(),
+                      on_delivery=lambda err, msg: written.update(partition=msg.partition(), offset=msg.offset()))
+        assert rogue.flush(30) == 0 and written
+        assert setup.stored_values()[alice] == copied  # the value is back in the topic...
+
+        live = setup.live()  # ...but a reader starting now refuses it
+        assert alice not in live, "a reader took the re-stored value of an erased key"
+        assert bob in live
+        # the running worker has read past it, and refused it too
+        wait_for(lambda: worker._positions.get(written["partition"], -1) > written["offset"],
+                 "the worker reading past the re-stored value", 30)
+        assert alice not in {n for n, _ in worker.keys.entries()}
     finally:
         worker.close()
