@@ -236,11 +236,11 @@ def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -
 def snapshot_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> dict[int, int]:
     """`load_subject_keys`, returning per partition the offset after the last record read: where a
     writer that acts on this snapshot (forget, rewrap) scans what was written since."""
-    _restore_erased(kafka, topic, keys)
     records, read_to = changelog.restore(kafka, topic)
     for record in records:
         if record.key is not None and is_key_record(record.key):  # not an audit chain's head
             keys.apply(record.key, record.value)
+    _restore_erased(kafka, topic, keys)  # after or before the values: a refused name ends up erased either way
     return read_to
 
 
