@@ -525,7 +525,7 @@ def _chain_producer(config: GatewayConfig, transactional_id: str, what: str) -> 
         producer.init_transactions(60)
     except KafkaException as exc:
         raise GatewayError(f"cannot start the {what}'s transaction (transactional.id '{transactional_id}'): "
-                           f"{exc.args[0].str()}; nothing was erased") from None
+                           f"{exc.args[0].str()}; nothing was written") from None
     return producer
 
 
