@@ -154,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
     add_settings(p, "bootstrap", "key_topic", "audit_topic", "group_id", "security")
 
-    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it",
-                       description="The identifier is read from stdin (or --file), so it stays out of shell history.")
+    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and consent history, "
+                                      "and audit it",
+                       description="The identifier is read from stdin (or --file), so it stays out of shell history. "
+                                   "Exit 1 when no key and no consent record of the subject was found.")
     p.add_argument("subject", nargs="?", default=None,
                    help="deprecated: the identifier on the command line (it stays in shell history); pipe it on stdin")
     _identifier_options(p)
