@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, "keyring")
     p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
     add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
+    p = keys.add_parser("rotate-quarantine", help="new quarantine key (seals dead letters), made active; the old ones "
+                                                  "still unseal earlier dead letters")
+    add_settings(p, "keyring")
 
     retention = sub.add_parser("retention", help="retention by key expiry: list and erase the period keys of fields "
                                                  "with retention_days").add_subparsers(dest="retention_cmd",
@@ -378,6 +381,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     print(f"topics:          {plan.source_topic} -> {plan.sanitized_topic} (dead letters: {plan.dlq_topic})")
     print(f"subject:         {plan.subject_field or '(none)'}")
     print(f"input / output:  {plan.input_mode} / {plan.output}")
+    print(f"record timestamp: {plan.timestamp.label}" + ("" if plan.timestamp.declared else " (default)"))
     print("fields:")
     width = max(len(p) for p in plan.field_actions)
     for path, action in plan.field_actions.items():
@@ -467,6 +471,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         from gateway.runtime.keytopic import cmd_rewrap
 
         return {"rotate": cmd_rotate, "retire": cmd_retire, "rewrap": cmd_rewrap}[args.keys_cmd](args, _config(args))
+    if args.keys_cmd == "rotate-quarantine":
+        from gateway.keys.rotation import cmd_rotate_quarantine
+
+        return cmd_rotate_quarantine(args, _config(args))
 
     from gateway.keys.roles import policy_roles
 
@@ -550,7 +558,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     """`gateway dlq unseal`: each dead letter's original as {"source", "reason", "value", "key", "headers"}
     (bytes base64, for inspection or replay). One that does not open is reported on stderr with its reason
     (key_erased: its subject was forgotten) and makes the exit code 1; the others are still printed."""
-    from gateway.deadletter import SEAL_FORMAT, QuarantineSealer
+    from gateway.deadletter import QuarantineSealer
     from gateway.errors import DecryptError
     from gateway.keys.errors import KmsUnavailable
     from gateway.keys.keyring import Keyring
@@ -565,7 +573,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
         subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic,
                                          SubjectKeys(build_kms(config, keyring)))
-    sealers: dict[str, QuarantineSealer] = {}
+    sealer = QuarantineSealer.of_keyring(keyring, subject_keys)  # opens each quarantine key the keyring holds
     out = sys.stdout.buffer
     failures = 0
     for n, line in enumerate(sys.stdin.buffer, start=1):
@@ -576,11 +584,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             letter = orjson.loads(line)
             source = letter["source"]
             where = f"dead letter {source['topic']}/{source['partition']}/{source['offset']}"
-            sealed = letter.get("sealed")
-            key_id = sealed.get("key_id") if isinstance(sealed, dict) and sealed.get("format") == SEAL_FORMAT else None
-            sealer = sealers.get(key_id or "")
-            if sealer is None:  # format 1 names its quarantine key; format 2 needs only the subject keys
-                sealer = sealers[key_id or ""] = QuarantineSealer(*keyring.quarantine_key(key_id), subject_keys)
             opened = sealer.unseal(letter)
         except DecryptError as exc:
             failures += 1

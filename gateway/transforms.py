@@ -30,7 +30,8 @@ from gateway.keys.period_keys import event_day
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.operators.base import CALL, CHECK_STR, StepFn
-from gateway.policy import Plan, RecordPlan, Shape
+from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
+from gateway.record_timestamp import PATH, TimestampMode, TimestampPlan
 
 RecordFn = Callable[[dict[str, Any], "SanitizeResult"], dict[str, Any]]
 
@@ -40,7 +41,7 @@ class SanitizeResult:
     operators share while the record is built (one object per event)."""
 
     __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "other_key_ids", "dek", "subject_aad",
-                 "entities")
+                 "entities", "out_timestamp_ms")
 
     def __init__(self, subject: str, timestamp_ms: int = 0) -> None:
         self.record: dict[str, Any] = {}
@@ -51,6 +52,8 @@ class SanitizeResult:
         self.dek: DataKey | None = None  # the shared DEK this event encrypts under
         self.subject_aad: bytes | None = None  # the subject's part of the associated data
         self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
+        # the output record's Kafka timestamp as the policy treats it (0: processing time, the pipeline's batch's)
+        self.out_timestamp_ms = 0
 
     def __repr__(self) -> str:
         return f"<SanitizeResult subject={self.subject!r} dek={self.dek_key_id!r} fields={len(self.record)}>"
@@ -87,6 +90,7 @@ class RecordSanitizer:
             subject_plan = next(f for f in plan.record.fields if f.name == plan.subject_field)
             self._subject_value = subject_plan.operator.subject_value(subject_plan, self)
         self._record: RecordFn = self.compile_record(plan.record)
+        self._timestamp = self.timestamp_step(plan.timestamp)
 
     def subject_token(self, value: Any) -> str:
         """The subject as its sanitized records carry it (the token, through the domain's normalizer)."""
@@ -103,7 +107,34 @@ class RecordSanitizer:
                 subject = self._subject_value(value)  # type: ignore[misc]
         result = SanitizeResult(subject, timestamp_ms)
         result.record = self._record(record, result)
+        if timestamp_ms is not None and timestamp_ms >= 0:  # none (Kafka's -1): processing time
+            step = self._timestamp
+            result.out_timestamp_ms = timestamp_ms if step is None else step(timestamp_ms, result)
         return result
+
+    def timestamp_step(self, plan: TimestampPlan) -> Callable[[int, SanitizeResult], int] | None:
+        """The output timestamp of an event's (non-negative) Kafka timestamp: the plan's treatment, made of
+        the shift_date and generalize operators' own steps (built once, like a field's); None: kept as it is."""
+        mode = plan.mode
+        if mode is TimestampMode.KEEP:
+            return None
+        if mode is TimestampMode.PROCESSING:
+            return _processing
+        truncate = plan.truncate.build(FieldPlan(PATH, PATH, plan.truncate), self)[1] if plan.truncate else _same
+        if mode is TimestampMode.TRUNCATE:
+            return truncate  # type: ignore[no-any-return]
+        assert plan.shift is not None
+        shift = plan.shift.build(FieldPlan(PATH, PATH, plan.shift), self)[1]
+        back = plan.shift.max_days * 86_400_000  # never ahead of the raw time: brokers refuse future timestamps
+
+        def shift_timestamp(timestamp_ms: int, event: SanitizeResult) -> int:
+            out = truncate(shift(timestamp_ms, event) - back, event)
+            if out < 0:
+                raise RejectedEvent("value_out_of_range", f"the {PATH} shifted lies before 1970, which Kafka "
+                                    "cannot carry")
+            return out  # type: ignore[no-any-return]
+
+        return shift_timestamp
 
     # ---- compilation (once per plan): the operators' build environment ----------------------
     def compile_record(self, plan: RecordPlan) -> RecordFn:
@@ -246,6 +277,14 @@ class RecordSanitizer:
     def too_large(self, path: str, size: int) -> None:
         raise RejectedEvent("field_too_large", f"field '{path}' holds {size} bytes, above "
                             f"max_field_bytes={self.max_field_bytes}")
+
+
+def _same(timestamp_ms: int, _event: SanitizeResult) -> int:
+    return timestamp_ms
+
+
+def _processing(_timestamp_ms: int, _event: SanitizeResult) -> int:
+    return 0  # processing time: the pipeline stamps its batch's time
 
 
 def _current_or_reject(deks: Any, path: str) -> Callable[[], DataKey]:

@@ -5,9 +5,16 @@ Both hold wrapped DEKs as the compacted key topic does, one record per key, name
 
     value = {"format": 1, "kek_id": ..., "wrapped": base64, "created": ms}   (null: erased)
 
-One class keeps the bookkeeping (newest key per scope, the DEK in use per scope, the unwrapped-DEK
-cache, what erasing a key evicts) in one place, so the two kinds of key cannot drift apart. What
-differs (names, headers, wrap context, what a record's key must look like) stays in the subclasses.
+One class keeps the bookkeeping (the DEK in use per scope, the unwrapped-DEK cache, what erasing a
+key evicts) in one place, so the two kinds of key cannot drift apart. What differs (names, headers,
+wrap context, what a record's key must look like) stays in the subclasses.
+
+Use limits hold across the whole group because a process encrypts only under keys it created
+itself and counted since: a key loaded from the key topic (made by another process, or by this one
+before a restart) opens ciphertexts but never makes new ones, since nobody knows how often it was
+used. So a scope (a subject, a period) holds a set of keys, one or more per process that wrote to
+it, all erased together; each key encrypts at most `max_uses` values, under random 96-bit nonces
+(kept far below NIST SP 800-38D's 2^32 per key).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MalformedStateRecord
 from gateway.keys.envelope import DataKey
 from gateway.keys.kms import KmsProvider, WrappedKey
 
@@ -57,9 +64,9 @@ class KeyStore:
         self._max_uses = max_uses
         self._cache_size = cache_size
         self._entries: dict[str, _Entry] = {}
-        self._newest: dict[str, str] = {}  # scope prefix -> name of its newest live key
         self._aeads: OrderedDict[str, AESGCM] = OrderedDict()  # unwrapped, bounded
-        self._current: OrderedDict[str, DataKey] = OrderedDict()  # per scope prefix, for encryption
+        # per scope prefix, for encryption: only keys this process created (their use count is complete)
+        self._current: OrderedDict[str, DataKey] = OrderedDict()
         self._pending: list[KeyRecord] = []
         self._refused: set[str] = set()  # names an erasure recorded for good (see `_refuse`)
         self._lock = threading.RLock()
@@ -75,24 +82,18 @@ class KeyStore:
         return self._kms
 
     # ---- encryption side -------------------------------------------------------------------
-    def _current_key(self, prefix: str, header_of: Callable[[bytes], bytes], create: Callable[[], DataKey]
-                     ) -> DataKey:
-        """The scope's DEK for new ciphertexts: cached, else its newest stored key, else `create()` (a new
-        one too once the cached one is used up)."""
+    def _current_key(self, prefix: str, create: Callable[[], DataKey]) -> DataKey:
+        """The scope's DEK for new ciphertexts: the one this process created for it while it has uses
+        left, else `create()`. Never a key loaded from the key topic: its uses elsewhere are unknown."""
         with self._lock:
             key = self._current.get(prefix)
             if key is not None and key.uses < self._max_uses:
                 self._current.move_to_end(prefix)
                 return key
-            name = self._newest.get(prefix)
-            if name is not None and key is None:
-                dek_id = bytes.fromhex(name.rsplit("/", 1)[1])
-                key = DataKey(dek_id, self._aead(name), header_of(dek_id), time.monotonic())
-            else:
-                key = create()
-            self._current[prefix] = key
+            key = self._current[prefix] = create()
+            self._current.move_to_end(prefix)
             if len(self._current) > self._cache_size:
-                self._current.popitem(last=False)
+                self._current.popitem(last=False)  # dropped for encryption for good: a new key next time
             return key
 
     def _store_new(self, name: str, dek: bytes) -> AESGCM:
@@ -113,6 +114,9 @@ class KeyStore:
     # ---- the key topic's content -------------------------------------------------------------
     def _apply(self, name: str, value: bytes | None) -> None:
         """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it.
+
+        A value that is no key entry (MalformedStateRecord) leaves no key under that name, as the
+        compacted topic will (it keeps only this record): every reader, running or fresh, agrees.
         A value under a refused name is ignored, whoever wrote it."""
         with self._lock:
             if value is None or name in self._refused:
@@ -120,8 +124,9 @@ class KeyStore:
                 return
             try:
                 entry = _decode(value)
-            except (ValueError, KeyError, TypeError):
-                return  # not ours or damaged: never fatal, the key simply stays unknown
+            except MalformedStateRecord:
+                self._erase(name)
+                raise
             self._add(name, entry)
 
     def _refuse(self, name: str) -> None:
@@ -132,26 +137,16 @@ class KeyStore:
             self._erase(name)
 
     def _add(self, name: str, entry: _Entry) -> None:
-        prefix = _scope(name)
         self._entries[name] = entry
-        newest = self._newest.get(prefix)
-        if newest is None or self._entries[newest].created <= entry.created:
-            self._newest[prefix] = name
 
     def _erase(self, name: str) -> None:
-        prefix = _scope(name)
         if self._entries.pop(name, None) is not None:
             self.erased += 1
         self._aeads.pop(name, None)
+        prefix = _scope(name)
         current = self._current.get(prefix)
-        if current is not None and name.endswith(current.dek_id.hex()):
-            del self._current[prefix]
-        if self._newest.get(prefix) == name:
-            rest = [(e.created, n) for n, e in self._entries.items() if n.startswith(prefix)]
-            if rest:
-                self._newest[prefix] = max(rest)[1]
-            else:
-                del self._newest[prefix]
+        if current is not None and name == prefix + current.dek_id.hex():
+            del self._current[prefix]  # the scope's next value gets a new key
 
     def entries(self) -> list[tuple[str, WrappedKey]]:
         with self._lock:
@@ -203,8 +198,21 @@ def _encode(wrapped: WrappedKey, created: int) -> bytes:
 
 
 def _decode(value: bytes) -> _Entry:
-    data = orjson.loads(value)
+    """A key entry; MalformedStateRecord for anything else (the message never quotes the value)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise MalformedStateRecord("a key-topic record is not JSON (or not UTF-8)") from None
+    if not isinstance(data, dict):
+        raise MalformedStateRecord("a key-topic record is JSON but not an object")
     if data.get("format") != ENTRY_FORMAT:
-        raise ValueError("unknown key entry format")
-    return _Entry(WrappedKey(str(data["kek_id"]), base64.b64decode(data["wrapped"], validate=True)),
-                  int(data["created"]))
+        raise MalformedStateRecord(f"a key-topic record is not a key entry of format {ENTRY_FORMAT}")
+    kek_id, wrapped, created = data.get("kek_id"), data.get("wrapped"), data.get("created")
+    if not isinstance(kek_id, str) or not isinstance(wrapped, str) or not isinstance(created, int) \
+            or isinstance(created, bool):
+        raise MalformedStateRecord("a key-topic record lacks kek_id, wrapped or created of the right type")
+    try:
+        blob = base64.b64decode(wrapped, validate=True)
+    except ValueError:
+        raise MalformedStateRecord("a key-topic record's wrapped key is not base64") from None
+    return _Entry(WrappedKey(kek_id, blob), created)

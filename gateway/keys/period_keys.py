@@ -195,11 +195,11 @@ class PeriodKeys(KeyStore):
     # ---- encryption side -------------------------------------------------------------------
     def current(self, days: int, day: int, domain: str = "", token: str = "") -> DataKey:
         """The DEK for new ciphertexts of `day` under a retention of `days` (per subject when `domain` is
-        set): cached, else the newest stored one, else a new one (a new one too once it is used up)."""
+        set): the one this process made for it, else a new one (a new one too once it is used up, or
+        erased: a late event of an erased day gets a new key, which the next run erases)."""
         if domain and not token:
             raise GatewayError("a per-subject period key needs the subject's token")
         return self._current_key(scope_prefix(days, day, domain, token),
-                                 lambda dek_id: period_header(days, day, domain, dek_id),
                                  lambda: self._create(days, day, domain, token))
 
     def _create(self, days: int, day: int, domain: str, token: str) -> DataKey:

@@ -10,8 +10,9 @@ in a compacted key topic, one record per key::
 Ciphertexts (format v2) carry only (domain, dek id); the subject token comes from the record. A
 tombstone for every key of a subject (``gateway forget``) leaves no copy of the DEK anywhere the
 gateway writes, so every ciphertext of that subject, in every topic and backup, is unreadable.
-Several keys per subject may coexist (two workers creating one concurrently, or a rotation); the
-newest is used for new events, all of them are erased together.
+A subject has a set of keys: each process encrypts only under keys it created (one per subject it
+saw, replaced after `max_uses` values or a restart), so use limits hold across the group
+(gateway.keys.key_store); every key of the set opens its ciphertexts, and all are erased together.
 
 Keys starting with ``_`` are the gateway's own bookkeeping in that topic, never a subject key (a
 token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain and
@@ -84,11 +85,11 @@ class SubjectKeys(KeyStore):
 
     # ---- encryption side -------------------------------------------------------------------
     def current(self, domain: str, token: str) -> DataKey:
-        """The subject's DEK for new ciphertexts: cached, else its newest stored key, else a new one."""
+        """The subject's DEK for new ciphertexts: the one this process made for the subject while it
+        has uses left, else a new one (never one loaded from the key topic: see gateway.keys.key_store)."""
         if not token:
             raise GatewayError("a per-subject key needs the subject's token")
-        return self._current_key(subject_prefix(domain, token), lambda dek_id: subject_header(domain, dek_id),
-                                 lambda: self._create(domain, token))
+        return self._current_key(subject_prefix(domain, token), lambda: self._create(domain, token))
 
     def _create(self, domain: str, token: str) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)

@@ -75,6 +75,7 @@ from gateway.keys.period_keys import (
 from gateway.keys.subject_keys import RESERVED_PREFIX, KeyRecord, SubjectKeys, is_key_record
 from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import changelog, clients
+from gateway.runtime.consent import STATE as CONSENT_STATE
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import admin_client, create_topics, partition_counts
 from gateway.sanitized import StoredRecord
@@ -125,11 +126,21 @@ def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> i
 
 class KeyTopic:
     """A running worker's link to the key topic: restores it (gateway.runtime.changelog), follows
-    it on a thread so a tombstone evicts its key within a poll, and stores new keys."""
+    it on a thread so a tombstone evicts its key within a poll, and stores new keys.
 
-    def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0) -> None:
+    Malformed records are skipped and counted (changelog.apply_records), at restore and while
+    following. A follower that fails otherwise stops following and says so: `failure` names the
+    error and `on_failure` is called, so the worker marks itself not ready and stops (a worker that
+    goes on with a dead follower would keep an erased key for good)."""
+
+    STATE = "keys"  # gateway_state_records_skipped_total{state}
+
+    def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.topic = config.key_topic
         self.keys = keys
+        self.failure: str | None = None
+        self._on_failure = on_failure
         self._stop = threading.Event()
         kafka = config.kafka_client_config()
         self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
@@ -137,8 +148,7 @@ class KeyTopic:
         # read_committed, as every changelog read: an aborted forget's tombstones never evict a key
         erased_from = _restore_erased(kafka, self.topic, keys, load_timeout_s)  # first: refused names stay out
         records, follow_from = changelog.restore(kafka, self.topic, timeout_s=load_timeout_s)
-        for record in records:
-            self._apply(record.key, record.value)
+        skipped = changelog.apply_records(self.STATE, self.topic, ((r.key, r.value) for r in records), self._apply)
         self._erased = changelog.ChangelogFollower(kafka, erased_topic(self.topic), erased_from,
                                                    group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._follower = changelog.ChangelogFollower(kafka, self.topic, follow_from,
@@ -148,7 +158,7 @@ class KeyTopic:
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
         keys.publisher = self.publish
-        log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys)})
+        log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys), "skipped": skipped})
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None or not is_key_record(key):  # not an audit chain's head
@@ -159,20 +169,33 @@ class KeyTopic:
             log.info(kind, extra={"topic": self.topic})
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
-            for key, value in self._erased.poll(500):
-                if value is not None:
-                    self.keys.refuse(key)
-            records = self._follower.poll(500, 0.5)
-            for key, value in records:
-                self._apply(key, value)
-            if records:
-                positions = self._follower.positions()
-                with self._seen:
-                    self._positions.update(positions)
-                    self._seen.notify_all()
-        self._follower.close()
-        self._erased.close()
+        try:
+            while not self._stop.is_set():
+                for key, value in self._erased.poll(500):
+                    if value is not None:  # a tombstone there never un-erases
+                        self.keys.refuse(key)
+                records = self._follower.poll(500, 0.5)
+                changelog.apply_records(self.STATE, self.topic, records, self._apply)
+                if records:
+                    positions = self._follower.positions()
+                    with self._seen:
+                        self._positions.update(positions)
+                        self._seen.notify_all()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the follower is dead: said, never silent
+            self.failure = _failure_name(exc)
+            log.error("the key-topic follower died: erasures are no longer applied here", extra={
+                "topic": self.topic, "error": self.failure})
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
+        finally:
+            self._follower.close()
+            self._erased.close()
+            with self._seen:  # a publish waiting for a read-back fails now, not at its deadline
+                self._seen.notify_all()
+
+    def alive(self) -> bool:
+        """Whether the follower still applies what the key topic commits."""
+        return self.failure is None and self._thread.is_alive()
 
     def publish(self, records: list[KeyRecord]) -> None:
         """Produce, then wait until this worker's follower has read the new keys back (read_committed)
@@ -200,6 +223,14 @@ class KeyTopic:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def _failure_name(exc: Exception) -> str:
+    """What failed, for logs and readiness: the error's type and Kafka code, never its message (which
+    may quote a record)."""
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return f"{type(exc).__name__}:{exc.args[0].name()}"
+    return type(exc).__name__
 
 
 def produce_records(producer: Producer, topic: str, records: list[KeyRecord], timeout_s: float = 30.0,
@@ -233,13 +264,14 @@ def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -
     return keys
 
 
+
 def snapshot_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> dict[int, int]:
     """`load_subject_keys`, returning per partition the offset after the last record read: where a
-    writer that acts on this snapshot (forget, rewrap) scans what was written since."""
+    writer that acts on this snapshot (forget, rewrap) scans what was written since. Malformed records
+    are skipped and counted (changelog.apply_records)."""
     records, read_to = changelog.restore(kafka, topic)
-    for record in records:
-        if record.key is not None and is_key_record(record.key):  # not an audit chain's head
-            keys.apply(record.key, record.value)
+    changelog.apply_records(KeyTopic.STATE, topic, ((r.key, r.value) for r in records
+                                                    if r.key is not None and is_key_record(r.key)), keys.apply)
     _restore_erased(kafka, topic, keys)  # after or before the values: a refused name ends up erased either way
     return read_to
 
@@ -257,9 +289,8 @@ def _restore_erased(kafka: Mapping[str, str], key_topic: str, keys: SubjectKeys,
 def load_period_keys(kafka: Mapping[str, str], topic: str) -> PeriodKeys:
     """The key topic's period keys only, without a KMS (to list or erase them: `gateway retention`)."""
     keys = PeriodKeys(None)
-    for record in read_topic(kafka, topic):
-        if record.key is not None and is_period_key(record.key):
-            keys.apply(record.key, record.value)
+    changelog.apply_records(KeyTopic.STATE, topic, ((r.key, r.value) for r in read_topic(kafka, topic)
+                                                    if r.key is not None and is_period_key(r.key)), keys.apply)
     return keys
 
 
@@ -400,9 +431,7 @@ def _consent_snapshot(config: GatewayConfig) -> tuple[ConsentTable, dict[int, in
     if config.consent_topic not in partition_counts(admin_client(kafka)):
         return table, None
     records, read_to = changelog.restore(kafka, config.consent_topic)
-    for record in records:
-        if record.key is not None:
-            table.apply(record.key, record.value)
+    changelog.apply_records(CONSENT_STATE, config.consent_topic, ((r.key, r.value) for r in records), table.apply)
     return table, read_to
 
 

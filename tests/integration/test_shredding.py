@@ -155,7 +155,9 @@ def test_forget_shreds_one_subject_everywhere_and_only_that_subject(bootstrap: s
     assert all(o[1] == "decrypted" for o in by_id.values())  # the shared-DEK field is not affected
     notes = {r["event_id"]: base64.b64decode(r["note"]) for r in records}
     alice_deks = [parse_ciphertext(notes[e]).dek_id for e in ("e1", "e3", "e5", "e6")]
-    assert alice_deks[0] == alice_deks[1] != alice_deks[2] == alice_deks[3]  # erased key; one new key, reused
+    # the erased key; a fresh one after forget; the restarted worker's own (never one loaded from the topic,
+    # whose uses it cannot know: the use limit holds across restarts)
+    assert alice_deks[0] == alice_deks[1] and len(set(alice_deks[1:])) == 3
 
     # the CLI path reports the erased fields and fails
     lines = b"".join(orjson.dumps(r) + b"\n" for r in records)

@@ -13,7 +13,7 @@ import pytest
 from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
-from gateway.errors import PolicyError
+from gateway.errors import MalformedStateRecord, PolicyError
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import compile_plan
@@ -49,8 +49,10 @@ def test_consent_is_decided_by_the_latest_change_at_the_events_time() -> None:
     assert table.history("customer", "tok_a") == {"fraud": [(T0, True), (T0 + 300, True)]}
     assert sorted(table.keys_of("customer", "tok_a")) == sorted(
         [ConsentChange("customer", "tok_a", "fraud", at, True, "").key() for at in (T0, T0 + 300)])
-    table.apply(b"not-a-consent-key", b"{}")  # what another writer put there never breaks the table
-    table.apply(ConsentChange("customer", "tok_c", "fraud", T0, True, "").key(), b"not json")
+    with pytest.raises(MalformedStateRecord):  # its reader skips and counts it (changelog.apply_records)
+        table.apply(b"not-a-consent-key", b"{}")
+    with pytest.raises(MalformedStateRecord):
+        table.apply(ConsentChange("customer", "tok_c", "fraud", T0, True, "").key(), b"not json")
     assert not table.known("customer", "tok_c") or not table.in_force("customer", "tok_c", "fraud", T0)
 
 
@@ -70,6 +72,19 @@ def test_no_event_stamp_reaches_back_behind_a_revocation_the_table_holds() -> No
     _change(table, "tok_a", "fraud", T0 + 10_000, False)  # a revocation dated later than now binds at once
     assert not table.allows("customer", "tok_a", "fraud", T0 + 400)
     assert not table.allows("customer", "tok_b", "fraud", T0 + 400)  # never seen
+
+
+@pytest.mark.parametrize("value", [b"[1, 2]", b'"x"', b"42", b"null", b"\xff\xfe", b'{"granted": "yes"}'])
+def test_a_malformed_record_over_a_grant_leaves_no_consent_as_compaction_will(value: bytes) -> None:
+    """The topic keeps only the latest record per key: a grant overwritten by a record nobody can read
+    is no grant, for a running worker as for a fresh one reading the compacted topic."""
+    table = ConsentTable()
+    key = _change(table, "tok_a", "fraud", T0, True)
+    with pytest.raises(MalformedStateRecord) as raised:
+        table.apply(key, value)
+    assert value.decode("utf-8", "replace") not in str(raised.value)
+    assert not table.in_force("customer", "tok_a", "fraud", T0 + 1)
+    assert not table.known("customer", "tok_a")
 
 
 def test_the_same_change_twice_counts_once_and_keys_never_hold_the_identifier() -> None:
@@ -222,3 +237,9 @@ def test_a_revocation_binds_the_events_after_it_in_the_same_batch(tmp_path: Path
                                RawEvent(plan.source_topic, 0, 0, T0 + 50, None, orjson.dumps(payment), None)])
     assert not [r for r in result.records if r.topic == "payments.fraud"]  # stamped before, processed after
     assert [r for r in result.records if r.topic == config.consent_topic]
+
+
+def test_the_gateways_own_records_on_the_consent_topic_are_not_malformed_changes() -> None:
+    table = ConsentTable()
+    table.apply(b"_fence/keys:forget", b'{"format": 1}')  # gateway forget's fence: skipped, not counted
+    assert len(table) == 0

@@ -301,11 +301,14 @@ def test_one_kms_call_per_new_period_key_never_per_event(plan: Plan, keyring: Ke
     _sanitize(pipeline, "bob", T0 + DAY_MS + 99)
     assert kms.wraps == before  # cached
 
-    # a worker restarting on the same key topic opens each stored key once, and makes none
+    # a worker restarting on the same key topic makes one key of its own for the day (one KMS call,
+    # however many events), never encrypting again under a stored one whose uses it cannot know
     restarted = topic.reader(CountingKms(keyring))
+    stored = set(restarted.periods.names())
     for _ in range(20):
-        restarted.periods.current(1, DAY0)
-    assert restarted.periods.kms_calls == 1 and restarted.periods.drain_pending() == []
+        key = restarted.periods.current(1, DAY0)
+    assert restarted.periods.kms_calls == 1 and len(restarted.periods.drain_pending()) == 1
+    assert PeriodKeyName(1, DAY0, key.dek_id).name not in stored
     # a consumer unwraps each key once, whatever number of fields it opens
     reader_kms = CountingKms(keyring)
     reader = topic.reader(reader_kms)
