@@ -157,12 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
     add_settings(p, "bootstrap", "key_topic", "audit_topic", "group_id", "security")
 
-    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it",
-                       description="The identifier is read from stdin (or --file), so it stays out of shell history.")
+    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and consent history, "
+                                      "and audit it",
+                       description="The identifier is read from stdin (or --file), so it stays out of shell history. "
+                                   "Exit 1 when no key and no consent record of the subject was found.")
     p.add_argument("subject", nargs="?", default=None,
                    help="deprecated: the identifier on the command line (it stays in shell history); pipe it on stdin")
     _identifier_options(p)
-    add_settings(p, "bootstrap", "keyring", "schemas", "key_topic", "audit_topic", "security")
+    add_settings(p, "bootstrap", "keyring", "schemas", "key_topic", "audit_topic", "consent_topic", "security")
 
     consent = sub.add_parser("consent", help="grant, revoke or show a subject's consent to a purpose").add_subparsers(
         dest="consent_cmd", required=True)
@@ -754,7 +756,8 @@ def _identifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", required=True, help="token domain of the subject field")
     p.add_argument("--file", type=Path, default=None, help="read the identifier from this file (default: stdin)")
     p.add_argument("--normalizer", default=None,
-                   help="normalizer of the domain (email, phone:GB, trim, casefold), instead of reading the schemas")
+                   help="normalizer of the domain (email, phone:GB, trim, casefold, or none), instead of reading "
+                        "the schemas")
 
 
 def _read_identifier(args: argparse.Namespace) -> str:
@@ -848,17 +851,25 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.keys.subject_keys import SubjectKeys
-    from gateway.runtime.keytopic import forget_subject, load_subject_keys
+    from gateway.runtime.keytopic import NothingToForget, forget_subject, snapshot_subject_keys
 
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
     subject = _normalized_subject(args, config, _read_identifier(args))
-    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(keyring))
-    event = forget_subject(config, subject, args.domain, token_keys, keys)
-    print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
-          f"'{config.key_topic}' (tombstones), audit event on '{config.audit_topic}'. Running workers evict the keys "
-          "within seconds; the subject's earlier ciphertexts can no longer be decrypted")
+    keys = SubjectKeys(keyring)
+    since = snapshot_subject_keys(config.kafka_client_config(), config.key_topic, keys)
+    try:
+        event = forget_subject(config, subject, args.domain, token_keys, keys, since)
+    except NothingToForget as exc:
+        print(f"gateway forget: {exc}", file=sys.stderr)
+        return 1
+    erased, consent = event["keys_erased"], event["consent_records_erased"]
+    what = (f"{erased} key(s) erased on '{config.key_topic}'. Running workers evict them within seconds; the "
+            "subject's earlier ciphertexts can no longer be decrypted" if erased else
+            f"no key of this subject on '{config.key_topic}' (nothing of theirs was encrypted under a subject key)")
+    print(f"subject forgotten in domain '{args.domain}': {what}; {consent} consent record(s) erased on "
+          f"'{config.consent_topic}'; audit event on '{config.audit_topic}'")
     return 0
 
 
@@ -875,11 +886,11 @@ def _normalized_subject(args: argparse.Namespace, config: GatewayConfig, identif
         if not specs:
             raise ConfigError(f"no policy in '{config.schemas}' tokenizes into domain '{args.domain}'")
         (spec,) = specs  # policy lint allows one normalizer per domain
-    elif spec is None:
-        print(f"note: no schemas at '{config.schemas}': '{args.domain}' is assumed to have no normalizer "
-              "(pass --schemas DIR or --normalizer NAME)", file=sys.stderr)
+    elif spec is None:  # guessing "no normalizer" would erase nothing for a domain that has one
+        raise ConfigError(f"no schemas at '{config.schemas}' to read domain '{args.domain}''s normalizer from: pass "
+                          "--schemas DIR (the policies) or --normalizer NAME (none for a domain without one)")
     try:
-        norm = normalize.from_spec(spec)
+        norm = None if spec == "none" else normalize.from_spec(spec)
     except ValueError as exc:
         raise ConfigError(f"setting 'normalizer': {exc}") from None
     return norm(identifier) if norm is not None else identifier

@@ -564,7 +564,8 @@ class Pipeline:
                          result: SanitizeResult, audit: dict[str, Any], counts: Counter[tuple[str, ...]]
                          ) -> list[tuple[str, bytes, list[tuple[str, bytes]], int]]:
         """Each purpose's view of a sanitized event, where its legal basis allows it: a consent purpose
-        only while the subject's consent is in force at the event's time. The audit event says, per
+        only while the subject's consent allows it (ConsentTable.allows: in force at the event's time, and
+        never behind a revocation the worker knows of). The audit event says, per
         purpose, `published:<basis>` or `withheld:no_consent:<purpose>`. Raises RejectedEvent (a view
         that cannot be made dead-letters the whole event: one outcome per event)."""
         decisions: dict[str, str] = {}
@@ -612,6 +613,8 @@ class Pipeline:
             audit["key_ids"] = self._dead_letter_key_ids
         else:
             out.append(OutRecord(intake.consent_topic, change.key(), change.value()))
+            if not change.granted and self.consent is not None:  # learned now: binds this batch's later events too
+                self.consent.apply(change.key(), change.value())
             audit["outcome"] = outcome = "consent:granted" if change.granted else "consent:revoked"
             audit["consent"] = {"domain": change.domain, "subject": change.token, "purpose": change.purpose,
                                 "at": change.at_ms}
@@ -621,8 +624,8 @@ class Pipeline:
 
     def _consented(self, domain: str | None, token: str, purpose: str, at_ms: int) -> bool:
         table = self.consent
-        return table is not None and domain is not None and bool(token) and table.in_force(domain, token, purpose,
-                                                                                             at_ms)
+        return table is not None and domain is not None and bool(token) and table.allows(domain, token, purpose,
+                                                                                           at_ms)
 
     def _withhold_small_classes(self, held: list[Held], counts: Counter[tuple[str, ...]],
                                 new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord]) -> None:

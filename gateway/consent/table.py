@@ -3,11 +3,18 @@
 The consent topic is compacted and append-only in effect: every change is its own record, keyed
 `<domain>/<subject token>/<purpose>/<time ms>`, so two writers never overwrite each other's change
 (no read-modify-write), compaction keeps the history that decides events by their time, and
-erasing a subject tombstones its keys. Keys carry the subject token, never the identifier.
+erasing a subject tombstones its keys. Keys carry the subject token, never the identifier. Keys
+starting with ``_`` are the gateway's own bookkeeping (a forget's fence record), not changes.
 
 Semantics: consent for a purpose is in force at time t when the subject's latest change for that
-purpose at or before t is a grant. A subject the table has never seen has no consent; a
-revocation stops events stamped after it, not those stamped before.
+purpose at or before t is a grant. A subject the table has never seen has no consent.
+
+An event's time is its producer's stamp, which the gateway cannot trust, so a revocation is not
+judged by it alone (`allows`): once the table holds a revocation, every event it judges afterwards
+is judged at the revocation's time or the event's, whichever is later. An event stamped before the
+revocation but processed after the gateway learned of it is therefore withheld, whatever its stamp;
+only a grant later than the revocation (and the event) lets events through again. What the gateway
+published before it learned of a revocation stays published.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import orjson
 from gateway.errors import GatewayError, MalformedStateRecord
 
 CONSENT_FORMAT = 1
+BOOKKEEPING_PREFIX = b"_"  # the gateway's own records on the consent topic; a token domain never starts with it
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,10 @@ class ConsentTable:
     def apply(self, key: bytes, value: bytes | None) -> None:
         """One consent-topic record; a tombstone (erasure) removes that change. A malformed record
         raises MalformedStateRecord for its reader to skip and count (changelog.apply_records); its
-        key's earlier change is gone, as after compaction: no consent is read from it."""
+        key's earlier change is gone, as after compaction: no consent is read from it. A key starting
+        with BOOKKEEPING_PREFIX is the gateway's own record (`gateway forget`'s fence), skipped silently."""
+        if key.startswith(BOOKKEEPING_PREFIX):
+            return
         parsed = parse_key(key)
         if parsed is None:
             raise MalformedStateRecord("a consent-topic record's key is not <domain>/<token>/<purpose>/<time ms>")
@@ -104,6 +115,16 @@ class ConsentTable:
             return False
         position = bisect.bisect_right(changes, (at_ms, True))
         return position > 0 and changes[position - 1][1]
+
+    def allows(self, domain: str, token: str, purpose: str, at_ms: int) -> bool:
+        """Whether an event stamped `at_ms`, judged now, may go to `purpose`: consent in force at the
+        later of its stamp and the subject's latest revocation of that purpose the table holds (see
+        the module docstring), so no stamp reaches back behind a revocation the gateway knows of."""
+        changes = self._subjects.get((domain, token), {}).get(purpose)
+        if not changes:
+            return False
+        revoked = max((at for at, granted in changes if not granted), default=at_ms)
+        return self.in_force(domain, token, purpose, max(at_ms, revoked))
 
     def history(self, domain: str, token: str) -> dict[str, list[tuple[int, bool]]]:
         """Every change of a subject, per purpose, oldest first (`gateway consent show`)."""

@@ -91,6 +91,7 @@ class KeyStore:
         # per scope prefix, for encryption: only keys this process created (their use count is complete)
         self._current: OrderedDict[str, DataKey] = OrderedDict()
         self._pending: list[KeyRecord] = []
+        self._refused: set[str] = set()  # names an erasure recorded for good (see `_refuse`)
         self._lock = threading.RLock()
         self.kms_calls = 0
         self.erased = 0
@@ -180,9 +181,10 @@ class KeyStore:
         """Apply one record whose name the subclass accepted: a stored key, or a tombstone that erases it.
 
         A value that is no key entry (MalformedStateRecord) leaves no key under that name, as the
-        compacted topic will (it keeps only this record): every reader, running or fresh, agrees."""
+        compacted topic will (it keeps only this record): every reader, running or fresh, agrees.
+        A value under a refused name is ignored, whoever wrote it."""
         with self._lock:
-            if value is None:
+            if value is None or name in self._refused:
                 self._erase(name)
                 return
             try:
@@ -191,6 +193,13 @@ class KeyStore:
                 self._erase(name)
                 raise
             self._add(name, entry)
+
+    def _refuse(self, name: str) -> None:
+        """`name` was erased for good (an erasure recorded it where key-topic writers cannot undo it):
+        drop it, and ignore any value stored under it from now on, in any order the records arrive."""
+        with self._lock:
+            self._refused.add(name)
+            self._erase(name)
 
     def _add(self, name: str, entry: _Entry) -> None:
         self._entries[name] = entry

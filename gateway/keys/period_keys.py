@@ -254,6 +254,12 @@ class PeriodKeys(KeyStore):
         if parse_period_key(name) is not None:
             self._apply(name, value)
 
+    def refuse(self, key: bytes) -> None:
+        """An erased-names record: the period key it names is never live again here."""
+        name = key.decode("utf-8", "replace")
+        if parse_period_key(name) is not None:
+            self._refuse(name)
+
     def names(self) -> list[str]:
         """Every live period key stored in the key topic (not those still waiting to be stored: a
         tombstone must never go out before the value it erases)."""

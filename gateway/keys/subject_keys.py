@@ -20,8 +20,8 @@ saw, replaced after `max_uses` values or a restart), so use limits hold across t
 (gateway.keys.key_store); every key of the set opens its ciphertexts, and all are erased together.
 
 Keys starting with ``_`` are the gateway's own bookkeeping in that topic, never a subject key (a
-token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain
-(keytopic.py). `SubjectKeys.apply` ignores them.
+token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain and
+the forget's fence records (keytopic.py). `SubjectKeys.apply` ignores them.
 
 Keys starting with ``period:`` are period keys (retention by key expiry, gateway.keys.period_keys;
 a token domain cannot hold ':'). `SubjectKeys.apply` hands them to `SubjectKeys.periods`, and
@@ -155,6 +155,14 @@ class SubjectKeys(KeyStore):
             return
         if is_subject_key(name):
             self._apply(name, value)
+
+    def refuse(self, key: bytes) -> None:
+        """An erased-names record: the key (subject or period) it names is never live again here."""
+        name = key.decode("utf-8", "replace")
+        if name.startswith(PERIOD_PREFIX):
+            self.periods.refuse(key)
+        elif is_subject_key(name):
+            self._refuse(name)
 
     def keys_of(self, domain: str, token: str) -> list[str]:
         prefix = subject_prefix(domain, token)

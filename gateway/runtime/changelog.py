@@ -121,5 +121,11 @@ class ChangelogFollower:
             out.append((msg.key(), msg.value()))
         return out
 
+    def positions(self) -> dict[int, int]:
+        """Per partition, the offset after the last record `poll` returned (partitions it returned
+        nothing from since the assignment are left out): a record below it has been seen."""
+        assigned = self.consumer.assignment()
+        return {tp.partition: tp.offset for tp in self.consumer.position(assigned) if tp.offset >= 0}
+
     def close(self) -> None:
         self.consumer.close()

@@ -242,11 +242,13 @@ def test_forget_chain_head_lives_in_the_key_topic_and_the_chain_holds_over_forge
         s.send(worker, [(ALICE, "a1"), (BOB, "b1"), (CAROL, "c1"), (DAVE, "d1")])
         keyring = Keyring.open(s.keyring, create=False)
         assert read_forget_head(kafka, s.key_topic, s.audit_topic) is None  # no forget yet: GENESIS next
-        for subject in (ALICE, BOB, ALICE):  # the third finds nothing left to erase: still audited
+        for subject in (ALICE, BOB):
             result = _forget(s, subject)
             assert result.returncode == 0, result.stderr.decode()
-        events = _wait_forgets(s, 3)  # each forget continued from the head the one before stored
-        assert [e["keys_erased"] for e in events] == [1, 1, 0]
+        again = _forget(s, ALICE)  # finds nothing left to erase: says so, fails, writes nothing
+        assert again.returncode == 1 and "nothing was erased" in again.stderr.decode()
+        events = _wait_forgets(s, 2)  # each forget continued from the head the one before stored
+        assert [e["keys_erased"] for e in events] == [1, 1]
         assert events[0]["prev_hash"] == GENESIS
         assert [e["prev_hash"] for e in events[1:]] == [e["hash"] for e in events[:-1]]
         # the running worker's follower skips the head records: it evicts exactly the two keys
@@ -284,9 +286,9 @@ def test_forget_chain_head_lives_in_the_key_topic_and_the_chain_holds_over_forge
     by_id = {r["event_id"]: r for r in s.sanitized()}
     assert _note_dek(by_id["e3"]) == _note_dek(by_id["e5"])  # the aborted tombstone evicted nothing
 
-    events = _wait_forgets(s, 4)
-    assert not any(e.get("forged") for e in events)
-    assert events[3]["prev_hash"] == events[2]["hash"] and "chain_restart" not in events[3]
+    events = _wait_forgets(s, 3)
+    assert len(events) == 3 and not any(e.get("forged") for e in events)
+    assert events[2]["prev_hash"] == events[1]["hash"] and "chain_restart" not in events[2]
     heads = [r for r in read_topic(kafka, s.key_topic) if r.key == forget_head_key(s.audit_topic)]
     assert heads and all(r.partition == 0 for r in heads)
     assert all(t.startswith("tok_v1_") for e in events for t in e["subject_tokens"])
