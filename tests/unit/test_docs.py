@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 from markdown.extensions.toc import slugify
+
+from gateway.keys.envelope import DekCache
+from gateway.keys.tokens import DomainTokenizer
+from gateway.policy import lint_directory, load_plans
+from gateway.transforms import RecordSanitizer
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -65,3 +72,19 @@ def test_the_readme_anchors_exist() -> None:
     for page, anchor in anchored:
         headings = re.findall(r"^#+ (.+)$", (ROOT / page).read_text(), re.M)
         assert anchor in {slugify(h, "-") for h in headings}, f"{page} has no heading #{anchor}"
+
+
+def test_the_readme_example_is_what_the_gateway_publishes(tmp_path: Path) -> None:
+    """The README's one annotated record, its raw event and its sanitized output, run through the
+    sanitizer: every field as shown (the token's value depends on the domain key, its form does not)."""
+    schema, raw, shown = (orjson.loads(block) for block in re.findall(r"```json\n(.*?)```", README.read_text(),
+                                                                       re.S)[:3])
+    (tmp_path / "signup.avsc").write_bytes(orjson.dumps(schema))
+    assert [p.severity for p in lint_directory(tmp_path)] == ["warning"]  # the unannotated user_agent
+    (plan,) = load_plans(tmp_path)
+    tokenizer = DomainTokenizer("customer", "1", secrets.token_bytes(32))
+    sanitizer = RecordSanitizer(plan, {"customer": tokenizer}, DekCache(None, 3600, 1000), max_field_bytes=1000)
+    out = sanitizer.sanitize(raw).record
+    assert re.fullmatch(r"tok_v1_[A-Za-z0-9_-]{43}", shown["email"])
+    assert out == {**shown, "email": out["email"]}
+    assert out["email"] == sanitizer.sanitize({**raw, "email": "alice@example.org"}).record["email"]
