@@ -298,13 +298,21 @@ class PhoneFinder:
                   if not any(m.start < g.end() and g.start() < m.end for m in found)]
         if len(groups) < 2:
             return
+        # stretch[k]: groups k and k-1 belong to one stretch when at most two separator characters part
+        # them (more: a number the matcher found lies between)
+        stretch = [0]
+        for k in range(1, len(groups)):
+            stretch.append(stretch[-1] + (groups[k][0] - groups[k - 1][1] > 2))
         tries, i, budget = 0, 0, _TRIES_AMONG_GROUPS if among_groups else _TRIES
         while i < len(groups) - 1 and tries < budget:
             resume = i + 1
-            for j in range(len(groups) - 1, i, -1):
-                if groups[j][0] - groups[j - 1][1] > 2 or any(groups[k][0] - groups[k - 1][1] > 2
-                                                              for k in range(i + 1, j)):
-                    continue  # not one stretch: a number found by the matcher lies between
+            last = i + 1
+            while last + 1 < len(groups) and stretch[last + 1] == stretch[i] \
+                    and groups[last + 1][1] - groups[i][0] <= _WINDOW:
+                last += 1
+            for j in range(last, i, -1):
+                if stretch[j] != stretch[i]:
+                    continue
                 lo = groups[i][0] - (groups[i][0] > start and text[groups[i][0] - 1] in "+(")
                 if (lo, groups[j][1]) == (start, end) or inside(lo, groups[j][1]):
                     continue  # the matcher saw this very span
