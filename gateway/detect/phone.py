@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import re
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ _WINDOW = 32
 _TOKEN_REACH = 64
 _LONGEST = 19  # "+44 (0)20 7946 0958"
 _TRIES = 4  # spans of a window retried apart from the others (PhoneFinder._between)
-_TRIES_AMONG_GROUPS = 1  # the same inside a longer run of digit groups, where every window is tried
+_TRIES_AMONG_GROUPS = 2  # the same inside a longer run of digit groups, where every window is tried
 _DIGITS = re.compile(r"\d+")
 _MIN_DIGITS = 7
 _MAX_DIGITS = 17  # E.164 allows 15; a trunk "(0)" and a carrier code can add two
@@ -93,6 +94,29 @@ def _groupings(metadata: phonenumbers.PhoneMetadata, prefix: str,
                 out.add((len(prefix), *sizes))
                 out.add((sum(sizes) + len(prefix),))
     return frozenset(out)
+
+
+@functools.cache
+def _country_lengths(code: int) -> frozenset[int]:
+    """The national number lengths of the regions with this country code (a trunk zero in brackets adds
+    one); empty for a code no country has. Read on first use: the metadata of every region is large."""
+    lengths: set[int] = set()
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()):
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        if metadata is not None:
+            lengths |= {n + k for kind in _NUMBER_TYPES for n in (getattr(metadata, kind) and
+                                                                 getattr(metadata, kind).possible_length or ())
+                        for k in (0, 1)}
+    if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE and not lengths:
+        return frozenset(range(4, _MAX_DIGITS + 1))
+    return frozenset(lengths)
+
+
+def _international_length(digits: str) -> bool:
+    """`digits` (after '+' or an international prefix) are a country code and a national number of one
+    of that country's lengths."""
+    return any(digits[:n].isdigit() and len(digits) - n in _country_lengths(int(digits[:n]))
+               for n in (1, 2, 3) if len(digits) > n)
 
 
 def _international_prefixes(metadata: phonenumbers.PhoneMetadata) -> tuple[str, ...]:
@@ -308,7 +332,7 @@ class PhoneFinder:
             resume = i + 1
             last = i + 1
             while last + 1 < len(groups) and stretch[last + 1] == stretch[i] \
-                    and groups[last + 1][1] - groups[i][0] <= _WINDOW:
+                    and groups[last + 1][1] - groups[i][0] <= _LONGEST:  # no number is written longer
                 last += 1
             for j in range(last, i, -1):
                 if stretch[j] != stretch[i]:
@@ -318,7 +342,7 @@ class PhoneFinder:
                     continue  # the matcher saw this very span
                 span = text[lo : groups[j][1]]
                 if not self.whole_plausible(span) or (among_groups and self._groupings is not None and not (
-                        span[0] == "+" or tuple(_sizes(span)) in self._groupings)):
+                        span[0] == "+" or span.startswith(self._idd) or tuple(_sizes(span)) in self._groupings)):
                     continue
                 tries += 1
                 matches = self._span(text, lo, groups[j][1])
@@ -360,7 +384,10 @@ class PhoneFinder:
         groups = _DIGITS.findall(value)
         digits = "".join(groups)
         total = len(digits)
-        if (value[0] == "+" or value[:2] == "(+" or digits.startswith(self._idd)) and total in self._international:
+        if value[0] == "+" or value[:2] == "(+":
+            return _international_length(digits)
+        idd = next((p for p in self._idd if digits.startswith(p) and len(p) > 1), None)
+        if idd is not None and _international_length(digits[len(idd) :]):
             return True
         if total in self._national and self._national_shape(digits):
             return True
@@ -479,8 +506,9 @@ def _own_grouping(token: str, value: str, region: str) -> bool:
 
 
 def _grouped_as_written(number: phonenumbers.PhoneNumber, token: str, region: str) -> bool:
-    """`token`'s digit groups are one of the ways libphonenumber writes `number` (see _own_grouping)."""
-    sizes = _sizes(token)
+    """`token`'s digit groups are one of the ways libphonenumber writes `number` (see _own_grouping); a
+    trunk zero kept in brackets after the country code ("+44 (0)20 7946 0958") is no group of its own."""
+    sizes = _sizes(token.replace("(0)", "", 1))
     if len(sizes) == 1:  # no separators: E.164 or the national number written plain
         return True
     national = _sizes(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))

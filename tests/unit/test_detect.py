@@ -319,6 +319,20 @@ def test_numbers_inside_long_runs_of_digit_groups(text: str, redacted: str) -> N
     assert redact(text, detector().find(text), placeholder) == redacted
 
 
+@pytest.mark.parametrize("fmt", sorted(FORMATS["PHONE"]))
+def test_each_phone_format_is_found_among_other_digit_groups(fmt: str) -> None:
+    r = random.Random(f"among/{fmt}")
+    for _ in range(5):
+        values = [FORMATS["PHONE"][fmt](r) for _ in range(3)]
+        written = [p.lead + p.value + p.tail for p in values]
+        for text in (f"qty 7 {written[0]}", f"{written[0]} 12 times", f"nums 42 {written[0]} 17",
+                     f"list {written[0]} {written[1]} {written[2]}"):
+            found = [text[m.start : m.end] for m in detector().find(text) if m.entity == "PHONE"]
+            for planted in values[: 3 if text.startswith("list") else 1]:
+                # covered whole (a variable-length plan may take a trailing group too: "+49 30 121534 12")
+                assert any(planted.value in f for f in found), (text, found)
+
+
 def test_a_list_of_phones_is_found_whole() -> None:
     # a long run of numbers is cut into windows; a number across a window's end is in the next one
     text = "(212) 555-0100) " * 40 + "212-555-0100 415-555-2671 " * 20
