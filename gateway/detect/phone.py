@@ -253,7 +253,8 @@ class PhoneFinder:
                 resume = start + _WINDOW - _LONGEST  # a number starting before this lies whole in the window
                 last = j == len(groups) - 1
                 for match in self._window(text, start, groups[j][1], inside, among_groups=True):
-                    if not last and match.end == groups[j][1] and match.start > start:
+                    if not last and match.end == groups[j][1] and match.start > start \
+                            and self._may_go_on(text[match.start : match.end]):
                         # it touches the cut and may go on past it ("+49 30 901820 | 12345"): a prefix of a
                         # number can be a valid number too. The next window starts with it, whole
                         resume = match.start
@@ -263,6 +264,19 @@ class PhoneFinder:
                 i += 1  # on to the first group past `resume` (even from the last window: it tried few spans apart)
                 while i < len(groups) and groups[i][0] < resume:
                     i += 1
+
+    def _may_go_on(self, value: str) -> bool:
+        """Whether a longer number could begin with `value`: fewer digits than the longest number of its
+        plan ("212-555-0100" in the US plan cannot grow, "+49 30 901820" can)."""
+        digits = "".join(_DIGITS.findall(value))
+        idd = next((p for p in self._idd if len(p) > 1 and digits.startswith(p)), None)
+        if value.lstrip("(")[:1] == "+" or idd is not None:
+            digits = digits if idd is None or value.lstrip("(")[:1] == "+" else digits[len(idd) :]
+            return any(digits[:n].isdigit() and len(digits) - n < max(_country_lengths(int(digits[:n])), default=0)
+                       for n in (1, 2, 3) if len(digits) > n)
+        if self._prefix and digits.startswith(self._prefix) and len(digits) in self._prefixed:
+            return len(digits) < max(self._prefixed)
+        return len(digits) < max(self._national)
 
     def _segments(self, text: str) -> Iterator[tuple[int, int]]:
         """The runs of digit groups, split at the tokens no phone can be part of."""
