@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain, role key version "
                                        "with --role), made active")
     p.add_argument("--token-domain", dest="token_domain", help="rotate this token domain's HMAC key instead")
+    p.add_argument("--audit", action="store_true", help="rotate the audit records' MAC key instead")
     p.add_argument("--role", type=_role_name, default=None, help="rotate this role's key instead (the keyring's, or "
                                                                   "its KMS key of role_kms_keys)")
     add_settings(p, "keyring", *KMS, "role_kms_keys")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(it prefixes the transactional id their runs and this one share, so they "
                                          "fence each other and the audit chain keys:retention has one writer).")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
-    add_settings(p, "bootstrap", "key_topic", "audit_topic", "group_id", "security")
+    add_settings(p, "bootstrap", "keyring", "key_topic", "audit_topic", "group_id", "security")
 
     p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it",
                        description="The identifier is read from stdin (or --file), so it stays out of shell history.")
@@ -200,12 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, "bootstrap", "schema_registry_url", "schemas", "security")
 
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
-    p = audit.add_parser("verify", help="walk the audit hash chains and report the first break")
-    p.add_argument("--topic", default="privacy.audit", help="the audit topic (default privacy.audit)")
-    add_settings(p, "bootstrap", "security")
+    p = audit.add_parser("verify", help="verify the audit: chains, MACs, committed heads and source coverage",
+                         description="Checks that every chain links and authenticates under the keyring's audit keys, "
+                                     "ends at the head its writer committed (the group's offset metadata, the key "
+                                     "topic), and audits each source offset holding a record exactly once up to the "
+                                     "committed offset. Exits 1 on any finding.")
+    p.add_argument("--topic", default=None, help="the audit topic (default: the audit_topic setting)")
+    p.add_argument("--allow-legacy", dest="allow_legacy", action="store_true",
+                   help="accept format 1 (unauthenticated) records that precede a chain's first authenticated one, "
+                        "as notes (records written before the upgrade)")
+    add_settings(p, "bootstrap", "audit_topic", "group_id", "keyring", "key_topic", "security")
 
     p = sub.add_parser("aggregate", help="run the differentially private aggregate stages (a consumer-group member)")
-    add_settings(p, *AGGREGATE_GROUPS)
+    add_settings(p, *AGGREGATE_GROUPS, "keyring")
 
     budget = sub.add_parser("budget", help="privacy budget").add_subparsers(dest="budget_cmd", required=True)
     p = budget.add_parser("show", help="print the privacy ledger: budget spent per aggregate and period")
@@ -477,9 +485,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     # with AWS or Vault the policies' roles have KMS keys (role_kms_keys); --role still makes a local one
     roles = set(args.roles or ()) | (policy_roles(plans) if config.kms_provider == "local" else set())
     keyring.ensure_roles(roles)
+    audit_key, _ = keyring.audit_keys()
     state = "updated" if existed else "created"
     print(f"keyring {config.keyring} {state}: KEK {keyring.active_key_id()}, token domains "
-          f"{', '.join(sorted(domains)) or '(none)'}, role keys {', '.join(keyring.roles()) or '(none)'}")
+          f"{', '.join(sorted(domains)) or '(none)'}, role keys {', '.join(keyring.roles()) or '(none)'}, "
+          f"audit key {audit_key}")
     return 0
 
 
@@ -714,18 +724,18 @@ def _plain_value(value: bytes | None, text: bool = True) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from gateway.audit import verify_chains
-    from gateway.runtime.reader import read_topic
+    from gateway.runtime.audit_check import verify_audit_topic
 
-    records = read_topic(_config(args).kafka_client_config(), args.topic)
-    report = verify_chains((r.partition, r.offset, r.value or b"") for r in records)
-    for restart in report.restarts:
-        print(f"note: {restart}")
-    for problem in report.breaks:
-        print(f"BREAK: {problem}")
-    status = "OK" if report.ok else "BROKEN"
-    print(f"audit chain {status}: {report.events} events in {report.records} records, {report.chains} chains "
-          f"on '{args.topic}'")
+    config = _config(args)
+    topic = args.topic or config.audit_topic
+    report = verify_audit_topic(config, topic, config.group_id, args.allow_legacy)
+    for note in report.notes:
+        print(f"note [{note.kind.value}]: {note.message}")
+    for problem in report.problems:
+        print(f"FINDING [{problem.kind.value}]: {problem.message}")
+    status = "OK" if report.ok else f"FAILED ({len(report.problems)} finding(s))"
+    print(f"audit {status}: {report.events} events in {report.records} records, {report.chains} chains on '{topic}', "
+          f"anchored in group '{config.group_id}'")
     return 0 if report.ok else 1
 
 

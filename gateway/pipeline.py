@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import fastavro
 import orjson
 
-from gateway.audit import ChainHeads, audit_partition, batch_body, canonical, chain_key, seal_audit_value
+from gateway.audit import AuditKeys, ChainHeads, audit_partition, batch_body, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
 from gateway.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
@@ -323,6 +323,7 @@ class Pipeline:
                                             fp.operator.subject_value(fp, stage.sanitizer),
                                             stage.sanitizer.tokenizer(plan.subject_domain).key_id)
         self.chains = ChainHeads()
+        self.audit_keys = AuditKeys(*keyring.audit_keys())  # records are MACed: topic write access cannot forge
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
@@ -775,7 +776,7 @@ class Pipeline:
         body = batch_body(chain.key, self.instance, now_ms, entries)
         if restart:
             body["chain_restart"] = True
-        value, digest = seal_audit_value(body, prev)
+        value, digest = seal_audit_value(body, prev, self.audit_keys)
         if len(value) > self.max_output_bytes and len(entries) > 1:  # halve until each record fits
             half = len(entries) // 2
             self._seal_chunk(chain, entries[:half], now_ms, out)

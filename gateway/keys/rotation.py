@@ -9,6 +9,10 @@ the key version) that wrapped their DEK, so they still decrypt.
 Token-key rotation adds version N+1 of a domain's HMAC key: tokens made after the workers restart
 carry ``tok_vN+1_``, earlier ones keep their prefix. The same value gets a different token in each
 version, so joins across the rotation need the key holder (see README, "Keys and KMS").
+
+Audit-key rotation (``--audit``) adds an ``audit-<hex>`` MAC key and makes it active: records sealed
+after the workers restart name it in ``mac_key_id``; older ones keep naming theirs and verify while
+the keyring holds it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from gateway.keys.providers import remote_provider
 
 
 def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:
+    if getattr(args, "audit", False):
+        if args.token_domain:
+            raise GatewayError("--audit and --token-domain both given: rotate one key at a time")
+        new = Keyring.open(config.keyring, create=False).rotate_audit_key()
+        print(f"audit key {new} is active in {config.keyring}. Restart the workers: their records carry it from then "
+              "on; records under earlier audit keys verify while the keyring holds them")
+        return 0
     if args.token_domain:
         keyring = Keyring.open(config.keyring, create=False)
         version = keyring.rotate_token_domain(args.token_domain)
