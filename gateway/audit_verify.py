@@ -106,9 +106,9 @@ def _anchored(walk: ChainWalk, anchor: Anchor | None, report: ChainReport) -> in
                                        walk.key))
         return None
     if at + 1 < count:
-        report.findings.append(Finding(Kind.AFTER_HEAD, f"chain {walk.key}: {count - at - 1} record(s) after the head "
-                                                        f"{anchor.where} committed (committed since it was read)",
-                                       walk.key))
+        report.findings.append(Finding(Kind.AFTER_HEAD, f"chain {walk.key}: {count - at - 1} record(s) after its "
+                                                        f"committed head ({anchor.where}): committed since the heads "
+                                                        "were read", walk.key))
     return at + 1
 
 

@@ -125,12 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", type=_role_name, default=None, help="rotate this role's key instead (the keyring's, or "
                                                                   "its KMS key of role_kms_keys)")
     add_settings(p, "keyring", *KMS, "role_kms_keys")
-    p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers",
+    p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers "
+                                       "(or, with --audit, only the audit keys, for the aggregate worker)",
                         description="The file (mode 0600) holds every version of the role's key and nothing else: "
                                     "no KEK, token key or quarantine key. Its holder opens the fields readable by "
                                     "that role (gateway decrypt --role ROLE --keyring FILE) and no others. Export "
-                                    "again after gateway keys rotate --role ROLE.")
-    p.add_argument("--role", required=True, type=_role_name, help="the role whose key to export")
+                                    "again after gateway keys rotate --role ROLE. With --audit it holds the audit "
+                                    "MAC keys alone: the aggregate worker's --keyring (it seals its audit records) "
+                                    "and an auditor's (gateway audit verify).")
+    p.add_argument("--role", type=_role_name, default=None, help="the role whose key to export")
+    p.add_argument("--audit", action="store_true", help="export the audit MAC keys instead of a role's key")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the keyring file to write")
     add_settings(p, "keyring", "kms_provider")
     p = keys.add_parser("retire", help="delete an old local KEK (ciphertexts wrapped only under it become unreadable)")
@@ -468,6 +472,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if getattr(args, "token_domain", None):
             raise GatewayError("--role and --token-domain both given: rotate one key at a time")
         return {"rotate": cmd_rotate_role, "export": cmd_export_role}[args.keys_cmd](args, _config(args))
+    if args.keys_cmd == "export":
+        from gateway.keys.rotation import cmd_export_audit
+
+        return cmd_export_audit(args, _config(args))
     if args.keys_cmd in ("rotate", "retire", "rewrap"):
         from gateway.keys.rotation import cmd_retire, cmd_rotate
         from gateway.runtime.keytopic import cmd_rewrap

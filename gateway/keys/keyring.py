@@ -13,7 +13,9 @@ the gateway refuses to run or change keys on it.
 Audit keys (section ``audit``, ``audit-<hex>`` ids, one active: gateway.audit.AuditKeys) MAC the
 audit records, so write access to the audit topic cannot append a record that verifies. They are
 made on first use (`audit_keys`, or `gateway keys init`); a keyring that holds them is written as
-format 3, which older gateways refuse to read rather than rewrite without them.
+format 3, which older gateways refuse to read rather than rewrite without them. ``export_audit``
+writes a keyring holding the audit keys and nothing else (``"audit_export": true``): the aggregate
+worker seals its audit records with it (it holds no other key), an auditor verifies with it.
 """
 
 from __future__ import annotations
@@ -128,13 +130,15 @@ class Keyring:
 
     def __init__(self, path: Path, keks: _VersionedKeys, token_domains: dict[str, _VersionedKeys],
                  quarantine: _VersionedKeys, roles: dict[str, _VersionedKeys] | None = None,
-                 role_export: str | None = None, audit: _VersionedKeys | None = None) -> None:
+                 role_export: str | None = None, audit: _VersionedKeys | None = None,
+                 audit_export: bool = False) -> None:
         self.path = path
         self._keks = keks
         self._token_domains = token_domains
         self._quarantine = quarantine
         self._roles: dict[str, _VersionedKeys] = roles if roles is not None else {}
         self._audit = audit  # None: no audit key made yet
+        self.audit_export = audit_export  # a keyring of the audit keys alone
         self.role_export = role_export  # the one role of an exported keyring, else None
         self._kek_aeads: dict[str, AESGCM] = {}
         self._role_aeads: dict[tuple[str, str], AESGCM] = {}
@@ -143,6 +147,8 @@ class Keyring:
     def __repr__(self) -> str:
         if self.role_export is not None:
             return f"<Keyring path={str(self.path)!r} role_export={self.role_export!r}>"
+        if self.audit_export:
+            return f"<Keyring path={str(self.path)!r} audit_export=True>"
         return (f"<Keyring path={str(self.path)!r} kek={self._keks.active!r} "
                 f"token_domains={sorted(self._token_domains)} roles={sorted(self._roles)}>")
 
@@ -184,6 +190,11 @@ class Keyring:
         if not isinstance(roles_raw, dict) or not all(valid_role(r) for r in roles_raw):
             raise KeyringError(f"keyring '{path}': roles must be an object keyed by role names ({ROLE_NAME_RULE})")
         roles = {r: _VersionedKeys.from_json(v, f"roles.{r}") for r, v in roles_raw.items()}
+        if data.get("audit_export") is True:
+            if "audit" not in data or set(data) - {"format", "audit_export", "audit"}:
+                raise KeyringError(f"keyring '{path}': an audit export must hold the audit keys and nothing else")
+            return cls(path, _VersionedKeys.empty(), {}, _VersionedKeys.empty(),
+                       audit=_VersionedKeys.from_json(data["audit"], "audit"), audit_export=True)
         export = data.get("role_export")
         if export is not None:
             if not valid_role(export) or set(roles) != {export}:
@@ -202,6 +213,8 @@ class Keyring:
         roles = {r: k.to_json() for r, k in sorted(self._roles.items())}
         if self.role_export is not None:
             return {"format": ROLES_FORMAT, "role_export": self.role_export, "roles": roles}
+        if self.audit_export and self._audit is not None:
+            return {"format": AUDIT_FORMAT, "audit_export": True, "audit": self._audit.to_json()}
         content: dict[str, Any] = {
             "format": AUDIT_FORMAT if self._audit is not None else ROLES_FORMAT if roles else KEYRING_FORMAT,
             "kek": self._keks.to_json(),
@@ -265,6 +278,9 @@ class Keyring:
         return True
 
     def _refuse_export(self, what: str) -> None:
+        if self.audit_export:
+            raise KeyringError(f"keyring '{self.path}' is an export of the audit keys only: it cannot {what}. Use "
+                               "the key holder's keyring")
         if self.role_export is not None:
             raise KeyringError(f"keyring '{self.path}' is an export of role '{self.role_export}''s key only: it "
                                f"cannot {what}. Use the key holder's keyring")
@@ -415,6 +431,23 @@ class Keyring:
         if self._audit is None:
             return "", {}
         return self._audit.active, {k: self._audit.get(k) or b"" for k in self._audit.ids()}
+
+    def export_audit(self, out: Path) -> int:
+        """Write a keyring (mode 0600) holding every audit key version and nothing else; return the number
+        of versions (the aggregate worker's keyring, and an auditor's)."""
+        self._refuse_export("export the audit keys")
+        self.audit_keys()
+        out = Path(out)
+        if out.resolve() == self.path.resolve():
+            raise KeyringError(f"the export would replace keyring '{self.path}' itself: choose another --out")
+        assert self._audit is not None  # made by audit_keys()
+        export = Keyring(out, _VersionedKeys.empty(), {}, _VersionedKeys.empty(), audit=self._audit.copy(),
+                         audit_export=True)
+        try:
+            export._write()
+        except OSError as exc:
+            raise KeyringError(f"cannot write the export '{out}' ({exc.strerror})") from None
+        return len(self._audit.ids())
 
     def rotate_audit_key(self) -> str:
         """A new audit key, made active: records sealed from the workers' restart carry its id; older

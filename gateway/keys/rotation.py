@@ -56,6 +56,17 @@ def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:
     return 0
 
 
+def cmd_export_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """`gateway keys export --audit --out FILE`: the audit MAC keys alone (the aggregate worker's keyring)."""
+    if getattr(args, "role", None) or not getattr(args, "audit", False):
+        raise GatewayError("gateway keys export needs --role ROLE or --audit (one of them)")
+    versions = Keyring.open(config.keyring, create=False).export_audit(args.out)
+    print(f"keyring {args.out} written (mode 0600): the audit keys, {versions} version(s), and nothing else. Give it "
+          "to the aggregate worker (--keyring) and to auditors (gateway audit verify --keyring); export again after "
+          "gateway keys rotate --audit")
+    return 0
+
+
 def cmd_retire(args: argparse.Namespace, config: GatewayConfig) -> int:
     if not args.yes:
         raise GatewayError(f"retiring KEK '{args.kek_id}' deletes it: every field ciphertext (format v1) whose DEK "

@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConsumerGroupTopicPartitions
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from gateway.audit import AuditKeys, ChainReport, Finding, Kind, chain_key, parse_head_metadata
 from gateway.audit_verify import Anchor, SourceOffsets, verify_audit
@@ -68,7 +68,8 @@ class KafkaSource:
 def _group_offsets(admin: AdminClient, group: str) -> list[TopicPartition]:
     """The group's committed offsets with their metadata ([] when it has none)."""
     try:
-        future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=15)[group]
+        future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], require_stable=True,
+                                                  request_timeout=15)[group]
         return [tp for tp in future.result().topic_partitions or [] if tp.offset >= 0 and tp.error is None]
     except KafkaException as exc:
         if exc.args[0].code() in (KafkaError.GROUP_ID_NOT_FOUND, KafkaError._UNKNOWN_GROUP):

@@ -66,3 +66,19 @@ def test_the_audit_key_never_shows_in_a_repr(tmp_path: Path) -> None:
     active, keys = ring.audit_keys()
     for text in (repr(ring), repr(AuditKeys(active, keys))):
         assert keys[active].hex() not in text and str(keys[active]) not in text
+
+
+def test_audit_export_holds_the_audit_keys_alone(tmp_path: Path) -> None:
+    ring = Keyring.open(tmp_path / "k.json")
+    ring.ensure_token_domains({"customer"})
+    out = tmp_path / "audit.json"
+    assert ring.export_audit(out) == 1
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    data = orjson.loads(out.read_bytes())
+    assert set(data) == {"format", "audit_export", "audit"} and data["format"] == AUDIT_FORMAT
+    export = Keyring.open(out, create=False)
+    assert export.audit_keys() == ring.audit_keys()
+    with pytest.raises(KeyringError):
+        export.token_keys("customer")
+    with pytest.raises(KeyringError, match="audit keys only"):
+        export.rotate_kek()

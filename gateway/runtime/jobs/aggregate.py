@@ -120,6 +120,16 @@ def release_metadata(heads: dict[str, str]) -> str:
     return value
 
 
+def audit_keys_for(config: GatewayConfig) -> AuditKeys:
+    """The audit MAC keys this job seals its records with: the sanitize workers' audit keys, from an
+    audit export (gateway keys export --audit) or the keyring itself. This job holds no other key."""
+    if not config.keyring.exists():
+        raise ConfigError(f"no keyring at '{config.keyring}': the aggregate worker MACs its audit records with the "
+                          "gateway's audit key. Give it the audit keys alone (gateway keys export --audit --out FILE, "
+                          "then --keyring FILE)")
+    return AuditKeys(*Keyring.open(config.keyring, create=False).audit_keys())
+
+
 def _committed_field(metadata: str | None, name: str) -> tuple[bool, Any]:
     """(metadata is this job's JSON object holding `name`, its value)."""
     if not metadata:
@@ -531,14 +541,13 @@ class AggregateWorker:
     def run(self) -> int:
         config = self.config
         start_process(config, self.health, self.request_stop)
+        audit_keys = audit_keys_for(config)  # before Kafka: a missing keyring fails start-up
         audit_partitions = self._ensure_topics()
         admin = clients.admin(config)
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()
         kafka = config.kafka_client_config()
         self.ledger, follow_from = read_ledger(kafka, config.ledger_topic)
         self.follower = LedgerFollower(kafka, config.ledger_topic, self.ledger, follow_from)
-        # the audit key is the sanitize workers' (share the keyring): made on first use like theirs
-        audit_keys = AuditKeys(*Keyring.open(config.keyring, create=True).audit_keys())
         self.releaser = Releaser(config, self.mechanisms, self.ledger, audit_partitions, ChainHeads(),
                                  lambda: changelog.latest(changelog.restore(kafka, continual_topic(config),
                                                                             {CONTINUAL_PARTITION}, missing_ok=True)[0]),
