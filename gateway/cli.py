@@ -738,12 +738,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     topic = args.topic or config.audit_topic
     report = verify_audit_topic(config, topic, config.group_id, args.allow_legacy)
     for note in report.notes:
-        print(f"note [{note.kind.value}]: {note.message}")
+        print(f"note: {note.message} [{note.kind.value}]")
     for problem in report.problems:
-        print(f"FINDING [{problem.kind.value}]: {problem.message}")
-    status = "OK" if report.ok else f"FAILED ({len(report.problems)} finding(s))"
-    print(f"audit {status}: {report.events} events in {report.records} records, {report.chains} chains on '{topic}', "
-          f"anchored in group '{config.group_id}'")
+        print(f"BREAK: {problem.message} [{problem.kind.value}]")
+    status = "OK" if report.ok else f"BROKEN ({len(report.problems)} finding(s))"
+    print(f"audit chain {status}: {report.events} events in {report.records} records, {report.chains} chains on "
+          f"'{topic}', anchored in group '{config.group_id}'")
     return 0 if report.ok else 1
 
 

@@ -82,7 +82,7 @@ def test_honest_run_verifies_and_forged_records_fail(deployment: Deployment) -> 
 
     code, out = _verify(d)
     assert code == 0, out
-    assert "audit OK" in out and "FINDING" not in out
+    assert "audit chain OK" in out and "BREAK" not in out
     assert "[gap]" not in out and "[unchecked_gap]" not in out  # the markers and the aborted records are no gap
 
     admin = AdminClient({"bootstrap.servers": d.bootstrap})
@@ -116,11 +116,11 @@ def test_honest_run_verifies_and_forged_records_fail(deployment: Deployment) -> 
     code, out = _verify(d)
     assert code == 1, out
     zero, one = (chain_key(d.payments.source_topic, n) for n in (0, 1))
-    assert f"FINDING [unauthenticated]: chain {zero}: audit partition {audit_partition(zero, partitions)} offset " \
-           f"{forged_at[zero]}" in out, out
-    assert f"FINDING [forged]: chain {one}: audit partition {audit_partition(one, partitions)} offset " \
-           f"{forged_at[one]}: MAC does not verify" in out, out
-    assert "audit FAILED (2 finding(s))" in out
+    assert f"BREAK: chain {zero}: audit partition {audit_partition(zero, partitions)} offset {forged_at[zero]}: " \
+           "format 1 record (no MAC) after authenticated ones" in out, out
+    assert f"BREAK: chain {one}: audit partition {audit_partition(one, partitions)} offset {forged_at[one]}: " \
+           "MAC does not verify" in out, out
+    assert "audit chain BROKEN (2 finding(s))" in out
 
 
 def test_empty_audit_topic_in_place_of_the_real_one_fails(deployment: Deployment) -> None:
@@ -132,8 +132,9 @@ def test_empty_audit_topic_in_place_of_the_real_one_fails(deployment: Deployment
     code, out = _verify(d, topic=empty)
     assert code == 1, out
     for n in (0, 1):
-        assert f"FINDING [missing]: chain {chain_key(d.payments.source_topic, n)}: group '{d.group_id}'" in out, out
-    assert f"FINDING [missing]: chain {chain_key(d.clinical.source_topic, 0)}" in out
+        assert f"BREAK: chain {chain_key(d.payments.source_topic, n)}: group '{d.group_id}'" in out, out
+    assert f"BREAK: chain {chain_key(d.clinical.source_topic, 0)}" in out
+    assert out.count("[missing]") == 3
     code, out = _verify(d, topic=f"{d.audit_topic}.deleted")
     assert code == 1 and f"audit topic '{d.audit_topic}.deleted' does not exist" in out, out
 
@@ -163,7 +164,8 @@ def test_offsets_reset_outside_the_gateway_show_as_gap_and_duplicate(fresh_deplo
 
     code, out = _verify(d)
     assert code == 1, out
-    assert f"FINDING [gap]: chain {topic}:0: source offsets 10-14 hold records that no audit entry covers" in out, out
-    assert f"FINDING [duplicate]: chain {topic}:1: source offsets 5-9 audited more than once" in out, out
-    assert out.count("note [restart]") == 2  # the worker's restart markers: reported, and hiding nothing
-    assert "audit FAILED (2 finding(s))" in out
+    assert f"BREAK: chain {topic}:0: source offsets 10-14 hold records that no audit entry covers (skipped) [gap]" \
+        in out, out
+    assert f"BREAK: chain {topic}:1: source offsets 5-9 audited more than once [duplicate]" in out, out
+    assert out.count("[restart]") == 2  # the worker's restart markers: reported, and hiding nothing
+    assert "audit chain BROKEN (2 finding(s))" in out

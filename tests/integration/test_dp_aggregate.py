@@ -189,7 +189,8 @@ def test_every_release_is_audited_and_charged_to_the_ledger(dp: dict[str, Any]) 
     ledger = [orjson.loads(r.value or b"") for r in d.read(dp["ledger"])]
     assert {(e["aggregate"], e["window_start"], e["partition"]) for e in ledger} == \
         {(r["aggregate"], r["window"]["start"], r["partition"]) for r in releases}
-    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
+    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic, "--keyring", str(d.keyring),
+                 "--group-id", d.group_id)
     assert verify.returncode == 0, verify.stdout
 
 
