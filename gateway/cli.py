@@ -736,6 +736,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     config = _config(args)
     topic = args.topic or config.audit_topic
+    _require_kafka(config)
     report = verify_audit_topic(config, topic, config.group_id, args.allow_legacy)
     for note in report.notes:
         print(f"note: {note.message} [{note.kind.value}]")
