@@ -182,6 +182,7 @@ class Kind(Enum):
     MISSING = "missing"  # a committed chain head whose records are not on the audit topic
     HEAD_MISMATCH = "head_mismatch"  # the committed head is not a record of the chain
     NO_HEAD = "no_head"  # the chain has records but the committed state carries no head
+    NO_ANCHORS = "no_anchors"  # records on the audit topic, but the group committed nothing to anchor them
     # notes
     RESTART = "restart"  # a chain_restart marker: the chain starts again from genesis
     LEGACY = "legacy"  # format 1 records accepted (--allow-legacy), before any authenticated one

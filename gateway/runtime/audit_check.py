@@ -37,7 +37,12 @@ class KafkaSource:
     def offsets(self, topic: str, partition: int, first: int, end: int) -> SourceOffsets:
         consumer = clients.reader(self.kafka, "privacy-gateway.audit-verify", **clients.READ_TO_END)
         try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                return SourceOffsets(frozenset(), end)  # the source is gone: no offset can be judged
             start, stop = max(first, low), min(end, high)
             present: set[int] = set()
             if start < stop:
@@ -132,4 +137,9 @@ def verify_audit_topic(config: GatewayConfig, audit_topic: str, group: str, allo
     if not exists:
         report.findings.insert(0, Finding(Kind.MISSING, f"audit topic '{audit_topic}' does not exist, yet "
                                                         f"{len(anchors)} chain head(s) are committed"))
+    if records and not any(a.offset is not None for a in anchors.values()):
+        # every sanitize chain would be a mere note: a wrong --group-id must not pass for a verified audit
+        report.findings.insert(0, Finding(Kind.NO_ANCHORS, f"group '{group}' has no committed offsets: nothing "
+                                                           "anchors the sanitize chains (pass the workers' "
+                                                           "--group-id)"))
     return report

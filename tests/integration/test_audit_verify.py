@@ -27,9 +27,9 @@ from .conftest import Deployment, cli
 pytestmark = pytest.mark.integration
 
 
-def _verify(d: Deployment, *extra: str, topic: str | None = None) -> tuple[int, str]:
+def _verify(d: Deployment, *extra: str, topic: str | None = None, group: str | None = None) -> tuple[int, str]:
     result = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", topic or d.audit_topic,
-                 "--group-id", d.group_id, "--keyring", str(d.keyring),
+                 "--group-id", group or d.group_id, "--keyring", str(d.keyring),
                  "--key-topic", f"privacy.keys.none.{d.suffix}", *extra, timeout=180)
     return result.returncode, result.stdout.decode() + result.stderr.decode()
 
@@ -124,7 +124,8 @@ def test_honest_run_verifies_and_forged_records_fail(deployment: Deployment) -> 
 
 
 def test_empty_audit_topic_in_place_of_the_real_one_fails(deployment: Deployment) -> None:
-    """The group committed chain heads (the test above): a fresh, empty audit topic cannot stand in."""
+    """The group committed chain heads (the test above): a fresh, empty audit topic cannot stand in,
+    and a group that committed none cannot vouch for the real one."""
     d = deployment
     empty = f"{d.audit_topic}.empty"
     admin = AdminClient({"bootstrap.servers": d.bootstrap})
@@ -137,6 +138,9 @@ def test_empty_audit_topic_in_place_of_the_real_one_fails(deployment: Deployment
     assert out.count("[missing]") == 3
     code, out = _verify(d, topic=f"{d.audit_topic}.deleted")
     assert code == 1 and f"audit topic '{d.audit_topic}.deleted' does not exist" in out, out
+    # nor does a group that anchors nothing pass the real topic off as verified
+    code, out = _verify(d, group=f"{d.group_id}.other")
+    assert code == 1 and f"BREAK: group '{d.group_id}.other' has no committed offsets" in out, out
 
 
 def test_offsets_reset_outside_the_gateway_show_as_gap_and_duplicate(fresh_deployment: Deployment) -> None:
