@@ -10,7 +10,11 @@ Token-key rotation adds version N+1 of a domain's HMAC key: tokens made after th
 carry ``tok_vN+1_``, earlier ones keep their prefix. The same value gets a different token in each
 version, so joins across the rotation need the key holder (see README, "Keys and KMS").
 
-Audit-key rotation (``--audit``) adds an ``audit-<hex>`` MAC key and makes it active: records sealed
+Quarantine-key rotation (`gateway keys rotate-quarantine`) adds a new quarantine key and makes it
+active: running workers seal their next dead letter under it (gateway.deadletter); earlier dead
+letters name their key and still unseal while the keyring holds it.
+
+Audit-key rotation (`gateway keys rotate-audit`) adds an ``audit-<hex>`` MAC key and makes it active: records sealed
 after the workers restart name it in ``mac_key_id``; older ones keep naming theirs and verify while
 the keyring holds it.
 """
@@ -26,13 +30,6 @@ from gateway.keys.providers import remote_provider
 
 
 def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:
-    if getattr(args, "audit", False):
-        if args.token_domain:
-            raise GatewayError("--audit and --token-domain both given: rotate one key at a time")
-        new = Keyring.open(config.keyring, create=False).rotate_audit_key()
-        print(f"audit key {new} is active in {config.keyring}. Restart the workers: their records carry it from then "
-              "on; records under earlier audit keys verify while the keyring holds them")
-        return 0
     if args.token_domain:
         keyring = Keyring.open(config.keyring, create=False)
         version = keyring.rotate_token_domain(args.token_domain)
@@ -56,6 +53,14 @@ def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:
     return 0
 
 
+def cmd_rotate_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
+    new = Keyring.open(config.keyring, create=False).rotate_audit_key()
+    print(f"audit key {new} is active in {config.keyring}. Restart the workers, and export the audit keys again for "
+          "the aggregate worker and auditors (gateway keys export --audit): records carry it from then on; records "
+          "under earlier audit keys verify while the keyring holds them")
+    return 0
+
+
 def cmd_export_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
     """`gateway keys export --audit --out FILE`: the audit MAC keys alone (the aggregate worker's keyring)."""
     if getattr(args, "role", None) or not getattr(args, "audit", False):
@@ -63,7 +68,7 @@ def cmd_export_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
     versions = Keyring.open(config.keyring, create=False).export_audit(args.out)
     print(f"keyring {args.out} written (mode 0600): the audit keys, {versions} version(s), and nothing else. Give it "
           "to the aggregate worker (--keyring) and to auditors (gateway audit verify --keyring); export again after "
-          "gateway keys rotate --audit")
+          "gateway keys rotate-audit")
     return 0
 
 
@@ -75,4 +80,13 @@ def cmd_retire(args: argparse.Namespace, config: GatewayConfig) -> int:
     keyring = Keyring.open(config.keyring, create=False)
     keyring.retire_kek(args.kek_id)
     print(f"KEK {args.kek_id} deleted from {config.keyring}; active KEK {keyring.active_key_id()}")
+    return 0
+
+
+def cmd_rotate_quarantine(args: argparse.Namespace, config: GatewayConfig) -> int:
+    keyring = Keyring.open(config.keyring, create=False)
+    old = keyring.quarantine_key()[0]
+    new = keyring.rotate_quarantine()
+    print(f"quarantine key rotated in {config.keyring}: {old} -> {new} (active). Workers seal their next dead letter "
+          f"under it; dead letters sealed under {old} still unseal while the keyring holds it")
     return 0

@@ -47,7 +47,7 @@ from confluent_kafka import Message
 from gateway import metrics
 from gateway.audit import AuditKeys, ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
 from gateway.config import GatewayConfig
-from gateway.dp.bound_store import STATE_CONFIG, changes_by_source, state_partition, state_records
+from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
@@ -74,6 +74,7 @@ STEP_S = 0.05  # longest wait of each stage's consume: the two loops and the rel
 # offset.metadata.max.bytes (4096 by default): the job refuses to start with aggregates needing more
 METADATA_LIMIT = 2048
 NO_HEAD = orjson.dumps({"audit_head": None}).decode()  # stage 1, a chain without events yet
+BOUND_STATE = "dp-bound-state"  # gateway_state_records_skipped_total{state}
 
 
 def contributions_topic(config: GatewayConfig) -> str:
@@ -330,9 +331,14 @@ class BoundHandler:
         started = time.monotonic()
         records, _ = changelog.restore(self.kafka, self.state_topic,
                                        {state_partition(s, self.state_partitions) for s in sources})
-        for source, changes in changes_by_source(((r.key, r.value) for r in records), sources).items():
+        changes: dict[Source, list[Change]] = {s: [] for s in sources}
+        # records it cannot read are skipped and counted (gateway_state_records_skipped_total{dp-bound-state})
+        changelog.apply_records(BOUND_STATE, self.state_topic, ((r.key, r.value) for r in records),
+                                lambda key, value: collect_change(changes, key, value))
+        for source, entries in changes.items():
             bounder = self._bounder(source)
-            bounder.restore(changes)
+            changelog.apply_records(BOUND_STATE, self.state_topic, entries, bounder.restore_entry)
+            bounder.settle_restored()
             self.bounders[source] = bounder
         self._unrestored.clear()
         # how many entries were restored is an exact count of subjects: it stays inside the DP boundary
