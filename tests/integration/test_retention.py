@@ -16,7 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.audit import verify_chains
+from gateway.audit import AuditKeys, verify_chains
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
@@ -122,8 +122,10 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
     erased_ids = {k for p in event["periods"] for k in p["key_ids"]}
     assert {card_ids["two_days_ago"], card_ids["four_days_ago"]} <= erased_ids and card_ids["today"] not in erased_ids
     assert "tok_v1_" not in orjson.dumps(event).decode()
-    chains = verify_chains((r.partition, r.offset, r.value or b"") for r in read_topic(kafka, audit_topic))
-    assert chains.breaks == [] and chains.events == 4
+    audit_keys = AuditKeys(*Keyring.open(keyring, create=False).audit_keys(create=False))
+    audit_records = read_topic(kafka, audit_topic)
+    chains = verify_chains(((r.partition, r.offset, r.value or b"") for r in audit_records), audit_keys)
+    assert chains.breaks == [] and chains.events == 4 and chains.authenticated  # the retention record's MAC too
     config = GatewayConfig.load({"bootstrap": bootstrap, "key_topic": key_topic, "audit_topic": audit_topic,
                                  "group_id": group})
     assert enforce_retention(config, load_period_keys(kafka, key_topic)) == []  # a second run: nothing, no event
