@@ -305,7 +305,12 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]], keys: AuditKeys | No
             if walk.broken:
                 continue
         prev = body.get("prev_hash")
-        if prev != walk.last:
+        if prev == GENESIS and body.get("chain_restart") and not walk.hashes:
+            # a restart means the chain had records before: none is on the topic (truncated up to here)
+            report.findings.append(Finding(Kind.MISSING, f"chain {key}: {where}: the chain's first record is a "
+                                                         "chain_restart: the records before it are not on the topic "
+                                                         "(truncated or replaced)", key))
+        elif prev != walk.last:
             if prev == GENESIS and body.get("chain_restart"):
                 report.findings.append(Finding(Kind.RESTART, f"chain {key}: {where}: restarted (head not found by "
                                                              "the worker)", key))
@@ -386,6 +391,15 @@ def duplicates(walk: ChainWalk, upto: int | None = None) -> list[Finding]:
 def head_metadata(head: str) -> str:
     """The offset-commit metadata that carries a chain's head with its partition's offset."""
     return orjson.dumps({"audit_head": head}).decode()
+
+
+def committed_without_head(metadata: str | None) -> bool:
+    """The committed metadata says explicitly that the chain has no record yet (``"audit_head": null``)."""
+    try:
+        data = orjson.loads(metadata or b"")
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "audit_head" in data and data["audit_head"] is None
 
 
 def parse_head_metadata(metadata: str | None) -> str | None:

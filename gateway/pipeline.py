@@ -385,9 +385,14 @@ class Pipeline:
     def commit_metadata(self, topic: str, partition: int) -> str | None:
         """What the partition's committed offset carries: its audit chain head and quality counters."""
         body: dict[str, Any] = {}
-        head = self.chains.heads.get(chain_key(topic, partition))
+        key = chain_key(topic, partition)
+        head = self.chains.heads.get(key)
         if head is not None:
             body["audit_head"] = head
+        elif key not in self.chains.restarted:
+            # no record yet (a held window): said explicitly, so the next owner starts the chain fresh
+            # instead of marking it restarted, which the verifier would take for records lost before it
+            body["audit_head"] = None
         quality = self._quality_of(topic)
         if quality is not None:
             counters = quality.metadata(partition)

@@ -123,9 +123,9 @@ def test_honest_run_verifies_and_forged_records_fail(deployment: Deployment) -> 
     assert "audit chain BROKEN (2 finding(s))" in out
 
 
-def test_empty_audit_topic_in_place_of_the_real_one_fails(deployment: Deployment) -> None:
+def test_empty_or_truncated_audit_topic_fails(deployment: Deployment) -> None:
     """The group committed chain heads (the test above): a fresh, empty audit topic cannot stand in,
-    and a group that committed none cannot vouch for the real one."""
+    a group that committed none cannot vouch for the real one, and the real one truncated fails."""
     d = deployment
     empty = f"{d.audit_topic}.empty"
     admin = AdminClient({"bootstrap.servers": d.bootstrap})
@@ -141,6 +141,16 @@ def test_empty_audit_topic_in_place_of_the_real_one_fails(deployment: Deployment
     # nor does a group that anchors nothing pass the real topic off as verified
     code, out = _verify(d, group=f"{d.group_id}.other")
     assert code == 1 and f"BREAK: group '{d.group_id}.other' has no committed offsets" in out, out
+    # nor a topic truncated from its start (Kafka's only way to remove records: DeleteRecords, or
+    # retention): the first record left no longer links to genesis
+    chain = chain_key(d.payments.source_topic, 0)
+    first, second = sorted((r.partition, r.offset) for r in d.read(d.audit_topic)
+                           if orjson.loads(r.value or b"")["chain"] == chain)[:2]  # its batch, then the forgery
+    for future in admin.delete_records([TopicPartition(d.audit_topic, first[0], first[1] + 1)]).values():
+        future.result()
+    code, out = _verify(d)
+    assert code == 1 and f"BREAK: chain {chain}: audit partition {second[0]} offset {second[1]}: prev_hash does " \
+                         "not match" in out, out
 
 
 def test_offsets_reset_outside_the_gateway_show_as_gap_and_duplicate(fresh_deployment: Deployment) -> None:

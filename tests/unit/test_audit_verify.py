@@ -10,8 +10,18 @@ from typing import Any
 
 import orjson
 
-from gateway.audit import GENESIS, AuditKeys, Kind, batch_body, canonical, seal_audit_event, seal_audit_value
+from gateway.audit import (
+    GENESIS,
+    AuditKeys,
+    Kind,
+    batch_body,
+    canonical,
+    committed_without_head,
+    seal_audit_event,
+    seal_audit_value,
+)
 from gateway.audit_verify import Anchor, SourceOffsets, verify_audit
+from gateway.runtime.jobs.sanitize import SanitizeHandler
 
 KEYS = AuditKeys("audit-a", {"audit-a": bytes(range(32))})
 CHAIN = "payments.raw:0"
@@ -298,3 +308,43 @@ def test_without_keys_only_hashes_are_checked() -> None:
 
 def test_audit_keys_repr_hides_the_key() -> None:
     assert bytes(range(32)).hex() not in repr(KEYS) and "audit-a" in repr(KEYS)
+
+
+def test_truncating_a_chain_up_to_a_restart_is_a_finding() -> None:
+    """A chain_restart says the chain had records before it: a chain that starts with one lost them."""
+    chain = Chain()
+    chain.batch([0, 1])
+    chain.batch([2, 3], restart=True)
+    head = chain.batch([4])
+    truncated = chain.records()[1:]
+    report = verify_audit(truncated, KEYS, _anchor(head, 5), Source(set(range(5))))
+    assert _kinds(report) == [Kind.MISSING]
+    assert "the chain's first record is a chain_restart" in report.breaks[0]
+    assert verify_audit(chain.records(), KEYS, _anchor(head, 5), Source(set(range(5)))).ok
+
+
+class _Resumes:
+    """What SanitizeHandler.open asks of the pipeline, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, bool]] = []
+
+    def resume_chain(self, topic: str, partition: int, head: str | None, fresh: bool) -> None:
+        self.calls.append((head, fresh))
+
+    def resume_quality(self, topic: str, partition: int, committed: Any) -> None:
+        pass
+
+
+def test_a_partition_committed_before_its_first_record_starts_fresh_not_restarted() -> None:
+    """A held window commits its partition's offset before any audit record: the explicit null head
+    lets the next owner start the chain at genesis, where a restart marker would read as records lost."""
+    assert committed_without_head('{"audit_head":null,"quality":{}}')
+    assert not committed_without_head('{"quality":{}}') and not committed_without_head(None)
+    assert not committed_without_head('{"audit_head":"' + "a" * 64 + '"}') and not committed_without_head("x")
+    pipeline = _Resumes()
+    handler = SanitizeHandler(pipeline)  # type: ignore[arg-type]
+    handler.open(("t", 0), 7, '{"audit_head":null}')
+    handler.open(("t", 1), 7, None)  # committed without the gateway's metadata: lost, so restarted
+    handler.open(("t", 2), -1001, None)
+    assert pipeline.calls == [(None, True), (None, False), (None, True)]
