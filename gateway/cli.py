@@ -411,9 +411,27 @@ def cmd_policy(args: argparse.Namespace) -> int:
             print(f"  {line}")
     if args.bootstrap and plan.quality is not None and plan.quality.risk is not None:
         _print_risk_warning(args, plan.source_topic)
+    print("purposes:" if plan.purposes else "purposes:        (none)")
+    for line in _purpose_lines(plan):
+        print(f"  {line}")
     print("sanitized schema:")
     print(orjson.dumps(plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
+    for purpose in plan.purposes:  # each view's own schema: what the purpose topic's consumers read
+        print(f"purpose '{purpose.name}' schema:")
+        print(orjson.dumps(purpose.plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _purpose_lines(plan: Any) -> list[str]:
+    """`policy show`: each purpose view's topic, legal basis, output and fields with their actions."""
+    lines = []
+    for purpose in plan.purposes:
+        basis = (f"basis {purpose.basis}: only while the subject's consent is in force" if purpose.spec.needs_consent
+                 else f"basis {purpose.basis}")
+        lines.append(f"{purpose.name} -> {purpose.topic} ({basis}; output {purpose.plan.output})")
+        width = max(len(path) for path in purpose.plan.field_actions)
+        lines += [f"  {path:<{width}}  {action}" for path, action in purpose.plan.field_actions.items()]
+    return lines
 
 
 def _print_risk_warning(args: argparse.Namespace, source: str) -> None:

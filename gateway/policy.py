@@ -432,7 +432,7 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
     if output not in ("same", *ENCODINGS):
         c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
     elif output == "same" and "output" in settings and input_mode == "auto":
-        # only when written out: the default (same, auto) is documented in the README's settings table
+        # only when written out: the default (same, auto) is documented in docs/policy/writing.md
         c.warn("(record)", "output 'same' with input 'auto': each sanitized record takes its event's encoding, "
                            "so the sanitized topic mixes Avro and JSON records when producers do; set output to "
                            "'avro', 'confluent' or 'json' to give consumers one encoding")

@@ -320,7 +320,7 @@ class Keyring:
         return str(self._update(change))
 
     def retire_kek(self, kek_id: str) -> None:
-        """Delete an old KEK. Every DEK still wrapped only under it becomes unreadable (see README)."""
+        """Delete an old KEK. Every DEK still wrapped only under it becomes unreadable (see docs/operations/keys.md)."""
         self._update(lambda ring: ring._keks.remove(kek_id))
         self._kek_aeads.pop(kek_id, None)
 

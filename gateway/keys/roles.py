@@ -106,7 +106,7 @@ def cmd_export_role(args: argparse.Namespace, config: GatewayConfig) -> int:
     if config.kms_provider != "local":
         raise GatewayError(f"with kms_provider={config.kms_provider} role keys live in the KMS (setting "
                            "role_kms_keys): grant the role's consumers decrypt on their key instead of exporting one "
-                           "(README, \"Roles and KMS permissions\")")
+                           "(docs/tools/decrypt.md, \"Roles and KMS permissions\")")
     out = Path(args.out)
     keyring = Keyring.open(config.keyring, create=False)
     versions = keyring.export_role(args.role, out)

@@ -8,7 +8,7 @@ the key version) that wrapped their DEK, so they still decrypt.
 
 Token-key rotation adds version N+1 of a domain's HMAC key: tokens made after the workers restart
 carry ``tok_vN+1_``, earlier ones keep their prefix. The same value gets a different token in each
-version, so joins across the rotation need the key holder (see README, "Keys and KMS").
+version, so joins across the rotation need the key holder (see docs/operations/keys.md).
 
 Quarantine-key rotation (`gateway keys rotate-quarantine`) adds a new quarantine key and makes it
 active: running workers seal their next dead letter under it (gateway.deadletter); earlier dead

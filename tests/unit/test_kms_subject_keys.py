@@ -121,7 +121,7 @@ def test_rewrap_moves_subject_keys_to_the_new_kek_so_the_old_one_can_be_retired(
     for i, record in enumerate(records):
         opened, report = decrypt_record(record, plan, reader)
         assert opened["note"] == f"note {i}"
-        # the v1 field carried its DEK wrapped under the retired KEK: it is gone with it (README)
+        # the v1 field carried its DEK wrapped under the retired KEK: it is gone with it (docs/operations/keys.md)
         assert report.fields["note"] == "decrypted" and report.fields["code"].startswith("key_not_held:")
 
 

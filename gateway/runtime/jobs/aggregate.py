@@ -486,7 +486,7 @@ class AggregateWorker:
         self.state_partitions = 1
         self.topic_partitions: dict[str, int] = {}  # partition counts, read when the job starts
         # windows closed per outcome: the only tally this job reports (exact contribution counts
-        # never leave it; see README "What stays inside the DP boundary")
+        # never leave it; see docs/dp.md, "What stays inside the DP boundary")
         self.windows_closed: Counter[str] = Counter()
         self._stop = False
         self.health = metrics.Health(checks=("kafka", "assignment"))

@@ -2,7 +2,7 @@
 exactly once, on the shared transactional loop.
 
 Why confluent-kafka and not a per-event faust agent on this path: the faust agent costs about
-200 us of overhead per event (see README, "Design choices"), ten times the whole transform. Here a
+200 us of overhead per event (see docs/architecture.md, "Design choices"), ten times the whole transform. Here a
 batch is consumed, transformed and published inside one Kafka transaction together with the
 consumer offsets, so sanitized records, dead letters, audit events and progress commit atomically.
 Each source partition's audit chain head rides in the metadata of its committed offset: a worker
