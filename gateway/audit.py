@@ -305,8 +305,11 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]], keys: AuditKeys | No
             if walk.broken:
                 continue
         prev = body.get("prev_hash")
-        if prev == GENESIS and body.get("chain_restart") and not walk.hashes:
-            # a restart means the chain had records before: none is on the topic (truncated up to here)
+        own = [o for e in found if (o := own_offset(key, e)) is not None]
+        if prev == GENESIS and body.get("chain_restart") and not walk.hashes and own:
+            # a sanitize chain restarts only when it had records before (a fresh partition starts at
+            # genesis unmarked): none is on the topic, truncated up to here, hiding them from coverage.
+            # (forget and retention mark their chain's first record restarted: they cannot tell.)
             report.findings.append(Finding(Kind.MISSING, f"chain {key}: {where}: the chain's first record is a "
                                                          "chain_restart: the records before it are not on the topic "
                                                          "(truncated or replaced)", key))
@@ -322,7 +325,7 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]], keys: AuditKeys | No
                 continue
         walk.last = stored_hash
         walk.hashes.append(stored_hash)
-        walk.offsets.append([o for e in found if (o := own_offset(key, e)) is not None])
+        walk.offsets.append(own)
     for walk in walks.values():
         if walk.legacy:
             what = (f"chain {walk.key}: {walk.legacy} format 1 record(s) (no MAC), the first at {walk.first_legacy}, "

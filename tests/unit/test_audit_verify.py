@@ -288,9 +288,10 @@ def test_unanchored_chain_is_a_note() -> None:
 
 
 def test_per_event_records_of_other_writers_verify() -> None:
-    """forget, retention and DP releases: one sealed record per event, no source coverage."""
-    first = seal_audit_event({"type": "subject_forgotten", "chain": "keys:forget", "tokens": ["tok_v1_x"]}, GENESIS,
-                             KEYS)
+    """forget, retention and DP releases: one sealed record per event, no source coverage. Forget marks
+    its chain's first record restarted (it cannot tell a first forget from a lost head): no finding."""
+    first = seal_audit_event({"type": "subject_forgotten", "chain": "keys:forget", "tokens": ["tok_v1_x"],
+                              "chain_restart": True}, GENESIS, KEYS)
     second = seal_audit_event({"type": "subject_forgotten", "chain": "keys:forget", "tokens": ["tok_v1_y"]},
                               first["hash"], KEYS)
     records = [(1, 0, orjson.dumps(first)), (1, 1, orjson.dumps(second))]
