@@ -124,12 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", type=_role_name, default=None, help="rotate this role's key instead (the keyring's, or "
                                                                   "its KMS key of role_kms_keys)")
     add_settings(p, "keyring", *KMS, "role_kms_keys")
-    p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers",
+    p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers "
+                                       "(or, with --audit, only the audit keys, for the aggregate worker)",
                         description="The file (mode 0600) holds every version of the role's key and nothing else: "
                                     "no KEK, token key or quarantine key. Its holder opens the fields readable by "
                                     "that role (gateway decrypt --role ROLE --keyring FILE) and no others. Export "
-                                    "again after gateway keys rotate --role ROLE.")
-    p.add_argument("--role", required=True, type=_role_name, help="the role whose key to export")
+                                    "again after gateway keys rotate --role ROLE. With --audit it holds the audit "
+                                    "MAC keys alone: the aggregate worker's --keyring (it seals its audit records) "
+                                    "and an auditor's (gateway audit verify).")
+    p.add_argument("--role", type=_role_name, default=None, help="the role whose key to export")
+    p.add_argument("--audit", action="store_true", help="export the audit MAC keys instead of a role's key")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the keyring file to write")
     add_settings(p, "keyring", "kms_provider")
     p = keys.add_parser("retire", help="delete an old local KEK (ciphertexts wrapped only under it become unreadable)")
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
     p = keys.add_parser("rotate-quarantine", help="new quarantine key (seals dead letters), made active; the old ones "
                                                   "still unseal earlier dead letters")
+    add_settings(p, "keyring")
+    p = keys.add_parser("rotate-audit", help="new audit key (MACs the audit records), made active from the workers' "
+                                             "restart; the old ones still verify earlier records")
     add_settings(p, "keyring")
 
     retention = sub.add_parser("retention", help="retention by key expiry: list and erase the period keys of fields "
@@ -155,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(it prefixes the transactional id their runs and this one share, so they "
                                          "fence each other and the audit chain keys:retention has one writer).")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
-    add_settings(p, "bootstrap", "key_topic", "audit_topic", "group_id", "security")
+    add_settings(p, "bootstrap", "keyring", "key_topic", "audit_topic", "group_id", "security")
 
     p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and consent history, "
                                       "and audit it",
@@ -205,12 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, "bootstrap", "schema_registry_url", "schemas", "security")
 
     audit = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
-    p = audit.add_parser("verify", help="walk the audit hash chains and report the first break")
-    p.add_argument("--topic", default="privacy.audit", help="the audit topic (default privacy.audit)")
-    add_settings(p, "bootstrap", "security")
+    p = audit.add_parser("verify", help="verify the audit: chains, MACs, committed heads and source coverage",
+                         description="Checks that every chain links and authenticates under the keyring's audit keys, "
+                                     "ends at the head its writer committed (the group's offset metadata, the key "
+                                     "topic), and audits each source offset holding a record exactly once up to the "
+                                     "committed offset. Exits 1 on any finding.")
+    p.add_argument("--topic", default=None, help="the audit topic (default: the audit_topic setting)")
+    p.add_argument("--allow-legacy", dest="allow_legacy", action="store_true",
+                   help="accept format 1 (unauthenticated) records that precede a chain's first authenticated one, "
+                        "as notes (records written before the upgrade)")
+    add_settings(p, "bootstrap", "audit_topic", "group_id", "keyring", "key_topic", "security")
 
     p = sub.add_parser("aggregate", help="run the differentially private aggregate stages (a consumer-group member)")
-    add_settings(p, *AGGREGATE_GROUPS)
+    add_settings(p, *AGGREGATE_GROUPS, "keyring")
 
     budget = sub.add_parser("budget", help="privacy budget").add_subparsers(dest="budget_cmd", required=True)
     p = budget.add_parser("show", help="print the privacy ledger: budget spent per aggregate and period")
@@ -484,6 +498,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if getattr(args, "token_domain", None):
             raise GatewayError("--role and --token-domain both given: rotate one key at a time")
         return {"rotate": cmd_rotate_role, "export": cmd_export_role}[args.keys_cmd](args, _config(args))
+    if args.keys_cmd == "export":
+        from gateway.keys.rotation import cmd_export_audit
+
+        return cmd_export_audit(args, _config(args))
     if args.keys_cmd in ("rotate", "retire", "rewrap"):
         from gateway.keys.rotation import cmd_retire, cmd_rotate
         from gateway.runtime.keytopic import cmd_rewrap
@@ -493,6 +511,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         from gateway.keys.rotation import cmd_rotate_quarantine
 
         return cmd_rotate_quarantine(args, _config(args))
+    if args.keys_cmd == "rotate-audit":
+        from gateway.keys.rotation import cmd_rotate_audit
+
+        return cmd_rotate_audit(args, _config(args))
 
     from gateway.keys.roles import policy_roles
 
@@ -505,9 +527,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     # with AWS or Vault the policies' roles have KMS keys (role_kms_keys); --role still makes a local one
     roles = set(args.roles or ()) | (policy_roles(plans) if config.kms_provider == "local" else set())
     keyring.ensure_roles(roles)
+    audit_key, _ = keyring.audit_keys()
     state = "updated" if existed else "created"
     print(f"keyring {config.keyring} {state}: KEK {keyring.active_key_id()}, token domains "
-          f"{', '.join(sorted(domains)) or '(none)'}, role keys {', '.join(keyring.roles()) or '(none)'}")
+          f"{', '.join(sorted(domains)) or '(none)'}, role keys {', '.join(keyring.roles()) or '(none)'}, "
+          f"audit key {audit_key}")
     return 0
 
 
@@ -737,18 +761,19 @@ def _plain_value(value: bytes | None, text: bool = True) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from gateway.audit import verify_chains
-    from gateway.runtime.reader import read_topic
+    from gateway.runtime.audit_check import verify_audit_topic
 
-    records = read_topic(_config(args).kafka_client_config(), args.topic)
-    report = verify_chains((r.partition, r.offset, r.value or b"") for r in records)
-    for restart in report.restarts:
-        print(f"note: {restart}")
-    for problem in report.breaks:
-        print(f"BREAK: {problem}")
-    status = "OK" if report.ok else "BROKEN"
-    print(f"audit chain {status}: {report.events} events in {report.records} records, {report.chains} chains "
-          f"on '{args.topic}'")
+    config = _config(args)
+    topic = args.topic or config.audit_topic
+    _require_kafka(config)
+    report = verify_audit_topic(config, topic, config.group_id, args.allow_legacy)
+    for note in report.notes:
+        print(f"note: {note.message} [{note.kind.value}]")
+    for problem in report.problems:
+        print(f"BREAK: {problem.message} [{problem.kind.value}]")
+    status = "OK" if report.ok else f"BROKEN ({len(report.problems)} finding(s))"
+    print(f"audit chain {status}: {report.events} events in {report.records} records, {report.chains} chains on "
+          f"'{topic}', anchored in group '{config.group_id}'")
     return 0 if report.ok else 1
 
 

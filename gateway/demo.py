@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from gateway.audit import verify_chains
+from gateway.audit import AuditKeys, verify_chains
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.embedded.broker import EmbeddedBroker
@@ -348,7 +348,8 @@ def _run_demo(schemas: Path, per_schema: int, plans: list[Plan], workdir: Path) 
 def _report(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, Any], audited: int,
             keyring_path: Path) -> None:
     decoder = SanitizedDecoder(plans)
-    decryptor = FieldDecryptor(Keyring.open(keyring_path, create=False))
+    keyring = Keyring.open(keyring_path, create=False)
+    decryptor = FieldDecryptor(keyring)
     sanitized_total = 0
     dead = Counter()
     decrypted_ok = 0
@@ -368,7 +369,8 @@ def _report(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, An
         for stored in read_topic(kafka, plan.dlq_topic):
             dead[orjson.loads(stored.value or b"{}")["reason"]] += 1
     audit = read_topic(kafka, "privacy.audit")
-    chain = verify_chains((r.partition, r.offset, r.value or b"") for r in audit)
+    chain = verify_chains(((r.partition, r.offset, r.value or b"") for r in audit),
+                          AuditKeys(*keyring.audit_keys(create=False)))  # hashes and MACs
     published_total = sum(published["sent"].values())
     print("\n== summary ==")
     print(f"  published      {published_total}")

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import fastavro
 import orjson
 
-from gateway.audit import ChainHeads, audit_partition, batch_body, canonical, chain_key, seal_audit_value
+from gateway.audit import AuditKeys, ChainHeads, audit_partition, batch_body, canonical, chain_key, seal_audit_value
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
 from gateway.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
@@ -331,6 +331,7 @@ class Pipeline:
                                             fp.operator.subject_value(fp, stage.sanitizer),
                                             stage.sanitizer.tokenizer(plan.subject_domain).key_id)
         self.chains = ChainHeads()
+        self.audit_keys = AuditKeys(*keyring.audit_keys())  # records are MACed: topic write access cannot forge
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
@@ -384,9 +385,14 @@ class Pipeline:
     def commit_metadata(self, topic: str, partition: int) -> str | None:
         """What the partition's committed offset carries: its audit chain head and quality counters."""
         body: dict[str, Any] = {}
-        head = self.chains.heads.get(chain_key(topic, partition))
+        key = chain_key(topic, partition)
+        head = self.chains.heads.get(key)
         if head is not None:
             body["audit_head"] = head
+        elif key not in self.chains.restarted:
+            # no record yet (a held window): said explicitly, so the next owner starts the chain fresh
+            # instead of marking it restarted, which the verifier would take for records lost before it
+            body["audit_head"] = None
         quality = self._quality_of(topic)
         if quality is not None:
             counters = quality.metadata(partition)
@@ -796,7 +802,7 @@ class Pipeline:
         body = batch_body(chain.key, self.instance, now_ms, entries)
         if restart:
             body["chain_restart"] = True
-        value, digest = seal_audit_value(body, prev)
+        value, digest = seal_audit_value(body, prev, self.audit_keys)
         if len(value) > self.max_output_bytes and len(entries) > 1:  # halve until each record fits
             half = len(entries) // 2
             self._seal_chunk(chain, entries[:half], now_ms, out)

@@ -1,4 +1,5 @@
-"""The local keyring: the embedded default KMS, plus token keys, the quarantine key and role keys.
+"""The local keyring: the embedded default KMS, plus token keys, the quarantine key, role keys and
+the audit MAC keys.
 
 One JSON file, created on first use with mode 0600 and replaced atomically on change. Key bytes
 live in private attributes and never appear in a repr, a log line or an exception.
@@ -8,6 +9,13 @@ role-scoped fields. A keyring that holds any is written as format 2, which older
 read rather than rewrite without them. ``export_role`` writes a keyring holding one role's key
 versions and nothing else (``"role_export": ROLE``): its holder opens that role's fields only, and
 the gateway refuses to run or change keys on it.
+
+Audit keys (section ``audit``, ``audit-<hex>`` ids, one active: gateway.audit.AuditKeys) MAC the
+audit records, so write access to the audit topic cannot append a record that verifies. They are
+made on first use (`audit_keys`, or `gateway keys init`); a keyring that holds them is written as
+format 3, which older gateways refuse to read rather than rewrite without them. ``export_audit``
+writes a keyring holding the audit keys and nothing else (``"audit_export": true``): the aggregate
+worker seals its audit records with it (it holds no other key), an auditor verifies with it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 
 KEYRING_FORMAT = 1
 ROLES_FORMAT = 2  # a keyring with role keys, or a role export
+AUDIT_FORMAT = 3  # a keyring with audit keys (and perhaps role keys)
+FORMATS = (KEYRING_FORMAT, ROLES_FORMAT, AUDIT_FORMAT)
 _WRAP_AAD = b"privacy-gateway/dek-wrap/v1"
 _ROLE_WRAP_AAD = b"privacy-gateway/role-wrap/v1"
 
@@ -120,12 +130,15 @@ class Keyring:
 
     def __init__(self, path: Path, keks: _VersionedKeys, token_domains: dict[str, _VersionedKeys],
                  quarantine: _VersionedKeys, roles: dict[str, _VersionedKeys] | None = None,
-                 role_export: str | None = None) -> None:
+                 role_export: str | None = None, audit: _VersionedKeys | None = None,
+                 audit_export: bool = False) -> None:
         self.path = path
         self._keks = keks
         self._token_domains = token_domains
         self._quarantine = quarantine
         self._roles: dict[str, _VersionedKeys] = roles if roles is not None else {}
+        self._audit = audit  # None: no audit key made yet
+        self.audit_export = audit_export  # a keyring of the audit keys alone
         self.role_export = role_export  # the one role of an exported keyring, else None
         self._kek_aeads: dict[str, AESGCM] = {}
         self._role_aeads: dict[tuple[str, str], AESGCM] = {}
@@ -134,6 +147,8 @@ class Keyring:
     def __repr__(self) -> str:
         if self.role_export is not None:
             return f"<Keyring path={str(self.path)!r} role_export={self.role_export!r}>"
+        if self.audit_export:
+            return f"<Keyring path={str(self.path)!r} audit_export=True>"
         return (f"<Keyring path={str(self.path)!r} kek={self._keks.active!r} "
                 f"token_domains={sorted(self._token_domains)} roles={sorted(self._roles)}>")
 
@@ -168,13 +183,18 @@ class Keyring:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise KeyringError(f"keyring '{path}' is not valid JSON") from None
-        if not isinstance(data, dict) or data.get("format") not in (KEYRING_FORMAT, ROLES_FORMAT):
-            raise KeyringError(f"keyring '{path}' has an unknown format (expected format {KEYRING_FORMAT} or "
-                               f"{ROLES_FORMAT})")
+        if not isinstance(data, dict) or data.get("format") not in FORMATS:
+            raise KeyringError(f"keyring '{path}' has an unknown format (expected format "
+                               f"{', '.join(map(str, FORMATS))})")
         roles_raw = data.get("roles") or {}
         if not isinstance(roles_raw, dict) or not all(valid_role(r) for r in roles_raw):
             raise KeyringError(f"keyring '{path}': roles must be an object keyed by role names ({ROLE_NAME_RULE})")
         roles = {r: _VersionedKeys.from_json(v, f"roles.{r}") for r, v in roles_raw.items()}
+        if data.get("audit_export") is True:
+            if "audit" not in data or set(data) - {"format", "audit_export", "audit"}:
+                raise KeyringError(f"keyring '{path}': an audit export must hold the audit keys and nothing else")
+            return cls(path, _VersionedKeys.empty(), {}, _VersionedKeys.empty(),
+                       audit=_VersionedKeys.from_json(data["audit"], "audit"), audit_export=True)
         export = data.get("role_export")
         if export is not None:
             if not valid_role(export) or set(roles) != {export}:
@@ -186,20 +206,25 @@ class Keyring:
         if not isinstance(domains_raw, dict):
             raise KeyringError(f"keyring '{path}': token_domains must be an object")
         domains = {d: _VersionedKeys.from_json(v, f"token_domains.{d}") for d, v in domains_raw.items()}
-        return cls(path, keks, domains, quarantine, roles)
+        audit = _VersionedKeys.from_json(data["audit"], "audit") if "audit" in data else None
+        return cls(path, keks, domains, quarantine, roles, audit=audit)
 
     def _content(self) -> dict[str, Any]:
         roles = {r: k.to_json() for r, k in sorted(self._roles.items())}
         if self.role_export is not None:
             return {"format": ROLES_FORMAT, "role_export": self.role_export, "roles": roles}
+        if self.audit_export and self._audit is not None:
+            return {"format": AUDIT_FORMAT, "audit_export": True, "audit": self._audit.to_json()}
         content: dict[str, Any] = {
-            "format": ROLES_FORMAT if roles else KEYRING_FORMAT,
+            "format": AUDIT_FORMAT if self._audit is not None else ROLES_FORMAT if roles else KEYRING_FORMAT,
             "kek": self._keks.to_json(),
             "token_domains": {d: k.to_json() for d, k in sorted(self._token_domains.items())},
             "quarantine": self._quarantine.to_json(),
         }
         if roles:
             content["roles"] = roles
+        if self._audit is not None:
+            content["audit"] = self._audit.to_json()
         return content
 
     def _write(self, exclusive: bool = False) -> bool:
@@ -247,11 +272,15 @@ class Keyring:
             return False
         latest = self._read(self.path)
         self._keks, self._quarantine, self._roles = latest._keks, latest._quarantine, latest._roles
+        self._audit = latest._audit
         self._token_domains.update(latest._token_domains)
         self._mtime = mtime
         return True
 
     def _refuse_export(self, what: str) -> None:
+        if self.audit_export:
+            raise KeyringError(f"keyring '{self.path}' is an export of the audit keys only: it cannot {what}. Use "
+                               "the key holder's keyring")
         if self.role_export is not None:
             raise KeyringError(f"keyring '{self.path}' is an export of role '{self.role_export}''s key only: it "
                                f"cannot {what}. Use the key holder's keyring")
@@ -267,7 +296,7 @@ class Keyring:
         except OSError as exc:
             raise KeyringError(f"cannot update keyring '{self.path}' ({exc.strerror})") from None
         self._keks, self._quarantine, self._token_domains = latest._keks, latest._quarantine, latest._token_domains
-        self._roles = latest._roles
+        self._roles, self._audit = latest._roles, latest._audit
         self._mtime = self._stat_mtime()
         return result
 
@@ -348,6 +377,7 @@ class Keyring:
                 self._token_domains.update(latest._token_domains)
                 # the file is the truth under the lock: keep what others added (rotated KEKs, role keys)
                 self._keks, self._quarantine, self._roles = latest._keks, latest._quarantine, latest._roles
+                self._audit = latest._audit
                 for domain in missing:
                     self._token_domains.setdefault(domain, _VersionedKeys.fresh("1"))
                 self._write()
@@ -393,6 +423,55 @@ class Keyring:
         if key is None:
             raise DecryptError("key_not_held", f"quarantine key '{key_id}' is not in keyring '{self.path}'")
         return key_id, key
+
+    # ---- audit keys (gateway.audit.AuditKeys) ------------------------------------------------------
+    def audit_keys(self, create: bool = True) -> tuple[str, dict[str, bytes]]:
+        """(active id, {id: key}) of the audit MAC keys; the first one is made now (under the lock, adopting
+        what others wrote) when the keyring has none and `create` is set, else none is active ("")."""
+        if self._audit is None and create:
+            def change(ring: Keyring) -> None:
+                if ring._audit is None:
+                    ring._audit = _VersionedKeys.fresh(_audit_key_id())
+
+            try:
+                self._update(change)
+            except KeyringError as exc:
+                raise KeyringError(f"{exc}: the keyring has no audit key; create it beforehand with: gateway keys "
+                                   "init") from None
+        if self._audit is None:
+            return "", {}
+        return self._audit.active, {k: self._audit.get(k) or b"" for k in self._audit.ids()}
+
+    def export_audit(self, out: Path) -> int:
+        """Write a keyring (mode 0600) holding every audit key version and nothing else; return the number
+        of versions (the aggregate worker's keyring, and an auditor's)."""
+        self._refuse_export("export the audit keys")
+        self.audit_keys()
+        out = Path(out)
+        if out.resolve() == self.path.resolve():
+            raise KeyringError(f"the export would replace keyring '{self.path}' itself: choose another --out")
+        assert self._audit is not None  # made by audit_keys()
+        export = Keyring(out, _VersionedKeys.empty(), {}, _VersionedKeys.empty(), audit=self._audit.copy(),
+                         audit_export=True)
+        try:
+            export._write()
+        except OSError as exc:
+            raise KeyringError(f"cannot write the export '{out}' ({exc.strerror})") from None
+        return len(self._audit.ids())
+
+    def rotate_audit_key(self) -> str:
+        """A new audit key, made active: records sealed from the workers' restart carry its id; older
+        records verify while the keyring holds their key."""
+        new_id = _audit_key_id()
+
+        def change(ring: Keyring) -> None:
+            if ring._audit is None:
+                ring._audit = _VersionedKeys.fresh(new_id)
+            else:
+                ring._audit.add(new_id)
+
+        self._update(change)
+        return new_id
 
     # ---- role keys (gateway.keys.roles) ----------------------------------------------------------
     def roles(self) -> list[str]:
@@ -507,6 +586,10 @@ class Keyring:
         except InvalidTag:
             raise DecryptError("tampered", f"the wrapped DEK does not authenticate under key '{wrapped.kek_id}' of "
                                f"role '{role}': the ciphertext header was altered") from None
+
+
+def _audit_key_id() -> str:
+    return f"audit-{secrets.token_hex(6)}"
 
 
 def _role_key_id(role: str) -> str:

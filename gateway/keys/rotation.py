@@ -13,6 +13,10 @@ version, so joins across the rotation need the key holder (see docs/operations/k
 Quarantine-key rotation (`gateway keys rotate-quarantine`) adds a new quarantine key and makes it
 active: running workers seal their next dead letter under it (gateway.deadletter); earlier dead
 letters name their key and still unseal while the keyring holds it.
+
+Audit-key rotation (`gateway keys rotate-audit`) adds an ``audit-<hex>`` MAC key and makes it active: records sealed
+after the workers restart name it in ``mac_key_id``; older ones keep naming theirs and verify while
+the keyring holds it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,25 @@ def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:
         raise GatewayError(f"KMS provider '{config.kms_provider}' cannot rotate from the gateway; rotate it in the KMS")
     print(f"KEK rotated in KMS provider '{config.kms_provider}': {rotate()}. The KEK id in ciphertexts stays; "
           "old DEKs still unwrap")
+    return 0
+
+
+def cmd_rotate_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
+    new = Keyring.open(config.keyring, create=False).rotate_audit_key()
+    print(f"audit key {new} is active in {config.keyring}. Restart the workers, and export the audit keys again for "
+          "the aggregate worker and auditors (gateway keys export --audit): records carry it from then on; records "
+          "under earlier audit keys verify while the keyring holds them")
+    return 0
+
+
+def cmd_export_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """`gateway keys export --audit --out FILE`: the audit MAC keys alone (the aggregate worker's keyring)."""
+    if getattr(args, "role", None) or not getattr(args, "audit", False):
+        raise GatewayError("gateway keys export needs --role ROLE or --audit (one of them)")
+    versions = Keyring.open(config.keyring, create=False).export_audit(args.out)
+    print(f"keyring {args.out} written (mode 0600): the audit keys, {versions} version(s), and nothing else. Give it "
+          "to the aggregate worker (--keyring) and to auditors (gateway audit verify --keyring); export again after "
+          "gateway keys rotate-audit")
     return 0
 
 

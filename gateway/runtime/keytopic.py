@@ -57,11 +57,12 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
 
-from gateway.audit import GENESIS, audit_partition, seal_audit_event
+from gateway.audit import GENESIS, AuditKeys, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentTable
 from gateway.consent.table import parse_key as parse_consent_key
 from gateway.errors import GatewayError
+from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.period_keys import (
     PeriodKeyName,
@@ -77,7 +78,7 @@ from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import changelog, clients
 from gateway.runtime.consent import STATE as CONSENT_STATE
 from gateway.runtime.reader import read_topic
-from gateway.runtime.topics import admin_client, create_topics, partition_counts
+from gateway.runtime.topics import AUDIT_TOPIC_CONFIG, admin_client, create_topics, partition_counts
 from gateway.sanitized import StoredRecord
 
 log = logging.getLogger("gateway.keys")
@@ -385,6 +386,7 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
     consent, consent_since = _consent_snapshot(config)
     consent_keys = {k for token in tokens for k in consent.keys_of(domain, token)}
     audit_partitions = _audit_partitions(config)
+    sealing = audit_keys(config)  # before the transaction: a keyring without audit keys erases nothing
     transactional_id = forget_transactional_id(config)
     producer = _chain_producer(config, transactional_id, "forget")  # from here on this one owns the chain
     prev = read_forget_head(kafka, config.key_topic, config.audit_topic)
@@ -416,7 +418,7 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
         raise
     ordered = sorted(names)
     sealed = seal_audit_event(_forget_body(config, domain, tokens, ordered, len(consent_keys),
-                                           restart=prev is None), prev or GENESIS)
+                                           restart=prev is None), prev or GENESIS, sealing)
     _erase_and_audit(producer, config, FORGET_CHAIN, ordered, sealed, audit_partitions, transactional_id, "forget",
                      begun=True)
     for name in ordered:
@@ -532,11 +534,12 @@ def enforce_retention(config: GatewayConfig, periods: PeriodKeys, now_ms: int | 
     producer = _chain_producer(config, transactional_id, "retention run")
     prev = read_chain_head(kafka, config.key_topic, config.audit_topic, RETENTION_CHAIN)
     restart = prev is None
+    keys = audit_keys(config)
     events: list[dict[str, Any]] = []
     for start in range(0, len(due), MAX_KEYS_PER_TRANSACTION):
         chunk = due[start:start + MAX_KEYS_PER_TRANSACTION]
         names = [p.name for p in chunk]
-        sealed = seal_audit_event(_retention_body(config, chunk, now_ms, restart), prev or GENESIS)
+        sealed = seal_audit_event(_retention_body(config, chunk, now_ms, restart), prev or GENESIS, keys)
         _erase_and_audit(producer, config, RETENTION_CHAIN, names, sealed, audit_partitions, transactional_id,
                          "retention run")
         for name in names:
@@ -544,6 +547,12 @@ def enforce_retention(config: GatewayConfig, periods: PeriodKeys, now_ms: int | 
         events.append(sealed)
         prev, restart = sealed["hash"], False  # this producer still owns the chain: a rival would have fenced it
     return events
+
+
+def audit_keys(config: GatewayConfig) -> AuditKeys:
+    """The audit MAC keys of the keyring at config.keyring (the workers'): forget and retention events
+    are authenticated like the workers' records."""
+    return AuditKeys(*Keyring.open(config.keyring, create=False).audit_keys())
 
 
 def _chain_producer(config: GatewayConfig, transactional_id: str, what: str) -> Producer:
@@ -579,7 +588,7 @@ def _erase_and_audit(producer: Producer, config: GatewayConfig, chain: str, name
 
 def _audit_partitions(config: GatewayConfig) -> int:
     admin = admin_client(config.kafka_client_config())
-    create_topics(admin, {config.audit_topic: config.partitions})
+    create_topics(admin, {config.audit_topic: config.partitions}, configs={config.audit_topic: AUDIT_TOPIC_CONFIG})
     return partition_counts(admin)[config.audit_topic]
 
 

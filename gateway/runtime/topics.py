@@ -16,6 +16,9 @@ from gateway.policy import Plan
 from gateway.runtime import clients
 
 log = logging.getLogger("gateway.topics")
+# the audit is kept for ever: a chain whose first records expired could no longer be verified from
+# genesis (every honest chain would report a break after the broker's default 7 days)
+AUDIT_TOPIC_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 
 
 def admin_client(kafka: Mapping[str, str]) -> AdminClient:
@@ -99,6 +102,7 @@ def ensure_topics(plans: Sequence[Plan], config: GatewayConfig) -> dict[str, int
         limit = str(max_message_bytes(config))
         retention = str(config.dlq_retention_days * 86_400_000)
         configs = {p.dlq_topic: {"max.message.bytes": limit, "retention.ms": retention} for p in plans}
+        configs[config.audit_topic] = AUDIT_TOPIC_CONFIG
         if config.consent_input_topic:
             configs[f"{config.consent_input_topic}.dlq"] = {"max.message.bytes": limit, "retention.ms": retention}
         create_topics(admin, {t: wanted[t] for t in missing}, configs=configs)

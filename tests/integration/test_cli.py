@@ -141,7 +141,7 @@ def test_an_unreachable_broker_is_one_error_line_and_exit_2(tmp_path: Path) -> N
     identifier.write_text("someone\n")
     commands = {
         "dump": ["dump", "--bootstrap", dead, "--topic", "things.raw"],
-        "audit": ["audit", "verify", "--bootstrap", dead],
+        "audit": ["audit", "verify", "--bootstrap", dead, "--keyring", str(keyring)],
         "forget": ["forget", "--file", str(identifier), "--domain", "customer", "--bootstrap", dead,
                    "--keyring", str(keyring), "--schemas", str(schemas)],
         "run": ["run", "--bootstrap", dead, "--schemas", str(schemas), "--keyring", str(keyring)],

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from gateway.audit import record_entries, verify_chains
 from gateway.demo import encode_raw
+from gateway.keys.keyring import Keyring
 from gateway.samples import SampleEvents
 
 from .conftest import _STARTED, ENV, REPO, Deployment, WorkerProcess, cli
@@ -48,9 +49,13 @@ def start_aggregator(d: Deployment, instance: str, ledger_topic: str, *extra: st
                      command: tuple[str, ...] = GATEWAY_AGGREGATE) -> WorkerProcess:
     log_path = d.root / f"aggregate-{instance}.log"
     handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
+    audit_keys = d.root / "audit-keys.json"  # the audit keys alone, as a deployment gives them
+    if not audit_keys.exists():
+        Keyring.open(d.keyring).export_audit(audit_keys)
     proc = subprocess.Popen(
         [sys.executable, "-m", *command, "--bootstrap", d.bootstrap, "--schemas", str(d.schemas),
-         "--audit-topic", d.audit_topic, "--group-id", d.group_id, "--instance-id", instance,
+         "--keyring", str(audit_keys), "--audit-topic", d.audit_topic, "--group-id", d.group_id,
+         "--instance-id", instance,
          "--partitions", "3", "--session-timeout-ms", "6000", "--ledger-topic", ledger_topic,
          "--dp-idle-close-s", str(idle_s), *extra],
         stdout=handle, stderr=subprocess.STDOUT, env=env or ENV, cwd=REPO)
@@ -184,7 +189,8 @@ def test_every_release_is_audited_and_charged_to_the_ledger(dp: dict[str, Any]) 
     ledger = [orjson.loads(r.value or b"") for r in d.read(dp["ledger"])]
     assert {(e["aggregate"], e["window_start"], e["partition"]) for e in ledger} == \
         {(r["aggregate"], r["window"]["start"], r["partition"]) for r in releases}
-    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
+    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic, "--keyring", str(d.keyring),
+                 "--group-id", d.group_id)
     assert verify.returncode == 0, verify.stdout
 
 

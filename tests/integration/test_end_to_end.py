@@ -233,9 +233,14 @@ def test_audit_events_say_what_was_done_without_values(run: Run) -> None:
     assert {e["event"]["event_id"] for e in sanitized} == {p["event_id"] for p in run.payments}
 
 
+def _verifier(d: Deployment) -> tuple[str, ...]:
+    """The audit keys and the group whose committed heads anchor the chains."""
+    return ("--keyring", str(d.keyring), "--group-id", d.group_id)
+
+
 def test_audit_verify_passes_and_reports_an_altered_record(run: Run) -> None:
     d = run.deployment
-    ok = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
+    ok = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic, *_verifier(d))
     assert ok.returncode == 0 and b"audit chain OK" in ok.stdout, ok.stdout
     records = d.read(d.audit_topic)
     assert f"audit chain OK: {len(run.audit)} events in {len(records)} records, ".encode() in ok.stdout, ok.stdout
@@ -254,7 +259,7 @@ def test_audit_verify_passes_and_reports_an_altered_record(run: Run) -> None:
         by_partition.setdefault(record.partition, []).append(value)
     for partition, values in by_partition.items():
         d.produce(copy, values, partition=partition)
-    broken = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", copy)
+    broken = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", copy, *_verifier(d))
     assert broken.returncode == 1
     chain = orjson.loads(records[victim].value or b"")["chain"]
     assert f"BREAK: chain {chain}".encode() in broken.stdout and b"altered" in broken.stdout
@@ -269,7 +274,7 @@ def test_restarted_worker_resumes_every_chain(run: Run) -> None:
     worker = d.start_worker("worker-b")
     try:
         d.wait_for_audit(len(run.audit) + len(more))
-        result = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
+        result = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic, *_verifier(d))
         assert result.returncode == 0, result.stdout
         assert b"restarted" not in result.stdout  # heads were recovered, not restarted from genesis
         assert len(d.read(d.payments.sanitized_topic)) == N_PAYMENTS + len(more)

@@ -182,7 +182,7 @@ def test_late_events_of_an_erased_day_are_sanitized_under_new_keys_for_every_sco
             _produce(bootstrap, plan, [(0, value(name, "before", "alice"))], old)
         wait_for(lambda: len(_events(bootstrap, suffix)) >= len(plans), "the first events audited", 90)
         enforced = cli("retention", "enforce", *topics, "--audit-topic", f"privacy.audit.{suffix}",
-                       "--group-id", f"gateway-{suffix}")
+                       "--group-id", f"gateway-{suffix}", "--keyring", str(tmp_path / "keyring.json"))
         assert enforced.returncode == 0, enforced.stderr.decode()
         erased = sum(("card" in f) + ("memo" in f) for f in SCOPES.values())
         assert f"erased {erased} period key(s)" in enforced.stdout.decode()

@@ -248,3 +248,8 @@ def test_enforce_withholds_exactly_the_records_of_small_classes(fresh_deployment
     assert risk["below_k_records"] == len(small)
     assert risk["below_k_share"] == round(len(small) / total, 6)
     assert window["withheld"] == len(small) and window["sanitized"] == total - len(small)
+    # a held window (its offset committed at the first held event, before any audit record) verifies:
+    # every offset audited once, withheld ones included, the chain at its committed head
+    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic, "--keyring", str(d.keyring),
+                 "--group-id", d.group_id)
+    assert verify.returncode == 0 and b"BREAK" not in verify.stdout, verify.stdout + verify.stderr

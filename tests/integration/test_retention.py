@@ -16,7 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.audit import verify_chains
+from gateway.audit import AuditKeys, verify_chains
 from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
@@ -96,7 +96,8 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
         assert {r["key_ids"][0] for r in rows if r["scope"] == "shared"} == set(card_ids.values())
         text = cli("retention", "show", *topics).stdout.decode()
         assert text.count("(due: gateway retention enforce)") == 4 and card_ids["today"] in text
-        dry = cli("retention", "enforce", *topics, "--audit-topic", audit_topic, "--group-id", group, "--dry-run")
+        dry = cli("retention", "enforce", *topics, "--audit-topic", audit_topic, "--group-id", group, "--dry-run",
+                  "--keyring", str(keyring))
         assert dry.returncode == 0 and "would erase 4 period key(s) of 4 period(s)" in dry.stdout.decode()
 
         _tune_cleaner(bootstrap, key_topic)
@@ -104,7 +105,8 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
         oldest_name = next(k for k in before if k is not None and card_ids["four_days_ago"].rsplit("/", 1)[1].encode()
                            in k)
         oldest_blob = base64.b64decode(orjson.loads(before[oldest_name] or b"")["wrapped"])
-        enforced = cli("retention", "enforce", *topics, "--audit-topic", audit_topic, "--group-id", group)
+        enforced = cli("retention", "enforce", *topics, "--audit-topic", audit_topic, "--group-id", group,
+                       "--keyring", str(keyring))
         assert enforced.returncode == 0, enforced.stderr.decode()
         assert "erased 4 period key(s) of 4 period(s)" in enforced.stdout.decode()
         worker.wait_for_log('"msg":"period key erased"', timeout_s=10)  # the running worker evicts them
@@ -120,8 +122,10 @@ def test_retention_erases_old_periods_everywhere_and_keeps_today_readable(bootst
     erased_ids = {k for p in event["periods"] for k in p["key_ids"]}
     assert {card_ids["two_days_ago"], card_ids["four_days_ago"]} <= erased_ids and card_ids["today"] not in erased_ids
     assert "tok_v1_" not in orjson.dumps(event).decode()
-    chains = verify_chains((r.partition, r.offset, r.value or b"") for r in read_topic(kafka, audit_topic))
-    assert chains.breaks == [] and chains.events == 4
+    audit_keys = AuditKeys(*Keyring.open(keyring, create=False).audit_keys(create=False))
+    audit_records = read_topic(kafka, audit_topic)
+    chains = verify_chains(((r.partition, r.offset, r.value or b"") for r in audit_records), audit_keys)
+    assert chains.breaks == [] and chains.events == 4 and chains.authenticated  # the retention record's MAC too
     config = GatewayConfig.load({"bootstrap": bootstrap, "key_topic": key_topic, "audit_topic": audit_topic,
                                  "group_id": group})
     assert enforce_retention(config, load_period_keys(kafka, key_topic)) == []  # a second run: nothing, no event

@@ -156,7 +156,8 @@ def test_role_scoped_fields_open_for_their_role_until_forget_and_retention_erase
         assert (3, "diagnosis") not in after and (1, "lab") not in after  # bob, and the day's shared lab key
 
         # gateway retention enforce: the old day's lab key (retention 1 day) goes, today's stays
-        enforced = cli("retention", "enforce", *topics, "--audit-topic", audit_topic, "--group-id", group)
+        enforced = cli("retention", "enforce", *topics, "--audit-topic", audit_topic, "--group-id", group,
+                       "--keyring", str(keyring_path))
         assert enforced.returncode == 0, enforced.stderr.decode()
         assert "erased 1 period key(s) of 1 period(s)" in enforced.stdout.decode()
         for role in ("clinician", "lab"):

@@ -195,6 +195,7 @@ def test_rolling_restart_between_two_policy_versions_sanitizes_each_event_once(
     assert by_instance == {"roll-a": {"v1"}, "roll-b": {"v2"}}, by_instance
 
     # the hash chains went through the handover intact: heads resumed, none restarted from genesis
-    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic)
+    verify = cli("audit", "verify", "--bootstrap", d.bootstrap, "--topic", d.audit_topic, "--keyring", str(d.keyring),
+                 "--group-id", d.group_id)
     assert verify.returncode == 0 and b"audit chain OK" in verify.stdout, verify.stdout + verify.stderr
     assert b"restarted" not in verify.stdout, verify.stdout

@@ -176,7 +176,8 @@ def test_forget_shreds_one_subject_everywhere_and_only_that_subject(bootstrap: s
     everything = b"".join((r.key or b"") + (r.value or b"") for r in key_records + read_topic(kafka, s.audit_topic))
     everything += b"".join(p.read_bytes() for p in tmp_path.glob("*.log"))
     assert ALICE.encode() not in everything and BOB.encode() not in everything
-    verify = cli("audit", "verify", "--bootstrap", bootstrap, "--topic", s.audit_topic)
+    verify = cli("audit", "verify", "--bootstrap", bootstrap, "--topic", s.audit_topic, "--keyring", str(s.keyring),
+                 "--group-id", s.group, "--key-topic", s.key_topic)
     assert verify.returncode == 0, verify.stdout.decode()
 
 
@@ -292,7 +293,8 @@ def test_forget_chain_head_lives_in_the_key_topic_and_the_chain_holds_over_forge
     heads = [r for r in read_topic(kafka, s.key_topic) if r.key == forget_head_key(s.audit_topic)]
     assert heads and all(r.partition == 0 for r in heads)
     assert all(t.startswith("tok_v1_") for e in events for t in e["subject_tokens"])
-    verify = cli("audit", "verify", "--bootstrap", bootstrap, "--topic", s.audit_topic)
+    verify = cli("audit", "verify", "--bootstrap", bootstrap, "--topic", s.audit_topic, "--keyring", str(s.keyring),
+                 "--group-id", s.group, "--key-topic", s.key_topic)
     out = verify.stdout.decode()
     assert verify.returncode == 0, out
     assert "audit chain OK" in out and "note:" not in out and "BREAK" not in out

@@ -292,7 +292,8 @@ def test_gateway_sanitizes_over_mutual_tls(secured: Secured, tmp_path: Path) -> 
            "GATEWAY_SSL_CERTIFICATE_LOCATION": str(secured.pki.client_cert),
            "GATEWAY_SSL_KEY_LOCATION": str(secured.pki.client_key), "GATEWAY_SSL_KEY_PASSWORD": KEY_PASSWORD}
     result = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--bootstrap", secured.mtls,
-                             "--topic", d.audit_topic], capture_output=True, timeout=60, env={**ENV, **env}, cwd=REPO)
+                             "--topic", d.audit_topic, "--keyring", str(d.keyring), "--group-id", d.group_id],
+                            capture_output=True, timeout=60, env={**ENV, **env}, cwd=REPO)
     assert result.returncode == 0 and b"audit chain OK" in result.stdout, result.stdout + result.stderr
     everything = worker.log() + result.stdout.decode() + result.stderr.decode()
     assert KEY_PASSWORD not in everything

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.audit import (
     GENESIS,
+    AuditKeys,
     ChainHeads,
     audit_partition,
     batch_body,
@@ -23,6 +24,8 @@ from gateway.audit import (
     verify_chains,
 )
 
+KEYS = AuditKeys("audit-unit", {"audit-unit": bytes(range(32))})
+
 
 def _body(chain: str, n: int) -> dict[str, Any]:
     topic, _, partition = chain.rpartition(":")
@@ -33,10 +36,10 @@ def _body(chain: str, n: int) -> dict[str, Any]:
             "actions": {"email": "tokenize:customer"}}
 
 
-def _chain(chain: str, count: int, prev: str = GENESIS) -> list[dict[str, Any]]:
+def _chain(chain: str, count: int, prev: str = GENESIS, first: int = 0) -> list[dict[str, Any]]:
     events = []
-    for n in range(count):
-        sealed = seal_audit_event(_body(chain, n), prev)
+    for n in range(first, first + count):
+        sealed = seal_audit_event(_body(chain, n), prev, KEYS)
         prev = sealed["hash"]
         events.append(sealed)
     return events
@@ -53,10 +56,12 @@ def _interleaved() -> list[tuple[int, int, bytes]]:
 
 
 def test_seal_sets_prev_and_hash() -> None:
-    sealed = seal_audit_event(_body("t:0", 0), GENESIS)
+    sealed = seal_audit_event(_body("t:0", 0), GENESIS, KEYS)
     assert sealed["prev_hash"] == GENESIS
-    without_hash = {k: v for k, v in sealed.items() if k != "hash"}
+    without_hash = {k: v for k, v in sealed.items() if k not in ("hash", "mac")}
     assert sealed["hash"] == event_hash(without_hash)
+    assert (sealed["v"], sealed["mac_key_id"]) == (2, "audit-unit")
+    assert sealed["mac"] == KEYS.mac(sealed["hash"])
     assert len(sealed["hash"]) == 64
 
 
@@ -66,7 +71,7 @@ def test_event_hash_ignores_key_order() -> None:
 
 
 def _hash_spliced(canonical_body: bytes, digest: str) -> bytes:
-    return canonical_body[:-1] + b',"hash":"' + digest.encode() + b'"}'
+    return canonical_body[:-1] + b',"hash":"' + digest.encode() + b'","mac":"' + KEYS.mac(digest).encode() + b'"}'
 
 
 @pytest.mark.parametrize("body", [
@@ -75,13 +80,13 @@ def _hash_spliced(canonical_body: bytes, digest: str) -> bytes:
     {"chain": "x:0", "note": "Ångström ✓ \u2028 \"quoted\" \\", "nested": {"b": [1, {"z": 2, "a": None}], "a": True}},
 ])
 def test_seal_audit_value_is_seal_audit_event_serialized_once(body: dict[str, Any]) -> None:
-    value, digest = seal_audit_value(copy.deepcopy(body), "a" * 64)
-    sealed = seal_audit_event(copy.deepcopy(body), "a" * 64)
+    value, digest = seal_audit_value(copy.deepcopy(body), "a" * 64, KEYS)
+    sealed = seal_audit_event(copy.deepcopy(body), "a" * 64, KEYS)
     assert digest == sealed["hash"]
     assert orjson.loads(value) == sealed
     assert orjson.loads(value) == orjson.loads(orjson.dumps(sealed))
     # the value is the canonical body (what the hash covers) with "hash" spliced in last
-    assert value == _hash_spliced(canonical({k: v for k, v in sealed.items() if k != "hash"}), digest)
+    assert value == _hash_spliced(canonical({k: v for k, v in sealed.items() if k not in ("hash", "mac")}), digest)
 
 
 def test_fragments_of_canonical_json_serialize_like_the_dicts() -> None:
@@ -91,17 +96,17 @@ def test_fragments_of_canonical_json_serialize_like_the_dicts() -> None:
     fast = dict(body, actions=orjson.Fragment(canonical(actions)),
                 output=orjson.Fragment(canonical({"topic": "p.sanitized"})), key_ids=orjson.Fragment(b'["q/1"]'))
     assert canonical(fast) == canonical(body)
-    assert seal_audit_value(fast, GENESIS) == seal_audit_value(body, GENESIS)
+    assert seal_audit_value(fast, GENESIS, KEYS) == seal_audit_value(body, GENESIS, KEYS)
 
 
 def test_chains_sealed_once_verify_and_detect_alteration() -> None:
     prev, records = GENESIS, []
     for n in range(6):
         if n % 2:  # the two forms interleave in one chain
-            sealed = seal_audit_event(_body("payments.raw:0", n), prev)
+            sealed = seal_audit_event(_body("payments.raw:0", n), prev, KEYS)
             value, prev = orjson.dumps(sealed), sealed["hash"]
         else:
-            value, prev = seal_audit_value(_body("payments.raw:0", n), prev)
+            value, prev = seal_audit_value(_body("payments.raw:0", n), prev, KEYS)
         records.append((0, n, value))
     report = verify_chains(records)
     assert report.ok, report.breaks
@@ -190,8 +195,8 @@ def test_reordering_events_breaks_the_chain() -> None:
 
 def test_restart_marker_is_reported_not_a_break() -> None:
     before = _chain("payments.raw:0", 3)
-    restart = seal_audit_event(dict(_body("payments.raw:0", 3), chain_restart=True), GENESIS)
-    after = _chain("payments.raw:0", 2, prev=restart["hash"])
+    restart = seal_audit_event(dict(_body("payments.raw:0", 3), chain_restart=True), GENESIS, KEYS)
+    after = _chain("payments.raw:0", 2, prev=restart["hash"], first=4)
     report = verify_chains(_records(before + [restart] + after))
     assert report.ok, report.breaks
     assert len(report.restarts) == 1
@@ -202,7 +207,7 @@ def test_restart_marker_is_reported_not_a_break() -> None:
 
 def test_genesis_without_restart_marker_is_a_break() -> None:
     before = _chain("payments.raw:0", 3)
-    forged = seal_audit_event(_body("payments.raw:0", 3), GENESIS)
+    forged = seal_audit_event(_body("payments.raw:0", 3), GENESIS, KEYS)
     report = verify_chains(_records(before + [forged]))
     assert not report.ok
     assert report.restarts == []
@@ -210,7 +215,7 @@ def test_genesis_without_restart_marker_is_a_break() -> None:
 
 def test_restart_marker_cannot_point_elsewhere() -> None:
     before = _chain("payments.raw:0", 3)
-    bogus = seal_audit_event(dict(_body("payments.raw:0", 3), chain_restart=True), "3" * 64)
+    bogus = seal_audit_event(dict(_body("payments.raw:0", 3), chain_restart=True), "3" * 64, KEYS)
     assert not verify_chains(_records(before + [bogus])).ok
 
 
@@ -252,7 +257,7 @@ def _batches(chain: str, sizes: list[int]) -> list[tuple[int, int, bytes]]:
     for number, size in enumerate(sizes):
         batch = [{k: v for k, v in _body(chain, offset + n).items() if k not in ("chain", "instance", "time")}
                  for n in range(size)]
-        value, prev = seal_audit_value(batch_body(chain, "unit", 1_700_000_000_000 + number, batch), prev)
+        value, prev = seal_audit_value(batch_body(chain, "unit", 1_700_000_000_000 + number, batch), prev, KEYS)
         out.append((0, number, value))
         offset += size
     return out

@@ -487,7 +487,7 @@ def test_every_referenced_secret_is_documented_with_its_keys(rendered: dict[str,
     for objs in rendered.values():
         for name, keys in _referenced_secrets(objs).items():
             refs.setdefault(name, set()).update(keys)
-    assert set(refs) == {"gateway-keyring", "kafka-credentials", "kafka-ca", "vault-token"}
+    assert set(refs) == {"gateway-keyring", "gateway-audit-keys", "kafka-credentials", "kafka-ca", "vault-token"}
     for name, keys in refs.items():
         assert name in commands, f"k8s/README.md does not say how to create Secret '{name}'"
         assert keys, f"nothing reads Secret '{name}'"

@@ -219,8 +219,8 @@ def _plain_entry(pipeline: Pipeline, event: RawEvent, outcome: str, parsed: dict
 
 def test_audit_value_is_the_canonical_body_with_its_hash(pipeline: Pipeline, batch: _Batch,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each audit record's value is orjson.dumps(plain batch body, OPT_SORT_KEYS) with "hash" spliced in
-    last, and seal_audit_event of that plain body gives the same hash and the same object."""
+    """Each audit record's value is orjson.dumps(plain batch body, OPT_SORT_KEYS) with "hash" and "mac"
+    spliced in last, and seal_audit_event of that plain body gives the same hash and the same object."""
     monkeypatch.setattr(time, "time", lambda: 1_790_000_123.456)
     pipeline.chains.restarted.add(f"{CLIN}:1")
     batches = [(batch.events, batch.expected, _split(pipeline.process(batch.events).records)[2])]
@@ -245,10 +245,12 @@ def test_audit_value_is_the_canonical_body_with_its_hash(pipeline: Pipeline, bat
             if restart:
                 expected["chain_restart"] = True
             expected["prev_hash"] = heads.get(chain, GENESIS)
+            expected.update(v=2, mac_key_id=pipeline.audit_keys.active)
             plain = orjson.dumps(expected, option=orjson.OPT_SORT_KEYS)
             digest = hashlib.sha256(plain).hexdigest()
-            assert record.value == plain[:-1] + b',"hash":"' + digest.encode() + b'"}'
-            sealed = seal_audit_event(expected, expected["prev_hash"])
+            mac = pipeline.audit_keys.mac(digest)
+            assert record.value == plain[:-1] + b',"hash":"' + digest.encode() + b'","mac":"' + mac.encode() + b'"}'
+            sealed = seal_audit_event(expected, expected["prev_hash"], pipeline.audit_keys)
             assert sealed["hash"] == digest
             assert parsed == sealed
             heads[chain] = digest
@@ -279,7 +281,7 @@ def test_audit_events_carry_no_values(pipeline: Pipeline, batch: _Batch) -> None
     audit = _split(result.records)[2]
     for record in audit:
         assert set(orjson.loads(record.value)) <= {"type", "chain", "instance", "time", "events", "prev_hash",
-                                                   "hash", "chain_restart"}
+                                                   "hash", "chain_restart", "v", "mac_key_id", "mac"}
     for body in record_entries(r.value for r in audit):
         assert set(body) <= {"type", "chain", "event", "schema", "policy", "instance", "time", "outcome",
                              "output", "key_ids", "actions"}

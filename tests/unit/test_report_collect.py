@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import ChainReport
+from gateway.audit import ChainReport, Finding, Kind
 from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
 from gateway.policy import Plan, load_plans
@@ -246,8 +246,9 @@ def test_leak_sentinel_findings_and_redactions(plan: Plan) -> None:
 
 
 def test_audit_types_and_chain_status(plan: Plan) -> None:
-    chains = ChainReport(chains=3, events=25, restarts=["chain keys:forget: restarted"],
-                         breaks=["chain rides.raw:1: audit partition 2 offset 7: content does not match its hash"])
+    chains = ChainReport(chains=3, events=25, findings=[
+        Finding(Kind.RESTART, "chain keys:forget: restarted"),
+        Finding(Kind.ALTERED, "chain rides.raw:1: audit partition 2 offset 7: content does not match its hash")])
     a = build(plan, chains).to_json()["audit"]
     assert a["records"] == 18  # 11 events, 3 forgets, 3 releases, 1 late event; the 2 outside the period not
     assert a["by_type"] == {"dp_late": 1, "dp_release": 3, "event": 11, "subject_forgotten": 3}

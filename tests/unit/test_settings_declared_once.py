@@ -53,13 +53,15 @@ def test_a_setting_s_option_says_its_default_and_environment_variable() -> None:
 
 def test_commands_show_only_the_settings_they_use() -> None:
     aggregate = set(_options("aggregate"))
-    for unused in ("keyring", "kms_provider", "vault_addr", "dek_max_uses", "max_field_bytes", "key_topic"):
+    for unused in ("kms_provider", "vault_addr", "dek_max_uses", "max_field_bytes", "key_topic"):
         assert unused not in aggregate, unused
-    assert {"ledger_topic", "dp_idle_close_s", "group_id", "bootstrap"} <= aggregate
+    # the keyring: its audit key MACs the DP audit records
+    assert {"ledger_topic", "dp_idle_close_s", "group_id", "bootstrap", "keyring"} <= aggregate
     run = set(_options("run"))
     assert "ledger_topic" not in run and {"keyring", "kms_provider", "leak_sample_rate", "quality_topic"} <= run
-    assert set(_options("audit verify")) - {"topic"} == {"bootstrap"} | {f.name for f in declared(("security",))
-                                                                          if not f.metadata["secret"]}
+    assert set(_options("audit verify")) - {"topic", "allow_legacy"} == \
+        {"bootstrap", "audit_topic", "group_id", "keyring", "key_topic"} | {f.name for f in declared(("security",))
+                                                                            if not f.metadata["secret"]}
 
 
 def test_secrets_are_never_command_line_options() -> None:

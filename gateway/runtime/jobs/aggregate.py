@@ -45,7 +45,7 @@ import orjson
 from confluent_kafka import Message
 
 from gateway import metrics
-from gateway.audit import ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
+from gateway.audit import AuditKeys, ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
@@ -55,6 +55,7 @@ from gateway.dp.mechanisms import AggregateMechanism
 from gateway.dp.running import RunningTotals
 from gateway.dp.windows import GroupWindows, WindowKey, WindowState
 from gateway.errors import ConfigError, GatewayError
+from gateway.keys.keyring import Keyring
 from gateway.outputs import OutRecord
 from gateway.pipeline import SOURCE_HEADER, parse_source_ref
 from gateway.policy import Plan
@@ -120,6 +121,16 @@ def release_metadata(heads: dict[str, str]) -> str:
     return value
 
 
+def audit_keys_for(config: GatewayConfig) -> AuditKeys:
+    """The audit MAC keys this job seals its records with: the sanitize workers' audit keys, from an
+    audit export (gateway keys export --audit) or the keyring itself. This job holds no other key."""
+    if not config.keyring.exists():
+        raise ConfigError(f"no keyring at '{config.keyring}': the aggregate worker MACs its audit records with the "
+                          "gateway's audit key. Give it the audit keys alone (gateway keys export --audit --out FILE, "
+                          "then --keyring FILE)")
+    return AuditKeys(*Keyring.open(config.keyring, create=False).audit_keys())
+
+
 def _committed_field(metadata: str | None, name: str) -> tuple[bool, Any]:
     """(metadata is this job's JSON object holding `name`, its value)."""
     if not metadata:
@@ -152,8 +163,9 @@ class Releaser:
 
     def __init__(self, config: GatewayConfig, mechanisms: dict[str, AggregateMechanism], ledger: Ledger,
                  audit_partitions: int, chains: ChainHeads,
-                 load_running: Callable[[], dict[bytes, bytes]] | None = None) -> None:
+                 load_running: Callable[[], dict[bytes, bytes]] | None = None, *, audit_keys: AuditKeys) -> None:
         self.config = config
+        self.audit_keys = audit_keys  # every audit record MACed (gateway.audit)
         self.mechanisms = mechanisms
         self.ledger = ledger
         self.audit_partitions = audit_partitions
@@ -260,7 +272,7 @@ class Releaser:
         if restart:
             body["chain_restart"] = True
             chains.restarted.discard(key)
-        sealed = seal_audit_event(body, prev)
+        sealed = seal_audit_event(body, prev, self.audit_keys)
         chains.heads[key] = sealed["hash"]
         return OutRecord(self.config.audit_topic, key.encode(), orjson.dumps(sealed), None,
                          audit_partition(key, self.audit_partitions))
@@ -535,6 +547,7 @@ class AggregateWorker:
     def run(self) -> int:
         config = self.config
         start_process(config, self.health, self.request_stop)
+        audit_keys = audit_keys_for(config)  # before Kafka: a missing keyring fails start-up
         audit_partitions = self._ensure_topics()
         admin = clients.admin(config)
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()
@@ -543,7 +556,8 @@ class AggregateWorker:
         self.follower = LedgerFollower(kafka, config.ledger_topic, self.ledger, follow_from)
         self.releaser = Releaser(config, self.mechanisms, self.ledger, audit_partitions, ChainHeads(),
                                  lambda: changelog.latest(changelog.restore(kafka, continual_topic(config),
-                                                                            {CONTINUAL_PARTITION}, missing_ok=True)[0]))
+                                                                            {CONTINUAL_PARTITION}, missing_ok=True)[0]),
+                                 audit_keys=audit_keys)
         upstreams, sources = self._event_time_sources()
         self.bound_handler = BoundHandler(kafka, self.by_sanitized, self.contrib_topic, self.state_topic,
                                           self.state_partitions, self.releaser, upstreams)

@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import Message
 
 from gateway import metrics
-from gateway.audit import parse_head_metadata
+from gateway.audit import committed_without_head, parse_head_metadata
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
@@ -71,7 +71,8 @@ class SanitizeHandler:
         self.held_since: dict[Source, int] = {}  # when the partition's first held event arrived (ms)
 
     def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
-        self.pipeline.resume_chain(*source, parse_head_metadata(metadata), fresh=committed_offset < 0)
+        self.pipeline.resume_chain(*source, parse_head_metadata(metadata),
+                                   fresh=committed_offset < 0 or committed_without_head(metadata))
         self.pipeline.resume_quality(*source, committed_quality(metadata))
         if committed_offset >= 0:
             self.next_offsets[source] = committed_offset
