@@ -40,16 +40,16 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 if not __package__:  # run as a script (python benchmarks/bench.py): its sibling modules come as `benchmarks.*`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.config import GatewayConfig
-from gateway.demo import encode_raw
+from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
+from gateway.core.policy.compiler import Plan, load_plans
 from gateway.embedded.broker import EmbeddedBroker, free_port
+from gateway.embedded.demo import encode_raw
 from gateway.embedded.jars import KAFKA_VERSION
+from gateway.embedded.samples import SampleEvents
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
-from gateway.policy import Plan, load_plans
 from gateway.runtime import clients
 from gateway.runtime.topics import admin_client, create_topics, ensure_topics
-from gateway.samples import SampleEvents
+from gateway.settings import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SEPARATE_KEYS = ("output_compression", "versus_base")  # results.json keys other scripts write
@@ -206,7 +206,7 @@ class FloorPipeline(PassthroughPipeline):
 
 def loop_main(argv: list[str]) -> int:
     """Entry for the passthrough and floor worker processes: the gateway's worker loop around them."""
-    from gateway.logs import setup_logging
+    from gateway.ops.logs import setup_logging
     from gateway.runtime.jobs.sanitize import Worker
 
     kind, bootstrap, schemas, group = argv
@@ -595,10 +595,10 @@ def close_producer(stage: KafkaStage | BrokerHop) -> None:
 
 # the worker's own frames that make up a batch, for the profile's inclusive shares (py-spy names a
 # frame "Class.method (file:line)")
-STAGES = {"decode": "EventDecoder.decode_event (gateway/schema.py",
-          "sanitize": "RecordSanitizer.sanitize (gateway/transforms.py",
-          "encode": "TopicStage.encode (gateway/pipeline.py",
-          "audit records": "Pipeline._seal_entries (gateway/pipeline.py",
+STAGES = {"decode": "EventDecoder.decode_event (gateway/core/codec/raw.py",
+          "sanitize": "RecordSanitizer.sanitize (gateway/core/sanitizer.py",
+          "encode": "TopicStage.encode (gateway/core/pipeline/__init__.py",
+          "audit records": "Pipeline._seal_entries (gateway/core/pipeline/__init__.py",
           "produce": "TransactionalLoop._publish (gateway/runtime/transactional.py",
           "wait for the last commit": "TransactionalLoop.settle (gateway/runtime/transactional.py"}
 

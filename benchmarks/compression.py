@@ -25,7 +25,7 @@ from benchmarks.bench import (
     update_results,
     warmed_broker,
 )
-from gateway.policy import load_plans
+from gateway.core.policy.compiler import load_plans
 
 CODECS = ("none", "lz4", "zstd")
 

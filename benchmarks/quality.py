@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan, load_plans
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan, load_plans
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FIELD_RULES = {

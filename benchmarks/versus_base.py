@@ -31,7 +31,7 @@ from benchmarks.bench import (
     update_results,
     warmed_broker,
 )
-from gateway.policy import load_plans
+from gateway.core.policy.compiler import load_plans
 
 # main before issue 20's floor work (lz4 output, one audit record per batch): "today's main" of its goal
 DEFAULT_BASE = "ab42a5f"

@@ -1,6 +1,6 @@
 """The audit's completeness: each chain anchored in committed state, each source partition covered.
 
-`gateway.audit.verify_chains` proves that the records on the audit topic link and authenticate.
+`gateway.core.audit.verify_chains` proves that the records on the audit topic link and authenticate.
 That alone proves nothing about what is *not* there: an emptied or replaced topic, a chain cut
 after its last good record, or source offsets never audited (an offset reset hidden behind a
 chain_restart). This module adds the two checks that do:
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.audit import AuditKeys, ChainReport, ChainWalk, Finding, Kind, ranges, span, verify_chains
+from gateway.core.audit import AuditKeys, ChainReport, ChainWalk, Finding, Kind, ranges, span, verify_chains
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from gateway.cli import _config, build_parser
+from gateway.core.policy.compiler import load_plans
 from gateway.errors import GatewayError
-from gateway.logs import setup_logging
-from gateway.policy import load_plans
+from gateway.ops.logs import setup_logging
 from gateway.runtime.jobs.aggregate import AggregateWorker
 from tests.dp_doubles import MECHANISM, NoiseFreeMechanism
 

@@ -19,7 +19,7 @@ Where a role's KEK lives:
 
 This module holds what is shared: role names, the ``role_kms_keys`` syntax, the roles a set of
 policies names, and the ``gateway keys`` commands for roles. It imports nothing from the gateway at
-module level, so `gateway.config` can use it.
+module level, so `gateway.settings` can use it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.policy import Plan, RecordPlan
+    from gateway.core.policy.compiler import Plan, RecordPlan
+    from gateway.settings import GatewayConfig
 
 ROLE_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 ROLE_NAME_RULE = "1 to 64 characters of a-z, 0-9, '_' and '-'"

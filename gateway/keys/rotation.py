@@ -11,7 +11,7 @@ carry ``tok_vN+1_``, earlier ones keep their prefix. The same value gets a diffe
 version, so joins across the rotation need the key holder (see docs/operations/keys.md).
 
 Quarantine-key rotation (`gateway keys rotate-quarantine`) adds a new quarantine key and makes it
-active: running workers seal their next dead letter under it (gateway.deadletter); earlier dead
+active: running workers seal their next dead letter under it (gateway.core.deadletter); earlier dead
 letters name their key and still unseal while the keyring holds it.
 
 Audit-key rotation (`gateway keys rotate-audit`) adds an ``audit-<hex>`` MAC key and makes it active: records sealed
@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.providers import remote_provider
+from gateway.settings import GatewayConfig
 
 
 def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:

@@ -15,9 +15,8 @@ import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from gateway.audit import AuditKeys, ChainReport, Finding, Kind, chain_key, parse_head_metadata
 from gateway.audit_verify import Anchor, SourceOffsets, verify_audit
-from gateway.config import GatewayConfig
+from gateway.core.audit import AuditKeys, ChainReport, Finding, Kind, chain_key, parse_head_metadata
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.runtime import clients
@@ -25,6 +24,7 @@ from gateway.runtime.jobs.aggregate import bound_chain, release_chain
 from gateway.runtime.keytopic import FORGET_CHAIN, HEAD_PARTITION, RETENTION_CHAIN, chain_head_key, parse_chain_head
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import partition_counts
+from gateway.settings import GatewayConfig
 
 
 class KafkaSource:

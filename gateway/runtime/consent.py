@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentTable
 from gateway.errors import GatewayError
 from gateway.runtime import changelog
 from gateway.runtime.changelog import ChangelogFollower
+from gateway.settings import GatewayConfig
 
 STATE = "consent"  # gateway_state_records_skipped_total{state}
 

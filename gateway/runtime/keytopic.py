@@ -57,10 +57,10 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
 
-from gateway.audit import GENESIS, AuditKeys, audit_partition, seal_audit_event
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentTable
 from gateway.consent.table import parse_key as parse_consent_key
+from gateway.core.audit import GENESIS, AuditKeys, audit_partition, seal_audit_event
+from gateway.core.codec.sanitized import StoredRecord
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
@@ -79,7 +79,7 @@ from gateway.runtime import changelog, clients
 from gateway.runtime.consent import STATE as CONSENT_STATE
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import AUDIT_TOPIC_CONFIG, admin_client, create_topics, partition_counts
-from gateway.sanitized import StoredRecord
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.keys")
 KEY_TOPIC_CONFIG = {

@@ -25,11 +25,11 @@ from typing import Any
 
 import orjson
 
-from gateway.config import GatewayConfig
+from gateway.core.operators.encrypt import plan_retentions
+from gateway.core.policy.compiler import Plan
 from gateway.keys.period_keys import PeriodKeys, PeriodSummary, due_keys, summarize
-from gateway.operators.encrypt import plan_retentions
-from gateway.policy import Plan
 from gateway.runtime.keytopic import enforce_retention, load_period_keys
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.retention")
 Source = tuple[str, int]

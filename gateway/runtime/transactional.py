@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from gateway import metrics
-from gateway.outputs import OutRecord
+from gateway.core.outputs import OutRecord
+from gateway.ops import metrics
 
 log = logging.getLogger("gateway.runtime")
 Source = tuple[str, int]  # (topic, partition)

@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from gateway.config import GatewayConfig
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, PeriodKeyName
 from gateway.keys.subject_keys import SubjectKeys
@@ -40,6 +39,7 @@ from gateway.runtime.keytopic import (
     load_subject_keys,
 )
 from gateway.runtime.reader import read_topic
+from gateway.settings import GatewayConfig
 
 from .conftest import wait_for
 

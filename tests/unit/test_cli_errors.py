@@ -15,13 +15,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from gateway import cli
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import EventDecoder, decoded_for_json, load_schema_file
+from gateway.core.codec.sanitized import StoredRecord
+from gateway.core.policy.compiler import compile_plan, lint_file
 from gateway.errors import GatewayError, RejectedEvent
-from gateway.policy import compile_plan, lint_file
 from gateway.runtime import clients
 from gateway.runtime.transactional import AssignmentWait
-from gateway.sanitized import StoredRecord
-from gateway.schema import EventDecoder, decoded_for_json, load_schema_file
+from gateway.settings import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
@@ -128,7 +128,7 @@ def test_dump_without_schemas_prints_json_records_and_names_the_avro_ones(tmp_pa
 
 def test_dump_decodes_avro_with_the_default_schemas_directory(payments_plan: Any, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.schema import avro_bytes
+    from gateway.core.codec.raw import avro_bytes
 
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "payments.avsc").write_bytes((SCHEMAS / "payments.avsc").read_bytes())
@@ -239,7 +239,7 @@ def clinical_decoder() -> EventDecoder:
 
 
 def _visit() -> dict[str, Any]:
-    from gateway.samples import SampleEvents
+    from gateway.embedded.samples import SampleEvents
 
     visit = decoded_for_json(SampleEvents(seed=4).clinical_visit())
     visit.update(email="a@example.org", location={"lat": 1.5, "lon": 2.5})

@@ -13,13 +13,13 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import avro_bytes, frame_confluent, json_bytes, strip_logical_types
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import Plan, load_plans
+from gateway.embedded.samples import CANARIES
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import Plan, load_plans
-from gateway.samples import CANARIES
-from gateway.schema import avro_bytes, frame_confluent, json_bytes, strip_logical_types
+from gateway.settings import GatewayConfig
 from tests.hostile import avro_values, mutate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -13,10 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import PolicyError, RejectedEvent
-from gateway.policy import Plan, compile_plan
-from gateway.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.schema import (
+from gateway.core.codec.raw import (
     EventDecoder,
     avro_bytes,
     decoded_for_json,
@@ -25,6 +22,9 @@ from gateway.schema import (
     load_schema_file,
     strip_logical_types,
 )
+from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
+from gateway.errors import PolicyError, RejectedEvent
 
 MAX_RECORD = 1_048_576
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
