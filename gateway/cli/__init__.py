@@ -18,71 +18,13 @@ from typing import Any
 import fastavro
 import orjson
 
+from gateway.cli.keys import cmd_keys
+from gateway.cli.options import AGGREGATE_GROUPS, KMS, RUN_GROUPS, add_settings, config_of, role_name, schemas_dir
+from gateway.cli.retention import cmd_retention
 from gateway.errors import ConfigError, GatewayError
-from gateway.settings import GROUPS, GatewayConfig, declared, env_name, shown_default
+from gateway.settings import GatewayConfig, env_name
 
 log = logging.getLogger("gateway.cli")
-
-
-# The settings groups (gateway/settings.py) each command reads: `--help` shows exactly these.
-RUN_GROUPS = ("kafka", "processes", "worker", "topics", "sanitize", "keys", "ops", "security")
-AGGREGATE_GROUPS = ("kafka", "worker", "audit_topic", "partitions", "create_topics", "dp", "ops", "security")
-
-
-def add_settings(p: argparse.ArgumentParser, *wanted: str) -> None:
-    """Options derived from the settings' declarations: each group (or single setting) named in
-    `wanted`, `--name-with-dashes` with its type, choices, default and environment variable in the
-    help. Secrets get no option: the environment only, said in the group's description."""
-    names = {f.name for f in declared()}
-    groups = tuple(w for w in wanted if w in GROUPS)
-    chosen = [f for f in declared() if f.metadata["group"] in groups or f.name in wanted]
-    unknown = [w for w in wanted if w not in GROUPS and w not in names]
-    assert not unknown, f"not a settings group or setting: {unknown}"  # a programming error, not a user's
-    by_group: dict[str, list[Any]] = {}
-    for f in chosen:
-        by_group.setdefault(f.metadata["group"], []).append(f)
-    for group, group_fields in by_group.items():
-        secrets = [env_name(f.name) for f in group_fields if f.metadata["secret"]]
-        section = p.add_argument_group(GROUPS[group], "secrets from the environment only: "
-                                       + ", ".join(secrets) if secrets else None)
-        for f in group_fields:
-            if not f.metadata["secret"]:
-                _add_setting(section, f)
-
-
-def _add_setting(section: Any, f: Any) -> None:
-    flag = "--" + f.name.replace("_", "-")
-    help_text = f"{f.metadata['help']} (default {shown_default(f)}; {env_name(f.name)})"
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    if kind == "bool":
-        if f.default:
-            section.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
-                                 help=f"turn off: {help_text}")
-        else:
-            section.add_argument(flag, dest=f.name, action="store_const", const=True, help=help_text)
-        return
-    types = {"int": int, "float": float, "Path": Path, "str": str}
-    section.add_argument(flag, dest=f.name, type=types[kind], choices=f.metadata["choices"], help=help_text)
-
-
-def _config(args: argparse.Namespace) -> GatewayConfig:
-    names = GatewayConfig.__dataclass_fields__
-    config = GatewayConfig.load({k: v for k, v in vars(args).items() if k in names})
-    for warning in config.security_warnings():
-        log.warning("kafka security", extra={"problem": warning})
-    return config
-
-
-KMS = ("kms_provider", "kms_timeout_s", "aws_kms_key_id", "aws_region", "aws_endpoint_url", "vault_addr",
-       "vault_token", "vault_transit_key", "vault_mount")
-
-
-def _role_name(value: str) -> str:
-    from gateway.keys.roles import ROLE_NAME_RULE, valid_role
-
-    if not valid_role(value):
-        raise argparse.ArgumentTypeError(f"'{value}' is not a role name ({ROLE_NAME_RULE})")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,13 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
     p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain and, with "
                                      "kms_provider=local, every role the policies name")
-    p.add_argument("--role", dest="roles", action="append", type=_role_name, default=None, metavar="ROLE",
+    p.add_argument("--role", dest="roles", action="append", type=role_name, default=None, metavar="ROLE",
                    help="also create a key for this role (repeatable)")
     add_settings(p, "keyring", "schemas")
     p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain, role key version "
                                        "with --role), made active")
     p.add_argument("--token-domain", dest="token_domain", help="rotate this token domain's HMAC key instead")
-    p.add_argument("--role", type=_role_name, default=None, help="rotate this role's key instead (the keyring's, or "
+    p.add_argument("--role", type=role_name, default=None, help="rotate this role's key instead (the keyring's, or "
                                                                   "its KMS key of role_kms_keys)")
     add_settings(p, "keyring", *KMS, "role_kms_keys")
     p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers "
@@ -132,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "again after gateway keys rotate --role ROLE. With --audit it holds the audit "
                                     "MAC keys alone: the aggregate worker's --keyring (it seals its audit records) "
                                     "and an auditor's (gateway audit verify).")
-    p.add_argument("--role", type=_role_name, default=None, help="the role whose key to export")
+    p.add_argument("--role", type=role_name, default=None, help="the role whose key to export")
     p.add_argument("--audit", action="store_true", help="export the audit MAC keys instead of a role's key")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the keyring file to write")
     add_settings(p, "keyring", "kms_provider")
@@ -193,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decrypt", help="decrypt sanitized records from stdin (JSON lines or Avro)")
     p.add_argument("--topic", help="sanitized topic the records came from (needed with several policies)")
-    p.add_argument("--role", type=_role_name, default=None,
+    p.add_argument("--role", type=role_name, default=None,
                    help="open the role-scoped fields (format v3) readable by this role, with its key only; others "
                         "are reported not_permitted")
     add_settings(p, "keyring", "schemas", "bootstrap", "key_topic", *KMS, "role_kms_keys", "security")
@@ -329,7 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.runtime.jobs.sanitize import Worker
     from gateway.runtime.registry import resolve_ids
 
-    config = _config(args)
+    config = config_of(args)
     plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
                         config.sanitized_compatibility)
     processes = config.process_count()
@@ -369,7 +311,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
             problems = lint_directory(args.directory)
         else:
             raise GatewayError(f"'{args.directory}' is neither a schema file nor a directory of *.avsc")
-        config = _config(args)
+        config = config_of(args)
         if config.schema_registry_url and not any(p.severity == "error" for p in problems):
             from gateway.core.policy.compiler import load_plans
             from gateway.runtime.registry import lint_against_registry
@@ -440,7 +382,7 @@ def _print_risk_warning(args: argparse.Namespace, source: str) -> None:
     from gateway.core.quality.risk import generalization_warning, risk_figures
     from gateway.runtime.reader import read_topic
 
-    config = _config(args)
+    config = config_of(args)
     records = [orjson.loads(r.value) for r in read_topic(config.kafka_client_config(), config.quality_topic)
                if r.value]
     rows = [row for row in latest(merge_windows(records, source), 1) if "risk" in row]
@@ -483,58 +425,6 @@ def _aggregate_lines(aggregates: Sequence[Any]) -> list[str]:
     return lines
 
 
-def _schemas_dir(value: Path | None) -> Path:
-    config = GatewayConfig.load({"schemas": value})
-    return config.require_schemas_dir()
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.core.policy.compiler import load_plans
-    from gateway.keys.keyring import Keyring
-
-    if args.keys_cmd in ("rotate", "export") and getattr(args, "role", None):
-        from gateway.keys.roles import cmd_export_role, cmd_rotate_role
-
-        if getattr(args, "token_domain", None):
-            raise GatewayError("--role and --token-domain both given: rotate one key at a time")
-        return {"rotate": cmd_rotate_role, "export": cmd_export_role}[args.keys_cmd](args, _config(args))
-    if args.keys_cmd == "export":
-        from gateway.keys.rotation import cmd_export_audit
-
-        return cmd_export_audit(args, _config(args))
-    if args.keys_cmd in ("rotate", "retire", "rewrap"):
-        from gateway.keys.rotation import cmd_retire, cmd_rotate
-        from gateway.runtime.keytopic import cmd_rewrap
-
-        return {"rotate": cmd_rotate, "retire": cmd_retire, "rewrap": cmd_rewrap}[args.keys_cmd](args, _config(args))
-    if args.keys_cmd == "rotate-quarantine":
-        from gateway.keys.rotation import cmd_rotate_quarantine
-
-        return cmd_rotate_quarantine(args, _config(args))
-    if args.keys_cmd == "rotate-audit":
-        from gateway.keys.rotation import cmd_rotate_audit
-
-        return cmd_rotate_audit(args, _config(args))
-
-    from gateway.keys.roles import policy_roles
-
-    config = GatewayConfig.load({"keyring": args.keyring, "schemas": args.schemas})
-    plans = load_plans(config.require_schemas_dir())
-    existed = config.keyring.exists()
-    keyring = Keyring.open(config.keyring, create=True)
-    domains = {d for p in plans for d in p.token_domains}
-    keyring.ensure_token_domains(domains)
-    # with AWS or Vault the policies' roles have KMS keys (role_kms_keys); --role still makes a local one
-    roles = set(args.roles or ()) | (policy_roles(plans) if config.kms_provider == "local" else set())
-    keyring.ensure_roles(roles)
-    audit_key, _ = keyring.audit_keys()
-    state = "updated" if existed else "created"
-    print(f"keyring {config.keyring} {state}: KEK {keyring.active_key_id()}, token domains "
-          f"{', '.join(sorted(domains)) or '(none)'}, role keys {', '.join(keyring.roles()) or '(none)'}, "
-          f"audit key {audit_key}")
-    return 0
-
-
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from gateway.core.codec.raw import decoded_for_json
     from gateway.core.codec.sanitized import SanitizedDecoder
@@ -543,7 +433,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from gateway.keys.envelope import FieldDecryptor
     from gateway.keys.keyring import Keyring
 
-    config = _config(args)
+    config = config_of(args)
     plans = load_plans(config.require_schemas_dir())
     decoder = SanitizedDecoder(plans)
     from gateway.keys.providers import build_kms, build_role_decrypt_kms
@@ -605,7 +495,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from gateway.keys.errors import KmsUnavailable
     from gateway.keys.keyring import Keyring
 
-    config = _config(args)
+    config = config_of(args)
     keyring = Keyring.open(config.keyring, create=False)
     subject_keys = None
     if args.bootstrap:  # format-2 dead letters: the subject keys the key topic still holds
@@ -662,7 +552,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     anything else as {"value": ..., "value_encoding": "utf-8" | "base64"}; a tombstone is null."""
     from gateway.runtime.reader import read_topic
 
-    config = _config(args)
+    config = config_of(args)
     dumper = _Dumper(config, explicit=args.schemas is not None or env_name("schemas") in os.environ)
     out = sys.stdout.buffer
     for record in read_topic(config.kafka_client_config(), args.topic)[: args.limit or None]:
@@ -763,7 +653,7 @@ def _plain_value(value: bytes | None, text: bool = True) -> Any:
 def cmd_audit(args: argparse.Namespace) -> int:
     from gateway.runtime.audit_check import verify_audit_topic
 
-    config = _config(args)
+    config = config_of(args)
     topic = args.topic or config.audit_topic
     _require_kafka(config)
     report = verify_audit_topic(config, topic, config.group_id, args.allow_legacy)
@@ -809,7 +699,7 @@ def _read_identifier(args: argparse.Namespace) -> str:
 def cmd_consent(args: argparse.Namespace) -> int:
     from gateway.core.policy.compiler import load_plans
 
-    config = _config(args)
+    config = config_of(args)
     plans = load_plans(config.require_schemas_dir())
     purposes = {name for p in plans if p.subject_domain == args.domain for name in p.consent_purposes}
     if not purposes:
@@ -867,18 +757,12 @@ def _iso(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def cmd_retention(args: argparse.Namespace) -> int:
-    from gateway.runtime.retention import cmd_retention as run
-
-    return run(args, _config(args))
-
-
 def cmd_forget(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.keys.subject_keys import SubjectKeys
     from gateway.runtime.keytopic import NothingToForget, forget_subject, snapshot_subject_keys
 
-    config = _config(args)
+    config = config_of(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
     subject = _normalized_subject(args, config, _read_identifier(args))
@@ -926,7 +810,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from gateway.runtime.jobs.aggregate import AggregateWorker
     from gateway.runtime.registry import resolve_ids
 
-    config = _config(args)
+    config = config_of(args)
     plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
                         config.sanitized_compatibility)
     _require_kafka(config)
@@ -938,10 +822,10 @@ def cmd_budget(args: argparse.Namespace) -> int:
     from gateway.dp.ledger import describe
     from gateway.runtime.ledger import load_ledger
 
-    config = _config(args)
+    config = config_of(args)
     specs = {}
     if args.schemas is not None:
-        specs = {a.id: a for p in load_plans(_schemas_dir(args.schemas)) for a in p.aggregates}
+        specs = {a.id: a for p in load_plans(schemas_dir(args.schemas)) for a in p.aggregates}
     ledger = load_ledger(config.kafka_client_config(), config.ledger_topic)
     if args.json:
         for row in [*ledger.summary(specs=specs), *ledger.budget_summary(specs)]:
@@ -958,7 +842,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
     if args.windows < 1:
         raise GatewayError("--windows must be at least 1")
-    config = _config(args)
+    config = config_of(args)
     records = []
     for r in read_topic(config.kafka_client_config(), config.quality_topic):
         try:
@@ -1019,7 +903,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gateway.runtime.reader import read_topic
     from gateway.runtime.topics import admin_client, partition_counts
 
-    config = _config(args)
+    config = config_of(args)
     now_ms = int(time.time() * 1000)
     since_ms = parse_when(args.since, now_ms, "--since")
     until_ms = parse_when(args.until, now_ms, "--until")
@@ -1081,7 +965,7 @@ def cmd_produce_samples(args: argparse.Namespace) -> int:
 
     if args.count < 0 or args.rate < 0:
         raise GatewayError("--count and --rate must not be negative")
-    config = _config(args)
+    config = config_of(args)
     plans = load_plans(config.require_schemas_dir())
     stop = {"now": False}
 
@@ -1141,7 +1025,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise GatewayError("--sample must be at least 1")
     if args.scan_timeout_s <= 0:
         raise GatewayError("--timeout-s must be positive")
-    config = _config(args)
+    config = config_of(args)
     schema = _scan_schema(args, config)
     settings = schema.privacy if isinstance(schema.privacy, dict) else {}
     decoder = EventDecoder(schema, settings.get("input", "auto"), settings.get("schema_id"), config.max_record_bytes)

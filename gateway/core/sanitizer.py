@@ -19,12 +19,11 @@ event, not once per field).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from gateway.core.operators.base import CALL, CHECK_STR, StepFn
-from gateway.core.policy.compiler import FieldPlan, Plan, RecordPlan, Shape
+from gateway.core.operators.base import CALL, CHECK_STR, FieldPlan, RecordPlan, SanitizeResult, Shape, StepFn
+from gateway.core.policy.compiler import Plan
 from gateway.core.policy.timestamp import PATH, TimestampMode, TimestampPlan
 from gateway.errors import GatewayError, KeyringError, RejectedEvent
 from gateway.keys.envelope import Binding, DataKey, DekCache, index_step, key_step, record_prefix
@@ -34,40 +33,6 @@ from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 
 RecordFn = Callable[[dict[str, Any], "SanitizeResult"], dict[str, Any]]
-
-
-class SanitizeResult:
-    """The sanitized record, its subject and the DEK used; also the per-event state the field
-    operators share while the record is built (one object per event)."""
-
-    __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "other_key_ids", "dek", "subject_aad",
-                 "entities", "out_timestamp_ms", "record_ref", "record_prefix", "position")
-
-    def __init__(self, subject: str, timestamp_ms: int = 0, record_ref: str = "",
-                 record_prefix: bytes = b"") -> None:
-        self.record: dict[str, Any] = {}
-        self.subject = subject  # the subject as it appears in the sanitized record ("" if none)
-        self.timestamp_ms = timestamp_ms  # the event's time (its Kafka timestamp)
-        self.dek_key_id: str | None = None  # the shared (format v1) DEK used, if any field was encrypted
-        self.other_key_ids: set[str] | None = None  # per-subject (v2), role (v3) and period (v4) keys, for the audit
-        self.dek: DataKey | None = None  # the shared DEK this event encrypts under
-        self.subject_aad: bytes | None = None  # the subject's and the record's part of the associated data
-        self.record_ref = record_ref  # what binds its ciphertexts to the record: event id or source (format v5)
-        self.record_prefix = record_prefix  # the v5 prefix naming which of the two
-        self.position = b""  # the array indexes and map keys down to the value being sanitized
-        self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
-        # the output record's Kafka timestamp as the policy treats it (0: processing time, the pipeline's batch's)
-        self.out_timestamp_ms = 0
-
-    def __repr__(self) -> str:
-        return f"<SanitizeResult subject={self.subject!r} dek={self.dek_key_id!r} fields={len(self.record)}>"
-
-    def add_key_id(self, key_id: str) -> None:
-        """A per-subject or role key this event's fields were encrypted under (the audit names every one)."""
-        if self.other_key_ids is None:
-            self.other_key_ids = {key_id}
-        else:
-            self.other_key_ids.add(key_id)
 
 
 class RecordSanitizer:

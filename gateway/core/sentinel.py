@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.core import detectors as detect
-from gateway.core.policy.compiler import FieldPlan, Plan, RecordPlan, Shape
+from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
+from gateway.core.policy.compiler import Plan
 
 Walker = Callable[[dict[str, Any]], Iterator[tuple[str, str]]]  # record -> (path, kept string)
 _STRING_KINDS = ("string", "union", "array", "map")  # kinds that can hold free-text strings

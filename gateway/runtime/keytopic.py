@@ -44,7 +44,6 @@ outgrows a Kafka record. A run with nothing due writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import re
@@ -732,18 +731,3 @@ def rewrap_keys(config: GatewayConfig, kms: KmsProvider) -> tuple[int, int]:
     raise GatewayError(f"the key topic '{config.key_topic}' kept changing under the rewrap ({REWRAP_ATTEMPTS} "
                        "attempts, each aborted before it could overwrite an erased key): nothing was written; "
                        "run it again")
-
-
-def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
-    from gateway.keys.keyring import Keyring
-    from gateway.keys.providers import build_kms
-
-    keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
-    kms = build_kms(config, keyring)
-    rewrapped, live = rewrap_keys(config, kms)
-    print(f"rewrapped {rewrapped} of {live} subject and period key(s) on "
-          f"'{config.key_topic}' under "
-          f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
-          "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")
-    return 0

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from gateway.cli.keys import cmd_rewrap
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, PeriodKeyName
 from gateway.keys.subject_keys import SubjectKeys
@@ -32,7 +33,6 @@ from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import keytopic
 from gateway.runtime.keytopic import (
     KeyTopic,
-    cmd_rewrap,
     enforce_retention,
     forget_subject,
     load_period_keys,

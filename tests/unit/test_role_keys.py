@@ -23,7 +23,7 @@ import pytest
 from gateway import cli
 from gateway.core.codec.raw import decoded_for_json, load_schema_file
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import Plan, compile_plan, policy_roles
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.errors import ConfigError, DecryptError, KeyringError, PolicyError
 from gateway.keys import envelope
@@ -40,7 +40,7 @@ from gateway.keys.errors import KmsConfigError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider, WrappedKey
 from gateway.keys.providers import KmsRouter, build_kms
-from gateway.keys.roles import parse_role_kms_keys, policy_roles
+from gateway.keys.roles import parse_role_kms_keys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.settings import GatewayConfig
 

@@ -12,15 +12,13 @@ operator sees a date as days since the epoch (int) and a timestamp as a long, wh
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan, RecordPlan, Shape
-    from gateway.core.sanitizer import SanitizeResult
-    from gateway.keys.envelope import DataKey
-    from gateway.keys.tokens import DomainTokenizer
+from gateway.keys.envelope import DataKey
+from gateway.keys.tokens import DomainTokenizer
 
 # How the compiled sanitizer handles a non-null field value (the first item of a `Step`).
 COPY = 0  # it passes as it is (numbers, booleans, arrays and maps holding no records)
@@ -211,3 +209,74 @@ def int_option(options: dict[str, Any], key: str, default: int | None = None, mi
         raise OperatorError(f"option '{key}' must be an integer between {minimum}{upper}" if upper
                             else f"option '{key}' must be an integer of at least {minimum}")
     return value
+
+
+# ---- the plan's leaf types and the per-event result: here, below the compiler and the sanitizer that use them,
+# so the operators need neither (the policy compiler and the sanitizer import the operators)
+@dataclass(frozen=True)
+class Shape:
+    """How to reach nested records inside a kept value: record, array, map, or nullable wrapper."""
+
+    kind: str  # "record" | "array" | "map"
+    record: RecordPlan | None = None
+    inner: Shape | None = None
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    """One field that reaches the sanitized record, with its compiled operator (dropped fields are
+    not in the plan)."""
+
+    name: str
+    path: str
+    operator: Operator
+    nullable: bool = False
+
+    @property
+    def action(self) -> str:
+        return self.operator.name
+
+    @property
+    def shape(self) -> Shape | None:
+        return self.operator.shape
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    fullname: str
+    fields: tuple[FieldPlan, ...]
+    dropped: tuple[str, ...]
+
+
+class SanitizeResult:
+    """The sanitized record, its subject and the DEK used; also the per-event state the field
+    operators share while the record is built (one object per event)."""
+
+    __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "other_key_ids", "dek", "subject_aad",
+                 "entities", "out_timestamp_ms", "record_ref", "record_prefix", "position")
+
+    def __init__(self, subject: str, timestamp_ms: int = 0, record_ref: str = "",
+                 record_prefix: bytes = b"") -> None:
+        self.record: dict[str, Any] = {}
+        self.subject = subject  # the subject as it appears in the sanitized record ("" if none)
+        self.timestamp_ms = timestamp_ms  # the event's time (its Kafka timestamp)
+        self.dek_key_id: str | None = None  # the shared (format v1) DEK used, if any field was encrypted
+        self.other_key_ids: set[str] | None = None  # per-subject (v2), role (v3) and period (v4) keys, for the audit
+        self.dek: DataKey | None = None  # the shared DEK this event encrypts under
+        self.subject_aad: bytes | None = None  # the subject's and the record's part of the associated data
+        self.record_ref = record_ref  # what binds its ciphertexts to the record: event id or source (format v5)
+        self.record_prefix = record_prefix  # the v5 prefix naming which of the two
+        self.position = b""  # the array indexes and map keys down to the value being sanitized
+        self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
+        # the output record's Kafka timestamp as the policy treats it (0: processing time, the pipeline's batch's)
+        self.out_timestamp_ms = 0
+
+    def __repr__(self) -> str:
+        return f"<SanitizeResult subject={self.subject!r} dek={self.dek_key_id!r} fields={len(self.record)}>"
+
+    def add_key_id(self, key_id: str) -> None:
+        """A per-subject or role key this event's fields were encrypted under (the audit names every one)."""
+        if self.other_key_ids is None:
+            self.other_key_ids = {key_id}
+        else:
+            self.other_key_ids.add(key_id)

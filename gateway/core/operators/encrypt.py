@@ -34,9 +34,11 @@ from gateway.core.operators.base import (
     CALL,
     BuildEnv,
     FieldContext,
+    FieldPlan,
     Opener,
     Operator,
     OperatorError,
+    SanitizeResult,
     Step,
     reject_unknown,
 )
@@ -47,8 +49,6 @@ from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gateway.core.policy.compiler import FieldPlan, Plan, RecordPlan
-    from gateway.core.sanitizer import SanitizeResult
     from gateway.keys.envelope import DataKey
 
 SHARED_DOC = "AES-256-GCM ciphertext, privacy-gateway format v1 (gateway decrypt)"
@@ -190,28 +190,6 @@ def _retention_option(options: dict[str, Any], ctx: FieldContext) -> int | None:
     if problem is not None:
         raise OperatorError(f"encrypt option {problem}")
     return int(options["retention_days"])
-
-
-def plan_retentions(plan: Plan) -> frozenset[int]:
-    """The retentions (days) of every encrypted field of a plan, nested records and purpose views
-    included: a worker with any needs the key topic and enforces retention."""
-    found: set[int] = set()
-
-    def walk(record: RecordPlan) -> None:
-        for fp in record.fields:
-            op = fp.operator
-            if isinstance(op, Encrypt) and op.retention_days is not None:
-                found.add(op.retention_days)
-            shape = fp.shape
-            while shape is not None:
-                if shape.record is not None:
-                    walk(shape.record)
-                shape = shape.inner
-
-    walk(plan.record)
-    for purpose in plan.purposes:
-        found |= plan_retentions(purpose.plan)
-    return frozenset(found)
 
 
 def _roles_option(options: dict[str, Any]) -> tuple[str, ...]:

@@ -56,13 +56,19 @@ import math
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.core.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step, type_label
+from gateway.core.operators.base import (
+    CALL,
+    BuildEnv,
+    FieldContext,
+    FieldPlan,
+    Operator,
+    OperatorError,
+    Step,
+    type_label,
+)
 from gateway.errors import RejectedEvent
-
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan
 
 FORMS = ("bucket", "edges", "truncate", "age_band", "round", "geohash", "prefix")
 _SIBLINGS = {"edges": {"labels"}, "geohash": {"lat", "lon"}}  # options beside the form's own

@@ -7,7 +7,7 @@ parsed: the decoder already validated it against the schema.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.core.operators.base import (
     CALL,
@@ -15,15 +15,14 @@ from gateway.core.operators.base import (
     COPY,
     BuildEnv,
     FieldContext,
+    FieldPlan,
     Opener,
     Operator,
+    SanitizeResult,
+    Shape,
     Step,
     reject_unknown,
 )
-
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan, Shape
-    from gateway.core.sanitizer import SanitizeResult
 
 
 class Keep(Operator):

@@ -16,12 +16,18 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.core.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step, reject_unknown
-
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan
+from gateway.core.operators.base import (
+    CALL,
+    BuildEnv,
+    FieldContext,
+    FieldPlan,
+    Operator,
+    OperatorError,
+    Step,
+    reject_unknown,
+)
 
 _OPTIONS = {"keep_last", "keep_first", "char", "preserve"}
 

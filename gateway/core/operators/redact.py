@@ -20,15 +20,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.core import detectors as detect
 from gateway.core.operators.base import (
     CALL,
     BuildEnv,
     FieldContext,
+    FieldPlan,
     Operator,
     OperatorError,
+    SanitizeResult,
     Step,
     int_option,
     reject_unknown,
@@ -36,10 +38,6 @@ from gateway.core.operators.base import (
 from gateway.core.operators.tokenize import check_domain
 from gateway.errors import RejectedEvent
 from gateway.keys import normalize
-
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan
-    from gateway.core.sanitizer import SanitizeResult
 
 TRUNCATED = " [truncated]"
 OPTIONS = {"entities", "tokenize", "max_chars", "too_long", "phone_region"}

@@ -21,14 +21,20 @@ dict hit costs about a tenth of the HMAC.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.core.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step, reject_unknown
+from gateway.core.operators.base import (
+    CALL,
+    BuildEnv,
+    FieldContext,
+    FieldPlan,
+    Operator,
+    OperatorError,
+    Step,
+    reject_unknown,
+)
 from gateway.core.operators.tokenize import DOMAIN_RE
 from gateway.errors import RejectedEvent
-
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan
 
 LIMIT_DAYS = 3650
 CACHE_SUBJECTS = 100_000

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.core.operators.base import CALL, BuildEnv, FieldContext, Operator, OperatorError, Step, reject_unknown
+from gateway.core.operators.base import (
+    CALL,
+    BuildEnv,
+    FieldContext,
+    FieldPlan,
+    Operator,
+    OperatorError,
+    Step,
+    reject_unknown,
+)
 from gateway.keys import normalize
-
-if TYPE_CHECKING:
-    from gateway.core.policy.compiler import FieldPlan
 
 DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 

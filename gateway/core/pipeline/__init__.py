@@ -32,13 +32,14 @@ from gateway.core.audit import (
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
 from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, fast_record_encoder, frame_confluent, json_bytes
 from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
+from gateway.core.operators.base import SanitizeResult
 from gateway.core.outputs import OutRecord
 from gateway.core.policy.compiler import Plan, Purpose
 from gateway.core.policy.timestamp import PATH as TIMESTAMP_PATH
 from gateway.core.policy.timestamp import TimestampMode
 from gateway.core.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
 from gateway.core.quality.gate import QualityGate
-from gateway.core.sanitizer import RecordSanitizer, SanitizeResult
+from gateway.core.sanitizer import RecordSanitizer
 from gateway.core.sentinel import LeakSentinel
 from gateway.errors import GatewayError, RejectedEvent
 from gateway.keys.envelope import DekCache

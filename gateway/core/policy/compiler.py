@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from gateway.core.codec.raw import (
     load_schema_file,
     strip_logical_types,
 )
-from gateway.core.operators.base import FieldContext, Operator, OperatorError
+from gateway.core.operators.base import FieldContext, FieldPlan, Operator, OperatorError, RecordPlan, Shape
+from gateway.core.operators.encrypt import Encrypt
 from gateway.core.policy.timestamp import KEEP, PATH, TimestampMode, TimestampPlan, compile_timestamp
 from gateway.core.quality.spec import QualitySpec, compile_quality
 from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
@@ -63,41 +65,6 @@ class Problem:
 
 
 # ---- the compiled plan -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Shape:
-    """How to reach nested records inside a kept value: record, array, map, or nullable wrapper."""
-
-    kind: str  # "record" | "array" | "map"
-    record: RecordPlan | None = None
-    inner: Shape | None = None
-
-
-@dataclass(frozen=True)
-class FieldPlan:
-    """One field that reaches the sanitized record, with its compiled operator (dropped fields are
-    not in the plan)."""
-
-    name: str
-    path: str
-    operator: Operator
-    nullable: bool = False
-
-    @property
-    def action(self) -> str:
-        return self.operator.name
-
-    @property
-    def shape(self) -> Shape | None:
-        return self.operator.shape
-
-
-@dataclass(frozen=True)
-class RecordPlan:
-    fullname: str
-    fields: tuple[FieldPlan, ...]
-    dropped: tuple[str, ...]
-
-
 @dataclass(frozen=True)
 class Plan:
     """Everything the hot path needs for one raw schema, compiled once."""
@@ -720,3 +687,42 @@ def load_plans(directory: Path) -> list[Plan]:
     if errors:
         raise PolicyError(f"invalid privacy policies in {directory}:\n  " + "\n  ".join(map(str, errors)))
     return [compile_plan(load_schema_file(p)) for p in iter_schema_files(directory)]
+
+
+# ---- what a set of plans needs from the keys (walks of the compiled plan) -----------------------------
+def plan_retentions(plan: Plan) -> frozenset[int]:
+    """The retentions (days) of every encrypted field of a plan, nested records and purpose views
+    included: a worker with any needs the key topic and enforces retention."""
+    found: set[int] = set()
+
+    def walk(record: RecordPlan) -> None:
+        for fp in record.fields:
+            op = fp.operator
+            if isinstance(op, Encrypt) and op.retention_days is not None:
+                found.add(op.retention_days)
+            shape = fp.shape
+            while shape is not None:
+                if shape.record is not None:
+                    walk(shape.record)
+                shape = shape.inner
+
+    walk(plan.record)
+    for purpose in plan.purposes:
+        found |= plan_retentions(purpose.plan)
+    return frozenset(found)
+
+
+def _record_roles(record: RecordPlan) -> Iterator[str]:
+    for fp in record.fields:
+        yield from getattr(fp.operator, "roles", ())
+        shape = fp.shape
+        while shape is not None:
+            if shape.record is not None:
+                yield from _record_roles(shape.record)
+            shape = shape.inner
+
+
+def policy_roles(plans: Iterable[Plan]) -> set[str]:
+    """Every role some encrypted field of these policies names (nested records and purpose views included)."""
+    records = [r for plan in plans for r in (plan.record, *(p.plan.record for p in getattr(plan, "purposes", ())))]
+    return {role for record in records for role in _record_roles(record)}

@@ -23,9 +23,8 @@ import orjson
 from confluent_kafka import Message
 
 from gateway.core.audit import committed_without_head, parse_head_metadata
-from gateway.core.operators.encrypt import plan_retentions
 from gateway.core.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.compiler import Plan, plan_retentions
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
