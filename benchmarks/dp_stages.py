@@ -45,7 +45,7 @@ def _cpu(fn: Any, reps: int) -> float:
 
 
 def run(events: int = 20_000, reps: int = 5) -> dict[str, Any]:
-    from benchmarks.bench import make_events
+    from benchmarks.events import make_events
     from gateway.core.pipeline import Pipeline
 
     plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(REPO / "schemas")}

@@ -51,7 +51,7 @@ from typing import Any
 import fastavro
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from benchmarks.bench import REPO, by_short_name, make_events
+from benchmarks.events import REPO, by_short_name, make_events
 from gateway.core.codec.raw import strip_logical_types, zigzag_varint
 from gateway.core.pipeline import Pipeline, RawEvent, TopicStage
 from gateway.core.policy.compiler import Plan, load_plans

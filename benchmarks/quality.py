@@ -52,7 +52,7 @@ def with_rules(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(events: int = 20_000, reps: int = 7) -> dict[str, Any]:
-    from benchmarks.bench import make_events
+    from benchmarks.events import make_events
 
     plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(REPO / "schemas")}
     payments = plans["Payment"]

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
 
 from gateway.core.audit import AuditKeys, verify_chains
 from gateway.core.codec.raw import avro_bytes, decoded_for_json, frame_confluent, json_bytes
@@ -34,6 +33,7 @@ from gateway.embedded.samples import SampleEvents, broken_events, broken_payment
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
+from gateway.runtime import clients
 from gateway.runtime.reader import AuditedCounter, read_topic
 from gateway.runtime.topics import ensure_topics
 from gateway.settings import GatewayConfig
@@ -111,8 +111,7 @@ def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
     sources = sample_sources(plans, SampleEvents(seed))
-    producer = Producer({**kafka, "linger.ms": 5, "enable.idempotence": True,
-                         "message.max.bytes": 4_000_000})
+    producer = clients.plain_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 4_000_000})
     sent: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {}
     for plan in plans:
@@ -142,7 +141,7 @@ def produce_samples(kafka: Mapping[str, str], plans: list[Plan], count: int, rat
     without a hand-written generator), so the dead-letter path is exercised. Stops early when
     `stop()`."""
     sources = sample_sources(plans, SampleEvents(seed))
-    producer = Producer({**kafka, "linger.ms": 5, "enable.idempotence": True, "message.max.bytes": 4_000_000})
+    producer = clients.plain_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 4_000_000})
     sent: Counter[str] = Counter()
     started = time.monotonic()
     next_progress = started + 10
