@@ -42,7 +42,8 @@ if not __package__:  # run as a script (python benchmarks/bench.py): its sibling
 
 from benchmarks.events import REPO, by_short_name, make_events
 from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker, free_port
 from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring

@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks.bench import KafkaStage, measure_sanitize_cost, update_results, warmed_broker
 from benchmarks.events import REPO, by_short_name, make_events
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 
 CODECS = ("none", "lz4", "zstd")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.pipeline import RawEvent
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.dp.bounding import ACCEPTED, Contribution, ContributionBounder
 from gateway.dp.windows import GroupWindows
 from gateway.keys.keyring import Keyring

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import SampleEvents
 

@@ -47,7 +47,8 @@ import orjson
 
 from gateway.core.codec.raw import avro_bytes, load_schema_file, strip_logical_types
 from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import SampleEvents
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"

@@ -23,7 +23,8 @@ import orjson
 
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline, RawEvent
-from gateway.core.policy.compiler import compile_plan, load_plans
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import load_plans
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks.bench import KafkaStage, measure_sanitize_cost, update_results, warmed_broker
 from benchmarks.events import REPO, by_short_name, make_events
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 
 # main before issue 20's floor work (lz4 output, one audit record per batch): "today's main" of its goal
 DEFAULT_BASE = "ab42a5f"

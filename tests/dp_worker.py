@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.cli import _config, build_parser
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.errors import GatewayError
 from gateway.ops.logs import setup_logging
 from gateway.runtime.jobs.aggregate import AggregateWorker

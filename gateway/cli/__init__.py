@@ -266,7 +266,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.keys.keyring import Keyring
     from gateway.runtime.jobs.sanitize import Worker
     from gateway.runtime.registry import resolve_ids
@@ -302,7 +302,8 @@ def _require_kafka(config: GatewayConfig) -> None:
 
 def cmd_policy(args: argparse.Namespace) -> int:
     from gateway.core.codec.raw import load_schema_file
-    from gateway.core.policy.compiler import compile_plan, lint_directory, lint_file
+    from gateway.core.policy.compiler import compile_plan
+    from gateway.core.policy.lint import lint_directory, lint_file
 
     if args.policy_cmd == "lint":
         if args.directory.is_file():
@@ -313,7 +314,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
             raise GatewayError(f"'{args.directory}' is neither a schema file nor a directory of *.avsc")
         config = config_of(args)
         if config.schema_registry_url and not any(p.severity == "error" for p in problems):
-            from gateway.core.policy.compiler import load_plans
+            from gateway.core.policy.lint import load_plans
             from gateway.runtime.registry import lint_against_registry
 
             plans = ([compile_plan(load_schema_file(args.directory))] if args.directory.is_file()
@@ -429,7 +430,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from gateway.core.codec.raw import decoded_for_json
     from gateway.core.codec.sanitized import SanitizedDecoder
     from gateway.core.decrypt import decrypt_record
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.keys.envelope import FieldDecryptor
     from gateway.keys.keyring import Keyring
 
@@ -577,7 +578,7 @@ class _Dumper:
     def _decoder_or_none(self) -> Any:
         if self._decoder is None:
             from gateway.core.codec.sanitized import SanitizedDecoder
-            from gateway.core.policy.compiler import load_plans
+            from gateway.core.policy.lint import load_plans
 
             if self.explicit or self.config.schemas.is_dir():
                 writers = None
@@ -697,7 +698,7 @@ def _read_identifier(args: argparse.Namespace) -> str:
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
 
     config = config_of(args)
     plans = load_plans(config.require_schemas_dir())
@@ -785,7 +786,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def _normalized_subject(args: argparse.Namespace, config: GatewayConfig, identifier: str) -> str:
     """The identifier as the gateway tokenized it: through the domain's normalizer (gateway/keys/normalize.py),
     named by --normalizer or found in the policies, so any spelling of it erases the same keys."""
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.keys import normalize
 
     spec = args.normalizer
@@ -806,7 +807,7 @@ def _normalized_subject(args: argparse.Namespace, config: GatewayConfig, identif
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.runtime.jobs.aggregate import AggregateWorker
     from gateway.runtime.registry import resolve_ids
 
@@ -818,7 +819,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.dp.ledger import describe
     from gateway.runtime.ledger import load_ledger
 
@@ -897,7 +898,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """`gateway report`: read the audit, ledger, key and quality topics, summarize the period
     (gateway.report.collect), and print it (text or --json) and/or write it as HTML (--html)."""
     from gateway.core.audit import entries, verify_chains
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.report.collect import collect, decode_json, key_record, parse_when
     from gateway.runtime.ledger import load_ledger
     from gateway.runtime.reader import read_topic
@@ -960,7 +961,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_produce_samples(args: argparse.Namespace) -> int:
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.embedded.demo import produce_samples
 
     if args.count < 0 or args.rate < 0:
@@ -1016,7 +1017,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from gateway.core.codec.raw import EventDecoder
-    from gateway.core.policy.compiler import lint_file
+    from gateway.core.policy.lint import lint_file
     from gateway.core.scan import Scanner
     from gateway.errors import RejectedEvent
     from gateway.runtime.sample import sample_topic

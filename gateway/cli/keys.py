@@ -29,7 +29,8 @@ import argparse
 from pathlib import Path
 
 from gateway.cli.options import config_of
-from gateway.core.policy.compiler import load_plans, policy_roles
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import policy_roles
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.providers import build_kms, remote_provider, remote_role_provider

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.operators.base import RecordPlan, Shape
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError
 from gateway.keys.envelope import FieldDecryptor, RecordRef, context_bytes, index_step, key_step
 

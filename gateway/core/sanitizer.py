@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.core.operators.base import CALL, CHECK_STR, FieldPlan, RecordPlan, SanitizeResult, Shape, StepFn
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.core.policy.timestamp import PATH, TimestampMode, TimestampPlan
 from gateway.errors import GatewayError, KeyringError, RejectedEvent
 from gateway.keys.envelope import Binding, DataKey, DekCache, index_step, key_step, record_prefix

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.core import detectors as detect
 from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 
 Walker = Callable[[dict[str, Any]], Iterator[tuple[str, str]]]  # record -> (path, kept string)
 _STRING_KINDS = ("string", "union", "array", "map")  # kinds that can hold free-text strings

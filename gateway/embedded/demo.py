@@ -27,7 +27,8 @@ from gateway.core.audit import AuditKeys, verify_chains
 from gateway.core.codec.raw import avro_bytes, decoded_for_json, frame_confluent, json_bytes
 from gateway.core.codec.sanitized import SanitizedDecoder
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker
 from gateway.embedded.samples import SampleEvents, broken_events, broken_payment_events, json_encodable, sample_maker
 from gateway.errors import DecryptError, GatewayError

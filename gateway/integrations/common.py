@@ -26,7 +26,8 @@ from gateway.core.codec.sanitized import (
 )
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import SOURCE_HEADER
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, RecordRef
 from gateway.keys.keyring import Keyring

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from gateway.core.audit import ChainReport
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.core.quality.report import finish_rates, merge_windows
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Ledger

@@ -23,7 +23,7 @@ import orjson
 from fastavro.schema import to_parsing_canonical_form
 
 from gateway.core.codec.evolution import WriterSchema, evolution_problems, resolve_writer
-from gateway.core.policy.compiler import Plan, Problem
+from gateway.core.policy.plan import Plan, Problem
 from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger("gateway.registry")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.core.policy.compiler import Plan, plan_retentions
+from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.keys.period_keys import PeriodKeys, PeriodSummary
 from gateway.runtime.keytopic import enforce_retention
 from gateway.settings import GatewayConfig

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.core.pipeline import max_message_bytes
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.errors import ConfigError, GatewayError
 from gateway.runtime import clients
 from gateway.settings import GatewayConfig

@@ -20,7 +20,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from gateway.core.audit import record_entries
 from gateway.core.codec.sanitized import StoredRecord
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import free_port
 from gateway.runtime.reader import AuditedCounter, read_topic
 

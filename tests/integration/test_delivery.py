@@ -334,7 +334,7 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
 
     from confluent_kafka import KafkaError, KafkaException
 
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.keys.keyring import Keyring
     from gateway.ops import metrics
     from gateway.runtime import transactional

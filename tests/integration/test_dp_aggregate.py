@@ -35,7 +35,7 @@ def enable_aggregates(d: Deployment, aggregates: list[dict[str, Any]]) -> None:
     schema = orjson.loads(path.read_bytes())
     schema["privacy"]["aggregates"] = aggregates
     path.write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
 
     d.plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(d.schemas)}
 

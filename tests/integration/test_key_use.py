@@ -23,7 +23,8 @@ import pytest
 from confluent_kafka import Producer
 
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS

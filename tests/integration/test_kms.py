@@ -18,7 +18,7 @@ import pytest
 from gateway.core.codec.sanitized import SanitizedDecoder
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline, RawEvent
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import SampleEvents
 from gateway.errors import DecryptError

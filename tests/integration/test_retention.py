@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 from gateway.core.audit import AuditKeys, verify_chains
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, day_label

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.core.codec.raw import decoded_for_json
 from gateway.core.codec.sanitized import SanitizedDecoder
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import CANARIES, SampleEvents
 from gateway.integrations.common import SanitizedReader

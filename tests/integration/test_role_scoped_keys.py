@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.keys.envelope import Binding, FieldDecryptor, Format, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS

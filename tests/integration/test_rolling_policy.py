@@ -32,7 +32,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from gateway.core.codec.evolution import evolution_problems
 from gateway.core.codec.sanitized import SanitizedDecoder
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import SampleEvents
 

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.core.codec.raw import EventDecoder
 from gateway.core.codec.sanitized import SanitizedDecoder
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 
 from .conftest import Deployment, cli
 

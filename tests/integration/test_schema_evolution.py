@@ -26,7 +26,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, fingerprint, single_object_header
 from gateway.core.codec.raw import avro_bytes, strip_logical_types
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.embedded.broker import free_port
 from gateway.embedded.samples import SampleEvents
 from tests.http_get import http_get

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.core.audit import GENESIS
 from gateway.core.codec.sanitized import StoredRecord
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.errors import DecryptError
 from gateway.keys.envelope import _DEK_CONTEXT as FIELD_DEK_CONTEXT
 from gateway.keys.envelope import FieldDecryptor, RecordRef, context_bytes, parse_ciphertext

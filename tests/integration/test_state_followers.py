@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from gateway.consent.table import ConsentChange
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.dp.bound_store import STATE_CONFIG, state_records
 from gateway.dp.ledger import LedgerEntry
 from gateway.errors import GatewayError

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig
 

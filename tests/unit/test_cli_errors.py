@@ -17,7 +17,8 @@ from confluent_kafka import KafkaError, KafkaException
 from gateway import cli
 from gateway.core.codec.raw import EventDecoder, decoded_for_json, load_schema_file
 from gateway.core.codec.sanitized import StoredRecord
-from gateway.core.policy.compiler import compile_plan, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.errors import GatewayError, RejectedEvent
 from gateway.runtime import clients
 from gateway.runtime.transactional import AssignmentWait

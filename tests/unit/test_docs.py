@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 from markdown.extensions.toc import slugify
 
-from gateway.core.policy.compiler import lint_directory, load_plans
+from gateway.core.policy.lint import lint_directory, load_plans
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.keys.envelope import DekCache
 from gateway.keys.tokens import DomainTokenizer

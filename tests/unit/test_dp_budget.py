@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.core.codec.raw import load_schema_file
-from gateway.core.policy.compiler import compile_plan, lint_directory, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_directory, lint_file
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import BUDGET_EPSILON_CAP, EPSILON_CAP, Charge, Ledger, describe
 

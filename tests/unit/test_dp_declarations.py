@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from gateway.core.codec.raw import load_schema_file
-from gateway.core.policy.compiler import compile_plan, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.errors import PolicyError
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import avro_bytes, frame_confluent, json_bytes, strip_logical_types
 from gateway.core.pipeline import Pipeline, RawEvent
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import CANARIES
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig

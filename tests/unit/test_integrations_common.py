@@ -17,7 +17,8 @@ import pytest
 from gateway.core.codec.raw import avro_bytes, frame_confluent
 from gateway.core.outputs import OutRecord
 from gateway.core.pipeline import Pipeline, RawEvent
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import SampleEvents
 from gateway.integrations.common import Decoded, SanitizedReader, UndecodableRecord, header_dict
 from gateway.keys.keyring import Keyring

@@ -20,7 +20,8 @@ from gateway.core.codec.raw import load_schema_file
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError
 from gateway.keys.envelope import FORMAT_PERIOD, FORMAT_SUBJECT, FieldDecryptor, encrypt_field, parse_ciphertext
 from gateway.keys.keyring import Keyring

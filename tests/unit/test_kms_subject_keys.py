@@ -13,7 +13,8 @@ import pytest
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.keys.envelope import FORMAT_SUBJECT, FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys

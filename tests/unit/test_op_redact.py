@@ -13,7 +13,9 @@ import pytest
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline, RawEvent
-from gateway.core.policy.compiler import Plan, compile_plan, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
+from gateway.core.policy.plan import Plan
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
 from gateway.settings import GatewayConfig

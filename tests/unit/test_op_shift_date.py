@@ -278,7 +278,7 @@ def test_shift_date_needs_a_subject_field(write_schema: Any) -> None:
 
 def test_a_shift_date_domain_cannot_also_mint_tokens(write_schema: Any) -> None:
     """A token of "shift_date\\0" + subject under the same key would publish a subject's offset."""
-    from gateway.core.policy.compiler import lint_file
+    from gateway.core.policy.lint import lint_file
 
     schema = {"type": "record", "name": "R", "namespace": "t",
               "privacy": {"source_topic": "r.raw", "sanitized_topic": "r.sanitized", "subject": "who"},

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from gateway.cli import _normalized_subject
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import compile_plan, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.keys import normalize
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig

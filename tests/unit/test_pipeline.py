@@ -28,7 +28,8 @@ from gateway.core.codec.raw import MAGIC_BYTE, avro_bytes, frame_confluent, load
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import SOURCE_HEADER, OutRecord, Pipeline, RawEvent, parse_source_ref
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.errors import RejectedEvent
 from gateway.keys.envelope import FieldDecryptor

@@ -17,7 +17,8 @@ import pytest
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import QUALITY_HEADER, Pipeline, RawEvent, dedup_topic
-from gateway.core.policy.compiler import compile_plan, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.errors import PolicyError
 from gateway.keys.keyring import Keyring
 from gateway.runtime.jobs.sanitize import committed_quality

@@ -14,7 +14,8 @@ import pytest
 from gateway.core.codec.raw import load_schema_file, plaintext_encoder
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline, RawEvent, source_ref
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.integrations.common import SanitizedReader
 from gateway.keys.envelope import (

@@ -18,7 +18,8 @@ import pytest
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import OutRecord, Pipeline, RawEvent
-from gateway.core.policy.compiler import compile_plan, lint_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.core.policy.timestamp import TimestampMode
 from gateway.core.quality.risk import RiskWindow
 from gateway.errors import PolicyError

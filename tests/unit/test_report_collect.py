@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from gateway.core.audit import ChainReport, Finding, Kind
-from gateway.core.policy.compiler import Plan, load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
 from gateway.report.collect import PrivacyReport, bucket_ms, collect, key_record, parse_when

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs_version
 
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.dp.ledger import Ledger
 from gateway.report import html as report_html
 from gateway.report.collect import collect

@@ -18,7 +18,9 @@ import pytest
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import Plan, compile_plan, lint_file, plan_retentions
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
+from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.errors import ConfigError, DecryptError, GatewayError, RejectedEvent
 from gateway.keys.envelope import FORMAT_PERIOD, FieldDecryptor, context_bytes, parse_ciphertext, period_header
 from gateway.keys.keyring import Keyring

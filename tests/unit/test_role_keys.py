@@ -23,7 +23,8 @@ import pytest
 from gateway import cli
 from gateway.core.codec.raw import decoded_for_json, load_schema_file
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import Plan, compile_plan, policy_roles
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan, policy_roles
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.errors import ConfigError, DecryptError, KeyringError, PolicyError
 from gateway.keys import envelope

@@ -16,7 +16,8 @@ import pytest
 
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.decrypt import decrypt_record
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.errors import MalformedStateRecord
 from gateway.keys.envelope import DekCache, FieldDecryptor, Format, parse_ciphertext, role_keyed_header

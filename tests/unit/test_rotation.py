@@ -9,7 +9,7 @@ import pytest
 from gateway.cli import main
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import SampleEvents
 from gateway.errors import DecryptError, KeyringError
 from gateway.keys.envelope import DekCache, FieldDecryptor, encrypt_field, parse_ciphertext

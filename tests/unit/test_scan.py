@@ -15,7 +15,7 @@ import pytest
 
 from gateway.core.codec.raw import SchemaFile, load_schema_file
 from gateway.core.detectors import detector
-from gateway.core.policy.compiler import lint_file
+from gateway.core.policy.lint import lint_file
 from gateway.core.scan import ENTITY_ACTIONS, Scanner, suggest, token_domain
 from gateway.errors import PolicyError
 

@@ -22,7 +22,8 @@ from gateway.core.codec.raw import (
     load_schema_file,
     strip_logical_types,
 )
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.errors import PolicyError, RejectedEvent
 

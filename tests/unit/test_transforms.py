@@ -24,7 +24,8 @@ from gateway.core.codec.raw import (
 )
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.compiler import Plan, compile_plan
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.embedded.samples import CANARIES, SampleEvents
 from gateway.errors import DecryptError, RejectedEvent
@@ -557,7 +558,7 @@ def _fastavro_bytes(parsed: Any, record: Any) -> bytes:
 def test_the_sanitized_record_encoder_is_fastavros_bytes_for_every_shipped_schema(tmp_path: Path) -> None:
     """The shortcut covers the shipped schemas (else their speed-up is void) and writes exactly what
     fastavro's writer does, for sanitized records of generated events of every encoding."""
-    from gateway.core.policy.compiler import load_plans
+    from gateway.core.policy.lint import load_plans
     from gateway.embedded.demo import encode_raw, sample_sources
 
     plans = load_plans(Path(__file__).resolve().parents[2] / "schemas")

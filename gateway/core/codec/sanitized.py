@@ -24,7 +24,7 @@ from gateway.core.codec.evolution import (
     incompatibilities,
     strip_logical_types,
 )
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.errors import GatewayError
 
 # a registry id -> the schema JSON registered under it, or None when the registry does not know it

@@ -34,7 +34,7 @@ from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, fast_reco
 from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
 from gateway.core.outputs import OutRecord
-from gateway.core.policy.compiler import Plan, Purpose
+from gateway.core.policy.plan import Plan, Purpose
 from gateway.core.policy.timestamp import PATH as TIMESTAMP_PATH
 from gateway.core.policy.timestamp import TimestampMode
 from gateway.core.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import fastavro
@@ -33,15 +31,13 @@ from gateway.core.codec.raw import (
     ENCODINGS,
     INPUT_MODES,
     SchemaFile,
-    iter_schema_files,
-    load_schema_file,
     strip_logical_types,
 )
 from gateway.core.operators.base import FieldContext, FieldPlan, Operator, OperatorError, RecordPlan, Shape
-from gateway.core.operators.encrypt import Encrypt
-from gateway.core.policy.timestamp import KEEP, PATH, TimestampMode, TimestampPlan, compile_timestamp
-from gateway.core.quality.spec import QualitySpec, compile_quality
-from gateway.dp.declarations import AggregateSpec, budget_key, compile_aggregates, compile_budget, kept_top_level
+from gateway.core.policy.plan import Plan, Problem, Purpose
+from gateway.core.policy.timestamp import KEEP, PATH, TimestampMode, compile_timestamp
+from gateway.core.quality.spec import compile_quality
+from gateway.dp.declarations import budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.keys.period_keys import retention_problem
 
@@ -51,91 +47,6 @@ RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "outpu
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    severity: str  # "error" or "warning"
-    schema: str
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.severity}: {self.schema}: {self.where}: {self.message}"
-
-
-# ---- the compiled plan -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Plan:
-    """Everything the hot path needs for one raw schema, compiled once."""
-
-    schema: SchemaFile
-    record: RecordPlan
-    source_topic: str
-    sanitized_topic: str
-    dlq_topic: str
-    subject_field: str | None
-    subject_tokenized: bool
-    event_id_field: str | None
-    input_mode: str
-    output: str  # "same" or an encoding
-    schema_id: int | None
-    sanitized_schema_id: int | None
-    sanitized_schema: dict[str, Any]
-    sanitized_parsed: Any
-    policy_hash: str
-    field_actions: dict[str, str]
-    token_domains: frozenset[str]
-    warnings: tuple[Problem, ...] = field(default=())
-    aggregates: tuple[AggregateSpec, ...] = field(default=())  # DP aggregates (gateway/dp/declarations.py)
-    subject_domain: str | None = None  # token domain of the subject when it is tokenized
-    per_subject: bool = False  # some field is encrypted under the subject's own key
-    token_normalizers: dict[str, str | None] = field(default_factory=dict)  # domain -> normalizer spec
-    key_uses: dict[str, str] = field(default_factory=dict)  # domain -> what its key makes (tokens, shift_date)
-    leak_sentinel: str = "observe"  # observe | enforce | off: PII found in a kept field is counted (and dead-lettered)
-    quality: QualitySpec | None = None  # data-quality rules and the re-identification risk measure (core/quality/)
-    schema_id_from_registry: bool = False  # "schema_id": "registry": looked up at start-up
-    sanitized_schema_id_from_registry: bool = False  # "sanitized_schema_id": "registry": registered at start-up
-    # other versions of the schema producers write with (gateway/core/codec/evolution.py): by single-object
-    # fingerprint and by Confluent schema id (from "writer_schemas", and from the registry at start-up)
-    writers_by_fingerprint: dict[bytes, WriterSchema] = field(default_factory=dict)
-    writers_by_id: dict[int, WriterSchema] = field(default_factory=dict)
-    # purposes (gateway/consent/): each a view compiled as a plan of its own, published to its topic
-    purposes: tuple[Purpose, ...] = field(default=())
-    # the output record's Kafka timestamp: kept, truncated, shifted or processing time (core/policy/timestamp.py)
-    timestamp: TimestampPlan = KEEP
-
-    @property
-    def consent_purposes(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.purposes if p.needs_consent)
-
-    @property
-    def name(self) -> str:
-        return self.schema.fullname
-
-
-@dataclass(frozen=True)
-class Purpose:
-    """A compiled purpose: its declaration and the plan of its view (topic, fields, sanitized schema)."""
-
-    spec: PurposeSpec
-    plan: Plan
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def topic(self) -> str:
-        return self.spec.topic
-
-    @property
-    def basis(self) -> str:
-        return self.spec.basis
-
-    @property
-    def needs_consent(self) -> bool:
-        return self.spec.needs_consent
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -361,14 +272,14 @@ def _is_record(t: Any, parsed: dict[str, Any]) -> bool:
 
 def compile_plan(schema: SchemaFile) -> Plan:
     """Compile one schema's annotations; raise PolicyError listing every error."""
-    plan, problems = _compile(schema)
+    plan, problems = compile_schema(schema)
     errors = [p for p in problems if p.severity == "error"]
     if errors or plan is None:
         raise PolicyError("invalid privacy policy:\n  " + "\n  ".join(str(p) for p in errors))
     return plan
 
 
-def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, list[Problem]]:
+def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, list[Problem]]:
     c = _Compiler(schema, view)
     settings = schema.privacy
     if settings is None:
@@ -577,7 +488,7 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
         except Exception as exc:  # fastavro raises several types
             error("(record)", f"{where}: its view is not a valid schema ({type(exc).__name__})")
             continue
-        plan, problems = _compile(view_schema, view=spec.name)
+        plan, problems = compile_schema(view_schema, view=spec.name)
         for problem in problems:
             if problem.severity == "error":
                 error(problem.where, f"{where}: {problem.message}")
@@ -627,102 +538,3 @@ def _writer_schemas(schema: SchemaFile, declared: Any, error: Any) -> tuple[dict
         if schema_id is not None:
             by_id[schema_id] = writer
     return by_fingerprint, by_id
-
-
-def lint_file(path: Path) -> list[Problem]:
-    try:
-        schema = load_schema_file(path)
-    except PolicyError as exc:
-        return [Problem("error", str(path), "(file)", str(exc).split(": ", 1)[-1])]
-    return _compile(schema)[1]
-
-
-def lint_directory(directory: Path) -> list[Problem]:
-    problems: list[Problem] = []
-    paths = list(iter_schema_files(directory))
-    if not paths:
-        return [Problem("error", str(directory), "(directory)", "no *.avsc schema files found")]
-    topics: dict[str, str] = {}
-    normalizers: dict[str, tuple[str | None, str]] = {}  # domain -> (normalizer spec, first schema)
-    key_uses: dict[str, tuple[str, str]] = {}  # domain -> (what its key makes, first schema)
-    budgets: dict[str, tuple[tuple[int, float, float], str]] = {}  # budget -> ((period, caps), first schema)
-    for path in paths:
-        problems += lint_file(path)
-        try:
-            schema = load_schema_file(path)
-            settings = schema.privacy if isinstance(schema.privacy, dict) else {}
-            source = settings.get("source_topic", schema.fullname)
-        except PolicyError:
-            continue
-        plan = _compile(schema)[0]
-        for spec in {a.budget: a for a in (plan.aggregates if plan else ())}.values():  # one per budget
-            caps = (spec.period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap)
-            first_caps = budgets.setdefault(spec.budget, (caps, str(path)))
-            if first_caps[0] != caps:
-                problems.append(Problem("error", str(path), "(record)", f"budget '{spec.budget}' (the subjects "
-                                        f"these aggregates are about) has other caps or period in {first_caps[1]}: "
-                                        "sources whose subjects share a token domain share one budget; declare "
-                                        "the same \"budget\" in each"))
-        for domain, use in (plan.key_uses if plan else {}).items():
-            first_use = key_uses.setdefault(domain, (use, str(path)))
-            if first_use[0] != use:
-                problems.append(Problem("error", str(path), "(record)", f"domain '{domain}' is used for {use} "
-                                        f"here and for {first_use[0]} in {first_use[1]}: give each its own domain"))
-        for domain, spec in (plan.token_normalizers if plan else {}).items():
-            first = normalizers.setdefault(domain, (spec, str(path)))
-            if first[0] != spec:
-                problems.append(Problem("error", str(path), "(record)", f"token domain '{domain}' is tokenized "
-                                        f"with normalizer {spec or 'none'} here and {first[0] or 'none'} in "
-                                        f"{first[1]}: one identifier would get several tokens"))
-        if source in topics:
-            problems.append(Problem("error", str(path), "(record)",
-                                    f"source_topic '{source}' is also claimed by {topics[source]}"))
-        topics[source] = str(path)
-    return problems
-
-
-def load_plans(directory: Path) -> list[Plan]:
-    """Compile every schema in `directory`; fail naming every problem if any is invalid."""
-    errors = [p for p in lint_directory(directory) if p.severity == "error"]
-    if errors:
-        raise PolicyError(f"invalid privacy policies in {directory}:\n  " + "\n  ".join(map(str, errors)))
-    return [compile_plan(load_schema_file(p)) for p in iter_schema_files(directory)]
-
-
-# ---- what a set of plans needs from the keys (walks of the compiled plan) -----------------------------
-def plan_retentions(plan: Plan) -> frozenset[int]:
-    """The retentions (days) of every encrypted field of a plan, nested records and purpose views
-    included: a worker with any needs the key topic and enforces retention."""
-    found: set[int] = set()
-
-    def walk(record: RecordPlan) -> None:
-        for fp in record.fields:
-            op = fp.operator
-            if isinstance(op, Encrypt) and op.retention_days is not None:
-                found.add(op.retention_days)
-            shape = fp.shape
-            while shape is not None:
-                if shape.record is not None:
-                    walk(shape.record)
-                shape = shape.inner
-
-    walk(plan.record)
-    for purpose in plan.purposes:
-        found |= plan_retentions(purpose.plan)
-    return frozenset(found)
-
-
-def _record_roles(record: RecordPlan) -> Iterator[str]:
-    for fp in record.fields:
-        yield from getattr(fp.operator, "roles", ())
-        shape = fp.shape
-        while shape is not None:
-            if shape.record is not None:
-                yield from _record_roles(shape.record)
-            shape = shape.inner
-
-
-def policy_roles(plans: Iterable[Plan]) -> set[str]:
-    """Every role some encrypted field of these policies names (nested records and purpose views included)."""
-    records = [r for plan in plans for r in (plan.record, *(p.plan.record for p in getattr(plan, "purposes", ())))]
-    return {role for record in records for role in _record_roles(record)}

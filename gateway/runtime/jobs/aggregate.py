@@ -55,7 +55,7 @@ from gateway.core.audit import (
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.outputs import OutRecord
 from gateway.core.pipeline import SOURCE_HEADER, parse_source_ref
-from gateway.core.policy.compiler import Plan
+from gateway.core.policy.plan import Plan
 from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec

@@ -24,7 +24,7 @@ from confluent_kafka import Message
 
 from gateway.core.audit import committed_without_head, parse_head_metadata
 from gateway.core.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
-from gateway.core.policy.compiler import Plan, plan_retentions
+from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
