@@ -26,6 +26,15 @@ record (key ``charge|<aggregate>|<window>|<partition>``) to the one-partition le
 until it has read it back. The first charge of a window, in log order, decides for that window,
 counting only windows admitted before it; every worker replaying the same log reaches the same
 decision. A charge whose release never follows (a crash) stays spent: conservative, never over.
+
+A release is drawn once. The charge carries the window's noisy values (``drawn``: the groups key
+selection kept with their noisy count and sum, or a continual aggregate's running totals and the
+counter state after them), drawn from OpenDP before the charge is committed; the release publishes
+exactly those, and every retry (an aborted release transaction, a worker killed before the commit, a
+partition moved) publishes them again byte for byte, never a fresh draw. The ledger topic is inside
+the DP boundary (it holds pre-release values), like the bounding state. The first charge of a
+(aggregate, window, partition) in log order is the one every worker uses. Charges written before
+this (no ``drawn``) are still read; their window is drawn when released, as it used to be.
 """
 
 from __future__ import annotations
@@ -100,16 +109,20 @@ class Charge:
     budget_period_ms: int = 0  # 0: the aggregate's period
     budget_epsilon_cap: float = math.inf
     budget_delta_cap: float = math.inf
+    # the window's noisy values, drawn once before this charge was committed (see the module
+    # docstring); None: a charge of an older version, drawn at release
+    drawn: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, now_ms: int,
-                    instance: str, cost: tuple[float, float] | None = None) -> Charge:
+                    instance: str, cost: tuple[float, float] | None = None,
+                    drawn: dict[str, Any] | None = None) -> Charge:
         """`cost`: (epsilon, delta) of this window, if not the spec's (a continual aggregate pays its
-        horizon's epsilon with its first window)."""
+        horizon's epsilon with its first window). `drawn`: the release's noisy values."""
         epsilon, delta = cost or (spec.epsilon, spec.delta)
         return cls(spec.id, window_start, partition, epsilon, delta, spec.period_ms,
                    spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance, spec.budget,
-                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap)
+                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap, drawn)
 
     @property
     def key(self) -> bytes:
@@ -119,6 +132,8 @@ class Charge:
         body = asdict(self)
         for cap in ("budget_epsilon_cap", "budget_delta_cap"):  # JSON has no infinity: null is no cap
             body[cap] = body[cap] if math.isfinite(body[cap]) else None
+        if body["drawn"] is None:
+            del body["drawn"]
         return orjson.dumps({"type": "charge", **body})
 
     @classmethod
@@ -132,7 +147,7 @@ class Charge:
                    float(d["delta"]), int(d["period_ms"]), float(d["period_epsilon_cap"]),
                    float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]),
                    str(d.get("budget", "")), int(d.get("budget_period_ms", 0)), cap("budget_epsilon_cap"),
-                   cap("budget_delta_cap"))
+                   cap("budget_delta_cap"), d.get("drawn") if isinstance(d.get("drawn"), dict) else None)
 
 
 @dataclass
@@ -141,6 +156,9 @@ class Ledger:
     charges: dict[bytes, Charge] = field(default_factory=dict)
     # (aggregate, window start) -> None (admitted) or the refusal, decided by the window's first charge
     decisions: dict[tuple[str, int], str | None] = field(default_factory=dict)
+    # (aggregate, window start) -> the partition whose charge decided it: the one release whose
+    # epsilon is reported (a window costs its epsilon once, however many partitions release it)
+    decided_by: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[bytes | None, bytes | None]]) -> Ledger:
@@ -169,6 +187,7 @@ class Ledger:
         window = (charge.aggregate, charge.window_start)
         if window in self.decisions:
             return
+        self.decided_by[window] = charge.partition
         self.decisions[window] = self._refusal(charge.aggregate, charge.budget or charge.aggregate,
                                                charge.window_start, (charge.period_ms, charge.budget_period_ms),
                                                (charge.epsilon, charge.delta),
@@ -200,6 +219,25 @@ class Ledger:
 
     def released(self, aggregate: str, window_start: int, partition: int) -> bool:
         return f"{aggregate}|{window_start}|{partition}".encode() in self.entries
+
+    def reported_cost(self, aggregate: str, window_start: int, partition: int) -> float:
+        """The epsilon a release of this partition adds to what the ledger says was spent: the
+        window's cost for the partition whose charge decided it, 0 for the others (and for a refusal)."""
+        window = (aggregate, window_start)
+        if self.decided_by.get(window) != partition or self.decisions.get(window) is not None:
+            return 0.0
+        charge = self.charge_of(aggregate, window_start, partition)
+        return charge.epsilon if charge is not None else 0.0
+
+    def last_window(self, aggregate: str, partition: int) -> int | None:
+        """The latest window of `aggregate` done on `partition` (released, or refused by its
+        charge): where its schedule goes on after a restart (gateway/dp/windows.py). A window charged
+        and admitted but not released yet is not done: it is released again, from its charge."""
+        starts = [e.window_start for e in self.entries.values()
+                  if e.aggregate == aggregate and e.partition == partition]
+        starts += [c.window_start for c in self.charges.values() if c.aggregate == aggregate
+                   and c.partition == partition and self.decisions.get((aggregate, c.window_start)) is not None]
+        return max(starts, default=None)
 
     def spent(self, aggregate: str | None = None,
               budget: str | None = None) -> dict[tuple[str, int], tuple[float, float]]:
