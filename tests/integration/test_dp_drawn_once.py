@@ -106,9 +106,9 @@ def test_an_aborted_release_commit_is_released_again_with_the_same_bytes(fresh_d
         def released() -> bool:
             records = [orjson.loads(r.value or b"") for r in d.read(topic)]
             per_window = {(r["aggregate"], r["window"]["start"]) for r in records}
-            return {("visits", base), ("running", base), ("running", base + WINDOW_S * 1000)} <= per_window
+            return {("visits", base), ("running", base)} <= per_window
 
-        wait_for(released, 90, "the releases of the window and of both running totals")
+        wait_for(released, 90, "the releases of the window and of its running totals")
     finally:
         assert aggregator.stop() == 0
         assert sanitizer.stop() == 0
