@@ -56,6 +56,15 @@ BUDGET_DELTA_CAP = "budget_delta_cap"
 _TOLERANCE = 1e-9
 
 
+def horizon_end(spec: AggregateSpec, epsilon: float) -> int:
+    """Where the epsilon a continual horizon pays with its first window stops counting: the horizon's
+    end. The running totals of every later window release data of that period too, so the horizon's
+    epsilon is charged to every rolling period it overlaps, not only to its first window's."""
+    if not spec.continual or epsilon <= 0:
+        return 0
+    return spec.continual_start_ms + spec.continual_windows * spec.window_ms
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     aggregate: str
@@ -68,13 +77,14 @@ class LedgerEntry:
     released_at: int
     instance: str
     budget: str = ""  # "": an entry written before budgets, its aggregate's own
+    span_end: int = 0  # a continual horizon's end: its epsilon counts in every period up to it (0: none)
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                     instance: str, cost: tuple[float, float] | None = None) -> LedgerEntry:
         epsilon, delta = cost or (spec.epsilon, spec.delta)
         return cls(spec.id, window_start, window_start + spec.window_ms, partition, epsilon, delta,
-                   groups, released_at, instance, spec.budget)
+                   groups, released_at, instance, spec.budget, horizon_end(spec, epsilon))
 
     @property
     def key(self) -> bytes:
@@ -88,7 +98,7 @@ class LedgerEntry:
         d = orjson.loads(data)
         return cls(str(d["aggregate"]), int(d["window_start"]), int(d["window_end"]), int(d["partition"]),
                    float(d["epsilon"]), float(d["delta"]), int(d["groups"]), int(d["released_at"]),
-                   str(d["instance"]), str(d.get("budget", "")))
+                   str(d["instance"]), str(d.get("budget", "")), int(d.get("span_end", 0)))
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ class Charge:
     # the window's noisy values, drawn once before this charge was committed (see the module
     # docstring); None: a charge of an older version, drawn at release
     drawn: dict[str, Any] | None = field(default=None, compare=False)
+    span_end: int = 0  # a continual horizon's end: its epsilon counts in every period up to it (0: none)
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, now_ms: int,
@@ -122,7 +133,8 @@ class Charge:
         epsilon, delta = cost or (spec.epsilon, spec.delta)
         return cls(spec.id, window_start, partition, epsilon, delta, spec.period_ms,
                    spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance, spec.budget,
-                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap, drawn)
+                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap, drawn,
+                   horizon_end(spec, epsilon))
 
     @property
     def key(self) -> bytes:
@@ -147,7 +159,8 @@ class Charge:
                    float(d["delta"]), int(d["period_ms"]), float(d["period_epsilon_cap"]),
                    float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]),
                    str(d.get("budget", "")), int(d.get("budget_period_ms", 0)), cap("budget_epsilon_cap"),
-                   cap("budget_delta_cap"), d.get("drawn") if isinstance(d.get("drawn"), dict) else None)
+                   cap("budget_delta_cap"), d.get("drawn") if isinstance(d.get("drawn"), dict) else None,
+                   int(d.get("span_end", 0)))
 
 
 @dataclass
@@ -192,19 +205,20 @@ class Ledger:
                                                charge.window_start, (charge.period_ms, charge.budget_period_ms),
                                                (charge.epsilon, charge.delta),
                                                (charge.period_epsilon_cap, charge.period_delta_cap),
-                                               (charge.budget_epsilon_cap, charge.budget_delta_cap))
+                                               (charge.budget_epsilon_cap, charge.budget_delta_cap), charge.span_end)
 
     def _refusal(self, aggregate: str, budget: str, window_start: int, periods: tuple[int, int],
                  cost: tuple[float, float], caps: tuple[float, float],
-                 budget_caps: tuple[float, float]) -> str | None:
-        """Why a window's release (costing `cost`) would break its aggregate's cap (over its own
-        period) or its budget's (over the budget's period; 0: the aggregate's)."""
-        eps, delta = self.period_spend(aggregate, window_start, periods[0], cost)
+                 budget_caps: tuple[float, float], span_end: int = 0) -> str | None:
+        """Why a window's release (costing `cost`, up to `span_end` for a horizon) would break its
+        aggregate's cap (over its own period) or its budget's (over the budget's period; 0: the
+        aggregate's), in any rolling period it overlaps."""
+        eps, delta = self.period_spend(aggregate, window_start, periods[0], cost, span_end)
         if eps > caps[0] * (1 + _TOLERANCE):
             return EPSILON_CAP
         if delta > caps[1] * (1 + _TOLERANCE):
             return DELTA_CAP
-        eps, delta = self.budget_spend(budget, aggregate, window_start, periods[1] or periods[0], cost)
+        eps, delta = self.budget_spend(budget, aggregate, window_start, periods[1] or periods[0], cost, span_end)
         if eps > budget_caps[0] * (1 + _TOLERANCE):
             return BUDGET_EPSILON_CAP
         if delta > budget_caps[1] * (1 + _TOLERANCE):
@@ -257,21 +271,33 @@ class Ledger:
             out[(name, window_start)] = (max(eps, epsilon), max(dlt, delta))
         return out
 
+    def spans(self) -> dict[tuple[str, int], int]:
+        """(aggregate, window start) -> the end of the period its epsilon covers, for continual
+        horizons (the others count at their window's start only)."""
+        out: dict[tuple[str, int], int] = {}
+        for item in [*self.entries.values(), *self.charges.values()]:
+            if item.span_end:
+                key = (item.aggregate, item.window_start)
+                out[key] = max(out.get(key, 0), item.span_end)
+        return out
+
     def windows(self, aggregate: str) -> dict[int, tuple[float, float]]:
         """Window start -> (epsilon, delta) spent by one aggregate."""
         return {start: cost for (_, start), cost in self.spent(aggregate=aggregate).items()}
 
     def period_spend(self, aggregate: str, window_start: int, period_ms: int,
-                     extra: tuple[float, float] | None = None) -> tuple[float, float]:
+                     extra: tuple[float, float] | None = None, span_end: int = 0) -> tuple[float, float]:
         """Largest (epsilon, delta) one aggregate spent in any rolling period of `period_ms` that
-        contains the window starting at `window_start`, counting `extra` for that window if it is not
-        charged yet."""
-        return _worst_period(self.spent(aggregate=aggregate), aggregate, window_start, period_ms, extra)
+        overlaps the window starting at `window_start` (up to `span_end` for a horizon), counting
+        `extra` for that window if it is not charged yet."""
+        return _worst_period(self.spent(aggregate=aggregate), self.spans(), aggregate, window_start, period_ms,
+                             extra, span_end)
 
     def budget_spend(self, budget: str, aggregate: str, window_start: int, period_ms: int,
-                     extra: tuple[float, float] | None = None) -> tuple[float, float]:
+                     extra: tuple[float, float] | None = None, span_end: int = 0) -> tuple[float, float]:
         """The same summed over every aggregate of `budget` (`extra`: the window of `aggregate`)."""
-        return _worst_period(self.spent(budget=budget), aggregate, window_start, period_ms, extra)
+        return _worst_period(self.spent(budget=budget), self.spans(), aggregate, window_start, period_ms, extra,
+                             span_end)
 
     def check(self, spec: AggregateSpec, window_start: int, partition: int,
               cost: tuple[float, float] | None = None) -> str | None:
@@ -282,9 +308,10 @@ class Ledger:
             return ALREADY_RELEASED
         if (spec.id, window_start) in self.decisions:
             return self.decisions[(spec.id, window_start)]
+        cost = cost or (spec.epsilon, spec.delta)
         return self._refusal(spec.id, spec.budget or spec.id, window_start, (spec.period_ms, spec.budget_period_ms),
-                             cost or (spec.epsilon, spec.delta), (spec.period_epsilon_cap, spec.period_delta_cap),
-                             (spec.budget_epsilon_cap, spec.budget_delta_cap))
+                             cost, (spec.period_epsilon_cap, spec.period_delta_cap),
+                             (spec.budget_epsilon_cap, spec.budget_delta_cap), horizon_end(spec, cost[0]))
 
     def charge(self, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                instance: str) -> LedgerEntry:
@@ -331,11 +358,14 @@ class Ledger:
                                    "epsilon_total": round(sum(e for e, _ in spent.values()), 12),
                                    "epsilon_cap": first.budget_epsilon_cap, "delta_cap": first.budget_delta_cap,
                                    "latest_window_start": latest}
-            # the latest period: the windows starting in (latest - period, latest]
+            # the latest period: the windows starting in (latest - period, latest], and the horizons
+            # overlapping it
             in_period: dict[str, float] = {s.id: 0.0 for s in members}
             delta_in_period = 0.0
+            spans = self.spans()
             for (aggregate, start), (e, d) in spent.items():
-                if latest is not None and latest - period_ms < start <= latest:
+                end = spans.get((aggregate, start), start + 1)
+                if latest is not None and start <= latest and end > latest - period_ms + 1:
                     in_period[aggregate] = in_period.get(aggregate, 0.0) + e
                     delta_in_period += d
             eps = sum(in_period.values())
@@ -366,17 +396,25 @@ def describe(ledger: Ledger, specs: dict[str, AggregateSpec]) -> str:
     return "\n".join(lines)
 
 
-def _worst_period(spent: dict[tuple[str, int], tuple[float, float]], aggregate: str, window_start: int,
-                  period_ms: int, extra: tuple[float, float] | None) -> tuple[float, float]:
-    """Largest (epsilon, delta) summed over the windows starting in any period [p, p + period_ms)
-    that contains `window_start`, counting `extra` for (aggregate, window_start) if not spent yet."""
-    spent = dict(spent)
-    if extra is not None and (aggregate, window_start) not in spent:
-        spent[(aggregate, window_start)] = extra
-    near = sorted((start, cost) for (_, start), cost in spent.items()
-                  if window_start - period_ms < start < window_start + period_ms)
+def _worst_period(spent: dict[tuple[str, int], tuple[float, float]], spans: dict[tuple[str, int], int],
+                  aggregate: str, window_start: int, period_ms: int, extra: tuple[float, float] | None,
+                  span_end: int = 0) -> tuple[float, float]:
+    """Largest (epsilon, delta) summed over what spends in any rolling period [p, p + period_ms)
+    overlapping [window_start, span_end) (a window: its start only), counting `extra` for
+    (aggregate, window_start) if not spent yet. A window spends at its start; a continual horizon
+    over its whole span (`spans`), so it counts in every period it overlaps."""
+    items = {key: (key[1], max(spans.get(key, 0), key[1] + 1), cost) for key, cost in spent.items()}
+    new_end = max(span_end, window_start + 1)
+    if extra is not None and (aggregate, window_start) not in items:
+        items[(aggregate, window_start)] = (window_start, new_end, extra)
+    elif (aggregate, window_start) in items:
+        new_end = max(new_end, items[(aggregate, window_start)][1])
+    near = [item for item in items.values() if item[0] < new_end + period_ms and item[1] > window_start - period_ms]
+    # the sum over [p, p + period) changes only where an item enters (p = start - period + 1) or
+    # leaves (p = end): the largest is at one of those, among the periods overlapping the new span
+    candidates = {start - period_ms + 1 for start, _, _ in near} | {end for _, end, _ in near}
     worst = (0.0, 0.0)
-    for first in sorted({start for start, _ in near if start <= window_start}):
-        inside = [cost for start, cost in near if first <= start < first + period_ms]
+    for p in sorted(c for c in candidates if window_start - period_ms < c < new_end):
+        inside = [cost for start, end, cost in near if start < p + period_ms and end > p]
         worst = (max(worst[0], sum(e for e, _ in inside)), max(worst[1], sum(d for _, d in inside)))
     return worst

@@ -29,10 +29,16 @@ WINDOW_S = 10
 PER_COUNTRY = {"DE": 260, "FR": 220, "LU": 1}  # LU: a single subject, must not be released
 
 
-def enable_aggregates(d: Deployment, aggregates: list[dict[str, Any]]) -> None:
+# windows of a few seconds close on the clock, each spending its epsilon: a budget sized for tests
+TEST_BUDGET = {"period_s": 3600, "epsilon_cap": 1000.0, "delta_cap": 1e-2}
+
+
+def enable_aggregates(d: Deployment, aggregates: list[dict[str, Any]],
+                      budget: dict[str, Any] | None = None) -> None:
     path = d.schemas / "payments.avsc"
     schema = orjson.loads(path.read_bytes())
     schema["privacy"]["aggregates"] = aggregates
+    schema["privacy"]["budget"] = budget or TEST_BUDGET
     path.write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
     from gateway.policy import load_plans
 
