@@ -54,7 +54,7 @@ from gateway import metrics
 from gateway.audit import ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
 from gateway.config import GatewayConfig
 from gateway.dp.bound_store import STATE_CONFIG, changes_by_source, state_partition, state_records
-from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
+from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
 from gateway.dp.mechanisms import AggregateMechanism, GroupResult
@@ -296,11 +296,13 @@ class Releaser:
 
     def late_audit(self, chains: ChainHeads, chain: str, spec: AggregateSpec, stage: str, topic: str,
                    partition: int, offset: int, record: dict[str, Any] | None, timestamp: int,
-                   window_start: int | None = None) -> OutRecord:
-        if window_start is None:
+                   window_start: int | None = None, outcome: str = LATE) -> OutRecord:
+        if outcome != LATE:
+            window_start = None  # an out-of-range time names no window
+        elif window_start is None:
             t = record.get(spec.time_field) if (record is not None and spec.time_field) else timestamp
             window_start = spec.window_start(int(t)) if isinstance(t, int) else None
-        body = {"type": "dp_late", "chain": chain, "aggregate": spec.id, "stage": stage, "outcome": "late",
+        body = {"type": "dp_late", "chain": chain, "aggregate": spec.id, "stage": stage, "outcome": outcome,
                 "event": {"topic": topic, "partition": partition, "offset": offset},
                 "window": None if window_start is None else {"start": window_start,
                                                              "end": window_start + spec.window_ms},
@@ -313,8 +315,10 @@ class BoundHandler:
     changelog when the partition opens; contributions, state changes and late audits out."""
 
     def __init__(self, kafka: dict[str, str], plans: dict[str, Plan], contrib_topic: str, state_topic: str,
-                 state_partitions: int, releaser: Releaser, upstreams: dict[str, frozenset[str]] | None = None) -> None:
+                 state_partitions: int, releaser: Releaser, upstreams: dict[str, frozenset[str]] | None = None,
+                 max_skew_ms: int | None = None) -> None:
         self.kafka = kafka
+        self.max_skew_ms = max_skew_ms  # event times out of range are dropped, audited, and move no mark
         self.plans = plans  # by sanitized topic
         self.upstreams = upstreams or {}  # by sanitized topic: its raw topic's partitions ("<topic>/<n>")
         self.decoder = SanitizedDecoder(list(plans.values()))
@@ -359,10 +363,11 @@ class BoundHandler:
 
     def _bounder(self, source: Source) -> ContributionBounder:
         return ContributionBounder(self.plans[source[0]].aggregates, str(source[1]),
-                                   self.upstreams.get(source[0], frozenset()))
+                                   self.upstreams.get(source[0], frozenset()), self.max_skew_ms)
 
     def process(self, messages: list[Message]) -> Output:
         self.restore()
+        now = _now_ms()
         out: list[OutRecord] = []
         sources: set[Source] = set()
         for m in messages:
@@ -378,14 +383,14 @@ class BoundHandler:
                 continue
             bounder = self.bounders.get(source) or self.bounders.setdefault(source, self._bounder(source))
             for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1],
-                                                             _upstream(m.headers())):
+                                                             _upstream(m.headers()), now):
                 if outcome == ACCEPTED and contribution is not None:
                     out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json(), None,
                                          CONTINUAL_PARTITION if spec.continual else None))
-                elif outcome == LATE:
+                elif outcome in (LATE, OUT_OF_RANGE):
                     out.append(self.releaser.late_audit(self.chains, bound_chain(*source), spec, "bound",
                                                         m.topic(), m.partition(), m.offset(), record,
-                                                        m.timestamp()[1]))
+                                                        m.timestamp()[1], outcome=outcome))
         metadata: dict[Source, str] = {}
         for source in sorted(sources):
             bounder = self.bounders.get(source)
@@ -564,7 +569,7 @@ class AggregateWorker:
                                                                             {CONTINUAL_PARTITION}, missing_ok=True)[0]))
         upstreams = self._event_time_sources()
         self.bound_handler = BoundHandler(kafka, self.by_sanitized, self.contrib_topic, self.state_topic,
-                                          self.state_partitions, self.releaser, upstreams)
+                                          self.state_partitions, self.releaser, upstreams, config.max_skew_s * 1000)
         self.release_handler = ReleaseHandler(self.specs, self.contrib_topic, self.releaser, self.ledger,
                                               int(config.dp_idle_close_s * 1000))
         # stage 1 only: stage 2 commits behind its open windows by design, so its committed offset
