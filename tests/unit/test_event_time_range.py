@@ -4,6 +4,11 @@ stage 1 of the DP aggregates drops it (and one before 2000) without moving a mar
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
 import pytest
 
 from gateway.config import GatewayConfig
@@ -11,6 +16,9 @@ from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, ContributionBounde
 from gateway.dp.declarations import AggregateSpec
 from gateway.errors import ConfigError, RejectedEvent
 from gateway.event_time import EARLIEST_MS, check_event_time, in_range
+from gateway.keys.keyring import Keyring
+from gateway.pipeline import RawEvent
+from tests.unit.test_deadletter import SUBJECT, _order, _order_pipeline
 
 NOW = 1_800_000_000_000
 YEAR_3000 = 32_503_680_000_000
@@ -52,3 +60,15 @@ def test_max_skew_s_is_validated_naming_the_setting() -> None:
     assert GatewayConfig().max_skew_s == 300
     with pytest.raises(ConfigError, match="max_skew_s"):
         GatewayConfig(max_skew_s=-1)
+
+
+def test_the_sanitize_pipeline_dead_letters_it_before_the_quality_window_counts_it(
+        write_schema: Any, tmp_path: Path, keyring: Keyring) -> None:
+    pipeline, _ = _order_pipeline(write_schema, tmp_path, keyring)
+    now = int(time.time() * 1000)
+    result = pipeline.process([RawEvent("orders.raw", 0, 0, YEAR_3000, None, _order(SUBJECT), None),
+                               RawEvent("orders.raw", 0, 1, now, None, _order(SUBJECT), None)])
+    letters = [orjson.loads(r.value) for r in result.records if r.topic == "orders.raw.dlq"]
+    assert [(x["reason"], x["source"]["offset"]) for x in letters] == [("event_time_out_of_range", 0)]
+    window = pipeline.stages["orders.raw"].quality.partitions[0].window  # type: ignore[union-attr]
+    assert window.events == 1 and window.lag_max_ms < 60_000  # only the event in range was checked
