@@ -409,12 +409,19 @@ def _worst_period(spent: dict[tuple[str, int], tuple[float, float]], spans: dict
         items[(aggregate, window_start)] = (window_start, new_end, extra)
     elif (aggregate, window_start) in items:
         new_end = max(new_end, items[(aggregate, window_start)][1])
-    near = [item for item in items.values() if item[0] < new_end + period_ms and item[1] > window_start - period_ms]
-    # the sum over [p, p + period) changes only where an item enters (p = start - period + 1) or
-    # leaves (p = end): the largest is at one of those, among the periods overlapping the new span
-    candidates = {start - period_ms + 1 for start, _, _ in near} | {end for _, end, _ in near}
-    worst = (0.0, 0.0)
-    for p in sorted(c for c in candidates if window_start - period_ms < c < new_end):
-        inside = [cost for start, end, cost in near if start < p + period_ms and end > p]
-        worst = (max(worst[0], sum(e for e, _ in inside)), max(worst[1], sum(d for _, d in inside)))
+    # an item counts in [p, p + period) for p in [start - period + 1, end): sweep those bounds in order
+    # (O(n log n)), the largest sums among the periods overlapping the new span
+    bounds: dict[int, list[float]] = {}
+    for start, end, (eps, dlt) in items.values():
+        if start < new_end + period_ms and end > window_start - period_ms:
+            for at, sign in ((start - period_ms + 1, 1.0), (end, -1.0)):
+                delta = bounds.setdefault(at, [0.0, 0.0])
+                delta[0] += sign * eps
+                delta[1] += sign * dlt
+    worst, eps_sum, dlt_sum = (0.0, 0.0), 0.0, 0.0
+    for p in sorted(bounds):
+        eps_sum += bounds[p][0]
+        dlt_sum += bounds[p][1]
+        if window_start - period_ms < p < new_end:
+            worst = (max(worst[0], eps_sum), max(worst[1], dlt_sum))
     return worst

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.ledger import BUDGET_EPSILON_CAP, EPSILON_CAP, Charge, Ledger, describe
+from gateway.dp.ledger import BUDGET_EPSILON_CAP, EPSILON_CAP, Charge, Ledger, _worst_period, describe
 from gateway.policy import compile_plan, lint_directory, lint_file
 from gateway.schema import load_schema_file
 
@@ -190,3 +190,25 @@ def test_a_continual_horizon_counts_in_every_period_it_covers() -> None:
     after = 8 * day  # past the horizon's last period: the hourly aggregate has the whole cap again
     ledger.apply_charge(Charge.for_release(base, after, 0, after, "w"))
     assert ledger.decisions[(base.id, after)] is None
+
+
+def test_the_worst_period_sweep_matches_checking_every_period() -> None:
+    """gateway.dp.ledger._worst_period sweeps the bounds; checked here against every rolling period."""
+    rng = random.Random(8)
+    period = 100
+    for _ in range(200):
+        spent = {("a", s): (rng.choice([0.0, 0.5, 1.0]), rng.choice([0.0, 1e-6])) for s in
+                 rng.sample(range(0, 1000, 10), 20)}
+        spans = {key: key[1] + rng.choice([1, 50, 300]) for key in spent if rng.random() < 0.3}
+        window = rng.choice(list(spent))[1]
+
+        def brute(window: int = window, spent: dict = spent, spans: dict = spans) -> tuple[float, float]:
+            end = spans.get(("a", window), window + 1)
+            sums = []
+            for p in range(window - period + 1, end):
+                inside = [c for k, c in spent.items() if k[1] < p + period and spans.get(k, k[1] + 1) > p]
+                sums.append((sum(e for e, _ in inside), sum(d for _, d in inside)))
+            return max(s[0] for s in sums), max(s[1] for s in sums)
+
+        got = _worst_period(spent, spans, "a", window, period, None)
+        assert got == pytest.approx(brute(), abs=1e-9)
