@@ -633,10 +633,6 @@ class AggregateWorker:
         self.follower.wait_for({c.key for c in charges})
         return True
 
-    def _publish_release(self, output: Output) -> bool:
-        """The release transaction (its own method: the fault-injection tests wrap it)."""
-        return self.release.commit_now(output)
-
     def _release_due(self) -> None:
         """Close every window due on the schedule, data or not: charge (with the drawn values), then
         release what the charges hold, with the offsets they no longer hold back, in one transaction."""
@@ -657,7 +653,7 @@ class AggregateWorker:
             out += result.records
             outcomes[result.outcome] += 1
             results.append((key, result))
-        if not self._publish_release(Output(out, handler.metadata(), handler.offsets())):
+        if not self.release.commit_now(Output(out, handler.metadata(), handler.offsets())):
             log.warning("window release aborted: stage 2 re-reads from its committed offsets",
                         extra={"windows": len(due)})
             return
