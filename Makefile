@@ -27,8 +27,9 @@ $(VENV)/.bench: $(BIN)/gateway
 bench: $(VENV)/.bench  ## the gateway beside passthrough, naive code, Confluent CSFLE and Presidio
 	PYTHONPATH=. $(BIN)/python benchmarks/bench.py
 
-docs: $(BIN)/gateway  ## rewrite the README's settings tables from their declarations (gateway/config.py)
-	$(BIN)/python -m gateway.config README.md
+docs: $(BIN)/gateway  ## the settings tables from their declarations (gateway/config.py), then the site in site/
+	$(BIN)/python -m gateway.config docs/reference/settings.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

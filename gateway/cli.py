@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(p, "keyring")
     p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
     add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
+    p = keys.add_parser("rotate-quarantine", help="new quarantine key (seals dead letters), made active; the old ones "
+                                                  "still unseal earlier dead letters")
+    add_settings(p, "keyring")
 
     retention = sub.add_parser("retention", help="retention by key expiry: list and erase the period keys of fields "
                                                  "with retention_days").add_subparsers(dest="retention_cmd",
@@ -154,12 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
     add_settings(p, "bootstrap", "key_topic", "audit_topic", "group_id", "security")
 
-    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and audit it",
-                       description="The identifier is read from stdin (or --file), so it stays out of shell history.")
+    p = sub.add_parser("forget", help="erase a data subject's keys (crypto-shredding) and consent history, "
+                                      "and audit it",
+                       description="The identifier is read from stdin (or --file), so it stays out of shell history. "
+                                   "Exit 1 when no key and no consent record of the subject was found.")
     p.add_argument("subject", nargs="?", default=None,
                    help="deprecated: the identifier on the command line (it stays in shell history); pipe it on stdin")
     _identifier_options(p)
-    add_settings(p, "bootstrap", "keyring", "schemas", "key_topic", "audit_topic", "security")
+    add_settings(p, "bootstrap", "keyring", "schemas", "key_topic", "audit_topic", "consent_topic", "security")
 
     consent = sub.add_parser("consent", help="grant, revoke or show a subject's consent to a purpose").add_subparsers(
         dest="consent_cmd", required=True)
@@ -376,6 +381,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     print(f"topics:          {plan.source_topic} -> {plan.sanitized_topic} (dead letters: {plan.dlq_topic})")
     print(f"subject:         {plan.subject_field or '(none)'}")
     print(f"input / output:  {plan.input_mode} / {plan.output}")
+    print(f"record timestamp: {plan.timestamp.label}" + ("" if plan.timestamp.declared else " (default)"))
     print("fields:")
     width = max(len(p) for p in plan.field_actions)
     for path, action in plan.field_actions.items():
@@ -391,9 +397,27 @@ def cmd_policy(args: argparse.Namespace) -> int:
             print(f"  {line}")
     if args.bootstrap and plan.quality is not None and plan.quality.risk is not None:
         _print_risk_warning(args, plan.source_topic)
+    print("purposes:" if plan.purposes else "purposes:        (none)")
+    for line in _purpose_lines(plan):
+        print(f"  {line}")
     print("sanitized schema:")
     print(orjson.dumps(plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
+    for purpose in plan.purposes:  # each view's own schema: what the purpose topic's consumers read
+        print(f"purpose '{purpose.name}' schema:")
+        print(orjson.dumps(purpose.plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _purpose_lines(plan: Any) -> list[str]:
+    """`policy show`: each purpose view's topic, legal basis, output and fields with their actions."""
+    lines = []
+    for purpose in plan.purposes:
+        basis = (f"basis {purpose.basis}: only while the subject's consent is in force" if purpose.spec.needs_consent
+                 else f"basis {purpose.basis}")
+        lines.append(f"{purpose.name} -> {purpose.topic} ({basis}; output {purpose.plan.output})")
+        width = max(len(path) for path in purpose.plan.field_actions)
+        lines += [f"  {path:<{width}}  {action}" for path, action in purpose.plan.field_actions.items()]
+    return lines
 
 
 def _print_risk_warning(args: argparse.Namespace, source: str) -> None:
@@ -465,6 +489,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         from gateway.runtime.keytopic import cmd_rewrap
 
         return {"rotate": cmd_rotate, "retire": cmd_retire, "rewrap": cmd_rewrap}[args.keys_cmd](args, _config(args))
+    if args.keys_cmd == "rotate-quarantine":
+        from gateway.keys.rotation import cmd_rotate_quarantine
+
+        return cmd_rotate_quarantine(args, _config(args))
 
     from gateway.keys.roles import policy_roles
 
@@ -548,7 +576,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     """`gateway dlq unseal`: each dead letter's original as {"source", "reason", "value", "key", "headers"}
     (bytes base64, for inspection or replay). One that does not open is reported on stderr with its reason
     (key_erased: its subject was forgotten) and makes the exit code 1; the others are still printed."""
-    from gateway.deadletter import SEAL_FORMAT, QuarantineSealer
+    from gateway.deadletter import QuarantineSealer
     from gateway.errors import DecryptError
     from gateway.keys.errors import KmsUnavailable
     from gateway.keys.keyring import Keyring
@@ -563,7 +591,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
         subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic,
                                          SubjectKeys(build_kms(config, keyring)))
-    sealers: dict[str, QuarantineSealer] = {}
+    sealer = QuarantineSealer.of_keyring(keyring, subject_keys)  # opens each quarantine key the keyring holds
     out = sys.stdout.buffer
     failures = 0
     for n, line in enumerate(sys.stdin.buffer, start=1):
@@ -574,11 +602,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             letter = orjson.loads(line)
             source = letter["source"]
             where = f"dead letter {source['topic']}/{source['partition']}/{source['offset']}"
-            sealed = letter.get("sealed")
-            key_id = sealed.get("key_id") if isinstance(sealed, dict) and sealed.get("format") == SEAL_FORMAT else None
-            sealer = sealers.get(key_id or "")
-            if sealer is None:  # format 1 names its quarantine key; format 2 needs only the subject keys
-                sealer = sealers[key_id or ""] = QuarantineSealer(*keyring.quarantine_key(key_id), subject_keys)
             opened = sealer.unseal(letter)
         except DecryptError as exc:
             failures += 1
@@ -733,7 +756,8 @@ def _identifier_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", required=True, help="token domain of the subject field")
     p.add_argument("--file", type=Path, default=None, help="read the identifier from this file (default: stdin)")
     p.add_argument("--normalizer", default=None,
-                   help="normalizer of the domain (email, phone:GB, trim, casefold), instead of reading the schemas")
+                   help="normalizer of the domain (email, phone:GB, trim, casefold, or none), instead of reading "
+                        "the schemas")
 
 
 def _read_identifier(args: argparse.Namespace) -> str:
@@ -827,17 +851,25 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     from gateway.keys.keyring import Keyring
     from gateway.keys.subject_keys import SubjectKeys
-    from gateway.runtime.keytopic import forget_subject, load_subject_keys
+    from gateway.runtime.keytopic import NothingToForget, forget_subject, snapshot_subject_keys
 
     config = _config(args)
     keyring = Keyring.open(config.keyring, create=False)
     _, token_keys = keyring.token_keys(args.domain)
     subject = _normalized_subject(args, config, _read_identifier(args))
-    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(keyring))
-    event = forget_subject(config, subject, args.domain, token_keys, keys)
-    print(f"subject forgotten in domain '{args.domain}': {event['keys_erased']} key(s) erased on "
-          f"'{config.key_topic}' (tombstones), audit event on '{config.audit_topic}'. Running workers evict the keys "
-          "within seconds; the subject's earlier ciphertexts can no longer be decrypted")
+    keys = SubjectKeys(keyring)
+    since = snapshot_subject_keys(config.kafka_client_config(), config.key_topic, keys)
+    try:
+        event = forget_subject(config, subject, args.domain, token_keys, keys, since)
+    except NothingToForget as exc:
+        print(f"gateway forget: {exc}", file=sys.stderr)
+        return 1
+    erased, consent = event["keys_erased"], event["consent_records_erased"]
+    what = (f"{erased} key(s) erased on '{config.key_topic}'. Running workers evict them within seconds; the "
+            "subject's earlier ciphertexts can no longer be decrypted" if erased else
+            f"no key of this subject on '{config.key_topic}' (nothing of theirs was encrypted under a subject key)")
+    print(f"subject forgotten in domain '{args.domain}': {what}; {consent} consent record(s) erased on "
+          f"'{config.consent_topic}'; audit event on '{config.audit_topic}'")
     return 0
 
 
@@ -854,11 +886,11 @@ def _normalized_subject(args: argparse.Namespace, config: GatewayConfig, identif
         if not specs:
             raise ConfigError(f"no policy in '{config.schemas}' tokenizes into domain '{args.domain}'")
         (spec,) = specs  # policy lint allows one normalizer per domain
-    elif spec is None:
-        print(f"note: no schemas at '{config.schemas}': '{args.domain}' is assumed to have no normalizer "
-              "(pass --schemas DIR or --normalizer NAME)", file=sys.stderr)
+    elif spec is None:  # guessing "no normalizer" would erase nothing for a domain that has one
+        raise ConfigError(f"no schemas at '{config.schemas}' to read domain '{args.domain}''s normalizer from: pass "
+                          "--schemas DIR (the policies) or --normalizer NAME (none for a domain without one)")
     try:
-        norm = normalize.from_spec(spec)
+        norm = None if spec == "none" else normalize.from_spec(spec)
     except ValueError as exc:
         raise ConfigError(f"setting 'normalizer': {exc}") from None
     return norm(identifier) if norm is not None else identifier

@@ -3,9 +3,9 @@
 Every setting is one dataclass field, declared with `setting(default, help, group=...)`: its name,
 type, default and help text. It can come from the command line (``--batch-max-events``, derived
 from the declaration by `gateway.cli.add_settings` for the commands that use its group) or the
-environment (``GATEWAY_BATCH_MAX_EVENTS``); the command line wins. The README's settings tables are
-`settings_table(group)` (a unit test keeps them equal). Validation errors name the setting and the
-environment variable.
+environment (``GATEWAY_BATCH_MAX_EVENTS``); the command line wins. The settings tables of the docs
+(docs/reference/settings.md) are `settings_table(group)` (a unit test keeps them equal). Validation
+errors name the setting and the environment variable.
 
 Every Producer, Consumer and AdminClient the gateway creates gets the Kafka security settings
 through ``GatewayConfig.kafka_client_config()``.
@@ -65,7 +65,7 @@ def setting(default: Any, help: str, *, group: str, choices: tuple[str, ...] | N
             secret: bool = False, shown: str | None = None) -> Any:
     """One setting, declared once: its default, help text and group. The command line
     (`gateway.cli.add_settings`: `--name-with-dashes`, only for the commands whose groups it is in)
-    and the README's tables (`settings_table`) are derived from this; the environment variable is
+    and the docs' tables (`settings_table`) are derived from this; the environment variable is
     GATEWAY_<NAME>. A secret is read from the environment only and never printed. `shown`: the
     default as the docs state it, when the value itself says less (an empty string)."""
     return field(default=default, repr=not secret,
@@ -74,7 +74,8 @@ def setting(default: Any, help: str, *, group: str, choices: tuple[str, ...] | N
 
 OUTPUT_COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")  # librdkafka's compression.type
 
-# The groups a command takes its settings from (gateway/cli.py). Each group is one table in the README.
+# The groups a command takes its settings from (gateway/cli.py). Each group is one table in the docs
+# (docs/reference/settings.md).
 GROUPS = {
     "kafka": "Kafka connection",
     "worker": "Worker (consumer-group member)",
@@ -437,7 +438,7 @@ def declared(groups: tuple[str, ...] | None = None) -> list[Any]:
 
 
 def shown_default(f: Any) -> str:
-    """A setting's default as the help text and the README state it."""
+    """A setting's default as the help text and the docs state it."""
     if f.metadata.get("shown"):
         return str(f.metadata["shown"])
     if f.default == "" or f.metadata.get("secret"):
@@ -448,10 +449,12 @@ def shown_default(f: Any) -> str:
 
 
 def settings_table(group: str) -> str:
-    """The README's table of one group's settings, derived from the declarations."""
+    """The docs' table of one group's settings, derived from the declarations (Markdown: a `<` in
+    the help text, as in `HOST-<slot>`, is escaped so that it is not read as an HTML tag)."""
     rows = ["| setting | default | environment | |", "|---|---|---|---|"]
     for f in declared((group,)):
         meaning = f.metadata["help"] + (" (from the environment only; never printed)" if f.metadata["secret"] else "")
+        meaning = meaning.replace("<", "&lt;")
         rows.append(f"| `{f.name}` | `{shown_default(f)}` | `{env_name(f.name)}` | {meaning} |")
     return "\n".join(rows)
 
@@ -459,14 +462,16 @@ def settings_table(group: str) -> str:
 _TABLE_RE = re.compile(r"(<!-- settings: (\w+) -->\n)((?:\|[^\n]*\n)*)(<!-- /settings -->)")
 
 
-def with_settings_tables(readme: str) -> str:
-    """The README with every `<!-- settings: GROUP -->` block replaced by that group's table
-    (`make docs` writes it back; tests/unit/test_config.py checks the README is current)."""
-    return _TABLE_RE.sub(lambda m: m.group(1) + settings_table(m.group(2)) + "\n" + m.group(4), readme)
+def with_settings_tables(page: str) -> str:
+    """The page with every `<!-- settings: GROUP -->` block replaced by that group's table
+    (`make docs` writes it back; tests/unit/test_settings_declared_once.py checks the page is current)."""
+    return _TABLE_RE.sub(lambda m: m.group(1) + settings_table(m.group(2)) + "\n" + m.group(4), page)
 
 
-if __name__ == "__main__":  # python -m gateway.config README.md: rewrite its settings tables
+SETTINGS_PAGE = "docs/reference/settings.md"
+
+if __name__ == "__main__":  # python -m gateway.config [PAGE]: rewrite its settings tables
     import sys
 
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else SETTINGS_PAGE)
     target.write_text(with_settings_tables(target.read_text()))

@@ -2,11 +2,20 @@
 
 The original value, key and headers are encrypted (AES-256-GCM) and bound to their source
 coordinates, so an operator holding the key can inspect or replay them and nobody else can read
-them. Two seal formats:
+them. Three seal formats:
 
-- format 1: under the quarantine key (keyring), for events whose subject cannot be read (they did
-  not decode, or the plan has no tokenized subject). Bound to the source coordinates. Bounded only
-  by the dead-letter topic's retention: `gateway forget` cannot reach them.
+- format 3: under a seal key of this process, derived (HKDF-SHA256) from the keyring's active
+  quarantine key and a random 128-bit seal id, for events whose subject cannot be read (they did
+  not decode, or the plan has no tokenized subject). Bound to the source coordinates, the
+  quarantine key id and the seal id, which the dead letter names. A seal key seals at most
+  `max_uses` events (random 96-bit nonces: kept far below NIST SP 800-38D's 2^32 per key), then
+  this process draws a new seal id; no two processes share one, so the bound holds across the
+  group without any coordination. After `gateway keys rotate-quarantine` new seals use the new
+  quarantine key (picked up at the next seal, one stat() of the keyring); old ones still unseal
+  while the keyring holds their key. Bounded only by the dead-letter topic's retention: `gateway
+  forget` cannot reach them.
+- format 1 (written before format 3, still unsealed): directly under the quarantine key named by
+  `key_id`, bound to the source coordinates.
 - format 2: under a per-subject key of the key topic (`SubjectKeys`, named by domain, subject token
   and DEK id, never the subject in clear), for events whose subject could be read. Bound to the
   source coordinates and that key's name, so `gateway forget` (a tombstone of the key) makes the
@@ -19,18 +28,28 @@ import base64
 import binascii
 import secrets
 import struct
-from typing import Any
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.errors import DecryptError, GatewayError
+from gateway.errors import DecryptError, GatewayError, KeyringError
 from gateway.keys.envelope import DEK_ID_BYTES
 from gateway.keys.subject_keys import SubjectKeys
 
-SEAL_FORMAT = 1  # under the quarantine key
+SEAL_FORMAT = 1  # directly under the quarantine key (no longer written; still unsealed)
 SUBJECT_SEAL_FORMAT = 2  # under a per-subject key (erased by gateway forget)
+QUARANTINE_SEAL_FORMAT = 3  # under a seal key derived from the quarantine key, used by one process only
+QUARANTINE_FORMATS = frozenset({SEAL_FORMAT, QUARANTINE_SEAL_FORMAT})  # dead letters under the quarantine key
+SEAL_ID_BYTES = 16
+DEFAULT_MAX_USES = 4_000_000  # per seal key, like dek_max_uses
+_DERIVE_INFO = b"privacy-gateway/quarantine-seal/v3/"
 
 # reasons raised while decoding: no decoded record exists, so the subject can only be read by the
 # best-effort JSON look (gateway.pipeline); any other reason came after a clean decode
@@ -45,6 +64,56 @@ JSON_SHAPE_REASONS = frozenset({"missing_field", "wrong_type"})
 
 def _coordinates(topic: str, partition: int, offset: int) -> bytes:
     return orjson.dumps(["privacy-gateway/quarantine/v1", topic, partition, offset])
+
+
+def _seal_coordinates(topic: str, partition: int, offset: int, key_id: str, seal_id: bytes) -> bytes:
+    """Format 3's associated data: the source coordinates, the quarantine key id and the seal id."""
+    return orjson.dumps(["privacy-gateway/quarantine/v3", topic, partition, offset, key_id, seal_id.hex()])
+
+
+def _seal_aead(quarantine_key: bytes, key_id: str, seal_id: bytes) -> AESGCM:
+    """The seal key of (quarantine key, seal id): HKDF-SHA256, the seal id as salt, the key id in the info."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=seal_id, info=_DERIVE_INFO + key_id.encode())
+    return AESGCM(hkdf.derive(quarantine_key))
+
+
+class QuarantineKeys(Protocol):
+    """Where the quarantine keys come from: the keyring (gateway.keys.keyring.Keyring)."""
+
+    def quarantine_key(self, key_id: str | None = None) -> tuple[str, bytes]: ...
+
+    def reload_if_changed(self) -> bool: ...
+
+
+class _OneQuarantineKey:
+    """A single quarantine key, for callers that hold one (key id, key) rather than the keyring."""
+
+    def __init__(self, key_id: str, key: bytes) -> None:
+        self._key_id, self._key = key_id, key
+
+    def __repr__(self) -> str:
+        return f"<quarantine key {self._key_id!r}>"
+
+    def quarantine_key(self, key_id: str | None = None) -> tuple[str, bytes]:
+        if key_id not in (None, self._key_id):
+            raise DecryptError("key_not_held", f"sealed under quarantine key '{key_id}', not '{self._key_id}'")
+        return self._key_id, self._key
+
+    def reload_if_changed(self) -> bool:
+        return False
+
+
+@dataclass
+class _SealKey:
+    """The seal key this process uses now, and how many events it sealed."""
+
+    key_id: str
+    seal_id: bytes
+    aead: AESGCM
+    uses: int = 0
+
+    def __repr__(self) -> str:
+        return f"<seal key {self.key_id!r}/{self.seal_id.hex()} uses={self.uses}>"
 
 
 def _subject_coordinates(topic: str, partition: int, offset: int, domain: str, token: str, dek_id: bytes) -> bytes:
@@ -69,24 +138,76 @@ def _open_payload(payload: bytes) -> dict[str, Any]:
 
 
 class QuarantineSealer:
-    """Seals dead letters (format 1 under the quarantine key, format 2 under a subject's key) and
-    opens them. `subject_keys` (the key topic's content) is needed for format 2 either way."""
+    """Seals dead letters (format 3 under a seal key derived from the quarantine key, format 2 under a
+    subject's key) and opens them (formats 1 to 3). `subject_keys` (the key topic's content) is
+    needed for format 2 either way.
 
-    def __init__(self, key_id: str, key: bytes, subject_keys: SubjectKeys | None = None) -> None:
-        self.key_id = key_id
-        self._aead = AESGCM(key)
+    Built on the keyring (`of_keyring`), it seals under the newest quarantine key and opens any the
+    keyring holds; built on one (key id, key), under and with that key only."""
+
+    def __init__(self, key_id: str, key: bytes, subject_keys: SubjectKeys | None = None,
+                 max_uses: int = DEFAULT_MAX_USES) -> None:
+        self._init(_OneQuarantineKey(key_id, key), subject_keys, max_uses)
+
+    @classmethod
+    def of_keyring(cls, keyring: QuarantineKeys, subject_keys: SubjectKeys | None = None,
+                   max_uses: int = DEFAULT_MAX_USES) -> QuarantineSealer:
+        sealer = cls.__new__(cls)
+        sealer._init(keyring, subject_keys, max_uses)
+        return sealer
+
+    def _init(self, keys: QuarantineKeys, subject_keys: SubjectKeys | None, max_uses: int) -> None:
+        self._keys = keys
         self.subject_keys = subject_keys
+        self.max_uses = max_uses
+        self._lock = threading.Lock()
+        self._current: _SealKey | None = None
+        self._opened: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()  # format 3 seal keys, bounded
+        self._audit_ids: tuple[str, orjson.Fragment] | None = None
+        keys.quarantine_key()  # fails now, not at the first dead letter, when the keyring holds none
 
     def __repr__(self) -> str:
         return f"<QuarantineSealer key_id={self.key_id!r} subject_keys={self.subject_keys is not None}>"
 
+    @property
+    def key_id(self) -> str:
+        """The quarantine key new seals use (the audit names it)."""
+        current = self._current
+        return current.key_id if current is not None else self._keys.quarantine_key()[0]
+
+    def audit_key_ids(self) -> orjson.Fragment:
+        """The audit's `key_ids` of a dead letter sealed under the quarantine key, serialized once per key."""
+        key_id = self.key_id
+        cached = self._audit_ids
+        if cached is None or cached[0] != key_id:
+            cached = self._audit_ids = (key_id, orjson.Fragment(orjson.dumps([key_id])))
+        return cached[1]
+
+    def _seal_key(self) -> _SealKey:
+        """The seal key for the next event: a new one (new random seal id) when the quarantine key
+        rotated or the current one sealed `max_uses` events."""
+        try:
+            self._keys.reload_if_changed()  # one stat(): a rotation by `gateway keys rotate-quarantine`
+        except (KeyringError, OSError):
+            pass  # keep sealing under the key held: a dead letter must never fail on the keyring file
+        key_id, key = self._keys.quarantine_key()
+        current = self._current
+        if current is None or current.key_id != key_id or current.uses >= self.max_uses:
+            seal_id = secrets.token_bytes(SEAL_ID_BYTES)
+            current = self._current = _SealKey(key_id, seal_id, _seal_aead(key, key_id, seal_id))
+        current.uses += 1
+        return current
+
     def seal(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None,
              headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
-        """Format 1: under the quarantine key, bound to the source coordinates."""
+        """Format 3: under this process's seal key, bound to the source coordinates and the key's names."""
+        with self._lock:
+            seal_key = self._seal_key()
         nonce = secrets.token_bytes(12)
-        aad = _coordinates(topic, partition, offset)
-        sealed = nonce + self._aead.encrypt(nonce, _payload(value, key, headers), aad)
-        return {"format": SEAL_FORMAT, "key_id": self.key_id, "data": base64.b64encode(sealed).decode("ascii")}
+        aad = _seal_coordinates(topic, partition, offset, seal_key.key_id, seal_key.seal_id)
+        sealed = nonce + seal_key.aead.encrypt(nonce, _payload(value, key, headers), aad)
+        return {"format": QUARANTINE_SEAL_FORMAT, "key_id": seal_key.key_id, "seal_id": seal_key.seal_id.hex(),
+                "data": base64.b64encode(sealed).decode("ascii")}
 
     def seal_for_subject(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None,
                          headers: list[tuple[str, bytes]] | None, domain: str, token: str) -> dict[str, Any]:
@@ -122,10 +243,9 @@ class QuarantineSealer:
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise DecryptError("malformed", "not a sealed dead letter (source, sealed.format, sealed.data)") from None
         if version == SEAL_FORMAT:
-            if sealed.get("key_id") != self.key_id:
-                raise DecryptError("key_not_held", f"sealed under quarantine key '{sealed.get('key_id')}', "
-                                   f"not '{self.key_id}'")
-            aead, aad = self._aead, _coordinates(topic, partition, offset)
+            aead, aad = AESGCM(self._quarantine_key(sealed)[1]), _coordinates(topic, partition, offset)
+        elif version == QUARANTINE_SEAL_FORMAT:
+            aead, aad = self._opened_seal_key(sealed, topic, partition, offset)
         elif version == SUBJECT_SEAL_FORMAT:
             aead, aad = self._subject_aead(sealed, topic, partition, offset)
         else:
@@ -136,6 +256,35 @@ class QuarantineSealer:
             raise DecryptError("tampered", "sealed payload does not authenticate for its source coordinates "
                                "and key") from None
         return _open_payload(payload)
+
+    def _quarantine_key(self, sealed: dict[str, Any]) -> tuple[str, bytes]:
+        """The quarantine key a format-1 or -3 seal names; key_not_held when the keyring lacks it."""
+        key_id = sealed.get("key_id")
+        if not isinstance(key_id, str) or not key_id:
+            raise DecryptError("malformed", "a quarantine seal names its key (key_id)")
+        try:
+            return self._keys.quarantine_key(key_id)
+        except DecryptError:
+            if not self._keys.reload_if_changed():  # rotated by another process since the keyring was read
+                raise
+            return self._keys.quarantine_key(key_id)
+
+    def _opened_seal_key(self, sealed: dict[str, Any], topic: str, partition: int,
+                         offset: int) -> tuple[AESGCM, bytes]:
+        try:
+            seal_id = bytes.fromhex(sealed["seal_id"])
+        except (KeyError, TypeError, ValueError):
+            raise DecryptError("malformed", "a format-3 seal names its seal id (seal_id, hex)") from None
+        if len(seal_id) != SEAL_ID_BYTES:
+            raise DecryptError("malformed", "a format-3 seal's seal id is not 16 bytes")
+        key_id, key = self._quarantine_key(sealed)
+        with self._lock:
+            aead = self._opened.get((key_id, seal_id))
+            if aead is None:
+                aead = self._opened[(key_id, seal_id)] = _seal_aead(key, key_id, seal_id)
+                if len(self._opened) > 1024:
+                    self._opened.popitem(last=False)
+        return aead, _seal_coordinates(topic, partition, offset, key_id, seal_id)
 
     def _subject_aead(self, sealed: dict[str, Any], topic: str, partition: int,
                       offset: int) -> tuple[AESGCM, bytes]:

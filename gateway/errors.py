@@ -33,3 +33,10 @@ class DecryptError(GatewayError):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class MalformedStateRecord(GatewayError):
+    """A record of a state topic (keys, consent, DP changelogs) this version cannot read. The state then
+    holds nothing for its key, as the compacted log will (its latest record is this one); the reader
+    skips it and counts it (gateway_state_records_skipped_total), never fails on it. The message never
+    quotes the record."""

@@ -62,6 +62,9 @@ ASSIGNED = Gauge("gateway_assigned_partitions", "Source partitions assigned to t
 DEK_CACHE = Counter("gateway_dek_cache_total", "Data-key lookups: hit (cached DEK) or miss (new DEK, one KMS "
                     "wrap; the KMS requests themselves are gateway_kms_requests_total)", ["result"])
 READY = Gauge("gateway_ready", "1 when the readiness checks pass", ["check"])
+STATE_SKIPPED = Counter("gateway_state_records_skipped_total", "Records of a state topic this version cannot read "
+                        "(malformed), skipped when restoring or following it, by state (keys, consent, dp-ledger, "
+                        "dp-bound-state) and topic", ["state", "topic"])
 
 # ---- DP aggregate worker ------------------------------------------------------------------------
 # Nothing exact leaves the DP boundary: these count windows (data-independent: one per aggregate,

@@ -36,12 +36,15 @@ from gateway.outputs import OutRecord
 from gateway.policy import Plan, Purpose
 from gateway.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
 from gateway.quality.gate import QualityGate
+from gateway.record_timestamp import PATH as TIMESTAMP_PATH
+from gateway.record_timestamp import TimestampMode
 from gateway.schema import ENCODINGS, NO_FIELDS, EventDecoder, fast_record_encoder, frame_confluent, json_bytes
 from gateway.sentinel import LeakSentinel
 from gateway.transforms import RecordSanitizer, SanitizeResult
 
 log = logging.getLogger("gateway.pipeline")
 SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
+TIMESTAMP_HEADER = "gateway-timestamp"  # on an output whose record timestamp is not the raw event's: its treatment
 QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
 DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
 AUDIT_ENTRIES_PER_RECORD = 500  # a batch's entries of one chain per audit record, at most (bounds its size)
@@ -138,10 +141,13 @@ class TopicStage:
         self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
                                     plan.writers_by_id, plan.writers_by_fingerprint)
         self.sanitizer = sanitizer
+        # the record timestamp's treatment, when it is not the raw event's (gateway/record_timestamp.py)
+        kept = plan.timestamp.mode is TimestampMode.KEEP
+        timestamp = [] if kept else [(TIMESTAMP_HEADER, plan.timestamp.label.encode())]
         self.headers = {
             enc: [("gateway-schema", plan.sanitized_schema["name"].encode()),
                   ("gateway-encoding", enc.encode()),
-                  ("gateway-policy", plan.policy_hash.encode())]
+                  ("gateway-policy", plan.policy_hash.encode()), *timestamp]
             for enc in ENCODINGS
         }
         self._output = None if plan.output == "same" else plan.output
@@ -156,7 +162,9 @@ class TopicStage:
         # audit body parts fixed per topic, serialized once: canonical JSON (sorted keys) that orjson
         # splices in verbatim as Fragments, so the canonical body is the same bytes as with the dicts
         self.audit_schema = plan.name
-        self.audit_actions = orjson.Fragment(canonical(plan.field_actions))
+        self.field_actions = plan.field_actions if not timestamp else {**plan.field_actions,
+                                                                         TIMESTAMP_PATH: plan.timestamp.label}
+        self.audit_actions = orjson.Fragment(canonical(self.field_actions))
         # events of a writer version with fields the policy does not name: those fields dropped, and said
         self._writer_actions: dict[tuple[str, ...], orjson.Fragment] = {}
         self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
@@ -165,14 +173,14 @@ class TopicStage:
         self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
 
     def transform(self, value: bytes | None, max_output_bytes: int,
-                  timestamp_ms: int = 0) -> tuple[bytes, str, SanitizeResult]:
+                  timestamp_ms: int = 0, source: str = "") -> tuple[bytes, str, SanitizeResult]:
         """One event's whole transform: decode and validate, sanitize, encode, check the size.
         `timestamp_ms` is the event's time (operators such as an age band read it).
 
         Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
         """
         record, encoding, _ = self.decoder.decode_event(value)
-        return self.finish(record, encoding, max_output_bytes, timestamp_ms)
+        return self.finish(record, encoding, max_output_bytes, timestamp_ms, source)
 
     def key_ids(self, dek_key_id: str | None) -> orjson.Fragment:
         """The audit key_ids of an event encrypted under the shared DEK `dek_key_id` alone (or none):
@@ -189,15 +197,16 @@ class TopicStage:
             return self.audit_actions
         actions = self._writer_actions.get(unannotated)
         if actions is None:
-            actions = orjson.Fragment(canonical({**self.plan.field_actions,
+            actions = orjson.Fragment(canonical({**self.field_actions,
                                                  **dict.fromkeys(unannotated, UNANNOTATED_ACTION)}))
             self._writer_actions[unannotated] = actions
         return actions
 
     def finish(self, record: dict[str, Any], encoding: str, max_output_bytes: int,
-               timestamp_ms: int) -> tuple[bytes, str, SanitizeResult]:
-        """Sanitize and encode a decoded event (transform after the decode)."""
-        result = self.sanitizer.sanitize(record, timestamp_ms)
+               timestamp_ms: int, source: str = "") -> tuple[bytes, str, SanitizeResult]:
+        """Sanitize and encode a decoded event (transform after the decode). `source`: its `gateway-source`
+        value, which binds its ciphertexts to it where the view has no event id (format v5)."""
+        result = self.sanitizer.sanitize(record, timestamp_ms, source)
         out, out_encoding = self.encode(result.record, encoding)
         if len(out) > max_output_bytes:
             raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
@@ -308,9 +317,8 @@ class Pipeline:
         self.consent_intake = ConsentIntake(config, self.stages) if config.consent_input_topic else None
         self.quality_topic = config.quality_topic
         self.dedup_topic = dedup_topic(config)
-        quarantine_id, quarantine_key = keyring.quarantine_key()
-        self.sealer = QuarantineSealer(quarantine_id, quarantine_key, subject_keys)
-        self._dead_letter_key_ids = orjson.Fragment(orjson.dumps([self.sealer.key_id]))
+        # seals under the keyring's newest quarantine key, per-process seal keys within dek_max_uses
+        self.sealer = QuarantineSealer.of_keyring(keyring, subject_keys, config.dek_max_uses)
         # dead letters whose subject can be read are sealed under the subject's key (erased by forget):
         # per source topic (subject field, token domain, the subject field's own value -> token, token key id)
         self._subject_readers: dict[str, tuple[str, str, Callable[[str], str], str]] = {}
@@ -330,6 +338,11 @@ class Pipeline:
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
+
+    @property
+    def _dead_letter_key_ids(self) -> orjson.Fragment:
+        """The audit's key ids of a dead letter under the quarantine key: the key the sealer uses now."""
+        return self.sealer.audit_key_ids()
 
     @property
     def source_topics(self) -> list[str]:
@@ -473,7 +486,7 @@ class Pipeline:
                     if failed:
                         self._quality_failed(quality, event.topic, failed, reject, audit, counts)
                 value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
-                                                           event.timestamp_ms)
+                                                           event.timestamp_ms, source[1].decode())
                 views = self._purpose_outputs(stage, record, encoding, event, result, audit, counts) \
                     if stage.views else None
                 sentinel = stage.sentinel
@@ -498,10 +511,12 @@ class Pipeline:
                 counts[(event.topic, "rejected:internal_error")] += 1
             else:
                 key = result.subject.encode() if result.subject else None
+                if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
+                    result.out_timestamp_ms = now_ms
                 headers = [*stage.headers[out_encoding], source]
                 if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
                     if failed or quality.risk_measured:
-                        risk_class = self._quality_published(quality, event, result.record, failed, headers)
+                        risk_class = self._quality_published(quality, event, result, failed, headers)
                     if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
                         batch_ids.add(fp)
                         ids = new_ids.get((event.topic, event.partition))
@@ -509,11 +524,11 @@ class Pipeline:
                             new_ids[(event.topic, event.partition)] = (event.offset, [fp])
                         else:
                             ids[1].append(fp)
-                # the input's timestamp carries over (as Kafka Streams does), so event time survives
-                output = OutRecord(stage.sanitized_topic, key, value, headers, None, max(event.timestamp_ms, 0))
-                if views:  # the purposes' views of the event, published with it (same key, time, source)
-                    out += [OutRecord(topic, key, data, [*vheaders, source], None, max(event.timestamp_ms, 0))
-                            for topic, data, vheaders in views]
+                # the record timestamp is data: the policy's treatment of it (gateway/record_timestamp.py)
+                output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
+                if views:  # the purposes' views of the event, published with it (same key and source)
+                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
+                            for topic, data, vheaders, timestamp_ms in views]
                 if result.other_key_ids:  # per-subject and role keys, each named once
                     key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
                                     *sorted(result.other_key_ids)]
@@ -552,9 +567,10 @@ class Pipeline:
 
     def _purpose_outputs(self, stage: TopicStage, record: dict[str, Any], encoding: str, event: RawEvent,
                          result: SanitizeResult, audit: dict[str, Any], counts: Counter[tuple[str, ...]]
-                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
+                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]], int]]:
         """Each purpose's view of a sanitized event, where its legal basis allows it: a consent purpose
-        only while the subject's consent is in force at the event's time. The audit event says, per
+        only while the subject's consent allows it (ConsentTable.allows: in force at the event's time, and
+        never behind a revocation the worker knows of). The audit event says, per
         purpose, `published:<basis>` or `withheld:no_consent:<purpose>`. Raises RejectedEvent (a view
         that cannot be made dead-letters the whole event: one outcome per event)."""
         decisions: dict[str, str] = {}
@@ -566,8 +582,10 @@ class Pipeline:
                 decisions[purpose.name] = f"withheld:no_consent:{purpose.name}"
                 counts[(event.topic, "purpose", purpose.name, "withheld")] += 1
                 continue
-            data, view_encoding, _ = view.stage.finish(record, encoding, self.max_output_bytes, event.timestamp_ms)
-            outputs.append((purpose.topic, data, view.stage.headers[view_encoding]))
+            data, view_encoding, view_result = view.stage.finish(
+                record, encoding, self.max_output_bytes, event.timestamp_ms,
+                source_ref(event.topic, event.partition, event.offset).decode())
+            outputs.append((purpose.topic, data, view.stage.headers[view_encoding], view_result.out_timestamp_ms))
             decisions[purpose.name] = f"published:{purpose.basis}"
             counts[(event.topic, "purpose", purpose.name, "published")] += 1
         audit["purposes"] = decisions
@@ -600,6 +618,8 @@ class Pipeline:
             audit["key_ids"] = self._dead_letter_key_ids
         else:
             out.append(OutRecord(intake.consent_topic, change.key(), change.value()))
+            if not change.granted and self.consent is not None:  # learned now: binds this batch's later events too
+                self.consent.apply(change.key(), change.value())
             audit["outcome"] = outcome = "consent:granted" if change.granted else "consent:revoked"
             audit["consent"] = {"domain": change.domain, "subject": change.token, "purpose": change.purpose,
                                 "at": change.at_ms}
@@ -609,8 +629,8 @@ class Pipeline:
 
     def _consented(self, domain: str | None, token: str, purpose: str, at_ms: int) -> bool:
         table = self.consent
-        return table is not None and domain is not None and bool(token) and table.in_force(domain, token, purpose,
-                                                                                             at_ms)
+        return table is not None and domain is not None and bool(token) and table.allows(domain, token, purpose,
+                                                                                           at_ms)
 
     def _withhold_small_classes(self, held: list[Held], counts: Counter[tuple[str, ...]],
                                 new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord]) -> None:
@@ -655,14 +675,15 @@ class Pipeline:
                                 f"'{rule}' has action reject")
 
     @staticmethod
-    def _quality_published(quality: QualityGate, event: RawEvent, sanitized: dict[str, Any], failed: list[int] | None,
+    def _quality_published(quality: QualityGate, event: RawEvent, result: SanitizeResult, failed: list[int] | None,
                            headers: list[tuple[str, bytes]]) -> int | None:
-        """A published event's flags go into its header; its risk class (None: no risk measure)."""
+        """A published event's flags go into its header; its risk class (None: no risk measure), of its
+        subject (k counts people) and its published timestamp."""
         if failed:
             flags = quality.flags(failed)
             if flags:
                 headers.append((QUALITY_HEADER, ",".join(flags).encode()))
-        return quality.risk_class(event.partition, sanitized)
+        return quality.risk_class(event.partition, result.record, result.subject, result.out_timestamp_ms)
 
     @staticmethod
     def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from gateway.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.keys.period_keys import retention_problem
 from gateway.operators.base import FieldContext, Operator, OperatorError
 from gateway.quality.spec import QualitySpec, compile_quality
+from gateway.record_timestamp import KEEP, PATH, TimestampMode, TimestampPlan, compile_timestamp
 from gateway.schema import (
     ENCODINGS,
     INPUT_MODES,
@@ -44,7 +45,7 @@ from gateway.schema import (
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas", "purposes", "retention_days"}
+                   "writer_schemas", "purposes", "retention_days", "timestamp"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -134,6 +135,8 @@ class Plan:
     writers_by_id: dict[int, WriterSchema] = field(default_factory=dict)
     # purposes (gateway/consent/): each a view compiled as a plan of its own, published to its topic
     purposes: tuple[Purpose, ...] = field(default=())
+    # the output record's Kafka timestamp: kept, truncated, shifted or processing time (gateway/record_timestamp.py)
+    timestamp: TimestampPlan = KEEP
 
     @property
     def consent_purposes(self) -> tuple[str, ...]:
@@ -191,6 +194,7 @@ class _Compiler:
         self.in_progress: set[str] = set()
         self.expanded = expand_schema(schema.raw)
         self.retention_days: int | None = None  # the record-level retention of encrypted fields (operators/encrypt.py)
+        self.operators: list[tuple[str, Operator]] = []  # every published field's (path, operator), nested too
 
     def error(self, where: str, message: str) -> None:
         self.problems.append(Problem("error", self.label, where, message))
@@ -260,6 +264,7 @@ class _Compiler:
         self.actions[path] = operator.label
         if operator.drops:
             return None
+        self.operators.append((path, operator))
         self.domains |= operator.token_domains
         for domain, spec in operator.token_normalizers.items():
             self.normalizers.setdefault(domain, {}).setdefault(spec, path)
@@ -427,7 +432,7 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
     if output not in ("same", *ENCODINGS):
         c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
     elif output == "same" and "output" in settings and input_mode == "auto":
-        # only when written out: the default (same, auto) is documented in the README's settings table
+        # only when written out: the default (same, auto) is documented in docs/policy/writing.md
         c.warn("(record)", "output 'same' with input 'auto': each sanitized record takes its event's encoding, "
                            "so the sanitized topic mixes Avro and JSON records when producers do; set output to "
                            "'avro', 'confluent' or 'json' to give consumers one encoding")
@@ -496,9 +501,18 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
     elif not any(f.name == event_id and f.operator.can_be_subject for f in record_plan.fields):
         c.error("(record)", f"event_id field '{event_id}' must be a kept or tokenized top-level field")
 
+    risk_declared = isinstance(settings.get("quality"), dict) and settings["quality"].get("risk") is not None
+    timestamp = compile_timestamp(settings.get("timestamp"), c.label, c.operators, subject, risk_declared, c.error,
+                                  c.warn)
+    if timestamp is not None and timestamp.shift is not None:  # its key is the domain's, for shift_date only
+        c.domains.add(timestamp.shift.domain)
+        c.key_uses.setdefault(timestamp.shift.domain, {}).setdefault("shift_date", PATH)
     quality = compile_quality(schema.raw["fields"], settings.get("quality"),
                               schema.parsed.get("__named_schemas", {}), event_id,
                               {f.name: f.operator.deterministic for f in record_plan.fields}, c.error)
+    if quality is not None and quality.risk is not None and timestamp is not None and timestamp.quasi_identifier:
+        # the published timestamp follows the event's time, which a reader may know: a quasi-identifier
+        quality = replace(quality, risk=replace(quality.risk, timestamp=True))
     aggregates = compile_aggregates(
         settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
         sanitized_topic=sanitized_topic, subject=subject,
@@ -506,6 +520,12 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
         named=schema.parsed.get("__named_schemas", {}), error=c.error)
     aggregates = compile_budget(settings.get("budget"), aggregates, error=c.error, warn=c.warn,
                                 key=budget_key(subject_domain, source_topic))
+    if timestamp is not None and timestamp.mode is TimestampMode.SHIFT:
+        for spec in aggregates:
+            if spec.time_field is None:
+                c.error("(record)", f"aggregate '{spec.name}' windows by the sanitized record's timestamp, which is "
+                                    "shifted per subject (\"timestamp\"): its windows would mix days; give it a "
+                                    "time_field (a kept timestamp field), or declare another \"timestamp\"")
     for domain, specs in sorted(c.normalizers.items()):
         if len(specs) > 1:
             c.error("(record)", f"token domain '{domain}' is tokenized with different normalizers ("
@@ -543,6 +563,7 @@ def _compile(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | None, 
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
         writers_by_fingerprint=by_fingerprint, writers_by_id=by_id, purposes=purposes,
+        timestamp=timestamp or KEEP,
     )
     return plan, c.problems
 
@@ -581,7 +602,8 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
         view_output = spec.output or ("avro" if framed else output)  # a view has no registry id of its own
         view_event_id = event_id if event_id in spec.fields else None
         raw["privacy"] = {k: v for k, v in (("subject", subject), ("event_id", view_event_id),
-                                            ("retention_days", schema.privacy.get("retention_days"))) if v is not None}
+                                            ("retention_days", schema.privacy.get("retention_days")),
+                                            ("timestamp", schema.privacy.get("timestamp"))) if v is not None}
         raw["privacy"].update(source_topic=taken[0], sanitized_topic=spec.topic, input=input_mode, output=view_output)
         try:
             view_schema = SchemaFile(schema.path, raw, fastavro.parse_schema(raw))

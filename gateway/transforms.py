@@ -24,13 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import GatewayError, KeyringError, RejectedEvent
-from gateway.keys.envelope import DataKey, DekCache
+from gateway.keys.envelope import Binding, DataKey, DekCache, index_step, key_step, record_prefix
 from gateway.keys.errors import KmsConfigError, KmsUnavailable
 from gateway.keys.period_keys import event_day
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.operators.base import CALL, CHECK_STR, StepFn
-from gateway.policy import Plan, RecordPlan, Shape
+from gateway.policy import FieldPlan, Plan, RecordPlan, Shape
+from gateway.record_timestamp import PATH, TimestampMode, TimestampPlan
 
 RecordFn = Callable[[dict[str, Any], "SanitizeResult"], dict[str, Any]]
 
@@ -40,17 +41,23 @@ class SanitizeResult:
     operators share while the record is built (one object per event)."""
 
     __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "other_key_ids", "dek", "subject_aad",
-                 "entities")
+                 "entities", "out_timestamp_ms", "record_ref", "record_prefix", "position")
 
-    def __init__(self, subject: str, timestamp_ms: int = 0) -> None:
+    def __init__(self, subject: str, timestamp_ms: int = 0, record_ref: str = "",
+                 record_prefix: bytes = b"") -> None:
         self.record: dict[str, Any] = {}
         self.subject = subject  # the subject as it appears in the sanitized record ("" if none)
         self.timestamp_ms = timestamp_ms  # the event's time (its Kafka timestamp)
         self.dek_key_id: str | None = None  # the shared (format v1) DEK used, if any field was encrypted
         self.other_key_ids: set[str] | None = None  # per-subject (v2), role (v3) and period (v4) keys, for the audit
         self.dek: DataKey | None = None  # the shared DEK this event encrypts under
-        self.subject_aad: bytes | None = None  # the subject's part of the associated data
+        self.subject_aad: bytes | None = None  # the subject's and the record's part of the associated data
+        self.record_ref = record_ref  # what binds its ciphertexts to the record: event id or source (format v5)
+        self.record_prefix = record_prefix  # the v5 prefix naming which of the two
+        self.position = b""  # the array indexes and map keys down to the value being sanitized
         self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
+        # the output record's Kafka timestamp as the policy treats it (0: processing time, the pipeline's batch's)
+        self.out_timestamp_ms = 0
 
     def __repr__(self) -> str:
         return f"<SanitizeResult subject={self.subject!r} dek={self.dek_key_id!r} fields={len(self.record)}>"
@@ -86,7 +93,17 @@ class RecordSanitizer:
         if plan.subject_field is not None:
             subject_plan = next(f for f in plan.record.fields if f.name == plan.subject_field)
             self._subject_value = subject_plan.operator.subject_value(subject_plan, self)
+        # format v5: ciphertexts are bound to the event id as the sanitized record carries it, else (no
+        # event id in this view, or none in the event) to the raw event's source coordinates
+        self._event_id_field = plan.event_id_field
+        self._event_id_value: Callable[[Any], str] | None = None
+        encrypts = any(action.startswith("encrypt") for action in plan.field_actions.values())
+        if plan.event_id_field is not None and encrypts:  # a tokenized id costs an HMAC: only when it binds
+            id_plan = next(f for f in plan.record.fields if f.name == plan.event_id_field)
+            self._event_id_value = id_plan.operator.subject_value(id_plan, self)
+        self._by_event_id, self._by_source = record_prefix(Binding.EVENT_ID), record_prefix(Binding.SOURCE)
         self._record: RecordFn = self.compile_record(plan.record)
+        self._timestamp = self.timestamp_step(plan.timestamp)
 
     def subject_token(self, value: Any) -> str:
         """The subject as its sanitized records carry it (the token, through the domain's normalizer)."""
@@ -94,16 +111,50 @@ class RecordSanitizer:
             raise GatewayError(f"{self.plan.name} names no subject")
         return self._subject_value(value)
 
-    def sanitize(self, record: dict[str, Any], timestamp_ms: int = 0) -> SanitizeResult:
+    def sanitize(self, record: dict[str, Any], timestamp_ms: int = 0, source: str = "") -> SanitizeResult:
+        """`source`: the raw event's `<topic>/<partition>/<offset>` (the `gateway-source` header), which
+        binds its ciphertexts when the view has no event id."""
         subject = ""
         name = self._subject_field
         if name is not None:
             value = record.get(name)
             if value is not None:  # computed once: the subject field's own step reuses it
                 subject = self._subject_value(value)  # type: ignore[misc]
-        result = SanitizeResult(subject, timestamp_ms)
+        ref, prefix = source, self._by_source
+        if self._event_id_value is not None:
+            event_id = record.get(self._event_id_field)  # type: ignore[arg-type]
+            if event_id is not None:
+                ref, prefix = self._event_id_value(event_id), self._by_event_id
+        result = SanitizeResult(subject, timestamp_ms, ref, prefix)
         result.record = self._record(record, result)
+        if timestamp_ms is not None and timestamp_ms >= 0:  # none (Kafka's -1): processing time
+            step = self._timestamp
+            result.out_timestamp_ms = timestamp_ms if step is None else step(timestamp_ms, result)
         return result
+
+    def timestamp_step(self, plan: TimestampPlan) -> Callable[[int, SanitizeResult], int] | None:
+        """The output timestamp of an event's (non-negative) Kafka timestamp: the plan's treatment, made of
+        the shift_date and generalize operators' own steps (built once, like a field's); None: kept as it is."""
+        mode = plan.mode
+        if mode is TimestampMode.KEEP:
+            return None
+        if mode is TimestampMode.PROCESSING:
+            return _processing
+        truncate = plan.truncate.build(FieldPlan(PATH, PATH, plan.truncate), self)[1] if plan.truncate else _same
+        if mode is TimestampMode.TRUNCATE:
+            return truncate  # type: ignore[no-any-return]
+        assert plan.shift is not None
+        shift = plan.shift.build(FieldPlan(PATH, PATH, plan.shift), self)[1]
+        back = plan.shift.max_days * 86_400_000  # never ahead of the raw time: brokers refuse future timestamps
+
+        def shift_timestamp(timestamp_ms: int, event: SanitizeResult) -> int:
+            out = truncate(shift(timestamp_ms, event) - back, event)
+            if out < 0:
+                raise RejectedEvent("value_out_of_range", f"the {PATH} shifted lies before 1970, which Kafka "
+                                    "cannot carry")
+            return out  # type: ignore[no-any-return]
+
+        return shift_timestamp
 
     # ---- compilation (once per plan): the operators' build environment ----------------------
     def compile_record(self, plan: RecordPlan) -> RecordFn:
@@ -172,6 +223,8 @@ class RecordSanitizer:
             return walk_record
         assert shape.inner is not None
         inner = self.shape_step(shape.inner, path)
+        if shape_encrypts(shape):  # each element's ciphertexts are bound to its position (format v5)
+            return _positioned(shape.kind, inner, check)
         if shape.kind == "array":
             def walk_array(value: Any, event: SanitizeResult) -> Any:
                 if isinstance(value, list):
@@ -202,22 +255,36 @@ class RecordSanitizer:
 
         return _current_or_reject(deks, path)
 
-    def subject_key(self, path: str) -> Callable[[str], DataKey]:
+    def subject_key(self, path: str, roles: tuple[str, ...] = ()) -> Callable[[str], DataKey]:
+        """The subject's key of a per-subject field (format v2), or with `roles` the subject's key of that
+        role set, wrapped under each role's KEK in the key topic (format v6)."""
         keys, domain = self._subject_keys, self.plan.subject_domain
         assert keys is not None and domain is not None  # set up with the plan
+        if roles:
+            self._role_providers(path, roles)  # a role without a key fails start-up, naming the field
 
         def subject_key(subject: str) -> DataKey:
             if not subject:
                 raise RejectedEvent("missing_subject", f"field '{path}' is encrypted under the subject's own "
                                     "key, but the event has no subject")
             try:
+                if roles:
+                    return keys.current_for_roles(roles, domain, subject)
                 return keys.current(domain, subject)
             except KmsUnavailable as exc:
                 raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
 
         return subject_key
 
-    def period_dek(self, path: str, days: int, per_subject: bool) -> Callable[[int, str], DataKey]:
+    def _role_providers(self, path: str, roles: tuple[str, ...]) -> Any:
+        assert self._subject_keys is not None
+        try:
+            return self._subject_keys.role_providers(roles)
+        except (KmsConfigError, KeyringError) as exc:
+            raise type(exc)(f"schema '{self.plan.name}', field '{path}' (roles {', '.join(roles)}): {exc}") from None
+
+    def period_dek(self, path: str, days: int, per_subject: bool,
+                   roles: tuple[str, ...] = ()) -> Callable[[int, str], DataKey]:
         """The key of a field with a retention (format v4) for an event's (timestamp, subject): the period
         key of the event's UTC day, per subject too when `per_subject`. The key topic holds them, so a
         plan with a retention needs the subject keys (gateway.runtime.keytopic) even without a subject."""
@@ -227,6 +294,7 @@ class RecordSanitizer:
         periods = self._subject_keys.periods
         domain = self.plan.subject_domain if per_subject else ""
         assert domain is not None  # per_subject needs a tokenized subject (the policy compiler checks)
+        providers = self._role_providers(path, roles) if roles else ()
 
         def period_key(timestamp_ms: int, subject: str) -> DataKey:
             if timestamp_ms is None or timestamp_ms < 0:  # Kafka says -1 when a record has no timestamp
@@ -237,6 +305,9 @@ class RecordSanitizer:
                                     "key, but the event has no subject")
             day = event_day(timestamp_ms, int(time.time() * 1000))
             try:
+                if roles:  # format v6: the role set's own key of the day, wrapped per role
+                    return periods.current_for_roles(roles, days, day, domain, subject if per_subject else "",
+                                                     providers)
                 return periods.current(days, day, domain, subject if per_subject else "")
             except KmsUnavailable as exc:
                 raise RejectedEvent("kms_unavailable", f"no data key for field '{path}': {exc}") from None
@@ -246,6 +317,51 @@ class RecordSanitizer:
     def too_large(self, path: str, size: int) -> None:
         raise RejectedEvent("field_too_large", f"field '{path}' holds {size} bytes, above "
                             f"max_field_bytes={self.max_field_bytes}")
+
+
+def shape_encrypts(shape: Shape) -> bool:
+    """Whether a kept value of this shape holds encrypted fields (an operator that opens something)."""
+    if shape.record is not None:
+        return any(fp.operator.opens and (fp.shape is None or shape_encrypts(fp.shape)) for fp in shape.record.fields)
+    return shape.inner is not None and shape_encrypts(shape.inner)
+
+
+def _positioned(kind: str, inner: StepFn, check: Callable[[Any], None]) -> StepFn:
+    """An array or map step that sets each element's position on the event while its inner step runs."""
+    if kind == "array":
+        def walk_array(value: Any, event: SanitizeResult) -> Any:
+            if not isinstance(value, list):
+                check(value)
+                return value
+            outer, out = event.position, []
+            for i, item in enumerate(value):
+                event.position = outer + index_step(i)
+                out.append(inner(item, event))
+            event.position = outer
+            return out
+
+        return walk_array
+
+    def walk_map(value: Any, event: SanitizeResult) -> Any:
+        if not isinstance(value, dict):
+            check(value)
+            return value
+        outer, out = event.position, {}
+        for key, item in value.items():
+            event.position = outer + key_step(key)
+            out[key] = inner(item, event)
+        event.position = outer
+        return out
+
+    return walk_map
+
+
+def _same(timestamp_ms: int, _event: SanitizeResult) -> int:
+    return timestamp_ms
+
+
+def _processing(_timestamp_ms: int, _event: SanitizeResult) -> int:
+    return 0  # processing time: the pipeline stamps its batch's time
 
 
 def _current_or_reject(deks: Any, path: str) -> Callable[[], DataKey]:

@@ -2,8 +2,9 @@
 
 A purpose's view is a set of top-level fields with their actions (any action of the action table);
 a field it does not list is dropped from that view. The legal basis is GDPR Art. 6(1)'s: `consent`
-needs the subject's consent in force at the event's time (gateway.consent.table); every other basis
-needs none and is recorded in the audit event.
+needs the subject's consent in force at the event's time and at every revocation the gateway knows of
+(gateway.consent.table: `ConsentTable.allows`); every other basis needs none and is recorded in the
+audit event.
 """
 
 from __future__ import annotations

@@ -3,11 +3,18 @@
 The consent topic is compacted and append-only in effect: every change is its own record, keyed
 `<domain>/<subject token>/<purpose>/<time ms>`, so two writers never overwrite each other's change
 (no read-modify-write), compaction keeps the history that decides events by their time, and
-erasing a subject tombstones its keys. Keys carry the subject token, never the identifier.
+erasing a subject tombstones its keys. Keys carry the subject token, never the identifier. Keys
+starting with ``_`` are the gateway's own bookkeeping (a forget's fence record), not changes.
 
 Semantics: consent for a purpose is in force at time t when the subject's latest change for that
-purpose at or before t is a grant. A subject the table has never seen has no consent; a
-revocation stops events stamped after it, not those stamped before.
+purpose at or before t is a grant. A subject the table has never seen has no consent.
+
+An event's time is its producer's stamp, which the gateway cannot trust, so a revocation is not
+judged by it alone (`allows`): once the table holds a revocation, every event it judges afterwards
+is judged at the revocation's time or the event's, whichever is later. An event stamped before the
+revocation but processed after the gateway learned of it is therefore withheld, whatever its stamp;
+only a grant later than the revocation (and the event) lets events through again. What the gateway
+published before it learned of a revocation stays published.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MalformedStateRecord
 
 CONSENT_FORMAT = 1
+BOOKKEEPING_PREFIX = b"_"  # the gateway's own records on the consent topic; a token domain never starts with it
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,15 @@ class ConsentTable:
         return len(self._subjects)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
-        """One consent-topic record; a tombstone (erasure) removes that change. Malformed records
-        are skipped: the table never fails on what another writer put there."""
+        """One consent-topic record; a tombstone (erasure) removes that change. A malformed record
+        raises MalformedStateRecord for its reader to skip and count (changelog.apply_records); its
+        key's earlier change is gone, as after compaction: no consent is read from it. A key starting
+        with BOOKKEEPING_PREFIX is the gateway's own record (`gateway forget`'s fence), skipped silently."""
+        if key.startswith(BOOKKEEPING_PREFIX):
+            return
         parsed = parse_key(key)
         if parsed is None:
-            return
+            raise MalformedStateRecord("a consent-topic record's key is not <domain>/<token>/<purpose>/<time ms>")
         domain, token, purpose, at_ms = parsed
         changes = self._subjects.setdefault((domain, token), {}).setdefault(purpose, [])
         position = bisect.bisect_left(changes, (at_ms, False))
@@ -81,7 +93,9 @@ class ConsentTable:
             return
         granted = _granted(value)
         if granted is None:
-            return
+            if not changes:
+                self._drop_empty(domain, token, purpose)
+            raise MalformedStateRecord("a consent-topic record is not a JSON object with \"granted\": true or false")
         bisect.insort(changes, (at_ms, granted))
 
     def _drop_empty(self, domain: str, token: str, purpose: str) -> None:
@@ -102,6 +116,16 @@ class ConsentTable:
         position = bisect.bisect_right(changes, (at_ms, True))
         return position > 0 and changes[position - 1][1]
 
+    def allows(self, domain: str, token: str, purpose: str, at_ms: int) -> bool:
+        """Whether an event stamped `at_ms`, judged now, may go to `purpose`: consent in force at the
+        later of its stamp and the subject's latest revocation of that purpose the table holds (see
+        the module docstring), so no stamp reaches back behind a revocation the gateway knows of."""
+        changes = self._subjects.get((domain, token), {}).get(purpose)
+        if not changes:
+            return False
+        revoked = max((at for at, granted in changes if not granted), default=at_ms)
+        return self.in_force(domain, token, purpose, max(at_ms, revoked))
+
     def history(self, domain: str, token: str) -> dict[str, list[tuple[int, bool]]]:
         """Every change of a subject, per purpose, oldest first (`gateway consent show`)."""
         return {p: list(c) for p, c in sorted(self._subjects.get((domain, token), {}).items())}
@@ -116,7 +140,7 @@ class ConsentTable:
 def _granted(value: bytes) -> bool | None:
     try:
         body = orjson.loads(value)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError:  # bad UTF-8 too
         return None
     granted = body.get("granted") if isinstance(body, dict) else None
     return granted if isinstance(granted, bool) else None

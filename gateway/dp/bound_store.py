@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import MalformedStateRecord
 from gateway.outputs import OutRecord
 
 STATE_CONFIG = {"cleanup.policy": "compact"}
@@ -34,10 +35,23 @@ def state_records(state_topic: str, state_partitions: int, source: BoundKey,
 
 def changes_by_source(records: Iterable[tuple[bytes | None, bytes | None]],
                       sources: Collection[BoundKey]) -> dict[BoundKey, list[Change]]:
-    """The changelog entries of `sources` among (key, value) records read in log order."""
+    """The changelog entries of `sources` among (key, value) records read in log order (a key that is
+    no changelog key raises MalformedStateRecord: see collect_change to skip it)."""
     out: dict[BoundKey, list[Change]] = {s: [] for s in sources}
     for raw_key, value in records:
-        key = orjson.loads(raw_key or b"[]")
-        if isinstance(key, list) and len(key) >= 3 and (key[0], key[1]) in out:
-            out[(key[0], key[1])].append((key[2:], value))
+        collect_change(out, raw_key or b"", value)
     return out
+
+
+def collect_change(out: dict[BoundKey, list[Change]], raw_key: bytes, value: bytes | None) -> None:
+    """Add one record to its source's entries in `out` (those of other sources are not ours to read).
+    A key that is not ``[topic, partition, kind, ...]`` in JSON raises MalformedStateRecord."""
+    try:
+        key = orjson.loads(raw_key)
+    except orjson.JSONDecodeError:
+        raise MalformedStateRecord("a DP bounding-state record's key is not JSON (or not UTF-8)") from None
+    if not isinstance(key, list) or len(key) < 3 or not isinstance(key[0], str) or not isinstance(key[1], int):
+        raise MalformedStateRecord("a DP bounding-state record's key is not [topic, partition, kind, ...]")
+    entries = out.get((key[0], key[1]))
+    if entries is not None:
+        entries.append((key[2:], value))

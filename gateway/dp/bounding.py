@@ -33,6 +33,7 @@ that, a subject whose partition moved mid-window could contribute its whole boun
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from typing import Any
 import orjson
 
 from gateway.dp.declarations import AggregateSpec
+from gateway.errors import MalformedStateRecord
 from gateway.event_time import OUT_OF_RANGE as OUT_OF_RANGE_REASON
 from gateway.event_time import in_range
 
@@ -202,28 +204,61 @@ class ContributionBounder:
 
     def restore(self, entries: Iterable[tuple[list[Any], bytes | None]]) -> int:
         """Rebuild the state from changelog entries in log order (the last entry per key wins)."""
-        applied = 0
-        for key, value in entries:
+        applied = sum(self.restore_entry(key, value) for key, value in entries)
+        self.settle_restored()
+        return applied
+
+    def restore_entry(self, key: list[Any], value: bytes | None) -> bool:
+        """Apply one changelog entry, in log order; whether it was one of this bounder's kinds.
+
+        A value (or key) it cannot read raises MalformedStateRecord and leaves nothing under that key,
+        as the compacted changelog will (its latest record is that one); its reader skips and counts
+        it. Call settle_restored once every entry is in."""
+        try:
             if key[0] == "m" and value is not None:
-                self.marks[(str(key[1]), str(key[2]))] = int(orjson.loads(value))
+                self.marks[(str(key[1]), str(key[2]))] = _integer(orjson.loads(value))
             elif key[0] in ("f", "w") and value is not None:  # "w": the one watermark of older versions
                 aggregate = str(key[1])
-                self.frontier[aggregate] = max(self.frontier.get(aggregate, NEVER), int(orjson.loads(value)))
+                self.frontier[aggregate] = max(self.frontier.get(aggregate, NEVER), _integer(orjson.loads(value)))
             elif key[0] == "s":
                 window = (str(key[1]), int(key[2]))
                 if value is None:
                     self.state.get(window, {}).pop(str(key[3]), None)
                 else:
-                    self.state.setdefault(window, {})[str(key[3])] = {
-                        str(g): int(n) for g, n in orjson.loads(value).items()}
+                    counts = orjson.loads(value)
+                    if not isinstance(counts, dict):
+                        raise TypeError("not an object")
+                    self.state.setdefault(window, {})[str(key[3])] = {str(g): _integer(n) for g, n in counts.items()}
             else:
-                continue
-            applied += 1
-        # windows the restored frontier has closed (their tombstones may not all have been written)
+                return False
+        except (ValueError, TypeError, IndexError):  # not JSON, not UTF-8, a key too short, not a count
+            self._forget_entry(key)
+            raise MalformedStateRecord("a DP bounding-state record is not a mark, a frontier or a subject's "
+                                       "counts") from None
+        return True
+
+    def _forget_entry(self, key: list[Any]) -> None:
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            if key[0] == "m":
+                self.marks.pop((str(key[1]), str(key[2])), None)
+            elif key[0] in ("f", "w"):
+                self.frontier.pop(str(key[1]), None)
+            elif key[0] == "s":
+                self.state.get((str(key[1]), int(key[2])), {}).pop(str(key[3]), None)
+
+    def settle_restored(self) -> None:
+        """After the last restored entry: drop the windows the restored frontier has closed (their
+        tombstones may not all have been written) and the empty ones."""
         for spec in self.specs:
             frontier = self.frontier.get(spec.id, NEVER)
             for window in [k for k in self.state if k[0] == spec.id and k[1] + spec.window_ms + spec.grace_ms
                            <= frontier]:
                 del self.state[window]
         self.state = {k: v for k, v in self.state.items() if v}
-        return applied
+
+
+def _integer(value: Any) -> int:
+    """A count or an event time as the changelog stores it: an integer (a bool or a float is not one)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("not an integer")
+    return value

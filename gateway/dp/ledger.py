@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 
 from gateway.dp.declarations import AggregateSpec
+from gateway.errors import MalformedStateRecord
 
 ALREADY_RELEASED = "already_released"
 EPSILON_CAP = "period_epsilon_cap"
@@ -183,13 +184,24 @@ class Ledger:
         return ledger
 
     def apply_record(self, key: bytes, value: bytes | None) -> None:
-        """Apply one ledger-topic record, in log order."""
+        """Apply one ledger-topic record, in log order.
+
+        A record that is neither an entry nor a charge raises MalformedStateRecord (its reader skips
+        and counts it) and leaves no entry under its key, as a tombstone would and as the compacted
+        topic will: every worker, running or fresh, decides from the same state."""
         if value is None:  # tombstone (an operator retiring an entry)
             self.entries.pop(key, None)
-        elif key.startswith(b"charge|"):
-            self.apply_charge(Charge.from_json(value))
+            return
+        charge = key.startswith(b"charge|")
+        try:
+            parsed = Charge.from_json(value) if charge else LedgerEntry.from_json(value)
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, not an object, a field missing
+            self.entries.pop(key, None)
+            raise MalformedStateRecord(f"a ledger record is not a {'charge' if charge else 'ledger entry'}") from None
+        if isinstance(parsed, Charge):
+            self.apply_charge(parsed)
         else:
-            self.apply(LedgerEntry.from_json(value))
+            self.apply(parsed)
 
     def apply(self, entry: LedgerEntry) -> None:
         self.entries[entry.key] = entry

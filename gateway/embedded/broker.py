@@ -3,7 +3,7 @@
 Broker and controller run in one JVM (`kafka.Kafka`), from the jars Maven fetched into the cache
 (gateway.embedded.jars). Storage is formatted on first start, in a temporary directory that goes
 with the broker, or in `data_dir`, which survives restarts. The settings below are chosen for one
-node and listed in the README ("The embedded broker"); `settings` overrides or adds any of them.
+node and listed in docs/contributing.md ("The embedded broker"); `settings` overrides or adds any of them.
 
 The broker's log goes when the broker stops cleanly (unless `keep_log`) and stays when it failed
 (did not start, exited on its own, or had to be killed): `failure` says what happened and

@@ -19,8 +19,9 @@ import orjson
 
 from gateway.decrypt import decrypt_record
 from gateway.errors import DecryptError, GatewayError
-from gateway.keys.envelope import FieldDecryptor
+from gateway.keys.envelope import FieldDecryptor, RecordRef
 from gateway.keys.keyring import Keyring
+from gateway.pipeline import SOURCE_HEADER
 from gateway.policy import Plan, load_plans
 from gateway.sanitized import CONFLUENT_HEADER_BYTES, SanitizedDecoder, StoredRecord, WriterSchemas, read_avro
 
@@ -70,7 +71,7 @@ class _NoKeys(FieldDecryptor):
     def __init__(self) -> None:  # holds no KMS: it never opens anything
         pass
 
-    def decrypt(self, data: bytes, context: bytes, subject: str = "") -> bytes:
+    def decrypt(self, data: bytes, context: bytes, subject: str = "", record: RecordRef | None = None) -> bytes:
         raise DecryptError("key_not_held", "this reader was given no keyring or decryptor")
 
 
@@ -129,14 +130,15 @@ class SanitizedReader:
 
     def decode(self, topic: str | None, value: bytes | None, headers: HeadersLike = None) -> Decoded:
         """Decode by the `gateway-schema` and `gateway-encoding` headers the gateway sets on every
-        sanitized record; without them, as `decode_value` does."""
+        sanitized record; without them, as `decode_value` does. The `gateway-source` header opens the
+        ciphertexts of a view without an event id (bound to it, format v5)."""
         if value is None:
             raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
         hdrs = header_dict(headers)
         plan = self._plan(topic, hdrs.get("gateway-schema", b"").decode(errors="replace") or None)
         encoding = hdrs.get("gateway-encoding", b"").decode(errors="replace")
         if not encoding:
-            return self._guess(plan, value, topic)
+            return self._guess(plan, value, topic, hdrs.get(SOURCE_HEADER))
         try:
             _, record = self.decoder.decode(StoredRecord(plan.sanitized_topic, -1, -1, None, value, hdrs))
         except GatewayError as exc:  # another schema version it cannot read: the message names no value
@@ -144,16 +146,17 @@ class SanitizedReader:
         except Exception as exc:  # fastavro and orjson raise many kinds on corrupt input
             raise UndecodableRecord(f"record on '{topic}' does not decode as {plan.sanitized_schema['name']} "
                                     f"({encoding}: {type(exc).__name__})") from None
-        return self._open(plan, record, topic)
+        return self._open(plan, record, topic, hdrs.get(SOURCE_HEADER))
 
     def decode_value(self, value: bytes | None, topic: str | None = None) -> Decoded:
         """Decode without headers, for hooks that see bytes only: a JSON object, else bare or
-        Confluent-framed Avro of the topic's policy (the only one, or `topic`), whichever decodes whole."""
+        Confluent-framed Avro of the topic's policy (the only one, or `topic`), whichever decodes whole.
+        Without the `gateway-source` header, ciphertexts of a view without an event id do not open."""
         if value is None:
             raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
         return self._guess(self._plan(topic, None), value, topic)
 
-    def _guess(self, plan: Plan, value: bytes, topic: str | None) -> Decoded:
+    def _guess(self, plan: Plan, value: bytes, topic: str | None, source: bytes | None = None) -> Decoded:
         # the order of the gateway's own `input: auto`: JSON on "{", Confluent framing on byte 0 when
         # the policy has a registry id (or the reader can look ids up); a value that fails one is
         # tried as the others
@@ -170,7 +173,7 @@ class SanitizedReader:
         for attempt in attempts:
             record = attempt(plan, value)
             if record is not None:
-                return self._open(plan, record, topic)
+                return self._open(plan, record, topic, source)
         why = f" ({problems[0]})" if problems else ""
         raise UndecodableRecord(f"record on '{topic or plan.sanitized_topic}' is neither a JSON object nor "
                                 f"Avro of {plan.sanitized_schema['name']}{why}")
@@ -197,10 +200,11 @@ class SanitizedReader:
                                     f"known schemas: {', '.join(sorted(by_name))}")
         return plan
 
-    def _open(self, plan: Plan, record: Any, topic: str | None) -> Decoded:
+    def _open(self, plan: Plan, record: Any, topic: str | None, source: bytes | None = None) -> Decoded:
+        """`source`: the `gateway-source` header, which binds the ciphertexts of a view without an event id."""
         if not isinstance(record, dict):
             raise UndecodableRecord(f"record on '{topic}' is a JSON {type(record).__name__}, not an object")
-        opened, report = decrypt_record(record, plan, self.decryptor)
+        opened, report = decrypt_record(record, plan, self.decryptor, source)
         return Decoded(plan.sanitized_schema["name"], opened, report.fields)
 
 

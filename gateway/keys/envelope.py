@@ -23,6 +23,28 @@ per-subject field with a retention names the subject's token domain: its key is 
     0x04 | u16 retention days | u32 day (days since 1970-01-01 UTC) | u8 len | token domain ("": shared)
          | dek_id (16 bytes) | nonce (12) | ciphertext+tag
 
+Format v5, record-bound (every ciphertext the gateway writes from this version on): a prefix in front
+of a v1-v4 or v6 ciphertext naming what binds it to its record::
+
+    0x05 | binding (1 B: 1 = the record's event id, 2 = its source coordinates) | a v1-v4 or v6 ciphertext
+
+and the associated data grows by the record's binding and the element's position: the event id as the
+sanitized record carries it (or the `gateway-source` header, ``<topic>/<partition>/<offset>`` of the raw
+event, for a view without an event id), length-prefixed, then the array indexes and map keys from the
+record down to the value. A ciphertext moved to another record of the same subject, or to another
+element of the same array, fails to authenticate. Older versions (no prefix) still decrypt.
+
+Format v6, role-scoped key-topic keys (``"roles"`` with ``"per_subject"`` or a retention): the DEK is
+a per-subject or period key stored in the key topic, wrapped under each listed role's KEK there and
+under no other key, so ``gateway forget`` and ``gateway retention enforce`` erase it as they erase v2
+and v4 keys, and only the roles' holders open it::
+
+    0x06 | u8 count | count x (u8 len | role) | u16 retention days (0: a subject key, no retention)
+         | u32 day | u8 len | token domain ("": the day's shared key) | dek_id (16 bytes) | nonce (12)
+         | ciphertext+tag
+
+Which format a field gets is decided in one place, `key_format`, from its key scope (`Format`).
+
 Roles are sorted and unique. Each wrap is bound to its role and the DEK id (the KMS's encryption
 context or associated data), so an entry cannot be relabelled for another role even where two
 roles share a KMS key; the header, role list included, is part of the associated data.
@@ -43,7 +65,8 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import IntEnum
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -54,10 +77,40 @@ from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
 from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 
-FORMAT_V1 = 1
-FORMAT_SUBJECT = 2
-FORMAT_ROLES = 3
-FORMAT_PERIOD = 4
+
+class Format(IntEnum):
+    """Ciphertext format versions (the first byte). A new key scope or binding is a new version; every
+    older one stays readable."""
+
+    SHARED = 1  # a DEK of the DEK cache, wrapped by the KEK, in the header
+    SUBJECT = 2  # the subject's key, in the key topic (gateway forget)
+    ROLES = 3  # a DEK wrapped under each role's KEK, in the header
+    PERIOD = 4  # the key of a retention's day (and subject), in the key topic (gateway retention enforce)
+    RECORD_BOUND = 5  # a prefix: the ciphertext that follows is bound to its record and element
+    ROLE_KEYED = 6  # a subject or period key stored in the key topic wrapped per role only
+
+
+class Binding(IntEnum):
+    """What binds a v5 ciphertext to its record (its second byte)."""
+
+    EVENT_ID = 1  # the event id as the sanitized record carries it (the plan's event_id field)
+    SOURCE = 2  # the raw event's coordinates, the `gateway-source` header (views without an event id)
+
+
+def key_format(per_subject: bool, roles: tuple[str, ...], retention_days: int | None) -> Format:
+    """The one decision of which key scope (and so which format) an encrypted field uses."""
+    if roles:
+        return Format.ROLE_KEYED if per_subject or retention_days is not None else Format.ROLES
+    if retention_days is not None:
+        return Format.PERIOD
+    return Format.SUBJECT if per_subject else Format.SHARED
+
+
+_BINDINGS = frozenset(b.value for b in Binding)
+FORMAT_V1 = Format.SHARED
+FORMAT_SUBJECT = Format.SUBJECT
+FORMAT_ROLES = Format.ROLES
+FORMAT_PERIOD = Format.PERIOD
 NONCE_BYTES = 12
 DEK_ID_BYTES = 16
 MIN_WRAPPED_BYTES = 16  # any KMS's wrapped 32-byte key is longer: shorter is corrupt
@@ -86,6 +139,27 @@ def context_bytes(topic: str, field_path: str, subject: str) -> bytes:
 def subject_suffix(subject: str) -> bytes:
     """The per-event part of the context (see `context_bytes`)."""
     return _length_prefixed(subject)
+
+
+def record_prefix(binding: Binding) -> bytes:
+    """The v5 prefix of a ciphertext bound to its record by `binding`."""
+    return bytes([Format.RECORD_BOUND, binding])
+
+
+def record_suffix(record_ref: str) -> bytes:
+    """A v5 ciphertext's record binding in its associated data (after the subject): the event id as the
+    sanitized record carries it, or the `gateway-source` coordinates."""
+    return _length_prefixed(record_ref)
+
+
+def index_step(index: int) -> bytes:
+    """One array level of an element's position (appended after `record_suffix`)."""
+    return b"i" + struct.pack(">Q", index)
+
+
+def key_step(key: str) -> bytes:
+    """One map level of an element's position."""
+    return b"k" + _length_prefixed(key)
 
 
 def role_wrap_context(role: str, dek_id: bytes) -> bytes:
@@ -154,6 +228,9 @@ class DataKey:
         if self.header[0] == FORMAT_PERIOD:
             days, day, domain = _period_fields(self.header)
             return period_key_id(days, day, domain, self.dek_id)
+        if self.header[0] == Format.ROLE_KEYED:
+            roles, days, day, domain, _ = _role_keyed_fields(self.header)
+            return role_keyed_key_id(roles, days, day, domain, self.dek_id)
         if self.header[0] == FORMAT_ROLES:
             entries, _ = _role_entries(self.header, 1 + DEK_ID_BYTES)
             return f"roles:{','.join(e.role for e in entries)}/{self.dek_id.hex()}"
@@ -175,6 +252,25 @@ def period_header(days: int, day: int, domain: str, dek_id: bytes) -> bytes:
     if not 1 <= days <= 0xFFFF or not 0 <= day <= MAX_PERIOD_DAY or len(data) > 255 or len(dek_id) != DEK_ID_BYTES:
         raise GatewayError("a period key's retention, day, domain or id does not fit ciphertext format v4")
     return bytes([FORMAT_PERIOD]) + struct.pack(">HI", days, day) + bytes([len(data)]) + data + dek_id
+
+
+def role_keyed_header(roles: tuple[str, ...], days: int, day: int, domain: str, dek_id: bytes) -> bytes:
+    """Header of a format-v6 ciphertext: the DEK is the key-topic key named by (roles, retention days or 0
+    for a subject key, day, domain, subject token when `domain` is set, dek_id), wrapped per role there."""
+    data = domain.encode("utf-8")
+    names = [r.encode("utf-8") for r in roles]
+    if (not 1 <= len(roles) <= 255 or list(roles) != sorted(set(roles)) or not all(valid_role(r) for r in roles)
+            or not 0 <= days <= 0xFFFF or not 0 <= day <= MAX_PERIOD_DAY or len(data) > 255
+            or len(dek_id) != DEK_ID_BYTES or (days == 0 and (not data or day))):
+        raise GatewayError("a role-scoped key's roles, retention, day, domain or id does not fit ciphertext format v6")
+    return (bytes([Format.ROLE_KEYED, len(names)]) + b"".join(bytes([len(n)]) + n for n in names)
+            + struct.pack(">HI", days, day) + bytes([len(data)]) + data + dek_id)
+
+
+def role_keyed_key_id(roles: tuple[str, ...], days: int, day: int, domain: str, dek_id: bytes) -> str:
+    """The audit's name for a v6 key: its roles, then the period or subject key's id (never a token)."""
+    inner = period_key_id(days, day, domain, dek_id) if days else f"subject:{domain}/{dek_id.hex()}"
+    return f"roles:{','.join(roles)}/{inner}"
 
 
 def _period_fields(header: bytes) -> tuple[int, int, str]:
@@ -328,12 +424,14 @@ NONCES = _Nonces()
 os.register_at_fork(after_in_child=NONCES.forget)
 
 
-def encrypt_field(key: DataKey, plaintext: bytes, context: bytes) -> bytes:
+def encrypt_field(key: DataKey, plaintext: bytes, context: bytes, prefix: bytes = b"") -> bytes:
     """Encrypt one field value under `key`, bound to `context` (see `context_bytes`): the one
-    encryption path of the gateway (the sanitizer's encrypt operator calls it per field)."""
+    encryption path of the gateway (the sanitizer's encrypt operator calls it per field). With a v5
+    `prefix` (`record_prefix`), `context` ends with the record's binding and the element's position
+    (`record_suffix`, `index_step`, `key_step`)."""
     key.uses += 1
     nonce = next(NONCES.it, None) or NONCES.next()
-    header = key.header
+    header = prefix + key.header
     return header + nonce + key.aead.encrypt(nonce, plaintext, header + context)
 
 
@@ -347,22 +445,35 @@ class ParsedCiphertext:
     body: bytes
     version: int = FORMAT_V1
     role_wraps: tuple[RoleWrap, ...] = ()  # v3: the DEK wrapped per role (kek_id: "roles:<r1>,<r2>")
-    retention_days: int = 0  # v4: the retention the period key belongs to (kek_id: the token domain or "")
-    day: int = 0  # v4: the period, days since 1970-01-01 UTC
+    retention_days: int = 0  # v4, v6: the retention the period key belongs to (kek_id: the token domain or "")
+    day: int = 0  # v4, v6: the period, days since 1970-01-01 UTC
+    key_roles: tuple[str, ...] = ()  # v6: the roles whose wraps of the key-topic key may open it
+    binding: Binding | None = None  # v5: what binds it to its record (None: an older, unbound ciphertext)
 
     @property
     def key_id(self) -> str:
+        if self.version == Format.ROLE_KEYED:
+            return role_keyed_key_id(self.key_roles, self.retention_days, self.day, self.kek_id, self.dek_id)
         if self.version == FORMAT_PERIOD:
             return period_key_id(self.retention_days, self.day, self.kek_id, self.dek_id)
         return f"{self.kek_id}/{self.dek_id.hex()}"
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The roles that may open a v3 ciphertext (empty for v1 and v2)."""
-        return tuple(w.role for w in self.role_wraps)
+        """The roles that may open a v3 or v6 ciphertext (empty for the others)."""
+        return self.key_roles or tuple(w.role for w in self.role_wraps)
 
 
 def parse_ciphertext(data: bytes) -> ParsedCiphertext:
+    """The parts of a ciphertext of any format. `version` is its key scope (1-4, 6); a v5 (record-bound)
+    one is that of the ciphertext after its prefix, with `binding` set and the prefix in `header`."""
+    if data[:1] == bytes([Format.RECORD_BOUND]):
+        if len(data) < 3 or data[1] not in _BINDINGS or data[2] == Format.RECORD_BOUND:
+            raise DecryptError("malformed", _MALFORMED)
+        inner = parse_ciphertext(data[2:])
+        return replace(inner, header=data[:2] + inner.header, binding=Binding(data[1]))
+    if data[:1] == bytes([Format.ROLE_KEYED]):
+        return _parse_role_keyed(data)
     if data[:1] == bytes([FORMAT_SUBJECT]):
         return _parse_subject(data)
     if data[:1] == bytes([FORMAT_ROLES]):
@@ -434,8 +545,61 @@ def _parse_period(data: bytes) -> ParsedCiphertext:
     return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, FORMAT_PERIOD, retention_days=days, day=day)
 
 
+def _role_keyed_fields(data: bytes) -> tuple[tuple[str, ...], int, int, str, int]:
+    """(roles, retention days, day, token domain, position of the DEK id) of a v6 header."""
+    try:
+        count, pos, roles = data[1], 2, []
+        for _ in range(count):
+            end = pos + 1 + data[pos]
+            roles.append(data[pos + 1:end].decode("utf-8"))
+            pos = end
+        days, day = struct.unpack(">HI", data[pos:pos + 6])
+        end = pos + 7 + data[pos + 6]
+        domain = data[pos + 7:end].decode("utf-8")
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise DecryptError("malformed", _MALFORMED) from None
+    return tuple(roles), days, day, domain, end
+
+
+def _parse_role_keyed(data: bytes) -> ParsedCiphertext:
+    roles, days, day, domain, end = _role_keyed_fields(data)
+    dek_id = data[end:end + DEK_ID_BYTES]
+    header = data[:end + DEK_ID_BYTES]
+    nonce = data[end + DEK_ID_BYTES:end + DEK_ID_BYTES + NONCE_BYTES]
+    body = data[end + DEK_ID_BYTES + NONCE_BYTES:]
+    if (not roles or list(roles) != sorted(set(roles)) or not all(valid_role(r) for r in roles) or day > MAX_PERIOD_DAY
+            or (days == 0 and (not domain or day)) or len(dek_id) != DEK_ID_BYTES or len(nonce) != NONCE_BYTES
+            or len(body) < 16):
+        raise DecryptError("malformed", _MALFORMED)
+    return ParsedCiphertext(domain, dek_id, b"", header, nonce, body, Format.ROLE_KEYED, retention_days=days,
+                            day=day, key_roles=roles)
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """What the consumer knows of the record a ciphertext sits in, to check a v5 binding: the event id as
+    the sanitized record carries it (None when the plan has none or the record lacks it), the
+    `gateway-source` header (None when the consumer does not have it), and the element's position."""
+
+    event_id: str | None = None
+    source: str | None = None
+    position: bytes = b""
+
+    def suffix(self, binding: Binding) -> bytes:
+        if binding == Binding.EVENT_ID:
+            if self.event_id is None:
+                raise DecryptError("tampered", "the ciphertext is bound to an event id this record does not carry")
+            return record_suffix(self.event_id) + self.position
+        return record_suffix(self.source or "") + self.position  # none given: what a call without one binds
+
+
 class SubjectKeyResolver(Protocol):
     def aead_for(self, domain: str, subject: str, dek_id: bytes) -> AESGCM: ...
+
+
+class RoleKeyResolver(Protocol):
+    def role_aead_for(self, roles: tuple[str, ...], days: int, day: int, domain: str, subject: str,
+                      dek_id: bytes, role: str, role_kms: KmsProvider) -> AESGCM: ...
 
 
 class PeriodKeyResolver(Protocol):
@@ -455,7 +619,12 @@ class FieldDecryptor:
     Role-scoped ciphertexts (format v3) open only for a decryptor made with `role`, and only through
     that role's own entry and key (`kms.role_unwrapping_kms(role)`): a field whose header does not
     list the role is "not_permitted" whatever other keys this process holds, and "key_not_held"
-    when the role's key is not available here.
+    when the role's key is not available here. Role-scoped key-topic keys (format v6) likewise, with
+    the role's wrap read from the key topic (`subject_keys`): "key_erased" once forget or retention
+    erased it.
+
+    Record-bound ciphertexts (format v5) also need the record they sit in (`RecordRef`: its event id
+    or `gateway-source`, and the element's position); gateway.decrypt.decrypt_record builds it.
     """
 
     def __init__(self, kms: KmsProvider, cache_size: int = 10_000,
@@ -471,9 +640,13 @@ class FieldDecryptor:
         self.role = role
         self._role_kms: KmsProvider | None = None
 
-    def decrypt(self, data: bytes, context: bytes, subject: str = "") -> bytes:
+    def decrypt(self, data: bytes, context: bytes, subject: str = "", record: RecordRef | None = None) -> bytes:
+        """Open one field. `context` is `context_bytes(topic, path, subject)`; a v5 (record-bound) ciphertext
+        also needs `record`, what the consumer knows of the record it sits in."""
         parsed = parse_ciphertext(data)
-        if parsed.version == FORMAT_SUBJECT:
+        if parsed.version == Format.ROLE_KEYED:
+            aead = self._role_keyed_aead_for(parsed, subject)
+        elif parsed.version == FORMAT_SUBJECT:
             if self._subject_keys is None:
                 raise DecryptError("key_not_held", "the field is under a per-subject key: read the key topic "
                                    "(gateway decrypt --bootstrap ...) to open it")
@@ -488,11 +661,40 @@ class FieldDecryptor:
             aead = self._role_aead_for(parsed)
         else:
             aead = self._aead_for(parsed)
+        if parsed.binding is not None:  # after the key: who may open it is said first
+            context += (record or RecordRef()).suffix(parsed.binding)
         try:
             return aead.decrypt(parsed.nonce, parsed.body, parsed.header + context)
         except InvalidTag:
+            unsure = ""
+            if parsed.binding == Binding.SOURCE and (record is None or record.source is None):
+                unsure = (" (it is bound to its record's source coordinates, and none were given: pass the record's "
+                          "gateway-source header, decrypt_record(..., source=...))")
             raise DecryptError("tampered", "ciphertext does not authenticate: it was altered, or moved "
-                               "to another topic, field or subject") from None
+                               f"to another topic, field, subject, record or element{unsure}") from None
+
+    def _role_keyed_aead_for(self, parsed: ParsedCiphertext, subject: str) -> AESGCM:
+        """A v6 key: listed for this decryptor's role, still in the key topic, opened with the role's wrap."""
+        readers = ", ".join(parsed.roles)
+        if self.role is None or self.role not in parsed.roles:
+            who = "no role" if self.role is None else f"role '{self.role}'"
+            raise DecryptError("not_permitted", f"the field is readable by role(s) {readers} only; this decryptor "
+                               f"acts as {who} (gateway decrypt --role R; FieldDecryptor(..., role=R))")
+        if self._subject_keys is None or not hasattr(self._subject_keys, "role_aead_for"):
+            raise DecryptError("key_not_held", "the field is under a role-scoped key of the key topic: read the key "
+                               "topic (gateway decrypt --bootstrap ... --role R) to open it")
+        resolver: RoleKeyResolver = self._subject_keys  # type: ignore[assignment]
+        return resolver.role_aead_for(parsed.roles, parsed.retention_days, parsed.day, parsed.kek_id,
+                                      subject if parsed.kek_id else "", parsed.dek_id, self.role,
+                                      self._role_provider())
+
+    def _role_provider(self) -> KmsProvider:
+        if self._role_kms is None:
+            unwrapping = getattr(self._kms, "role_unwrapping_kms", None)
+            if unwrapping is None:
+                raise DecryptError("key_not_held", f"KMS provider '{self._kms.name}' holds no role keys")
+            self._role_kms = unwrapping(self.role)
+        return self._role_kms
 
     def _role_aead_for(self, parsed: ParsedCiphertext) -> AESGCM:
         readers = ", ".join(parsed.roles)
@@ -503,20 +705,17 @@ class FieldDecryptor:
         if entry is None:
             raise DecryptError("not_permitted", f"role '{self.role}' may not open the field (readable by role(s) "
                                f"{readers})")
-        if self._role_kms is None:
-            unwrapping = getattr(self._kms, "role_unwrapping_kms", None)
-            if unwrapping is None:
-                raise DecryptError("key_not_held", f"KMS provider '{self._kms.name}' holds no role keys")
-            self._role_kms = unwrapping(self.role)
-        return self._unwrap_cached(parsed.header, self._role_kms, WrappedKey(entry.kek_id, entry.wrapped),
+        return self._unwrap_cached(parsed.header, self._role_provider(), WrappedKey(entry.kek_id, entry.wrapped),
                                    role_wrap_context(self.role, parsed.dek_id))
 
     def _aead_for(self, parsed: ParsedCiphertext) -> AESGCM:
         return self._unwrap_cached(parsed.header, self._kms, WrappedKey(parsed.kek_id, parsed.wrapped),
                                    _DEK_CONTEXT + parsed.dek_id)
 
-    def _unwrap_cached(self, cache_key: bytes, kms: KmsProvider, wrapped: WrappedKey, context: bytes) -> AESGCM:
-        """The DEK's AEAD, unwrapped once per header (a header names exactly one DEK and its wraps)."""
+    def _unwrap_cached(self, header: bytes, kms: KmsProvider, wrapped: WrappedKey, context: bytes) -> AESGCM:
+        """The DEK's AEAD, unwrapped once per header (a header names exactly one DEK and its wraps; a v5
+        prefix names no key, so it is left out)."""
+        cache_key = header[2:] if header[:1] == bytes([Format.RECORD_BOUND]) else header
         aead = self._cache.get(cache_key)
         if aead is not None:
             self._cache.move_to_end(cache_key)

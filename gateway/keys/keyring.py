@@ -291,7 +291,7 @@ class Keyring:
         return str(self._update(change))
 
     def retire_kek(self, kek_id: str) -> None:
-        """Delete an old KEK. Every DEK still wrapped only under it becomes unreadable (see README)."""
+        """Delete an old KEK. Every DEK still wrapped only under it becomes unreadable (see docs/operations/keys.md)."""
         self._update(lambda ring: ring._keks.remove(kek_id))
         self._kek_aeads.pop(kek_id, None)
 
@@ -374,6 +374,16 @@ class Keyring:
         return keys.active, {v: keys.get(v) or b"" for v in keys.ids()}
 
     # ---- quarantine key -------------------------------------------------------------------
+    def rotate_quarantine(self) -> str:
+        """Add a new quarantine key and make it active: new dead letters are sealed under it (running
+        workers pick it up at their next seal); the older ones stay to unseal earlier dead letters."""
+        new_id = f"quarantine-{secrets.token_hex(6)}"
+        self._update(lambda ring: ring._quarantine.add(new_id))
+        return new_id
+
+    def quarantine_key_ids(self) -> list[str]:
+        return self._quarantine.ids()
+
     def quarantine_key(self, key_id: str | None = None) -> tuple[str, bytes]:
         if self.role_export is not None:
             raise DecryptError("key_not_held", f"keyring '{self.path}' is an export of role '{self.role_export}''s "

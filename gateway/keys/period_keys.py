@@ -9,6 +9,9 @@ subject key (gateway.keys.subject_keys)::
                                                                                with that retention
           | "period:<days>/<yyyy-mm-dd>/<domain>/<subject token>/<dek id hex>"  per subject and day
                                                                                (per_subject fields)
+          | either with "roles:<role>,<role>/" before the dek id              role-scoped fields
+                                                                               (format v6: wrapped per
+                                                                               role, gateway.keys.key_store)
     value = {"format": 1, "kek_id": ..., "wrapped": base64, "created": ms}     (null: erased)
 
 A day's keys are due once the day ended more than the retention ago, at 00:00 UTC of day + 1 + N
@@ -39,17 +42,27 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import DecryptError, GatewayError
-from gateway.keys.envelope import DEK_ID_BYTES, EPOCH_DATE, DataKey, period_header, period_key_id
+from gateway.keys.envelope import (
+    DEK_ID_BYTES,
+    EPOCH_DATE,
+    DataKey,
+    period_header,
+    period_key_id,
+    role_keyed_header,
+    role_keyed_key_id,
+)
 from gateway.keys.errors import KmsError, KmsUnavailable
-from gateway.keys.key_store import KeyStore
+from gateway.keys.key_store import KeyStore, roles_segment
 from gateway.keys.kms import KmsProvider
+from gateway.keys.roles import valid_role
 from gateway.keys.subject_keys import PERIOD_PREFIX
 
 DAY_MS = 86_400_000
 MAX_RETENTION_DAYS = 36_500  # 100 years; format v4 could say 65535
 PREFIX = PERIOD_PREFIX
 _WRAP_CONTEXT = b"privacy-gateway/period-dek/"
-_NAME_RE = re.compile(r"period:([1-9][0-9]{0,4})/([0-9]{4}-[0-9]{2}-[0-9]{2})/(?:([^/]+)/([^/]+)/)?([0-9a-f]{32})")
+_NAME_RE = re.compile(r"period:([1-9][0-9]{0,4})/([0-9]{4}-[0-9]{2}-[0-9]{2})/(?:([^/]+)/([^/]+)/)?"
+                      r"(?:roles:([a-z0-9_,-]+)/)?([0-9a-f]{32})")
 
 
 def retention_problem(value: Any) -> str | None:
@@ -106,24 +119,28 @@ class PeriodKeyName(_Period):
     dek_id: bytes
     domain: str = ""  # per-subject keys only
     token: str = ""
+    roles: tuple[str, ...] = ()  # role-scoped keys only (format v6)
 
     def __repr__(self) -> str:  # the token stays out of logs and reprs
         return f"<PeriodKeyName {self.key_id}>"
 
     @property
     def name(self) -> str:
-        return scope_prefix(self.days, self.day, self.domain, self.token) + self.dek_id.hex()
+        return scope_prefix(self.days, self.day, self.domain, self.token, self.roles) + self.dek_id.hex()
 
     @property
     def key_id(self) -> str:
         """The audit's name: no subject token (gateway.keys.envelope.period_key_id)."""
+        if self.roles:
+            return role_keyed_key_id(self.roles, self.days, self.day, self.domain, self.dek_id)
         return period_key_id(self.days, self.day, self.domain, self.dek_id)
 
 
-def scope_prefix(days: int, day: int, domain: str = "", token: str = "") -> str:
-    """The part of a period key's name before its DEK id (one scope: a retention's day, or a subject's)."""
+def scope_prefix(days: int, day: int, domain: str = "", token: str = "", roles: tuple[str, ...] = ()) -> str:
+    """The part of a period key's name before its DEK id (one scope: a retention's day, or a subject's;
+    a role set's own keys in either)."""
     subject = f"{domain}/{token}/" if domain else ""
-    return f"{PREFIX}{days}/{day_label(day)}/{subject}"
+    return f"{PREFIX}{days}/{day_label(day)}/{subject}{roles_segment(roles) if roles else ''}"
 
 
 def is_period_key(name: bytes | str) -> bool:
@@ -136,12 +153,15 @@ def parse_period_key(name: str) -> PeriodKeyName | None:
     match = _NAME_RE.fullmatch(name)
     if match is None:
         return None
-    days_text, date_text, domain, token, dek_hex = match.groups()
+    days_text, date_text, domain, token, roles_text, dek_hex = match.groups()
     try:
         day = (datetime.date.fromisoformat(date_text) - EPOCH_DATE).days
     except ValueError:
         return None
-    parsed = PeriodKeyName(int(days_text), day, bytes.fromhex(dek_hex), domain or "", token or "")
+    roles = tuple(roles_text.split(",")) if roles_text else ()
+    if roles and (list(roles) != sorted(set(roles)) or not all(valid_role(r) for r in roles)):
+        return None
+    parsed = PeriodKeyName(int(days_text), day, bytes.fromhex(dek_hex), domain or "", token or "", roles)
     if day < 0 or parsed.days > 0xFFFF or parsed.name != name:
         return None
     return parsed
@@ -195,12 +215,29 @@ class PeriodKeys(KeyStore):
     # ---- encryption side -------------------------------------------------------------------
     def current(self, days: int, day: int, domain: str = "", token: str = "") -> DataKey:
         """The DEK for new ciphertexts of `day` under a retention of `days` (per subject when `domain` is
-        set): cached, else the newest stored one, else a new one (a new one too once it is used up)."""
+        set): the one this process made for it, else a new one (a new one too once it is used up, or
+        erased: a late event of an erased day gets a new key, which the next run erases)."""
         if domain and not token:
             raise GatewayError("a per-subject period key needs the subject's token")
         return self._current_key(scope_prefix(days, day, domain, token),
-                                 lambda dek_id: period_header(days, day, domain, dek_id),
                                  lambda: self._create(days, day, domain, token))
+
+    def current_for_roles(self, roles: tuple[str, ...], days: int, day: int, domain: str = "", token: str = "",
+                          providers: tuple[tuple[str, KmsProvider], ...] = ()) -> DataKey:
+        """Like `current`, for a role-scoped field (format v6): the role set's own key of the day, wrapped
+        under each role's KEK (`providers`: (role, KMS) pairs) and never under the KEK."""
+        if domain and not token:
+            raise GatewayError("a per-subject period key needs the subject's token")
+        prefix = scope_prefix(days, day, domain, token, roles)
+
+        def create() -> DataKey:
+            dek = AESGCM.generate_key(bit_length=256)
+            dek_id = secrets.token_bytes(DEK_ID_BYTES)
+            header = role_keyed_header(roles, days, day, domain, dek_id)  # checks the ranges first
+            return DataKey(dek_id, self._store_new_for_roles(prefix + dek_id.hex(), dek, providers), header,
+                           time.monotonic())
+
+        return self._current_key(prefix, create)
 
     def _create(self, days: int, day: int, domain: str, token: str) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)
@@ -217,6 +254,12 @@ class PeriodKeys(KeyStore):
         if parse_period_key(name) is not None:
             self._apply(name, value)
 
+    def refuse(self, key: bytes) -> None:
+        """An erased-names record: the period key it names is never live again here."""
+        name = key.decode("utf-8", "replace")
+        if parse_period_key(name) is not None:
+            self._refuse(name)
+
     def names(self) -> list[str]:
         """Every live period key stored in the key topic (not those still waiting to be stored: a
         tombstone must never go out before the value it erases)."""
@@ -231,6 +274,14 @@ class PeriodKeys(KeyStore):
                           if (p := parse_period_key(n)) is not None and p.domain == domain and p.token == token)
 
     # ---- decryption side -------------------------------------------------------------------
+    def role_aead_for(self, roles: tuple[str, ...], days: int, day: int, domain: str, subject: str,
+                      dek_id: bytes, role: str, role_kms: KmsProvider) -> AESGCM:
+        """The DEK of a v6 ciphertext with a retention, through `role`'s wrap ("key_erased" once erased)."""
+        if domain and not subject:
+            raise DecryptError("key_erased", "the field is under a per-subject period key, but the record has no "
+                               "subject")
+        return self._role_open(PeriodKeyName(days, day, dek_id, domain, subject, roles).name, role, role_kms)
+
     def aead_for(self, days: int, day: int, domain: str, subject: str, dek_id: bytes) -> AESGCM:
         """The DEK of a v4 ciphertext; "key_erased" once retention (or gateway forget) erased it."""
         if domain and not subject:

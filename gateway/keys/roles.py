@@ -3,7 +3,9 @@
 A field annotated ``{"encrypt": {"roles": ["support", "fraud"]}}`` is encrypted under a DEK that is
 wrapped once under each listed role's KEK (ciphertext format v3, `gateway.keys.envelope`). A
 consumer holding only the ``support`` key opens that field and nothing wrapped for other roles,
-whatever code it runs: the check is the KMS's (or the keyring's), not ours.
+whatever code it runs: the check is the KMS's (or the keyring's), not ours. With ``per_subject`` or a
+retention too (format v6), the DEK is a key-topic key wrapped per role there instead
+(gateway.keys.key_store), so forget and retention erase it.
 
 Where a role's KEK lives:
 
@@ -104,7 +106,7 @@ def cmd_export_role(args: argparse.Namespace, config: GatewayConfig) -> int:
     if config.kms_provider != "local":
         raise GatewayError(f"with kms_provider={config.kms_provider} role keys live in the KMS (setting "
                            "role_kms_keys): grant the role's consumers decrypt on their key instead of exporting one "
-                           "(README, \"Roles and KMS permissions\")")
+                           "(docs/tools/decrypt.md, \"Roles and KMS permissions\")")
     out = Path(args.out)
     keyring = Keyring.open(config.keyring, create=False)
     versions = keyring.export_role(args.role, out)

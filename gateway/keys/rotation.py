@@ -8,7 +8,11 @@ the key version) that wrapped their DEK, so they still decrypt.
 
 Token-key rotation adds version N+1 of a domain's HMAC key: tokens made after the workers restart
 carry ``tok_vN+1_``, earlier ones keep their prefix. The same value gets a different token in each
-version, so joins across the rotation need the key holder (see README, "Keys and KMS").
+version, so joins across the rotation need the key holder (see docs/operations/keys.md).
+
+Quarantine-key rotation (`gateway keys rotate-quarantine`) adds a new quarantine key and makes it
+active: running workers seal their next dead letter under it (gateway.deadletter); earlier dead
+letters name their key and still unseal while the keyring holds it.
 """
 
 from __future__ import annotations
@@ -53,4 +57,13 @@ def cmd_retire(args: argparse.Namespace, config: GatewayConfig) -> int:
     keyring = Keyring.open(config.keyring, create=False)
     keyring.retire_kek(args.kek_id)
     print(f"KEK {args.kek_id} deleted from {config.keyring}; active KEK {keyring.active_key_id()}")
+    return 0
+
+
+def cmd_rotate_quarantine(args: argparse.Namespace, config: GatewayConfig) -> int:
+    keyring = Keyring.open(config.keyring, create=False)
+    old = keyring.quarantine_key()[0]
+    new = keyring.rotate_quarantine()
+    print(f"quarantine key rotated in {config.keyring}: {old} -> {new} (active). Workers seal their next dead letter "
+          f"under it; dead letters sealed under {old} still unseal while the keyring holds it")
     return 0

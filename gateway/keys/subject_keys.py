@@ -7,15 +7,21 @@ in a compacted key topic, one record per key::
     key   = "<domain>/<subject token>/<dek id hex>"
     value = {"format": 1, "kek_id": ..., "wrapped": base64, "created": ms}   (null: erased)
 
+A field that is also role-scoped (``"roles"``, ciphertext format v6) has keys of its own, named with
+its roles (``<domain>/<subject token>/roles:<role>,<role>/<dek id hex>``) and wrapped under each
+role's KEK instead of the KEK (gateway.keys.key_store): `gateway forget` erases them with the
+subject's other keys, since they share its prefix.
+
 Ciphertexts (format v2) carry only (domain, dek id); the subject token comes from the record. A
 tombstone for every key of a subject (``gateway forget``) leaves no copy of the DEK anywhere the
 gateway writes, so every ciphertext of that subject, in every topic and backup, is unreadable.
-Several keys per subject may coexist (two workers creating one concurrently, or a rotation); the
-newest is used for new events, all of them are erased together.
+A subject has a set of keys: each process encrypts only under keys it created (one per subject it
+saw, replaced after `max_uses` values or a restart), so use limits hold across the group
+(gateway.keys.key_store); every key of the set opens its ciphertexts, and all are erased together.
 
 Keys starting with ``_`` are the gateway's own bookkeeping in that topic, never a subject key (a
-token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain
-(keytopic.py). `SubjectKeys.apply` ignores them.
+token domain starts with a letter or digit): the head of the ``gateway forget`` audit chain and
+the forget's fence records (keytopic.py). `SubjectKeys.apply` ignores them.
 
 Keys starting with ``period:`` are period keys (retention by key expiry, gateway.keys.period_keys;
 a token domain cannot hold ':'). `SubjectKeys.apply` hands them to `SubjectKeys.periods`, and
@@ -31,9 +37,10 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import DecryptError, GatewayError
-from gateway.keys.envelope import DEK_ID_BYTES, DataKey, subject_header
+from gateway.keys.envelope import DEK_ID_BYTES, DataKey, role_keyed_header, subject_header
+from gateway.keys.errors import KmsConfigError
 from gateway.keys.key_store import ENTRY_FORMAT as ENTRY_FORMAT
-from gateway.keys.key_store import KeyRecord, KeyStore
+from gateway.keys.key_store import KeyRecord, KeyStore, roles_segment
 from gateway.keys.kms import KmsProvider
 
 _WRAP_CONTEXT = b"privacy-gateway/subject-dek/"
@@ -75,6 +82,7 @@ class SubjectKeys(KeyStore):
                  publisher: Callable[[list[KeyRecord]], None] | None = None) -> None:
         super().__init__(kms, _WRAP_CONTEXT, max_uses, cache_size)
         self.publisher = publisher
+        self._role_kms: dict[tuple[str, ...], tuple[tuple[str, KmsProvider], ...]] = {}  # role set -> its KMSs
         from gateway.keys.period_keys import PeriodKeys  # here: period_keys imports this module's names
 
         self.periods = PeriodKeys(kms, max_uses, cache_size)  # the key topic's period keys (retention)
@@ -84,17 +92,46 @@ class SubjectKeys(KeyStore):
 
     # ---- encryption side -------------------------------------------------------------------
     def current(self, domain: str, token: str) -> DataKey:
-        """The subject's DEK for new ciphertexts: cached, else its newest stored key, else a new one."""
+        """The subject's DEK for new ciphertexts: the one this process made for the subject while it
+        has uses left, else a new one (never one loaded from the key topic: see gateway.keys.key_store)."""
         if not token:
             raise GatewayError("a per-subject key needs the subject's token")
-        return self._current_key(subject_prefix(domain, token), lambda dek_id: subject_header(domain, dek_id),
-                                 lambda: self._create(domain, token))
+        return self._current_key(subject_prefix(domain, token), lambda: self._create(domain, token))
 
     def _create(self, domain: str, token: str) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)
         dek_id = secrets.token_bytes(DEK_ID_BYTES)
         aead = self._store_new(entry_key(domain, token, dek_id), dek)
         return DataKey(dek_id, aead, subject_header(domain, dek_id), time.monotonic())
+
+    def current_for_roles(self, roles: tuple[str, ...], domain: str, token: str) -> DataKey:
+        """The subject's DEK for a role-scoped field (format v6): its own key per role set, wrapped under
+        each role's KEK only, so the KEK's holder cannot open it and `gateway forget` erases it (made by
+        this process, like `current`)."""
+        if not token:
+            raise GatewayError("a per-subject key needs the subject's token")
+        prefix = subject_prefix(domain, token) + roles_segment(roles)
+        providers = self.role_providers(roles)
+
+        def create() -> DataKey:
+            dek = AESGCM.generate_key(bit_length=256)
+            dek_id = secrets.token_bytes(DEK_ID_BYTES)
+            header = role_keyed_header(roles, 0, 0, domain, dek_id)
+            return DataKey(dek_id, self._store_new_for_roles(prefix + dek_id.hex(), dek, providers), header,
+                           time.monotonic())
+
+        return self._current_key(prefix, create)
+
+    def role_providers(self, roles: tuple[str, ...]) -> tuple[tuple[str, KmsProvider], ...]:
+        """(role, the KMS wrapping its keys) for each role, from the KMS's role keys (the worker's side),
+        looked up once per role set."""
+        providers = self._role_kms.get(roles)
+        if providers is None:
+            wrapping = getattr(self._require_kms(), "role_wrapping_kms", None)
+            if wrapping is None:
+                raise KmsConfigError(f"KMS provider '{self._require_kms().name}' holds no role keys")
+            providers = self._role_kms[roles] = tuple((role, wrapping(role)) for role in roles)
+        return providers
 
     def publish_pending(self) -> int:
         """Store new keys, period keys included (durably, through `publisher`), before any ciphertext under
@@ -119,12 +156,29 @@ class SubjectKeys(KeyStore):
         if is_subject_key(name):
             self._apply(name, value)
 
+    def refuse(self, key: bytes) -> None:
+        """An erased-names record: the key (subject or period) it names is never live again here."""
+        name = key.decode("utf-8", "replace")
+        if name.startswith(PERIOD_PREFIX):
+            self.periods.refuse(key)
+        elif is_subject_key(name):
+            self._refuse(name)
+
     def keys_of(self, domain: str, token: str) -> list[str]:
         prefix = subject_prefix(domain, token)
         with self._lock:
             return sorted(n for n in self._entries if n.startswith(prefix))
 
     # ---- decryption side -------------------------------------------------------------------
+    def role_aead_for(self, roles: tuple[str, ...], days: int, day: int, domain: str, subject: str,
+                      dek_id: bytes, role: str, role_kms: KmsProvider) -> AESGCM:
+        """The DEK of a v6 ciphertext through `role`'s wrap in the key topic ("key_erased" once erased)."""
+        if days:
+            return self.periods.role_aead_for(roles, days, day, domain, subject, dek_id, role, role_kms)
+        if not subject:
+            raise DecryptError("key_erased", "the field is under a per-subject key, but the record has no subject")
+        return self._role_open(subject_prefix(domain, subject) + roles_segment(roles) + dek_id.hex(), role, role_kms)
+
     def aead_for(self, domain: str, subject: str, dek_id: bytes) -> AESGCM:
         name = entry_key(domain, subject, dek_id)
         with self._lock:

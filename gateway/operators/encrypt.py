@@ -12,11 +12,14 @@ that retention (format v4; per subject and day with `per_subject`), stored in th
 `gateway retention enforce` makes the day unreadable once the retention has passed
 (gateway.keys.period_keys).
 
-`roles` and `per_subject` do not combine (a compile error): a per-subject DEK is stored in the key
-topic wrapped by the one KEK, so whoever holds that KEK and the topic could open the field whatever
-its roles; scoping it would need the key topic to hold a wrap per role. `roles` and a retention do
-not combine for the same reason: a period key is stored in the key topic under the one KEK, and
-the v3 wraps in the header would outlive the erasure.
+`roles` with `per_subject` or a retention (format v6) uses the subject's or the day's key of that
+role set, stored in the key topic wrapped under each listed role's KEK and under no other key: only
+those roles open it, and `gateway forget` and `gateway retention enforce` erase it like the others.
+
+Every ciphertext is bound to its record (format v5, a prefix in front of the formats above): the
+associated data ends with the event id as the sanitized record carries it (the raw event's source
+coordinates in a view without one) and the element's position in arrays and maps, so a ciphertext
+moved to another record of the same subject, or to another element, does not open.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import fastavro
 
-from gateway.keys.envelope import context_prefix, encrypt_field, subject_suffix
+from gateway.keys.envelope import Format, context_prefix, encrypt_field, key_format, record_suffix, subject_suffix
 from gateway.keys.period_keys import retention_problem
 from gateway.keys.roles import ROLE_NAME_RULE, valid_role
 from gateway.operators.base import CALL, BuildEnv, FieldContext, Opener, Operator, OperatorError, Step, reject_unknown
@@ -45,6 +48,8 @@ ROLES_DOC = ("AES-256-GCM ciphertext readable by role(s) {roles} only, privacy-g
              "(gateway decrypt --role R)")
 PERIOD_DOC = ("AES-256-GCM ciphertext under the key of its day, erased {days} day(s) after the day ends{subject}, "
               "privacy-gateway format v4 (gateway decrypt --bootstrap)")
+ROLE_KEYED_DOC = ("AES-256-GCM ciphertext readable by role(s) {roles} only, under {key}, privacy-gateway format v6 "
+                  "(gateway decrypt --bootstrap --role R)")
 MAX_ROLES = 255  # format v3 counts them in one byte
 
 
@@ -66,18 +71,7 @@ class Encrypt(Operator):
         if per_subject not in (True, False):
             raise OperatorError("encrypt option per_subject must be true or false")
         roles = _roles_option(options)
-        if roles and per_subject:
-            raise OperatorError("encrypt options roles and per_subject cannot be combined: a per-subject key is "
-                                "wrapped by the one KEK in the key topic, so roles would not restrict who opens the "
-                                "field; choose one (README, \"Roles and KMS permissions\")")
         retention_days = _retention_option(options, ctx)
-        if roles and retention_days is not None:
-            where = ("encrypt option retention_days" if "retention_days" in options
-                     else "the record's retention_days setting (it applies to every encrypted field)")
-            raise OperatorError(f"encrypt option roles cannot be combined with {where} yet: a period key is wrapped "
-                                "by the one KEK in the key topic, so roles would not restrict who opens the field; "
-                                "drop the roles, or declare retention_days on the other encrypted fields rather than "
-                                "on the record (README, \"Retention by key expiry\")")
         try:
             plaintext_schema = fastavro.parse_schema(strip_logical_types(ctx.resolved))
         except Exception as exc:  # fastavro raises several types for schemas it cannot parse
@@ -85,9 +79,16 @@ class Encrypt(Operator):
         return cls(plaintext_schema, bool(per_subject), roles, retention_days)
 
     @property
+    def format(self) -> Format:
+        """The key scope of this field's ciphertexts (gateway.keys.envelope.key_format decides)."""
+        return key_format(self.per_subject, self.roles, self.retention_days)
+
+    @property
     def label(self) -> str:
         if self.roles:
-            return "encrypt:roles=" + ",".join(self.roles)
+            scope = "".join((",per_subject" if self.per_subject else "",
+                             "" if self.retention_days is None else f",retention_days={self.retention_days}"))
+            return "encrypt:roles=" + ",".join(self.roles) + scope
         if self.retention_days is not None:
             return f"encrypt:{'per_subject,' if self.per_subject else ''}retention_days={self.retention_days}"
         return "encrypt:per_subject" if self.per_subject else "encrypt"
@@ -100,6 +101,11 @@ class Encrypt(Operator):
         return "bytes"
 
     def doc(self, ctx: FieldContext) -> str:
+        if self.format == Format.ROLE_KEYED:
+            key = ("the subject's own key" if self.retention_days is None else
+                   f"the key of its day{' and subject' if self.per_subject else ''}, erased {self.retention_days} "
+                   "day(s) after the day ends")
+            return ROLE_KEYED_DOC.format(roles=", ".join(self.roles), key=key)
         if self.roles:
             return ROLES_DOC.format(roles=", ".join(self.roles))
         if self.retention_days is not None:
@@ -113,12 +119,12 @@ class Encrypt(Operator):
         too_large = env.too_large
         key_of: Callable[[SanitizeResult], DataKey] | None = None  # a key looked up per field, by event
         if self.retention_days is not None:
-            # the key of the event's day (per subject and day with per_subject): the key topic's
-            # consumer may erase it
-            period_key = env.period_dek(path, self.retention_days, self.per_subject)
+            # the key of the event's day (per subject and day with per_subject; the role set's own with
+            # roles): the key topic's consumer may erase it
+            period_key = env.period_dek(path, self.retention_days, self.per_subject, self.roles)
             key_of = lambda event: period_key(event.timestamp_ms, event.subject)  # noqa: E731
         elif self.per_subject:
-            subject_key = env.subject_key(path)
+            subject_key = env.subject_key(path, self.roles)
             key_of = lambda event: subject_key(event.subject)  # noqa: E731
         elif self.roles:
             # the role set's own DEK cache (BuildEnv.role_dek): the event's shared DEK is the v1 one
@@ -128,7 +134,7 @@ class Encrypt(Operator):
             lookup = key_of
 
             def encrypt_keyed(value: Any, event: SanitizeResult) -> bytes:
-                """Formats v2, v3, v4: the field's own key, named in the audit."""
+                """Formats v2, v3, v4, v6 (record-bound: v5): the field's own key, named in the audit."""
                 plaintext = encode(value)
                 if len(plaintext) > limit:
                     too_large(path, len(plaintext))
@@ -136,8 +142,8 @@ class Encrypt(Operator):
                 event.add_key_id(key.key_id)
                 aad = event.subject_aad
                 if aad is None:
-                    aad = event.subject_aad = subject_suffix(event.subject)
-                return encrypt_field(key, plaintext, context + aad)
+                    aad = event.subject_aad = subject_suffix(event.subject) + record_suffix(event.record_ref)
+                return encrypt_field(key, plaintext, context + aad + event.position, event.record_prefix)
 
             return CALL, encrypt_keyed
         current, max_uses = env.current_dek(path), env.dek_max_uses
@@ -149,10 +155,10 @@ class Encrypt(Operator):
             key = event.dek
             if key is None or key.uses >= max_uses:  # the event's first encrypted field, or the DEK is used up
                 key = event.dek = current()
-                if event.subject_aad is None:
-                    event.subject_aad = subject_suffix(event.subject)
+            if event.subject_aad is None:
+                event.subject_aad = subject_suffix(event.subject) + record_suffix(event.record_ref)
             event.dek_key_id = key.key_id
-            return encrypt_field(key, plaintext, context + event.subject_aad)  # type: ignore[operator]
+            return encrypt_field(key, plaintext, context + event.subject_aad + event.position, event.record_prefix)
 
         return CALL, encrypt
 

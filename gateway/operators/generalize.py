@@ -14,7 +14,7 @@ form                                         applies to                      san
 ``{"prefix": N}``                            string                          string, first N characters
 ==========================================  ==============================  ================================
 
-Decisions (README rows follow these):
+Decisions (the action table of docs/policy/writing.md follows these):
 
 - bucket on integers: width W (whole, >= 1) and offset O (whole, default 0) give [k*W + O,
   (k+1)*W + O - 1], labelled "lo-hi" ("-10--1" below zero). On floats the bucket is [lo, hi),

@@ -73,7 +73,7 @@ class QualityGate:
         risk = self.spec.risk
         if risk is None:
             return None
-        return RiskWindow(risk.quasi_identifiers, risk.k, risk.sensitive, risk.l_target)
+        return RiskWindow(risk.quasi_identifiers, risk.k, risk.sensitive, risk.l_target, risk.timestamp)
 
     # ---- events ----------------------------------------------------------------------------------
     def check(self, partition: int, record: dict[str, Any], timestamp_ms: int, now_ms: int,
@@ -121,10 +121,12 @@ class QualityGate:
                 reject = i
         return failed, reject, fp
 
-    def risk_class(self, partition: int, sanitized: dict[str, Any]) -> int | None:
-        """A published record joins its partition's risk window: its class (None: no risk measure)."""
+    def risk_class(self, partition: int, sanitized: dict[str, Any], subject: str = "",
+                   timestamp_ms: int | None = None) -> int | None:
+        """A published record joins its partition's risk window: its class (None: no risk measure).
+        `subject`: as published (k counts people); `timestamp_ms`: the published record timestamp."""
         risk = self.partitions[partition].risk
-        return risk.add(sanitized) if risk is not None else None
+        return risk.add(sanitized, subject, timestamp_ms) if risk is not None else None
 
     def not_published(self, partition: int) -> None:
         """A checked event was rejected after all (by a rule, the leak sentinel or its size)."""
@@ -141,7 +143,7 @@ class QualityGate:
         risk = self.partitions[partition].risk
         if risk is None:
             return {}
-        sizes = risk.class_sizes()
+        sizes = risk.class_subjects()
         k = self.spec.risk.k  # type: ignore[union-attr]
         return {c: ("k_anonymity" if sizes[c] < k else "l_diversity") for c in risk.small_classes()}
 

@@ -2,13 +2,19 @@
 
 A schema declares quasi-identifiers (sanitized fields published in clear, such as a generalized
 age band or a country) and optionally one sensitive field. Records with the same tuple of
-quasi-identifier values form an equivalence class: a class of k records hides each of them among
+quasi-identifier values form an equivalence class: a class of k people hides each of them among
 k; a class whose records share fewer than l sensitive values tells that value about everyone in it.
+k counts distinct subjects (the record's subject as published: its token), not records: five events
+of one person are one person, and a class of them singles that person out. A record without a
+subject counts as a person of its own. When the policy publishes a time that follows the event's
+(the record timestamp kept, truncated or processing time: gateway/record_timestamp.py), it is one
+more quasi-identifier, at the granularity it is published with.
 The figures are measured on what is published, per window (the runtime decides its bounds), so
 they say what a reader of the output can link, not what the policy hoped for.
 
-Memory: per class its quasi-identifier tuple, a count and, when a sensitive field is declared, the
-set of its sensitive values' hashes (within this process): the values themselves are not kept.
+Memory: per class its quasi-identifier tuple, a count, the set of its subjects' hashes and, when a
+sensitive field is declared, the set of its sensitive values' hashes (within this process): the
+values themselves are not kept.
 """
 
 from __future__ import annotations
@@ -54,9 +60,9 @@ class RiskFigures:
 
     records: int
     classes: int
-    k: int                 # smallest class size (0 when no records)
+    k: int                 # fewest distinct subjects in a class (0 when no records)
     k_target: int          # the declared k
-    below_k_records: int   # records in classes smaller than k_target
+    below_k_records: int   # records in classes of fewer than k_target subjects
     below_k_share: float   # below_k_records / records (0.0 when no records)
     # fewest distinct sensitive values in a class (None when no sensitive field declared or no records)
     l: int | None  # noqa: E741 - l-diversity's own name
@@ -66,6 +72,7 @@ class RiskFigures:
     def to_json(self) -> dict[str, Any]:
         """Plain counts and rates only, never a value: the quality record goes where the data does not."""
         return {
+            "k_counts": "subjects",  # k counts distinct subjects; records written without this key counted records
             "records": self.records,
             "classes": self.classes,
             "k": self.k,
@@ -83,7 +90,7 @@ class RiskWindow:
     until `clear`, so the caller can hold records by class and withhold the small ones."""
 
     def __init__(self, quasi_identifiers: Sequence[str], k_target: int, sensitive: str | None = None,
-                 l_target: int | None = None) -> None:
+                 l_target: int | None = None, timestamp: bool = False) -> None:
         if k_target < 1:
             raise ValueError(f"k must be at least 1, not {k_target}")
         if l_target is not None and sensitive is None:
@@ -93,11 +100,13 @@ class RiskWindow:
         if sensitive is not None and sensitive in quasi_identifiers:
             raise ValueError(f"'{sensitive}' cannot be both a quasi-identifier and the sensitive field")
         self.quasi_identifiers = tuple(quasi_identifiers)
+        self.timestamp = timestamp  # the published record timestamp is a quasi-identifier too
         self.k_target = k_target
         self.sensitive = sensitive
         self.l_target = l_target
         self._ids: dict[tuple[Hashable, ...], int] = {}
         self._counts: list[int] = []
+        self._subjects: list[set[int]] = []  # per class, hashes of its distinct subjects
         self._values: list[set[int]] = []  # per class, hashes of its sensitive values (when declared)
         self._records = 0
 
@@ -107,16 +116,23 @@ class RiskWindow:
     def __repr__(self) -> str:
         return f"<RiskWindow records={self._records} classes={len(self._counts)} k_target={self.k_target}>"
 
-    def add(self, record: dict[str, Any]) -> int:
-        """The record's class id. A missing quasi-identifier counts as None, a value of its own."""
+    def add(self, record: dict[str, Any], subject: str = "", timestamp_ms: int | None = None) -> int:
+        """The record's class id. A missing quasi-identifier counts as None, a value of its own.
+        `subject`: the record's subject as published ("": none, a person of its own); `timestamp_ms`:
+        the published record timestamp, a quasi-identifier when the window counts it."""
         key = tuple(_hashable(record.get(name)) for name in self.quasi_identifiers)
+        if self.timestamp:
+            key += (timestamp_ms,)
         class_id = self._ids.get(key)
         if class_id is None:
             class_id = self._ids[key] = len(self._counts)
             self._counts.append(0)
+            self._subjects.append(set())
             if self.sensitive is not None:
                 self._values.append(set())
         self._counts[class_id] += 1
+        # a record without a subject is someone: distinct from every other (negative: never a str's hash pair)
+        self._subjects[class_id].add(hash(subject) if subject else -1 - self._records)
         if self.sensitive is not None:
             self._values[class_id].add(hash(_hashable(record.get(self.sensitive))))
         self._records += 1
@@ -124,12 +140,13 @@ class RiskWindow:
 
     def figures(self) -> RiskFigures:
         counts = self._counts
-        below_k = sum(c for c in counts if c < self.k_target)
+        people = [len(s) for s in self._subjects]
+        below_k = sum(c for c, n in zip(counts, people, strict=True) if n < self.k_target)
         diversity = [len(v) for v in self._values]
         return RiskFigures(
             records=self._records,
             classes=len(counts),
-            k=min(counts, default=0),
+            k=min(people, default=0),
             k_target=self.k_target,
             below_k_records=below_k,
             below_k_share=below_k / self._records if self._records else 0.0,
@@ -139,20 +156,25 @@ class RiskWindow:
         )
 
     def small_classes(self) -> set[int]:
-        """The class ids `enforce` withholds: fewer records than k, or (with an l target) fewer
-        distinct sensitive values than l."""
-        small = {i for i, c in enumerate(self._counts) if c < self.k_target}
+        """The class ids `enforce` withholds: fewer distinct subjects than k, or (with an l target)
+        fewer distinct sensitive values than l."""
+        small = {i for i, s in enumerate(self._subjects) if len(s) < self.k_target}
         if self.l_target is not None:
             small.update(i for i, v in enumerate(self._values) if len(v) < self.l_target)
         return small
 
     def class_sizes(self) -> list[int]:
-        """Sizes of all classes, by class id."""
+        """Records of all classes, by class id."""
         return list(self._counts)
+
+    def class_subjects(self) -> list[int]:
+        """Distinct subjects of all classes, by class id: the k of each."""
+        return [len(s) for s in self._subjects]
 
     def clear(self) -> None:
         self._ids.clear()
         self._counts.clear()
+        self._subjects.clear()
         self._values.clear()
         self._records = 0
 

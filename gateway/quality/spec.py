@@ -44,6 +44,8 @@ class RiskSpec:
     l_target: int | None
     mode: str  # report | enforce
     max_held_events: int  # enforce: a partition's window closes early once it holds this many events
+    # the published record timestamp is a quasi-identifier too (unless shifted: gateway/record_timestamp.py)
+    timestamp: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,8 @@ def describe(spec: QualitySpec) -> list[str]:
         lines.append(f"{name}: completeness >= {target:g} per window")
     if spec.risk is not None:
         risk = spec.risk
-        lines.append(f"risk ({risk.mode}): k >= {risk.k} over {', '.join(risk.quasi_identifiers)}"
+        qis = [*risk.quasi_identifiers, *(["(record timestamp)"] if risk.timestamp else [])]
+        lines.append(f"risk ({risk.mode}): k >= {risk.k} distinct subjects over {', '.join(qis)}"
                      + (f", l >= {risk.l_target} of {risk.sensitive}" if risk.l_target else "")
                      + f", per {spec.window_ms // 1000}s window and partition")
     return lines

@@ -5,22 +5,50 @@ aggregate job opens it), the privacy ledger (read whole at start-up, then follow
 topic. A changelog written in the same transaction as the consumer offsets restores to exactly
 the state those offsets stand for: the read is read_committed and stops at the last stable offset,
 so an open transaction's records are not part of it (nor are its offsets committed yet).
+
+State is applied through `apply_records`: a record the state cannot read (MalformedStateRecord: not
+JSON, not an object, another format, bad UTF-8) is skipped, counted in
+gateway_state_records_skipped_total and logged without its content, so what another writer put
+there never stops a worker from starting or following. A follower that fails otherwise fails
+loudly: its worker marks itself not ready and stops (see KeyTopic).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-from gateway.errors import GatewayError
+from gateway import metrics
+from gateway.errors import GatewayError, MalformedStateRecord
 from gateway.runtime import clients
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import admin_client, create_topics, partition_counts
 from gateway.sanitized import StoredRecord
 
+log = logging.getLogger("gateway.changelog")
+K = TypeVar("K")  # a record's key: bytes as read, or a changelog key already parsed
 COMPACTED = {"cleanup.policy": "compact"}
+
+
+def apply_records(state: str, topic: str, records: Iterable[tuple[K | None, bytes | None]],
+                  apply: Callable[[K, bytes | None], object]) -> int:
+    """Apply keyed records in log order; those `apply` cannot read are skipped and counted. How many
+    were skipped. `state` names the state for the metric and the log (keys, consent, dp-ledger, ...)."""
+    skipped = 0
+    for key, value in records:
+        if key is None:
+            continue
+        try:
+            apply(key, value)
+        except MalformedStateRecord as exc:
+            skipped += 1
+            metrics.STATE_SKIPPED.labels(state, topic).inc()
+            log.warning("malformed state record skipped", extra={"state": state, "topic": topic, "problem": str(exc)})
+    return skipped
 
 
 def ensure_changelog(kafka: Mapping[str, str], topic: str, partitions: int,
@@ -85,10 +113,19 @@ class ChangelogFollower:
         """(key, value) of the records committed since the last poll (keyless ones are skipped)."""
         out: list[tuple[bytes, bytes | None]] = []
         for msg in clients.take(self.consumer, max_records, timeout_s):
-            if msg.error() is not None or msg.key() is None:
+            err = msg.error()
+            if err is not None and err.fatal():
+                raise KafkaException(err)  # the follower is dead: its owner says so and stops
+            if err is not None or msg.key() is None:
                 continue
             out.append((msg.key(), msg.value()))
         return out
+
+    def positions(self) -> dict[int, int]:
+        """Per partition, the offset after the last record `poll` returned (partitions it returned
+        nothing from since the assignment are left out): a record below it has been seen."""
+        assigned = self.consumer.assignment()
+        return {tp.partition: tp.offset for tp in self.consumer.position(assigned) if tp.offset >= 0}
 
     def close(self) -> None:
         self.consumer.close()

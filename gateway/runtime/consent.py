@@ -13,6 +13,8 @@ from gateway.errors import GatewayError
 from gateway.runtime import changelog
 from gateway.runtime.changelog import ChangelogFollower
 
+STATE = "consent"  # gateway_state_records_skipped_total{state}
+
 
 def restore_table(config: GatewayConfig, create: bool = True) -> tuple[ConsentTable, ChangelogFollower | None]:
     """The consent topic read to its end (read_committed) into a table, and, with `create`, a follower
@@ -22,9 +24,7 @@ def restore_table(config: GatewayConfig, create: bool = True) -> tuple[ConsentTa
         changelog.ensure_changelog(kafka, config.consent_topic, 1)  # one partition: one order of changes
     records, follow_from = changelog.restore(kafka, config.consent_topic, missing_ok=not create)
     table = ConsentTable()
-    for r in records:
-        if r.key is not None:
-            table.apply(r.key, r.value)
+    changelog.apply_records(STATE, config.consent_topic, ((r.key, r.value) for r in records), table.apply)
     follower = ChangelogFollower(kafka, config.consent_topic, follow_from,
                                  group_id=f"{config.group_id}.consent-follower") if create else None
     return table, follower
@@ -35,8 +35,7 @@ def follow(table: ConsentTable, follower: ChangelogFollower, max_rounds: int = 1
     applied = 0
     for _ in range(max_rounds):
         records = follower.poll(10_000)
-        for key, value in records:
-            table.apply(key, value)
+        changelog.apply_records(STATE, follower.topic, records, table.apply)
         applied += len(records)
         if not records:
             break

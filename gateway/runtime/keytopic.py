@@ -4,10 +4,17 @@ and period_keys.py).
 `KeyTopic` keeps a `SubjectKeys` in step with the topic: at start it reads the topic to its end,
 then a background consumer thread applies every new record within a poll interval, so a tombstone
 written by `gateway forget` evicts the key from every running worker within seconds. New keys are
-produced (idempotent, acks=all) and flushed before the batch that uses them is published.
+produced (idempotent, acks=all) and read back by that thread (read_committed) before the batch that
+uses them is published (KeyTopic.publish says why: it is the workers' side of the forget's fence).
+
+Erasure is final: no writer brings an erased key back. Workers only write new names; forget and
+retention only tombstones; `rewrap_keys`, the one writer of existing names, commits only if nothing
+touched its keys between its snapshot and its values. A forget fences every partition before it
+scans for keys stored since its snapshot (see `forget_subject`).
 
 `forget_subject` is the erasure: tombstones for every key of a subject under every version of its
-token domain, and one `subject_forgotten` event on the audit topic that names only the token(s).
+token domain and for its consent history, and one `subject_forgotten` event on the audit topic that
+names only the token(s).
 
 The forget events form the audit chain ``keys:forget``. Its head (the last event's hash) is kept in
 the key topic itself, as the record ``_audit-head/<audit topic>/keys:forget`` in partition 0 (a
@@ -20,7 +27,9 @@ One forget is one Kafka transaction under the stable transactional.id
 2. the head is read from the key topic, read_committed (no head record: the chain starts at
    GENESIS, the event marked ``chain_restart``, which verify ignores for a new chain and reports
    as a restart, not a break, when earlier forget events exist, e.g. after an upgrade);
-3. tombstones, the new head record and the sealed audit event are produced and committed together,
+3. a fence record goes to every partition of the key and consent topics, and what was written since
+   the snapshot up to the fences is scanned for the subject's keys and consent records;
+4. tombstones, the new head record and the sealed audit event are produced and committed together,
    so readers (read_committed) see all of them or none.
 
 `enforce_retention` is the other erasure: tombstones for every period key whose period ended more
@@ -42,15 +51,18 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
 
 from gateway.audit import GENESIS, audit_partition, seal_audit_event
 from gateway.config import GatewayConfig
+from gateway.consent.table import ConsentTable
+from gateway.consent.table import parse_key as parse_consent_key
 from gateway.errors import GatewayError
+from gateway.keys.kms import KmsProvider
 from gateway.keys.period_keys import (
     PeriodKeyName,
     PeriodKeys,
@@ -63,8 +75,10 @@ from gateway.keys.period_keys import (
 from gateway.keys.subject_keys import RESERVED_PREFIX, KeyRecord, SubjectKeys, is_key_record
 from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import changelog, clients
+from gateway.runtime.consent import STATE as CONSENT_STATE
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import admin_client, create_topics, partition_counts
+from gateway.sanitized import StoredRecord
 
 log = logging.getLogger("gateway.keys")
 KEY_TOPIC_CONFIG = {
@@ -83,13 +97,27 @@ HEAD_PREFIX = f"{RESERVED_PREFIX}audit-head/"
 HEAD_FORMAT = 1
 HEAD_PARTITION = 0  # stable when partitions are added (a key's hash partition would move)
 FORGET_TRANSACTION_TIMEOUT_MS = 30_000  # bounds how long a crashed forget can hold the topics' stable end
+FENCE_PREFIX = f"{RESERVED_PREFIX}fence/"
+KEY_READ_BACK_TIMEOUT_S = FORGET_TRANSACTION_TIMEOUT_MS / 1000 + 30  # a forget's transaction, then a margin
+REWRAP_ATTEMPTS = 3
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+# A test's seam: a callable run when a writer reaches the named point ("forget:fenced", "rewrap:snapshot"),
+# so a test pauses one writer exactly there while another acts (no sleeps). Empty in production.
+PAUSE_POINTS: dict[str, Callable[[], None]] = {}
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+def erased_topic(key_topic: str) -> str:
+    """The erased-names topic of a key topic: one record per key name `gateway forget` erased, written in
+    the forget's transaction; every reader of the key topic refuses a value under such a name, so
+    not even a writer with Write on the key topic can bring the key back (only forget writes here)."""
+    return f"{key_topic}.erased"
 
 
 def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> int:
     admin = admin_client(kafka)
     create_topics(admin, {topic: partitions}, configs={topic: KEY_TOPIC_CONFIG})
+    changelog.ensure_changelog(kafka, erased_topic(topic), 1)  # compacted; waits until the metadata shows it
     count = partition_counts(admin).get(topic)
     if not count:
         raise GatewayError(f"key topic '{topic}' (setting key_topic) could not be created or read")
@@ -98,25 +126,39 @@ def ensure_key_topic(kafka: Mapping[str, str], topic: str, partitions: int) -> i
 
 class KeyTopic:
     """A running worker's link to the key topic: restores it (gateway.runtime.changelog), follows
-    it on a thread so a tombstone evicts its key within a poll, and stores new keys."""
+    it on a thread so a tombstone evicts its key within a poll, and stores new keys.
 
-    def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0) -> None:
+    Malformed records are skipped and counted (changelog.apply_records), at restore and while
+    following. A follower that fails otherwise stops following and says so: `failure` names the
+    error and `on_failure` is called, so the worker marks itself not ready and stops (a worker that
+    goes on with a dead follower would keep an erased key for good)."""
+
+    STATE = "keys"  # gateway_state_records_skipped_total{state}
+
+    def __init__(self, config: GatewayConfig, keys: SubjectKeys, load_timeout_s: float = 60.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.topic = config.key_topic
         self.keys = keys
+        self.failure: str | None = None
+        self._on_failure = on_failure
         self._stop = threading.Event()
         kafka = config.kafka_client_config()
         self.partitions = ensure_key_topic(kafka, self.topic, config.partitions)
         self._producer = clients.plain_producer(kafka, **{"linger.ms": 0})
         # read_committed, as every changelog read: an aborted forget's tombstones never evict a key
+        erased_from = _restore_erased(kafka, self.topic, keys, load_timeout_s)  # first: refused names stay out
         records, follow_from = changelog.restore(kafka, self.topic, timeout_s=load_timeout_s)
-        for record in records:
-            self._apply(record.key, record.value)
+        skipped = changelog.apply_records(self.STATE, self.topic, ((r.key, r.value) for r in records), self._apply)
+        self._erased = changelog.ChangelogFollower(kafka, erased_topic(self.topic), erased_from,
+                                                   group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._follower = changelog.ChangelogFollower(kafka, self.topic, follow_from,
                                                      group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
+        self._seen = threading.Condition()
+        self._positions: dict[int, int] = dict(follow_from)  # per partition: every record below it is applied
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
         keys.publisher = self.publish
-        log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys)})
+        log.info("key topic loaded", extra={"topic": self.topic, "subject_keys": len(keys), "skipped": skipped})
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None or not is_key_record(key):  # not an audit chain's head
@@ -127,51 +169,128 @@ class KeyTopic:
             log.info(kind, extra={"topic": self.topic})
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
-            for key, value in self._follower.poll(500, 0.5):
-                self._apply(key, value)
-        self._follower.close()
+        try:
+            while not self._stop.is_set():
+                for key, value in self._erased.poll(500):
+                    if value is not None:  # a tombstone there never un-erases
+                        self.keys.refuse(key)
+                records = self._follower.poll(500, 0.5)
+                changelog.apply_records(self.STATE, self.topic, records, self._apply)
+                if records:
+                    positions = self._follower.positions()
+                    with self._seen:
+                        self._positions.update(positions)
+                        self._seen.notify_all()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the follower is dead: said, never silent
+            self.failure = _failure_name(exc)
+            log.error("the key-topic follower died: erasures are no longer applied here", extra={
+                "topic": self.topic, "error": self.failure})
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
+        finally:
+            self._follower.close()
+            self._erased.close()
+            with self._seen:  # a publish waiting for a read-back fails now, not at its deadline
+                self._seen.notify_all()
+
+    def alive(self) -> bool:
+        """Whether the follower still applies what the key topic commits."""
+        return self.failure is None and self._thread.is_alive()
 
     def publish(self, records: list[KeyRecord]) -> None:
-        """Produce and wait: a key must be durable before any ciphertext under it leaves the gateway."""
-        produce_records(self._producer, self.topic, records)
+        """Produce, then wait until this worker's follower has read the new keys back (read_committed)
+        before any ciphertext under them leaves the gateway.
+
+        The read-back is the fence against `gateway forget`: a forget holds a transaction open on every
+        partition of the key topic from the point its scan for the subject's keys starts until it
+        commits, and a read_committed reader cannot pass an open transaction. A key written before that
+        point is found by the forget and erased with the others; one written after it becomes readable
+        only once the forget committed, so the batch that uses it commits after the forget too: a fresh
+        key for events processed after the erasure, never one that outlives it while its ciphertexts
+        were published before it."""
+        written = produce_records(self._producer, self.topic, records)
+        deadline = time.monotonic() + KEY_READ_BACK_TIMEOUT_S
+        with self._seen:
+            while not all(self._positions.get(p, -1) > offset for p, offset in written.items()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    raise GatewayError(f"{len(records)} new key record(s) on '{self.topic}' were written but not "
+                                       f"read back within {KEY_READ_BACK_TIMEOUT_S:.0f}s (a transaction held "
+                                       "open on the key topic, or its follower stopped): nothing under them is "
+                                       "published")
+                self._seen.wait(remaining)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
 
 
-def produce_records(producer: Producer, topic: str, records: list[KeyRecord], timeout_s: float = 30.0) -> None:
-    errors: list[str] = []
+def _failure_name(exc: Exception) -> str:
+    """What failed, for logs and readiness: the error's type and Kafka code, never its message (which
+    may quote a record)."""
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+        return f"{type(exc).__name__}:{exc.args[0].name()}"
+    return type(exc).__name__
 
-    def on_delivery(err: Any, _msg: Any) -> None:
+
+def produce_records(producer: Producer, topic: str, records: list[KeyRecord], timeout_s: float = 30.0,
+                    delivered: set[tuple[int, int]] | None = None) -> dict[int, int]:
+    """Produce and flush `records`; per partition written, the offset of the last one (and every
+    (partition, offset) added to `delivered`)."""
+    errors: list[str] = []
+    written: dict[int, int] = {}
+
+    def on_delivery(err: Any, msg: Any) -> None:
         if err is not None:
             errors.append(err.name())
+        else:
+            written[msg.partition()] = max(msg.offset(), written.get(msg.partition(), -1))
+            if delivered is not None:
+                delivered.add((msg.partition(), msg.offset()))
 
     for key, value in records:
         producer.produce(topic, value, key, on_delivery=on_delivery)
     if producer.flush(timeout_s) or errors:
         raise GatewayError(f"could not store {len(records)} key record(s) on '{topic}' "
                            f"({', '.join(sorted(set(errors))) or 'timeout'}): nothing under them is published")
+    return written
 
 
 def load_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> SubjectKeys:
     """Read the whole key topic into `keys`, period keys included (for decrypt, forget and rewrap).
 
     `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
-
-    for record in read_topic(kafka, topic):
-        if record.key is not None and is_key_record(record.key):  # not an audit chain's head
-            keys.apply(record.key, record.value)
+    snapshot_subject_keys(kafka, topic, keys)
     return keys
+
+
+
+def snapshot_subject_keys(kafka: Mapping[str, str], topic: str, keys: SubjectKeys) -> dict[int, int]:
+    """`load_subject_keys`, returning per partition the offset after the last record read: where a
+    writer that acts on this snapshot (forget, rewrap) scans what was written since. Malformed records
+    are skipped and counted (changelog.apply_records)."""
+    records, read_to = changelog.restore(kafka, topic)
+    changelog.apply_records(KeyTopic.STATE, topic, ((r.key, r.value) for r in records
+                                                    if r.key is not None and is_key_record(r.key)), keys.apply)
+    _restore_erased(kafka, topic, keys)  # after or before the values: a refused name ends up erased either way
+    return read_to
+
+
+def _restore_erased(kafka: Mapping[str, str], key_topic: str, keys: SubjectKeys, timeout_s: float = 60.0
+                    ) -> dict[int, int]:
+    """Apply the erased-names topic to `keys` (none yet: nothing); where a follower goes on."""
+    records, read_to = changelog.restore(kafka, erased_topic(key_topic), timeout_s=timeout_s, missing_ok=True)
+    for record in records:
+        if record.key is not None and record.value is not None:  # a tombstone there never un-erases
+            keys.refuse(record.key)
+    return read_to
 
 
 def load_period_keys(kafka: Mapping[str, str], topic: str) -> PeriodKeys:
     """The key topic's period keys only, without a KMS (to list or erase them: `gateway retention`)."""
     keys = PeriodKeys(None)
-    for record in read_topic(kafka, topic):
-        if record.key is not None and is_period_key(record.key):
-            keys.apply(record.key, record.value)
+    changelog.apply_records(KeyTopic.STATE, topic, ((r.key, r.value) for r in read_topic(kafka, topic)
+                                                    if r.key is not None and is_period_key(r.key)), keys.apply)
     return keys
 
 
@@ -240,23 +359,161 @@ def retention_transactional_id(config: GatewayConfig) -> str:
     return f"{config.group_id}-retention:{config.key_topic}"
 
 
+class NothingToForget(GatewayError):
+    """`forget` found no key and no consent record of the subject: nothing was written."""
+
+
 def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys: dict[str, bytes],
-                   keys: SubjectKeys) -> dict[str, Any]:
+                   keys: SubjectKeys, since: Mapping[int, int] | None = None) -> dict[str, Any]:
     """Tombstone every key of `subject` (under each token version of `domain`), its per-subject period keys
-    included, and audit it, in one transaction with the forget chain's new head (see the module's
-    docstring); return the event."""
+    included, and its consent history on the consent topic, and audit it, in one transaction with the
+    forget chain's new head (see the module's docstring); return the event. Raises NothingToForget,
+    writing nothing, when the subject has neither.
+
+    `keys` is a snapshot of the key topic and `since` where it ended (snapshot_subject_keys; None: the
+    topic is scanned from its beginning). Inside the transaction, before anything is erased, a fence
+    record goes to every partition of the key topic and of the consent topic; then everything written
+    between the snapshots and the fences is scanned, so a key a worker stored for the subject meanwhile
+    (or a consent change it stored) is erased too. A worker waits until it can read a new key back,
+    which it cannot past the open fences (KeyTopic.publish), so a key it stores later is a fresh one
+    for events processed after the forget."""
     tokens = [DomainTokenizer(domain, version, key).token(subject) for version, key in sorted(token_keys.items())]
-    names = [n for token in tokens for n in (*keys.keys_of(domain, token), *keys.periods.keys_of(domain, token))]
+    wanted = {(domain, token) for token in tokens}
+    names = {n for token in tokens for n in (*keys.keys_of(domain, token), *keys.periods.keys_of(domain, token))}
     kafka = config.kafka_client_config()
+    changelog.ensure_changelog(kafka, erased_topic(config.key_topic), 1)
+    consent, consent_since = _consent_snapshot(config)
+    consent_keys = {k for token in tokens for k in consent.keys_of(domain, token)}
     audit_partitions = _audit_partitions(config)
     transactional_id = forget_transactional_id(config)
     producer = _chain_producer(config, transactional_id, "forget")  # from here on this one owns the chain
     prev = read_forget_head(kafka, config.key_topic, config.audit_topic)
-    sealed = seal_audit_event(_forget_body(config, domain, tokens, names, restart=prev is None), prev or GENESIS)
-    _erase_and_audit(producer, config, FORGET_CHAIN, names, sealed, audit_partitions, transactional_id, "forget")
-    for name in names:
+    try:
+        producer.begin_transaction()
+        fences = _fence(producer, config.key_topic, _partition_count(config, config.key_topic), FORGET_CHAIN)
+        consent_fences = {} if consent_since is None else _fence(
+            producer, config.consent_topic, _partition_count(config, config.consent_topic), FORGET_CHAIN)
+        _pause("forget:fenced")
+        names |= {r.key.decode() for r in _scan(kafka, config.key_topic, since or {}, fences)
+                  if r.key is not None and r.value is not None and _subject_of(r.key.decode()) in wanted}
+        consent_keys |= {r.key for r in _scan(kafka, config.consent_topic, consent_since or {}, consent_fences)
+                         if r.key is not None and r.value is not None
+                         and (parsed := parse_consent_key(r.key)) is not None and parsed[:2] in wanted}
+        if not names and not consent_keys:
+            raise NothingToForget(
+                f"no key and no consent record of this subject in token domain '{domain}' on '{config.key_topic}' "
+                f"and '{config.consent_topic}': nothing was erased. Check the identifier's spelling, --domain and "
+                "the domain's normalizer (--schemas or --normalizer); a subject already forgotten has nothing left")
+        for key in sorted(consent_keys):
+            producer.produce(config.consent_topic, None, key)
+        erased_value = orjson.dumps({"format": HEAD_FORMAT, "erased_by": "forget", "time": int(time.time() * 1000)})
+        for name in sorted(names):
+            producer.produce(erased_topic(config.key_topic), erased_value, name.encode())
+    except KafkaException as exc:
+        raise _transaction_failed(producer, exc.args[0], transactional_id, "forget") from None
+    except GatewayError:
+        _abort_quietly(producer)
+        raise
+    ordered = sorted(names)
+    sealed = seal_audit_event(_forget_body(config, domain, tokens, ordered, len(consent_keys),
+                                           restart=prev is None), prev or GENESIS)
+    _erase_and_audit(producer, config, FORGET_CHAIN, ordered, sealed, audit_partitions, transactional_id, "forget",
+                     begun=True)
+    for name in ordered:
         keys.apply(name.encode(), None)
     return sealed
+
+
+def _consent_snapshot(config: GatewayConfig) -> tuple[ConsentTable, dict[int, int] | None]:
+    """The consent topic's table and where its read ended (None: there is no consent topic)."""
+    table = ConsentTable()
+    kafka = config.kafka_client_config()
+    if config.consent_topic not in partition_counts(admin_client(kafka)):
+        return table, None
+    records, read_to = changelog.restore(kafka, config.consent_topic)
+    changelog.apply_records(CONSENT_STATE, config.consent_topic, ((r.key, r.value) for r in records), table.apply)
+    return table, read_to
+
+
+def _subject_of(name: str) -> tuple[str, str] | None:
+    """(domain, token) of a subject key or per-subject period key; None for any other record."""
+    period = parse_period_key(name)
+    if period is not None:
+        return (period.domain, period.token) if period.domain else None
+    if not is_key_record(name) or is_period_key(name):
+        return None
+    parts = name.split("/")
+    return (parts[0], parts[1]) if len(parts) == 3 else None
+
+
+def _pause(point: str) -> None:
+    hook = PAUSE_POINTS.get(point)
+    if hook is not None:
+        hook()
+
+
+def _partition_count(config: GatewayConfig, topic: str) -> int:
+    count = partition_counts(admin_client(config.kafka_client_config())).get(topic)
+    if not count:
+        raise GatewayError(f"topic '{topic}' does not exist (or has no partitions): nothing was erased")
+    return count
+
+
+def _fence(producer: Producer, topic: str, partitions: int, chain: str) -> dict[int, int]:
+    """Inside the producer's open transaction: one bookkeeping record per partition of the key topic
+    (compaction keeps one per partition); their offsets. Until the transaction ends, no read_committed
+    reader of the key topic gets past them."""
+    offsets: dict[int, int] = {}
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            offsets[msg.partition()] = msg.offset()
+
+    value = orjson.dumps({"format": HEAD_FORMAT, "chain": chain, "time": int(time.time() * 1000)})
+    for partition in range(partitions):
+        producer.produce(topic, value, f"{FENCE_PREFIX}{chain}".encode(), partition=partition,
+                         on_delivery=on_delivery)
+    producer.flush(30)
+    if errors:
+        raise KafkaException(errors[0])
+    if len(offsets) != partitions:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "fence records not delivered"))
+    return offsets
+
+
+def _scan(kafka: Mapping[str, str], topic: str, since: Mapping[int, int], until: Mapping[int, int],
+          timeout_s: float = 60.0) -> list[StoredRecord]:
+    """The records of `topic` from `since` (default: the beginning) up to, not including, `until`, per
+    partition of `until`, read_uncommitted: what an open (or aborted) transaction wrote is seen too, so
+    nothing written before `until` escapes, whether or not it is committed yet. `until` must be the
+    offset of a record that exists (a fence, or the caller's own record)."""
+    pending = {p: end for p, end in until.items() if since.get(p, 0) < end}
+    out: list[StoredRecord] = []
+    if not pending:
+        return out
+    consumer = clients.reader(dict(kafka), "privacy-gateway.key-scan",
+                              **{"isolation.level": "read_uncommitted", "enable.partition.eof": False})
+    try:
+        consumer.assign([TopicPartition(topic, p, since.get(p, OFFSET_BEGINNING)) for p in sorted(pending)])
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise GatewayError(f"scanning '{topic}' up to the fence did not finish within {timeout_s:.0f}s: "
+                                   "nothing was written")
+            for msg in clients.take(consumer, 1000, 0.5):
+                partition = msg.partition()
+                if msg.error() is not None or partition not in pending:
+                    continue
+                if msg.offset() < pending[partition]:
+                    out.append(StoredRecord(msg.topic(), partition, msg.offset(), msg.key(), msg.value(), {}))
+                else:
+                    del pending[partition]
+        return out
+    finally:
+        consumer.close()
 
 
 def enforce_retention(config: GatewayConfig, periods: PeriodKeys, now_ms: int | None = None) -> list[dict[str, Any]]:
@@ -297,15 +554,18 @@ def _chain_producer(config: GatewayConfig, transactional_id: str, what: str) -> 
         producer.init_transactions(60)
     except KafkaException as exc:
         raise GatewayError(f"cannot start the {what}'s transaction (transactional.id '{transactional_id}'): "
-                           f"{exc.args[0].str()}; nothing was erased") from None
+                           f"{exc.args[0].str()}; nothing was written") from None
     return producer
 
 
 def _erase_and_audit(producer: Producer, config: GatewayConfig, chain: str, names: list[str],
-                     sealed: dict[str, Any], audit_partitions: int, transactional_id: str, what: str) -> None:
-    """One transaction: the tombstones, the chain's new head in the key topic and the sealed audit event."""
+                     sealed: dict[str, Any], audit_partitions: int, transactional_id: str, what: str,
+                     begun: bool = False) -> None:
+    """One transaction (`begun`: already open): the tombstones, the chain's new head in the key topic and
+    the sealed audit event."""
     try:
-        producer.begin_transaction()
+        if not begun:
+            producer.begin_transaction()
         for name in names:
             producer.produce(config.key_topic, None, name.encode())
         producer.produce(config.key_topic, chain_head_value(config.audit_topic, chain, sealed["hash"]),
@@ -323,7 +583,7 @@ def _audit_partitions(config: GatewayConfig) -> int:
     return partition_counts(admin)[config.audit_topic]
 
 
-def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: list[str],
+def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: list[str], consent_records: int,
                  restart: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "subject_forgotten",
@@ -333,6 +593,7 @@ def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: l
         "subject_tokens": tokens,  # the subject's tokens, never the subject
         "keys_erased": len(names),
         "key_ids": [_forgotten_key_id(n) for n in names],
+        "consent_records_erased": consent_records,
         "key_topic": config.key_topic,
         "instance": config.instance_id,
         "time": int(time.time() * 1000),
@@ -390,13 +651,20 @@ def _commit(producer: Producer, timeout_s: float) -> None:
                 raise
 
 
+def _abort_quietly(producer: Producer) -> None:
+    """Abort an open transaction now rather than leave it to its timeout (readers wait at it meanwhile)."""
+    with contextlib.suppress(KafkaException):
+        producer.abort_transaction(30)
+
+
 def _transaction_failed(producer: Producer, err: KafkaError, transactional_id: str,
                         what: str = "forget") -> GatewayError:
     if err.txn_requires_abort():
         with contextlib.suppress(KafkaException):
             producer.abort_transaction(30)
     if err.code() in _FENCED:
-        other = "'gateway forget'" if what == "forget" else "retention run (a worker's or 'gateway retention enforce')"
+        other = {"forget": "'gateway forget'", "rewrap": "'gateway keys rewrap'"}.get(
+            what, "retention run (a worker's or 'gateway retention enforce')")
         return GatewayError(f"another {other} (transactional.id '{transactional_id}') started while this "
                             "one ran and fenced it: nothing of this one was written; run it again")
     if err.retriable():
@@ -406,6 +674,57 @@ def _transaction_failed(producer: Producer, err: KafkaError, transactional_id: s
                         "(one transaction: tombstones, chain head and audit event); run it again")
 
 
+def rewrap_transactional_id(config: GatewayConfig) -> str:
+    """One id per key topic for every `gateway keys rewrap` (see forget_transactional_id)."""
+    return f"{config.group_id}-rewrap:{config.key_topic}"
+
+
+def rewrap_keys(config: GatewayConfig, kms: KmsProvider) -> tuple[int, int]:
+    """Re-store every live key not wrapped under the active KEK under it; (rewrapped, live keys).
+
+    A rewrap writes values for names that already exist, so it is the one writer that could bring an
+    erased key back: a tombstone written between its snapshot and its values would be overwritten.
+    So its values go out in a transaction, and before it commits, everything written to those
+    partitions between the snapshot and its own values is scanned (read_uncommitted, so a forget or
+    retention run still open is seen as well): if any record names one of its keys (a tombstone, or
+    another value), the transaction is aborted and the rewrap starts again from a new snapshot. A
+    tombstone written after its values simply erases them. Rewraps fence each other (one transactional id)."""
+    kafka = config.kafka_client_config()
+    producer: Producer | None = None
+    transactional_id = rewrap_transactional_id(config)
+    own: set[tuple[int, int]] = set()  # this rewrap's records, its aborted attempts' included
+    for _attempt in range(REWRAP_ATTEMPTS):
+        keys = SubjectKeys(kms)
+        since = snapshot_subject_keys(kafka, config.key_topic, keys)
+        records = keys.rewrap() + keys.periods.rewrap()
+        live = len(keys) + len(keys.periods)
+        if not records:
+            return 0, live
+        _pause("rewrap:snapshot")
+        if producer is None:
+            producer = _chain_producer(config, transactional_id, "rewrap")
+        try:
+            producer.begin_transaction()
+            written = produce_records(producer, config.key_topic, records, delivered=own)
+            ours = {key for key, _ in records}
+            raced = {r.key for r in _scan(kafka, config.key_topic, since, written)
+                     if r.key in ours and (r.partition, r.offset) not in own}
+            if raced:
+                producer.abort_transaction(30)
+                log.info("keys changed during the rewrap: it starts again", extra={"keys": len(raced)})
+                continue
+            _commit(producer, 60)
+        except KafkaException as exc:
+            raise _transaction_failed(producer, exc.args[0], transactional_id, "rewrap") from None
+        except GatewayError:
+            _abort_quietly(producer)
+            raise
+        return len(records), live
+    raise GatewayError(f"the key topic '{config.key_topic}' kept changing under the rewrap ({REWRAP_ATTEMPTS} "
+                       "attempts, each aborted before it could overwrite an erased key): nothing was written; "
+                       "run it again")
+
+
 def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
     """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
     from gateway.keys.keyring import Keyring
@@ -413,11 +732,8 @@ def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
     kms = build_kms(config, keyring)
-    keys = load_subject_keys(config.kafka_client_config(), config.key_topic, SubjectKeys(kms))
-    records = keys.rewrap() + keys.periods.rewrap()
-    if records:
-        produce_records(clients.plain_producer(config), config.key_topic, records)
-    print(f"rewrapped {len(records)} of {len(keys) + len(keys.periods)} subject and period key(s) on "
+    rewrapped, live = rewrap_keys(config, kms)
+    print(f"rewrapped {rewrapped} of {live} subject and period key(s) on "
           f"'{config.key_topic}' under "
           f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
           "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 
 from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
-from gateway.runtime.changelog import COMPACTED, ChangelogFollower, ensure_changelog, restore
+from gateway.runtime.changelog import COMPACTED, ChangelogFollower, apply_records, ensure_changelog, restore
 
 LEDGER_CONFIG = COMPACTED
+STATE = "dp-ledger"  # gateway_state_records_skipped_total{state}
 
 
 def ensure_ledger_topic(kafka: Mapping[str, str], topic: str) -> None:
@@ -28,7 +29,9 @@ def read_ledger(kafka: Mapping[str, str], topic: str) -> tuple[Ledger, dict[int,
     read: where a LedgerFollower goes on, so that an entry committed meanwhile is neither missed
     nor applied twice."""
     records, follow_from = restore(kafka, topic, missing_ok=True)
-    return Ledger.from_records((r.key, r.value) for r in records), follow_from
+    ledger = Ledger()
+    apply_records(STATE, topic, ((r.key, r.value) for r in records), ledger.apply_record)
+    return ledger, follow_from
 
 
 class LedgerFollower:
@@ -40,8 +43,7 @@ class LedgerFollower:
 
     def poll(self) -> int:
         records = self.follower.poll()
-        for key, value in records:
-            self.ledger.apply_record(key, value)
+        apply_records(STATE, self.follower.topic, records, self.ledger.apply_record)
         return len(records)
 
     def wait_for(self, keys: set[bytes], timeout_s: float = 30.0) -> None:

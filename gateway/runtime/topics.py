@@ -95,7 +95,7 @@ def ensure_topics(plans: Sequence[Plan], config: GatewayConfig) -> dict[str, int
         raise ConfigError(f"setting 'create_topics' is off and these topics do not exist: {', '.join(missing)}")
     if missing:
         # dead letters carry the sealed original: allow them the producer's limit, and keep them only
-        # dlq_retention_days (what bounds the quarantine key's reach: forget cannot erase format 1)
+        # dlq_retention_days (what bounds the quarantine key's reach: forget cannot erase formats 1 and 3)
         limit = str(max_message_bytes(config))
         retention = str(config.dlq_retention_days * 86_400_000)
         configs = {p.dlq_topic: {"max.message.bytes": limit, "retention.ms": retention} for p in plans}

@@ -157,7 +157,7 @@ def test_an_unreachable_broker_is_one_error_line_and_exit_2(tmp_path: Path) -> N
 
 
 def test_dump_without_schemas_and_of_binary_values(fresh_deployment: Deployment, tmp_path: Path) -> None:
-    """The README's Compose example omits --schemas: JSON sanitized records print as they are, Avro
+    """The Compose example (docs/operations/deploy.md) omits --schemas: JSON sanitized records print as they are, Avro
     ones base64-encoded with one note; a raw topic's binary values print base64-encoded, never raw."""
     d = fresh_deployment
     worker = d.start_worker("dump")

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from gateway import cli
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, RejectedEvent
-from gateway.policy import lint_file
+from gateway.policy import compile_plan, lint_file
 from gateway.runtime import clients
 from gateway.runtime.transactional import AssignmentWait
 from gateway.sanitized import StoredRecord
@@ -176,6 +176,42 @@ def test_policy_show_lists_the_aggregates(capsys: pytest.CaptureFixture[str], tm
     assert "clamped to [0, 100000]" in aggregates and "caps: epsilon 6" in aggregates
     assert "budget subject:customer" in aggregates and "payments_by_currency: count by currency" in aggregates
     assert "continual: running totals over 8 window(s) from 2026-01-01T00:00:00Z" in aggregates
+
+
+def test_policy_show_lists_the_purpose_views_and_their_schemas(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    """A purpose view is published to a topic of its own with a schema of its own: `policy show` says
+    what each view holds and prints the schema its consumers read (docs/policy/purposes.md)."""
+    schema = orjson.loads((SCHEMAS / "payments.avsc").read_bytes())
+    schema["privacy"]["purposes"] = {
+        "fraud": {"topic": "payments.fraud", "basis": "consent",
+                  "fields": {"user_id": {"tokenize": {"domain": "customer"}}, "card_number": "encrypt",
+                             "amount_minor": "keep"}},
+        "analytics": {"topic": "payments.analytics", "basis": "legitimate_interests", "output": "json",
+                      "fields": {"user_id": {"tokenize": {"domain": "customer"}}, "country": "keep"}}}
+    path = tmp_path / "payments.avsc"
+    path.write_bytes(orjson.dumps(schema))
+    assert cli.main(["policy", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    purposes = out.split("\npurposes:\n", 1)[1].split("\nsanitized schema:", 1)[0]
+    assert "fraud -> payments.fraud (basis consent: only while the subject's consent is in force" in purposes
+    assert "analytics -> payments.analytics (basis legitimate_interests; output json)" in purposes
+    fraud = purposes.split("fraud -> ", 1)[1].split("analytics -> ", 1)[0]
+    actions = dict(line.split() for line in fraud.splitlines()[1:] if line.strip())
+    assert {f: a for f, a in actions.items() if a != "drop"} == {
+        "user_id": "tokenize:customer", "card_number": "encrypt", "amount_minor": "keep"}
+    assert actions["ip_address"] == actions["email"] == "drop"  # a field the view does not list
+    plans = {p.name: p.plan for p in compile_plan(load_schema_file(path)).purposes}
+    for name in ("fraud", "analytics"):
+        printed = out.split(f"purpose '{name}' schema:\n", 1)[1]
+        assert orjson.loads(printed[: printed.index("\n}") + 2]) == plans[name].sanitized_schema
+    assert plans["fraud"].sanitized_schema["name"].endswith("fraud.Payment")
+
+
+def test_policy_show_says_when_there_are_no_purposes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["policy", "show", str(SCHEMAS / "payments.avsc")]) == 0
+    out = capsys.readouterr().out
+    assert "purposes:        (none)" in out and "purpose '" not in out
 
 
 def test_policy_show_says_when_there_are_no_aggregates(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from gateway.audit import record_entries
 from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
-from gateway.errors import PolicyError
+from gateway.errors import MalformedStateRecord, PolicyError
 from gateway.keys.keyring import Keyring
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import compile_plan
@@ -49,9 +49,42 @@ def test_consent_is_decided_by_the_latest_change_at_the_events_time() -> None:
     assert table.history("customer", "tok_a") == {"fraud": [(T0, True), (T0 + 300, True)]}
     assert sorted(table.keys_of("customer", "tok_a")) == sorted(
         [ConsentChange("customer", "tok_a", "fraud", at, True, "").key() for at in (T0, T0 + 300)])
-    table.apply(b"not-a-consent-key", b"{}")  # what another writer put there never breaks the table
-    table.apply(ConsentChange("customer", "tok_c", "fraud", T0, True, "").key(), b"not json")
+    with pytest.raises(MalformedStateRecord):  # its reader skips and counts it (changelog.apply_records)
+        table.apply(b"not-a-consent-key", b"{}")
+    with pytest.raises(MalformedStateRecord):
+        table.apply(ConsentChange("customer", "tok_c", "fraud", T0, True, "").key(), b"not json")
     assert not table.known("customer", "tok_c") or not table.in_force("customer", "tok_c", "fraud", T0)
+
+
+def test_no_event_stamp_reaches_back_behind_a_revocation_the_table_holds() -> None:
+    table = ConsentTable()
+    _change(table, "tok_a", "fraud", T0, True)
+    assert table.allows("customer", "tok_a", "fraud", T0 + 50)
+    _change(table, "tok_a", "fraud", T0 + 100, False)
+    # stamped while consent was in force, judged after the revocation is known: withheld
+    assert table.in_force("customer", "tok_a", "fraud", T0 + 50)
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 50)
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 200)
+    _change(table, "tok_a", "fraud", T0 + 300, True)  # granted again: events from then on
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 50)
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 299)
+    assert table.allows("customer", "tok_a", "fraud", T0 + 300)
+    _change(table, "tok_a", "fraud", T0 + 10_000, False)  # a revocation dated later than now binds at once
+    assert not table.allows("customer", "tok_a", "fraud", T0 + 400)
+    assert not table.allows("customer", "tok_b", "fraud", T0 + 400)  # never seen
+
+
+@pytest.mark.parametrize("value", [b"[1, 2]", b'"x"', b"42", b"null", b"\xff\xfe", b'{"granted": "yes"}'])
+def test_a_malformed_record_over_a_grant_leaves_no_consent_as_compaction_will(value: bytes) -> None:
+    """The topic keeps only the latest record per key: a grant overwritten by a record nobody can read
+    is no grant, for a running worker as for a fresh one reading the compacted topic."""
+    table = ConsentTable()
+    key = _change(table, "tok_a", "fraud", T0, True)
+    with pytest.raises(MalformedStateRecord) as raised:
+        table.apply(key, value)
+    assert value.decode("utf-8", "replace") not in str(raised.value)
+    assert not table.in_force("customer", "tok_a", "fraud", T0 + 1)
+    assert not table.known("customer", "tok_a")
 
 
 def test_the_same_change_twice_counts_once_and_keys_never_hold_the_identifier() -> None:
@@ -148,15 +181,16 @@ def test_the_pipeline_publishes_each_view_its_basis_allows_and_audits_the_rest(t
         by_topic.setdefault(r.topic, []).append(r)
     assert len(by_topic[plan.sanitized_topic]) == 4 and len(by_topic["payments.analytics"]) == 4
     fraud = [orjson.loads(r.value) for r in by_topic["payments.fraud"]]
-    assert [f["event_id"] for f in fraud] == [granted["event_id"], revoked["event_id"]]  # in force at their time
+    # the revoked subject's event stamped before the revocation is withheld too: it is judged after it
+    assert [f["event_id"] for f in fraud] == [granted["event_id"]]
     assert all(set(f) == {"event_id", "user_id", "card_number", "amount_minor"} for f in fraud)
     assert all(f["card_number"] != granted["card_number"] for f in fraud)  # the view encrypts it
     audits = record_entries(r.value for r in by_topic[config.audit_topic])
     assert [a["outcome"] for a in audits] == ["sanitized"] * 4  # one audit event per input event
-    assert [a["purposes"]["fraud"] for a in audits] == ["published:consent", "published:consent",
+    assert [a["purposes"]["fraud"] for a in audits] == ["published:consent", "withheld:no_consent:fraud",
                                                         "withheld:no_consent:fraud", "withheld:no_consent:fraud"]
     assert {a["purposes"]["analytics"] for a in audits} == {"published:legitimate_interests"}
-    assert result.counts[(plan.source_topic, "purpose", "fraud", "withheld")] == 2
+    assert result.counts[(plan.source_topic, "purpose", "fraud", "withheld")] == 3
     keys = {r.key for r in by_topic["payments.fraud"]} | {r.key for r in by_topic["payments.analytics"]}
     assert keys <= {r.key for r in by_topic[plan.sanitized_topic]}  # keyed by the subject token, as the default
 
@@ -188,3 +222,24 @@ def test_purposes_and_an_enforced_risk_measure_are_refused_together(tmp_path: Pa
     schema["privacy"]["quality"]["risk"]["mode"] = "report"  # measured only: allowed
     path.write_text(json.dumps(schema))
     assert compile_plan(load_schema_file(path)).purposes
+
+
+def test_a_revocation_binds_the_events_after_it_in_the_same_batch(tmp_path: Path) -> None:
+    plan = compile_plan(load_schema_file(_purposes_policy(tmp_path)))
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test", consent_input_topic="consent.raw")
+    pipeline = Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, audit_partitions=1)
+    payment = SampleEvents(seed=5).payment()
+    token = pipeline.stages[plan.source_topic].sanitizer.subject_token
+    pipeline.consent = ConsentTable()
+    _change(pipeline.consent, token(payment["user_id"]), "fraud", T0, True)
+    revoke = orjson.dumps({"subject": payment["user_id"], "purpose": "fraud", "granted": False, "at": T0 + 100})
+    result = pipeline.process([RawEvent("consent.raw", 0, 0, T0 + 100, None, revoke, None),
+                               RawEvent(plan.source_topic, 0, 0, T0 + 50, None, orjson.dumps(payment), None)])
+    assert not [r for r in result.records if r.topic == "payments.fraud"]  # stamped before, processed after
+    assert [r for r in result.records if r.topic == config.consent_topic]
+
+
+def test_the_gateways_own_records_on_the_consent_topic_are_not_malformed_changes() -> None:
+    table = ConsentTable()
+    table.apply(b"_fence/keys:forget", b'{"format": 1}')  # gateway forget's fence: skipped, not counted
+    assert len(table) == 0

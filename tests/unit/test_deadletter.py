@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.audit import record_entries
 from gateway.config import GatewayConfig
-from gateway.deadletter import SUBJECT_SEAL_FORMAT, QuarantineSealer
+from gateway.deadletter import QUARANTINE_SEAL_FORMAT, SUBJECT_SEAL_FORMAT, QuarantineSealer, _coordinates, _payload
 from gateway.errors import DecryptError
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys, entry_key
@@ -41,7 +42,7 @@ def _dead_letter(sealed: dict[str, Any], topic: str = "payments.raw", partition:
 
 def test_seal_unseal_round_trip(sealer: QuarantineSealer) -> None:
     sealed = sealer.seal("payments.raw", 2, 41, VALUE, KEY, HEADERS)
-    assert sealed["format"] == 1
+    assert sealed["format"] == QUARANTINE_SEAL_FORMAT == 3
     assert sealed["key_id"] == sealer.key_id
     opened = sealer.unseal(_dead_letter(sealed))
     assert opened == {"value": VALUE, "key": KEY, "headers": HEADERS}
@@ -214,12 +215,25 @@ def test_unseal_of_a_malformed_dead_letter_is_malformed(sealer: QuarantineSealer
     assert excinfo.value.reason == "malformed"
 
 
-def test_format_1_is_unchanged(sealer: QuarantineSealer) -> None:
+def test_format_3_size_and_fields(sealer: QuarantineSealer) -> None:
     sealed = sealer.seal("payments.raw", 2, 41, VALUE, KEY, HEADERS)
-    assert set(sealed) == {"format", "key_id", "data"} and sealed["format"] == 1
+    assert set(sealed) == {"format", "key_id", "seal_id", "data"} and sealed["format"] == 3
+    assert len(bytes.fromhex(sealed["seal_id"])) == 16
     assert len(base64.b64decode(sealed["data"])) == 12 + 4 + len(orjson.dumps(
         {"key": base64.b64encode(KEY).decode(), "value_is_null": False,
          "headers": [[n, base64.b64encode(d).decode()] for n, d in HEADERS]})) + len(VALUE) + 16
+
+
+def test_format_1_dead_letters_still_unseal(keyring: Keyring, sealer: QuarantineSealer) -> None:
+    """Dead letters written before format 3: directly under the quarantine key named by key_id."""
+    key_id, key = keyring.quarantine_key()
+    nonce = bytes(12)
+    data = nonce + AESGCM(key).encrypt(nonce, _payload(VALUE, KEY, HEADERS), _coordinates("payments.raw", 2, 41))
+    old = {"format": 1, "key_id": key_id, "data": base64.b64encode(data).decode()}
+    assert sealer.unseal(_dead_letter(old)) == {"value": VALUE, "key": KEY, "headers": HEADERS}
+    with pytest.raises(DecryptError) as moved:
+        sealer.unseal(_dead_letter(old, offset=42))
+    assert moved.value.reason == "tampered"
 
 
 def test_subject_sealed_json_holds_no_subject_or_canary(keyring: Keyring,
@@ -267,10 +281,10 @@ ORDERS = [  # (value, expected reason, expected seal format)
     (_order(f"  {SUBJECT.upper()}", comment=f"card {CANARIES['card']}"), "pii_in_kept_field", 2),  # normalized
     (_order(SUBJECT, amount=-5), "quality:amount.range", 2),
     (_order(SUBJECT, amount=CANARIES["card"]), "wrong_type", 2),  # JSON that parsed: its subject is read
-    (orjson.dumps({"comment": CANARIES["name"], "amount": 1}), "missing_field", 1),  # no subject to read
-    (orjson.dumps({"email": 7, "comment": "x", "amount": 1}), "wrong_type", 1),  # a subject that is not a string
-    (b'{"email": "' + SUBJECT.encode() + b'", "comment": ', "json_invalid", 1),  # never parsed: not read
-    (b"\x07" + CANARIES["name"].encode(), "avro_truncated", 1),  # Avro that does not decode: not read
+    (orjson.dumps({"comment": CANARIES["name"], "amount": 1}), "missing_field", 3),  # no subject to read
+    (orjson.dumps({"email": 7, "comment": "x", "amount": 1}), "wrong_type", 3),  # a subject that is not a string
+    (b'{"email": "' + SUBJECT.encode() + b'", "comment": ', "json_invalid", 3),  # never parsed: not read
+    (b"\x07" + CANARIES["name"].encode(), "avro_truncated", 3),  # Avro that does not decode: not read
     (_order(BOB, comment=f"mail {CANARIES['email']}"), "pii_in_kept_field", 2),
 ]
 
@@ -301,7 +315,7 @@ def test_pipeline_seals_dead_letters_of_a_readable_subject_under_its_key(
     quarantine_id = keyring.quarantine_key()[0]
     for i, letter in letters.items():
         sealed = letter["sealed"]
-        expected = [quarantine_id] if sealed["format"] == 1 else ["token:customer/v1", sealed["key_id"]]
+        expected = [quarantine_id] if sealed["format"] == 3 else ["token:customer/v1", sealed["key_id"]]
         assert audit[i]["key_ids"] == expected
     # everything opens for an operator holding the keyring and reading the key topic
     operator = QuarantineSealer(*keyring.quarantine_key(), topic.reader(keyring))
@@ -328,7 +342,7 @@ def test_pipeline_without_subject_keys_seals_under_the_quarantine_key(
         write_schema: Any, tmp_path: Path, keyring: Keyring) -> None:
     pipeline, _ = _order_pipeline(write_schema, tmp_path, keyring, with_keys=False)
     _, letters, audit = _run_orders(pipeline)
-    assert {letter["sealed"]["format"] for letter in letters.values()} == {1}
+    assert {letter["sealed"]["format"] for letter in letters.values()} == {3}
     assert {tuple(a["key_ids"]) for i, a in audit.items() if i in letters} == {(keyring.quarantine_key()[0],)}
 
 
@@ -345,7 +359,7 @@ def test_pipeline_falls_back_to_the_quarantine_key_when_no_subject_key_can_be_ha
     monkeypatch.setattr(pipeline.subject_keys, "current", down)
     events, letters, audit = _run_orders(pipeline)
     assert len(letters) == len(ORDERS) - 1  # every rejected event still dead-lettered
-    assert {letter["sealed"]["format"] for letter in letters.values()} == {1} and topic.records == []
+    assert {letter["sealed"]["format"] for letter in letters.values()} == {3} and topic.records == []
     operator = QuarantineSealer(*keyring.quarantine_key())
     assert all(operator.unseal(letter)["value"] == events[i].value for i, letter in letters.items())
 
@@ -381,7 +395,7 @@ def test_dlq_unseal_command_without_the_key_topic(write_schema: Any, tmp_path: P
     assert main(["dlq", "unseal", "--keyring", str(keyring.path)]) == 1
     out, err = capsys.readouterr()
     opened = [orjson.loads(line) for line in out.splitlines()]
-    format_1 = sorted(i for i, letter in letters.items() if letter["sealed"]["format"] == 1)
+    format_1 = sorted(i for i, letter in letters.items() if letter["sealed"]["format"] == 3)
     assert [o["source"]["offset"] for o in opened] == format_1
     assert all(base64.b64decode(o["value"]) == events[o["source"]["offset"]].value for o in opened)
     assert opened[0]["headers"] == [["trace", base64.b64encode(b"t").decode()]] and opened[0]["key"] is None

@@ -121,7 +121,7 @@ def test_rewrap_moves_subject_keys_to_the_new_kek_so_the_old_one_can_be_retired(
     for i, record in enumerate(records):
         opened, report = decrypt_record(record, plan, reader)
         assert opened["note"] == f"note {i}"
-        # the v1 field carried its DEK wrapped under the retired KEK: it is gone with it (README)
+        # the v1 field carried its DEK wrapped under the retired KEK: it is gone with it (docs/operations/keys.md)
         assert report.fields["note"] == "decrypted" and report.fields["code"].startswith("key_not_held:")
 
 
@@ -132,3 +132,30 @@ def test_an_event_without_subject_is_rejected_with_missing_subject(setup: tuple[
     with pytest.raises(RejectedEvent) as excinfo:
         sanitizer.sanitize({"patient_id": None, "note": "n", "code": "c"})
     assert excinfo.value.reason == "missing_subject" and "note" in excinfo.value.message
+
+
+def test_a_refused_name_stays_erased_whatever_arrives_under_it_and_in_any_order(tmp_path: Path) -> None:
+    keyring = Keyring.open(tmp_path / "k.json")
+    topic = KeyTopic()
+    writer = SubjectKeys(keyring, publisher=topic.publish)
+    key = writer.current("patient", "tok_a")
+    writer.periods.current(30, 20_000, "patient", "tok_a")
+    other = writer.current("patient", "tok_b")
+    writer.publish_pending()
+    names = [k for k, _ in topic.records]
+    subject_name = f"patient/tok_a/{key.dek_id.hex()}".encode()
+    period_name = next(n for n in names if n.startswith(b"period:"))
+
+    refused_first = SubjectKeys(keyring)  # the erased-names record read before the key topic (a restore)
+    for name in (subject_name, period_name):
+        refused_first.refuse(name)
+    for k, v in topic.records:
+        refused_first.apply(k, v)
+    refused_later = topic.reader(keyring)  # a follower: the record arrives after the values
+    for name in (subject_name, period_name):
+        refused_later.refuse(name)
+    for k, v in topic.records:  # a writer re-stores the very same values afterwards
+        refused_later.apply(k, v)
+    for keys in (refused_first, refused_later):
+        assert keys.keys_of("patient", "tok_a") == [] and keys.periods.keys_of("patient", "tok_a") == []
+        assert keys.keys_of("patient", "tok_b") == [f"patient/tok_b/{other.dek_id.hex()}"]

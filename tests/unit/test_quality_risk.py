@@ -155,7 +155,7 @@ def test_to_json_holds_counts_and_rates_never_values() -> None:
     for city, diagnosis in [("Canaryville", "rare-canary-disease"), ("Canaryville", "flu"), ("Elsewhere", "flu")]:
         window.add({"city": city, "diagnosis": diagnosis})
     out = window.figures().to_json()
-    assert out == {"records": 3, "classes": 2, "k": 1, "k_target": 2, "below_k_records": 1,
+    assert out == {"k_counts": "subjects", "records": 3, "classes": 2, "k": 1, "k_target": 2, "below_k_records": 1,
                    "below_k_share": 0.333333, "l": 1, "l_target": 2, "below_l_classes": 1}
     text = orjson.dumps(out)
     assert b"Canary" not in text and b"canary" not in text and b"flu" not in text

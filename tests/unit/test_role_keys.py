@@ -378,7 +378,6 @@ def test_data_key_and_wrap_reprs_hide_keys(keyring: Keyring) -> None:
     ({"encrypt": {"roles": ["x" * 65]}}, "each role name must be"),
     ({"encrypt": {"roles": [7]}}, "7: each role name must be"),
     ({"encrypt": {"roles": ["support", "support"]}}, "names a role twice"),
-    ({"encrypt": {"roles": ["support"], "per_subject": True}}, "roles and per_subject cannot be combined"),
 ])
 def test_bad_roles_fail_to_compile_naming_the_field(tmp_path: Path, privacy: dict[str, Any], problem: str) -> None:
     path = tmp_path / "orders.avsc"

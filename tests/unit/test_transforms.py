@@ -17,7 +17,15 @@ from gateway.config import GatewayConfig
 from gateway.decrypt import decrypt_record
 from gateway.errors import DecryptError, RejectedEvent
 from gateway.keys import envelope
-from gateway.keys.envelope import DekCache, FieldDecryptor, context_bytes, parse_ciphertext
+from gateway.keys.envelope import (
+    Binding,
+    DekCache,
+    FieldDecryptor,
+    RecordRef,
+    context_bytes,
+    parse_ciphertext,
+    record_prefix,
+)
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
 from gateway.pipeline import Pipeline
@@ -385,22 +393,27 @@ def test_encrypt_inside_a_union_record_branch_compiles(write_schema: Any) -> Non
 
 
 # ---- the compiled per-event path -----------------------------------------------------------------
-def test_ciphertexts_keep_format_v1_and_bind_topic_path_and_subject(pipeline: Pipeline, payments_plan: Plan,
-                                                                    keyring: Keyring) -> None:
+def test_ciphertexts_are_v1_bound_by_v5_to_topic_path_subject_and_event(pipeline: Pipeline, payments_plan: Plan,
+                                                                         keyring: Keyring) -> None:
     sanitizer = _sanitizer(pipeline, "payments.raw")
     raw = dict(SampleEvents(seed=30).payment(), card_expiry="02/29")
     result = sanitizer.sanitize(raw)
     key = pipeline.dek_cache.current()
     decryptor = FieldDecryptor(keyring)
+    ref = RecordRef(event_id=raw["event_id"])
     for path in PAYMENT_ENCRYPTED:
         ciphertext = _get(result.record, path)
         parsed = parse_ciphertext(ciphertext)
-        assert parsed.version == 1 and parsed.header == key.header  # what encrypt_field writes
-        assert len(ciphertext) == len(key.header) + 12 + len(plaintext_encoder("string")(_get(raw, path))) + 16
+        assert parsed.version == 1 and parsed.binding == Binding.EVENT_ID  # a v1 key, record-bound (v5)
+        assert parsed.header == record_prefix(Binding.EVENT_ID) + key.header  # what encrypt_field writes
+        assert len(ciphertext) == 2 + len(key.header) + 12 + len(plaintext_encoder("string")(_get(raw, path))) + 16
         context = context_bytes(payments_plan.sanitized_topic, path, result.subject)
-        assert decryptor.decrypt(ciphertext, context) == plaintext_encoder("string")(_get(raw, path))
+        assert decryptor.decrypt(ciphertext, context, result.subject, ref) == \
+            plaintext_encoder("string")(_get(raw, path))
         with pytest.raises(DecryptError):
-            decryptor.decrypt(ciphertext, context_bytes(payments_plan.sanitized_topic, path, "someone else"))
+            decryptor.decrypt(ciphertext, context_bytes(payments_plan.sanitized_topic, path, "someone else"), "", ref)
+        with pytest.raises(DecryptError):  # another event's record
+            decryptor.decrypt(ciphertext, context, result.subject, RecordRef(event_id="another-event"))
     assert result.dek_key_id == key.key_id
 
 

@@ -53,7 +53,7 @@ from confluent_kafka import Message
 from gateway import metrics
 from gateway.audit import ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
 from gateway.config import GatewayConfig
-from gateway.dp.bound_store import STATE_CONFIG, changes_by_source, state_partition, state_records
+from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
@@ -79,6 +79,7 @@ STEP_S = 0.05  # longest wait of each stage's consume: the two loops and the rel
 # offset.metadata.max.bytes (4096 by default): the job refuses to start with aggregates needing more
 METADATA_LIMIT = 2048
 NO_HEAD = orjson.dumps({"audit_head": None}).decode()  # stage 1, a chain without events yet
+BOUND_STATE = "dp-bound-state"  # gateway_state_records_skipped_total{state}
 
 
 def contributions_topic(config: GatewayConfig) -> str:
@@ -352,9 +353,14 @@ class BoundHandler:
         started = time.monotonic()
         records, _ = changelog.restore(self.kafka, self.state_topic,
                                        {state_partition(s, self.state_partitions) for s in sources})
-        for source, changes in changes_by_source(((r.key, r.value) for r in records), sources).items():
+        changes: dict[Source, list[Change]] = {s: [] for s in sources}
+        # records it cannot read are skipped and counted (gateway_state_records_skipped_total{dp-bound-state})
+        changelog.apply_records(BOUND_STATE, self.state_topic, ((r.key, r.value) for r in records),
+                                lambda key, value: collect_change(changes, key, value))
+        for source, entries in changes.items():
             bounder = self._bounder(source)
-            bounder.restore(changes)
+            changelog.apply_records(BOUND_STATE, self.state_topic, entries, bounder.restore_entry)
+            bounder.settle_restored()
             self.bounders[source] = bounder
         self._unrestored.clear()
         # how many entries were restored is an exact count of subjects: it stays inside the DP boundary
@@ -504,7 +510,7 @@ class AggregateWorker:
         self.state_partitions = 1
         self.topic_partitions: dict[str, int] = {}  # partition counts, read when the job starts
         # windows closed per outcome: the only tally this job reports (exact contribution counts
-        # never leave it; see README "What stays inside the DP boundary")
+        # never leave it; see docs/dp.md, "What stays inside the DP boundary")
         self.windows_closed: Counter[str] = Counter()
         self._stop = False
         self.health = metrics.Health(checks=("kafka", "assignment"))

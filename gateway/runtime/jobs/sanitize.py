@@ -2,7 +2,7 @@
 exactly once, on the shared transactional loop.
 
 Why confluent-kafka and not a per-event faust agent on this path: the faust agent costs about
-200 us of overhead per event (see README, "Design choices"), ten times the whole transform. Here a
+200 us of overhead per event (see docs/architecture.md, "Design choices"), ten times the whole transform. Here a
 batch is consumed, transformed and published inside one Kafka transaction together with the
 consumer offsets, so sanitized records, dead letters, audit events and progress commit atomically.
 Each source partition's audit chain head rides in the metadata of its committed offset: a worker
@@ -25,6 +25,7 @@ from confluent_kafka import Message
 from gateway import metrics
 from gateway.audit import parse_head_metadata
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys
@@ -46,6 +47,7 @@ log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0
 LAG_EVERY_S = 5.0
 WINDOWS_EVERY_S = 1.0  # how often idle partitions' ended quality windows are closed
+FOLLOWER_CHECK = "key-topic"  # the readiness check of the key-topic follower (when the policy needs keys)
 
 
 class SanitizeHandler:
@@ -188,6 +190,7 @@ class Worker:
         self._dek_seen = (0, 0)  # (hits, KMS calls) already added to the metrics
         self._lag_labels: set[tuple[str, str]] = set()
         self.key_topic: KeyTopic | None = None
+        self.failed_follower: str | None = None  # set when a state follower died: the worker stops
         self.retention: RetentionSchedule | None = None
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
@@ -208,7 +211,8 @@ class Worker:
             kms = self._kms if self._kms is not None else build_kms(self.config, self.keyring)
             self._kms = kms
             subject_keys = SubjectKeys(kms, self.config.dek_max_uses)
-            self.key_topic = KeyTopic(self.config, subject_keys)
+            self.key_topic = KeyTopic(self.config, subject_keys, on_failure=self._follower_died)
+            self.health.set(FOLLOWER_CHECK, True)
         return Pipeline(self.plans, self.keyring, self.config, audit_partitions, kms=self._kms,
                         subject_keys=subject_keys)
 
@@ -275,7 +279,17 @@ class Worker:
                     follower.close()
             self._log_status()
             log.info("worker stopped")
+        if self.failed_follower is not None:
+            raise GatewayError(f"the key-topic follower died ({self.failed_follower}): the worker stopped, so that "
+                               "it does not go on with keys it no longer updates; started again (by `--processes`' "
+                               "supervisor or the orchestrator) it restores them from the key topic")
         return 0
+
+    def _follower_died(self, failure: str) -> None:
+        """A state follower's thread died: not ready from now on, and stop after the batch in flight."""
+        self.failed_follower = failure
+        self.health.set(FOLLOWER_CHECK, False)
+        self._stop = True
 
     def _follow_consent(self) -> ChangelogFollower | None:
         """Consent purposes: the consent topic restored into the pipeline's table before the first event
