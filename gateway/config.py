@@ -170,7 +170,7 @@ class GatewayConfig:
     stall_after_s: float = setting(60.0, "a partition whose committed position has not moved for this long while "
                                    "input waits is reported stalled", group="ops")
     leak_sample_rate: float = setting(0.01, "fraction of events whose kept string fields the leak sentinel scans "
-                                      "for PII", group="sanitize")
+                                      "for PII in observe mode (enforce scans every event)", group="sanitize")
     metrics_port: int = setting(0, "serve /metrics, /healthz and /readyz on this port (0: off)", group="ops")
     metrics_host: str = setting("127.0.0.1", "address of the metrics port (containers set 0.0.0.0)", group="ops")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", group="ops",

@@ -17,22 +17,16 @@ from typing import Any
 
 import orjson
 
+from gateway import detect
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
 class Redactor:
-    """Replaces recognisable secrets and PII in text. Card numbers must pass the Luhn check, so
-    offsets, timestamps and counts are left alone."""
+    """Replaces recognisable secrets and PII in text. Card numbers and e-mail addresses are found by
+    gateway.detect, the detectors `redact` uses (issuer prefix, length and Luhn check, so offsets,
+    timestamps and counts are left alone; cards split by dots or no-break spaces, addresses with
+    non-ASCII parts), so the log filter and the redaction operator cannot drift apart."""
 
     _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ("private_key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
@@ -44,17 +38,17 @@ class Redactor:
         ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
         ("ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
     )
-    _CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
+    _DETECTED = {"CARD": "[REDACTED:card]", "EMAIL": "[REDACTED:email]"}
+    _DETECTOR = detect.detector(_DETECTED)
 
     def redact(self, text: str) -> str:
         for kind, pattern in self._PATTERNS:
             text = pattern.sub(f"[REDACTED:{kind}]", text)
-        return self._CARD.sub(self._card, text)
+        return detect.redact(text, self._DETECTOR.find(text), self._placeholder)
 
-    @staticmethod
-    def _card(match: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", match.group())
-        return "[REDACTED:card]" if 13 <= len(digits) <= 19 and _luhn_ok(digits) else match.group()
+    @classmethod
+    def _placeholder(cls, match: detect.Match, _text: str) -> str:
+        return cls._DETECTED[match.entity]
 
     def value(self, value: Any) -> Any:
         """Redact strings inside any JSON-like value (dicts, lists, tuples)."""

@@ -21,8 +21,9 @@ EVENTS = Counter("gateway_events_total", "Input events by source topic and outco
                  ["source_topic", "outcome"])
 DEAD_LETTERS = Counter("gateway_dead_letters_total", "Events sent to the dead-letter topic, by reason code",
                        ["source_topic", "reason"])
-LEAKS = Counter("gateway_leak_suspected_total", "Sampled events with PII detected in a field kept in clear "
-                "(leak sentinel), by source topic, field path and entity type", ["topic", "field", "entity"])
+LEAKS = Counter("gateway_leak_suspected_total", "Checked events (all under enforce, a sample under observe) with PII "
+                "detected in a field kept in clear (leak sentinel), by source topic, field path and entity type",
+                ["topic", "field", "entity"])
 QUALITY_FAILURES = Counter("gateway_quality_failures_total", "Events failing a data-quality rule, by source topic, "
                            "rule and the rule's action (reject, flag, measure)", ["source_topic", "rule", "action"])
 PURPOSE_EVENTS = Counter("gateway_purpose_events_total", "Sanitized events per purpose view: published (its legal "

@@ -1,14 +1,18 @@
 """The leak sentinel: PII found in a field the policy keeps in clear.
 
-A policy keeps a field because it held no PII when it was written; producers change. On a sampled
-fraction of events (`leak_sample_rate`) the sentinel runs the detectors (gateway/detect/) over the
-sanitized record's kept string values, nested records, arrays and maps included. A hit is counted
-(`gateway_leak_suspected_total{topic,field,entity}`) and recorded in the event's audit event
-(`leak_suspected`: field paths and entity types, never the value); a policy with
-`"leak_sentinel": "enforce"` dead-letters the event (`pii_in_kept_field`) instead of publishing it.
+A policy keeps a field because it held no PII when it was written; producers change. The sentinel
+runs the detectors (gateway/detect/) over the sanitized record's kept string values, nested
+records, arrays and maps included. A hit is counted (`gateway_leak_suspected_total{topic,field,entity}`)
+and recorded in the event's audit event (`leak_suspected`: field paths and entity types, never the
+value).
 
-Sampling is random per event, not per key: every event has the same chance, so a leak that affects
-a share p of events is seen after about 1 / (p * rate) events.
+- `"leak_sentinel": "enforce"` checks EVERY event, whatever `leak_sample_rate` says, and dead-letters
+  each one with a hit (`pii_in_kept_field`) instead of publishing it. Enforcing on a sample would
+  publish (1 - rate) of the leaking events: a promise "no PII in kept fields" cannot be sampled.
+- `"observe"` (the default) checks a sampled fraction of events (`leak_sample_rate`) and publishes
+  them: it measures, it does not withhold. Sampling is random per event, not per key: every event has
+  the same chance, so a leak that affects a share p of events is seen after about 1 / (p * rate) events.
+- `"off"` checks nothing.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ _STRING_KINDS = ("string", "union", "array", "map")  # kinds that can hold free-
 
 
 class LeakSentinel:
-    """Checks sampled sanitized records of one plan; `check` returns [(field path, entity)]."""
+    """Checks sanitized records of one plan (every one when enforced, else a sample); `check` returns
+    [(field path, entity)]."""
 
     def __init__(self, plan: Plan, sample_rate: float, rng: random.Random | None = None) -> None:
         self.enforce = plan.leak_sentinel == "enforce"
-        self.sample_rate = sample_rate if plan.leak_sentinel != "off" else 0.0
+        # enforce is a promise about every event, so the configured sample rate does not apply to it
+        self.sample_rate = 1.0 if self.enforce else sample_rate if plan.leak_sentinel != "off" else 0.0
         self._random = (rng or random.Random()).random  # noqa: S311 - sampling, not secrecy
         self._walk = _record_walker(plan.record)
         self._contains = detect.detector().contains
@@ -40,7 +46,8 @@ class LeakSentinel:
         return self.sample_rate > 0 and self.watched
 
     def sampled(self) -> bool:
-        return self._random() < self.sample_rate
+        """Whether this event is checked: always when enforced, else with probability `sample_rate`."""
+        return self.enforce or self._random() < self.sample_rate
 
     def check(self, record: dict[str, Any]) -> list[tuple[str, str]]:
         hits: dict[str, str] = {}

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
-
-from stdnum import luhn
 
 from gateway.detect.base import Match
 from gateway.detect.iban import inside_iban_shape
 
-# A run of digit groups joined by single spaces or dashes, not glued to letters, digits or decimals.
-# Inside a run the card is the longest window of whole groups that validates, so "qty 2 4111 1111
-# 1111 1111" still finds the card and "1234 5678 9012 3456 7890 1234" (too long) finds none.
-# Digits inside an IBAN-shaped token ("DE28 2250 7550 1673 7175 75", checksum or not) are not a card.
-_RUN = re.compile(r"(?<![\w.,-])\d+(?:[ -]\d+)*(?![\w])")
+# A run of digit groups joined by a separator: one dash or dot, or one or two spaces (no-break, thin and
+# figure spaces included: text copied from web pages and PDFs carries them). Inside a run the card is
+# the longest window of whole groups that validates, so "qty 2 4111 1111 1111 1111" still finds the
+# card and "1234 5678 9012 3456 7890 1234" (too long) finds none. Whatever comes before the run
+# (a comma in a CSV line, a label glued to it: "CC-4111...", "CC4111...") does not matter: the
+# issuer prefix, length and Luhn digit decide. Digits inside an IBAN-shaped token ("DE28 2250 7550
+# 1673 7175 75", checksum or not) are not a card.
+_SPACE = "\u00a0\u2007\u2009\u202f"
+_RUN = re.compile(rf"\d+(?:(?:[ {_SPACE}]{{1,2}}|[-.])\d+)*")
 _GROUP = re.compile(r"\d+")
 
 # (lowest prefix, highest prefix, allowed lengths): the issuer identification numbers of the
@@ -45,19 +48,46 @@ _IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
 _MIN, _MAX = 13, 19
 
 
+_BY_PREFIX: tuple[tuple[int, int, int, frozenset[int]], ...] = tuple(
+    (len(str(low)), low, high, lengths) for low, high, lengths in _IIN
+)
+
+
 def is_card_number(digits: str) -> bool:
     """True when `digits` (digits only) has a known issuer prefix, a length that issuer uses, and a valid Luhn digit."""
-    if not _MIN <= len(digits) <= _MAX:
+    size = len(digits)
+    if not _MIN <= size <= _MAX:
         return False
-    for low, high, lengths in _IIN:
-        prefix = int(digits[: len(str(low))])
-        if low <= prefix <= high and len(digits) in lengths:
-            return luhn.is_valid(digits)
+    for width, low, high, lengths in _BY_PREFIX:  # the ranges are disjoint: the first that holds decides
+        if low <= int(digits[:width]) <= high:
+            return size in lengths and luhn_ok(digits)
     return False
 
 
+_PLAIN = {str(d): d for d in range(10)}
+_DOUBLED = {str(d): d * 2 - 9 if d > 4 else d * 2 for d in range(10)}
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check over a string of ASCII digits: the one helper for cards, here and in the log filter.
+
+    From the right, every second digit is doubled (minus 9 above 9); the sum must end in 0.
+    """
+    return (sum(map(_PLAIN.__getitem__, digits[::-2])) + sum(map(_DOUBLED.__getitem__, digits[-2::-2]))) % 10 == 0
+
+
+def _digits(text: str, groups: list[tuple[int, int]]) -> str:
+    digits = "".join(text[start:end] for start, end in groups)
+    return digits if digits.isascii() else _ascii_digits(digits)
+
+
+def _ascii_digits(group: str) -> str:
+    """Digits of any script (full-width "４１１１", Arabic-Indic...) as ASCII: `\\d` finds them, so must the check."""
+    return "".join(str(unicodedata.digit(c)) for c in group)
+
+
 class CardFinder:
-    """Card numbers written plain ("4111111111111111") or in groups separated by spaces or dashes."""
+    """Card numbers written plain ("4111111111111111") or in groups separated by spaces, dashes or dots."""
 
     entity = "CARD"
 
@@ -69,23 +99,27 @@ class CardFinder:
             yield from self._in_run(text, groups)
 
     def _in_run(self, text: str, groups: list[tuple[int, int]]) -> Iterator[Match]:
-        i = 0
-        while i < len(groups):
+        digits = _digits(text, groups)  # the run's digits, separators out: windows are slices of it
+        offsets = [0]
+        for start, end in groups:
+            offsets.append(offsets[-1] + end - start)
+        i, n = 0, len(groups)
+        while i < n:
             best = None
-            digits = ""
-            for j in range(i, len(groups)):
-                start, end = groups[j]
-                size = end - start
-                # a grouped card is 4-6 digits first, 3-6 in the middle, 1-6 last; a bare one is one group
-                if j > i and (size > 6 or (j == i + 1 and groups[i][1] - groups[i][0] not in (4, 5, 6))):
-                    break
-                if j > i + 1 and groups[j - 1][1] - groups[j - 1][0] < 3:
-                    break
-                digits += text[start:end]
-                if len(digits) > _MAX:
-                    break
-                if is_card_number(digits):
-                    best = j
+            first = offsets[i + 1] - offsets[i]
+            if _MIN <= first <= _MAX:  # a bare number
+                if digits[offsets[i]] in "23456" and is_card_number(digits[offsets[i] : offsets[i + 1]]):
+                    best = i
+            elif first in (4, 5, 6) and digits[offsets[i]] in "23456":  # every issuer prefix starts 2-6
+                # a grouped card is 4-6 digits first, 3-6 in the middle, 1-6 last
+                for j in range(i + 1, n):
+                    if offsets[j + 1] - offsets[j] > 6 or (j > i + 1 and offsets[j] - offsets[j - 1] < 3):
+                        break
+                    total = offsets[j + 1] - offsets[i]
+                    if total > _MAX:
+                        break
+                    if total >= _MIN and is_card_number(digits[offsets[i] : offsets[j + 1]]):
+                        best = j
             if best is None:
                 i += 1
                 continue

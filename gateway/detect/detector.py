@@ -59,15 +59,20 @@ class Detector:
             found += list(self._phone.find(text, tuple(found)))
         if len(found) < 2:
             return found
-        found.sort(key=lambda m: (m.start - m.end, _RANK[m.entity], m.start))
+        # overlaps are resolved within each cluster of chained overlapping matches, so a text with
+        # thousands of matches costs a sort, not thousands of list insertions
+        found.sort(key=lambda m: (m.start, m.end))
         kept: list[Match] = []
-        starts: list[int] = []
-        for m in found:
-            i = bisect.bisect_right(starts, m.start)
-            if (i and kept[i - 1].end > m.start) or (i < len(kept) and kept[i].start < m.end):
+        cluster = [found[0]]
+        end = found[0].end
+        for m in found[1:]:
+            if m.start < end:
+                cluster.append(m)
+                end = max(end, m.end)
                 continue
-            kept.insert(i, m)
-            starts.insert(i, m.start)
+            kept += _resolve(cluster)
+            cluster, end = [m], m.end
+        kept += _resolve(cluster)
         return kept
 
     def contains(self, text: str) -> str | None:
@@ -86,6 +91,21 @@ class Detector:
 
     def __repr__(self) -> str:
         return f"Detector(entities={sorted(self.entities)}, phone_region={self.phone_region!r})"
+
+
+def _resolve(cluster: list[Match]) -> list[Match]:
+    """Non-overlapping matches of one cluster, by start: the longer wins, then the more specific."""
+    if len(cluster) == 1:
+        return cluster
+    kept: list[Match] = []
+    starts: list[int] = []
+    for m in sorted(cluster, key=lambda m: (m.start - m.end, _RANK[m.entity], m.start)):
+        i = bisect.bisect_right(starts, m.start)
+        if (i and kept[i - 1].end > m.start) or (i < len(kept) and kept[i].start < m.end):
+            continue
+        kept.insert(i, m)
+        starts.insert(i, m.start)
+    return kept
 
 
 @functools.lru_cache(maxsize=64)

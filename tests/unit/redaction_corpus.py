@@ -7,6 +7,13 @@ per entity type (FORMATS). Near-misses (NEAR_MISSES) are strings that look like 
 Luhn-invalid card-like numbers, versions, dates, amounts, ISBNs, bad IBAN checksums, emails without
 a TLD, SSNs in ranges never issued. They are planted unlabelled, so finding one costs precision.
 
+SIDE_DOOR_FORMATS and SIDE_DOOR_NEAR_MISSES are the shapes an outside review found missed or
+misread (cards after a comma, glued to a label, split by dots, double or no-break spaces; e-mail
+addresses with non-ASCII or IDN parts; lower-case and dashed IBANs; spaced and bare SSNs;
+00-prefixed international phones; phones in parentheses) and their look-alikes (the same shapes
+with failed checksums, five-part versions, case and order numbers). `side_door_corpus()` plants
+only those, at least 2,000 mentions and 2,000 near-misses.
+
 The scoring rule (`score`): a predicted span counts for a ground-truth span when both have the same
 entity type and the prediction covers at least half of the ground-truth span; each ground-truth
 span pairs with at most one prediction. Half-coverage accepts boundary differences (a "+" or the
@@ -42,6 +49,7 @@ class Span:
 class Sample:
     text: str
     spans: tuple[Span, ...]
+    near_misses: int = 0  # unlabelled look-alikes planted in the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +379,88 @@ def _url(template: str) -> Gen:
     return gen
 
 
+# --- the side-door shapes ------------------------------------------------------------------------
+
+_NBSP = ["\u00a0", "\u202f", "\u2009"]  # no-break, narrow no-break, thin space
+
+
+def _card_number(r: random.Random) -> str:
+    return _luhn_complete(r.choice([_visa, _mastercard, _mastercard2, _discover])(r), 16, r)
+
+
+def _card_csv(r: random.Random) -> Planted:
+    """A CSV line: name, card, expiry ("alice,4111111111111111,12/26")."""
+    return Planted(_card_number(r), lead=f"{r.choice(_FIRST)},", tail=f",{r.randint(1, 12):02d}/{r.randint(25, 31)}")
+
+
+def _card_glued(r: random.Random) -> Planted:
+    return Planted(_card_number(r), lead=r.choice(["CC-", "CC", "cc#", "PAN:", "card_"]))
+
+
+def _card_sep(sep: Callable[[random.Random], str]) -> Gen:
+    def gen(r: random.Random) -> Planted:
+        return Planted(_groups(_card_number(r), (4, 4, 4, 4), sep(r)))
+
+    return gen
+
+
+_UNICODE_FIRST = ["josé", "zoë", "françois", "łukasz", "søren", "müller", "ñuñez", "çelik", "đorđe", "ανδρέας"]
+_IDN_DOMAINS = ["bücher.de", "münchen-café.example", "例え.jp", "пример.рф", "exämple.com", "straße.info",
+                "xn--bcher-kva.example", "mañana.es"]
+
+
+def _email_unicode_local(r: random.Random) -> Planted:
+    return Planted(f"{r.choice(_UNICODE_FIRST)}.{r.choice(_LAST)}@{r.choice(_DOMAINS)}")
+
+
+def _email_idn(r: random.Random) -> Planted:
+    return Planted(f"{r.choice(_FIRST)}{r.randint(1, 99)}@{r.choice(_IDN_DOMAINS)}")
+
+
+def _email_all_unicode(r: random.Random) -> Planted:
+    return Planted(f"{r.choice(['用户', 'почта', 'δοκιμή', 'josé'])}@{r.choice(_IDN_DOMAINS[:4])}")
+
+
+def _iban_lower(spaced: bool) -> Gen:
+    def gen(r: random.Random) -> Planted:
+        number = make_iban(r.choice(sorted(_BBAN)), r)
+        return Planted((iban.format(number) if spaced else number).lower())
+
+    return gen
+
+
+def _iban_dashed(r: random.Random) -> Planted:
+    return Planted(iban.format(make_iban(r.choice(sorted(_BBAN)), r)).replace(" ", "-"))
+
+
+def _ssn_digits(r: random.Random) -> str:
+    area = r.choice([a for a in range(1, 900) if a != 666])
+    return f"{area:03d}{r.randint(1, 99):02d}{r.randint(1, 9999):04d}"
+
+
+def _ssn_spaced(r: random.Random) -> Planted:
+    d = _ssn_digits(r)
+    return Planted(f"{d[:3]} {d[3:5]} {d[5:]}", r.choice(["", "SSN ", "ssn: "]))
+
+
+def _ssn_bare(r: random.Random) -> Planted:
+    return Planted(_ssn_digits(r), r.choice(["SSN ", "ssn: ", "SSN#", "social security number "]))
+
+
+def _phone_00(region: str, kind: phonenumbers.PhoneNumberType) -> Gen:
+    intl = _phone_intl(region, kind, _INTL)
+
+    def gen(r: random.Random) -> Planted:
+        return Planted("00" + intl(r).value[1:])  # "+44 20 ..." dialled as "0044 20 ..."
+
+    return gen
+
+
+def _phone_in_parens(r: random.Random) -> Planted:
+    a, e, n = _us_number(r)
+    return Planted(r.choice([f"{a}-{e}-{n}", f"+1 {a} {e} {n}", f"{a}.{e}.{n}"]), lead="(", tail=")")
+
+
 FORMATS: dict[str, dict[str, Gen]] = {
     "EMAIL": {
         "plain": _email_plain,
@@ -379,6 +469,9 @@ FORMATS: dict[str, dict[str, Gen]] = {
         "upper": _email_upper,
         "angle_brackets": _email_angle,
         "mailto": _email_mailto,
+        "unicode_local": _email_unicode_local,
+        "idn_domain": _email_idn,
+        "all_unicode": _email_all_unicode,
     },
     "PHONE": {
         "us_paren": _phone_us("({a}) {e}-{n}"),
@@ -400,6 +493,11 @@ FORMATS: dict[str, dict[str, Gen]] = {
         "jp_fixed": _phone_intl("JP", _FIXED, _INTL),
         "es_mobile_e164": _phone_intl("ES", _MOBILE, _E164),
         "nl_mobile": _phone_intl("NL", _MOBILE, _INTL),
+        "gb_mobile_00": _phone_00("GB", _MOBILE),
+        "de_fixed_00": _phone_00("DE", _FIXED),
+        "fr_mobile_00": _phone_00("FR", _MOBILE),
+        "in_mobile_00": _phone_00("IN", _MOBILE),
+        "us_in_parens": _phone_in_parens,
     },
     "CARD": {
         "visa_spaced": _card(_visa, 16, (4, 4, 4, 4), " "),
@@ -412,10 +510,23 @@ FORMATS: dict[str, dict[str, Gen]] = {
         "amex_dashed": _card(_amex, 15, (4, 6, 5), "-"),
         "amex_plain": _card(_amex, 15, (), ""),
         "discover_spaced": _card(_discover, 16, (4, 4, 4, 4), " "),
+        "csv_comma": _card_csv,
+        "glued_label": _card_glued,
+        "dotted": _card_sep(lambda r: "."),
+        "double_space": _card_sep(lambda r: "  "),
+        "no_break_space": _card_sep(lambda r: r.choice(_NBSP)),
     },
-    "IBAN": {"spaced": _iban(True), "compact": _iban(False)},
+    "IBAN": {
+        "spaced": _iban(True),
+        "compact": _iban(False),
+        "lower_spaced": _iban_lower(True),
+        "lower_compact": _iban_lower(False),
+        "dashed": _iban_dashed,
+    },
     "NATIONAL_ID": {
         "us_ssn": _ssn,
+        "us_ssn_spaced": _ssn_spaced,
+        "us_ssn_bare": _ssn_bare,
         "gb_nino_spaced": _nino(True),
         "gb_nino_compact": _nino(False),
         "de_idnr": _idnr,
@@ -445,6 +556,15 @@ FORMATS: dict[str, dict[str, Gen]] = {
         "https": _url("https://{user}:{pw}@git.example.com/team/repo.git"),
         "ftp": _url("ftp://{user}:{pw}@ftp.example.org/pub/"),
     },
+}
+
+
+SIDE_DOOR_FORMATS: dict[str, tuple[str, ...]] = {
+    "CARD": ("csv_comma", "glued_label", "dotted", "double_space", "no_break_space"),
+    "EMAIL": ("unicode_local", "idn_domain", "all_unicode"),
+    "IBAN": ("lower_spaced", "lower_compact", "dashed"),
+    "NATIONAL_ID": ("us_ssn_spaced", "us_ssn_bare"),
+    "PHONE": ("gb_mobile_00", "de_fixed_00", "fr_mobile_00", "in_mobile_00", "us_in_parens"),
 }
 
 
@@ -544,6 +664,77 @@ def _nino_bad_prefix(r: random.Random) -> str:
     return f"{r.choice(['QQ', 'GB', 'BG', 'DA'])}{_digits(r, 6)}{r.choice('ABCD')}"
 
 
+def _luhn_invalid_16(r: random.Random) -> str:
+    number = _card_number(r)
+    return number[:-1] + str((int(number[-1]) + r.randint(1, 9)) % 10)
+
+
+def _bad_card_shapes(r: random.Random) -> str:
+    """The side-door card shapes, Luhn digit wrong."""
+    number = _luhn_invalid_16(r)
+    return r.choice([
+        f"{r.choice(_FIRST)},{number},{r.randint(1, 12):02d}/{r.randint(25, 31)}",
+        f"CC-{number}",
+        _groups(number, (4, 4, 4, 4), "."),
+        _groups(number, (4, 4, 4, 4), "  "),
+        _groups(number, (4, 4, 4, 4), r.choice(_NBSP)),
+    ])
+
+
+def _version_5_two_digit(r: random.Random) -> str:
+    """A five-part version of two-digit parts ("30.22.26.39.36"): ten digits, a valid US number's length."""
+    return ".".join(str(r.randint(10, 99)) for _ in range(5))
+
+
+def _case_number(r: random.Random) -> str:
+    year, n, m = r.randint(2000, 2030), _digits(r, 4), _digits(r, 2)
+    return r.choice([f"case {year}/{n}/{m}", f"Az. {year}/{n}/{m}", f"{year}/{n}/{m}", f"case {year}-{n}-{m}",
+                     f"claim no. {_digits(r, 3)}-{_digits(r, 3)}-{_digits(r, 4)}"])
+
+
+def _order_number(r: random.Random) -> str:
+    """Order, invoice and tracking numbers; the card-length ones start with 1 or 9 (no card network does)."""
+    return r.choice([f"order {_digits(r, 4)} {_digits(r, 4)} {_digits(r, 4)}", f"PO-{_digits(r, 10)}",
+                     f"ORD{_digits(r, 12)}", f"invoice #{_digits(r, 3)}-{_digits(r, 3)}-{_digits(r, 4)}",
+                     f"tracking {r.choice('19')}{_digits(r, 3)} {_digits(r, 4)} {_digits(r, 4)} {_digits(r, 4)} "
+                     f"{_digits(r, 2)}"])
+
+
+def _bad_iban_shapes(r: random.Random) -> str:
+    bad = _bad_iban(r).replace(" ", "")
+    return r.choice([iban.format(bad).lower(), bad.lower(), iban.format(bad).replace(" ", "-")])
+
+
+def _ssn_spaced_never_issued(r: random.Random) -> str:
+    return f"{r.choice(['000', '666', str(r.randint(900, 999))])} {r.randint(10, 99)} {r.randint(1000, 9999)}"
+
+
+def _nine_digits_without_context(r: random.Random) -> str:
+    return f"{r.choice(['ref', 'batch', 'qty', 'id'])} {_digits(r, 9)}"
+
+
+def _bad_00_prefix(r: random.Random) -> str:
+    """00 then a country code no country has ("0099 ...", "0028 ...")."""
+    return f"00{r.choice(['99', '28', '80', '83', '89'])} {_digits(r, 3)} {_digits(r, 4)}"
+
+
+def _email_unicode_no_tld(r: random.Random) -> str:
+    return r.choice([f"{r.choice(_UNICODE_FIRST)}@localhost", f"{r.choice(_UNICODE_FIRST)}@intranet",
+                     "用户@例子", f"{r.choice(_UNICODE_FIRST)}@@bücher.de"])
+
+
+SIDE_DOOR_NEAR_MISSES: dict[str, Callable[[random.Random], str]] = {
+    "bad_card_shapes": _bad_card_shapes,
+    "version_5_two_digit": _version_5_two_digit,
+    "case_number": _case_number,
+    "order_number": _order_number,
+    "bad_iban_shapes": _bad_iban_shapes,
+    "ssn_spaced_never_issued": _ssn_spaced_never_issued,
+    "nine_digits_without_context": _nine_digits_without_context,
+    "bad_00_prefix": _bad_00_prefix,
+    "email_unicode_no_tld": _email_unicode_no_tld,
+}
+
 NEAR_MISSES: dict[str, Callable[[random.Random], str]] = {
     "luhn_invalid_card": _luhn_invalid,
     "luhn_valid_no_iin": _no_iin_16,
@@ -572,6 +763,7 @@ NEAR_MISSES: dict[str, Callable[[random.Random], str]] = {
     "bad_dni_letter": _bad_dni,
     "bad_idnr": _bad_idnr,
     "nino_bad_prefix": _nino_bad_prefix,
+    **SIDE_DOOR_NEAR_MISSES,
 }
 
 
@@ -643,27 +835,44 @@ def _chat(r: random.Random, items: list[tuple[str, str, Planted | str]]) -> list
 _STYLES = (_support_note, _log_line, _chat)
 
 
-def _sample(r: random.Random) -> Sample:
+def _sample(r: random.Random, formats: dict[str, tuple[str, ...]] | None = None,
+            near_misses: dict[str, Callable[[random.Random], str]] = NEAR_MISSES,
+            planted: tuple[int, ...] = (0, 1, 1, 2, 2, 3), misses: tuple[int, ...] = (0, 1, 1, 2)) -> Sample:
+    shapes = formats or {entity: tuple(sorted(f)) for entity, f in FORMATS.items()}
     items: list[tuple[str, str, Planted | str]] = []
-    for _ in range(r.choice([0, 1, 1, 2, 2, 3])):
-        entity = r.choice(sorted(FORMATS))
-        gen = FORMATS[entity][r.choice(sorted(FORMATS[entity]))]
+    for _ in range(r.choice(planted)):
+        entity = r.choice(sorted(shapes))
+        gen = FORMATS[entity][r.choice(shapes[entity])]
         items.append((entity, r.choice(_LABELS[entity]), gen(r)))
-    for _ in range(r.choice([0, 1, 1, 2])):
-        miss = NEAR_MISSES[r.choice(sorted(NEAR_MISSES))](r)
+    n_misses = r.choice(misses)
+    for _ in range(n_misses):
+        miss = near_misses[r.choice(sorted(near_misses))](r)
         items.insert(r.randint(0, len(items)), ("", "", miss))
     text, spans = "", []
     for piece, entity in r.choice(_STYLES)(r, items):
         if entity:
             spans.append(Span(entity, len(text), len(text) + len(piece)))
         text += piece
-    return Sample(text, tuple(spans))
+    return Sample(text, tuple(spans), n_misses)
 
 
 def corpus(n: int = 800, seed: int = SEED) -> list[Sample]:
     """`n` labelled texts, the same for the same seed."""
     r = random.Random(seed)
     return [_sample(r) for _ in range(n)]
+
+
+def side_door_corpus(mentions: int = 2000, near_misses: int = 2000, seed: int = SEED) -> list[Sample]:
+    """Texts planted only with the side-door shapes and their look-alikes, until both counts are reached."""
+    r = random.Random(seed + 1)
+    out: list[Sample] = []
+    found = missed = 0
+    while found < mentions or missed < near_misses:
+        sample = _sample(r, SIDE_DOOR_FORMATS, SIDE_DOOR_NEAR_MISSES, (0, 1, 2, 2), (0, 1, 2, 2))
+        out.append(sample)
+        found += len(sample.spans)
+        missed += sample.near_misses
+    return out
 
 
 # --- scoring -------------------------------------------------------------------------------------

@@ -50,6 +50,19 @@ def test_operational_numbers_are_left_alone() -> None:
     assert redactor.redact("payments.raw:3") == "payments.raw:3"
 
 
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [  # the shapes the detectors learned: the log filter uses them, so it learned them too
+        ("row alice,4111111111111111,12/26", "row alice,[REDACTED:card],12/26"),
+        ("card 4111.1111.1111.1111 declined", "card [REDACTED:card] declined"),
+        ("card 4111\u00a01111\u00a01111\u00a01111 declined", "card [REDACTED:card] declined"),
+        ("from josé.garcía@bücher.de", "from [REDACTED:email]"),
+    ],
+)
+def test_the_log_filter_uses_the_detectors(text: str, redacted: str) -> None:
+    assert Redactor().redact(text) == redacted
+
+
 def test_exceptions_are_logged_by_type_only(captured: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = captured
     try:

@@ -3,6 +3,7 @@ when the policy enforces it."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from gateway.keys.keyring import Keyring
 from gateway.pipeline import Pipeline, RawEvent
 from gateway.policy import compile_plan
 from gateway.schema import load_schema_file
+from gateway.sentinel import LeakSentinel
 
 LEAK = "leaky.person@example.com"
 
@@ -70,11 +72,35 @@ def test_enforce_mode_dead_letters_the_event(write_schema, tmp_path: Path) -> No
     assert [a["outcome"] for a in by_topic["privacy.audit"]] == ["sanitized", "rejected:pii_in_kept_field"]
 
 
-def test_sampling_follows_the_rate_and_off_disables(write_schema, tmp_path: Path) -> None:
-    none = _pipeline(write_schema, tmp_path, "enforce", rate=0.0).process(_events([LEAKY] * 50))
-    assert not any(r.topic == "n.raw.dlq" for r in none.records)
+def test_enforce_checks_every_event_whatever_the_sample_rate(write_schema, tmp_path: Path) -> None:
+    # enforce on a sample would publish (1 - rate) of the leaking events: it must look at each one
+    for rate in (0.0, 0.01, 0.5):
+        result = _pipeline(write_schema, tmp_path, "enforce", rate=rate).process(_events([LEAKY, NESTED] * 150))
+        assert not any(r.topic == "n.sanitized" for r in result.records), rate
+        assert sum(r.topic == "n.raw.dlq" for r in result.records) == 300, rate
+        audit = record_entries(r.value for r in result.records if r.topic == "privacy.audit")
+        assert [a["outcome"] for a in audit] == ["rejected:pii_in_kept_field"] * 300
+        assert all(a["leak_suspected"] for a in audit)
+
+
+def test_observe_samples_at_the_rate_and_off_disables(write_schema, tmp_path: Path) -> None:
+    none = _pipeline(write_schema, tmp_path, None, rate=0.0).process(_events([LEAKY] * 50))
+    assert not any("leak_suspected" in a for a in record_entries(
+        r.value for r in none.records if r.topic == "privacy.audit"))
     off = _pipeline(write_schema, tmp_path, "off", rate=1.0).process(_events([LEAKY] * 50))
     assert not any(r.topic == "n.raw.dlq" for r in off.records)
-    some = _pipeline(write_schema, tmp_path, "enforce", rate=0.5).process(_events([LEAKY] * 400))
-    rejected = sum(r.topic == "n.raw.dlq" for r in some.records)
-    assert 140 < rejected < 260  # binomial(400, 0.5): mean 200, sd 10
+    assert not any("leak_suspected" in a for a in record_entries(
+        r.value for r in off.records if r.topic == "privacy.audit"))
+    some = _pipeline(write_schema, tmp_path, "observe", rate=0.5).process(_events([LEAKY] * 400))
+    assert sum(r.topic == "n.sanitized" for r in some.records) == 400  # observed, all published
+    audit = record_entries(r.value for r in some.records if r.topic == "privacy.audit")
+    seen = sum("leak_suspected" in a for a in audit)
+    assert 140 < seen < 260  # binomial(400, 0.5): mean 200, sd 10
+
+
+def test_enforce_sentinel_is_active_at_rate_zero(write_schema, tmp_path: Path) -> None:
+    plan = compile_plan(load_schema_file(write_schema(_schema("enforce"))))
+    sentinel = LeakSentinel(plan, 0.0, random.Random(1))
+    assert sentinel.active and all(sentinel.sampled() for _ in range(1000))
+    observe = LeakSentinel(compile_plan(load_schema_file(write_schema(_schema("observe")))), 0.0)
+    assert not observe.active
