@@ -175,8 +175,12 @@ class GatewayConfig:
     metrics_host: str = setting("127.0.0.1", "address of the metrics port (containers set 0.0.0.0)", group="ops")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", group="ops",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    dp_idle_close_s: float = setting(10.0, "close DP windows past end + grace after this many quiet seconds",
+    dp_idle_close_s: float = setting(10.0, "close each DP window this many seconds after its end + grace (wall "
+                                     "clock), whether or not data arrived: time for contributions in flight",
                                      group="dp")
+    max_skew_s: int = setting(300, "an event time (record timestamp, an aggregate's time field) later than now + "
+                              "this many seconds is out of range: the event is dead-lettered (event_time_out_of_range) "
+                              "and moves no window, mark or period", group="worker")
     # KMS for KEKs (see gateway/keys/providers/__init__.py). Secrets come from the environment only.
     kms_provider: str = setting("local", "where the KEK lives: local (the keyring), aws (AWS KMS) or vault "
                                 "(Vault/OpenBao Transit)", group="keys", choices=("local", "aws", "vault"))
@@ -259,6 +263,8 @@ class GatewayConfig:
         self._check(bool(self.metrics_host.strip()), "metrics_host", "must be an address to bind, e.g. 0.0.0.0")
         self._check(bool(_TOPIC_RE.match(self.ledger_topic)), "ledger_topic", "must be a valid Kafka topic name")
         self._check(0 < self.dp_idle_close_s <= 86_400, "dp_idle_close_s", "must be in (0, 86400] seconds")
+        self._check(isinstance(self.max_skew_s, int) and 0 <= self.max_skew_s <= 7 * 86_400, "max_skew_s",
+                    "must be a whole number of seconds in [0, 604800]")
         self._check(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
                     "must be DEBUG, INFO, WARNING or ERROR")
         self._check(bool(_TOPIC_RE.match(self.key_topic)), "key_topic", "must be a valid Kafka topic name")

@@ -271,7 +271,7 @@ def verify_chains(events: Iterable[tuple[int, int, bytes]], keys: AuditKeys | No
     format 1 (unauthenticated) record: a finding, or with `allow_legacy` a note as long as no
     authenticated record preceded it on its chain. Without `keys` only the hashes are checked. A
     chain_restart marker (a worker could not find the chain's head) starts the chain again from
-    genesis and is a note; the offsets it skipped are coverage's to report (gateway.audit_verify).
+    genesis and is a note; the offsets it skipped are coverage's to report (gateway.core.audit_verify).
     Source offsets audited twice on a chain are findings.
     """
     report = ChainReport(authenticated=keys is not None)

@@ -43,12 +43,15 @@ import orjson
 
 from gateway.dp.declarations import AggregateSpec
 from gateway.errors import MalformedStateRecord
+from gateway.event_time import OUT_OF_RANGE as OUT_OF_RANGE_REASON
+from gateway.event_time import in_range
 
 ACCEPTED = "accepted"
 LATE = "late"
 OVER_GROUPS = "over_group_bound"
 OVER_RECORDS = "over_record_bound"
 MISSING = "missing_value"
+OUT_OF_RANGE = OUT_OF_RANGE_REASON  # later than now + max_skew_s, or absurdly old: moves no mark
 NEVER = -(2**62)
 
 
@@ -101,6 +104,7 @@ class ContributionBounder:
     specs: tuple[AggregateSpec, ...]
     partition: str = ""  # its input partition, part of each contribution's source
     upstreams: frozenset[str] = frozenset()  # the raw partitions expected ("<topic>/<partition>")
+    max_skew_ms: int | None = None  # None: event times are not range-checked here (gateway/event_time.py)
     marks: dict[tuple[str, str], int] = field(default_factory=dict)  # (aggregate id, upstream) -> event time
     frontier: dict[str, int] = field(default_factory=dict)  # aggregate id -> latest close time forgotten
     # (aggregate id, window start) -> subject -> group -> records accepted
@@ -112,19 +116,20 @@ class ContributionBounder:
     _dirty_frontiers: set[str] = field(default_factory=set, repr=False)
     _closed: list[tuple[str, int, list[str]]] = field(default_factory=list, repr=False)
 
-    def offer(self, subject: str, record: dict[str, Any], timestamp_ms: int, upstream: str = ""
-              ) -> list[tuple[AggregateSpec, str, Contribution | None]]:
+    def offer(self, subject: str, record: dict[str, Any], timestamp_ms: int, upstream: str = "",
+              now_ms: int | None = None) -> list[tuple[AggregateSpec, str, Contribution | None]]:
         """Bound one sanitized record against every aggregate: [(spec, outcome, contribution)].
-        `upstream` names the raw partition the record came from (its event times are in order)."""
+        `upstream` names the raw partition the record came from (its event times are in order);
+        `now_ms` (with `max_skew_ms`): an event time out of range is OUT_OF_RANGE and moves nothing."""
         out: list[tuple[AggregateSpec, str, Contribution | None]] = []
         for spec in self.specs:
-            outcome, contribution = self._offer_one(spec, subject, record, timestamp_ms, upstream)
+            outcome, contribution = self._offer_one(spec, subject, record, timestamp_ms, upstream, now_ms)
             self.counts[outcome] += 1
             out.append((spec, outcome, contribution))
         return out
 
     def _offer_one(self, spec: AggregateSpec, subject: str, record: dict[str, Any],
-                   timestamp_ms: int, upstream: str) -> tuple[str, Contribution | None]:
+                   timestamp_ms: int, upstream: str, now_ms: int | None = None) -> tuple[str, Contribution | None]:
         t = event_time(spec, record, timestamp_ms)
         group = group_key(spec, record)
         value = 0
@@ -136,6 +141,8 @@ class ContributionBounder:
             value = min(max(raw, lo), hi)
         if t is None or group is None:
             return MISSING, None
+        if now_ms is not None and self.max_skew_ms is not None and not in_range(t, now_ms, self.max_skew_ms):
+            return OUT_OF_RANGE, None
         start = spec.window_start(t)
         close_at = start + spec.window_ms + spec.grace_ms
         if close_at <= self.marks.get((spec.id, upstream), NEVER) or close_at <= self.frontier.get(spec.id, NEVER):

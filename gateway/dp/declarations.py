@@ -32,6 +32,13 @@ OPTIONAL = ("field", "grace_s", "clamp", "time_field", "output_topic", "period_s
             "period_delta_cap", "share", "max_skew_s", "continual")
 CONTINUAL_SETTINGS = ("horizon_windows", "start", "groups")
 BUDGET_SETTINGS = ("period_s", "epsilon_cap", "delta_cap")
+# A source with aggregates and no "budget" block gets this one: a real bound on what one subject can
+# lose per day across all of them (before, the default was what every window of every aggregate could
+# spend: about 2,160 epsilon a day for the shipped schemas). Lint warns about any budget or aggregate
+# cap allowing more than LINT_EPSILON_PER_DAY per subject per day.
+DEFAULT_BUDGET = {"period_s": 86_400, "epsilon_cap": 10.0, "delta_cap": 1e-4}
+LINT_EPSILON_PER_DAY = 10.0
+_DAY_S = 86_400
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _GROUPABLE = {"string", "int", "long", "boolean", "enum"}
@@ -326,13 +333,14 @@ def budget_key(subject_domain: str | None, source_topic: str) -> str:
 
 
 def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
-                   error: Callable[[str, str], None]) -> tuple[AggregateSpec, ...]:
+                   error: Callable[[str, str], None],
+                   warn: Callable[[str, str], None] | None = None) -> tuple[AggregateSpec, ...]:
     """The record-level ``"budget": {"period_s", "epsilon_cap", "delta_cap"}``: what everything
     released about one subject may spend per rolling period, summed over all aggregates of the
-    budget (basic composition). Absent, the period is the longest of the aggregates' and the caps are
-    what their own caps allow over it, summed (so no aggregate is held back more than by its own cap,
-    and the total is still accounted). An aggregate with ``"share": f`` may spend at most f of the
-    budget's caps per its own period; shares sum to at most 1."""
+    budget (basic composition). Absent, it is DEFAULT_BUDGET (10 epsilon per subject per day): a
+    real bound, not the sum of what every window could spend. An aggregate with ``"share": f`` may
+    spend at most f of the budget's caps per its own period; shares sum to at most 1. `warn` (lint)
+    is told of a budget or aggregate cap allowing more than LINT_EPSILON_PER_DAY a day."""
     if not specs:
         if block is not None:
             error("(record)", "budget is set, but the schema declares no aggregates")
@@ -340,26 +348,29 @@ def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
     if block is not None and not isinstance(block, dict):
         error("(record)", "budget must be an object {\"period_s\": P, \"epsilon_cap\": E, \"delta_cap\": D}")
         return specs
-    block = block or {}
+    block = block if block is not None else DEFAULT_BUDGET
     for name in sorted(set(block) - set(BUDGET_SETTINGS)):
         error("(record)", f"unknown budget setting '{name}' (known: {', '.join(BUDGET_SETTINGS)})")
-    period_s = block.get("period_s", max(s.period_ms for s in specs) // 1000)
+    period_s = block.get("period_s", DEFAULT_BUDGET["period_s"])
     if not (_is_int(period_s) and 1 <= period_s <= 366 * 86400):
         error("(record)", "budget setting 'period_s' must be an integer number of seconds between 1 and 31622400")
         return specs
     shares = {s.name: s.share for s in specs if s.share is not None}
     if sum(shares.values()) > 1 + 1e-9:
         error("(record)", f"the aggregates' shares sum to {sum(shares.values()):g}, above 1")
-    # default: what the aggregates' own caps allow over the budget's period, summed
-    periods = {s.name: math.ceil(period_s * 1000 / s.period_ms) for s in specs}
-    eps_cap = block.get("epsilon_cap", sum(s.period_epsilon_cap * periods[s.name] for s in specs))
-    delta_cap = block.get("delta_cap", sum(s.period_delta_cap * periods[s.name] for s in specs))
+    eps_cap = block.get("epsilon_cap", DEFAULT_BUDGET["epsilon_cap"])
+    delta_cap = block.get("delta_cap", DEFAULT_BUDGET["delta_cap"])
     if not (_is_number(eps_cap) and eps_cap > 0):
         error("(record)", "budget setting 'epsilon_cap' must be a positive number")
         return specs
     if not (_is_number(delta_cap) and 0 <= delta_cap < 1):
         error("(record)", "budget setting 'delta_cap' must be a number in [0, 1)")
         return specs
+    if warn is not None and _is_int(period_s) and _is_number(eps_cap):
+        per_day = eps_cap * math.ceil(_DAY_S / period_s)
+        if per_day > LINT_EPSILON_PER_DAY:
+            warn("(record)", f"the budget allows up to {per_day:g} epsilon per subject per day, above "
+                             f"{LINT_EPSILON_PER_DAY:g}: each subject's privacy is barely bounded")
     out = []
     for spec in specs:
         share = shares.get(spec.name)

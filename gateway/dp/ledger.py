@@ -26,6 +26,15 @@ record (key ``charge|<aggregate>|<window>|<partition>``) to the one-partition le
 until it has read it back. The first charge of a window, in log order, decides for that window,
 counting only windows admitted before it; every worker replaying the same log reaches the same
 decision. A charge whose release never follows (a crash) stays spent: conservative, never over.
+
+A release is drawn once. The charge carries the window's noisy values (``drawn``: the groups key
+selection kept with their noisy count and sum, or a continual aggregate's running totals and the
+counter state after them), drawn from OpenDP before the charge is committed; the release publishes
+exactly those, and every retry (an aborted release transaction, a worker killed before the commit, a
+partition moved) publishes them again byte for byte, never a fresh draw. The ledger topic is inside
+the DP boundary (it holds pre-release values), like the bounding state. The first charge of a
+(aggregate, window, partition) in log order is the one every worker uses. Charges written before
+this (no ``drawn``) are still read; their window is drawn when released, as it used to be.
 """
 
 from __future__ import annotations
@@ -48,6 +57,15 @@ BUDGET_DELTA_CAP = "budget_delta_cap"
 _TOLERANCE = 1e-9
 
 
+def horizon_end(spec: AggregateSpec, epsilon: float) -> int:
+    """Where the epsilon a continual horizon pays with its first window stops counting: the horizon's
+    end. The running totals of every later window release data of that period too, so the horizon's
+    epsilon is charged to every rolling period it overlaps, not only to its first window's."""
+    if not spec.continual or epsilon <= 0:
+        return 0
+    return spec.continual_start_ms + spec.continual_windows * spec.window_ms
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     aggregate: str
@@ -60,13 +78,14 @@ class LedgerEntry:
     released_at: int
     instance: str
     budget: str = ""  # "": an entry written before budgets, its aggregate's own
+    span_end: int = 0  # a continual horizon's end: its epsilon counts in every period up to it (0: none)
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                     instance: str, cost: tuple[float, float] | None = None) -> LedgerEntry:
         epsilon, delta = cost or (spec.epsilon, spec.delta)
         return cls(spec.id, window_start, window_start + spec.window_ms, partition, epsilon, delta,
-                   groups, released_at, instance, spec.budget)
+                   groups, released_at, instance, spec.budget, horizon_end(spec, epsilon))
 
     @property
     def key(self) -> bytes:
@@ -80,7 +99,7 @@ class LedgerEntry:
         d = orjson.loads(data)
         return cls(str(d["aggregate"]), int(d["window_start"]), int(d["window_end"]), int(d["partition"]),
                    float(d["epsilon"]), float(d["delta"]), int(d["groups"]), int(d["released_at"]),
-                   str(d["instance"]), str(d.get("budget", "")))
+                   str(d["instance"]), str(d.get("budget", "")), int(d.get("span_end", 0)))
 
 
 @dataclass(frozen=True)
@@ -101,16 +120,22 @@ class Charge:
     budget_period_ms: int = 0  # 0: the aggregate's period
     budget_epsilon_cap: float = math.inf
     budget_delta_cap: float = math.inf
+    # the window's noisy values, drawn once before this charge was committed (see the module
+    # docstring); None: a charge of an older version, drawn at release
+    drawn: dict[str, Any] | None = field(default=None, compare=False)
+    span_end: int = 0  # a continual horizon's end: its epsilon counts in every period up to it (0: none)
 
     @classmethod
     def for_release(cls, spec: AggregateSpec, window_start: int, partition: int, now_ms: int,
-                    instance: str, cost: tuple[float, float] | None = None) -> Charge:
+                    instance: str, cost: tuple[float, float] | None = None,
+                    drawn: dict[str, Any] | None = None) -> Charge:
         """`cost`: (epsilon, delta) of this window, if not the spec's (a continual aggregate pays its
-        horizon's epsilon with its first window)."""
+        horizon's epsilon with its first window). `drawn`: the release's noisy values."""
         epsilon, delta = cost or (spec.epsilon, spec.delta)
         return cls(spec.id, window_start, partition, epsilon, delta, spec.period_ms,
                    spec.period_epsilon_cap, spec.period_delta_cap, now_ms, instance, spec.budget,
-                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap)
+                   spec.budget_period_ms, spec.budget_epsilon_cap, spec.budget_delta_cap, drawn,
+                   horizon_end(spec, epsilon))
 
     @property
     def key(self) -> bytes:
@@ -120,6 +145,8 @@ class Charge:
         body = asdict(self)
         for cap in ("budget_epsilon_cap", "budget_delta_cap"):  # JSON has no infinity: null is no cap
             body[cap] = body[cap] if math.isfinite(body[cap]) else None
+        if body["drawn"] is None:
+            del body["drawn"]
         return orjson.dumps({"type": "charge", **body})
 
     @classmethod
@@ -133,7 +160,8 @@ class Charge:
                    float(d["delta"]), int(d["period_ms"]), float(d["period_epsilon_cap"]),
                    float(d["period_delta_cap"]), int(d["charged_at"]), str(d["instance"]),
                    str(d.get("budget", "")), int(d.get("budget_period_ms", 0)), cap("budget_epsilon_cap"),
-                   cap("budget_delta_cap"))
+                   cap("budget_delta_cap"), d.get("drawn") if isinstance(d.get("drawn"), dict) else None,
+                   int(d.get("span_end", 0)))
 
 
 @dataclass
@@ -142,6 +170,9 @@ class Ledger:
     charges: dict[bytes, Charge] = field(default_factory=dict)
     # (aggregate, window start) -> None (admitted) or the refusal, decided by the window's first charge
     decisions: dict[tuple[str, int], str | None] = field(default_factory=dict)
+    # (aggregate, window start) -> the partition whose charge decided it: the one release whose
+    # epsilon is reported (a window costs its epsilon once, however many partitions release it)
+    decided_by: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[bytes | None, bytes | None]]) -> Ledger:
@@ -181,23 +212,25 @@ class Ledger:
         window = (charge.aggregate, charge.window_start)
         if window in self.decisions:
             return
+        self.decided_by[window] = charge.partition
         self.decisions[window] = self._refusal(charge.aggregate, charge.budget or charge.aggregate,
                                                charge.window_start, (charge.period_ms, charge.budget_period_ms),
                                                (charge.epsilon, charge.delta),
                                                (charge.period_epsilon_cap, charge.period_delta_cap),
-                                               (charge.budget_epsilon_cap, charge.budget_delta_cap))
+                                               (charge.budget_epsilon_cap, charge.budget_delta_cap), charge.span_end)
 
     def _refusal(self, aggregate: str, budget: str, window_start: int, periods: tuple[int, int],
                  cost: tuple[float, float], caps: tuple[float, float],
-                 budget_caps: tuple[float, float]) -> str | None:
-        """Why a window's release (costing `cost`) would break its aggregate's cap (over its own
-        period) or its budget's (over the budget's period; 0: the aggregate's)."""
-        eps, delta = self.period_spend(aggregate, window_start, periods[0], cost)
+                 budget_caps: tuple[float, float], span_end: int = 0) -> str | None:
+        """Why a window's release (costing `cost`, up to `span_end` for a horizon) would break its
+        aggregate's cap (over its own period) or its budget's (over the budget's period; 0: the
+        aggregate's), in any rolling period it overlaps."""
+        eps, delta = self.period_spend(aggregate, window_start, periods[0], cost, span_end)
         if eps > caps[0] * (1 + _TOLERANCE):
             return EPSILON_CAP
         if delta > caps[1] * (1 + _TOLERANCE):
             return DELTA_CAP
-        eps, delta = self.budget_spend(budget, aggregate, window_start, periods[1] or periods[0], cost)
+        eps, delta = self.budget_spend(budget, aggregate, window_start, periods[1] or periods[0], cost, span_end)
         if eps > budget_caps[0] * (1 + _TOLERANCE):
             return BUDGET_EPSILON_CAP
         if delta > budget_caps[1] * (1 + _TOLERANCE):
@@ -212,6 +245,25 @@ class Ledger:
 
     def released(self, aggregate: str, window_start: int, partition: int) -> bool:
         return f"{aggregate}|{window_start}|{partition}".encode() in self.entries
+
+    def reported_cost(self, aggregate: str, window_start: int, partition: int) -> float:
+        """The epsilon a release of this partition adds to what the ledger says was spent: the
+        window's cost for the partition whose charge decided it, 0 for the others (and for a refusal)."""
+        window = (aggregate, window_start)
+        if self.decided_by.get(window) != partition or self.decisions.get(window) is not None:
+            return 0.0
+        charge = self.charge_of(aggregate, window_start, partition)
+        return charge.epsilon if charge is not None else 0.0
+
+    def last_window(self, aggregate: str, partition: int) -> int | None:
+        """The latest window of `aggregate` done on `partition` (released, or refused by its
+        charge): where its schedule goes on after a restart (gateway/dp/windows.py). A window charged
+        and admitted but not released yet is not done: it is released again, from its charge."""
+        starts = [e.window_start for e in self.entries.values()
+                  if e.aggregate == aggregate and e.partition == partition]
+        starts += [c.window_start for c in self.charges.values() if c.aggregate == aggregate
+                   and c.partition == partition and self.decisions.get((aggregate, c.window_start)) is not None]
+        return max(starts, default=None)
 
     def spent(self, aggregate: str | None = None,
               budget: str | None = None) -> dict[tuple[str, int], tuple[float, float]]:
@@ -231,21 +283,33 @@ class Ledger:
             out[(name, window_start)] = (max(eps, epsilon), max(dlt, delta))
         return out
 
+    def spans(self) -> dict[tuple[str, int], int]:
+        """(aggregate, window start) -> the end of the period its epsilon covers, for continual
+        horizons (the others count at their window's start only)."""
+        out: dict[tuple[str, int], int] = {}
+        for item in [*self.entries.values(), *self.charges.values()]:
+            if item.span_end:
+                key = (item.aggregate, item.window_start)
+                out[key] = max(out.get(key, 0), item.span_end)
+        return out
+
     def windows(self, aggregate: str) -> dict[int, tuple[float, float]]:
         """Window start -> (epsilon, delta) spent by one aggregate."""
         return {start: cost for (_, start), cost in self.spent(aggregate=aggregate).items()}
 
     def period_spend(self, aggregate: str, window_start: int, period_ms: int,
-                     extra: tuple[float, float] | None = None) -> tuple[float, float]:
+                     extra: tuple[float, float] | None = None, span_end: int = 0) -> tuple[float, float]:
         """Largest (epsilon, delta) one aggregate spent in any rolling period of `period_ms` that
-        contains the window starting at `window_start`, counting `extra` for that window if it is not
-        charged yet."""
-        return _worst_period(self.spent(aggregate=aggregate), aggregate, window_start, period_ms, extra)
+        overlaps the window starting at `window_start` (up to `span_end` for a horizon), counting
+        `extra` for that window if it is not charged yet."""
+        return _worst_period(self.spent(aggregate=aggregate), self.spans(), aggregate, window_start, period_ms,
+                             extra, span_end)
 
     def budget_spend(self, budget: str, aggregate: str, window_start: int, period_ms: int,
-                     extra: tuple[float, float] | None = None) -> tuple[float, float]:
+                     extra: tuple[float, float] | None = None, span_end: int = 0) -> tuple[float, float]:
         """The same summed over every aggregate of `budget` (`extra`: the window of `aggregate`)."""
-        return _worst_period(self.spent(budget=budget), aggregate, window_start, period_ms, extra)
+        return _worst_period(self.spent(budget=budget), self.spans(), aggregate, window_start, period_ms, extra,
+                             span_end)
 
     def check(self, spec: AggregateSpec, window_start: int, partition: int,
               cost: tuple[float, float] | None = None) -> str | None:
@@ -256,9 +320,10 @@ class Ledger:
             return ALREADY_RELEASED
         if (spec.id, window_start) in self.decisions:
             return self.decisions[(spec.id, window_start)]
+        cost = cost or (spec.epsilon, spec.delta)
         return self._refusal(spec.id, spec.budget or spec.id, window_start, (spec.period_ms, spec.budget_period_ms),
-                             cost or (spec.epsilon, spec.delta), (spec.period_epsilon_cap, spec.period_delta_cap),
-                             (spec.budget_epsilon_cap, spec.budget_delta_cap))
+                             cost, (spec.period_epsilon_cap, spec.period_delta_cap),
+                             (spec.budget_epsilon_cap, spec.budget_delta_cap), horizon_end(spec, cost[0]))
 
     def charge(self, spec: AggregateSpec, window_start: int, partition: int, groups: int, released_at: int,
                instance: str) -> LedgerEntry:
@@ -305,11 +370,14 @@ class Ledger:
                                    "epsilon_total": round(sum(e for e, _ in spent.values()), 12),
                                    "epsilon_cap": first.budget_epsilon_cap, "delta_cap": first.budget_delta_cap,
                                    "latest_window_start": latest}
-            # the latest period: the windows starting in (latest - period, latest]
+            # the latest period: the windows starting in (latest - period, latest], and the horizons
+            # overlapping it
             in_period: dict[str, float] = {s.id: 0.0 for s in members}
             delta_in_period = 0.0
+            spans = self.spans()
             for (aggregate, start), (e, d) in spent.items():
-                if latest is not None and latest - period_ms < start <= latest:
+                end = spans.get((aggregate, start), start + 1)
+                if latest is not None and start <= latest and end > latest - period_ms + 1:
                     in_period[aggregate] = in_period.get(aggregate, 0.0) + e
                     delta_in_period += d
             eps = sum(in_period.values())
@@ -340,17 +408,32 @@ def describe(ledger: Ledger, specs: dict[str, AggregateSpec]) -> str:
     return "\n".join(lines)
 
 
-def _worst_period(spent: dict[tuple[str, int], tuple[float, float]], aggregate: str, window_start: int,
-                  period_ms: int, extra: tuple[float, float] | None) -> tuple[float, float]:
-    """Largest (epsilon, delta) summed over the windows starting in any period [p, p + period_ms)
-    that contains `window_start`, counting `extra` for (aggregate, window_start) if not spent yet."""
-    spent = dict(spent)
-    if extra is not None and (aggregate, window_start) not in spent:
-        spent[(aggregate, window_start)] = extra
-    near = sorted((start, cost) for (_, start), cost in spent.items()
-                  if window_start - period_ms < start < window_start + period_ms)
-    worst = (0.0, 0.0)
-    for first in sorted({start for start, _ in near if start <= window_start}):
-        inside = [cost for start, cost in near if first <= start < first + period_ms]
-        worst = (max(worst[0], sum(e for e, _ in inside)), max(worst[1], sum(d for _, d in inside)))
+def _worst_period(spent: dict[tuple[str, int], tuple[float, float]], spans: dict[tuple[str, int], int],
+                  aggregate: str, window_start: int, period_ms: int, extra: tuple[float, float] | None,
+                  span_end: int = 0) -> tuple[float, float]:
+    """Largest (epsilon, delta) summed over what spends in any rolling period [p, p + period_ms)
+    overlapping [window_start, span_end) (a window: its start only), counting `extra` for
+    (aggregate, window_start) if not spent yet. A window spends at its start; a continual horizon
+    over its whole span (`spans`), so it counts in every period it overlaps."""
+    items = {key: (key[1], max(spans.get(key, 0), key[1] + 1), cost) for key, cost in spent.items()}
+    new_end = max(span_end, window_start + 1)
+    if extra is not None and (aggregate, window_start) not in items:
+        items[(aggregate, window_start)] = (window_start, new_end, extra)
+    elif (aggregate, window_start) in items:
+        new_end = max(new_end, items[(aggregate, window_start)][1])
+    # an item counts in [p, p + period) for p in [start - period + 1, end): sweep those bounds in order
+    # (O(n log n)), the largest sums among the periods overlapping the new span
+    bounds: dict[int, list[float]] = {}
+    for start, end, (eps, dlt) in items.values():
+        if start < new_end + period_ms and end > window_start - period_ms:
+            for at, sign in ((start - period_ms + 1, 1.0), (end, -1.0)):
+                delta = bounds.setdefault(at, [0.0, 0.0])
+                delta[0] += sign * eps
+                delta[1] += sign * dlt
+    worst, eps_sum, dlt_sum = (0.0, 0.0), 0.0, 0.0
+    for p in sorted(bounds):
+        eps_sum += bounds[p][0]
+        dlt_sum += bounds[p][1]
+        if window_start - period_ms < p < new_end:
+            worst = (max(worst[0], eps_sum), max(worst[1], dlt_sum))
     return worst

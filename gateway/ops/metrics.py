@@ -73,7 +73,10 @@ STATE_SKIPPED = Counter("gateway_state_records_skipped_total", "Records of a sta
 # that count is itself a DP output). Never the contributions bounded, accepted or dropped.
 DP_RELEASES = Counter("gateway_dp_releases_total", "Window releases per aggregate and outcome (released, "
                       "refused:<reason>)", ["aggregate", "outcome"])
-DP_EPSILON = Counter("gateway_dp_epsilon_spent_total", "Epsilon charged to the privacy ledger", ["aggregate"])
+# a window's epsilon once, however many stage-2 partitions release it (the release whose ledger
+# charge decided the window reports it), so the sum over workers is what the ledger says was spent
+DP_EPSILON = Counter("gateway_dp_epsilon_spent_total", "Epsilon spent per the privacy ledger (each window once)",
+                     ["aggregate"])
 DP_GROUPS = Counter("gateway_dp_groups_released_total", "Groups published (passed key selection)", ["aggregate"])
 
 

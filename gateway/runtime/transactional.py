@@ -254,6 +254,11 @@ class TransactionalLoop:
         self._publish(batch)
         return self.settle()
 
+    def open_owned(self) -> None:
+        """Open every owned partition not opened yet, input or not: a timer that publishes for a
+        partition (stage 2 closes windows whether or not data arrived) needs its committed state."""
+        self._open(sorted(self.owned - self.opened))
+
     def _usable(self, raw: list[Message]) -> list[Message]:
         messages: list[Message] = []
         for m in raw:

@@ -27,13 +27,13 @@ from .conftest import Deployment
 from .test_dp_aggregate import consumed_all, enable_aggregates, stages_drained, start_aggregator, wait_for
 
 pytestmark = pytest.mark.integration
-WINDOW_S = 60
-AGGREGATES = [  # a long grace: both windows close on the idle timer, none of the events is late
+WINDOW_S = 5
+AGGREGATES = [  # events in random order over two windows: a grace of two windows keeps all on time
     {"name": "spend", "metric": "sum", "field": "amount_minor", "group_by": ["country"], "time_field": "occurred_at",
-     "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
+     "window_s": WINDOW_S, "grace_s": 2 * WINDOW_S, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
      "max_records_per_group": 3, "clamp": [0, 5000]},
     {"name": "visits", "metric": "count", "group_by": ["currency"], "time_field": "occurred_at",
-     "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
+     "window_s": WINDOW_S, "grace_s": 2 * WINDOW_S, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
      "max_records_per_group": 2},
 ]
 SMALLEST = 10  # exact figures below this are too common (partition numbers, window counts) to test for
@@ -140,7 +140,7 @@ def test_metrics_and_logs_of_the_dp_stages_carry_no_exact_figure(
     d = Deployment(bootstrap, tmp_path_factory.mktemp("boundary"), uuid.uuid4().hex[:8])
     enable_aggregates(d, AGGREGATES)
     window_ms = WINDOW_S * 1000
-    base = (int(time.time() * 1000) - 4 * 3_600_000) // window_ms * window_ms  # two windows, 4 h ago
+    base = (int(time.time() * 1000) + 10_000) // window_ms * window_ms + window_ms  # two windows, just ahead
     events = _events(base)
     exact = _exact_figures(d, events)
     assert exact.isdisjoint(_data_independent(d)), "pick other test data: an exact figure equals a constant"
@@ -149,7 +149,7 @@ def test_metrics_and_logs_of_the_dp_stages_carry_no_exact_figure(
     assert [n for n, _ in _log_numbers(orjson.dumps({"counts": {"stage1:accepted": int(accepted)}}).decode())
             if n in exact] == [accepted]
     port = free_port()
-    # idle close after 4 s: time to scrape while the windows are still open
+    # a settle of 4 s after end + grace: time to scrape while the windows are still open
     worker = start_aggregator(d, "boundary", f"privacy.ledger.{d.suffix}", "--metrics-port", str(port), idle_s=4)
     scrapes: list[str] = []
     try:
@@ -169,9 +169,10 @@ def test_metrics_and_logs_of_the_dp_stages_carry_no_exact_figure(
         def released() -> list[dict[str, Any]]:
             return [orjson.loads(r.value or b"") for r in d.read(output)]
 
-        # 2 aggregates x 2 windows x 2 groups, each far above its key-selection threshold
+        # 2 aggregates x 2 windows x 2 groups, each far above its key-selection threshold; the second
+        # window closes on the clock, about 2 windows + grace + settle after the first event
         wait_for(lambda: {(r["aggregate"], r["window"]["start"]) for r in released()} ==
-                 {(a["name"], w) for a in AGGREGATES for w in (base, base + window_ms)}, 30, "both windows' releases")
+                 {(a["name"], w) for a in AGGREGATES for w in (base, base + window_ms)}, 60, "both windows' releases")
         wait_for(lambda: stages_drained(d), 30, "both DP stages to commit their whole input")
         status, text = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200

@@ -18,7 +18,7 @@ from .test_dp_aggregate import audit_bodies, enable_aggregates, stages_drained, 
 
 pytestmark = pytest.mark.integration
 RAW_PARTITIONS = 6
-WINDOW_S, GRACE_S, SPAN_S = 10, 5, 60
+WINDOW_S, GRACE_S, SPAN_S = 5, 5, 30
 EVENTS = 600
 
 
@@ -32,8 +32,9 @@ def test_a_backlog_across_six_raw_partitions_loses_no_event_as_late(fresh_deploy
     admin = AdminClient({"bootstrap.servers": d.bootstrap})
     for future in admin.create_topics([NewTopic(plan.source_topic, RAW_PARTITIONS, 1)]).values():
         future.result(30)
-    # a minute of event time ending a minute ago, each raw partition in event-time order
-    base = (int(time.time()) - 2 * SPAN_S) // WINDOW_S * WINDOW_S * 1000
+    # half a minute of event time starting shortly (stage 2 closes windows on the wall clock, so
+    # the backlog must reach it before its windows' close), each raw partition in event-time order
+    base = (int(time.time()) + 20) // WINDOW_S * WINDOW_S * 1000
     samples = SampleEvents(seed=77)
     per_partition: dict[int, list[bytes]] = {p: [] for p in range(RAW_PARTITIONS)}
     for i in range(EVENTS):
@@ -46,8 +47,10 @@ def test_a_backlog_across_six_raw_partitions_loses_no_event_as_late(fresh_deploy
     worker = d.start_worker("late-sanitize", partitions=RAW_PARTITIONS)
     aggregator = start_aggregator(d, "late", f"privacy.ledger.{d.suffix}", idle_s=2)
     try:
-        releases = wait_for(lambda: [r for r in audit_bodies(d, "dp_release")
-                                     if r["window"]["start"] >= base] if stages_drained(d) else None,
+        last = base + (SPAN_S - WINDOW_S) * 1000
+        releases = wait_for(lambda: [r for r in audit_bodies(d, "dp_release") if base <= r["window"]["start"] <= last]
+                            if stages_drained(d) and any(r["window"]["start"] == last
+                                                         for r in audit_bodies(d, "dp_release")) else None,
                             120, "the windows' releases")
         windows = {r["window"]["start"] for r in releases}
     finally:

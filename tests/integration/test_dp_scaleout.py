@@ -28,13 +28,14 @@ from .test_dp_aggregate import (
 )
 
 pytestmark = pytest.mark.integration
-WINDOW_S = 600
+WINDOW_S = 10
+MOVE_WINDOW_S = 30
 AGGREGATES = [
     {"name": "spend", "metric": "sum", "field": "amount_minor", "group_by": ["country"], "time_field": "occurred_at",
-     "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 2,
+     "window_s": WINDOW_S, "grace_s": 5, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 2,
      "max_records_per_group": 2, "clamp": [0, 5000]},
     {"name": "visits", "metric": "count", "group_by": ["currency"], "time_field": "occurred_at",
-     "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
+     "window_s": WINDOW_S, "grace_s": 5, "epsilon": 1.0, "delta": 1e-6, "max_groups_per_subject": 1,
      "max_records_per_group": 3},
 ]
 
@@ -46,19 +47,20 @@ def _events(base: int) -> list[tuple[bytes, dict[str, Any]]]:
         subject = f"tok_v1_subject{rng.randint(0, 80)}"
         out.append((subject.encode(), {"country": rng.choice(["DE", "FR", "NL", "PL"]),
                                        "currency": rng.choice(["EUR", "USD", "GBP"]),
-                                       "amount_minor": rng.randint(-100, 9000), "occurred_at": base + i * 2_000}))
+                                       "amount_minor": rng.randint(-100, 9000), "occurred_at": base + i * 40}))
     return out
 
 
 def _spread_base(d: Deployment, partitions: int = 3) -> int:
-    """A window start about four hours ago whose stage-2 keys land on every contributions partition
+    """A window start shortly ahead (windows close on the wall clock) whose stage-2 keys land on every
+    contributions partition
     (librdkafka's default partitioner: CRC32 of the key), so that every worker has groups to release.
     Without this choice the time-derived keys can, in a few runs in a hundred, miss a partition."""
     window_ms = WINDOW_S * 1000
-    base = (int(time.time() * 1000) - 4 * 3_600_000) // window_ms * window_ms
+    base = (int(time.time() * 1000) + 15_000) // window_ms * window_ms + window_ms
     values = {"spend": ["DE", "FR", "NL", "PL"], "visits": ["EUR", "USD", "GBP"]}
     for step in range(100):
-        start = base - step * window_ms
+        start = base + step * window_ms
         keys = [f"{spec.id}|{w}|{orjson.dumps([v]).decode()}" for spec in d.payments.aggregates
                 for w in (start, start + window_ms) for v in values[spec.name]]
         if {zlib.crc32(k.encode()) % partitions for k in keys} == set(range(partitions)):
@@ -174,10 +176,11 @@ def test_a_partition_moving_mid_window_does_not_grant_a_subject_its_bound_twice(
     group in total, not 2 per owner: b must restore a's bounding state from the changelog."""
     d = Deployment(bootstrap, tmp_path_factory.mktemp("moved"), uuid.uuid4().hex[:8])
     enable_aggregates(d, [{"name": "visits", "metric": "count", "group_by": ["currency"],
-                           "time_field": "occurred_at", "window_s": WINDOW_S, "grace_s": 3600, "epsilon": 1.0,
+                           "time_field": "occurred_at", "window_s": MOVE_WINDOW_S, "grace_s": 1, "epsilon": 1.0,
                            "delta": 1e-6, "max_groups_per_subject": 1, "max_records_per_group": 2}])
     ledger = f"privacy.ledger.{d.suffix}"
-    base = (int(time.time() * 1000) - 4 * 3_600_000) // (WINDOW_S * 1000) * (WINDOW_S * 1000)
+    # a window that starts now and stays open (on the wall clock) while the partitions move
+    base = int(time.time() * 1000) // (MOVE_WINDOW_S * 1000) * (MOVE_WINDOW_S * 1000) + MOVE_WINDOW_S * 1000
     subjects = [f"tok_v1_moved{i}".encode() for i in range(12)]
     headers = [("gateway-schema", d.payments.sanitized_schema["name"].encode()), ("gateway-encoding", b"json")]
 
@@ -186,25 +189,24 @@ def test_a_partition_moving_mid_window_does_not_grant_a_subject_its_bound_twice(
         for i in range(3):  # three records per subject and half: one more than the bound already
             for s in subjects:
                 record = {"currency": "EUR", "country": "DE", "amount_minor": 1,
-                          "occurred_at": base + half * 100_000 + i * 1_000}
+                          "occurred_at": base + half * 10_000 + i * 1_000}
                 producer.produce(d.payments.sanitized_topic, orjson.dumps(record), s, headers=headers)
         assert producer.flush(30) == 0
 
     contributions = f"{d.group_id}.dp-contributions"
     workers: list[WorkerProcess] = []
     try:
-        # idle close far away: the window must stay open while the partitions move
-        a = start_aggregator(d, "a", ledger, idle_s=600, command=NOISE_FREE_WORKER)
+        a = start_aggregator(d, "a", ledger, idle_s=3, command=NOISE_FREE_WORKER)
         workers.append(a)
         produce_half(0)
         wait_for(lambda: len(d.read(contributions)) >= 2 * len(subjects), 60, "worker a to bound the first half")
         a.proc.kill()
         a.proc.wait(10)
-        # worker b, alone in the group, takes over every partition mid-window; quick idle close
+        # worker b, alone in the group, takes over every partition mid-window
         b = start_aggregator(d, "b", ledger, idle_s=3, command=NOISE_FREE_WORKER)
         workers.append(b)
         produce_half(1)
-        wait_for(lambda: _released(d), 90, "the window's release")
+        wait_for(lambda: _released(d), 150, "the window's release (it closes on the clock)")
         wait_for(lambda: stages_drained(d), 60, "both DP stages to commit their whole input")
         released = _released(d)
         assert list(released.values()) == [(2 * len(subjects), None)], released  # not 4 per subject

@@ -174,7 +174,7 @@ def test_policy_show_lists_the_aggregates(capsys: pytest.CaptureFixture[str], tm
     aggregates = out.split("aggregates:\n", 1)[1].split("sanitized schema:", 1)[0]
     assert "spend_by_country: sum(amount_minor) by country -> payments.raw.aggregates" in aggregates
     assert "window 60 s on occurred_at, grace 10 s; epsilon 1, delta 1e-06 per window" in aggregates
-    assert "clamped to [0, 100000]" in aggregates and "caps: epsilon 1440" in aggregates
+    assert "clamped to [0, 100000]" in aggregates and "caps: epsilon 6" in aggregates
     assert "budget subject:customer" in aggregates and "payments_by_currency: count by currency" in aggregates
     assert "continual: running totals over 8 window(s) from 2026-01-01T00:00:00Z" in aggregates
 

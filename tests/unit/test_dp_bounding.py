@@ -1,4 +1,5 @@
-"""Stage 1 (contribution bounding) and stage 2 (window sums, closing, lateness), as pure logic."""
+"""Stage 1 (contribution bounding) and stage 2 (window sums), as pure logic; stage 2's close schedule:
+tests/unit/test_dp_schedule.py."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _pre_noise(events: list[tuple[str, dict[str, object]]], partitions: int = 1)
     """Stage 1 per partition (subjects hashed to partitions), stage 2, then a release without noise
     (the test double)."""
     bounders = [ContributionBounder((ORDERLESS,)) for _ in range(partitions)]
-    windows = GroupWindows({ORDERLESS.id: ORDERLESS}, idle_close_ms=1000)
+    windows = GroupWindows({ORDERLESS.id: ORDERLESS}, settle_ms=1000)
+    windows.schedule(ORDERLESS.id, 0, None, now_ms=0)
     for offset, (subject, record) in enumerate(events):
         bounder = bounders[zlib.crc32(subject.encode()) % partitions]
         for _, outcome, contribution in bounder.offer(subject, record, 0):
@@ -46,10 +48,11 @@ def _pre_noise(events: list[tuple[str, dict[str, object]]], partitions: int = 1)
                 assert windows.add(Contribution.from_json(contribution.to_json()), 0, offset, now_ms=0)
     mech = NoiseFreeMechanism(ORDERLESS)
     out = {}
-    for key in windows.due(now_ms=10**13):
-        state = windows.close(key)
-        for g in mech.release(state.counts, state.sums):
-            out[(key[1], g.group)] = (g.noisy_count, g.noisy_sum)
+    while windows.open:
+        for key in windows.due(now_ms=ORDERLESS.grace_ms + 600_000):
+            state = windows.close(key)
+            for g in mech.release(state.counts, state.sums):
+                out[(key[1], g.group)] = (g.noisy_count, g.noisy_sum)
     return out
 
 
@@ -119,34 +122,15 @@ def test_partitioning_subjects_does_not_change_the_pre_noise_result() -> None:
     assert _pre_noise(events, partitions=1) == _pre_noise(events, partitions=4)
 
 
-def test_windows_close_on_watermark_after_grace_and_on_idle_wall_clock() -> None:
-    w = GroupWindows({SPEC.id: SPEC}, idle_close_ms=5_000)
-    c = Contribution(SPEC.id, 0, '["DE"]', 10, 30_000)
-    assert w.add(c, 0, 100, now_ms=1_000)
-    assert w.due(now_ms=1_000) == []
-    assert w.add(replace(c, window_start=60_000, event_time=69_999), 0, 101, now_ms=1_000)
-    assert w.due(now_ms=1_000) == []  # 69_999 < 60_000 + 10_000 grace
-    assert w.commit_offset(0, 102) == 100  # the open window still needs offset 100
-    assert w.add(replace(c, window_start=60_000, event_time=70_000), 0, 102, now_ms=1_000)
-    assert w.due(now_ms=1_000) == [(SPEC.id, 0, 0)]
-    state = w.close((SPEC.id, 0, 0))
-    assert state.counts == {'["DE"]': 1} and state.sums == {'["DE"]': 10}
-    assert not w.add(c, 0, 103, now_ms=126_000)  # late: its window is closed
-    # idle: nothing new for 5 s of wall clock, and the wall clock is past end + grace (130_000)
-    assert w.due(now_ms=129_999) == []  # idle, but before end + grace
-    assert w.add(replace(c, window_start=60_000, event_time=60_000), 0, 104, now_ms=129_000)
-    assert w.due(now_ms=133_999) == []  # past end + grace, but input 4.999 s ago
-    assert w.due(now_ms=134_000) == [(SPEC.id, 60_000, 0)]
-    assert w.commit_offset(0, 105) == 101
-
-
 def test_forget_partition_drops_only_its_state() -> None:
-    w = GroupWindows({SPEC.id: SPEC}, idle_close_ms=5_000)
+    w = GroupWindows({SPEC.id: SPEC}, settle_ms=5_000)
+    for p in (0, 1):
+        w.schedule(SPEC.id, p, None, now_ms=0)
     c = Contribution(SPEC.id, 0, '["DE"]', 10, 30_000)
     w.add(c, 0, 1, 0)
     w.add(c, 1, 1, 0)
     w.forget_partition(0)
-    assert list(w.open) == [(SPEC.id, 0, 1)]
+    assert list(w.open) == [(SPEC.id, 0, 1)] and not w.scheduled(SPEC.id, 0)
 
 
 def _replay_changelog(log: list[tuple[list[object], bytes | None]]) -> ContributionBounder:

@@ -13,7 +13,7 @@ from gateway.core.codec.raw import load_schema_file
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.lint import lint_directory, lint_file
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.ledger import BUDGET_EPSILON_CAP, EPSILON_CAP, Charge, Ledger, describe
+from gateway.dp.ledger import BUDGET_EPSILON_CAP, EPSILON_CAP, Charge, Ledger, _worst_period, describe
 
 HOUR = 3_600_000
 BASE = AggregateSpec(
@@ -115,7 +115,18 @@ def test_the_budget_block_compiles_into_every_aggregate(write_schema) -> None:
     assert by_name["by_country"].period_epsilon_cap == pytest.approx(9.0)  # its share of the budget
     assert by_name["by_city"].period_epsilon_cap == pytest.approx(3.0)
     default = compile_plan(load_schema_file(write_schema(_schema())))
-    assert {a.budget_epsilon_cap for a in default.aggregates} == {24.0 + 12.0}  # the sum of their own caps
+    # no budget block: a real bound (10 a subject a day), not the sum of what every window could spend
+    assert {(a.budget_epsilon_cap, a.budget_period_ms) for a in default.aggregates} == {(10.0, 86_400_000)}
+
+
+def test_lint_warns_about_a_budget_above_ten_epsilon_a_day(write_schema) -> None:
+    def warnings(budget: Any) -> list[str]:
+        return [p.message for p in lint_file(write_schema(_schema(budget))) if p.severity == "warning"
+                and "per subject per day" in p.message]
+
+    assert warnings({"epsilon_cap": 10.0}) == [] and warnings(None) == []
+    assert warnings({"epsilon_cap": 10.5})
+    assert warnings({"period_s": 3600, "epsilon_cap": 1.0})  # 24 a day
 
 
 @pytest.mark.parametrize(("budget", "shares", "message"), [
@@ -144,7 +155,7 @@ def test_sources_sharing_a_token_domain_must_declare_one_budget(tmp_path) -> Non
 
 
 def test_aggregates_with_other_periods_share_a_budget_over_the_longest(write_schema) -> None:
-    schema = _schema()
+    schema = _schema({"period_s": 86_400, "epsilon_cap": 48.0})
     schema["privacy"]["aggregates"][0].update(period_s=3600, period_epsilon_cap=1.5)
     plan = compile_plan(load_schema_file(write_schema(schema)))
     assert {a.budget_period_ms for a in plan.aggregates} == {86_400_000}
@@ -156,3 +167,49 @@ def test_aggregates_with_other_periods_share_a_budget_over_the_longest(write_sch
         _charge(ledger, by_name["by_city"], w)
         _charge(ledger, by_name["by_country"], w)
     assert ledger.budget_spend("subject:customer", by_name["by_city"].id, 0, 86_400_000)[0] == pytest.approx(36.0)
+
+
+def test_a_continual_horizon_counts_in_every_period_it_covers() -> None:
+    """The outside review's case: a 1-day cap of 2.0 must not admit an hourly epsilon 1.0 aggregate
+    beside a 7-day epsilon 1.5 horizon after day one (the horizon's running totals keep releasing the
+    subject's data every day of it)."""
+    day, hour = 86_400_000, 3_600_000
+    base = AggregateSpec(
+        schema="t.Payment", name="hourly", metric="count", field=None, group_by=("country",), window_ms=hour,
+        grace_ms=0, epsilon=1.0, delta=1e-6, max_groups_per_subject=1, max_records_per_group=1, clamp=None,
+        time_field=None, output_topic="out", source_topic="src", sanitized_topic="san", period_ms=day,
+        period_epsilon_cap=24.0, period_delta_cap=1.0, budget="subject:customer", budget_period_ms=day,
+        budget_epsilon_cap=2.0, budget_delta_cap=1.0)
+    horizon = replace(base, name="weekly", epsilon=1.5, delta=1e-6, continual_windows=7 * 24,
+                      continual_start_ms=0, continual_groups=('["DE"]',))
+    ledger = Ledger()
+    ledger.apply_charge(Charge.for_release(horizon, 0, 0, 0, "w", (1.5, 0.0)))  # paid with its first window
+    assert ledger.decisions[(horizon.id, 0)] is None
+    for when in (hour, 2 * day, 6 * day + 23 * hour):  # inside the horizon: 1.5 + 1.0 > 2.0
+        ledger.apply_charge(Charge.for_release(base, when, 0, when, "w"))
+        assert ledger.decisions[(base.id, when)] == "budget_epsilon_cap", when
+    after = 8 * day  # past the horizon's last period: the hourly aggregate has the whole cap again
+    ledger.apply_charge(Charge.for_release(base, after, 0, after, "w"))
+    assert ledger.decisions[(base.id, after)] is None
+
+
+def test_the_worst_period_sweep_matches_checking_every_period() -> None:
+    """gateway.dp.ledger._worst_period sweeps the bounds; checked here against every rolling period."""
+    rng = random.Random(8)
+    period = 100
+    for _ in range(200):
+        spent = {("a", s): (rng.choice([0.0, 0.5, 1.0]), rng.choice([0.0, 1e-6])) for s in
+                 rng.sample(range(0, 1000, 10), 20)}
+        spans = {key: key[1] + rng.choice([1, 50, 300]) for key in spent if rng.random() < 0.3}
+        window = rng.choice(list(spent))[1]
+
+        def brute(window: int = window, spent: dict = spent, spans: dict = spans) -> tuple[float, float]:
+            end = spans.get(("a", window), window + 1)
+            sums = []
+            for p in range(window - period + 1, end):
+                inside = [c for k, c in spent.items() if k[1] < p + period and spans.get(k, k[1] + 1) > p]
+                sums.append((sum(e for e, _ in inside), sum(d for _, d in inside)))
+            return max(s[0] for s in sums), max(s[1] for s in sums)
+
+        got = _worst_period(spent, spans, "a", window, period, None)
+        assert got == pytest.approx(brute(), abs=1e-9)

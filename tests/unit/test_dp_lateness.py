@@ -7,9 +7,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
+from gateway.dp.bounding import ACCEPTED, LATE, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
-from gateway.dp.windows import GroupWindows
 
 SPEC = AggregateSpec(
     schema="t.Payment", name="spend", metric="count", field=None, group_by=("country",), window_ms=10_000,
@@ -18,7 +17,6 @@ SPEC = AggregateSpec(
     period_epsilon_cap=100.0, period_delta_cap=1.0, max_skew_ms=300_000)
 RAW_PARTITIONS = 6
 UPSTREAMS = frozenset(f"raw/{p}" for p in range(RAW_PARTITIONS))
-SOURCES = frozenset(f"{s}|raw/{p}" for s in range(3) for p in range(RAW_PARTITIONS))
 
 
 def _backlog(rng: random.Random) -> list[tuple[str, int, str]]:
@@ -74,26 +72,3 @@ def test_a_raw_partition_lagging_beyond_the_skew_is_late_and_does_not_hold_state
     bounder.offer("b", {"country": "DE"}, 1_000_000, "raw/1")  # 999 s ahead: more than the 300 s skew
     assert not any(k[1] < 600_000 for k in bounder.state)
     assert bounder.offer("c", {"country": "DE"}, 2_000, "raw/0")[0][1] == LATE
-
-
-def test_stage_2_closes_a_window_when_every_source_has_passed_it() -> None:
-    windows = GroupWindows({SPEC.id: SPEC}, idle_close_ms=10**9, sources={SPEC.id: SOURCES})
-    rng = random.Random(5)
-    # three stage-1 partitions, each read in blocks, feed one stage-2 partition
-    contributions = [Contribution(SPEC.id, SPEC.window_start(t), '["DE"]', 0, t, f"{(t // 7) % 3}|{upstream}")
-                     for _, t, upstream in _backlog(rng)]
-    late = sum(not windows.add(c, 0, i, now_ms=0) for i, c in enumerate(contributions))
-    assert late == 0
-    assert {k[1] for k in windows.due(now_ms=0)} == {w for w in range(0, 50_000, 10_000)}  # every source past 55 s
-    assert all(k[1] >= 50_000 for k in windows.open if k not in windows.due(now_ms=0))
-
-
-def test_stage_2_watermark_is_held_by_the_slowest_source_within_the_skew() -> None:
-    windows = GroupWindows({SPEC.id: SPEC}, idle_close_ms=10**9,
-                           sources={SPEC.id: frozenset({"0|raw/0", "0|raw/1"})})
-    windows.add(Contribution(SPEC.id, 0, '["DE"]', 0, 1_000, "0|raw/0"), 0, 0, 0)
-    windows.add(Contribution(SPEC.id, 40_000, '["DE"]', 0, 40_000, "0|raw/1"), 0, 1, 0)
-    assert windows.due(0) == []  # raw/0 is still at 1 s
-    windows.add(Contribution(SPEC.id, 0, '["DE"]', 0, 9_000, "0|raw/0"), 0, 2, 0)  # not late
-    windows.add(Contribution(SPEC.id, 400_000, '["DE"]', 0, 400_000, "0|raw/1"), 0, 3, 0)
-    assert (SPEC.id, 0, 0) in windows.due(0)  # beyond the skew, raw/0 no longer holds it open

@@ -222,7 +222,7 @@ def test_audit_value_is_the_canonical_body_with_its_hash(pipeline: Pipeline, bat
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Each audit record's value is orjson.dumps(plain batch body, OPT_SORT_KEYS) with "hash" and "mac"
     spliced in last, and seal_audit_event of that plain body gives the same hash and the same object."""
-    monkeypatch.setattr(time, "time", lambda: 1_790_000_123.456)
+    monkeypatch.setattr(time, "time", lambda: 4_102_444_800.456)  # after the events: none is dated ahead of it
     pipeline.chains.restarted.add(f"{CLIN}:1")
     batches = [(batch.events, batch.expected, _split(pipeline.process(batch.events).records)[2])]
 
@@ -240,7 +240,7 @@ def test_audit_value_is_the_canonical_body_with_its_hash(pipeline: Pipeline, bat
             parsed = orjson.loads(record.value)
             restart = chain == f"{CLIN}:1" and chain not in heads
             expected: dict[str, Any] = {
-                "type": "events", "chain": chain, "instance": "unit-test", "time": 1_790_000_123_456,
+                "type": "events", "chain": chain, "instance": "unit-test", "time": 4_102_444_800_456,
                 "events": [_plain_entry(pipeline, events[i], outcomes[i], entry)
                            for i, entry in zip(indexes, parsed["events"], strict=True)]}
             if restart:

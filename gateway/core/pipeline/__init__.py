@@ -42,6 +42,7 @@ from gateway.core.quality.gate import QualityGate
 from gateway.core.sanitizer import RecordSanitizer
 from gateway.core.sentinel import LeakSentinel
 from gateway.errors import GatewayError, RejectedEvent
+from gateway.event_time import check_event_time
 from gateway.keys.envelope import DekCache
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
@@ -143,6 +144,9 @@ class TopicStage:
             self.quality = QualityGate(plan.quality, plan.name, plan.policy_hash, plan.source_topic,
                                        plan.event_id_field, dedup, dedup_key)
         self.sentinel = LeakSentinel(plan, config.leak_sample_rate)
+        # producer-controlled times that would move a window, mark or period (gateway/event_time.py)
+        self.time_fields = tuple(sorted({a.time_field for a in plan.aggregates if a.time_field}))
+        self.max_skew_ms = config.max_skew_s * 1000
         self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
                                     plan.writers_by_id, plan.writers_by_fingerprint)
         self.sanitizer = sanitizer
@@ -490,6 +494,7 @@ class Pipeline:
             unannotated = NO_FIELDS
             try:
                 record, encoding, unannotated = stage.decoder.decode_event(event.value)
+                check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
                 if quality is not None:
                     failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
                                                        batch_ids)

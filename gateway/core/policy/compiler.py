@@ -396,7 +396,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         sanitized_topic=sanitized_topic, subject=subject,
         kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.operator.in_clear}),
         named=schema.parsed.get("__named_schemas", {}), error=c.error)
-    aggregates = compile_budget(settings.get("budget"), aggregates, error=c.error,
+    aggregates = compile_budget(settings.get("budget"), aggregates, error=c.error, warn=c.warn,
                                 key=budget_key(subject_domain, source_topic))
     if timestamp is not None and timestamp.mode is TimestampMode.SHIFT:
         for spec in aggregates:

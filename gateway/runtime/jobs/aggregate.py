@@ -11,12 +11,16 @@ before its first event is bounded, and it is dropped when the partition closes: 
 matches the committed offset it resumes from (so moving a partition mid-window does not reset
 anyone's bound, and an aborted batch's state changes are never kept).
 
-Stage 2 (consumer group ``<group_id>.dp-release``) reads the contributions, sums per group and
-window, and at window close adds noise (OpenDP, once per group), selects keys, and publishes in one
-transaction: the releases (``<source_topic>.aggregates``), the ledger entry, an audit event, and the
-input offsets. It commits only up to the first contribution of a window still open, so after a crash,
-rebalance or abort the partition is re-read from there and its windows rebuilt; contributions of
-windows the ledger shows released are skipped.
+Stage 2 (consumer group ``<group_id>.dp-release``) reads the contributions and sums per group and
+window. Every window of every aggregate closes on every owned partition on a wall-clock schedule,
+whether or not anyone contributed (gateway/dp/windows.py). At close it draws the noise (OpenDP, once
+per group) and key selection, commits the drawn values inside the window's ledger charge, reads the
+charge back, and then publishes in one transaction what the charge holds: the releases
+(``<source_topic>.aggregates``), the ledger entry, an audit event, and the input offsets. A retry
+(abort, crash, rebalance) publishes the charge's values again, never a new draw. It commits only up
+to the first contribution of a window still open, so after a crash, rebalance or abort the partition
+is re-read from there and its windows rebuilt; contributions of windows the ledger shows released are
+skipped.
 
 Audit chains: ``dp-bound:<topic>:<partition>`` (stage 1's late events) and
 ``dp-release:<aggregate>:<partition>`` (stage 2's releases and late contributions). Each chain's
@@ -25,8 +29,9 @@ publishes the chain's events, and is read back with the committed offset when th
 opens: stage 1 as ``{"audit_head": ...}`` (gateway.core.audit.head_metadata), stage 2 as one object
 ``{"audit_heads": {<aggregate id>: head}}`` per contributions partition.
 
-Both loops run on the job's one thread, stepped alternately; a timer between steps closes due
-windows and publishes their releases with `TransactionalLoop.commit_now`.
+Both loops run on the job's one thread, stepped alternately; a timer between steps opens every owned
+stage-2 partition (input or not), closes due windows and publishes their releases with
+`TransactionalLoop.commit_now`.
 
 Why not faust: the state here is small and explicit, the exactly-once plumbing (transactions with
 offsets) is the sanitize job's, and faust's per-event agent costs ~200 us per event.
@@ -38,6 +43,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -57,12 +63,12 @@ from gateway.core.outputs import OutRecord
 from gateway.core.pipeline import SOURCE_HEADER, parse_source_ref
 from gateway.core.policy.plan import Plan
 from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
-from gateway.dp.bounding import ACCEPTED, LATE, Contribution, ContributionBounder
+from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Charge, Ledger, LedgerEntry
-from gateway.dp.mechanisms import AggregateMechanism
-from gateway.dp.running import RunningTotals
-from gateway.dp.windows import GroupWindows, WindowKey, WindowState
+from gateway.dp.mechanisms import AggregateMechanism, GroupResult
+from gateway.dp.running import RunningRelease, RunningTotals
+from gateway.dp.windows import GroupWindows, WindowKey, WindowState, close_time
 from gateway.errors import ConfigError, GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.ops import metrics
@@ -165,6 +171,16 @@ def _is_head(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64
 
 
+@dataclass(frozen=True)
+class Release:
+    """One closed window's outcome: what to publish, the ledger entry, and (continual) the counters."""
+
+    records: list[OutRecord]
+    entry: LedgerEntry | None
+    outcome: str
+    running_state: bytes | None = None  # a continual aggregate's counters once this commits
+
+
 class Releaser:
     """Stage 2's release step for one closed window: ledger check, noise, records. No Kafka I/O."""
 
@@ -194,83 +210,97 @@ class Releaser:
                 self.running[aggregate] = running
         self.running_stale = False
 
-    def release(self, key: WindowKey, state: WindowState, now_ms: int
-                ) -> tuple[list[OutRecord], LedgerEntry | None, str]:
-        """Records to publish for a closed window, the ledger entry they charge, and the outcome."""
-        aggregate, window_start, partition = key
+    def running_of(self, aggregate: str) -> RunningTotals:
+        """A continual aggregate's counters as last released (restored first if stale)."""
+        if self.running_stale:
+            self.restore_running()
+        return self.running[aggregate]
+
+    def adopt_running(self, aggregate: str, state: bytes) -> None:
+        """After a release committed: its counters are the state drawn with its charge."""
+        mech = self.mechanisms[aggregate]
+        running = RunningTotals(mech.spec, mech.continual_counter)
+        running.restore(state)
+        self.running[aggregate] = running
+
+    def draw(self, key: WindowKey, state: WindowState) -> dict[str, Any]:
+        """The window's noisy values, drawn from OpenDP once: committed with its charge, before any
+        release, so that every retry publishes these and never a second draw (gateway/dp/ledger.py).
+        A continual aggregate's draw continues its last released counters, on a copy."""
+        aggregate, window_start, _ = key
         mech = self.mechanisms[aggregate]
         spec = mech.spec
         if spec.continual:
-            return self.release_running(key, state, now_ms)
-        out: list[OutRecord] = []
-        refusal = self.ledger.check(spec, window_start, partition)
-        entry = None
-        groups = []
-        if refusal is None:
-            groups = mech.release(state.counts, state.sums if spec.metric != "count" else None)
-            for g in groups:
-                record = mech.record(g, window_start, now_ms)
-                record["instance"] = self.config.instance_id
-                out.append(OutRecord(spec.output_topic, f"{spec.id}|{window_start}|{g.group}".encode(),
-                                     orjson.dumps(record), [("gateway-aggregate", spec.id.encode())]))
-            entry = LedgerEntry.for_release(spec, window_start, partition, len(groups), now_ms,
-                                            self.config.instance_id)
-            out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
-        outcome = "released" if refusal is None else f"refused:{refusal}"
-        audit = {
-            "type": "dp_release", "chain": release_chain(aggregate, partition), "aggregate": spec.id,
-            "window": {"start": window_start, "end": window_start + spec.window_ms}, "partition": partition,
-            "outcome": outcome, "groups_released": len(groups), "mechanism": mech.mechanism,
-            "epsilon": None if refusal else spec.epsilon, "delta": None if refusal else spec.delta,
-            "output": {"topic": spec.output_topic}, "ledger": {"topic": self.config.ledger_topic},
-            "instance": self.config.instance_id, "time": now_ms,
-        }
-        out.append(self.audit_record(audit))
-        return out, entry, outcome
+            candidate = RunningTotals(spec, mech.continual_counter)
+            candidate.restore(self.running_of(aggregate).state_json())
+            releases = candidate.release(window_start, state)
+            return {"releases": [[r.window_start, r.t, r.totals] for r in releases],
+                    "state": candidate.state_json().decode()}
+        groups = mech.release(state.counts, state.sums if spec.metric != "count" else None)
+        return {"groups": [[g.group, g.noisy_count, g.noisy_sum] for g in groups]}
 
-    def release_running(self, key: WindowKey, state: WindowState, now_ms: int
-                        ) -> tuple[list[OutRecord], LedgerEntry | None, str]:
-        """A continual aggregate's window: the running totals of every declared group, for it and for
-        the windows skipped since the last one (zeros), charged once per horizon."""
+    def release(self, key: WindowKey, charge: Charge | None, state: WindowState, now_ms: int) -> Release:
+        """Records to publish for a closed window (the values drawn with its charge), the ledger
+        entry they pay with, and the outcome. Every field of a published record comes from the
+        charge and the spec, so a retry publishes the same bytes."""
         aggregate, window_start, partition = key
         mech = self.mechanisms[aggregate]
         spec = mech.spec
-        if self.running_stale:
-            self.restore_running()
-        running = self.running[aggregate]
-        charge = self.ledger.charge_of(aggregate, window_start, partition)
         cost = (charge.epsilon, charge.delta) if charge is not None else window_cost(spec, self.ledger)
         refusal = self.ledger.check(spec, window_start, partition, cost)
-        t = spec.horizon_index(window_start)
-        if refusal is None and (t is None or t <= running.t):
-            refusal = "outside_horizon" if t is None else "already_released"
+        drawn = charge.drawn if charge is not None else None
+        instance = charge.instance if charge is not None else self.config.instance_id
+        released_at = close_time(spec, window_start)  # the schedule's time, not the data's
         out: list[OutRecord] = []
-        entry = None
-        releases = []
+        entry, state_after, groups, windows_released = None, None, 0, 0
         if refusal is None:
-            releases = running.release(window_start, state)
-            for release in releases:
-                for group in spec.continual_groups:
-                    record = running.record(release, group, now_ms)
-                    record["instance"] = self.config.instance_id
-                    out.append(OutRecord(spec.output_topic, f"{spec.id}|{release.window_start}|{group}".encode(),
-                                         orjson.dumps(record), [("gateway-aggregate", spec.id.encode())]))
-            out.append(OutRecord(continual_topic(self.config), aggregate.encode(), running.state_json(), None, 0))
-            entry = LedgerEntry.for_release(spec, window_start, partition, len(spec.continual_groups), now_ms,
-                                            self.config.instance_id, cost)
-            out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
+            drawn = drawn if drawn is not None else self.draw(key, state)  # a charge of an older version
+            if spec.continual:
+                running = self.running_of(aggregate)
+                releases = [RunningRelease(int(ws), int(t), {str(g): int(v) for g, v in totals.items()})
+                            for ws, t, totals in drawn["releases"]]
+                if not releases:
+                    refusal = "already_released"
+                for release in releases:
+                    for group in spec.continual_groups:
+                        record = running.record(release, group, released_at)
+                        record["instance"] = instance
+                        out.append(OutRecord(spec.output_topic, f"{spec.id}|{release.window_start}|{group}".encode(),
+                                             orjson.dumps(record), [("gateway-aggregate", spec.id.encode())],
+                                             timestamp_ms=released_at))
+                windows_released, groups = len(releases), len(releases) * len(spec.continual_groups)
+                if releases:
+                    state_after = str(drawn["state"]).encode()
+                    out.append(OutRecord(continual_topic(self.config), aggregate.encode(), state_after, None, 0))
+            else:
+                for group, noisy_count, noisy_sum in drawn["groups"]:
+                    result = GroupResult(str(group), int(noisy_count), None if noisy_sum is None else int(noisy_sum))
+                    record = mech.record(result, window_start, released_at)
+                    record["instance"] = instance
+                    out.append(OutRecord(spec.output_topic, f"{spec.id}|{window_start}|{group}".encode(),
+                                         orjson.dumps(record), [("gateway-aggregate", spec.id.encode())],
+                                         timestamp_ms=released_at))
+                    groups += 1
+            if refusal is None:
+                entry = LedgerEntry.for_release(spec, window_start, partition, groups, now_ms,
+                                                self.config.instance_id, cost)
+                out.append(OutRecord(self.config.ledger_topic, entry.key, entry.to_json(), None, 0))
         outcome = "released" if refusal is None else f"refused:{refusal}"
-        audit = {
+        audit: dict[str, Any] = {
             "type": "dp_release", "chain": release_chain(aggregate, partition), "aggregate": spec.id,
             "window": {"start": window_start, "end": window_start + spec.window_ms}, "partition": partition,
-            "outcome": outcome, "release": "running_total", "windows_released": len(releases),
-            "groups_released": len(releases) * len(spec.continual_groups), "mechanism": running.plan.describe()[
-                "mechanism"], "epsilon": None if refusal else cost[0], "delta": None if refusal else cost[1],
-            "epsilon_horizon": spec.epsilon, "output": {"topic": spec.output_topic},
-            "ledger": {"topic": self.config.ledger_topic}, "instance": self.config.instance_id, "time": now_ms,
+            "outcome": outcome, "groups_released": groups if refusal is None else 0,
+            "mechanism": mech.mechanism if not spec.continual else self.running_of(aggregate).plan.describe()[
+                "mechanism"],
+            "epsilon": None if refusal else cost[0], "delta": None if refusal else cost[1],
+            "output": {"topic": spec.output_topic}, "ledger": {"topic": self.config.ledger_topic},
+            "instance": self.config.instance_id, "time": now_ms,
         }
+        if spec.continual:
+            audit.update(release="running_total", windows_released=windows_released if refusal is None else 0,
+                         epsilon_horizon=spec.epsilon)
         out.append(self.audit_record(audit))
-        return out, entry, outcome
+        return Release(out, entry, outcome, state_after if refusal is None else None)
 
     def audit_record(self, body: dict[str, Any], chains: ChainHeads | None = None) -> OutRecord:
         chains = chains or self.chains
@@ -286,11 +316,13 @@ class Releaser:
 
     def late_audit(self, chains: ChainHeads, chain: str, spec: AggregateSpec, stage: str, topic: str,
                    partition: int, offset: int, record: dict[str, Any] | None, timestamp: int,
-                   window_start: int | None = None) -> OutRecord:
-        if window_start is None:
+                   window_start: int | None = None, outcome: str = LATE) -> OutRecord:
+        if outcome != LATE:
+            window_start = None  # an out-of-range time names no window
+        elif window_start is None:
             t = record.get(spec.time_field) if (record is not None and spec.time_field) else timestamp
             window_start = spec.window_start(int(t)) if isinstance(t, int) else None
-        body = {"type": "dp_late", "chain": chain, "aggregate": spec.id, "stage": stage, "outcome": "late",
+        body = {"type": "dp_late", "chain": chain, "aggregate": spec.id, "stage": stage, "outcome": outcome,
                 "event": {"topic": topic, "partition": partition, "offset": offset},
                 "window": None if window_start is None else {"start": window_start,
                                                              "end": window_start + spec.window_ms},
@@ -303,8 +335,10 @@ class BoundHandler:
     changelog when the partition opens; contributions, state changes and late audits out."""
 
     def __init__(self, kafka: dict[str, str], plans: dict[str, Plan], contrib_topic: str, state_topic: str,
-                 state_partitions: int, releaser: Releaser, upstreams: dict[str, frozenset[str]] | None = None) -> None:
+                 state_partitions: int, releaser: Releaser, upstreams: dict[str, frozenset[str]] | None = None,
+                 max_skew_ms: int | None = None) -> None:
         self.kafka = kafka
+        self.max_skew_ms = max_skew_ms  # event times out of range are dropped, audited, and move no mark
         self.plans = plans  # by sanitized topic
         self.upstreams = upstreams or {}  # by sanitized topic: its raw topic's partitions ("<topic>/<n>")
         self.decoder = SanitizedDecoder(list(plans.values()))
@@ -354,10 +388,11 @@ class BoundHandler:
 
     def _bounder(self, source: Source) -> ContributionBounder:
         return ContributionBounder(self.plans[source[0]].aggregates, str(source[1]),
-                                   self.upstreams.get(source[0], frozenset()))
+                                   self.upstreams.get(source[0], frozenset()), self.max_skew_ms)
 
     def process(self, messages: list[Message]) -> Output:
         self.restore()
+        now = _now_ms()
         out: list[OutRecord] = []
         sources: set[Source] = set()
         for m in messages:
@@ -373,14 +408,14 @@ class BoundHandler:
                 continue
             bounder = self.bounders.get(source) or self.bounders.setdefault(source, self._bounder(source))
             for spec, outcome, contribution in bounder.offer(m.key().decode(), record, m.timestamp()[1],
-                                                             _upstream(m.headers())):
+                                                             _upstream(m.headers()), now):
                 if outcome == ACCEPTED and contribution is not None:
                     out.append(OutRecord(self.contrib_topic, contribution.partition_key, contribution.to_json(), None,
                                          CONTINUAL_PARTITION if spec.continual else None))
-                elif outcome == LATE:
+                elif outcome in (LATE, OUT_OF_RANGE):
                     out.append(self.releaser.late_audit(self.chains, bound_chain(*source), spec, "bound",
                                                         m.topic(), m.partition(), m.offset(), record,
-                                                        m.timestamp()[1]))
+                                                        m.timestamp()[1], outcome=outcome))
         metadata: dict[Source, str] = {}
         for source in sorted(sources):
             bounder = self.bounders.get(source)
@@ -393,20 +428,23 @@ class BoundHandler:
 
 class ReleaseHandler:
     """Stage 2 behind the loop: windows of the open contributions partitions, late audits out, and
-    offsets committed behind the windows still open (the job's timer releases the due ones)."""
+    offsets committed behind the windows still open (the job's timer closes every window on its
+    schedule, with or without contributions: gateway/dp/windows.py)."""
 
     def __init__(self, specs: dict[str, AggregateSpec], contrib_topic: str, releaser: Releaser, ledger: Ledger,
-                 idle_close_ms: int, sources: dict[str, frozenset[str]] | None = None) -> None:
+                 settle_ms: int) -> None:
         self.specs = specs
-        self.sources = sources or {}  # by aggregate: every (stage-1 partition, raw partition) pair
         self.contrib_topic = contrib_topic
         self.releaser = releaser
         self.ledger = ledger
-        self.idle_close_ms = idle_close_ms
+        self.settle_ms = settle_ms
         self.chains = releaser.chains
-        self.windows = GroupWindows(specs, idle_close_ms, sources=self.sources)
+        self.windows = GroupWindows(specs, settle_ms)
         self.next_offsets: dict[int, int] = {}  # per open partition: one past the last contribution read
         self.opened: set[int] = set()
+        # a partition the ledger knows nothing of is scheduled from the windows due when the job
+        # started, however often it is reopened (a rewind must not skip the windows due since)
+        self.started_ms = _now_ms()
 
     def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
         partition = source[1]
@@ -419,24 +457,24 @@ class ReleaseHandler:
             head = head if _is_head(head) else None
             self.chains.resume(release_chain(aggregate, partition), head,
                                restarted=head is None and committed_offset >= 0 and not ours)
+            # the schedule goes on after the last window the ledger shows done on this partition
+            self.windows.schedule(aggregate, partition, self.ledger.last_window(aggregate, partition),
+                                  self.started_ms, CONTINUAL_PARTITION)
+        # a partition without input still commits (its audit heads ride in the metadata): from where it is
+        self.next_offsets.setdefault(partition, max(committed_offset, 0))
         self.opened.add(partition)
 
     def close(self, sources: Sequence[Source]) -> None:
         for _, partition in sources:
-            self.windows.forget_partition(partition)
-            # what was released is the ledger's to say once the partition is re-read
-            self.windows.closed = {k for k in self.windows.closed if k[2] != partition}
+            self.windows.forget_partition(partition)  # its schedule restarts from the ledger when reopened
             self.next_offsets.pop(partition, None)
             for aggregate in self.specs:
                 self.chains.forget(release_chain(aggregate, partition))
             self.opened.discard(partition)
         if not self.opened:
-            # nothing open (a rewind closes every partition): the watermarks go too, so windows are
-            # rebuilt exactly as re-reading from the committed offsets makes them, none of them late
-            self.windows = GroupWindows(self.specs, self.idle_close_ms, sources=self.sources)
+            self.windows = GroupWindows(self.specs, self.settle_ms)
 
     def process(self, messages: list[Message]) -> Output:
-        now = _now_ms()
         out: list[OutRecord] = []
         windows = self.windows
         for m in messages:
@@ -448,10 +486,8 @@ class ReleaseHandler:
                 continue
             if (c.aggregate, c.window_start, p) not in windows.closed and \
                     self.ledger.released(c.aggregate, c.window_start, p):
-                # re-read after a restart: released already
-                windows.last_input_ms = now
-                continue
-            if not windows.add(c, p, m.offset(), now):  # late: audited, never folded in
+                continue  # re-read after a restart: released already
+            if not windows.add(c, p, m.offset()):  # late: audited, never folded in
                 out.append(self.releaser.late_audit(self.chains, release_chain(c.aggregate, p), spec, "release",
                                                     m.topic(), p, m.offset(), None, c.event_time, c.window_start))
         return Output(out, self.metadata(), self.offsets())
@@ -504,19 +540,12 @@ class AggregateWorker:
         self._stop = True
 
     # ---- set-up ----------------------------------------------------------------------------------
-    def _event_time_sources(self) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
-        """Whose event times the lateness rules wait for (gateway/dp/bounding.py, windows.py): per
-        sanitized topic its raw topic's partitions, per aggregate every (stage-1 partition, raw
-        partition) pair."""
+    def _event_time_sources(self) -> dict[str, frozenset[str]]:
+        """Whose event times stage 1's lateness rule waits for (gateway/dp/bounding.py): per sanitized
+        topic its raw topic's partitions. (Stage 2 closes windows on a schedule: gateway/dp/windows.py.)"""
         counts = self.topic_partitions
-        upstreams, sources = {}, {}
-        for topic, plan in self.by_sanitized.items():
-            raw = frozenset(f"{plan.source_topic}/{p}" for p in range(counts.get(plan.source_topic, 0)))
-            upstreams[topic] = raw
-            pairs = frozenset(f"{p}|{u}" for p in range(counts.get(topic, 0)) for u in raw)
-            for spec in plan.aggregates:
-                sources[spec.id] = pairs
-        return upstreams, sources
+        return {topic: frozenset(f"{plan.source_topic}/{p}" for p in range(counts.get(plan.source_topic, 0)))
+                for topic, plan in self.by_sanitized.items()}
 
     def _ensure_topics(self) -> int:
         counts = ensure_topics(self.plans, self.config)
@@ -565,11 +594,11 @@ class AggregateWorker:
                                  lambda: changelog.latest(changelog.restore(kafka, continual_topic(config),
                                                                             {CONTINUAL_PARTITION}, missing_ok=True)[0]),
                                  audit_keys=audit_keys)
-        upstreams, sources = self._event_time_sources()
+        upstreams = self._event_time_sources()
         self.bound_handler = BoundHandler(kafka, self.by_sanitized, self.contrib_topic, self.state_topic,
-                                          self.state_partitions, self.releaser, upstreams)
+                                          self.state_partitions, self.releaser, upstreams, config.max_skew_s * 1000)
         self.release_handler = ReleaseHandler(self.specs, self.contrib_topic, self.releaser, self.ledger,
-                                              int(config.dp_idle_close_s * 1000), sources)
+                                              int(config.dp_idle_close_s * 1000))
         # stage 1 only: stage 2 commits behind its open windows by design, so its committed offset
         # legitimately stands still while input waits
         self.stall = StallMonitor(config, f"{config.group_id}.dp-bound", "dp-bound", self.health).start()
@@ -605,20 +634,24 @@ class AggregateWorker:
 
     # ---- stage 2's timer -------------------------------------------------------------------------
     def _charge(self, due: list[WindowKey], now: int) -> bool:
-        """Commit a charge for each due window not yet charged and read them back: the ledger log's
-        order, the same for every worker, decides which windows fit the period cap. False if the
-        charge's transaction aborted (stage 2 was rewound)."""
+        """Draw each due window not yet charged, commit its charge with the drawn values, and read the
+        charges back: the ledger log's order, the same for every worker, decides which windows fit
+        the period cap, and the first charge's values are the ones released. False if the charge's
+        transaction aborted (stage 2 was rewound)."""
         charges = []
         paid: set[str] = set()  # continual aggregates whose horizon a charge of this batch pays for
-        for aggregate, window_start, partition in due:
+        windows = self.release_handler.windows
+        for key in due:
+            aggregate, window_start, partition = key
             mech = self.mechanisms[aggregate]
-            if self.ledger.charged(aggregate, window_start, partition) or \
-                    self.ledger.released(aggregate, window_start, partition):
+            if self.ledger.charged(*key) or self.ledger.released(*key):
                 continue
             cost = window_cost(mech.spec, self.ledger, paid)
             if cost[0] > 0 and mech.spec.continual:
                 paid.add(aggregate)
-            charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id, cost))
+            drawn = self.releaser.draw(key, windows.open.get(key) or WindowState())
+            charges.append(Charge.for_release(mech.spec, window_start, partition, now, self.config.instance_id,
+                                              cost, drawn))
         if not charges:
             return True
         records = [OutRecord(self.config.ledger_topic, c.key, c.to_json(), None, 0) for c in charges]
@@ -628,9 +661,11 @@ class AggregateWorker:
         return True
 
     def _release_due(self) -> None:
-        """Release the windows due now, with the offsets they no longer hold back, in one transaction."""
+        """Close every window due on the schedule, data or not: charge (with the drawn values), then
+        release what the charges hold, with the offsets they no longer hold back, in one transaction."""
         handler = self.release_handler
-        due = handler.windows.due(_now_ms())
+        self.release.open_owned()  # a partition without input has windows to close too
+        due = _one_continual_window(handler.windows.due(_now_ms()), self.specs)
         if not due:
             return
         now = _now_ms()
@@ -638,29 +673,45 @@ class AggregateWorker:
             log.warning("window charge aborted: stage 2 re-reads from its committed offsets", extra={})
             return
         out: list[OutRecord] = []
-        entries: list[LedgerEntry] = []
+        results: list[tuple[WindowKey, Release]] = []
         outcomes: Counter[str] = Counter()
-        released: list[tuple[str, str, int]] = []
         for key in due:
-            records, entry, outcome = self.releaser.release(key, handler.windows.close(key), now)
-            out += records
-            outcomes[outcome] += 1
-            released.append((key[0], outcome, sum(r.topic == self.specs[key[0]].output_topic for r in records)))
-            if entry is not None:
-                entries.append(entry)
+            result = self.releaser.release(key, self.ledger.charge_of(*key), handler.windows.close(key), now)
+            out += result.records
+            outcomes[result.outcome] += 1
+            results.append((key, result))
         if not self.release.commit_now(Output(out, handler.metadata(), handler.offsets())):
             log.warning("window release aborted: stage 2 re-reads from its committed offsets",
                         extra={"windows": len(due)})
             return
-        for entry in entries:  # only once the transaction committed
-            self.ledger.apply(entry)
-            metrics.DP_EPSILON.labels(entry.aggregate).inc(entry.epsilon)
-        for aggregate, outcome, groups in released:
-            metrics.DP_RELEASES.labels(aggregate, outcome).inc()
-            metrics.DP_GROUPS.labels(aggregate).inc(groups)
+        for key, result in results:  # only once the transaction committed
+            aggregate = key[0]
+            if result.entry is not None:
+                self.ledger.apply(result.entry)
+                # a window costs its epsilon once, reported by the release its deciding charge names
+                metrics.DP_EPSILON.labels(aggregate).inc(self.ledger.reported_cost(*key))
+            if result.running_state is not None:
+                self.releaser.adopt_running(aggregate, result.running_state)
+            metrics.DP_RELEASES.labels(aggregate, result.outcome).inc()
+            metrics.DP_GROUPS.labels(aggregate).inc(
+                sum(r.topic == self.specs[aggregate].output_topic for r in result.records))
         handler.windows.prune_closed()
         self.windows_closed.update(outcomes)
-        log.info("windows closed", extra={"outcomes": dict(outcomes), "ledger_entries": len(entries)})
+        log.info("windows closed", extra={"outcomes": dict(outcomes)})
+
+
+def _one_continual_window(due: list[WindowKey], specs: dict[str, AggregateSpec]) -> list[WindowKey]:
+    """Due windows, a continual aggregate's first one only: each of its draws continues the counters
+    its last release committed, so its next window waits for the next turn."""
+    seen: set[str] = set()
+    out = []
+    for key in due:
+        if specs[key[0]].continual:
+            if key[0] in seen:
+                continue
+            seen.add(key[0])
+        out.append(key)
+    return out
 
 
 def _now_ms() -> int:
