@@ -28,7 +28,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.cli.options import config_of
+from gateway.cli.options import (
+    KMS,
+    add_settings,
+    config_of,
+    role_name,
+)
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import policy_roles
 from gateway.errors import GatewayError
@@ -174,3 +179,43 @@ def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
           f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
           "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")
     return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_cmd", required=True)
+    p = keys.add_parser("init", help="create the keyring (mode 0600) with keys for every token domain and, with "
+                                     "kms_provider=local, every role the policies name")
+    p.add_argument("--role", dest="roles", action="append", type=role_name, default=None, metavar="ROLE",
+                   help="also create a key for this role (repeatable)")
+    add_settings(p, "keyring", "schemas")
+    p = keys.add_parser("rotate", help="new KEK version (or token-key version with --token-domain, role key version "
+                                       "with --role), made active")
+    p.add_argument("--token-domain", dest="token_domain", help="rotate this token domain's HMAC key instead")
+    p.add_argument("--role", type=role_name, default=None, help="rotate this role's key instead (the keyring's, or "
+                                                                  "its KMS key of role_kms_keys)")
+    add_settings(p, "keyring", *KMS, "role_kms_keys")
+    p = keys.add_parser("export", help="write a keyring holding only one role's key, for that role's consumers "
+                                       "(or, with --audit, only the audit keys, for the aggregate worker)",
+                        description="The file (mode 0600) holds every version of the role's key and nothing else: "
+                                    "no KEK, token key or quarantine key. Its holder opens the fields readable by "
+                                    "that role (gateway decrypt --role ROLE --keyring FILE) and no others. Export "
+                                    "again after gateway keys rotate --role ROLE. With --audit it holds the audit "
+                                    "MAC keys alone: the aggregate worker's --keyring (it seals its audit records) "
+                                    "and an auditor's (gateway audit verify).")
+    p.add_argument("--role", type=role_name, default=None, help="the role whose key to export")
+    p.add_argument("--audit", action="store_true", help="export the audit MAC keys instead of a role's key")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="the keyring file to write")
+    add_settings(p, "keyring", "kms_provider")
+    p = keys.add_parser("retire", help="delete an old local KEK (ciphertexts wrapped only under it become unreadable)")
+    p.add_argument("kek_id", help="the KEK version to delete (gateway keys rotate printed it)")
+    p.add_argument("--yes", action="store_true", help="confirm: the deletion cannot be undone")
+    add_settings(p, "keyring")
+    p = keys.add_parser("rewrap", help="re-store every per-subject key in the key topic under the active KEK")
+    add_settings(p, "bootstrap", "keyring", "key_topic", *KMS, "security")
+    p = keys.add_parser("rotate-quarantine", help="new quarantine key (seals dead letters), made active; the old ones "
+                                                  "still unseal earlier dead letters")
+    add_settings(p, "keyring")
+    p = keys.add_parser("rotate-audit", help="new audit key (MACs the audit records), made active from the workers' "
+                                             "restart; the old ones still verify earlier records")
+    add_settings(p, "keyring")
+    sub.choices["keys"].set_defaults(func=cmd_keys)

@@ -8,7 +8,10 @@ import time
 
 import orjson
 
-from gateway.cli.options import config_of
+from gateway.cli.options import (
+    add_settings,
+    config_of,
+)
 from gateway.keys.period_keys import due_keys, summarize
 from gateway.runtime.keytopic import enforce_retention, load_period_keys
 from gateway.runtime.retention import summary_lines, summary_row
@@ -56,3 +59,21 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    retention = sub.add_parser("retention", help="retention by key expiry: list and erase the period keys of fields "
+                                                 "with retention_days").add_subparsers(dest="retention_cmd",
+                                                                                       required=True)
+    p = retention.add_parser("show", help="list the key topic's periods: retention, period, key ids and when each "
+                                          "is erased")
+    p.add_argument("--json", action="store_true", help="one JSON object per period, every key id listed")
+    add_settings(p, "bootstrap", "key_topic", "security")
+    p = retention.add_parser("enforce", help="erase (tombstone) every period key whose period ended more than its "
+                                             "retention ago, audited in the same transaction",
+                             description="Workers do the same every retention_check_s. Use the workers' group_id "
+                                         "(it prefixes the transactional id their runs and this one share, so they "
+                                         "fence each other and the audit chain keys:retention has one writer).")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="list what would be erased; write nothing")
+    add_settings(p, "bootstrap", "keyring", "key_topic", "audit_topic", "group_id", "security")
+    sub.choices["retention"].set_defaults(func=cmd_retention)

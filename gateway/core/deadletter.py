@@ -30,6 +30,7 @@ import secrets
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import DecryptError, GatewayError, KeyringError
 from gateway.keys.envelope import DEK_ID_BYTES
+from gateway.keys.errors import KmsUnavailable
 from gateway.keys.subject_keys import SubjectKeys
 
 SEAL_FORMAT = 1  # directly under the quarantine key (no longer written; still unsealed)
@@ -308,3 +310,40 @@ def _b64(data: bytes | None) -> str | None:
 
 def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
+
+
+@dataclass(frozen=True)
+class Unsealed:
+    """One line of `gateway dlq unseal`'s input: the dead letter's original (bytes base64, for inspection or
+    replay), or why it did not open (`problem`: reason and message, never a value)."""
+
+    where: str  # "dead letter <topic>/<partition>/<offset>", or "line N" when the line is not a dead letter
+    original: dict[str, Any] | None = None  # {"source", "reason", "value", "key", "headers"}
+    problem: str | None = None
+
+
+def unseal_lines(sealer: QuarantineSealer, lines: Iterable[bytes]) -> Iterator[Unsealed]:
+    """Each non-blank line (a dead letter as JSON, as `gateway dump` prints it) opened; one that does not
+    open is reported with its reason (key_erased: its subject was forgotten) and the others still open."""
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            letter = orjson.loads(line)
+            source = letter["source"]
+            where = f"dead letter {source['topic']}/{source['partition']}/{source['offset']}"
+            opened = sealer.unseal(letter)
+        except DecryptError as exc:
+            yield Unsealed(where, problem=f"{exc.reason}: {exc.message}")
+            continue
+        except KmsUnavailable as exc:
+            yield Unsealed(where, problem=f"kms_unavailable: {exc}")
+            continue
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            yield Unsealed(where, problem="malformed: not a dead letter (JSON with source and sealed)")
+            continue
+        yield Unsealed(where, original={
+            "source": source, "reason": letter.get("reason"), "value": _b64(opened["value"]),
+            "key": _b64(opened["key"]), "headers": [[name, _b64(data)] for name, data in opened["headers"]],
+        })

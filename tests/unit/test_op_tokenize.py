@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cli import _normalized_subject
+from gateway.cli.options import normalized_subject as _normalized_subject
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline
 from gateway.core.policy.compiler import compile_plan
