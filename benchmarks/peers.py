@@ -45,7 +45,8 @@ from typing import Any
 import fastavro
 import orjson
 
-from gateway.core.codec.raw import avro_bytes, load_schema_file, strip_logical_types
+from gateway.core.codec.raw import load_schema_file, strip_logical_types
+from gateway.core.codec.writer import avro_bytes
 from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.plan import Plan

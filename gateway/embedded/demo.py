@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 
 from gateway.core.audit import AuditKeys, verify_chains
-from gateway.core.codec.raw import avro_bytes, decoded_for_json, frame_confluent, json_bytes
+from gateway.core.codec.raw import decoded_for_json, frame_confluent
 from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.codec.writer import avro_bytes, json_bytes
 from gateway.core.decrypt import decrypt_record
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan

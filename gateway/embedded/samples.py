@@ -580,7 +580,8 @@ def broken_events(valid: dict[str, Any], schema: SchemaFile, schema_id: int | No
     import fastavro
     import orjson
 
-    from gateway.core.codec.raw import EventDecoder, avro_bytes, frame_confluent, json_bytes, strip_logical_types
+    from gateway.core.codec.raw import EventDecoder, frame_confluent, strip_logical_types
+    from gateway.core.codec.writer import avro_bytes, json_bytes
     from gateway.errors import RejectedEvent
 
     parsed = fastavro.parse_schema(strip_logical_types(schema.raw))

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.core.codec.raw import avro_bytes
 from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.codec.writer import avro_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.core.codec.raw import avro_bytes
+from gateway.core.codec.writer import avro_bytes
 from gateway.embedded.samples import SampleEvents
 
 from .conftest import ENV, REPO, Deployment

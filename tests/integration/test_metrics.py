@@ -9,7 +9,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway.core.codec.raw import avro_bytes
+from gateway.core.codec.writer import avro_bytes
 from gateway.embedded.broker import free_port
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events

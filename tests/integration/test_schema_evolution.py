@@ -25,7 +25,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, fingerprint, single_object_header
-from gateway.core.codec.raw import avro_bytes, strip_logical_types
+from gateway.core.codec.raw import strip_logical_types
+from gateway.core.codec.writer import avro_bytes
 from gateway.core.policy.lint import load_plans
 from gateway.embedded.broker import free_port
 from gateway.embedded.samples import SampleEvents

@@ -129,7 +129,7 @@ def test_dump_without_schemas_prints_json_records_and_names_the_avro_ones(tmp_pa
 
 def test_dump_decodes_avro_with_the_default_schemas_directory(payments_plan: Any, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.core.codec.raw import avro_bytes
+    from gateway.core.codec.writer import avro_bytes
 
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "payments.avsc").write_bytes((SCHEMAS / "payments.avsc").read_bytes())

@@ -23,7 +23,8 @@ from gateway.core.codec.evolution import (
     single_object_header,
     unannotated_paths,
 )
-from gateway.core.codec.raw import EventDecoder, avro_bytes, frame_confluent, load_schema_file
+from gateway.core.codec.raw import EventDecoder, frame_confluent, load_schema_file
+from gateway.core.codec.writer import avro_bytes
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.compiler import compile_plan
 from gateway.errors import PolicyError, RejectedEvent

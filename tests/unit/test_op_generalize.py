@@ -19,7 +19,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.core.codec.raw import avro_bytes, load_schema_file
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.codec.writer import avro_bytes
 from gateway.core.operators.base import CALL, FieldContext, OperatorError
 from gateway.core.operators.generalize import Generalize
 from gateway.core.pipeline import Pipeline, RawEvent

@@ -24,7 +24,8 @@ from gateway.core.audit import (
     seal_audit_event,
     verify_chains,
 )
-from gateway.core.codec.raw import MAGIC_BYTE, avro_bytes, frame_confluent, load_schema_file
+from gateway.core.codec.raw import MAGIC_BYTE, frame_confluent, load_schema_file
+from gateway.core.codec.writer import avro_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import SOURCE_HEADER, OutRecord, Pipeline, RawEvent, parse_source_ref

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.core.codec.raw import load_schema_file, plaintext_encoder
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.codec.writer import plaintext_encoder
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline, RawEvent, source_ref
 from gateway.core.policy.compiler import compile_plan

@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 
 from gateway.core.codec.raw import (
     EventDecoder,
-    avro_bytes,
     decoded_for_json,
     frame_confluent,
-    json_bytes,
     load_schema_file,
     strip_logical_types,
 )
+from gateway.core.codec.writer import avro_bytes, json_bytes
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events

@@ -13,15 +13,8 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.core.codec.raw import (
-    EventDecoder,
-    avro_bytes,
-    fast_record_encoder,
-    json_bytes,
-    load_schema_file,
-    plaintext_encoder,
-    strip_logical_types,
-)
+from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
+from gateway.core.codec.writer import avro_bytes, fast_record_encoder, json_bytes, plaintext_encoder
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
 from gateway.core.policy.compiler import compile_plan

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import fastavro
 
-from gateway.core.codec.raw import plaintext_encoder, strip_logical_types
+from gateway.core.codec.raw import strip_logical_types
+from gateway.core.codec.writer import plaintext_encoder
 from gateway.core.operators.base import (
     CALL,
     BuildEnv,

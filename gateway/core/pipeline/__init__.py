@@ -30,7 +30,8 @@ from gateway.core.audit import (
     seal_audit_value,
 )
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
-from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, fast_record_encoder, frame_confluent, json_bytes
+from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent
+from gateway.core.codec.writer import fast_record_encoder, json_bytes
 from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
 from gateway.core.outputs import OutRecord
