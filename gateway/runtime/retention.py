@@ -1,4 +1,4 @@
-"""Retention by key expiry: which period keys are due, the worker's schedule, and `gateway retention`.
+"""Retention by key expiry: which period keys are due, the worker's schedule, and the rows `gateway retention` prints.
 
 The erasure itself (tombstones + one audited transaction per run) is keytopic.enforce_retention;
 which keys are due is period_keys.due_keys (pure). Here:
@@ -9,8 +9,8 @@ which keys are due is period_keys.due_keys (pure). Here:
   both run; the runs share one transactional.id (the later fences the earlier) and a key already
   erased is gone from each worker's state within a poll of the key topic, so the later run finds
   nothing and writes no event. Tombstoning a key twice would be harmless anyway.
-- `cmd_retention`: `gateway retention show` (periods, key ids, when each is erased) and
-  `gateway retention enforce [--dry-run]`.
+- `summary_row`, `summary_lines`: what `gateway retention show` (gateway/cli/retention.py) prints: periods,
+  key ids, when each is erased.
 """
 
 from __future__ import annotations
