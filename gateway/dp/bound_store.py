@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from gateway.core.outputs import OutRecord
 from gateway.errors import MalformedStateRecord
+from gateway.outputs import OutRecord
 
 STATE_CONFIG = {"cleanup.policy": "compact"}
 BoundKey = tuple[str, int]  # (sanitized topic, partition)

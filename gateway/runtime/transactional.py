@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from gateway.core.outputs import OutRecord
 from gateway.ops import metrics
+from gateway.outputs import OutRecord
 
 log = logging.getLogger("gateway.runtime")
 Source = tuple[str, int]  # (topic, partition)

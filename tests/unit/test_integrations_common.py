@@ -16,13 +16,13 @@ import pytest
 
 from gateway.core.codec.raw import frame_confluent
 from gateway.core.codec.writer import avro_bytes
-from gateway.core.outputs import OutRecord
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import SampleEvents
 from gateway.integrations.common import Decoded, SanitizedReader, UndecodableRecord, header_dict
 from gateway.keys.keyring import Keyring
+from gateway.outputs import OutRecord
 from gateway.settings import GatewayConfig
 from tests.unit.conftest import SCHEMAS
 

@@ -145,6 +145,16 @@ def test_pure_packages_reach_neither_kafka_nor_the_runtime_nor_the_commands() ->
     assert not offenders, f"pure packages import Kafka, the runtime or the commands: {offenders}"
 
 
+def test_keys_dp_and_consent_do_not_import_the_core() -> None:
+    """The core may use keys, DP and consent; they never use it: a type both need lives below them."""
+    offenders = []
+    for package in ("keys", "dp", "consent"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            offenders += [f"{path.relative_to(ROOT)}: {m}" for m, _ in _imported(path)
+                          if m == "gateway.core" or m.startswith("gateway.core.")]
+    assert not offenders, f"keys, dp or consent import the core: {offenders}"
+
+
 def test_the_report_package_reaches_no_kafka_client() -> None:
     for path in sorted((ROOT / "report").rglob("*.py")):
         bad = {m for m, _ in _imported(path) if m.startswith(("confluent_kafka", "gateway.runtime", "gateway.cli"))}

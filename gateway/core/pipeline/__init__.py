@@ -34,7 +34,6 @@ from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, frame_con
 from gateway.core.codec.writer import fast_record_encoder, json_bytes
 from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
-from gateway.core.outputs import OutRecord
 from gateway.core.policy.plan import Plan, Purpose
 from gateway.core.policy.timestamp import PATH as TIMESTAMP_PATH
 from gateway.core.policy.timestamp import TimestampMode
@@ -50,6 +49,7 @@ from gateway.keys.kms import KmsProvider
 from gateway.keys.providers import build_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
+from gateway.outputs import OutRecord
 from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.core.pipeline")

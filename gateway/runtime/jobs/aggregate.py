@@ -59,7 +59,6 @@ from gateway.core.audit import (
     seal_audit_event,
 )
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
-from gateway.core.outputs import OutRecord
 from gateway.core.pipeline import SOURCE_HEADER, parse_source_ref
 from gateway.core.policy.plan import Plan
 from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
@@ -72,6 +71,7 @@ from gateway.dp.windows import GroupWindows, WindowKey, WindowState, close_time
 from gateway.errors import ConfigError, GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.ops import metrics
+from gateway.outputs import OutRecord
 from gateway.runtime import changelog, clients
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
