@@ -11,7 +11,7 @@
 # GATEWAY_EXTRAS adds optional features (pyproject.toml extras), comma-separated: empty (default:
 # the local keyring only), `aws` (boto3: AWS KMS), `vault` (hvac: OpenBao/Vault Transit) and
 # `registry` (a Confluent Schema Registry client: "schema_id": "registry" and --schema-registry-url).
-# Configuration is by GATEWAY_* environment variables (see gateway/config.py).
+# Configuration is by GATEWAY_* environment variables (see gateway/settings.py).
 # BuildKit is required (the default builder since Docker 23) for `RUN --mount`.
 
 # Python 3.11: the version the project is developed and tested on (requires-python >= 3.11).

@@ -27,8 +27,8 @@ $(VENV)/.bench: $(BIN)/gateway
 bench: $(VENV)/.bench  ## the gateway beside passthrough, naive code, Confluent CSFLE and Presidio
 	PYTHONPATH=. $(BIN)/python benchmarks/bench.py
 
-docs: $(BIN)/gateway  ## the settings tables from their declarations (gateway/config.py), then the site in site/
-	$(BIN)/python -m gateway.config docs/reference/settings.md
+docs: $(BIN)/gateway  ## the settings tables from their declarations (gateway/settings.py), then the site in site/
+	$(BIN)/python -m gateway.settings docs/reference/settings.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:

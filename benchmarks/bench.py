@@ -40,20 +40,18 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 if not __package__:  # run as a script (python benchmarks/bench.py): its sibling modules come as `benchmarks.*`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.config import GatewayConfig
-from gateway.demo import encode_raw
+from benchmarks.events import REPO, by_short_name, make_events
+from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker, free_port
 from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
-from gateway.policy import Plan, load_plans
 from gateway.runtime import clients
 from gateway.runtime.topics import admin_client, create_topics, ensure_topics
-from gateway.samples import SampleEvents
+from gateway.settings import GatewayConfig
 
-REPO = Path(__file__).resolve().parents[1]
 SEPARATE_KEYS = ("output_compression", "versus_base")  # results.json keys other scripts write
-SEED = 20261123
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -67,24 +65,6 @@ def unique_schemas(root: Path, suffix: str) -> Path:
             schema["privacy"][key] += f".{suffix}"
         (target / source.name).write_bytes(orjson.dumps(schema))
     return target
-
-
-def make_events(plans: dict[str, Plan], count: int) -> list[tuple[str, bytes, dict[str, Any]]]:
-    """(schema short name, Avro bytes, record): half payments (Confluent framing), half visits."""
-    samples = SampleEvents(seed=SEED)
-    events = []
-    for i in range(count):
-        if i % 2 == 0:
-            record = samples.payment()
-            events.append(("Payment", encode_raw(plans["Payment"], record, "confluent"), record))
-        else:
-            record = samples.clinical_visit()
-            events.append(("ClinicalVisit", encode_raw(plans["ClinicalVisit"], record, "avro"), record))
-    return events
-
-
-def by_short_name(plans: list[Plan]) -> dict[str, Plan]:
-    return {p.name.rsplit(".", 1)[-1]: p for p in plans}
 
 
 # ---- process measurements --------------------------------------------------------------------
@@ -191,7 +171,7 @@ class FloorPipeline(PassthroughPipeline):
     any implementation of the same policy with these libraries pays per event in the same loop."""
 
     def __init__(self, plans: list[Plan]) -> None:
-        from benchmarks.microbench import floor_clinical, floor_payments  # microbench imports this module
+        from benchmarks.microbench import floor_clinical, floor_payments
 
         super().__init__(plans)
         self.floors = {p.source_topic: (floor_payments if p.name.endswith(".Payment") else floor_clinical)(p)
@@ -206,7 +186,7 @@ class FloorPipeline(PassthroughPipeline):
 
 def loop_main(argv: list[str]) -> int:
     """Entry for the passthrough and floor worker processes: the gateway's worker loop around them."""
-    from gateway.logs import setup_logging
+    from gateway.ops.logs import setup_logging
     from gateway.runtime.jobs.sanitize import Worker
 
     kind, bootstrap, schemas, group = argv
@@ -595,10 +575,10 @@ def close_producer(stage: KafkaStage | BrokerHop) -> None:
 
 # the worker's own frames that make up a batch, for the profile's inclusive shares (py-spy names a
 # frame "Class.method (file:line)")
-STAGES = {"decode": "EventDecoder.decode_event (gateway/schema.py",
-          "sanitize": "RecordSanitizer.sanitize (gateway/transforms.py",
-          "encode": "TopicStage.encode (gateway/pipeline.py",
-          "audit records": "Pipeline._seal_entries (gateway/pipeline.py",
+STAGES = {"decode": "EventDecoder.decode_event (gateway/core/codec/raw.py",
+          "sanitize": "RecordSanitizer.sanitize (gateway/core/sanitizer.py",
+          "encode": "TopicStage.encode (gateway/core/pipeline/__init__.py",
+          "audit records": "Pipeline._seal_entries (gateway/core/pipeline/__init__.py",
           "produce": "TransactionalLoop._publish (gateway/runtime/transactional.py",
           "wait for the last commit": "TransactionalLoop.settle (gateway/runtime/transactional.py"}
 
@@ -665,7 +645,7 @@ def measure_transforms_vs_floor(events: list[tuple[str, bytes, dict[str, Any]]],
     primitive floor for the same payments (benchmarks/microbench.py: fastavro decode, one HMAC per
     tokenized field, one AES-GCM per non-null encrypted field, fastavro encode), timed in pairs over
     the same chunks so that the host's changing speed hits both sides of a ratio."""
-    from benchmarks.microbench import floor_payments, paired, transform_fn  # microbench imports this module
+    from benchmarks.microbench import floor_payments, paired, transform_fn
 
     plans = by_short_name(load_plans(REPO / "schemas"))
     config = GatewayConfig(keyring=workdir / "floor-keyring.json", instance_id="bench")

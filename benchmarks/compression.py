@@ -16,16 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import (
-    REPO,
-    KafkaStage,
-    by_short_name,
-    make_events,
-    measure_sanitize_cost,
-    update_results,
-    warmed_broker,
-)
-from gateway.policy import load_plans
+from benchmarks.bench import KafkaStage, measure_sanitize_cost, update_results, warmed_broker
+from benchmarks.events import REPO, by_short_name, make_events
+from gateway.core.policy.lint import load_plans
 
 CODECS = ("none", "lz4", "zstd")
 

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
+from gateway.core.pipeline import RawEvent
+from gateway.core.policy.lint import load_plans
 from gateway.dp.bounding import ACCEPTED, Contribution, ContributionBounder
 from gateway.dp.windows import GroupWindows
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import RawEvent
-from gateway.policy import load_plans
-from gateway.sanitized import SanitizedDecoder, StoredRecord
+from gateway.settings import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,8 +45,8 @@ def _cpu(fn: Any, reps: int) -> float:
 
 
 def run(events: int = 20_000, reps: int = 5) -> dict[str, Any]:
-    from benchmarks.bench import make_events
-    from gateway.pipeline import Pipeline
+    from benchmarks.events import make_events
+    from gateway.core.pipeline import Pipeline
 
     plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(REPO / "schemas")}
     payments = plans["Payment"]

@@ -51,12 +51,14 @@ from typing import Any
 import fastavro
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from benchmarks.bench import REPO, by_short_name, make_events
-from gateway.config import GatewayConfig
+from benchmarks.events import REPO, by_short_name, make_events
+from gateway.core.codec.raw import strip_logical_types
+from gateway.core.codec.writer import zigzag_varint
+from gateway.core.pipeline import Pipeline, RawEvent, TopicStage
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent, TopicStage
-from gateway.policy import Plan, load_plans
-from gateway.schema import strip_logical_types, zigzag_varint
+from gateway.settings import GatewayConfig
 
 
 # ---- the floor -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each approach applies the gateway's own policy (the compiled plans of ``schemas/payments.avsc`` and
 ``schemas/clinical_visits.avsc``: same records, same fields tokenized, encrypted and dropped) to
-records from ``gateway.samples.SampleEvents``, with no Kafka in the way:
+records from ``gateway.embedded.samples.SampleEvents``, with no Kafka in the way:
 
 - ``naive_per_record``: hand-written Python as users write it without a DEK cache: stdlib ``json``,
   a fresh ``hmac.new`` per token, a data key asked from a KMS for every record (what the AWS
@@ -45,9 +45,12 @@ from typing import Any
 import fastavro
 import orjson
 
-from gateway.policy import FieldPlan, Plan, RecordPlan, Shape, compile_plan
-from gateway.samples import SampleEvents
-from gateway.schema import avro_bytes, load_schema_file, strip_logical_types
+from gateway.core.codec.raw import load_schema_file, strip_logical_types
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
+from gateway.embedded.samples import SampleEvents
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_STEMS = ("payments", "clinical_visits")

@@ -21,11 +21,12 @@ from typing import Any
 
 import orjson
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import load_plans
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan, load_plans
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FIELD_RULES = {
@@ -52,7 +53,7 @@ def with_rules(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(events: int = 20_000, reps: int = 7) -> dict[str, Any]:
-    from benchmarks.bench import make_events
+    from benchmarks.events import make_events
 
     plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(REPO / "schemas")}
     payments = plans["Payment"]

@@ -1,4 +1,4 @@
-"""Free-text redaction: gateway.detect beside Presidio's predefined pattern recognizers, on labelled corpora.
+"""Free-text redaction: gateway.core.detectors beside Presidio's predefined pattern recognizers, on labelled corpora.
 
     python -m benchmarks.redaction [--texts N] [--reps R] [--json PATH]
 
@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from gateway.detect import detector, placeholder, redact
+from gateway.core.detectors import detector, placeholder, redact
 from tests.unit.redaction_corpus import Sample, corpus, score, side_door_corpus
 
 # Presidio entity -> gateway entity
@@ -163,7 +163,7 @@ def presidio_engines() -> tuple[Any, Any]:
 
 
 def resolve_overlaps(results: list[Any]) -> list[tuple[str, int, int]]:
-    """Presidio's results as non-overlapping (entity, start, end), resolved as gateway.detect resolves its own.
+    """Presidio's results as non-overlapping (entity, start, end), resolved as gateway.core.detectors resolves its own.
 
     The analyzer reports every recognizer's hit, overlaps included (the URL inside an email, the
     phone inside a card); what a redaction can use is one entity per character, so the longer

@@ -2,13 +2,13 @@
 
     python -m benchmarks.scan [--events 5000] [--reps 5] [--broker]
 
-- **scan**: `gateway.scan.Scanner.add` over decoded events of the example schemas (payments and
-  clinical visits from `gateway.samples`, the bench's seed): the schema walk, the keyed hash per
+- **scan**: `gateway.core.scan.Scanner.add` over decoded events of the example schemas (payments and
+  clinical visits from `gateway.embedded.samples`, the bench's seed): the schema walk, the keyed hash per
   string value, the detectors (all entity types) on each distinct value, the counters. A fresh
   Scanner per repetition, so every distinct value meets the detectors once per run, as in a scan.
 - **walk only**: the same with a detector that finds nothing: the scanner's own cost per event.
 - **decode+scan**: the same from the wire bytes (payments Confluent-framed, visits bare Avro)
-  through `gateway.schema.EventDecoder`, as `gateway scan` does per event.
+  through `gateway.core.codec.raw.EventDecoder`, as `gateway scan` does per event.
 - **end to end** (``--broker``): the embedded Apache Kafka broker, the events published to a topic
   per schema, then `gateway.runtime.sample` reading them from the beginning, decoded and scanned in
   this process (the time of `gateway scan` without interpreter start-up and the report).
@@ -29,14 +29,8 @@ from typing import Any
 import fastavro
 import orjson
 
-from gateway.schema import (
-    EventDecoder,
-    SchemaFile,
-    avro_bytes,
-    frame_confluent,
-    load_schema_file,
-    strip_logical_types,
-)
+from gateway.core.codec.raw import EventDecoder, SchemaFile, frame_confluent, load_schema_file, strip_logical_types
+from gateway.core.codec.writer import avro_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -44,7 +38,7 @@ SCHEMAS = {"Payment": "payments.avsc", "ClinicalVisit": "clinical_visits.avsc"}
 
 
 def _events(count: int) -> dict[str, tuple[SchemaFile, list[dict[str, Any]], list[bytes]]]:
-    from gateway.samples import SampleEvents
+    from gateway.embedded.samples import SampleEvents
 
     samples = SampleEvents(seed=SEED)
     out = {}
@@ -72,7 +66,7 @@ class _NoDetector:
 
 
 def _scan_once(schema: SchemaFile, records: list[dict[str, Any]], detector: Any = None) -> float:
-    from gateway.scan import Scanner
+    from gateway.core.scan import Scanner
 
     scanner = Scanner(schema, detector)
     start = time.perf_counter()
@@ -83,8 +77,8 @@ def _scan_once(schema: SchemaFile, records: list[dict[str, Any]], detector: Any 
 
 
 def _decode_scan_once(schema: SchemaFile, wire: list[bytes]) -> float:
+    from gateway.core.scan import Scanner
     from gateway.errors import RejectedEvent
-    from gateway.scan import Scanner
 
     scanner = Scanner(schema)
     decoder = EventDecoder(schema, "auto", schema.privacy.get("schema_id"), 1 << 20)
@@ -103,10 +97,10 @@ def _decode_scan_once(schema: SchemaFile, wire: list[bytes]) -> float:
 def _end_to_end(data: dict[str, tuple[SchemaFile, list[dict[str, Any]], list[bytes]]], reps: int) -> dict[str, Any]:
     from confluent_kafka import Producer
 
+    from gateway.core.scan import Scanner
     from gateway.embedded.broker import EmbeddedBroker
     from gateway.errors import RejectedEvent
     from gateway.runtime.sample import sample_topic
-    from gateway.scan import Scanner
 
     figures: dict[str, Any] = {}
     with EmbeddedBroker(0) as broker:

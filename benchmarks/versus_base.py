@@ -22,16 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import (
-    REPO,
-    KafkaStage,
-    by_short_name,
-    make_events,
-    measure_sanitize_cost,
-    update_results,
-    warmed_broker,
-)
-from gateway.policy import load_plans
+from benchmarks.bench import KafkaStage, measure_sanitize_cost, update_results, warmed_broker
+from benchmarks.events import REPO, by_short_name, make_events
+from gateway.core.policy.lint import load_plans
 
 # main before issue 20's floor work (lz4 output, one audit record per batch): "today's main" of its goal
 DEFAULT_BASE = "ab42a5f"

@@ -3,7 +3,7 @@
 A producer controls its records' timestamps and time fields. One event stamped in the year 3000
 would otherwise move the DP stages' marks past every later event (making them all late, for good:
 the marks are persisted), and skew the quality windows' lag. So an event time later than now +
-``max_skew_s`` (gateway/config.py) is out of range: the sanitize pipeline dead-letters the event with
+``max_skew_s`` (gateway/settings.py) is out of range: the sanitize pipeline dead-letters the event with
 reason ``event_time_out_of_range`` before any quality window, period key or DP stage sees it, and
 stage 1 of the DP aggregates drops (and audits) any record of the sanitized topic still out of range
 (or dated before EARLIEST_MS, absurdly old), without moving a mark.

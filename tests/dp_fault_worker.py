@@ -19,10 +19,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import _config, build_parser
+from gateway.cli import build_parser
+from gateway.cli.options import config_of as _config
+from gateway.core.policy.lint import load_plans
 from gateway.errors import GatewayError
-from gateway.logs import setup_logging
-from gateway.policy import load_plans
+from gateway.ops.logs import setup_logging
 from gateway.runtime.jobs.aggregate import AggregateWorker, ReleaseHandler
 from gateway.runtime.transactional import BatchHandler, Output, TransactionalLoop
 

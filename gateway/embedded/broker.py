@@ -29,6 +29,7 @@ from types import TracebackType
 
 from gateway.embedded.jars import KAFKA_VERSION, kafka_libs, require_tool
 from gateway.errors import GatewayError
+from gateway.runtime import clients
 
 log = logging.getLogger(__name__)
 _CLEAN_EXIT = (0, 143, -15)  # SIGTERM: the JVM runs its shutdown hooks (Kafka's, Quarkus') and exits with 128 + 15
@@ -231,9 +232,7 @@ class EmbeddedBroker:
                                f"{(result.stdout + result.stderr).strip()[-500:]}")
 
     def _wait_for_metadata(self, timeout_s: float) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = clients.admin({"bootstrap.servers": self.bootstrap})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.process is not None

@@ -17,13 +17,20 @@ from typing import Any
 
 import orjson
 
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.sanitized import (
+    CONFLUENT_HEADER_BYTES,
+    SanitizedDecoder,
+    StoredRecord,
+    WriterSchemas,
+    read_avro,
+)
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import SOURCE_HEADER
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, RecordRef
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import SOURCE_HEADER
-from gateway.policy import Plan, load_plans
-from gateway.sanitized import CONFLUENT_HEADER_BYTES, SanitizedDecoder, StoredRecord, WriterSchemas, read_avro
 
 HeadersLike = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 DECRYPTED = "decrypted"

@@ -624,7 +624,7 @@ class FieldDecryptor:
     erased it.
 
     Record-bound ciphertexts (format v5) also need the record they sit in (`RecordRef`: its event id
-    or `gateway-source`, and the element's position); gateway.decrypt.decrypt_record builds it.
+    or `gateway-source`, and the element's position); gateway.core.decrypt.decrypt_record builds it.
     """
 
     def __init__(self, kms: KmsProvider, cache_size: int = 10_000,

@@ -49,6 +49,8 @@ ROLES_SEGMENT = "roles:"  # the name segment of a role-scoped key: "roles:<role>
 
 KeyRecord = tuple[bytes, bytes | None]  # (key, value or None for a tombstone)
 
+PERIOD_PREFIX = "period:"  # period keys (gateway.keys.period_keys); no token domain holds ':'
+
 
 @dataclass(frozen=True)
 class _Entry:

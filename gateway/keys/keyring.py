@@ -10,7 +10,7 @@ read rather than rewrite without them. ``export_role`` writes a keyring holding 
 versions and nothing else (``"role_export": ROLE``): its holder opens that role's fields only, and
 the gateway refuses to run or change keys on it.
 
-Audit keys (section ``audit``, ``audit-<hex>`` ids, one active: gateway.audit.AuditKeys) MAC the
+Audit keys (section ``audit``, ``audit-<hex>`` ids, one active: gateway.core.audit.AuditKeys) MAC the
 audit records, so write access to the audit topic cannot append a record that verifies. They are
 made on first use (`audit_keys`, or `gateway keys init`); a keyring that holds them is written as
 format 3, which older gateways refuse to read rather than rewrite without them. ``export_audit``
@@ -424,7 +424,7 @@ class Keyring:
             raise DecryptError("key_not_held", f"quarantine key '{key_id}' is not in keyring '{self.path}'")
         return key_id, key
 
-    # ---- audit keys (gateway.audit.AuditKeys) ------------------------------------------------------
+    # ---- audit keys (gateway.core.audit.AuditKeys) ------------------------------------------------------
     def audit_keys(self, create: bool = True) -> tuple[str, dict[str, bytes]]:
         """(active id, {id: key}) of the audit MAC keys; the first one is made now (under the lock, adopting
         what others wrote) when the keyring has none and `create` is set, else none is active ("")."""

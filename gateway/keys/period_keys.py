@@ -52,10 +52,9 @@ from gateway.keys.envelope import (
     role_keyed_key_id,
 )
 from gateway.keys.errors import KmsError, KmsUnavailable
-from gateway.keys.key_store import KeyStore, roles_segment
+from gateway.keys.key_store import PERIOD_PREFIX, KeyStore, roles_segment
 from gateway.keys.kms import KmsProvider
 from gateway.keys.roles import valid_role
-from gateway.keys.subject_keys import PERIOD_PREFIX
 
 DAY_MS = 86_400_000
 MAX_RETENTION_DAYS = 36_500  # 100 years; format v4 could say 65535

@@ -17,22 +17,15 @@ Where a role's KEK lives:
   (``support=alias/gw-support,fraud=alias/gw-fraud``; for Vault transit key names), checked at
   start-up like the main key.
 
-This module holds what is shared: role names, the ``role_kms_keys`` syntax, the roles a set of
-policies names, and the ``gateway keys`` commands for roles. It imports nothing from the gateway at
-module level, so `gateway.config` can use it.
+This module holds what is shared: role names and the ``role_kms_keys`` syntax. It imports nothing from
+the gateway, so `gateway.settings` can use it. The roles a set of policies names is a walk of the
+compiled plan (`gateway.core.policy.compiler.policy_roles`); the ``gateway keys`` commands for roles are
+in `gateway.cli.keys`.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.policy import Plan, RecordPlan
 
 ROLE_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 ROLE_NAME_RULE = "1 to 64 characters of a-z, 0-9, '_' and '-'"
@@ -58,58 +51,3 @@ def parse_role_kms_keys(text: str) -> dict[str, str]:
             raise ValueError(f"role '{role}' is given twice")
         mapping[role] = key
     return mapping
-
-
-def _record_roles(record: RecordPlan) -> Iterator[str]:
-    for fp in record.fields:
-        yield from getattr(fp.operator, "roles", ())
-        shape = fp.shape
-        while shape is not None:
-            if shape.record is not None:
-                yield from _record_roles(shape.record)
-            shape = shape.inner
-
-
-def policy_roles(plans: Iterable[Plan]) -> set[str]:
-    """Every role some encrypted field of these policies names (nested records and purpose views included)."""
-    records = [r for plan in plans for r in (plan.record, *(p.plan.record for p in getattr(plan, "purposes", ())))]
-    return {role for record in records for role in _record_roles(record)}
-
-
-# ---- gateway keys, for roles -------------------------------------------------------------------
-def cmd_rotate_role(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """`gateway keys rotate --role R`: a new version of the role's KEK, made active."""
-    from gateway.keys.keyring import Keyring
-    from gateway.keys.providers import remote_role_provider
-
-    role = args.role
-    if config.kms_provider == "local":
-        keyring = Keyring.open(config.keyring, create=False)
-        old = keyring.role_key_ids(role)
-        new = keyring.rotate_role(role)
-        print(f"role '{role}' key rotated in {config.keyring}: {new} (active; {len(old)} older version(s) kept). "
-              f"Workers wrap their next data key for role '{role}' with it. Re-export the role's keyring "
-              f"(gateway keys export --role {role} --out FILE) for its consumers: an older export opens only "
-              "data keys made before this rotation")
-        return 0
-    provider = remote_role_provider(config, role)
-    print(f"role '{role}' key rotated in KMS provider '{config.kms_provider}': {provider.rotate()}. "
-          "The key id in ciphertexts stays; older data keys still unwrap")
-    return 0
-
-
-def cmd_export_role(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """`gateway keys export --role R --out FILE`: the role's key versions alone, for its consumers."""
-    from gateway.errors import GatewayError
-    from gateway.keys.keyring import Keyring
-
-    if config.kms_provider != "local":
-        raise GatewayError(f"with kms_provider={config.kms_provider} role keys live in the KMS (setting "
-                           "role_kms_keys): grant the role's consumers decrypt on their key instead of exporting one "
-                           "(docs/tools/decrypt.md, \"Roles and KMS permissions\")")
-    out = Path(args.out)
-    keyring = Keyring.open(config.keyring, create=False)
-    versions = keyring.export_role(args.role, out)
-    print(f"keyring {out} written (mode 0600): role '{args.role}' key, {versions} version(s), and nothing else. "
-          f"Its holder opens fields readable by '{args.role}': gateway decrypt --role {args.role} --keyring {out}")
-    return 0

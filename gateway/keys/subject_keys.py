@@ -40,13 +40,13 @@ from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import DEK_ID_BYTES, DataKey, role_keyed_header, subject_header
 from gateway.keys.errors import KmsConfigError
 from gateway.keys.key_store import ENTRY_FORMAT as ENTRY_FORMAT
-from gateway.keys.key_store import KeyRecord, KeyStore, roles_segment
+from gateway.keys.key_store import PERIOD_PREFIX, KeyRecord, KeyStore, roles_segment
 from gateway.keys.kms import KmsProvider
+from gateway.keys.period_keys import PeriodKeys
 
 _WRAP_CONTEXT = b"privacy-gateway/subject-dek/"
 
 RESERVED_PREFIX = "_"  # key-topic records that are not subject keys (token domains never start with it)
-PERIOD_PREFIX = "period:"  # period keys (gateway.keys.period_keys); no token domain holds ':'
 
 
 def is_subject_key(key: bytes | str) -> bool:
@@ -83,8 +83,6 @@ class SubjectKeys(KeyStore):
         super().__init__(kms, _WRAP_CONTEXT, max_uses, cache_size)
         self.publisher = publisher
         self._role_kms: dict[tuple[str, ...], tuple[tuple[str, KmsProvider], ...]] = {}  # role set -> its KMSs
-        from gateway.keys.period_keys import PeriodKeys  # here: period_keys imports this module's names
-
         self.periods = PeriodKeys(kms, max_uses, cache_size)  # the key topic's period keys (retention)
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@
 * the key topic's records as (key, value) with the value parsed (None: a tombstone);
 * the quality topic's records (dicts, ``type`` ``quality_window``);
 * the compiled plans (fields by action per schema, aggregate caps) and, optionally, the audit
-  chains' verification (`gateway.audit.verify_chains` over the whole audit topic).
+  chains' verification (`gateway.core.audit.verify_chains` over the whole audit topic).
 
 and returns one `PrivacyReport`. Nothing of a record's content reaches it but counts, names of
 topics, schemas, fields, rules, reasons, aggregates and token domains, and key ids: never a field
@@ -30,12 +30,12 @@ from typing import Any
 
 import orjson
 
-from gateway.audit import ChainReport
+from gateway.core.audit import ChainReport
+from gateway.core.policy.plan import Plan
+from gateway.core.quality.report import finish_rates, merge_windows
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
-from gateway.policy import Plan
-from gateway.quality.report import finish_rates, merge_windows
 
 REPORT_FORMAT = 1
 OUTCOMES = ("sanitized", "rejected", "withheld")

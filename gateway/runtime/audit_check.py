@@ -1,5 +1,5 @@
 """`gateway audit verify`'s Kafka side: the anchors, the audit topic and the source partitions it
-judges coverage against (the judging itself is gateway.audit_verify's, pure).
+judges coverage against (the judging itself is gateway.core.audit_verify's, pure).
 
 The anchors are read before the audit topic: every head committed by then has its records on the
 topic by the time it is read (they commit in one transaction), so on a live gateway a chain can
@@ -15,9 +15,8 @@ import orjson
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from gateway.audit import AuditKeys, ChainReport, Finding, Kind, chain_key, parse_head_metadata
-from gateway.audit_verify import Anchor, SourceOffsets, verify_audit
-from gateway.config import GatewayConfig
+from gateway.core.audit import AuditKeys, ChainReport, Finding, Kind, chain_key, parse_head_metadata
+from gateway.core.audit_verify import Anchor, SourceOffsets, verify_audit
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.runtime import clients
@@ -25,10 +24,11 @@ from gateway.runtime.jobs.aggregate import bound_chain, release_chain
 from gateway.runtime.keytopic import FORGET_CHAIN, HEAD_PARTITION, RETENTION_CHAIN, chain_head_key, parse_chain_head
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import partition_counts
+from gateway.settings import GatewayConfig
 
 
 class KafkaSource:
-    """Source partitions read read_committed: which offsets hold records (gateway.audit_verify.SourceView)."""
+    """Source partitions read read_committed: which offsets hold records (gateway.core.audit_verify.SourceView)."""
 
     def __init__(self, kafka: Mapping[str, str], timeout_s: float = 120.0) -> None:
         self.kafka = kafka

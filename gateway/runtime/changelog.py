@@ -22,12 +22,12 @@ from typing import TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-from gateway import metrics
+from gateway.core.codec.sanitized import StoredRecord
 from gateway.errors import GatewayError, MalformedStateRecord
+from gateway.ops import metrics
 from gateway.runtime import clients
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import admin_client, create_topics, partition_counts
-from gateway.sanitized import StoredRecord
 
 log = logging.getLogger("gateway.changelog")
 K = TypeVar("K")  # a record's key: bytes as read, or a changelog key already parsed

@@ -20,8 +20,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
-from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.kafka")
 _LIBRDKAFKA = logging.getLogger("gateway.librdkafka")  # librdkafka's log lines, at DEBUG only

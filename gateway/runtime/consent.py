@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
 
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentTable
 from gateway.errors import GatewayError
-from gateway.runtime import changelog
+from gateway.runtime import changelog, clients
 from gateway.runtime.changelog import ChangelogFollower
+from gateway.settings import GatewayConfig
 
 STATE = "consent"  # gateway_state_records_skipped_total{state}
 
@@ -44,7 +43,7 @@ def follow(table: ConsentTable, follower: ChangelogFollower, max_rounds: int = 1
 
 def queue_raw_consent(config: GatewayConfig, event: dict[str, Any]) -> None:
     """Publish one raw consent event to the consent input topic, where producers put theirs."""
-    producer = Producer({**config.kafka_client_config(), "enable.idempotence": True})
+    producer = clients.plain_producer(config)
     failed: list[str] = []
     producer.produce(config.consent_input_topic, orjson.dumps(event),
                      on_delivery=lambda err, _msg: failed.append(err.str()) if err else None)

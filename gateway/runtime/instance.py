@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from gateway.config import GatewayConfig
+from gateway.settings import GatewayConfig
 
 _held: list[IO[str]] = []  # the lock files of this process, open for its lifetime
 

@@ -44,7 +44,6 @@ outgrows a Kafka record. A run with nothing due writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import re
@@ -57,10 +56,10 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
 
-from gateway.audit import GENESIS, AuditKeys, audit_partition, seal_audit_event
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentTable
 from gateway.consent.table import parse_key as parse_consent_key
+from gateway.core.audit import GENESIS, AuditKeys, audit_partition, seal_audit_event
+from gateway.core.codec.sanitized import StoredRecord
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
@@ -79,7 +78,7 @@ from gateway.runtime import changelog, clients
 from gateway.runtime.consent import STATE as CONSENT_STATE
 from gateway.runtime.reader import read_topic
 from gateway.runtime.topics import AUDIT_TOPIC_CONFIG, admin_client, create_topics, partition_counts
-from gateway.sanitized import StoredRecord
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.keys")
 KEY_TOPIC_CONFIG = {
@@ -732,18 +731,3 @@ def rewrap_keys(config: GatewayConfig, kms: KmsProvider) -> tuple[int, int]:
     raise GatewayError(f"the key topic '{config.key_topic}' kept changing under the rewrap ({REWRAP_ATTEMPTS} "
                        "attempts, each aborted before it could overwrite an erased key): nothing was written; "
                        "run it again")
-
-
-def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
-    from gateway.keys.keyring import Keyring
-    from gateway.keys.providers import build_kms
-
-    keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
-    kms = build_kms(config, keyring)
-    rewrapped, live = rewrap_keys(config, kms)
-    print(f"rewrapped {rewrapped} of {live} subject and period key(s) on "
-          f"'{config.key_topic}' under "
-          f"{kms.active_key_id()}. Field ciphertexts of format v1 carry their own wrapped DEK and are not "
-          "rewrapped: keep their KEK (decrypt-only) until their topics' retention has passed")
-    return 0

@@ -8,10 +8,10 @@ from collections.abc import Collection, Mapping
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from gateway.audit import record_entries
+from gateway.core.audit import record_entries
+from gateway.core.codec.sanitized import StoredRecord
 from gateway.errors import GatewayError
 from gateway.runtime import clients
-from gateway.sanitized import StoredRecord
 
 
 def read_topic(kafka: Mapping[str, str], topic: str, timeout_s: float = 60.0,

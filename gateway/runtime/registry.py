@@ -5,7 +5,7 @@ A policy may say `"schema_id": "registry"` and `"sanitized_schema_id": "registry
 repeating the ids producers' serializers got. At start-up the gateway reads every version of the
 raw subject (TopicNameStrategy: `<topic>-value`): the one that is the policy's schema (same Parsing
 Canonical Form) gives its id, each other becomes a writer schema resolved to the policy's by Avro's
-rules (gateway/evolution.py), so events of every producer version decode. Ids registered later are
+rules (gateway/core/codec/evolution.py), so events of every producer version decode. Ids registered later are
 looked up when first met (WriterSchemaLookup). The derived sanitized schema is checked against every
 version under `<sanitized topic>-value` (setting sanitized_compatibility), then by the registry's own
 rule, and registered; a policy change that would break the sanitized topic's consumers stops the
@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 from fastavro.schema import to_parsing_canonical_form
 
+from gateway.core.codec.evolution import WriterSchema, evolution_problems, resolve_writer
+from gateway.core.policy.plan import Plan, Problem
 from gateway.errors import ConfigError, GatewayError
-from gateway.evolution import WriterSchema, evolution_problems, resolve_writer
-from gateway.policy import Plan, Problem
 
 log = logging.getLogger("gateway.registry")
 

@@ -1,4 +1,4 @@
-"""Retention by key expiry: which period keys are due, the worker's schedule, and `gateway retention`.
+"""Retention by key expiry: which period keys are due, the worker's schedule, and the rows `gateway retention` prints.
 
 The erasure itself (tombstones + one audited transaction per run) is keytopic.enforce_retention;
 which keys are due is period_keys.due_keys (pure). Here:
@@ -9,27 +9,22 @@ which keys are due is period_keys.due_keys (pure). Here:
   both run; the runs share one transactional.id (the later fences the earlier) and a key already
   erased is gone from each worker's state within a poll of the key topic, so the later run finds
   nothing and writes no event. Tombstoning a key twice would be harmless anyway.
-- `cmd_retention`: `gateway retention show` (periods, key ids, when each is erased) and
-  `gateway retention enforce [--dry-run]`.
+- `summary_row`, `summary_lines`: what `gateway retention show` (gateway/cli/retention.py) prints: periods,
+  key ids, when each is erased.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
-from gateway.config import GatewayConfig
-from gateway.keys.period_keys import PeriodKeys, PeriodSummary, due_keys, summarize
-from gateway.operators.encrypt import plan_retentions
-from gateway.policy import Plan
-from gateway.runtime.keytopic import enforce_retention, load_period_keys
+from gateway.core.policy.plan import Plan, plan_retentions
+from gateway.keys.period_keys import PeriodKeys, PeriodSummary
+from gateway.runtime.keytopic import enforce_retention
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.retention")
 Source = tuple[str, int]
@@ -113,45 +108,6 @@ def summary_lines(summaries: Sequence[PeriodSummary], now_ms: int) -> list[str]:
         if len(s.key_ids) > SHOWN_KEY_IDS:
             lines.append(f"    ... and {len(s.key_ids) - SHOWN_KEY_IDS} more (--json lists every one)")
     return lines
-
-
-def cmd_retention(args: argparse.Namespace, config: GatewayConfig) -> int:
-    now_ms = int(time.time() * 1000)
-    periods = load_period_keys(config.kafka_client_config(), config.key_topic)
-    if args.retention_cmd == "show":
-        summaries = summarize(periods.names())
-        if args.json:
-            for s in summaries:
-                sys.stdout.buffer.write(orjson.dumps(summary_row(s, now_ms)) + b"\n")
-            return 0
-        if not summaries:
-            print(f"no period keys on '{config.key_topic}' (no field with a retention has been encrypted)")
-            return 0
-        print(f"period keys on '{config.key_topic}' at {_iso(now_ms)}; each period's keys are erased once it ended "
-              "more than its retention ago")
-        print("\n".join(summary_lines(summaries, now_ms)))
-        return 0
-    if args.dry_run:
-        due = summarize(p.name for p in due_keys(periods.names(), now_ms))
-        if not due:
-            print(f"nothing to erase: no period key on '{config.key_topic}' is past its retention")
-            return 0
-        print(f"would erase {sum(len(s.key_ids) for s in due)} period key(s) of {len(due)} period(s) on "
-              f"'{config.key_topic}' (dry run: nothing written)")
-        print("\n".join(summary_lines(due, now_ms)))
-        return 0
-    events = enforce_retention(config, periods, now_ms)
-    if not events:
-        print(f"nothing to erase: no period key on '{config.key_topic}' is past its retention")
-        return 0
-    erased = [period for event in events for period in event["periods"]]
-    print(f"erased {sum(e['keys_erased'] for e in events)} period key(s) of {len(erased)} period(s) on "
-          f"'{config.key_topic}' (tombstones), {len(events)} audit event(s) on '{config.audit_topic}'. Running workers "
-          "evict the keys within seconds; the ciphertexts of those periods can no longer be decrypted")
-    for period in erased:
-        print(f"  {period['retention_days']} day(s)  {period['period']}  {period['scope']}  "
-              f"{period['keys_erased']} key(s)")
-    return 0
 
 
 def _iso(ms: int) -> str:

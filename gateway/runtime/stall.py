@@ -1,5 +1,5 @@
 """The stall monitor: a thread that asks the broker for the committed offsets and ends of the
-partitions a job owns, and reports those that make no progress (gateway.stall).
+partitions a job owns, and reports those that make no progress (gateway.ops.stall).
 
 Two consumers, neither in the group: one read_uncommitted for the committed offsets (answered at
 once even while a transaction holds pending offsets, the stall it looks for) and the high
@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from gateway import metrics
-from gateway.config import GatewayConfig
+from gateway.ops import metrics
+from gateway.ops.stall import Ends, Source, StallDetector
 from gateway.runtime import clients
-from gateway.stall import Ends, Source, StallDetector
+from gateway.settings import GatewayConfig
 
-log = logging.getLogger("gateway.stall")
+log = logging.getLogger("gateway.ops.stall")
 
 
 class StallMonitor:

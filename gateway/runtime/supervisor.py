@@ -30,7 +30,7 @@ from types import FrameType
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics
+from gateway.ops import metrics
 
 log = logging.getLogger("gateway.supervisor")
 BACKOFF_FIRST_S = 1.0

@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from gateway.config import GatewayConfig
+from gateway.core.pipeline import max_message_bytes
+from gateway.core.policy.plan import Plan
 from gateway.errors import ConfigError, GatewayError
-from gateway.pipeline import max_message_bytes
-from gateway.policy import Plan
 from gateway.runtime import clients
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.topics")
 # the audit is kept for ever: a chain whose first records expired could no longer be verified from

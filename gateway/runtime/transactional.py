@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from gateway import metrics
+from gateway.ops import metrics
 from gateway.outputs import OutRecord
 
 log = logging.getLogger("gateway.runtime")

@@ -18,11 +18,12 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from gateway.audit import record_entries
+from gateway.core.audit import record_entries
+from gateway.core.codec.sanitized import StoredRecord
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import free_port
-from gateway.policy import Plan, load_plans
 from gateway.runtime.reader import AuditedCounter, read_topic
-from gateway.sanitized import StoredRecord
 
 REPO = Path(__file__).resolve().parents[2]
 _STARTED: list[subprocess.Popen[bytes]] = []  # every worker process the fixtures started
@@ -142,7 +143,7 @@ class Deployment:
 
     def audit_entries(self) -> list[dict[str, Any]]:
         """Every audit entry of the committed audit records, in record order (a sanitize worker's record
-        holds a batch's entries of one source partition; gateway.audit.entries)."""
+        holds a batch's entries of one source partition; gateway.core.audit.entries)."""
         return record_entries(r.value for r in self.read(self.audit_topic))
 
     def wait_for_audit(self, expected: int, timeout_s: float = 90.0) -> list[dict[str, Any]]:

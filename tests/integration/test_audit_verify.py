@@ -18,9 +18,9 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from gateway.audit import audit_partition, batch_body, canonical, chain_key
-from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.core.audit import audit_partition, batch_body, canonical, chain_key
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment, cli
 

@@ -14,9 +14,9 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.demo import encode_raw
 from gateway.embedded.broker import free_port
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import ENV, REPO, Deployment, cli
 
@@ -86,7 +86,7 @@ def test_produce_samples_sends_current_events_and_a_broken_one_per_thousand(fres
     time (so DP windows close), one broken payment per 1,000, all decodable with the raw schemas."""
     import time
 
-    from gateway.schema import EventDecoder
+    from gateway.core.codec.raw import EventDecoder
 
     d = fresh_deployment
     started_ms = int(time.time() * 1000)

@@ -19,8 +19,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.samples import SampleEvents
-from gateway.sanitized import StoredRecord
+from gateway.core.codec.sanitized import StoredRecord
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment, cli, wait_for
 

@@ -11,12 +11,12 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from gateway.audit import record_entries, verify_chains
-from gateway.demo import encode_raw
+from gateway.core.audit import record_entries, verify_chains
+from gateway.core.codec.sanitized import SanitizedDecoder
 from gateway.embedded.broker import free_port
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 from gateway.runtime.reader import read_topic
-from gateway.samples import SampleEvents
-from gateway.sanitized import SanitizedDecoder
 from tests.http_get import http_get
 
 from .conftest import Deployment, audited_count, cli, group_progress
@@ -334,12 +334,12 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
 
     from confluent_kafka import KafkaError, KafkaException
 
-    from gateway import metrics
-    from gateway.config import GatewayConfig
+    from gateway.core.policy.lint import load_plans
     from gateway.keys.keyring import Keyring
-    from gateway.policy import load_plans
+    from gateway.ops import metrics
     from gateway.runtime import transactional
     from gateway.runtime.jobs.sanitize import Worker
+    from gateway.settings import GatewayConfig
 
     d = fresh_deployment
     ids = _publish_payments(d, 2_000, seed=91, broken_every=89)

@@ -16,9 +16,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from gateway.policy import load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.embedded.samples import CANARIES
 from gateway.runtime.reader import read_topic
-from gateway.samples import CANARIES
 
 from .conftest import ENV, REPO, WorkerProcess, audit_entries, audited_count, cli, wait_for
 

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway.audit import record_entries, verify_chains
-from gateway.demo import encode_raw
+from gateway.core.audit import record_entries, verify_chains
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 from gateway.keys.keyring import Keyring
-from gateway.samples import SampleEvents
 
 from .conftest import _STARTED, ENV, REPO, Deployment, WorkerProcess, cli
 
@@ -41,7 +41,7 @@ def enable_aggregates(d: Deployment, aggregates: list[dict[str, Any]],
     schema["privacy"]["aggregates"] = aggregates
     schema["privacy"]["budget"] = budget or TEST_BUDGET
     path.write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2))
-    from gateway.policy import load_plans
+    from gateway.core.policy.lint import load_plans
 
     d.plans = {p.name.rsplit(".", 1)[-1]: p for p in load_plans(d.schemas)}
 

@@ -8,8 +8,8 @@ import time
 import orjson
 import pytest
 
-from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment, cli
 from .test_dp_aggregate import audit_bodies, enable_aggregates, start_aggregator, wait_for

@@ -12,8 +12,8 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment
 from .test_dp_aggregate import NOISE_FREE_WORKER, enable_aggregates, stages_drained, start_aggregator, wait_for

@@ -16,8 +16,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment
 from .test_dp_aggregate import enable_aggregates, start_aggregator, wait_for

@@ -10,8 +10,8 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment
 from .test_dp_aggregate import audit_bodies, enable_aggregates, stages_drained, start_aggregator, wait_for

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.demo import encode_raw
 from gateway.dp.ledger import Ledger
 from gateway.embedded.broker import free_port
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 from tests.http_get import http_get
 
 from .conftest import Deployment, cli

@@ -12,14 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.deadletter import QuarantineSealer
-from gateway.demo import encode_raw
+from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.deadletter import QuarantineSealer
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.runtime.keytopic import load_subject_keys
-from gateway.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.sanitized import SanitizedDecoder
-from gateway.schema import avro_bytes
 
 from .conftest import Deployment, WorkerProcess, cli
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from gateway.config import GatewayConfig
+from gateway.cli.keys import cmd_rewrap
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, PeriodKeyName
 from gateway.keys.subject_keys import SubjectKeys
@@ -33,13 +33,13 @@ from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import keytopic
 from gateway.runtime.keytopic import (
     KeyTopic,
-    cmd_rewrap,
     enforce_retention,
     forget_subject,
     load_period_keys,
     load_subject_keys,
 )
 from gateway.runtime.reader import read_topic
+from gateway.settings import GatewayConfig
 
 from .conftest import wait_for
 

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
@@ -20,6 +19,7 @@ from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime import changelog
 from gateway.runtime.consent import restore_table
 from gateway.runtime.keytopic import KeyTopic, load_subject_keys
+from gateway.settings import GatewayConfig
 
 from .conftest import audit_entries, cli
 

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from gateway.demo import encode_raw
-from gateway.samples import CANARIES, SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import CANARIES, SampleEvents
 from tests.hostile import mutate
 
 from .conftest import Deployment

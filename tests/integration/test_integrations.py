@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.samples import SampleEvents
-from gateway.schema import avro_bytes
+from gateway.core.codec.writer import avro_bytes
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import ENV, REPO, Deployment
 

@@ -22,12 +22,13 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.decrypt import decrypt_record
+from gateway.core.decrypt import decrypt_record
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.policy import Plan, load_plans
 from gateway.runtime.keytopic import load_subject_keys
 from gateway.runtime.reader import read_topic
 

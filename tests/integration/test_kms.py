@@ -15,19 +15,19 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
-from gateway.demo import encode_raw
+from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.plan import Plan
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 from gateway.errors import DecryptError
 from gateway.keys.decorators import InstrumentedKms, ResilientKms
 from gateway.keys.envelope import DekCache, FieldDecryptor, encrypt_field, parse_ciphertext
 from gateway.keys.errors import KmsConfigError
 from gateway.keys.keyring import Keyring
 from gateway.keys.providers import KmsRouter, build_kms
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import Plan
-from gateway.samples import SampleEvents
-from gateway.sanitized import SanitizedDecoder
+from gateway.settings import GatewayConfig
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess, cli
 from .conftest_kms import MotoKms, OpenBao, TcpProxy, moto_kms, openbao  # noqa: F401
@@ -102,7 +102,7 @@ def test_router_opens_local_ciphertexts_after_moving_to_aws_and_names_a_missing_
 
 
 def test_vault_key_rotation_keeps_old_deks_readable(openbao: OpenBao, tmp_path: Path) -> None:
-    from gateway.keys.vault import VaultTransitKms
+    from gateway.keys.providers.vault import VaultTransitKms
 
     config = vault_config(openbao, tmp_path)
     kms = build_kms(config, Keyring.open(config.keyring))
@@ -209,8 +209,8 @@ def test_kms_outage_dead_letters_with_kms_unavailable_and_resumes(moto_kms: Moto
 
 @pytest.fixture
 def payments_plan_file() -> Plan:
-    from gateway.policy import compile_plan
-    from gateway.schema import load_schema_file
+    from gateway.core.codec.raw import load_schema_file
+    from gateway.core.policy.compiler import compile_plan
 
     return compile_plan(load_schema_file(REPO / "schemas" / "payments.avsc"))
 
@@ -263,7 +263,7 @@ def test_worker_encrypts_under_vault_and_gateway_decrypt_opens_it(bootstrap: str
 
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
-    from gateway.schema import decoded_for_json
+    from gateway.core.codec.raw import decoded_for_json
 
     return decoded_for_json(record)
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway.demo import encode_raw
+from gateway.core.codec.writer import avro_bytes
 from gateway.embedded.broker import free_port
-from gateway.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.schema import avro_bytes
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
 from tests.http_get import http_get
 
 from .conftest import Deployment

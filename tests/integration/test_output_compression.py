@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import verify_chains
-from gateway.demo import encode_raw
+from gateway.core.audit import verify_chains
 from gateway.embedded.broker import EmbeddedBroker
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 from gateway.runtime.reader import read_topic
-from gateway.samples import SampleEvents
 
 from .conftest import Deployment, cli
 

@@ -16,9 +16,9 @@ from collections import Counter
 
 import pytest
 
-from gateway.demo import encode_raw
 from gateway.embedded.broker import free_port
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 from tests.http_get import http_get
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess, wait_for

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.pipeline import QUALITY_HEADER
+from gateway.core.pipeline import QUALITY_HEADER
 
 from .conftest import Deployment, WorkerProcess, cli
 

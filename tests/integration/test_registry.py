@@ -20,7 +20,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from gateway.samples import SampleEvents
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment, cli
 

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import record_entries
-from gateway.quality.report import merge_windows
+from gateway.core.audit import record_entries
+from gateway.core.quality.report import merge_windows
 from gateway.runtime.reader import read_topic
 
 from .conftest import Deployment, cli, committed_count, wait_for

@@ -16,16 +16,16 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.audit import AuditKeys, verify_chains
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.audit import AuditKeys, verify_chains
+from gateway.core.decrypt import decrypt_record
+from gateway.core.policy.lint import load_plans
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, day_label
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.policy import load_plans
 from gateway.runtime.keytopic import RETENTION_CHAIN, enforce_retention, load_period_keys, load_subject_keys
 from gateway.runtime.reader import read_topic
+from gateway.settings import GatewayConfig
 
 from .conftest import ENV, REPO, WorkerProcess, audit_entries, cli, wait_for
 from .test_shredding import _tune_cleaner, _wait_compacted_away

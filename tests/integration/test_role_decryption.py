@@ -17,13 +17,13 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.demo import encode_raw
+from gateway.core.codec.raw import decoded_for_json
+from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.policy.lint import load_plans
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import CANARIES, SampleEvents
 from gateway.integrations.common import SanitizedReader
 from gateway.keys.envelope import parse_ciphertext, role_wrap_context
-from gateway.policy import load_plans
-from gateway.samples import CANARIES, SampleEvents
-from gateway.sanitized import SanitizedDecoder
-from gateway.schema import decoded_for_json
 
 from .conftest import _STARTED, ENV, REPO, Deployment, WorkerProcess, cli
 from .conftest_kms import AWS_ENV, MotoKms, OpenBao, moto_kms, openbao  # noqa: F401

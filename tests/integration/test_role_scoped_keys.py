@@ -17,11 +17,11 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from gateway.decrypt import decrypt_record
+from gateway.core.decrypt import decrypt_record
+from gateway.core.policy.lint import load_plans
 from gateway.keys.envelope import Binding, FieldDecryptor, Format, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS
-from gateway.policy import load_plans
 from gateway.runtime.reader import read_topic
 
 from .conftest import ENV, REPO, WorkerProcess, audit_entries, cli, wait_for

@@ -30,11 +30,12 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from gateway.demo import encode_raw
-from gateway.evolution import evolution_problems
-from gateway.policy import Plan, load_plans
-from gateway.samples import SampleEvents
-from gateway.sanitized import SanitizedDecoder
+from gateway.core.codec.evolution import evolution_problems
+from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment, cli, group_progress, wait_for
 

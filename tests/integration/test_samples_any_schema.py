@@ -9,9 +9,9 @@ from collections import Counter
 import orjson
 import pytest
 
-from gateway.policy import load_plans
-from gateway.sanitized import SanitizedDecoder
-from gateway.schema import EventDecoder
+from gateway.core.codec.raw import EventDecoder
+from gateway.core.codec.sanitized import SanitizedDecoder
+from gateway.core.policy.lint import load_plans
 
 from .conftest import Deployment, cli
 

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from gateway.detect import detector
+from gateway.core.detectors import detector
 from gateway.embedded.broker import free_port
 from gateway.runtime.reader import read_topic
 
@@ -37,7 +37,7 @@ _WORDS = ["parcel", "arrived", "late", "customer", "asked", "for", "a", "refund"
 # the end-to-end part needs the operators the written policy uses (mask, redact, tokenize
 # normalizers) in the worker; set to False to skip it where they have not landed
 OPERATORS_LANDED = True
-# gateway.detect misses a phone number at the very start of a value (see tests/unit/test_scan.py)
+# gateway.core.detectors misses a phone number at the very start of a value (see tests/unit/test_scan.py)
 WHOLE_VALUE_PHONES = bool(detector().find("+1 650 253 0000"))
 
 

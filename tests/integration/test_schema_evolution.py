@@ -24,11 +24,12 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from gateway.core.codec.evolution import UNANNOTATED_ACTION, fingerprint, single_object_header
+from gateway.core.codec.raw import strip_logical_types
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.policy.lint import load_plans
 from gateway.embedded.broker import free_port
-from gateway.evolution import UNANNOTATED_ACTION, fingerprint, single_object_header
-from gateway.policy import load_plans
-from gateway.samples import SampleEvents
-from gateway.schema import avro_bytes, strip_logical_types
+from gateway.embedded.samples import SampleEvents
 from tests.http_get import http_get
 
 from .conftest import Deployment, cli, wait_for

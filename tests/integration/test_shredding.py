@@ -20,9 +20,10 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.audit import GENESIS
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.audit import GENESIS
+from gateway.core.codec.sanitized import StoredRecord
+from gateway.core.decrypt import decrypt_record
+from gateway.core.policy.lint import load_plans
 from gateway.errors import DecryptError
 from gateway.keys.envelope import _DEK_CONTEXT as FIELD_DEK_CONTEXT
 from gateway.keys.envelope import FieldDecryptor, RecordRef, context_bytes, parse_ciphertext
@@ -31,7 +32,6 @@ from gateway.keys.kms import WrappedKey
 from gateway.keys.subject_keys import _WRAP_CONTEXT as SUBJECT_WRAP_CONTEXT
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
-from gateway.policy import load_plans
 from gateway.runtime.keytopic import (
     FORGET_CHAIN,
     forget_head_key,
@@ -41,7 +41,7 @@ from gateway.runtime.keytopic import (
     read_forget_head,
 )
 from gateway.runtime.reader import read_topic
-from gateway.sanitized import StoredRecord
+from gateway.settings import GatewayConfig
 
 from .conftest import ENV, REPO, WorkerProcess, audit_entries, cli
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import encode_raw
-from gateway.samples import SampleEvents
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import Deployment, group_progress
 

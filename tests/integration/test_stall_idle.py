@@ -13,9 +13,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from gateway import metrics
-from gateway.config import GatewayConfig
+from gateway.ops import metrics
 from gateway.runtime.stall import StallMonitor
+from gateway.settings import GatewayConfig
 
 HOUR = 3600.0
 

@@ -19,20 +19,20 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange
+from gateway.core.policy.lint import load_plans
 from gateway.dp.bound_store import STATE_CONFIG, state_records
 from gateway.dp.ledger import LedgerEntry
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.policy import load_plans
 from gateway.runtime import consent
 from gateway.runtime.changelog import ensure_changelog
 from gateway.runtime.jobs.aggregate import BoundHandler
 from gateway.runtime.jobs.sanitize import Worker
 from gateway.runtime.keytopic import KeyTopic, ensure_key_topic, load_subject_keys
 from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
+from gateway.settings import GatewayConfig
 
 from .conftest import REPO, wait_for
 

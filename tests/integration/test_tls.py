@@ -44,12 +44,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.audit import verify_chains
-from gateway.demo import encode_raw
+from gateway.core.audit import verify_chains
+from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.embedded.broker import EmbeddedBroker, Listener, ScramUser, free_port
+from gateway.embedded.demo import encode_raw
+from gateway.embedded.samples import CANARIES, SampleEvents
 from gateway.runtime.reader import read_topic
-from gateway.samples import CANARIES, SampleEvents
-from gateway.sanitized import SanitizedDecoder, StoredRecord
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess
 

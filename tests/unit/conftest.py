@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline
-from gateway.policy import Plan, compile_plan
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

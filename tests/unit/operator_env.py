@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.core.operators.base import FieldContext
 from gateway.errors import RejectedEvent
-from gateway.operators.base import FieldContext
 
 
 def field_context(ftype: Any, name: str) -> FieldContext:
@@ -22,7 +22,7 @@ def field_context(ftype: Any, name: str) -> FieldContext:
 
 
 class StringEnv:
-    """Size checks as the sanitizer makes them (gateway.transforms.RecordSanitizer.string_check)."""
+    """Size checks as the sanitizer makes them (gateway.core.sanitizer.RecordSanitizer.string_check)."""
 
     topic = "t.sanitized"
     dek_max_uses = 1

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import (
+from gateway.core.audit import (
     GENESIS,
     AuditKeys,
     ChainHeads,

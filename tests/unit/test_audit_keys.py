@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.audit import GENESIS, AuditKeys, seal_audit_event, verify_chains
+from gateway.core.audit import GENESIS, AuditKeys, seal_audit_event, verify_chains
 from gateway.errors import KeyringError
 from gateway.keys.keyring import AUDIT_FORMAT, Keyring
 

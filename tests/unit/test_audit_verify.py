@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from gateway.audit import (
+from gateway.core.audit import (
     GENESIS,
     AuditKeys,
     Kind,
@@ -20,7 +20,7 @@ from gateway.audit import (
     seal_audit_event,
     seal_audit_value,
 )
-from gateway.audit_verify import Anchor, SourceOffsets, verify_audit
+from gateway.core.audit_verify import Anchor, SourceOffsets, verify_audit
 from gateway.runtime.jobs.sanitize import SanitizeHandler
 
 KEYS = AuditKeys("audit-a", {"audit-a": bytes(range(32))})

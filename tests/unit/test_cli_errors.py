@@ -15,13 +15,14 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from gateway import cli
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import EventDecoder, decoded_for_json, load_schema_file
+from gateway.core.codec.sanitized import StoredRecord
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.errors import GatewayError, RejectedEvent
-from gateway.policy import compile_plan, lint_file
-from gateway.runtime import clients
+from gateway.runtime import clients, dump
 from gateway.runtime.transactional import AssignmentWait
-from gateway.sanitized import StoredRecord
-from gateway.schema import EventDecoder, decoded_for_json, load_schema_file
+from gateway.settings import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
@@ -103,18 +104,18 @@ def _record(value: bytes | None, **headers: bytes) -> StoredRecord:
 
 
 def test_dump_prints_json_as_is_text_as_text_and_binary_base64() -> None:
-    assert cli._plain_value(b'{"a": 1,\n "b": [2]}') == {"a": 1, "b": [2]}
-    assert cli._plain_value(b"plain text, line\n") == {"value": "plain text, line\n", "value_encoding": "utf-8"}
+    assert dump.plain_value(b'{"a": 1,\n "b": [2]}') == {"a": 1, "b": [2]}
+    assert dump.plain_value(b"plain text, line\n") == {"value": "plain text, line\n", "value_encoding": "utf-8"}
     binary = b"\x02\x14payments\x00\xff"
-    assert cli._plain_value(binary) == {"value": base64.b64encode(binary).decode(), "value_encoding": "base64"}
-    assert cli._plain_value(None) is None
+    assert dump.plain_value(binary) == {"value": base64.b64encode(binary).decode(), "value_encoding": "base64"}
+    assert dump.plain_value(None) is None
 
 
 def test_dump_without_schemas_prints_json_records_and_names_the_avro_ones(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no ./schemas here
     monkeypatch.delenv("GATEWAY_SCHEMAS", raising=False)
-    dumper = cli._Dumper(GatewayConfig.load({}, environ={}), explicit=False)
+    dumper = dump.Dumper(GatewayConfig.load({}, environ={}), explicit=False)
     name = b"example.payments.sanitized.Payment"
     as_json = dumper.line(_record(b'{"event_id": "e1"}', **{"gateway-schema": name, "gateway-encoding": b"json"}))
     assert as_json == {"event_id": "e1"}
@@ -128,12 +129,12 @@ def test_dump_without_schemas_prints_json_records_and_names_the_avro_ones(tmp_pa
 
 def test_dump_decodes_avro_with_the_default_schemas_directory(payments_plan: Any, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.schema import avro_bytes
+    from gateway.core.codec.writer import avro_bytes
 
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "payments.avsc").write_bytes((SCHEMAS / "payments.avsc").read_bytes())
     monkeypatch.chdir(tmp_path)
-    dumper = cli._Dumper(GatewayConfig.load({}, environ={}), explicit=False)
+    dumper = dump.Dumper(GatewayConfig.load({}, environ={}), explicit=False)
     record = {f["name"]: None for f in payments_plan.sanitized_schema["fields"]}
     record.update(event_id="e1", occurred_at=1, user_id="tok", email="tok", customer_name=b"x", card_number=b"y",
                   amount_minor=5, currency="EUR", country="DE",
@@ -239,7 +240,7 @@ def clinical_decoder() -> EventDecoder:
 
 
 def _visit() -> dict[str, Any]:
-    from gateway.samples import SampleEvents
+    from gateway.embedded.samples import SampleEvents
 
     visit = decoded_for_json(SampleEvents(seed=4).clinical_visit())
     visit.update(email="a@example.org", location={"lat": 1.5, "lon": 2.5})

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig, env_name
 from gateway.errors import ConfigError
+from gateway.settings import GatewayConfig, env_name
 
 
 def test_defaults_without_environment() -> None:
@@ -260,7 +260,7 @@ def test_every_kafka_client_is_built_from_the_client_config() -> None:
             continue
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Dict) and path.name != "config.py":
+            if isinstance(node, ast.Dict) and path.name != "settings.py":
                 keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
                 assert "bootstrap.servers" not in keys, f"{path}:{node.lineno} sets bootstrap.servers itself"
             if isinstance(node, ast.Call):

@@ -10,15 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.embedded.samples import SampleEvents
 from gateway.errors import MalformedStateRecord, PolicyError
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.samples import SampleEvents
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 T0 = 1_790_000_000_000

@@ -11,17 +11,23 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
-from gateway.deadletter import QUARANTINE_SEAL_FORMAT, SUBJECT_SEAL_FORMAT, QuarantineSealer, _coordinates, _payload
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.deadletter import (
+    QUARANTINE_SEAL_FORMAT,
+    SUBJECT_SEAL_FORMAT,
+    QuarantineSealer,
+    _coordinates,
+    _payload,
+)
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.embedded.samples import CANARIES
 from gateway.errors import DecryptError
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys, entry_key
 from gateway.keys.tokens import DomainTokenizer
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.samples import CANARIES
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 from tests.unit.key_topic import KeyTopic
 
 VALUE = orjson.dumps({"email": CANARIES["email"], "card": CANARIES["card"], "name": CANARIES["name"]})

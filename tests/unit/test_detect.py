@@ -1,4 +1,4 @@
-"""gateway.detect: recall and precision on the labelled corpus, each format and near-miss, the API's edges."""
+"""gateway.core.detectors: recall and precision on the labelled corpus, each format and near-miss, the API's edges."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum import luhn
 
-from gateway.detect import ENTITIES, Detector, Match, card, detector, phone, placeholder, redact
-from gateway.detect.phone import PhoneFinder
+from gateway.core.detectors import ENTITIES, Detector, Match, card, detector, phone, placeholder, redact
+from gateway.core.detectors.phone import PhoneFinder
 from tests.unit.redaction_corpus import (
     FORMATS,
     NEAR_MISSES,

@@ -13,10 +13,10 @@ from pathlib import Path
 import orjson
 from markdown.extensions.toc import slugify
 
+from gateway.core.policy.lint import lint_directory, load_plans
+from gateway.core.sanitizer import RecordSanitizer
 from gateway.keys.envelope import DekCache
 from gateway.keys.tokens import DomainTokenizer
-from gateway.policy import lint_directory, load_plans
-from gateway.transforms import RecordSanitizer
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

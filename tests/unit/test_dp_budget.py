@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_directory, lint_file
 from gateway.dp.declarations import AggregateSpec
 from gateway.dp.ledger import BUDGET_EPSILON_CAP, EPSILON_CAP, Charge, Ledger, _worst_period, describe
-from gateway.policy import compile_plan, lint_directory, lint_file
-from gateway.schema import load_schema_file
 
 HOUR = 3_600_000
 BASE = AggregateSpec(

@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.errors import PolicyError
-from gateway.policy import compile_plan, lint_file
-from gateway.schema import load_schema_file
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 BASE = orjson.loads((SCHEMAS / "payments.avsc").read_bytes())

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway.deadletter import QuarantineSealer
+from gateway.core.deadletter import QuarantineSealer
 from gateway.errors import DecryptError
 from gateway.keys import envelope
 from gateway.keys.envelope import (

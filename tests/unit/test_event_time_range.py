@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
+from gateway.core.pipeline import RawEvent
 from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
 from gateway.errors import ConfigError, RejectedEvent
 from gateway.event_time import EARLIEST_MS, check_event_time, in_range
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import RawEvent
+from gateway.settings import GatewayConfig
 from tests.unit.test_deadletter import SUBJECT, _order, _order_pipeline
 
 NOW = 1_800_000_000_000

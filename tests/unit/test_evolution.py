@@ -13,10 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
-from gateway.errors import PolicyError, RejectedEvent
-from gateway.evolution import (
+from gateway.core.audit import record_entries
+from gateway.core.codec.evolution import (
     UNANNOTATED_ACTION,
     evolution_problems,
     fingerprint,
@@ -25,10 +23,13 @@ from gateway.evolution import (
     single_object_header,
     unannotated_paths,
 )
+from gateway.core.codec.raw import EventDecoder, frame_confluent, load_schema_file
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.errors import PolicyError, RejectedEvent
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.schema import EventDecoder, avro_bytes, frame_confluent, load_schema_file
+from gateway.settings import GatewayConfig
 
 CANARY_NOTE = "canary-note-7f3a@example.com"
 
@@ -182,6 +183,6 @@ def test_the_audit_names_a_newer_producers_field_and_its_value_goes_nowhere(tmp_
 def load_schema_file_from(schema: dict[str, Any]) -> Any:
     import fastavro
 
-    from gateway.schema import SchemaFile
+    from gateway.core.codec.raw import SchemaFile
 
     return SchemaFile(Path("inline.avsc"), schema, fastavro.parse_schema(schema))

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.policy import lint_directory, load_plans
+from gateway.core.policy.lint import lint_directory, load_plans
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "schemas"
 

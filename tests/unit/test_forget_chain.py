@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import orjson
 
+from gateway.core.operators.tokenize import DOMAIN_RE
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys, is_subject_key
 from gateway.keys.tokens import DomainTokenizer
-from gateway.operators.tokenize import DOMAIN_RE
 from gateway.runtime.keytopic import forget_head_key, forget_head_value, parse_forget_head
 
 ALICE = "alice.unit-1"

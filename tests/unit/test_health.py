@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.embedded.broker import free_port
-from gateway.metrics import Health, HealthProbe, serve
+from gateway.ops.metrics import Health, HealthProbe, serve
 from tests.http_get import http_get
 
 

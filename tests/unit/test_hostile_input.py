@@ -13,13 +13,15 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import frame_confluent, strip_logical_types
+from gateway.core.codec.writer import avro_bytes, json_bytes
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
+from gateway.embedded.samples import CANARIES
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import Plan, load_plans
-from gateway.samples import CANARIES
-from gateway.schema import avro_bytes, frame_confluent, json_bytes, strip_logical_types
+from gateway.settings import GatewayConfig
 from tests.hostile import avro_values, mutate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -14,14 +14,16 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import frame_confluent
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
+from gateway.embedded.samples import SampleEvents
 from gateway.integrations.common import Decoded, SanitizedReader, UndecodableRecord, header_dict
 from gateway.keys.keyring import Keyring
 from gateway.outputs import OutRecord
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import Plan, load_plans
-from gateway.samples import SampleEvents
-from gateway.schema import avro_bytes, frame_confluent
+from gateway.settings import GatewayConfig
 from tests.unit.conftest import SCHEMAS
 
 ENCRYPTED = ("customer_name", "card_number", "card_expiry", "billing_address.street")

@@ -16,17 +16,18 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.deadletter import QuarantineSealer
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.deadletter import QuarantineSealer
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError
 from gateway.keys.envelope import FORMAT_PERIOD, FORMAT_SUBJECT, FieldDecryptor, encrypt_field, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, due_keys
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.pipeline import Pipeline
-from gateway.policy import Plan, compile_plan
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 from tests.unit.key_topic import KeyTopic
 
 T0 = int(datetime.datetime(2026, 3, 4, 12, 30, tzinfo=datetime.UTC).timestamp() * 1000)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, DecryptError
 from gateway.keys.decorators import InstrumentedKms, ResilientKms
 from gateway.keys.envelope import DekCache, FieldDecryptor, encrypt_field
@@ -14,6 +13,7 @@ from gateway.keys.errors import KmsUnavailable
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import WrappedKey, provider_of
 from gateway.keys.providers import KmsRouter, build_kms
+from gateway.settings import GatewayConfig
 
 CTX = b"ctx"
 
@@ -161,9 +161,9 @@ def test_instrumented_counts_each_request_by_outcome(keyring: Keyring) -> None:
 
 
 def test_kms_outage_dead_letters_instead_of_publishing(payments_plan, keyring: Keyring, tmp_path: Path) -> None:
-    from gateway.demo import encode_raw
-    from gateway.pipeline import Pipeline, RawEvent
-    from gateway.samples import SampleEvents
+    from gateway.core.pipeline import Pipeline, RawEvent
+    from gateway.embedded.demo import encode_raw
+    from gateway.embedded.samples import SampleEvents
 
     outage = Outage(keyring, down=-1)
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", dek_max_uses=1)

@@ -10,14 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.keys.envelope import FORMAT_SUBJECT, FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.pipeline import Pipeline
-from gateway.policy import Plan, compile_plan
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 from tests.unit.key_topic import KeyTopic
 
 SCHEMA = {

@@ -8,8 +8,8 @@ import logging
 import orjson
 import pytest
 
-from gateway.logs import JsonFormatter, RedactingFilter, Redactor
-from gateway.samples import CANARIES
+from gateway.embedded.samples import CANARIES
+from gateway.ops.logs import JsonFormatter, RedactingFilter, Redactor
 
 
 @pytest.fixture

@@ -19,14 +19,15 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.operators.base import CALL, FieldContext, OperatorError
+from gateway.core.operators.generalize import Generalize
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
 from gateway.errors import PolicyError, RejectedEvent
 from gateway.keys.keyring import Keyring
-from gateway.operators.base import CALL, FieldContext, OperatorError
-from gateway.operators.generalize import Generalize
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.schema import avro_bytes, load_schema_file
+from gateway.settings import GatewayConfig
 from tests.unit.operator_env import StringEnv, field_context
 
 DATE = {"type": "int", "logicalType": "date"}

@@ -10,13 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
+from gateway.core.policy.plan import Plan
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import Plan, compile_plan, lint_file
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 EMAIL = "Jane.Doe+vip@Example.org"
 CARD = "4111 1111 1111 1111"

@@ -19,16 +19,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.operators import shift_date as shift_date_module
+from gateway.core.operators.base import CALL, FieldContext, OperatorError
+from gateway.core.operators.shift_date import ShiftDate
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
 from gateway.errors import PolicyError, RejectedEvent
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
-from gateway.operators import shift_date as shift_date_module
-from gateway.operators.base import CALL, FieldContext, OperatorError
-from gateway.operators.shift_date import ShiftDate
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.schema import avro_bytes, load_schema_file
+from gateway.settings import GatewayConfig
 from tests.unit.operator_env import field_context
 
 DATE = {"type": "int", "logicalType": "date"}
@@ -278,7 +279,7 @@ def test_shift_date_needs_a_subject_field(write_schema: Any) -> None:
 
 def test_a_shift_date_domain_cannot_also_mint_tokens(write_schema: Any) -> None:
     """A token of "shift_date\\0" + subject under the same key would publish a subject's offset."""
-    from gateway.policy import lint_file
+    from gateway.core.policy.lint import lint_file
 
     schema = {"type": "record", "name": "R", "namespace": "t",
               "privacy": {"source_topic": "r.raw", "sanitized_topic": "r.sanitized", "subject": "who"},

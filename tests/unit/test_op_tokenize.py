@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import normalize
-from gateway.cli import _normalized_subject
-from gateway.config import GatewayConfig
+from gateway.cli.options import normalized_subject as _normalized_subject
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
+from gateway.keys import normalize
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline
-from gateway.policy import compile_plan, lint_file
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 
 def _schema(annotation: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.audit import (
+from gateway.core.audit import (
     GENESIS,
     audit_partition,
     head_metadata,
@@ -24,16 +24,18 @@ from gateway.audit import (
     seal_audit_event,
     verify_chains,
 )
-from gateway.config import GatewayConfig
-from gateway.deadletter import QuarantineSealer
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import MAGIC_BYTE, frame_confluent, load_schema_file
+from gateway.core.codec.writer import avro_bytes
+from gateway.core.deadletter import QuarantineSealer
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import SOURCE_HEADER, OutRecord, Pipeline, RawEvent, parse_source_ref
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
+from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
 from gateway.errors import RejectedEvent
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import SOURCE_HEADER, OutRecord, Pipeline, RawEvent, parse_source_ref
-from gateway.policy import Plan, compile_plan
-from gateway.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.schema import MAGIC_BYTE, avro_bytes, frame_confluent, load_schema_file
+from gateway.settings import GatewayConfig
 
 PAY, CLIN = "payments.raw", "clinical.visits.raw"
 AUDIT = "privacy.audit"
@@ -470,7 +472,7 @@ def test_a_chain_with_more_entries_than_a_record_holds_is_split_in_order(
         payments_plan: Plan, keyring: Keyring, config: GatewayConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     """More entries than AUDIT_ENTRIES_PER_RECORD, and records that would pass the producer's limit:
     several records per chain, each within the limit, chained, every event audited once in order."""
-    import gateway.pipeline as pipeline_module
+    import gateway.core.pipeline as pipeline_module
 
     monkeypatch.setattr(pipeline_module, "AUDIT_ENTRIES_PER_RECORD", 7)
     pipeline = Pipeline([payments_plan], keyring, config, audit_partitions=3)
@@ -490,7 +492,7 @@ def test_a_chain_with_more_entries_than_a_record_holds_is_split_in_order(
 def test_a_batch_that_raised_leaves_no_entries_for_the_next(pipeline: Pipeline, batch: _Batch,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch that raises is aborted and read again: its entries must not go out with the next batch."""
-    import gateway.pipeline as pipeline_module
+    import gateway.core.pipeline as pipeline_module
 
     def fail(*_args: Any) -> Any:
         raise RuntimeError("producer gone")

@@ -11,14 +11,16 @@ from typing import Any
 import fastavro
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan, policy_hash
+from gateway.core.policy.lint import lint_directory, lint_file, load_plans
+from gateway.core.policy.plan import Problem
 from gateway.errors import PolicyError
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline
-from gateway.policy import Problem, compile_plan, lint_directory, lint_file, load_plans, policy_hash
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 
 def _fields(record_schema: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from gateway.quality.dedup import (
+from gateway.core.quality.dedup import (
     FINGERPRINT_BYTES,
     DuplicateFilter,
     fingerprint,

@@ -14,14 +14,15 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import QUALITY_HEADER, Pipeline, RawEvent, dedup_topic
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
 from gateway.errors import PolicyError
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import QUALITY_HEADER, Pipeline, RawEvent, dedup_topic
-from gateway.policy import compile_plan, lint_file
 from gateway.runtime.jobs.sanitize import committed_quality
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 SOURCE = "rides.raw"
 CANARY_EMAIL = "canary.rider@example.org"

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.quality.risk import RiskFigures, RiskWindow, generalization_warning
+from gateway.core.quality.risk import RiskFigures, RiskWindow, generalization_warning
 
 QI = ("country", "age_band")
 PLANTED = {("DE", "30-39"): 7, ("FR", "30-39"): 2, ("FR", "40-49"): 1}

@@ -1,4 +1,4 @@
-"""gateway.quality.rules: each rule kind passing and failing, nullable fields, robust outliers against an
+"""gateway.core.quality.rules: each rule kind passing and failing, nullable fields, robust outliers against an
 independent oracle, cross-field checks, and a specific error for every kind of bad declaration."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from gateway.detect import ENTITIES
-from gateway.quality import rules as rules_module
-from gateway.quality.rules import ACTIONS, RecordChecker, RuleSpec, compile_checker
+from gateway.core.detectors import ENTITIES
+from gateway.core.quality import rules as rules_module
+from gateway.core.quality.rules import ACTIONS, RecordChecker, RuleSpec, compile_checker
 
 ROOT = Path(__file__).resolve().parents[2]
 CURRENCY = {"type": "enum", "name": "Currency", "symbols": ["EUR", "USD", "GBP"]}
@@ -583,7 +583,7 @@ def test_no_record_value_reaches_a_result() -> None:
 
 # ---- purity ----------------------------------------------------------------------------------------------------
 def test_the_module_imports_neither_kafka_nor_the_runtime() -> None:
-    probe = ("import sys, gateway.quality.rules; "
+    probe = ("import sys, gateway.core.quality.rules; "
              "bad = [m for m in sys.modules if m.startswith(('confluent_kafka', 'gateway.runtime'))]; "
              "print(','.join(bad))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -11,8 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.codec.writer import plaintext_encoder
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline, RawEvent, source_ref
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
+from gateway.core.sanitizer import RecordSanitizer
 from gateway.integrations.common import SanitizedReader
 from gateway.keys.envelope import (
     Binding,
@@ -27,10 +32,7 @@ from gateway.keys.envelope import (
 from gateway.keys.keyring import Keyring
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
-from gateway.pipeline import Pipeline, RawEvent, source_ref
-from gateway.policy import Plan, compile_plan
-from gateway.schema import load_schema_file, plaintext_encoder
-from gateway.transforms import RecordSanitizer
+from gateway.settings import GatewayConfig
 from tests.unit.key_topic import KeyTopic
 
 TOKENIZER = DomainTokenizer("patient", "1", b"\x02" * 32)

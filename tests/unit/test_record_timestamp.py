@@ -1,5 +1,5 @@
-"""The output record's timestamp is data the policy governs (gateway/record_timestamp.py), and the
-re-identification risk measure counts people (gateway/quality/risk.py): the adversary's side.
+"""The output record's timestamp is data the policy governs (gateway/core/policy/timestamp.py), and the
+re-identification risk measure counts people (gateway/core/quality/risk.py): the adversary's side.
 
 The adversary reads sanitized records: their values and their Kafka timestamps. With the raw
 timestamp beside a shifted date, `shifted date - record timestamp` is the subject's secret offset;
@@ -15,15 +15,16 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import OutRecord, Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
+from gateway.core.policy.timestamp import TimestampMode
+from gateway.core.quality.risk import RiskWindow
 from gateway.errors import PolicyError
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import OutRecord, Pipeline, RawEvent
-from gateway.policy import compile_plan, lint_file
-from gateway.quality.risk import RiskWindow
-from gateway.record_timestamp import TimestampMode
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 
 DAY = 86_400_000
 HOUR = 3_600_000

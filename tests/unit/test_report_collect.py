@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit import ChainReport, Finding, Kind
+from gateway.core.audit import ChainReport, Finding, Kind
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan
 from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
-from gateway.policy import Plan, load_plans
 from gateway.report.collect import PrivacyReport, bucket_ms, collect, key_record, parse_when
 
 HOUR = 3_600_000

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs_version
 
+from gateway.core.policy.plan import Plan
 from gateway.dp.ledger import Ledger
-from gateway.policy import Plan
 from gateway.report import html as report_html
 from gateway.report.collect import collect
 from gateway.report.html import render

@@ -15,8 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.lint import lint_file
+from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.errors import ConfigError, DecryptError, GatewayError, RejectedEvent
 from gateway.keys.envelope import FORMAT_PERIOD, FieldDecryptor, context_bytes, parse_ciphertext, period_header
 from gateway.keys.keyring import Keyring
@@ -34,13 +38,10 @@ from gateway.keys.period_keys import (
     summarize,
 )
 from gateway.keys.subject_keys import SubjectKeys, is_key_record, is_subject_key
-from gateway.operators.encrypt import plan_retentions
-from gateway.pipeline import Pipeline
-from gateway.policy import Plan, compile_plan, lint_file
 from gateway.runtime import retention as retention_module
 from gateway.runtime.keytopic import _forgotten_key_id, _retention_body
 from gateway.runtime.retention import RetentionSchedule, retention_owner, summary_lines
-from gateway.schema import load_schema_file
+from gateway.settings import GatewayConfig
 from tests.unit.key_topic import KeyTopic
 
 DEK = bytes(range(16))

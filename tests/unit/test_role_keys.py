@@ -21,8 +21,11 @@ import orjson
 import pytest
 
 from gateway import cli
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import decoded_for_json, load_schema_file
+from gateway.core.decrypt import decrypt_record
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan, policy_roles
+from gateway.core.sanitizer import RecordSanitizer
 from gateway.errors import ConfigError, DecryptError, KeyringError, PolicyError
 from gateway.keys import envelope
 from gateway.keys.envelope import (
@@ -38,11 +41,9 @@ from gateway.keys.errors import KmsConfigError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider, WrappedKey
 from gateway.keys.providers import KmsRouter, build_kms
-from gateway.keys.roles import parse_role_kms_keys, policy_roles
+from gateway.keys.roles import parse_role_kms_keys
 from gateway.keys.tokens import DomainTokenizer
-from gateway.policy import Plan, compile_plan
-from gateway.schema import decoded_for_json, load_schema_file
-from gateway.transforms import RecordSanitizer
+from gateway.settings import GatewayConfig
 
 CTX = context_bytes("orders.sanitized", "email", "tok_v1_subject")
 EMAIL, CARD, NOTE, STREET = "canary.person@example.org", "4111111111111111", "call after 5pm", "1 Canary Row"

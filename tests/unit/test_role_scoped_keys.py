@@ -14,16 +14,17 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.decrypt import decrypt_record
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
+from gateway.core.sanitizer import RecordSanitizer
 from gateway.errors import MalformedStateRecord
 from gateway.keys.envelope import DekCache, FieldDecryptor, Format, parse_ciphertext, role_keyed_header
 from gateway.keys.keyring import Keyring
 from gateway.keys.period_keys import DAY_MS, day_label, due_keys, parse_period_key
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
-from gateway.policy import Plan, compile_plan
-from gateway.schema import load_schema_file
-from gateway.transforms import RecordSanitizer
 from tests.unit.key_topic import KeyTopic
 
 TOKENIZER = DomainTokenizer("patient", "1", b"\x03" * 32)

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.plan import Plan
+from gateway.embedded.samples import SampleEvents
 from gateway.errors import DecryptError, KeyringError
 from gateway.keys.envelope import DekCache, FieldDecryptor, encrypt_field, parse_ciphertext
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline
-from gateway.policy import Plan
-from gateway.samples import SampleEvents
+from gateway.settings import GatewayConfig
 
 CTX = b"ctx"
 

@@ -18,13 +18,12 @@ import orjson
 import pytest
 from stdnum import iban, luhn
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
-from gateway.demo import encode_raw, sample_sources
-from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.samples import (
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.embedded.demo import encode_raw, sample_sources
+from gateway.embedded.samples import (
     BASE_TIME_MS,
     CANARIES,
     SampleEvents,
@@ -34,7 +33,8 @@ from gateway.samples import (
     json_encodable,
     sample_maker,
 )
-from gateway.schema import EventDecoder, load_schema_file, strip_logical_types
+from gateway.keys.keyring import Keyring
+from gateway.settings import GatewayConfig
 
 TIMESTAMP_MS = {"type": "long", "logicalType": "timestamp-millis"}
 
@@ -173,7 +173,7 @@ def test_the_shipped_schemas_keep_their_hand_written_generators() -> None:
 
 
 def load_schema_file_from(raw: dict[str, Any]) -> Any:
-    from gateway.schema import SchemaFile
+    from gateway.core.codec.raw import SchemaFile
 
     return SchemaFile(Path("mem.avsc"), raw, fastavro.parse_schema(copy.deepcopy(raw)))
 

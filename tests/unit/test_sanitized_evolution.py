@@ -14,12 +14,13 @@ from typing import Any
 import fastavro
 import pytest
 
+from gateway.core.codec.evolution import fingerprint, single_object_header, strip_logical_types
+from gateway.core.codec.raw import frame_confluent, load_schema_file
+from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
 from gateway.errors import GatewayError
-from gateway.evolution import fingerprint, single_object_header, strip_logical_types
 from gateway.integrations.common import SanitizedReader, UndecodableRecord
-from gateway.policy import Plan, compile_plan
-from gateway.sanitized import SanitizedDecoder, StoredRecord
-from gateway.schema import frame_confluent, load_schema_file
 
 CANARY = "canary-9f3e-note"  # a field value that must never reach an error message
 OWN_ID, OLDER_ID, NEWER_ID, UNREADABLE_ID, UNKNOWN_ID = 5, 7, 8, 9, 99

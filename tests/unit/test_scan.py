@@ -1,4 +1,4 @@
-"""`gateway scan`'s pure part (gateway/scan.py) with the real detectors: statistics per field path,
+"""`gateway scan`'s pure part (gateway/core/scan.py) with the real detectors: statistics per field path,
 the identifier and free-text heuristics, the suggestion rules, what --write-policy writes, and that
 no value ever reaches the report or the written schema."""
 
@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.detect import detector
+from gateway.core.codec.raw import SchemaFile, load_schema_file
+from gateway.core.detectors import detector
+from gateway.core.policy.lint import lint_file
+from gateway.core.scan import ENTITY_ACTIONS, Scanner, suggest, token_domain
 from gateway.errors import PolicyError
-from gateway.policy import lint_file
-from gateway.scan import ENTITY_ACTIONS, Scanner, suggest, token_domain
-from gateway.schema import SchemaFile, load_schema_file
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CANARY_EMAIL = "zz.canary.scan@example.org"
@@ -107,13 +107,13 @@ def test_whole_value_entities_get_their_action(flat: Scanner) -> None:
     assert rows["phone"].nulls == 100 and rows["phone"].values == 200  # rates are over non-null values
 
 
-# gateway.detect's phone finder skips a number at the very start of the text (its "glued to a word"
+# gateway.core.detectors's phone finder skips a number at the very start of the text (its "glued to a word"
 # check reads the missing character before it as '' and `'' in "#_"` holds): until that is fixed,
 # a field whose whole value is a phone number finds nothing
 WHOLE_VALUE_PHONES = bool(detector().find("+1 650 253 0000"))
 
 
-@pytest.mark.xfail(not WHOLE_VALUE_PHONES, reason="gateway.detect misses a phone at the start of the text",
+@pytest.mark.xfail(not WHOLE_VALUE_PHONES, reason="gateway.core.detectors misses a phone at the start of the text",
                    strict=True)
 def test_a_field_of_phone_numbers_is_tokenized_with_the_phone_normalizer(flat: Scanner) -> None:
     row = _rows(flat)["phone"]
@@ -257,7 +257,7 @@ def test_the_written_policy_lints(flat: Scanner, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["payments.avsc", "clinical_visits.avsc"])
 def test_the_example_schemas_scan_and_their_written_policy_lints(name: str, tmp_path: Path) -> None:
-    from gateway.samples import SampleEvents
+    from gateway.embedded.samples import SampleEvents
 
     schema = load_schema_file(SCHEMAS / name)
     scanner = Scanner(schema)

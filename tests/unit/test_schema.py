@@ -13,18 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import PolicyError, RejectedEvent
-from gateway.policy import Plan, compile_plan
-from gateway.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.schema import (
+from gateway.core.codec.raw import (
     EventDecoder,
-    avro_bytes,
     decoded_for_json,
     frame_confluent,
-    json_bytes,
     load_schema_file,
     strip_logical_types,
 )
+from gateway.core.codec.writer import avro_bytes, json_bytes
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
+from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
+from gateway.errors import PolicyError, RejectedEvent
 
 MAX_RECORD = 1_048_576
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

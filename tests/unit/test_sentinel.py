@@ -9,13 +9,13 @@ from typing import Any
 
 import orjson
 
-from gateway.audit import record_entries
-from gateway.config import GatewayConfig
+from gateway.core.audit import record_entries
+from gateway.core.codec.raw import load_schema_file
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.sentinel import LeakSentinel
 from gateway.keys.keyring import Keyring
-from gateway.pipeline import Pipeline, RawEvent
-from gateway.policy import compile_plan
-from gateway.schema import load_schema_file
-from gateway.sentinel import LeakSentinel
+from gateway.settings import GatewayConfig
 
 LEAK = "leaky.person@example.com"
 

@@ -1,4 +1,4 @@
-"""Settings are declared once (gateway/config.py); the command line and the docs' settings tables derive from it."""
+"""Settings are declared once (gateway/settings.py); the command line and the docs' settings tables derive from it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
-from gateway.config import GROUPS, SETTINGS_PAGE, GatewayConfig, Secret, declared, env_name, with_settings_tables
+from gateway.settings import GROUPS, SETTINGS_PAGE, GatewayConfig, Secret, declared, env_name, with_settings_tables
 
 PAGE = Path(__file__).resolve().parents[2] / SETTINGS_PAGE
 CANARY = "hunter2-canary"  # a test password, never a real one
@@ -85,4 +85,4 @@ def test_a_secret_prints_as_a_mask_but_reaches_the_client_whole() -> None:
 def test_the_docs_tables_are_the_declarations(group: str) -> None:
     page = PAGE.read_text()
     assert f"<!-- settings: {group} -->" in page, f"{SETTINGS_PAGE} has no table for settings group {group}"
-    assert with_settings_tables(page) == page, f"stale settings tables: python -m gateway.config {SETTINGS_PAGE}"
+    assert with_settings_tables(page) == page, f"stale settings tables: python -m gateway.settings {SETTINGS_PAGE}"

@@ -1,4 +1,4 @@
-"""The stall rule (gateway.stall) and the default instance id's slots (gateway.runtime.instance)."""
+"""The stall rule (gateway.ops.stall) and the default instance id's slots (gateway.runtime.instance)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.config import GatewayConfig
+from gateway.ops.stall import Ends, Source, StallDetector
 from gateway.runtime.instance import claim_slot, with_instance_id
-from gateway.stall import Ends, Source, StallDetector
+from gateway.settings import GatewayConfig
 
 P0, P1 = ("raw", 0), ("raw", 1)
 

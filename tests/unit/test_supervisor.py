@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cpus import usable_cpus
+from gateway.ops.cpus import usable_cpus
 from gateway.runtime.supervisor import BACKOFF_MAX_S, Supervisor, backoff_s, child_arguments
 
 

@@ -13,8 +13,14 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.decrypt import decrypt_record
+from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
+from gateway.core.codec.writer import avro_bytes, fast_record_encoder, json_bytes, plaintext_encoder
+from gateway.core.decrypt import decrypt_record
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.compiler import compile_plan
+from gateway.core.policy.plan import Plan
+from gateway.core.sanitizer import RecordSanitizer
+from gateway.embedded.samples import CANARIES, SampleEvents
 from gateway.errors import DecryptError, RejectedEvent
 from gateway.keys import envelope
 from gateway.keys.envelope import (
@@ -28,19 +34,7 @@ from gateway.keys.envelope import (
 )
 from gateway.keys.keyring import Keyring
 from gateway.keys.tokens import DomainTokenizer
-from gateway.pipeline import Pipeline
-from gateway.policy import Plan, compile_plan
-from gateway.samples import CANARIES, SampleEvents
-from gateway.schema import (
-    EventDecoder,
-    avro_bytes,
-    fast_record_encoder,
-    json_bytes,
-    load_schema_file,
-    plaintext_encoder,
-    strip_logical_types,
-)
-from gateway.transforms import RecordSanitizer
+from gateway.settings import GatewayConfig
 
 TOKEN_RE = re.compile(r"^tok_v1_[A-Za-z0-9_-]{43}$")
 
@@ -557,8 +551,8 @@ def _fastavro_bytes(parsed: Any, record: Any) -> bytes:
 def test_the_sanitized_record_encoder_is_fastavros_bytes_for_every_shipped_schema(tmp_path: Path) -> None:
     """The shortcut covers the shipped schemas (else their speed-up is void) and writes exactly what
     fastavro's writer does, for sanitized records of generated events of every encoding."""
-    from gateway.demo import encode_raw, sample_sources
-    from gateway.policy import load_plans
+    from gateway.core.policy.lint import load_plans
+    from gateway.embedded.demo import encode_raw, sample_sources
 
     plans = load_plans(Path(__file__).resolve().parents[2] / "schemas")
     pipeline = Pipeline(plans, Keyring.open(tmp_path / "k.json"), GatewayConfig(keyring=tmp_path / "k.json",

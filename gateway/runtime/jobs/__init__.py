@@ -6,8 +6,8 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 
-from gateway import metrics
-from gateway.config import GatewayConfig
+from gateway.ops import metrics
+from gateway.settings import GatewayConfig
 
 
 def start_process(config: GatewayConfig, health: metrics.Health,

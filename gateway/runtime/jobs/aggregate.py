@@ -26,7 +26,7 @@ Audit chains: ``dp-bound:<topic>:<partition>`` (stage 1's late events) and
 ``dp-release:<aggregate>:<partition>`` (stage 2's releases and late contributions). Each chain's
 head rides in the offset-commit metadata of its partition, committed in the transaction that
 publishes the chain's events, and is read back with the committed offset when the partition
-opens: stage 1 as ``{"audit_head": ...}`` (gateway.audit.head_metadata), stage 2 as one object
+opens: stage 1 as ``{"audit_head": ...}`` (gateway.core.audit.head_metadata), stage 2 as one object
 ``{"audit_heads": {<aggregate id>: head}}`` per contributions partition.
 
 Both loops run on the job's one thread, stepped alternately; a timer between steps opens every owned
@@ -50,9 +50,17 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from gateway import metrics
-from gateway.audit import AuditKeys, ChainHeads, audit_partition, head_metadata, parse_head_metadata, seal_audit_event
-from gateway.config import GatewayConfig
+from gateway.core.audit import (
+    AuditKeys,
+    ChainHeads,
+    audit_partition,
+    head_metadata,
+    parse_head_metadata,
+    seal_audit_event,
+)
+from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
+from gateway.core.pipeline import SOURCE_HEADER, parse_source_ref
+from gateway.core.policy.plan import Plan
 from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, Contribution, ContributionBounder
 from gateway.dp.declarations import AggregateSpec
@@ -62,9 +70,8 @@ from gateway.dp.running import RunningRelease, RunningTotals
 from gateway.dp.windows import GroupWindows, WindowKey, WindowState, close_time
 from gateway.errors import ConfigError, GatewayError
 from gateway.keys.keyring import Keyring
+from gateway.ops import metrics
 from gateway.outputs import OutRecord
-from gateway.pipeline import SOURCE_HEADER, parse_source_ref
-from gateway.policy import Plan
 from gateway.runtime import changelog, clients
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
@@ -72,7 +79,7 @@ from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_led
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import create_topics, ensure_topics, partition_counts
 from gateway.runtime.transactional import Output, Source, TransactionalLoop
-from gateway.sanitized import SanitizedDecoder, StoredRecord
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.aggregate")
 STEP_S = 0.05  # longest wait of each stage's consume: the two loops and the release timer take turns
@@ -181,7 +188,7 @@ class Releaser:
                  audit_partitions: int, chains: ChainHeads,
                  load_running: Callable[[], dict[bytes, bytes]] | None = None, *, audit_keys: AuditKeys) -> None:
         self.config = config
-        self.audit_keys = audit_keys  # every audit record MACed (gateway.audit)
+        self.audit_keys = audit_keys  # every audit record MACed (gateway.core.audit)
         self.mechanisms = mechanisms
         self.ledger = ledger
         self.audit_partitions = audit_partitions

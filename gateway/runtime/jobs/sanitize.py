@@ -22,16 +22,14 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from gateway import metrics
-from gateway.audit import committed_without_head, parse_head_metadata
-from gateway.config import GatewayConfig
+from gateway.core.audit import committed_without_head, parse_head_metadata
+from gateway.core.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
+from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys
-from gateway.operators.encrypt import plan_retentions
-from gateway.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
-from gateway.policy import Plan
+from gateway.ops import metrics
 from gateway.runtime import changelog, clients, consent
 from gateway.runtime.changelog import ChangelogFollower
 from gateway.runtime.instance import with_instance_id
@@ -42,6 +40,7 @@ from gateway.runtime.retention import RetentionSchedule, schedule_for
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import ensure_topics, partition_counts
 from gateway.runtime.transactional import AssignmentWait, Batch, Output, Source, TransactionalLoop
+from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.worker")
 STATUS_EVERY_S = 10.0

@@ -1,0 +1,2 @@
+"""The privacy core: decode, validate, quality, operators, encode, audit. No Kafka client, no network:
+runtime/ gives it its collaborators."""

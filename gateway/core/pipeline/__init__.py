@@ -1,0 +1,829 @@
+"""One batch of raw events in, sanitized records, dead letters and audit events out.
+
+No Kafka here: the worker feeds batches and publishes what comes back, so unit tests can drive
+the whole decision path. Every input event yields exactly one of (sanitized record, dead letter)
+plus exactly one audit entry, whatever the input holds; a batch's entries of one source partition
+go out as one audit record (gateway.core.audit).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import fastavro
+import orjson
+
+from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
+from gateway.core.audit import (
+    AuditKeys,
+    ChainHeads,
+    audit_partition,
+    batch_body,
+    canonical,
+    chain_key,
+    seal_audit_value,
+)
+from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
+from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent
+from gateway.core.codec.writer import fast_record_encoder, json_bytes
+from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
+from gateway.core.operators.base import SanitizeResult
+from gateway.core.policy.plan import Plan, Purpose
+from gateway.core.policy.timestamp import PATH as TIMESTAMP_PATH
+from gateway.core.policy.timestamp import TimestampMode
+from gateway.core.quality.dedup import DuplicateFilter, fingerprint_key, pack, parse_log_key
+from gateway.core.quality.gate import QualityGate
+from gateway.core.sanitizer import RecordSanitizer
+from gateway.core.sentinel import LeakSentinel
+from gateway.errors import GatewayError, RejectedEvent
+from gateway.event_time import check_event_time
+from gateway.keys.envelope import DekCache
+from gateway.keys.keyring import Keyring
+from gateway.keys.kms import KmsProvider
+from gateway.keys.providers import build_kms
+from gateway.keys.subject_keys import SubjectKeys
+from gateway.keys.tokens import DomainTokenizer
+from gateway.outputs import OutRecord
+from gateway.settings import GatewayConfig
+
+log = logging.getLogger("gateway.core.pipeline")
+SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
+TIMESTAMP_HEADER = "gateway-timestamp"  # on an output whose record timestamp is not the raw event's: its treatment
+QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
+DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
+AUDIT_ENTRIES_PER_RECORD = 500  # a batch's entries of one chain per audit record, at most (bounds its size)
+
+
+def source_ref(topic: str, partition: int, offset: int) -> bytes:
+    """The `gateway-source` header value (topic names hold no '/')."""
+    return f"{topic}/{partition}/{offset}".encode()
+
+
+def parse_source_ref(value: bytes) -> tuple[str, int, int] | None:
+    topic, _, rest = value.decode(errors="replace").partition("/")
+    partition, _, offset = rest.partition("/")
+    if not (topic and partition.isdigit() and offset.isdigit()):
+        return None
+    return topic, int(partition), int(offset)
+
+
+class RawEvent(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+class Held(NamedTuple):
+    """An event of an enforced window, processed but not yet published (its audit not yet sealed)."""
+
+    event: RawEvent
+    output: OutRecord
+    audit: dict[str, Any]
+    chain: AuditChain
+    risk_class: int | None
+    fingerprint: int | None
+
+
+class AuditChain(NamedTuple):
+    """A source partition's audit chain: its key, that key as record key bytes, its audit partition."""
+
+    key: str
+    key_bytes: bytes
+    partition: int
+
+
+@dataclass
+class BatchResult:
+    records: list[OutRecord]
+    # (source_topic, outcome) -> n, and (source_topic, "leak_suspected", field, entity) -> n
+    counts: Counter[tuple[str, ...]]
+
+
+def _entity_counts(entities: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Redacted entities per field path and type, for the audit event (counts only, never text)."""
+    out: dict[str, dict[str, int]] = {}
+    for (path, entity), n in sorted(entities.items()):
+        out.setdefault(path, {})[entity] = n
+    return out
+
+
+def dedup_topic(config: GatewayConfig) -> str:
+    """The log of event-id fingerprints the sanitize workers of a group share (duplicate detection)."""
+    return f"{config.group_id}.quality-dedup"
+
+
+def max_message_bytes(config: GatewayConfig) -> int:
+    """Producer limit: a sealed dead letter of a max-size event (base64 + JSON) must fit."""
+    return max(1_000_000, config.max_record_bytes * 4 // 3 + 131_072)
+
+
+def quality_key(topic: str, partition: int) -> bytes:
+    """The quality topic's record key: one per source partition (its windows in order)."""
+    return f"{topic}/{partition}".encode()
+
+
+class TopicStage:
+    """Everything compiled for one source topic: decoder, sanitizer, encoders, static audit parts."""
+
+    def __init__(self, plan: Plan, sanitizer: RecordSanitizer, config: GatewayConfig,
+                 dedup_key: bytes | None = None) -> None:
+        self.plan = plan
+        self.quality: QualityGate | None = None
+        if plan.quality is not None:
+            duplicates = plan.quality.duplicates
+            dedup = DuplicateFilter(duplicates.horizon_ms, duplicates.max_ids) if duplicates is not None else None
+            self.quality = QualityGate(plan.quality, plan.name, plan.policy_hash, plan.source_topic,
+                                       plan.event_id_field, dedup, dedup_key)
+        self.sentinel = LeakSentinel(plan, config.leak_sample_rate)
+        # producer-controlled times that would move a window, mark or period (gateway/event_time.py)
+        self.time_fields = tuple(sorted({a.time_field for a in plan.aggregates if a.time_field}))
+        self.max_skew_ms = config.max_skew_s * 1000
+        self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
+                                    plan.writers_by_id, plan.writers_by_fingerprint)
+        self.sanitizer = sanitizer
+        # the record timestamp's treatment, when it is not the raw event's (gateway/core/policy/timestamp.py)
+        kept = plan.timestamp.mode is TimestampMode.KEEP
+        timestamp = [] if kept else [(TIMESTAMP_HEADER, plan.timestamp.label.encode())]
+        self.headers = {
+            enc: [("gateway-schema", plan.sanitized_schema["name"].encode()),
+                  ("gateway-encoding", enc.encode()),
+                  ("gateway-policy", plan.policy_hash.encode()), *timestamp]
+            for enc in ENCODINGS
+        }
+        self._output = None if plan.output == "same" else plan.output
+        self._writer_schema = plan.sanitized_parsed
+        # the sanitized record's writer generated by gateway.core.codec.raw (about 0.47x fastavro's writer's time
+        # for the shipped schemas), or None: then fastavro's writer encodes every record
+        self._fast_writer = fast_record_encoder(plan.sanitized_parsed)
+        self.views: list[PurposeView] = []  # the plan's purposes (set by the pipeline)
+        framed = plan.sanitized_schema_id is not None and plan.sanitized_schema_id < 2**32
+        self._confluent_header = frame_confluent(plan.sanitized_schema_id, b"") if framed else None
+        self._single_object_header = single_object_header(plan.sanitized_schema)
+        # audit body parts fixed per topic, serialized once: canonical JSON (sorted keys) that orjson
+        # splices in verbatim as Fragments, so the canonical body is the same bytes as with the dicts
+        self.audit_schema = plan.name
+        self.field_actions = plan.field_actions if not timestamp else {**plan.field_actions,
+                                                                         TIMESTAMP_PATH: plan.timestamp.label}
+        self.audit_actions = orjson.Fragment(canonical(self.field_actions))
+        # events of a writer version with fields the policy does not name: those fields dropped, and said
+        self._writer_actions: dict[tuple[str, ...], orjson.Fragment] = {}
+        self.audit_sanitized_output = orjson.Fragment(canonical({"topic": plan.sanitized_topic}))
+        self.sanitized_topic, self.event_id_field = plan.sanitized_topic, plan.event_id_field
+        self._key_ids: tuple[str | None, orjson.Fragment] | None = None  # the last DEK's, serialized once
+        self.audit_dlq_output = orjson.Fragment(canonical({"topic": plan.dlq_topic}))
+
+    def transform(self, value: bytes | None, max_output_bytes: int,
+                  timestamp_ms: int = 0, source: str = "") -> tuple[bytes, str, SanitizeResult]:
+        """One event's whole transform: decode and validate, sanitize, encode, check the size.
+        `timestamp_ms` is the event's time (operators such as an age band read it).
+
+        Returns (output value, its encoding, the sanitize result); raises RejectedEvent.
+        """
+        record, encoding, _ = self.decoder.decode_event(value)
+        return self.finish(record, encoding, max_output_bytes, timestamp_ms, source)
+
+    def key_ids(self, dek_key_id: str | None) -> orjson.Fragment:
+        """The audit key_ids of an event encrypted under the shared DEK `dek_key_id` alone (or none):
+        the token keys and that DEK, serialized once per DEK (a DEK serves many events)."""
+        cached = self._key_ids
+        if cached is None or cached[0] != dek_key_id:
+            ids = [*self.sanitizer.token_key_ids, *filter(None, [dek_key_id])]
+            cached = self._key_ids = (dek_key_id, orjson.Fragment(orjson.dumps(ids)))
+        return cached[1]
+
+    def actions_for(self, unannotated: tuple[str, ...]) -> orjson.Fragment:
+        """The audit actions of an event whose writer schema had `unannotated` fields (built once per writer)."""
+        if not unannotated:
+            return self.audit_actions
+        actions = self._writer_actions.get(unannotated)
+        if actions is None:
+            actions = orjson.Fragment(canonical({**self.field_actions,
+                                                 **dict.fromkeys(unannotated, UNANNOTATED_ACTION)}))
+            self._writer_actions[unannotated] = actions
+        return actions
+
+    def finish(self, record: dict[str, Any], encoding: str, max_output_bytes: int,
+               timestamp_ms: int, source: str = "") -> tuple[bytes, str, SanitizeResult]:
+        """Sanitize and encode a decoded event (transform after the decode). `source`: its `gateway-source`
+        value, which binds its ciphertexts to it where the view has no event id (format v5)."""
+        result = self.sanitizer.sanitize(record, timestamp_ms, source)
+        out, out_encoding = self.encode(result.record, encoding)
+        if len(out) > max_output_bytes:
+            raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
+                                f"the producer limit of {max_output_bytes}")
+        return out, out_encoding, result
+
+    def encode(self, record: dict[str, Any], encoding: str) -> tuple[bytes, str]:
+        if self._output is not None:
+            encoding = self._output
+        if encoding == "json":
+            return json_bytes(record), "json"
+        header = b""
+        if encoding == "confluent":
+            if self._confluent_header is None:  # a purpose's view has no registry id: bare Avro
+                encoding = "avro"
+            else:
+                header = self._confluent_header
+        elif encoding == "single_object":
+            header = self._single_object_header
+        if self._fast_writer is not None:
+            try:
+                return header + self._fast_writer(record), encoding
+            except Exception:  # noqa: S110 - a value the shortcut does not take: fastavro's writer decides
+                pass
+        buffer = io.BytesIO()
+        buffer.write(header)
+        fastavro.schemaless_writer(buffer, self._writer_schema, record)
+        return buffer.getvalue(), encoding
+
+
+class PurposeView(NamedTuple):
+    """A purpose of a plan and the stage that sanitizes and encodes its view."""
+
+    purpose: Purpose
+    stage: TopicStage
+
+
+class ConsentIntake:
+    """Raw consent events (the consent input topic) become consent changes under the subject's token,
+    tokenized with the subject's domain and normalizer as the events of its policies are."""
+
+    def __init__(self, config: GatewayConfig, stages: dict[str, TopicStage]) -> None:
+        self.topic = config.consent_input_topic
+        self.consent_topic = config.consent_topic
+        self.dlq_topic = f"{self.topic}.dlq"
+        self.tokens: dict[str, Any] = {}  # domain -> the subject's token function
+        self.purposes: dict[str, set[str]] = {}  # domain -> its consent purposes
+        for stage in stages.values():
+            plan = stage.plan
+            if plan.consent_purposes and plan.subject_domain is not None:
+                self.tokens.setdefault(plan.subject_domain, stage.sanitizer.subject_token)
+                self.purposes.setdefault(plan.subject_domain, set()).update(plan.consent_purposes)
+        self.default_domain = next(iter(self.purposes)) if len(self.purposes) == 1 else None
+        self.audit_output = orjson.Fragment(canonical({"topic": self.consent_topic}))
+        self.audit_dlq_output = orjson.Fragment(canonical({"topic": self.dlq_topic}))
+
+    def change(self, event: RawEvent) -> ConsentChange:
+        """The stored change of one raw consent event; raises ConsentEventError (never with a value)."""
+        raw = parse_raw_consent(event.value, event.timestamp_ms, self.purposes, self.default_domain)
+        try:
+            token = self.tokens[raw.domain](raw.subject)
+        except RejectedEvent as exc:
+            raise ConsentEventError(exc.reason, exc.message) from None
+        where = source_ref(event.topic, event.partition, event.offset).decode()
+        return ConsentChange(raw.domain, token, raw.purpose, raw.at_ms, raw.granted, where)
+
+
+class Pipeline:
+    """Turns batches of raw events into output records. Holds the audit chain heads."""
+
+    def __init__(self, plans: Sequence[Plan], keyring: Keyring, config: GatewayConfig,
+                 audit_partitions: int, kms: KmsProvider | None = None,
+                 subject_keys: SubjectKeys | None = None) -> None:
+        self.config = config
+        self.audit_topic = config.audit_topic
+        self.audit_partitions = audit_partitions
+        self.instance = config.instance_id
+        views = [purpose.plan for p in plans for purpose in p.purposes]  # each purpose's view is a plan too
+        keyring.ensure_token_domains({d for p in (*plans, *views) for d in p.token_domains})
+        tokenizers: dict[str, DomainTokenizer] = {}
+        for domain in sorted({d for p in (*plans, *views) for d in p.token_domains}):
+            version, keys = keyring.token_keys(domain)
+            tokenizers[domain] = DomainTokenizer(domain, version, keys[version])
+        # the configured KMS (checked now: a wrong or unreachable one fails start-up, never falls back)
+        self.kms = kms if kms is not None else build_kms(config, keyring)
+        self.dek_cache = DekCache(self.kms, config.dek_max_age_s, config.dek_max_uses)
+        # per-subject keys (crypto-shredding): the sanitize job keeps them in step with the key topic
+        if subject_keys is None and any(p.per_subject for p in (*plans, *views)):
+            raise GatewayError("a policy encrypts per subject: the pipeline needs the subject keys "
+                               "(gateway.runtime.keytopic follows the key topic into them)")
+        self.subject_keys = subject_keys
+        dedup_key = None
+        if any(p.quality is not None and p.quality.duplicates is not None for p in plans):
+            keyring.ensure_token_domains({DEDUP_DOMAIN})
+            _, dedup_keys = keyring.token_keys(DEDUP_DOMAIN)
+            dedup_key = fingerprint_key(dedup_keys[min(dedup_keys, key=lambda v: (len(v), v))])  # never rotates
+        self.stages = {p.source_topic: TopicStage(p, RecordSanitizer(p, tokenizers, self.dek_cache,
+                                                                      config.max_field_bytes, self.subject_keys),
+                                  config, dedup_key)
+                       for p in plans}
+        self.has_quality = any(s.quality is not None for s in self.stages.values())  # fixed: checked per batch
+        for stage in self.stages.values():
+            stage.views = [PurposeView(purpose, TopicStage(purpose.plan, RecordSanitizer(
+                purpose.plan, tokenizers, self.dek_cache, config.max_field_bytes, self.subject_keys), config))
+                for purpose in stage.plan.purposes]
+        # consent: the table the runtime keeps in step with the consent topic (None: nobody has consented)
+        self.consent: ConsentTable | None = None
+        self.consent_intake = ConsentIntake(config, self.stages) if config.consent_input_topic else None
+        self.quality_topic = config.quality_topic
+        self.dedup_topic = dedup_topic(config)
+        # seals under the keyring's newest quarantine key, per-process seal keys within dek_max_uses
+        self.sealer = QuarantineSealer.of_keyring(keyring, subject_keys, config.dek_max_uses)
+        # dead letters whose subject can be read are sealed under the subject's key (erased by forget):
+        # per source topic (subject field, token domain, the subject field's own value -> token, token key id)
+        self._subject_readers: dict[str, tuple[str, str, Callable[[str], str], str]] = {}
+        for topic, stage in self.stages.items():
+            plan = stage.plan
+            if plan.subject_field is None or plan.subject_domain is None:
+                continue
+            if subject_keys is None:
+                log.warning("no subject keys: dead letters are sealed under the quarantine key only, out of "
+                            "gateway forget's reach", extra={"topic": topic})
+                continue
+            fp = next(f for f in plan.record.fields if f.name == plan.subject_field)
+            self._subject_readers[topic] = (plan.subject_field, plan.subject_domain,
+                                            fp.operator.subject_value(fp, stage.sanitizer),
+                                            stage.sanitizer.tokenizer(plan.subject_domain).key_id)
+        self.chains = ChainHeads()
+        self.audit_keys = AuditKeys(*keyring.audit_keys())  # records are MACed: topic write access cannot forge
+        self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
+        self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
+        self.max_output_bytes = max_message_bytes(config)
+
+    @property
+    def _dead_letter_key_ids(self) -> orjson.Fragment:
+        """The audit's key ids of a dead letter under the quarantine key: the key the sealer uses now."""
+        return self.sealer.audit_key_ids()
+
+    @property
+    def source_topics(self) -> list[str]:
+        intake = [self.consent_intake.topic] if self.consent_intake is not None else []
+        return [*self.stages, *intake]
+
+    @property
+    def asks_consent(self) -> bool:
+        return any(s.plan.consent_purposes for s in self.stages.values())
+
+    def resume_chain(self, topic: str, partition: int, head: str | None, fresh: bool) -> None:
+        """Continue a source partition's audit chain from `head` (committed with its offset). No head:
+        a fresh partition starts at genesis; one processed before whose head is lost is marked restarted."""
+        self.chains.resume(chain_key(topic, partition), head, restarted=head is None and not fresh)
+
+    def forget_chain(self, topic: str, partition: int) -> None:
+        self.chains.forget(chain_key(topic, partition))
+
+    def chain_head(self, topic: str, partition: int) -> str | None:
+        return self.chains.heads.get(chain_key(topic, partition))
+
+    # ---- quality state per partition ------------------------------------------------------------
+    def _quality_of(self, topic: str) -> QualityGate | None:
+        """The source's quality gate (None: no quality rules, or the consent input topic)."""
+        stage = self.stages.get(topic)
+        return stage.quality if stage is not None else None
+
+    def resume_quality(self, topic: str, partition: int, committed: Any) -> None:
+        """Continue the partition's quality window from the counters committed with its offset."""
+        quality = self._quality_of(topic)
+        if quality is not None:
+            quality.open(partition, committed, int(time.time() * 1000))
+
+    def forget_quality(self, sources: Sequence[tuple[str, int]]) -> None:
+        """Partitions closed (revoked, or rewound after an abort): their windows and unconfirmed ids go."""
+        for topic, partition in sources:
+            quality = self._quality_of(topic)
+            if quality is not None:
+                quality.close(partition)
+                if quality.dedup is not None:
+                    quality.dedup.drop_tentative([(topic, partition)])
+
+    def commit_metadata(self, topic: str, partition: int) -> str | None:
+        """What the partition's committed offset carries: its audit chain head and quality counters."""
+        body: dict[str, Any] = {}
+        key = chain_key(topic, partition)
+        head = self.chains.heads.get(key)
+        if head is not None:
+            body["audit_head"] = head
+        elif key not in self.chains.restarted:
+            # no record yet (a held window): said explicitly, so the next owner starts the chain fresh
+            # instead of marking it restarted, which the verifier would take for records lost before it
+            body["audit_head"] = None
+        quality = self._quality_of(topic)
+        if quality is not None:
+            counters = quality.metadata(partition)
+            if counters is not None:
+                body["quality"] = counters
+        return orjson.dumps(body).decode() if body else None
+
+    @property
+    def enforced_windows(self) -> dict[str, tuple[int, int]]:
+        """Source topics whose risk measure is enforced: (window ms, most events held per partition)."""
+        return {topic: (s.quality.spec.window_ms, s.quality.spec.risk.max_held_events)  # type: ignore[union-attr]
+                for topic, s in self.stages.items()
+                if s.quality is not None and s.quality.spec.risk is not None and s.quality.spec.risk.mode == "enforce"}
+
+    @property
+    def checks_duplicates(self) -> bool:
+        return any(s.quality is not None and s.quality.dedup is not None for s in self.stages.values())
+
+    def apply_dedup_log(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Fingerprints committed by any worker (read back from the dedup log) join the filters."""
+        now_ms = int(time.time() * 1000)
+        filters = [s.quality.dedup for s in self.stages.values()
+                   if s.quality is not None and s.quality.dedup is not None]
+        for dedup in filters:  # first: records older than the horizon are skipped, not held and evicted
+            dedup.expire(now_ms)
+        for key, value in records:
+            parsed = parse_log_key(key or b"")
+            stage = self.stages.get(parsed[0]) if parsed else None
+            if stage is not None and stage.quality is not None and stage.quality.dedup is not None:
+                stage.quality.dedup.apply(key or b"", value)
+
+    def roll_windows(self, sources: Iterable[tuple[str, int]], now_ms: int | None = None,
+                     force: bool = False) -> list[OutRecord]:
+        """Quality records of the windows of `sources` that have ended (all of them with `force`); their
+        counters reset: commit them with these records."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        out: list[OutRecord] = []
+        for topic, partition in sources:
+            quality = self._quality_of(topic)
+            if quality is None or partition not in quality.partitions:
+                continue
+            if force or now_ms >= quality.partitions[partition].window.start_ms + quality.spec.window_ms:
+                record = quality.roll(partition, now_ms, self.instance)
+                if record is not None:
+                    out.append(OutRecord(self.quality_topic, quality_key(topic, partition), orjson.dumps(record)))
+        return out
+
+    def windows_due(self, now_ms: int) -> list[tuple[str, int]]:
+        return [(topic, p) for topic, stage in self.stages.items() if stage.quality is not None
+                for p in stage.quality.due(now_ms)]
+
+    def process(self, events: Sequence[RawEvent], withhold_since_ms: int | None = None) -> BatchResult:
+        """`withhold_since_ms`: the events are one partition's held window of a source whose risk
+        measure is enforced (gateway.runtime.jobs.sanitize holds them); records in classes smaller
+        than k are withheld, every event audited, and the window's quality record written."""
+        out: list[OutRecord] = []
+        counts: Counter[tuple[str, ...]] = Counter()
+        now_ms = int(time.time() * 1000)
+        audit_chains = self._audit_chains
+        batch_ids: set[int] = set()  # event-id fingerprints published in this batch (any partition)
+        new_ids: dict[tuple[str, int], tuple[int, list[int]]] = {}  # per partition: (first offset, fingerprints)
+        held: list[Held] | None = [] if withhold_since_ms is not None else None
+        if withhold_since_ms is not None:
+            for topic, partition in {(e.topic, e.partition) for e in events}:
+                self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
+        intake = self.consent_intake
+        self._entries = {}  # a batch that raised left its entries: it is aborted and read again
+        for event in events:
+            chain = audit_chains.get((event.topic, event.partition)) or self._audit_chain(event.topic, event.partition)
+            if intake is not None and event.topic == intake.topic:
+                self._consent_event(intake, event, chain, now_ms, out, counts)
+                continue
+            stage = self.stages[event.topic]
+            audit: dict[str, Any] = {  # the chain, instance and time are the batch record's
+                "type": "event",
+                "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                          "timestamp": event.timestamp_ms},
+                "schema": stage.audit_schema,
+                "policy": stage.plan.policy_hash,
+            }
+            source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
+            quality = stage.quality
+            failed: list[int] | None = None
+            risk_class: int | None = None
+            fp: int | None = None
+            unannotated = NO_FIELDS
+            try:
+                record, encoding, unannotated = stage.decoder.decode_event(event.value)
+                check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
+                if quality is not None:
+                    failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
+                                                       batch_ids)
+                    if failed:
+                        self._quality_failed(quality, event.topic, failed, reject, audit, counts)
+                value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
+                                                           event.timestamp_ms, source[1].decode())
+                views = self._purpose_outputs(stage, record, encoding, event, result, audit, counts) \
+                    if stage.views else None
+                sentinel = stage.sentinel
+                if sentinel.active and sentinel.sampled():
+                    self._check_leaks(sentinel, event.topic, result, audit, counts)
+            except RejectedEvent as rejected:
+                if failed is not None:  # checked (and counted as sanitized): it is not
+                    quality.not_published(event.partition)  # type: ignore[union-attr]
+                output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source, audit)
+                audit["outcome"] = outcome = f"rejected:{rejected.reason}"
+                audit["output"] = stage.audit_dlq_output
+                counts[(event.topic, outcome)] += 1
+            except Exception as exc:  # a bug must not stop the partition or leak the event
+                if failed is not None:
+                    quality.not_published(event.partition)  # type: ignore[union-attr]
+                log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
+                          "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
+                message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
+                output = self._dead_letter(stage, event, "internal_error", message, now_ms, source, audit)
+                audit["outcome"] = "rejected:internal_error"
+                audit["output"] = stage.audit_dlq_output
+                counts[(event.topic, "rejected:internal_error")] += 1
+            else:
+                key = result.subject.encode() if result.subject else None
+                if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
+                    result.out_timestamp_ms = now_ms
+                headers = [*stage.headers[out_encoding], source]
+                if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
+                    if failed or quality.risk_measured:
+                        risk_class = self._quality_published(quality, event, result, failed, headers)
+                    if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
+                        batch_ids.add(fp)
+                        ids = new_ids.get((event.topic, event.partition))
+                        if ids is None:
+                            new_ids[(event.topic, event.partition)] = (event.offset, [fp])
+                        else:
+                            ids[1].append(fp)
+                # the record timestamp is data: the policy's treatment of it (gateway/core/policy/timestamp.py)
+                output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
+                if views:  # the purposes' views of the event, published with it (same key and source)
+                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
+                            for topic, data, vheaders, timestamp_ms in views]
+                if result.other_key_ids:  # per-subject and role keys, each named once
+                    key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
+                                    *sorted(result.other_key_ids)]
+                else:
+                    key_ids = stage.key_ids(result.dek_key_id)
+                event_id_field = stage.event_id_field
+                if event_id_field and result.record.get(event_id_field) is not None:
+                    audit["event"]["event_id"] = result.record[event_id_field]
+                if result.entities:
+                    audit["redacted"] = _entity_counts(result.entities)
+                audit["outcome"] = "sanitized"
+                audit["output"] = stage.audit_sanitized_output
+                audit["actions"] = stage.actions_for(unannotated) if unannotated else stage.audit_actions
+                audit["key_ids"] = key_ids
+                counts[(event.topic, "sanitized")] += 1
+                for path in unannotated:  # a newer producer's field no annotation covers: dropped, counted
+                    counts[(event.topic, "unannotated", path)] += 1
+            if held is not None:
+                held.append(Held(event, output, audit, chain, risk_class, fp))
+                continue
+            out.append(output)
+            self._audit(audit, chain)
+        if held is not None:
+            self._withhold_small_classes(held, counts, new_ids, out)
+        self._seal_entries(now_ms, out)
+        if self.subject_keys is not None:
+            self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
+        for (topic, partition), (first, ids) in new_ids.items():
+            dedup = self.stages[topic].quality.dedup  # type: ignore[union-attr]
+            log_key = dedup.add_tentative(topic, partition, first, now_ms, ids)  # type: ignore[union-attr]
+            out.append(OutRecord(self.dedup_topic, log_key, pack(now_ms, ids), None, 0))
+        if self.has_quality:
+            out += self.roll_windows({(e.topic, e.partition) for e in events}, now_ms,
+                                     force=withhold_since_ms is not None)
+        return BatchResult(out, counts)
+
+    def _purpose_outputs(self, stage: TopicStage, record: dict[str, Any], encoding: str, event: RawEvent,
+                         result: SanitizeResult, audit: dict[str, Any], counts: Counter[tuple[str, ...]]
+                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]], int]]:
+        """Each purpose's view of a sanitized event, where its legal basis allows it: a consent purpose
+        only while the subject's consent allows it (ConsentTable.allows: in force at the event's time, and
+        never behind a revocation the worker knows of). The audit event says, per
+        purpose, `published:<basis>` or `withheld:no_consent:<purpose>`. Raises RejectedEvent (a view
+        that cannot be made dead-letters the whole event: one outcome per event)."""
+        decisions: dict[str, str] = {}
+        outputs = []
+        for view in stage.views:
+            purpose = view.purpose
+            if purpose.needs_consent and not self._consented(stage.plan.subject_domain, result.subject,
+                                                             purpose.name, event.timestamp_ms):
+                decisions[purpose.name] = f"withheld:no_consent:{purpose.name}"
+                counts[(event.topic, "purpose", purpose.name, "withheld")] += 1
+                continue
+            data, view_encoding, view_result = view.stage.finish(
+                record, encoding, self.max_output_bytes, event.timestamp_ms,
+                source_ref(event.topic, event.partition, event.offset).decode())
+            outputs.append((purpose.topic, data, view.stage.headers[view_encoding], view_result.out_timestamp_ms))
+            decisions[purpose.name] = f"published:{purpose.basis}"
+            counts[(event.topic, "purpose", purpose.name, "published")] += 1
+        audit["purposes"] = decisions
+        return outputs
+
+    def _consent_event(self, intake: ConsentIntake, event: RawEvent, chain: AuditChain, now_ms: int,
+                       out: list[OutRecord], counts: Counter[tuple[str, ...]]) -> None:
+        """A raw consent event: its change stored on the consent topic under the subject's token, or
+        dead-lettered (sealed) with its reason; audited either way, in the batch's transaction."""
+        audit: dict[str, Any] = {
+            "type": "consent",
+            "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                      "timestamp": event.timestamp_ms},
+        }
+        try:
+            change = intake.change(event)
+        except ConsentEventError as exc:
+            source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
+            body = {"reason": exc.reason, "message": str(exc), "schema": "consent",
+                    "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                               "timestamp": event.timestamp_ms},
+                    "sealed": self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key,
+                                               event.headers) if len(event.value or b"") <= self.config.max_record_bytes
+                    else None,
+                    "instance": self.instance, "time": now_ms}
+            out.append(OutRecord(intake.dlq_topic, None, orjson.dumps(body),
+                                 [("gateway-reason", exc.reason.encode()), source]))
+            audit["outcome"] = outcome = f"rejected:{exc.reason}"
+            audit["output"] = intake.audit_dlq_output
+            audit["key_ids"] = self._dead_letter_key_ids
+        else:
+            out.append(OutRecord(intake.consent_topic, change.key(), change.value()))
+            if not change.granted and self.consent is not None:  # learned now: binds this batch's later events too
+                self.consent.apply(change.key(), change.value())
+            audit["outcome"] = outcome = "consent:granted" if change.granted else "consent:revoked"
+            audit["consent"] = {"domain": change.domain, "subject": change.token, "purpose": change.purpose,
+                                "at": change.at_ms}
+            audit["output"] = intake.audit_output
+        counts[(event.topic, outcome)] += 1
+        self._audit(audit, chain)
+
+    def _consented(self, domain: str | None, token: str, purpose: str, at_ms: int) -> bool:
+        table = self.consent
+        return table is not None and domain is not None and bool(token) and table.allows(domain, token, purpose,
+                                                                                           at_ms)
+
+    def _withhold_small_classes(self, held: list[Held], counts: Counter[tuple[str, ...]],
+                                new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord]) -> None:
+        """A held window is complete: records of classes below k (or l) are withheld, the rest published,
+        and every audit event sealed in offset order."""
+        small: dict[tuple[str, int], dict[int, str]] = {}
+        for entry in held:
+            event = entry.event
+            where = (event.topic, event.partition)
+            if where not in small:
+                small[where] = self.stages[event.topic].quality.withheld_classes(event.partition)  # type: ignore[union-attr]
+            reason = small[where].get(entry.risk_class) if entry.risk_class is not None else None
+            if reason is None or entry.output.topic != self.stages[event.topic].plan.sanitized_topic:
+                out.append(entry.output)
+                self._audit(entry.audit, entry.chain)
+                continue
+            outcome = f"withheld:{reason}"
+            entry.audit["outcome"] = outcome
+            entry.audit["output"] = None
+            counts[(event.topic, "sanitized")] -= 1
+            counts[(event.topic, outcome)] += 1
+            self.stages[event.topic].quality.withheld(event.partition)  # type: ignore[union-attr]
+            if entry.fingerprint is not None and where in new_ids:  # never published: not a duplicate later
+                ids = new_ids[where][1]
+                if entry.fingerprint in ids:
+                    ids.remove(entry.fingerprint)
+            self._audit(entry.audit, entry.chain)
+        for where in [w for w, (_, ids) in new_ids.items() if not ids]:
+            del new_ids[where]
+
+    @staticmethod
+    def _quality_failed(quality: QualityGate, topic: str, failed: list[int], reject: int | None,
+                        audit: dict[str, Any], counts: Counter[tuple[str, ...]]) -> None:
+        """Failed rules go into the audit event and the counts; a rule whose action is reject dead-letters."""
+        names = quality.names(failed)
+        audit["quality"] = names
+        for i, name in zip(failed, names, strict=True):
+            counts[(topic, "quality", name, quality.spec.rules[i].action)] += 1
+        if reject is not None:
+            rule = quality.rule_names[reject]
+            raise RejectedEvent(f"quality:{rule}", f"failed quality rule(s) {', '.join(names)}; "
+                                f"'{rule}' has action reject")
+
+    @staticmethod
+    def _quality_published(quality: QualityGate, event: RawEvent, result: SanitizeResult, failed: list[int] | None,
+                           headers: list[tuple[str, bytes]]) -> int | None:
+        """A published event's flags go into its header; its risk class (None: no risk measure), of its
+        subject (k counts people) and its published timestamp."""
+        if failed:
+            flags = quality.flags(failed)
+            if flags:
+                headers.append((QUALITY_HEADER, ",".join(flags).encode()))
+        return quality.risk_class(event.partition, result.record, result.subject, result.out_timestamp_ms)
+
+    @staticmethod
+    def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],
+                     counts: Counter[tuple[str, ...]]) -> None:
+        """The leak sentinel on one sampled event: hits audited and counted; dead-lettered if enforced."""
+        leaks = sentinel.check(result.record)
+        if not leaks:
+            return
+        audit["leak_suspected"] = [{"field": path, "entity": entity} for path, entity in leaks]
+        for path, entity in leaks:
+            counts[(topic, "leak_suspected", path, entity)] += 1
+        if sentinel.enforce:
+            raise RejectedEvent("pii_in_kept_field", "PII detected in kept field(s) "
+                                + ", ".join(f"{path} ({entity})" for path, entity in leaks)
+                                + "; the policy's leak_sentinel is 'enforce'")
+
+    def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
+                     now_ms: int, source: tuple[str, bytes], audit: dict[str, Any]) -> OutRecord:
+        """The dead letter of a rejected event; its audit event gets the ids of the key that sealed it."""
+        sealed, key_ids = self._sealed(stage, event, reason)
+        body = {
+            "reason": reason,
+            "message": message,
+            "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                       "timestamp": event.timestamp_ms},
+            "schema": stage.plan.name,
+            "policy": stage.plan.policy_hash,
+            "sealed": sealed,
+            "instance": self.instance,
+            "time": now_ms,
+        }
+        value = orjson.dumps(body)
+        if len(value) > self.max_output_bytes:  # never emit a record Kafka would refuse
+            body["sealed"] = None
+            value = orjson.dumps(body)
+            key_ids = self._dead_letter_key_ids
+        audit["key_ids"] = key_ids
+        return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode()), source])
+
+    def _sealed(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[dict[str, Any] | None, Any]:
+        """(the original event sealed, the audit's key ids). Under the subject's key (format 2, erased by
+        `gateway forget`) when its subject can be read, else under the quarantine key (format 1). Not
+        sealed when it exceeds max_record_bytes: then it stays at its source coordinates only (sealing it
+        could make a dead letter Kafka refuses, stopping the partition)."""
+        size = len(event.value or b"") + len(event.key or b"") + sum(len(v or b"") for _, v in event.headers or [])
+        if size > self.config.max_record_bytes:
+            return None, self._dead_letter_key_ids
+        subject = self._read_subject(stage, event, reason)
+        if subject is not None:
+            domain, token, token_key_id = subject
+            try:
+                sealed = self.sealer.seal_for_subject(event.topic, event.partition, event.offset, event.value,
+                                                      event.key, event.headers, domain, token)
+                return sealed, [token_key_id, sealed["key_id"]]
+            except Exception as exc:  # KMS down: still dead-letter (and say so), never stop the partition
+                log.warning("dead letter sealed under the quarantine key: the subject's key is unavailable",
+                            extra={"topic": event.topic, "partition": event.partition, "offset": event.offset,
+                                   "error": type(exc).__name__})
+        return (self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers),
+                self._dead_letter_key_ids)
+
+    def _read_subject(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[str, str, str] | None:
+        """(token domain, subject token, token key id) of a rejected event, or None; never raises.
+
+        Read only where it is sound: an event rejected after it decoded is decoded again (the same
+        bytes give the same record; only rejected events pay); an event that failed validation as a
+        JSON object (missing_field, wrong_type: it parsed) gives its subject field when that is a
+        string, the value its valid events would carry, so the token is theirs. Nothing else is read:
+        a broken Avro record has no field that can be trusted without decoding all of it."""
+        reader = self._subject_readers.get(event.topic)
+        if reader is None:
+            return None
+        field, domain, token_of, token_key_id = reader
+        try:
+            if reason not in DECODE_REASONS:
+                record: Any = stage.decoder.decode(event.value)[0]
+            elif reason in JSON_SHAPE_REASONS and stage.plan.input_mode in ("auto", "json"):
+                record = orjson.loads(event.value or b"")
+            else:
+                return None
+            value = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                return None
+            return domain, token_of(value), token_key_id  # the sanitizer's own function: its size check too
+        except Exception:  # a subject that cannot be read: sealed under the quarantine key
+            return None
+
+    def _audit_chain(self, topic: str, partition: int) -> AuditChain:
+        """The chain of a source partition, computed on its first event (the partition count is fixed)."""
+        key = chain_key(topic, partition)
+        chain = AuditChain(key, key.encode(), audit_partition(key, self.audit_partitions))
+        self._audit_chains[(topic, partition)] = chain
+        return chain
+
+    def _audit(self, entry: dict[str, Any], chain: AuditChain) -> None:
+        """Keep an event's audit entry for its chain's record of this batch (`_seal_entries`)."""
+        entries = self._entries.get(chain)
+        if entries is None:
+            self._entries[chain] = [entry]
+        else:
+            entries.append(entry)
+
+    def _seal_entries(self, now_ms: int, out: list[OutRecord]) -> None:
+        """This batch's audit records: per chain, its entries in order, AUDIT_ENTRIES_PER_RECORD at most
+        per record (fewer when a record would pass the producer's limit), each record chained to the
+        last. One serialization, one hash and one Kafka record per chain and batch instead of per event."""
+        for chain, entries in self._entries.items():
+            for start in range(0, len(entries), AUDIT_ENTRIES_PER_RECORD):
+                self._seal_chunk(chain, entries[start:start + AUDIT_ENTRIES_PER_RECORD], now_ms, out)
+        self._entries = {}
+
+    def _seal_chunk(self, chain: AuditChain, entries: list[dict[str, Any]], now_ms: int,
+                    out: list[OutRecord]) -> None:
+        prev, restart = self.chains.next_prev(chain.key)
+        body = batch_body(chain.key, self.instance, now_ms, entries)
+        if restart:
+            body["chain_restart"] = True
+        value, digest = seal_audit_value(body, prev, self.audit_keys)
+        if len(value) > self.max_output_bytes and len(entries) > 1:  # halve until each record fits
+            half = len(entries) // 2
+            self._seal_chunk(chain, entries[:half], now_ms, out)
+            self._seal_chunk(chain, entries[half:], now_ms, out)
+            return
+        if restart:
+            self.chains.restarted.discard(chain.key)
+        self.chains.heads[chain.key] = digest
+        out.append(OutRecord(self.audit_topic, chain.key_bytes, value, None, chain.partition))

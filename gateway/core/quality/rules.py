@@ -1,0 +1,626 @@
+"""Per-record data-quality rules declared beside the privacy annotations, compiled once, checked per event.
+
+Field level, a top-level field's ``"quality"`` object, one key per rule::
+
+    {"name": "amount_minor", "type": "long", "privacy": "keep",
+     "quality": {"required": true, "range": {"min": 0, "max": 10000000, "action": "reject"},
+                 "outlier": {"threshold": 3.5, "action": "measure"}}}
+
+Kinds: required, range, allowed, format (regex or a gateway.core.detectors entity), max_length, outlier.
+Record level, the ``"checks"`` of the schema's ``"quality"`` block compare two fields, or a field and
+a literal: ``{"name": "dropoff_after_request", "rule": ["dropoff_at", ">=", "requested_at"]}``.
+
+Every rule has an action (reject | flag | measure, default flag); `RecordChecker.check` only says which
+rules a record fails, the caller decides what each action does. Rule names ("<field>.<kind>", or a
+check's name) become metric labels and dead-letter reasons, so they hold schema names only; no value
+reaches a message or a result, since values can be personal data.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.detectors import ENTITIES, detector
+from gateway.core.detectors.email import is_email
+
+ACTIONS = ("reject", "flag", "measure")
+FIELD_KINDS = ("required", "range", "allowed", "format", "max_length", "outlier")  # also the evaluation order
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "required": ("action", "completeness"),
+    "range": ("min", "max", "action"),
+    "allowed": ("values", "action"),
+    "format": ("regex", "detector", "action"),
+    "max_length": ("max", "action"),
+    "outlier": ("threshold", "min_samples", "window", "action"),
+}
+CHECK_OPTIONS = ("name", "rule", "action")
+OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+}
+_ORDERING = frozenset({"<", "<=", ">", ">="})
+_CHECK_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_NUMERIC = frozenset({"int", "long", "float", "double"})
+_MAX_WINDOW = 100_000  # an outlier baseline per rule and partition; its refresh sorts it
+
+# modified z-score (Iglewicz & Hoaglin): 0.6745 = the normal's MAD / sigma; 1.253314 = sqrt(pi/2), its mean
+# absolute deviation / sigma, for the fallback when more than half of the baseline is one value
+_MAD_SCALE = 0.6745
+_MEANAD_SCALE = 1.253314
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str  # "amount_minor.range" or a check's name
+    kind: str  # one of FIELD_KINDS, or "check"
+    action: str  # one of ACTIONS
+    field: str | None  # the field (None for checks)
+
+
+class _Invalid(Exception):
+    """One problem with a rule's declaration; reported under the rule's name."""
+
+
+@dataclass(frozen=True)
+class _FieldType:
+    """What the rules need of a field's Avro type: the non-null branch's base type, and whether None occurs."""
+
+    base: str  # a primitive, "enum", "record", "array", "map", "fixed", "union" (several branches) or "unknown"
+    nullable: bool
+    symbols: tuple[str, ...] = ()  # an enum's
+
+    def describe(self) -> str:
+        return {"union": "a union of several types", "unknown": "of a type not defined before it"}.get(
+            self.base, self.base)
+
+
+def _named(name: str, named: dict[str, Any]) -> Any:
+    """A named type by its full name, or by a short name (the raw schema's, relative to its namespace) when
+    exactly one named type has it."""
+    if name in named or "." in name:
+        return named.get(name)
+    matches = [v for k, v in named.items() if k.rsplit(".", 1)[-1] == name]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _base(ftype: Any, named: dict[str, Any], depth: int = 0) -> tuple[str, tuple[str, ...]]:
+    if depth > 8:
+        return "unknown", ()
+    if isinstance(ftype, str):
+        if ftype in _PRIMITIVES:
+            return ftype, ()
+        ref = _named(ftype, named)
+        return ("unknown", ()) if ref is None else _base(ref, named, depth + 1)
+    if isinstance(ftype, dict):
+        kind = ftype.get("type")
+        if kind == "enum":
+            return "enum", tuple(s for s in ftype.get("symbols") or () if isinstance(s, str))
+        if kind in ("record", "error", "array", "map", "fixed"):
+            return ("record" if kind == "error" else kind), ()
+        return _base(kind, named, depth + 1)  # {"type": "long", "logicalType": ...} or a named reference
+    return ("union" if isinstance(ftype, list) else "unknown"), ()
+
+
+def _field_type(ftype: Any, named: dict[str, Any]) -> _FieldType:
+    nullable = False
+    if isinstance(ftype, list):
+        branches = [b for b in ftype if b != "null"]
+        nullable = len(branches) < len(ftype)
+        if len(branches) != 1:
+            return _FieldType("union" if branches else "null", nullable)
+        ftype = branches[0]
+    base, symbols = _base(ftype, named)
+    return _FieldType(base, nullable, symbols)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _options(kind: str, decl: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(decl) - set(_OPTIONS[kind]), key=str)
+    if unknown:
+        raise _Invalid(f"unknown option {', '.join(map(repr, unknown))} (known: {', '.join(_OPTIONS[kind])})")
+    return decl
+
+
+def _action(decl: dict[str, Any]) -> str:
+    action = decl.get("action", "flag")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise _Invalid(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    return action
+
+
+def _need(ft: _FieldType, kinds: frozenset[str] | set[str], kind: str, what: str) -> None:
+    if ft.base not in kinds:
+        raise _Invalid(f"{kind} needs {what}; this field is {ft.describe()}")
+
+
+# ---- field rules: each returns (action, test); test(value) is truthy when a non-null value passes -------------
+Test = Callable[[Any], Any]
+
+
+def _required(decl: Any, ft: _FieldType) -> tuple[str, float | None]:
+    """A non-nullable field can never fail this (the decoder rejects a missing value): allowed, never an error."""
+    if decl is True:
+        return "flag", None
+    if not isinstance(decl, dict):
+        raise _Invalid("required is true or an object {action, completeness}")
+    opts = _options("required", decl)
+    completeness = opts.get("completeness")
+    if completeness is not None and not (_is_number(completeness) and 0 < completeness <= 1):
+        raise _Invalid("completeness must be a number in (0, 1]: the share of events with a value per window")
+    return _action(opts), None if completeness is None else float(completeness)
+
+
+def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+    """NaN is outside every range (both comparisons are false, so the pass test `lo <= v <= hi` fails)."""
+    _need(ft, _NUMERIC, "range", "a numeric field (int, long, float or double)")
+    if isinstance(decl, list):
+        if len(decl) != 2 or not all(_is_number(b) for b in decl):
+            raise _Invalid("range is [min, max] with two finite numbers, or an object {min, max, action}")
+        action, lo, hi = "flag", decl[0], decl[1]
+    elif isinstance(decl, dict):
+        opts = _options("range", decl)
+        action, lo, hi = _action(opts), opts.get("min"), opts.get("max")
+        if lo is None and hi is None:
+            raise _Invalid("range needs min, max or both")
+        for key, bound in (("min", lo), ("max", hi)):
+            if bound is not None and not _is_number(bound):
+                raise _Invalid(f"{key} must be a finite number")
+    else:
+        raise _Invalid("range is [min, max] or an object {min, max, action}")
+    if lo is not None and hi is not None and lo > hi:
+        raise _Invalid(f"min {lo} is above max {hi}")
+    if lo is None:
+        return action, lambda v: v <= hi
+    if hi is None:
+        return action, lambda v: v >= lo
+    return action, lambda v: lo <= v <= hi
+
+
+def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+    _need(ft, {"string", "enum", "int", "long", "boolean"}, "allowed", "a string, enum, int, long or boolean field")
+    if isinstance(decl, dict):
+        opts = _options("allowed", decl)
+        action, values = _action(opts), opts.get("values")
+    else:
+        action, values = "flag", decl
+    if not isinstance(values, list) or not values:
+        raise _Invalid("allowed is a non-empty list of values, or an object {values, action}")
+    if ft.base == "enum":
+        strays = [v for v in values if not isinstance(v, str) or v not in ft.symbols]
+        if strays:
+            raise _Invalid(f"{', '.join(map(repr, strays))}: not a symbol of the enum "
+                           f"(symbols: {', '.join(ft.symbols)})")
+    elif ft.base == "string" and not all(isinstance(v, str) for v in values):
+        raise _Invalid("the allowed values of a string field must be strings")
+    elif ft.base in ("int", "long") and not all(_is_int(v) for v in values):
+        raise _Invalid(f"the allowed values of an {ft.base} field must be integers")
+    elif ft.base == "boolean" and not all(isinstance(v, bool) for v in values):
+        raise _Invalid("the allowed values of a boolean field must be true or false")
+    return action, frozenset(values).__contains__
+
+
+def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+    """A regex must match the whole value; a detector must find one match spanning the whole stripped value."""
+    _need(ft, {"string"}, "format", "a string field")
+    if not isinstance(decl, dict):
+        raise _Invalid("format is an object {regex: R} or {detector: ENTITY}, with an optional action")
+    opts = _options("format", decl)
+    action = _action(opts)
+    if ("regex" in opts) == ("detector" in opts):
+        raise _Invalid("format needs exactly one of regex and detector")
+    if "regex" in opts:
+        regex = opts["regex"]
+        if not isinstance(regex, str):
+            raise _Invalid("regex must be a string")
+        try:
+            return action, re.compile(regex).fullmatch
+        except re.error as exc:
+            raise _Invalid(f"invalid regex: {exc}") from None
+    name = opts["detector"]
+    entity = name.upper() if isinstance(name, str) else None
+    if entity not in ENTITIES:
+        raise _Invalid(f"unknown detector {name!r} (known: {', '.join(ENTITIES)})")
+    if entity == "EMAIL":  # the common case, without the scan and overlap resolution of find()
+        return action, lambda value: is_email(value.strip())
+    find = detector([entity]).find
+
+    def whole(value: str) -> bool:
+        text = value.strip()
+        found = find(text)
+        return len(found) == 1 and found[0].start == 0 and found[0].end == len(text)
+
+    return action, whole
+
+
+def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+    """Characters of a string, bytes of bytes, items of an array or a map."""
+    _need(ft, {"string", "bytes", "array", "map"}, "max_length", "a string, bytes, array or map field")
+    if isinstance(decl, dict):
+        opts = _options("max_length", decl)
+        action, limit = _action(opts), opts.get("max")
+    else:
+        action, limit = "flag", decl
+    if not _is_int(limit) or limit <= 0:
+        raise _Invalid("max_length is a positive integer, or an object {max, action}")
+    return action, lambda v: len(v) <= limit
+
+
+@dataclass(frozen=True)
+class _OutlierSpec:
+    threshold: float
+    min_samples: int
+    window: int
+    floats: bool  # float/double: NaN and infinities never enter the baseline
+
+
+def _outlier(decl: Any, ft: _FieldType) -> tuple[str, _OutlierSpec]:
+    _need(ft, _NUMERIC, "outlier", "a numeric field (int, long, float or double)")
+    if not isinstance(decl, dict):
+        raise _Invalid("outlier is an object {threshold, min_samples, window, action}, every option optional")
+    opts = _options("outlier", decl)
+    action = _action(opts)
+    threshold = opts.get("threshold", 3.5)
+    if not _is_number(threshold) or threshold <= 0:
+        raise _Invalid("threshold must be a positive number (the modified z-score above which a value is an outlier)")
+    min_samples = opts.get("min_samples", 30)
+    if not _is_int(min_samples) or min_samples < 1:
+        raise _Invalid("min_samples must be a positive integer")
+    window = opts.get("window", 1000)
+    if not _is_int(window) or not 1 <= window <= _MAX_WINDOW:
+        raise _Invalid(f"window must be an integer in [1, {_MAX_WINDOW}]")
+    if min_samples > window:
+        raise _Invalid(f"min_samples {min_samples} is above window {window}: the baseline would never warm up")
+    return action, _OutlierSpec(float(threshold), min_samples, window, ft.base in ("float", "double"))
+
+
+class _Baseline:
+    """One outlier rule's baseline in one partition: the last `window` values, in a ring buffer.
+
+    Speed: nothing is sorted per event. The cached median, MAD (and, when the MAD is 0, the mean absolute
+    deviation) are recomputed from one sorted copy of the buffer when warm-up completes and then every
+    max(1, window // 8) new values, so a value is judged against a baseline up to that many values stale,
+    for O(log window) amortized work per event.
+    """
+
+    __slots__ = ("floats", "mad", "meanad", "median", "min_samples", "pos", "ready", "seen", "since", "step",
+                 "threshold", "values", "window")
+
+    def __init__(self, spec: _OutlierSpec) -> None:
+        self.threshold = spec.threshold
+        self.min_samples = spec.min_samples
+        self.window = spec.window
+        self.floats = spec.floats
+        self.step = max(1, spec.window // 8)
+        self.values: list[float] = []
+        self.pos = 0  # once full: the oldest value's slot, overwritten next
+        self.seen = 0
+        self.since = 0  # values added since the last refresh
+        self.ready = False
+        self.median = 0.0
+        self.mad = 0.0
+        self.meanad = 0.0
+
+    def observe(self, x: float) -> bool:
+        """Whether x is an outlier against the values before it; x then joins the baseline (an outlier too)."""
+        if self.floats and not math.isfinite(x):
+            return self.ready  # NaN and infinities: off the scale once warm, and kept out of the statistics
+        outlier = False
+        if self.ready:
+            d = abs(x - self.median)
+            if self.mad:
+                outlier = _MAD_SCALE * d / self.mad > self.threshold
+            elif self.meanad:
+                outlier = d / (_MEANAD_SCALE * self.meanad) > self.threshold
+            else:
+                outlier = d != 0
+        values = self.values
+        if len(values) < self.window:
+            values.append(x)
+        else:
+            values[self.pos] = x
+            self.pos = (self.pos + 1) % self.window
+        if self.ready:
+            self.since += 1
+            if self.since >= self.step:
+                self._refresh()
+        else:
+            self.seen += 1
+            if self.seen >= self.min_samples:
+                self.ready = True
+                self._refresh()
+        return outlier
+
+    def _refresh(self) -> None:
+        ordered = sorted(self.values)
+        n = len(ordered)
+        median = _median(ordered)
+        split = bisect.bisect_left(ordered, median)
+        mad = _deviation(ordered, split, median, n // 2)
+        if not n % 2:
+            mad = (_deviation(ordered, split, median, n // 2 - 1) + mad) / 2
+        self.median = median
+        self.mad = mad
+        # only the fallback (more than half the baseline equal to its median) needs the mean absolute deviation
+        self.meanad = 0.0 if mad else sum(abs(v - median) for v in ordered) / n
+        self.since = 0
+
+
+def _median(ordered: list[float]) -> float:
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _deviation(ordered: list[float], split: int, median: float, rank: int) -> float:
+    """The rank-th smallest (from 0) of |v - median| over `ordered`, without sorting the deviations.
+
+    ordered[:split] < median <= ordered[split:], so the deviations are two ascending runs, median - ordered[split-1],
+    median - ordered[split-2], ... and ordered[split] - median, ...; a binary search over how many the first run
+    gives finds the rank-th of their union in O(log n).
+    """
+    na, nb = split, len(ordered) - split
+    lo, hi = max(0, rank + 1 - nb), min(rank + 1, na)
+    while True:
+        i = (lo + hi) // 2  # taken from the left run; j from the right one
+        j = rank + 1 - i
+        if i < na and j > 0 and ordered[split + j - 1] - median > median - ordered[split - 1 - i]:
+            lo = i + 1
+        elif i > 0 and j < nb and median - ordered[split - i] > ordered[split + j] - median:
+            hi = i - 1
+        else:
+            left = median - ordered[split - i] if i > 0 else -math.inf
+            right = ordered[split + j - 1] - median if j > 0 else -math.inf
+            return max(left, right)
+
+
+# ---- record-level checks --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Operand:
+    field: str | None  # None: a literal
+    literal: Any
+    kind: str  # numeric | string | enum | boolean | bytes
+    symbols: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"field '{self.field}'" if self.field is not None else "the literal"
+
+
+_COMPARABLE = {"int": "numeric", "long": "numeric", "float": "numeric", "double": "numeric", "string": "string",
+               "enum": "enum", "boolean": "boolean", "bytes": "bytes", "fixed": "bytes"}
+
+
+def _operand(side: Any, types: dict[str, _FieldType]) -> _Operand:
+    if isinstance(side, str):
+        ft = types.get(side)
+        if ft is None:
+            raise _Invalid(f"unknown field '{side}' (a check compares top-level fields)")
+        kind = _COMPARABLE.get(ft.base)
+        if kind is None:
+            raise _Invalid(f"field '{side}' is {ft.describe()}, which a check cannot compare")
+        return _Operand(side, None, kind, ft.symbols)
+    if isinstance(side, dict) and set(side) == {"value"}:
+        value = side["value"]
+        if isinstance(value, bool):
+            return _Operand(None, value, "boolean")
+        if _is_number(value):
+            return _Operand(None, value, "numeric")
+        if isinstance(value, str):
+            return _Operand(None, value, "string")
+        raise _Invalid("a literal {\"value\": V} holds a finite number, a string or a boolean")
+    raise _Invalid("each side of a rule is a field name or a literal {\"value\": V}")
+
+
+def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    """A check passes when either side is None (the field's own rules cover a missing value)."""
+    unknown = sorted(set(decl) - set(CHECK_OPTIONS), key=str)
+    if unknown:
+        raise _Invalid(f"unknown option {', '.join(map(repr, unknown))} (known: {', '.join(CHECK_OPTIONS)})")
+    action = _action(decl)
+    rule = decl.get("rule")
+    if not isinstance(rule, list) or len(rule) != 3:
+        raise _Invalid("rule is [LEFT, OP, RIGHT]: each side a field name or {\"value\": V}")
+    op = rule[1]
+    if not isinstance(op, str) or op not in OPERATORS:
+        raise _Invalid(f"operator {op!r} is not one of {', '.join(OPERATORS)}")
+    left, right = _operand(rule[0], types), _operand(rule[2], types)
+    if left.field is None and right.field is None:
+        raise _Invalid("the rule compares two literals: name a field on at least one side")
+    if op in _ORDERING:
+        if "enum" in (left.kind, right.kind):
+            raise _Invalid(f"{op} does not order enum symbols; compare them with == or !=")
+        if left.kind != right.kind or left.kind not in ("numeric", "string"):
+            raise _Invalid(f"{op} needs two numbers or two strings; {left.label} is {left.kind}, "
+                           f"{right.label} is {right.kind}")
+    else:
+        kinds = {"enum": "string"}
+        if kinds.get(left.kind, left.kind) != kinds.get(right.kind, right.kind):
+            raise _Invalid(f"{op} needs two values of the same kind; {left.label} is {left.kind}, "
+                           f"{right.label} is {right.kind}")
+        for field, literal in ((left, right), (right, left)):
+            if field.kind == "enum" and literal.field is None and literal.literal not in field.symbols:
+                raise _Invalid(f"the literal is not a symbol of {field.label}'s enum "
+                               f"(symbols: {', '.join(field.symbols)})")
+    return action, _comparison(left, OPERATORS[op], right)
+
+
+def _comparison(left: _Operand, op: Callable[[Any, Any], Any],
+                right: _Operand) -> Callable[[dict[str, Any]], Any]:
+    a_name, b_name = left.field, right.field
+    if a_name is not None and b_name is not None:
+        def both(record: dict[str, Any]) -> Any:
+            a = record.get(a_name)
+            if a is None:
+                return True
+            b = record.get(b_name)
+            return b is None or op(a, b)
+        return both
+    if a_name is not None:
+        b_value = right.literal
+
+        def field_left(record: dict[str, Any]) -> Any:
+            a = record.get(a_name)
+            return a is None or op(a, b_value)
+        return field_left
+    a_value, b_field = left.literal, str(b_name)
+
+    def field_right(record: dict[str, Any]) -> Any:
+        b = record.get(b_field)
+        return b is None or op(a_value, b)
+    return field_right
+
+
+# ---- the checker ------------------------------------------------------------------------------------------------
+class CheckerState:
+    """The outlier baselines of one source partition (each partition's stream is judged on its own)."""
+
+    __slots__ = ("baselines",)
+
+    def __init__(self, baselines: list[_Baseline]) -> None:
+        self.baselines = baselines
+
+
+class RecordChecker:
+    """One schema's compiled rules. Immutable once built; what changes per event lives in a CheckerState."""
+
+    def __init__(self, rules: tuple[RuleSpec, ...], completeness_targets: dict[str, float],
+                 fields: tuple[tuple[str, int, tuple[tuple[int, Test], ...], int, int], ...],
+                 checks: tuple[tuple[int, Callable[[dict[str, Any]], Any]], ...],
+                 outliers: tuple[_OutlierSpec, ...]) -> None:
+        self.rules = rules
+        self.completeness_targets = completeness_targets
+        # per field with rules: (name, index of its required rule or -1, (index, test) of the rules a non-null
+        # value must pass, index of its outlier rule or -1, that rule's baseline slot)
+        self._fields = fields
+        self._checks = checks
+        self._outliers = outliers
+
+    def new_state(self) -> CheckerState:
+        return CheckerState([_Baseline(spec) for spec in self._outliers])
+
+    def check(self, record: dict[str, Any], state: CheckerState) -> list[int]:
+        """Indexes into `rules` of the rules this record fails, ascending ([] when it passes them all: the
+        common case must be cheap). A new list every call: the caller may append to it."""
+        failed: list[int] = []
+        get = record.get
+        baselines = state.baselines
+        for name, required, tests, outlier, slot in self._fields:
+            value = get(name)
+            if value is None:
+                if required >= 0:
+                    failed.append(required)
+                continue
+            for i, test in tests:
+                if not test(value):
+                    failed.append(i)
+            if outlier >= 0 and baselines[slot].observe(value):
+                failed.append(outlier)
+        for i, test in self._checks:
+            if not test(record):
+                failed.append(i)
+        return failed
+
+    def __repr__(self) -> str:
+        return f"RecordChecker({', '.join(r.name for r in self.rules)})"
+
+
+_COMPILERS: dict[str, Callable[[Any, _FieldType], tuple[str, Any]]] = {
+    "required": _required, "range": _range, "allowed": _allowed, "format": _format, "max_length": _max_length,
+    "outlier": _outlier,
+}
+
+
+def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, Any],
+                    error: Callable[[str, str], None]) -> RecordChecker | None:
+    """`fields`: the schema's raw top-level field dicts (each may hold a "quality" key).
+    `checks`: the record-level "checks" value (None when absent). `named`: fastavro's parsed
+    schema's "__named_schemas" (name -> definition). Every problem goes to `error(where, message)`
+    where `where` is the rule's name ("amount_minor.range", or "(record).checks" / the check's name)
+    and message says what is wrong; the caller prefixes the schema. Returns None when no rule is declared
+    (the hot path then skips quality entirely) and also None if any error was reported."""
+    problems: list[str] = []
+
+    def bad(where: str, message: str) -> None:
+        problems.append(where)
+        error(where, message)
+
+    rules: list[RuleSpec] = []
+    targets: dict[str, float] = {}
+    compiled_fields: list[tuple[str, int, tuple[tuple[int, Test], ...], int, int]] = []
+    outliers: list[_OutlierSpec] = []
+    types: dict[str, _FieldType] = {}
+    for f in fields:
+        name = f["name"]
+        ft = types[name] = _field_type(f.get("type"), named)
+        if "quality" not in f:
+            continue
+        quality = f["quality"]
+        if not isinstance(quality, dict):
+            bad(f"{name}.quality", "quality must be an object, one key per rule "
+                                   f"({', '.join(FIELD_KINDS)})")
+            continue
+        for key in sorted(set(quality) - set(FIELD_KINDS), key=str):
+            bad(f"{name}.{key}", f"unknown quality rule '{key}' (known: {', '.join(FIELD_KINDS)})")
+        required, outlier, slot = -1, -1, -1
+        tests: list[tuple[int, Test]] = []
+        for kind in FIELD_KINDS:
+            if kind not in quality:
+                continue
+            rule_name = f"{name}.{kind}"
+            try:
+                action, compiled = _COMPILERS[kind](quality[kind], ft)
+            except _Invalid as exc:
+                bad(rule_name, str(exc))
+                continue
+            index = len(rules)
+            rules.append(RuleSpec(rule_name, kind, action, name))
+            if kind == "required":
+                required = index
+                if compiled is not None:
+                    targets[name] = compiled
+            elif kind == "outlier":
+                outlier, slot = index, len(outliers)
+                outliers.append(compiled)
+            else:
+                tests.append((index, compiled))
+        if required >= 0 or tests or outlier >= 0:
+            compiled_fields.append((name, required, tuple(tests), outlier, slot))
+
+    compiled_checks: list[tuple[int, Callable[[dict[str, Any]], Any]]] = []
+    if checks is not None and not isinstance(checks, list):
+        bad("(record).checks", "checks must be a list of {name, rule, action}")
+    seen: set[str] = set()
+    for i, decl in enumerate(checks if isinstance(checks, list) else ()):
+        name = decl.get("name") if isinstance(decl, dict) else None
+        if not isinstance(name, str) or not _CHECK_NAME_RE.fullmatch(name):
+            bad("(record).checks", f"checks[{i}] needs a name matching ^[a-z][a-z0-9_]*$ "
+                                   "(it names the rule in metrics and dead letters)")
+            continue
+        if name in seen:
+            bad(name, "duplicate check name")
+            continue
+        seen.add(name)
+        try:
+            action, test = _check(decl, types)
+        except _Invalid as exc:
+            bad(name, str(exc))
+            continue
+        compiled_checks.append((len(rules), test))
+        rules.append(RuleSpec(name, "check", action, None))
+
+    if problems or not rules:
+        return None
+    return RecordChecker(tuple(rules), targets, tuple(compiled_fields), tuple(compiled_checks), tuple(outliers))

@@ -1,0 +1,112 @@
+"""The leak sentinel: PII found in a field the policy keeps in clear.
+
+A policy keeps a field because it held no PII when it was written; producers change. The sentinel
+runs the detectors (gateway/core/detectors/) over the sanitized record's kept string values, nested
+records, arrays and maps included. A hit is counted (`gateway_leak_suspected_total{topic,field,entity}`)
+and recorded in the event's audit event (`leak_suspected`: field paths and entity types, never the
+value).
+
+- `"leak_sentinel": "enforce"` checks EVERY event, whatever `leak_sample_rate` says, and dead-letters
+  each one with a hit (`pii_in_kept_field`) instead of publishing it. Enforcing on a sample would
+  publish (1 - rate) of the leaking events: a promise "no PII in kept fields" cannot be sampled.
+- `"observe"` (the default) checks a sampled fraction of events (`leak_sample_rate`) and publishes
+  them: it measures, it does not withhold. Sampling is random per event, not per key: every event has
+  the same chance, so a leak that affects a share p of events is seen after about 1 / (p * rate) events.
+- `"off"` checks nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gateway.core import detectors as detect
+from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
+from gateway.core.policy.plan import Plan
+
+Walker = Callable[[dict[str, Any]], Iterator[tuple[str, str]]]  # record -> (path, kept string)
+_STRING_KINDS = ("string", "union", "array", "map")  # kinds that can hold free-text strings
+
+
+class LeakSentinel:
+    """Checks sanitized records of one plan (every one when enforced, else a sample); `check` returns
+    [(field path, entity)]."""
+
+    def __init__(self, plan: Plan, sample_rate: float, rng: random.Random | None = None) -> None:
+        self.enforce = plan.leak_sentinel == "enforce"
+        # enforce is a promise about every event, so the configured sample rate does not apply to it
+        self.sample_rate = 1.0 if self.enforce else sample_rate if plan.leak_sentinel != "off" else 0.0
+        self._random = (rng or random.Random()).random  # noqa: S311 - sampling, not secrecy
+        self._walk = _record_walker(plan.record)
+        self._contains = detect.detector().contains
+        self.watched = bool(_watched_paths(plan.record))
+
+    @property
+    def active(self) -> bool:
+        return self.sample_rate > 0 and self.watched
+
+    def sampled(self) -> bool:
+        """Whether this event is checked: always when enforced, else with probability `sample_rate`."""
+        return self.enforce or self._random() < self.sample_rate
+
+    def check(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+        hits: dict[str, str] = {}
+        for path, text in self._walk(record):
+            if path not in hits:
+                entity = self._contains(text)
+                if entity is not None:
+                    hits[path] = entity
+        return sorted(hits.items())
+
+
+def _watched_paths(plan: RecordPlan) -> list[str]:
+    paths: list[str] = []
+    for fp in plan.fields:
+        if not fp.operator.in_clear:
+            continue
+        shape = fp.shape
+        if shape is None and getattr(fp.operator, "kind", "") in _STRING_KINDS:
+            paths.append(fp.path)
+        while shape is not None:
+            if shape.record is not None:
+                paths += _watched_paths(shape.record)
+            shape = shape.inner
+    return paths
+
+
+def _record_walker(plan: RecordPlan) -> Walker:
+    fields = [(fp, _value_walker(fp)) for fp in plan.fields if fp.operator.in_clear]
+
+    def walk(record: dict[str, Any]) -> Iterator[tuple[str, str]]:
+        for fp, value_walk in fields:
+            value = record.get(fp.name)
+            if value is not None:
+                yield from value_walk(value)
+
+    return walk
+
+
+def _value_walker(fp: FieldPlan) -> Callable[[Any], Iterator[tuple[str, str]]]:
+    path = fp.path
+    shape = fp.shape
+
+    def strings(value: Any, level: Shape | None) -> Iterator[tuple[str, str]]:
+        if isinstance(value, str):
+            yield path, value
+        elif isinstance(value, dict):
+            if level is not None and level.kind == "record" and level.record is not None:
+                yield from _record_walker(level.record)(value)
+            else:  # a map (of strings, or of records one level down)
+                inner = level.inner if level is not None else None
+                for item in value.values():
+                    yield from strings(item, inner)
+        elif isinstance(value, list):
+            inner = level.inner if level is not None else None
+            for item in value:
+                yield from strings(item, inner)
+
+    def walk(value: Any) -> Iterator[tuple[str, str]]:
+        return strings(value, shape)
+
+    return walk
