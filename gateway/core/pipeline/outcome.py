@@ -39,11 +39,16 @@ class Outcome:
         return cls(OutcomeKind.WITHHELD, reason)
 
     @classmethod
-    def parse(cls, text: object) -> Outcome:
-        """The outcome of an audit entry's `outcome` string (the one reader of it). Raises ValueError
-        on a kind this version does not know."""
-        kind, _, reason = str(text).partition(":")
-        return cls(OutcomeKind(kind), reason)
+    def parse(cls, text: object) -> Outcome | None:
+        """The outcome of an audit entry's `outcome` string: the one reader of it (the report, tests).
+        None: not a string of a kind this version writes (a reader counts it, never fails on it)."""
+        if not isinstance(text, str):
+            return None
+        kind, _, reason = text.partition(":")
+        try:
+            return cls(OutcomeKind(kind), reason)
+        except ValueError:
+            return None
 
     def __str__(self) -> str:
         return self.wire
