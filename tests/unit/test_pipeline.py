@@ -152,6 +152,16 @@ def test_one_outcome_and_one_audit_entry_per_input(pipeline: Pipeline, batch: _B
             assert dead["message"]
 
 
+def test_the_audit_outcomes_read_back_are_the_counts(pipeline: Pipeline, batch: _Batch) -> None:
+    """The audit entries' outcome strings, read through Outcome.parse, are exactly the batch's counts:
+    the typed outcome the metrics see and the string the audit carries are one value."""
+    result = pipeline.process(batch.events)
+    audited = record_entries(r.value for r in _split(result.records)[2])
+    read_back = Counter((body["event"]["topic"], Outcome.parse(body["outcome"])) for body in audited)
+    assert None not in {outcome for _, outcome in read_back}
+    assert read_back == result.counts.outcomes
+
+
 def test_counts_match(pipeline: Pipeline, batch: _Batch) -> None:
     result = pipeline.process(batch.events)
     expected = Counter((e.topic, Outcome.parse(outcome))
