@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,9 +32,11 @@ from gateway.core.audit import (
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
 from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent
 from gateway.core.codec.writer import fast_record_encoder, json_bytes
-from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
+from gateway.core.deadletter import QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
 from gateway.core.pipeline.audit_entry import consent_entry, event_entry, withhold
+from gateway.core.pipeline.dead_letters import DeadLetters, SubjectReader
+from gateway.core.pipeline.events import RawEvent as RawEvent  # re-exported: the runtime builds these
 from gateway.core.pipeline.outcome import (
     CONSENT_GRANTED,
     CONSENT_REVOKED,
@@ -90,16 +92,6 @@ def parse_source_ref(value: bytes) -> tuple[str, int, int] | None:
     if not (topic and partition.isdigit() and offset.isdigit()):
         return None
     return topic, int(partition), int(offset)
-
-
-class RawEvent(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None
 
 
 class Held(NamedTuple):
@@ -341,7 +333,7 @@ class Pipeline:
         self.sealer = QuarantineSealer.of_keyring(keyring, subject_keys, config.dek_max_uses)
         # dead letters whose subject can be read are sealed under the subject's key (erased by forget):
         # per source topic (subject field, token domain, the subject field's own value -> token, token key id)
-        self._subject_readers: dict[str, tuple[str, str, Callable[[str], str], str]] = {}
+        self._subject_readers: dict[str, SubjectReader] = {}
         for topic, stage in self.stages.items():
             plan = stage.plan
             if plan.subject_field is None or plan.subject_domain is None:
@@ -351,19 +343,15 @@ class Pipeline:
                             "gateway forget's reach", extra={"topic": topic})
                 continue
             fp = next(f for f in plan.record.fields if f.name == plan.subject_field)
-            self._subject_readers[topic] = (plan.subject_field, plan.subject_domain,
-                                            fp.operator.subject_value(fp, stage.sanitizer),
-                                            stage.sanitizer.tokenizer(plan.subject_domain).key_id)
+            self._subject_readers[topic] = SubjectReader(plan.subject_field, plan.subject_domain,
+                                                         fp.operator.subject_value(fp, stage.sanitizer),
+                                                         stage.sanitizer.tokenizer(plan.subject_domain).key_id)
+        self.dead_letters = DeadLetters(self.sealer, self._subject_readers, config.max_record_bytes, self.instance)
         self.chains = ChainHeads()
         self.audit_keys = AuditKeys(*keyring.audit_keys())  # records are MACed: topic write access cannot forge
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
-
-    @property
-    def _dead_letter_key_ids(self) -> orjson.Fragment:
-        """The audit's key ids of a dead letter under the quarantine key: the key the sealer uses now."""
-        return self.sealer.audit_key_ids()
 
     @property
     def source_topics(self) -> list[str]:
@@ -600,7 +588,8 @@ class Pipeline:
         """A rejected event: its dead letter and its audit entry, counted."""
         if failed is not None and quality is not None:  # checked (and counted as sanitized): it is not
             quality.not_published(event.partition)
-        output, key_ids = self._dead_letter(stage, event, outcome.reason, message, now_ms, source)
+        output, key_ids = self.dead_letters.letter(stage.plan, stage.decoder, event, outcome.reason, message, now_ms,
+                                                   source, self.max_output_bytes)
         counts.outcomes[(event.topic, outcome)] += 1
         return output, event_entry(event.topic, event.partition, event.offset, event.timestamp_ms,
                                    stage.audit_schema, stage.plan.policy_hash, outcome, stage.audit_dlq_output,
@@ -639,18 +628,10 @@ class Pipeline:
             change = intake.change(event)
         except ConsentEventError as exc:
             source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
-            body = {"reason": exc.reason, "message": str(exc), "schema": "consent",
-                    "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                               "timestamp": event.timestamp_ms},
-                    "sealed": self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key,
-                                               event.headers) if len(event.value or b"") <= self.config.max_record_bytes
-                    else None,
-                    "instance": self.instance, "time": now_ms}
-            out.append(OutRecord(intake.dlq_topic, None, orjson.dumps(body),
-                                 [("gateway-reason", exc.reason.encode()), source]))
+            out.append(self.dead_letters.consent_letter(intake.dlq_topic, event, exc.reason, str(exc), now_ms, source))
             outcome = Outcome.rejected(exc.reason)
             audit = consent_entry(event.topic, event.partition, event.offset, event.timestamp_ms, outcome,
-                                  intake.audit_dlq_output, key_ids=self._dead_letter_key_ids)
+                                  intake.audit_dlq_output, key_ids=self.dead_letters.quarantine_key_ids())
         else:
             out.append(OutRecord(intake.consent_topic, change.key(), change.value()))
             if not change.granted and self.consent is not None:  # learned now: binds this batch's later events too
@@ -694,76 +675,6 @@ class Pipeline:
             self._audit(entry.audit, entry.chain)
         for where in [w for w, (_, ids) in new_ids.items() if not ids]:
             del new_ids[where]
-
-    def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
-                     now_ms: int, source: tuple[str, bytes]) -> tuple[OutRecord, Any]:
-        """The dead letter of a rejected event, and the audit's ids of the key that sealed it."""
-        sealed, key_ids = self._sealed(stage, event, reason)
-        body = {
-            "reason": reason,
-            "message": message,
-            "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                       "timestamp": event.timestamp_ms},
-            "schema": stage.plan.name,
-            "policy": stage.plan.policy_hash,
-            "sealed": sealed,
-            "instance": self.instance,
-            "time": now_ms,
-        }
-        value = orjson.dumps(body)
-        if len(value) > self.max_output_bytes:  # never emit a record Kafka would refuse
-            body["sealed"] = None
-            value = orjson.dumps(body)
-            key_ids = self._dead_letter_key_ids
-        return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode()), source]), key_ids
-
-    def _sealed(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[dict[str, Any] | None, Any]:
-        """(the original event sealed, the audit's key ids). Under the subject's key (format 2, erased by
-        `gateway forget`) when its subject can be read, else under the quarantine key (format 1). Not
-        sealed when it exceeds max_record_bytes: then it stays at its source coordinates only (sealing it
-        could make a dead letter Kafka refuses, stopping the partition)."""
-        size = len(event.value or b"") + len(event.key or b"") + sum(len(v or b"") for _, v in event.headers or [])
-        if size > self.config.max_record_bytes:
-            return None, self._dead_letter_key_ids
-        subject = self._read_subject(stage, event, reason)
-        if subject is not None:
-            domain, token, token_key_id = subject
-            try:
-                sealed = self.sealer.seal_for_subject(event.topic, event.partition, event.offset, event.value,
-                                                      event.key, event.headers, domain, token)
-                return sealed, [token_key_id, sealed["key_id"]]
-            except Exception as exc:  # KMS down: still dead-letter (and say so), never stop the partition
-                log.warning("dead letter sealed under the quarantine key: the subject's key is unavailable",
-                            extra={"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                                   "error": type(exc).__name__})
-        return (self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers),
-                self._dead_letter_key_ids)
-
-    def _read_subject(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[str, str, str] | None:
-        """(token domain, subject token, token key id) of a rejected event, or None; never raises.
-
-        Read only where it is sound: an event rejected after it decoded is decoded again (the same
-        bytes give the same record; only rejected events pay); an event that failed validation as a
-        JSON object (missing_field, wrong_type: it parsed) gives its subject field when that is a
-        string, the value its valid events would carry, so the token is theirs. Nothing else is read:
-        a broken Avro record has no field that can be trusted without decoding all of it."""
-        reader = self._subject_readers.get(event.topic)
-        if reader is None:
-            return None
-        field, domain, token_of, token_key_id = reader
-        try:
-            if reason not in DECODE_REASONS:
-                record: Any = stage.decoder.decode(event.value)[0]
-            elif reason in JSON_SHAPE_REASONS and stage.plan.input_mode in ("auto", "json"):
-                record = orjson.loads(event.value or b"")
-            else:
-                return None
-            value = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                return None
-            return domain, token_of(value), token_key_id  # the sanitizer's own function: its size check too
-        except Exception:  # a subject that cannot be read: sealed under the quarantine key
-            return None
 
     def _audit_chain(self, topic: str, partition: int) -> AuditChain:
         """The chain of a source partition, computed on its first event (the partition count is fixed)."""
