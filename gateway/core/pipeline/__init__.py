@@ -478,88 +478,8 @@ class Pipeline:
             if intake is not None and event.topic == intake.topic:
                 self._consent_event(intake, event, chain, now_ms, out, counts)
                 continue
-            stage = self.stages[event.topic]
-            source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
-            quality = stage.quality
-            failed: list[int] | None = None
-            risk_class: int | None = None
-            fp: int | None = None
-            unannotated = NO_FIELDS
-            # what the steps decided, for the audit entry
-            quality_names: list[str] | None = None
-            leaks: list[tuple[str, str]] | None = None
-            decisions: dict[str, str] | None = None
-            try:
-                # decode and validate
-                record, encoding, unannotated = stage.decoder.decode_event(event.value)
-                check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
-                # quality
-                if quality is not None:
-                    failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
-                                                       batch_ids)
-                    if failed:
-                        quality_names = quality_failures(quality, event.topic, failed, counts)
-                        if reject is not None:
-                            raise quality_rejection(quality, reject, quality_names)
-                # sanitize and encode
-                value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
-                                                           event.timestamp_ms, source[1].decode())
-                # purposes
-                views = None
-                if stage.views:
-                    views, decisions = self._purpose_outputs(stage, record, encoding, event, result, counts)
-                # leak sentinel
-                sentinel = stage.sentinel
-                if sentinel.active and sentinel.sampled():
-                    leaks = leak_hits(sentinel, event.topic, result, counts)
-                    if leaks and sentinel.enforce:
-                        raise leak_rejection(leaks)
-            except RejectedEvent as rejected:
-                outcome = Outcome.rejected(rejected.reason)
-                output, audit = self._rejected(stage, event, quality, failed, outcome, rejected.message, now_ms,
-                                               source, quality_names, leaks, decisions, counts)
-            except Exception as exc:  # a bug must not stop the partition or leak the event
-                log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
-                          "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
-                message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
-                output, audit = self._rejected(stage, event, quality, failed, INTERNAL_ERROR, message, now_ms,
-                                               source, quality_names, leaks, decisions, counts)
-            else:
-                key = result.subject.encode() if result.subject else None
-                if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
-                    result.out_timestamp_ms = now_ms
-                headers = [*stage.headers[out_encoding], source]
-                if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
-                    if failed or quality.risk_measured:
-                        risk_class = quality_published(quality, event.partition, result, failed, headers)
-                    if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
-                        batch_ids.add(fp)
-                        ids = new_ids.get((event.topic, event.partition))
-                        if ids is None:
-                            new_ids[(event.topic, event.partition)] = (event.offset, [fp])
-                        else:
-                            ids[1].append(fp)
-                # the record timestamp is data: the policy's treatment of it (gateway/core/policy/timestamp.py)
-                output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
-                if views:  # the purposes' views of the event, published with it (same key and source)
-                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
-                            for topic, data, vheaders, timestamp_ms in views]
-                if result.other_key_ids:  # per-subject and role keys, each named once
-                    key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
-                                    *sorted(result.other_key_ids)]
-                else:
-                    key_ids = stage.key_ids(result.dek_key_id)
-                event_id_field = stage.event_id_field
-                audit = event_entry(event.topic, event.partition, event.offset, event.timestamp_ms,
-                                    stage.audit_schema, stage.plan.policy_hash, SANITIZED,
-                                    stage.audit_sanitized_output, key_ids,
-                                    actions=stage.actions_for(unannotated) if unannotated else stage.audit_actions,
-                                    event_id=result.record.get(event_id_field) if event_id_field else None,
-                                    redacted=result.entities, quality=quality_names, leaks=leaks,
-                                    purposes=decisions)
-                sanitized[event.topic] += 1
-                for path in unannotated:  # a newer producer's field no annotation covers: dropped, counted
-                    counts.unannotated[(event.topic, path)] += 1
+            output, audit, risk_class, fp = self._event(self.stages[event.topic], event, now_ms, batch_ids, new_ids,
+                                                        out, counts, sanitized)
             if held is not None:
                 held.append(Held(event, output, audit, chain, risk_class, fp))
                 continue
@@ -580,6 +500,95 @@ class Pipeline:
             out += self.roll_windows({(e.topic, e.partition) for e in events}, now_ms,
                                      force=withhold_since_ms is not None)
         return BatchResult(out, counts)
+
+    def _event(self, stage: TopicStage, event: RawEvent, now_ms: int, batch_ids: set[int],
+               new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord], counts: BatchCounts,
+               sanitized: Counter[str]) -> tuple[OutRecord, dict[str, Any], int | None, int | None]:
+        """One source event through the steps: decode and validate, quality, sanitize and encode,
+        purposes, leak sentinel; then published (its purpose views appended to `out`) or dead-lettered.
+        Returns (its output record, its audit entry, its risk class, its event-id fingerprint)."""
+        source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
+        quality = stage.quality
+        failed: list[int] | None = None
+        risk_class: int | None = None
+        fp: int | None = None
+        unannotated = NO_FIELDS
+        # what the steps decided, for the audit entry
+        quality_names: list[str] | None = None
+        leaks: list[tuple[str, str]] | None = None
+        decisions: dict[str, str] | None = None
+        try:
+            # decode and validate
+            record, encoding, unannotated = stage.decoder.decode_event(event.value)
+            check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
+            # quality
+            if quality is not None:
+                failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
+                                                   batch_ids)
+                if failed:
+                    quality_names = quality_failures(quality, event.topic, failed, counts)
+                    if reject is not None:
+                        raise quality_rejection(quality, reject, quality_names)
+            # sanitize and encode
+            value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
+                                                       event.timestamp_ms, source[1].decode())
+            # purposes
+            views = None
+            if stage.views:
+                views, decisions = self._purpose_outputs(stage, record, encoding, event, result, counts)
+            # leak sentinel
+            sentinel = stage.sentinel
+            if sentinel.active and sentinel.sampled():
+                leaks = leak_hits(sentinel, event.topic, result, counts)
+                if leaks and sentinel.enforce:
+                    raise leak_rejection(leaks)
+        except RejectedEvent as rejected:
+            outcome = Outcome.rejected(rejected.reason)
+            output, audit = self._rejected(stage, event, quality, failed, outcome, rejected.message, now_ms,
+                                           source, quality_names, leaks, decisions, counts)
+        except Exception as exc:  # a bug must not stop the partition or leak the event
+            log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
+                      "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
+            message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
+            output, audit = self._rejected(stage, event, quality, failed, INTERNAL_ERROR, message, now_ms,
+                                           source, quality_names, leaks, decisions, counts)
+        else:
+            key = result.subject.encode() if result.subject else None
+            if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
+                result.out_timestamp_ms = now_ms
+            headers = [*stage.headers[out_encoding], source]
+            if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
+                if failed or quality.risk_measured:
+                    risk_class = quality_published(quality, event.partition, result, failed, headers)
+                if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
+                    batch_ids.add(fp)
+                    ids = new_ids.get((event.topic, event.partition))
+                    if ids is None:
+                        new_ids[(event.topic, event.partition)] = (event.offset, [fp])
+                    else:
+                        ids[1].append(fp)
+            # the record timestamp is data: the policy's treatment of it (gateway/core/policy/timestamp.py)
+            output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
+            if views:  # the purposes' views of the event, published with it (same key and source)
+                out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
+                        for topic, data, vheaders, timestamp_ms in views]
+            if result.other_key_ids:  # per-subject and role keys, each named once
+                key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
+                                *sorted(result.other_key_ids)]
+            else:
+                key_ids = stage.key_ids(result.dek_key_id)
+            event_id_field = stage.event_id_field
+            audit = event_entry(event.topic, event.partition, event.offset, event.timestamp_ms,
+                                stage.audit_schema, stage.plan.policy_hash, SANITIZED,
+                                stage.audit_sanitized_output, key_ids,
+                                actions=stage.actions_for(unannotated) if unannotated else stage.audit_actions,
+                                event_id=result.record.get(event_id_field) if event_id_field else None,
+                                redacted=result.entities, quality=quality_names, leaks=leaks,
+                                purposes=decisions)
+            sanitized[event.topic] += 1
+            for path in unannotated:  # a newer producer's field no annotation covers: dropped, counted
+                counts.unannotated[(event.topic, path)] += 1
+        return output, audit, risk_class, fp
 
     def _rejected(self, stage: TopicStage, event: RawEvent, quality: QualityGate | None, failed: list[int] | None,
                   outcome: Outcome, message: str, now_ms: int, source: tuple[str, bytes],
