@@ -61,19 +61,20 @@ def _unb64(text: str, where: str) -> bytes:
     return data
 
 
-def _seal_dek(aead: AESGCM, dek: bytes, aad: bytes) -> bytes:
+def _seal_dek(kek: AESGCM, dek: bytes, aad: bytes) -> bytes:
     """The local keyring's wrapped-DEK format, for its KEKs and its role keys alike: a fresh random 96-bit
-    nonce, then the DEK under AES-GCM with `aad` (the wrap's purpose, the key id and the caller's context)."""
+    nonce, then the DEK under the wrapping key `kek` (AES-GCM) with `aad` (the wrap's purpose, the key id
+    and the caller's context)."""
     nonce = secrets.token_bytes(12)
-    return nonce + aead.encrypt(nonce, dek, aad)
+    return nonce + kek.encrypt(nonce, dek, aad)
 
 
-def _open_dek(aead: AESGCM, blob: bytes, aad: bytes, key: str) -> bytes:
+def _open_dek(kek: AESGCM, blob: bytes, aad: bytes, key: str) -> bytes:
     """A DEK `_seal_dek` wrapped; `key` names the wrapping key in the error."""
     if len(blob) < 12 + 16 + 32:
         raise DecryptError("malformed", "the wrapped DEK is too short for the local keyring's format")
     try:
-        return aead.decrypt(blob[:12], blob[12:], aad)
+        return kek.decrypt(blob[:12], blob[12:], aad)
     except InvalidTag:
         raise DecryptError("tampered", f"the wrapped DEK does not authenticate under {key}: "
                            "the ciphertext header was altered") from None
