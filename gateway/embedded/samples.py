@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.codec.encoding import frame_confluent
+
 if TYPE_CHECKING:
     from gateway.core.codec.raw import SchemaFile
 
@@ -102,21 +104,19 @@ def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: An
     `encode_avro(record) -> bytes` encodes with the raw Payment schema. Every entry carries the
     canaries, so tests can prove that rejected events never leak them either.
     """
-    import struct
-
     import orjson
 
     avro = encode_avro(valid)
-    framed = b"\x00" + struct.pack(">I", schema_id) + avro
+    framed = frame_confluent(schema_id, avro)
     name = valid["customer_name"].encode()
     bad_utf8 = avro.replace(name, b"\xff\xfe" + name[2:], 1)
     without_card = {k: v for k, v in valid.items() if k != "card_number"}
     return [
         ("avro_truncated", framed[: len(framed) // 2]),
         ("bad_magic_byte", b"\x07" + framed[1:]),
-        ("unknown_schema_id", b"\x00" + struct.pack(">I", 999) + avro),
+        ("unknown_schema_id", frame_confluent(999, avro)),
         ("avro_trailing_bytes", framed + b"\x00trailing" + valid["email"].encode()),
-        ("invalid_utf8", b"\x00" + struct.pack(">I", schema_id) + bad_utf8),
+        ("invalid_utf8", frame_confluent(schema_id, bad_utf8)),
         ("json_invalid", b'{"event_id": "' + valid["email"].encode() + b'", '),
         ("json_invalid", orjson.dumps([valid["email"], valid["card_number"]])),
         ("wrong_type", orjson.dumps(dict(valid, amount_minor=valid["card_number"]))),
@@ -580,7 +580,7 @@ def broken_events(valid: dict[str, Any], schema: SchemaFile, schema_id: int | No
     import fastavro
     import orjson
 
-    from gateway.core.codec.raw import EventDecoder, frame_confluent, strip_logical_types
+    from gateway.core.codec.raw import EventDecoder, strip_logical_types
     from gateway.core.codec.writer import avro_bytes, json_bytes
     from gateway.errors import RejectedEvent
 

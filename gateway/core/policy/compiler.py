@@ -26,10 +26,9 @@ from fastavro.schema import expand_schema
 
 from gateway.consent.purposes import PurposeSpec, parse_purposes
 from gateway.core import operators
+from gateway.core.codec.encoding import ENCODINGS, INPUT_MODES, Encoding
 from gateway.core.codec.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.core.codec.raw import (
-    ENCODINGS,
-    INPUT_MODES,
     SchemaFile,
     strip_logical_types,
 )
@@ -325,10 +324,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             c.error("(record)", f"{key} must be a non-negative integer, or \"registry\" (resolved from the "
                                 "schema registry at start-up)")
-    if input_mode == "confluent" and schema_id is None and not schema_id_from_registry:
+    if input_mode == Encoding.CONFLUENT and schema_id is None and not schema_id_from_registry:
         c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with, "
                             "or \"registry\" to look it up at start-up)")
-    if ((schema_id is not None or schema_id_from_registry) and output in ("same", "confluent")
+    if ((schema_id is not None or schema_id_from_registry) and output in ("same", Encoding.CONFLUENT)
             and sanitized_schema_id is None and not sanitized_from_registry):
         c.error("(record)", "schema_id is set, so Confluent-framed output needs sanitized_schema_id "
                             "(an id, or \"registry\" to register the sanitized schema at start-up; or set output "
@@ -476,8 +475,8 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
         raw = {k: v for k, v in schema.raw.items() if k != "privacy"}
         raw["fields"] = [{**{k: v for k, v in f.items() if k not in ("privacy", "quality")},
                           "privacy": spec.fields.get(f["name"], "drop")} for f in schema.raw["fields"]]
-        framed = output == "confluent" or (output == "same" and input_mode == "confluent")
-        view_output = spec.output or ("avro" if framed else output)  # a view has no registry id of its own
+        framed = output == Encoding.CONFLUENT or (output == "same" and input_mode == Encoding.CONFLUENT)
+        view_output = spec.output or (Encoding.AVRO.value if framed else output)  # a view has no registry id of its own
         view_event_id = event_id if event_id in spec.fields else None
         raw["privacy"] = {k: v for k, v in (("subject", subject), ("event_id", view_event_id),
                                             ("retention_days", schema.privacy.get("retention_days")),
