@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.avro import PRIMITIVES, fullname, lookup
 from gateway.core.codec.encoding import frame_confluent
 
 if TYPE_CHECKING:
@@ -135,7 +136,6 @@ def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: An
 # `pickup_at` a timestamp), from a seed, and always valid for the schema.
 
 BASE_TIME_MS = 1_790_000_000_000  # the shipped generators' epoch: seeded events do not depend on the clock
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _COMPLEX = frozenset({"record", "error", "enum", "array", "map", "fixed"})
 _INT_MAX = 2**31 - 1
 _NULL_SHARE = 0.2  # nullable fields hold null this often (never the subject or the event id)
@@ -227,10 +227,6 @@ def field_kind(name: str) -> str | None:
     return next((kind for kind, matched in rules if matched), None)
 
 
-def _fullname(name: str, namespace: str | None) -> str:
-    return name if "." in name or not namespace else f"{namespace}.{name}"
-
-
 class SchemaSamples:
     """Realistic raw events for any Avro record schema, from a seed.
 
@@ -288,7 +284,7 @@ class SchemaSamples:
     def event(self, canary: bool = False) -> dict[str, Any]:
         self._canary = canary
         self._clock = self.base_time_ms + self.rng.randint(0, 86_400_000)
-        namespace = _fullname(str(self.schema["name"]), self.schema.get("namespace")).rpartition(".")[0]
+        namespace = fullname(str(self.schema["name"]), self.schema.get("namespace")).rpartition(".")[0]
         return self._record(self.schema, namespace or None, depth=0, top=True)
 
     __call__ = event
@@ -304,7 +300,7 @@ class SchemaSamples:
         if not isinstance(schema, Mapping):
             return
         if schema.get("type") in ("record", "error", "enum", "fixed"):
-            full = _fullname(str(schema["name"]), schema.get("namespace") or namespace)
+            full = fullname(str(schema["name"]), schema.get("namespace") or namespace)
             self._named.setdefault(full, schema)
             namespace = full.rpartition(".")[0] or None
         for key in ("type", "items", "values"):
@@ -315,13 +311,13 @@ class SchemaSamples:
 
     def _resolve(self, schema: Any, namespace: str | None) -> tuple[Any, str | None]:
         """(definition, its namespace) for a type, named references looked up."""
-        if isinstance(schema, str) and schema not in _PRIMITIVES:
-            found = self._named.get(_fullname(schema, namespace)) or self._named.get(schema)
+        if isinstance(schema, str) and schema not in PRIMITIVES:
+            found = lookup(schema, self._named, namespace)
             if found is None:
                 raise ValueError(f"unknown Avro type '{schema}'")
             schema = found
         if isinstance(schema, Mapping) and schema.get("type") in ("record", "error", "enum", "fixed"):
-            full = _fullname(str(schema["name"]), schema.get("namespace") or namespace)
+            full = fullname(str(schema["name"]), schema.get("namespace") or namespace)
             namespace = full.rpartition(".")[0] or None
         return schema, namespace
 
@@ -337,7 +333,7 @@ class SchemaSamples:
         if isinstance(schema, str):
             return self._primitive(schema, None, {}, name, kind)
         avro_type = schema["type"]
-        if not isinstance(avro_type, str) or avro_type not in _PRIMITIVES | _COMPLEX:
+        if not isinstance(avro_type, str) or avro_type not in PRIMITIVES | _COMPLEX:
             return self._value(avro_type, namespace, name, kind, depth, required, hints)  # {"type": {...}}
         if avro_type in ("record", "error"):
             return self._record(schema, namespace, depth + 1, hints=hints)

@@ -26,6 +26,7 @@ from fastavro.schema import expand_schema
 
 from gateway.consent.purposes import PurposeSpec, parse_purposes
 from gateway.core import operators
+from gateway.core.avro import PRIMITIVES, lookup, named_types
 from gateway.core.codec.encoding import ENCODINGS, INPUT_MODES, Encoding
 from gateway.core.codec.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.core.codec.raw import (
@@ -45,7 +46,6 @@ RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "outpu
                    "writer_schemas", "purposes", "retention_days", "timestamp"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -177,9 +177,9 @@ class _Compiler:
                 out.append(branch_out)
             return shape, out
         if isinstance(ftype, str):
-            if ftype in _PRIMITIVES:
+            if ftype in PRIMITIVES:
                 return None, ftype
-            named = self.schema.parsed["__named_schemas"].get(ftype)
+            named = lookup(ftype, named_types(self.schema.parsed))
             if named is None:
                 return None, ftype
             if named["type"] == "record":
@@ -264,7 +264,7 @@ def _is_record(t: Any, parsed: dict[str, Any]) -> bool:
     if isinstance(t, dict):
         return t.get("type") == "record"
     if isinstance(t, str):
-        named = parsed["__named_schemas"].get(t)
+        named = lookup(t, named_types(parsed))
         return bool(named and named["type"] == "record")
     return False
 
@@ -385,7 +385,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         c.domains.add(timestamp.shift.domain)
         c.key_uses.setdefault(timestamp.shift.domain, {}).setdefault("shift_date", PATH)
     quality = compile_quality(schema.raw["fields"], settings.get("quality"),
-                              schema.parsed.get("__named_schemas", {}), event_id,
+                              named_types(schema.parsed), event_id,
                               {f.name: f.operator.deterministic for f in record_plan.fields}, c.error)
     if quality is not None and quality.risk is not None and timestamp is not None and timestamp.quasi_identifier:
         # the published timestamp follows the event's time, which a reader may know: a quasi-identifier
@@ -394,7 +394,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
         sanitized_topic=sanitized_topic, subject=subject,
         kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.operator.in_clear}),
-        named=schema.parsed.get("__named_schemas", {}), error=c.error)
+        named=named_types(schema.parsed), error=c.error)
     aggregates = compile_budget(settings.get("budget"), aggregates, error=c.error, warn=c.warn,
                                 key=budget_key(subject_domain, source_topic))
     if timestamp is not None and timestamp.mode is TimestampMode.SHIFT:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.avro import PRIMITIVES, lookup
 from gateway.core.detectors import ENTITIES, detector
 from gateway.core.detectors.email import is_email
 
@@ -45,7 +46,6 @@ OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 }
 _ORDERING = frozenset({"<", "<=", ">", ">="})
 _CHECK_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NUMERIC = frozenset({"int", "long", "float", "double"})
 _MAX_WINDOW = 100_000  # an outlier baseline per rule and partition; its refresh sorts it
 
@@ -80,22 +80,13 @@ class _FieldType:
             self.base, self.base)
 
 
-def _named(name: str, named: dict[str, Any]) -> Any:
-    """A named type by its full name, or by a short name (the raw schema's, relative to its namespace) when
-    exactly one named type has it."""
-    if name in named or "." in name:
-        return named.get(name)
-    matches = [v for k, v in named.items() if k.rsplit(".", 1)[-1] == name]
-    return matches[0] if len(matches) == 1 else None
-
-
 def _base(ftype: Any, named: dict[str, Any], depth: int = 0) -> tuple[str, tuple[str, ...]]:
     if depth > 8:
         return "unknown", ()
     if isinstance(ftype, str):
-        if ftype in _PRIMITIVES:
+        if ftype in PRIMITIVES:
             return ftype, ()
-        ref = _named(ftype, named)
+        ref = lookup(ftype, named, short=True)  # a raw schema's short name, relative to its namespace
         return ("unknown", ()) if ref is None else _base(ref, named, depth + 1)
     if isinstance(ftype, dict):
         kind = ftype.get("type")
