@@ -16,7 +16,6 @@ can list them all, and start-up fails naming schema, field and problem.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -40,12 +39,12 @@ from gateway.core.quality.spec import compile_quality
 from gateway.dp.declarations import budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.keys.period_keys import retention_problem
+from gateway.values import TOPIC_NAME
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
                    "writer_schemas", "purposes", "retention_days", "timestamp"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -295,7 +294,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     source_topic = settings.get("source_topic", schema.fullname)
     sanitized_topic = settings.get("sanitized_topic", f"{source_topic}.sanitized")
     for key, topic in (("source_topic", source_topic), ("sanitized_topic", sanitized_topic)):
-        if not isinstance(topic, str) or not _TOPIC_RE.match(topic):
+        if not isinstance(topic, str) or not TOPIC_NAME.match(topic):
             c.error("(record)", f"{key} '{topic}' is not a valid Kafka topic name")
     if source_topic == sanitized_topic:
         c.error("(record)", "sanitized_topic must differ from source_topic")
@@ -455,7 +454,7 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
     names = {f["name"] for f in schema.raw["fields"]}
     for spec in specs:
         where = f"purpose '{spec.name}'"
-        if spec.topic in topics or not _TOPIC_RE.match(spec.topic):
+        if spec.topic in topics or not TOPIC_NAME.match(spec.topic):
             error("(record)", f"{where}: topic '{spec.topic}' is not a valid topic name of its own (it must differ "
                               "from the source, sanitized and other purposes' topics)")
             continue
