@@ -62,11 +62,18 @@ def frame_confluent(schema_id: int, payload: bytes) -> bytes:
     return struct.pack(">bI", CONFLUENT_MAGIC, schema_id) + payload
 
 
+def confluent_header(value: bytes) -> tuple[int, int] | None:
+    """(magic byte, registry id) read from the first 5 bytes whatever the magic byte is (to tell a corrupt
+    magic byte from another encoding); None when the value is shorter."""
+    if len(value) < CONFLUENT_HEADER_BYTES:
+        return None
+    return value[0], int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
+
+
 def confluent_id(value: bytes) -> int | None:
     """The registry id of a Confluent-framed value; None when it does not start with the 5-byte header."""
-    if len(value) < CONFLUENT_HEADER_BYTES or value[0] != CONFLUENT_MAGIC:
-        return None
-    return int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
+    header = confluent_header(value)
+    return header[1] if header is not None and header[0] == CONFLUENT_MAGIC else None
 
 
 def first_json_byte(value: bytes) -> int:

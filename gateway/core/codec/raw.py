@@ -14,7 +14,6 @@ import base64
 import datetime
 import decimal
 import io
-import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from gateway.core.codec.encoding import (
     INPUT_MODES,
     OPEN_BRACKET,
     Encoding,
+    confluent_header,
     confluent_id,
     first_json_byte,
     sniff,
@@ -161,9 +161,10 @@ class EventDecoder:
         if len(value) > self.max_record_bytes:
             raise RejectedEvent("record_too_large",
                                 f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
-        if self._confluent_header is not None and value[:5] == self._confluent_header:
+        if self._confluent_header is not None and value[:CONFLUENT_HEADER_BYTES] == self._confluent_header:
             try:  # framed with the expected schema id: the Avro after the header, if it decodes cleanly
-                return self._decode_avro(value[5:], "Avro after the Confluent header"), Encoding.CONFLUENT, NO_FIELDS
+                return (self._decode_avro(value[CONFLUENT_HEADER_BYTES:], "Avro after the Confluent header"),
+                        Encoding.CONFLUENT, NO_FIELDS)
             except RejectedEvent as framed_error:
                 if self.input_mode != "auto":
                     raise
@@ -236,26 +237,30 @@ class EventDecoder:
         raise avro_error
 
     def _looks_like_bad_magic(self, value: bytes) -> bool:
-        return (self.schema_id is not None and len(value) >= 5 and value[0] != CONFLUENT_MAGIC
-                and struct.unpack(">I", value[1:5])[0] == self.schema_id)
+        header = confluent_header(value)
+        return (self.schema_id is not None and header is not None and header[0] != CONFLUENT_MAGIC
+                and header[1] == self.schema_id)
 
     def _decode_confluent(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
-        if len(value) < 5:
-            raise RejectedEvent("bad_framing", f"Confluent wire format needs 5 header bytes, got {len(value)}")
-        magic, schema_id = struct.unpack(">bI", value[:5])
+        header = confluent_header(value)
+        if header is None:
+            raise RejectedEvent("bad_framing", f"Confluent wire format needs {CONFLUENT_HEADER_BYTES} header bytes, "
+                                f"got {len(value)}")
+        magic, schema_id = header
         if magic != CONFLUENT_MAGIC:
             raise RejectedEvent("bad_magic_byte", f"magic byte is {magic}, expected {CONFLUENT_MAGIC} "
                                 "(Confluent wire format)")
         try:
             if schema_id == self.schema_id:
-                return self._decode_avro(value[5:], "Avro after the Confluent header"), Encoding.CONFLUENT, NO_FIELDS
+                return (self._decode_avro(value[CONFLUENT_HEADER_BYTES:], "Avro after the Confluent header"),
+                        Encoding.CONFLUENT, NO_FIELDS)
             writer = self.writers.get(schema_id)
             if writer is None:
                 expected = "" if self.schema_id is None else f" (expected {self.schema_id})"
                 raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
                                     f"{self.schema.fullname}{expected}")
-            return (self._decode_with(writer, value[5:], "Avro after the Confluent header"), Encoding.CONFLUENT,
-                    writer.unannotated)
+            return (self._decode_with(writer, value[CONFLUENT_HEADER_BYTES:], "Avro after the Confluent header"),
+                    Encoding.CONFLUENT, writer.unannotated)
         except RejectedEvent:
             if self.input_mode != "auto":
                 raise

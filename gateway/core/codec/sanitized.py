@@ -177,7 +177,7 @@ class SanitizedDecoder:
             for record in reader:
                 yield plan, record
             return
-        if data.lstrip()[:1] in (b"{", b""):
+        if first_json_byte(data) in (OPEN_BRACE, -1):
             json_plan: Plan | None = None
             for line in data.splitlines():
                 if line.strip():
