@@ -41,7 +41,6 @@ def test_the_encodings_are_the_names_policies_headers_and_audit_use() -> None:
     assert Encoding.from_header(b"avro") is Encoding.AVRO and Encoding.from_header("json") is Encoding.JSON
     for absent in (None, b"", "", b"protobuf", b"\xff"):
         assert Encoding.from_header(absent) is None
-    assert [e.is_avro for e in Encoding] == [True, True, False, True]
 
 
 def test_output_headers_name_schema_encoding_and_policy() -> None:

@@ -48,10 +48,6 @@ class Encoding(StrEnum):
         except ValueError:
             return None
 
-    @property
-    def is_avro(self) -> bool:
-        return self is not Encoding.JSON
-
 
 ENCODINGS: tuple[str, ...] = tuple(e.value for e in Encoding)
 INPUT_MODES: tuple[str, ...] = ("auto", *ENCODINGS)

@@ -105,7 +105,8 @@ class SanitizedDecoder:
         if plan is None:
             if len(self.by_topic) == 1:
                 return next(iter(self.by_topic.values()))
-            raise UndecodableRecord(f"no policy sanitizes topic '{topic}' (schema {schema_name or 'not named'}): "
+            where = f"topic '{topic}'" if topic else "records without a topic"
+            raise UndecodableRecord(f"no policy sanitizes {where} (schema {schema_name or 'not named'}): "
                                     f"name the sanitized topic (--topic, or topic=), one of "
                                     f"{', '.join(sorted(self.by_topic))}; known schemas: "
                                     f"{', '.join(sorted(self.by_name))}")
