@@ -21,6 +21,7 @@ from stdnum import iban, luhn
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
 from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.pipeline.outcome import SANITIZED
 from gateway.core.policy.compiler import compile_plan
 from gateway.embedded.demo import encode_raw, sample_sources
 from gateway.embedded.samples import (
@@ -280,7 +281,7 @@ def test_schemas_with_bytes_are_not_sent_as_json(tmp_path: Path) -> None:
     events = [RawEvent(plan.source_topic, 0, i, 1_790_000_000_000, None, encode_raw(plan, source.make(), "avro"),
                        None) for i in range(40)]
     result = pipeline.process(events)
-    assert result.counts[(plan.source_topic, "sanitized")] == 40
+    assert result.counts.outcomes[(plan.source_topic, SANITIZED)] == 40
 
 
 def test_broken_corpus_entries_are_checked_against_the_decoder() -> None:
