@@ -25,6 +25,7 @@ import fastavro.validation
 import orjson
 from fastavro.schema import expand_schema
 
+from gateway.core.avro import fullname
 from gateway.core.codec.encoding import (
     CONFLUENT_HEADER_BYTES,
     CONFLUENT_MAGIC,
@@ -351,8 +352,7 @@ def _branch_names(branch: Any) -> set[str]:
         return {branch}
     if isinstance(branch, dict):
         if "name" in branch and branch.get("type") in ("record", "enum", "fixed"):
-            name, namespace = str(branch["name"]), branch.get("namespace")
-            full = f"{namespace}.{name}" if namespace and "." not in name else name
+            full = fullname(str(branch["name"]), branch.get("namespace"))
             return {full, full.rsplit(".", 1)[-1]}
         return {str(branch.get("type"))}
     return set()
