@@ -29,7 +29,8 @@ from typing import Any
 import fastavro
 import orjson
 
-from gateway.core.codec.raw import EventDecoder, SchemaFile, frame_confluent, load_schema_file, strip_logical_types
+from gateway.core.codec.encoding import frame_confluent
+from gateway.core.codec.raw import EventDecoder, SchemaFile, load_schema_file, strip_logical_types
 from gateway.core.codec.writer import avro_bytes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,8 +26,8 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.keys.roles import parse_role_kms_keys
+from gateway.values import TOPIC_NAME
 
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 ENDPOINT_IDENTIFICATION = ("https", "none")
@@ -230,9 +230,9 @@ class GatewayConfig:
                     "sanitized_compatibility", "must be backward, forward, full or none")
         self._check(self.instance_id == "" or bool(re.match(r"^[A-Za-z0-9._-]{1,200}$", self.instance_id)),
                     "instance_id", "must be letters, digits, '.', '_' or '-' (or empty: HOST-<slot>)")
-        self._check(bool(_TOPIC_RE.match(self.audit_topic)), "audit_topic",
+        self._check(bool(TOPIC_NAME.match(self.audit_topic)), "audit_topic",
                     "must be a valid Kafka topic name")
-        self._check(bool(_TOPIC_RE.match(self.quality_topic)), "quality_topic",
+        self._check(bool(TOPIC_NAME.match(self.quality_topic)), "quality_topic",
                     "must be a valid Kafka topic name")
         self._check(1 <= self.partitions <= 10_000, "partitions", "must be between 1 and 10000")
         self._check(1 <= self.dlq_retention_days <= 3650, "dlq_retention_days", "must be between 1 and 3650 days")
@@ -261,13 +261,13 @@ class GatewayConfig:
         self._check(1 <= self.stall_after_s <= 86_400, "stall_after_s", "must be between 1 and 86400 seconds")
         self._check(0 <= self.metrics_port <= 65535, "metrics_port", "must be 0 (off) or a TCP port")
         self._check(bool(self.metrics_host.strip()), "metrics_host", "must be an address to bind, e.g. 0.0.0.0")
-        self._check(bool(_TOPIC_RE.match(self.ledger_topic)), "ledger_topic", "must be a valid Kafka topic name")
+        self._check(bool(TOPIC_NAME.match(self.ledger_topic)), "ledger_topic", "must be a valid Kafka topic name")
         self._check(0 < self.dp_idle_close_s <= 86_400, "dp_idle_close_s", "must be in (0, 86400] seconds")
         self._check(isinstance(self.max_skew_s, int) and 0 <= self.max_skew_s <= 7 * 86_400, "max_skew_s",
                     "must be a whole number of seconds in [0, 604800]")
         self._check(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
                     "must be DEBUG, INFO, WARNING or ERROR")
-        self._check(bool(_TOPIC_RE.match(self.key_topic)), "key_topic", "must be a valid Kafka topic name")
+        self._check(bool(TOPIC_NAME.match(self.key_topic)), "key_topic", "must be a valid Kafka topic name")
         self._check_kms()
         self._check_kafka_security()
 

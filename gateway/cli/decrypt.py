@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import sys
-from typing import Any
 
-import fastavro
 import orjson
 
 from gateway.cli.options import (
@@ -59,7 +56,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     decryptor = FieldDecryptor(kms, subject_keys=subject_keys, role=args.role)
     data = sys.stdin.buffer.read()
     failures = 0
-    for n, (plan, record) in enumerate(_stdin_records(data, decoder, args.topic), start=1):
+    for n, (plan, record) in enumerate(decoder.records(data, args.topic), start=1):
         opened, report = decrypt_record(record, plan, decryptor)
         for path, outcome in report.fields.items():
             if outcome != "decrypted":
@@ -71,22 +68,3 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         return 1
     return 0
 
-
-def _stdin_records(data: bytes, decoder: Any, topic: str | None) -> Any:
-    if data.startswith(b"Obj\x01"):
-        reader = fastavro.reader(io.BytesIO(data))
-        plan = decoder.plan_for(topic, reader.writer_schema.get("name") if reader.writer_schema else None)
-        for record in reader:
-            yield plan, record
-        return
-    if data.lstrip()[:1] in (b"{", b""):
-        plan = None
-        for line in data.splitlines():
-            if line.strip():
-                plan = plan or decoder.plan_for(topic)
-                yield plan, orjson.loads(line)
-        return
-    plan = decoder.plan_for(topic)
-    buffer = io.BytesIO(data)
-    while buffer.tell() < len(data):
-        yield plan, fastavro.schemaless_reader(buffer, plan.sanitized_parsed, None)

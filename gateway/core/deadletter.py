@@ -44,6 +44,7 @@ from gateway.errors import DecryptError, GatewayError, KeyringError
 from gateway.keys.envelope import DEK_ID_BYTES
 from gateway.keys.errors import KmsUnavailable
 from gateway.keys.subject_keys import SubjectKeys
+from gateway.values import b64
 
 SEAL_FORMAT = 1  # directly under the quarantine key (no longer written; still unsealed)
 SUBJECT_SEAL_FORMAT = 2  # under a per-subject key (erased by gateway forget)
@@ -305,7 +306,7 @@ class QuarantineSealer:
 
 
 def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+    return None if data is None else b64(data)
 
 
 def _unb64(text: str | None) -> bytes | None:

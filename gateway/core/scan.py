@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.core.avro import PRIMITIVES, fullname, lookup
 from gateway.core.codec.raw import SchemaFile
 from gateway.errors import PolicyError
 
@@ -56,7 +57,6 @@ REDACT: dict[str, Any] = {"redact": {}}
 KEEP = "keep"
 ENCRYPT = "encrypt"
 
-_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _WORDS = re.compile(r"\S+")
 _DIGIT = re.compile(r"\d")
 _DOMAIN_CHARS = re.compile(r"[^a-z0-9_-]+")
@@ -351,15 +351,11 @@ class Scanner:
             return name.rsplit(".", 1)[0]
         return node.get("namespace", enclosing)
 
-    @staticmethod
-    def _fullname(name: str, namespace: str | None) -> str:
-        return name if "." in name or not namespace else f"{namespace}.{name}"
-
     def _define(self, node: dict[str, Any], namespace: str | None) -> str:
         name = node["name"]
-        fullname = name if "." in name else self._fullname(name, node.get("namespace", namespace))
-        self._named.setdefault(fullname, node)
-        return fullname
+        full = fullname(name, node.get("namespace", namespace))
+        self._named.setdefault(full, node)
+        return full
 
     def _stats_for(self, path: str, label: str, owner: _Owner, string: bool) -> FieldStats:
         stats = self._stats.get(path)
@@ -373,10 +369,10 @@ class Scanner:
 
     def _record(self, node: dict[str, Any], prefix: str, covered_by: str | None,
                 namespace: str | None) -> Callable[[Any], None]:
-        fullname = self._define(node, namespace)
-        if fullname in self._stack:
-            raise PolicyError(f"{self.schema.path}: recursive record type '{fullname}' cannot be scanned")
-        self._stack.add(fullname)
+        full = self._define(node, namespace)
+        if full in self._stack:
+            raise PolicyError(f"{self.schema.path}: recursive record type '{full}' cannot be scanned")
+        self._stack.add(full)
         inner_ns = self._namespace(node, namespace)
         visitors: list[tuple[str, Callable[[Any], None]]] = []
         for f in node["fields"]:
@@ -390,7 +386,7 @@ class Scanner:
             if inner_cover is None and f.get("privacy") is not None and not is_keep(f.get("privacy")):
                 inner_cover = path
             visitors.append((f["name"], self._type(ftype, path, owner, inner_cover, inner_ns)))
-        self._stack.discard(fullname)
+        self._stack.discard(full)
 
         def visit(record: Any) -> None:
             if type(record) is not dict:
@@ -401,8 +397,8 @@ class Scanner:
         return visit
 
     def _resolve(self, t: Any, namespace: str | None) -> Any:
-        if isinstance(t, str) and t not in _PRIMITIVES:
-            named = self._named.get(self._fullname(t, namespace)) or self._named.get(t)
+        if isinstance(t, str) and t not in PRIMITIVES:
+            named = lookup(t, self._named, namespace)
             if named is None:
                 raise PolicyError(f"{self.schema.path}: unknown type '{t}'")
             return named
@@ -421,7 +417,7 @@ class Scanner:
             return False
         if isinstance(t, list):
             return any(self._holds_record(b, namespace, depth + 1) for b in t)
-        if isinstance(t, str) and t not in _PRIMITIVES:
+        if isinstance(t, str) and t not in PRIMITIVES:
             try:
                 t = self._resolve(t, namespace)
             except PolicyError:
@@ -479,7 +475,7 @@ class Scanner:
             if branch == "null":
                 continue
             base = self._base(branch, namespace)
-            if base in _PRIMITIVES or base in ("enum", "fixed"):
+            if base in PRIMITIVES or base in ("enum", "fixed"):
                 if isinstance(branch, dict) and base in ("enum", "fixed"):
                     self._define(branch, namespace)
                 leaf = self._stats_for(path, label, owner, base == "string" or leaf is not None and leaf.string)

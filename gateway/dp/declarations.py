@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from gateway.values import TOPIC_NAME, is_int, is_number
+
 METRICS = ("count", "sum", "mean")
 REQUIRED = ("name", "metric", "group_by", "window_s", "epsilon", "delta", "max_groups_per_subject",
             "max_records_per_group")
@@ -40,7 +42,6 @@ DEFAULT_BUDGET = {"period_s": 86_400, "epsilon_cap": 10.0, "delta_cap": 1e-4}
 LINT_EPSILON_PER_DAY = 10.0
 _DAY_S = 86_400
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _GROUPABLE = {"string", "int", "long", "boolean", "enum"}
 _INTEGER = {"int", "long"}
 MAX_ABS_VALUE = 2**40  # keeps m * max|clamp| * k well inside i64 for any sane bound
@@ -117,14 +118,6 @@ class AggregateSpec:
                 "clamp": list(self.clamp) if self.clamp else None}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _base(ftype: Any) -> str | None:
     """Base type name of a non-null field type (enums as 'enum'), None for unions/containers."""
     if isinstance(ftype, list):  # unions (nullable fields included) are neither grouped nor summed
@@ -199,7 +192,7 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
         elif _resolve(kept[field], named) not in _INTEGER:
             bad("field", f"'{field}' must be an int or long (values are summed as integers; store amounts in "
                          "minor units)")
-        if not (isinstance(clamp, list) and len(clamp) == 2 and all(_is_int(v) for v in clamp)
+        if not (isinstance(clamp, list) and len(clamp) == 2 and all(is_int(v) for v in clamp)
                 and clamp[0] <= clamp[1] and max(abs(clamp[0]), abs(clamp[1])) <= MAX_ABS_VALUE):
             bad("clamp", f"metric '{metric}' needs integer bounds [lo, hi] with lo <= hi and |bound| <= 2^40; "
                          "sensitivity is derived from them")
@@ -225,29 +218,29 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
     if time_field is not None and (time_field not in kept or _resolve(kept[time_field], named) != "long"):
         bad("time_field", f"'{time_field}' must be a kept top-level long (timestamp-millis)")
     window_s = decl.get("window_s")
-    if "window_s" in decl and not (_is_int(window_s) and 1 <= window_s <= 31 * 86400):
+    if "window_s" in decl and not (is_int(window_s) and 1 <= window_s <= 31 * 86400):
         bad("window_s", "must be an integer number of seconds between 1 and 2678400")
     grace_s = decl.get("grace_s", 0)
-    if not (_is_int(grace_s) and 0 <= grace_s <= 7 * 86400):
+    if not (is_int(grace_s) and 0 <= grace_s <= 7 * 86400):
         bad("grace_s", "must be an integer number of seconds between 0 and 604800")
     epsilon = decl.get("epsilon")
-    if "epsilon" in decl and not (_is_number(epsilon) and 0 < epsilon <= 10):
+    if "epsilon" in decl and not (is_number(epsilon) and 0 < epsilon <= 10):
         bad("epsilon", "must be a number in (0, 10]")
     delta = decl.get("delta")
-    if "delta" in decl and not (_is_number(delta) and 0 < delta < 1e-2):
+    if "delta" in decl and not (is_number(delta) and 0 < delta < 1e-2):
         bad("delta", "must be a number in (0, 0.01): key selection needs it, and it should be far below "
                      "1/number of subjects")
     for key in ("max_groups_per_subject", "max_records_per_group"):
         value = decl.get(key)
-        if key in decl and not (_is_int(value) and 1 <= value <= 10_000):
+        if key in decl and not (is_int(value) and 1 <= value <= 10_000):
             bad(key, "must be an integer between 1 and 10000")
     output_topic = decl.get("output_topic", f"{source_topic}.aggregates")
-    if not (isinstance(output_topic, str) and _TOPIC_RE.match(output_topic)):
+    if not (isinstance(output_topic, str) and TOPIC_NAME.match(output_topic)):
         bad("output_topic", f"'{output_topic}' is not a valid Kafka topic name")
     elif output_topic in (source_topic, sanitized_topic):
         bad("output_topic", "must differ from the source and sanitized topics")
     period_s = decl.get("period_s", 86400)
-    if not (_is_int(period_s) and 1 <= period_s <= 366 * 86400):
+    if not (is_int(period_s) and 1 <= period_s <= 366 * 86400):
         bad("period_s", "must be an integer number of seconds between 1 and 31622400")
     if problems:
         return None
@@ -261,19 +254,19 @@ def _compile_one(decl: dict[str, Any], where: str, *, schema: str, source_topic:
                          "(integer noise and sums are 64-bit)")
     windows_per_period = math.ceil(period_s / window_s)
     continual = _compile_continual(decl.get("continual"), metric, decl.get("group_by"), bad)
-    if continual[0] and _is_int(window_s) and window_s > 0 and continual[1] % (window_s * 1000):
+    if continual[0] and is_int(window_s) and window_s > 0 and continual[1] % (window_s * 1000):
         bad("continual", "'start' must fall on a window boundary (a multiple of window_s since the epoch)")
     max_skew_s = decl.get("max_skew_s", 300)
-    if not (_is_int(max_skew_s) and 0 <= max_skew_s <= 31 * 86400):
+    if not (is_int(max_skew_s) and 0 <= max_skew_s <= 31 * 86400):
         bad("max_skew_s", "must be an integer number of seconds between 0 and 2678400")
     share = decl.get("share")
-    if share is not None and not (_is_number(share) and 0 < share <= 1):
+    if share is not None and not (is_number(share) and 0 < share <= 1):
         bad("share", "must be a number in (0, 1]: the fraction of the source's budget this aggregate may spend")
     eps_cap = decl.get("period_epsilon_cap", epsilon * windows_per_period)
     delta_cap = decl.get("period_delta_cap", delta * windows_per_period)
-    if not (_is_number(eps_cap) and eps_cap >= epsilon):
+    if not (is_number(eps_cap) and eps_cap >= epsilon):
         bad("period_epsilon_cap", "must be a number >= epsilon (one window's release)")
-    if not (_is_number(delta_cap) and delta_cap >= delta):
+    if not (is_number(delta_cap) and delta_cap >= delta):
         bad("period_delta_cap", "must be a number >= delta (one window's release)")
     if problems:
         return None
@@ -304,7 +297,7 @@ def _compile_continual(block: Any, metric: Any, group_by: Any,
     if metric not in ("count", "sum"):
         bad("continual", "running totals are released for metric 'count' or 'sum'")
     horizon = block.get("horizon_windows")
-    if not (_is_int(horizon) and 1 <= horizon <= 100_000):
+    if not (is_int(horizon) and 1 <= horizon <= 100_000):
         bad("continual", "'horizon_windows' must be an integer between 1 and 100000")
         horizon = 0
     try:
@@ -352,7 +345,7 @@ def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
     for name in sorted(set(block) - set(BUDGET_SETTINGS)):
         error("(record)", f"unknown budget setting '{name}' (known: {', '.join(BUDGET_SETTINGS)})")
     period_s = block.get("period_s", DEFAULT_BUDGET["period_s"])
-    if not (_is_int(period_s) and 1 <= period_s <= 366 * 86400):
+    if not (is_int(period_s) and 1 <= period_s <= 366 * 86400):
         error("(record)", "budget setting 'period_s' must be an integer number of seconds between 1 and 31622400")
         return specs
     shares = {s.name: s.share for s in specs if s.share is not None}
@@ -360,13 +353,13 @@ def compile_budget(block: Any, specs: tuple[AggregateSpec, ...], *, key: str,
         error("(record)", f"the aggregates' shares sum to {sum(shares.values()):g}, above 1")
     eps_cap = block.get("epsilon_cap", DEFAULT_BUDGET["epsilon_cap"])
     delta_cap = block.get("delta_cap", DEFAULT_BUDGET["delta_cap"])
-    if not (_is_number(eps_cap) and eps_cap > 0):
+    if not (is_number(eps_cap) and eps_cap > 0):
         error("(record)", "budget setting 'epsilon_cap' must be a positive number")
         return specs
-    if not (_is_number(delta_cap) and 0 <= delta_cap < 1):
+    if not (is_number(delta_cap) and 0 <= delta_cap < 1):
         error("(record)", "budget setting 'delta_cap' must be a number in [0, 1)")
         return specs
-    if warn is not None and _is_int(period_s) and _is_number(eps_cap):
+    if warn is not None and is_int(period_s) and is_number(eps_cap):
         per_day = eps_cap * math.ceil(_DAY_S / period_s)
         if per_day > LINT_EPSILON_PER_DAY:
             warn("(record)", f"the budget allows up to {per_day:g} epsilon per subject per day, above "

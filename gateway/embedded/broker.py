@@ -29,6 +29,7 @@ from types import TracebackType
 
 from gateway.embedded.jars import KAFKA_VERSION, kafka_libs, require_tool
 from gateway.errors import GatewayError
+from gateway.ops.ports import free_port
 from gateway.runtime import clients
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,6 @@ class ScramUser:
     mechanism: str
     name: str
     password: str = field(repr=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def java_major_version(java: str) -> int:

@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 
 from gateway.core.audit import AuditKeys, verify_chains
-from gateway.core.codec.raw import decoded_for_json, frame_confluent
+from gateway.core.codec.encoding import Encoding, frame_confluent
+from gateway.core.codec.raw import decoded_for_json
 from gateway.core.codec.sanitized import SanitizedDecoder
 from gateway.core.codec.writer import avro_bytes, json_bytes
 from gateway.core.decrypt import decrypt_record
@@ -44,10 +45,10 @@ COLUMN = 58
 
 
 def encode_raw(plan: Plan, record: dict[str, Any], encoding: str) -> bytes:
-    if encoding == "json":
+    if encoding == Encoding.JSON:
         return json_bytes(record)
     payload = avro_bytes(plan.schema.parsed, record)
-    if encoding == "confluent":
+    if encoding == Encoding.CONFLUENT:
         assert plan.schema_id is not None
         return frame_confluent(plan.schema_id, payload)
     return payload
@@ -82,9 +83,10 @@ def _time_fields(plan: Plan) -> dict[str, int]:
 def _encodings(plan: Plan) -> tuple[str, ...]:
     if plan.input_mode != "auto":
         return (plan.input_mode,)
-    encodings = ["confluent", "avro", "json"] if plan.schema_id is not None else ["avro", "json"]
+    encodings = [Encoding.CONFLUENT, Encoding.AVRO, Encoding.JSON] if plan.schema_id is not None else [
+        Encoding.AVRO, Encoding.JSON]
     if not json_encodable(plan.schema.raw):  # bytes or fixed fields: the gateway's JSON input has no bytes
-        encodings.remove("json")
+        encodings.remove(Encoding.JSON)
     return tuple(encodings)
 
 

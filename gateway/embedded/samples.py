@@ -22,7 +22,9 @@ import fastavro
 import orjson
 from faker import Faker
 
-from gateway.core.codec.raw import EventDecoder, SchemaFile, frame_confluent, strip_logical_types
+from gateway.core.avro import PRIMITIVES, fullname, lookup
+from gateway.core.codec.encoding import frame_confluent
+from gateway.core.codec.raw import EventDecoder, SchemaFile, strip_logical_types
 from gateway.core.codec.writer import avro_bytes, json_bytes
 from gateway.errors import RejectedEvent
 
@@ -51,7 +53,7 @@ class SampleEvents:
 
     def for_schema(self, schema: Mapping[str, Any]) -> SchemaSamples:
         """The generator of a raw Avro record schema (one per full name: a second call continues its stream)."""
-        key = _fullname(str(schema.get("name", "")), schema.get("namespace"))
+        key = fullname(str(schema.get("name", "")), schema.get("namespace"))
         generator = self._generators.get(key)
         if generator is None or generator.schema != schema:
             generator = self._generators[key] = SchemaSamples(schema, seed=self.seed, subjects=self.subjects)
@@ -79,16 +81,16 @@ def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: An
     canaries, so tests can prove that rejected events never leak them either.
     """
     avro = encode_avro(valid)
-    framed = b"\x00" + struct.pack(">I", schema_id) + avro
+    framed = frame_confluent(schema_id, avro)
     name = valid["customer_name"].encode()
     bad_utf8 = avro.replace(name, b"\xff\xfe" + name[2:], 1)
     without_card = {k: v for k, v in valid.items() if k != "card_number"}
     return [
         ("avro_truncated", framed[: len(framed) // 2]),
         ("bad_magic_byte", b"\x07" + framed[1:]),
-        ("unknown_schema_id", b"\x00" + struct.pack(">I", 999) + avro),
+        ("unknown_schema_id", frame_confluent(999, avro)),
         ("avro_trailing_bytes", framed + b"\x00trailing" + valid["email"].encode()),
-        ("invalid_utf8", b"\x00" + struct.pack(">I", schema_id) + bad_utf8),
+        ("invalid_utf8", frame_confluent(schema_id, bad_utf8)),
         ("json_invalid", b'{"event_id": "' + valid["email"].encode() + b'", '),
         ("json_invalid", orjson.dumps([valid["email"], valid["card_number"]])),
         ("wrong_type", orjson.dumps(dict(valid, amount_minor=valid["card_number"]))),
@@ -107,7 +109,6 @@ def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: An
 # few values), from a seed, and always valid for the schema.
 
 BASE_TIME_MS = 1_790_000_000_000  # the generators' epoch: seeded events do not depend on the clock
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _COMPLEX = frozenset({"record", "error", "enum", "array", "map", "fixed"})
 _INT_MAX = 2**31 - 1
 _NULL_SHARE = 0.2  # nullable fields hold null this often (never the subject or the event id)
@@ -206,10 +207,6 @@ def _letters(draw: Callable[[], str]) -> str:
     return name
 
 
-def _fullname(name: str, namespace: str | None) -> str:
-    return name if "." in name or not namespace else f"{namespace}.{name}"
-
-
 class SchemaSamples:
     """Realistic raw events for any Avro record schema, from a seed.
 
@@ -269,7 +266,7 @@ class SchemaSamples:
     def event(self, canary: bool = False) -> dict[str, Any]:
         self._canary = canary
         self._clock = self.base_time_ms + self.rng.randint(0, 86_400_000)
-        namespace = _fullname(str(self.schema["name"]), self.schema.get("namespace")).rpartition(".")[0]
+        namespace = fullname(str(self.schema["name"]), self.schema.get("namespace")).rpartition(".")[0]
         return self._record(self.schema, namespace or None, depth=0, top=True)
 
     __call__ = event
@@ -285,7 +282,7 @@ class SchemaSamples:
         if not isinstance(schema, Mapping):
             return
         if schema.get("type") in ("record", "error", "enum", "fixed"):
-            full = _fullname(str(schema["name"]), schema.get("namespace") or namespace)
+            full = fullname(str(schema["name"]), schema.get("namespace") or namespace)
             self._named.setdefault(full, schema)
             namespace = full.rpartition(".")[0] or None
         for key in ("type", "items", "values"):
@@ -296,13 +293,13 @@ class SchemaSamples:
 
     def _resolve(self, schema: Any, namespace: str | None) -> tuple[Any, str | None]:
         """(definition, its namespace) for a type, named references looked up."""
-        if isinstance(schema, str) and schema not in _PRIMITIVES:
-            found = self._named.get(_fullname(schema, namespace)) or self._named.get(schema)
+        if isinstance(schema, str) and schema not in PRIMITIVES:
+            found = lookup(schema, self._named, namespace)
             if found is None:
                 raise ValueError(f"unknown Avro type '{schema}'")
             schema = found
         if isinstance(schema, Mapping) and schema.get("type") in ("record", "error", "enum", "fixed"):
-            full = _fullname(str(schema["name"]), schema.get("namespace") or namespace)
+            full = fullname(str(schema["name"]), schema.get("namespace") or namespace)
             namespace = full.rpartition(".")[0] or None
         return schema, namespace
 
@@ -318,7 +315,7 @@ class SchemaSamples:
         if isinstance(schema, str):
             return self._primitive(schema, None, {}, name, kind)
         avro_type = schema["type"]
-        if not isinstance(avro_type, str) or avro_type not in _PRIMITIVES | _COMPLEX:
+        if not isinstance(avro_type, str) or avro_type not in PRIMITIVES | _COMPLEX:
             return self._value(avro_type, namespace, name, kind, depth, required, hints)  # {"type": {...}}
         if avro_type in ("record", "error"):
             return self._record(schema, namespace, depth + 1, hints=hints)

@@ -9,23 +9,19 @@ here imports a Kafka client, so it is tested without a broker.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from gateway.core.codec.encoding import SOURCE_HEADER
 from gateway.core.codec.sanitized import (
-    CONFLUENT_HEADER_BYTES,
     SanitizedDecoder,
     StoredRecord,
+    UndecodableRecord,
     WriterSchemas,
-    read_avro,
 )
 from gateway.core.decrypt import decrypt_record
-from gateway.core.pipeline import SOURCE_HEADER
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError, GatewayError
@@ -36,8 +32,7 @@ HeadersLike = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 DECRYPTED = "decrypted"
 
 
-class UndecodableRecord(GatewayError):
-    """A record the reader cannot decode; the message names topic and cause, never a value."""
+__all__ = ["DECRYPTED", "Decoded", "HeadersLike", "SanitizedReader", "UndecodableRecord", "header_dict"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ class SanitizedReader:
             from gateway.runtime.registry import WriterSchemaLookup  # confluent_kafka's registry client
 
             writer_schemas = WriterSchemaLookup(registry_url)
-        self.decoder = SanitizedDecoder(self.plans, writer_schemas)
+        self.decoder = SanitizedDecoder(self.plans, writer_schemas, topic)
         if keyring is not None:
             decryptor = FieldDecryptor(Keyring.open(Path(keyring), create=False), role=role)  # role: format v3
         self.decryptor: FieldDecryptor = decryptor or _NoKeys()
@@ -139,73 +134,20 @@ class SanitizedReader:
         """Decode by the `gateway-schema` and `gateway-encoding` headers the gateway sets on every
         sanitized record; without them, as `decode_value` does. The `gateway-source` header opens the
         ciphertexts of a view without an event id (bound to it, format v5)."""
-        if value is None:
-            raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
         hdrs = header_dict(headers)
-        plan = self._plan(topic, hdrs.get("gateway-schema", b"").decode(errors="replace") or None)
-        encoding = hdrs.get("gateway-encoding", b"").decode(errors="replace")
-        if not encoding:
-            return self._guess(plan, value, topic, hdrs.get(SOURCE_HEADER))
         try:
-            _, record = self.decoder.decode(StoredRecord(plan.sanitized_topic, -1, -1, None, value, hdrs))
+            plan, record = self.decoder.decode(StoredRecord(topic, -1, -1, None, value, hdrs))
+        except UndecodableRecord:
+            raise
         except GatewayError as exc:  # another schema version it cannot read: the message names no value
             raise UndecodableRecord(str(exc)) from None
-        except Exception as exc:  # fastavro and orjson raise many kinds on corrupt input
-            raise UndecodableRecord(f"record on '{topic}' does not decode as {plan.sanitized_schema['name']} "
-                                    f"({encoding}: {type(exc).__name__})") from None
         return self._open(plan, record, topic, hdrs.get(SOURCE_HEADER))
 
     def decode_value(self, value: bytes | None, topic: str | None = None) -> Decoded:
         """Decode without headers, for hooks that see bytes only: a JSON object, else bare or
         Confluent-framed Avro of the topic's policy (the only one, or `topic`), whichever decodes whole.
         Without the `gateway-source` header, ciphertexts of a view without an event id do not open."""
-        if value is None:
-            raise UndecodableRecord(f"record on '{topic}' has no value (a tombstone): nothing to decode")
-        return self._guess(self._plan(topic, None), value, topic)
-
-    def _guess(self, plan: Plan, value: bytes, topic: str | None, source: bytes | None = None) -> Decoded:
-        # the order of the gateway's own `input: auto`: JSON on "{", Confluent framing on byte 0 when
-        # the policy has a registry id (or the reader can look ids up); a value that fails one is
-        # tried as the others
-        problems: list[str] = []  # why Confluent framing did not decode, for the error
-
-        def confluent(plan: Plan, value: bytes) -> Any:
-            return self._confluent(plan, value, topic, problems)
-
-        attempts = [_json, _avro, confluent]
-        if value[:1] == b"\x00" and (plan.sanitized_schema_id is not None or self.decoder.writer_schemas is not None):
-            attempts = [confluent, _avro, _json]
-        elif value[:1] != b"{":
-            attempts = [_avro, confluent, _json]
-        for attempt in attempts:
-            record = attempt(plan, value)
-            if record is not None:
-                return self._open(plan, record, topic, source)
-        why = f" ({problems[0]})" if problems else ""
-        raise UndecodableRecord(f"record on '{topic or plan.sanitized_topic}' is neither a JSON object nor "
-                                f"Avro of {plan.sanitized_schema['name']}{why}")
-
-    def _confluent(self, plan: Plan, value: bytes, topic: str | None, problems: list[str]) -> Any:
-        """Confluent-framed Avro of the plan's id, or of another id the decoder can look up and resolve;
-        None (with the reason in `problems`) when the value is not that."""
-        if value[:1] != b"\x00" or len(value) < CONFLUENT_HEADER_BYTES:
-            return None
-        try:
-            writer = self.decoder.writer_for(plan, int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big"), topic)
-        except GatewayError as exc:  # unknown or unreadable id, registry down: maybe bare Avro after all
-            problems.append(str(exc))
-            return None
-        return _avro(plan, value[CONFLUENT_HEADER_BYTES:], writer)
-
-    def _plan(self, topic: str | None, schema_name: str | None) -> Plan:
-        by_name, by_topic = self.decoder.by_name, self.decoder.by_topic
-        plan = by_name.get(schema_name or "") or by_topic.get(topic or "") or by_topic.get(self.topic or "")
-        if plan is None and len(self.plans) == 1:
-            plan = self.plans[0]
-        if plan is None:
-            raise UndecodableRecord(f"no policy sanitizes topic '{topic}' (schema {schema_name or 'not named'}); "
-                                    f"known schemas: {', '.join(sorted(by_name))}")
-        return plan
+        return self.decode(topic, value)
 
     def _open(self, plan: Plan, record: Any, topic: str | None, source: bytes | None = None) -> Decoded:
         """`source`: the `gateway-source` header, which binds the ciphertexts of a view without an event id."""
@@ -214,21 +156,3 @@ class SanitizedReader:
         opened, report = decrypt_record(record, plan, self.decryptor, source)
         return Decoded(plan.sanitized_schema["name"], opened, report.fields)
 
-
-def _json(plan: Plan, value: bytes) -> Any:
-    try:
-        record = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _avro(plan: Plan, value: bytes, writer: Any = None) -> Any:
-    """Bare Avro written with `writer` (default: the plan's sanitized schema) in the plan's view,
-    None unless it decodes and uses every byte."""
-    buffer = io.BytesIO(value)
-    try:
-        record = read_avro(buffer, plan.sanitized_parsed if writer is None else writer, plan)
-    except Exception:  # fastavro raises IndexError, ValueError, EOFError, ... on bytes of another shape
-        return None
-    return record if buffer.tell() == len(value) else None

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.errors import DecryptError, KeyringError
 from gateway.keys.kms import WrappedKey
 from gateway.keys.roles import ROLE_NAME_RULE, valid_role
+from gateway.values import b64
 
 KEYRING_FORMAT = 1
 ROLES_FORMAT = 2  # a keyring with role keys, or a role export
@@ -45,10 +46,6 @@ AUDIT_FORMAT = 3  # a keyring with audit keys (and perhaps role keys)
 FORMATS = (KEYRING_FORMAT, ROLES_FORMAT, AUDIT_FORMAT)
 _WRAP_AAD = b"privacy-gateway/dek-wrap/v1"
 _ROLE_WRAP_AAD = b"privacy-gateway/role-wrap/v1"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _unb64(text: str, where: str) -> bytes:
@@ -114,7 +111,7 @@ class _VersionedKeys:
             raise KeyringError(f"key '{key_id}' is not in the keyring")
 
     def to_json(self) -> dict[str, Any]:
-        return {"active": self._active, "keys": {k: _b64(v) for k, v in self._keys.items()}}
+        return {"active": self._active, "keys": {k: b64(v) for k, v in self._keys.items()}}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> _VersionedKeys:

@@ -3,12 +3,18 @@ decoder behind the command, beside the reader that fetches the records."""
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
 import orjson
 
+from gateway.core.codec.encoding import SCHEMA_HEADER
+from gateway.core.codec.raw import decoded_for_json
+from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord, UndecodableRecord, is_json
+from gateway.core.policy.lint import load_plans
 from gateway.errors import GatewayError
+from gateway.runtime.registry import WriterSchemaLookup
 from gateway.settings import GatewayConfig
 
 
@@ -19,48 +25,40 @@ class Dumper:
     def __init__(self, config: GatewayConfig, explicit: bool) -> None:
         self.config = config
         self.explicit = explicit  # --schemas or GATEWAY_SCHEMAS: a missing directory is an error
-        self._decoder: Any = None
+        self._decoder: SanitizedDecoder | bool | None = None  # False: no schemas
         self.undecoded: list[tuple[int, int, str]] = []  # (partition, offset, schema name)
         self.problem = ""
         self.problem_says_fix = False  # the decoder's message already says what to pass
 
-    def _decoder_or_none(self) -> Any:
+    def _decoder_or_none(self) -> SanitizedDecoder | None:
         if self._decoder is None:
-            from gateway.core.codec.sanitized import SanitizedDecoder
-            from gateway.core.policy.lint import load_plans
-
             if self.explicit or self.config.schemas.is_dir():
                 writers = None
                 if self.config.schema_registry_url:  # records of other sanitized schema versions
-                    from gateway.runtime.registry import WriterSchemaLookup
-
                     writers = WriterSchemaLookup(self.config.schema_registry_url)
                 self._decoder = SanitizedDecoder(load_plans(self.config.require_schemas_dir()), writers)
             else:
                 self._decoder = False
                 self.problem = f"no schemas (no directory '{self.config.schemas}')"
-        return self._decoder or None
+        return self._decoder if isinstance(self._decoder, SanitizedDecoder) else None
 
-    def line(self, record: Any) -> Any:
-        from gateway.core.codec.raw import decoded_for_json
-
-        name = record.headers.get("gateway-schema")
+    def line(self, record: StoredRecord) -> Any:
+        name = record.headers.get(SCHEMA_HEADER)
         if name is None:
             return plain_value(record.value)
-        encoding = record.headers.get("gateway-encoding", b"").decode()
         value = record.value or b""
-        if encoding == "json" or (not encoding and value[:1] == b"{"):
+        if is_json(record):
             return plain_value(record.value)  # a JSON sanitized record needs no schema
         decoder = self._decoder_or_none()
         plan = decoder.by_name.get(name.decode(errors="replace")) if decoder is not None else None
         if plan is not None:
             try:
                 return decoded_for_json(decoder.decode(record)[1])
+            except UndecodableRecord:  # corrupt or foreign bytes: shown encoded, named in the note
+                self.problem = self.problem or "a record did not decode with its schema"
             except GatewayError as exc:  # another sanitized schema version: the message says how to fix
                 if not self.problem:
                     self.problem, self.problem_says_fix = str(exc), True
-            except Exception:  # noqa: BLE001 - corrupt or foreign bytes: shown encoded, named in the note
-                self.problem = self.problem or "a record did not decode with its schema"
         elif decoder is not None:
             self.problem = f"no policy in '{self.config.schemas}' has this sanitized schema"
         self.undecoded.append((record.partition, record.offset, name.decode(errors="replace")))
@@ -82,8 +80,6 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 def plain_value(value: bytes | None, text: bool = True) -> Any:
     """A value as JSON: parsed when it is JSON, else its text ("value_encoding": "utf-8") when it is
     UTF-8 without control characters (and `text`), else its bytes base64-encoded ("value_encoding": "base64")."""
-    import base64
-
     if value is None:
         return None
     if text:

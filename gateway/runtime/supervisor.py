@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import metrics
+from gateway.ops.ports import free_port
 
 log = logging.getLogger("gateway.supervisor")
 BACKOFF_FIRST_S = 1.0
@@ -56,12 +56,6 @@ def child_arguments(argv: Sequence[str]) -> list[str]:
             continue
         out.append(arg)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def backoff_s(failures: int) -> float:

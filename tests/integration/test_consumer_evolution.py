@@ -22,8 +22,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.evolution import strip_logical_types
-from gateway.core.codec.raw import frame_confluent, load_schema_file
+from gateway.core.codec.raw import load_schema_file
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.plan import Plan
 from gateway.runtime.reader import read_topic

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from gateway.core.audit import record_entries
+from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.evolution import (
     UNANNOTATED_ACTION,
     evolution_problems,
@@ -23,7 +24,7 @@ from gateway.core.codec.evolution import (
     single_object_header,
     unannotated_paths,
 )
-from gateway.core.codec.raw import EventDecoder, frame_confluent, load_schema_file
+from gateway.core.codec.raw import EventDecoder, load_schema_file
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.compiler import compile_plan

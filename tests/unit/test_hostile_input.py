@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.audit import record_entries
-from gateway.core.codec.raw import frame_confluent, strip_logical_types
+from gateway.core.codec.encoding import frame_confluent
+from gateway.core.codec.raw import strip_logical_types
 from gateway.core.codec.writer import avro_bytes, json_bytes
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.lint import load_plans

@@ -14,7 +14,7 @@ import fastavro
 import orjson
 import pytest
 
-from gateway.core.codec.raw import frame_confluent
+from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.lint import load_plans

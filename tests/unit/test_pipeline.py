@@ -24,7 +24,8 @@ from gateway.core.audit import (
     seal_audit_event,
     verify_chains,
 )
-from gateway.core.codec.raw import MAGIC_BYTE, frame_confluent, load_schema_file
+from gateway.core.codec.encoding import CONFLUENT_MAGIC, frame_confluent
+from gateway.core.codec.raw import load_schema_file
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.decrypt import decrypt_record
@@ -319,7 +320,7 @@ def _decode_sanitized(plan: Plan, record: OutRecord) -> dict[str, Any]:
         return orjson.loads(record.value)
     payload = record.value
     if encoding == "confluent":
-        assert payload[0] == MAGIC_BYTE
+        assert payload[0] == CONFLUENT_MAGIC
         assert int.from_bytes(payload[1:5], "big") == plan.sanitized_schema_id
         payload = payload[5:]
     buf = io.BytesIO(payload)

@@ -14,8 +14,9 @@ from typing import Any
 import fastavro
 import pytest
 
+from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.evolution import fingerprint, single_object_header, strip_logical_types
-from gateway.core.codec.raw import frame_confluent, load_schema_file
+from gateway.core.codec.raw import load_schema_file
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.plan import Plan

@@ -19,6 +19,7 @@ import fastavro
 from fastavro.schema import expand_schema, to_parsing_canonical_form
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 
+from gateway.core.avro import lookup, named_types
 from gateway.errors import PolicyError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"  # Avro single-object encoding: marker, then the 8-byte fingerprint
@@ -111,7 +112,7 @@ def _location_path(schema: Any, location: str) -> str:
     names: list[str] = []
     node = schema
     tokens = [t for t in location.split("/") if t]
-    named = _named_types(schema)
+    named = named_types(schema)
     i = 0
     while i < len(tokens):
         part = tokens[i]
@@ -132,39 +133,14 @@ def _location_path(schema: Any, location: str) -> str:
     return ".".join(names)
 
 
-def _named_types(schema: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def walk(node: Any, namespace: str | None) -> None:
-        if isinstance(node, list):
-            for n in node:
-                walk(n, namespace)
-        elif isinstance(node, dict):
-            if node.get("type") in ("record", "enum", "fixed") and "name" in node:
-                ns = node.get("namespace", namespace)
-                name = str(node["name"])
-                found[name] = node
-                found[f"{ns}.{name}" if ns and "." not in name else name] = node
-                namespace = ns
-            for f in node.get("fields", []):
-                walk(f.get("type"), namespace)
-            for key in ("items", "values"):
-                if key in node:
-                    walk(node[key], namespace)
-            if isinstance(node.get("type"), dict | list):
-                walk(node["type"], namespace)
-
-    walk(schema, None)
-    return found
-
-
 def _resolve_named(node: Any, named: dict[str, Any]) -> Any:
-    if isinstance(node, str) and node in named:
-        return named[node]
+    """A reference (a raw schema's, maybe a short name) as its definition; {"type": X} as X's."""
+    if isinstance(node, str):
+        return lookup(node, named, short=True) or node
     if isinstance(node, dict) and isinstance(node.get("type"), dict | list | str) and "fields" not in node \
             and node.get("type") not in ("array", "map", "enum", "fixed", "record"):
         inner = node["type"]
-        return named.get(inner, inner) if isinstance(inner, str) else inner
+        return (lookup(inner, named, short=True) or inner) if isinstance(inner, str) else inner
     return node
 
 
@@ -172,7 +148,7 @@ def unannotated_paths(reader: Any, writer: Any) -> tuple[str, ...]:
     """Field paths the writer schema has and the reader (the policy) does not: the fields a producer
     added that no annotation covers. Resolution skips them, so they are dropped (privacy by default);
     the audit names them and a metric counts them."""
-    reader_named, writer_named = _named_types(reader), _named_types(writer)
+    reader_named, writer_named = named_types(reader), named_types(writer)
     out: list[str] = []
 
     def record_of(node: Any, named: dict[str, Any]) -> dict[str, Any] | None:

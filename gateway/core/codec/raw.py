@@ -14,8 +14,6 @@ import base64
 import datetime
 import decimal
 import io
-import re
-import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,13 +25,22 @@ import fastavro.validation
 import orjson
 from fastavro.schema import expand_schema
 
+from gateway.core.avro import fullname
+from gateway.core.codec.encoding import (
+    CONFLUENT_HEADER_BYTES,
+    CONFLUENT_MAGIC,
+    INPUT_MODES,
+    OPEN_BRACKET,
+    Encoding,
+    confluent_header,
+    confluent_id,
+    first_json_byte,
+    sniff,
+)
+from gateway.core.codec.encoding import frame_confluent as frame_confluent
 from gateway.core.codec.evolution import SINGLE_OBJECT_HEADER_BYTES, SINGLE_OBJECT_MAGIC, WriterSchema, fingerprint
 from gateway.core.codec.evolution import strip_logical_types as strip_logical_types
 from gateway.errors import PolicyError, RejectedEvent
-
-ENCODINGS = ("confluent", "avro", "json", "single_object")
-INPUT_MODES = ("auto", *ENCODINGS)
-MAGIC_BYTE = 0
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,6 @@ def iter_schema_files(directory: Path) -> Iterator[Path]:
     yield from sorted(Path(directory).glob("*.avsc"))
 
 
-def frame_confluent(schema_id: int, payload: bytes) -> bytes:
-    return struct.pack(">bI", MAGIC_BYTE, schema_id) + payload
-
-
 def _avro_type_name(field_type: Any) -> str:
     if isinstance(field_type, dict):
         return str(field_type.get("logicalType") or field_type.get("type"))
@@ -86,9 +89,6 @@ def _avro_type_name(field_type: Any) -> str:
 
 
 _AVRO_ERRORS_TRUNCATED = (EOFError, StopIteration)
-_JSON_WHITESPACE = frozenset(b" \t\n\r")
-_JSON_WHITESPACE_RUN = re.compile(rb"[ \t\n\r]*")
-_OPEN_BRACE, _OPEN_BRACKET = ord("{"), ord("[")
 
 
 NO_FIELDS: tuple[str, ...] = ()
@@ -115,7 +115,7 @@ class EventDecoder:
         self.fingerprints: dict[bytes, WriterSchema] = dict(fingerprints or {})
         self.fingerprint = fingerprint(schema.raw)  # the policy's own schema, in single-object framing
         # the expected Confluent header, for the fast path of the common case (see decode)
-        self._confluent_header = (frame_confluent(schema_id, b"") if input_mode in ("auto", "confluent")
+        self._confluent_header = (frame_confluent(schema_id, b"") if input_mode in ("auto", Encoding.CONFLUENT)
                                   and schema_id is not None and 0 <= schema_id < 2**32 else None)
         self._fields = [(f["name"], "default" in f, f.get("default")) for f in schema.raw["fields"]]
         self._field_probes = self._build_field_probes(schema)
@@ -139,13 +139,13 @@ class EventDecoder:
     def unknown_ids(self, values: Iterable[bytes | None]) -> set[int]:
         """Confluent schema ids among `values` that are neither the policy's nor a known writer's
         (for the runtime to look up before the batch is decoded)."""
-        if self.input_mode not in ("auto", "confluent"):
+        if self.input_mode not in ("auto", Encoding.CONFLUENT):
             return set()
         known, own = self.writers, self.schema_id
         found: set[int] = set()
         for value in values:
-            if value is not None and len(value) > 5 and value[0] == MAGIC_BYTE:
-                schema_id = int.from_bytes(value[1:5], "big")
+            schema_id = confluent_id(value) if value is not None and len(value) > CONFLUENT_HEADER_BYTES else None
+            if schema_id is not None:
                 if schema_id != own and schema_id not in known:
                     found.add(schema_id)
         return found
@@ -162,26 +162,27 @@ class EventDecoder:
         if len(value) > self.max_record_bytes:
             raise RejectedEvent("record_too_large",
                                 f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
-        if self._confluent_header is not None and value[:5] == self._confluent_header:
+        if self._confluent_header is not None and value[:CONFLUENT_HEADER_BYTES] == self._confluent_header:
             try:  # framed with the expected schema id: the Avro after the header, if it decodes cleanly
-                return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent", NO_FIELDS
+                return (self._decode_avro(value[CONFLUENT_HEADER_BYTES:], "Avro after the Confluent header"),
+                        Encoding.CONFLUENT, NO_FIELDS)
             except RejectedEvent as framed_error:
                 if self.input_mode != "auto":
                     raise
                 try:  # bare Avro may start with bytes that look like the header: accept it if it decodes
-                    return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+                    return self._decode_avro(value, "bare Avro"), Encoding.AVRO, NO_FIELDS
                 except RejectedEvent:
                     raise framed_error from None
         mode = self.input_mode
         if mode == "auto":
             return self._decode_auto(value)
-        if mode == "json":
-            return self._decode_json(value), "json", NO_FIELDS
-        if mode == "confluent":
+        if mode == Encoding.JSON:
+            return self._decode_json(value), Encoding.JSON, NO_FIELDS
+        if mode == Encoding.CONFLUENT:
             return self._decode_confluent(value)
-        if mode == "single_object":
+        if mode == Encoding.SINGLE_OBJECT:
             return self._decode_single_object(value)
-        return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+        return self._decode_avro(value, "bare Avro"), Encoding.AVRO, NO_FIELDS
 
     def _decode_single_object(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
         if len(value) < SINGLE_OBJECT_HEADER_BYTES or value[:2] != SINGLE_OBJECT_MAGIC:
@@ -190,12 +191,12 @@ class EventDecoder:
         fp = value[2:SINGLE_OBJECT_HEADER_BYTES]
         payload = value[SINGLE_OBJECT_HEADER_BYTES:]
         if fp == self.fingerprint:
-            return self._decode_avro(payload, "Avro after the single-object header"), "single_object", NO_FIELDS
+            return self._decode_avro(payload, "Avro after the single-object header"), Encoding.SINGLE_OBJECT, NO_FIELDS
         writer = self.fingerprints.get(fp)
         if writer is None:
             raise RejectedEvent("unknown_schema_fingerprint", f"schema fingerprint {fp.hex()} is neither "
                                 f"{self.schema.fullname}'s nor one of its policy's writer_schemas")
-        return (self._decode_with(writer, payload, "Avro after the single-object header"), "single_object",
+        return (self._decode_with(writer, payload, "Avro after the single-object header"), Encoding.SINGLE_OBJECT,
                 writer.unannotated)
 
     def _decode_auto(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
@@ -204,85 +205,68 @@ class EventDecoder:
         a newline). The likely encoding is tried first, so a valid event pays for one attempt; when
         none decodes, the likely encoding's rejection is raised. (A value framed with the expected
         schema id has already been tried by decode.)"""
-        likely = self._sniff(value)
-        if likely == "json":
+        likely = sniff(value, framed=self.schema_id is not None or bool(self.writers))
+        # a JSON array is never an event: bare Avro is tried first, but a failure is reported as JSON
+        array = likely is Encoding.JSON and first_json_byte(value) == OPEN_BRACKET
+        if likely is Encoding.JSON and not array:
             try:
-                return self._decode_json(value), "json", NO_FIELDS
+                return self._decode_json(value), Encoding.JSON, NO_FIELDS
             except RejectedEvent as json_error:
                 try:
-                    return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+                    return self._decode_avro(value, "bare Avro"), Encoding.AVRO, NO_FIELDS
                 except RejectedEvent:
                     raise json_error from None
-        if likely == "confluent":  # 0x00 and a schema id that is not ours; tries bare Avro as well
+        if likely is Encoding.CONFLUENT:  # 0x00 and a schema id that is not ours; tries bare Avro as well
             return self._decode_confluent(value)
-        if likely == "single_object":  # C3 01: bare Avro may start so too, so it is tried after
+        if likely is Encoding.SINGLE_OBJECT:  # C3 01: bare Avro may start so too, so it is tried after
             try:
                 return self._decode_single_object(value)
             except RejectedEvent as framed_error:
                 try:
-                    return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+                    return self._decode_avro(value, "bare Avro"), Encoding.AVRO, NO_FIELDS
                 except RejectedEvent:
                     raise framed_error from None
         try:
-            return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+            return self._decode_avro(value, "bare Avro"), Encoding.AVRO, NO_FIELDS
         except RejectedEvent as exc:
             avro_error = exc
-        if likely == "json_array":  # an array is never an event: report it as the JSON it is
-            return self._decode_json(value), "json", NO_FIELDS  # raises (a list is not an object)
+        if array:  # report it as the JSON it is
+            return self._decode_json(value), Encoding.JSON, NO_FIELDS  # raises (a list is not an object)
         if self._looks_like_bad_magic(value):
-            raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {MAGIC_BYTE}: "
+            raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {CONFLUENT_MAGIC}: "
                                 "the event looks Confluent-framed with a corrupt first byte")
         raise avro_error
 
     def _looks_like_bad_magic(self, value: bytes) -> bool:
-        return (self.schema_id is not None and len(value) >= 5 and value[0] != MAGIC_BYTE
-                and struct.unpack(">I", value[1:5])[0] == self.schema_id)
-
-    def _sniff(self, value: bytes) -> str:
-        """The likely encoding in auto mode: the order of attempts and whose rejection is reported.
-
-        "json" when the first byte after JSON whitespace is `{`; "json_array" when it is `[` (never
-        a valid event, so bare Avro is tried first, but a failure is reported as JSON); "confluent"
-        for 0x00 and room for a header when a schema id is configured; otherwise "avro" (also for
-        whitespace followed by anything else: bare Avro whose first string has length 16 or 5).
-        """
-        first = value[0]
-        if first in _JSON_WHITESPACE:
-            run = _JSON_WHITESPACE_RUN.match(value)  # matches at least the first byte
-            end = run.end() if run else 0
-            first = value[end] if end < len(value) else -1
-        if first == _OPEN_BRACE:
-            return "json"
-        if first == _OPEN_BRACKET:
-            return "json_array"
-        if value[0] == MAGIC_BYTE and len(value) >= 5 and (self.schema_id is not None or self.writers):
-            return "confluent"
-        if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= SINGLE_OBJECT_HEADER_BYTES:
-            return "single_object"
-        return "avro"
+        header = confluent_header(value)
+        return (self.schema_id is not None and header is not None and header[0] != CONFLUENT_MAGIC
+                and header[1] == self.schema_id)
 
     def _decode_confluent(self, value: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
-        if len(value) < 5:
-            raise RejectedEvent("bad_framing", f"Confluent wire format needs 5 header bytes, got {len(value)}")
-        magic, schema_id = struct.unpack(">bI", value[:5])
-        if magic != MAGIC_BYTE:
-            raise RejectedEvent("bad_magic_byte", f"magic byte is {magic}, expected {MAGIC_BYTE} "
+        header = confluent_header(value)
+        if header is None:
+            raise RejectedEvent("bad_framing", f"Confluent wire format needs {CONFLUENT_HEADER_BYTES} header bytes, "
+                                f"got {len(value)}")
+        magic, schema_id = header
+        if magic != CONFLUENT_MAGIC:
+            raise RejectedEvent("bad_magic_byte", f"magic byte is {magic}, expected {CONFLUENT_MAGIC} "
                                 "(Confluent wire format)")
         try:
             if schema_id == self.schema_id:
-                return self._decode_avro(value[5:], "Avro after the Confluent header"), "confluent", NO_FIELDS
+                return (self._decode_avro(value[CONFLUENT_HEADER_BYTES:], "Avro after the Confluent header"),
+                        Encoding.CONFLUENT, NO_FIELDS)
             writer = self.writers.get(schema_id)
             if writer is None:
                 expected = "" if self.schema_id is None else f" (expected {self.schema_id})"
                 raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
                                     f"{self.schema.fullname}{expected}")
-            return (self._decode_with(writer, value[5:], "Avro after the Confluent header"), "confluent",
-                    writer.unannotated)
+            return (self._decode_with(writer, value[CONFLUENT_HEADER_BYTES:], "Avro after the Confluent header"),
+                    Encoding.CONFLUENT, writer.unannotated)
         except RejectedEvent:
             if self.input_mode != "auto":
                 raise
             try:  # in auto mode, bare Avro may start with 0x00 too: accept it if it decodes cleanly
-                return self._decode_avro(value, "bare Avro"), "avro", NO_FIELDS
+                return self._decode_avro(value, "bare Avro"), Encoding.AVRO, NO_FIELDS
             except RejectedEvent:
                 pass
             raise
@@ -368,8 +352,7 @@ def _branch_names(branch: Any) -> set[str]:
         return {branch}
     if isinstance(branch, dict):
         if "name" in branch and branch.get("type") in ("record", "enum", "fixed"):
-            name, namespace = str(branch["name"]), branch.get("namespace")
-            full = f"{namespace}.{name}" if namespace and "." not in name else name
+            full = fullname(str(branch["name"]), branch.get("namespace"))
             return {full, full.rsplit(".", 1)[-1]}
         return {str(branch.get("type"))}
     return set()

@@ -11,12 +11,23 @@ their defaults.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 import fastavro
 import orjson
 
+from gateway.core.codec.encoding import (
+    AVRO_CONTAINER_MAGIC,
+    CONFLUENT_HEADER_BYTES,
+    ENCODING_HEADER,
+    OPEN_BRACE,
+    SCHEMA_HEADER,
+    Encoding,
+    confluent_id,
+    first_json_byte,
+    sniff,
+)
 from gateway.core.codec.evolution import (
     SINGLE_OBJECT_HEADER_BYTES,
     SINGLE_OBJECT_MAGIC,
@@ -29,11 +40,10 @@ from gateway.errors import GatewayError
 
 # a registry id -> the schema JSON registered under it, or None when the registry does not know it
 WriterSchemas = Callable[[int], dict[str, Any] | None]
-CONFLUENT_HEADER_BYTES = 5  # magic byte 0, then the 4-byte big-endian schema id
 
 
 class StoredRecord(NamedTuple):
-    topic: str
+    topic: str | None
     partition: int
     offset: int
     key: bytes | None
@@ -41,48 +51,157 @@ class StoredRecord(NamedTuple):
     headers: dict[str, bytes]
 
 
+class UndecodableRecord(GatewayError):
+    """A record the decoder cannot decode; the message names topic and cause, never a value."""
+
+
+def header_encoding(headers: dict[str, bytes]) -> Encoding | None:
+    """The encoding a sanitized record's `gateway-encoding` header names (None without one)."""
+    return Encoding.from_header(headers.get(ENCODING_HEADER))
+
+
+def is_json(record: StoredRecord) -> bool:
+    """A JSON sanitized record (it needs no schema to read): by its header, else by its first byte."""
+    encoding = header_encoding(record.headers)
+    if encoding is not None:
+        return encoding is Encoding.JSON
+    return first_json_byte(record.value or b"") == OPEN_BRACE
+
+
 class SanitizedDecoder:
-    """Decodes sanitized records (Avro, Confluent-framed, single-object or JSON) using the compiled plans.
+    """The one decoder of sanitized records (Avro, Confluent-framed, single-object or JSON) with the
+    compiled plans; every reader of sanitized topics uses it (`gateway dump`, `gateway decrypt`,
+    the stream-processor adapters, the demo).
+
+    - `decode(record)`: one Kafka record, by its `gateway-schema` and `gateway-encoding` headers; without
+      the encoding header, as `decode_value`.
+    - `decode_value(plan, value)`: bytes without headers: JSON, bare or Confluent-framed Avro, whichever
+      decodes whole, the likely one (`Encoding` sniffing) first.
+    - `records(data)`: a byte stream (`gateway decrypt`'s stdin): an Avro container file, JSON lines, or
+      bare Avro records one after another.
 
     `writer_schemas` looks up the schemas of registry ids other than the plan's own; without it a
     record of another id is refused (it would decode wrongly), except when the plan names no id at
     all (`"sanitized_schema_id": "registry"` not resolved), where the plan's schema is assumed as before.
+    `topic` names the sanitized topic of records that come without one, when there are several plans.
     """
 
-    def __init__(self, plans: Sequence[Plan], writer_schemas: WriterSchemas | None = None) -> None:
+    def __init__(self, plans: Sequence[Plan], writer_schemas: WriterSchemas | None = None,
+                 topic: str | None = None) -> None:
+        self.plans = list(plans)
         self.by_topic = {p.sanitized_topic: p for p in plans}
         self.by_name = {p.sanitized_schema["name"]: p for p in plans}
         self.writer_schemas = writer_schemas
+        self.topic = topic
         # (sanitized topic, registry id) -> (parsed writer, None) or (None, why it cannot be read):
         # a registry id never changes its schema, so each is fetched and checked once per plan
         self._writers: dict[tuple[str, int], tuple[Any, str | None]] = {}
         self._fingerprints: dict[str, bytes] = {}
 
     def plan_for(self, topic: str | None = None, schema_name: str | None = None) -> Plan:
-        plan = self.by_name.get(schema_name or "") or self.by_topic.get(topic or "")
+        """The plan of a record: by its schema name, else its topic (or the decoder's), else the only one."""
+        plan = (self.by_name.get(schema_name or "") or self.by_topic.get(topic or "")
+                or self.by_topic.get(self.topic or ""))
         if plan is None:
             if len(self.by_topic) == 1:
                 return next(iter(self.by_topic.values()))
-            known = ", ".join(sorted(self.by_topic))
-            raise GatewayError(f"cannot tell which policy sanitized these records: pass --topic (one of {known})")
+            where = f"topic '{topic}'" if topic else "records without a topic"
+            raise UndecodableRecord(f"no policy sanitizes {where} (schema {schema_name or 'not named'}): "
+                                    f"name the sanitized topic (--topic, or topic=), one of "
+                                    f"{', '.join(sorted(self.by_topic))}; known schemas: "
+                                    f"{', '.join(sorted(self.by_name))}")
         return plan
 
-    def decode(self, record: StoredRecord) -> tuple[Plan, dict[str, Any]]:
-        name = record.headers.get("gateway-schema", b"").decode() or None
+    def decode(self, record: StoredRecord) -> tuple[Plan, Any]:
+        """(plan, the decoded value) of one record. Raises GatewayError naming topic and cause (never a
+        value): UndecodableRecord for bytes that are not the encoding said or guessed."""
+        name = record.headers.get(SCHEMA_HEADER, b"").decode(errors="replace") or None
         plan = self.plan_for(record.topic, name)
-        encoding = record.headers.get("gateway-encoding", b"").decode()
-        value = record.value or b""
-        if encoding == "json" or (not encoding and value[:1] == b"{"):
-            return plan, orjson.loads(value)
-        if encoding == "single_object":
-            return plan, self._single_object(plan, value, record.topic)
-        if encoding == "confluent" or (not encoding and value[:1] == b"\x00"):
-            if len(value) < CONFLUENT_HEADER_BYTES:
-                raise GatewayError(f"record on '{record.topic}' is {len(value)} bytes: too short for "
+        value = record.value
+        if value is None:
+            raise UndecodableRecord(f"record on '{record.topic}' has no value (a tombstone): nothing to decode")
+        encoding = header_encoding(record.headers)
+        if encoding is None:
+            return plan, self.decode_value(plan, value, record.topic)
+        try:
+            return plan, self._decode_as(plan, encoding, value, record.topic)
+        except GatewayError:
+            raise
+        except Exception as exc:  # fastavro and orjson raise many kinds on corrupt input
+            raise UndecodableRecord(f"record on '{record.topic}' does not decode as "
+                                    f"{plan.sanitized_schema['name']} ({encoding}: {type(exc).__name__})") from None
+
+    def _decode_as(self, plan: Plan, encoding: Encoding, value: bytes, topic: str | None) -> Any:
+        if encoding is Encoding.JSON:
+            return orjson.loads(value)
+        if encoding is Encoding.SINGLE_OBJECT:
+            return self._single_object(plan, value, topic)
+        if encoding is Encoding.CONFLUENT:
+            schema_id = confluent_id(value)
+            if schema_id is None:
+                raise GatewayError(f"record on '{topic}' is {len(value)} bytes: too short for "
                                    "Confluent framing (magic byte and 4-byte schema id)")
-            writer = self.writer_for(plan, int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big"), record.topic)
-            return plan, read_avro(io.BytesIO(value[CONFLUENT_HEADER_BYTES:]), writer, plan)
-        return plan, fastavro.schemaless_reader(io.BytesIO(value), plan.sanitized_parsed, None)
+            writer = self.writer_for(plan, schema_id, topic)
+            return read_avro(io.BytesIO(value[CONFLUENT_HEADER_BYTES:]), writer, plan)
+        return fastavro.schemaless_reader(io.BytesIO(value), plan.sanitized_parsed, None)
+
+    def decode_value(self, plan: Plan, value: bytes, topic: str | None = None) -> Any:
+        """Bytes without an encoding header: the order of the gateway's own `input: auto` (JSON on "{",
+        Confluent framing on byte 0 when the policy has a registry id or ids can be looked up, else bare
+        Avro first); a value that fails one is tried as the others. Raises UndecodableRecord."""
+        problems: list[str] = []  # why Confluent framing did not decode, for the error
+
+        def confluent(plan: Plan, value: bytes) -> Any:
+            return self._confluent(plan, value, topic, problems)
+
+        framed = plan.sanitized_schema_id is not None or self.writer_schemas is not None
+        likely = sniff(value, framed)
+        attempts = [_avro, confluent, _json]
+        if likely is Encoding.CONFLUENT:
+            attempts = [confluent, _avro, _json]
+        elif likely is Encoding.JSON:
+            attempts = [_json, _avro, confluent]
+        for attempt in attempts:
+            record = attempt(plan, value)
+            if record is not None:
+                return record
+        why = f" ({problems[0]})" if problems else ""
+        raise UndecodableRecord(f"record on '{topic or plan.sanitized_topic}' is neither a JSON object nor "
+                                f"Avro of {plan.sanitized_schema['name']}{why}")
+
+    def records(self, data: bytes, topic: str | None = None) -> Iterator[tuple[Plan, Any]]:
+        """(plan, record) for each record of a byte stream: an Avro container file (its writer schema's
+        name picks the plan), JSON lines, or bare Avro records of the topic's plan one after another."""
+        if data.startswith(AVRO_CONTAINER_MAGIC):
+            reader = fastavro.reader(io.BytesIO(data))
+            plan = self.plan_for(topic, reader.writer_schema.get("name") if reader.writer_schema else None)
+            for record in reader:
+                yield plan, record
+            return
+        if first_json_byte(data) in (OPEN_BRACE, -1):
+            json_plan: Plan | None = None
+            for line in data.splitlines():
+                if line.strip():
+                    json_plan = json_plan or self.plan_for(topic)
+                    yield json_plan, orjson.loads(line)
+            return
+        plan = self.plan_for(topic)
+        buffer = io.BytesIO(data)
+        while buffer.tell() < len(data):
+            yield plan, fastavro.schemaless_reader(buffer, plan.sanitized_parsed, None)
+
+    def _confluent(self, plan: Plan, value: bytes, topic: str | None, problems: list[str]) -> Any:
+        """Confluent-framed Avro of the plan's id, or of another id the decoder can look up and resolve;
+        None (with the reason in `problems`) when the value is not that."""
+        schema_id = confluent_id(value)
+        if schema_id is None:
+            return None
+        try:
+            writer = self.writer_for(plan, schema_id, topic)
+        except GatewayError as exc:  # unknown or unreadable id, registry down: maybe bare Avro after all
+            problems.append(str(exc))
+            return None
+        return _avro(plan, value[CONFLUENT_HEADER_BYTES:], writer)
 
     def writer_for(self, plan: Plan, schema_id: int, topic: str | None = None) -> Any:
         """The parsed schema records framed with `schema_id` were written with: the plan's own for its
@@ -114,7 +233,7 @@ class SanitizedDecoder:
                                f"{problem}; update the policy in the schemas directory to a compatible version")
         return parsed
 
-    def _single_object(self, plan: Plan, value: bytes, topic: str) -> dict[str, Any]:
+    def _single_object(self, plan: Plan, value: bytes, topic: str | None) -> dict[str, Any]:
         """Avro single-object encoding: only the plan's own sanitized schema (by fingerprint) is read."""
         if value[:2] != SINGLE_OBJECT_MAGIC or len(value) < SINGLE_OBJECT_HEADER_BYTES:
             raise GatewayError(f"record on '{topic}' says single_object encoding but does not start with the "
@@ -148,3 +267,22 @@ def _resolve(plan: Plan, writer: dict[str, Any]) -> tuple[Any, str | None]:
         return fastavro.parse_schema(strip_logical_types(writer)), None
     except Exception as exc:  # fastavro raises several types for invalid schemas
         return None, f"the writer schema is not valid Avro ({type(exc).__name__})"
+
+
+def _json(plan: Plan, value: bytes) -> Any:
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _avro(plan: Plan, value: bytes, writer: Any = None) -> Any:
+    """Bare Avro written with `writer` (default: the plan's sanitized schema) in the plan's view,
+    None unless it decodes and uses every byte."""
+    buffer = io.BytesIO(value)
+    try:
+        record = read_avro(buffer, plan.sanitized_parsed if writer is None else writer, plan)
+    except Exception:  # fastavro raises IndexError, ValueError, EOFError, ... on bytes of another shape
+        return None
+    return record if buffer.tell() == len(value) else None

@@ -28,9 +28,6 @@ CALL = 2  # the step's function returns the output value: fn(value, event) -> va
 StepFn = Callable[[Any, "SanitizeResult"], Any]
 Step = tuple[int, Any]  # (mode, function): COPY -> None, CHECK_STR -> fn(value), CALL -> fn(value, event)
 
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-
-
 class OperatorError(ValueError):
     """A parameter of an action does not fit the field: the message names the problem, and the
     policy compiler adds schema and field."""

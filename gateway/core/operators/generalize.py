@@ -69,6 +69,7 @@ from gateway.core.operators.base import (
     type_label,
 )
 from gateway.errors import RejectedEvent
+from gateway.values import is_number
 
 FORMS = ("bucket", "edges", "truncate", "age_band", "round", "geohash", "prefix")
 _SIBLINGS = {"edges": {"labels"}, "geohash": {"lat", "lon"}}  # options beside the form's own
@@ -155,10 +156,6 @@ def _number_kind(ctx: FieldContext, form: str) -> str:
                         f"{ctx.type_label()}")
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _decimals(x: int | float) -> int:
     if isinstance(x, int):
         return 0
@@ -243,7 +240,7 @@ def _compile_bucket(options: dict[str, Any], ctx: FieldContext) -> _Form:
         raise OperatorError(f"unknown bucket option(s) {unknown} (known: offset, width)")
     width, offset = spec["width"], spec.get("offset", 0)
     for key, x in (("width", width), ("offset", offset)):
-        if not _is_number(x):
+        if not is_number(x):
             raise OperatorError(f"bucket {key} must be a number")
     if width <= 0:
         raise OperatorError("bucket width must be greater than 0")
@@ -285,7 +282,7 @@ class _Edges(_Form):
 def _compile_edges(options: dict[str, Any], ctx: FieldContext) -> _Form:
     kind = _number_kind(ctx, "edges")
     edges = options["edges"]
-    if not isinstance(edges, list) or not edges or not all(_is_number(e) for e in edges):
+    if not isinstance(edges, list) or not edges or not all(is_number(e) for e in edges):
         raise OperatorError("generalize edges must be a non-empty list of numbers, e.g. [0, 18, 30, 50, 65]")
     if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
         raise OperatorError("generalize edges must increase strictly")

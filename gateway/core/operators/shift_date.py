@@ -35,6 +35,7 @@ from gateway.core.operators.base import (
 )
 from gateway.core.operators.tokenize import DOMAIN_RE
 from gateway.errors import RejectedEvent
+from gateway.values import is_int
 
 LIMIT_DAYS = 3650
 CACHE_SUBJECTS = 100_000
@@ -69,9 +70,9 @@ class ShiftDate(Operator):
         if "max_days" not in options:
             raise OperatorError("shift_date needs max_days (the largest shift, in days, e.g. 30)")
         max_days = options["max_days"]
-        min_days = options.get("min_days", -max_days if _is_int(max_days) else None)
+        min_days = options.get("min_days", -max_days if is_int(max_days) else None)
         for key, value in (("max_days", max_days), ("min_days", min_days)):
-            if not _is_int(value) or not -LIMIT_DAYS <= value <= LIMIT_DAYS:
+            if not is_int(value) or not -LIMIT_DAYS <= value <= LIMIT_DAYS:
                 raise OperatorError(f"shift_date {key} must be a whole number of days between -{LIMIT_DAYS} "
                                     f"and {LIMIT_DAYS}")
         if min_days > max_days:
@@ -134,7 +135,3 @@ class ShiftDate(Operator):
             return out
 
         return CALL, shift_date
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

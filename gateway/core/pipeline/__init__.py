@@ -29,8 +29,10 @@ from gateway.core.audit import (
     chain_key,
     seal_audit_value,
 )
+from gateway.core.codec.encoding import SOURCE_HEADER as SOURCE_HEADER
+from gateway.core.codec.encoding import Encoding, frame_confluent, output_headers
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
-from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent
+from gateway.core.codec.raw import NO_FIELDS, EventDecoder
 from gateway.core.codec.writer import fast_record_encoder, json_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
@@ -75,7 +77,6 @@ from gateway.outputs import OutRecord
 from gateway.settings import GatewayConfig
 
 log = logging.getLogger("gateway.core.pipeline")
-SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
 TIMESTAMP_HEADER = "gateway-timestamp"  # on an output whose record timestamp is not the raw event's: its treatment
 DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
 AUDIT_ENTRIES_PER_RECORD = 500  # a batch's entries of one chain per audit record, at most (bounds its size)
@@ -157,10 +158,8 @@ class TopicStage:
         kept = plan.timestamp.mode is TimestampMode.KEEP
         timestamp = [] if kept else [(TIMESTAMP_HEADER, plan.timestamp.label.encode())]
         self.headers = {
-            enc: [("gateway-schema", plan.sanitized_schema["name"].encode()),
-                  ("gateway-encoding", enc.encode()),
-                  ("gateway-policy", plan.policy_hash.encode()), *timestamp]
-            for enc in ENCODINGS
+            enc: [*output_headers(plan.sanitized_schema["name"], enc, plan.policy_hash), *timestamp]
+            for enc in Encoding
         }
         self._output = None if plan.output == "same" else plan.output
         self._writer_schema = plan.sanitized_parsed
@@ -228,15 +227,15 @@ class TopicStage:
     def encode(self, record: dict[str, Any], encoding: str) -> tuple[bytes, str]:
         if self._output is not None:
             encoding = self._output
-        if encoding == "json":
-            return json_bytes(record), "json"
+        if encoding == Encoding.JSON:
+            return json_bytes(record), Encoding.JSON
         header = b""
-        if encoding == "confluent":
+        if encoding == Encoding.CONFLUENT:
             if self._confluent_header is None:  # a purpose's view has no registry id: bare Avro
-                encoding = "avro"
+                encoding = Encoding.AVRO
             else:
                 header = self._confluent_header
-        elif encoding == "single_object":
+        elif encoding == Encoding.SINGLE_OBJECT:
             header = self._single_object_header
         if self._fast_writer is not None:
             try:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from gateway.core.codec.encoding import Encoding
 from gateway.core.codec.raw import EventDecoder
 from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
 from gateway.core.pipeline.events import RawEvent
@@ -120,7 +121,7 @@ class DeadLetters:
         try:
             if reason not in DECODE_REASONS:
                 record: Any = decoder.decode(event.value)[0]
-            elif reason in JSON_SHAPE_REASONS and plan.input_mode in ("auto", "json"):
+            elif reason in JSON_SHAPE_REASONS and plan.input_mode in ("auto", Encoding.JSON):
                 record = orjson.loads(event.value or b"")
             else:
                 return None

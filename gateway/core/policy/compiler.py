@@ -16,7 +16,6 @@ can list them all, and start-up fails naming schema, field and problem.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -26,10 +25,10 @@ from fastavro.schema import expand_schema
 
 from gateway.consent.purposes import PurposeSpec, parse_purposes
 from gateway.core import operators
+from gateway.core.avro import PRIMITIVES, lookup, named_types
+from gateway.core.codec.encoding import ENCODINGS, INPUT_MODES, Encoding
 from gateway.core.codec.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.core.codec.raw import (
-    ENCODINGS,
-    INPUT_MODES,
     SchemaFile,
     strip_logical_types,
 )
@@ -40,13 +39,12 @@ from gateway.core.quality.spec import compile_quality
 from gateway.dp.declarations import budget_key, compile_aggregates, compile_budget, kept_top_level
 from gateway.errors import PolicyError
 from gateway.keys.period_keys import retention_problem
+from gateway.values import TOPIC_NAME
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
                    "writer_schemas", "purposes", "retention_days", "timestamp"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -178,9 +176,9 @@ class _Compiler:
                 out.append(branch_out)
             return shape, out
         if isinstance(ftype, str):
-            if ftype in _PRIMITIVES:
+            if ftype in PRIMITIVES:
                 return None, ftype
-            named = self.schema.parsed["__named_schemas"].get(ftype)
+            named = lookup(ftype, named_types(self.schema.parsed))
             if named is None:
                 return None, ftype
             if named["type"] == "record":
@@ -265,7 +263,7 @@ def _is_record(t: Any, parsed: dict[str, Any]) -> bool:
     if isinstance(t, dict):
         return t.get("type") == "record"
     if isinstance(t, str):
-        named = parsed["__named_schemas"].get(t)
+        named = lookup(t, named_types(parsed))
         return bool(named and named["type"] == "record")
     return False
 
@@ -296,7 +294,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     source_topic = settings.get("source_topic", schema.fullname)
     sanitized_topic = settings.get("sanitized_topic", f"{source_topic}.sanitized")
     for key, topic in (("source_topic", source_topic), ("sanitized_topic", sanitized_topic)):
-        if not isinstance(topic, str) or not _TOPIC_RE.match(topic):
+        if not isinstance(topic, str) or not TOPIC_NAME.match(topic):
             c.error("(record)", f"{key} '{topic}' is not a valid Kafka topic name")
     if source_topic == sanitized_topic:
         c.error("(record)", "sanitized_topic must differ from source_topic")
@@ -325,10 +323,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             c.error("(record)", f"{key} must be a non-negative integer, or \"registry\" (resolved from the "
                                 "schema registry at start-up)")
-    if input_mode == "confluent" and schema_id is None and not schema_id_from_registry:
+    if input_mode == Encoding.CONFLUENT and schema_id is None and not schema_id_from_registry:
         c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with, "
                             "or \"registry\" to look it up at start-up)")
-    if ((schema_id is not None or schema_id_from_registry) and output in ("same", "confluent")
+    if ((schema_id is not None or schema_id_from_registry) and output in ("same", Encoding.CONFLUENT)
             and sanitized_schema_id is None and not sanitized_from_registry):
         c.error("(record)", "schema_id is set, so Confluent-framed output needs sanitized_schema_id "
                             "(an id, or \"registry\" to register the sanitized schema at start-up; or set output "
@@ -386,7 +384,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         c.domains.add(timestamp.shift.domain)
         c.key_uses.setdefault(timestamp.shift.domain, {}).setdefault("shift_date", PATH)
     quality = compile_quality(schema.raw["fields"], settings.get("quality"),
-                              schema.parsed.get("__named_schemas", {}), event_id,
+                              named_types(schema.parsed), event_id,
                               {f.name: f.operator.deterministic for f in record_plan.fields}, c.error)
     if quality is not None and quality.risk is not None and timestamp is not None and timestamp.quasi_identifier:
         # the published timestamp follows the event's time, which a reader may know: a quasi-identifier
@@ -395,7 +393,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         settings.get("aggregates"), schema=schema.fullname, source_topic=source_topic,
         sanitized_topic=sanitized_topic, subject=subject,
         kept=kept_top_level(schema.raw["fields"], {f.name for f in record_plan.fields if f.operator.in_clear}),
-        named=schema.parsed.get("__named_schemas", {}), error=c.error)
+        named=named_types(schema.parsed), error=c.error)
     aggregates = compile_budget(settings.get("budget"), aggregates, error=c.error, warn=c.warn,
                                 key=budget_key(subject_domain, source_topic))
     if timestamp is not None and timestamp.mode is TimestampMode.SHIFT:
@@ -456,7 +454,7 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
     names = {f["name"] for f in schema.raw["fields"]}
     for spec in specs:
         where = f"purpose '{spec.name}'"
-        if spec.topic in topics or not _TOPIC_RE.match(spec.topic):
+        if spec.topic in topics or not TOPIC_NAME.match(spec.topic):
             error("(record)", f"{where}: topic '{spec.topic}' is not a valid topic name of its own (it must differ "
                               "from the source, sanitized and other purposes' topics)")
             continue
@@ -476,8 +474,8 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
         raw = {k: v for k, v in schema.raw.items() if k != "privacy"}
         raw["fields"] = [{**{k: v for k, v in f.items() if k not in ("privacy", "quality")},
                           "privacy": spec.fields.get(f["name"], "drop")} for f in schema.raw["fields"]]
-        framed = output == "confluent" or (output == "same" and input_mode == "confluent")
-        view_output = spec.output or ("avro" if framed else output)  # a view has no registry id of its own
+        framed = output == Encoding.CONFLUENT or (output == "same" and input_mode == Encoding.CONFLUENT)
+        view_output = spec.output or (Encoding.AVRO.value if framed else output)  # a view has no registry id of its own
         view_event_id = event_id if event_id in spec.fields else None
         raw["privacy"] = {k: v for k, v in (("subject", subject), ("event_id", view_event_id),
                                             ("retention_days", schema.privacy.get("retention_days")),

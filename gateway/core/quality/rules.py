@@ -26,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.avro import PRIMITIVES, lookup
 from gateway.core.detectors import ENTITIES, detector
 from gateway.core.detectors.email import is_email
+from gateway.values import is_int, is_number
 
 ACTIONS = ("reject", "flag", "measure")
 FIELD_KINDS = ("required", "range", "allowed", "format", "max_length", "outlier")  # also the evaluation order
@@ -45,7 +47,6 @@ OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 }
 _ORDERING = frozenset({"<", "<=", ">", ">="})
 _CHECK_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NUMERIC = frozenset({"int", "long", "float", "double"})
 _MAX_WINDOW = 100_000  # an outlier baseline per rule and partition; its refresh sorts it
 
@@ -80,22 +81,13 @@ class _FieldType:
             self.base, self.base)
 
 
-def _named(name: str, named: dict[str, Any]) -> Any:
-    """A named type by its full name, or by a short name (the raw schema's, relative to its namespace) when
-    exactly one named type has it."""
-    if name in named or "." in name:
-        return named.get(name)
-    matches = [v for k, v in named.items() if k.rsplit(".", 1)[-1] == name]
-    return matches[0] if len(matches) == 1 else None
-
-
 def _base(ftype: Any, named: dict[str, Any], depth: int = 0) -> tuple[str, tuple[str, ...]]:
     if depth > 8:
         return "unknown", ()
     if isinstance(ftype, str):
-        if ftype in _PRIMITIVES:
+        if ftype in PRIMITIVES:
             return ftype, ()
-        ref = _named(ftype, named)
+        ref = lookup(ftype, named, short=True)  # a raw schema's short name, relative to its namespace
         return ("unknown", ()) if ref is None else _base(ref, named, depth + 1)
     if isinstance(ftype, dict):
         kind = ftype.get("type")
@@ -117,14 +109,6 @@ def _field_type(ftype: Any, named: dict[str, Any]) -> _FieldType:
         ftype = branches[0]
     base, symbols = _base(ftype, named)
     return _FieldType(base, nullable, symbols)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _options(kind: str, decl: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +142,7 @@ def _required(decl: Any, ft: _FieldType) -> tuple[str, float | None]:
         raise _Invalid("required is true or an object {action, completeness}")
     opts = _options("required", decl)
     completeness = opts.get("completeness")
-    if completeness is not None and not (_is_number(completeness) and 0 < completeness <= 1):
+    if completeness is not None and not (is_number(completeness) and 0 < completeness <= 1):
         raise _Invalid("completeness must be a number in (0, 1]: the share of events with a value per window")
     return _action(opts), None if completeness is None else float(completeness)
 
@@ -167,7 +151,7 @@ def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     """NaN is outside every range (both comparisons are false, so the pass test `lo <= v <= hi` fails)."""
     _need(ft, _NUMERIC, "range", "a numeric field (int, long, float or double)")
     if isinstance(decl, list):
-        if len(decl) != 2 or not all(_is_number(b) for b in decl):
+        if len(decl) != 2 or not all(is_number(b) for b in decl):
             raise _Invalid("range is [min, max] with two finite numbers, or an object {min, max, action}")
         action, lo, hi = "flag", decl[0], decl[1]
     elif isinstance(decl, dict):
@@ -176,7 +160,7 @@ def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         if lo is None and hi is None:
             raise _Invalid("range needs min, max or both")
         for key, bound in (("min", lo), ("max", hi)):
-            if bound is not None and not _is_number(bound):
+            if bound is not None and not is_number(bound):
                 raise _Invalid(f"{key} must be a finite number")
     else:
         raise _Invalid("range is [min, max] or an object {min, max, action}")
@@ -205,7 +189,7 @@ def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
                            f"(symbols: {', '.join(ft.symbols)})")
     elif ft.base == "string" and not all(isinstance(v, str) for v in values):
         raise _Invalid("the allowed values of a string field must be strings")
-    elif ft.base in ("int", "long") and not all(_is_int(v) for v in values):
+    elif ft.base in ("int", "long") and not all(is_int(v) for v in values):
         raise _Invalid(f"the allowed values of an {ft.base} field must be integers")
     elif ft.base == "boolean" and not all(isinstance(v, bool) for v in values):
         raise _Invalid("the allowed values of a boolean field must be true or false")
@@ -253,7 +237,7 @@ def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         action, limit = _action(opts), opts.get("max")
     else:
         action, limit = "flag", decl
-    if not _is_int(limit) or limit <= 0:
+    if not is_int(limit) or limit <= 0:
         raise _Invalid("max_length is a positive integer, or an object {max, action}")
     return action, lambda v: len(v) <= limit
 
@@ -273,13 +257,13 @@ def _outlier(decl: Any, ft: _FieldType) -> tuple[str, _OutlierSpec]:
     opts = _options("outlier", decl)
     action = _action(opts)
     threshold = opts.get("threshold", 3.5)
-    if not _is_number(threshold) or threshold <= 0:
+    if not is_number(threshold) or threshold <= 0:
         raise _Invalid("threshold must be a positive number (the modified z-score above which a value is an outlier)")
     min_samples = opts.get("min_samples", 30)
-    if not _is_int(min_samples) or min_samples < 1:
+    if not is_int(min_samples) or min_samples < 1:
         raise _Invalid("min_samples must be a positive integer")
     window = opts.get("window", 1000)
-    if not _is_int(window) or not 1 <= window <= _MAX_WINDOW:
+    if not is_int(window) or not 1 <= window <= _MAX_WINDOW:
         raise _Invalid(f"window must be an integer in [1, {_MAX_WINDOW}]")
     if min_samples > window:
         raise _Invalid(f"min_samples {min_samples} is above window {window}: the baseline would never warm up")
@@ -416,7 +400,7 @@ def _operand(side: Any, types: dict[str, _FieldType]) -> _Operand:
         value = side["value"]
         if isinstance(value, bool):
             return _Operand(None, value, "boolean")
-        if _is_number(value):
+        if is_number(value):
             return _Operand(None, value, "numeric")
         if isinstance(value, str):
             return _Operand(None, value, "string")

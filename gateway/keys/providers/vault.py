@@ -21,6 +21,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
+from gateway.values import b64
 
 PREFIX = "vault:"
 
@@ -87,7 +88,7 @@ class VaultTransitKms:
         kek_id = self.active_key_id()
         try:
             result = self._client.secrets.transit.encrypt_data(
-                name=self._key, plaintext=_b64(dek), associated_data=_b64(context), mount_point=self._mount)
+                name=self._key, plaintext=b64(dek), associated_data=b64(context), mount_point=self._mount)
         except Exception as exc:
             raise _translate(exc, "wrap", kek_id) from None
         return WrappedKey(kek_id, result["data"]["ciphertext"].encode("ascii"))
@@ -97,7 +98,7 @@ class VaultTransitKms:
         try:
             ciphertext = wrapped.blob.decode("ascii")
             result = self._client.secrets.transit.decrypt_data(
-                name=key, ciphertext=ciphertext, associated_data=_b64(context), mount_point=mount)
+                name=key, ciphertext=ciphertext, associated_data=b64(context), mount_point=mount)
             return base64.b64decode(result["data"]["plaintext"])
         except UnicodeDecodeError:
             raise DecryptError("malformed", "the wrapped DEK is not a Vault transit ciphertext") from None
@@ -113,10 +114,6 @@ class VaultTransitKms:
         except Exception as exc:
             raise _translate(exc, "rotate", self.active_key_id()) from None
         return f"{self.active_key_id()} v{meta['latest_version']}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _parse(kek_id: str) -> tuple[str, str]:

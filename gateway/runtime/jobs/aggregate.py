@@ -58,8 +58,9 @@ from gateway.core.audit import (
     parse_head_metadata,
     seal_audit_event,
 )
+from gateway.core.codec.encoding import SOURCE_HEADER
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
-from gateway.core.pipeline import SOURCE_HEADER, parse_source_ref
+from gateway.core.pipeline import parse_source_ref
 from gateway.core.policy.plan import Plan
 from gateway.dp.bound_store import STATE_CONFIG, Change, collect_change, state_partition, state_records
 from gateway.dp.bounding import ACCEPTED, LATE, OUT_OF_RANGE, Contribution, ContributionBounder
