@@ -22,6 +22,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
+from gateway.settings import KmsSettings
 
 PREFIX = "aws:"
 _CONTEXT_KEY = "privacy-gateway"
@@ -162,3 +163,12 @@ def _translate(exc: Exception, op: str, kek_id: str) -> Exception:
     if isinstance(exc, BotoCoreError):
         return KmsUnavailable(f"AWS KMS {op} with '{kek_id}' failed: {type(exc).__name__} (unreachable?)")
     return exc
+
+
+def build(settings: KmsSettings, key: str, setting: str) -> AwsKms:
+    """The registry's builder (gateway.keys.providers): `key` of the setting named `setting`."""
+    return AwsKms(key, settings.aws_region, settings.aws_endpoint_url, settings.timeout_s, setting=setting)
+
+
+def describe(settings: KmsSettings, key: str) -> str:
+    return f"KMS provider 'aws': key '{key}'"

@@ -21,6 +21,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
+from gateway.settings import KmsSettings, reveal
 
 PREFIX = "vault:"
 
@@ -142,3 +143,13 @@ def _translate(exc: Exception, op: str, kek_id: str) -> Exception:
     if isinstance(exc, hv.VaultError):
         return KmsError(f"Vault transit {op} with '{kek_id}' refused ({type(exc).__name__})")
     return exc
+
+
+def build(settings: KmsSettings, key: str, setting: str) -> VaultTransitKms:
+    """The registry's builder (gateway.keys.providers): `key` of the setting named `setting`."""
+    return VaultTransitKms(settings.vault_addr, reveal(settings.vault_token), key, settings.vault_mount,
+                           settings.timeout_s, setting=setting)
+
+
+def describe(settings: KmsSettings, key: str) -> str:
+    return f"KMS provider 'vault' at {settings.vault_addr}: transit key '{settings.vault_mount}/{key}'"
