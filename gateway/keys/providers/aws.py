@@ -22,7 +22,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
-from gateway.settings import KmsSettings
+from gateway.settings import KmsSettings, env_name
 
 PREFIX = "aws:"
 _CONTEXT_KEY = "privacy-gateway"
@@ -81,9 +81,9 @@ class AwsKms:
             code = exc.response.get("Error", {}).get("Code", "?")
             if code == "NotFoundException":
                 raise KmsConfigError(f"{where}: key '{self._key_id}' not found: check setting {self._setting} "
-                                     f"({_env(self._setting)}) and aws_region (GATEWAY_AWS_REGION)") from None
+                                     f"({env_name(self._setting)}) and aws_region (GATEWAY_AWS_REGION)") from None
             raise KmsConfigError(f"{where}: cannot use key '{self._key_id}' (setting {self._setting}, "
-                                 f"{_env(self._setting)}): {code}") from None
+                                 f"{env_name(self._setting)}): {code}") from None
         except BotoCoreError as exc:
             raise KmsConfigError(f"{where} is unreachable ({type(exc).__name__}): check setting aws_endpoint_url "
                                  "(GATEWAY_AWS_ENDPOINT_URL) and aws_region (GATEWAY_AWS_REGION)") from None
@@ -133,10 +133,6 @@ class AwsKms:
         except Exception as exc:
             raise _translate(exc, "rotate", kek_id) from None
         return f"{kek_id} (new key material inside AWS KMS)"
-
-
-def _env(setting: str) -> str:
-    return "GATEWAY_" + setting.upper()
 
 
 def _context(context: bytes) -> dict[str, str]:

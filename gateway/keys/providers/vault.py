@@ -21,7 +21,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
-from gateway.settings import KmsSettings, reveal
+from gateway.settings import KmsSettings, env_name, reveal
 
 PREFIX = "vault:"
 
@@ -64,7 +64,7 @@ class VaultTransitKms:
                                  "check GATEWAY_VAULT_TOKEN (environment only) and its policy") from None
         except hv.InvalidPath:
             raise KmsConfigError(f"{where}: transit key '{self._key}' not found under mount '{self._mount}': check "
-                                 f"settings {self._setting} (GATEWAY_{self._setting.upper()}) and vault_mount "
+                                 f"settings {self._setting} ({env_name(self._setting)}) and vault_mount "
                                  "(GATEWAY_VAULT_MOUNT)") from None
         except hv.VaultError as exc:
             raise KmsConfigError(f"{where}: cannot read transit key '{self._mount}/{self._key}' "
