@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import metrics
+from gateway.retry import exponential
 
 log = logging.getLogger("gateway.supervisor")
 BACKOFF_FIRST_S = 1.0
@@ -66,7 +67,7 @@ def free_port() -> int:
 
 def backoff_s(failures: int) -> float:
     """Seconds before restarting a child that failed `failures` times in a row (1, 2, 4 ... 30)."""
-    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+    return exponential(BACKOFF_FIRST_S, BACKOFF_MAX_S)(failures)
 
 
 @dataclass
