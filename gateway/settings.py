@@ -471,8 +471,8 @@ class KmsSettings:
                   "is required with kms_provider=vault (the name of an aes256-gcm96 transit key)")
             check(bool(config.vault_mount.strip("/")), "vault_mount", "must name the transit mount")
         return cls(provider, config.kms_timeout_s, config.aws_kms_key_id, config.aws_region,
-                   config.aws_endpoint_url, config.vault_addr, Secret(config.vault_token), config.vault_transit_key,
-                   config.vault_mount, MappingProxyType(roles))
+                   config.aws_endpoint_url, config.vault_addr, Secret(reveal(config.vault_token)),
+                   config.vault_transit_key, config.vault_mount, MappingProxyType(roles))
 
 
 @dataclass(frozen=True)

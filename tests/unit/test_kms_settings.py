@@ -25,6 +25,7 @@ from gateway.settings import (
     KmsSettings,
     instance_lock_dir,
     kafka_cache_dir,
+    reveal,
     settings_table,
 )
 
@@ -59,6 +60,7 @@ def test_kms_settings_are_typed_frozen_and_keep_the_token_out_of_reprs() -> None
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.provider = KmsProvider.LOCAL  # type: ignore[misc]
     assert "s3cr3t-t0ken" not in repr(settings) and "s3cr3t-t0ken" not in f"{settings.vault_token}"
+    assert reveal(settings.vault_token) == "s3cr3t-t0ken"  # the provider gets the token itself, not its mask
     local = GatewayConfig().kms_settings()
     assert local.provider is KmsProvider.LOCAL and local.local and local.key_setting is None and local.key == ""
 
