@@ -18,6 +18,7 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.providers.router import KmsRouter
 from gateway.keys.subject_keys import SubjectKeys
+from gateway.runtime.jobs.aggregate import AggregateWorker, audit_keys_for
 from gateway.runtime.jobs.sanitize import Worker
 from gateway.settings import GatewayConfig
 
@@ -71,3 +72,11 @@ def worker_keys(config: GatewayConfig) -> tuple[Keyring, KmsRouter]:
 def worker(config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring, kms: KmsProvider) -> Worker:
     """The sanitize worker, given its keyring and KMS."""
     return Worker(config, plans, keyring, kms=kms)
+
+
+def aggregate_worker(config: GatewayConfig, plans: Sequence[Plan]) -> AggregateWorker:
+    """The DP aggregate worker (its plans checked first), given the audit keys it MACs its records with:
+    the only keys it holds (gateway keys export --audit)."""
+    job = AggregateWorker(config, plans)
+    job.audit_keys = audit_keys_for(config)
+    return job
