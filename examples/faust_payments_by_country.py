@@ -42,6 +42,9 @@ OUT = os.environ.get("EXAMPLE_OUT")
 app = faust.App(APP_ID, broker=os.environ.get("EXAMPLE_BROKER", "kafka://127.0.0.1:9092"), store="memory://",
                 datadir=os.environ.get("EXAMPLE_DATADIR", f"{APP_ID}-data"),
                 topic_partitions=PARTITIONS, web_enabled=False, consumer_auto_offset_reset="earliest",
+                # exactly once is also what makes faust read read_committed: otherwise it reads the records of
+                # the gateway's aborted transactions too (an abort after a failed commit, then the batch again)
+                processing_guarantee="exactly_once",
                 consumer_metadata_max_age_ms=3_000)
 payments = app.topic(TOPIC, schema=GatewaySchema(SCHEMAS, KEYRING))
 by_country = app.topic(f"{APP_ID}-by-country", key_type=str, value_type=int, partitions=PARTITIONS, internal=True)

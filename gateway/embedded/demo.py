@@ -31,7 +31,7 @@ from gateway.core.decrypt import decrypt_record
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker
-from gateway.embedded.samples import SampleEvents, broken_events, broken_payment_events, json_encodable, sample_maker
+from gateway.embedded.samples import SampleEvents, broken_events, json_encodable, sample_maker
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
@@ -88,22 +88,22 @@ def _encodings(plan: Plan) -> tuple[str, ...]:
     return tuple(encodings)
 
 
+# Schemas sent without a broken corpus: the shipped clinical visits are the demo's control, whose
+# dead-letter topic stays empty (the demo's summary and produce-samples count on it).
+NO_BROKEN_CORPUS = frozenset({"example.clinical.ClinicalVisit"})
+
+
 def sample_sources(plans: list[Plan], samples: SampleEvents) -> dict[str, SampleSource]:
-    """A SampleSource per plan (by source topic): the shipped schemas' hand-written generators (the
-    broken payment corpus with the payments), SchemaSamples for any other schema (with its own
-    broken corpus)."""
+    """A SampleSource per plan (by source topic): the one generator for its schema, with the broken
+    corpus built for that schema (none for NO_BROKEN_CORPUS)."""
     sources: dict[str, SampleSource] = {}
     for plan in plans:
-        make, hand_written = sample_maker(plan.schema, samples)
         broken: Callable[[dict[str, Any]], list[tuple[str, bytes]]] | None = None
-        if hand_written and plan.name.endswith("Payment") and plan.schema_id is not None:
-            def broken(valid: dict[str, Any], plan: Plan = plan) -> list[tuple[str, bytes]]:
-                assert plan.schema_id is not None
-                return broken_payment_events(valid, plan.schema_id, lambda r: avro_bytes(plan.schema.parsed, r))
-        elif not hand_written:
+        if plan.schema.fullname not in NO_BROKEN_CORPUS:
             def broken(valid: dict[str, Any], plan: Plan = plan) -> list[tuple[str, bytes]]:
                 return broken_events(valid, plan.schema, plan.schema_id, plan.input_mode)
-        sources[plan.source_topic] = SampleSource(make, _encodings(plan), broken, _time_fields(plan))
+        sources[plan.source_topic] = SampleSource(sample_maker(plan.schema, samples), _encodings(plan), broken,
+                                                  _time_fields(plan))
     return sources
 
 
@@ -139,8 +139,8 @@ def produce_samples(kafka: Mapping[str, str], plans: list[Plan], count: int, rat
                     progress: Callable[[Counter[str]], None] | None = None) -> Counter[str]:
     """`count` valid events per schema at `rate` events/s per schema (0: as fast as possible), event
     time stamped now (so DP windows close as they would in production), plus one broken event
-    every `broken_every` events of each schema with a broken corpus (the payments; any schema
-    without a hand-written generator), so the dead-letter path is exercised. Stops early when
+    every `broken_every` events of each schema with a broken corpus (every schema but
+    NO_BROKEN_CORPUS), so the dead-letter path is exercised. Stops early when
     `stop()`."""
     sources = sample_sources(plans, SampleEvents(seed))
     producer = clients.plain_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 4_000_000})

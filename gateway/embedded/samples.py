@@ -1,6 +1,7 @@
-"""Realistic raw events for the example schemas, from a fixed seed (demo, tests, benchmarks).
+"""Realistic raw events for any annotated Avro schema, from a seed (demo, produce-samples, tests, benchmarks).
 
-The values are synthetic. The canaries are known PII strings that must never show up in plain
+One generator, on Faker, driven by the schema and its annotations (SchemaSamples); SampleEvents holds one
+per schema for a seed. The values are synthetic. The canaries are known PII strings that must never show up in plain
 text in any sanitized, dead-letter or audit record or in a log.
 """
 
@@ -14,10 +15,16 @@ import struct
 import uuid
 import zlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.core.codec.raw import SchemaFile
+import fastavro
+import orjson
+from faker import Faker
+
+from gateway.core.codec.raw import EventDecoder, SchemaFile, frame_confluent, strip_logical_types
+from gateway.core.codec.writer import avro_bytes, json_bytes
+from gateway.errors import RejectedEvent
 
 CANARIES = {
     "email": "canary.person@example.org",
@@ -27,73 +34,42 @@ CANARIES = {
     "patient": "Philippa Canarywood",
 }
 
-_FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie"]
-_LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman"]
-_CITIES = [("Berlin", "DE"), ("Paris", "FR"), ("Lisbon", "PT"), ("Dublin", "IE"), ("Austin", "US")]
-_CATEGORIES = ["grocery", "travel", "electronics", "pharmacy", "books"]
-_ICD10 = ["E11.9", "I10", "J45.909", "M54.5", "F41.1", "K21.9"]
-_PROCEDURES = ["99213", "80053", "93000", "36415", "71046"]
+_CANARY_KINDS = frozenset({"email", "card", "name", "ip"})  # a canary event never leaves these null
+_GROUP_POOL = 5  # distinct values of a field an aggregate groups by: groups fill and pass key selection
+SHIPPED_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"  # the example schemas of the checkout
 
 
 class SampleEvents:
+    """One seed's sample events for any number of schemas: one SchemaSamples per schema, made on first
+    use. `payment()` and `clinical_visit()` are the shipped example schemas' (read from the checkout's
+    `schemas/`), for the tests and benchmarks that publish them."""
+
     def __init__(self, seed: int = 7, subjects: int = 200) -> None:
-        self.rng = random.Random(seed)
         self.seed = seed
         self.subjects = subjects
+        self._generators: dict[str, SchemaSamples] = {}
 
-    def _uuid(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+    def for_schema(self, schema: Mapping[str, Any]) -> SchemaSamples:
+        """The generator of a raw Avro record schema (one per full name: a second call continues its stream)."""
+        key = _fullname(str(schema.get("name", "")), schema.get("namespace"))
+        generator = self._generators.get(key)
+        if generator is None or generator.schema != schema:
+            generator = self._generators[key] = SchemaSamples(schema, seed=self.seed, subjects=self.subjects)
+        return generator
 
-    def _person(self) -> tuple[str, str]:
-        first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
-        return f"{first} {last}", f"{first}.{last}{self.rng.randint(1, 99)}@example.com".lower()
+    def shipped(self, file: str) -> SchemaSamples:
+        return self.for_schema(_shipped_schema(file))
 
     def payment(self, canary: bool = False) -> dict[str, Any]:
-        name, email = self._person()
-        city, country = self.rng.choice(_CITIES)
-        card = "4" + "".join(str(self.rng.randint(0, 9)) for _ in range(15))
-        return {
-            "event_id": self._uuid(),
-            "occurred_at": 1_790_000_000_000 + self.rng.randint(0, 86_400_000),
-            "user_id": f"user-{self.rng.randint(1, self.subjects):05d}",
-            "email": CANARIES["email"] if canary else email,
-            "customer_name": CANARIES["name"] if canary else name,
-            "card_number": CANARIES["card"] if canary else card,
-            "card_expiry": (None if self.rng.random() < 0.2
-                            else f"{self.rng.randint(1, 12):02d}/2{self.rng.randint(7, 9)}"),
-            "ip_address": CANARIES["ip"] if canary else f"198.51.100.{self.rng.randint(1, 254)}",
-            "user_agent": ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                           "Chrome/126.0 Safari/537.36"),
-            "amount_minor": self.rng.randint(100, 250_000),
-            "currency": self.rng.choice(["EUR", "USD", "GBP"]),
-            "country": country,
-            "billing_address": {"street": f"{self.rng.randint(1, 200)} Example Street", "postal_code":
-                                f"{self.rng.randint(10000, 99999)}", "city": city, "country": country},
-            "merchant": {"merchant_id": f"m-{self.rng.randint(1, 500):04d}",
-                         "category": self.rng.choice(_CATEGORIES)},
-        }
+        return self.shipped("payments.avsc").event(canary)
 
     def clinical_visit(self, canary: bool = False) -> dict[str, Any]:
-        name, email = self._person()
-        return {
-            "visit_id": self._uuid(),
-            "visit_time": 1_790_000_000_000 + self.rng.randint(0, 86_400_000),
-            "patient_id": f"patient-{self.rng.randint(1, self.subjects):05d}",
-            "patient_name": CANARIES["patient"] if canary else name,
-            "email": CANARIES["email"] if canary else (email if self.rng.random() < 0.7 else None),
-            "phone": f"+1-555-01{self.rng.randint(10, 99)}",
-            "date_of_birth": self.rng.randint(-15_000, 18_000),
-            "diagnosis_codes": self.rng.sample(_ICD10, self.rng.randint(1, 3)),
-            "procedures": [{"code": self.rng.choice(_PROCEDURES),
-                            "notes": None if self.rng.random() < 0.5 else "patient tolerated well"}
-                           for _ in range(self.rng.randint(0, 2))],
-            "clinic": {"clinic_id": f"c-{self.rng.randint(1, 40):03d}", "region": self.rng.choice(["north", "south"]),
-                       "postal_code": f"{self.rng.randint(10000, 99999)}"},
-            "location": None if self.rng.random() < 0.3 else {"lat": round(self.rng.uniform(40, 55), 5),
-                                                              "lon": round(self.rng.uniform(-5, 20), 5)},
-            "severity": self.rng.choice(["ROUTINE", "ROUTINE", "URGENT", "EMERGENCY"]),
-            "insurer_member_id": f"INS{self.rng.randint(100000, 999999)}",
-        }
+        return self.shipped("clinical_visits.avsc").event(canary)
+
+
+@functools.lru_cache(maxsize=8)
+def _shipped_schema(file: str) -> Mapping[str, Any]:
+    return orjson.loads((SHIPPED_SCHEMAS / file).read_bytes())
 
 
 def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: Any) -> list[tuple[str, bytes]]:
@@ -102,10 +78,6 @@ def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: An
     `encode_avro(record) -> bytes` encodes with the raw Payment schema. Every entry carries the
     canaries, so tests can prove that rejected events never leak them either.
     """
-    import struct
-
-    import orjson
-
     avro = encode_avro(valid)
     framed = b"\x00" + struct.pack(">I", schema_id) + avro
     name = valid["customer_name"].encode()
@@ -128,13 +100,13 @@ def broken_payment_events(valid: dict[str, Any], schema_id: int, encode_avro: An
     ]
 
 
-# ---- any annotated schema ----------------------------------------------------------------------
-# The hand-written generators above belong to the shipped schemas (canaries in known fields, the
-# broken payment corpus). Every other schema gets SchemaSamples: values by Avro type and logical
-# type, shaped by the field's name (an `email` holds an address, a `country` two letters, a
-# `pickup_at` a timestamp), from a seed, and always valid for the schema.
+# ---- the generator -----------------------------------------------------------------------------
+# Every schema, the shipped ones too, gets SchemaSamples: values by Avro type and logical type,
+# shaped by the field's name (an `email` holds an address, a `country` two letters, a `pickup_at` a
+# timestamp) and by its annotations (the subject from a pool, a field an aggregate groups by from a
+# few values), from a seed, and always valid for the schema.
 
-BASE_TIME_MS = 1_790_000_000_000  # the shipped generators' epoch: seeded events do not depend on the clock
+BASE_TIME_MS = 1_790_000_000_000  # the generators' epoch: seeded events do not depend on the clock
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _COMPLEX = frozenset({"record", "error", "enum", "array", "map", "fixed"})
 _INT_MAX = 2**31 - 1
@@ -227,6 +199,13 @@ def field_kind(name: str) -> str | None:
     return next((kind for kind, matched in rules if matched), None)
 
 
+def _letters(draw: Callable[[], str]) -> str:
+    """A name of letters only (drawn again until it is): e-mail addresses are built from it."""
+    while not (name := draw()).isalpha() or not name.isascii():
+        pass
+    return name
+
+
 def _fullname(name: str, namespace: str | None) -> str:
     return name if "." in name or not namespace else f"{namespace}.{name}"
 
@@ -245,8 +224,6 @@ class SchemaSamples:
 
     def __init__(self, schema: Mapping[str, Any], seed: int = 7, subjects: int = 200,
                  base_time_ms: int = BASE_TIME_MS) -> None:
-        from faker import Faker  # imported here: the shipped generators do not need it
-
         if not isinstance(schema, Mapping) or schema.get("type") != "record":
             raise ValueError("SchemaSamples needs an Avro record schema")
         self.schema = schema
@@ -260,8 +237,12 @@ class SchemaSamples:
         self.subject_field: str | None = privacy.get("subject")
         self.event_id_field: str | None = privacy.get("event_id") or (
             "event_id" if any(f.get("name") == "event_id" for f in schema.get("fields", [])) else None)
-        people = random.Random(mixed + 1)
-        self._people = [(people.choice(_FIRST), people.choice(_LAST)) for _ in range(subjects)]
+        people = Faker("en_US")  # the pool of data subjects: its own stream, the same for any field order
+        people.seed_instance(mixed + 1)
+        self._people = [(_letters(people.first_name), _letters(people.last_name)) for _ in range(subjects)]
+        self.group_fields = frozenset(
+            str(g) for a in privacy.get("aggregates") or [] if isinstance(a, Mapping) for g in a.get("group_by") or [])
+        self._group_pools: dict[str, list[Any]] = {}
         rng, fake = self.rng, self.fake  # the kinds that are one call each, bound once
         self._simple: dict[str, Callable[[], str]] = {
             "uuid": lambda: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -369,11 +350,19 @@ class SchemaSamples:
                 options = privacy.get("generalize")
                 if isinstance(options, Mapping) and "geohash" in options:
                     inner = {str(options.get("lat", "lat")): "lat", str(options.get("lon", "lon")): "lon"}
-            required = top and fname in (self.subject_field, self.event_id_field)
+            required = top and fname in (self.subject_field, self.event_id_field) or (
+                self._canary and kind in _CANARY_KINDS)
             if top and fname == self.event_id_field and kind in (None, "id"):
                 kind = "uuid"
             if top and fname == self.subject_field:
                 kind = f"subject:{kind or 'id'}"
+            if top and fname in self.group_fields and fname != self.subject_field:
+                pool = self._group_pools.get(fname)
+                if pool is None:  # a few values drawn once: every group gets events (the canary's too)
+                    pool = self._group_pools[fname] = [self._value(f["type"], namespace, fname, kind, depth,
+                                                                   required, inner) for _ in range(_GROUP_POOL)]
+                out[fname] = self.rng.choice(pool)
+                continue
             out[fname] = self._value(f["type"], namespace, fname, kind, depth, required, inner)
         return out
 
@@ -537,22 +526,9 @@ def json_encodable(schema: Any) -> bool:
     return schema not in ("bytes",)
 
 
-# The hand-written generators of the shipped schemas, by record full name.
-HAND_WRITTEN = {"example.payments.Payment": "payment", "example.clinical.ClinicalVisit": "clinical_visit"}
-
-
-def sample_maker(schema: SchemaFile, samples: SampleEvents) -> tuple[Callable[..., dict[str, Any]], bool]:
-    """(generator, hand_written) for a schema: the shipped schema's hand-written generator (a method
-    of `samples`) when its events validate against the schema as given, else a SchemaSamples with
-    the same seed. A schema that only shares a shipped name gets the generic generator."""
-    import fastavro.validation
-
-    method = HAND_WRITTEN.get(schema.fullname)
-    if method is not None:
-        probe = getattr(SampleEvents(samples.seed, samples.subjects), method)(canary=True)
-        if fastavro.validation.validate(probe, schema.parsed, raise_errors=False):
-            return getattr(samples, method), True
-    return SchemaSamples(schema.raw, seed=samples.seed, subjects=samples.subjects).event, False
+def sample_maker(schema: SchemaFile, samples: SampleEvents) -> Callable[..., dict[str, Any]]:
+    """The generator of a schema's events for `samples`' seed: `make(canary=False) -> record`."""
+    return samples.for_schema(schema.raw).event
 
 
 def _top_fields(schema: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -577,13 +553,6 @@ def broken_events(valid: dict[str, Any], schema: SchemaFile, schema_id: int | No
     ones need a schema id, the field-level ones a top-level string field. Every entry is checked
     against the gateway's decoder for `input_mode`, so an entry that would decode (or fail for
     another reason) for this schema is left out rather than mislabelled."""
-    import fastavro
-    import orjson
-
-    from gateway.core.codec.raw import EventDecoder, frame_confluent, strip_logical_types
-    from gateway.core.codec.writer import avro_bytes, json_bytes
-    from gateway.errors import RejectedEvent
-
     parsed = fastavro.parse_schema(strip_logical_types(schema.raw))
     avro = avro_bytes(parsed, valid)
     framed = frame_confluent(schema_id, avro) if schema_id is not None else None

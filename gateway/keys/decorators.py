@@ -13,20 +13,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram
-
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
+from gateway.ops.metrics import KMS_REQUESTS, KMS_SECONDS
 from gateway.retry import exponential, retry_call
 
 T = TypeVar("T")
 
-KMS_REQUESTS = PromCounter("gateway_kms_requests_total", "Requests to a KMS provider",
-                           ["provider", "operation", "outcome"])
-KMS_SECONDS = Histogram("gateway_kms_request_seconds", "KMS request latency", ["provider", "operation"],
-                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 
 class InstrumentedKms:

@@ -287,19 +287,38 @@ def period_key_id(days: int, day: int, domain: str, dek_id: bytes) -> str:
     return f"period:{days}/{period}/{scope}{dek_id.hex()}"
 
 
-class DekCache:
+class _RotatingDek:
+    """The DEK bounds, kept in one place: hands out the current DEK until it was used `max_uses` times or
+    is older than `max_age_s`, then makes a new one (`_new_key`: the KMS wraps, once per new DEK)."""
+
+    def __init__(self, max_age_s: float, max_uses: int) -> None:
+        self._max_age_s = max_age_s
+        self.max_uses = max_uses
+        self._current: DataKey | None = None
+        self._hits = 0
+
+    def current(self) -> DataKey:
+        key = self._current
+        if key is None or key.uses >= self.max_uses or time.monotonic() - key.created > self._max_age_s:
+            key = self._current = self._new_key()
+        else:
+            self._hits += 1
+        return key
+
+    def _new_key(self) -> DataKey:
+        raise NotImplementedError
+
+
+class DekCache(_RotatingDek):
     """Hands out the current DEK; makes a new one after `max_age_s` or `max_uses`.
 
     The KMS is called once per new DEK, never per event.
     """
 
     def __init__(self, kms: KmsProvider, max_age_s: float, max_uses: int) -> None:
+        super().__init__(max_age_s, max_uses)
         self._kms = kms
-        self._max_age_s = max_age_s
-        self.max_uses = max_uses
-        self._current: DataKey | None = None
         self._kms_calls = 0
-        self._hits = 0
         self._role_caches: dict[tuple[str, ...], RoleDekCache] = {}
 
     @property
@@ -311,14 +330,6 @@ class DekCache:
     def hits(self) -> int:
         """Lookups served by a cached DEK (metrics: gateway_dek_cache_total), role-scoped ones included."""
         return self._hits + sum(c.hits for c in self._role_caches.values())
-
-    def current(self) -> DataKey:
-        key = self._current
-        if key is None or key.uses >= self.max_uses or time.monotonic() - key.created > self._max_age_s:
-            key = self._current = self._new_key()
-        else:
-            self._hits += 1
-        return key
 
     def for_roles(self, roles: tuple[str, ...]) -> RoleDekCache:
         """The DEK cache of one role set (format v3), made once and shared by every field naming that
@@ -346,7 +357,7 @@ class DekCache:
         return DataKey(dek_id=dek_id, aead=AESGCM(dek), header=header, created=time.monotonic())
 
 
-class RoleDekCache:
+class RoleDekCache(_RotatingDek):
     """Like `DekCache`, for one role set: each new DEK is wrapped under every role's KEK (format v3).
 
     The KMSs are called once per new DEK per role, never per event. `providers` are (role, KMS) pairs.
@@ -356,24 +367,18 @@ class RoleDekCache:
         roles = [role for role, _ in providers]
         if not 1 <= len(set(roles)) == len(roles) <= 255:
             raise GatewayError("a role-scoped field needs 1 to 255 distinct roles (ciphertext format v3)")
+        super().__init__(max_age_s, max_uses)
         self._providers = tuple(sorted(providers, key=lambda pair: pair[0]))  # the header's order
         self.roles = tuple(role for role, _ in self._providers)
-        self._max_age_s = max_age_s
-        self.max_uses = max_uses
-        self._current: DataKey | None = None
         self.kms_calls = 0
-        self.hits = 0
+
+    @property
+    def hits(self) -> int:
+        """Lookups served by a cached DEK."""
+        return self._hits
 
     def __repr__(self) -> str:
         return f"<RoleDekCache roles={list(self.roles)} kms_calls={self.kms_calls}>"
-
-    def current(self) -> DataKey:
-        key = self._current
-        if key is None or key.uses >= self.max_uses or time.monotonic() - key.created > self._max_age_s:
-            key = self._current = self._new_key()
-        else:
-            self.hits += 1
-        return key
 
     def _new_key(self) -> DataKey:
         dek = AESGCM.generate_key(bit_length=256)

@@ -61,6 +61,25 @@ def _unb64(text: str, where: str) -> bytes:
     return data
 
 
+def _seal_dek(kek: AESGCM, dek: bytes, aad: bytes) -> bytes:
+    """The local keyring's wrapped-DEK format, for its KEKs and its role keys alike: a fresh random 96-bit
+    nonce, then the DEK under the wrapping key `kek` (AES-GCM) with `aad` (the wrap's purpose, the key id
+    and the caller's context)."""
+    nonce = secrets.token_bytes(12)
+    return nonce + kek.encrypt(nonce, dek, aad)
+
+
+def _open_dek(kek: AESGCM, blob: bytes, aad: bytes, key: str) -> bytes:
+    """A DEK `_seal_dek` wrapped; `key` names the wrapping key in the error."""
+    if len(blob) < 12 + 16 + 32:
+        raise DecryptError("malformed", "the wrapped DEK is too short for the local keyring's format")
+    try:
+        return kek.decrypt(blob[:12], blob[12:], aad)
+    except InvalidTag:
+        raise DecryptError("tampered", f"the wrapped DEK does not authenticate under {key}: "
+                           "the ciphertext header was altered") from None
+
+
 class _VersionedKeys:
     """Named 256-bit keys with one active version; used for KEKs, token domains and quarantine."""
 
@@ -349,20 +368,11 @@ class Keyring:
         self._refuse_export("wrap data keys")
         self.reload_if_changed()  # once per new DEK: a rotation applies to the next DEK
         kek_id = self._keks.active
-        nonce = secrets.token_bytes(12)
-        blob = nonce + self._kek_aead(kek_id).encrypt(nonce, dek, _WRAP_AAD + kek_id.encode() + context)
-        return WrappedKey(kek_id, blob)
+        return WrappedKey(kek_id, _seal_dek(self._kek_aead(kek_id), dek, _WRAP_AAD + kek_id.encode() + context))
 
     def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
-        aead = self._kek_aead(wrapped.kek_id)
-        if len(wrapped.blob) < 12 + 16 + 32:
-            raise DecryptError("malformed", "the wrapped DEK is too short for the local keyring's format")
-        try:
-            return aead.decrypt(wrapped.blob[:12], wrapped.blob[12:],
-                                _WRAP_AAD + wrapped.kek_id.encode() + context)
-        except InvalidTag:
-            raise DecryptError("tampered", f"the wrapped DEK does not authenticate under KEK '{wrapped.kek_id}': "
-                               "the ciphertext header was altered") from None
+        return _open_dek(self._kek_aead(wrapped.kek_id), wrapped.blob, _WRAP_AAD + wrapped.kek_id.encode() + context,
+                         f"KEK '{wrapped.kek_id}'")
 
     # ---- token keys -----------------------------------------------------------------------
     def ensure_token_domains(self, domains: set[str]) -> None:
@@ -572,20 +582,13 @@ class Keyring:
         self._refuse_export("wrap data keys")
         self.reload_if_changed()  # once per new DEK: a rotation applies to the next DEK
         kek_id = self._role_active(role)
-        nonce = secrets.token_bytes(12)
-        blob = nonce + self._role_aead(role, kek_id).encrypt(nonce, dek, _ROLE_WRAP_AAD + kek_id.encode() + context)
-        return WrappedKey(kek_id, blob)
+        return WrappedKey(kek_id, _seal_dek(self._role_aead(role, kek_id), dek,
+                                            _ROLE_WRAP_AAD + kek_id.encode() + context))
 
     def _role_unwrap(self, role: str, wrapped: WrappedKey, context: bytes) -> bytes:
         aead = self._role_aead(role, wrapped.kek_id)  # only this role's versions: another role's id is not held
-        if len(wrapped.blob) < 12 + 16 + 32:
-            raise DecryptError("malformed", "the wrapped DEK is too short for the local keyring's format")
-        try:
-            return aead.decrypt(wrapped.blob[:12], wrapped.blob[12:],
-                                _ROLE_WRAP_AAD + wrapped.kek_id.encode() + context)
-        except InvalidTag:
-            raise DecryptError("tampered", f"the wrapped DEK does not authenticate under key '{wrapped.kek_id}' of "
-                               f"role '{role}': the ciphertext header was altered") from None
+        return _open_dek(aead, wrapped.blob, _ROLE_WRAP_AAD + wrapped.kek_id.encode() + context,
+                         f"key '{wrapped.kek_id}' of role '{role}'")
 
 
 def _audit_key_id() -> str:

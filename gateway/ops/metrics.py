@@ -67,6 +67,12 @@ STATE_SKIPPED = Counter("gateway_state_records_skipped_total", "Records of a sta
                         "(malformed), skipped when restoring or following it, by state (keys, consent, dp-ledger, "
                         "dp-bound-state) and topic", ["state", "topic"])
 
+# ---- KMS (gateway.keys.decorators.InstrumentedKms) -----------------------------------------------
+KMS_REQUESTS = Counter("gateway_kms_requests_total", "Requests to a KMS provider",
+                       ["provider", "operation", "outcome"])
+KMS_SECONDS = Histogram("gateway_kms_request_seconds", "KMS request latency", ["provider", "operation"],
+                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
 # ---- DP aggregate worker ------------------------------------------------------------------------
 # Nothing exact leaves the DP boundary: these count windows (data-independent: one per aggregate,
 # window and stage-2 partition), the budget spent, and groups released (key selection is noisy, so

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from gateway.core.audit import ChainReport
+from gateway.core.pipeline.outcome import Outcome, OutcomeKind
 from gateway.core.policy.plan import Plan
 from gateway.core.quality.report import finish_rates, merge_windows
 from gateway.dp.declarations import AggregateSpec
@@ -38,7 +39,8 @@ from gateway.dp.ledger import Ledger
 from gateway.errors import GatewayError
 
 REPORT_FORMAT = 1
-OUTCOMES = ("sanitized", "rejected", "withheld")
+OUTCOMES = (OutcomeKind.SANITIZED.value, OutcomeKind.REJECTED.value, OutcomeKind.WITHHELD.value)
+UNKNOWN_OUTCOME = "unknown"  # an entry whose outcome this version does not write
 TARGET_BUCKETS = 60  # the time series get about this many buckets (at most 2x), of a round duration
 _SECOND, _MINUTE, _HOUR, _DAY = 1000, 60_000, 3_600_000, 86_400_000
 _NICE_BUCKETS = (_SECOND, 2 * _SECOND, 5 * _SECOND, 10 * _SECOND, 15 * _SECOND, 30 * _SECOND, _MINUTE,
@@ -249,10 +251,12 @@ def collect(*, since_ms: int, until_ms: int, audit: Iterable[Mapping[str, Any] |
 
 
 # ---- sections -----------------------------------------------------------------------------------
-def _split_outcome(outcome: Any) -> tuple[str, str | None]:
-    text = str(outcome)
-    kind, _, reason = text.partition(":")
-    return kind, reason or None
+def _split_outcome(text: Any) -> tuple[str, str | None]:
+    """(kind, reason or None) of an entry's outcome; an outcome this version does not write: 'unknown'."""
+    outcome = Outcome.parse(text)
+    if outcome is None:
+        return UNKNOWN_OUTCOME, None
+    return outcome.kind.value, outcome.reason or None
 
 
 def _outcomes() -> dict[str, int]:
@@ -287,11 +291,11 @@ def _events(events: list[Mapping[str, Any]], buckets: Buckets) -> dict[str, Any]
         if kind not in series:
             series[kind] = [0] * buckets.count
         series[kind][i] += 1
-        if kind == "rejected" and reason:
+        if kind == OutcomeKind.REJECTED and reason:
             dead[reason] += 1
             src["dead_letter_reasons"][reason] += 1
             reason_series.setdefault(reason, [0] * buckets.count)[i] += 1
-        elif kind == "withheld" and reason:
+        elif kind == OutcomeKind.WITHHELD and reason:
             withheld[reason] += 1
             src["withheld_reasons"][reason] += 1
     for src in sources.values():
@@ -443,12 +447,12 @@ def _consent(events: list[Mapping[str, Any]], changes: list[Mapping[str, Any]]) 
     by_purpose: dict[str, Counter[str]] = {}
     rejected: Counter[str] = Counter()
     for body in changes:
-        outcome = str(body.get("outcome", ""))
+        outcome = Outcome.parse(body.get("outcome"))
         detail = body.get("consent")
-        if outcome.startswith("rejected:"):
-            rejected[outcome.partition(":")[2]] += 1
-        elif isinstance(detail, Mapping):
-            by_purpose.setdefault(str(detail.get("purpose")), Counter())[outcome.partition(":")[2]] += 1
+        if outcome is not None and outcome.kind is OutcomeKind.REJECTED:
+            rejected[outcome.reason] += 1
+        elif isinstance(detail, Mapping):  # consent:granted | consent:revoked
+            by_purpose.setdefault(str(detail.get("purpose")), Counter())[outcome.reason if outcome else ""] += 1
     views: dict[str, Counter[str]] = {}
     for body in events:
         decisions = body.get("purposes")

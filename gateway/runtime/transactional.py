@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from gateway.core.pipeline.outcome import BatchCounts
 from gateway.ops import metrics
 from gateway.outputs import OutRecord
 from gateway.retry import retry_call
@@ -46,7 +46,7 @@ class Output:
     records: list[OutRecord]
     metadata: dict[Source, str] = field(default_factory=dict)
     offsets: dict[Source, int] | None = None
-    counts: Counter[tuple[str, ...]] = field(default_factory=Counter)  # tallies, reported once committed
+    counts: BatchCounts = field(default_factory=BatchCounts)  # tallies, reported once committed
 
 
 class BatchHandler(Protocol):

@@ -14,6 +14,7 @@ from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.pipeline.outcome import PurposeDecision
 from gateway.core.policy.compiler import compile_plan
 from gateway.embedded.samples import SampleEvents
 from gateway.errors import MalformedStateRecord, PolicyError
@@ -190,7 +191,7 @@ def test_the_pipeline_publishes_each_view_its_basis_allows_and_audits_the_rest(t
     assert [a["purposes"]["fraud"] for a in audits] == ["published:consent", "withheld:no_consent:fraud",
                                                         "withheld:no_consent:fraud", "withheld:no_consent:fraud"]
     assert {a["purposes"]["analytics"] for a in audits} == {"published:legitimate_interests"}
-    assert result.counts[(plan.source_topic, "purpose", "fraud", "withheld")] == 3
+    assert result.counts.purposes[(plan.source_topic, "fraud", PurposeDecision.WITHHELD)] == 3
     keys = {r.key for r in by_topic["payments.fraud"]} | {r.key for r in by_topic["payments.analytics"]}
     assert keys <= {r.key for r in by_topic[plan.sanitized_topic]}  # keyed by the subject token, as the default
 

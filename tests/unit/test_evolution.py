@@ -176,7 +176,7 @@ def test_the_audit_names_a_newer_producers_field_and_its_value_goes_nowhere(tmp_
     assert [s["count"] for s in sanitized] == [1, 2] and all("note" not in s for s in sanitized)
     assert "note" not in audits[0]["actions"] and audits[1]["actions"]["note"] == UNANNOTATED_ACTION
     assert audits[1]["actions"]["customer"] == audits[0]["actions"]["customer"]
-    assert result.counts[("orders.raw", "unannotated", "note")] == 1
+    assert result.counts.unannotated[("orders.raw", "note")] == 1
     assert all(CANARY_NOTE.encode() not in r.value for r in result.records)
 
 

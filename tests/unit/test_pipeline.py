@@ -29,6 +29,7 @@ from gateway.core.codec.writer import avro_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import SOURCE_HEADER, OutRecord, Pipeline, RawEvent, parse_source_ref
+from gateway.core.pipeline.outcome import SANITIZED, BatchCounts, Outcome
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
@@ -151,13 +152,24 @@ def test_one_outcome_and_one_audit_entry_per_input(pipeline: Pipeline, batch: _B
             assert dead["message"]
 
 
+def test_the_audit_outcomes_read_back_are_the_counts(pipeline: Pipeline, batch: _Batch) -> None:
+    """The audit entries' outcome strings, read through Outcome.parse, are exactly the batch's counts:
+    the typed outcome the metrics see and the string the audit carries are one value."""
+    result = pipeline.process(batch.events)
+    audited = record_entries(r.value for r in _split(result.records)[2])
+    read_back = Counter((body["event"]["topic"], Outcome.parse(body["outcome"])) for body in audited)
+    assert None not in {outcome for _, outcome in read_back}
+    assert read_back == result.counts.outcomes
+
+
 def test_counts_match(pipeline: Pipeline, batch: _Batch) -> None:
     result = pipeline.process(batch.events)
-    expected = Counter((e.topic, outcome) for e, outcome in zip(batch.events, batch.expected, strict=True))
-    assert result.counts == expected
-    assert sum(result.counts.values()) == len(batch.events)
-    assert result.counts[(PAY, "rejected:json_invalid")] == 2
-    assert result.counts[(CLIN, "sanitized")] == 8
+    expected = Counter((e.topic, Outcome.parse(outcome))
+                       for e, outcome in zip(batch.events, batch.expected, strict=True))
+    assert result.counts == BatchCounts(outcomes=expected)
+    assert result.counts.events == sum(result.counts.outcomes.values()) == len(batch.events)
+    assert result.counts.outcomes[(PAY, Outcome.rejected("json_invalid"))] == 2
+    assert result.counts.outcomes[(CLIN, SANITIZED)] == 8
 
 
 def test_audit_chain_verifies(pipeline: Pipeline, batch: _Batch) -> None:
@@ -367,7 +379,7 @@ def test_unexpected_exception_becomes_internal_error(pipeline: Pipeline, batch: 
         assert CANARIES["email"].encode() not in record.value
         assert b"ValueError" in record.value
     assert [e["outcome"] for e in record_entries(r.value for r in audit)] == ["rejected:internal_error"] * 3
-    assert result.counts == Counter({(PAY, "rejected:internal_error"): 3})
+    assert result.counts == BatchCounts(outcomes=Counter({(PAY, Outcome.rejected("internal_error")): 3}))
 
 
 def test_output_too_large(pipeline: Pipeline, batch: _Batch) -> None:
@@ -375,7 +387,7 @@ def test_output_too_large(pipeline: Pipeline, batch: _Batch) -> None:
     result = pipeline.process(batch.events[:1])
     dead = orjson.loads(result.records[0].value)
     assert dead["reason"] == "output_too_large"
-    assert result.counts == Counter({(PAY, "rejected:output_too_large"): 1})
+    assert result.counts == BatchCounts(outcomes=Counter({(PAY, Outcome.rejected("output_too_large")): 1}))
 
 
 def test_field_too_large_uses_the_configured_limit(payments_plan: Plan, keyring: Keyring, tmp_path: Path) -> None:

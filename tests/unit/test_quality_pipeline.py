@@ -133,7 +133,7 @@ def test_planted_cases_get_their_rules_actions_and_clean_events_none(write_schem
     dead = [orjson.loads(r.value) for r in result.records if r.topic == f"{SOURCE}.dlq"]
     assert sorted(d["reason"] for d in dead) == sorted(o.split(":", 1)[1] for o in outcome.values())
     # counts for the metrics: one per failed rule and event, by rule and action
-    quality_counts = {k[2]: n for k, n in result.counts.items() if k[1] == "quality"}
+    quality_counts = {rule: n for (_, rule, _), n in result.counts.quality.items()}
     expected_counts: dict[str, int] = {}
     for rules in failed.values():
         for name in rules:

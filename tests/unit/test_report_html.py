@@ -184,3 +184,21 @@ def test_count_axes_tick_whole_numbers() -> None:
     assert [tick(n) for n in (0, 1, 8, 9, 16, 17, 40, 41, 1000, 123456)] == [1, 1, 1, 2, 2, 5, 5, 10, 200, 20000]
     stacked = [{"orientation": "h", "y": ["a", "b"], "x": [6, 1]}, {"orientation": "h", "y": ["a", "b"], "x": [6, 1]}]
     assert report_html._count_tick(stacked, horizontal=True, stacked=True) == 2  # 12 in the tallest stack
+
+
+def test_a_script_in_a_schema_topic_or_reason_name_from_the_audit_is_escaped() -> None:
+    """The audit topic's names reach the report as they were written: a `<script>` in a schema, source
+    topic, dead-letter reason or quality rule stays text (the templates autoescape), never markup."""
+    hostile = "<script>alert(1)</script>"
+    audit = [test_report_collect.event("sanitized", SINCE + 1000, topic=hostile, schema=hostile),
+             test_report_collect.event(f"rejected:{hostile}", SINCE + 2000, topic=hostile, schema=hostile,
+                                       quality=[hostile])]
+    report = collect(since_ms=SINCE, until_ms=UNTIL, audit=audit, ledger=Ledger(), keys=[], quality=[], plans=[],
+                     topics={"audit": hostile})
+    document = render(report)
+    assert "<script>alert" not in document
+    page = parse(document)
+    assert [attrs.get("id") for attrs, _ in page.scripts].count("plotly-js") == 1
+    assert len(page.scripts) == 2 + len(page.charts)  # plotly's config line, its library, one per chart: no more
+    assert next(r for r in page.rows if r[0] == hostile)[:5] == [hostile, hostile, "2", "1", "1"]
+    assert hostile in " ".join(page.text)  # shown, as text

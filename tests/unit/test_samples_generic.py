@@ -20,7 +20,9 @@ from stdnum import iban, luhn
 
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
+from gateway.core.detectors.card import luhn_ok
 from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.pipeline.outcome import SANITIZED
 from gateway.core.policy.compiler import compile_plan
 from gateway.embedded.demo import encode_raw, sample_sources
 from gateway.embedded.samples import (
@@ -156,20 +158,45 @@ def test_a_seed_gives_the_same_events_and_another_seed_others(name: str) -> None
     assert _events(schema, 20, seed=11) != _events(schema, 20, seed=12)
 
 
-def test_the_shipped_schemas_keep_their_hand_written_generators() -> None:
+def test_the_shipped_schemas_use_the_one_generator() -> None:
     repo = Path(__file__).resolve().parents[2]
     for file, method in (("payments.avsc", "payment"), ("clinical_visits.avsc", "clinical_visit")):
         schema = load_schema_file(repo / "schemas" / file)
-        make, hand_written = sample_maker(schema, SampleEvents(seed=5))
-        assert hand_written
-        assert make() == getattr(SampleEvents(seed=5), method)()  # the same events as before
-        # the same name with other fields: the hand-written generator would not fit, the generic one does
+        make = sample_maker(schema, SampleEvents(seed=5))
+        assert make() == getattr(SampleEvents(seed=5), method)() == SchemaSamples(schema.raw, seed=5).event()
+        # the same name with other fields: the generator follows the schema it is given
         changed = copy.deepcopy(schema.raw)
         changed["fields"].append({"name": "ride_id", "type": "string", "privacy": "keep"})
         other = load_schema_file_from(changed)
-        make, hand_written = sample_maker(other, SampleEvents(seed=5))
-        assert not hand_written
+        make = sample_maker(other, SampleEvents(seed=5))
         assert fastavro.validation.validate(make(), other.parsed)
+
+
+def test_card_numbers_pass_the_card_detectors_luhn_check() -> None:
+    samples = SampleEvents(seed=3)
+    cards = [samples.payment()["card_number"] for _ in range(200)]
+    assert all(luhn_ok(c) and luhn.is_valid(c) for c in cards), [c for c in cards if not luhn_ok(c)]
+    assert len(set(cards)) > 150
+
+
+def test_a_field_an_aggregate_groups_by_takes_a_few_values() -> None:
+    """spend_by_country groups the payments by country: a handful of countries, so groups fill and pass
+    the key-selection threshold, as they do in production."""
+    samples = SampleEvents(seed=4)
+    payments = [samples.payment(canary=i == 0) for i in range(300)]
+    countries = Counter(p["country"] for p in payments)
+    assert 2 <= len(countries) <= 5 and min(countries.values()) >= 20, countries
+    assert len({p["billing_address"]["country"] for p in payments}) > 5  # not grouped by: any country
+
+
+def test_a_canary_event_fills_its_nullable_pii_fields() -> None:
+    samples = SampleEvents(seed=6)
+    for _ in range(30):
+        visit = samples.clinical_visit(canary=True)
+        assert visit["email"] == CANARIES["email"] and visit["patient_name"] == CANARIES["patient"]
+        payment = samples.payment(canary=True)
+        assert (payment["email"], payment["card_number"], payment["customer_name"], payment["ip_address"]) == (
+            CANARIES["email"], CANARIES["card"], CANARIES["name"], CANARIES["ip"])
 
 
 def load_schema_file_from(raw: dict[str, Any]) -> Any:
@@ -280,7 +307,7 @@ def test_schemas_with_bytes_are_not_sent_as_json(tmp_path: Path) -> None:
     events = [RawEvent(plan.source_topic, 0, i, 1_790_000_000_000, None, encode_raw(plan, source.make(), "avro"),
                        None) for i in range(40)]
     result = pipeline.process(events)
-    assert result.counts[(plan.source_topic, "sanitized")] == 40
+    assert result.counts.outcomes[(plan.source_topic, SANITIZED)] == 40
 
 
 def test_broken_corpus_entries_are_checked_against_the_decoder() -> None:

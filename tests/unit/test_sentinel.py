@@ -54,8 +54,8 @@ def test_observe_mode_counts_and_audits_without_the_value(write_schema, tmp_path
     assert [a["outcome"] for a in audit] == ["sanitized"] * 3  # observed, still published
     assert [a.get("leak_suspected") for a in audit] == [
         None, [{"field": "comment", "entity": "EMAIL"}], [{"field": "lines[].label", "entity": "EMAIL"}]]
-    assert result.counts[("n.raw", "leak_suspected", "comment", "EMAIL")] == 1
-    assert result.counts[("n.raw", "leak_suspected", "lines[].label", "EMAIL")] == 1
+    assert result.counts.leaks[("n.raw", "comment", "EMAIL")] == 1
+    assert result.counts.leaks[("n.raw", "lines[].label", "EMAIL")] == 1
     assert LEAK.encode() not in b"".join(r.value for r in result.records if r.topic == "privacy.audit")
 
 

@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,8 +32,30 @@ from gateway.core.audit import (
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
 from gateway.core.codec.raw import ENCODINGS, NO_FIELDS, EventDecoder, frame_confluent
 from gateway.core.codec.writer import fast_record_encoder, json_bytes
-from gateway.core.deadletter import DECODE_REASONS, JSON_SHAPE_REASONS, QuarantineSealer
+from gateway.core.deadletter import QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
+from gateway.core.pipeline.audit_entry import consent_entry, event_entry, withhold
+from gateway.core.pipeline.dead_letters import DeadLetters, SubjectReader
+from gateway.core.pipeline.events import RawEvent as RawEvent  # re-exported: the runtime builds these
+from gateway.core.pipeline.outcome import (
+    CONSENT_GRANTED,
+    CONSENT_REVOKED,
+    INTERNAL_ERROR,
+    SANITIZED,
+    BatchCounts,
+    Outcome,
+    PurposeDecision,
+)
+from gateway.core.pipeline.steps import (
+    QUALITY_HEADER as QUALITY_HEADER,  # re-exported: tests and readers take it from here
+)
+from gateway.core.pipeline.steps import (
+    leak_hits,
+    leak_rejection,
+    quality_failures,
+    quality_published,
+    quality_rejection,
+)
 from gateway.core.policy.plan import Plan, Purpose
 from gateway.core.policy.timestamp import PATH as TIMESTAMP_PATH
 from gateway.core.policy.timestamp import TimestampMode
@@ -55,7 +77,6 @@ from gateway.settings import GatewayConfig
 log = logging.getLogger("gateway.core.pipeline")
 SOURCE_HEADER = "gateway-source"  # provenance on every output: the raw event's topic/partition/offset
 TIMESTAMP_HEADER = "gateway-timestamp"  # on an output whose record timestamp is not the raw event's: its treatment
-QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
 DEDUP_DOMAIN = "_quality-dedup"  # the keyring's token domain whose first key derives the fingerprint key
 AUDIT_ENTRIES_PER_RECORD = 500  # a batch's entries of one chain per audit record, at most (bounds its size)
 
@@ -71,16 +92,6 @@ def parse_source_ref(value: bytes) -> tuple[str, int, int] | None:
     if not (topic and partition.isdigit() and offset.isdigit()):
         return None
     return topic, int(partition), int(offset)
-
-
-class RawEvent(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None
 
 
 class Held(NamedTuple):
@@ -105,16 +116,7 @@ class AuditChain(NamedTuple):
 @dataclass
 class BatchResult:
     records: list[OutRecord]
-    # (source_topic, outcome) -> n, and (source_topic, "leak_suspected", field, entity) -> n
-    counts: Counter[tuple[str, ...]]
-
-
-def _entity_counts(entities: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
-    """Redacted entities per field path and type, for the audit event (counts only, never text)."""
-    out: dict[str, dict[str, int]] = {}
-    for (path, entity), n in sorted(entities.items()):
-        out.setdefault(path, {})[entity] = n
-    return out
+    counts: BatchCounts
 
 
 def dedup_topic(config: GatewayConfig) -> str:
@@ -331,7 +333,7 @@ class Pipeline:
         self.sealer = QuarantineSealer.of_keyring(keyring, subject_keys, config.dek_max_uses)
         # dead letters whose subject can be read are sealed under the subject's key (erased by forget):
         # per source topic (subject field, token domain, the subject field's own value -> token, token key id)
-        self._subject_readers: dict[str, tuple[str, str, Callable[[str], str], str]] = {}
+        self._subject_readers: dict[str, SubjectReader] = {}
         for topic, stage in self.stages.items():
             plan = stage.plan
             if plan.subject_field is None or plan.subject_domain is None:
@@ -341,19 +343,15 @@ class Pipeline:
                             "gateway forget's reach", extra={"topic": topic})
                 continue
             fp = next(f for f in plan.record.fields if f.name == plan.subject_field)
-            self._subject_readers[topic] = (plan.subject_field, plan.subject_domain,
-                                            fp.operator.subject_value(fp, stage.sanitizer),
-                                            stage.sanitizer.tokenizer(plan.subject_domain).key_id)
+            self._subject_readers[topic] = SubjectReader(plan.subject_field, plan.subject_domain,
+                                                         fp.operator.subject_value(fp, stage.sanitizer),
+                                                         stage.sanitizer.tokenizer(plan.subject_domain).key_id)
+        self.dead_letters = DeadLetters(self.sealer, self._subject_readers, config.max_record_bytes, self.instance)
         self.chains = ChainHeads()
         self.audit_keys = AuditKeys(*keyring.audit_keys())  # records are MACed: topic write access cannot forge
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
         self.max_output_bytes = max_message_bytes(config)
-
-    @property
-    def _dead_letter_key_ids(self) -> orjson.Fragment:
-        """The audit's key ids of a dead letter under the quarantine key: the key the sealer uses now."""
-        return self.sealer.audit_key_ids()
 
     @property
     def source_topics(self) -> list[str]:
@@ -463,7 +461,8 @@ class Pipeline:
         measure is enforced (gateway.runtime.jobs.sanitize holds them); records in classes smaller
         than k are withheld, every event audited, and the window's quality record written."""
         out: list[OutRecord] = []
-        counts: Counter[tuple[str, ...]] = Counter()
+        counts = BatchCounts()
+        sanitized: Counter[str] = Counter()  # per source topic, added to counts.outcomes once per batch
         now_ms = int(time.time() * 1000)
         audit_chains = self._audit_chains
         batch_ids: set[int] = set()  # event-id fingerprints published in this batch (any partition)
@@ -479,94 +478,15 @@ class Pipeline:
             if intake is not None and event.topic == intake.topic:
                 self._consent_event(intake, event, chain, now_ms, out, counts)
                 continue
-            stage = self.stages[event.topic]
-            audit: dict[str, Any] = {  # the chain, instance and time are the batch record's
-                "type": "event",
-                "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                          "timestamp": event.timestamp_ms},
-                "schema": stage.audit_schema,
-                "policy": stage.plan.policy_hash,
-            }
-            source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
-            quality = stage.quality
-            failed: list[int] | None = None
-            risk_class: int | None = None
-            fp: int | None = None
-            unannotated = NO_FIELDS
-            try:
-                record, encoding, unannotated = stage.decoder.decode_event(event.value)
-                check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
-                if quality is not None:
-                    failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
-                                                       batch_ids)
-                    if failed:
-                        self._quality_failed(quality, event.topic, failed, reject, audit, counts)
-                value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
-                                                           event.timestamp_ms, source[1].decode())
-                views = self._purpose_outputs(stage, record, encoding, event, result, audit, counts) \
-                    if stage.views else None
-                sentinel = stage.sentinel
-                if sentinel.active and sentinel.sampled():
-                    self._check_leaks(sentinel, event.topic, result, audit, counts)
-            except RejectedEvent as rejected:
-                if failed is not None:  # checked (and counted as sanitized): it is not
-                    quality.not_published(event.partition)  # type: ignore[union-attr]
-                output = self._dead_letter(stage, event, rejected.reason, rejected.message, now_ms, source, audit)
-                audit["outcome"] = outcome = f"rejected:{rejected.reason}"
-                audit["output"] = stage.audit_dlq_output
-                counts[(event.topic, outcome)] += 1
-            except Exception as exc:  # a bug must not stop the partition or leak the event
-                if failed is not None:
-                    quality.not_published(event.partition)  # type: ignore[union-attr]
-                log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
-                          "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
-                message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
-                output = self._dead_letter(stage, event, "internal_error", message, now_ms, source, audit)
-                audit["outcome"] = "rejected:internal_error"
-                audit["output"] = stage.audit_dlq_output
-                counts[(event.topic, "rejected:internal_error")] += 1
-            else:
-                key = result.subject.encode() if result.subject else None
-                if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
-                    result.out_timestamp_ms = now_ms
-                headers = [*stage.headers[out_encoding], source]
-                if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
-                    if failed or quality.risk_measured:
-                        risk_class = self._quality_published(quality, event, result, failed, headers)
-                    if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
-                        batch_ids.add(fp)
-                        ids = new_ids.get((event.topic, event.partition))
-                        if ids is None:
-                            new_ids[(event.topic, event.partition)] = (event.offset, [fp])
-                        else:
-                            ids[1].append(fp)
-                # the record timestamp is data: the policy's treatment of it (gateway/core/policy/timestamp.py)
-                output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
-                if views:  # the purposes' views of the event, published with it (same key and source)
-                    out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
-                            for topic, data, vheaders, timestamp_ms in views]
-                if result.other_key_ids:  # per-subject and role keys, each named once
-                    key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
-                                    *sorted(result.other_key_ids)]
-                else:
-                    key_ids = stage.key_ids(result.dek_key_id)
-                event_id_field = stage.event_id_field
-                if event_id_field and result.record.get(event_id_field) is not None:
-                    audit["event"]["event_id"] = result.record[event_id_field]
-                if result.entities:
-                    audit["redacted"] = _entity_counts(result.entities)
-                audit["outcome"] = "sanitized"
-                audit["output"] = stage.audit_sanitized_output
-                audit["actions"] = stage.actions_for(unannotated) if unannotated else stage.audit_actions
-                audit["key_ids"] = key_ids
-                counts[(event.topic, "sanitized")] += 1
-                for path in unannotated:  # a newer producer's field no annotation covers: dropped, counted
-                    counts[(event.topic, "unannotated", path)] += 1
+            output, audit, risk_class, fp = self._event(self.stages[event.topic], event, now_ms, batch_ids, new_ids,
+                                                        out, counts, sanitized)
             if held is not None:
                 held.append(Held(event, output, audit, chain, risk_class, fp))
                 continue
             out.append(output)
             self._audit(audit, chain)
+        for topic, n in sanitized.items():
+            counts.outcomes[(topic, SANITIZED)] += n
         if held is not None:
             self._withhold_small_classes(held, counts, new_ids, out)
         self._seal_entries(now_ms, out)
@@ -581,12 +501,115 @@ class Pipeline:
                                      force=withhold_since_ms is not None)
         return BatchResult(out, counts)
 
+    def _event(self, stage: TopicStage, event: RawEvent, now_ms: int, batch_ids: set[int],
+               new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord], counts: BatchCounts,
+               sanitized: Counter[str]) -> tuple[OutRecord, dict[str, Any], int | None, int | None]:
+        """One source event through the steps: decode and validate, quality, sanitize and encode,
+        purposes, leak sentinel; then published (its purpose views appended to `out`) or dead-lettered.
+        Returns (its output record, its audit entry, its risk class, its event-id fingerprint)."""
+        source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
+        quality = stage.quality
+        failed: list[int] | None = None
+        risk_class: int | None = None
+        fp: int | None = None
+        unannotated = NO_FIELDS
+        # what the steps decided, for the audit entry
+        quality_names: list[str] | None = None
+        leaks: list[tuple[str, str]] | None = None
+        decisions: dict[str, str] | None = None
+        try:
+            # decode and validate
+            record, encoding, unannotated = stage.decoder.decode_event(event.value)
+            check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
+            # quality
+            if quality is not None:
+                failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
+                                                   batch_ids)
+                if failed:
+                    quality_names = quality_failures(quality, event.topic, failed, counts)
+                    if reject is not None:
+                        raise quality_rejection(quality, reject, quality_names)
+            # sanitize and encode
+            value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
+                                                       event.timestamp_ms, source[1].decode())
+            # purposes
+            views = None
+            if stage.views:
+                views, decisions = self._purpose_outputs(stage, record, encoding, event, result, counts)
+            # leak sentinel
+            sentinel = stage.sentinel
+            if sentinel.active and sentinel.sampled():
+                leaks = leak_hits(sentinel, event.topic, result, counts)
+                if leaks and sentinel.enforce:
+                    raise leak_rejection(leaks)
+        except RejectedEvent as rejected:
+            outcome = Outcome.rejected(rejected.reason)
+            output, audit = self._rejected(stage, event, quality, failed, outcome, rejected.message, now_ms,
+                                           source, quality_names, leaks, decisions, counts)
+        except Exception as exc:  # a bug must not stop the partition or leak the event
+            log.error("unexpected error sanitizing an event", extra={"topic": event.topic,
+                      "partition": event.partition, "offset": event.offset, "error": type(exc).__name__})
+            message = f"unexpected {type(exc).__name__} while sanitizing (a gateway bug; replay after fixing)"
+            output, audit = self._rejected(stage, event, quality, failed, INTERNAL_ERROR, message, now_ms,
+                                           source, quality_names, leaks, decisions, counts)
+        else:
+            key = result.subject.encode() if result.subject else None
+            if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
+                result.out_timestamp_ms = now_ms
+            headers = [*stage.headers[out_encoding], source]
+            if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
+                if failed or quality.risk_measured:
+                    risk_class = quality_published(quality, event.partition, result, failed, headers)
+                if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
+                    batch_ids.add(fp)
+                    ids = new_ids.get((event.topic, event.partition))
+                    if ids is None:
+                        new_ids[(event.topic, event.partition)] = (event.offset, [fp])
+                    else:
+                        ids[1].append(fp)
+            # the record timestamp is data: the policy's treatment of it (gateway/core/policy/timestamp.py)
+            output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
+            if views:  # the purposes' views of the event, published with it (same key and source)
+                out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
+                        for topic, data, vheaders, timestamp_ms in views]
+            if result.other_key_ids:  # per-subject and role keys, each named once
+                key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),
+                                *sorted(result.other_key_ids)]
+            else:
+                key_ids = stage.key_ids(result.dek_key_id)
+            event_id_field = stage.event_id_field
+            audit = event_entry(event.topic, event.partition, event.offset, event.timestamp_ms,
+                                stage.audit_schema, stage.plan.policy_hash, SANITIZED,
+                                stage.audit_sanitized_output, key_ids,
+                                actions=stage.actions_for(unannotated) if unannotated else stage.audit_actions,
+                                event_id=result.record.get(event_id_field) if event_id_field else None,
+                                redacted=result.entities, quality=quality_names, leaks=leaks,
+                                purposes=decisions)
+            sanitized[event.topic] += 1
+            for path in unannotated:  # a newer producer's field no annotation covers: dropped, counted
+                counts.unannotated[(event.topic, path)] += 1
+        return output, audit, risk_class, fp
+
+    def _rejected(self, stage: TopicStage, event: RawEvent, quality: QualityGate | None, failed: list[int] | None,
+                  outcome: Outcome, message: str, now_ms: int, source: tuple[str, bytes],
+                  quality_names: list[str] | None, leaks: list[tuple[str, str]] | None,
+                  decisions: dict[str, str] | None, counts: BatchCounts) -> tuple[OutRecord, dict[str, Any]]:
+        """A rejected event: its dead letter and its audit entry, counted."""
+        if failed is not None and quality is not None:  # checked (and counted as sanitized): it is not
+            quality.not_published(event.partition)
+        output, key_ids = self.dead_letters.letter(stage.plan, stage.decoder, event, outcome.reason, message, now_ms,
+                                                   source, self.max_output_bytes)
+        counts.outcomes[(event.topic, outcome)] += 1
+        return output, event_entry(event.topic, event.partition, event.offset, event.timestamp_ms,
+                                   stage.audit_schema, stage.plan.policy_hash, outcome, stage.audit_dlq_output,
+                                   key_ids, quality=quality_names, leaks=leaks, purposes=decisions)
+
     def _purpose_outputs(self, stage: TopicStage, record: dict[str, Any], encoding: str, event: RawEvent,
-                         result: SanitizeResult, audit: dict[str, Any], counts: Counter[tuple[str, ...]]
-                         ) -> list[tuple[str, bytes, list[tuple[str, bytes]], int]]:
+                         result: SanitizeResult, counts: BatchCounts
+                         ) -> tuple[list[tuple[str, bytes, list[tuple[str, bytes]], int]], dict[str, str]]:
         """Each purpose's view of a sanitized event, where its legal basis allows it: a consent purpose
         only while the subject's consent allows it (ConsentTable.allows: in force at the event's time, and
-        never behind a revocation the worker knows of). The audit event says, per
+        never behind a revocation the worker knows of). The decisions (for the audit event) say, per
         purpose, `published:<basis>` or `withheld:no_consent:<purpose>`. Raises RejectedEvent (a view
         that cannot be made dead-letters the whole event: one outcome per event)."""
         decisions: dict[str, str] = {}
@@ -596,51 +619,37 @@ class Pipeline:
             if purpose.needs_consent and not self._consented(stage.plan.subject_domain, result.subject,
                                                              purpose.name, event.timestamp_ms):
                 decisions[purpose.name] = f"withheld:no_consent:{purpose.name}"
-                counts[(event.topic, "purpose", purpose.name, "withheld")] += 1
+                counts.purposes[(event.topic, purpose.name, PurposeDecision.WITHHELD)] += 1
                 continue
             data, view_encoding, view_result = view.stage.finish(
                 record, encoding, self.max_output_bytes, event.timestamp_ms,
                 source_ref(event.topic, event.partition, event.offset).decode())
             outputs.append((purpose.topic, data, view.stage.headers[view_encoding], view_result.out_timestamp_ms))
             decisions[purpose.name] = f"published:{purpose.basis}"
-            counts[(event.topic, "purpose", purpose.name, "published")] += 1
-        audit["purposes"] = decisions
-        return outputs
+            counts.purposes[(event.topic, purpose.name, PurposeDecision.PUBLISHED)] += 1
+        return outputs, decisions
 
     def _consent_event(self, intake: ConsentIntake, event: RawEvent, chain: AuditChain, now_ms: int,
-                       out: list[OutRecord], counts: Counter[tuple[str, ...]]) -> None:
+                       out: list[OutRecord], counts: BatchCounts) -> None:
         """A raw consent event: its change stored on the consent topic under the subject's token, or
         dead-lettered (sealed) with its reason; audited either way, in the batch's transaction."""
-        audit: dict[str, Any] = {
-            "type": "consent",
-            "event": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                      "timestamp": event.timestamp_ms},
-        }
         try:
             change = intake.change(event)
         except ConsentEventError as exc:
             source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
-            body = {"reason": exc.reason, "message": str(exc), "schema": "consent",
-                    "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                               "timestamp": event.timestamp_ms},
-                    "sealed": self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key,
-                                               event.headers) if len(event.value or b"") <= self.config.max_record_bytes
-                    else None,
-                    "instance": self.instance, "time": now_ms}
-            out.append(OutRecord(intake.dlq_topic, None, orjson.dumps(body),
-                                 [("gateway-reason", exc.reason.encode()), source]))
-            audit["outcome"] = outcome = f"rejected:{exc.reason}"
-            audit["output"] = intake.audit_dlq_output
-            audit["key_ids"] = self._dead_letter_key_ids
+            out.append(self.dead_letters.consent_letter(intake.dlq_topic, event, exc.reason, str(exc), now_ms, source))
+            outcome = Outcome.rejected(exc.reason)
+            audit = consent_entry(event.topic, event.partition, event.offset, event.timestamp_ms, outcome,
+                                  intake.audit_dlq_output, key_ids=self.dead_letters.quarantine_key_ids())
         else:
             out.append(OutRecord(intake.consent_topic, change.key(), change.value()))
             if not change.granted and self.consent is not None:  # learned now: binds this batch's later events too
                 self.consent.apply(change.key(), change.value())
-            audit["outcome"] = outcome = "consent:granted" if change.granted else "consent:revoked"
-            audit["consent"] = {"domain": change.domain, "subject": change.token, "purpose": change.purpose,
-                                "at": change.at_ms}
-            audit["output"] = intake.audit_output
-        counts[(event.topic, outcome)] += 1
+            outcome = CONSENT_GRANTED if change.granted else CONSENT_REVOKED
+            audit = consent_entry(event.topic, event.partition, event.offset, event.timestamp_ms, outcome,
+                                  intake.audit_output, change={"domain": change.domain, "subject": change.token,
+                                                               "purpose": change.purpose, "at": change.at_ms})
+        counts.outcomes[(event.topic, outcome)] += 1
         self._audit(audit, chain)
 
     def _consented(self, domain: str | None, token: str, purpose: str, at_ms: int) -> bool:
@@ -648,7 +657,7 @@ class Pipeline:
         return table is not None and domain is not None and bool(token) and table.allows(domain, token, purpose,
                                                                                            at_ms)
 
-    def _withhold_small_classes(self, held: list[Held], counts: Counter[tuple[str, ...]],
+    def _withhold_small_classes(self, held: list[Held], counts: BatchCounts,
                                 new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord]) -> None:
         """A held window is complete: records of classes below k (or l) are withheld, the rest published,
         and every audit event sealed in offset order."""
@@ -663,11 +672,10 @@ class Pipeline:
                 out.append(entry.output)
                 self._audit(entry.audit, entry.chain)
                 continue
-            outcome = f"withheld:{reason}"
-            entry.audit["outcome"] = outcome
-            entry.audit["output"] = None
-            counts[(event.topic, "sanitized")] -= 1
-            counts[(event.topic, outcome)] += 1
+            outcome = Outcome.withheld(reason)
+            withhold(entry.audit, outcome)
+            counts.outcomes[(event.topic, SANITIZED)] -= 1
+            counts.outcomes[(event.topic, outcome)] += 1
             self.stages[event.topic].quality.withheld(event.partition)  # type: ignore[union-attr]
             if entry.fingerprint is not None and where in new_ids:  # never published: not a duplicate later
                 ids = new_ids[where][1]
@@ -676,116 +684,6 @@ class Pipeline:
             self._audit(entry.audit, entry.chain)
         for where in [w for w, (_, ids) in new_ids.items() if not ids]:
             del new_ids[where]
-
-    @staticmethod
-    def _quality_failed(quality: QualityGate, topic: str, failed: list[int], reject: int | None,
-                        audit: dict[str, Any], counts: Counter[tuple[str, ...]]) -> None:
-        """Failed rules go into the audit event and the counts; a rule whose action is reject dead-letters."""
-        names = quality.names(failed)
-        audit["quality"] = names
-        for i, name in zip(failed, names, strict=True):
-            counts[(topic, "quality", name, quality.spec.rules[i].action)] += 1
-        if reject is not None:
-            rule = quality.rule_names[reject]
-            raise RejectedEvent(f"quality:{rule}", f"failed quality rule(s) {', '.join(names)}; "
-                                f"'{rule}' has action reject")
-
-    @staticmethod
-    def _quality_published(quality: QualityGate, event: RawEvent, result: SanitizeResult, failed: list[int] | None,
-                           headers: list[tuple[str, bytes]]) -> int | None:
-        """A published event's flags go into its header; its risk class (None: no risk measure), of its
-        subject (k counts people) and its published timestamp."""
-        if failed:
-            flags = quality.flags(failed)
-            if flags:
-                headers.append((QUALITY_HEADER, ",".join(flags).encode()))
-        return quality.risk_class(event.partition, result.record, result.subject, result.out_timestamp_ms)
-
-    @staticmethod
-    def _check_leaks(sentinel: LeakSentinel, topic: str, result: SanitizeResult, audit: dict[str, Any],
-                     counts: Counter[tuple[str, ...]]) -> None:
-        """The leak sentinel on one sampled event: hits audited and counted; dead-lettered if enforced."""
-        leaks = sentinel.check(result.record)
-        if not leaks:
-            return
-        audit["leak_suspected"] = [{"field": path, "entity": entity} for path, entity in leaks]
-        for path, entity in leaks:
-            counts[(topic, "leak_suspected", path, entity)] += 1
-        if sentinel.enforce:
-            raise RejectedEvent("pii_in_kept_field", "PII detected in kept field(s) "
-                                + ", ".join(f"{path} ({entity})" for path, entity in leaks)
-                                + "; the policy's leak_sentinel is 'enforce'")
-
-    def _dead_letter(self, stage: TopicStage, event: RawEvent, reason: str, message: str,
-                     now_ms: int, source: tuple[str, bytes], audit: dict[str, Any]) -> OutRecord:
-        """The dead letter of a rejected event; its audit event gets the ids of the key that sealed it."""
-        sealed, key_ids = self._sealed(stage, event, reason)
-        body = {
-            "reason": reason,
-            "message": message,
-            "source": {"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                       "timestamp": event.timestamp_ms},
-            "schema": stage.plan.name,
-            "policy": stage.plan.policy_hash,
-            "sealed": sealed,
-            "instance": self.instance,
-            "time": now_ms,
-        }
-        value = orjson.dumps(body)
-        if len(value) > self.max_output_bytes:  # never emit a record Kafka would refuse
-            body["sealed"] = None
-            value = orjson.dumps(body)
-            key_ids = self._dead_letter_key_ids
-        audit["key_ids"] = key_ids
-        return OutRecord(stage.plan.dlq_topic, None, value, [("gateway-reason", reason.encode()), source])
-
-    def _sealed(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[dict[str, Any] | None, Any]:
-        """(the original event sealed, the audit's key ids). Under the subject's key (format 2, erased by
-        `gateway forget`) when its subject can be read, else under the quarantine key (format 1). Not
-        sealed when it exceeds max_record_bytes: then it stays at its source coordinates only (sealing it
-        could make a dead letter Kafka refuses, stopping the partition)."""
-        size = len(event.value or b"") + len(event.key or b"") + sum(len(v or b"") for _, v in event.headers or [])
-        if size > self.config.max_record_bytes:
-            return None, self._dead_letter_key_ids
-        subject = self._read_subject(stage, event, reason)
-        if subject is not None:
-            domain, token, token_key_id = subject
-            try:
-                sealed = self.sealer.seal_for_subject(event.topic, event.partition, event.offset, event.value,
-                                                      event.key, event.headers, domain, token)
-                return sealed, [token_key_id, sealed["key_id"]]
-            except Exception as exc:  # KMS down: still dead-letter (and say so), never stop the partition
-                log.warning("dead letter sealed under the quarantine key: the subject's key is unavailable",
-                            extra={"topic": event.topic, "partition": event.partition, "offset": event.offset,
-                                   "error": type(exc).__name__})
-        return (self.sealer.seal(event.topic, event.partition, event.offset, event.value, event.key, event.headers),
-                self._dead_letter_key_ids)
-
-    def _read_subject(self, stage: TopicStage, event: RawEvent, reason: str) -> tuple[str, str, str] | None:
-        """(token domain, subject token, token key id) of a rejected event, or None; never raises.
-
-        Read only where it is sound: an event rejected after it decoded is decoded again (the same
-        bytes give the same record; only rejected events pay); an event that failed validation as a
-        JSON object (missing_field, wrong_type: it parsed) gives its subject field when that is a
-        string, the value its valid events would carry, so the token is theirs. Nothing else is read:
-        a broken Avro record has no field that can be trusted without decoding all of it."""
-        reader = self._subject_readers.get(event.topic)
-        if reader is None:
-            return None
-        field, domain, token_of, token_key_id = reader
-        try:
-            if reason not in DECODE_REASONS:
-                record: Any = stage.decoder.decode(event.value)[0]
-            elif reason in JSON_SHAPE_REASONS and stage.plan.input_mode in ("auto", "json"):
-                record = orjson.loads(event.value or b"")
-            else:
-                return None
-            value = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                return None
-            return domain, token_of(value), token_key_id  # the sanitizer's own function: its size check too
-        except Exception:  # a subject that cannot be read: sealed under the quarantine key
-            return None
 
     def _audit_chain(self, topic: str, partition: int) -> AuditChain:
         """The chain of a source partition, computed on its first event (the partition count is fixed)."""

@@ -24,6 +24,7 @@ from confluent_kafka import Message
 
 from gateway.core.audit import committed_without_head, parse_head_metadata
 from gateway.core.pipeline import Pipeline, RawEvent, dedup_topic, max_message_bytes
+from gateway.core.pipeline.outcome import BatchCounts, OutcomeKind
 from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
@@ -124,7 +125,7 @@ class SanitizeHandler:
         return {s: self.held[s][0].offset if s in self.held else self.next_offsets[s]
                 for s in sources if s in self.held or s in self.next_offsets}
 
-    def _release_due(self, now_ms: int, records: list[Any], counts: Counter[tuple[str, ...]]) -> list[Source]:
+    def _release_due(self, now_ms: int, records: list[Any], counts: BatchCounts) -> list[Source]:
         """Held windows that ended (or filled up) go through the pipeline, small classes withheld."""
         due = [s for s, since in self.held_since.items()
                if now_ms >= since + self.enforced[s[0]][0] or len(self.held[s]) >= self.enforced[s[0]][1]]
@@ -140,7 +141,7 @@ class SanitizeHandler:
         """Quality windows that ended on partitions with no event since, and held windows due: their
         records, committed with the reset counters at the partitions' offsets (a timer's transaction)."""
         records: list[Any] = []
-        counts: Counter[tuple[str, ...]] = Counter()
+        counts = BatchCounts()
         released = self._release_due(int(time.time() * 1000), records, counts) if self.held else []
         due = [s for s in self.pipeline.windows_due(int(time.time() * 1000))
                if s in owned and s in self.next_offsets and s not in self.held]
@@ -361,27 +362,21 @@ class Worker:
     def _observe(self, batch: Batch, committed: float) -> None:
         """Metrics for one committed batch: outcomes, stage times, event latency, DEK cache."""
         counts = batch.output.counts
+        for (topic, path, entity), n in counts.leaks.items():
+            metrics.LEAKS.labels(topic, path, entity).inc(n)
+        for (topic, purpose, decision), n in counts.purposes.items():
+            metrics.PURPOSE_EVENTS.labels(topic, purpose, decision.value).inc(n)
+        for (topic, path), n in counts.unannotated.items():  # a writer field the policy lacks
+            metrics.UNANNOTATED_FIELDS.labels(topic, path).inc(n)
+        for (topic, rule, action), n in counts.quality.items():
+            metrics.QUALITY_FAILURES.labels(topic, rule, action).inc(n)
         audited = 0  # every event has one (topic, outcome) count and one audit entry
-        for key, n in counts.items():
-            if key[1] == "leak_suspected":  # (topic, "leak_suspected", field path, entity)
-                metrics.LEAKS.labels(key[0], key[2], key[3]).inc(n)
-                continue
-            if key[1] == "purpose":  # (topic, "purpose", purpose, published | withheld)
-                metrics.PURPOSE_EVENTS.labels(key[0], key[2], key[3]).inc(n)
-                continue
-            if key[1] == "unannotated":  # (topic, "unannotated", field path): a writer field the policy lacks
-                metrics.UNANNOTATED_FIELDS.labels(key[0], key[2]).inc(n)
-                continue
-            if key[1] == "quality":  # (topic, "quality", rule, action)
-                metrics.QUALITY_FAILURES.labels(key[0], key[2], key[3]).inc(n)
-                continue
-            self._totals[(key[0], key[1])] += n
+        for (topic, outcome), n in counts.outcomes.items():
+            self._totals[(topic, outcome.wire)] += n
             audited += n
-            topic, outcome = key
-            kind, _, reason = outcome.partition(":")
-            metrics.EVENTS.labels(topic, kind).inc(n)
-            if reason and kind == "rejected":
-                metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
+            metrics.EVENTS.labels(topic, outcome.kind.value).inc(n)
+            if outcome.kind is OutcomeKind.REJECTED:
+                metrics.DEAD_LETTERS.labels(topic, outcome.reason).inc(n)
         metrics.AUDITED.inc(audited)
         quality_topic = self.config.quality_topic
         for r in batch.output.records:
