@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError
-from gateway.keys.roles import parse_role_kms_keys
+from gateway.role_names import parse_role_kms_keys
 from gateway.values import TOPIC_NAME
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -73,6 +76,19 @@ def setting(default: Any, help: str, *, group: str, choices: tuple[str, ...] | N
 
 
 OUTPUT_COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")  # librdkafka's compression.type
+
+
+class KmsProvider(Enum):
+    """Where the KEK lives: the closed set of KMS providers, decided once from the setting kms_provider
+    (`KmsSettings`); `gateway.keys.providers` maps each to its builder. Callers ask `KmsSettings`, never
+    compare the setting's string."""
+
+    LOCAL = "local"  # the keyring file: KEKs and role keys beside the token and quarantine keys
+    AWS = "aws"  # AWS KMS
+    VAULT = "vault"  # Vault/OpenBao Transit
+
+
+KMS_PROVIDERS = tuple(p.value for p in KmsProvider)
 
 # The groups a command takes its settings from (gateway/cli/__init__.py). Each group is one table in the docs
 # (docs/reference/settings.md).
@@ -183,7 +199,7 @@ class GatewayConfig:
                               "and moves no window, mark or period", group="worker")
     # KMS for KEKs (see gateway/keys/providers/__init__.py). Secrets come from the environment only.
     kms_provider: str = setting("local", "where the KEK lives: local (the keyring), aws (AWS KMS) or vault "
-                                "(Vault/OpenBao Transit)", group="keys", choices=("local", "aws", "vault"))
+                                "(Vault/OpenBao Transit)", group="keys", choices=KMS_PROVIDERS)
     kms_timeout_s: float = setting(5.0, "timeout of one KMS request", group="keys")
     aws_kms_key_id: str = setting("", "AWS KMS key id, ARN or alias/NAME (credentials: the standard AWS chain)",
                                   group="keys")
@@ -348,30 +364,12 @@ class GatewayConfig:
         return conf
 
     def _check_kms(self) -> None:
-        self._check(self.kms_provider in {"local", "aws", "vault"}, "kms_provider", "must be local, aws or vault")
-        self._check(0 < self.kms_timeout_s <= 60, "kms_timeout_s", "must be in (0, 60] seconds")
-        try:
-            roles = parse_role_kms_keys(self.role_kms_keys)
-        except ValueError as exc:
-            raise ConfigError(f"setting 'role_kms_keys' ({env_name('role_kms_keys')}): {exc}; expected "
-                              "ROLE=KEY[,ROLE=KEY...]") from None
-        self._check(not roles or self.kms_provider != "local", "role_kms_keys",
-                    "is set but kms_provider is local: local role keys live in the keyring (gateway keys init "
-                    "--role R); set kms_provider=aws or vault to use KMS keys per role")
-        # a consumer decrypting as one role (gateway decrypt --role R) needs only its role's key
-        if self.kms_provider == "aws":
-            self._check(bool(self.aws_kms_key_id) or bool(roles), "aws_kms_key_id",
-                        "is required with kms_provider=aws (key id, ARN or alias/NAME)")
-            self._check(not self.aws_endpoint_url or self.aws_endpoint_url.startswith(("http://", "https://")),
-                        "aws_endpoint_url", "must start with http:// or https://")
-        if self.kms_provider == "vault":
-            self._check(self.vault_addr.startswith(("http://", "https://")), "vault_addr",
-                        "is required with kms_provider=vault, as http(s)://HOST:PORT")
-            self._check(bool(self.vault_token), "vault_token",
-                        "is required with kms_provider=vault; set it in the environment, never on the command line")
-            self._check(bool(self.vault_transit_key) or bool(roles), "vault_transit_key",
-                        "is required with kms_provider=vault (the name of an aes256-gcm96 transit key)")
-            self._check(bool(self.vault_mount.strip("/")), "vault_mount", "must name the transit mount")
+        KmsSettings.of(self)
+
+    def kms_settings(self) -> KmsSettings:
+        """The KMS settings, typed (the provider an enum, role keys a mapping); checked when the settings
+        were made."""
+        return KmsSettings.of(self)
 
     @staticmethod
     def _check(ok: bool, setting: str, problem: str) -> None:
@@ -396,7 +394,7 @@ class GatewayConfig:
 
     def role_kms_key_map(self) -> dict[str, str]:
         """`role_kms_keys` as {role: KMS key name} (checked when the settings were made)."""
-        return parse_role_kms_keys(self.role_kms_keys)
+        return dict(self.kms_settings().role_keys)
 
     def process_count(self) -> int:
         from gateway.ops.cpus import usable_cpus
@@ -407,6 +405,112 @@ class GatewayConfig:
         if not self.schemas.is_dir():
             raise ConfigError(f"setting 'schemas' ({env_name('schemas')}): '{self.schemas}' is not a directory")
         return self.schemas
+
+
+@dataclass(frozen=True)
+class KmsSettings:
+    """The KMS settings as one typed, frozen value: what `gateway.keys.providers` builds the KMS from,
+    decided once at start-up. `of` validates them, each error naming the setting and its variable."""
+
+    provider: KmsProvider
+    timeout_s: float
+    aws_kms_key_id: str
+    aws_region: str
+    aws_endpoint_url: str
+    vault_addr: str
+    vault_token: Secret = field(repr=False)
+    vault_transit_key: str
+    vault_mount: str
+    role_keys: Mapping[str, str]  # role -> the role's KMS key name (role_kms_keys)
+
+    @property
+    def local(self) -> bool:
+        """The keyring is the KMS: KEKs and role keys live in the keyring file (the one place that asks)."""
+        return self.provider is KmsProvider.LOCAL
+
+    @property
+    def key_setting(self) -> str | None:
+        """The setting that names the remote provider's key (None for the keyring)."""
+        return {KmsProvider.AWS: "aws_kms_key_id", KmsProvider.VAULT: "vault_transit_key"}.get(self.provider)
+
+    @property
+    def key(self) -> str:
+        """The remote provider's key name ('' for the keyring, or when only role keys are set)."""
+        setting_name = self.key_setting
+        return getattr(self, setting_name) if setting_name else ""
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> KmsSettings:
+        check = GatewayConfig._check
+        try:
+            provider = KmsProvider(config.kms_provider)
+        except ValueError:
+            raise ConfigError(f"setting 'kms_provider' ({env_name('kms_provider')}): must be local, aws or vault") \
+                from None
+        check(0 < config.kms_timeout_s <= 60, "kms_timeout_s", "must be in (0, 60] seconds")
+        try:
+            roles = parse_role_kms_keys(config.role_kms_keys)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'role_kms_keys' ({env_name('role_kms_keys')}): {exc}; expected "
+                              "ROLE=KEY[,ROLE=KEY...]") from None
+        check(not roles or provider is not KmsProvider.LOCAL, "role_kms_keys",
+              "is set but kms_provider is local: local role keys live in the keyring (gateway keys init "
+              "--role R); set kms_provider=aws or vault to use KMS keys per role")
+        # a consumer decrypting as one role (gateway decrypt --role R) needs only its role's key
+        if provider is KmsProvider.AWS:
+            check(bool(config.aws_kms_key_id) or bool(roles), "aws_kms_key_id",
+                  "is required with kms_provider=aws (key id, ARN or alias/NAME)")
+            check(not config.aws_endpoint_url or config.aws_endpoint_url.startswith(("http://", "https://")),
+                  "aws_endpoint_url", "must start with http:// or https://")
+        if provider is KmsProvider.VAULT:
+            check(config.vault_addr.startswith(("http://", "https://")), "vault_addr",
+                  "is required with kms_provider=vault, as http(s)://HOST:PORT")
+            check(bool(config.vault_token), "vault_token",
+                  "is required with kms_provider=vault; set it in the environment, never on the command line")
+            check(bool(config.vault_transit_key) or bool(roles), "vault_transit_key",
+                  "is required with kms_provider=vault (the name of an aes256-gcm96 transit key)")
+            check(bool(config.vault_mount.strip("/")), "vault_mount", "must name the transit mount")
+        return cls(provider, config.kms_timeout_s, config.aws_kms_key_id, config.aws_region,
+                   config.aws_endpoint_url, config.vault_addr, Secret(reveal(config.vault_token)),
+                   config.vault_transit_key, config.vault_mount, MappingProxyType(roles))
+
+
+@dataclass(frozen=True)
+class EnvironmentVariable:
+    """A variable read from the process environment, not a setting of `GatewayConfig`: read where no
+    configuration exists yet (the embedded broker's jar cache) or per host (the instance lock files).
+    Declared here, beside the settings, so the docs' table lists it (`settings_table("environment")`)."""
+
+    name: str
+    default: str  # as the docs state it
+    help: str
+
+    def get(self, environ: Mapping[str, str] | None = None) -> str:
+        """The variable's value, '' when unset or empty."""
+        return (os.environ if environ is None else environ).get(self.name) or ""
+
+
+INSTANCE_LOCK_DIR = EnvironmentVariable(
+    "GATEWAY_INSTANCE_LOCK_DIR", "$TMPDIR/privacy-gateway",
+    "directory of the lock files by which workers on one host claim their instance slot (instance_id HOST-<slot>)")
+KAFKA_CACHE = EnvironmentVariable(
+    "GATEWAY_KAFKA_CACHE", "$XDG_CACHE_HOME/privacy-gateway, else ~/.cache/privacy-gateway",
+    "cache directory of the embedded Apache Kafka broker's and registry's jars (demo, tests)")
+ENVIRONMENT = (INSTANCE_LOCK_DIR, KAFKA_CACHE)
+
+
+def instance_lock_dir() -> Path:
+    """GATEWAY_INSTANCE_LOCK_DIR, else $TMPDIR/privacy-gateway."""
+    return Path(INSTANCE_LOCK_DIR.get() or Path(tempfile.gettempdir()) / "privacy-gateway")
+
+
+def kafka_cache_dir() -> Path:
+    """GATEWAY_KAFKA_CACHE, else $XDG_CACHE_HOME/privacy-gateway, else ~/.cache/privacy-gateway."""
+    configured = KAFKA_CACHE.get()
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "privacy-gateway"
 
 
 def _coerce(name: str, type_name: Any, raw: Any) -> Any:
@@ -451,6 +555,10 @@ def shown_default(f: Any) -> str:
 def settings_table(group: str) -> str:
     """The docs' table of one group's settings, derived from the declarations (Markdown: a `<` in
     the help text, as in `HOST-<slot>`, is escaped so that it is not read as an HTML tag)."""
+    if group == "environment":
+        rows = ["| environment | default | |", "|---|---|---|"]
+        rows += [f"| `{v.name}` | `{v.default}` | {v.help.replace('<', '&lt;')} |" for v in ENVIRONMENT]
+        return "\n".join(rows)
     rows = ["| setting | default | environment | |", "|---|---|---|---|"]
     for f in declared((group,)):
         meaning = f.metadata["help"] + (" (from the environment only; never printed)" if f.metadata["secret"] else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from gateway import app
 from gateway.cli.options import (
     AGGREGATE_GROUPS,
     add_settings,
@@ -23,11 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from gateway.core.policy.lint import load_plans
-    from gateway.runtime.jobs.aggregate import AggregateWorker
     from gateway.runtime.registry import resolve_ids
 
     config = config_of(args)
     plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
                         config.sanitized_compatibility)
     require_kafka(config)
-    return AggregateWorker(config, plans).run()
+    return app.aggregate_worker(config, plans).run()

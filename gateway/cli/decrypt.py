@@ -8,6 +8,7 @@ import sys
 
 import orjson
 
+from gateway import app
 from gateway.cli.options import (
     KMS,
     add_settings,
@@ -34,19 +35,14 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     from gateway.core.decrypt import decrypt_record
     from gateway.core.policy.lint import load_plans
     from gateway.keys.envelope import FieldDecryptor
-    from gateway.keys.keyring import Keyring
 
     config = config_of(args)
     plans = load_plans(config.require_schemas_dir())
     decoder = SanitizedDecoder(plans)
-    from gateway.keys.providers import build_kms, build_role_decrypt_kms
-
     # with a remote KMS the keyring is optional (it opens ciphertexts made before the move)
-    keyring = (Keyring.open(config.keyring, create=False)
-               if config.kms_provider == "local" or config.keyring.exists() else None)
+    keyring = app.optional_keyring(config)
     # as a role with AWS or Vault: that role's key only, unwrap only (its consumer may not wrap)
-    kms = (build_role_decrypt_kms(config, keyring, args.role) if args.role and config.kms_provider != "local"
-           else build_kms(config, keyring))
+    kms = app.decrypt_kms(config, keyring, args.role)
     subject_keys = None
     if args.bootstrap:
         from gateway.keys.subject_keys import SubjectKeys

@@ -8,6 +8,7 @@ import sys
 
 import orjson
 
+from gateway import app
 from gateway.cli.options import (
     KMS,
     add_settings,
@@ -39,12 +40,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     keyring = Keyring.open(config.keyring, create=False)
     subject_keys = None
     if args.bootstrap:  # format-2 dead letters: the subject keys the key topic still holds
-        from gateway.keys.providers import build_kms
-        from gateway.keys.subject_keys import SubjectKeys
         from gateway.runtime.keytopic import load_subject_keys
 
         subject_keys = load_subject_keys(config.kafka_client_config(), config.key_topic,
-                                         SubjectKeys(build_kms(config, keyring)))
+                                         app.subject_keys(config, keyring))
     sealer = QuarantineSealer.of_keyring(keyring, subject_keys)  # opens each quarantine key the keyring holds
     out = sys.stdout.buffer
     failures = 0

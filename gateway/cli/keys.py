@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gateway import app
 from gateway.cli.options import (
     KMS,
     add_settings,
@@ -38,7 +39,6 @@ from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import policy_roles
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
-from gateway.keys.providers import build_kms, remote_provider, remote_role_provider
 from gateway.runtime.keytopic import rewrap_keys
 from gateway.settings import GatewayConfig
 
@@ -64,7 +64,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     domains = {d for p in plans for d in p.token_domains}
     keyring.ensure_token_domains(domains)
     # with AWS or Vault the policies' roles have KMS keys (role_kms_keys); --role still makes a local one
-    roles = set(args.roles or ()) | (policy_roles(plans) if config.kms_provider == "local" else set())
+    roles = set(args.roles or ()) | (policy_roles(plans) if config.kms_settings().local else set())
     keyring.ensure_roles(roles)
     audit_key, _ = keyring.audit_keys()
     state = "updated" if existed else "created"
@@ -82,18 +82,19 @@ def cmd_rotate(args: argparse.Namespace, config: GatewayConfig) -> int:
               f"workers: new tokens will start tok_v{version}_, earlier tokens keep their version (joins across "
               "versions need the key holder)")
         return 0
-    if config.kms_provider == "local":
+    kms = config.kms_settings()
+    if kms.local:
         keyring = Keyring.open(config.keyring, create=False)
         old = keyring.active_key_id()
         new = keyring.rotate_kek()
         print(f"KEK rotated in {config.keyring}: {old} -> {new} (active). Workers wrap their next DEK with it; "
               f"ciphertexts under {old} still decrypt while the keyring holds it")
         return 0
-    provider = remote_provider(config)
+    provider = app.remote_kek(config)
     rotate = getattr(provider, "rotate", None)
     if rotate is None:
-        raise GatewayError(f"KMS provider '{config.kms_provider}' cannot rotate from the gateway; rotate it in the KMS")
-    print(f"KEK rotated in KMS provider '{config.kms_provider}': {rotate()}. The KEK id in ciphertexts stays; "
+        raise GatewayError(f"KMS provider '{kms.provider.value}' cannot rotate from the gateway; rotate it in the KMS")
+    print(f"KEK rotated in KMS provider '{kms.provider.value}': {rotate()}. The KEK id in ciphertexts stays; "
           "old DEKs still unwrap")
     return 0
 
@@ -140,7 +141,8 @@ def cmd_export_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
 def cmd_rotate_role(args: argparse.Namespace, config: GatewayConfig) -> int:
     """`gateway keys rotate --role R`: a new version of the role's KEK, made active."""
     role = args.role
-    if config.kms_provider == "local":
+    kms = config.kms_settings()
+    if kms.local:
         keyring = Keyring.open(config.keyring, create=False)
         old = keyring.role_key_ids(role)
         new = keyring.rotate_role(role)
@@ -149,16 +151,17 @@ def cmd_rotate_role(args: argparse.Namespace, config: GatewayConfig) -> int:
               f"(gateway keys export --role {role} --out FILE) for its consumers: an older export opens only "
               "data keys made before this rotation")
         return 0
-    provider = remote_role_provider(config, role)
-    print(f"role '{role}' key rotated in KMS provider '{config.kms_provider}': {provider.rotate()}. "
+    provider = app.remote_role_key(config, role)
+    print(f"role '{role}' key rotated in KMS provider '{kms.provider.value}': {provider.rotate()}. "
           "The key id in ciphertexts stays; older data keys still unwrap")
     return 0
 
 
 def cmd_export_role(args: argparse.Namespace, config: GatewayConfig) -> int:
     """`gateway keys export --role R --out FILE`: the role's key versions alone, for its consumers."""
-    if config.kms_provider != "local":
-        raise GatewayError(f"with kms_provider={config.kms_provider} role keys live in the KMS (setting "
+    kms = config.kms_settings()
+    if not kms.local:
+        raise GatewayError(f"with kms_provider={kms.provider.value} role keys live in the KMS (setting "
                            "role_kms_keys): grant the role's consumers decrypt on their key instead of exporting one "
                            "(docs/tools/decrypt.md, \"Roles and KMS permissions\")")
     out = Path(args.out)
@@ -172,7 +175,7 @@ def cmd_export_role(args: argparse.Namespace, config: GatewayConfig) -> int:
 def cmd_rewrap(args: argparse.Namespace, config: GatewayConfig) -> int:
     """Re-store per-subject keys wrapped under an older KEK, under the active one (same DEK, same id)."""
     keyring = Keyring.open(config.keyring, create=False) if config.keyring.exists() else None
-    kms = build_kms(config, keyring)
+    kms = app.build_kms(config, keyring)
     rewrapped, live = rewrap_keys(config, kms)
     print(f"rewrapped {rewrapped} of {live} subject and period key(s) on "
           f"'{config.key_topic}' under "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from gateway import app
 from gateway.cli.options import (
     RUN_GROUPS,
     add_settings,
@@ -23,8 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.core.policy.lint import load_plans
-    from gateway.keys.keyring import Keyring
-    from gateway.runtime.jobs.sanitize import Worker
     from gateway.runtime.registry import resolve_ids
 
     config = config_of(args)
@@ -39,9 +38,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     for plan in plans:
         for warning in plan.warnings:
             log.warning("policy", extra={"problem": str(warning)})
-    keyring = Keyring.open(config.keyring, create=True)
-    from gateway.keys.providers import build_kms
-
-    kms = build_kms(config, keyring)  # fail fast, before Kafka, on a wrong or unreachable KMS
+    keyring, kms = app.worker_keys(config)  # fail fast, before Kafka, on a wrong or unreachable KMS
     require_kafka(config)
-    return Worker(config, plans, keyring, kms=kms).run()
+    return app.worker(config, plans, keyring, kms).run()

@@ -9,13 +9,13 @@ complete copy, so later starts reuse it without asking the network.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from gateway.errors import GatewayError
+from gateway.settings import kafka_cache_dir
 
 # Pinned; docker-compose.yml runs the `apache/kafka` image of the same version.
 KAFKA_VERSION = "4.1.1"
@@ -36,12 +36,9 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 
 
 def cache_dir() -> Path:
-    """GATEWAY_KAFKA_CACHE, else $XDG_CACHE_HOME/privacy-gateway, else ~/.cache/privacy-gateway."""
-    configured = os.environ.get("GATEWAY_KAFKA_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "privacy-gateway"
+    """GATEWAY_KAFKA_CACHE, else $XDG_CACHE_HOME/privacy-gateway, else ~/.cache/privacy-gateway
+    (declared in gateway.settings)."""
+    return kafka_cache_dir()
 
 
 def require_tool(name: str, purpose: str, who: str = "the embedded Apache Kafka broker",

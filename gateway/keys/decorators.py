@@ -8,7 +8,6 @@ retries a refusal (tampered wrapped key, missing permission): only `KmsUnavailab
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from gateway.errors import DecryptError
 from gateway.keys.errors import KmsUnavailable
 from gateway.keys.kms import KmsProvider, WrappedKey
 from gateway.ops.metrics import KMS_REQUESTS, KMS_SECONDS
+from gateway.retry import exponential, retry_call
 
 T = TypeVar("T")
 
@@ -100,20 +100,14 @@ class ResilientKms:
         if remaining > 0:
             raise KmsUnavailable(f"KMS provider '{self.name}' is unavailable: failing fast for another "
                                  f"{remaining:.1f}s after repeated failures")
-        delay = self._base
-        for attempt in range(1, self._attempts + 1):
-            try:
-                result = fn()
-            except KmsUnavailable:
-                if attempt == self._attempts:
-                    self._open_until = time.monotonic() + self._cooldown
-                    raise
-                self._sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._max)
-                continue
-            self._open_until = 0.0
-            return result
-        raise AssertionError("unreachable")
+        try:
+            result = retry_call(fn, retry_if=lambda exc: isinstance(exc, KmsUnavailable), attempts=self._attempts,
+                                delay=exponential(self._base, self._max, jitter=True), sleep=self._sleep)
+        except KmsUnavailable:  # every attempt failed: fail fast for a while
+            self._open_until = time.monotonic() + self._cooldown
+            raise
+        self._open_until = 0.0
+        return result
 
     def active_key_id(self) -> str:
         return self.inner.active_key_id()

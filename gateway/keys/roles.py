@@ -17,37 +17,14 @@ Where a role's KEK lives:
   (``support=alias/gw-support,fraud=alias/gw-fraud``; for Vault transit key names), checked at
   start-up like the main key.
 
-This module holds what is shared: role names and the ``role_kms_keys`` syntax. It imports nothing from
-the gateway, so `gateway.settings` can use it. The roles a set of policies names is a walk of the
-compiled plan (`gateway.core.policy.compiler.policy_roles`); the ``gateway keys`` commands for roles are
-in `gateway.cli.keys`.
+Role names and the ``role_kms_keys`` syntax live below the settings (`gateway.role_names`, which
+`gateway.settings` validates with); this module re-exports them for the keys. The roles a set of
+policies names is a walk of the compiled plan (`gateway.core.policy.compiler.policy_roles`); the
+``gateway keys`` commands for roles are in `gateway.cli.keys`.
 """
 
 from __future__ import annotations
 
-import re
+from gateway.role_names import ROLE_NAME, ROLE_NAME_RULE, parse_role_kms_keys, valid_role
 
-ROLE_NAME = re.compile(r"[a-z0-9_-]{1,64}")
-ROLE_NAME_RULE = "1 to 64 characters of a-z, 0-9, '_' and '-'"
-
-
-def valid_role(role: object) -> bool:
-    return isinstance(role, str) and ROLE_NAME.fullmatch(role) is not None
-
-
-def parse_role_kms_keys(text: str) -> dict[str, str]:
-    """``"support=alias/gw-support,fraud=alias/gw-fraud"`` -> {role: key}. Raises ValueError naming the
-    problem (the caller names the setting). Keys are KMS key names, never key material."""
-    mapping: dict[str, str] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        role, sep, key = (s.strip() for s in item.partition("="))
-        if not sep or not key:
-            raise ValueError(f"'{item}' is not ROLE=KEY")
-        if not valid_role(role):
-            raise ValueError(f"role '{role}' must be {ROLE_NAME_RULE}")
-        if role in mapping:
-            raise ValueError(f"role '{role}' is given twice")
-        mapping[role] = key
-    return mapping
+__all__ = ["ROLE_NAME", "ROLE_NAME_RULE", "parse_role_kms_keys", "valid_role"]

@@ -10,20 +10,18 @@ lock: a live worker holds its lock, a dead one's lock is released by the kernel.
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from gateway.settings import GatewayConfig
+from gateway.settings import GatewayConfig, instance_lock_dir
 
 _held: list[IO[str]] = []  # the lock files of this process, open for its lifetime
 
 
 def lock_dir() -> Path:
-    return Path(os.environ.get("GATEWAY_INSTANCE_LOCK_DIR") or Path(tempfile.gettempdir()) / "privacy-gateway")
+    return instance_lock_dir()
 
 
 def claim_slot(scope: str, directory: Path | None = None, max_slots: int = 1024) -> int:

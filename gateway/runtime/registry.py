@@ -25,6 +25,7 @@ from fastavro.schema import to_parsing_canonical_form
 from gateway.core.codec.evolution import WriterSchema, evolution_problems, resolve_writer
 from gateway.core.policy.plan import Plan, Problem
 from gateway.errors import ConfigError, GatewayError
+from gateway.retry import exponential, retry_call
 
 log = logging.getLogger("gateway.registry")
 
@@ -264,17 +265,8 @@ class NewWriterIds:
                     "unannotated_fields": list(writer.unannotated), "problem": writer.problem})
 
     def _lookup(self, schema_id: int) -> dict[str, Any] | None:
-        import time
+        def note(_attempt: int, exc: BaseException, _delay: float) -> None:
+            log.warning("schema registry lookup failed: retrying", extra={"schema_id": schema_id, "error": str(exc)})
 
-        deadline = time.monotonic() + self.patience_s
-        delay = 0.5
-        while True:
-            try:
-                return self.lookup(schema_id)
-            except GatewayError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("schema registry lookup failed: retrying", extra={"schema_id": schema_id,
-                                                                               "error": str(exc)})
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+        return retry_call(lambda: self.lookup(schema_id), retry_if=lambda exc: isinstance(exc, GatewayError),
+                          within_s=self.patience_s, delay=exponential(0.5, 8.0), on_retry=note)

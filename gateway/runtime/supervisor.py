@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import metrics
 from gateway.ops.ports import free_port
+from gateway.retry import exponential
 
 log = logging.getLogger("gateway.supervisor")
 BACKOFF_FIRST_S = 1.0
@@ -60,7 +61,7 @@ def child_arguments(argv: Sequence[str]) -> list[str]:
 
 def backoff_s(failures: int) -> float:
     """Seconds before restarting a child that failed `failures` times in a row (1, 2, 4 ... 30)."""
-    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+    return exponential(BACKOFF_FIRST_S, BACKOFF_MAX_S)(failures)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from gateway.core.pipeline.outcome import BatchCounts
 from gateway.ops import metrics
 from gateway.outputs import OutRecord
+from gateway.retry import retry_call
 
 log = logging.getLogger("gateway.runtime")
 Source = tuple[str, int]  # (topic, partition)
@@ -77,15 +78,14 @@ def is_retriable(error: KafkaError) -> bool:
 
 def retry_retriable(what: str, call: Callable[[], Any], attempts: int = 10) -> Any:
     """Call again while librdkafka says the error is retriable (a timeout waiting on the broker)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not is_retriable(error) or attempt == attempts:
-                raise
-            log.warning(f"{what} timed out: retrying", extra={"code": error.name(), "attempt": attempt})
-    return None
+
+    def retriable(exc: BaseException) -> bool:
+        return isinstance(exc, KafkaException) and is_retriable(exc.args[0])
+
+    def note(attempt: int, exc: BaseException, _delay: float) -> None:
+        log.warning(f"{what} timed out: retrying", extra={"code": exc.args[0].name(), "attempt": attempt})
+
+    return retry_call(call, retry_if=retriable, attempts=attempts, on_retry=note)
 
 
 class AssignmentWait:

@@ -176,7 +176,8 @@ def test_kms_outage_dead_letters_with_kms_unavailable_and_resumes(moto_kms: Moto
                                                                   tmp_path: Path) -> None:
     proxy = TcpProxy(int(moto_kms.endpoint.rsplit(":", 1)[1]))
     config = aws_config(moto_kms, tmp_path, aws_endpoint_url=proxy.url, dek_max_uses=1, kms_timeout_s=1.0)
-    pipeline = Pipeline([payments_plan_file], Keyring.open(config.keyring), config, audit_partitions=1)
+    keyring = Keyring.open(config.keyring)  # the KMS is built at start-up (gateway.app) and given to the pipeline
+    pipeline = Pipeline([payments_plan_file], keyring, config, audit_partitions=1, kms=build_kms(config, keyring))
     plan = payments_plan_file
 
     def outcome(events: list[RawEvent]) -> tuple[int, list[str]]:

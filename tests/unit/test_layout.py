@@ -192,3 +192,33 @@ def test_only_the_runtime_layer_imports_a_kafka_client() -> None:
     offenders = [str(p.relative_to(ROOT)) for p in outside
                  if any(m == "confluent_kafka" or m.startswith("confluent_kafka.") for m, _ in _imported(p))]
     assert not offenders, f"Kafka client imported outside gateway/runtime and gateway/embedded: {offenders}"
+
+
+KMS_BUILDERS = {"AwsKms", "VaultTransitKms", "KmsRouter", "ResilientKms", "InstrumentedKms"}
+KMS_WIRING = (Path("app.py"),)
+PROVIDERS = Path("keys", "providers")
+# what the core and the jobs may take from the registry: the keyring as the KMS when none is given
+KEYRING_KMS = ("gateway.keys.providers.local", "keyring_kms")
+
+
+def test_only_app_and_the_provider_registry_build_a_kms() -> None:
+    """A KMS client is built in gateway/keys/providers/ (the registry) and reached through gateway/app.py: the
+    core, the jobs and the commands receive it. Nothing else imports the registry (but the keyring-as-KMS
+    default) or constructs a provider, a router or a decorator."""
+    offenders = []
+    for path in _gateway_files():
+        rel = path.relative_to(ROOT)
+        if rel in KMS_WIRING or rel.parts[:2] == PROVIDERS.parts:
+            continue
+        for module, name in _imported(path):
+            full = f"{module}.{name}" if name else module
+            if (module, name) != KEYRING_KMS and full.startswith("gateway.keys.providers"):
+                offenders.append(f"{rel}: imports {full}")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) \
+                    else None
+                if called in KMS_BUILDERS:
+                    offenders.append(f"{rel}:{node.lineno} {called}(...)")
+    assert not offenders, f"KMS built outside gateway/app.py and gateway/keys/providers: {offenders}"

@@ -70,7 +70,7 @@ from gateway.event_time import check_event_time
 from gateway.keys.envelope import DekCache
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
-from gateway.keys.providers import build_kms
+from gateway.keys.providers.local import keyring_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 from gateway.outputs import OutRecord
@@ -301,8 +301,8 @@ class Pipeline:
         for domain in sorted({d for p in (*plans, *views) for d in p.token_domains}):
             version, keys = keyring.token_keys(domain)
             tokenizers[domain] = DomainTokenizer(domain, version, keys[version])
-        # the configured KMS (checked now: a wrong or unreachable one fails start-up, never falls back)
-        self.kms = kms if kms is not None else build_kms(config, keyring)
+        # the KMS is given (gateway.app builds and checks it at start-up); none given: the keyring, when it is the KMS
+        self.kms = kms if kms is not None else keyring_kms(config.kms_settings(), keyring)
         self.dek_cache = DekCache(self.kms, config.dek_max_age_s, config.dek_max_uses)
         # per-subject keys (crypto-shredding): the sanitize job keeps them in step with the key topic
         if subject_keys is None and any(p.per_subject for p in (*plans, *views)):

@@ -1,13 +1,15 @@
-"""Choosing, checking and routing KMS providers.
+"""The KMS provider registry: the provider decided once, at start-up, from the typed `KmsSettings`.
 
-`build_kms` turns the configuration into a `KmsRouter`: the configured provider wraps new DEKs
-(decorated with metrics and retries), and every provider the gateway can reach unwraps the DEKs
-whose KEK id it owns. The local keyring always takes part, decrypt-capable, so ciphertexts made
-before a move from the local keyring to AWS or Vault still open. A wrong or unreachable KMS fails
-here, at start-up, with an error naming the provider and the setting; there is no fallback.
+`REMOTE` maps each remote `KmsProvider` (gateway.settings) to its module's builder; the local
+provider is the keyring (`providers.local`). `build_kms` turns the settings into a `KmsRouter`: the
+configured provider wraps new DEKs (decorated with metrics and retries), and every provider the
+gateway can reach unwraps the DEKs whose KEK id it owns. The local keyring always takes part,
+decrypt-capable, so ciphertexts made before a move from the local keyring to AWS or Vault still
+open. A wrong or unreachable KMS fails here, at start-up, with an error naming the provider and the
+setting; there is no fallback. `gateway.app` is the one caller outside this package.
 
 Role keys (role-scoped fields, format v3: gateway.keys.roles) come from the same place as the KEK:
-the keyring's role section with ``kms_provider=local``, else one AWS or Vault key per role named by
+the keyring's role section with the local provider, else one AWS or Vault key per role named by
 ``role_kms_keys``, each checked at start-up like the main key. `build_role_decrypt_kms` is the
 consumer's side of a role: unwrap only, with no start-up probe, since a role's consumer may only
 decrypt with its key.
@@ -15,127 +17,74 @@ decrypt with its key.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import DecryptError
 from gateway.keys.decorators import InstrumentedKms, ResilientKms
 from gateway.keys.errors import KmsConfigError, KmsError
 from gateway.keys.keyring import Keyring
-from gateway.keys.kms import KmsProvider, WrappedKey, provider_of
-from gateway.settings import GatewayConfig, env_name, reveal
+from gateway.keys.kms import KmsProvider as Kms
+from gateway.keys.providers import aws, local, vault
+from gateway.keys.providers.router import KmsRouter
+from gateway.settings import GatewayConfig, KmsProvider, KmsSettings, env_name
+
+__all__ = ["REMOTE", "KmsRouter", "RemoteBuilder", "build_kms", "build_role_decrypt_kms", "remote_provider",
+           "remote_role_provider"]
 
 
-class KmsRouter:
-    """Wraps with the active provider; unwraps with whichever provider owns the KEK id.
+@dataclass(frozen=True)
+class RemoteBuilder:
+    """A remote provider's entry: how to build one key's client, and how errors describe that key."""
 
-    `roles`: the remote KMS key of each role (role_kms_keys); local role keys come from the keyring."""
-
-    def __init__(self, active: KmsProvider, providers: dict[str, KmsProvider],
-                 roles: dict[str, KmsProvider] | None = None) -> None:
-        self.active = active
-        self.name = active.name
-        self.providers = dict(providers)
-        self.providers.setdefault(active.name, active)
-        self.roles = dict(roles or {})
-        self._role_routers: dict[str, KmsRouter] = {}
-
-    def __repr__(self) -> str:
-        return f"<KmsRouter active={self.name!r} providers={sorted(self.providers)} roles={sorted(self.roles)}>"
-
-    def role_wrapping_kms(self, role: str) -> KmsProvider:
-        """The KMS that wraps `role`'s data keys (the worker): its role_kms_keys key, or with the local
-        keyring its role key (made now when missing). Raises KmsConfigError naming the setting."""
-        remote = self.roles.get(role)
-        if remote is not None:
-            return remote
-        keyring = self.providers.get("local")
-        if self.name == "local" and isinstance(keyring, Keyring):
-            return keyring.role_wrapping_kms(role)
-        configured = ", ".join(sorted(self.roles)) or "none"
-        raise KmsConfigError(f"setting 'role_kms_keys' ({env_name('role_kms_keys')}) names no KMS key for role "
-                             f"'{role}' (kms_provider={self.name}; roles with a key: {configured}): add {role}=KEY")
-
-    def role_unwrapping_kms(self, role: str) -> KmsProvider:
-        """What opens `role`'s wraps (the consumer), routed by each wrap's KEK id like `unwrap`: the
-        keyring's versions of this role's key only, or a remote KMS (which decides by its permissions)."""
-        router = self._role_routers.get(role)
-        if router is None:
-            providers = {name: p for name, p in self.providers.items() if name != "local"}
-            keyring = self.providers.get("local")
-            if isinstance(keyring, Keyring):
-                providers["local"] = keyring.role_unwrapping_kms(role)
-            remote = self.roles.get(role)
-            if remote is not None:
-                providers[remote.name] = remote
-            active = remote or providers.get("local") or providers.get(self.name)
-            if active is None:
-                raise DecryptError("key_not_held", f"no key for role '{role}' here: pass a keyring holding it "
-                                   "(gateway keys export --role R) or the role's KMS key (role_kms_keys)")
-            router = self._role_routers[role] = KmsRouter(active, providers)
-        return router
-
-    def active_key_id(self) -> str:
-        return self.active.active_key_id()
-
-    def healthy(self) -> bool:
-        return self.active.healthy()
-
-    def wrap(self, dek: bytes, context: bytes) -> WrappedKey:
-        return self.active.wrap(dek, context)
-
-    def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
-        name = provider_of(wrapped.kek_id)
-        provider = self.providers.get(name)
-        if provider is None:
-            raise DecryptError("key_not_held", f"KEK '{wrapped.kek_id}' belongs to KMS provider '{name}', which is "
-                               f"not configured here: set kms_provider={name} ({env_name('kms_provider')}) and its "
-                               "settings to decrypt it")
-        return provider.unwrap(wrapped, context)
+    build: Callable[[KmsSettings, str, str], Any]  # (settings, key, the setting naming the key) -> provider
+    describe: Callable[[KmsSettings, str], str]
 
 
-def remote_provider(config: GatewayConfig) -> KmsProvider:
+REMOTE: Mapping[KmsProvider, RemoteBuilder] = MappingProxyType({
+    KmsProvider.AWS: RemoteBuilder(aws.build, aws.describe),
+    KmsProvider.VAULT: RemoteBuilder(vault.build, vault.describe),
+})
+
+
+def _remote_entry(settings: KmsSettings, setting: str) -> RemoteBuilder:
+    entry = REMOTE.get(settings.provider)
+    if entry is None:
+        raise KmsConfigError(f"setting '{setting}' ({env_name(setting)}) needs kms_provider aws or vault"
+                             if setting == "role_kms_keys" else
+                             f"setting 'kms_provider' ({env_name('kms_provider')}): '{settings.provider.value}' is "
+                             "not a remote KMS provider (aws, vault)")
+    return entry
+
+
+def remote_provider(config: GatewayConfig) -> Any:
     """The configured AWS or Vault provider, checked (raises KmsConfigError), without decorators."""
-    setting = {"aws": "aws_kms_key_id", "vault": "vault_transit_key"}.get(config.kms_provider)
-    if setting is None:
-        raise KmsConfigError(f"setting 'kms_provider' ({env_name('kms_provider')}): '{config.kms_provider}' is not "
-                             "a remote KMS provider (aws, vault)")
-    key = getattr(config, setting)
+    settings = config.kms_settings()
+    entry = _remote_entry(settings, "kms_provider")
+    setting = settings.key_setting
+    assert setting is not None  # every remote provider names its key's setting
+    key = settings.key
     if not key:  # allowed by the settings for `gateway decrypt --role`, which needs only role_kms_keys
         raise KmsConfigError(f"setting '{setting}' ({env_name(setting)}): is required with "
-                             f"kms_provider={config.kms_provider} to wrap and unwrap data keys (only gateway decrypt "
-                             "--role R does without it)")
-    return _checked(_remote(config, key, setting), _describe(config, key), setting)
+                             f"kms_provider={settings.provider.value} to wrap and unwrap data keys (only gateway "
+                             "decrypt --role R does without it)")
+    return _checked(entry.build(settings, key, setting), entry.describe(settings, key), setting)
 
 
 def remote_role_provider(config: GatewayConfig, role: str, check: bool = True) -> Any:
     """The AWS or Vault key of `role` (setting role_kms_keys), without decorators; checked (describe,
     wrap and unwrap a probe) unless `check` is off: a role's consumer may only decrypt."""
-    key = config.role_kms_key_map().get(role)
+    settings = config.kms_settings()
+    key = settings.role_keys.get(role)
     if key is None:
         raise KmsConfigError(f"setting 'role_kms_keys' ({env_name('role_kms_keys')}) names no KMS key for role "
                              f"'{role}': add {role}=KEY")
-    if config.kms_provider not in ("aws", "vault"):
-        raise KmsConfigError(f"setting 'role_kms_keys' ({env_name('role_kms_keys')}) needs kms_provider aws or "
-                             "vault")
-    provider = _remote(config, key, "role_kms_keys")
-    return _checked(provider, f"{_describe(config, key)} of role '{role}'", "role_kms_keys") if check else provider
-
-
-def _remote(config: GatewayConfig, key: str, setting: str) -> Any:
-    if config.kms_provider == "aws":
-        from gateway.keys.providers.aws import AwsKms
-
-        return AwsKms(key, config.aws_region, config.aws_endpoint_url, config.kms_timeout_s, setting=setting)
-    from gateway.keys.providers.vault import VaultTransitKms
-
-    return VaultTransitKms(config.vault_addr, reveal(config.vault_token), key, config.vault_mount,
-                           config.kms_timeout_s, setting=setting)
-
-
-def _describe(config: GatewayConfig, key: str) -> str:
-    if config.kms_provider == "aws":
-        return f"KMS provider 'aws': key '{key}'"
-    return f"KMS provider 'vault' at {config.vault_addr}: transit key '{config.vault_mount}/{key}'"
+    entry = _remote_entry(settings, "role_kms_keys")
+    provider = entry.build(settings, key, "role_kms_keys")
+    return _checked(provider, f"{entry.describe(settings, key)} of role '{role}'", "role_kms_keys") if check \
+        else provider
 
 
 def _checked(provider: Any, what: str, setting: str) -> Any:
@@ -145,7 +94,7 @@ def _checked(provider: Any, what: str, setting: str) -> Any:
     return provider
 
 
-def _round_trip(provider: KmsProvider, what: str, setting: str) -> None:
+def _round_trip(provider: Kms, what: str, setting: str) -> None:
     """The real proof a remote key works: wrap and unwrap a test key (metadata may lie, emulators omit it)."""
     probe = b"\x00" * 32
     try:
@@ -156,18 +105,19 @@ def _round_trip(provider: KmsProvider, what: str, setting: str) -> None:
             from None
 
 
+def _decorated(provider: Kms) -> Kms:
+    """The concerns every remote provider wears: metrics inside, retries and the circuit outside."""
+    return ResilientKms(InstrumentedKms(provider))
+
+
 def build_kms(config: GatewayConfig, keyring: Keyring | None) -> KmsRouter:
     """The gateway's KMS: the configured provider (checked now) plus the local keyring for unwrapping."""
-    providers: dict[str, KmsProvider] = {}
-    if keyring is not None:
-        providers["local"] = keyring
-    if config.kms_provider == "local":
-        if keyring is None:
-            raise KmsConfigError(f"KMS provider 'local' needs the keyring: set keyring ({env_name('keyring')})")
-        return KmsRouter(keyring, providers)
-    active = ResilientKms(InstrumentedKms(remote_provider(config)))
-    roles: dict[str, KmsProvider] = {role: ResilientKms(InstrumentedKms(remote_role_provider(config, role)))
-                                     for role in config.role_kms_key_map()}
+    settings = config.kms_settings()
+    if settings.local:
+        return local.build(keyring)
+    providers: dict[str, Kms] = {"local": keyring} if keyring is not None else {}
+    active = _decorated(remote_provider(config))
+    roles = {role: _decorated(remote_role_provider(config, role)) for role in settings.role_keys}
     return KmsRouter(active, providers, roles)
 
 
@@ -175,7 +125,7 @@ def build_role_decrypt_kms(config: GatewayConfig, keyring: Keyring | None, role:
     """`gateway decrypt --role R`'s KMS: unwrap only. With the local keyring, the keyring given (a role
     export will do); with AWS or Vault, the role's key of role_kms_keys, not probed (its consumer may
     only decrypt), plus the keyring when present (fields made before a move to the KMS)."""
-    if config.kms_provider == "local":
+    if config.kms_settings().local:
         return build_kms(config, keyring)
-    role_kms = ResilientKms(InstrumentedKms(remote_role_provider(config, role, check=False)))
+    role_kms = _decorated(remote_role_provider(config, role, check=False))
     return KmsRouter(role_kms, {"local": keyring} if keyring is not None else {}, {role: role_kms})

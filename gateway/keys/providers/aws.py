@@ -22,6 +22,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
+from gateway.settings import KmsSettings, env_name
 
 PREFIX = "aws:"
 _CONTEXT_KEY = "privacy-gateway"
@@ -80,9 +81,9 @@ class AwsKms:
             code = exc.response.get("Error", {}).get("Code", "?")
             if code == "NotFoundException":
                 raise KmsConfigError(f"{where}: key '{self._key_id}' not found: check setting {self._setting} "
-                                     f"({_env(self._setting)}) and aws_region (GATEWAY_AWS_REGION)") from None
+                                     f"({env_name(self._setting)}) and aws_region (GATEWAY_AWS_REGION)") from None
             raise KmsConfigError(f"{where}: cannot use key '{self._key_id}' (setting {self._setting}, "
-                                 f"{_env(self._setting)}): {code}") from None
+                                 f"{env_name(self._setting)}): {code}") from None
         except BotoCoreError as exc:
             raise KmsConfigError(f"{where} is unreachable ({type(exc).__name__}): check setting aws_endpoint_url "
                                  "(GATEWAY_AWS_ENDPOINT_URL) and aws_region (GATEWAY_AWS_REGION)") from None
@@ -134,10 +135,6 @@ class AwsKms:
         return f"{kek_id} (new key material inside AWS KMS)"
 
 
-def _env(setting: str) -> str:
-    return "GATEWAY_" + setting.upper()
-
-
 def _context(context: bytes) -> dict[str, str]:
     return {_CONTEXT_KEY: base64.b64encode(context).decode("ascii")}
 
@@ -162,3 +159,12 @@ def _translate(exc: Exception, op: str, kek_id: str) -> Exception:
     if isinstance(exc, BotoCoreError):
         return KmsUnavailable(f"AWS KMS {op} with '{kek_id}' failed: {type(exc).__name__} (unreachable?)")
     return exc
+
+
+def build(settings: KmsSettings, key: str, setting: str) -> AwsKms:
+    """The registry's builder (gateway.keys.providers): `key` of the setting named `setting`."""
+    return AwsKms(key, settings.aws_region, settings.aws_endpoint_url, settings.timeout_s, setting=setting)
+
+
+def describe(settings: KmsSettings, key: str) -> str:
+    return f"KMS provider 'aws': key '{key}'"

@@ -21,6 +21,7 @@ from typing import Any
 from gateway.errors import DecryptError
 from gateway.keys.errors import KmsConfigError, KmsError, KmsUnavailable
 from gateway.keys.kms import WrappedKey
+from gateway.settings import KmsSettings, env_name, reveal
 from gateway.values import b64
 
 PREFIX = "vault:"
@@ -64,7 +65,7 @@ class VaultTransitKms:
                                  "check GATEWAY_VAULT_TOKEN (environment only) and its policy") from None
         except hv.InvalidPath:
             raise KmsConfigError(f"{where}: transit key '{self._key}' not found under mount '{self._mount}': check "
-                                 f"settings {self._setting} (GATEWAY_{self._setting.upper()}) and vault_mount "
+                                 f"settings {self._setting} ({env_name(self._setting)}) and vault_mount "
                                  "(GATEWAY_VAULT_MOUNT)") from None
         except hv.VaultError as exc:
             raise KmsConfigError(f"{where}: cannot read transit key '{self._mount}/{self._key}' "
@@ -139,3 +140,13 @@ def _translate(exc: Exception, op: str, kek_id: str) -> Exception:
     if isinstance(exc, hv.VaultError):
         return KmsError(f"Vault transit {op} with '{kek_id}' refused ({type(exc).__name__})")
     return exc
+
+
+def build(settings: KmsSettings, key: str, setting: str) -> VaultTransitKms:
+    """The registry's builder (gateway.keys.providers): `key` of the setting named `setting`."""
+    return VaultTransitKms(settings.vault_addr, reveal(settings.vault_token), key, settings.vault_mount,
+                           settings.timeout_s, setting=setting)
+
+
+def describe(settings: KmsSettings, key: str) -> str:
+    return f"KMS provider 'vault' at {settings.vault_addr}: transit key '{settings.vault_mount}/{key}'"

@@ -529,6 +529,7 @@ class AggregateWorker:
         self.state_topic = bound_state_topic(self.config)
         self.state_partitions = 1
         self.topic_partitions: dict[str, int] = {}  # partition counts, read when the job starts
+        self.audit_keys: AuditKeys | None = None  # given by gateway.app (else read from the keyring at start)
         # windows closed per outcome: the only tally this job reports (exact contribution counts
         # never leave it; see docs/dp.md, "What stays inside the DP boundary")
         self.windows_closed: Counter[str] = Counter()
@@ -584,7 +585,8 @@ class AggregateWorker:
     def run(self) -> int:
         config = self.config
         start_process(config, self.health, self.request_stop)
-        audit_keys = audit_keys_for(config)  # before Kafka: a missing keyring fails start-up
+        # before Kafka: a missing keyring fails start-up
+        audit_keys = self.audit_keys if self.audit_keys is not None else audit_keys_for(config)
         audit_partitions = self._ensure_topics()
         admin = clients.admin(config)
         probe = metrics.HealthProbe(self.health, {"kafka": lambda: bool(partition_counts(admin, timeout=5))}).start()

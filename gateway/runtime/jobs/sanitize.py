@@ -29,6 +29,7 @@ from gateway.core.policy.plan import Plan, plan_retentions
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
+from gateway.keys.providers.local import keyring_kms
 from gateway.keys.subject_keys import SubjectKeys
 from gateway.ops import metrics
 from gateway.runtime import changelog, clients, consent
@@ -207,9 +208,7 @@ class Worker:
         # can be read under that subject's key (so `gateway forget` erases them too); period keys for
         # fields with a retention live in the same key topic
         if any(p.per_subject or p.subject_domain is not None or plan_retentions(p) for p in self.plans):
-            from gateway.keys.providers import build_kms
-
-            kms = self._kms if self._kms is not None else build_kms(self.config, self.keyring)
+            kms = self._kms if self._kms is not None else keyring_kms(self.config.kms_settings(), self.keyring)
             self._kms = kms
             subject_keys = SubjectKeys(kms, self.config.dek_max_uses)
             self.key_topic = KeyTopic(self.config, subject_keys, on_failure=self._follower_died)

@@ -1,0 +1,82 @@
+"""Wiring only: settings -> KMS, pipeline and workers. The one place outside the provider registry
+(`gateway.keys.providers`) that builds a KMS; the commands call these builders and the core and the
+jobs receive what they build (`Pipeline(kms=...)`, `Worker(kms=...)`).
+
+The KMS is decided once, here, at start-up, from the typed `KmsSettings` (gateway.settings): a
+wrong or unreachable one fails before any Kafka client exists, naming the setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.core.pipeline import Pipeline
+from gateway.core.policy.plan import Plan
+from gateway.keys import providers
+from gateway.keys.keyring import Keyring
+from gateway.keys.kms import KmsProvider
+from gateway.keys.providers.router import KmsRouter
+from gateway.keys.subject_keys import SubjectKeys
+from gateway.runtime.jobs.aggregate import AggregateWorker, audit_keys_for
+from gateway.runtime.jobs.sanitize import Worker
+from gateway.settings import GatewayConfig
+
+
+def build_kms(config: GatewayConfig, keyring: Keyring | None) -> KmsRouter:
+    """The gateway's KMS: the configured provider, checked now, plus the keyring for unwrapping."""
+    return providers.build_kms(config, keyring)
+
+
+def optional_keyring(config: GatewayConfig) -> Keyring | None:
+    """The keyring where one is needed or present: always with the local KMS (it is the KMS), else only
+    when the file exists (it opens ciphertexts made before a move to AWS or Vault)."""
+    if config.kms_settings().local or config.keyring.exists():
+        return Keyring.open(config.keyring, create=False)
+    return None
+
+
+def decrypt_kms(config: GatewayConfig, keyring: Keyring | None, role: str | None) -> KmsRouter:
+    """`gateway decrypt`'s KMS: as a role, that role's key only, unwrap only (its consumer may not wrap)."""
+    return providers.build_role_decrypt_kms(config, keyring, role) if role else build_kms(config, keyring)
+
+
+def remote_kek(config: GatewayConfig) -> Any:
+    """The configured AWS or Vault key itself (checked, undecorated): what `gateway keys rotate` rotates."""
+    return providers.remote_provider(config)
+
+
+def remote_role_key(config: GatewayConfig, role: str) -> Any:
+    """`role`'s AWS or Vault key (checked, undecorated): what `gateway keys rotate --role R` rotates."""
+    return providers.remote_role_provider(config, role)
+
+
+def subject_keys(config: GatewayConfig, keyring: Keyring | None) -> SubjectKeys:
+    """Empty per-subject keys over the configured KMS (the commands fill them from the key topic)."""
+    return SubjectKeys(build_kms(config, keyring))
+
+
+def build_pipeline(plans: Sequence[Plan], keyring: Keyring, config: GatewayConfig, audit_partitions: int,
+                   kms: KmsProvider | None = None, subject_keys: SubjectKeys | None = None) -> Pipeline:
+    """A sanitize pipeline with its KMS: the one given, else the configured one (checked now)."""
+    return Pipeline(plans, keyring, config, audit_partitions, kms=kms if kms is not None else
+                    build_kms(config, keyring), subject_keys=subject_keys)
+
+
+def worker_keys(config: GatewayConfig) -> tuple[Keyring, KmsRouter]:
+    """The sanitize worker's keys: the keyring (made on first run) and the KMS, checked before Kafka."""
+    keyring = Keyring.open(config.keyring, create=True)
+    return keyring, build_kms(config, keyring)
+
+
+def worker(config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring, kms: KmsProvider) -> Worker:
+    """The sanitize worker, given its keyring and KMS."""
+    return Worker(config, plans, keyring, kms=kms)
+
+
+def aggregate_worker(config: GatewayConfig, plans: Sequence[Plan]) -> AggregateWorker:
+    """The DP aggregate worker (its plans checked first), given the audit keys it MACs its records with:
+    the only keys it holds (gateway keys export --audit)."""
+    job = AggregateWorker(config, plans)
+    job.audit_keys = audit_keys_for(config)
+    return job
