@@ -30,7 +30,8 @@ from gateway.runtime.reader import read_topic
 
 from .conftest import cli
 
-pytestmark = pytest.mark.integration
+# one worker starts the session's Apicurio Registry (one JVM)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 NAME = "ex.visits.sanitized.Visit"
 
 

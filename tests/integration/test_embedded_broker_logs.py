@@ -10,7 +10,8 @@ import pytest
 
 from gateway.embedded.broker import EmbeddedBroker
 
-pytestmark = pytest.mark.integration
+# modules that start a broker of their own: one such extra JVM at a time
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own-broker")]
 
 
 def test_a_clean_stop_removes_the_log_and_the_temporary_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

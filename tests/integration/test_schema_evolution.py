@@ -34,7 +34,8 @@ from tests.http_get import http_get
 
 from .conftest import Deployment, cli, wait_for
 
-pytestmark = pytest.mark.integration
+# one worker starts the session's Apicurio Registry (one JVM)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 COUPON = "SPRING-"  # the v2 field's values: never in an output while the policy does not name it
 
 
