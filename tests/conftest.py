@@ -5,9 +5,8 @@
   tests/integration/conftest.py's `bootstrap` fixture uses it. One JVM instead of one per worker; the
   tests keep apart by their per-module topics and group ids. Not started when GATEWAY_TEST_BOOTSTRAP
   already names a broker, nor when no integration test is selected.
-- Each test module is one xdist work unit (an `xdist_group` named after the module, unless the module
-  names a group of its own): its tests run in order on one worker, as without xdist, and module
-  fixtures are built once.
+- Each test module is one xdist work unit (or a group of modules sharing a server: SHARED_SERVER):
+  its tests run in file order on one worker, as without xdist, and module fixtures are built once.
 - Tests marked `alone` (timing-sensitive: pauses measured against the session timeout, a fixed
   publishing rate, kill -9 recovery bounds) run with no other test running: every test holds a shared
   lock while it runs (setup and teardown included), an `alone` test an exclusive one, taken through a
@@ -29,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from xdist.remote import Producer
+from xdist.scheduler import LoadScopeScheduling
 
 from gateway.embedded.broker import free_port
 
@@ -36,6 +37,22 @@ TESTS = Path(__file__).resolve().parent
 INTEGRATION = TESTS / "integration"
 BOOTSTRAP_ENV = "GATEWAY_TEST_BOOTSTRAP"
 LOCK_DIR_ENV = "GATEWAY_TEST_LOCK_DIR"  # the run's turnstile and room lock files (one directory per run)
+# the work units that took longest (module file names or SHARED_SERVER groups), longest first; the
+# others follow in collection order (integration before unit), then ALONE_LAST: the units with `alone`
+# tests, which run best when the other workers are running out of work (fewer tests to wait for)
+LONGEST = ("test_dp_scaleout.py", "test_dp_aggregate.py", "own-broker", "test_dp_lateness.py", "test_dp_drawn_once.py",
+           "test_dp_boundary.py", "test_shredding.py", "test_dp_schedule.py", "test_dp_continual.py", "test_cli.py",
+           "kms", "registry", "test_end_to_end.py")
+ALONE_LAST = ("test_rolling_policy.py", "test_soak.py", "test_delivery.py")
+# modules that share a server started once per worker process (a session fixture, or a JVM that is
+# costly to run twice at once) form one work unit, so one worker runs them all
+SHARED_SERVER = {
+    **dict.fromkeys(("test_registry.py", "test_consumer_evolution.py", "test_schema_evolution.py",
+                     "test_registry_server.py"), "registry"),  # the session's Apicurio Registry
+    **dict.fromkeys(("test_kms.py", "test_role_decryption.py"), "kms"),  # moto and OpenBao (conftest_kms)
+    **dict.fromkeys(("test_tls.py", "test_embedded_broker_logs.py", "test_output_compression.py"),
+                    "own-broker"),  # each starts a broker of its own: one extra JVM at a time
+}
 
 
 class _Run:
@@ -122,11 +139,33 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _Run.lock_dir = None
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its module, or the group of modules that share a server."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_SERVER.get(module.rsplit("/", 1)[-1], module)
+
+
+class ModuleScheduling(LoadScopeScheduling):
+    """pytest-xdist's loadscope with work_unit as the scope. (Not `--dist loadgroup` with
+    `xdist_group` marks: pytest-xdist 3.8 marks the group in `item._nodeid`, which pytest 9.2 no
+    longer reads, so the marks are silently ignored.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return work_unit(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> ModuleScheduling:
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    """The longest work units first, the units with `alone` tests last: the workers take units in
+    collection order (--no-loadscope-reorder), so a long unit started last would end the run alone.
+    The orders are measured, not guarantees: a unit missing from them only costs balance."""
+    rank = {name: i - len(LONGEST) for i, name in enumerate(LONGEST)}
+    rank |= {name: 1 + i for i, name in enumerate(ALONE_LAST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid).rsplit("/", 1)[-1], 0))  # stable: file order kept
 
 
 @contextmanager

@@ -30,8 +30,7 @@ from gateway.runtime.reader import read_topic
 
 from .conftest import cli
 
-# one worker starts the session's Apicurio Registry (one JVM)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
+pytestmark = pytest.mark.integration
 NAME = "ex.visits.sanitized.Visit"
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from gateway.embedded.broker import EmbeddedBroker
 
-# modules that start a broker of their own: one such extra JVM at a time
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own-broker")]
+pytestmark = pytest.mark.integration
 
 
 def test_a_clean_stop_removes_the_log_and_the_temporary_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,8 +32,7 @@ from gateway.settings import GatewayConfig
 from .conftest import ENV, REPO, Deployment, WorkerProcess, cli
 from .conftest_kms import MotoKms, OpenBao, TcpProxy, moto_kms, openbao  # noqa: F401
 
-# one worker starts the session's moto and OpenBao servers
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("kms")]
+pytestmark = pytest.mark.integration
 CTX = b"topic\x00field\x00subject"
 
 

@@ -18,8 +18,7 @@ from gateway.runtime.reader import read_topic
 
 from .conftest import Deployment, cli
 
-# modules that start a broker of their own: one such extra JVM at a time
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own-broker")]
+pytestmark = pytest.mark.integration
 
 N = 120
 CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}  # record batch attributes, bits 0-2

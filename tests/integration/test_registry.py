@@ -26,8 +26,7 @@ from .conftest import Deployment, cli
 
 _MISSING = [tool for tool in ("java", "mvn", "javac") if shutil.which(tool) is None]
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(bool(_MISSING), reason=f"the Schema Registry needs {', '.join(_MISSING)}"),
-              pytest.mark.xdist_group("registry")]  # one worker starts the session's Apicurio Registry (one JVM)
+              pytest.mark.skipif(bool(_MISSING), reason=f"the Schema Registry needs {', '.join(_MISSING)}")]
 COUNT = 30
 
 

@@ -18,7 +18,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(bool(_MISSING), reason=f"the embedded Schema Registry is built by Maven and run on Java: "
                                               f"{' and '.join(_MISSING)} not on PATH"),
-    pytest.mark.xdist_group("registry"),  # one worker starts the session's Apicurio Registry (one JVM)
 ]
 
 PAYMENT = {

@@ -28,8 +28,7 @@ from gateway.keys.envelope import parse_ciphertext, role_wrap_context
 from .conftest import _STARTED, ENV, REPO, Deployment, WorkerProcess, cli
 from .conftest_kms import AWS_ENV, MotoKms, OpenBao, moto_kms, openbao  # noqa: F401
 
-# one worker starts the session's moto and OpenBao servers
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("kms")]
+pytestmark = pytest.mark.integration
 N = 8
 CANARY_FORMS = [form for value in (CANARIES["email"], CANARIES["card"])
                 for form in (value.encode(), base64.b64encode(value.encode()))]

@@ -34,8 +34,7 @@ from tests.http_get import http_get
 
 from .conftest import Deployment, cli, wait_for
 
-# one worker starts the session's Apicurio Registry (one JVM)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
+pytestmark = pytest.mark.integration
 COUPON = "SPRING-"  # the v2 field's values: never in an output while the policy does not name it
 
 

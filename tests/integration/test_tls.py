@@ -53,8 +53,7 @@ from gateway.runtime.reader import read_topic
 
 from .conftest import ENV, REPO, Deployment, WorkerProcess
 
-# modules that start a broker of their own: one such extra JVM at a time
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("own-broker")]
+pytestmark = pytest.mark.integration
 KEY_PASSWORD = "tls-key-pass-" + uuid.uuid4().hex  # must never show up in a log
 SASL_USER = "gateway-svc"
 SASL_PASSWORD = "sasl-pass-" + uuid.uuid4().hex  # likewise
