@@ -40,9 +40,9 @@ LOCK_DIR_ENV = "GATEWAY_TEST_LOCK_DIR"  # the run's turnstile and room lock file
 # the work units that took longest (module file names or SHARED_SERVER groups), longest first; the
 # others follow in collection order (integration before unit), then ALONE_LAST: the units with `alone`
 # tests, which run best when the other workers are running out of work (fewer tests to wait for)
-LONGEST = ("test_dp_scaleout.py", "test_dp_aggregate.py", "own-broker", "test_dp_lateness.py", "test_dp_drawn_once.py",
-           "test_dp_boundary.py", "test_shredding.py", "test_dp_schedule.py", "test_dp_continual.py", "test_cli.py",
-           "kms", "registry", "test_end_to_end.py")
+LONGEST = ("own-broker", "test_dp_scaleout.py", "kms", "test_cli.py", "registry", "test_dp_aggregate.py",
+           "test_end_to_end.py", "test_shredding.py", "test_dp_lateness.py", "test_dp_drawn_once.py",
+           "test_dp_schedule.py", "test_key_use.py", "test_dp_boundary.py", "test_audit_verify.py")
 ALONE_LAST = ("test_rolling_policy.py", "test_soak.py", "test_delivery.py")
 # modules that share a server started once per worker process (a session fixture, or a JVM that is
 # costly to run twice at once) form one work unit, so one worker runs them all
