@@ -83,6 +83,7 @@ def _transaction_open(partitions: list[TopicPartition], committed: Consumer, unc
                for tp in partitions)
 
 
+@pytest.mark.alone  # each kill must find a transaction open within 10 s, with a publisher at a fixed rate
 def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment) -> None:
     """Three kill -9 while the worker's transaction holds sent records (mid-commit), each restart
     under the same instance id; a separate read_committed reader sees every input exactly once."""
@@ -183,6 +184,7 @@ class SteadyPublisher:
         self._thread.join(60)
 
 
+@pytest.mark.alone  # recovery bounded by the transaction timeout, longest pause below the session timeout
 @pytest.mark.parametrize("restart_as", [None, "scale-b-new"], ids=["never-restarted", "restarted-new-id"])
 def test_scale_out_on_the_group_protocol_loses_and_doubles_nothing(fresh_deployment: Deployment,
                                                                    restart_as: str | None) -> None:
@@ -246,6 +248,7 @@ def test_scale_out_on_the_group_protocol_loses_and_doubles_nothing(fresh_deploym
     assert verify.returncode == 0 and b"BREAK" not in verify.stdout, verify.stdout[-3000:] + verify.stderr[-2000:]
 
 
+@pytest.mark.alone  # the clean exit is bounded at 15 s
 def test_sigterm_mid_stream_exits_cleanly_and_restart_completes(fresh_deployment: Deployment) -> None:
     d = fresh_deployment
     worker = d.start_worker("graceful")

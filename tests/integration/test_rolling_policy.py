@@ -108,6 +108,7 @@ def _source(header: bytes, topic: str) -> Source:
     return int(partition), int(offset)
 
 
+@pytest.mark.alone  # the restart must happen while a fixed-rate load of ~12 s still flows
 def test_rolling_restart_between_two_policy_versions_sanitizes_each_event_once(
         fresh_deployment: Deployment) -> None:
     d = fresh_deployment

@@ -27,6 +27,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.alone  # a fixed publishing rate, resident memory compared across the run
 def test_memory_is_flat_after_warm_up(fresh_deployment: Deployment) -> None:
     d = fresh_deployment
     worker = d.start_worker("soak")
