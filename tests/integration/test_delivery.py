@@ -101,7 +101,9 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment)
         _wait_until(lambda: sanitized in probes[0].list_topics(timeout=10).topics, 60, "the sanitized topic")
         partitions = [TopicPartition(sanitized, p) for p in probes[0].list_topics(sanitized, timeout=10)
                       .topics[sanitized].partitions]
-        for target in (total // 10, total // 5, 3 * total // 10):
+        # the kills come in the first 15% of the input, so the paced publisher (13 s in all) is still running at
+        # the third even when each restart takes seconds (a restarted worker makes its own subject keys)
+        for target in (total // 20, total // 10, 3 * total // 20):
             _wait_until(lambda t=target: group_progress(d.bootstrap, d.group_id, d.payments.source_topic)[0] >= t,
                         120, f"{target} committed")
             deadline = time.monotonic() + 10
