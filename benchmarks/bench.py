@@ -41,6 +41,7 @@ if not __package__:  # run as a script (python benchmarks/bench.py): its sibling
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.events import REPO, by_short_name, make_events
+from gateway.app import tokenizers
 from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
@@ -196,7 +197,8 @@ def loop_main(argv: list[str]) -> int:
                            group_id=group, instance_id=group, session_timeout_ms=6000, partitions=3,
                            audit_topic=f"audit.{group}")
     pipeline = {"passthrough": PassthroughPipeline, "floor": FloorPipeline}[kind]
-    return Worker(config, plans, Keyring.open(config.keyring), lambda _n: pipeline(plans)).run()
+    # the factory's pipeline tokenizes nothing: no tokenizers to give
+    return Worker(config, plans, Keyring.open(config.keyring), lambda _n: pipeline(plans), tokenizers={}).run()
 
 
 class LatencyProbe:
@@ -627,7 +629,8 @@ def measure_transforms(events: list[tuple[str, bytes, dict[str, Any]]], workdir:
     plans = load_plans(REPO / "schemas")
     topics = by_short_name(plans)
     config = GatewayConfig(keyring=workdir / "transforms-keyring.json", instance_id="bench")
-    pipeline = Pipeline(plans, Keyring.open(config.keyring), config, 6)
+    keyring = Keyring.open(config.keyring)
+    pipeline = Pipeline(plans, keyring, config, 6, tokenizers(keyring, plans))
     raw = [RawEvent(topics[name].source_topic, i % 3, i, 0, None, value, None)
            for i, (name, value, _r) in enumerate(events)]
     pipeline.process(raw[:2000])  # warm-up
@@ -649,7 +652,8 @@ def measure_transforms_vs_floor(events: list[tuple[str, bytes, dict[str, Any]]],
 
     plans = by_short_name(load_plans(REPO / "schemas"))
     config = GatewayConfig(keyring=workdir / "floor-keyring.json", instance_id="bench")
-    pipeline = Pipeline(list(plans.values()), Keyring.open(config.keyring), config, 6)
+    keyring = Keyring.open(config.keyring)
+    pipeline = Pipeline(list(plans.values()), keyring, config, 6, tokenizers(keyring, list(plans.values())))
     transform = transform_fn(pipeline.stages[plans["Payment"].source_topic], pipeline.max_output_bytes)
     floor = floor_payments(plans["Payment"])
     payloads = [v for name, v, _ in events if name == "Payment"]

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.app import tokenizers
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.pipeline import RawEvent
 from gateway.core.policy.lint import load_plans
@@ -52,7 +53,8 @@ def run(events: int = 20_000, reps: int = 5) -> dict[str, Any]:
     payments = plans["Payment"]
     workdir = Path(tempfile.mkdtemp(prefix="gateway-dp-bench-"))
     config = GatewayConfig(keyring=workdir / "keyring.json", instance_id="bench")
-    pipeline = Pipeline([payments], Keyring.open(config.keyring), config, 6)
+    keyring = Keyring.open(config.keyring)
+    pipeline = Pipeline([payments], keyring, config, 6, tokenizers(keyring, [payments]))
     raw = [RawEvent(payments.source_topic, i % 6, i, 0, None, value, None)
            for i, (name, value, _) in enumerate(make_events(plans, events * 2)) if name == "Payment"][:events]
 

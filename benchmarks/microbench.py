@@ -52,6 +52,7 @@ import fastavro
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from benchmarks.events import REPO, by_short_name, make_events
+from gateway.app import tokenizers
 from gateway.core.codec.raw import strip_logical_types
 from gateway.core.codec.writer import zigzag_varint
 from gateway.core.pipeline import Pipeline, RawEvent, TopicStage
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     events = make_events(plans, args.events)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-micro-"))
     config = GatewayConfig(keyring=workdir / "keyring.json", instance_id="microbench")
-    pipeline = Pipeline(list(plans.values()), Keyring.open(config.keyring), config, 6)
+    keyring = Keyring.open(config.keyring)
+    pipeline = Pipeline(list(plans.values()), keyring, config, 6, tokenizers(keyring, list(plans.values())))
     stages = {name: pipeline.stages[plan.source_topic] for name, plan in plans.items()}
     gateway = {name: transform_fn(stage, pipeline.max_output_bytes) for name, stage in stages.items()}
     floors = {"Payment": floor_payments(plans["Payment"]), "ClinicalVisit": floor_clinical(plans["ClinicalVisit"])}

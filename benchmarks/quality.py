@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.compiler import compile_plan
@@ -71,7 +72,8 @@ def run(events: int = 20_000, reps: int = 7) -> dict[str, Any]:
     def paired() -> tuple[float, float]:
         """Both pipelines fresh (the duplicate filter starts empty), timed chunk by chunk in turn, so
         the machine's drift (this host's speed varies by 2x within a minute) hits both alike."""
-        plain, checked = Pipeline([payments], keyring, config, 6), Pipeline([ruled], keyring, config, 6)
+        plain = Pipeline([payments], keyring, config, 6, tokenizers(keyring, [payments]))
+        checked = Pipeline([ruled], keyring, config, 6, tokenizers(keyring, [ruled]))
         spent = [0.0, 0.0]
         for start in range(0, len(raw), 500):
             chunk = raw[start:start + 500]

@@ -1,6 +1,7 @@
-"""Wiring only: settings -> KMS, pipeline and workers. The one place outside the provider registry
-(`gateway.keys.providers`) that builds a KMS; the commands call these builders and the core and the
-jobs receive what they build (`Pipeline(kms=...)`, `Worker(kms=...)`).
+"""Wiring only: settings -> KMS, tokenizers, pipeline and workers. The one place outside the provider
+registry (`gateway.keys.providers`) that builds a KMS, and the one place that builds the pipeline's
+token-domain tokenizers from the keyring; the commands call these builders and the core and the jobs
+receive what they build (`Pipeline(tokenizers, kms=...)`, `Worker(kms=..., tokenizers=...)`).
 
 The KMS is decided once, here, at start-up, from the typed `KmsSettings` (gateway.settings): a
 wrong or unreachable one fails before any Kafka client exists, naming the setting.
@@ -8,7 +9,7 @@ wrong or unreachable one fails before any Kafka client exists, naming the settin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.core.pipeline import Pipeline
@@ -18,6 +19,7 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.providers.router import KmsRouter
 from gateway.keys.subject_keys import SubjectKeys
+from gateway.keys.tokens import DomainTokenizer
 from gateway.runtime.jobs.aggregate import AggregateWorker, audit_keys_for
 from gateway.runtime.jobs.sanitize import Worker
 from gateway.settings import GatewayConfig
@@ -56,11 +58,24 @@ def subject_keys(config: GatewayConfig, keyring: Keyring | None) -> SubjectKeys:
     return SubjectKeys(build_kms(config, keyring))
 
 
+def tokenizers(keyring: Keyring, plans: Sequence[Plan]) -> Mapping[str, DomainTokenizer]:
+    """Each token domain the plans (and their purposes' views) use -> its tokenizer under the domain's
+    active key; keys a domain lacks are made now (and persisted). The pipeline receives these."""
+    views = [purpose.plan for p in plans for purpose in p.purposes]  # each purpose's view is a plan too
+    domains = {d for p in (*plans, *views) for d in p.token_domains}
+    keyring.ensure_token_domains(domains)
+    built: dict[str, DomainTokenizer] = {}
+    for domain in sorted(domains):
+        version, keys = keyring.token_keys(domain)
+        built[domain] = DomainTokenizer(domain, version, keys[version])
+    return built
+
+
 def build_pipeline(plans: Sequence[Plan], keyring: Keyring, config: GatewayConfig, audit_partitions: int,
                    kms: KmsProvider | None = None, subject_keys: SubjectKeys | None = None) -> Pipeline:
     """A sanitize pipeline with its KMS: the one given, else the configured one (checked now)."""
-    return Pipeline(plans, keyring, config, audit_partitions, kms=kms if kms is not None else
-                    build_kms(config, keyring), subject_keys=subject_keys)
+    return Pipeline(plans, keyring, config, audit_partitions, tokenizers(keyring, plans),
+                    kms=kms if kms is not None else build_kms(config, keyring), subject_keys=subject_keys)
 
 
 def worker_keys(config: GatewayConfig) -> tuple[Keyring, KmsRouter]:
@@ -70,8 +85,8 @@ def worker_keys(config: GatewayConfig) -> tuple[Keyring, KmsRouter]:
 
 
 def worker(config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring, kms: KmsProvider) -> Worker:
-    """The sanitize worker, given its keyring and KMS."""
-    return Worker(config, plans, keyring, kms=kms)
+    """The sanitize worker, given its keyring, KMS and tokenizers."""
+    return Worker(config, plans, keyring, kms=kms, tokenizers=tokenizers(keyring, plans))
 
 
 def aggregate_worker(config: GatewayConfig, plans: Sequence[Plan]) -> AggregateWorker:

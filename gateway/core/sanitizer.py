@@ -19,7 +19,7 @@ event, not once per field).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.core.operators.base import CALL, CHECK_STR, FieldPlan, RecordPlan, SanitizeResult, Shape, StepFn
@@ -40,7 +40,7 @@ class RecordSanitizer:
 
     It is also the operators' build environment (gateway.core.operators.base.BuildEnv)."""
 
-    def __init__(self, plan: Plan, tokenizers: dict[str, DomainTokenizer], dek_cache: DekCache,
+    def __init__(self, plan: Plan, tokenizers: Mapping[str, DomainTokenizer], dek_cache: DekCache,
                  max_field_bytes: int, subject_keys: SubjectKeys | None = None) -> None:
         self.plan = plan
         self.topic = plan.sanitized_topic

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries, verify_chains
 from gateway.core.codec.sanitized import SanitizedDecoder
 from gateway.embedded.broker import free_port
@@ -370,7 +371,8 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
         return real_commit(self, offsets, group)
 
     monkeypatch.setattr(transactional.TransactionalLoop, "_commit", flaky_commit)
-    worker = Worker(config, load_plans(d.schemas), Keyring.open(config.keyring))
+    plans, ring = load_plans(d.schemas), Keyring.open(config.keyring)
+    worker = Worker(config, plans, ring, tokenizers=tokenizers(ring, plans))
 
     def stop_when_audited() -> None:
         try:  # once the worker has stopped, everything it will ever write is committed: nothing to wait for

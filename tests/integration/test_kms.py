@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.sanitized import SanitizedDecoder
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline, RawEvent
@@ -177,7 +178,8 @@ def test_kms_outage_dead_letters_with_kms_unavailable_and_resumes(moto_kms: Moto
     proxy = TcpProxy(int(moto_kms.endpoint.rsplit(":", 1)[1]))
     config = aws_config(moto_kms, tmp_path, aws_endpoint_url=proxy.url, dek_max_uses=1, kms_timeout_s=1.0)
     keyring = Keyring.open(config.keyring)  # the KMS is built at start-up (gateway.app) and given to the pipeline
-    pipeline = Pipeline([payments_plan_file], keyring, config, audit_partitions=1, kms=build_kms(config, keyring))
+    pipeline = Pipeline([payments_plan_file], keyring, config, audit_partitions=1,
+                        tokenizers=tokenizers(keyring, [payments_plan_file]), kms=build_kms(config, keyring))
     plan = payments_plan_file
 
     def outcome(events: list[RawEvent]) -> tuple[int, list[str]]:

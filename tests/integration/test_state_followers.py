@@ -19,6 +19,7 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
+from gateway.app import tokenizers
 from gateway.consent.table import ConsentChange
 from gateway.core.policy.lint import load_plans
 from gateway.dp.bound_store import STATE_CONFIG, state_records
@@ -228,7 +229,8 @@ def test_a_worker_starts_over_malformed_key_records_and_stops_not_ready_when_its
         real_apply(self, key, value)
 
     monkeypatch.setattr(SubjectKeys, "apply", apply)
-    worker = Worker(config, load_plans(schemas), Keyring.open(config.keyring))
+    plans, ring = load_plans(schemas), Keyring.open(config.keyring)
+    worker = Worker(config, plans, ring, tokenizers=tokenizers(ring, plans))
     seen: dict[str, Any] = {}
 
     def poison_when_ready() -> None:  # the worker runs on the main thread (it installs signal handlers)

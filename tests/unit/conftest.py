@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline
 from gateway.core.policy.compiler import compile_plan
@@ -46,7 +47,8 @@ def config(tmp_path: Path) -> GatewayConfig:
 
 @pytest.fixture
 def pipeline(payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, config: GatewayConfig) -> Pipeline:
-    return Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    return Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3,
+                    tokenizers=tokenizers(keyring, [payments_plan, clinical_plan]))
 
 
 @pytest.fixture

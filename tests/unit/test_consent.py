@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.consent.table import ConsentChange, ConsentEventError, ConsentTable, parse_raw_consent
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
@@ -165,7 +166,8 @@ def test_the_pipeline_publishes_each_view_its_basis_allows_and_audits_the_rest(t
     plan = compile_plan(load_schema_file(_purposes_policy(tmp_path)))
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test",
                            consent_input_topic="consent.raw")
-    pipeline = Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, audit_partitions=1)
+    ring = Keyring.open(tmp_path / "k.json")
+    pipeline = Pipeline([plan], ring, config, audit_partitions=1, tokenizers=tokenizers(ring, [plan]))
     samples = SampleEvents(seed=3)
     granted, revoked, unknown = (samples.payment() for _ in range(3))
     token = pipeline.stages[plan.source_topic].sanitizer.subject_token
@@ -228,7 +230,8 @@ def test_purposes_and_an_enforced_risk_measure_are_refused_together(tmp_path: Pa
 def test_a_revocation_binds_the_events_after_it_in_the_same_batch(tmp_path: Path) -> None:
     plan = compile_plan(load_schema_file(_purposes_policy(tmp_path)))
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test", consent_input_topic="consent.raw")
-    pipeline = Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, audit_partitions=1)
+    ring = Keyring.open(tmp_path / "k.json")
+    pipeline = Pipeline([plan], ring, config, audit_partitions=1, tokenizers=tokenizers(ring, [plan]))
     payment = SampleEvents(seed=5).payment()
     token = pipeline.stages[plan.source_topic].sanitizer.subject_token
     pipeline.consent = ConsentTable()

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.deadletter import (
@@ -279,7 +280,7 @@ def _order_pipeline(write_schema: Any, tmp_path: Path, keyring: Keyring,
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", leak_sample_rate=1.0)
     topic = KeyTopic()
     keys = SubjectKeys(keyring, publisher=topic.publish) if with_keys else None
-    return Pipeline([plan], keyring, config, 1, subject_keys=keys), topic
+    return Pipeline([plan], keyring, config, 1, tokenizers(keyring, [plan]), subject_keys=keys), topic
 
 
 ORDERS = [  # (value, expected reason, expected seal format)

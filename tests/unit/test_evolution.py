@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.evolution import (
@@ -167,7 +168,8 @@ def test_the_audit_names_a_newer_producers_field_and_its_value_goes_nowhere(tmp_
     plan = compile_plan(load_schema_file(write_schema(schema, "orders.avsc")))
     plan = type(plan)(**{**plan.__dict__, "writers_by_id": {2: resolve_writer(V1, V2, "registry id 2")}})
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test")
-    pipeline = Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, audit_partitions=1)
+    ring = Keyring.open(tmp_path / "k.json")
+    pipeline = Pipeline([plan], ring, config, audit_partitions=1, tokenizers=tokenizers(ring, [plan]))
     v1 = frame_confluent(1, avro_bytes(V1, {"customer": "c-1", "amount": 1.0, "count": 1}))
     v2 = frame_confluent(2, avro_bytes(V2, {"customer": "c-2", "amount": 2.0, "count": 2, "note": CANARY_NOTE}))
     events = [RawEvent("orders.raw", 0, i, 1_790_000_000_000, None, v, None) for i, v in enumerate((v1, v2))]

@@ -13,6 +13,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.raw import strip_logical_types
@@ -36,7 +37,8 @@ def pipeline(tmp_dir: Path) -> Pipeline:
     if key not in _PIPELINES:
         config = GatewayConfig(keyring=tmp_dir / "k.json", instance_id="prop", max_field_bytes=4096,
                                max_record_bytes=65536)
-        _PIPELINES[key] = Pipeline(list(PLANS.values()), Keyring.open(config.keyring), config, 3)
+        ring = Keyring.open(config.keyring)
+        _PIPELINES[key] = Pipeline(list(PLANS.values()), ring, config, 3, tokenizers(ring, list(PLANS.values())))
     return _PIPELINES[key]
 
 
@@ -115,7 +117,8 @@ def test_random_bytes_and_json_junk_never_stop_the_pipeline(tmp_path_factory, va
 
 def test_a_dead_letter_always_fits_the_producer_limit(tmp_path: Path) -> None:
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="size", max_record_bytes=65_536)
-    pipe = Pipeline(list(PLANS.values()), Keyring.open(config.keyring), config, 3)
+    ring = Keyring.open(config.keyring)
+    pipe = Pipeline(list(PLANS.values()), ring, config, 3, tokenizers(ring, list(PLANS.values())))
     rng = random.Random(1)
     for size in (60_000, 63_436, 63_437, 500_000):  # sealed, at the limit, just over, far over
         value = b"\x07" + rng.randbytes(size - 1)

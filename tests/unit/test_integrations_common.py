@@ -14,6 +14,7 @@ import fastavro
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.pipeline import Pipeline, RawEvent
@@ -43,8 +44,9 @@ def published(tmp_path: Path) -> tuple[list[dict[str, Any]], list[OutRecord], Pa
     keyring_path = tmp_path / "keyring.json"
     plans = load_plans(SCHEMAS)
     plan = next(p for p in plans if p.name.endswith(".Payment"))
-    pipeline = Pipeline(plans, Keyring.open(keyring_path), GatewayConfig(keyring=keyring_path, instance_id="unit"),
-                        audit_partitions=1)
+    ring = Keyring.open(keyring_path)
+    pipeline = Pipeline(plans, ring, GatewayConfig(keyring=keyring_path, instance_id="unit"), audit_partitions=1,
+                        tokenizers=tokenizers(ring, plans))
     samples = SampleEvents(seed=5)
     raws, events = [], []
     for i in range(6):

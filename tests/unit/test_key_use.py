@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.decrypt import decrypt_record
@@ -135,7 +136,8 @@ def test_a_late_event_of_an_erased_day_gets_new_keys_for_every_scope(
     plan = _plan(write_schema, scopes)
     topic = KeyTopic()
     keys = SubjectKeys(keyring, publisher=topic.publish)
-    sanitizer = Pipeline([plan], keyring, config, audit_partitions=1, subject_keys=keys).stages["late.raw"].sanitizer
+    sanitizer = Pipeline([plan], keyring, config, audit_partitions=1,
+                         tokenizers=tokenizers(keyring, [plan]), subject_keys=keys).stages["late.raw"].sanitizer
 
     def sanitize(user: str, ts: int) -> dict[str, Any]:
         record = sanitizer.sanitize({"user_id": user, **{s: f"{user}-{s}" for s in scopes}}, ts).record

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import tokenizers
 from gateway.errors import ConfigError, DecryptError
 from gateway.keys.decorators import InstrumentedKms, ResilientKms
 from gateway.keys.envelope import DekCache, FieldDecryptor, encrypt_field
@@ -167,8 +168,9 @@ def test_kms_outage_dead_letters_instead_of_publishing(payments_plan, keyring: K
 
     outage = Outage(keyring, down=-1)
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", dek_max_uses=1)
-    pipeline = Pipeline([payments_plan], keyring, config, 1, kms=ResilientKms(outage, attempts=2,
-                                                                                sleep=lambda _s: None))
+    pipeline = Pipeline([payments_plan], keyring, config, 1,
+                        tokenizers(keyring, [payments_plan]),
+                        kms=ResilientKms(outage, attempts=2, sleep=lambda _s: None))
     sample = SampleEvents(seed=3).payment(canary=True)
     event = RawEvent(payments_plan.source_topic, 0, 7, 0, None, encode_raw(payments_plan, sample, "avro"), None)
     result = pipeline.process([event])

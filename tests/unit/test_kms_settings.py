@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.pipeline import Pipeline
 from gateway.core.policy.plan import Plan
 from gateway.errors import ConfigError
@@ -86,7 +87,7 @@ def test_without_a_given_kms_the_core_never_builds_a_remote_one(tmp_path: Path, 
     with pytest.raises(KmsConfigError, match="gateway.app.build_kms"):
         keyring_kms(config.kms_settings(), keyring)
     with pytest.raises(KmsConfigError, match="gateway.app.build_kms"):
-        Pipeline([payments_plan], keyring, config, audit_partitions=1)
+        Pipeline([payments_plan], keyring, config, audit_partitions=1, tokenizers=tokenizers(keyring, [payments_plan]))
     assert keyring_kms(GatewayConfig(keyring=keyring.path).kms_settings(), keyring).active is keyring
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
@@ -49,7 +50,7 @@ def setup(plan: Plan, keyring: Keyring, tmp_path: Path) -> tuple[Pipeline, KeyTo
     topic = KeyTopic()
     keys = SubjectKeys(keyring, publisher=topic.publish)
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t")
-    return Pipeline([plan], keyring, config, 1, subject_keys=keys), topic
+    return Pipeline([plan], keyring, config, 1, tokenizers(keyring, [plan]), subject_keys=keys), topic
 
 
 def test_policy_compiles_per_subject_encryption(plan: Plan) -> None:

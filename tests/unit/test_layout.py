@@ -222,3 +222,25 @@ def test_only_app_and_the_provider_registry_build_a_kms() -> None:
                 if called in KMS_BUILDERS:
                     offenders.append(f"{rel}:{node.lineno} {called}(...)")
     assert not offenders, f"KMS built outside gateway/app.py and gateway/keys/providers: {offenders}"
+
+
+def _calls(path: Path, name: str) -> list[int]:
+    """Lines where `path` calls `name` (as a bare name or an attribute)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if called == name:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_core_builds_no_tokenizer() -> None:
+    """The pipeline's token-domain tokenizers are built from the keyring in gateway/app.py (`app.tokenizers`)
+    and given to the core: nothing under gateway/core constructs a DomainTokenizer."""
+    core = [p for p in _gateway_files() if p.relative_to(ROOT).parts[0] == "core"]
+    assert len(core) > 20
+    assert _calls(ROOT / "app.py", "DomainTokenizer"), "the check looks for the wrong name: app.py builds them"
+    offenders = [f"{p.relative_to(ROOT)}:{line}" for p in core for line in _calls(p, "DomainTokenizer")]
+    assert not offenders, f"DomainTokenizer built in the core, not given by gateway/app.py: {offenders}"

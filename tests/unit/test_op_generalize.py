@@ -19,6 +19,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.operators.base import CALL, FieldContext, OperatorError
@@ -609,7 +610,8 @@ def test_compiled_plan_sanitizes_every_form(write_schema: Any, keyring: Keyring,
     types = {f["name"]: f["type"] for f in plan.sanitized_schema["fields"]}
     assert types["age"] == ["null", "string"] and types["seen"] == TS_MS and types["where"] == ["null", "string"]
     assert types["lat"] == "double"
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     sanitizer = pipeline.stages["visits.raw"].sanitizer
     out = sanitizer.sanitize(_RAW, _ms(2024, 5, 17, 9, 41, 3)).record
     assert out == {"id": "v1", "age": "30-39", "amount": "100-1000", "seen": _ms(2024, 5, 17, 9), "dob": "30-39",

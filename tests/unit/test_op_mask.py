@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.operators.base import CALL, FieldContext, OperatorError
@@ -200,7 +201,8 @@ def test_compiled_plan_sanitizes_and_publishes_valid_avro(write_schema: Any, key
     fields = {f["name"]: f for f in plan.sanitized_schema["fields"]}
     assert fields["card"]["type"] == "string" and fields["phone"]["type"] == ["null", "string"]
     assert fields["phone"]["default"] is None
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     sanitizer = pipeline.stages["pay.raw"].sanitizer
     out = sanitizer.sanitize({"id": "e1", "card": "4111 1111 1111 1234", "phone": "+4420 7946 0000"}).record
     assert out == {"id": "e1", "card": "**** **** **** 1234", "phone": "+44xxxxxxxxxxxx"}

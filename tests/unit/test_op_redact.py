@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline, RawEvent
@@ -39,7 +40,7 @@ def _pipeline(write_schema: Callable[..., Path], tmp_path: Path, note_action: An
     plan = compile_plan(load_schema_file(write_schema(_schema(note_action))))
     keyring = Keyring.open(tmp_path / "k.json")
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t")
-    return Pipeline([plan], keyring, config, 1), plan, keyring
+    return Pipeline([plan], keyring, config, 1, tokenizers(keyring, [plan])), plan, keyring
 
 
 def _run(pipeline: Pipeline, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],

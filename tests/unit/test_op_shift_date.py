@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.operators import shift_date as shift_date_module
@@ -249,7 +250,8 @@ def test_compiled_plan_shifts_every_date_of_a_subject_alike(write_schema: Any, k
     assert plan.field_actions["admitted"] == "shift_date:dates" and "dates" in plan.token_domains
     types = {f["name"]: f["type"] for f in plan.sanitized_schema["fields"]}
     assert types["admitted"] == DATE and types["discharged"] == ["null", TS_MS]
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     admitted = (date(2024, 3, 1) - date(1970, 1, 1)).days
     discharged = (admitted + 4) * DAY_MS + 3_600_000
     events = [RawEvent("visits.raw", 0, i, 1_700_000_000_000, None, avro_bytes(plan.schema.parsed, record), None)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.app import tokenizers
 from gateway.cli.options import normalized_subject as _normalized_subject
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline
@@ -29,7 +30,8 @@ def _schema(annotation: Any) -> dict[str, Any]:
 def _sanitizer(write_schema: Any, tmp_path: Path, annotation: Any) -> Any:
     plan = compile_plan(load_schema_file(write_schema(_schema(annotation))))
     keyring = Keyring.open(tmp_path / "k.json")
-    return Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1) \
+    return Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                    tokenizers(keyring, [plan])) \
         .stages["u.raw"].sanitizer
 
 

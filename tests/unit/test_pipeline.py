@@ -15,6 +15,7 @@ import fastavro
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.audit import (
     GENESIS,
     audit_partition,
@@ -34,7 +35,7 @@ from gateway.core.pipeline.outcome import SANITIZED, BatchCounts, Outcome
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.plan import Plan
 from gateway.embedded.samples import CANARIES, SampleEvents, broken_payment_events
-from gateway.errors import RejectedEvent
+from gateway.errors import GatewayError, RejectedEvent
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig
@@ -393,7 +394,7 @@ def test_output_too_large(pipeline: Pipeline, batch: _Batch) -> None:
 
 def test_field_too_large_uses_the_configured_limit(payments_plan: Plan, keyring: Keyring, tmp_path: Path) -> None:
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", max_field_bytes=64)
-    pipeline = Pipeline([payments_plan], keyring, config, 1)
+    pipeline = Pipeline([payments_plan], keyring, config, 1, tokenizers(keyring, [payments_plan]))
     payment = dict(SampleEvents(seed=1).payment(), customer_name="n" * 100)
     result = pipeline.process([RawEvent(PAY, 0, 0, 0, None, orjson.dumps(payment), None)])
     dead = orjson.loads(result.records[0].value)
@@ -407,7 +408,8 @@ def test_json_output_is_the_same_for_avro_and_json_input(write_schema, keyring: 
     raw = json.loads((schemas_dir / "payments.avsc").read_text())
     raw["privacy"]["output"] = "json"
     plan = compile_plan(load_schema_file(write_schema(raw, name="payments_json.avsc")))
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     payment = SampleEvents(seed=3).payment()
     result = pipeline.process([
         RawEvent(PAY, 0, 0, 0, None, avro_bytes(plan.schema.parsed, payment), None),
@@ -451,12 +453,14 @@ def test_a_chain_resumed_from_its_committed_head_verifies_across_owners(
         payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, config: GatewayConfig, batch: _Batch) -> None:
     """A new owner resumes each chain from the head committed with the offset (offset-commit
     metadata): the audit log of both owners verifies as one chain per partition, with no restart."""
-    first = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    first = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3,
+                     tokenizers=tokenizers(keyring, [payments_plan, clinical_plan]))
     half = len(batch.events) // 2
     before = first.process(batch.events[:half]).records
     heads = {(e.topic, e.partition): head_metadata(first.chain_head(e.topic, e.partition) or "")
              for e in batch.events[:half]}
-    second = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    second = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3,
+                      tokenizers=tokenizers(keyring, [payments_plan, clinical_plan]))
     for (topic, partition), metadata in heads.items():
         second.resume_chain(topic, partition, parse_head_metadata(metadata), fresh=False)
     after = second.process(batch.events[half:]).records
@@ -465,7 +469,8 @@ def test_a_chain_resumed_from_its_committed_head_verifies_across_owners(
     assert report.ok and not report.restarts, (report.breaks, report.restarts)
     assert report.events == len(batch.events)
     # the same second half resumed without the heads: every continued chain is a marked restart, not a break
-    blind = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3)
+    blind = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3,
+                     tokenizers=tokenizers(keyring, [payments_plan, clinical_plan]))
     for topic, partition in heads:
         blind.resume_chain(topic, partition, None, fresh=False)
     restarted = verify_chains(_audit_log([r for r in before if r.topic == AUDIT] +
@@ -488,7 +493,8 @@ def test_a_chain_with_more_entries_than_a_record_holds_is_split_in_order(
     import gateway.core.pipeline as pipeline_module
 
     monkeypatch.setattr(pipeline_module, "AUDIT_ENTRIES_PER_RECORD", 7)
-    pipeline = Pipeline([payments_plan], keyring, config, audit_partitions=3)
+    pipeline = Pipeline([payments_plan], keyring, config, audit_partitions=3,
+                        tokenizers=tokenizers(keyring, [payments_plan]))
     samples = SampleEvents(seed=5)
     events = [RawEvent(PAY, 0, i, 0, None, orjson.dumps(samples.payment()), None) for i in range(30)]
     audit = _split(pipeline.process(events).records)[2]
@@ -519,3 +525,11 @@ def test_a_batch_that_raised_leaves_no_entries_for_the_next(pipeline: Pipeline, 
     audited = record_entries(r.value for r in _split(again.records)[2])
     assert sorted((e["event"]["topic"], e["event"]["partition"], e["event"]["offset"]) for e in audited) == \
         sorted((e.topic, e.partition, e.offset) for e in batch.events[5:8])
+
+
+def test_a_pipeline_without_a_tokenizer_for_a_domain_of_its_plans_refuses_to_start(
+        payments_plan: Plan, keyring: Keyring, config: GatewayConfig) -> None:
+    """The tokenizers are given (gateway.app.tokenizers): a domain given none fails at construction,
+    naming the domain, rather than at the first event that needs it."""
+    with pytest.raises(GatewayError, match="customer"):
+        Pipeline([payments_plan], keyring, config, 1, {})

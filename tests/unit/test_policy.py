@@ -11,6 +11,7 @@ from typing import Any
 import fastavro
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
@@ -392,7 +393,8 @@ def test_named_type_used_twice_binds_each_use_to_its_own_path(write_schema) -> N
 def test_ciphertext_moved_between_uses_of_a_named_type_fails(write_schema, tmp_path: Path) -> None:
     plan = compile_plan(load_schema_file(write_schema(_order_schema())))
     ring = Keyring.open(tmp_path / "k.json")
-    pipeline = Pipeline([plan], ring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 3)
+    pipeline = Pipeline([plan], ring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 3,
+                        tokenizers(ring, [plan]))
     sanitized = pipeline.stages["orders.raw"].sanitizer.sanitize({
         "uid": "u1", "billing": {"street": "1 Bill St", "postal_code": "1", "city": "A"},
         "shipping": {"street": "2 Ship St", "postal_code": "2", "city": "B"}, "previous": []}).record

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import QUALITY_HEADER, Pipeline, RawEvent, dedup_topic
@@ -62,7 +63,8 @@ def _schema(risk_mode: str = "report", k: int = 3) -> dict[str, Any]:
 def _pipeline(write_schema: Any, tmp_path: Path, schema: dict[str, Any]) -> Pipeline:
     plan = compile_plan(load_schema_file(write_schema(schema)))
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t")
-    return Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, 1)
+    ring = Keyring.open(tmp_path / "k.json")
+    return Pipeline([plan], ring, config, 1, tokenizers(ring, [plan]))
 
 
 def _ride(i: int, **overrides: Any) -> dict[str, Any]:

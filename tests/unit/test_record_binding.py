@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.codec.writer import plaintext_encoder
 from gateway.core.decrypt import decrypt_record
@@ -170,7 +171,7 @@ def test_a_purpose_view_binds_the_same_event_in_its_own_topic(keyring: Keyring, 
     [purpose] = plan.purposes
     assert purpose.plan.event_id_field is None
     topic = KeyTopic()
-    pipeline = Pipeline([plan], keyring, config, audit_partitions=1,
+    pipeline = Pipeline([plan], keyring, config, audit_partitions=1, tokenizers=tokenizers(keyring, [plan]),
                         subject_keys=SubjectKeys(keyring, publisher=topic.publish))
     stage = pipeline.stages["visits.raw"]
     events = [RawEvent("visits.raw", 0, offset, 1_700_000_000_000, None, orjson.dumps(_raw(f"v-{offset}", d)), None)
@@ -237,7 +238,7 @@ def test_the_stream_processor_reader_passes_the_source_header(write_schema: Call
     path = write_schema(schema, "visit.avsc")
     plan = compile_plan(load_schema_file(path))
     topic = KeyTopic()
-    pipeline = Pipeline([plan], keyring, config, audit_partitions=1,
+    pipeline = Pipeline([plan], keyring, config, audit_partitions=1, tokenizers=tokenizers(keyring, [plan]),
                         subject_keys=SubjectKeys(keyring, publisher=topic.publish))
     events = [RawEvent("visits.raw", 0, offset, 1_700_000_000_000, None, orjson.dumps(_raw(f"v-{offset}", "flu")),
                        None) for offset in (1, 2)]

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import OutRecord, Pipeline, RawEvent
@@ -55,7 +56,8 @@ def _schema(timestamp: Any = None, *, shift: bool = True, truncate: bool = True,
 def _pipeline(write_schema: Any, tmp_path: Path, schema: dict[str, Any]) -> Pipeline:
     plan = compile_plan(load_schema_file(write_schema(schema)))
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t")
-    return Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, 1)
+    ring = Keyring.open(tmp_path / "k.json")
+    return Pipeline([plan], ring, config, 1, tokenizers(ring, [plan]))
 
 
 def _events(n_per_subject: int = 1, **extra: Any) -> list[RawEvent]:

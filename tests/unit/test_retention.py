@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
@@ -96,7 +97,8 @@ class CountingKms:
 def _pipeline(plan: Plan, keyring: Keyring, config: GatewayConfig, topic: KeyTopic, kms: Any = None
               ) -> Pipeline:
     keys = SubjectKeys(kms or keyring, publisher=topic.publish)
-    return Pipeline([plan], keyring, config, audit_partitions=1, kms=kms, subject_keys=keys)
+    return Pipeline([plan], keyring, config, audit_partitions=1,
+                    tokenizers=tokenizers(keyring, [plan]), kms=kms, subject_keys=keys)
 
 
 def _sanitize(pipeline: Pipeline, user: str, ts: int, card: str = "4242", note: str | None = "n") -> Any:
@@ -282,7 +284,8 @@ def test_a_retention_needs_the_key_topic(plan: Plan, keyring: Keyring, config: G
     schema["fields"] = [f for f in schema["fields"] if f["name"] != "note"]  # nothing per subject
     no_subject_keys = compile_plan(load_schema_file(write_schema(schema, "shared.avsc")))
     with pytest.raises(GatewayError, match="has a retention: the sanitizer needs the key topic"):
-        Pipeline([no_subject_keys], keyring, config, audit_partitions=1)
+        Pipeline([no_subject_keys], keyring, config, audit_partitions=1,
+                 tokenizers=tokenizers(keyring, [no_subject_keys]))
 
 
 # ---- KMS calls -------------------------------------------------------------------------------------

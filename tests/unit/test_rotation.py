@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import tokenizers
 from gateway.cli import main
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline
@@ -75,11 +76,12 @@ def test_token_rotation_new_tokens_carry_the_new_version_old_ones_still_join(
         payments_plan: Plan, tmp_path: Path) -> None:
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t")
     ring = Keyring.open(config.keyring)
-    before = Pipeline([payments_plan], ring, config, 1)
+    before = Pipeline([payments_plan], ring, config, 1, tokenizers(ring, [payments_plan]))
     record = SampleEvents(seed=9).payment()
     old = before.stages[payments_plan.source_topic].sanitizer.sanitize(record).record
     assert Keyring.open(config.keyring, create=False).rotate_token_domain("customer") == "2"
-    after = Pipeline([payments_plan], Keyring.open(config.keyring, create=False), config, 1)  # restarted worker
+    restarted = Keyring.open(config.keyring, create=False)
+    after = Pipeline([payments_plan], restarted, config, 1, tokenizers(restarted, [payments_plan]))  # restarted worker
     new = after.stages[payments_plan.source_topic].sanitizer.sanitize(record).record
     assert old["user_id"].startswith("tok_v1_") and new["user_id"].startswith("tok_v2_")
     assert old["user_id"][7:] != new["user_id"][7:]  # unlinkable without the key holder

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from stdnum import iban, luhn
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
 from gateway.core.detectors.card import luhn_ok
@@ -269,7 +270,7 @@ def _pipeline(tmp_path: Path, schema: dict[str, Any]) -> tuple[Any, Pipeline]:
     plan = compile_plan(load_schema_file(path))
     keyring = Keyring.open(tmp_path / "k.json")
     return plan, Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit"),
-                          audit_partitions=1)
+                          audit_partitions=1, tokenizers=tokenizers(keyring, [plan]))
 
 
 @pytest.mark.parametrize("name", ["ride", "plain"])

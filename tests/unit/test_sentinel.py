@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from gateway.app import tokenizers
 from gateway.core.audit import record_entries
 from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import Pipeline, RawEvent
@@ -35,7 +36,8 @@ def _schema(mode: str | None) -> dict[str, Any]:
 def _pipeline(write_schema: Any, tmp_path: Path, mode: str | None, rate: float) -> Pipeline:
     plan = compile_plan(load_schema_file(write_schema(_schema(mode))))
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", leak_sample_rate=rate)
-    return Pipeline([plan], Keyring.open(tmp_path / "k.json"), config, 1)
+    ring = Keyring.open(tmp_path / "k.json")
+    return Pipeline([plan], ring, config, 1, tokenizers(ring, [plan]))
 
 
 def _events(records: list[dict[str, Any]]) -> list[RawEvent]:

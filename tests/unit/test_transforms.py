@@ -13,6 +13,7 @@ import fastavro
 import orjson
 import pytest
 
+from gateway.app import tokenizers
 from gateway.core.codec.raw import EventDecoder, load_schema_file, strip_logical_types
 from gateway.core.codec.writer import avro_bytes, fast_record_encoder, json_bytes, plaintext_encoder
 from gateway.core.decrypt import decrypt_record
@@ -129,8 +130,10 @@ def test_tokens_are_stable_across_pipelines_on_the_same_keyring(
         payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, tmp_path: Path) -> None:
     raw = SampleEvents(seed=8).payment()
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="a")
-    first = Pipeline([payments_plan], keyring, config, 3)
-    second = Pipeline([payments_plan, clinical_plan], Keyring.open(tmp_path / "k.json"), config, 3)
+    first = Pipeline([payments_plan], keyring, config, 3, tokenizers(keyring, [payments_plan]))
+    reopened = Keyring.open(tmp_path / "k.json")
+    second = Pipeline([payments_plan, clinical_plan], reopened, config, 3,
+                      tokenizers(reopened, [payments_plan, clinical_plan]))
     assert (first.stages["payments.raw"].sanitizer.sanitize(raw).record["email"]
             == second.stages["payments.raw"].sanitizer.sanitize(raw).record["email"])
 
@@ -190,7 +193,8 @@ def test_nested_encrypted_field_in_array_of_records(pipeline: Pipeline, clinical
 @pytest.fixture
 def small_pipeline(payments_plan: Plan, clinical_plan: Plan, keyring: Keyring, tmp_path: Path) -> Pipeline:
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", max_field_bytes=100)
-    return Pipeline([payments_plan, clinical_plan], keyring, config, 3)
+    return Pipeline([payments_plan, clinical_plan], keyring, config, 3,
+                    tokenizers(keyring, [payments_plan, clinical_plan]))
 
 
 @pytest.mark.parametrize("field,value", [("customer_name", "x" * 200),  # encrypt
@@ -368,7 +372,8 @@ def _union_plan(write_schema: Any, inner_action: str) -> Plan:
 def test_kept_union_with_a_record_branch_sanitizes_records(write_schema: Any, keyring: Keyring,
                                                            tmp_path: Path) -> None:
     plan = _union_plan(write_schema, "drop")
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     out = pipeline.stages["ev.raw"].sanitizer.sanitize({"id": "1", "contact": {"email": "a@b", "kind": "x"}})
     assert out.record["contact"] == {"kind": "x"}
 
@@ -376,7 +381,8 @@ def test_kept_union_with_a_record_branch_sanitizes_records(write_schema: Any, ke
 def test_kept_union_with_a_record_branch_keeps_a_string_value(write_schema: Any, keyring: Keyring,
                                                               tmp_path: Path) -> None:
     plan = _union_plan(write_schema, "drop")
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     out = pipeline.stages["ev.raw"].sanitizer.sanitize({"id": "1", "contact": "call the front desk"})
     assert out.record["contact"] == "call the front desk"
 
@@ -491,7 +497,7 @@ def test_kept_fields_know_their_avro_type(payments_plan: Plan, clinical_plan: Pl
 def test_kept_union_value_is_size_checked_by_value(write_schema: Any, keyring: Keyring, tmp_path: Path) -> None:
     plan = _union_plan(write_schema, "keep")
     config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="t", max_field_bytes=20)
-    sanitizer = Pipeline([plan], keyring, config, 1).stages["ev.raw"].sanitizer
+    sanitizer = Pipeline([plan], keyring, config, 1, tokenizers(keyring, [plan])).stages["ev.raw"].sanitizer
     assert sanitizer.sanitize({"id": "1", "contact": "short"}).record["contact"] == "short"
     for contact in ("x" * 21, {"email": "e" * 21, "kind": "k"}):
         with pytest.raises(RejectedEvent) as excinfo:
@@ -506,7 +512,8 @@ def test_kept_record_with_every_field_dropped_is_an_empty_record(write_schema: A
                          {"name": "inner", "privacy": "keep", "type": {"type": "record", "name": "Inner", "fields": [
                              {"name": "secret", "type": "string", "privacy": "drop"}]}}]}
     plan = compile_plan(load_schema_file(write_schema(schema, name="empty.avsc")))
-    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1)
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
     out = pipeline.stages["ev.raw"].sanitizer.sanitize({"id": 7, "inner": {"secret": "s"}}).record
     assert out == {"id": 7, "inner": {}}
     _sanitized_avro_round_trip(plan, out)
@@ -555,8 +562,9 @@ def test_the_sanitized_record_encoder_is_fastavros_bytes_for_every_shipped_schem
     from gateway.embedded.demo import encode_raw, sample_sources
 
     plans = load_plans(Path(__file__).resolve().parents[2] / "schemas")
-    pipeline = Pipeline(plans, Keyring.open(tmp_path / "k.json"), GatewayConfig(keyring=tmp_path / "k.json",
-                                                                                 instance_id="t"), 1)
+    ring = Keyring.open(tmp_path / "k.json")
+    pipeline = Pipeline(plans, ring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(ring, plans))
     sources = sample_sources(plans, SampleEvents(seed=11))
     for plan in plans:
         stage, source = pipeline.stages[plan.source_topic], sources[plan.source_topic]

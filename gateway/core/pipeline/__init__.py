@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -289,18 +289,18 @@ class Pipeline:
     """Turns batches of raw events into output records. Holds the audit chain heads."""
 
     def __init__(self, plans: Sequence[Plan], keyring: Keyring, config: GatewayConfig,
-                 audit_partitions: int, kms: KmsProvider | None = None,
-                 subject_keys: SubjectKeys | None = None) -> None:
+                 audit_partitions: int, tokenizers: Mapping[str, DomainTokenizer],
+                 kms: KmsProvider | None = None, subject_keys: SubjectKeys | None = None) -> None:
+        """`tokenizers` (token domain -> its tokenizer under the active key) are given, as the KMS is:
+        gateway.app builds them from the keyring (`app.tokenizers`); the core never builds them."""
         self.config = config
         self.audit_topic = config.audit_topic
         self.audit_partitions = audit_partitions
         self.instance = config.instance_id
         views = [purpose.plan for p in plans for purpose in p.purposes]  # each purpose's view is a plan too
-        keyring.ensure_token_domains({d for p in (*plans, *views) for d in p.token_domains})
-        tokenizers: dict[str, DomainTokenizer] = {}
-        for domain in sorted({d for p in (*plans, *views) for d in p.token_domains}):
-            version, keys = keyring.token_keys(domain)
-            tokenizers[domain] = DomainTokenizer(domain, version, keys[version])
+        missing = sorted({d for p in (*plans, *views) for d in p.token_domains} - set(tokenizers))
+        if missing:
+            raise GatewayError(f"no tokenizer given for the token domains {missing} (gateway.app.tokenizers)")
         # the KMS is given (gateway.app builds and checks it at start-up); none given: the keyring, when it is the KMS
         self.kms = kms if kms is not None else keyring_kms(config.kms_settings(), keyring)
         self.dek_cache = DekCache(self.kms, config.dek_max_age_s, config.dek_max_uses)

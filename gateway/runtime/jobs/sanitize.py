@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from types import FrameType
 from typing import Any
@@ -31,6 +31,7 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.providers.local import keyring_kms
 from gateway.keys.subject_keys import SubjectKeys
+from gateway.keys.tokens import DomainTokenizer
 from gateway.ops import metrics
 from gateway.runtime import changelog, clients, consent
 from gateway.runtime.changelog import ChangelogFollower
@@ -178,12 +179,14 @@ def committed_quality(metadata: str | None) -> Any:
 class Worker:
     def __init__(self, config: GatewayConfig, plans: Sequence[Plan], keyring: Keyring,
                  pipeline_factory: Callable[[int], Pipeline] | None = None,
-                 kms: KmsProvider | None = None) -> None:
+                 kms: KmsProvider | None = None, *, tokenizers: Mapping[str, DomainTokenizer]) -> None:
         """`pipeline_factory(audit_partitions)` replaces the sanitize pipeline (the benchmark's
-        passthrough uses it to measure this exact loop with no transform)."""
+        passthrough uses it to measure this exact loop with no transform). `tokenizers` are given
+        (gateway.app.tokenizers) and passed on to the pipeline, which never builds them."""
         self.config = with_instance_id(config, "sanitize")
         self._pipeline_factory = pipeline_factory
         self._kms = kms  # already checked by the caller: not probed a second time
+        self._tokenizers = tokenizers
         self.plans = plans
         self.keyring = keyring
         self.health = metrics.Health()
@@ -213,8 +216,8 @@ class Worker:
             subject_keys = SubjectKeys(kms, self.config.dek_max_uses)
             self.key_topic = KeyTopic(self.config, subject_keys, on_failure=self._follower_died)
             self.health.set(FOLLOWER_CHECK, True)
-        return Pipeline(self.plans, self.keyring, self.config, audit_partitions, kms=self._kms,
-                        subject_keys=subject_keys)
+        return Pipeline(self.plans, self.keyring, self.config, audit_partitions, self._tokenizers,
+                        kms=self._kms, subject_keys=subject_keys)
 
     def run(self) -> int:
         config = self.config
