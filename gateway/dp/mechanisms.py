@@ -160,7 +160,7 @@ class AggregateMechanism:
             value = min(max((group.noisy_sum or 0) / count, lo), hi)
             error = ((self.sum_error_95 or 0) + spec.max_abs_value * self.count_error_95) / count
         return {
-            "aggregate": spec.name, "schema": spec.schema, "metric": spec.metric, "field": spec.field,
+            "aggregate": spec.id, "schema": spec.schema, "name": spec.name, "metric": spec.metric, "field": spec.field,
             "window": {"start": window_start, "end": window_start + spec.window_ms},
             "group": dict(zip(spec.group_by, json.loads(group.group), strict=True)),
             "value": value, "noisy_count": group.noisy_count, "noisy_sum": group.noisy_sum,

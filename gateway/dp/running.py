@@ -61,7 +61,8 @@ class RunningTotals:
         """The published record of one group's running total (all the release's facts in it)."""
         spec, plan = self.spec, self.plan
         return {
-            "aggregate": spec.name, "schema": spec.schema, "metric": spec.metric, "release": "running_total",
+            "aggregate": spec.id, "schema": spec.schema, "name": spec.name, "metric": spec.metric,
+            "release": "running_total",
             "field": spec.field, "group": dict(zip(spec.group_by, orjson.loads(group), strict=True)),
             "window": {"start": release.window_start, "end": release.window_start + spec.window_ms},
             "horizon": {"start": spec.continual_start_ms, "windows": spec.continual_windows, "t": release.t},

@@ -169,8 +169,11 @@ def _aggregates(dp: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_aggregates_are_released_with_their_metadata(dp: dict[str, Any]) -> None:
     released = _aggregates(dp)
-    spend = {r["group"]["country"]: r for r in released if r["aggregate"] == "spend_by_country"}
-    count = {r["group"]["country"]: r for r in released if r["aggregate"] == "payments_by_country"}
+    # named as the ledger, the audit and the metrics name it: <schema full name>/<name>
+    spend = {r["group"]["country"]: r for r in released
+             if r["aggregate"] == "example.payments.Payment/spend_by_country" and r["name"] == "spend_by_country"}
+    count = {r["group"]["country"]: r for r in released
+             if r["aggregate"] == "example.payments.Payment/payments_by_country" and r["name"] == "payments_by_country"}
     assert set(spend) == set(count) == {"DE", "FR"}  # LU (one subject) is not released
     for country, r in spend.items():
         assert r["window"] == {"start": dp["base"], "end": dp["base"] + WINDOW_S * 1000}

@@ -171,8 +171,10 @@ def test_metrics_and_logs_of_the_dp_stages_carry_no_exact_figure(
 
         # 2 aggregates x 2 windows x 2 groups, each far above its key-selection threshold; the second
         # window closes on the clock, about 2 windows + grace + settle after the first event
+        schema = d.payments.aggregates[0].schema
         wait_for(lambda: {(r["aggregate"], r["window"]["start"]) for r in released()} ==
-                 {(a["name"], w) for a in AGGREGATES for w in (base, base + window_ms)}, 60, "both windows' releases")
+                 {(f"{schema}/{a['name']}", w) for a in AGGREGATES for w in (base, base + window_ms)}, 60,
+                 "both windows' releases")
         wait_for(lambda: stages_drained(d), 30, "both DP stages to commit their whole input")
         status, text = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
@@ -195,7 +197,7 @@ def test_metrics_and_logs_of_the_dp_stages_carry_no_exact_figure(
     assert not leaked_lines, "\n".join(leaked_lines)
 
     # the releases still carry their privacy metadata
-    specs = {s.name: s for s in d.payments.aggregates}
+    specs = {s.id: s for s in d.payments.aggregates}
     records = released()
     assert records
     for r in records:

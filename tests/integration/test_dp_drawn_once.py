@@ -106,7 +106,8 @@ def test_an_aborted_release_commit_is_released_again_with_the_same_bytes(fresh_d
         def released() -> bool:
             records = [orjson.loads(r.value or b"") for r in d.read(topic)]
             per_window = {(r["aggregate"], r["window"]["start"]) for r in records}
-            return {("visits", base), ("running", base)} <= per_window
+            schema = d.payments.aggregates[0].schema
+            return {(f"{schema}/visits", base), (f"{schema}/running", base)} <= per_window
 
         wait_for(released, 90, "the releases of the window and of its running totals")
     finally:
@@ -117,7 +118,8 @@ def test_an_aborted_release_commit_is_released_again_with_the_same_bytes(fresh_d
     differing = {k: v for k, v in versions.items() if len(v) > 1}
     assert not differing, f"{len(differing)} release(s) published with two different draws: {sorted(differing)}"
     committed = [orjson.loads(r.value or b"") for r in d.read(topic)]
-    assert any(r["aggregate"] == "visits" and r["window"]["start"] == base for r in committed)
+    visits = f"{d.payments.aggregates[0].schema}/visits"
+    assert any(r["aggregate"] == visits and r["window"]["start"] == base for r in committed)
 
 
 def test_a_worker_killed_before_its_release_commit_is_replaced_with_the_same_bytes(
