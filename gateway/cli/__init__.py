@@ -29,6 +29,7 @@ from gateway.cli import (
     scan,
 )
 from gateway.errors import GatewayError
+from gateway.stop_signal import exit_cleanly_on_sigterm
 
 COMMANDS = (broker, run, policy, keys, retention, forget, consent, decrypt, dlq, dump, audit,  # --help's order
             aggregate, budget, quality, report, samples, scan, demo)
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    exit_cleanly_on_sigterm()  # the `gateway` command's first line (python -m gateway's came earlier)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # `gateway run --processes N` hands its arguments on to the children

@@ -116,13 +116,14 @@ class Deployment:
                      wait: bool = True, extra: tuple[str, ...] = ()) -> WorkerProcess:
         log_path = log_path or self.root / f"worker-{instance}.log"
         handle = open(log_path, "ab")  # noqa: SIM115 - closed by WorkerProcess.stop
+        log_start = handle.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--bootstrap", self.bootstrap, "--schemas", str(self.schemas),
              "--keyring", str(self.keyring), "--audit-topic", self.audit_topic, "--group-id", self.group_id,
              "--instance-id", instance, "--partitions", str(partitions), "--session-timeout-ms", "6000", *extra],
             stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
         _STARTED.append(proc)
-        worker = WorkerProcess(proc, log_path, handle)
+        worker = WorkerProcess(proc, log_path, handle, log_start)
         if wait:
             worker.wait_for_log('"msg":"partitions assigned"')
         return worker
@@ -224,9 +225,14 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     handle: Any
+    log_start: int = 0  # the log file's size when this process started
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """This process's log: what was written to its file after it started (a worker restarted under the
+        same instance id appends to the same file, and must not be judged by its predecessor's lines)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     def wait_for_log(self, needle: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
