@@ -76,10 +76,10 @@ def _expected(d: Deployment, events: list[tuple[bytes, dict[str, Any]]]) -> dict
     for key, record in events:
         for spec, outcome, c in bounder.offer(key.decode(), record, 0):
             if outcome == ACCEPTED and c is not None:
-                acc = out.setdefault((spec.name, c.window_start, c.group), [0, 0])
+                acc = out.setdefault((spec.id, c.window_start, c.group), [0, 0])  # release records name spec.id
                 acc[0] += 1
                 acc[1] += c.value
-    return {k: (v[0], v[1] if k[0] == "spend" else None) for k, v in out.items()}
+    return {k: (v[0], v[1] if k[0].endswith("/spend") else None) for k, v in out.items()}
 
 
 def _released(d: Deployment) -> dict[tuple[str, int, str], tuple]:
