@@ -232,7 +232,8 @@ def test_the_sanitized_schema_is_derived_from_the_raw_one_and_the_plan(tmp_path:
     document = sanitized_document(plan.schema, plan.sanitized_schema)
     Draft7Validator.check_schema(document)
     assert document["$schema"] == "http://json-schema.org/draft-07/schema#"  # the raw schema's draft
-    assert document["title"] == "example.signups.sanitized.Signup" and document["additionalProperties"] is False
+    assert document["title"] == "example.signups.sanitized.Signup"
+    assert "additionalProperties" not in document  # the raw schema is open: so is the sanitized one
     props = document["properties"]
     assert set(props) == {"signup_id", "user_id", "email", "full_name", "phone", "age", "country", "plan",
                           "address", "marketing_opt_in"}  # referrer_url dropped
@@ -241,9 +242,54 @@ def test_the_sanitized_schema_is_derived_from_the_raw_one_and_the_plan(tmp_path:
     assert props["phone"]["type"] == ["string", "null"] and props["phone"]["contentEncoding"] == "base64"
     assert props["email"]["type"] == "string" and props["age"]["type"] == "string"  # token, band
     assert set(props["address"]["properties"]) == {"city", "postcode"}  # street dropped
-    assert document["required"] == list(props)
+    assert props["address"]["additionalProperties"] is False  # closed in the raw schema: closed here
+    assert document["required"] == [p for p in props if p not in ("phone", "address")]  # nullable: not required
     assert CODEC.sanitized_schema(plan.schema, plan.sanitized_schema) == CODEC.sanitized_schema(
         plan.schema, plan.sanitized_schema)  # deterministic: registering it again keeps its id
+
+
+def _sanitized_text(tmp_path: Path, name: str, change: Any = None, closed: bool = False) -> str:
+    document = _document()
+    document["privacy"].update(schema_id=RAW_ID, sanitized_schema_id=SANITIZED_ID)
+    if closed:
+        document["additionalProperties"] = False
+    if change is not None:
+        change(document)
+    plan = compile_plan(load_schema_file(_write(tmp_path, document, f"{name}.schema.json")))
+    return CODEC.sanitized_schema(plan.schema, plan.sanitized_schema)
+
+
+@pytest.mark.parametrize(("change", "closed", "expected"), [
+    (lambda d: d["properties"]["referrer_url"].update(privacy="keep"), False, {}),  # optional: nullable
+    (lambda d: (d["properties"]["referrer_url"].update(privacy="keep"), d["required"].append("referrer_url")),
+     False, {"backward": "$.referrer_url is required by the reader"}),  # a required one: old records lack it
+    (lambda d: d["properties"]["country"].update(privacy="drop"), False,
+     {"forward": "$.country is required by the reader"}),  # old consumers require it
+    (lambda d: d["properties"]["phone"].update(privacy="drop"), False, {}),  # a nullable one may go
+    (lambda d: d["properties"]["phone"].update(privacy="drop"), True,
+     {"backward": "$.phone is in the records, and the reader does not allow it"}),  # ... unless closed
+    (lambda d: d["properties"]["referrer_url"].update(privacy="keep"), True,
+     {"forward": "$.referrer_url is in the records, and the reader does not allow it"}),
+    (lambda d: d["properties"]["age"].update(privacy="keep"), False,
+     {"backward": "$.age is string in the records, integer for the reader",
+      "forward": "$.age is integer in the records, string for the reader"}),
+    (lambda d: d["properties"]["country"].update(privacy="encrypt"), False, {}),  # a string either way (base64)
+])
+def test_a_policy_change_is_checked_against_the_registered_sanitized_versions(
+        tmp_path: Path, change: Any, closed: bool, expected: dict[str, str]) -> None:
+    old = _sanitized_text(tmp_path, "old", closed=closed)
+    new = _sanitized_text(tmp_path, "new", change, closed=closed)
+    assert new != old
+    for mode in ("backward", "forward"):
+        problems = CODEC.sanitized_problems(new, [("sanitized version 1 (id 5)", old)], mode)
+        if mode in expected:
+            assert len(problems) == 1 and expected[mode] in problems[0] and "version 1 (id 5)" in problems[0]
+        else:
+            assert problems == [], problems
+    full = CODEC.sanitized_problems(new, [("v1", old)], "full")
+    assert len(full) == len(expected)
+    assert CODEC.sanitized_problems(new, [("v1", old)], "none") == []
+    assert CODEC.sanitized_problems(new, [("v1", "syntax = 'proto3';")], "none") != []  # another format's subject
 
 
 def test_the_pipeline_publishes_framed_json_that_validates_and_decrypts(tmp_path: Path) -> None:
