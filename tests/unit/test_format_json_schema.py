@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jsonschema.validators import Draft7Validator, validator_for
 
 from gateway.app import tokenizers
+from gateway.core.audit import record_entries
 from gateway.core.codec.encoding import Encoding, SchemaFormat, frame_confluent
 from gateway.core.codec.formats import codec_for, format_of, iter_schema_files, load_schema_file
 from gateway.core.codec.formats.json_schema import JsonSchemaDecoder, fast_check, sanitized_document
@@ -360,3 +361,34 @@ def test_keywords_without_a_fast_check_leave_it_to_jsonschema() -> None:
                  {"enum": [1, True]}, {"const": "x"}, {"type": "object", "patternProperties": {"^a": {}},
                                                        "additionalProperties": False}, {"x-custom": 1}):
         assert fast_check(node) is None, node
+
+
+def test_purposes_quality_rules_and_audit_work_as_for_avro(tmp_path: Path) -> None:
+    """The same policy model: a purpose view, a quality rule beside a property, one audit entry per event."""
+    document = _document()
+    document["privacy"].update(schema_id=RAW_ID, sanitized_schema_id=SANITIZED_ID, purposes={
+        "analytics": {"topic": "signups.analytics", "basis": "legitimate_interests",
+                      "fields": {"user_id": {"tokenize": {"domain": "user"}}, "country": "keep", "plan": "keep"}}})
+    document["properties"]["plan"]["quality"] = {"allowed": {"values": ["free", "pro"], "action": "reject"}}
+    plan = compile_plan(load_schema_file(_write(tmp_path, document)))
+    keyring = Keyring.open(tmp_path / "k.json")
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test")
+    pipeline = Pipeline([plan], keyring, config, audit_partitions=1, tokenizers=tokenizers(keyring, [plan]))
+    values = [_framed(_event(signup_id="s-1")), _framed(_event(signup_id="s-2", plan="team"))]
+    result = pipeline.process([RawEvent(plan.source_topic, 0, i, 1_790_000_000_000, None, v, None)
+                               for i, v in enumerate(values)])
+    by_topic: dict[str, list[Any]] = {}
+    for out in result.records:
+        by_topic.setdefault(out.topic, []).append(out)
+    (view,) = by_topic["signups.analytics"]
+    assert dict(view.headers or [])["gateway-encoding"] == b"json"  # a view has no registry id: plain JSON
+    published = orjson.loads(view.value or b"")
+    assert set(published) == {"user_id", "country", "plan"} and published["user_id"].startswith("tok_v")
+    (dead,) = by_topic[plan.dlq_topic]
+    reason = orjson.loads(dead.value or b"")["reason"]
+    assert reason.startswith("quality:")
+    assert len(by_topic[plan.sanitized_topic]) == 1
+    (audit,) = by_topic[config.audit_topic]
+    entries = record_entries([audit.value])
+    assert [e["outcome"] for e in entries] == ["sanitized", f"rejected:{reason}"]
+    assert entries[0]["purposes"] == {"analytics": "published:legitimate_interests"}
