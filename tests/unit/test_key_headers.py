@@ -233,3 +233,19 @@ def test_without_a_block_every_raw_header_and_the_key_stay_dropped(write_schema:
     _no_canary(_everything(result.records))
     record = next(r for r in result.records if r.topic == SANITIZED)
     assert not any(n.startswith("x-") or n == KEY_HEADER for n, _ in record.headers or ())
+
+
+def test_the_leak_sentinel_watches_kept_headers_and_a_kept_key(write_schema: Any, tmp_path: Path) -> None:
+    """A kept header is in clear like a kept field: an e-mail address in it is a leak, and under an enforcing
+    sentinel the event is dead-lettered instead of published (the address never in clear)."""
+    pipeline = _pipeline(write_schema, tmp_path, _schema(key="keep", leak_sentinel="enforce"))
+    leaking = _event(0)._replace(headers=[("x-tenant", EMAIL.encode())])
+    result = pipeline.process([leaking, _event(1, key=f"key of {EMAIL}".encode())])
+    _no_canary(_everything(result.records))
+    audit = record_entries(r.value for r in result.records if r.topic == pipeline.audit_topic)
+    assert [a["outcome"] for a in audit] == ["rejected:pii_in_kept_field"] * 2
+    assert [a["leak_suspected"] for a in audit] == [[{"field": "(header)x-tenant", "entity": "EMAIL"}],
+                                                    [{"field": KEY_PATH, "entity": "EMAIL"}]]
+    clean = pipeline.process([_event(2)])
+    assert [a["outcome"] for a in record_entries(r.value for r in clean.records
+                                                 if r.topic == pipeline.audit_topic)] == ["sanitized"]
