@@ -249,3 +249,15 @@ def test_the_leak_sentinel_watches_kept_headers_and_a_kept_key(write_schema: Any
     clean = pipeline.process([_event(2)])
     assert [a["outcome"] for a in record_entries(r.value for r in clean.records
                                                  if r.topic == pipeline.audit_topic)] == ["sanitized"]
+
+
+def test_named_headers_count_towards_the_output_limit(write_schema: Any, tmp_path: Path) -> None:
+    """Kept headers, each within max_field_bytes, that together pass the producer's limit dead-letter the
+    event (output_too_large) instead of making a record Kafka refuses, which would stop the partition."""
+    pipeline = _pipeline(write_schema, tmp_path, _schema())
+    each = pipeline.config.max_field_bytes
+    n = pipeline.max_output_bytes // each + 1
+    big = _event(0)._replace(headers=[("x-tenant", b"a" * each)] * n)
+    result = pipeline.process([big, _event(1)._replace(headers=[("x-tenant", b"a" * each)] * (n // 2))])
+    audit = record_entries(r.value for r in result.records if r.topic == pipeline.audit_topic)
+    assert [a["outcome"] for a in audit] == ["rejected:output_too_large", "sanitized"]

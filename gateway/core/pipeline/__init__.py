@@ -221,8 +221,11 @@ class TopicStage:
         `headers`: the raw record's, dropped unless the policy names them (core/policy/key_headers.py)."""
         result = self.sanitizer.sanitize(record, timestamp_ms, source, key, headers)
         out, out_encoding = self.encode(result.record, encoding)
-        if len(out) > max_output_bytes:
-            raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
+        size = len(out)
+        if result.out_headers:  # the named headers and key count towards the producer's limit too
+            size += sum(len(name) + len(value or b"") for name, value in result.out_headers)
+        if size > max_output_bytes:
+            raise RejectedEvent("output_too_large", f"the sanitized record is {size} bytes, above "
                                 f"the producer limit of {max_output_bytes}")
         return out, out_encoding, result
 
