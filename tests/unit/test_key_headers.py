@@ -21,8 +21,9 @@ from gateway.core.codec.raw import load_schema_file
 from gateway.core.pipeline import OutRecord, Pipeline, RawEvent
 from gateway.core.policy.compiler import compile_plan
 from gateway.core.policy.key_headers import KEY_HEADER, KEY_PATH
-from gateway.core.policy.lint import lint_file
+from gateway.core.policy.lint import lint_file, load_plans
 from gateway.core.policy.plan import policy_roles
+from gateway.errors import PolicyError
 from gateway.integrations.common import SanitizedReader
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig
@@ -261,3 +262,16 @@ def test_named_headers_count_towards_the_output_limit(write_schema: Any, tmp_pat
     result = pipeline.process([big, _event(1)._replace(headers=[("x-tenant", b"a" * each)] * (n // 2))])
     audit = record_entries(r.value for r in result.records if r.topic == pipeline.audit_topic)
     assert [a["outcome"] for a in audit] == ["rejected:output_too_large", "sanitized"]
+
+
+def test_a_header_written_twice_in_the_file_is_an_error(write_schema: Any, tmp_path: Path) -> None:
+    """JSON parsers keep the last of two equal keys silently: the policy would not be what its author wrote."""
+    path = write_schema(_schema(headers={"x-a": "keep"}))
+    text = path.read_text().replace('"x-a":"keep"', '"x-a":"keep","x-a":{"tokenize":{"domain":"hdr"}}')
+    text = text.replace('"x-a": "keep"', '"x-a": "keep", "x-a": {"tokenize": {"domain": "hdr"}}')
+    assert text.count('"x-a"') == 2
+    path.write_text(text)
+    problems = [p for p in lint_file(path) if p.severity == "error"]
+    assert [(p.where, "named twice" in p.message) for p in problems] == [("(record).headers.x-a", True)]
+    with pytest.raises(PolicyError, match="named twice"):
+        load_plans(tmp_path)

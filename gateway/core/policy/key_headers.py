@@ -32,6 +32,7 @@ beside the fields'.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,31 @@ def _compile_one(declared: Any, schema: str, path: str, where: str, retention_da
     except OperatorError as exc:
         error(where, str(exc))
         return None
+
+
+class _JsonObject(dict[str, Any]):
+    """A JSON object that remembers the keys written in it more than once (JSON parsers keep the last)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    if len(obj) < len(pairs):
+        obj.duplicates = tuple(sorted({k for k, _ in pairs if sum(1 for other, _ in pairs if other == k) > 1}))
+    return obj
+
+
+def duplicate_header_names(text: bytes) -> tuple[str, ...]:
+    """Header names the schema file's "headers" setting writes twice: parsed, the first is silently lost
+    (the policy would not say what its author wrote), so `policy lint` and start-up refuse it."""
+    try:
+        doc = json.loads(text, object_pairs_hook=_json_object)
+    except ValueError:  # not JSON: the loader says so
+        return ()
+    privacy = doc.get("privacy") if isinstance(doc, dict) else None
+    headers = privacy.get("headers") if isinstance(privacy, dict) else None
+    return headers.duplicates if isinstance(headers, _JsonObject) else ()
 
 
 def compile_key_headers(key: Any, headers: Any, schema: str, subject: str | None, retention_days: int | None,
