@@ -275,3 +275,14 @@ def test_a_header_written_twice_in_the_file_is_an_error(write_schema: Any, tmp_p
     assert [(p.where, "named twice" in p.message) for p in problems] == [("(record).headers.x-a", True)]
     with pytest.raises(PolicyError, match="named twice"):
         load_plans(tmp_path)
+
+
+def test_a_named_header_without_a_value_passes_without_one(write_schema: Any, tmp_path: Path) -> None:
+    pipeline = _pipeline(write_schema, tmp_path, _schema())
+    event = _event(0)._replace(headers=[("x-trace", None), ("x-trace", TRACE.encode()), ("x-user-email", None)])
+    record = next(r for r in pipeline.process([event]).records if r.topic == SANITIZED)
+    named = [(n, v) for n, v in record.headers or () if n.startswith("x-")]
+    assert named[0] == ("x-trace", None) and named[2] == ("x-user-email", None)
+    reader = SanitizedReader(tmp_path, tmp_path / "k.json")
+    decoded = reader.decode(SANITIZED, record.value, record.headers)
+    assert decoded.opened and [v for n, v in decoded.headers if n == "x-trace"] == [None, TRACE.encode()]
