@@ -37,7 +37,7 @@ from gateway.core.codec.raw import decoded_for_json
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.codec.writer import avro_bytes, json_bytes
 from gateway.core.decrypt import decrypt_record
-from gateway.core.pipeline import SOURCE_HEADER, Pipeline, RawEvent
+from gateway.core.pipeline import SOURCE_HEADER, Pipeline, RawEvent, parse_source_ref
 from gateway.core.pipeline.outcome import SANITIZED, Outcome
 from gateway.core.policy.cases import Action, Case, CaseFile, FieldExpectation, plan_path, values_at
 from gateway.core.policy.plan import Plan
@@ -511,6 +511,7 @@ def fuzz(bench: Bench, plan: Plan, make: Callable[..., dict[str, Any]], count: i
     sanitized = dead = 0
     offset = 0
     consent = dict.fromkeys(plan.consent_purposes, True)
+    per_event = {plan.sanitized_topic, plan.dlq_topic, *purposes}  # records of one event (its source header)
     for start in range(0, count, FUZZ_BATCH):
         size = min(FUZZ_BATCH, count - start)
         events: list[RawEvent] = []
@@ -529,16 +530,16 @@ def fuzz(bench: Bench, plan: Plan, make: Callable[..., dict[str, Any]], count: i
         pipeline.consent = consent_table(changes)
         result = pipeline.process(events)
         by_source: dict[int, list[OutRecord]] = {}
-        audit: list[OutRecord] = []
+        shared: dict[str, list[OutRecord]] = {}  # the batch's other records (audit, quality): any event's canary
         for record in result.records:
-            if record.topic == pipeline.audit_topic:
-                audit.append(record)
-                continue
-            ref = dict(record.headers or []).get(SOURCE_HEADER, b"")
-            by_source.setdefault(int(ref.rsplit(b"/", 1)[-1] or 0), []).append(record)
+            ref = parse_source_ref(dict(record.headers or []).get(SOURCE_HEADER, b""))
+            if record.topic in per_event and ref is not None:
+                by_source.setdefault(ref[2], []).append(record)
+            else:
+                where = "audit" if record.topic == pipeline.audit_topic else f"record on '{record.topic}'"
+                shared.setdefault(where, []).append(record)
         for n, event in enumerate(events):
-            outputs = by_source.get(event.offset, [])
-            for record in outputs:
+            for record in by_source.get(event.offset, []):
                 if record.topic == plan.dlq_topic:
                     dead += 1
                     where = "dead letter"
@@ -548,9 +549,10 @@ def fuzz(bench: Bench, plan: Plan, make: Callable[..., dict[str, Any]], count: i
                     sanitized += 1
                     where = "sanitized"
                 leaks += _search(_blobs(record), planted[n], where, start + n)
-        audit_bytes = b"\x00".join(_blobs(r) for r in audit)
-        for n, canaried in enumerate(planted):
-            leaks += _search(audit_bytes, canaried, "audit", start + n)
+        for where, records in shared.items():
+            blob = b"\x00".join(_blobs(r) for r in records)
+            for n, canaried in enumerate(planted):
+                leaks += _search(blob, canaried, where, start + n)
         if progress is not None:
             progress(f"fuzz {plan.name}: {start + size}/{count} events, {len(leaks)} leak(s)")
     unplanted = tuple(p for p in clear_paths(plan) if p not in planted_counts)
