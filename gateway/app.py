@@ -18,8 +18,7 @@ from gateway.core.pipeline import Pipeline
 from gateway.core.policy.cases import load_case_files
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan, policy_roles
-from gateway.core.policy.runner import Bench, PolicyTestReport, run_policy_tests
-from gateway.embedded.samples import SampleEvents
+from gateway.core.policy.runner import Bench, PolicyTestReport, Sampler, run_policy_tests
 from gateway.keys import providers
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
@@ -118,15 +117,13 @@ def policy_bench(plans: Sequence[Plan], workdir: Path) -> Bench:
     return Bench(pipeline, tuple(decryptors))
 
 
-def policy_tests(directory: Path, fuzz: int, seed: int, progress: Callable[[str], None] | None = None
-                 ) -> PolicyTestReport:
+def policy_tests(directory: Path, fuzz: int, sampler: Sampler, seed: int,
+                 progress: Callable[[str], None] | None = None) -> PolicyTestReport:
     """`gateway policy test DIR`: the policies of DIR (linted and compiled as at start-up), the cases beside
-    them and, with `fuzz`, that many generated events per schema, on a bench in a temporary directory.
-    Raises GatewayError (exit 2) for a policy or case file that cannot run."""
+    them and, with `fuzz`, that many events per schema from `sampler` (the sample generator, which the
+    command gives: the workers never load Faker), on a bench in a temporary directory. Raises GatewayError
+    (exit 2) for a policy or case file that cannot run."""
     plans = load_plans(directory)
     files = load_case_files(plans)
-    samples = SampleEvents(seed)
     with tempfile.TemporaryDirectory(prefix="gateway-policy-test-") as tmp:
-        bench = policy_bench(plans, Path(tmp))
-        return run_policy_tests(bench, plans, files, fuzz, lambda plan: samples.for_schema(plan.schema.raw).event,
-                                seed, progress)
+        return run_policy_tests(policy_bench(plans, Path(tmp)), plans, files, fuzz, sampler, seed, progress)

@@ -121,13 +121,15 @@ def _cmd_test(args: argparse.Namespace) -> int:
     """`policy test`: run, print each failure and a summary (progress on stderr), write the JUnit file."""
     from gateway import app
     from gateway.core.policy.junit import fuzz_summary, junit_xml
+    from gateway.embedded.samples import SampleEvents
 
     if args.fuzz < 0:
         raise GatewayError("--fuzz must not be negative")
     if not args.directory.is_dir():
         raise GatewayError(f"'{args.directory}' is not a directory of *.avsc schemas (and their *.cases.json)")
-    report = app.policy_tests(args.directory, args.fuzz, args.seed,
-                              lambda line: print(line, file=sys.stderr, flush=True))
+    samples = SampleEvents(args.seed)  # the one generator, seeded: a run repeats
+    report = app.policy_tests(args.directory, args.fuzz, lambda plan: samples.for_schema(plan.schema.raw).event,
+                              args.seed, lambda line: print(line, file=sys.stderr, flush=True))
     for case in report.cases:
         for failure in case.failures:
             print(f"FAIL {case.schema}: case '{case.case}': {failure}")
