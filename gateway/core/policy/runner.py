@@ -306,8 +306,6 @@ class CaseRunner:
                 results.append(CaseResult(cases.plan.name, str(cases.path), case.name, tuple(failures),
                                           time.perf_counter() - started))
                 pending.append((len(results) - 1, cases, case))
-                if progress is not None:
-                    progress(f"{'ok  ' if not failures else 'FAIL'} {cases.plan.name}: {case.name}")
         for index, cases, case in pending:  # equal tokens across cases: once every case ran
             extra = []
             for path, expected in case.expect.fields.items():
@@ -326,6 +324,9 @@ class CaseRunner:
                 done = results[index]
                 results[index] = CaseResult(done.schema, done.file, done.case, (*done.failures, *extra),
                                             done.seconds)
+        if progress is not None:  # once the token checks across cases are in
+            for result in results:
+                progress(f"{'ok  ' if result.ok else 'FAIL'} {result.schema}: {result.case}")
         return results
 
     def run_case(self, plan: Plan, case: Case, tokens: dict[tuple[str, str, str], list[Any]],
