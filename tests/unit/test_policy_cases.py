@@ -371,3 +371,22 @@ def test_fuzz_searches_dead_letters_and_the_audit(tmp_path: Path) -> None:
     wheres = {(leak.event, leak.where) for leak in leaky.leaks}
     assert {(n, "dead letter") for n in range(1, 10, 2)} < wheres
     assert (0, "audit") in wheres and (2, "dead letter") not in wheres
+
+
+def test_per_subject_and_role_scoped_ciphertexts_open_on_the_bench(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Encrypted is proven by opening: under the subject's own key (format v2) and under a role's (v3) too."""
+    schema = orjson.loads((SCHEMAS / "payments.avsc").read_bytes())
+    for f in schema["fields"]:
+        if f["name"] == "customer_name":
+            f["privacy"] = {"encrypt": {"per_subject": True}}
+        elif f["name"] == "card_number":
+            f["privacy"] = {"encrypt": {"roles": ["fraud"]}}
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "payments.avsc").write_text(json.dumps(schema))
+    shutil.copy(SCHEMAS / "payments.cases.json", directory)
+    code, out, _ = _run(capsys, str(directory))
+    assert code == 0, out
+    cases = orjson.loads((SCHEMAS / "payments.cases.json").read_bytes())
+    assert cases[0]["expect"]["fields"]["customer_name"] == cases[0]["expect"]["fields"]["card_number"] == "encrypted"

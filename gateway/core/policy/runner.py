@@ -141,18 +141,32 @@ class _Observed:
 
 
 def raw_value(plan: Plan, record: Any, index: int = 0) -> bytes:
-    """The raw event's bytes: JSON where the policy's input takes it, else (or every other event, for a
-    fuzz run) Avro, Confluent-framed when the policy has a registry id."""
-    modes = [plan.input_mode] if plan.input_mode != "auto" else [Encoding.JSON, Encoding.AVRO]
-    mode = modes[index % len(modes)]
+    """The raw event's bytes as a producer would write them: JSON where the policy's input takes it (and the
+    record holds no bytes, which JSON cannot carry), else Avro, Confluent-framed where the policy has a
+    registry id. A fuzz run alternates JSON and Avro by `index` where the input is `auto`."""
+    if plan.input_mode == "auto":
+        modes = [Encoding.JSON, Encoding.CONFLUENT if plan.schema_id is not None else Encoding.AVRO]
+        mode = modes[index % 2] if not _has_bytes(record) else modes[1]
+    else:
+        mode = Encoding(plan.input_mode)
     if mode == Encoding.JSON:
         return json_bytes(record)
     payload = avro_bytes(plan.schema.parsed, record)
-    if mode == Encoding.CONFLUENT or (mode == Encoding.AVRO and plan.schema_id is not None):
-        return frame_confluent(plan.schema_id, payload) if plan.schema_id is not None else payload
+    if mode == Encoding.CONFLUENT and plan.schema_id is not None:
+        return frame_confluent(plan.schema_id, payload)
     if mode == Encoding.SINGLE_OBJECT:
         return single_object_header(plan.schema.raw) + payload
     return payload
+
+
+def _has_bytes(value: Any) -> bool:
+    if isinstance(value, bytes):
+        return True
+    if isinstance(value, dict):
+        return any(_has_bytes(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_bytes(v) for v in value)
+    return False
 
 
 class _Reader:
@@ -336,11 +350,9 @@ class CaseRunner:
         pipeline.consent = consent_table(consent_changes(pipeline, plan, case.input, case.consent, timestamp))
         try:
             value = raw_value(plan, case.input)
-        except Exception as exc:  # fastavro refuses a record the schema does not take
-            if plan.input_mode == Encoding.JSON or plan.input_mode == "auto":
-                raise
+        except Exception as exc:  # fastavro refuses a record the schema does not take (JSON takes anything)
             raise GatewayError(f"{file}: case '{case.name}': the input does not encode as {plan.input_mode} "
-                               f"({type(exc).__name__}): this policy takes no JSON") from None
+                               f"({type(exc).__name__}); this policy's input takes no JSON") from None
         result = pipeline.process([self.event(plan, value, timestamp)])
         seen = self.reader.observe(result.records)
         return self._judge(plan, case, seen, tokens, file)
