@@ -390,3 +390,11 @@ def test_per_subject_and_role_scoped_ciphertexts_open_on_the_bench(tmp_path: Pat
     assert code == 0, out
     cases = orjson.loads((SCHEMAS / "payments.cases.json").read_bytes())
     assert cases[0]["expect"]["fields"]["customer_name"] == cases[0]["expect"]["fields"]["card_number"] == "encrypted"
+
+
+def test_fuzz_expects_in_clear_what_a_purpose_keeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A consented purpose that keeps the name in clear is the policy's intent: its view is not a leak, while
+    the same canary in the sanitized record would be (the sanitized record encrypts the name)."""
+    code, out, _ = _run(capsys, str(_leaky(tmp_path, "full_name", "keep", "fraud")), "--fuzz", "10")
+    assert code == 0, out
+    assert "full_name (10)" in out
