@@ -18,6 +18,7 @@ from gateway.cli import (
     demo,
     dlq,
     dump,
+    erasure,
     forget,
     keys,
     policy,
@@ -31,7 +32,7 @@ from gateway.cli import (
 from gateway.errors import GatewayError
 from gateway.stop_signal import exit_cleanly_on_sigterm
 
-COMMANDS = (broker, run, policy, keys, retention, forget, consent, decrypt, dlq, dump, audit,  # --help's order
+COMMANDS = (broker, run, policy, keys, retention, forget, erasure, consent, decrypt, dlq, dump, audit,  # --help's order
             aggregate, budget, quality, report, samples, scan, demo)
 
 
