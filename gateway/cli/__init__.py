@@ -28,12 +28,13 @@ from gateway.cli import (
     run,
     samples,
     scan,
+    subject,
 )
 from gateway.errors import GatewayError
 from gateway.stop_signal import exit_cleanly_on_sigterm
 
-COMMANDS = (broker, run, policy, keys, retention, forget, erasure, consent, decrypt, dlq, dump, audit,  # --help's order
-            aggregate, budget, quality, report, samples, scan, demo)
+COMMANDS = (broker, run, policy, keys, retention, forget, consent, decrypt, dlq, dump, audit,  # --help's order
+            aggregate, budget, quality, report, samples, scan, demo, erasure, subject)
 
 
 def build_parser() -> argparse.ArgumentParser:
