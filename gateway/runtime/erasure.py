@@ -14,6 +14,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import ConfigResource, ResourceType
 
@@ -23,6 +24,7 @@ from gateway.core.erasure import (
     CompactionSettings,
     ErasureReceipt,
     KeyRecordSeen,
+    Scope,
     Status,
     Verdict,
     dek_of,
@@ -33,7 +35,7 @@ from gateway.core.erasure import (
 )
 from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError, GatewayError
-from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
+from gateway.keys.envelope import FieldDecryptor, Format, parse_ciphertext
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.subject_keys import SubjectKeys, is_key_record
@@ -85,7 +87,7 @@ def verify_erasure(config: GatewayConfig, receipt: ErasureReceipt, plans: Sequen
     changelog.apply_records(KeyTopic.STATE, receipt.key_topic, ((r.key, r.value) for r in committed
                                                                   if r.key is not None and is_key_record(r.key)),
                             stands.apply)
-    _check_ciphertexts(verdict, kafka, receipt, plans, FieldDecryptor(kms, subject_keys=stands), tokens)
+    _check_ciphertexts(verdict, kafka, receipt, plans, stands, FieldDecryptor(kms, subject_keys=stands), tokens)
     return verdict
 
 
@@ -176,50 +178,36 @@ def _ciphertexts(value: Any) -> Iterator[bytes]:
 
 
 def _check_ciphertexts(verdict: Verdict, kafka: Mapping[str, str], receipt: ErasureReceipt, plans: Sequence[Plan],
-                       decryptor: FieldDecryptor, tokens: list[str]) -> None:
+                       stands: SubjectKeys, decryptor: FieldDecryptor, tokens: list[str]) -> None:
     """Up to SAMPLE_SIZE of the subject's ciphertexts under the erased keys, found by token on the topics the
-    receipt names: each must answer key_erased when opened with the key topic's keys (`decryptor`). Any
-    other answer (even "tampered": opened without its record's context) means the key was found."""
+    receipt names (sanitized records by their subject field, dead letters by their seal's subject): each
+    must answer key_erased when opened with the key topic's keys as they stand. Any other answer (even
+    "tampered": opened without its record's context) means the key was found."""
     deks = {dek_of(k.key_id) for k in receipt.keys}
-    readable = {p.sanitized_topic: p for p in plans}
-    topics = [t for t in receipt.topics() if t in readable]
     if not tokens or not deks:
         verdict.add("ciphertexts", Status.PASSED, "nothing to sample (no subject token in the audit record, or "
                     "no key erased)")
         return
     existing = partition_counts(clients.admin(kafka))
+    readable = {p.sanitized_topic: p for p in plans}
+    # a topic a policy publishes sanitized records to is read as such; any other (dead-letter topics) is
+    # read for dead letters sealed under the subject's key
+    letters = {t for k in receipt.keys if Scope.DEAD_LETTER.value in k.scopes for t in k.topics} - set(readable)
+    topics = [t for t in receipt.topics() if t in existing and (t in readable or t in letters)]
     decoder = SanitizedDecoder(list(plans))
-    tried: dict[str, int] = {}
+    answers: dict[str, int] = {}
     opened: list[str] = []
     for topic in topics:
-        if topic not in existing:
-            continue
-        plan = readable[topic]
         for record in read_topic(kafka, topic):
-            if sum(tried.values()) >= SAMPLE_SIZE:
+            if sum(answers.values()) >= SAMPLE_SIZE:
                 break
-            try:
-                _, decoded = decoder.decode(record)
-            except GatewayError:
-                continue
-            subject = decoded.get(plan.subject_field) if isinstance(decoded, dict) and plan.subject_field else None
-            if subject not in tokens:
-                continue
-            for data in _ciphertexts(decoded):
-                try:
-                    if parse_ciphertext(data).dek_id.hex() not in deks:
-                        continue
-                except (DecryptError, IndexError, ValueError, struct.error, UnicodeDecodeError):
-                    continue
-                try:
-                    decryptor.decrypt(data, b"", subject=str(subject))
-                    answer = "opened"
-                except DecryptError as exc:
-                    answer = exc.reason
-                tried[answer] = tried.get(answer, 0) + 1
+            found = (_sealed_of(record, tokens, deks) if topic in letters
+                     else _fields_of(decoder, readable[topic], record, tokens, deks))
+            for answer in (_answer(stands, decryptor, t, data) for t, data in found):
+                answers[answer] = answers.get(answer, 0) + 1
                 if answer != "key_erased":
                     opened.append(f"{topic} partition {record.partition} offset {record.offset}: {answer}")
-    total = sum(tried.values())
+    total = sum(answers.values())
     if opened:
         verdict.add("ciphertexts", Status.FAILED, f"{len(opened)} of {total} sampled ciphertext(s) under erased keys "
                     f"did not answer key_erased (the key is still available): {'; '.join(opened[:5])}")
@@ -228,5 +216,55 @@ def _check_ciphertexts(verdict: Verdict, kafka: Mapping[str, str], receipt: Eras
                     f"{', '.join(topics)} answer key_erased (opened with the key topic as it stands)")
     else:
         verdict.add("ciphertexts", Status.PASSED, "no ciphertext of the subject under the erased keys is left on "
-                    f"the topics the receipt names that this policy set reads ({', '.join(topics) or 'none'}): "
-                    "nothing to sample")
+                    f"the topics the receipt names that can be read here ({', '.join(topics) or 'none'}; "
+                    "sanitized topics need their policies in --schemas): nothing to sample")
+
+
+def _fields_of(decoder: SanitizedDecoder, plan: Plan, record: StoredRecord, tokens: list[str],
+               deks: set[str]) -> list[tuple[str, bytes | tuple[str, str, bytes]]]:
+    """(token, ciphertext) of a sanitized record of the subject, under one of `deks`."""
+    try:
+        _, decoded = decoder.decode(record)
+    except GatewayError:
+        return []
+    subject = decoded.get(plan.subject_field) if isinstance(decoded, dict) and plan.subject_field else None
+    if subject not in tokens:
+        return []
+    out: list[tuple[str, bytes | tuple[str, str, bytes]]] = []
+    for data in _ciphertexts(decoded):
+        try:
+            if parse_ciphertext(data).dek_id.hex() in deks:
+                out.append((str(subject), data))
+        except (DecryptError, IndexError, ValueError, struct.error, UnicodeDecodeError):
+            continue
+    return out
+
+
+def _sealed_of(record: StoredRecord, tokens: list[str], deks: set[str]
+               ) -> list[tuple[str, bytes | tuple[str, str, bytes]]]:
+    """(token, (domain, token, dek id)) of a dead letter sealed under the subject's key (format 2)."""
+    try:
+        name = orjson.loads(record.value or b"")["sealed"]["key"]
+        domain, token, dek = str(name["domain"]), str(name["subject"]), str(name["dek"])
+        wanted = token in tokens and dek in deks
+        return [(token, (domain, token, bytes.fromhex(dek)))] if wanted else []
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return []
+
+
+def _answer(stands: SubjectKeys, decryptor: FieldDecryptor, token: str,
+            found: bytes | tuple[str, str, bytes]) -> str:
+    """What opening one ciphertext (or a dead letter's seal) answers: a DecryptError's reason, or "opened"."""
+    try:
+        if isinstance(found, tuple):  # a dead letter: its seal names the key
+            stands.aead_for(*found)
+        elif found[:1] == bytes([Format.ROLE_KEYED]) or found[2:3] == bytes([Format.ROLE_KEYED]):
+            parsed = parse_ciphertext(found)  # a role's key is needed to unwrap: is the key there at all?
+            if not any(n.endswith(parsed.dek_id.hex()) for n in (*stands.keys_of(parsed.kek_id, token),
+                                                                 *stands.periods.keys_of(parsed.kek_id, token))):
+                raise DecryptError("key_erased", "not in the key topic")
+        else:
+            decryptor.decrypt(found, b"", subject=token)
+        return "opened"
+    except DecryptError as exc:
+        return exc.reason

@@ -32,6 +32,12 @@ def test_receipt_verifies_only_after_compaction_and_fails_once_the_key_is_brough
     worker = s.start_worker("w1")
     try:
         s.send(worker, [(ALICE, "alice secret 1"), (BOB, "bob note 1"), (ALICE, "alice secret 2")])
+        # a dead letter of Alice's (no note): its original sealed under her key (format 2)
+        producer = Producer(kafka)
+        producer.produce(s.plan.source_topic, orjson.dumps({"event_id": "bad", "patient_id": ALICE}))
+        assert producer.flush(30) == 0
+        s.events += 1
+        s.wait_audit(s.events)
     finally:
         assert worker.stop() == 0
     keyring = Keyring.open(s.keyring, create=False)
@@ -53,9 +59,11 @@ def test_receipt_verifies_only_after_compaction_and_fails_once_the_key_is_brough
     body = orjson.loads(data)
     dek = alice_key.rsplit("/", 1)[1]
     assert [k["key_id"] for k in body["keys"]] == [f"subject:patient/{dek}"]
-    assert body["keys"][0]["scopes"] == ["field"] and body["keys"][0]["topics"] == [s.plan.sanitized_topic]
+    assert body["keys"][0]["scopes"] == ["dead-letter", "field"]
+    assert body["keys"][0]["topics"] == sorted([s.plan.dlq_topic, s.plan.sanitized_topic])
     assert body["audit"]["topic"] == s.audit_topic and len(body["audit"]["hash"]) == 64
     assert "Erasure receipt" in human and f"field: subject:patient/{dek}" in human
+    assert f"dead-letter: subject:patient/{dek}" in human
 
     # under the key topic's own settings (segment.ms 10 min) the tombstone sits in the active segment, which
     # the cleaner never cleans: pending, not passed
@@ -71,7 +79,7 @@ def test_receipt_verifies_only_after_compaction_and_fails_once_the_key_is_brough
     out = verified.stdout.decode()
     assert verified.returncode == 0, out + verified.stderr.decode()
     assert "[passed] compacted" in out and "[passed] subject" in out and "erasure verified" in out
-    assert "2 of the subject's ciphertext(s) found by token" in out and "answer key_erased" in out
+    assert "3 of the subject's ciphertext(s) found by token" in out and "answer key_erased" in out  # 2 + the seal
     assert ALICE not in out
 
     # someone else's identifier: the receipt is not theirs
