@@ -426,8 +426,10 @@ def judge_audit_record(verdict: Verdict, receipt: ErasureReceipt, keys: AuditKey
     if body.get("type") != "subject_forgotten" or body.get("domain") != receipt.domain \
             or body.get("key_topic") != receipt.key_topic or body.get("time") != receipt.time_ms:
         problems.append("it is not this erasure (type, domain, key topic or time differ)")
-    if sorted(body.get("key_ids") or []) != sorted(k.key_id for k in receipt.keys):
-        problems.append("the keys it erased are not the receipt's")
+    listed = body.get("keys")
+    if sorted(body.get("key_ids") or []) != sorted(k.key_id for k in receipt.keys) or (
+            isinstance(listed, list) and listed != [k.to_json() for k in receipt.keys]):
+        problems.append("the keys it erased (or their scopes and topics) are not the receipt's")
     tokens = [t for t in body.get("subject_tokens") or [] if isinstance(t, str)]
     if not problems and keys.held(receipt.mac_key_id):
         ours = sorted((token_version(t), subject_commitment(keys, receipt.domain, t, receipt.mac_key_id))
