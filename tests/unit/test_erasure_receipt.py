@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import orjson
 import pytest
 
+from gateway import cli
 from gateway.core.audit import _MAC_CONTEXT, GENESIS, AuditKeys, seal_audit_event
 from gateway.core.erasure import (
     CompactionSettings,
@@ -134,3 +136,13 @@ def test_audit_record_must_be_the_receipts_erasure_authentic_and_of_its_subject(
     judge_audit_record(missing, receipt, KEYS, None, None)
     judge_audit_record(broken, receipt, KEYS, value, "the forget chain does not hold up to it: x")
     assert missing.status is broken.status is Status.FAILED
+
+
+def test_erasure_verify_refuses_an_unreadable_receipt_before_any_broker(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "receipt.json"
+    bad.write_bytes(b'{"type": "erasure_receipt", "format": 1}')
+    assert cli.main(["erasure", "verify", str(bad), "--bootstrap", "127.0.0.1:9"]) == 2
+    assert "not a readable erasure receipt" in capsys.readouterr().err
+    assert cli.main(["erasure", "verify", str(tmp_path / "missing.json"), "--bootstrap", "127.0.0.1:9"]) == 2
+    assert "cannot read it" in capsys.readouterr().err
