@@ -37,7 +37,7 @@ from gateway.core.decrypt import decrypt_record
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker
-from gateway.embedded.demo_policy import write_demo_schemas
+from gateway.embedded.demo_policy import PAYMENTS, write_demo_schemas
 from gateway.embedded.demo_steps import Tour, audit_step, consent_step, dp_step, forget_step
 from gateway.embedded.samples import SampleEvents, broken_events, json_encodable, sample_maker
 from gateway.errors import DecryptError, GatewayError
@@ -372,60 +372,68 @@ def _run_demo(schemas: Path, per_schema: int, plans: list[Plan], workdir: Path, 
     out.mkdir(parents=True, exist_ok=True)
     log_to_file(out / "demo.log")  # the demo's own log lines: its output is the steps
     keyring_path = workdir / "keyring.json"
-    # the shipped schemas, the payments policy tuned so each step shows in seconds (demo_policy.py)
+    # the schemas, the shipped payments policy tuned so each step shows in seconds (demo_policy.py)
     plans, payments = write_demo_schemas(schemas, workdir / "schemas")
     print("1. starting the embedded broker (Apache Kafka, KRaft) on 127.0.0.1 ... ", end="", flush=True)
     # the demo's folder holds the broker log: kept with the folder when the demo fails
     with EmbeddedBroker(log_path=workdir / "broker.log", keep_log=True) as broker:
         print(broker.bootstrap)
         config = GatewayConfig(bootstrap=broker.bootstrap, schemas=workdir / "schemas", keyring=keyring_path,
-                               instance_id="demo-worker", partitions=3, consent_input_topic=CONSENT_INPUT)
+                               instance_id="demo-worker", partitions=3,
+                               consent_input_topic=CONSENT_INPUT if payments is not None else "")
         print("2. creating topics ... ", end="", flush=True)
         counts = ensure_topics(plans, config)
         print(", ".join(sorted(counts)))
         keyring = Keyring.open(keyring_path, create=True)
         keyring.export_audit(workdir / "audit-keys.json")  # the aggregate worker holds the audit keys only
-        print("3. starting the gateway worker (gateway run) and the DP aggregate worker (gateway aggregate) ...",
-              flush=True)
         workers = _Workers(workdir)
         common = ["--bootstrap", broker.bootstrap, "--schemas", str(config.schemas), "--session-timeout-ms", "6000"]
+        consent = ["--consent-input-topic", CONSENT_INPUT] if payments is not None else []
+        print("3. starting the gateway worker (gateway run)"
+              + (" and the DP aggregate worker (gateway aggregate)" if payments is not None else "") + " ...",
+              flush=True)
         workers.start("worker", ["run", *common, "--keyring", str(keyring_path), "--instance-id", "demo-worker",
-                                 "--consent-input-topic", CONSENT_INPUT,
-                                 "--processes", "1"])  # one worker: its log is the demo's
-        workers.start("aggregate", ["aggregate", *common, "--keyring", str(workdir / "audit-keys.json"),
-                                    "--instance-id", "demo-aggregate", "--dp-idle-close-s", str(DP_SETTLE_S)])
+                                 *consent, "--processes", "1"])  # one worker: its log is the demo's
+        if payments is not None:
+            workers.start("aggregate", ["aggregate", *common, "--keyring", str(workdir / "audit-keys.json"),
+                                        "--instance-id", "demo-aggregate", "--dp-idle-close-s", str(DP_SETTLE_S)])
         tour: Tour | None = None
         try:
             workers.wait_for_log("worker", (b'"msg":"partitions assigned"',))
-            workers.wait_for_log("aggregate", (b'"stage":"bound"', b'"stage":"release"'))
+            if payments is not None:
+                workers.wait_for_log("aggregate", (b'"stage":"bound"', b'"stage":"release"'))
             kafka = config.kafka_client_config()
-            # the sample payments' event time: the next DP window starting a second from now, so the
-            # events pass both stages before it closes
-            window_ms = payments.aggregates[0].window_ms
+            # the sample events' time: the next DP window starting a second from now, so the events
+            # pass both DP stages before it closes
+            window_ms = payments.aggregates[0].window_ms if payments is not None else 1
             data_window = (int(time.time() * 1000) + 1000 + window_ms - 1) // window_ms * window_ms
             print(f"4. publishing {per_schema} valid events per schema (Confluent, bare Avro and JSON) "
                   "and a corpus of broken ones ...", flush=True)
-            published = publish_samples(kafka, plans, per_schema, time_ms=data_window + 1)
+            published = publish_samples(kafka, plans, per_schema,
+                                        time_ms=data_window + 1 if payments is not None else None)
             expected = sum(published["sent"].values())
             worker, worker_log = workers.procs["worker"]
             _wait_for_audit(kafka, config.audit_topic, expected, worker, worker_log)
             _show_samples(kafka, plans, published)
             # the keyring as the worker left it (it added the token domains): the demo holds it, as an
             # authorized consumer would
-            tour = Tour(config, plans, payments, Keyring.open(keyring_path, create=False), workers.alive,
-                        _publisher(kafka),
-                        sample_maker(payments.schema, SampleEvents(11)))
-            expected += consent_step(tour, 5)
-            dp_step(tour, 6, data_window)
-            forget_step(tour, 7)
+            tour = Tour(config, plans, Keyring.open(keyring_path, create=False), workers.alive, _publisher(kafka))
+            if payments is not None:
+                expected += consent_step(tour, 5, payments)
+                dp_step(tour, 6, payments, data_window)
+                forget_step(tour, 7, payments)
+            else:
+                print(f"5-7. consent, differential privacy and forget tour the shipped payments schema ({PAYMENTS}), "
+                      f"which '{schemas}' lacks: skipped")
             chain, html = audit_step(tour, 8, out)
             _summary(tour, expected, chain)
         finally:
             if tour is not None:
                 tour.close()
             codes = workers.stop()
-    print(f"\n9. stopped the gateway (exit {codes['worker']}), the aggregate worker (exit {codes['aggregate']}) "
-          "and the broker")
+    stopped = ", ".join(f"{'the gateway' if name == 'worker' else 'the aggregate worker'} (exit {code})"
+                        for name, code in codes.items())
+    print(f"\n9. stopped {stopped} and the broker")
     if broker.failure is not None:
         raise GatewayError(f"the broker did not stop cleanly ({broker.failure}; log: {broker.log_path})")
     for name, code in codes.items():
@@ -494,7 +502,7 @@ def _summary(tour: Tour, published_total: int, chain: ChainReport) -> None:
     print(f"  audited        {audited}  (hash chains: {'verified' if chain.ok else 'BROKEN'}, "
           f"{chain.records} records in {chain.chains} chains)")
     print(f"  decrypted      {decrypted_ok}/{sanitized_total} sanitized records opened by an authorized "
-          f"consumer holding the keyring ({erased} of the forgotten subject: key_erased)")
+          "consumer holding the keyring" + (f" ({erased} of the forgotten subject: key_erased)" if erased else ""))
     lost = published_total - sanitized_total - sum(dead.values())
     print(f"  lost           {lost}")
     if lost or audited != published_total or not chain.ok or decrypted_ok + erased != sanitized_total:

@@ -25,7 +25,6 @@ import orjson
 
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
-from gateway.errors import ConfigError
 
 PAYMENTS = "example.payments.Payment"  # the shipped schema the demo tunes
 AGGREGATE = "payments_by_currency"
@@ -65,9 +64,9 @@ def tune_payments(schema: dict[str, Any]) -> dict[str, Any]:
     return tuned
 
 
-def write_demo_schemas(shipped: Path, out: Path) -> tuple[list[Plan], Plan]:
+def write_demo_schemas(shipped: Path, out: Path) -> tuple[list[Plan], Plan | None]:
     """Copy the schemas of `shipped` to `out`, the payments one tuned; return the plans and the
-    payments plan. A folder without the payments schema cannot show the tour: say so."""
+    payments plan (None: the folder has none, and the demo shows the sanitize path only)."""
     out.mkdir(parents=True, exist_ok=True)
     found = False
     for path in sorted(shipped.glob("*.avsc")):
@@ -77,8 +76,5 @@ def write_demo_schemas(shipped: Path, out: Path) -> tuple[list[Plan], Plan]:
             found = True
         else:
             shutil.copyfile(path, out / path.name)
-    if not found:
-        raise ConfigError(f"the demo tours the shipped payments schema ({PAYMENTS}); '{shipped}' has none "
-                          "(pass --schemas with the shipped schemas folder)")
     plans = load_plans(out)
-    return plans, next(p for p in plans if p.schema.fullname == PAYMENTS)
+    return plans, next((p for p in plans if p.schema.fullname == PAYMENTS), None) if found else None

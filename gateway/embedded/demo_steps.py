@@ -28,6 +28,7 @@ from gateway.core.decrypt import decrypt_record
 from gateway.core.policy.plan import Plan
 from gateway.dp.ledger import describe
 from gateway.embedded.demo_policy import AGGREGATE, FORGOTTEN_FIELD, PURPOSE, SUBJECT_DOMAIN
+from gateway.embedded.samples import SampleEvents, sample_maker
 from gateway.errors import GatewayError
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
@@ -57,11 +58,9 @@ class Tour:
 
     config: GatewayConfig
     plans: list[Plan]
-    payments: Plan
     keyring: Keyring
     alive: Callable[[], None]  # raises when a worker has exited
     publish: Callable[[Plan, Sequence[dict[str, Any]]], None]  # raw events to the plan's source topic
-    make_payment: Callable[[], dict[str, Any]]
     entries: list[dict[str, Any]] = field(default_factory=list)
     follower: AuditFollower | None = None
 
@@ -110,19 +109,19 @@ def _consent(tour: Tour, subject: str, granted: bool, at_ms: int) -> None:
                                     "granted": granted, "at": at_ms})
 
 
-def _round(tour: Tour) -> list[dict[str, Any]]:
+def _round(tour: Tour, payments: Plan, make: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
     records = []
     for subject in SUBJECTS:
         for _ in range(PER_ROUND):
-            record = tour.make_payment()
+            record = make()
             record.update(user_id=subject, occurred_at=int(time.time() * 1000))
             records.append(record)
-    tour.publish(tour.payments, records)
+    tour.publish(payments, records)
     tour.wait(tour.events_audited({r["event_id"] for r in records}), "the consent step's payments to be audited")
     return records
 
 
-def consent_step(tour: Tour, number: int) -> int:
+def consent_step(tour: Tour, number: int, payments: Plan) -> int:
     """Three subjects consent to the purpose; each pays; one revokes; each pays again. Returns the
     events published. Shows, per subject, its token and its events on the purpose topic."""
     print(f"{number}. consent: purpose '{PURPOSE}' (basis consent) publishes its view only while a subject's "
@@ -132,12 +131,13 @@ def consent_step(tour: Tour, number: int) -> int:
         _consent(tour, subject, True, granted_at)
     tour.wait(lambda es: True if sum(e.get("outcome") == "consent:granted" for e in es) >= len(SUBJECTS) else None,
               "the consent grants to be stored")
-    sent = _round(tour)
+    make = sample_maker(payments.schema, SampleEvents(11))
+    sent = _round(tour, payments, make)
     _consent(tour, REVOKER, False, int(time.time() * 1000))
     tour.wait(lambda es: True if any(e.get("outcome") == "consent:revoked" for e in es) else None,
               "the revocation to be stored")
-    sent += _round(tour)
-    purpose = next(p for p in tour.payments.purposes if p.name == PURPOSE)
+    sent += _round(tour, payments, make)
+    purpose = next(p for p in payments.purposes if p.name == PURPOSE)
     views = SanitizedDecoder([purpose.plan])
     published = Counter(str(views.decode(r)[1]["user_id"]) for r in read_topic(tour.config.kafka_client_config(),
                                                                                 purpose.topic))
@@ -153,10 +153,10 @@ def consent_step(tour: Tour, number: int) -> int:
     return len(sent)
 
 
-def dp_step(tour: Tour, number: int, data_window_ms: int) -> None:
+def dp_step(tour: Tour, number: int, payments: Plan, data_window_ms: int) -> None:
     """The window holding the sample payments, released with noise (read from the aggregates topic),
     the budget as `gateway budget show` reports it, then the first window the ledger refuses."""
-    spec = next(a for a in tour.payments.aggregates if a.name == AGGREGATE)
+    spec = next(a for a in payments.aggregates if a.name == AGGREGATE)
     print(f"{number}. differential privacy: '{spec.name}' counts payments per currency in {spec.window_ms // 1000} s "
           f"windows, epsilon {spec.epsilon:g} each, budget {spec.budget_epsilon_cap:g} per subject per "
           f"{spec.budget_period_ms // 3_600_000} h (gateway aggregate)", flush=True)
@@ -202,7 +202,7 @@ def dp_step(tour: Tour, number: int, data_window_ms: int) -> None:
     print(f"   gateway budget show: {line}")
 
 
-def forget_step(tour: Tour, number: int) -> None:
+def forget_step(tour: Tour, number: int, payments: Plan) -> None:
     """`gateway forget` one subject, then `gateway decrypt` every sanitized payment: the forgotten
     subject's per-subject field reports key_erased, everyone else's opens."""
     print(f"{number}. forget: erase {FORGOTTEN}'s keys (gateway forget), then decrypt every sanitized payment "
@@ -218,7 +218,7 @@ def forget_step(tour: Tour, number: int) -> None:
     decoder = SanitizedDecoder(tour.plans)
     forgotten = tour.token(FORGOTTEN)
     outcomes: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
-    for stored in read_topic(kafka, tour.payments.sanitized_topic):
+    for stored in read_topic(kafka, payments.sanitized_topic):
         plan, record = decoder.decode(stored)
         _, report = decrypt_record(record, plan, decryptor)
         outcome = report.fields.get(FORGOTTEN_FIELD, "absent").split(":", 1)[0]  # "<reason>: <message>"
