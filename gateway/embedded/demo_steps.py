@@ -173,15 +173,16 @@ def dp_step(tour: Tour, number: int, payments: Plan, data_window_ms: int) -> Non
     kafka = tour.config.kafka_client_config()
     released = [orjson.loads(r.value or b"{}") for r in read_topic(kafka, spec.output_topic)]
     released = [r for r in released if r.get("aggregate") == spec.id and r["window"]["start"] == data_window_ms]
-    if not released:
-        raise GatewayError(f"the window {_clock(data_window_ms)} was released without a group passing key "
-                           "selection: publish more sample events (--events)")
-    values = ", ".join(f"{'/'.join(map(str, r['group'].values()))} {r['value']}"
-                       for r in sorted(released, key=lambda r: str(r["group"])))
-    first = released[0]
-    print(f"   window {_clock(data_window_ms)}-{_clock(data_window_ms + spec.window_ms)} released on "
-          f"'{spec.output_topic}': {values} (noisy counts, +/-{first['error_95']:g} at 95%, epsilon "
-          f"{first['epsilon']:g}, {first['mechanism']})")
+    window = f"{_clock(data_window_ms)}-{_clock(data_window_ms + spec.window_ms)}"
+    if released:
+        values = ", ".join(f"{'/'.join(map(str, r['group'].values()))} {r['value']}"
+                           for r in sorted(released, key=lambda r: str(r["group"])))
+        first = released[0]
+        print(f"   window {window} released on '{spec.output_topic}': {values} (noisy counts, "
+              f"+/-{first['error_95']:g} at 95%, epsilon {first['epsilon']:g}, {first['mechanism']})")
+    else:  # key selection kept no currency: too few subjects in the window to release one safely
+        print(f"   window {window} released with no group: no currency had enough subjects to pass key selection "
+              "(publish more events: --events)")
     ledger = load_ledger(kafka, tour.config.ledger_topic)
     charged = {start: eps for start, (eps, _) in ledger.windows(spec.id).items()
                if data_window_ms - spec.budget_period_ms < start <= data_window_ms}
