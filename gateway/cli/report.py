@@ -39,11 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """`gateway report`: read the audit, ledger, key and quality topics, summarize the period
     (gateway.report.collect), and print it (text or --json) and/or write it as HTML (--html)."""
-    from gateway.core.audit import entries, verify_chains
     from gateway.core.policy.lint import load_plans
-    from gateway.report.collect import collect, decode_json, key_record, parse_when
-    from gateway.runtime.report_inputs import read_report_inputs
-    from gateway.runtime.topics import admin_client, partition_counts
+    from gateway.report.collect import parse_when
+    from gateway.runtime.report_inputs import period_report
 
     config = config_of(args)
     now_ms = int(time.time() * 1000)
@@ -59,26 +57,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         notes.append(f"no schemas at '{config.schemas}': fields by action and DP caps are not reported "
                      "(pass --schemas DIR)")
     require_kafka(config)
-    kafka = config.kafka_client_config()
-    existing = partition_counts(admin_client(kafka))
-    if config.audit_topic not in existing:
-        raise GatewayError(f"audit topic '{config.audit_topic}' does not exist on {config.bootstrap} "
-                           "(pass --audit-topic)")
-    topics = {"audit": config.audit_topic, "ledger": config.ledger_topic, "keys": config.key_topic,
-              "quality": config.quality_topic}  # CONSENT (a later issue): the consent topic is read here too
-    for name in ("keys", "quality"):
-        if topics[name] not in existing:
-            notes.append(f"no {name} topic '{topics[name]}' on {config.bootstrap}: nothing from it in this report")
-    inputs = read_report_inputs(kafka, topics, existing, config.ledger_topic)
-    records, ledger_state = inputs.records, inputs.ledger
-    audit_records = records["audit"]
-    chains = verify_chains((r.partition, r.offset, r.value or b"") for r in audit_records)
-    report = collect(
-        since_ms=since_ms, until_ms=until_ms, generated_ms=now_ms, plans=plans, chains=chains, topics=topics,
-        audit=(e for r in audit_records for e in entries(decode_json(r.value))), ledger=ledger_state,
-        keys=(key_record(r.key, r.value) for r in records.get("keys", [])),
-        quality=(decode_json(r.value) for r in records.get("quality", [])),
-        notes=notes)
+    report = period_report(config, plans, since_ms, until_ms, now_ms, notes)
     if args.html_file is not None:
         from gateway.report.html import render
 
