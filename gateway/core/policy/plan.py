@@ -69,6 +69,8 @@ class Plan:
     purposes: tuple[Purpose, ...] = field(default=())
     # the output record's Kafka timestamp: kept, truncated, shifted or processing time (core/policy/timestamp.py)
     timestamp: TimestampPlan = KEEP
+    # the legal basis (GDPR Art. 6(1)) of the sanitized topic's processing; None: not declared (the DPIA says so)
+    basis: str | None = None
 
     @property
     def consent_purposes(self) -> tuple[str, ...]:
