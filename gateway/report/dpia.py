@@ -346,7 +346,9 @@ def _measures(plans: Sequence[Plan], inventory: Sequence[FieldEntry], r: dict[st
                         "k_anonymity": {"quasi_identifiers": list(risk.quasi_identifiers), "k": risk.k,
                                         "l": risk.l_target, "mode": risk.mode} if risk else None})
     return {"encryption": encryption, "token_domains": {d: sorted(set(v)) for d, v in sorted(domains.items())},
-            "token_key_ids": sorted(r["keys"]["token_keys"]), "kek_ids": sorted(r["keys"]["kek_ids"]),
+            "token_key_ids": sorted(r["keys"]["token_keys"]),
+            # the KEKs of v1 data keys used in the period and those wrapping the subject keys still held
+            "kek_ids": sorted({*r["keys"]["kek_ids"], *r["keys"]["subject_keys"]["live_by_kek"]}),
             "dp_budgets": budgets, "quality": quality,
             "leak_sentinel": {p.name: p.leak_sentinel for p in plans},
             "timestamps": {p.name: p.timestamp.mode.value for p in plans}}
@@ -382,9 +384,11 @@ def _risks(plans: Sequence[Plan], inventory: Sequence[FieldEntry], outputs: Sequ
                 found = ", ".join(f"{entity} in {rate['rate']:.0%}" for entity, rate in f.entities.items())
                 add(RiskKind.KEPT_PII, name, f.path, f"'{f.path}' is kept in clear on {plan.sanitized_topic}, but the "
                     f"scan of {plan.source_topic} finds {found} of its values (suggested: {_label(f.suggested)})")
+    by_source = {p.source_topic: p.name for p in plans}
     for finding in r["leaks"]["findings"]:
-        add(RiskKind.LEAK_FOUND, None, finding["field"], f"the leak sentinel found {finding['entity']} in kept field "
-            f"'{finding['field']}' of {finding['source']} in {finding['count']} event(s) of the period")
+        add(RiskKind.LEAK_FOUND, by_source.get(finding["source"]), finding["field"],
+            f"the leak sentinel found {finding['entity']} in kept field '{finding['field']}' of {finding['source']} "
+            f"in {finding['count']} event(s) of the period")
     if not audit_check.ran:
         add(RiskKind.AUDIT_UNVERIFIED, None, None, f"the audit was not verified: {audit_check.reason}")
     elif not audit_check.ok:

@@ -93,7 +93,7 @@ def _measures(d: dict[str, Any]) -> dict[str, Any]:
                             f"k={q['k_anonymity']['k']} over {_join(q['k_anonymity']['quasi_identifiers'])} "
                             f"({q['k_anonymity']['mode']})",
                             m["leak_sentinel"][q["schema"]], m["timestamps"][q["schema"]]] for q in m["quality"]]),
-        "keys": f"{len(m['kek_ids'])} KEK id(s) and {len(m['token_key_ids'])} token key(s) in use in the period",
+        "key_ids": f"{len(m['kek_ids'])} KEK id(s) and {len(m['token_key_ids'])} token key(s) in use in the period",
     }
 
 

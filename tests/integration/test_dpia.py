@@ -196,4 +196,5 @@ def test_dpia_states_the_run_and_its_planted_risks(fresh_deployment: Deployment,
     assert re.search(rf"<td>{re.escape(sanitized)}</td><td>sanitized</td>.*?<td>[^<]*{reader_group}[^<]*</td>", dom)
     assert re.search(r"<td>quality:amount\.range</td><td class=\"n\">1</td>", dom)
     assert "no authorizer: every client may read every topic" in dom
+    assert re.search(r"\b1 KEK id\(s\) and 1 token key\(s\) in use in the period", dom)
     print(", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
