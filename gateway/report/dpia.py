@@ -38,6 +38,7 @@ from gateway.core.access import Access
 from gateway.core.audit import ChainReport
 from gateway.core.operators.base import RecordPlan
 from gateway.core.operators.encrypt import Encrypt
+from gateway.core.policy.compiler import UNANNOTATED
 from gateway.core.policy.plan import Plan
 from gateway.core.scan import FieldReport
 from gateway.dp.declarations import LINT_EPSILON_PER_DAY
@@ -45,7 +46,6 @@ from gateway.report.collect import PrivacyReport, iso
 
 DPIA_FORMAT = 1
 DAY_S = 86_400
-UNANNOTATED = "no privacy annotation"  # the compiler's warning for a field it dropped by default
 
 
 class Severity(Enum):

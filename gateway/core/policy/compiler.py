@@ -45,6 +45,7 @@ RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "outpu
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
                    "writer_schemas", "purposes", "retention_days", "timestamp", "basis"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
+UNANNOTATED = "no privacy annotation"  # the warning's opening for a field dropped by default (the DPIA finds it)
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -117,7 +118,7 @@ class _Compiler:
                              "never run)")
         annotation = f.get("privacy")
         if annotation is None:
-            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", "
+            self.warn(path, f"{UNANNOTATED}: the field is dropped (annotate it \"keep\", "
                             "{\"tokenize\": {\"domain\": D}}, \"encrypt\", another action, or \"drop\" to say so)")
             self.actions[path] = "drop"
             return None
