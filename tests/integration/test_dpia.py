@@ -20,6 +20,17 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from gateway.embedded.broker import EmbeddedBroker
+from gateway.runtime.access import read_access
 
 from .conftest import Deployment, cli, committed_count, wait_for
 from .test_report import CHROMIUM_FLAGS
@@ -198,3 +209,30 @@ def test_dpia_states_the_run_and_its_planted_risks(fresh_deployment: Deployment,
     assert "no authorizer: every client may read every topic" in dom
     assert re.search(r"\b1 KEK id\(s\) and 1 token key\(s\) in use in the period", dom)
     print(", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+
+
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+def test_access_reads_the_authorizer_and_acls_of_a_secured_broker(tmp_path: Path) -> None:
+    """A broker of its own (the shared one has no authorizer): StandardAuthorizer, the PLAINTEXT principal a
+    super user. An ACL lets User:bi read the sanitized topic and a prefixed one lets User:audit read every
+    privacy.* topic; a WRITE grant is no reader. The access read names exactly those readers per topic."""
+    topic, other = "visits.sanitized", "privacy.visits.research"
+    with EmbeddedBroker(data_dir=tmp_path / "kafka", heap_mb=384,
+                        settings={"authorizer.class.name": AUTHORIZER, "super.users": "User:ANONYMOUS"}) as broker:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        for future in admin.create_acls([
+            AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:bi", "*", AclOperation.READ,
+                       AclPermissionType.ALLOW),
+            AclBinding(ResourceType.TOPIC, "privacy.", ResourcePatternType.PREFIXED, "User:audit", "*",
+                       AclOperation.READ, AclPermissionType.ALLOW),
+            AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:ops", "*", AclOperation.WRITE,
+                       AclPermissionType.ALLOW),
+        ], request_timeout=30).values():
+            future.result()
+        access = read_access({"bootstrap.servers": broker.bootstrap}, [topic, other])
+    assert access.authorizer == AUTHORIZER and access.has_authorizer
+    assert access.acls is not None and len(access.acls) == 3 and access.acl_error is None
+    assert [(a.principal, a.pattern) for a in access.readers_acl(topic)] == [("User:bi", "LITERAL")]
+    assert [(a.principal, a.pattern) for a in access.readers_acl(other)] == [("User:audit", "PREFIXED")]
