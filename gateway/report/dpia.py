@@ -46,6 +46,7 @@ from gateway.report.collect import PrivacyReport, iso
 
 DPIA_FORMAT = 1
 DAY_S = 86_400
+MAX_LISTED = 20  # audit problems listed (all are counted)
 
 
 class Severity(Enum):
@@ -138,14 +139,16 @@ class AuditCheck:
     records: int = 0
     chains: int = 0
     authenticated: bool = False
-    problems: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # the first MAX_LISTED of them
+    problems_total: int = 0
     notes: int = 0
     reason: str | None = None  # why it did not run
 
     @classmethod
     def of(cls, report: ChainReport) -> AuditCheck:
         return cls(True, report.ok, report.events, report.records, report.chains, report.authenticated,
-                   tuple(f"{f.kind.value}: {f.message}" for f in report.problems)[:20], len(report.notes))
+                   tuple(f"{f.kind.value}: {f.message}" for f in report.problems[:MAX_LISTED]),
+                   len(report.problems), len(report.notes))
 
     @classmethod
     def not_run(cls, reason: str) -> AuditCheck:
@@ -216,7 +219,7 @@ class Dpia:
 def _audit_line(check: AuditCheck) -> str:
     if not check.ran:
         return f"NOT VERIFIED ({check.reason})"
-    status = "verified" if check.ok else f"BROKEN ({len(check.problems)} finding(s))"
+    status = "verified" if check.ok else f"BROKEN ({check.problems_total} finding(s))"
     return f"{check.events} events in {check.records} records, {check.chains} chains: {status}"
 
 
@@ -326,17 +329,9 @@ def _measures(plans: Sequence[Plan], inventory: Sequence[FieldEntry], r: dict[st
             if action.startswith("tokenize:"):
                 domains.setdefault(action.split(":", 1)[1].split(",", 1)[0], []).append(f"{e.schema}: {e.path}")
     spent = {b["budget"]: b for b in r["dp"]["budgets"]}
-    budgets = []
-    for plan in plans:
-        for spec in {a.budget: a for a in plan.aggregates}.values():
-            b = spent.get(spec.budget, {})
-            budgets.append({"budget": spec.budget, "schema": plan.name, "period_s": spec.budget_period_ms // 1000,
-                            "epsilon_cap": spec.budget_epsilon_cap, "delta_cap": spec.budget_delta_cap,
-                            "epsilon_per_day": per_day(spec.budget_epsilon_cap, spec.budget_period_ms),
-                            "aggregates": sorted(a.id for a in plan.aggregates if a.budget == spec.budget),
-                            "epsilon_spent_report_period": b.get("epsilon_report_period", 0.0),
-                            "epsilon_peak_period": b.get("epsilon_peak_period", 0.0),
-                            "cap_used": b.get("cap_used")})
+    budgets = [{**b, "epsilon_spent_report_period": spent.get(b["budget"], {}).get("epsilon_report_period", 0.0),
+                "epsilon_peak_period": spent.get(b["budget"], {}).get("epsilon_peak_period", 0.0),
+                "cap_used": spent.get(b["budget"], {}).get("cap_used")} for b in _budgets(plans)]
     quality = []
     for plan in plans:
         q = plan.quality
@@ -392,12 +387,12 @@ def _risks(plans: Sequence[Plan], inventory: Sequence[FieldEntry], outputs: Sequ
     if not audit_check.ran:
         add(RiskKind.AUDIT_UNVERIFIED, None, None, f"the audit was not verified: {audit_check.reason}")
     elif not audit_check.ok:
-        add(RiskKind.AUDIT_UNVERIFIED, None, None, f"the audit verification found {len(audit_check.problems)} "
+        add(RiskKind.AUDIT_UNVERIFIED, None, None, f"the audit verification found {audit_check.problems_total} "
             "problem(s): " + "; ".join(audit_check.problems[:3]))
     if access.has_authorizer is False:
         add(RiskKind.NO_AUTHORIZER, None, None, "the broker has no authorizer: every client may read every topic, "
             f"the {len(outputs)} output topic(s) and the raw topics included")
-    for budget in _measures_budgets(plans):
+    for budget in _budgets(plans):
         if budget["epsilon_per_day"] > LINT_EPSILON_PER_DAY:
             add(RiskKind.DP_ABOVE_DOCUMENTED, budget["schema"], f"budget {budget['budget']}",
                 f"budget '{budget['budget']}' allows up to {budget['epsilon_per_day']:g} epsilon per subject per day, "
@@ -413,12 +408,15 @@ def _risks(plans: Sequence[Plan], inventory: Sequence[FieldEntry], outputs: Sequ
     return tuple(risks)
 
 
-def _measures_budgets(plans: Sequence[Plan]) -> list[dict[str, Any]]:
+def _budgets(plans: Sequence[Plan]) -> list[dict[str, Any]]:
+    """Each DP budget declared: its caps and what they allow a subject to lose per day."""
     out = []
     for plan in plans:
         for spec in {a.budget: a for a in plan.aggregates}.values():
-            out.append({"budget": spec.budget, "schema": plan.name,
-                        "epsilon_per_day": per_day(spec.budget_epsilon_cap, spec.budget_period_ms)})
+            out.append({"budget": spec.budget, "schema": plan.name, "period_s": spec.budget_period_ms // 1000,
+                        "epsilon_cap": spec.budget_epsilon_cap, "delta_cap": spec.budget_delta_cap,
+                        "epsilon_per_day": per_day(spec.budget_epsilon_cap, spec.budget_period_ms),
+                        "aggregates": sorted(a.id for a in plan.aggregates if a.budget == spec.budget)})
     return out
 
 
