@@ -27,6 +27,7 @@ token or key.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -206,6 +207,7 @@ class Dpia:
                  f"  inventory   {len(self.inventory)} field(s) of {len(sources)} source(s); "
                  f"{len(self.outputs)} output topic(s)",
                  f"  access      {self.access.statement}",
+                 "  measures    " + self._measures_line(),
                  f"  evidence    {e['total']} events: {o['sanitized']} sanitized, {o['rejected']} dead-lettered, "
                  f"{o['withheld']} withheld; {self.evidence['forgotten']['subjects']} subject(s) forgotten",
                  "  audit       " + _audit_line(self.audit_check),
@@ -214,6 +216,17 @@ class Dpia:
         lines += [f"    [{r.severity.value}] {r.kind.value}: {r.message}" for r in self.risks]
         lines += [f"  note: {n}" for n in self.notes]
         return lines
+
+
+    def _measures_line(self) -> str:
+        m = self.measures
+        scopes = Counter(e["scope"] for e in m["encryption"])
+        rules = sum(len(q["rules"]) for q in m["quality"])
+        modes = Counter(m["leak_sentinel"].values())
+        return (f"{len(m['encryption'])} field(s) encrypted"
+                + (f" ({', '.join(f'{s} {n}' for s, n in sorted(scopes.items()))})" if scopes else "")
+                + f", {len(m['token_domains'])} token domain(s), {len(m['dp_budgets'])} DP budget(s), {rules} quality "
+                f"rule(s); leak sentinel {', '.join(f'{mode} {n}' for mode, n in sorted(modes.items()))}")
 
 
 def _audit_line(check: AuditCheck) -> str:

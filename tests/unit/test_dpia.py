@@ -94,6 +94,10 @@ def test_a_well_declared_policy_has_no_open_risk(tmp_path: Path) -> None:
     (budget,) = body["measures"]["dp_budgets"]
     assert budget["epsilon_per_day"] == 5.0 and budget["aggregates"] == ["t.dpia.Ride/rides_by_city"]
     assert body["measures"]["token_domains"] == {"rider": ["t.dpia.Ride: rider_id"]}
+    text = "\n".join(d.summary_lines())
+    assert "  measures    1 field(s) encrypted (period 1), 1 token domain(s), 1 DP budget(s), 0 quality rule(s); " \
+           "leak sentinel observe 1" in text
+    assert "risks       0 open: none" in text and "inventory   5 field(s) of 1 source(s); 4 output topic(s)" in text
 
 
 def test_each_planted_risk_is_named(tmp_path: Path) -> None:
