@@ -24,6 +24,7 @@ from gateway.dp.ledger import Ledger
 from gateway.report.collect import collect
 from gateway.report.dpia import AuditCheck, Dpia, RiskKind, build_dpia, per_day
 from gateway.report.dpia_html import render_dpia
+from tests.unit import test_report_collect as report_collect
 
 SINCE, UNTIL = 1_750_000_000_000, 1_750_003_600_000
 
@@ -172,3 +173,16 @@ def test_the_html_loads_nothing_and_escapes_what_it_shows(tmp_path: Path) -> Non
     for section in ("overview", "inventory", "measures", "evidence", "audit", "risks"):
         assert f'<section id="{section}">' in html
     assert 'data-figure="risks"><div class="value">1</div>' in html  # no authorizer
+
+
+def test_the_k_anonymity_figures_of_the_period_reach_the_evidence(tmp_path: Path) -> None:
+    plans = plans_of(tmp_path, SCHEMA)
+    report = collect(since_ms=report_collect.SINCE, until_ms=report_collect.UNTIL, audit=(), ledger=Ledger(), keys=(),
+                     quality=report_collect.quality_records(), plans=plans)
+    d = build_dpia(report, plans, WITH_ACLS, VERIFIED, {})
+    # one window in the period (its two partitions' records merged), one before it
+    k = d.to_json()["evidence"]["k_anonymity"]["rides.raw"]
+    assert (k["windows"], k["k_target"], k["k_min"], k["records"], k["below_k_records"]) == (1, 5, 3, 10, 2)
+    html = render_dpia(d)
+    assert re.search(r'<td>rides\.raw</td><td class="n">1</td><td class="n">5</td><td class="n">3</td>'
+                     r'<td class="n">10</td><td class="n">2</td>', html)
