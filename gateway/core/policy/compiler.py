@@ -33,6 +33,7 @@ from gateway.core.codec.raw import (
     strip_logical_types,
 )
 from gateway.core.operators.base import FieldContext, FieldPlan, Operator, OperatorError, RecordPlan, Shape
+from gateway.core.policy.key_headers import compile_key_headers
 from gateway.core.policy.plan import Plan, Problem, Purpose
 from gateway.core.policy.timestamp import KEEP, PATH, TimestampMode, compile_timestamp
 from gateway.core.quality.spec import compile_quality
@@ -43,7 +44,7 @@ from gateway.values import TOPIC_NAME
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas", "purposes", "retention_days", "timestamp", "basis"}
+                   "writer_schemas", "purposes", "retention_days", "timestamp", "key", "headers", "basis"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
 UNANNOTATED = "no privacy annotation"  # the warning's opening for a field dropped by default (the DPIA finds it)
 
@@ -142,6 +143,12 @@ class _Compiler:
         if operator.drops:
             return None
         self.operators.append((path, operator))
+        self.adopt(path, operator)
+        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
+
+    def adopt(self, path: str, operator: Operator) -> None:
+        """What the plan records of a published operator: its token domains, normalizers and key uses, and
+        whether it needs the subject (a field's, the record key's or a header's)."""
         self.domains |= operator.token_domains
         for domain, spec in operator.token_normalizers.items():
             self.normalizers.setdefault(domain, {}).setdefault(spec, path)
@@ -152,7 +159,6 @@ class _Compiler:
             self.per_subject_paths.append(path)
         if operator.needs_subject:
             self.subject_paths.append(path)
-        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
 
     def _expanded_inner(self, path: str) -> Any:
         """The field's type with every named type inlined (so it parses on its own)."""
@@ -346,6 +352,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
 
     subject = settings.get("subject")
+    # the raw record's key and headers (core/policy/key_headers.py): dropped unless named
+    key_headers = compile_key_headers(settings.get("key"), settings.get("headers"), c.label, subject,
+                                      c.retention_days, c.adopt, c.error)
+    c.actions.update(key_headers.actions)
     subject_tokenized = False
     if subject is not None:
         top = {f.name: f for f in record_plan.fields}
@@ -441,7 +451,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
         writers_by_fingerprint=by_fingerprint, writers_by_id=by_id, purposes=purposes,
-        timestamp=timestamp or KEEP, basis=basis,
+        timestamp=timestamp or KEEP, key_headers=key_headers, basis=basis,
     )
     return plan, c.problems
 
