@@ -40,6 +40,7 @@ from gateway.core.audit import ChainReport
 from gateway.core.operators.base import RecordPlan
 from gateway.core.operators.encrypt import Encrypt
 from gateway.core.policy.compiler import UNANNOTATED
+from gateway.core.policy.key_headers import KEY_PATH
 from gateway.core.policy.plan import Plan
 from gateway.core.scan import FieldReport
 from gateway.dp.declarations import LINT_EPSILON_PER_DAY
@@ -289,6 +290,16 @@ def _inventory(plan: Plan) -> list[FieldEntry]:
             annotated=path not in unannotated, basis=plan.basis, purposes=uses,
             retention_days=op.retention_days if op else None, roles=tuple(op.roles) if op else (),
             key_scope=_scope(op) if op else None))
+    # the record key and the named headers (gateway.core.policy.key_headers): processed like fields, in no view
+    kh = plan.key_headers
+    compiled = {KEY_PATH: kh.key, **{rule.path: rule.plan for rule in kh.headers}}
+    for path, action in kh.actions.items():
+        fp = compiled.get(path)
+        op = fp.operator if fp is not None and isinstance(fp.operator, Encrypt) else None
+        rows.append(FieldEntry(
+            schema=plan.name, source_topic=plan.source_topic, path=path, action=action, annotated=True,
+            basis=plan.basis, purposes=(), retention_days=op.retention_days if op else None,
+            roles=tuple(op.roles) if op else (), key_scope=_scope(op) if op else None))
     return rows
 
 

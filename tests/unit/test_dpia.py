@@ -130,6 +130,20 @@ def test_each_planted_risk_is_named(tmp_path: Path) -> None:
     assert not any("example.org" in r.message for r in d.risks)  # a value never reaches a risk
 
 
+def test_the_record_key_and_named_headers_are_in_the_inventory(tmp_path: Path) -> None:
+    schema = copy.deepcopy(SCHEMA)
+    schema["privacy"]["key"] = {"tokenize": {"domain": "rider"}}
+    schema["privacy"]["headers"] = {"x-trace": {"encrypt": {"roles": ["support"]}}, "x-debug": "drop"}
+    d = dpia(plans_of(tmp_path, schema))
+    rows = {e.path: e for e in d.inventory}
+    assert rows["(record key)"].action == "tokenize:rider" and rows["(record key)"].purposes == ()
+    assert (rows["(header)x-trace"].key_scope, rows["(header)x-trace"].roles) == ("roles", ("support",))
+    assert rows["(header)x-debug"].action == "drop"
+    assert d.to_json()["measures"]["token_domains"] == {"rider": ["t.dpia.Ride: (record key)",
+                                                                  "t.dpia.Ride: rider_id"]}
+    assert d.risks == ()
+
+
 def test_an_audit_not_verified_is_a_risk(tmp_path: Path) -> None:
     d = dpia(plans_of(tmp_path, SCHEMA), audit=AuditCheck.not_run("no keyring at 'k.json'"))
     ((kind, message),) = [(r.kind, r.message) for r in d.risks]
