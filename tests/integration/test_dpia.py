@@ -139,7 +139,8 @@ def test_dpia_states_the_run_and_its_planted_risks(fresh_deployment: Deployment,
     assert {(f["field"], f["entity"], f["count"]) for f in ev["leaks"]["findings"]} == {("email", "EMAIL", N)}
     audit = body["audit_verification"]
     assert audit["ran"] and audit["ok"], audit
-    assert audit["events"] >= N + 2 + 1 + 1  # the events, the consent change and the forget
+    # every audit entry: the events and dead letters, the consent change and the forget, each chain anchored
+    assert (audit["events"], audit["problems_total"], audit["authenticated"]) == (N + 2 + 1 + 1, 0, True)
 
     # ---- inventory: per field, and who reads each output ------------------------------------------
     fields = {e["path"]: e for e in body["inventory"]}
