@@ -21,7 +21,6 @@ from confluent_kafka.admin import (
 )
 
 from gateway.core.access import Access, Acl
-from gateway.errors import GatewayError
 from gateway.runtime import clients
 
 REQUEST_TIMEOUT_S = 15.0
@@ -44,7 +43,7 @@ def _groups_by_topic(admin: AdminClient, topics: set[str]) -> tuple[tuple[dict[s
     try:
         listed = admin.list_consumer_groups(request_timeout=REQUEST_TIMEOUT_S).result()
     except KafkaException as exc:
-        raise GatewayError(f"cannot list the consumer groups: {exc.args[0].str()}") from None
+        return ({}, 0), [f"the consumer groups could not be listed: {exc.args[0].str()}"]
     names = sorted({g.group_id for g in listed.valid})
     futures = {name: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(name)],
                                                        request_timeout=REQUEST_TIMEOUT_S)[name] for name in names}

@@ -44,7 +44,7 @@ def read_dpia_inputs(config: GatewayConfig, plans: Sequence[Plan], audit_topic: 
     kafka = config.kafka_client_config()
     notes: list[str] = []
     access = read_access(kafka, output_topics(plans))
-    notes += [f"consumer group offsets not read: {e}" for e in access.errors]
+    notes += [f"readers of the outputs not fully known: {e}" for e in access.errors]
     audit: ChainReport | None = None
     reason: str | None = None
     if not config.keyring.exists():
