@@ -7,7 +7,7 @@ the command read besides:
 * the **inventory** (from the compiled plans): per source topic and field the action, the purposes
   whose views carry it and their legal basis, the sanitized topic's own legal basis (the record-level
   ``"basis"``), the retention and the roles that may open it; per output topic the consumer groups
-  that committed offsets on it and the ACLs that let a principal read it (gateway.core.access);
+  that committed offsets on it and the ACL bindings (ALLOW and DENY) on reading it (gateway.core.access);
 * the **measures**: encryption and its key scopes, tokenization domains, DP budgets declared and
   spent, quality rules and the re-identification measure, the leak sentinel's mode;
 * the **evidence** over the period: `PrivacyReport`'s figures (events by outcome, dead letters by
@@ -119,7 +119,7 @@ class OutputTopic:
     purpose: str | None
     basis: str | None
     consumer_groups: tuple[str, ...]  # groups with committed offsets on the topic
-    acl_readers: tuple[str, ...]  # "ALLOW User:x (READ, LITERAL name)" bindings that let a principal read it
+    read_acls: tuple[str, ...]  # "ALLOW User:x (READ, LITERAL name)" ALLOW and DENY bindings on reading it
 
 
 @dataclass(frozen=True)

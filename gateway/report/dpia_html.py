@@ -69,9 +69,9 @@ def _inventory(d: dict[str, Any]) -> dict[str, Table | None]:
 
 def _outputs(d: dict[str, Any]) -> Table | None:
     return _table(("topic", "kind", "schema", "purpose", "legal basis", "consumer groups with committed offsets",
-                   "ACLs letting a principal read"),
+                   "ACL bindings on reading it"),
                   [[o["topic"], o["kind"], o["schema"], o["purpose"], o["basis"],
-                    _join(o["consumer_groups"]) or "none", _join(o["acl_readers"])] for o in d["outputs"]])
+                    _join(o["consumer_groups"]) or "none", _join(o["read_acls"])] for o in d["outputs"]])
 
 
 def _measures(d: dict[str, Any]) -> dict[str, Any]:

@@ -88,8 +88,8 @@ def test_a_well_declared_policy_has_no_open_risk(tmp_path: Path) -> None:
     assert outputs["rides.sanitized"]["basis"] == "contract"
     assert outputs["rides.pricing"]["basis"] == "legitimate_interests"
     # a prefixed READ names every rides.* topic; a WRITE grant is no reader; a literal one names its topic only
-    assert outputs["rides.sanitized"]["acl_readers"] == ["ALLOW User:billing (READ, PREFIXED rides.)"]
-    assert outputs["rides.pricing"]["acl_readers"] == ["ALLOW User:billing (READ, PREFIXED rides.)",
+    assert outputs["rides.sanitized"]["read_acls"] == ["ALLOW User:billing (READ, PREFIXED rides.)"]
+    assert outputs["rides.pricing"]["read_acls"] == ["ALLOW User:billing (READ, PREFIXED rides.)",
                                                        "ALLOW User:bi (READ, LITERAL rides.pricing)"]
     assert body["access"]["acls_listed"] == 3 and "3 ACL binding(s)" in body["access"]["statement"]
     (budget,) = body["measures"]["dp_budgets"]
@@ -200,3 +200,16 @@ def test_the_k_anonymity_figures_of_the_period_reach_the_evidence(tmp_path: Path
     html = render_dpia(d)
     assert re.search(r'<td>rides\.raw</td><td class="n">1</td><td class="n">5</td><td class="n">3</td>'
                      r'<td class="n">10</td><td class="n">2</td>', html)
+
+
+@pytest.mark.parametrize(("acl", "reads"), [
+    (Acl("User:a", "*", "READ", "ALLOW", "TOPIC", "*", "LITERAL"), True),  # the wildcard topic
+    (Acl("User:a", "*", "ALL", "ALLOW", "TOPIC", "rides.sanitized", "LITERAL"), True),
+    (Acl("User:a", "*", "READ", "ALLOW", "TOPIC", "rides.sanitized.x", "LITERAL"), False),
+    (Acl("User:a", "*", "READ", "ALLOW", "TOPIC", "rides.s", "PREFIXED"), True),
+    (Acl("User:a", "*", "READ", "ALLOW", "GROUP", "rides.sanitized", "LITERAL"), False),
+    (Acl("User:a", "*", "DESCRIBE", "ALLOW", "TOPIC", "rides.sanitized", "LITERAL"), False),
+    (Acl("User:a", "*", "READ", "DENY", "TOPIC", "rides.sanitized", "LITERAL"), True),  # listed, as DENY
+])
+def test_which_acl_bindings_let_a_principal_read_a_topic(acl: Acl, reads: bool) -> None:
+    assert acl.matches_topic("rides.sanitized") is reads
