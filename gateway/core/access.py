@@ -52,5 +52,5 @@ class Access:
             return self.authorizer != ""
         return None
 
-    def readers_acl(self, topic: str) -> list[Acl]:
+    def read_bindings(self, topic: str) -> list[Acl]:
         return [a for a in self.acls or () if a.matches_topic(topic)]

@@ -308,7 +308,7 @@ def _outputs(plans: Sequence[Plan], access: Access) -> list[OutputTopic]:
 
     def add(topic: str, kind: OutputKind, plan: Plan, purpose: str | None, basis: str | None) -> None:
         readers = tuple(f"{a.permission} {a.principal} ({a.operation}, {a.pattern} {a.resource_name})"
-                        for a in access.readers_acl(topic))
+                        for a in access.read_bindings(topic))
         rows.append(OutputTopic(topic, kind, plan.name, purpose, basis, access.groups_by_topic.get(topic, ()),
                                 readers))
 

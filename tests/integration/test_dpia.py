@@ -235,5 +235,5 @@ def test_access_reads_the_authorizer_and_acls_of_a_secured_broker(tmp_path: Path
         access = read_access({"bootstrap.servers": broker.bootstrap}, [topic, other])
     assert access.authorizer == AUTHORIZER and access.has_authorizer
     assert access.acls is not None and len(access.acls) == 3 and access.acl_error is None
-    assert [(a.principal, a.pattern) for a in access.readers_acl(topic)] == [("User:bi", "LITERAL")]
-    assert [(a.principal, a.pattern) for a in access.readers_acl(other)] == [("User:audit", "PREFIXED")]
+    assert [(a.principal, a.pattern) for a in access.read_bindings(topic)] == [("User:bi", "LITERAL")]
+    assert [(a.principal, a.pattern) for a in access.read_bindings(other)] == [("User:audit", "PREFIXED")]
