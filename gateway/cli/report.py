@@ -69,6 +69,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         notes.append(f"no schemas at '{config.schemas}': fields by action and DP caps are not reported "
                      "(pass --schemas DIR)")
+    if args.dpia and not plans:
+        raise GatewayError(f"--dpia needs the policies: no schemas at '{config.schemas}' (pass --schemas DIR)")
+    if args.sample < 0:
+        raise GatewayError("--sample must be 0 (no scan) or more")
     require_kafka(config)
     kafka = config.kafka_client_config()
     existing = partition_counts(admin_client(kafka))
@@ -115,10 +119,6 @@ def _write_dpia(args: argparse.Namespace, config: GatewayConfig, report: Privacy
     from gateway.report.dpia_html import render_dpia
     from gateway.runtime.dpia_inputs import read_dpia_inputs
 
-    if not plans:
-        raise GatewayError(f"--dpia needs the policies: no schemas at '{config.schemas}' (pass --schemas DIR)")
-    if args.sample < 0:
-        raise GatewayError("--sample must be 0 (no scan) or more")
     inputs = read_dpia_inputs(config, plans, config.audit_topic, args.sample)
     check = AuditCheck.of(inputs.audit) if inputs.audit is not None else AuditCheck.not_run(inputs.audit_reason or "")
     dpia = build_dpia(report, plans, inputs.access, check, inputs.scans, inputs.notes)

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway import cli
 from gateway.core.access import Access, Acl
 from gateway.core.audit import ChainReport, Finding, Kind
 from gateway.core.codec.raw import SchemaFile
@@ -213,3 +214,14 @@ def test_the_k_anonymity_figures_of_the_period_reach_the_evidence(tmp_path: Path
 ])
 def test_which_acl_bindings_let_a_principal_read_a_topic(acl: Acl, reads: bool) -> None:
     assert acl.matches_topic("rides.sanitized") is reads
+
+
+def test_the_command_refuses_a_dpia_without_policies_before_reaching_kafka(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./schemas here
+    monkeypatch.delenv("GATEWAY_SCHEMAS", raising=False)
+    assert cli.main(["report", "--dpia", "--bootstrap", "127.0.0.1:1"]) == 2
+    assert "--dpia needs the policies" in capsys.readouterr().err
+    assert cli.main(["report", "--dpia", "--sample", "-1", "--schemas", str(Path(__file__).parents[2] / "schemas"),
+                     "--bootstrap", "127.0.0.1:1"]) == 2
+    assert "--sample must be 0 (no scan) or more" in capsys.readouterr().err
