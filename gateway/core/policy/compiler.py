@@ -23,7 +23,7 @@ import fastavro
 import orjson
 from fastavro.schema import expand_schema
 
-from gateway.consent.purposes import PurposeSpec, parse_purposes
+from gateway.consent.purposes import PurposeSpec, parse_basis, parse_purposes
 from gateway.core import operators
 from gateway.core.avro import PRIMITIVES, lookup, named_types
 from gateway.core.codec.encoding import ENCODINGS, INPUT_MODES, Encoding
@@ -44,8 +44,9 @@ from gateway.values import TOPIC_NAME
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas", "purposes", "retention_days", "timestamp", "key", "headers"}
+                   "writer_schemas", "purposes", "retention_days", "timestamp", "key", "headers", "basis"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
+UNANNOTATED = "no privacy annotation"  # the warning's opening for a field dropped by default (the DPIA finds it)
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -118,7 +119,7 @@ class _Compiler:
                              "never run)")
         annotation = f.get("privacy")
         if annotation is None:
-            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", "
+            self.warn(path, f"{UNANNOTATED}: the field is dropped (annotate it \"keep\", "
                             "{\"tokenize\": {\"domain\": D}}, \"encrypt\", another action, or \"drop\" to say so)")
             self.actions[path] = "drop"
             return None
@@ -307,6 +308,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     input_mode = settings.get("input", "auto")
     if input_mode not in INPUT_MODES:
         c.error("(record)", f"input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
+    basis = parse_basis(settings.get("basis"), c.error)
     leak_sentinel = settings.get("leak_sentinel", "observe")
     if leak_sentinel not in LEAK_SENTINEL_MODES:
         c.error("(record)", f"leak_sentinel '{leak_sentinel}' is not one of {', '.join(LEAK_SENTINEL_MODES)}")
@@ -449,7 +451,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
         writers_by_fingerprint=by_fingerprint, writers_by_id=by_id, purposes=purposes,
-        timestamp=timestamp or KEEP, key_headers=key_headers,
+        timestamp=timestamp or KEEP, key_headers=key_headers, basis=basis,
     )
     return plan, c.problems
 

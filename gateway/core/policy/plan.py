@@ -73,6 +73,8 @@ class Plan:
     timestamp: TimestampPlan = KEEP
     # the raw record's key and headers: dropped unless named (core/policy/key_headers.py)
     key_headers: KeyHeadersPlan = NO_KEY_HEADERS
+    # the legal basis (GDPR Art. 6(1)) of the sanitized topic's processing; None: not declared (the DPIA says so)
+    basis: str | None = None
 
     @property
     def consent_purposes(self) -> tuple[str, ...]:
