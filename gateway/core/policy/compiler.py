@@ -23,7 +23,7 @@ import fastavro
 import orjson
 from fastavro.schema import expand_schema
 
-from gateway.consent.purposes import PurposeSpec, parse_purposes
+from gateway.consent.purposes import PurposeSpec, parse_basis, parse_purposes
 from gateway.core import operators
 from gateway.core.avro import PRIMITIVES, lookup, named_types
 from gateway.core.codec.encoding import Encoding, SchemaFormat, input_modes, output_modes
@@ -33,6 +33,7 @@ from gateway.core.codec.raw import (
     strip_logical_types,
 )
 from gateway.core.operators.base import FieldContext, FieldPlan, Operator, OperatorError, RecordPlan, Shape
+from gateway.core.policy.key_headers import compile_key_headers
 from gateway.core.policy.plan import Plan, Problem, Purpose
 from gateway.core.policy.timestamp import KEEP, PATH, TimestampMode, compile_timestamp
 from gateway.core.quality.spec import compile_quality
@@ -43,8 +44,9 @@ from gateway.values import TOPIC_NAME
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas", "purposes", "retention_days", "timestamp"}
+                   "writer_schemas", "purposes", "retention_days", "timestamp", "key", "headers", "basis"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
+UNANNOTATED = "no privacy annotation"  # the warning's opening for a field dropped by default (the DPIA finds it)
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
@@ -123,7 +125,7 @@ class _Compiler:
                              "never run)")
         annotation = f.get("privacy")
         if annotation is None:
-            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", "
+            self.warn(path, f"{UNANNOTATED}: the field is dropped (annotate it \"keep\", "
                             "{\"tokenize\": {\"domain\": D}}, \"encrypt\", another action, or \"drop\" to say so)")
             self.actions[path] = "drop"
             return None
@@ -147,6 +149,12 @@ class _Compiler:
         if operator.drops:
             return None
         self.operators.append((path, operator))
+        self.adopt(path, operator)
+        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
+
+    def adopt(self, path: str, operator: Operator) -> None:
+        """What the plan records of a published operator: its token domains, normalizers and key uses, and
+        whether it needs the subject (a field's, the record key's or a header's)."""
         self.domains |= operator.token_domains
         for domain, spec in operator.token_normalizers.items():
             self.normalizers.setdefault(domain, {}).setdefault(spec, path)
@@ -157,7 +165,6 @@ class _Compiler:
             self.per_subject_paths.append(path)
         if operator.needs_subject:
             self.subject_paths.append(path)
-        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
 
     def _expanded_inner(self, path: str) -> Any:
         """The field's type with every named type inlined (so it parses on its own)."""
@@ -307,6 +314,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     input_mode = settings.get("input", "auto")
     if input_mode not in input_modes(schema.format):
         c.error("(record)", f"input '{input_mode}' is not one of {', '.join(input_modes(schema.format))}")
+    basis = parse_basis(settings.get("basis"), c.error)
     leak_sentinel = settings.get("leak_sentinel", "observe")
     if leak_sentinel not in LEAK_SENTINEL_MODES:
         c.error("(record)", f"leak_sentinel '{leak_sentinel}' is not one of {', '.join(LEAK_SENTINEL_MODES)}")
@@ -357,6 +365,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
 
     subject = settings.get("subject")
+    # the raw record's key and headers (core/policy/key_headers.py): dropped unless named
+    key_headers = compile_key_headers(settings.get("key"), settings.get("headers"), c.label, subject,
+                                      c.retention_days, c.adopt, c.error)
+    c.actions.update(key_headers.actions)
     subject_tokenized = False
     if subject is not None:
         top = {f.name: f for f in record_plan.fields}
@@ -452,7 +464,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
         writers_by_fingerprint=by_fingerprint, writers_by_id=by_id, purposes=purposes,
-        timestamp=timestamp or KEEP,
+        timestamp=timestamp or KEEP, key_headers=key_headers, basis=basis,
     )
     return plan, c.problems
 

@@ -49,6 +49,10 @@ class RawDecoder(Protocol):
         """(record, encoding, unannotated writer fields), or raise RejectedEvent (reason code, no value)."""
         ...
 
+    def decode(self, value: bytes | None) -> tuple[dict[str, Any], str]:
+        """(record, encoding): decode_event without the writer's fields (`gateway scan` samples with it)."""
+        ...
+
     def unknown_ids(self, values: Iterable[bytes | None]) -> set[int]:
         """Registry ids among `values` that are neither the policy's nor a known writer's (looked up by
         the runtime before the batch is decoded)."""
