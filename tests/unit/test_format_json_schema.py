@@ -24,6 +24,7 @@ from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.compiler import compile_plan, compile_schema
 from gateway.core.policy.plan import Plan
+from gateway.core.policy.runner import raw_value
 from gateway.errors import PolicyError, RejectedEvent
 from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
@@ -74,6 +75,8 @@ def test_the_example_loads_as_the_policy_model_and_compiles_clean() -> None:
     assert schema.fullname == "example.signups.Signup"
     assert fields["email"]["type"] == "string" and fields["email"]["privacy"]["tokenize"]["domain"] == "user-contact"
     assert fields["age"]["type"] == "long"
+    assert fields["plan"]["type"] == {"type": "enum", "name": "example.signups.Signup_plan",
+                                      "symbols": ["free", "pro", "team"]}  # names: an enum (samples pick them)
     assert fields["phone"]["type"] == ["null", "string"] and fields["phone"]["default"] is None  # type admits null
     address = fields["address"]["type"]  # not required: nullable, a nested record
     assert address[0] == "null" and [f["name"] for f in address[1]["fields"]] == ["street", "city", "postcode"]
@@ -242,6 +245,7 @@ def test_the_sanitized_schema_is_derived_from_the_raw_one_and_the_plan(tmp_path:
                                   "description": props["full_name"]["description"]}
     assert props["phone"]["type"] == ["string", "null"] and props["phone"]["contentEncoding"] == "base64"
     assert props["email"]["type"] == "string" and props["age"]["type"] == "string"  # token, band
+    assert props["plan"] == {"type": "string", "enum": ["free", "pro", "team"]}  # kept: its constraint too
     assert set(props["address"]["properties"]) == {"city", "postcode"}  # street dropped
     assert props["address"]["additionalProperties"] is False  # closed in the raw schema: closed here
     assert document["required"] == [p for p in props if p not in ("phone", "address")]  # nullable: not required
@@ -403,3 +407,21 @@ def test_a_constraint_only_the_json_schema_holds_changes_the_policy_hash(tmp_pat
     document["properties"]["signup_id"]["maxLength"] = 32
     after = compile_plan(load_schema_file(_write(tmp_path, document, "after.schema.json")))
     assert after.schema.raw == before.schema.raw and after.policy_hash != before.policy_hash
+
+
+def test_policy_test_writes_json_schema_events_that_its_decoder_reads_offline(tmp_path: Path) -> None:
+    """`gateway policy test` (no registry): the runner frames the event as a JSONSerializer would, and a
+    policy that names no id reads any id as its own schema, as the sanitized decoder does."""
+    document = _document()
+    document["privacy"].update(schema_id="registry", sanitized_schema_id="registry")
+    plan = compile_plan(load_schema_file(_write(tmp_path, document)))
+    assert plan.schema_id is None
+    value = raw_value(plan, _event())
+    assert value[:5] == frame_confluent(0, b"") and orjson.loads(value[5:])["full_name"] == CANARY_NAME
+    decoder = CODEC.decoder(plan.schema, plan.input_mode, plan.schema_id, 10_000, {}, {})
+    record, _, _ = decoder.decode_event(value)
+    assert record["full_name"] == CANARY_NAME
+    with pytest.raises(RejectedEvent, match="unknown_schema_id|schema id 5"):  # with a writer known: strict
+        CODEC.decoder(plan.schema, "auto", None, 10_000, {7: CODEC.writer(plan.schema, plan.schema.native or "",
+                                                                           "id 7")}, {}).decode_event(
+            frame_confluent(5, value[5:]))

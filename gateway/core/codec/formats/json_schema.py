@@ -54,10 +54,15 @@ class _Converter:
         self.names: set[str] = set()
         self.resolving: list[str] = []
 
-    def record(self, node: dict[str, Any], name: str, path: str) -> dict[str, Any]:
+    def unique(self, name: str) -> str:
+        """A named type's name, made unique in the record (Avro names its records and enums)."""
         if name in self.names:
             name = f"{name}_{len(self.names)}"
         self.names.add(name)
+        return name
+
+    def record(self, node: dict[str, Any], name: str, path: str) -> dict[str, Any]:
+        name = self.unique(name)
         properties = node.get("properties") or {}
         if not isinstance(properties, dict):
             raise ConversionError(f"{path or '(record)'}: 'properties' must be an object")
@@ -121,6 +126,10 @@ class _Converter:
             raise ConversionError(f"{where}: a property needs one type (besides null) to carry a policy; it has "
                                   f"{', '.join(map(str, types)) or 'none'}")
         (kind,) = types
+        symbols = node.get("enum")
+        if kind == "string" and isinstance(symbols, list) and symbols and all(
+                isinstance(s, str) and _AVRO_NAME.match(s) for s in symbols) and len(set(symbols)) == len(symbols):
+            return {"type": "enum", "name": self.unique(hint), "symbols": list(symbols)}, nullable
         if kind in _PRIMITIVES:
             return _PRIMITIVES[kind], nullable
         if kind == "array":
@@ -367,7 +376,9 @@ class JsonSchemaDecoder:
                                 "(Confluent wire format of JSON Schema)")
         schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
         unannotated = NO_FIELDS
-        if schema_id == self.schema_id:
+        if schema_id == self.schema_id or (self.schema_id is None and not self.writers):
+            # (a policy that names no id, read offline by `policy test` or `scan`: its own schema, as the
+            # sanitized decoder assumes; the worker always knows the raw subject's ids)
             version = self.own
         else:
             writer = self.writers.get(schema_id)
