@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.cli.options import (
@@ -75,19 +76,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = period_report(config, plans, since_ms, until_ms, now_ms, notes)
     if args.dpia:
         return _write_dpia(args, config, report, plans)
-    if args.html_file is not None:
-        from gateway.report.html import render
+    from gateway.report.html import render
 
+    return _emit(args, "report", lambda: render(report), report.dumps, report.summary_lines)
+
+
+def _emit(args: argparse.Namespace, what: str, html: Callable[[], str], json: Callable[[], bytes],
+          summary: Callable[[], list[str]]) -> int:
+    """The one way a report leaves the command: --html FILE (its path said on stdout, or on stderr under
+    --json), --json on stdout, else the text summary."""
+    if args.html_file is not None:
         try:
-            args.html_file.write_text(render(report), encoding="utf-8")
+            args.html_file.write_text(html(), encoding="utf-8")
         except OSError as exc:
-            raise GatewayError(f"cannot write the report to '{args.html_file}': {exc.strerror}") from None
-        print(f"report written to {args.html_file}", file=sys.stderr if args.json else sys.stdout)
+            raise GatewayError(f"cannot write the {what} to '{args.html_file}': {exc.strerror}") from None
+        print(f"{what} written to {args.html_file}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        sys.stdout.buffer.write(report.dumps() + b"\n")
+        sys.stdout.buffer.write(json() + b"\n")
         sys.stdout.buffer.flush()
     elif args.html_file is None:
-        print("\n".join(report.summary_lines()))
+        print("\n".join(summary()))
     return 0
 
 
@@ -101,15 +109,4 @@ def _write_dpia(args: argparse.Namespace, config: GatewayConfig, report: Privacy
     inputs = read_dpia_inputs(config, plans, config.audit_topic, args.sample)
     check = AuditCheck.of(inputs.audit) if inputs.audit is not None else AuditCheck.not_run(inputs.audit_reason or "")
     dpia = build_dpia(report, plans, inputs.access, check, inputs.scans, inputs.notes)
-    if args.html_file is not None:
-        try:
-            args.html_file.write_text(render_dpia(dpia), encoding="utf-8")
-        except OSError as exc:
-            raise GatewayError(f"cannot write the DPIA to '{args.html_file}': {exc.strerror}") from None
-        print(f"DPIA written to {args.html_file}", file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        sys.stdout.buffer.write(dpia.dumps() + b"\n")
-        sys.stdout.buffer.flush()
-    elif args.html_file is None:
-        print("\n".join(dpia.summary_lines()))
-    return 0
+    return _emit(args, "DPIA", lambda: render_dpia(dpia), dpia.dumps, dpia.summary_lines)

@@ -11,22 +11,19 @@ reported not opened.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from gateway.core.codec.writer import avro_bytes
 from gateway.embedded.samples import SampleEvents
 
-from .conftest import ENV, REPO, Deployment
+from .conftest import Deployment
+from .example_apps import ExampleApp, write_in_transaction
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("faststream", reason="FastStream is not installed: pip install -e '.[faststream]'")
@@ -35,64 +32,11 @@ N = 40
 PARTITIONS = 3
 
 
-class FastStreamExample:
-    """examples/faststream_payments_by_country.py as a subprocess, its report in a file."""
-
-    def __init__(self, d: Deployment, name: str, keyring: Path | None) -> None:
-        self.out = d.root / f"faststream-{name}.json"
-        self.log_path = d.root / f"faststream-{name}.log"
-        env = {k: v for k, v in ENV.items() if k != "GATEWAY_KEYRING"}
-        env.update(GATEWAY_SCHEMAS=str(d.schemas), EXAMPLE_TOPIC=d.payments.sanitized_topic,
-                   EXAMPLE_BROKER=d.bootstrap, EXAMPLE_GROUP=f"faststream-{name}-{d.suffix}", EXAMPLE_OUT=str(self.out))
-        if keyring is not None:
-            env["GATEWAY_KEYRING"] = str(keyring)
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait()
-        self.proc = subprocess.Popen([sys.executable, "-m", "examples.faststream_payments_by_country"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def report(self) -> dict[str, Any] | None:
-        return orjson.loads(self.out.read_bytes()) if self.out.exists() else None
-
-    def wait_for_count(self, expected: int, deadline: float) -> dict[str, Any]:
-        report = None
-        while time.monotonic() < deadline:
-            report = self.report()
-            if report is not None and sum(report["counts"].values()) >= expected:
-                return report
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"FastStream counted {report and report['counts']} (want {expected} payments), "
-                             f"exit {self.proc.poll()}:\n{self.log_path.read_text(errors='replace')[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self) -> int | None:
-        """Its exit code after SIGTERM, None if it had to be killed."""
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            return None
-        finally:
-            self.log.close()
-
-
-def _write_transactionally(bootstrap: str, records: list[tuple[str, bytes, list[tuple[str, bytes]]]],
-                           commit: bool) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"faststream-copies-{time.time_ns()}"})
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    for topic, value, headers in records:
-        producer.produce(topic, value, partition=0, headers=headers)
-    assert producer.flush(30) == 0
-    if commit:
-        producer.commit_transaction(30)
-    else:
-        producer.abort_transaction(30)
+def faststream_example(d: Deployment, name: str, keyring: Path | None) -> ExampleApp:
+    """examples/faststream_payments_by_country.py as a subprocess."""
+    return ExampleApp(d, f"faststream-{name}", keyring,
+                      [sys.executable, "-m", "examples.faststream_payments_by_country"],
+                      {"EXAMPLE_BROKER": d.bootstrap, "EXAMPLE_GROUP": f"faststream-{name}-{d.suffix}"})
 
 
 def test_faststream_example_counts_the_sanitized_payments_per_country(fresh_deployment: Deployment) -> None:
@@ -111,18 +55,18 @@ def test_faststream_example_counts_the_sanitized_payments_per_country(fresh_depl
     assert len(sanitized) == N
     assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": N // 2, b"json": N // 2}
     # what a gateway abort leaves in the log: copies in an aborted transaction (read_uncommitted would count them)
-    _write_transactionally(d.bootstrap, [(r.topic, r.value or b"", list(r.headers.items())) for r in sanitized],
-                           commit=False)
+    write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
+                                       for r in sanitized], commit=False)
     # and a committed record that no policy decodes: logged and passed over, never a crash loop
-    _write_transactionally(d.bootstrap, [(plan.sanitized_topic, b"\xff not a sanitized record",
-                                          [("gateway-encoding", b"avro")])], commit=True)
+    write_in_transaction(d.bootstrap, [(plan.sanitized_topic, 0, None, b"\xff not a sanitized record",
+                                        [("gateway-encoding", b"avro")])], commit=True)
 
     # ground truth: what was published, never what the gateway wrote
     countries = Counter(p["country"] for p in payments)
     names = {p["event_id"]: p["customer_name"] for p in payments}
     assert len(countries) > 1 and len(names) == N
 
-    apps = {"keys": FastStreamExample(d, "keys", d.keyring), "nokeys": FastStreamExample(d, "nokeys", None)}
+    apps = {"keys": faststream_example(d, "keys", d.keyring), "nokeys": faststream_example(d, "nokeys", None)}
     try:
         deadline = time.monotonic() + 60
         reports = {name: app.wait_for_count(N, deadline) for name, app in apps.items()}
