@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from gateway.core.codec.raw import EventDecoder
+from gateway.core.codec.formats import codec_for
 from gateway.core.policy.plan import Plan
 from gateway.core.scan import Scanner
 from gateway.errors import GatewayError, RejectedEvent
@@ -125,8 +125,8 @@ def scan_plan_source(kafka: Mapping[str, str], plan: Plan, limit: int, timeout_s
                      max_record_bytes: int) -> Scanner:
     """`gateway scan` over the last `limit` events of `plan`'s source topic, decoded as the worker
     decodes them (its input mode, schema id and writer schemas): the scanner holds counts only."""
-    decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, max_record_bytes,
-                           dict(plan.writers_by_id), dict(plan.writers_by_fingerprint))
+    decoder = codec_for(plan.schema.format).decoder(plan.schema, plan.input_mode, plan.schema_id, max_record_bytes,
+                                                    dict(plan.writers_by_id), dict(plan.writers_by_fingerprint))
     scanner = Scanner(plan.schema)
     for value in sample_topic(kafka, plan.source_topic, limit, "end", timeout_s):
         try:

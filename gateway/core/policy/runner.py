@@ -31,8 +31,9 @@ import orjson
 
 from gateway.consent.table import ConsentChange, ConsentTable
 from gateway.core.audit import record_entries
-from gateway.core.codec.encoding import Encoding, frame_confluent
+from gateway.core.codec.encoding import Encoding, SchemaFormat, frame_confluent
 from gateway.core.codec.evolution import single_object_header
+from gateway.core.codec.formats import codec_for
 from gateway.core.codec.raw import decoded_for_json
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.codec.writer import avro_bytes, json_bytes
@@ -143,7 +144,11 @@ class _Observed:
 def raw_value(plan: Plan, record: Any, index: int = 0) -> bytes:
     """The raw event's bytes as a producer would write them: JSON where the policy's input takes it (and the
     record holds no bytes, which JSON cannot carry), else Avro, Confluent-framed where the policy has a
-    registry id. A fuzz run alternates JSON and Avro by `index` where the input is `auto`."""
+    registry id. A fuzz run alternates JSON and Avro by `index` where the input is `auto`. Another format
+    family's events are written in it, Confluent-framed (gateway.core.codec.formats)."""
+    if plan.schema.format is not SchemaFormat.AVRO:
+        encode = codec_for(plan.schema.format).encoder(plan.schema, plan.schema.raw)
+        return frame_confluent(plan.schema_id or 0, encode(record))
     if plan.input_mode == "auto":
         modes = [Encoding.JSON, Encoding.CONFLUENT if plan.schema_id is not None else Encoding.AVRO]
         mode = modes[index % 2] if not _has_bytes(record) else modes[1]
