@@ -34,6 +34,9 @@ consumer's generated classes evolve as Protobuf's rules expect.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +81,7 @@ _AVRO_TO_PROTO = {"string": "string", "bytes": "bytes", "int": "int32", "long": 
 _ZERO = {"double": 0.0, "float": 0.0, "boolean": False, "string": "", "bytes": b"", "int": 0, "long": 0}
 _UNSIGNED_64 = (_T.TYPE_UINT64, _T.TYPE_FIXED64)
 _INT64_MAX = 2**63 - 1
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 
 
 # ---------------------------------------------------------------- the Confluent message-index path
@@ -831,3 +835,115 @@ def _enum_text(enum: descriptor_pb2.EnumDescriptorProto, indent: str) -> list[st
     lines += [f"{indent}  {v.name} = {v.number};" for v in enum.value]
     lines.append(f"{indent}}}")
     return lines
+
+
+# ---------------------------------------------------------------- registered versions
+
+def registered_file(text: str, where: str) -> descriptor_pb2.FileDescriptorProto:
+    """A schema as a registry holds it: Confluent's serializers register the base64 of the file's
+    FileDescriptorProto, the gateway and hand-written registrations the `.proto` text. PolicyError
+    (naming `where`) when it is neither."""
+    stripped = text.strip()
+    if _BASE64.match(stripped):  # .proto text always holds a space or a ';'
+        try:
+            return descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(stripped, validate=True))
+        except (binascii.Error, DecodeError, ValueError):
+            pass
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "registered.proto"
+        path.write_text(text, encoding="utf-8")
+        try:
+            return compile_proto(path).file[-1]
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: not a Protobuf schema the gateway reads "
+                              f"({str(exc).split(': ', 1)[-1]})") from None
+
+
+def message_protos(file: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple[descriptor_pb2.DescriptorProto,
+                                                                               tuple[int, ...]]]:
+    """Every message of a file by full name, with its Confluent message-index path."""
+    out: dict[str, tuple[descriptor_pb2.DescriptorProto, tuple[int, ...]]] = {}
+
+    def walk(messages: Any, prefix: str, path: tuple[int, ...]) -> None:
+        for i, message in enumerate(messages):
+            full = f"{prefix}.{message.name}" if prefix else message.name
+            out[full] = (message, (*path, i))
+            walk(message.nested_type, full, (*path, i))
+    walk(file.message_type, file.package, ())
+    return out
+
+
+_WIRE_GROUPS = [
+    {_T.TYPE_INT32, _T.TYPE_INT64, _T.TYPE_UINT32, _T.TYPE_UINT64, _T.TYPE_BOOL},
+    {_T.TYPE_SINT32, _T.TYPE_SINT64}, {_T.TYPE_STRING, _T.TYPE_BYTES},
+    {_T.TYPE_FIXED32, _T.TYPE_SFIXED32}, {_T.TYPE_FIXED64, _T.TYPE_SFIXED64},
+]
+
+
+def _type_label(f: descriptor_pb2.FieldDescriptorProto) -> str:
+    if f.type in (_T.TYPE_MESSAGE, _T.TYPE_ENUM):
+        return f.type_name.lstrip(".").rsplit(".", 1)[-1]
+    return _PROTO_NAME.get(f.type, str(f.type))
+
+
+def field_conflicts(new: descriptor_pb2.FileDescriptorProto, new_root: str, old: descriptor_pb2.FileDescriptorProto,
+                    old_root: str) -> list[str]:
+    """Fields whose number means another thing in `new` than in `old` (another type, or repeated in
+    one only), walking the root messages and the messages their fields hold, matched by number:
+    data written with one is misread with the other. Added and removed fields are Protobuf's
+    ordinary evolution (a reader skips or defaults them)."""
+    new_messages, old_messages = message_protos(new), message_protos(old)
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+
+    def walk(new_name: str, old_name: str, path: str) -> None:
+        if (new_name, old_name) in seen or new_name not in new_messages or old_name not in old_messages:
+            return
+        seen.add((new_name, old_name))
+        old_fields = {f.number: f for f in old_messages[old_name][0].field}
+        for f in new_messages[new_name][0].field:
+            before = old_fields.get(f.number)
+            if before is None:
+                continue
+            where = f"{path}{f.name}"
+            repeated = (f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+                        before.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
+            if repeated[0] != repeated[1]:
+                out.append(f"field '{where}' (number {f.number}) is repeated in one version only")
+                continue
+            if f.type == _T.TYPE_MESSAGE and before.type == _T.TYPE_MESSAGE:
+                walk(f.type_name.lstrip("."), before.type_name.lstrip("."), f"{where}.")
+                continue
+            same = f.type == before.type or any(f.type in g and before.type in g for g in _WIRE_GROUPS)
+            if f.type == _T.TYPE_ENUM and before.type == _T.TYPE_ENUM:
+                same = True
+            if not same:
+                out.append(f"field '{where}' (number {f.number}) changes type from {_type_label(before)} to "
+                           f"{_type_label(f)}")
+    walk(new_root, old_root, "")
+    return out
+
+
+def structure(file: descriptor_pb2.FileDescriptorProto) -> bytes:
+    """The file without its options, JSON names and source info: two files with the same structure
+    are the same schema whatever their annotations (Avro's Parsing Canonical Form, for Protobuf)."""
+    copy = descriptor_pb2.FileDescriptorProto()
+    copy.CopyFrom(file)
+    copy.ClearField("options")
+    copy.ClearField("source_code_info")
+    copy.ClearField("name")
+
+    def clean(messages: Any) -> None:
+        for message in messages:
+            message.ClearField("options")
+            for f in message.field:
+                f.ClearField("options")
+                f.ClearField("json_name")
+            clean(message.nested_type)
+    clean(copy.message_type)
+    for enum in copy.enum_type:
+        enum.ClearField("options")
+    deps = sorted(d for d in copy.dependency if d != OPTIONS_FILE)
+    copy.ClearField("dependency")
+    copy.dependency.extend(deps)
+    return copy.SerializeToString(deterministic=True)
