@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from gateway.core.codec.raw import load_schema_file
+    from gateway.core.codec.formats import load_schema_file
     from gateway.core.policy.compiler import compile_plan
     from gateway.core.policy.lint import lint_directory, lint_file
 

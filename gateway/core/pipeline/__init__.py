@@ -30,9 +30,10 @@ from gateway.core.audit import (
     seal_audit_value,
 )
 from gateway.core.codec.encoding import SOURCE_HEADER as SOURCE_HEADER
-from gateway.core.codec.encoding import Encoding, frame_confluent, output_headers
+from gateway.core.codec.encoding import Encoding, SchemaFormat, frame_confluent, output_headers
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
-from gateway.core.codec.raw import NO_FIELDS, EventDecoder
+from gateway.core.codec.formats import RawDecoder, codec_for
+from gateway.core.codec.raw import NO_FIELDS
 from gateway.core.codec.writer import fast_record_encoder, json_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
@@ -151,8 +152,13 @@ class TopicStage:
         # producer-controlled times that would move a window, mark or period (gateway/event_time.py)
         self.time_fields = tuple(sorted({a.time_field for a in plan.aggregates if a.time_field}))
         self.max_skew_ms = config.max_skew_s * 1000
-        self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
-                                    plan.writers_by_id, plan.writers_by_fingerprint)
+        codec = codec_for(plan.schema.format)  # the schema's format family decodes its events
+        self.decoder: RawDecoder = codec.decoder(plan.schema, plan.input_mode, plan.schema_id,
+                                                 config.max_record_bytes, plan.writers_by_id,
+                                                 plan.writers_by_fingerprint)
+        # a non-Avro family writes its sanitized records in its own language (Avro's writer is below)
+        self._native_encoder = (None if plan.schema.format is SchemaFormat.AVRO
+                                else codec.encoder(plan.schema, plan.sanitized_schema))
         self.sanitizer = sanitizer
         # the record timestamp's treatment, when it is not the raw event's (gateway/core/policy/timestamp.py)
         kept = plan.timestamp.mode is TimestampMode.KEEP
@@ -227,6 +233,10 @@ class TopicStage:
     def encode(self, record: dict[str, Any], encoding: str) -> tuple[bytes, str]:
         if self._output is not None:
             encoding = self._output
+        if self._native_encoder is not None:  # Confluent-framed in the producer's family
+            if self._confluent_header is None:  # a purpose's view has no registry id: plain JSON
+                return json_bytes(record), Encoding.JSON
+            return self._confluent_header + self._native_encoder(record), encoding
         if encoding == Encoding.JSON:
             return json_bytes(record), Encoding.JSON
         header = b""

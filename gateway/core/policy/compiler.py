@@ -26,7 +26,7 @@ from fastavro.schema import expand_schema
 from gateway.consent.purposes import PurposeSpec, parse_purposes
 from gateway.core import operators
 from gateway.core.avro import PRIMITIVES, lookup, named_types
-from gateway.core.codec.encoding import ENCODINGS, INPUT_MODES, Encoding
+from gateway.core.codec.encoding import Encoding, SchemaFormat, input_modes, output_modes
 from gateway.core.codec.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.core.codec.raw import (
     SchemaFile,
@@ -299,14 +299,14 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     if source_topic == sanitized_topic:
         c.error("(record)", "sanitized_topic must differ from source_topic")
     input_mode = settings.get("input", "auto")
-    if input_mode not in INPUT_MODES:
-        c.error("(record)", f"input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
+    if input_mode not in input_modes(schema.format):
+        c.error("(record)", f"input '{input_mode}' is not one of {', '.join(input_modes(schema.format))}")
     leak_sentinel = settings.get("leak_sentinel", "observe")
     if leak_sentinel not in LEAK_SENTINEL_MODES:
         c.error("(record)", f"leak_sentinel '{leak_sentinel}' is not one of {', '.join(LEAK_SENTINEL_MODES)}")
     output = settings.get("output", "same")
-    if output not in ("same", *ENCODINGS):
-        c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
+    if output not in output_modes(schema.format):
+        c.error("(record)", f"output '{output}' is not one of {', '.join(output_modes(schema.format))}")
     elif output == "same" and "output" in settings and input_mode == "auto":
         # only when written out: the default (same, auto) is documented in docs/policy/writing.md
         c.warn("(record)", "output 'same' with input 'auto': each sanitized record takes its event's encoding, "
@@ -323,6 +323,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             c.error("(record)", f"{key} must be a non-negative integer, or \"registry\" (resolved from the "
                                 "schema registry at start-up)")
+    if (schema.format is not SchemaFormat.AVRO and view == "sanitized" and schema_id is None
+            and not schema_id_from_registry):  # its events are always framed with a registry id
+        c.error("(record)", f"a {schema.format} schema's events are Confluent-framed: set schema_id (the registry "
+                            "id producers frame events with, or \"registry\" to look it up at start-up)")
     if input_mode == Encoding.CONFLUENT and schema_id is None and not schema_id_from_registry:
         c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with, "
                             "or \"registry\" to look it up at start-up)")
@@ -332,6 +336,9 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
                             "(an id, or \"registry\" to register the sanitized schema at start-up; or set output "
                             "to 'avro' or 'json')")
 
+    if schema.format is not SchemaFormat.AVRO and settings.get("writer_schemas") is not None:
+        c.error("(record)", f"writer_schemas names Avro schema files; a {schema.format} schema's other versions "
+                            "come from the registry (\"schema_id\": \"registry\")")
     by_fingerprint, by_id = _writer_schemas(schema, settings.get("writer_schemas"), c.error)
     purpose_specs = parse_purposes(settings.get("purposes"), c.error)
     if "retention_days" in settings:  # every encrypted field without its own: keys erased by period
@@ -482,7 +489,7 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
                                             ("timestamp", schema.privacy.get("timestamp"))) if v is not None}
         raw["privacy"].update(source_topic=taken[0], sanitized_topic=spec.topic, input=input_mode, output=view_output)
         try:
-            view_schema = SchemaFile(schema.path, raw, fastavro.parse_schema(raw))
+            view_schema = replace(schema, raw=raw, parsed=fastavro.parse_schema(raw))
         except Exception as exc:  # fastavro raises several types
             error("(record)", f"{where}: its view is not a valid schema ({type(exc).__name__})")
             continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.core.codec.raw import iter_schema_files, load_schema_file
+from gateway.core.codec.formats import iter_schema_files, load_schema_file
 from gateway.core.policy.compiler import compile_plan, compile_schema
 from gateway.core.policy.plan import Plan, Problem
 from gateway.errors import PolicyError

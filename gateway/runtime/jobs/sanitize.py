@@ -310,7 +310,7 @@ class Worker:
         stages = getattr(self.pipeline, "stages", {})
         if not self.config.schema_registry_url or not any(s.plan.schema_id_from_registry for s in stages.values()):
             return None
-        return NewWriterIds(list(stages.values()), WriterSchemaLookup(self.config.schema_registry_url))
+        return NewWriterIds(list(stages.values()), WriterSchemaLookup(self.config.schema_registry_url).registered)
 
     def _follow_dedup_log(self) -> ChangelogFollower | None:
         """Duplicate detection: the fingerprint log every worker of the group writes, read to its end
