@@ -92,7 +92,7 @@ def test_a_message_decodes_to_the_avro_shaped_record(orders: ProtoSchema) -> Non
         shipping={"street": "1 Main St", "postal_code": "75001", "city": "Paris"},
         items=[{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}], attributes={"gift": "yes"},
         loyalty_points=2**63 - 1)
-    record, unknown = ProtoDecoder(orders).decode(message.SerializeToString())
+    record, unknown = ProtoDecoder(orders.root).decode(message.SerializeToString())
     assert unknown == ()
     assert record == {
         "order_id": "o-1", "placed_at": 1_700_000_000_123_456, "customer_id": "c-9", "email": "a@example.com",
@@ -121,7 +121,7 @@ def _without_logical(schema: Any) -> Any:
 ])
 def test_bad_messages_get_a_reason_and_no_value(orders: ProtoSchema, payload: bytes, reason: str) -> None:
     with pytest.raises(RejectedEvent) as info:
-        ProtoDecoder(orders).decode(payload)
+        ProtoDecoder(orders.root).decode(payload)
     assert info.value.reason == reason
     assert "o-1" not in str(info.value) and "\\x" not in str(info.value)
 
@@ -132,7 +132,7 @@ def test_a_newer_producers_field_is_reported_and_dropped(orders: ProtoSchema, tm
         "uint64 loyalty_points = 14", "string referrer = 15; uint64 loyalty_points = 14"))
     new_class = message_factory.GetMessageClass(load_proto(newer).root)
     payload = new_class(order_id="o-2", referrer="canary-referrer").SerializeToString()
-    record, unknown = ProtoDecoder(orders).decode(payload)
+    record, unknown = ProtoDecoder(orders.root).decode(payload)
     assert unknown == ("#15",)
     assert record["order_id"] == "o-2" and "canary-referrer" not in repr(record)
 
@@ -186,3 +186,80 @@ def test_proto2_is_refused(tmp_path: Path) -> None:
     old.write_text('syntax = "proto2";\nmessage A {\n  optional string name = 1;\n}\n')
     with pytest.raises(PolicyError, match="only proto3"):
         load_proto(old)
+
+
+# ---- the pipeline, with the Protobuf family plugged in (gateway.core.codec.formats.protobuf)
+
+RAW_ID, SANITIZED_ID = 7, 8
+CANARY = {"email": "canary-email@example.org", "card_number": "4000056655665556", "street": "77 Canary Row",
+          "ip_address": "203.0.113.77", "user_agent": "CanaryAgent/9"}
+
+
+@pytest.fixture
+def proto_pipeline(tmp_path: Path) -> tuple[Plan, Any]:
+    from gateway.app import tokenizers
+    from gateway.core.codec.formats import load_schema_file
+    from gateway.core.pipeline import Pipeline
+    from gateway.core.policy.compiler import compile_plan
+    from gateway.keys.keyring import Keyring
+    from gateway.settings import GatewayConfig
+
+    path = tmp_path / "orders.proto"
+    path.write_text(ORDERS_PROTO.read_text().replace('"schema_id": "registry", "sanitized_schema_id": "registry"',
+                                                     f'"schema_id": {RAW_ID}, "sanitized_schema_id": {SANITIZED_ID}'))
+    plan = compile_plan(load_schema_file(path))
+    keyring = Keyring.open(tmp_path / "k.json")
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
+    return plan, pipeline
+
+
+def framed(schema_id: int, message: Any, indexes: bytes = b"\x00") -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + indexes + message.SerializeToString()
+
+
+def test_the_pipeline_sanitizes_protobuf_into_the_sanitized_message(orders: ProtoSchema,
+                                                                     proto_pipeline: tuple[Plan, Any]) -> None:
+    from gateway.core.codec.encoding import Encoding
+    from gateway.core.codec.formats import codec_for
+    from gateway.core.pipeline import RawEvent
+
+    plan, pipeline = proto_pipeline
+    message = producer_message(orders, order_id="o-1", customer_id="c-1", email=CANARY["email"],
+                               card_number=CANARY["card_number"], ip_address=CANARY["ip_address"],
+                               user_agent=CANARY["user_agent"], amount_minor=99, currency=1,
+                               shipping={"street": CANARY["street"], "postal_code": "1", "city": "Oslo"},
+                               placed_at=1_700_000_000_000_000)
+    result = pipeline.process([RawEvent("orders.raw", 0, 0, 0, None, framed(RAW_ID, message), None)])
+    (out,) = [r for r in result.records if r.topic == "orders.sanitized"]
+    assert out.value[:6] == b"\x00" + SANITIZED_ID.to_bytes(4, "big") + b"\x00"
+    assert dict(out.headers or [])["gateway-encoding"] == Encoding.PROTOBUF.value.encode()
+    for canary in CANARY.values():
+        assert canary.encode() not in out.value
+    sanitized = SanitizedProto(orders, plan.sanitized_schema)
+    decoded = sanitized.message_class.FromString(out.value[6:])
+    assert decoded.order_id == "o-1" and decoded.amount_minor == 99 and decoded.shipping.city == "Oslo"
+    assert decoded.email.startswith("tok_v") and decoded.card_number and decoded.shipping.street
+    assert decoded.placed_at.ToMicroseconds() == 1_700_000_000_000_000
+    read = codec_for(plan.schema.format).reader(plan.schema, plan.sanitized_schema)
+    assert read(out.value[5:])["email"] == decoded.email
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"\x00\x00\x00\x00\x07\x02\x02", "protobuf_unknown_message_index"),  # [1]: the file's second message
+    (b"\x00\x00\x00\x00\x63\x00\x0a\x01x", "unknown_schema_id"),
+    (b"\x00\x00\x00\x00\x07\x00\x0a\x09o-1", "protobuf_truncated"),
+    (b"\x00\x00\x00\x00\x07\x00\x49\x00\x00\x00\x00\x00\x00\x00\x00", "protobuf_wrong_wire_type"),
+    (b"\x01\x00\x00\x00\x07\x00", "bad_magic_byte"),
+])
+def test_bad_protobuf_events_are_dead_lettered_with_their_reason(proto_pipeline: tuple[Plan, Any], value: bytes,
+                                                                 reason: str) -> None:
+    import orjson
+
+    from gateway.core.pipeline import RawEvent
+
+    _, pipeline = proto_pipeline
+    result = pipeline.process([RawEvent("orders.raw", 0, 0, 0, None, value, None)])
+    (dead,) = [r for r in result.records if r.topic.endswith(".dlq")]
+    assert orjson.loads(dead.value)["reason"] == reason
+    assert not [r for r in result.records if r.topic == "orders.sanitized"]

@@ -306,11 +306,11 @@ class ProtoDecoder:
     schema: its new fields are reported (as `#<number>` paths) and dropped, as privacy by default
     wants. A known field number arriving with another wire type is dead-lettered."""
 
-    def __init__(self, schema: ProtoSchema) -> None:
-        self.schema = schema
-        self.message_class = message_factory.GetMessageClass(schema.root)
+    def __init__(self, root: Descriptor) -> None:
+        self.root = root
+        self.message_class = message_factory.GetMessageClass(root)
         self._readers: dict[str, Callable[[Message], dict[str, Any]]] = {}
-        self._read = self._reader(schema.root)
+        self._read = self._reader(root)
 
     def decode(self, payload: bytes) -> tuple[dict[str, Any], tuple[str, ...]]:
         """(record, unknown field paths) of the message `payload`; RejectedEvent when it is not one."""
@@ -318,7 +318,7 @@ class ProtoDecoder:
         try:
             message.ParseFromString(payload)
         except DecodeError:
-            raise _classify(payload, self.schema.root) from None
+            raise _classify(payload, self.root) from None
         unknown = _unknown_paths(message, "")
         if unknown and isinstance(unknown, RejectedEvent):
             raise unknown

@@ -16,6 +16,7 @@ from gateway.core.codec.encoding import Encoding, SchemaFormat
 from gateway.core.codec.formats.avro import AvroCodec
 from gateway.core.codec.formats.base import RawDecoder, RegisteredWriter, SchemaCodec
 from gateway.core.codec.formats.json_schema import JsonSchemaCodec
+from gateway.core.codec.formats.protobuf import ProtobufCodec
 from gateway.core.codec.raw import SchemaFile
 from gateway.errors import PolicyError
 
@@ -25,6 +26,7 @@ __all__ = ["FORMATS", "RawDecoder", "RegisteredWriter", "SchemaCodec", "codec_fo
 FORMATS: dict[SchemaFormat, SchemaCodec] = {
     SchemaFormat.AVRO: AvroCodec(),
     SchemaFormat.JSON_SCHEMA: JsonSchemaCodec(),
+    SchemaFormat.PROTOBUF: ProtobufCodec(),
 }
 
 
