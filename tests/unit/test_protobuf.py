@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import fastavro
+import orjson
 import pytest
 from google.protobuf import message_factory
 
+from gateway.app import tokenizers
+from gateway.core.codec.encoding import Encoding, SchemaFormat
+from gateway.core.codec.formats import codec_for, load_schema_file
 from gateway.core.codec.protobuf import (
     ProtoDecoder,
     ProtoSchema,
@@ -18,10 +23,13 @@ from gateway.core.codec.protobuf import (
     read_message_indexes,
     write_message_indexes,
 )
-from gateway.core.codec.raw import SchemaFile
-from gateway.core.policy.compiler import compile_schema
+from gateway.core.codec.raw import SchemaFile, strip_logical_types
+from gateway.core.pipeline import Pipeline, RawEvent
+from gateway.core.policy.compiler import compile_plan, compile_schema
 from gateway.core.policy.plan import Plan
 from gateway.errors import PolicyError, RejectedEvent
+from gateway.keys.keyring import Keyring
+from gateway.settings import GatewayConfig
 from tests.protobuf import ORDERS_PROTO
 
 
@@ -105,7 +113,6 @@ def test_a_message_decodes_to_the_avro_shaped_record(orders: ProtoSchema) -> Non
 
 
 def _without_logical(schema: Any) -> Any:
-    from gateway.core.codec.raw import strip_logical_types
     return strip_logical_types(schema)
 
 
@@ -197,13 +204,6 @@ CANARY = {"email": "canary-email@example.org", "card_number": "4000056655665556"
 
 @pytest.fixture
 def proto_pipeline(tmp_path: Path) -> tuple[Plan, Any]:
-    from gateway.app import tokenizers
-    from gateway.core.codec.formats import load_schema_file
-    from gateway.core.pipeline import Pipeline
-    from gateway.core.policy.compiler import compile_plan
-    from gateway.keys.keyring import Keyring
-    from gateway.settings import GatewayConfig
-
     path = tmp_path / "orders.proto"
     path.write_text(ORDERS_PROTO.read_text().replace('"schema_id": "registry", "sanitized_schema_id": "registry"',
                                                      f'"schema_id": {RAW_ID}, "sanitized_schema_id": {SANITIZED_ID}'))
@@ -220,10 +220,6 @@ def framed(schema_id: int, message: Any, indexes: bytes = b"\x00") -> bytes:
 
 def test_the_pipeline_sanitizes_protobuf_into_the_sanitized_message(orders: ProtoSchema,
                                                                      proto_pipeline: tuple[Plan, Any]) -> None:
-    from gateway.core.codec.encoding import Encoding
-    from gateway.core.codec.formats import codec_for
-    from gateway.core.pipeline import RawEvent
-
     plan, pipeline = proto_pipeline
     message = producer_message(orders, order_id="o-1", customer_id="c-1", email=CANARY["email"],
                                card_number=CANARY["card_number"], ip_address=CANARY["ip_address"],
@@ -254,12 +250,53 @@ def test_the_pipeline_sanitizes_protobuf_into_the_sanitized_message(orders: Prot
 ])
 def test_bad_protobuf_events_are_dead_lettered_with_their_reason(proto_pipeline: tuple[Plan, Any], value: bytes,
                                                                  reason: str) -> None:
-    import orjson
-
-    from gateway.core.pipeline import RawEvent
-
     _, pipeline = proto_pipeline
     result = pipeline.process([RawEvent("orders.raw", 0, 0, 0, None, value, None)])
     (dead,) = [r for r in result.records if r.topic.endswith(".dlq")]
     assert orjson.loads(dead.value)["reason"] == reason
     assert not [r for r in result.records if r.topic == "orders.sanitized"]
+
+
+# ---- registered versions and the sanitized schema's evolution (ProtobufCodec)
+
+def _codec_and_schema() -> tuple[Any, Any]:
+    return codec_for(SchemaFormat.PROTOBUF), load_schema_file(ORDERS_PROTO)
+
+
+def _registered(orders: ProtoSchema) -> str:
+    """The policy's schema as confluent-kafka's ProtobufSerializer registers it: base64 of the descriptor."""
+    return base64.b64encode(orders.root.file.serialized_pb).decode()
+
+
+def test_the_serializers_registration_is_the_policys_schema_and_annotations_do_not_matter(
+        orders: ProtoSchema) -> None:
+    codec, schema = _codec_and_schema()
+    assert codec.same_schema(schema, _registered(orders))
+    assert codec.same_schema(schema, ORDERS_PROTO.read_text().replace('(gateway.privacy) = "keep"',
+                                                                      '(gateway.privacy) = "drop"'))
+    assert not codec.same_schema(schema, ORDERS_PROTO.read_text().replace("int64 amount_minor",
+                                                                          "int32 amount_minor"))
+
+
+def test_a_writer_version_that_changes_a_field_numbers_type_is_unreadable_and_a_new_field_is_named() -> None:
+    codec, schema = _codec_and_schema()
+    text = ORDERS_PROTO.read_text()
+    newer = codec.writer(schema, text.replace("uint64 loyalty_points = 14", "uint64 loyalty_points = 14;\n"
+                                              "  string referrer = 15"), "v2")
+    assert newer.problem is None and newer.unannotated == ("referrer",)
+    changed = codec.writer(schema, text.replace("int64 amount_minor = 9", "string amount_minor = 9"), "v3")
+    assert changed.problem is not None and "amount_minor" in changed.problem and "number 9" in changed.problem
+    other = codec.writer(schema, 'syntax = "proto3";\npackage x;\nmessage Y { string a = 1; }\n', "v4")
+    assert other.problem == "it has no message example.orders.Order"
+
+
+def test_the_sanitized_proto_may_not_give_a_field_number_another_type(plan: Plan) -> None:
+    codec, schema = _codec_and_schema()
+    text = codec.sanitized_schema(schema, plan.sanitized_schema)
+    assert codec.sanitized_problems(text, [("v1", text)], "full") == []
+    kept_in_clear = text.replace("bytes card_number = 5;", "string card_number = 5;")
+    problems = codec.sanitized_problems(text, [("sanitized version 1 (id 3)", kept_in_clear)], "backward")
+    assert problems == ["sanitized version 1 (id 3): field 'card_number' (number 5) changes type from string to bytes"]
+    assert codec.sanitized_problems(text, [("v1", kept_in_clear)], "none") == []
+    dropped_more = text.replace("  string city = 3;\n", "").replace("reserved 2;", "reserved 2, 3;")
+    assert codec.sanitized_problems(text, [("v1", dropped_more)], "full") == []  # adding a field is evolution

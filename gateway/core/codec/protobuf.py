@@ -873,9 +873,12 @@ def message_protos(file: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple[
     return out
 
 
+# types whose values read back as the same numbers under the other. Not string and bytes, which share
+# a wire type: a string reader refuses a ciphertext's bytes (not UTF-8), so a field the policy starts
+# encrypting, or stops, is a conflict for the consumers holding the other version.
 _WIRE_GROUPS = [
     {_T.TYPE_INT32, _T.TYPE_INT64, _T.TYPE_UINT32, _T.TYPE_UINT64, _T.TYPE_BOOL},
-    {_T.TYPE_SINT32, _T.TYPE_SINT64}, {_T.TYPE_STRING, _T.TYPE_BYTES},
+    {_T.TYPE_SINT32, _T.TYPE_SINT64},
     {_T.TYPE_FIXED32, _T.TYPE_SFIXED32}, {_T.TYPE_FIXED64, _T.TYPE_SFIXED64},
 ]
 
