@@ -156,6 +156,13 @@ def test_protobuf_producers_and_consumers_through_the_gateway(fresh_deployment: 
     dropped = [a for a in audit if "referrer" in (a.get("actions") or {})]  # audited as not in the policy
     assert len(dropped) == 3 and {a["actions"]["referrer"] for a in dropped} == {"drop:not_in_policy"}
 
+    # gateway dump reads the sanitized topic (the format's sanitized reader)
+    dumped = cli("dump", "--bootstrap", d.bootstrap, "--topic", sanitized, "--schemas", str(d.schemas))
+    assert dumped.returncode == 0, dumped.stderr.decode()
+    rows = [orjson.loads(line) for line in dumped.stdout.splitlines()]
+    assert sorted(r["order_id"] for r in rows) == sorted(m.order_id for m in messages)
+    assert b"canary" not in dumped.stdout.lower()
+
     # decrypting with the keyring gives the producers' plaintext back
     decode = ProtoDecoder(type(messages[0]).DESCRIPTOR).decode
     lines = b"".join(orjson.dumps(decoded_for_json(decode(m.SerializeToString())[0])) + b"\n" for m in messages)
