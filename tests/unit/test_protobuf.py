@@ -300,3 +300,13 @@ def test_the_sanitized_proto_may_not_give_a_field_number_another_type(plan: Plan
     assert codec.sanitized_problems(text, [("v1", kept_in_clear)], "none") == []
     dropped_more = text.replace("  string city = 3;\n", "").replace("reserved 2;", "reserved 2, 3;")
     assert codec.sanitized_problems(text, [("v1", dropped_more)], "full") == []  # adding a field is evolution
+
+
+def test_a_timestamp_the_sanitized_record_holds_in_milliseconds_is_written_as_such(orders: ProtoSchema,
+                                                                                   plan: Plan) -> None:
+    sanitized_schema = orjson.loads(orjson.dumps(plan.sanitized_schema))
+    (placed,) = [f for f in sanitized_schema["fields"] if f["name"] == "placed_at"]
+    placed["type"] = ["null", {"type": "long", "logicalType": "timestamp-millis"}]  # e.g. a truncating operator
+    sanitized = SanitizedProto(orders, sanitized_schema)
+    message = sanitized.message_class.FromString(sanitized.encode({"placed_at": 1_700_000_000_123}))
+    assert message.placed_at.ToMicroseconds() == 1_700_000_000_123_000

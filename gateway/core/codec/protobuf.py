@@ -168,6 +168,9 @@ def compile_proto(path: Path, include: tuple[Path, ...] = ()) -> descriptor_pb2.
 def _option_string(options: Message, number: int) -> str | None:
     """A string option by number, read from the options' unknown fields (the options file's
     extensions are not registered in the runtime's default pool, and need not be)."""
+    for fd, value in options.ListFields():  # a runtime that knows the extension has parsed it
+        if fd.is_extension and fd.number == number and isinstance(value, str):
+            return value
     for unknown in unknown_fields.UnknownFieldSet(options):
         if unknown.field_number == number and unknown.wire_type == 2:
             data = unknown.data
@@ -518,6 +521,7 @@ class SanitizedProto:
                                                        package=self.package, syntax="proto3")
         self._names: dict[str, str] = {}  # raw message/enum full name -> sanitized message/enum name
         self._timestamp = False
+        self._millis: set[tuple[str, str]] = set()  # (message, field): a Timestamp the record holds in ms
         self._message(sanitized)
         if self._timestamp:
             self.file.dependency.append("google/protobuf/timestamp.proto")
@@ -582,6 +586,9 @@ class SanitizedProto:
             if len(branches) != 1:
                 raise PolicyError(f"{where}: the sanitized type is a union Protobuf cannot express")
             ftype = branches[0]
+        inner = ftype.get("items", ftype) if isinstance(ftype, dict) and ftype.get("type") == "array" else ftype
+        if isinstance(inner, dict) and inner.get("logicalType") == "timestamp-millis":
+            self._millis.add((out.name, fd.name))  # an operator's millisecond output (truncated dates)
         new = out.field.add(name=fd.name, number=fd.number, json_name=fd.json_name)
         new.label = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
         kind = ftype.get("type") if isinstance(ftype, dict) else ftype
@@ -749,8 +756,10 @@ class SanitizedProto:
 
     def _value_writer(self, fd: FieldDescriptor) -> Callable[[Message, Any], None]:
         if fd.message_type.full_name == TIMESTAMP:
-            def write_timestamp(ts: Message, micros: Any) -> None:
-                micros = int(micros)
+            scale = 1000 if (fd.containing_type.name, fd.name) in self._millis else 1
+
+            def write_timestamp(ts: Message, value: Any) -> None:
+                micros = int(value) * scale
                 ts.seconds, ts.nanos = micros // 1_000_000, (micros % 1_000_000) * 1000
             return write_timestamp
         return self._writer(fd.message_type)
