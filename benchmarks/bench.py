@@ -782,12 +782,14 @@ def measure_text() -> dict[str, Any]:
     `gateway scan`'s throughput, the DP stages' per-event cost beside the sanitize stage's, and the
     continual-release accuracy against per-window summing (benchmarks/redaction.py, scan.py,
     dp_stages.py and continual.py print the details)."""
-    from benchmarks import continual, dp_stages, quality, scan
+    from benchmarks import continual, dp_stages, formats, quality, scan
 
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Any] = {}
     print("  quality rules beside the sanitize path ...", flush=True)
     out["quality_rules"] = quality.run(events=10_000, reps=5) | {"when": when}
+    print("  each schema format family beside Avro (the same policy, Confluent-framed) ...", flush=True)
+    out["formats"] = formats.run(events=5000, reps=5) | {"when": when}
     print("  DP stages beside the sanitize stage ...", flush=True)
     out["dp_stages"] = dp_stages.run(events=20_000, reps=5) | {"when": when}
     print("  continual release vs per-window summing (T = 24, 168) ...", flush=True)

@@ -96,11 +96,22 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for line in _purpose_lines(plan):
         print(f"  {line}")
     print("sanitized schema:")
-    print(orjson.dumps(plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
+    print(_sanitized_text(plan))
     for purpose in plan.purposes:  # each view's own schema: what the purpose topic's consumers read
         print(f"purpose '{purpose.name}' schema:")
         print(orjson.dumps(purpose.plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _sanitized_text(plan: Any) -> str:
+    """The sanitized schema as registered, in the schema's own format family (JSON Schema, .proto, Avro)."""
+    from gateway.core.codec.formats import codec_for
+
+    text = codec_for(plan.schema.format).sanitized_schema(plan.schema, plan.sanitized_schema)
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:  # not JSON (a .proto): as it is
+        return text
 
 
 def _purpose_lines(plan: Any) -> list[str]:

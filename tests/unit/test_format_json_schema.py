@@ -10,12 +10,14 @@ from typing import Any
 
 import orjson
 import pytest
-from jsonschema.validators import Draft7Validator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema.validators import Draft7Validator, validator_for
 
 from gateway.app import tokenizers
 from gateway.core.codec.encoding import Encoding, SchemaFormat, frame_confluent
 from gateway.core.codec.formats import codec_for, format_of, iter_schema_files, load_schema_file
-from gateway.core.codec.formats.json_schema import JsonSchemaDecoder, sanitized_document
+from gateway.core.codec.formats.json_schema import JsonSchemaDecoder, fast_check, sanitized_document
 from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord
 from gateway.core.decrypt import decrypt_record
 from gateway.core.pipeline import Pipeline, RawEvent
@@ -274,3 +276,41 @@ def test_the_pipeline_publishes_framed_json_that_validates_and_decrypts(tmp_path
         assert report.ok, report.fields
         assert opened["full_name"] == CANARY_NAME and opened["phone"] == CANARY_PHONE
         assert opened["age"] == "25-34" and opened["address"] == {"city": "London", "postcode": "E1*****"}
+
+
+# ---- the fast check agrees with jsonschema ----------------------------------------------------------
+_SCALARS = (st.none() | st.booleans() | st.integers(-200, 200) | st.floats(-200, 200, allow_nan=False)
+            | st.sampled_from([True, False, 0, 1.0, 13.0, 130.0, 2.5, 10, 131]) | st.text(max_size=6)
+            | st.sampled_from(["free", "pro", "GB", "G", "GBR", "ab12", "A1"]))
+_JSON = _SCALARS | st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["city", "postcode", "street", "x", "n"]), inner, max_size=4), max_leaves=8)
+_STRICT = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "t.Strict", "type": "object",
+           "additionalProperties": False, "required": ["code", "n"],
+           "properties": {"code": {"type": "string", "pattern": "^[a-z]+[0-9]*$", "minLength": 2},
+                          "n": {"type": ["integer", "null"], "exclusiveMinimum": 0, "maximum": 10},
+                          "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2},
+                          "scores": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+                          "x": {"type": "number", "exclusiveMaximum": 5}}}
+
+
+@pytest.mark.parametrize("document", [_document(), _STRICT], ids=["example", "strict"])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(["signup_id", "age", "country", "plan", "phone", "address", "code",
+                                                "n", "tags", "scores", "x", "marketing_opt_in", "extra"]),
+                               _JSON, max_size=4),
+       removed=st.sets(st.sampled_from(["email", "age", "code", "n", "plan"]), max_size=2))
+def test_the_fast_check_says_valid_exactly_when_jsonschema_does(document: dict[str, Any], changes: dict[str, Any],
+                                                                removed: set[str]) -> None:
+    fast = fast_check(document)
+    assert fast is not None  # both schemas use only the keywords it covers
+    validator = validator_for(document)(document)
+    base = _event() if document is not _STRICT else {"code": "ab1", "n": 3, "tags": ["a"], "scores": {"m": 1.5}}
+    candidate = {k: v for k, v in {**base, **changes}.items() if k not in removed}
+    assert fast(candidate) == validator.is_valid(candidate)
+
+
+def test_keywords_without_a_fast_check_leave_it_to_jsonschema() -> None:
+    for node in ({"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}}, {"anyOf": [{"type": "string"}]},
+                 {"enum": [1, True]}, {"const": "x"}, {"type": "object", "patternProperties": {"^a": {}},
+                                                       "additionalProperties": False}, {"x-custom": 1}):
+        assert fast_check(node) is None, node
