@@ -7,10 +7,11 @@ Avro record it converts to and once as a .proto with the same annotations as opt
 annotations and operators), so the rows differ only in the format: Confluent-framed Avro (fastavro
 decode, the generated writer), Confluent-framed JSON validated against the JSON Schema (orjson,
 jsonschema, orjson) and Confluent-framed Protobuf (message indexes; the protobuf runtime's upb parser,
-the record built from the message, the sanitized message written back). Each row is TopicStage.transform,
-the whole per-event work before the audit entry: decode and validate, sanitize (tokens, AES-GCM), encode.
-CPU seconds of this process, timed in pairs over the same chunks (benchmarks.microbench.paired: the format under test on one
-side, Avro on the other), so the host's changing speed hits both sides of a ratio; medians over the pairs.
+the record built from the message, the sanitized message written back). Each row is
+TopicStage.transform, the whole per-event work before the audit entry: decode and validate, sanitize
+(tokens, AES-GCM), encode. CPU seconds of this process, timed in pairs over the same chunks
+(benchmarks.microbench.paired: the format under test on one side, Avro on the other), so the host's
+changing speed hits both sides of a ratio; medians over the pairs.
 `run(events, reps) -> dict` returns the figures (µs per event per format, and each format's ratio to Avro).
 Another family adds its row in `_stages` (a plan of the same policy in its format, and its framed events).
 """
