@@ -174,3 +174,15 @@ def test_protobuf_producers_and_consumers_through_the_gateway(fresh_deployment: 
     assert plain["o-3"]["phone"] == CANARIES["phone"].format(3)
     assert plain["o-3"]["shipping"]["street"] == CANARIES["street"].format(3)
     assert base64.b64decode(orjson.loads(lines.splitlines()[0])["card_number"])  # base64 of the ciphertext
+
+    # a policy change that gives a published field number another type (card_number kept in the clear:
+    # bytes -> string) would break the sanitized topic's consumers: the worker refuses to start
+    policy_path.write_text(policy_path.read_text().replace('string card_number = 5 [(gateway.privacy) = "encrypt"]',
+                                                           'string card_number = 5 [(gateway.privacy) = "keep"]'))
+    refused = cli("run", "--bootstrap", d.bootstrap, "--schemas", str(d.schemas), "--keyring", str(d.keyring),
+                  "--group-id", d.group_id, "--audit-topic", d.audit_topic, "--schema-registry-url", registry_url,
+                  timeout=60)
+    message = refused.stderr.decode()
+    assert refused.returncode == 2, message
+    assert f"'{sanitized}-value'" in message and "'card_number' (number 5) changes type from bytes to string" in message
+    assert len(client.get_versions(f"{sanitized}-value")) == 1  # nothing registered for it
