@@ -13,7 +13,8 @@ from google.protobuf import message_factory
 
 from gateway.app import tokenizers
 from gateway.core.codec.encoding import Encoding, SchemaFormat
-from gateway.core.codec.formats import codec_for, load_schema_file
+from gateway.core.codec.formats import codec_for, format_of, load_schema_file
+from gateway.core.codec.formats.missing import MissingExtra
 from gateway.core.codec.protobuf import (
     ProtoDecoder,
     ProtoSchema,
@@ -310,3 +311,12 @@ def test_a_timestamp_the_sanitized_record_holds_in_milliseconds_is_written_as_su
     sanitized = SanitizedProto(orders, sanitized_schema)
     message = sanitized.message_class.FromString(sanitized.encode({"placed_at": 1_700_000_000_123}))
     assert message.placed_at.ToMicroseconds() == 1_700_000_000_123_000
+
+
+def test_without_the_protobuf_extra_a_proto_policy_fails_naming_the_extra(tmp_path: Path) -> None:
+    missing = MissingExtra(SchemaFormat.PROTOBUF, (".proto",), "PROTOBUF", Encoding.PROTOBUF, "protobuf",
+                           "google.protobuf")
+    with pytest.raises(PolicyError, match=r"orders\.proto: protobuf schemas need the 'protobuf' extra .*"
+                                          r"pip install 'privacy-gateway\[protobuf\]'"):
+        missing.load(tmp_path / "orders.proto")
+    assert format_of(tmp_path / "orders.proto") is SchemaFormat.PROTOBUF  # recognized, never skipped

@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2, unknown_fields
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError, Message
+from grpc_tools import _protoc_compiler, protoc
 
 from gateway.errors import PolicyError, RejectedEvent
 
@@ -143,8 +144,6 @@ def read_message_indexes(data: bytes, pos: int) -> tuple[tuple[int, ...], int]:
 def compile_proto(path: Path, include: tuple[Path, ...] = ()) -> descriptor_pb2.FileDescriptorSet:
     """The file and everything it imports as a FileDescriptorSet, by protoc (grpcio-tools). Include
     paths: the file's directory, `include`, the gateway's options file and the well-known types."""
-    from grpc_tools import _protoc_compiler, protoc  # protoc is needed only here, at start-up
-
     path = Path(path)
     if not path.is_file():
         raise PolicyError(f"{path}: cannot read schema: no such file")
@@ -527,7 +526,6 @@ class SanitizedProto:
             self.file.dependency.append("google/protobuf/timestamp.proto")
         pool = descriptor_pool.DescriptorPool()
         if self._timestamp:
-            from google.protobuf import timestamp_pb2
             pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
         try:
             pool.Add(self.file)
