@@ -321,10 +321,16 @@ class ProtoDecoder:
             message.ParseFromString(payload)
         except DecodeError:
             raise _classify(payload, self.root) from None
-        unknown = _unknown_paths(message, "")
-        if unknown and isinstance(unknown, RejectedEvent):
+        # the runtime keeps fields it does not know: whether there are any is a size comparison (cheap,
+        # in C); only then are they walked, on a fresh parse, to name them or refuse a wrong wire type
+        size = message.ByteSize()
+        message.DiscardUnknownFields()
+        if message.ByteSize() == size:
+            return self._read(message), ()
+        unknown = _unknown_paths(self.message_class.FromString(payload), "")
+        if isinstance(unknown, RejectedEvent):
             raise unknown
-        return self._read(message), tuple(unknown or ())
+        return self._read(message), tuple(unknown)
 
     def _reader(self, message: Descriptor) -> Callable[[Message], dict[str, Any]]:
         name = message.full_name
