@@ -126,6 +126,9 @@ def _without_logical(schema: Any) -> Any:
     (b"\x50\x07", "protobuf_unknown_enum_value"),  # currency = 7: not declared
     (b"\x70\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "protobuf_value_out_of_range"),  # loyalty_points = 2**64-1
     (b"\x5a\x03\x0a\x05x", "protobuf_truncated"),  # shipping holds a truncated street
+    (b"\x5a\x02\x08\x01", "protobuf_wrong_wire_type"),  # shipping.street (a string) as a varint
+    (b"\x58\x01", "protobuf_wrong_wire_type"),  # shipping (a message) as a varint
+    (b"\x62\x02\x10\xff", "protobuf_truncated"),  # items[0].quantity's varint never ends
 ])
 def test_bad_messages_get_a_reason_and_no_value(orders: ProtoSchema, payload: bytes, reason: str) -> None:
     with pytest.raises(RejectedEvent) as info:
@@ -320,3 +323,25 @@ def test_without_the_protobuf_extra_a_proto_policy_fails_naming_the_extra(tmp_pa
                                           r"pip install 'privacy-gateway\[protobuf\]'"):
         missing.load(tmp_path / "orders.proto")
     assert format_of(tmp_path / "orders.proto") is SchemaFormat.PROTOBUF  # recognized, never skipped
+
+
+def test_a_purpose_view_of_a_protobuf_policy_is_published_too(orders: ProtoSchema, tmp_path: Path) -> None:
+    purposes = ('"purposes": {"analytics": {"topic": "orders.analytics", "basis": "legitimate_interests", '
+                '"fields": {"customer_id": {"tokenize": {"domain": "customer"}}, "amount_minor": "keep", '
+                '"currency": "keep"}}}')
+    path = tmp_path / "orders.proto"
+    path.write_text(ORDERS_PROTO.read_text().replace(
+        '"schema_id": "registry", "sanitized_schema_id": "registry"',
+        f'"schema_id": {RAW_ID}, "sanitized_schema_id": {SANITIZED_ID}, {purposes}'))
+    plan = compile_plan(load_schema_file(path))
+    keyring = Keyring.open(tmp_path / "k.json")
+    pipeline = Pipeline([plan], keyring, GatewayConfig(keyring=tmp_path / "k.json", instance_id="t"), 1,
+                        tokenizers(keyring, [plan]))
+    message = producer_message(orders, order_id="o-1", customer_id="c-1", email=CANARY["email"], amount_minor=7,
+                               currency=2)
+    result = pipeline.process([RawEvent("orders.raw", 0, 0, 0, None, framed(RAW_ID, message), None)])
+    (view,) = [r for r in result.records if r.topic == "orders.analytics"]
+    assert CANARY["email"].encode() not in view.value
+    record = orjson.loads(view.value)  # a view without a registry id of its own is published as JSON
+    assert record["amount_minor"] == 7 and record["currency"] == "USD" and record["customer_id"].startswith("tok_v")
+    assert set(record) == {"customer_id", "amount_minor", "currency"}
