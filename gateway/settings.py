@@ -116,7 +116,8 @@ class GatewayConfig:
         "against every one at start-up (refused: the worker does not start): backward (read old records with "
         "the new schema), forward (consumers holding an old version read the new records), full (both), none",
         group="kafka", choices=("backward", "forward", "full", "none"))
-    schemas: Path = setting(Path("schemas"), "directory of annotated *.avsc schemas (the policies)", group="worker")
+    schemas: Path = setting(Path("schemas"), "directory of annotated schemas, the policies (*.avsc Avro, "
+                            "*.schema.json JSON Schema, *.proto Protobuf)", group="worker")
     keyring: Path = setting(Path(".gateway/keyring.json"), "local keyring (KEK, token keys, quarantine key), "
                             "created with mode 0600 on first run", group="keys")
     group_id: str = setting("privacy-gateway", "consumer group id; also prefixes the transactional ids and the "

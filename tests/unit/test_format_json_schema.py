@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jsonschema.validators import Draft7Validator, validator_for
 
 from gateway.app import tokenizers
+from gateway.core.audit import record_entries
 from gateway.core.codec.encoding import Encoding, SchemaFormat, frame_confluent
 from gateway.core.codec.formats import codec_for, format_of, iter_schema_files, load_schema_file
 from gateway.core.codec.formats.json_schema import JsonSchemaDecoder, fast_check, sanitized_document
@@ -232,7 +233,8 @@ def test_the_sanitized_schema_is_derived_from_the_raw_one_and_the_plan(tmp_path:
     document = sanitized_document(plan.schema, plan.sanitized_schema)
     Draft7Validator.check_schema(document)
     assert document["$schema"] == "http://json-schema.org/draft-07/schema#"  # the raw schema's draft
-    assert document["title"] == "example.signups.sanitized.Signup" and document["additionalProperties"] is False
+    assert document["title"] == "example.signups.sanitized.Signup"
+    assert "additionalProperties" not in document  # the raw schema is open: so is the sanitized one
     props = document["properties"]
     assert set(props) == {"signup_id", "user_id", "email", "full_name", "phone", "age", "country", "plan",
                           "address", "marketing_opt_in"}  # referrer_url dropped
@@ -241,9 +243,54 @@ def test_the_sanitized_schema_is_derived_from_the_raw_one_and_the_plan(tmp_path:
     assert props["phone"]["type"] == ["string", "null"] and props["phone"]["contentEncoding"] == "base64"
     assert props["email"]["type"] == "string" and props["age"]["type"] == "string"  # token, band
     assert set(props["address"]["properties"]) == {"city", "postcode"}  # street dropped
-    assert document["required"] == list(props)
+    assert props["address"]["additionalProperties"] is False  # closed in the raw schema: closed here
+    assert document["required"] == [p for p in props if p not in ("phone", "address")]  # nullable: not required
     assert CODEC.sanitized_schema(plan.schema, plan.sanitized_schema) == CODEC.sanitized_schema(
         plan.schema, plan.sanitized_schema)  # deterministic: registering it again keeps its id
+
+
+def _sanitized_text(tmp_path: Path, name: str, change: Any = None, closed: bool = False) -> str:
+    document = _document()
+    document["privacy"].update(schema_id=RAW_ID, sanitized_schema_id=SANITIZED_ID)
+    if closed:
+        document["additionalProperties"] = False
+    if change is not None:
+        change(document)
+    plan = compile_plan(load_schema_file(_write(tmp_path, document, f"{name}.schema.json")))
+    return CODEC.sanitized_schema(plan.schema, plan.sanitized_schema)
+
+
+@pytest.mark.parametrize(("change", "closed", "expected"), [
+    (lambda d: d["properties"]["referrer_url"].update(privacy="keep"), False, {}),  # optional: nullable
+    (lambda d: (d["properties"]["referrer_url"].update(privacy="keep"), d["required"].append("referrer_url")),
+     False, {"backward": "$.referrer_url is required by the reader"}),  # a required one: old records lack it
+    (lambda d: d["properties"]["country"].update(privacy="drop"), False,
+     {"forward": "$.country is required by the reader"}),  # old consumers require it
+    (lambda d: d["properties"]["phone"].update(privacy="drop"), False, {}),  # a nullable one may go
+    (lambda d: d["properties"]["phone"].update(privacy="drop"), True,
+     {"backward": "$.phone is in the records, and the reader does not allow it"}),  # ... unless closed
+    (lambda d: d["properties"]["referrer_url"].update(privacy="keep"), True,
+     {"forward": "$.referrer_url is in the records, and the reader does not allow it"}),
+    (lambda d: d["properties"]["age"].update(privacy="keep"), False,
+     {"backward": "$.age is string in the records, integer for the reader",
+      "forward": "$.age is integer in the records, string for the reader"}),
+    (lambda d: d["properties"]["country"].update(privacy="encrypt"), False, {}),  # a string either way (base64)
+])
+def test_a_policy_change_is_checked_against_the_registered_sanitized_versions(
+        tmp_path: Path, change: Any, closed: bool, expected: dict[str, str]) -> None:
+    old = _sanitized_text(tmp_path, "old", closed=closed)
+    new = _sanitized_text(tmp_path, "new", change, closed=closed)
+    assert new != old
+    for mode in ("backward", "forward"):
+        problems = CODEC.sanitized_problems(new, [("sanitized version 1 (id 5)", old)], mode)
+        if mode in expected:
+            assert len(problems) == 1 and expected[mode] in problems[0] and "version 1 (id 5)" in problems[0]
+        else:
+            assert problems == [], problems
+    full = CODEC.sanitized_problems(new, [("v1", old)], "full")
+    assert len(full) == len(expected)
+    assert CODEC.sanitized_problems(new, [("v1", old)], "none") == []
+    assert CODEC.sanitized_problems(new, [("v1", "syntax = 'proto3';")], "none") != []  # another format's subject
 
 
 def test_the_pipeline_publishes_framed_json_that_validates_and_decrypts(tmp_path: Path) -> None:
@@ -314,3 +361,34 @@ def test_keywords_without_a_fast_check_leave_it_to_jsonschema() -> None:
                  {"enum": [1, True]}, {"const": "x"}, {"type": "object", "patternProperties": {"^a": {}},
                                                        "additionalProperties": False}, {"x-custom": 1}):
         assert fast_check(node) is None, node
+
+
+def test_purposes_quality_rules_and_audit_work_as_for_avro(tmp_path: Path) -> None:
+    """The same policy model: a purpose view, a quality rule beside a property, one audit entry per event."""
+    document = _document()
+    document["privacy"].update(schema_id=RAW_ID, sanitized_schema_id=SANITIZED_ID, purposes={
+        "analytics": {"topic": "signups.analytics", "basis": "legitimate_interests",
+                      "fields": {"user_id": {"tokenize": {"domain": "user"}}, "country": "keep", "plan": "keep"}}})
+    document["properties"]["plan"]["quality"] = {"allowed": {"values": ["free", "pro"], "action": "reject"}}
+    plan = compile_plan(load_schema_file(_write(tmp_path, document)))
+    keyring = Keyring.open(tmp_path / "k.json")
+    config = GatewayConfig(keyring=tmp_path / "k.json", instance_id="unit-test")
+    pipeline = Pipeline([plan], keyring, config, audit_partitions=1, tokenizers=tokenizers(keyring, [plan]))
+    values = [_framed(_event(signup_id="s-1")), _framed(_event(signup_id="s-2", plan="team"))]
+    result = pipeline.process([RawEvent(plan.source_topic, 0, i, 1_790_000_000_000, None, v, None)
+                               for i, v in enumerate(values)])
+    by_topic: dict[str, list[Any]] = {}
+    for out in result.records:
+        by_topic.setdefault(out.topic, []).append(out)
+    (view,) = by_topic["signups.analytics"]
+    assert dict(view.headers or [])["gateway-encoding"] == b"json"  # a view has no registry id: plain JSON
+    published = orjson.loads(view.value or b"")
+    assert set(published) == {"user_id", "country", "plan"} and published["user_id"].startswith("tok_v")
+    (dead,) = by_topic[plan.dlq_topic]
+    reason = orjson.loads(dead.value or b"")["reason"]
+    assert reason.startswith("quality:")
+    assert len(by_topic[plan.sanitized_topic]) == 1
+    (audit,) = by_topic[config.audit_topic]
+    entries = record_entries([audit.value])
+    assert [e["outcome"] for e in entries] == ["sanitized", f"rejected:{reason}"]
+    assert entries[0]["purposes"] == {"analytics": "published:legitimate_interests"}

@@ -462,67 +462,161 @@ def _conformer(model: dict[str, Any], named: dict[str, Any]) -> Callable[[dict[s
 
 # ---- the sanitized schema ---------------------------------------------------------------------------
 def sanitized_document(schema: SchemaFile, sanitized: dict[str, Any]) -> dict[str, Any]:
-    """The sanitized JSON Schema of a plan's sanitized (Avro-shaped) record; the raw schema gives its draft."""
+    """The sanitized JSON Schema of a plan's sanitized (Avro-shaped) record. The raw schema gives its draft
+    and each object's content model: an object closed there (`additionalProperties: false`) is closed in
+    the sanitized schema too, others stay open. A non-nullable field is required; a nullable one is always
+    written (null when absent) but not required, so that a policy change that adds or removes it keeps
+    the sanitized topic's consumers reading, as a field with a default does in Avro."""
     raw = orjson.loads(schema.native or "{}")
-    named: dict[str, dict[str, Any]] = {}
     document: dict[str, Any] = {}
     if isinstance(raw.get("$schema"), str):
         document["$schema"] = raw["$schema"]
     document["title"] = sanitized["name"]
-    document.update(_json_type(sanitized, named))
+    document.update(_Sanitized(raw).of(sanitized, raw))
     return document
 
 
-def _json_type(avro: Any, named: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    if isinstance(avro, str):
-        simple = {"string": {"type": "string"}, "bytes": {"type": "string", "contentEncoding": "base64"},
-                  "long": {"type": "integer"}, "int": {"type": "integer"}, "double": {"type": "number"},
-                  "float": {"type": "number"}, "boolean": {"type": "boolean"}, "null": {"type": "null"}}
-        if avro in simple:
-            return dict(simple[avro])
-        if avro in named:
-            return copy.deepcopy(named[avro])
-        return copy.deepcopy(next((v for k, v in named.items() if k.rsplit(".", 1)[-1] == avro), {}))
-    if isinstance(avro, list):
-        branches = [b for b in avro if b != "null"]
-        inner = _json_type(branches[0], named) if len(branches) == 1 else {"anyOf": [_json_type(b, named)
+class _Sanitized:
+    """The sanitized schema's nodes, walked beside the raw schema's (for each object's content model)."""
+
+    _SIMPLE: dict[str, dict[str, Any]] = {
+        "string": {"type": "string"}, "bytes": {"type": "string", "contentEncoding": "base64"},
+        "long": {"type": "integer"}, "int": {"type": "integer"}, "double": {"type": "number"},
+        "float": {"type": "number"}, "boolean": {"type": "boolean"}, "null": {"type": "null"}}
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.converter = _Converter(raw)
+        self.named: dict[str, dict[str, Any]] = {}
+
+    def raw_node(self, node: Any, *path: str) -> dict[str, Any]:
+        """The raw schema's node under `node` along `path` (keywords and property names), {} when absent."""
+        for part in path:
+            if not isinstance(node, dict):
+                return {}
+            try:
+                node = self.converter.resolve(node, "")
+            except ConversionError:
+                return {}
+            node = node.get(part)
+        if not isinstance(node, dict):
+            return {}
+        try:
+            return self.converter.resolve(node, "")
+        except ConversionError:
+            return {}
+
+    def of(self, avro: Any, raw: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(avro, str):
+            if avro in self._SIMPLE:
+                return dict(self._SIMPLE[avro])
+            found = self.named.get(avro) or next((v for k, v in self.named.items() if k.rsplit(".", 1)[-1] == avro),
+                                                 {})
+            return copy.deepcopy(found)
+        if isinstance(avro, list):
+            branches = [b for b in avro if b != "null"]
+            inner = self.of(branches[0], raw) if len(branches) == 1 else {"anyOf": [self.of(b, raw)
                                                                                     for b in branches]}
-        if "null" not in avro:
-            return inner
-        if isinstance(inner.get("type"), str) and "enum" not in inner:
-            return {**inner, "type": [inner["type"], "null"]}
-        return {"anyOf": [inner, {"type": "null"}]}
-    kind = avro.get("type")
-    if isinstance(kind, dict | list):
-        return _json_type(kind, named)
-    if "logicalType" in avro and kind not in ("record", "enum", "fixed"):
-        return _json_type(kind, named)
-    if kind == "record":
-        out: dict[str, Any] = {"type": "object"}
-        if avro.get("doc"):
-            out["description"] = avro["doc"]
-        properties = {}
-        for f in avro["fields"]:
-            prop = _json_type(f["type"], named)
-            if f.get("doc"):
-                prop["description"] = f["doc"]
-            properties[f["name"]] = prop
-        out.update(properties=properties, required=[f["name"] for f in avro["fields"]], additionalProperties=False)
-        named[avro["name"]] = out
+            if "null" not in avro:
+                return inner
+            if isinstance(inner.get("type"), str) and "enum" not in inner:
+                return {**inner, "type": [inner["type"], "null"]}
+            return {"anyOf": [inner, {"type": "null"}]}
+        kind = avro.get("type")
+        if isinstance(kind, dict | list):
+            return self.of(kind, raw)
+        if "logicalType" in avro and kind not in ("record", "enum", "fixed"):
+            return self.of(kind, raw)
+        if kind == "record":
+            out: dict[str, Any] = {"type": "object"}
+            if avro.get("doc"):
+                out["description"] = avro["doc"]
+            properties = {}
+            for f in avro["fields"]:
+                prop = self.of(f["type"], self.raw_node(raw, "properties", f["name"]))
+                if f.get("doc"):
+                    prop["description"] = f["doc"]
+                properties[f["name"]] = prop
+            out["properties"] = properties
+            out["required"] = [f["name"] for f in avro["fields"] if not _nullable(f["type"])]
+            if raw.get("additionalProperties") is False:
+                out["additionalProperties"] = False
+            self.named[avro["name"]] = out
+            return out
+        if kind == "array":
+            return {"type": "array", "items": self.of(avro["items"], self.raw_node(raw, "items"))}
+        if kind == "map":
+            return {"type": "object", "additionalProperties": self.of(avro["values"],
+                                                                      self.raw_node(raw, "additionalProperties"))}
+        if kind == "enum":
+            out = {"type": "string", "enum": list(avro["symbols"])}
+            self.named[avro["name"]] = out
+            return out
+        if kind == "fixed":
+            out = {"type": "string", "contentEncoding": "base64"}
+            self.named[avro["name"]] = out
+            return out
+        return self.of(kind, raw)
+
+
+def _nullable(avro: Any) -> bool:
+    return isinstance(avro, list) and "null" in avro
+
+
+def _types(node: dict[str, Any]) -> set[str] | None:
+    """The JSON types a sanitized node admits (None: any, e.g. an anyOf)."""
+    declared = node.get("type")
+    if isinstance(declared, str):
+        return {declared}
+    if isinstance(declared, list):
+        return set(declared)
+    return None
+
+
+def incompatibilities(reader: Any, writer: Any, path: str = "$") -> list[str]:
+    """Why a consumer validating with the sanitized schema `reader` may reject a record the gateway wrote
+    under the sanitized schema `writer` (both derived by sanitized_document): a property the reader requires
+    that the writer may leave out, a property the writer writes that a closed reader does not allow, or a
+    type the reader does not admit. Paths name properties, never values."""
+    if not isinstance(reader, dict) or not isinstance(writer, dict):
+        return []
+    out: list[str] = []
+    read_types, write_types = _types(reader), _types(writer)
+    if read_types is not None and (write_types is None or not write_types <= read_types):
+        return [f"{path} is {'/'.join(sorted(write_types or {'any type'}))} in the records, "
+                f"{'/'.join(sorted(read_types))} for the reader"]
+    if "object" in (write_types or ()) and ("properties" in reader or "properties" in writer):
+        theirs, ours = writer.get("properties") or {}, reader.get("properties") or {}
+        for name in reader.get("required") or ():
+            if name not in (writer.get("required") or ()):
+                out.append(f"{path}.{name} is required by the reader, and the records may lack it")
+        for name in theirs:
+            if name not in ours and reader.get("additionalProperties") is False:
+                out.append(f"{path}.{name} is in the records, and the reader does not allow it "
+                           "(additionalProperties false)")
+        if reader.get("additionalProperties") is False and writer.get("additionalProperties") is not False:
+            out.append(f"{path} is closed for the reader and open in the records")
+        for name, node in ours.items():
+            if name in theirs:
+                out += incompatibilities(node, theirs[name], f"{path}.{name}")
+    if "array" in (write_types or ()):
+        out += incompatibilities(reader.get("items"), writer.get("items"), f"{path}[]")
+    if isinstance(reader.get("additionalProperties"), dict) and isinstance(writer.get("additionalProperties"), dict):
+        out += incompatibilities(reader["additionalProperties"], writer["additionalProperties"], f"{path}{{}}")
+    return out
+
+
+def evolution_problems(new: dict[str, Any], previous: Sequence[tuple[str, dict[str, Any]]], mode: str) -> list[str]:
+    """As gateway.core.codec.evolution.evolution_problems, for sanitized JSON Schemas: backward (the new
+    schema validates every earlier record), forward (each earlier version validates the new records), full."""
+    out: list[str] = []
+    if mode == "none":
         return out
-    if kind == "array":
-        return {"type": "array", "items": _json_type(avro["items"], named)}
-    if kind == "map":
-        return {"type": "object", "additionalProperties": _json_type(avro["values"], named)}
-    if kind == "enum":
-        out = {"type": "string", "enum": list(avro["symbols"])}
-        named[avro["name"]] = out
-        return out
-    if kind == "fixed":
-        out = {"type": "string", "contentEncoding": "base64"}
-        named[avro["name"]] = out
-        return out
-    return _json_type(kind, named)
+    for label, old in previous:
+        if mode in ("backward", "full"):
+            out += [f"backward ({label}, validated with the new schema): {p}" for p in incompatibilities(new, old)]
+        if mode in ("forward", "full"):
+            out += [f"forward (the new records, validated with {label}): {p}" for p in incompatibilities(old, new)]
+    return out
 
 
 # ---- the codec ------------------------------------------------------------------------------------
@@ -621,7 +715,16 @@ class JsonSchemaCodec:
         return orjson.dumps(sanitized_document(schema, sanitized)).decode()
 
     def sanitized_problems(self, text: str, previous: Sequence[tuple[str, str]], compatibility: str) -> list[str]:
-        return []  # the registry's own JSON Schema compatibility check decides (gateway.runtime.registry)
+        """Checked here (then by the registry's own JSON Schema rule): earlier versions that are not JSON are
+        another format's, which no JSON consumer could have read."""
+        problems: list[str] = []
+        versions: list[tuple[str, dict[str, Any]]] = []
+        for label, old in previous:
+            try:
+                versions.append((label, orjson.loads(old)))
+            except orjson.JSONDecodeError:
+                problems.append(f"{label} is not a JSON Schema: the subject holds another format's schemas")
+        return problems + evolution_problems(orjson.loads(text), versions, compatibility)
 
     def encoder(self, schema: SchemaFile, sanitized: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
         return json_bytes
