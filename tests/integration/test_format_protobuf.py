@@ -140,7 +140,10 @@ def test_protobuf_producers_and_consumers_through_the_gateway(fresh_deployment: 
     dead = [orjson.loads(r.value) for r in d.read(f"{source}.dlq")]
     assert sorted(x["reason"] for x in dead) == sorted(bad)
     dlq_bytes = b"".join(r.value for r in d.read(f"{source}.dlq"))
-    assert b"canary" not in dlq_bytes.lower() and b"Canary" not in dlq_bytes
+    assert b"canary" not in dlq_bytes.lower()
+    # nor in the audit or the worker's log
+    assert b"canary" not in b"".join(r.value for r in d.read(d.audit_topic)).lower()
+    assert b"canary" not in (d.root / "worker-proto.log").read_bytes().lower()
 
     # the sanitized topic: Protobuf framed with the registered sanitized schema's id, nothing in the clear
     registered = client.get_latest_version(f"{sanitized}-value")
