@@ -29,10 +29,10 @@ from google.protobuf import descriptor_pool, message_factory, timestamp_pb2
 
 from gateway.core.codec.protobuf import ProtoDecoder, load_proto, registered_file
 from gateway.core.codec.raw import decoded_for_json
-from tests.protobuf import ORDERS_PROTO
 
 from .conftest import Deployment, cli
 
+ORDERS_PROTO = Path(__file__).resolve().parents[2] / "examples" / "schemas" / "protobuf" / "orders.proto"
 _MISSING = [tool for tool in ("java", "mvn", "javac") if shutil.which(tool) is None]
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(bool(_MISSING), reason=f"the Schema Registry needs {', '.join(_MISSING)}")]

@@ -27,11 +27,14 @@ from gateway.core.codec.protobuf import (
 from gateway.core.codec.raw import SchemaFile, strip_logical_types
 from gateway.core.pipeline import Pipeline, RawEvent
 from gateway.core.policy.compiler import compile_plan, compile_schema
+from gateway.core.policy.lint import lint_directory
 from gateway.core.policy.plan import Plan
 from gateway.errors import PolicyError, RejectedEvent
 from gateway.keys.keyring import Keyring
 from gateway.settings import GatewayConfig
-from tests.protobuf import ORDERS_PROTO
+
+# the example policy (docs/policy/protobuf.md): every field kind, one unannotated field
+ORDERS_PROTO = Path(__file__).resolve().parents[2] / "examples" / "schemas" / "protobuf" / "orders.proto"
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +348,8 @@ def test_a_purpose_view_of_a_protobuf_policy_is_published_too(orders: ProtoSchem
     record = orjson.loads(view.value)  # a view without a registry id of its own is published as JSON
     assert record["amount_minor"] == 7 and record["currency"] == "USD" and record["customer_id"].startswith("tok_v")
     assert set(record) == {"customer_id", "amount_minor", "currency"}
+
+
+def test_the_example_policy_lints_with_only_its_deliberate_warning() -> None:
+    problems = lint_directory(ORDERS_PROTO.parent)
+    assert [(p.severity, p.where) for p in problems] == [("warning", "user_agent")]
