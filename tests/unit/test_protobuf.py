@@ -353,3 +353,24 @@ def test_a_purpose_view_of_a_protobuf_policy_is_published_too(orders: ProtoSchem
 def test_the_example_policy_lints_with_only_its_deliberate_warning() -> None:
     problems = lint_directory(ORDERS_PROTO.parent)
     assert [(p.severity, p.where) for p in problems] == [("warning", "user_agent")]
+
+
+def test_enums_of_different_messages_may_share_value_names_in_the_sanitized_proto(tmp_path: Path) -> None:
+    """Enum values are scoped to the enclosing message: the sanitized file keeps each enum in its
+    message's counterpart, so a valid raw file never gives an invalid sanitized one."""
+    path = tmp_path / "r.proto"
+    path.write_text('syntax = "proto3";\npackage p;\nimport "gateway/privacy.proto";\nmessage R {\n'
+                    "  option (gateway.record_privacy) = '{\"source_topic\": \"a\", \"sanitized_topic\": \"b\", "
+                    "\"schema_id\": 1, \"sanitized_schema_id\": 2}';\n"
+                    "  enum Kind { UNKNOWN = 0; A = 1; }\n"
+                    '  Kind kind = 1 [(gateway.privacy) = "keep"];\n  S s = 2 [(gateway.privacy) = "keep"];\n}\n'
+                    'message S {\n  enum Mode { UNKNOWN = 0; B = 1; }\n'
+                    '  Mode mode = 1 [(gateway.privacy) = "keep"];\n}\n')
+    plan = compile_plan(load_schema_file(path))
+    codec = codec_for(SchemaFormat.PROTOBUF)
+    text = codec.sanitized_schema(plan.schema, plan.sanitized_schema)
+    (tmp_path / "sanitized").mkdir()
+    (tmp_path / "sanitized" / "r.proto").write_text(text)
+    assert compile_proto(tmp_path / "sanitized" / "r.proto").file[-1].package == "p.sanitized"
+    payload = codec.encoder(plan.schema, plan.sanitized_schema)({"kind": "A", "s": {"mode": "B"}})
+    assert codec.reader(plan.schema, plan.sanitized_schema)(payload) == {"kind": "A", "s": {"mode": "B"}}

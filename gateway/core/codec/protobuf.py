@@ -514,7 +514,7 @@ class SanitizedProto:
 
     Messages are declared at the top level of package `<raw package>.<view>` under their raw names
     with the dots of nesting turned into underscores (Payment.Address -> Payment_Address); enums
-    keep their values and numbers."""
+    keep their values and numbers, inside their message's counterpart when the raw one is nested."""
 
     def __init__(self, raw: ProtoSchema, sanitized: dict[str, Any], view: str = "sanitized") -> None:
         self.raw = raw
@@ -527,6 +527,7 @@ class SanitizedProto:
         self._names: dict[str, str] = {}  # raw message/enum full name -> sanitized message/enum name
         self._timestamp = False
         self._millis: set[tuple[str, str]] = set()  # (message, field): a Timestamp the record holds in ms
+        self._enum_names: set[str] = set()  # raw full names of the enums in the file
         self._message(sanitized)
         if self._timestamp:
             self.file.dependency.append("google/protobuf/timestamp.proto")
@@ -656,7 +657,7 @@ class SanitizedProto:
     def _named_reference(self, new: descriptor_pb2.FieldDescriptorProto, avro_name: str, where: str) -> None:
         for raw_name, local in self._names.items():
             if raw_name == avro_name or self._sanitized_avro_name(raw_name) == avro_name:
-                is_enum = raw_name in self._enums
+                is_enum = raw_name in self._enum_names
                 new.type = _T.TYPE_ENUM if is_enum else _T.TYPE_MESSAGE
                 new.type_name = f".{self.package}.{local}"
                 return
@@ -666,19 +667,25 @@ class SanitizedProto:
         namespace, _, name = raw_name.rpartition(".")
         return f"{namespace}.{self.view}.{name}" if namespace else f"{self.view}.{name}"
 
-    @property
-    def _enums(self) -> set[str]:
-        return {k for k, v in self._names.items() if any(e.name == v for e in self.file.enum_type)}
-
     def _enum(self, avro: dict[str, Any], where: str) -> str:
         full = avro["name"]
         try:
             raw = self.raw.pool.FindEnumTypeByName(full)
         except KeyError:
             raise PolicyError(f"{where}: enum {full} is not in the raw .proto") from None
-        name = self._local(raw.full_name, raw.file.package)
+        parent = raw.containing_type
+        parent_local = self._names.get(parent.full_name) if parent is not None else None
+        if parent_local is not None:
+            # inside its message's sanitized counterpart, as in the raw file: enum values are scoped to
+            # the enclosing message, so two messages' enums may share value names (UNKNOWN = 0)
+            (holder,) = [m for m in self.file.message_type if m.name == parent_local]
+            out = holder.enum_type.add(name=raw.name)
+            name = f"{parent_local}.{raw.name}"
+        else:
+            name = self._local(raw.full_name, raw.file.package)
+            out = self.file.enum_type.add(name=name)
         self._names[raw.full_name] = name
-        out = self.file.enum_type.add(name=name)
+        self._enum_names.add(raw.full_name)
         for value in raw.values:
             out.value.add(name=value.name, number=value.number)
         return name
@@ -839,6 +846,8 @@ def _message_text(message: descriptor_pb2.DescriptorProto, package: str, indent:
         numbers = ", ".join(str(r.start) if r.end == r.start + 1 else f"{r.start} to {r.end - 1}"
                             for r in message.reserved_range)
         lines.append(f"{indent}  reserved {numbers};")
+    for enum in message.enum_type:
+        lines += _enum_text(enum, indent + "  ")
     lines.append(f"{indent}}}")
     return lines
 
