@@ -148,6 +148,10 @@ def test_json_schema_producers_to_json_schema_consumers_with_evolution_and_dead_
         assert opened["full_name"].startswith(NAME)
         assert opened["phone"] == (None if version == 3 else PHONE)
     assert seen == set(produced)
+    dumped = cli("dump", "--bootstrap", d.bootstrap, "--topic", sanitized)  # no schema needed for JSON
+    assert dumped.returncode == 0, dumped.stderr.decode()
+    lines = [orjson.loads(line) for line in dumped.stdout.splitlines()]
+    assert sorted(x["signup_id"] for x in lines) == sorted(produced) and not dumped.stderr
 
     # no plaintext of an encrypted, tokenized or dropped field anywhere the gateway writes
     canaries = [NAME, EMAIL, PHONE, USER, LOYALTY, STREET, "zebulon"]

@@ -392,3 +392,14 @@ def test_purposes_quality_rules_and_audit_work_as_for_avro(tmp_path: Path) -> No
     entries = record_entries([audit.value])
     assert [e["outcome"] for e in entries] == ["sanitized", f"rejected:{reason}"]
     assert entries[0]["purposes"] == {"analytics": "published:legitimate_interests"}
+
+
+def test_a_constraint_only_the_json_schema_holds_changes_the_policy_hash(tmp_path: Path) -> None:
+    """The hash in every output's gateway-policy header and audit entry tells policies apart, a validation
+    constraint included (the policy model has no maxLength)."""
+    before = _plan(tmp_path)
+    document = _document()
+    document["privacy"].update(schema_id=RAW_ID, sanitized_schema_id=SANITIZED_ID)
+    document["properties"]["signup_id"]["maxLength"] = 32
+    after = compile_plan(load_schema_file(_write(tmp_path, document, "after.schema.json")))
+    assert after.schema.raw == before.schema.raw and after.policy_hash != before.policy_hash

@@ -52,6 +52,12 @@ def policy_hash(raw_schema: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical).hexdigest()[:32]
 
 
+def _hashed(schema: SchemaFile) -> dict[str, Any]:
+    """What a policy's hash covers: the policy model, and another family's own schema text (its constraints,
+    which validate events, are not all in the model)."""
+    return schema.raw if schema.native is None else {**schema.raw, "native": schema.native}
+
+
 # ---- compiler --------------------------------------------------------------------------------
 class _Compiler:
     def __init__(self, schema: SchemaFile, view: str = "sanitized") -> None:
@@ -437,7 +443,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         dlq_topic=f"{source_topic}.dlq", subject_field=subject, subject_tokenized=subject_tokenized,
         event_id_field=event_id, input_mode=input_mode, output=output, schema_id=schema_id,
         sanitized_schema_id=sanitized_schema_id, sanitized_schema=sanitized,
-        sanitized_parsed=sanitized_parsed, policy_hash=policy_hash(schema.raw),
+        sanitized_parsed=sanitized_parsed, policy_hash=policy_hash(_hashed(schema)),
         field_actions=dict(c.actions), token_domains=frozenset(c.domains),
         warnings=tuple(p for p in c.problems if p.severity == "warning"), aggregates=aggregates,
         subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
