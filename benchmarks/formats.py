@@ -2,13 +2,16 @@
 
     python -m benchmarks.formats [--events 5000] [--reps 5]
 
-One policy, written once as a JSON Schema (examples/schemas/json/signups.schema.json) and once as the
-Avro record it converts to (the same fields, annotations and operators), so the rows differ only in the
-format: Confluent-framed Avro (fastavro decode, the generated writer) and Confluent-framed JSON validated
-against the JSON Schema (orjson, jsonschema, orjson). Each row is TopicStage.transform, the whole per-event
-work before the audit entry: decode and validate, sanitize (tokens, AES-GCM), encode. CPU seconds of this
-process, timed in pairs over the same chunks (benchmarks.microbench.paired: the format under test on one
-side, Avro on the other), so the host's changing speed hits both sides of a ratio; medians over the pairs.
+One policy, written once as a JSON Schema (examples/schemas/json/signups.schema.json), once as the
+Avro record it converts to and once as a .proto with the same annotations as options (the same fields,
+annotations and operators), so the rows differ only in the format: Confluent-framed Avro (fastavro
+decode, the generated writer), Confluent-framed JSON validated against the JSON Schema (orjson,
+jsonschema, orjson) and Confluent-framed Protobuf (message indexes; the protobuf runtime's upb parser,
+the record built from the message, the sanitized message written back). Each row is
+TopicStage.transform, the whole per-event work before the audit entry: decode and validate, sanitize
+(tokens, AES-GCM), encode. CPU seconds of this process, timed in pairs over the same chunks
+(benchmarks.microbench.paired: the format under test on one side, Avro on the other), so the host's
+changing speed hits both sides of a ratio; medians over the pairs.
 `run(events, reps) -> dict` returns the figures (µs per event per format, and each format's ratio to Avro).
 Another family adds its row in `_stages` (a plan of the same policy in its format, and its framed events).
 """
@@ -23,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from google.protobuf import message_factory
 
 from benchmarks.microbench import paired, transform_fn
 from gateway.app import tokenizers
 from gateway.core.codec.encoding import frame_confluent
 from gateway.core.codec.formats import load_schema_file
+from gateway.core.codec.protobuf import load_proto
 from gateway.core.codec.writer import avro_bytes
 from gateway.core.pipeline import Pipeline
 from gateway.core.policy.compiler import compile_plan
@@ -58,7 +63,58 @@ def _plans(workdir: Path) -> dict[str, Plan]:
     avro = dict(json_plan.schema.raw)
     avro["privacy"] = dict(document["privacy"], source_topic="bench.avro", sanitized_topic="bench.avro.sanitized")
     (workdir / "signups.avsc").write_bytes(orjson.dumps(avro))
-    return {"avro": compile_plan(load_schema_file(workdir / "signups.avsc")), "json_schema": json_plan}
+    (workdir / "signups.proto").write_text(_proto_text(avro, dict(document["privacy"], source_topic="bench.proto",
+                                                                  sanitized_topic="bench.proto.sanitized")))
+    return {"avro": compile_plan(load_schema_file(workdir / "signups.avsc")), "json_schema": json_plan,
+            "protobuf": compile_plan(load_schema_file(workdir / "signups.proto"))}
+
+
+_PROTO_TYPES = {"string": "string", "long": "int64", "int": "int32", "double": "double", "float": "float",
+                "boolean": "bool", "bytes": "bytes"}
+
+
+def _option(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _proto_text(record: dict[str, Any], privacy: dict[str, Any]) -> str:
+    """The same policy as a .proto (gateway/privacy.proto's options), from the Avro record of the JSON
+    Schema: each field numbered in order, a nullable scalar `optional`, a nested record a message."""
+    def message(node: dict[str, Any], indent: str, record_privacy: dict[str, Any] | None) -> list[str]:
+        name = str(node["name"]).rsplit(".", 1)[-1]
+        lines = [f"{indent}message {name} {{"]
+        if record_privacy is not None:
+            lines.append(f"{indent}  option (gateway.record_privacy) = {_option(record_privacy)};")
+        for number, field in enumerate(node["fields"], start=1):
+            ftype = field["type"]
+            nullable = isinstance(ftype, list)
+            inner = [t for t in ftype if t != "null"][0] if nullable else ftype
+            option = f" [(gateway.privacy) = {_option(field['privacy'])}]" if "privacy" in field else ""
+            if isinstance(inner, dict) and inner.get("type") == "record":
+                lines += message(inner, indent + "  ", None)
+                lines.append(f"{indent}  {str(inner['name']).rsplit('.', 1)[-1]} {field['name']} = {number}{option};")
+            else:
+                label = "optional " if nullable else ""
+                lines.append(f"{indent}  {label}{_PROTO_TYPES[inner]} {field['name']} = {number}{option};")
+        return [*lines, f"{indent}}}"]
+
+    namespace = str(record["name"]).rpartition(".")[0]
+    head = ['syntax = "proto3";', f"package {namespace};" if namespace else "", 'import "gateway/privacy.proto";']
+    return "\n".join([*head, *message(record, "", privacy)]) + "\n"
+
+
+def _message(cls: Any, values: dict[str, Any]) -> Any:
+    """A Protobuf message of `cls` holding the event (None: unset)."""
+    message = cls()
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            getattr(message, name).CopyFrom(_message(type(getattr(message, name)), value))
+        else:
+            setattr(message, name, value)
+    return message
 
 
 def _stages(plans: dict[str, Plan], events: list[dict[str, Any]],
@@ -70,6 +126,10 @@ def _stages(plans: dict[str, Plan], events: list[dict[str, Any]],
     avro_parsed = plans["avro"].schema.parsed
     values = {"avro": [frame_confluent(RAW_ID, avro_bytes(avro_parsed, e)) for e in events],
               "json_schema": [frame_confluent(RAW_ID, orjson.dumps(e)) for e in events]}
+    proto_class = message_factory.GetMessageClass(load_proto(plans["protobuf"].schema.path).root)
+    # Confluent framing of Protobuf: the message-index path [0] (one byte 0) before the message
+    values["protobuf"] = [frame_confluent(RAW_ID, b"\x00" + _message(proto_class, e).SerializeToString())
+                          for e in events]
     return {name: (transform_fn(pipeline.stages[plan.source_topic], pipeline.max_output_bytes), values[name])
             for name, plan in plans.items()}
 

@@ -187,7 +187,7 @@ class SanitizedDecoder:
                                "Confluent framing (magic byte 0 and a 4-byte schema id)")
         reader = self._readers.get(plan.sanitized_topic)
         if reader is None:
-            reader = self._readers[plan.sanitized_topic] = codec.reader(plan.sanitized_schema)
+            reader = self._readers[plan.sanitized_topic] = codec.reader(plan.schema, plan.sanitized_schema)
         return reader(value[CONFLUENT_HEADER_BYTES:])
 
     def records(self, data: bytes, topic: str | None = None) -> Iterator[tuple[Plan, Any]]:

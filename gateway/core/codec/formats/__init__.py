@@ -16,8 +16,19 @@ from gateway.core.codec.encoding import Encoding, SchemaFormat
 from gateway.core.codec.formats.avro import AvroCodec
 from gateway.core.codec.formats.base import RawDecoder, RegisteredWriter, SchemaCodec
 from gateway.core.codec.formats.json_schema import JsonSchemaCodec
+from gateway.core.codec.formats.missing import MissingExtra
 from gateway.core.codec.raw import SchemaFile
 from gateway.errors import PolicyError
+
+_protobuf: SchemaCodec
+try:  # the protobuf extra (protobuf, grpcio-tools) is optional: without it .proto policies fail start-up
+    from gateway.core.codec.formats.protobuf import ProtobufCodec
+    _protobuf = ProtobufCodec()
+except ModuleNotFoundError as exc:
+    if not (exc.name or "").startswith(("google", "grpc")):
+        raise
+    _protobuf = MissingExtra(SchemaFormat.PROTOBUF, (".proto",), "PROTOBUF", Encoding.PROTOBUF, "protobuf",
+                             exc.name or "google.protobuf")
 
 __all__ = ["FORMATS", "RawDecoder", "RegisteredWriter", "SchemaCodec", "codec_for", "codec_of_encoding",
            "format_of", "iter_schema_files", "load_schema_file"]
@@ -25,6 +36,7 @@ __all__ = ["FORMATS", "RawDecoder", "RegisteredWriter", "SchemaCodec", "codec_fo
 FORMATS: dict[SchemaFormat, SchemaCodec] = {
     SchemaFormat.AVRO: AvroCodec(),
     SchemaFormat.JSON_SCHEMA: JsonSchemaCodec(),
+    SchemaFormat.PROTOBUF: _protobuf,
 }
 
 

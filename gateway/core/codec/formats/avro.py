@@ -58,7 +58,7 @@ class AvroCodec:
             return avro_bytes(parsed, record)
         return encode
 
-    def reader(self, sanitized: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
+    def reader(self, schema: SchemaFile, sanitized: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
         parsed = fastavro.parse_schema(strip_logical_types(sanitized))
 
         def read(payload: bytes) -> dict[str, Any]:

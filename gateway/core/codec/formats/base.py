@@ -103,7 +103,7 @@ class SchemaCodec(Protocol):
         """Sanitized record -> its bytes after the 5-byte Confluent header (Protobuf: message indexes first)."""
         ...
 
-    def reader(self, sanitized: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
+    def reader(self, schema: SchemaFile, sanitized: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
         """Bytes after the 5-byte header -> the sanitized record (ciphertexts as bytes or base64 strings,
         which gateway.core.decrypt takes both); raises on bytes of another shape."""
         ...

@@ -740,7 +740,7 @@ class JsonSchemaCodec:
     def encoder(self, schema: SchemaFile, sanitized: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
         return json_bytes
 
-    def reader(self, sanitized: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
+    def reader(self, schema: SchemaFile, sanitized: dict[str, Any]) -> Callable[[bytes], dict[str, Any]]:
         def read(payload: bytes) -> dict[str, Any]:
             record = orjson.loads(payload)
             if not isinstance(record, dict):
