@@ -43,6 +43,7 @@ if not __package__:  # run as a script (python benchmarks/bench.py): its sibling
 from benchmarks.events import REPO, by_short_name, make_events
 from gateway.app import tokenizers
 from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
+from gateway.core.pipeline.outcome import SANITIZED, BatchCounts
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker, free_port
@@ -163,7 +164,7 @@ class PassthroughPipeline:
 
     def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
-        return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))
+        return BatchResult(records, BatchCounts(Counter({(events[0].topic, SANITIZED): len(events)})))
 
 
 class FloorPipeline(PassthroughPipeline):
@@ -182,7 +183,7 @@ class FloorPipeline(PassthroughPipeline):
         floors, out = self.floors, self.out
         records = [OutRecord(out[e.topic], e.key, floors[e.topic](e.value), None, None, e.timestamp_ms)
                    for e in events]
-        return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))
+        return BatchResult(records, BatchCounts(Counter({(events[0].topic, SANITIZED): len(events)})))
 
 
 def loop_main(argv: list[str]) -> int:
@@ -195,7 +196,7 @@ def loop_main(argv: list[str]) -> int:
     plans = load_plans(Path(schemas))
     config = GatewayConfig(bootstrap=bootstrap, schemas=Path(schemas), keyring=Path(schemas) / "k.json",
                            group_id=group, instance_id=group, session_timeout_ms=6000, partitions=3,
-                           audit_topic=f"audit.{group}")
+                           audit_topic=f"audit.{group}", latency_trace=os.environ.get("GATEWAY_LATENCY_TRACE", ""))
     pipeline = {"passthrough": PassthroughPipeline, "floor": FloorPipeline}[kind]
     # the factory's pipeline tokenizes nothing: no tokenizers to give
     return Worker(config, plans, Keyring.open(config.keyring), lambda _n: pipeline(plans), tokenizers={}).run()
