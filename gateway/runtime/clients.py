@@ -145,9 +145,13 @@ def group_consumer(config: GatewayConfig, group_id: str, client_id: str, errors:
 # constant extra ~100 ms: its transactions span more partitions (audit topic) than passthrough's, so
 # their markers took longer and most next transactions met them (benchmarks/bench.py traced send_offsets
 # at 110 ms mean; librdkafka's "eos" debug showed the retries 115 ms apart at 100 ms, 12 ms at 10). The
-# Java producer retries this error after 20 ms for the same reason (KAFKA-5477). Other retries back off
-# exponentially from here up to retry.backoff.max.ms (1 s), so a broker in trouble is not hammered.
+# Java producer retries this error after 20 ms for the same reason (KAFKA-5477). librdkafka doubles the
+# backoff on each refusal in a row (seen: 10, 22, 39 ms) up to retry.backoff.max.ms (1 s by default): capped
+# at 50 ms, a transaction waits at most 50 ms past the markers' end, and a broker in trouble still sees no
+# more than 20 requests a second from a producer (produce retries share the cap, as before librdkafka 2.2
+# they all waited a flat 100 ms).
 TRANSACTION_RETRY_BACKOFF_MS = 10
+TRANSACTION_RETRY_BACKOFF_MAX_MS = 50
 
 
 def transactional_producer(config: GatewayConfig, transactional_id: str, errors: ClientErrors | None = None,
@@ -159,6 +163,7 @@ def transactional_producer(config: GatewayConfig, transactional_id: str, errors:
         "enable.idempotence": True,
         "linger.ms": 5,
         "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
+        "retry.backoff.max.ms": TRANSACTION_RETRY_BACKOFF_MAX_MS,
         "transaction.timeout.ms": config.transaction_timeout_ms,
         **overrides,
     })
