@@ -10,7 +10,10 @@
 
 Prints events/s, MB/s, CPU seconds per 1,000 events and p50/p99 latency (event timestamp to the
 sanitized record reaching a read_committed reader) at half the saturated sanitize rate and below
-it, with the CPU each process used meanwhile; writes benchmarks/results.json.
+it, with the CPU each process used meanwhile: five rounds per point, interleaved, median and
+min-max, the slowest 1% of events decomposed stage by stage (the workers' latency traces), and the
+DP release latency (benchmarks/dp_release.py); writes benchmarks/results.json.
+`--only latency` runs the latency section alone.
 """
 
 from __future__ import annotations
