@@ -50,6 +50,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -156,6 +157,8 @@ class KeyTopic:
                                                      group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._seen = threading.Condition()
         self._positions: dict[int, int] = dict(follow_from)  # per partition: every record below it is applied
+        # (began, stored, read back) of the latest publishes, monotonic: the latency trace's key stages
+        self.read_backs: deque[tuple[float, float, float]] = deque(maxlen=64)
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
         keys.publisher = self.publish
@@ -209,7 +212,9 @@ class KeyTopic:
         only once the forget committed, so the batch that uses it commits after the forget too: a fresh
         key for events processed after the erasure, never one that outlives it while its ciphertexts
         were published before it."""
+        began = time.monotonic()
         written = produce_records(self._producer, self.topic, records)
+        stored = time.monotonic()
         deadline = time.monotonic() + KEY_READ_BACK_TIMEOUT_S
         with self._seen:
             while not all(self._positions.get(p, -1) > offset for p, offset in written.items()):
@@ -220,6 +225,7 @@ class KeyTopic:
                                        "open on the key topic, or its follower stopped): nothing under them is "
                                        "published")
                 self._seen.wait(remaining)
+        self.read_backs.append((began, stored, time.monotonic()))
 
     def close(self) -> None:
         self._stop.set()
