@@ -30,15 +30,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
                         config.sanitized_compatibility)
     processes, why = config.process_choice()
-    log.info("worker processes", extra={"processes": processes, "setting": config.processes, "rule": why})
     if processes > 1:  # every check below runs in each child, with its errors and exit code 2
         from gateway.runtime.supervisor import Supervisor, child_arguments
 
+        log.info("worker processes", extra={"processes": processes, "setting": config.processes, "rule": why})
         return Supervisor(child_arguments(args.argv[1:]), processes, config.metrics_port, config.metrics_host,
                           config.instance_id).run()
     for plan in plans:
         for warning in plan.warnings:
             log.warning("policy", extra={"problem": str(warning)})
     keyring, kms = app.worker_keys(config)  # fail fast, before Kafka, on a wrong or unreachable KMS
-    require_kafka(config)
+    require_kafka(config)  # the choice is logged once the broker answered: an unreachable one is one error line
+    log.info("worker processes", extra={"processes": processes, "setting": config.processes, "rule": why})
     return app.worker(config, plans, keyring, kms).run()

@@ -6,6 +6,7 @@ so hours of quiet take no time; the broker's answers are real."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -135,6 +136,14 @@ def test_records_held_behind_an_open_transaction_are_a_stall_until_it_aborts(boo
     try:
         assert _quiet_for_an_hour(monitor) == {(topic, 0)}
         holder.abort_transaction(30)
+        # abort_transaction returns once the coordinator logged the abort; the markers reach the partitions
+        # after it (a full-suite run checked in between and still saw the transaction open): wait for
+        # partition 0's last stable offset past its abort marker (5 records, their commit marker, the held
+        # record, the abort marker): a read_committed consumer's high watermark is the last stable offset
+        deadline = time.monotonic() + 30
+        while monitor._reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=5, cached=False)[1] < 8:
+            assert time.monotonic() < deadline, "the abort marker never reached partition 0"
+            time.sleep(0.05)
         assert monitor.check_now(lambda: 2 * HOUR) == set()
         assert monitor.check_now(lambda: 3 * HOUR) == set()
     finally:
