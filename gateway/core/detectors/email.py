@@ -29,14 +29,24 @@ _MAX_LOCAL = 64
 _MAX_ADDRESS = 254
 
 
+def _first_at(value: str) -> int:
+    """Where the first at sign ('@' or the full-width one) is, -1 if none: two `str.find`s, which cost a
+    tenth of a character-class regex search (`_AT_SIGN`) on an address-length string."""
+    at, wide = value.find("@"), value.find("\uff20")
+    return at if wide < 0 or 0 <= at < wide else wide
+
+
 def _valid(value: str) -> bool:
-    local = value[: _AT_SIGN.search(value).start()]  # type: ignore[union-attr] # the regex matched one
-    return len(value) <= _MAX_ADDRESS and len(local) <= _MAX_LOCAL and ".." not in local
+    at = _first_at(value)  # the regex matched, so there is one
+    return len(value) <= _MAX_ADDRESS and at <= _MAX_LOCAL and ".." not in value[:at]
 
 
 def is_email(text: str) -> bool:
-    """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan."""
-    return _AT_SIGN.search(text) is not None and _EMAIL.fullmatch(text) is not None and _valid(text)
+    """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan.
+    The cheap structural limits first: most values that fail, fail them."""
+    at = _first_at(text)
+    return (0 <= at <= _MAX_LOCAL and len(text) <= _MAX_ADDRESS and ".." not in text[:at]
+            and _EMAIL.fullmatch(text) is not None)
 
 
 class EmailFinder:

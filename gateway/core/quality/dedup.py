@@ -62,22 +62,31 @@ def fingerprint(key: bytes, schema: str, event_id: Any) -> int:
 
 
 class Fingerprinter:
-    """`fingerprint` for one schema, its prefix encoded once (the per-event path)."""
+    """`fingerprint` for one schema, per event: BLAKE2b states with the key, the schema prefix and (for a
+    str id, the common case) the type tag already absorbed, copied per event. The same bytes reach the hash
+    as in one call over the whole message, so the fingerprints (and the dedup log) are unchanged; the copy
+    skips the key block's compression and the message's concatenation."""
 
-    __slots__ = ("_key", "_prefix")
+    __slots__ = ("_any", "_str")
 
     def __init__(self, key: bytes, schema: str) -> None:
         name = schema.encode("utf-8")
         # the schema is length-prefixed and the id comes last, so no two (schema, id) pairs share an encoding
-        self._key = key
-        self._prefix = len(name).to_bytes(4, "big") + name
+        self._any = hashlib.blake2b(len(name).to_bytes(4, "big") + name, key=key, digest_size=FINGERPRINT_BYTES)
+        self._str = self._any.copy()
+        self._str.update(b"s")
 
     def of(self, event_id: Any) -> int:
         if type(event_id) is str:
-            message = self._prefix + b"s" + event_id.encode("utf-8", "surrogatepass")
+            state = self._str.copy()
+            state.update(event_id.encode("utf-8", "surrogatepass"))
         else:
-            message = self._prefix + _encode_id(event_id)
-        return int.from_bytes(hashlib.blake2b(message, key=self._key, digest_size=FINGERPRINT_BYTES).digest(), "big")
+            state = self._any.copy()
+            state.update(_encode_id(event_id))
+        return int.from_bytes(state.digest(), "big")
+
+    def __repr__(self) -> str:
+        return "Fingerprinter(<keyed>)"  # never the key material
 
 
 def pack(timestamp_ms: int, fingerprints: Iterable[int]) -> bytes:

@@ -8,6 +8,7 @@ window that has ended into a quality record. Pure: the runtime feeds it and publ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from gateway.core.quality.risk import RiskWindow
 from gateway.core.quality.rules import CheckerState
 from gateway.core.quality.spec import QualitySpec
 from gateway.core.quality.window import QualityWindow
+
+PASSED: tuple[int, ...] = ()  # the failures of an event that passed every rule (shared: never appended to)
 
 
 @dataclass
@@ -36,6 +39,10 @@ class QualityGate:
         self.event_id_field = event_id_field
         self.dedup = dedup if spec.duplicates is not None else None
         self.fingerprinter = Fingerprinter(dedup_key, schema) if self.dedup is not None and dedup_key else None
+        # per event: the checker's generated function, and the id to fingerprint (None: no duplicate detection)
+        self._failures = spec.checker.failures if spec.checker is not None else None
+        self._id_field = event_id_field if self.dedup is not None else None
+        self._fingerprint = self.fingerprinter.of if self.fingerprinter is not None else None
         self.partitions: dict[int, PartitionQuality] = {}
         self.rule_names = [r.name for r in spec.rules]
         self.flag_rules = frozenset(i for i, r in enumerate(spec.rules) if r.action == "flag")
@@ -77,10 +84,10 @@ class QualityGate:
 
     # ---- events ----------------------------------------------------------------------------------
     def check(self, partition: int, record: dict[str, Any], timestamp_ms: int, now_ms: int,
-              batch_fingerprints: set[int]) -> tuple[list[int], int | None, int | None]:
+              batch_fingerprints: set[int]) -> tuple[Sequence[int], int | None, int | None]:
         """Every rule on one decoded event, counted in its partition's window: (failed rule indexes,
-        the first failed rule whose action is reject, the event id's fingerprint). A plain tuple and
-        local names: this runs per event."""
+        the first failed rule whose action is reject, the event id's fingerprint). The common case (no
+        rule failed) allocates nothing but the result: the failures are then the shared empty PASSED."""
         state = self.partitions.get(partition)
         if state is None:
             self.open(partition, None, now_ms)
@@ -88,31 +95,36 @@ class QualityGate:
         window = state.window
         window.events += 1
         window.sanitized += 1  # until a rejection says otherwise (not_published): the common case costs nothing
-        checker = self.spec.checker
-        failed = checker.check(record, state.checker_state) if checker is not None else []  # type: ignore[arg-type]
+        failures = self._failures
+        failed = failures(record, state.checker_state.baselines) if failures is not None else None  # type: ignore[union-attr]
         fp = None
-        dedup = self.dedup
-        if dedup is not None:
-            event_id = record.get(self.event_id_field)  # type: ignore[arg-type]
+        if self._id_field is not None:
+            event_id = record.get(self._id_field)
             if event_id is not None:
-                fp = self.fingerprinter.of(event_id)  # type: ignore[union-attr]
-                if fp in batch_fingerprints or dedup.seen(fp):
-                    failed.append(self._dup)  # type: ignore[arg-type]
+                fp = self._fingerprint(event_id)
+                if fp in batch_fingerprints or self.dedup.seen(fp):  # type: ignore[union-attr]
+                    if failed is None:
+                        failed = [self._dup]  # type: ignore[list-item]
+                    else:
+                        failed.append(self._dup)  # type: ignore[arg-type]
         lag = now_ms - timestamp_ms
         if lag > 0:
             window.lag_sum_ms += lag
             if lag > window.lag_max_ms:
                 window.lag_max_ms = lag
             if lag > self._fresh_ms and self._fresh is not None:
-                failed.append(self._fresh)
+                if failed is None:
+                    failed = [self._fresh]
+                else:
+                    failed.append(self._fresh)
         if self._null_fields:
             nulls = window.nulls
             get = record.get
             for i, name in self._null_fields:
                 if get(name) is None:
                     nulls[i] += 1
-        if not failed:
-            return failed, None, fp
+        if failed is None:
+            return PASSED, None, fp
         counts = window.failed
         reject = None
         for i in failed:
@@ -152,14 +164,14 @@ class QualityGate:
         window.sanitized -= 1
         window.withheld += 1
 
-    def flags(self, failed: list[int]) -> list[str]:
+    def flags(self, failed: Sequence[int]) -> list[str]:
         """Names of the failed rules whose action is flag: the `gateway-quality` header."""
         return [self.rule_names[i] for i in failed if i in self.flag_rules]
 
-    def is_duplicate(self, failed: list[int] | None) -> bool:
+    def is_duplicate(self, failed: Sequence[int] | None) -> bool:
         return bool(failed) and self._dup in failed  # type: ignore[operator]
 
-    def names(self, failed: list[int]) -> list[str]:
+    def names(self, failed: Sequence[int]) -> list[str]:
         return [self.rule_names[i] for i in failed]
 
     # ---- windows ---------------------------------------------------------------------------------

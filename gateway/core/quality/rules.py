@@ -130,8 +130,15 @@ def _need(ft: _FieldType, kinds: frozenset[str] | set[str], kind: str, what: str
         raise _Invalid(f"{kind} needs {what}; this field is {ft.describe()}")
 
 
-# ---- field rules: each returns (action, test); test(value) is truthy when a non-null value passes -------------
-Test = Callable[[Any], Any]
+# ---- field rules: each returns (action, test); the test holds when a non-null value passes -------------------
+@dataclass(frozen=True)
+class Test:
+    """A field rule's pass test as a Python expression over the value, for the checker's generated function:
+    `{v}` stands for the value and `{0}`, `{1}`, ... for `consts`, which the function reads by name, so
+    nothing a schema declares is ever parsed as code. The expression is true when a non-null value passes."""
+
+    expr: str
+    consts: tuple[Any, ...] = ()
 
 
 def _required(decl: Any, ft: _FieldType) -> tuple[str, float | None]:
@@ -167,10 +174,10 @@ def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     if lo is not None and hi is not None and lo > hi:
         raise _Invalid(f"min {lo} is above max {hi}")
     if lo is None:
-        return action, lambda v: v <= hi
+        return action, Test("{v} <= {0}", (hi,))
     if hi is None:
-        return action, lambda v: v >= lo
-    return action, lambda v: lo <= v <= hi
+        return action, Test("{v} >= {0}", (lo,))
+    return action, Test("{0} <= {v} <= {1}", (lo, hi))
 
 
 def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
@@ -193,7 +200,7 @@ def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         raise _Invalid(f"the allowed values of an {ft.base} field must be integers")
     elif ft.base == "boolean" and not all(isinstance(v, bool) for v in values):
         raise _Invalid("the allowed values of a boolean field must be true or false")
-    return action, frozenset(values).__contains__
+    return action, Test("{v} in {0}", (frozenset(values),))
 
 
 def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
@@ -210,7 +217,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         if not isinstance(regex, str):
             raise _Invalid("regex must be a string")
         try:
-            return action, re.compile(regex).fullmatch
+            return action, Test("{0}({v}) is not None", (re.compile(regex).fullmatch,))
         except re.error as exc:
             raise _Invalid(f"invalid regex: {exc}") from None
     name = opts["detector"]
@@ -218,7 +225,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     if entity not in ENTITIES:
         raise _Invalid(f"unknown detector {name!r} (known: {', '.join(ENTITIES)})")
     if entity == "EMAIL":  # the common case, without the scan and overlap resolution of find()
-        return action, lambda value: is_email(value.strip())
+        return action, Test("{0}({v}.strip())", (is_email,))
     find = detector([entity]).find
 
     def whole(value: str) -> bool:
@@ -226,7 +233,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         found = find(text)
         return len(found) == 1 and found[0].start == 0 and found[0].end == len(text)
 
-    return action, whole
+    return action, Test("{0}({v})", (whole,))
 
 
 def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
@@ -239,7 +246,7 @@ def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         action, limit = "flag", decl
     if not is_int(limit) or limit <= 0:
         raise _Invalid("max_length is a positive integer, or an object {max, action}")
-    return action, lambda v: len(v) <= limit
+    return action, Test("len({v}) <= {0}", (limit,))
 
 
 @dataclass(frozen=True)
@@ -408,7 +415,7 @@ def _operand(side: Any, types: dict[str, _FieldType]) -> _Operand:
     raise _Invalid("each side of a rule is a field name or a literal {\"value\": V}")
 
 
-def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Comparison]:
     """A check passes when either side is None (the field's own rules cover a missing value)."""
     unknown = sorted(set(decl) - set(CHECK_OPTIONS), key=str)
     if unknown:
@@ -438,33 +445,17 @@ def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Cal
             if field.kind == "enum" and literal.field is None and literal.literal not in field.symbols:
                 raise _Invalid(f"the literal is not a symbol of {field.label}'s enum "
                                f"(symbols: {', '.join(field.symbols)})")
-    return action, _comparison(left, OPERATORS[op], right)
+    return action, Comparison(left, op, right)
 
 
-def _comparison(left: _Operand, op: Callable[[Any, Any], Any],
-                right: _Operand) -> Callable[[dict[str, Any]], Any]:
-    a_name, b_name = left.field, right.field
-    if a_name is not None and b_name is not None:
-        def both(record: dict[str, Any]) -> Any:
-            a = record.get(a_name)
-            if a is None:
-                return True
-            b = record.get(b_name)
-            return b is None or op(a, b)
-        return both
-    if a_name is not None:
-        b_value = right.literal
+@dataclass(frozen=True)
+class Comparison:
+    """A record-level check: passes when either side's field is None (the field's own rules cover a missing
+    value), else when `left op right` holds."""
 
-        def field_left(record: dict[str, Any]) -> Any:
-            a = record.get(a_name)
-            return a is None or op(a, b_value)
-        return field_left
-    a_value, b_field = left.literal, str(b_name)
-
-    def field_right(record: dict[str, Any]) -> Any:
-        b = record.get(b_field)
-        return b is None or op(a_value, b)
-    return field_right
+    left: _Operand
+    op: str  # a key of OPERATORS
+    right: _Operand
 
 
 # ---- the checker ------------------------------------------------------------------------------------------------
@@ -477,48 +468,104 @@ class CheckerState:
         self.baselines = baselines
 
 
+@dataclass(frozen=True)
+class FieldRules:
+    """The compiled rules of one top-level field, in evaluation order (FIELD_KINDS): indexes into the rules."""
+
+    name: str
+    required: int  # its required rule, or -1
+    tests: tuple[tuple[int, Test], ...]  # the rules a non-null value must pass
+    outlier: int  # its outlier rule, or -1
+    slot: int  # that rule's baseline in a CheckerState
+
+
+Failures = Callable[[dict[str, Any], list[_Baseline]], "list[int] | None"]
+
+
 class RecordChecker:
-    """One schema's compiled rules. Immutable once built; what changes per event lives in a CheckerState."""
+    """One schema's compiled rules. Immutable once built; what changes per event lives in a CheckerState.
+
+    The rules run as one function generated for the schema (as the sanitizer generates one per record):
+    straight-line code, each field read once, the simple tests inline, no list unless a rule fails.
+    """
 
     def __init__(self, rules: tuple[RuleSpec, ...], completeness_targets: dict[str, float],
-                 fields: tuple[tuple[str, int, tuple[tuple[int, Test], ...], int, int], ...],
-                 checks: tuple[tuple[int, Callable[[dict[str, Any]], Any]], ...],
+                 fields: tuple[FieldRules, ...], checks: tuple[tuple[int, Comparison], ...],
                  outliers: tuple[_OutlierSpec, ...]) -> None:
         self.rules = rules
         self.completeness_targets = completeness_targets
-        # per field with rules: (name, index of its required rule or -1, (index, test) of the rules a non-null
-        # value must pass, index of its outlier rule or -1, that rule's baseline slot)
-        self._fields = fields
-        self._checks = checks
         self._outliers = outliers
+        # failures(record, state.baselines): the ascending indexes of the failed rules, or None when the
+        # record passes them all (the common case allocates nothing); a new list every time one fails
+        self.failures: Failures = _generate(fields, checks)
 
     def new_state(self) -> CheckerState:
         return CheckerState([_Baseline(spec) for spec in self._outliers])
 
     def check(self, record: dict[str, Any], state: CheckerState) -> list[int]:
-        """Indexes into `rules` of the rules this record fails, ascending ([] when it passes them all: the
-        common case must be cheap). A new list every call: the caller may append to it."""
-        failed: list[int] = []
-        get = record.get
-        baselines = state.baselines
-        for name, required, tests, outlier, slot in self._fields:
-            value = get(name)
-            if value is None:
-                if required >= 0:
-                    failed.append(required)
-                continue
-            for i, test in tests:
-                if not test(value):
-                    failed.append(i)
-            if outlier >= 0 and baselines[slot].observe(value):
-                failed.append(outlier)
-        for i, test in self._checks:
-            if not test(record):
-                failed.append(i)
-        return failed
+        """Indexes into `rules` of the rules this record fails, ascending ([] when it passes them all).
+        A new list every call: the caller may append to it."""
+        return self.failures(record, state.baselines) or []
 
     def __repr__(self) -> str:
         return f"RecordChecker({', '.join(r.name for r in self.rules)})"
+
+
+_FAIL = ("{i}if failed is None:", "{i}    failed = [{rule}]", "{i}else:", "{i}    failed.append({rule})")
+_OPERATOR_SOURCE = {op: op for op in OPERATORS}  # the generated code's operators: this table's text, not a schema's
+
+
+def _generate(fields: tuple[FieldRules, ...], checks: tuple[tuple[int, Comparison], ...]) -> Failures:
+    """The checker's function: the rules in index order, so failures come out ascending, with the same
+    tests in the same order as each rule's definition above (a range stays `lo <= v <= hi`, so NaN fails
+    it). Field names and declared values are bound through the namespace, never written into the code."""
+    namespace: dict[str, Any] = {}
+    lines = ["def failures(record, baselines):", "    failed = None", "    get = record.get"]
+    read: dict[str, str] = {}  # field name -> the local holding its value
+
+    def const(value: Any) -> str:
+        name = f"c{len(namespace)}"
+        namespace[name] = value
+        return name
+
+    def value_of(field: str) -> str:
+        if field not in read:
+            read[field] = f"v{len(read)}"
+            lines.append(f"    {read[field]} = get({const(field)})")
+        return read[field]
+
+    def fail(indent: str, rule: int) -> None:
+        lines.extend(line.format(i=indent, rule=int(rule)) for line in _FAIL)
+
+    for f in fields:
+        v = value_of(f.name)
+        if f.required >= 0:
+            lines.append(f"    if {v} is None:")
+            fail(" " * 8, f.required)
+            if not f.tests and f.outlier < 0:
+                continue
+            lines.append("    else:")
+        else:
+            lines.append(f"    if {v} is not None:")
+        for rule, test in f.tests:
+            expr = test.expr.format(*(const(c) for c in test.consts), v=v)
+            lines.append(f"        if not ({expr}):")
+            fail(" " * 12, rule)
+        if f.outlier >= 0:
+            lines.append(f"        if baselines[{int(f.slot)}].observe({v}):")
+            fail(" " * 12, f.outlier)
+    for rule, check in checks:
+        op = _OPERATOR_SOURCE[check.op]
+        sides = [value_of(side.field) if side.field is not None else const(side.literal)
+                 for side in (check.left, check.right)]
+        present = " and ".join(f"{side} is not None" for side, operand in zip(sides, (check.left, check.right),
+                                                                             strict=True) if operand.field is not None)
+        lines.append(f"    if {present} and not ({sides[0]} {op} {sides[1]}):")
+        fail(" " * 8, rule)
+    lines.append("    return failed")
+    code = compile("\n".join(lines) + "\n", "<quality rules>", "exec")
+    exec(code, namespace)  # noqa: S102 - generated from the templates above only
+    return namespace["failures"]  # type: ignore[no-any-return]
 
 
 _COMPILERS: dict[str, Callable[[Any, _FieldType], tuple[str, Any]]] = {
@@ -543,7 +590,7 @@ def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, 
 
     rules: list[RuleSpec] = []
     targets: dict[str, float] = {}
-    compiled_fields: list[tuple[str, int, tuple[tuple[int, Test], ...], int, int]] = []
+    compiled_fields: list[FieldRules] = []
     outliers: list[_OutlierSpec] = []
     types: dict[str, _FieldType] = {}
     for f in fields:
@@ -581,9 +628,9 @@ def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, 
             else:
                 tests.append((index, compiled))
         if required >= 0 or tests or outlier >= 0:
-            compiled_fields.append((name, required, tuple(tests), outlier, slot))
+            compiled_fields.append(FieldRules(name, required, tuple(tests), outlier, slot))
 
-    compiled_checks: list[tuple[int, Callable[[dict[str, Any]], Any]]] = []
+    compiled_checks: list[tuple[int, Comparison]] = []
     if checks is not None and not isinstance(checks, list):
         bad("(record).checks", "checks must be a list of {name, rule, action}")
     seen: set[str] = set()
