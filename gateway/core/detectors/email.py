@@ -14,24 +14,33 @@ from gateway.core.detectors.base import Match
 # '@' and '.'. The lookarounds keep a match from starting inside a longer local part or ending
 # inside a longer domain.
 _M = "\u0300-\u036f"  # combining marks (a decomposed "é"): part of the word they follow
-_ATEXT = rf"[\w{_M}!#$%&'*+/=?^`{{|}}~-]"
-_LABEL = rf"[^\W_](?:[\w{_M}-]{{0,61}}[\w{_M}])?"
 _DOT = "[.\u3002\uff0e\uff61]"
 _AT = "[@\uff20]"
+
+
+def _address(marks: str, dot: str, at: str) -> str:
+    """An address, from its local part to its TLD: `marks` join a word, `dot` and `at` are the separators."""
+    atext = rf"[\w{marks}!#$%&'*+/=?^`{{|}}~-]"
+    label = rf"[^\W_](?:[\w{marks}-]{{0,61}}[\w{marks}])?"
+    return (rf"{atext}(?:(?:{atext}|\.){{0,62}}{atext})?"
+            rf"{at}(?:{label}{dot})+(?:xn--[A-Za-z0-9-]{{1,59}}|[^\W\d_][^\W\d_{marks}]{{1,62}})")
+
+
 _EMAIL = re.compile(
-    rf"(?<![\w{_M}.!#$%&'*+/=?^`{{|}}~-])"
-    rf"{_ATEXT}(?:(?:{_ATEXT}|\.){{0,62}}{_ATEXT})?"
-    rf"{_AT}(?:{_LABEL}{_DOT})+(?:xn--[A-Za-z0-9-]{{1,59}}|[^\W\d_][^\W\d_{_M}]{{1,62}})"
-    rf"(?![\w{_M}-]|{_DOT}\w)"
+    rf"(?<![\w{_M}.!#$%&'*+/=?^`{{|}}~-])" + _address(_M, _DOT, _AT) + rf"(?![\w{_M}-]|{_DOT}\w)"
 )
-_AT_SIGN = re.compile(_AT)
+# The same addresses, for a whole ASCII string (is_email's common case): on ASCII text \w is [A-Za-z0-9_]
+# under either flag, combining marks and the East Asian separators cannot occur, and the lookarounds of a
+# match spanning the whole string look past its ends, where they always hold. ASCII classes match from a
+# bitmap, about a third faster than the Unicode ones.
+_ASCII_EMAIL = re.compile(_address("", r"\.", "@"), re.ASCII)
 _MAX_LOCAL = 64
 _MAX_ADDRESS = 254
 
 
 def _first_at(value: str) -> int:
     """Where the first at sign ('@' or the full-width one) is, -1 if none: two `str.find`s, which cost a
-    tenth of a character-class regex search (`_AT_SIGN`) on an address-length string."""
+    tenth of a character-class regex search on an address-length string."""
     at, wide = value.find("@"), value.find("\uff20")
     return at if wide < 0 or 0 <= at < wide else wide
 
@@ -43,7 +52,12 @@ def _valid(value: str) -> bool:
 
 def is_email(text: str) -> bool:
     """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan.
-    The cheap structural limits first: most values that fail, fail them."""
+    The cheap structural limits first (most values that fail, fail them); ASCII text (`isascii` is O(1))
+    has one kind of at sign and its own regex."""
+    if text.isascii():
+        at = text.find("@")
+        return (0 <= at <= _MAX_LOCAL and len(text) <= _MAX_ADDRESS and text.find("..", 0, at) < 0
+                and _ASCII_EMAIL.fullmatch(text) is not None)
     at = _first_at(text)
     return (0 <= at <= _MAX_LOCAL and len(text) <= _MAX_ADDRESS and ".." not in text[:at]
             and _EMAIL.fullmatch(text) is not None)
