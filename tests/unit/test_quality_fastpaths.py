@@ -255,6 +255,9 @@ ADDRESSES = st.one_of(
     st.builds(lambda local, at, labels, dot, tld: local + at + "".join(label + dot for label in labels) + tld,
               _ATEXT, st.sampled_from(["@", "@", "\uff20", "@@"]), st.lists(_LABEL, min_size=0, max_size=3),
               st.sampled_from([".", ".", "\u3002"]), _TLD),
+    st.builds(lambda local, labels, tld: local + "@" + "".join(label + "." for label in labels) + tld,  # ASCII, near
+              st.text("ab._+", min_size=1, max_size=8), st.lists(st.text("ab-_1", min_size=1, max_size=5), max_size=3),
+              st.sampled_from(["com", "c", "xn--p1ai", "xn--", "c0m", "co_"])),
     st.builds(lambda n, m: "a" * n + "@" + "b" * m + ".com", st.integers(60, 70), st.integers(170, 195)),
 )
 
