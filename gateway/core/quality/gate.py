@@ -8,10 +8,11 @@ window that has ended into a quality record. Pure: the runtime feeds it and publ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.quality.codegen import FunctionSource
 from gateway.core.quality.dedup import DuplicateFilter, Fingerprinter
 from gateway.core.quality.risk import RiskWindow
 from gateway.core.quality.rules import CheckerState
@@ -19,6 +20,8 @@ from gateway.core.quality.spec import QualitySpec
 from gateway.core.quality.window import QualityWindow
 
 PASSED: tuple[int, ...] = ()  # the failures of an event that passed every rule (shared: never appended to)
+# check(partition, record, timestamp_ms, now_ms, batch_fingerprints) -> (failed, first reject, fingerprint)
+Check = Callable[[int, dict[str, Any], int, int, set[int]], tuple[Sequence[int], "int | None", "int | None"]]
 
 
 @dataclass
@@ -39,10 +42,6 @@ class QualityGate:
         self.event_id_field = event_id_field
         self.dedup = dedup if spec.duplicates is not None else None
         self.fingerprinter = Fingerprinter(dedup_key, schema) if self.dedup is not None and dedup_key else None
-        # per event: the checker's generated function, and the id to fingerprint (None: no duplicate detection)
-        self._failures = spec.checker.failures if spec.checker is not None else None
-        self._id_field = event_id_field if self.dedup is not None else None
-        self._fingerprint = self.fingerprinter.of if self.fingerprinter is not None else None
         self.partitions: dict[int, PartitionQuality] = {}
         self.rule_names = [r.name for r in spec.rules]
         self.flag_rules = frozenset(i for i, r in enumerate(spec.rules) if r.action == "flag")
@@ -51,9 +50,9 @@ class QualityGate:
         self._fresh = spec.freshness_index
         self._fresh_ms = spec.freshness.max_lag_ms if spec.freshness is not None else 0
         self.risk_measured = spec.risk is not None
-        self._null_fields = tuple(enumerate(spec.completeness_fields))
         if self.dedup is not None and self.fingerprinter is None:
             raise ValueError("duplicate detection needs its fingerprint key")
+        self.check: Check = self._compile_check()
 
     # ---- partitions ------------------------------------------------------------------------------
     def open(self, partition: int, committed: Any, now_ms: int) -> None:
@@ -83,55 +82,57 @@ class QualityGate:
         return RiskWindow(risk.quasi_identifiers, risk.k, risk.sensitive, risk.l_target, risk.timestamp)
 
     # ---- events ----------------------------------------------------------------------------------
-    def check(self, partition: int, record: dict[str, Any], timestamp_ms: int, now_ms: int,
-              batch_fingerprints: set[int]) -> tuple[Sequence[int], int | None, int | None]:
-        """Every rule on one decoded event, counted in its partition's window: (failed rule indexes,
-        the first failed rule whose action is reject, the event id's fingerprint). The common case (no
-        rule failed) allocates nothing but the result: the failures are then the shared empty PASSED."""
-        state = self.partitions.get(partition)
-        if state is None:
-            self.open(partition, None, now_ms)
-            state = self.partitions[partition]
-        window = state.window
-        window.events += 1
-        window.sanitized += 1  # until a rejection says otherwise (not_published): the common case costs nothing
-        failures = self._failures
-        failed = failures(record, state.checker_state.baselines) if failures is not None else None  # type: ignore[union-attr]
-        fp = None
-        if self._id_field is not None:
-            event_id = record.get(self._id_field)
-            if event_id is not None:
-                fp = self._fingerprint(event_id)
-                if fp in batch_fingerprints or self.dedup.seen(fp):  # type: ignore[union-attr]
-                    if failed is None:
-                        failed = [self._dup]  # type: ignore[list-item]
-                    else:
-                        failed.append(self._dup)  # type: ignore[arg-type]
-        lag = now_ms - timestamp_ms
-        if lag > 0:
-            window.lag_sum_ms += lag
-            if lag > window.lag_max_ms:
-                window.lag_max_ms = lag
-            if lag > self._fresh_ms and self._fresh is not None:
-                if failed is None:
-                    failed = [self._fresh]
-                else:
-                    failed.append(self._fresh)
-        if self._null_fields:
-            nulls = window.nulls
-            get = record.get
-            for i, name in self._null_fields:
-                if get(name) is None:
-                    nulls[i] += 1
-        if failed is None:
-            return PASSED, None, fp
-        counts = window.failed
-        reject = None
-        for i in failed:
-            counts[i] += 1
-            if reject is None and i in self.reject_rules:
-                reject = i
-        return failed, reject, fp
+    def _compile_check(self) -> Check:
+        """check(partition, record, timestamp_ms, now_ms, batch_fingerprints): every rule on one decoded
+        event, counted in its partition's window: (failed rule indexes, the first failed rule whose action
+        is reject, the event id's fingerprint). Generated once for the plan (gateway/core/quality/codegen.py):
+        the checker's rules inline, then duplicate (the id's fingerprint in this batch or in the filter),
+        freshness (lag past the limit), the lag and the null counters; failures ascend, as the rules' indexes
+        do. The common case (no rule failed) allocates nothing but the result: its failures are PASSED."""
+        spec = self.spec
+        source = FunctionSource("check(partition, record, timestamp_ms, now_ms, batch)")
+        source.add(1, f"state = {source.const(self.partitions.get)}(partition)")
+        source.add(1, "if state is None:")
+        source.add(2, f"state = {source.const(self._opened)}(partition, now_ms)")
+        for line in ("window = state.window", "window.events += 1",
+                     "window.sanitized += 1",  # until a rejection says otherwise (not_published)
+                     "failed = None", "get = record.get"):
+            source.add(1, line)
+        if spec.checker is not None:
+            source.add(1, "baselines = state.checker_state.baselines")
+            spec.checker.emit(source)
+        source.add(1, "fp = None")
+        if self.dedup is not None and self.event_id_field is not None:
+            event_id = source.value_of(self.event_id_field)
+            source.add(1, f"if {event_id} is not None:")
+            source.add(2, f"fp = {source.const(self.fingerprinter.of)}({event_id})")  # type: ignore[union-attr]
+            source.add(2, f"if fp in batch or {source.const(self.dedup.seen)}(fp):")
+            source.fail(3, int(self._dup))  # type: ignore[arg-type]
+        source.add(1, "lag = now_ms - timestamp_ms")
+        source.add(1, "if lag > 0:")
+        source.add(2, "window.lag_sum_ms += lag")
+        source.add(2, "if lag > window.lag_max_ms:")
+        source.add(3, "window.lag_max_ms = lag")
+        if self._fresh is not None:
+            source.add(2, f"if lag > {source.const(self._fresh_ms)}:")
+            source.fail(3, self._fresh)
+        if spec.completeness_fields:
+            source.add(1, "nulls = window.nulls")
+            for i, name in enumerate(spec.completeness_fields):
+                source.add(1, f"if {source.value_of(name)} is None:")
+                source.add(2, f"nulls[{i}] += 1")
+        source.add(1, "if failed is None:")
+        source.add(2, f"return {source.const(PASSED)}, None, fp")
+        for line in ("counts = window.failed", "reject = None", "for i in failed:", "    counts[i] += 1",
+                     f"    if reject is None and i in {source.const(self.reject_rules)}:", "        reject = i",
+                     "return failed, reject, fp"):
+            source.add(1, line)
+        return source.build("check", f"<quality gate {self.schema}>")  # type: ignore[return-value]
+
+    def _opened(self, partition: int, now_ms: int) -> PartitionQuality:
+        """A partition's first event without an open window (no resume): a fresh one."""
+        self.open(partition, None, now_ms)
+        return self.partitions[partition]
 
     def risk_class(self, partition: int, sanitized: dict[str, Any], subject: str = "",
                    timestamp_ms: int | None = None) -> int | None:

@@ -29,6 +29,7 @@ from typing import Any
 from gateway.core.avro import PRIMITIVES, lookup
 from gateway.core.detectors import ENTITIES, detector
 from gateway.core.detectors.email import is_email
+from gateway.core.quality.codegen import FunctionSource
 from gateway.values import is_int, is_number
 
 ACTIONS = ("reject", "flag", "measure")
@@ -480,13 +481,15 @@ class FieldRules:
 
 
 Failures = Callable[[dict[str, Any], list[_Baseline]], "list[int] | None"]
+_OPERATOR_SOURCE = {op: op for op in OPERATORS}  # the generated code's operators: this table's text, not a schema's
 
 
 class RecordChecker:
     """One schema's compiled rules. Immutable once built; what changes per event lives in a CheckerState.
 
-    The rules run as one function generated for the schema (as the sanitizer generates one per record):
-    straight-line code, each field read once, the simple tests inline, no list unless a rule fails.
+    The rules run as straight-line code generated for the schema (gateway/core/quality/codegen.py): each
+    field read once, the simple tests inline, no list unless a rule fails. `emit` writes that code into a
+    function being generated, so the quality gate inlines it into its own per-event function.
     """
 
     def __init__(self, rules: tuple[RuleSpec, ...], completeness_targets: dict[str, float],
@@ -494,10 +497,17 @@ class RecordChecker:
                  outliers: tuple[_OutlierSpec, ...]) -> None:
         self.rules = rules
         self.completeness_targets = completeness_targets
+        self._fields = fields
+        self._checks = checks
         self._outliers = outliers
         # failures(record, state.baselines): the ascending indexes of the failed rules, or None when the
         # record passes them all (the common case allocates nothing); a new list every time one fails
-        self.failures: Failures = _generate(fields, checks)
+        source = FunctionSource("failures(record, baselines)")
+        source.add(1, "failed = None")
+        source.add(1, "get = record.get")
+        self.emit(source)
+        source.add(1, "return failed")
+        self.failures: Failures = source.build("failures", "<quality rules>")
 
     def new_state(self) -> CheckerState:
         return CheckerState([_Baseline(spec) for spec in self._outliers])
@@ -507,65 +517,39 @@ class RecordChecker:
         A new list every call: the caller may append to it."""
         return self.failures(record, state.baselines) or []
 
+    def emit(self, source: FunctionSource) -> None:
+        """The rules as statements of `source`'s function, whose locals `record`'s `get`, `failed` (None or
+        a list) and `baselines` (a CheckerState's) are set: the rules in index order, so failures come out
+        ascending, each with the test and the order of the rule's definition above (a range stays
+        `lo <= v <= hi`, so NaN fails it; a check passes when a side's field is None)."""
+        for f in self._fields:
+            v = source.value_of(f.name)
+            if f.required >= 0:
+                source.add(1, f"if {v} is None:")
+                source.fail(2, f.required)
+                if not f.tests and f.outlier < 0:
+                    continue
+                source.add(1, "else:")
+            else:
+                source.add(1, f"if {v} is not None:")
+            for rule, test in f.tests:
+                expr = test.expr.format(*(source.const(c) for c in test.consts), v=v)
+                source.add(2, f"if not ({expr}):")
+                source.fail(3, rule)
+            if f.outlier >= 0:
+                source.add(2, f"if baselines[{int(f.slot)}].observe({v}):")
+                source.fail(3, f.outlier)
+        for rule, check in self._checks:
+            op = _OPERATOR_SOURCE[check.op]
+            sides = [source.value_of(side.field) if side.field is not None else source.const(side.literal)
+                     for side in (check.left, check.right)]
+            present = " and ".join(f"{name} is not None" for name, side in zip(sides, (check.left, check.right),
+                                                                                strict=True) if side.field is not None)
+            source.add(1, f"if {present} and not ({sides[0]} {op} {sides[1]}):")
+            source.fail(2, rule)
+
     def __repr__(self) -> str:
         return f"RecordChecker({', '.join(r.name for r in self.rules)})"
-
-
-_FAIL = ("{i}if failed is None:", "{i}    failed = [{rule}]", "{i}else:", "{i}    failed.append({rule})")
-_OPERATOR_SOURCE = {op: op for op in OPERATORS}  # the generated code's operators: this table's text, not a schema's
-
-
-def _generate(fields: tuple[FieldRules, ...], checks: tuple[tuple[int, Comparison], ...]) -> Failures:
-    """The checker's function: the rules in index order, so failures come out ascending, with the same
-    tests in the same order as each rule's definition above (a range stays `lo <= v <= hi`, so NaN fails
-    it). Field names and declared values are bound through the namespace, never written into the code."""
-    namespace: dict[str, Any] = {}
-    lines = ["def failures(record, baselines):", "    failed = None", "    get = record.get"]
-    read: dict[str, str] = {}  # field name -> the local holding its value
-
-    def const(value: Any) -> str:
-        name = f"c{len(namespace)}"
-        namespace[name] = value
-        return name
-
-    def value_of(field: str) -> str:
-        if field not in read:
-            read[field] = f"v{len(read)}"
-            lines.append(f"    {read[field]} = get({const(field)})")
-        return read[field]
-
-    def fail(indent: str, rule: int) -> None:
-        lines.extend(line.format(i=indent, rule=int(rule)) for line in _FAIL)
-
-    for f in fields:
-        v = value_of(f.name)
-        if f.required >= 0:
-            lines.append(f"    if {v} is None:")
-            fail(" " * 8, f.required)
-            if not f.tests and f.outlier < 0:
-                continue
-            lines.append("    else:")
-        else:
-            lines.append(f"    if {v} is not None:")
-        for rule, test in f.tests:
-            expr = test.expr.format(*(const(c) for c in test.consts), v=v)
-            lines.append(f"        if not ({expr}):")
-            fail(" " * 12, rule)
-        if f.outlier >= 0:
-            lines.append(f"        if baselines[{int(f.slot)}].observe({v}):")
-            fail(" " * 12, f.outlier)
-    for rule, check in checks:
-        op = _OPERATOR_SOURCE[check.op]
-        sides = [value_of(side.field) if side.field is not None else const(side.literal)
-                 for side in (check.left, check.right)]
-        present = " and ".join(f"{side} is not None" for side, operand in zip(sides, (check.left, check.right),
-                                                                             strict=True) if operand.field is not None)
-        lines.append(f"    if {present} and not ({sides[0]} {op} {sides[1]}):")
-        fail(" " * 8, rule)
-    lines.append("    return failed")
-    code = compile("\n".join(lines) + "\n", "<quality rules>", "exec")
-    exec(code, namespace)  # noqa: S102 - generated from the templates above only
-    return namespace["failures"]  # type: ignore[no-any-return]
 
 
 _COMPILERS: dict[str, Callable[[Any, _FieldType], tuple[str, Any]]] = {
