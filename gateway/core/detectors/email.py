@@ -14,26 +14,28 @@ from gateway.core.detectors.base import Match
 # '@' and '.'. The lookarounds keep a match from starting inside a longer local part or ending
 # inside a longer domain.
 _M = "\u0300-\u036f"  # combining marks (a decomposed "é"): part of the word they follow
+_ATEXT = rf"[\w{_M}!#$%&'*+/=?^`{{|}}~-]"
+_LABEL = rf"[^\W_](?:[\w{_M}-]{{0,61}}[\w{_M}])?"
 _DOT = "[.\u3002\uff0e\uff61]"
 _AT = "[@\uff20]"
-
-
-def _address(marks: str, dot: str, at: str) -> str:
-    """An address, from its local part to its TLD: `marks` join a word, `dot` and `at` are the separators."""
-    atext = rf"[\w{marks}!#$%&'*+/=?^`{{|}}~-]"
-    label = rf"[^\W_](?:[\w{marks}-]{{0,61}}[\w{marks}])?"
-    return (rf"{atext}(?:(?:{atext}|\.){{0,62}}{atext})?"
-            rf"{at}(?:{label}{dot})+(?:xn--[A-Za-z0-9-]{{1,59}}|[^\W\d_][^\W\d_{marks}]{{1,62}})")
-
-
 _EMAIL = re.compile(
-    rf"(?<![\w{_M}.!#$%&'*+/=?^`{{|}}~-])" + _address(_M, _DOT, _AT) + rf"(?![\w{_M}-]|{_DOT}\w)"
+    rf"(?<![\w{_M}.!#$%&'*+/=?^`{{|}}~-])"
+    rf"{_ATEXT}(?:(?:{_ATEXT}|\.){{0,62}}{_ATEXT})?"
+    rf"{_AT}(?:{_LABEL}{_DOT})+(?:xn--[A-Za-z0-9-]{{1,59}}|[^\W\d_][^\W\d_{_M}]{{1,62}})"
+    rf"(?![\w{_M}-]|{_DOT}\w)"
 )
-# The same addresses, for a whole ASCII string (is_email's common case): on ASCII text \w is [A-Za-z0-9_]
-# under either flag, combining marks and the East Asian separators cannot occur, and the lookarounds of a
-# match spanning the whole string look past its ends, where they always hold. ASCII classes match from a
-# bitmap, about a third faster than the Unicode ones.
-_ASCII_EMAIL = re.compile(_address("", r"\.", "@"), re.ASCII)
+# The same addresses as a whole ASCII string (is_email's common case), in a form the regex engine runs in
+# two thirds of the time. On ASCII text \w is [A-Za-z0-9_] under either flag, combining marks and the East
+# Asian separators cannot occur, and the lookarounds of a match spanning the whole string look past its ends,
+# where they always hold. Then each part says the same in fewer steps: a local part of 1 to 64 characters
+# of atext and dots, not starting or ending with a dot; labels of 1 to 63 word characters and hyphens,
+# starting alphanumeric and not ending with a hyphen; the same TLDs. The runs are possessive: what follows
+# each (an at sign or a dot) is not in its class, so giving characters back could never lead to a match.
+_ASCII_EMAIL = re.compile(
+    r"[\w!#$%&'*+/=?^`{|}~-][\w!#$%&'*+/=?^`{|}~.-]{0,63}+(?<!\.)"
+    r"@(?:[^\W_][\w-]{0,62}+(?<!-)\.)+(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})",
+    re.ASCII,
+)
 _MAX_LOCAL = 64
 _MAX_ADDRESS = 254
 
@@ -53,11 +55,10 @@ def _valid(value: str) -> bool:
 def is_email(text: str) -> bool:
     """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan.
     The cheap structural limits first (most values that fail, fail them); ASCII text (`isascii` is O(1))
-    has one kind of at sign and its own regex."""
+    has one kind of at sign and its own regex (the same addresses)."""
     if text.isascii():
-        at = text.find("@")
-        return (0 <= at <= _MAX_LOCAL and len(text) <= _MAX_ADDRESS and text.find("..", 0, at) < 0
-                and _ASCII_EMAIL.fullmatch(text) is not None)
+        # the regex bounds the local part (64) and matches no '..' after the at sign: one test of the whole
+        return ".." not in text and len(text) <= _MAX_ADDRESS and _ASCII_EMAIL.fullmatch(text) is not None
     at = _first_at(text)
     return (0 <= at <= _MAX_LOCAL and len(text) <= _MAX_ADDRESS and ".." not in text[:at]
             and _EMAIL.fullmatch(text) is not None)
