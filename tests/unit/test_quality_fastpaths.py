@@ -179,8 +179,8 @@ def test_a_passing_record_allocates_no_result_and_a_failing_one_gets_a_new_list(
     assert first == second == [0] and first is not second
 
 
-def _gate(duplicates: bool) -> QualityGate:
-    fields = [{"name": "id", "type": "string"},
+def _gate(duplicates: bool, id_type: Any = "string") -> QualityGate:
+    fields = [{"name": "id", "type": id_type},
               {"name": "v", "type": ["null", "long"], "quality": {"range": {"min": 0, "max": 10, "action": "reject"}}}]
     settings_ = {"freshness": {"max_lag_s": 1}, **({"duplicates": {"action": "flag"}} if duplicates else {})}
     errors: list[tuple[str, str]] = []
@@ -207,6 +207,16 @@ def test_the_gate_returns_the_shared_empty_result_when_nothing_failed_and_counts
     assert plain.check(0, {"id": "e1", "v": 1}, now, now, set()) == (PASSED, None, None)
     failed, _, _ = plain.check(0, {"id": "e1", "v": 1}, now - 2_000, now, set())
     assert failed == [1] and failed is not PASSED and PASSED == ()
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.one_of(st.text(max_size=30), st.integers(-(2**63), 2**63 - 1), st.binary(max_size=30)),
+                    min_size=1, max_size=8))
+def test_the_gate_fingerprints_every_id_type_as_the_fingerprinter_does(ids: list[Any]) -> None:
+    gates = {str: _gate(True), int: _gate(True, "long"), bytes: _gate(True, "bytes")}
+    for event_id in ids:
+        _, _, fp = gates[type(event_id)].check(0, {"id": event_id, "v": 1}, 5, 5, set())
+        assert fp == _one_shot("t.R", event_id)
 
 
 # ---- fingerprints -------------------------------------------------------------------------------------------------

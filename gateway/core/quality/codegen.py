@@ -23,12 +23,18 @@ class FunctionSource:
         self.lines = [f"def {signature}:"]
         self.namespace: dict[str, Any] = {}
         self.reads: dict[str, str] = {}  # top-level field -> the local holding its value (read once)
+        self._temps = 0
 
     def const(self, value: Any) -> str:
         """A name for `value` in the function's namespace."""
         name = f"c{len(self.namespace)}"
         self.namespace[name] = value
         return name
+
+    def temp(self, hint: str) -> str:
+        """A local name no other part of the function uses (parts emitted by different owners never clash)."""
+        self._temps += 1
+        return f"{hint}_{self._temps}"
 
     def add(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)

@@ -28,6 +28,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.core.quality.codegen import FunctionSource
+
 FINGERPRINT_BYTES = 8
 _DOMAIN = b"gateway-quality-dedup-v1"
 _STAMP = struct.Struct(">q")
@@ -84,6 +86,17 @@ class Fingerprinter:
             state = self._any.copy()
             state.update(_encode_id(event_id))
         return int.from_bytes(state.digest(), "big")
+
+    def emit(self, source: FunctionSource, depth: int, event_id: str, result: str) -> None:
+        """`result = self.of(event_id)` as statements of a function being generated (the gate's check),
+        the str case inline: the same states, the same bytes, so the same fingerprint."""
+        blake = source.temp("blake")
+        source.add(depth, f"if type({event_id}) is str:")
+        source.add(depth + 1, f"{blake} = {source.const(self._str.copy)}()")
+        source.add(depth + 1, f"{blake}.update({event_id}.encode('utf-8', 'surrogatepass'))")
+        source.add(depth + 1, f"{result} = {source.const(int.from_bytes)}({blake}.digest(), 'big')")
+        source.add(depth, "else:")
+        source.add(depth + 1, f"{result} = {source.const(self.of)}({event_id})")
 
     def __repr__(self) -> str:
         return "Fingerprinter(<keyed>)"  # never the key material

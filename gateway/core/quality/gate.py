@@ -105,7 +105,7 @@ class QualityGate:
         if self.dedup is not None and self.event_id_field is not None:
             event_id = source.value_of(self.event_id_field)
             source.add(1, f"if {event_id} is not None:")
-            source.add(2, f"fp = {source.const(self.fingerprinter.of)}({event_id})")  # type: ignore[union-attr]
+            self.fingerprinter.emit(source, 2, event_id, "fp")  # type: ignore[union-attr]
             source.add(2, f"if fp in batch or {source.const(self.dedup.seen)}(fp):")
             source.fail(3, int(self._dup))  # type: ignore[arg-type]
         source.add(1, "lag = now_ms - timestamp_ms")
