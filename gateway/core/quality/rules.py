@@ -306,33 +306,36 @@ class _Baseline:
         self.meanad = 0.0
 
     def observe(self, x: float) -> bool:
-        """Whether x is an outlier against the values before it; x then joins the baseline (an outlier too)."""
+        """Whether x is an outlier against the values before it; x then joins the baseline (an outlier too).
+        (Once warm, the common case, in one branch: this runs per event.)"""
         if self.floats and not math.isfinite(x):
             return self.ready  # NaN and infinities: off the scale once warm, and kept out of the statistics
-        outlier = False
-        if self.ready:
-            d = abs(x - self.median)
-            if self.mad:
-                outlier = _MAD_SCALE * d / self.mad > self.threshold
-            elif self.meanad:
-                outlier = d / (_MEANAD_SCALE * self.meanad) > self.threshold
-            else:
-                outlier = d != 0
         values = self.values
-        if len(values) < self.window:
-            values.append(x)
-        else:
-            values[self.pos] = x
-            self.pos = (self.pos + 1) % self.window
-        if self.ready:
-            self.since += 1
-            if self.since >= self.step:
-                self._refresh()
-        else:
+        if not self.ready:
+            values.append(x)  # warm-up ends (min_samples <= window) before the buffer is full
             self.seen += 1
             if self.seen >= self.min_samples:
                 self.ready = True
                 self._refresh()
+            return False
+        d = abs(x - self.median)
+        if self.mad:
+            outlier = _MAD_SCALE * d / self.mad > self.threshold
+        elif self.meanad:
+            outlier = d / (_MEANAD_SCALE * self.meanad) > self.threshold
+        else:
+            outlier = d != 0
+        if len(values) < self.window:
+            values.append(x)
+        else:
+            pos = self.pos
+            values[pos] = x
+            self.pos = pos + 1 if pos + 1 < self.window else 0
+        since = self.since + 1
+        if since >= self.step:
+            self._refresh()  # and since = 0
+        else:
+            self.since = since
         return outlier
 
     def _refresh(self) -> None:
