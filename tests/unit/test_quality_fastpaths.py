@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from gateway.core.detectors import detector
 from gateway.core.detectors import email as email_module
 from gateway.core.detectors.email import is_email
-from gateway.core.quality.dedup import DuplicateFilter, Fingerprinter, fingerprint_key
+from gateway.core.quality.dedup import DuplicateFilter, Fingerprinter, fingerprint_key, pack
 from gateway.core.quality.gate import PASSED, QualityGate
 from gateway.core.quality.rules import RecordChecker, compile_checker
 from gateway.core.quality.spec import compile_quality
@@ -179,14 +180,14 @@ def test_a_passing_record_allocates_no_result_and_a_failing_one_gets_a_new_list(
     assert first == second == [0] and first is not second
 
 
-def _gate(duplicates: bool, id_type: Any = "string") -> QualityGate:
+def _gate(duplicates: bool, id_type: Any = "string", max_ids: int = 1000) -> QualityGate:
     fields = [{"name": "id", "type": id_type},
               {"name": "v", "type": ["null", "long"], "quality": {"range": {"min": 0, "max": 10, "action": "reject"}}}]
     settings_ = {"freshness": {"max_lag_s": 1}, **({"duplicates": {"action": "flag"}} if duplicates else {})}
     errors: list[tuple[str, str]] = []
     spec = compile_quality(fields, settings_, {}, "id", {"id": True, "v": True}, lambda w, m: errors.append((w, m)))
     assert errors == [] and spec is not None
-    return QualityGate(spec, "t.R", "policy", "src", "id", DuplicateFilter(3_600_000, 1000) if duplicates else None,
+    return QualityGate(spec, "t.R", "policy", "src", "id", DuplicateFilter(3_600_000, max_ids) if duplicates else None,
                        KEY if duplicates else None)
 
 
@@ -217,6 +218,36 @@ def test_the_gate_fingerprints_every_id_type_as_the_fingerprinter_does(ids: list
     for event_id in ids:
         _, _, fp = gates[type(event_id)].check(0, {"id": event_id, "v": 1}, 5, 5, set())
         assert fp == _one_shot("t.R", event_id)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_the_gates_duplicate_verdict_follows_the_filter_through_every_change(seed: int) -> None:
+    """The generated check holds the filter's containers: after tentative batches, confirmations, drops,
+    expiry and the cap's evictions it still says what `DuplicateFilter.seen` says."""
+    rnd = random.Random(seed)
+    gate = _gate(True, max_ids=12)
+    dedup = gate.dedup
+    assert dedup is not None
+    of = Fingerprinter(KEY, "t.R").of
+    now = 10_000_000
+    for step in range(40):
+        ids = [f"e{rnd.randrange(30)}" for _ in range(rnd.randrange(1, 5))]
+        op = rnd.randrange(4)
+        if op == 0:
+            key = dedup.add_tentative("src", rnd.randrange(2), step, now, [of(i) for i in ids])
+            if rnd.random() < 0.5:
+                dedup.apply(key, pack(now + rnd.randrange(-4_000_000, 10), [of(i) for i in ids]))
+        elif op == 1:
+            dedup.apply(f"src/0/{1000 + step}".encode(), pack(now - rnd.randrange(5_000_000), [of(i) for i in ids]))
+        elif op == 2:
+            dedup.drop_tentative([("src", rnd.randrange(2))])
+        else:
+            now += rnd.randrange(1_000_000)
+            dedup.expire(now)
+        for probe in (f"e{n}" for n in range(30)):
+            failed, _, _ = gate.check(0, {"id": probe, "v": 1}, now, now, set())
+            assert (gate._dup in failed) == dedup.seen(of(probe))
 
 
 # ---- fingerprints -------------------------------------------------------------------------------------------------

@@ -30,10 +30,11 @@ _EMAIL = re.compile(
 # where they always hold. Then each part says the same in fewer steps: a local part of 1 to 64 characters
 # of atext and dots, not starting or ending with a dot; labels of 1 to 63 word characters and hyphens,
 # starting alphanumeric and not ending with a hyphen; the same TLDs. The runs are possessive: what follows
-# each (an at sign or a dot) is not in its class, so giving characters back could never lead to a match.
+# each (an at sign or a dot) is not in its class, so giving characters back could never lead to a match;
+# so is the run of labels: a TLD holds no dot, so it can only start after the last one.
 _ASCII_EMAIL = re.compile(
     r"[\w!#$%&'*+/=?^`{|}~-][\w!#$%&'*+/=?^`{|}~.-]{0,63}+(?<!\.)"
-    r"@(?:[^\W_][\w-]{0,62}+(?<!-)\.)+(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})",
+    r"@(?:[^\W_][\w-]{0,62}+(?<!-)\.)++(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})",
     re.ASCII,
 )
 _MAX_LOCAL = 64

@@ -160,6 +160,7 @@ class DuplicateFilter:
         self.width_ms = max(1, horizon_ms // buckets)
         self.evicted = 0
         self._buckets: dict[int, set[int]] = {}
+        # (these two are bound into the gate's generated check (emit_seen): changed in place, never rebound)
         self._all: set[int] = set()  # the union of the buckets: one lookup per event, not one per bucket
         self._tentative_all: dict[int, int] = {}  # fingerprint -> how many tentative batches hold it
         self._tentative: dict[bytes, _Batch] = {}
@@ -179,6 +180,11 @@ class DuplicateFilter:
         if fp in self._all:
             return True
         return fp in self._tentative_all
+
+    def emit_seen(self, source: FunctionSource, fp: str) -> str:
+        """`self.seen(fp)` as an expression of a function being generated (the gate's check): two lookups in
+        the filter's containers, which are therefore never rebound, only changed in place."""
+        return f"({fp} in {source.const(self._all)} or {fp} in {source.const(self._tentative_all)})"
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """A record read from the log (restore or follow): its fingerprints become committed (under the record's
@@ -220,8 +226,11 @@ class DuplicateFilter:
         self._tentative[key] = batch
         self._tentative_n += len(batch.fps)
         held = self._tentative_all
-        for fp in batch.fps:
-            held[fp] = held.get(fp, 0) + 1
+        fresh = batch.fps - held.keys()  # the common case: every one (set operations run in C, per batch)
+        if len(fresh) < len(batch.fps):
+            for fp in batch.fps - fresh:
+                held[fp] += 1
+        held.update(dict.fromkeys(fresh, 1))
         self._enforce_cap()
         return key
 
@@ -269,7 +278,7 @@ class DuplicateFilter:
         """Remove a committed bucket (and its fingerprints from the union, unless another bucket holds
         them too: a batch's record read again under a later timestamp); its size."""
         removed = self._buckets.pop(index)
-        self._all -= removed
+        self._all.difference_update(removed)
         for other in self._buckets.values():
-            self._all |= other & removed
+            self._all.update(other & removed)
         return len(removed)

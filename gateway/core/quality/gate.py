@@ -106,7 +106,7 @@ class QualityGate:
             event_id = source.value_of(self.event_id_field)
             source.add(1, f"if {event_id} is not None:")
             self.fingerprinter.emit(source, 2, event_id, "fp")  # type: ignore[union-attr]
-            source.add(2, f"if fp in batch or {source.const(self.dedup.seen)}(fp):")
+            source.add(2, f"if fp in batch or {self.dedup.emit_seen(source, 'fp')}:")
             source.fail(3, int(self._dup))  # type: ignore[arg-type]
         source.add(1, "lag = now_ms - timestamp_ms")
         source.add(1, "if lag > 0:")
