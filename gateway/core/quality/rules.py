@@ -133,7 +133,7 @@ def _need(ft: _FieldType, kinds: frozenset[str] | set[str], kind: str, what: str
 
 # ---- field rules: each returns (action, test); the test holds when a non-null value passes -------------------
 @dataclass(frozen=True)
-class Test:
+class PassTest:
     """A field rule's pass test as a Python expression over the value, for the checker's generated function:
     `{v}` stands for the value and `{0}`, `{1}`, ... for `consts`, which the function reads by name, so
     nothing a schema declares is ever parsed as code. The expression is true when a non-null value passes."""
@@ -155,7 +155,7 @@ def _required(decl: Any, ft: _FieldType) -> tuple[str, float | None]:
     return _action(opts), None if completeness is None else float(completeness)
 
 
-def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _range(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     """NaN is outside every range (both comparisons are false, so the pass test `lo <= v <= hi` fails)."""
     _need(ft, _NUMERIC, "range", "a numeric field (int, long, float or double)")
     if isinstance(decl, list):
@@ -175,13 +175,13 @@ def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     if lo is not None and hi is not None and lo > hi:
         raise _Invalid(f"min {lo} is above max {hi}")
     if lo is None:
-        return action, Test("{v} <= {0}", (hi,))
+        return action, PassTest("{v} <= {0}", (hi,))
     if hi is None:
-        return action, Test("{v} >= {0}", (lo,))
-    return action, Test("{0} <= {v} <= {1}", (lo, hi))
+        return action, PassTest("{v} >= {0}", (lo,))
+    return action, PassTest("{0} <= {v} <= {1}", (lo, hi))
 
 
-def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _allowed(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     _need(ft, {"string", "enum", "int", "long", "boolean"}, "allowed", "a string, enum, int, long or boolean field")
     if isinstance(decl, dict):
         opts = _options("allowed", decl)
@@ -201,10 +201,10 @@ def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         raise _Invalid(f"the allowed values of an {ft.base} field must be integers")
     elif ft.base == "boolean" and not all(isinstance(v, bool) for v in values):
         raise _Invalid("the allowed values of a boolean field must be true or false")
-    return action, Test("{v} in {0}", (frozenset(values),))
+    return action, PassTest("{v} in {0}", (frozenset(values),))
 
 
-def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _format(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     """A regex must match the whole value; a detector must find one match spanning the whole stripped value."""
     _need(ft, {"string"}, "format", "a string field")
     if not isinstance(decl, dict):
@@ -218,7 +218,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         if not isinstance(regex, str):
             raise _Invalid("regex must be a string")
         try:
-            return action, Test("{0}({v}) is not None", (re.compile(regex).fullmatch,))
+            return action, PassTest("{0}({v}) is not None", (re.compile(regex).fullmatch,))
         except re.error as exc:
             raise _Invalid(f"invalid regex: {exc}") from None
     name = opts["detector"]
@@ -226,7 +226,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     if entity not in ENTITIES:
         raise _Invalid(f"unknown detector {name!r} (known: {', '.join(ENTITIES)})")
     if entity == "EMAIL":  # the common case, without the scan and overlap resolution of find()
-        return action, Test("{0}({v}.strip())", (is_email,))
+        return action, PassTest("{0}({v}.strip())", (is_email,))
     find = detector([entity]).find
 
     def whole(value: str) -> bool:
@@ -234,10 +234,10 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         found = find(text)
         return len(found) == 1 and found[0].start == 0 and found[0].end == len(text)
 
-    return action, Test("{0}({v})", (whole,))
+    return action, PassTest("{0}({v})", (whole,))
 
 
-def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _max_length(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     """Characters of a string, bytes of bytes, items of an array or a map."""
     _need(ft, {"string", "bytes", "array", "map"}, "max_length", "a string, bytes, array or map field")
     if isinstance(decl, dict):
@@ -247,7 +247,7 @@ def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         action, limit = "flag", decl
     if not is_int(limit) or limit <= 0:
         raise _Invalid("max_length is a positive integer, or an object {max, action}")
-    return action, Test("len({v}) <= {0}", (limit,))
+    return action, PassTest("len({v}) <= {0}", (limit,))
 
 
 @dataclass(frozen=True)
@@ -478,7 +478,7 @@ class FieldRules:
 
     name: str
     required: int  # its required rule, or -1
-    tests: tuple[tuple[int, Test], ...]  # the rules a non-null value must pass
+    tests: tuple[tuple[int, PassTest], ...]  # the rules a non-null value must pass
     outlier: int  # its outlier rule, or -1
     slot: int  # that rule's baseline in a CheckerState
 
@@ -593,7 +593,7 @@ def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, 
         for key in sorted(set(quality) - set(FIELD_KINDS), key=str):
             bad(f"{name}.{key}", f"unknown quality rule '{key}' (known: {', '.join(FIELD_KINDS)})")
         required, outlier, slot = -1, -1, -1
-        tests: list[tuple[int, Test]] = []
+        tests: list[tuple[int, PassTest]] = []
         for kind in FIELD_KINDS:
             if kind not in quality:
                 continue
