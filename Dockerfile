@@ -10,7 +10,8 @@
 #
 # GATEWAY_EXTRAS adds optional features (pyproject.toml extras), comma-separated: empty (default:
 # the local keyring only), `aws` (boto3: AWS KMS), `vault` (hvac: OpenBao/Vault Transit) and
-# `registry` (a Confluent Schema Registry client: "schema_id": "registry" and --schema-registry-url).
+# `registry` (a Confluent Schema Registry client: "schema_id": "registry" and --schema-registry-url) and
+# `protobuf` (protoc from grpcio-tools and the protobuf runtime: .proto policies).
 # Configuration is by GATEWAY_* environment variables (see gateway/settings.py).
 # BuildKit is required (the default builder since Docker 23) for `RUN --mount`.
 
@@ -26,8 +27,8 @@ ARG GATEWAY_EXTRAS=""
 # Refuse a misspelt extra here: pip would only warn and build an image without the provider.
 RUN set -f; IFS=,; for extra in ${GATEWAY_EXTRAS}; do \
       case "${extra}" in \
-        aws|vault|registry) ;; \
-        *) echo "GATEWAY_EXTRAS: '${extra}' is not one of aws, vault, registry (got '${GATEWAY_EXTRAS}')" >&2; exit 1 ;; \
+        aws|vault|registry|protobuf) ;; \
+        *) echo "GATEWAY_EXTRAS: '${extra}' is not one of aws, vault, registry, protobuf (got '${GATEWAY_EXTRAS}')" >&2; exit 1 ;; \
       esac; \
     done
 WORKDIR /src

@@ -10,7 +10,10 @@
 
 Prints events/s, MB/s, CPU seconds per 1,000 events and p50/p99 latency (event timestamp to the
 sanitized record reaching a read_committed reader) at half the saturated sanitize rate and below
-it, with the CPU each process used meanwhile; writes benchmarks/results.json.
+it, with the CPU each process used meanwhile: five rounds per point, interleaved, median and
+min-max, the slowest 1% of events decomposed stage by stage (the workers' latency traces), and the
+DP release latency (benchmarks/dp_release.py); writes benchmarks/results.json.
+`--only latency` runs the latency section alone.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,9 +45,10 @@ if not __package__:  # run as a script (python benchmarks/bench.py): its sibling
 from benchmarks.events import REPO, by_short_name, make_events
 from gateway.app import tokenizers
 from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
+from gateway.core.pipeline.outcome import SANITIZED, BatchCounts
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
-from gateway.embedded.broker import EmbeddedBroker, free_port
+from gateway.embedded.broker import EmbeddedBroker
 from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
 from gateway.runtime import clients
@@ -163,7 +166,7 @@ class PassthroughPipeline:
 
     def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
-        return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))
+        return BatchResult(records, BatchCounts(Counter({(events[0].topic, SANITIZED): len(events)})))
 
 
 class FloorPipeline(PassthroughPipeline):
@@ -182,7 +185,7 @@ class FloorPipeline(PassthroughPipeline):
         floors, out = self.floors, self.out
         records = [OutRecord(out[e.topic], e.key, floors[e.topic](e.value), None, None, e.timestamp_ms)
                    for e in events]
-        return BatchResult(records, Counter({(events[0].topic, "passed"): len(events)}))
+        return BatchResult(records, BatchCounts(Counter({(events[0].topic, SANITIZED): len(events)})))
 
 
 def loop_main(argv: list[str]) -> int:
@@ -195,7 +198,7 @@ def loop_main(argv: list[str]) -> int:
     plans = load_plans(Path(schemas))
     config = GatewayConfig(bootstrap=bootstrap, schemas=Path(schemas), keyring=Path(schemas) / "k.json",
                            group_id=group, instance_id=group, session_timeout_ms=6000, partitions=3,
-                           audit_topic=f"audit.{group}")
+                           audit_topic=f"audit.{group}", latency_trace=os.environ.get("GATEWAY_LATENCY_TRACE", ""))
     pipeline = {"passthrough": PassthroughPipeline, "floor": FloorPipeline}[kind]
     # the factory's pipeline tokenizes nothing: no tokenizers to give
     return Worker(config, plans, Keyring.open(config.keyring), lambda _n: pipeline(plans), tokenizers={}).run()
@@ -221,6 +224,7 @@ class LatencyProbe:
         # the high watermark can lag the last commit: earlier records are told apart by timestamp
         self.since_ms = int(time.time() * 1000)
         self.received: list[tuple[int, float]] = []  # (record timestamp, latency ms)
+        self.topics: list[str] = []  # the topic of each received record (the latency trace's join)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -236,6 +240,7 @@ class LatencyProbe:
                 if msg.error() is None:
                     stamp = msg.timestamp()[1]
                     self.received.append((stamp, now - stamp))
+                    self.topics.append(msg.topic())
 
     def count_from_now(self) -> None:
         """Count only records stamped from now on: the reader was started and warmed up before."""
@@ -244,6 +249,12 @@ class LatencyProbe:
     def latencies(self) -> list[float]:
         since = self.since_ms
         return [latency for stamp, latency in self.received if stamp >= since]
+
+    def counted(self) -> list[tuple[str, int, float]]:
+        """(topic, record timestamp, latency ms) of the records counted."""
+        since = self.since_ms
+        return [(topic, stamp, latency) for topic, (stamp, latency) in zip(self.topics, self.received, strict=False)
+                if stamp >= since]
 
     def wait(self, expected: int, timeout_s: float = 60) -> list[float]:
         deadline = time.monotonic() + timeout_s
@@ -297,7 +308,7 @@ class KafkaStage:
     """Runs one worker process over a preloaded backlog, then at a paced rate for latency."""
 
     def __init__(self, kind: str, bootstrap: str, workdir: Path, processes: int = 1,
-                 extra: tuple[str, ...] = (), checkout: Path = REPO) -> None:
+                 extra: tuple[str, ...] = (), checkout: Path = REPO, trace: bool = False) -> None:
         self.kind = kind
         self.processes = processes
         self.extra = extra  # more `gateway run` options (sanitize only)
@@ -308,13 +319,14 @@ class KafkaStage:
         self.plans = by_short_name(load_plans(self.schemas))
         self.group = f"bench-{self.suffix}"
         self.log_path = workdir / f"{self.suffix}.log"
+        # the worker's latency trace (setting latency_trace): one line per committed batch
+        self.trace_path: Path | None = workdir / f"{self.suffix}.trace.jsonl" if trace else None
         config = GatewayConfig(bootstrap=bootstrap, schemas=self.schemas, partitions=3,
                                audit_topic=f"privacy.audit.{self.suffix}", keyring=workdir / "keyring.json")
         ensure_topics(list(self.plans.values()), config)
         self.audit_topic = config.audit_topic
         self.keyring = config.keyring
         self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_url: str | None = None  # the sanitize worker's /metrics, for the latency breakdown
         # one producer for the stage's life: a new idempotent producer's first ~0.5 s of records
         # wait for its producer id, which a paced run would otherwise count as gateway latency
         self.producer: Producer | None = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
@@ -332,16 +344,14 @@ class KafkaStage:
                    str(self.schemas), "--keyring", str(self.keyring), "--group-id", self.group,
                    "--instance-id", self.group, "--audit-topic", self.audit_topic, "--session-timeout-ms", "6000",
                    "--processes", str(self.processes), *self.extra]
-            if self.processes == 1:
-                port = free_port()
-                cmd += ["--metrics-port", str(port)]
-                self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         else:
             cmd = [sys.executable, str(Path(__file__)), "_loop", self.kind, self.bootstrap, str(self.schemas),
                    self.group]
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.checkout,
-                                     env=dict(os.environ, PYTHONPATH=str(self.checkout)))
+        env = dict(os.environ, PYTHONPATH=str(self.checkout))
+        if self.trace_path is not None:
+            env["GATEWAY_LATENCY_TRACE"] = str(self.trace_path)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.checkout, env=env)
         deadline = time.monotonic() + 90
         while self.log_path.read_bytes().count(b'"msg":"partitions assigned"') < self.processes:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -392,64 +402,165 @@ class KafkaStage:
         close_producer(self)
 
 
-def measure_latency(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes, dict[str, Any]]],
-                    rates: list[float], pids: dict[str, int]) -> list[dict[str, Any]]:
-    """p50/p99 at each paced rate, and the CPU each process used meanwhile (in cores): on a shared
-    machine the publisher, the reader and the broker take their part of the cores at every rate."""
-    out = []
-    for rate in rates:
-        probe = stage.latency_probe()
-        # a second at the rate first: the worker, the broker and the reader in steady state
-        stage.publish(events[-int(rate):], rate=rate)
-        probe.count_from_now()
-        count = int(min(rate * 8, 20_000, len(events)))
-        metrics_url = getattr(stage, "metrics_url", None)
-        scraped = scrape(metrics_url) if metrics_url else None
-        before, t0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
-        stage.publish(events[:count], rate=rate)
-        lat = probe.wait(count)
-        wall = time.monotonic() - t0
-        point = {"rate": round(rate), "p50_ms": round(statistics.median(lat), 1),
-                 "p99_ms": round(statistics.quantiles(lat, n=100)[98], 1),
-                 "cpu_cores": {name: round((cpu_seconds(pid) - before[name]) / wall, 2)
-                               for name, pid in pids.items()}}
-        if metrics_url and scraped is not None:
-            point["breakdown_ms"] = breakdown(scraped, scrape(metrics_url), statistics.fmean(lat))
-        out.append(point)
+# ---- latency, rounds interleaved, and where the slowest events' time went ------------------------
+LATENCY_ROUNDS = 5
+POINT_SECONDS = 5  # events published per point: the rate times this (at least 5,000 at 1,000/s)
+LATENCY_PATHS = ("broker_hop", "passthrough", "sanitize")
+# an event's way through the worker, in the latency trace's terms (gateway/runtime/latency_trace.py)
+TRACE_STAGES = ("until consume was called", "batch fill", "process", "  of which key read-back",
+                "wait for the previous commit", "produce", "send offsets", "commit", "commit to reader")
+
+
+def measure_point(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes, dict[str, Any]]], rate: float,
+                  pids: dict[str, int]) -> dict[str, Any]:
+    """One paced run at `rate`: p50/p99, the CPU (cores) each process used, and every record's
+    (topic, timestamp, latency) for the trace's decomposition."""
+    probe = stage.latency_probe()
+    stage.publish(events[-int(rate):], rate=rate)  # a second at the rate first: everyone in steady state
+    probe.count_from_now()
+    count = int(min(rate * POINT_SECONDS, len(events)))
+    before, t0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+    stage.publish(events[:count], rate=rate)
+    lat = probe.wait(count)
+    wall = time.monotonic() - t0
+    return {"rate": round(rate), "p50_ms": round(statistics.median(lat), 1),
+            "p99_ms": round(statistics.quantiles(lat, n=100)[98], 1),
+            "cpu_cores": {name: round((cpu_seconds(pid) - before[name]) / wall, 2) for name, pid in pids.items()},
+            "records": probe.counted()}
+
+
+def read_trace(path: Path | None) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The worker's latency trace by (source topic, event timestamp): the batches that carried such an event."""
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    if path is None or not path.exists():
+        return out
+    for line in path.read_bytes().splitlines():
+        batch = orjson.loads(line)
+        for topic, stamp in batch["events"]:
+            out.setdefault((topic, stamp), []).append(batch)
     return out
 
 
-def scrape(url: str) -> dict[tuple[str, str], float]:
-    """The worker's histogram sums and counts: (sample name, stage label) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
+def decompose(stamp: int, latency: float, batch: dict[str, Any]) -> list[float]:
+    """One event's latency split over TRACE_STAGES (ms; they add up to `latency`)."""
+    received = stamp + latency
+    polled = max(batch["polled"], stamp)
+    keys = batch.get("key_store_ms", 0.0) + batch.get("key_read_back_ms", 0.0)
+    return [polled - stamp, batch["started"] - polled, batch["processed"] - batch["started"], keys,
+            batch["settled"] - batch["processed"], batch["produced"] - batch["settled"],
+            batch["offsets_sent"] - batch["produced"], batch["committed"] - batch["offsets_sent"],
+            received - batch["committed"]]
 
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - the bench's own worker on 127.0.0.1
-        text = response.read().decode()
-    return {(sample.name, sample.labels.get("stage", "")): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name.endswith(("_sum", "_count"))}
+
+def slowest_share(points: list[dict[str, Any]], trace: dict[tuple[str, int], list[dict[str, Any]]],
+                  sources: dict[str, str], share: float = 0.01) -> dict[str, Any]:
+    """Mean ms per stage over the slowest `share` of each point's events (and over all of them), the
+    points of one path and rate taken together. `sources`: sanitized topic -> source topic."""
+    slow: list[list[float]] = []
+    every: list[list[float]] = []
+    unmatched = 0
+    for point in points:
+        records = sorted(point["records"], key=lambda r: -r[2])
+        cut = max(1, int(len(records) * share))
+        for i, (topic, stamp, latency) in enumerate(records):
+            batches = trace.get((sources.get(topic, topic), stamp))
+            if not batches:
+                unmatched += 1
+                continue
+            # the batch that committed last before the reader had it (one carrying the same timestamp
+            # could be another event of that millisecond)
+            before = [b for b in batches if b["committed"] <= stamp + latency] or batches
+            parts = decompose(stamp, latency, max(before, key=lambda b: b["committed"]))
+            every.append(parts)
+            if i < cut:
+                slow.append(parts)
+
+    def means(rows: list[list[float]]) -> dict[str, float]:
+        return {name: round(statistics.fmean(r[j] for r in rows), 1) for j, name in enumerate(TRACE_STAGES)} \
+            if rows else {}
+
+    return {"slowest": means(slow), "all": means(every), "events": len(every), "slowest_events": len(slow),
+            "unmatched": unmatched,
+            "slowest_latency_ms": round(statistics.fmean(sum(r) - r[3] for r in slow), 1) if slow else None}
 
 
-def breakdown(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
-              reader_mean_ms: float) -> dict[str, float]:
-    """Where an event's time goes, in mean milliseconds over one paced run, from the worker's own
-    histograms: until its batch starts (linger, hop, fetch, batch fill), the batch's stages, and
-    from the commit until the reader has it (commit markers, the reader's fetch)."""
-    def mean(name: str, stage: str = "") -> float:
-        n = after[(f"{name}_count", stage)] - before.get((f"{name}_count", stage), 0)
-        total = after[(f"{name}_sum", stage)] - before.get((f"{name}_sum", stage), 0)
-        return round(total / n * 1000, 1) if n else 0.0
+def spread_of(values: list[float]) -> dict[str, Any]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1), "runs": [round(v, 1) for v in values]}
 
-    out = {"to batch start": mean("gateway_event_queued_seconds")}
-    for stage in ("process", "wait", "produce", "commit"):
-        out[f"batch {stage}"] = mean("gateway_stage_seconds", stage)
-    out["to committed"] = mean("gateway_event_latency_seconds")
-    out["commit to reader"] = round(reader_mean_ms - out["to committed"], 1)
+
+def measure_latency_rounds(bootstrap: str, workdir: Path, events: list[tuple[str, bytes, dict[str, Any]]],
+                           rates: list[float], broker_pid: int, rounds: int = LATENCY_ROUNDS) -> dict[str, Any]:
+    """Each (rate, path) point `rounds` times, interleaved (every rate and path in a round, then the
+    next round), so the host's changing speed spreads over all of them: per point the median p50/p99
+    over the rounds with their min-max, and from the workers' latency traces where the slowest 1% of
+    the events spent their time, stage by stage, beside the mean event."""
+    hop = BrokerHop(bootstrap)
+    stages: dict[str, KafkaStage] = {}
+    try:
+        for kind in ("passthrough", "sanitize"):
+            stages[kind] = KafkaStage(kind, bootstrap, workdir, trace=True)
+            stages[kind].start()
+        by_path: dict[str, KafkaStage | BrokerHop] = {"broker_hop": hop, **stages}
+        runs: dict[str, dict[float, list[dict[str, Any]]]] = {p: {r: [] for r in rates} for p in LATENCY_PATHS}
+        for round_no in range(1, rounds + 1):
+            for rate in rates:
+                print(f"  latency round {round_no}/{rounds}: {rate:,.0f} events/s ...", flush=True)
+                for path in LATENCY_PATHS:
+                    stage = by_path[path]
+                    worker = {"worker": stage.proc.pid} if isinstance(stage, KafkaStage) and stage.proc else {}
+                    pids = {**worker, "broker": broker_pid, "publisher and reader": os.getpid()}
+                    runs[path][rate].append(measure_point(stage, events, rate, pids))
+        rss = peak_rss_mb(stages["sanitize"].proc.pid) if stages["sanitize"].proc else 0.0
+    finally:
+        hop.stop()
+        for stage in stages.values():
+            stage.stop()
+    out: dict[str, Any] = {"rounds": rounds, "rates": [round(r) for r in rates], "paths": {}, "slowest_1pct": {},
+                           "sanitize_rss_mb": round(rss, 1)}
+    for path in LATENCY_PATHS:
+        out["paths"][path] = [{"rate": round(rate), "p50_ms": spread_of([p["p50_ms"] for p in points]),
+                               "p99_ms": spread_of([p["p99_ms"] for p in points]),
+                               "cpu_cores": {name: round(statistics.median(p["cpu_cores"][name] for p in points), 2)
+                                             for name in points[0]["cpu_cores"]}}
+                              for rate, points in runs[path].items()]
+    for kind, stage in stages.items():
+        trace = read_trace(stage.trace_path)
+        sources = {p.sanitized_topic: p.source_topic for p in stage.plans.values()}
+        out["slowest_1pct"][kind] = [{"rate": round(rate), **slowest_share(points, trace, sources)}
+                                     for rate, points in runs[kind].items()]
     return out
 
 
-def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]], latency_rates: list[float],
-                  broker_pid: int, profile: bool = False) -> dict[str, Any]:
+def print_latency(latency: dict[str, Any]) -> None:
+    print(f"\nlatency, event timestamp to a read_committed reader: median of {latency['rounds']} interleaved rounds "
+          "(min-max), and the CPU (cores, median) each process used meanwhile:")
+    print(f"  {'events/s':>8}  {'path':<12}{'p50 ms':>8}{'(min-max)':>13}{'p99 ms':>8}{'(min-max)':>13}"
+          f"{'worker':>8}{'broker':>8}{'publisher+reader':>18}")
+    for i, rate in enumerate(latency["rates"]):
+        for path in LATENCY_PATHS:
+            p = latency["paths"][path][i]
+            p50, p99, cpu = p["p50_ms"], p["p99_ms"], p["cpu_cores"]
+            p50_range, p99_range = f"({p50['min']:.0f}-{p50['max']:.0f})", f"({p99['min']:.0f}-{p99['max']:.0f})"
+            print(f"  {rate:>8,}  {path:<12}{p50['median']:>8.0f}{p50_range:>13}{p99['median']:>8.0f}{p99_range:>13}"
+                  f"{cpu.get('worker', ''):>8}{cpu['broker']:>8}{cpu['publisher and reader']:>18}")
+        sanitize, passthrough = latency["paths"]["sanitize"][i]["p99_ms"], latency["paths"]["passthrough"][i]["p99_ms"]
+        print(f"  {'':>8}  sanitize p99 - passthrough p99: {sanitize['median'] - passthrough['median']:+.0f} ms "
+              "(goal: at most +15)")
+    for kind in ("sanitize", "passthrough"):
+        print(f"\nslowest 1% of {kind} events: where the time went (mean ms per stage, from the worker's latency "
+              "trace; 'all': the mean event)")
+        rows = latency["slowest_1pct"][kind]
+        heads = [f"{r['rate']:,}/s slow" for r in rows]
+        print(f"  {'stage':<30}" + "".join(f"{head:>15}{'all':>7}" for head in heads))
+        for name in TRACE_STAGES:
+            print(f"  {name:<30}" + "".join(f"{r['slowest'].get(name, 0):>15.1f}{r['all'].get(name, 0):>7.1f}"
+                                             for r in rows))
+        print(f"  {'events traced':<30}" + "".join(f"{r['slowest_events']:>15}{r['events']:>7}" for r in rows))
+
+
+def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, Any]]], broker_pid: int,
+                  profile: bool = False) -> dict[str, Any]:
     stage.publish(events)
     try:
         stage.start()
@@ -463,11 +574,6 @@ def measure_kafka(stage: KafkaStage, events: list[tuple[str, bytes, dict[str, An
                                   "bytes_in": sum(len(v) for _, v, _ in events) * measured / len(events),
                                   # per process, in cores over the drain: the supervisor first, then its workers
                                   "cpu_cores_by_process": [round(c / (t1 - t0), 2) for c in cpu.values()]}
-        if latency_rates:
-            pids = {"worker": stage.proc.pid, "broker": broker_pid, "publisher and reader": os.getpid()}
-            result["latency"] = measure_latency(stage, events, latency_rates, pids)
-            last = result["latency"][-1]  # the highest rate: half the saturated sanitize rate
-            result.update(latency_rate=last["rate"], p50_ms=last["p50_ms"], p99_ms=last["p99_ms"])
         if profile:
             print("  profiling the saturated worker (py-spy) ...", flush=True)
             result["profile"] = profile_worker(stage, events, seconds=result["seconds"] * 0.8)
@@ -491,7 +597,7 @@ def measure_sanitize_cost(stage: KafkaStage, events: list[tuple[str, bytes, dict
     """One sanitize stage over a backlog: the worker's CPU and the broker's (over the whole stage, the
     backlog's publishing included) per 1,000 events, and events/s (compression.py, versus_base.py)."""
     before = process_cpu_seconds(broker_pid)
-    result = measure_kafka(stage, events, [], broker_pid)
+    result = measure_kafka(stage, events, broker_pid)
     return {"worker_cpu_s_per_1000": result["cpu_s"] / result["events"] * 1000,
             "broker_cpu_s_per_1000": (process_cpu_seconds(broker_pid) - before) / len(events) * 1000,
             "eps": result["events"] / result["seconds"]}
@@ -696,7 +802,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the in-process rows (quality rules, redaction, scan, DP stages, continual "
                              "release), "
                              "updating those keys of --out")
+    parser.add_argument("--only", choices=("latency",),
+                        help="latency: only the latency section (each rate x path, --latency-rounds rounds "
+                             "interleaved, the slowest 1%% decomposed, the DP release), updating its keys of --out")
+    parser.add_argument("--latency-rounds", type=int, default=LATENCY_ROUNDS)
+    parser.add_argument("--half-rate", type=float,
+                        help="with --only latency: half the saturated sanitize rate, if known (else measured once)")
     args = parser.parse_args(argv)
+    if args.only == "latency":
+        return only_latency(args)
     if args.only_text:
         results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
         results.update(measure_text())
@@ -717,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def saturated(kind: str, processes: int = 1, batch: list[tuple[str, bytes, dict[str, Any]]] = events
                       ) -> Callable[[], dict[str, Any]]:
-            return lambda: measure_kafka(KafkaStage(kind, broker.bootstrap, workdir, processes), batch, [],
+            return lambda: measure_kafka(KafkaStage(kind, broker.bootstrap, workdir, processes), batch,
                                          broker_pid)
 
         print(f"  throughput rows, {args.rounds} rounds interleaved (a backlog drained by a fresh worker each) ...")
@@ -731,26 +845,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, name_runs in runs.items():
             rows[name] = summarize_runs(name, name_runs)
         half_rate = rows["sanitize"]["eps"] / 2
-        # the issue's rate (half the saturated sanitize rate) and, below it, fixed rates to compare runs by
-        rates = [r for r in (1000.0, 2500.0) if r < half_rate * 0.9] + [half_rate]
-        print(f"  sanitize latency at {', '.join(f'{r:,.0f}' for r in rates)} events/s ...", flush=True)
-        sanitize_lat = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, rates, broker_pid,
-                                     profile=args.profile)
-        rows["sanitize"].update({k: summarize("sanitize", sanitize_lat)[k]
-                                 for k in ("p50_ms", "p99_ms", "latency_rate")})
-        rows["sanitize"]["rss_mb"] = round(max(rows["sanitize"]["rss_mb"], sanitize_lat["rss_mb"]), 1)
-        profile = sanitize_lat.get("profile")
-        latency = {"sanitize": sanitize_lat["latency"]}
-        print("  one broker hop (publisher to reader, no worker) ...", flush=True)
-        hop = BrokerHop(broker.bootstrap)
-        latency["broker_hop"] = measure_latency(hop, events, rates,
-                                                {"broker": broker_pid, "publisher and reader": os.getpid()})
-        hop.stop()
-        print("  passthrough latency (same loop, no transform) ...", flush=True)
-        passthrough = measure_kafka(KafkaStage("passthrough", broker.bootstrap, workdir), events, rates, broker_pid)
-        rows["passthrough"].update({k: summarize("passthrough", passthrough)[k]
-                                    for k in ("p50_ms", "p99_ms", "latency_rate")})
-        latency["passthrough"] = passthrough["latency"]
+        profile = None
+        if args.profile:
+            print("  profiling the saturated sanitize worker (py-spy) ...", flush=True)
+            profiled = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events, broker_pid,
+                                     profile=True)
+            profile = profiled.get("profile")
+            rows["sanitize"]["rss_mb"] = round(max(rows["sanitize"]["rss_mb"], profiled["rss_mb"]), 1)
+        latency = run_latency(broker.bootstrap, workdir, events, half_rate, broker_pid, args.latency_rounds)
+        rows["sanitize"]["rss_mb"] = round(max(rows["sanitize"]["rss_mb"], latency["sanitize_rss_mb"]), 1)
+        for path in ("sanitize", "passthrough"):  # the rows' p50/p99: the highest rate, median of the rounds
+            point = latency["paths"][path][-1]
+            rows[path].update(p50_ms=point["p50_ms"]["median"], p99_ms=point["p99_ms"]["median"],
+                              latency_rate=point["rate"])
     print("  transforms in-process ...", flush=True)
     rows["transforms"] = summarize("transforms", measure_transforms(events, workdir))
     versus_floor = measure_transforms_vs_floor(events, workdir)
@@ -777,17 +884,63 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_latency(bootstrap: str, workdir: Path, events: list[tuple[str, bytes, dict[str, Any]]], half_rate: float,
+                broker_pid: int, rounds: int) -> dict[str, Any]:
+    """The latency section: the rates (1,000 and 2,500 events/s when below half the saturated sanitize
+    rate, and that half), every path at each, `rounds` rounds interleaved; then the DP release latency."""
+    from benchmarks import dp_release
+
+    rates = [r for r in (1000.0, 2500.0) if r < half_rate * 0.9] + [half_rate]
+    print(f"  latency at {', '.join(f'{r:,.0f}' for r in rates)} events/s, {rounds} rounds interleaved ...",
+          flush=True)
+    latency = measure_latency_rounds(bootstrap, workdir, events, rates, broker_pid, rounds)
+    print("  DP release latency (window close to the aggregates topic) ...", flush=True)
+    latency["dp_release"] = dp_release.run(bootstrap)
+    return latency
+
+
+def only_latency(args: argparse.Namespace) -> int:
+    """`bench.py --only latency`: the latency section alone, on a warmed embedded broker (about
+    --latency-rounds x 1.5 minutes, plus a minute for the saturated rate and the DP release)."""
+    from benchmarks import dp_release
+
+    started = time.monotonic()
+    results = orjson.loads(args.out.read_bytes()) if args.out.exists() else {}
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-latency-"))
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        assert broker.process is not None
+        print(f"embedded broker {broker.bootstrap}; warming its JIT up ...", flush=True)
+        warm_broker(broker.bootstrap, broker.process.pid)
+        events = make_events(by_short_name(load_plans(REPO / "schemas")), args.events)
+        half_rate = args.half_rate
+        if not half_rate:
+            print("  the saturated sanitize rate (one drain) ...", flush=True)
+            saturated = measure_kafka(KafkaStage("sanitize", broker.bootstrap, workdir), events,
+                                      broker.process.pid)
+            half_rate = saturated["events"] / saturated["seconds"] / 2
+        latency = run_latency(broker.bootstrap, workdir, events, half_rate, broker.process.pid, args.latency_rounds)
+    print_latency(latency)
+    print()
+    dp_release.print_figures(latency["dp_release"])
+    results["latency"] = latency | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nwrote the latency key of {args.out} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
 def measure_text() -> dict[str, Any]:
     """The in-process rows: redaction beside Presidio's analyzer and anonymizer on the labelled corpus,
     `gateway scan`'s throughput, the DP stages' per-event cost beside the sanitize stage's, and the
     continual-release accuracy against per-window summing (benchmarks/redaction.py, scan.py,
     dp_stages.py and continual.py print the details)."""
-    from benchmarks import continual, dp_stages, quality, scan
+    from benchmarks import continual, dp_stages, formats, quality, scan
 
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Any] = {}
     print("  quality rules beside the sanitize path ...", flush=True)
     out["quality_rules"] = quality.run(events=10_000, reps=5) | {"when": when}
+    print("  each schema format family beside Avro (the same policy, Confluent-framed) ...", flush=True)
+    out["formats"] = formats.run(events=5000, reps=5) | {"when": when}
     print("  DP stages beside the sanitize stage ...", flush=True)
     out["dp_stages"] = dp_stages.run(events=20_000, reps=5) | {"when": when}
     print("  continual release vs per-window summing (T = 24, 168) ...", flush=True)
@@ -808,7 +961,7 @@ def measure_text() -> dict[str, Any]:
 
 
 def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] | None,
-           latency: dict[str, list[dict[str, Any]]], versus_floor: dict[str, Any], text: dict[str, Any]) -> None:
+           latency: dict[str, Any], versus_floor: dict[str, Any], text: dict[str, Any]) -> None:
     base = rows["passthrough"]["eps"]
     print(f"\n{'path':<26}{'events/s':>10}{'runs':>16}{'us/event':>10}{'MB/s':>8}{'CPU s/1k':>10}"
           f"{'runs':>16}{'p50 ms':>8}{'p99 ms':>8}{'vs passthrough':>16}")
@@ -850,7 +1003,8 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
         "transforms_vs_floor": versus_floor["ratio"],
         "transforms_vs_floor_quartiles": versus_floor["ratio_quartiles"],
         # by rate, for the broker hop (the lower bound: the sanitized path is two hops plus the
-        # worker), passthrough and sanitize, with the CPU (cores) each process used meanwhile
+        # worker), passthrough and sanitize (median and min-max of the interleaved rounds), with the
+        # CPU (cores) each process used meanwhile; the slowest 1% decomposed; the DP release latency
         "latency": latency,
         "sizing": sizing,
         "rows": rows,
@@ -864,18 +1018,11 @@ def report(rows: dict[str, dict[str, Any]], out: Path, profile: dict[str, Any] |
     print(f"\ntransforms vs primitive floor, payments: {versus_floor['ratio']:.2f}x (median of "
           f"{versus_floor['pairs']} paired chunks, quartiles {versus_floor['ratio_quartiles'][0]:.2f}-"
           f"{versus_floor['ratio_quartiles'][1]:.2f})")
-    print("\nlatency, event timestamp to a read_committed reader, and the CPU (cores) each process used meanwhile:")
-    print(f"  {'events/s':>8}  {'path':<12}{'p50 ms':>8}{'p99 ms':>8}{'worker':>8}{'broker':>8}"
-          f"{'publisher+reader':>18}")
-    for i, point in enumerate(latency["sanitize"]):
-        for path in ("broker_hop", "passthrough", "sanitize"):
-            p, cpu = latency[path][i], latency[path][i]["cpu_cores"]
-            print(f"  {point['rate']:>8,}  {path:<12}{p['p50_ms']:>8.0f}{p['p99_ms']:>8.0f}{cpu.get('worker', ''):>8}"
-                  f"{cpu['broker']:>8}{cpu['publisher and reader']:>18}")
-    print("\nwhere a sanitized event's time goes (mean ms, from the worker's histograms and the reader):")
-    for point in latency["sanitize"]:
-        parts = point.get("breakdown_ms", {})
-        print(f"  {point['rate']:>8,}/s  " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    print_latency(latency)
+    print()
+    from benchmarks import dp_release
+
+    dp_release.print_figures(latency["dp_release"])
     if profile:
         print(f"\nsanitize worker at saturation, py-spy ({profile['samples']} samples of the main thread):")
         print("  share of time in: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["stage_share"].items()))

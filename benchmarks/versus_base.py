@@ -26,8 +26,9 @@ from benchmarks.bench import KafkaStage, measure_sanitize_cost, update_results, 
 from benchmarks.events import REPO, by_short_name, make_events
 from gateway.core.policy.lint import load_plans
 
-# main before issue 20's floor work (lz4 output, one audit record per batch): "today's main" of its goal
-DEFAULT_BASE = "ab42a5f"
+# main before issue 35 (the latency tail): its goal is events/s at least 0.95x and CPU per 1,000 events at
+# most 1.05x of this revision's, in the same run (issue 20's base, before its floor work, was ab42a5f)
+DEFAULT_BASE = "0784528"
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -57,7 +58,7 @@ def run(base: str, events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
     for side, side_runs in runs.items():
         out[side] = {key: round(statistics.median(r[key] for r in side_runs), 4) for key in side_runs[0]}
         out[side]["worker_cpu_s_per_1000_runs"] = [round(r["worker_cpu_s_per_1000"], 4) for r in side_runs]
-    for key in ("worker_cpu_s_per_1000", "broker_cpu_s_per_1000"):
+    for key in ("worker_cpu_s_per_1000", "broker_cpu_s_per_1000", "eps"):
         ratios = [c[key] / b[key] for b, c in zip(runs["base"], runs["current"], strict=True)]
         out[f"{key.removesuffix('_s_per_1000')}_ratio"] = round(statistics.median(ratios), 3)
         out[f"{key.removesuffix('_s_per_1000')}_ratio_runs"] = [round(r, 3) for r in ratios]
@@ -80,7 +81,8 @@ def main() -> int:
         print(f"{side:<10}{f['eps']:>10.0f}{f['worker_cpu_s_per_1000']:>17.4f}{f['broker_cpu_s_per_1000']:>17.4f}")
     print(f"current over base ({figures['base_commit']}), median of {args.rounds} paired rounds: worker CPU "
           f"{figures['worker_cpu_ratio']:.3f}x (rounds {figures['worker_cpu_ratio_runs']}), broker CPU "
-          f"{figures['broker_cpu_ratio']:.3f}x (rounds {figures['broker_cpu_ratio_runs']})")
+          f"{figures['broker_cpu_ratio']:.3f}x (rounds {figures['broker_cpu_ratio_runs']}), events/s "
+          f"{figures['eps_ratio']:.3f}x (rounds {figures['eps_ratio_runs']})")
     print(f"worker CPU s/1k per round: base {figures['base']['worker_cpu_s_per_1000_runs']}, "
           f"current {figures['current']['worker_cpu_s_per_1000_runs']}")
     return 0

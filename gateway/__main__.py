@@ -1,9 +1,5 @@
-"""`python -m gateway`: SIGTERM's handler first (gateway/stop_signal.py), then the command line."""
+"""`python -m gateway`: gateway/launch.py installs SIGTERM's handler first, then imports the command line."""
 
-from gateway.stop_signal import exit_cleanly_on_sigterm
-
-exit_cleanly_on_sigterm()
-
-from gateway.cli import main  # noqa: E402 - after the handler, on purpose
+from gateway.launch import main
 
 raise SystemExit(main())

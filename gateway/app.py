@@ -9,12 +9,18 @@ wrong or unreachable one fails before any Kafka client exists, naming the settin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway.core.pipeline import Pipeline
-from gateway.core.policy.plan import Plan
+from gateway.core.policy.cases import load_case_files
+from gateway.core.policy.lint import load_plans
+from gateway.core.policy.plan import Plan, policy_roles
+from gateway.core.policy.runner import Bench, PolicyTestReport, Sampler, run_policy_tests
 from gateway.keys import providers
+from gateway.keys.envelope import FieldDecryptor
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
 from gateway.keys.providers.router import KmsRouter
@@ -95,3 +101,29 @@ def aggregate_worker(config: GatewayConfig, plans: Sequence[Plan]) -> AggregateW
     job = AggregateWorker(config, plans)
     job.audit_keys = audit_keys_for(config)
     return job
+
+
+def policy_bench(plans: Sequence[Plan], workdir: Path) -> Bench:
+    """`gateway policy test`'s bench: the pipeline wired as the sanitize worker's (tokenizers, KMS, subject
+    keys), over a throwaway local keyring in `workdir`, and decryptors for what it encrypts (the keyring's,
+    then each role's a policy names)."""
+    config = GatewayConfig(keyring=workdir / "keyring.json", instance_id="policy-test")
+    keyring = Keyring.open(config.keyring, create=True)
+    kms = build_kms(config, keyring)
+    keys = SubjectKeys(kms)
+    pipeline = build_pipeline(plans, keyring, config, audit_partitions=1, kms=kms, subject_keys=keys)
+    decryptors = [FieldDecryptor(kms, subject_keys=keys),
+                  *(FieldDecryptor(kms, subject_keys=keys, role=role) for role in sorted(policy_roles(plans)))]
+    return Bench(pipeline, tuple(decryptors))
+
+
+def policy_tests(directory: Path, fuzz: int, sampler: Sampler, seed: int,
+                 progress: Callable[[str], None] | None = None) -> PolicyTestReport:
+    """`gateway policy test DIR`: the policies of DIR (linted and compiled as at start-up), the cases beside
+    them and, with `fuzz`, that many events per schema from `sampler` (the sample generator, which the
+    command gives: the workers never load Faker), on a bench in a temporary directory. Raises GatewayError
+    (exit 2) for a policy or case file that cannot run."""
+    plans = load_plans(directory)
+    files = load_case_files(plans)
+    with tempfile.TemporaryDirectory(prefix="gateway-policy-test-") as tmp:
+        return run_policy_tests(policy_bench(plans, Path(tmp)), plans, files, fuzz, sampler, seed, progress)

@@ -116,7 +116,8 @@ class GatewayConfig:
         "against every one at start-up (refused: the worker does not start): backward (read old records with "
         "the new schema), forward (consumers holding an old version read the new records), full (both), none",
         group="kafka", choices=("backward", "forward", "full", "none"))
-    schemas: Path = setting(Path("schemas"), "directory of annotated *.avsc schemas (the policies)", group="worker")
+    schemas: Path = setting(Path("schemas"), "directory of annotated schemas, the policies (*.avsc Avro, "
+                            "*.schema.json JSON Schema, *.proto Protobuf)", group="worker")
     keyring: Path = setting(Path(".gateway/keyring.json"), "local keyring (KEK, token keys, quarantine key), "
                             "created with mode 0600 on first run", group="keys")
     group_id: str = setting("privacy-gateway", "consumer group id; also prefixes the transactional ids and the "
@@ -151,7 +152,9 @@ class GatewayConfig:
                                       group="topics")
     processes: str = setting("auto", "worker processes `gateway run` starts under one supervisor (one per core: "
                              "one Python process uses one); auto: the CPUs this process may use (its affinity, "
-                             "capped by a cgroup CPU quota)", group="processes")
+                             "capped by a cgroup CPU quota), but 1 when every bootstrap server is on this host "
+                             "(loopback): the broker needs the other cores (2 processes beside it drained a "
+                             "backlog at 0.63x of 1 on 2 cores)", group="processes")
     batch_max_events: int = setting(1000, "most events per batch (one transaction)", group="worker")
     batch_timeout_s: float = setting(0.02, "longest wait for a batch to fill: bounds latency at low rates",
                                      group="worker")
@@ -189,6 +192,10 @@ class GatewayConfig:
                                       "for PII in observe mode (enforce scans every event)", group="sanitize")
     metrics_port: int = setting(0, "serve /metrics, /healthz and /readyz on this port (0: off)", group="ops")
     metrics_host: str = setting("127.0.0.1", "address of the metrics port (containers set 0.0.0.0)", group="ops")
+    latency_trace: str = setting("", "the sanitize worker (gateway run) appends one JSON line per committed batch "
+                                 "to this file: its stage times and its events' timestamps, never a value "
+                                 "(benchmarks/bench.py decomposes the slowest events with it); empty: off",
+                                 group="ops", shown="(off)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", group="ops",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     dp_idle_close_s: float = setting(10.0, "close each DP window this many seconds after its end + grace (wall "
@@ -397,9 +404,15 @@ class GatewayConfig:
         return dict(self.kms_settings().role_keys)
 
     def process_count(self) -> int:
-        from gateway.ops.cpus import usable_cpus
+        return self.process_choice()[0]
 
-        return usable_cpus() if self.processes == "auto" else int(self.processes)
+    def process_choice(self) -> tuple[int, str]:
+        """How many worker processes `gateway run` starts, and why (its start-up log says so)."""
+        from gateway.ops.cpus import auto_processes, usable_cpus
+
+        if self.processes != "auto":
+            return int(self.processes), "set by processes"
+        return auto_processes(self.bootstrap, usable_cpus())
 
     def require_schemas_dir(self) -> Path:
         if not self.schemas.is_dir():

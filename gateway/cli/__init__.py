@@ -18,6 +18,7 @@ from gateway.cli import (
     demo,
     dlq,
     dump,
+    erasure,
     forget,
     keys,
     policy,
@@ -27,12 +28,13 @@ from gateway.cli import (
     run,
     samples,
     scan,
+    subject,
 )
 from gateway.errors import GatewayError
 from gateway.stop_signal import exit_cleanly_on_sigterm
 
 COMMANDS = (broker, run, policy, keys, retention, forget, consent, decrypt, dlq, dump, audit,  # --help's order
-            aggregate, budget, quality, report, samples, scan, demo)
+            aggregate, budget, quality, report, samples, scan, demo, erasure, subject)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""`gateway policy lint|show`: every problem of a policy; the compiled plan and derived schemas."""
+"""`gateway policy lint|show|test`: every problem of a policy; the compiled plan and derived schemas; the policy's
+example cases and a canary fuzz run through the compiled plan."""
 
 from __future__ import annotations
 
@@ -35,14 +36,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "says when the quasi-identifiers are too fine for the observed traffic.")
     p.add_argument("file", type=Path, help="the *.avsc schema file")
     add_settings(p, "bootstrap", "quality_topic", "security")
+    p = policy.add_parser("test", help="run the example cases beside each schema (and a canary fuzz run) through "
+                                       "the compiled plans",
+                          description="Each schema's <stem>.cases.json runs through the real pipeline in process "
+                                      "(a throwaway local keyring; no broker). Exit 0: all pass; 1: a case failed "
+                                      "or a canary survived; 2: a policy or case file is invalid.")
+    p.add_argument("directory", type=Path, nargs="?", default=Path("schemas"), metavar="DIR",
+                   help="the directory of *.avsc schemas and their *.cases.json (default: schemas)")
+    p.add_argument("--fuzz", type=int, default=0, metavar="N",
+                   help="also run N generated events per schema with canaries in every field not kept in clear")
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated events and canaries (default 7)")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the results as JUnit XML to FILE")
     sub.choices["policy"].set_defaults(func=cmd_policy)
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from gateway.core.codec.raw import load_schema_file
+    from gateway.core.codec.formats import load_schema_file
     from gateway.core.policy.compiler import compile_plan
     from gateway.core.policy.lint import lint_directory, lint_file
 
+    if args.policy_cmd == "test":
+        return _cmd_test(args)
     if args.policy_cmd == "lint":
         if args.directory.is_file():
             problems = lint_file(args.directory)
@@ -96,11 +110,50 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for line in _purpose_lines(plan):
         print(f"  {line}")
     print("sanitized schema:")
-    print(orjson.dumps(plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
+    print(_sanitized_text(plan))
     for purpose in plan.purposes:  # each view's own schema: what the purpose topic's consumers read
         print(f"purpose '{purpose.name}' schema:")
         print(orjson.dumps(purpose.plan.sanitized_schema, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _sanitized_text(plan: Any) -> str:
+    """The sanitized schema as registered, in the schema's own format family (JSON Schema, .proto, Avro)."""
+    from gateway.core.codec.formats import codec_for
+
+    text = codec_for(plan.schema.format).sanitized_schema(plan.schema, plan.sanitized_schema)
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:  # not JSON (a .proto): as it is
+        return text
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    """`policy test`: run, print each failure and a summary (progress on stderr), write the JUnit file."""
+    from gateway import app
+    from gateway.core.policy.junit import fuzz_summary, junit_xml
+    from gateway.embedded.samples import SampleEvents
+
+    if args.fuzz < 0:
+        raise GatewayError("--fuzz must not be negative")
+    if not args.directory.is_dir():
+        raise GatewayError(f"'{args.directory}' is not a directory of *.avsc schemas (and their *.cases.json)")
+    samples = SampleEvents(args.seed)  # the one generator, seeded: a run repeats
+    report = app.policy_tests(args.directory, args.fuzz, lambda plan: samples.for_schema(plan.schema.raw).event,
+                              args.seed, lambda line: print(line, file=sys.stderr, flush=True))
+    for case in report.cases:
+        for failure in case.failures:
+            print(f"FAIL {case.schema}: case '{case.case}': {failure}")
+    for run in report.fuzz:
+        print(f"{'FAIL' if run.leaks else 'ok  '} {run.schema}: fuzz: {fuzz_summary(run)}")
+        for leak in run.leaks:
+            print(f"FAIL {run.schema}: fuzz: {leak}")
+    failed = sum(not c.ok for c in report.cases)
+    print(f"{len(report.cases) - failed} of {len(report.cases)} case(s) passed; "
+          f"{sum(f.ok for f in report.fuzz)} of {len(report.fuzz)} fuzz run(s) passed")
+    if args.junit is not None:
+        args.junit.write_bytes(junit_xml(report))
+    return 0 if report.ok else 1
 
 
 def _purpose_lines(plan: Any) -> list[str]:

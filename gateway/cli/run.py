@@ -29,7 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config_of(args)
     plans = resolve_ids(load_plans(config.require_schemas_dir()), config.schema_registry_url,
                         config.sanitized_compatibility)
-    processes = config.process_count()
+    processes, why = config.process_choice()
+    log.info("worker processes", extra={"processes": processes, "setting": config.processes, "rule": why})
     if processes > 1:  # every check below runs in each child, with its errors and exit code 2
         from gateway.runtime.supervisor import Supervisor, child_arguments
 

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _scan_schema(args: argparse.Namespace, config: GatewayConfig) -> Any:
     """The schema of `args.topic`: --schema FILE, or the one of --schemas DIR (GATEWAY_SCHEMAS)
     whose privacy.source_topic (default: the record's full name) is the topic."""
-    from gateway.core.codec.raw import iter_schema_files, load_schema_file
+    from gateway.core.codec.formats import iter_schema_files, load_schema_file
     from gateway.errors import PolicyError
 
     if args.schema_file is not None:
@@ -69,7 +69,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from gateway.core.codec.raw import EventDecoder
+    from gateway.core.codec.formats import codec_for
     from gateway.core.policy.lint import lint_file
     from gateway.core.scan import Scanner
     from gateway.errors import RejectedEvent
@@ -82,7 +82,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     config = config_of(args)
     schema = _scan_schema(args, config)
     settings = schema.privacy if isinstance(schema.privacy, dict) else {}
-    decoder = EventDecoder(schema, settings.get("input", "auto"), settings.get("schema_id"), config.max_record_bytes)
+    decoder = codec_for(schema.format).decoder(schema, settings.get("input", "auto"), settings.get("schema_id"),
+                                               config.max_record_bytes, {}, {})
     scanner = Scanner(schema)
     errors = Console(stderr=True)
     progress = Progress(TextColumn("[bold]scanning[/] {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),

@@ -68,3 +68,20 @@ def parse_purposes(declared: Any, error: Any) -> list[PurposeSpec]:
             continue
         out.append(PurposeSpec(str(name), topic, basis, dict(fields), output))
     return out
+
+
+def parse_basis(declared: Any, error: Any) -> str | None:
+    """The record-level "basis": the legal basis of the sanitized topic's processing (optional; the
+    DPIA lists a source without one as an open risk). Not `consent`: the sanitized topic is not gated
+    by consent; a processing that needs consent is a purpose with basis consent."""
+    if declared is None:
+        return None
+    if declared == "consent":
+        error("(record)", "basis 'consent': the sanitized topic is not gated by consent; declare a purpose "
+                          "with basis consent for that processing, and the sanitized topic's own basis here")
+        return None
+    if declared not in LEGAL_BASES:
+        error("(record)", f"basis must be one of {', '.join(b for b in LEGAL_BASES if b != 'consent')} "
+                          "(GDPR Art. 6(1))")
+        return None
+    return str(declared)

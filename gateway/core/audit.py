@@ -62,6 +62,14 @@ class AuditKeys:
     def authentic(self, key_id: str, digest: str, mac: str) -> bool:
         return hmac.compare_digest(self.mac(digest, key_id), mac)
 
+    def tag(self, context: bytes, data: bytes, key_id: str | None = None) -> str:
+        """HMAC-SHA256 (hex) of `data` under `key_id` (default: the active key), domain-separated by
+        `context` (never _MAC_CONTEXT: a tag can never pass for a record's MAC). For what the audit
+        vouches for outside a record: an erasure receipt and its commitment to the subject."""
+        if context == _MAC_CONTEXT:
+            raise ValueError("a tag's context must differ from the record MAC's")
+        return hmac.new(self._keys[key_id or self.active], context + data, hashlib.sha256).hexdigest()
+
 
 def chain_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"

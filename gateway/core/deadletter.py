@@ -60,6 +60,9 @@ DECODE_REASONS = frozenset({
     "empty_value", "record_too_large", "bad_framing", "bad_magic_byte", "unknown_schema_id",
     "unknown_schema_fingerprint", "incompatible_writer_schema", "avro_truncated", "avro_trailing_bytes",
     "avro_decode_error", "invalid_utf8", "json_invalid", "missing_field", "wrong_type",
+    # Protobuf (gateway.core.codec.protobuf)
+    "protobuf_bad_message_index", "protobuf_unknown_message_index", "protobuf_truncated", "protobuf_wrong_wire_type",
+    "protobuf_decode_error", "protobuf_unknown_enum_value", "protobuf_value_out_of_range",
 })
 # decode failures of a JSON object that parsed but did not validate: its top-level fields are readable
 JSON_SHAPE_REASONS = frozenset({"missing_field", "wrong_type"})

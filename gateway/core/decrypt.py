@@ -25,11 +25,12 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.operators.base import RecordPlan, Shape
+from gateway.core.policy.key_headers import KEY_HEADER
 from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError
 from gateway.keys.envelope import FieldDecryptor, RecordRef, context_bytes, index_step, key_step
@@ -52,6 +53,38 @@ def decrypt_record(record: dict[str, Any], plan: Plan, decryptor: FieldDecryptor
     (without it they do not authenticate: "tampered", the message says why). A field that fails keeps
     its ciphertext (bytes) in the copy.
     """
+    walker = _walker(record, plan, decryptor, source, DecryptReport())
+    return walker.record(record, plan.record), walker.report
+
+
+def decrypt_key_headers(record: dict[str, Any], headers: Iterable[tuple[str, Any]], plan: Plan,
+                        decryptor: FieldDecryptor, source: str | bytes | None = None
+                        ) -> tuple[list[tuple[str, Any]], DecryptReport]:
+    """The headers of a sanitized record that the policy names (core/policy/key_headers.py), with the
+    encrypted ones opened (bound to the record like its fields: `record` gives the subject and event id,
+    `source` the `gateway-source` header), and a report under their paths (`(header)<name>`, `(record key)`
+    for the `gateway-key` header). The gateway's own other headers are left out; a header that fails keeps
+    its ciphertext (bytes)."""
+    rules = {rule.name: rule.plan for rule in plan.key_headers.published_headers}
+    key = plan.key_headers.key if not plan.key_headers.replaces_key else None
+    walker = _walker(record, plan, decryptor, source, DecryptReport())
+    out: list[tuple[str, Any]] = []
+    seen: dict[str, int] = {}
+    for name, value in headers:
+        fp = key if name == KEY_HEADER else rules.get(name)
+        if fp is None:
+            continue
+        n = seen[name] = seen.get(name, -1) + 1
+        if value is not None and fp.operator.opens:
+            walker.ref = dataclasses.replace(walker.base, position=b"" if fp is key else index_step(n))
+            value = fp.operator.open(value, fp, walker)
+        out.append((name, value))
+    return out, walker.report
+
+
+def _walker(record: dict[str, Any], plan: Plan, decryptor: FieldDecryptor, source: str | bytes | None,
+            report: DecryptReport) -> _Walker:
+    """The walk over one sanitized record: its subject and its binding (event id, or source)."""
     subject = ""
     if plan.subject_field is not None and record.get(plan.subject_field) is not None:
         subject = str(record[plan.subject_field])
@@ -60,9 +93,7 @@ def decrypt_record(record: dict[str, Any], plan: Plan, decryptor: FieldDecryptor
         event_id = str(record[plan.event_id_field])
     if isinstance(source, bytes):
         source = source.decode("utf-8", "replace")
-    report = DecryptReport()
-    walker = _Walker(plan.sanitized_topic, subject, decryptor, report, RecordRef(event_id, source))
-    return walker.record(record, plan.record), report
+    return _Walker(plan.sanitized_topic, subject, decryptor, report, RecordRef(event_id, source))
 
 
 class _Walker:
@@ -76,6 +107,7 @@ class _Walker:
         self.decryptor = decryptor
         self.report = report
         self.ref = ref  # the record's binding; its position changes while the walk is inside arrays and maps
+        self.base = ref  # the record's binding at no position
 
     def record(self, record: dict[str, Any], plan: RecordPlan) -> dict[str, Any]:
         out = dict(record)

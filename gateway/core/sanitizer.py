@@ -19,10 +19,11 @@ event, not once per field).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.core.operators.base import CALL, CHECK_STR, FieldPlan, RecordPlan, SanitizeResult, Shape, StepFn
+from gateway.core.policy.key_headers import KEY_HEADER, KeyHeadersPlan, reads_text
 from gateway.core.policy.plan import Plan
 from gateway.core.policy.timestamp import PATH, TimestampMode, TimestampPlan
 from gateway.errors import GatewayError, KeyringError, RejectedEvent
@@ -33,6 +34,7 @@ from gateway.keys.subject_keys import SubjectKeys
 from gateway.keys.tokens import DomainTokenizer
 
 RecordFn = Callable[[dict[str, Any], "SanitizeResult"], dict[str, Any]]
+KeyHeadersFn = Callable[[bytes | None, Sequence[tuple[str, Any]] | None, SanitizeResult], None]
 
 
 class RecordSanitizer:
@@ -69,6 +71,7 @@ class RecordSanitizer:
         self._by_event_id, self._by_source = record_prefix(Binding.EVENT_ID), record_prefix(Binding.SOURCE)
         self._record: RecordFn = self.compile_record(plan.record)
         self._timestamp = self.timestamp_step(plan.timestamp)
+        self._key_headers = self.key_headers_step(plan.key_headers)
 
     def subject_token(self, value: Any) -> str:
         """The subject as its sanitized records carry it (the token, through the domain's normalizer)."""
@@ -76,9 +79,11 @@ class RecordSanitizer:
             raise GatewayError(f"{self.plan.name} names no subject")
         return self._subject_value(value)
 
-    def sanitize(self, record: dict[str, Any], timestamp_ms: int = 0, source: str = "") -> SanitizeResult:
+    def sanitize(self, record: dict[str, Any], timestamp_ms: int = 0, source: str = "", key: bytes | None = None,
+                 headers: Sequence[tuple[str, Any]] | None = None) -> SanitizeResult:
         """`source`: the raw event's `<topic>/<partition>/<offset>` (the `gateway-source` header), which
-        binds its ciphertexts when the view has no event id."""
+        binds its ciphertexts when the view has no event id. `key`, `headers`: the raw record's, which the
+        policy drops unless it names them (`result.out_key`, `result.out_headers`)."""
         subject = ""
         name = self._subject_field
         if name is not None:
@@ -92,6 +97,8 @@ class RecordSanitizer:
                 ref, prefix = self._event_id_value(event_id), self._by_event_id
         result = SanitizeResult(subject, timestamp_ms, ref, prefix)
         result.record = self._record(record, result)
+        if self._key_headers is not None:
+            self._key_headers(key, headers, result)
         if timestamp_ms is not None and timestamp_ms >= 0:  # none (Kafka's -1): processing time
             step = self._timestamp
             result.out_timestamp_ms = timestamp_ms if step is None else step(timestamp_ms, result)
@@ -120,6 +127,65 @@ class RecordSanitizer:
             return out  # type: ignore[no-any-return]
 
         return shift_timestamp
+
+    def key_headers_step(self, plan: KeyHeadersPlan) -> KeyHeadersFn | None:
+        """The raw key's and named headers' results (gateway/core/policy/key_headers.py), made of their
+        operators' own steps (built once, like a field's); None: the policy names neither, all dropped.
+        Unnamed headers, the gateway's own (`gateway-*`, which cannot be named) among them, are skipped."""
+        rules = plan.published_headers
+        if plan.key is None and not rules:
+            return None
+        key_fn = self._bytes_step(plan.key) if plan.key is not None else None
+        replaces = plan.replaces_key
+        steps = {rule.name: self._bytes_step(rule.plan) for rule in rules if rule.plan is not None}
+
+        def key_and_headers(key: bytes | None, headers: Sequence[tuple[str, Any]] | None,
+                            event: SanitizeResult) -> None:
+            out: list[tuple[str, bytes | None]] = []
+            if key_fn is not None and key is not None:
+                value = key_fn(key, event)
+                if replaces:
+                    event.out_key = value
+                else:
+                    out.append((KEY_HEADER, value))
+            if headers:
+                seen: dict[str, int] = {}
+                for name, raw in headers:
+                    step = steps.get(name)
+                    if step is None:
+                        continue
+                    n = seen[name] = seen.get(name, -1) + 1
+                    if raw is None:  # a header without a value passes as one
+                        out.append((name, None))
+                        continue
+                    event.position = index_step(n)  # a ciphertext is bound to its occurrence among its name's
+                    out.append((name, step(raw, event)))
+                event.position = b""
+            event.out_headers = out
+
+        return key_and_headers
+
+    def _bytes_step(self, fp: FieldPlan) -> Callable[[Any, SanitizeResult], bytes]:
+        """A key's or header's step: the value size-checked (and read as UTF-8 text for tokenize), then
+        the operator's own step; its result as bytes."""
+        mode, fn = fp.operator.build(fp, self)
+        path, limit, text = fp.path, self.max_field_bytes, reads_text(fp.operator)
+
+        def step(raw: Any, event: SanitizeResult) -> bytes:
+            value = raw.encode() if isinstance(raw, str) else bytes(raw)
+            if len(value) > limit:
+                self.too_large(path, len(value))
+            given: Any = value
+            if text:
+                try:
+                    given = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise RejectedEvent("invalid_utf8", f"'{path}' is not UTF-8 text, which tokenize "
+                                        "reads") from None
+            out = fn(given, event) if mode == CALL else given
+            return out.encode() if isinstance(out, str) else out  # type: ignore[no-any-return]
+
+        return step
 
     # ---- compilation (once per plan): the operators' build environment ----------------------
     def compile_record(self, plan: RecordPlan) -> RecordFn:

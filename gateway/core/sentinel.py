@@ -2,9 +2,9 @@
 
 A policy keeps a field because it held no PII when it was written; producers change. The sentinel
 runs the detectors (gateway/core/detectors/) over the sanitized record's kept string values, nested
-records, arrays and maps included. A hit is counted (`gateway_leak_suspected_total{topic,field,entity}`)
-and recorded in the event's audit event (`leak_suspected`: field paths and entity types, never the
-value).
+records, arrays and maps included, and over the headers and key the policy keeps (read as UTF-8). A
+hit is counted (`gateway_leak_suspected_total{topic,field,entity}`) and recorded in the event's audit
+event (`leak_suspected`: field paths and entity types, never the value).
 
 - `"leak_sentinel": "enforce"` checks EVERY event, whatever `leak_sample_rate` says, and dead-letters
   each one with a hit (`pii_in_kept_field`) instead of publishing it. Enforcing on a sample would
@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.core import detectors as detect
-from gateway.core.operators.base import FieldPlan, RecordPlan, Shape
+from gateway.core.operators.base import FieldPlan, RecordPlan, SanitizeResult, Shape
+from gateway.core.policy.key_headers import KEY_HEADER, KEY_PATH
 from gateway.core.policy.plan import Plan
 
 Walker = Callable[[dict[str, Any]], Iterator[tuple[str, str]]]  # record -> (path, kept string)
@@ -40,7 +41,15 @@ class LeakSentinel:
         self._random = (rng or random.Random()).random  # noqa: S311 - sampling, not secrecy
         self._walk = _record_walker(plan.record)
         self._contains = detect.detector().contains
-        self.watched = bool(_watched_paths(plan.record))
+        # kept headers and a kept key pass in clear too (core/policy/key_headers.py): output header -> path
+        kh = plan.key_headers
+        self._kept_headers = {rule.name: rule.path for rule in kh.published_headers
+                              if rule.plan is not None and rule.plan.operator.in_clear}
+        kept_key = kh.key is not None and kh.key.operator.in_clear
+        if kept_key and not kh.replaces_key:
+            self._kept_headers[KEY_HEADER] = KEY_PATH
+        self._kept_record_key = kept_key and kh.replaces_key
+        self.watched = bool(_watched_paths(plan.record) or self._kept_headers or self._kept_record_key)
 
     @property
     def active(self) -> bool:
@@ -50,14 +59,31 @@ class LeakSentinel:
         """Whether this event is checked: always when enforced, else with probability `sample_rate`."""
         return self.enforce or self._random() < self.sample_rate
 
-    def check(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+    def check(self, record: dict[str, Any], result: SanitizeResult | None = None) -> list[tuple[str, str]]:
+        """`result`: the event's sanitize result, whose kept headers and key are checked too."""
         hits: dict[str, str] = {}
         for path, text in self._walk(record):
             if path not in hits:
                 entity = self._contains(text)
                 if entity is not None:
                     hits[path] = entity
+        if result is not None:
+            for path, text in self._kept_key_headers(result):
+                if path not in hits:
+                    entity = self._contains(text)
+                    if entity is not None:
+                        hits[path] = entity
         return sorted(hits.items())
+
+    def _kept_key_headers(self, result: SanitizeResult) -> Iterator[tuple[str, str]]:
+        if self._kept_record_key and result.out_key:
+            yield KEY_PATH, result.out_key.decode("utf-8", "replace")
+        kept = self._kept_headers
+        if kept:
+            for name, value in result.out_headers or ():
+                path = kept.get(name)
+                if path is not None and value:
+                    yield path, value.decode("utf-8", "replace")
 
 
 def _watched_paths(plan: RecordPlan) -> list[str]:

@@ -1,7 +1,12 @@
-"""`make demo`: the embedded broker, one gateway worker and sample events, end to end.
+"""`make demo`: the embedded broker, the gateway's workers and sample events, end to end.
 
-Starts everything it needs, shows raw vs sanitized events side by side and a summary, proves an
-authorized consumer can decrypt, then stops everything it started.
+Starts everything it needs (the broker, `gateway run`, `gateway aggregate`), then tours what the
+gateway is for, one numbered step each: raw vs sanitized events side by side; a purpose view gated
+by consent, one subject revoking mid-run; a DP aggregate released at a short window's close and the
+budget refusing once spent; `forget` of one subject and decryption failing with key_erased for it
+only; `audit verify` and the HTML report. Then a summary (published, sanitized, dead-lettered,
+lost), and it stops everything it started. The steps live in demo_steps.py, the tuned policy they
+need in demo_policy.py; the gateway's and the libraries' log lines go to a file, not the terminal.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -23,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.audit import AuditKeys, verify_chains
+from gateway.core.audit import ChainReport
 from gateway.core.codec.encoding import Encoding, frame_confluent
 from gateway.core.codec.raw import decoded_for_json
 from gateway.core.codec.sanitized import SanitizedDecoder
@@ -32,11 +37,16 @@ from gateway.core.decrypt import decrypt_record
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker
+from gateway.embedded.demo_policy import PAYMENTS, write_demo_schemas
+from gateway.embedded.demo_steps import Tour, audit_step, consent_step, dp_step, forget_step
 from gateway.embedded.samples import SampleEvents, broken_events, json_encodable, sample_maker
 from gateway.errors import DecryptError, GatewayError
 from gateway.keys.envelope import FieldDecryptor, parse_ciphertext
 from gateway.keys.keyring import Keyring
+from gateway.keys.subject_keys import SubjectKeys
+from gateway.ops.logs import log_to_file
 from gateway.runtime import clients
+from gateway.runtime.keytopic import load_subject_keys
 from gateway.runtime.reader import AuditedCounter, read_topic
 from gateway.runtime.topics import ensure_topics
 from gateway.settings import GatewayConfig
@@ -110,10 +120,11 @@ def sample_sources(plans: list[Plan], samples: SampleEvents) -> dict[str, Sample
 
 
 def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int,
-                    seed: int = 7) -> dict[str, Any]:
+                    seed: int = 7, time_ms: int | None = None) -> dict[str, Any]:
     """Publish valid events (mixed encodings) and a corpus of broken ones; return what was sent.
 
-    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config())."""
+    `kafka`: bootstrap.servers and the security settings (GatewayConfig.kafka_client_config()).
+    `time_ms`: the event time stamped on every valid event's timestamp fields (the demo's DP window)."""
     sources = sample_sources(plans, SampleEvents(seed))
     producer = clients.plain_producer(kafka, **{"linger.ms": 5, "message.max.bytes": 4_000_000})
     sent: Counter[str] = Counter()
@@ -123,6 +134,9 @@ def publish_samples(kafka: Mapping[str, str], plans: list[Plan], per_schema: int
         make, encodings = source.make, source.encodings
         for i in range(per_schema):
             record = make(canary=(i == 0))
+            if time_ms is not None:
+                record.update({f: time_ms * unit for f, unit in source.time_fields.items()
+                               if record.get(f) is not None})
             producer.produce(plan.source_topic, encode_raw(plan, record, encodings[i % len(encodings)]),
                              key=str(i).encode())
             examples.setdefault(plan.source_topic, []).append(record) if i < 3 else None
@@ -264,7 +278,7 @@ def _wait_for_audit(kafka: Mapping[str, str], topic: str, expected: int, worker:
     """Wait until `expected` events are audited in committed records, counting them as they commit (partition
     ends from ListOffsets would count transaction markers as well as records), and show it."""
     deadline = time.monotonic() + timeout_s
-    counter = AuditedCounter(kafka, topic)
+    counter = AuditedCounter(kafka, topic, kind="event")  # the sanitize outcomes (other jobs audit there too)
     progress = _Progress(expected, sys.stdout.isatty())
     joined, log_offset, seen = False, 0, 0
     try:
@@ -293,88 +307,194 @@ def _wait_for_audit(kafka: Mapping[str, str], topic: str, expected: int, worker:
                        f"{worker_log})")
 
 
-def run_demo(schemas: Path, per_schema: int) -> int:
-    """The demo in a folder of its own (keyring, worker and broker logs): removed when the demo
-    succeeds, kept (and named) when it fails, so its logs can be read."""
+def run_demo(schemas: Path, per_schema: int, out: Path | None = None) -> int:
+    """The demo in a folder of its own (keyring, schemas, worker and broker logs): removed when the
+    demo succeeds, kept (and named) when it fails, so its logs can be read. What it hands the user
+    (the HTML report, its own log lines) goes to `out` (default: a new temporary folder), kept."""
     plans = load_plans(schemas)
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     try:
-        _run_demo(schemas, per_schema, plans, workdir)
+        _run_demo(schemas, per_schema, plans, workdir, out)
     except BaseException:
-        print(f"\nthe demo failed: its folder is kept for a look at {workdir} (worker.log, broker.log, "
-              "keyring.json); remove it when done", file=sys.stderr, flush=True)
+        print(f"\nthe demo failed: its folder is kept for a look at {workdir} (worker.log, aggregate.log, "
+              "broker.log, keyring.json); remove it when done", file=sys.stderr, flush=True)
         raise
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def _run_demo(schemas: Path, per_schema: int, plans: list[Plan], workdir: Path) -> None:
+class _Workers:
+    """The demo's two jobs, as their commands run them: `gateway run` and `gateway aggregate`, each a
+    process with its log in the demo's folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+    def start(self, name: str, args: list[str]) -> None:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "wb") as log_file:
+            self.procs[name] = (subprocess.Popen([sys.executable, "-m", "gateway", *args], stdout=log_file,
+                                                 stderr=subprocess.STDOUT,
+                                                 env=dict(os.environ, PYTHONUNBUFFERED="1")), log_path)
+
+    def alive(self) -> None:
+        for name, (proc, log_path) in self.procs.items():
+            if proc.poll() is not None:
+                raise GatewayError(f"the {name} process exited with code {proc.returncode} (log: {log_path})")
+
+    def wait_for_log(self, name: str, needles: tuple[bytes, ...], timeout_s: float = 120.0) -> None:
+        """Until the process's JSON log holds every one of `needles` (it has its partitions)."""
+        _, log_path = self.procs[name]
+        deadline = time.monotonic() + timeout_s
+        while not all(n in log_path.read_bytes() for n in needles):
+            self.alive()
+            if time.monotonic() > deadline:
+                raise GatewayError(f"the {name} process did not join its group within {timeout_s:.0f}s "
+                                   f"(log: {log_path})")
+            time.sleep(0.2)
+
+    def stop(self) -> dict[str, int]:
+        codes = {}
+        for _, (proc, _) in self.procs.items():
+            proc.terminate()
+        for name, (proc, _) in self.procs.items():
+            try:
+                codes[name] = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+def _run_demo(schemas: Path, per_schema: int, plans: list[Plan], workdir: Path, out: Path | None) -> None:
+    out = out if out is not None else Path(tempfile.mkdtemp(prefix="gateway-demo-out-"))
+    out.mkdir(parents=True, exist_ok=True)
+    log_to_file(out / "demo.log")  # the demo's own log lines: its output is the steps
     keyring_path = workdir / "keyring.json"
+    # the schemas, the shipped payments policy tuned so each step shows in seconds (demo_policy.py)
+    plans, payments = write_demo_schemas(schemas, workdir / "schemas")
     print("1. starting the embedded broker (Apache Kafka, KRaft) on 127.0.0.1 ... ", end="", flush=True)
     # the demo's folder holds the broker log: kept with the folder when the demo fails
     with EmbeddedBroker(log_path=workdir / "broker.log", keep_log=True) as broker:
         print(broker.bootstrap)
-        config = GatewayConfig(bootstrap=broker.bootstrap, schemas=schemas, keyring=keyring_path,
-                               instance_id="demo-worker", partitions=3)
+        config = GatewayConfig(bootstrap=broker.bootstrap, schemas=workdir / "schemas", keyring=keyring_path,
+                               instance_id="demo-worker", partitions=3,
+                               consent_input_topic=CONSENT_INPUT if payments is not None else "")
         print("2. creating topics ... ", end="", flush=True)
         counts = ensure_topics(plans, config)
         print(", ".join(sorted(counts)))
-        print("3. starting the gateway worker (gateway run) ...")
-        log_path = workdir / "worker.log"
-        with open(log_path, "wb") as log_file:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--bootstrap", broker.bootstrap, "--schemas",
-                 str(schemas), "--keyring", str(keyring_path), "--instance-id", "demo-worker",
-                 "--session-timeout-ms", "6000", "--processes", "1"],  # one worker: its log is the demo's
-                stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        keyring = Keyring.open(keyring_path, create=True)
+        keyring.export_audit(workdir / "audit-keys.json")  # the aggregate worker holds the audit keys only
+        workers = _Workers(workdir)
+        common = ["--bootstrap", broker.bootstrap, "--schemas", str(config.schemas), "--session-timeout-ms", "6000"]
+        consent = ["--consent-input-topic", CONSENT_INPUT] if payments is not None else []
+        print("3. starting the gateway worker (gateway run)"
+              + (" and the DP aggregate worker (gateway aggregate)" if payments is not None else "") + " ...",
+              flush=True)
+        workers.start("worker", ["run", *common, "--keyring", str(keyring_path), "--instance-id", "demo-worker",
+                                 *consent, "--processes", "1"])  # one worker: its log is the demo's
+        if payments is not None:
+            workers.start("aggregate", ["aggregate", *common, "--keyring", str(workdir / "audit-keys.json"),
+                                        "--instance-id", "demo-aggregate", "--dp-idle-close-s", str(DP_SETTLE_S)])
+        tour: Tour | None = None
         try:
+            workers.wait_for_log("worker", (b'"msg":"partitions assigned"',))
+            if payments is not None:
+                workers.wait_for_log("aggregate", (b'"stage":"bound"', b'"stage":"release"'))
+            kafka = config.kafka_client_config()
+            # the sample events' time: the next DP window starting a second from now, so the events
+            # pass both DP stages before it closes
+            window_ms = payments.aggregates[0].window_ms if payments is not None else 1
+            data_window = (int(time.time() * 1000) + 1000 + window_ms - 1) // window_ms * window_ms
             print(f"4. publishing {per_schema} valid events per schema (Confluent, bare Avro and JSON) "
-                  "and a corpus of broken ones ...")
-            published = publish_samples(config.kafka_client_config(), plans, per_schema)
+                  "and a corpus of broken ones ...", flush=True)
+            published = publish_samples(kafka, plans, per_schema,
+                                        time_ms=data_window + 1 if payments is not None else None)
             expected = sum(published["sent"].values())
-            audited = _wait_for_audit(config.kafka_client_config(), config.audit_topic, expected, worker, log_path)
-            _report(config.kafka_client_config(), plans, published, audited, keyring_path)
+            worker, worker_log = workers.procs["worker"]
+            _wait_for_audit(kafka, config.audit_topic, expected, worker, worker_log)
+            _show_samples(kafka, plans, published)
+            # the keyring as the worker left it (it added the token domains): the demo holds it, as an
+            # authorized consumer would
+            tour = Tour(config, plans, Keyring.open(keyring_path, create=False), workers.alive, _publisher(kafka))
+            if payments is not None:
+                expected += consent_step(tour, 5, payments)
+                dp_step(tour, 6, payments, data_window)
+                forget_step(tour, 7, payments)
+            else:
+                print(f"5-7. consent, differential privacy and forget tour the shipped payments schema ({PAYMENTS}), "
+                      f"which '{schemas}' lacks: skipped")
+            chain, html = audit_step(tour, 8, out)
+            _summary(tour, expected, chain)
         finally:
-            worker.terminate()
-            try:
-                code = worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                code = worker.wait()
-    print(f"\n5. stopped the gateway (exit {code}) and the broker")
+            if tour is not None:
+                tour.close()
+            codes = workers.stop()
+    stopped = ", ".join(f"{'the gateway' if name == 'worker' else 'the aggregate worker'} (exit {code})"
+                        for name, code in codes.items())
+    print(f"\n9. stopped {stopped} and the broker")
     if broker.failure is not None:
         raise GatewayError(f"the broker did not stop cleanly ({broker.failure}; log: {broker.log_path})")
-    if code != 0:
-        raise GatewayError(f"the gateway worker exited with code {code} when stopped (log: {log_path})")
+    for name, code in codes.items():
+        if code != 0:
+            raise GatewayError(f"the {name} process exited with code {code} when stopped "
+                               f"(log: {workers.procs[name][1]})")
+    print(f"   kept in {out}: {html.name} (open it in a browser) and demo.log (what the gateway and its libraries "
+          "reported)")
 
 
-def _report(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, Any], audited: int,
-            keyring_path: Path) -> None:
+CONSENT_INPUT = "consent.raw"  # where `gateway consent` and producers queue raw consent changes
+DP_SETTLE_S = 2  # dp_idle_close_s: a window closes this long after its end + grace
+
+
+def _publisher(kafka: Mapping[str, str]) -> Callable[[Plan, Sequence[dict[str, Any]]], None]:
+    def publish(plan: Plan, records: Sequence[dict[str, Any]]) -> None:
+        producer = clients.plain_producer(kafka, **{"linger.ms": 5})
+        for record in records:
+            producer.produce(plan.source_topic, encode_raw(plan, record, Encoding.AVRO))
+        if producer.flush(30):
+            raise GatewayError("some demo events were not delivered within 30 s")
+    return publish
+
+
+def _show_samples(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, Any]) -> None:
+    """One published event per schema beside what the gateway wrote of it."""
     decoder = SanitizedDecoder(plans)
-    keyring = Keyring.open(keyring_path, create=False)
-    decryptor = FieldDecryptor(keyring)
-    sanitized_total = 0
-    dead = Counter()
-    decrypted_ok = 0
     for plan in plans:
-        sanitized = read_topic(kafka, plan.sanitized_topic)
-        sanitized_total += len(sanitized)
-        by_key: dict[str, dict[str, Any]] = {}
-        for stored in sanitized:
+        if not plan.event_id_field:
+            continue
+        by_id = {}
+        for stored in read_topic(kafka, plan.sanitized_topic):
             _, record = decoder.decode(stored)
-            by_key[str(record.get(plan.event_id_field or ""))] = record
-            _, report = decrypt_record(record, plan, decryptor)
-            decrypted_ok += report.ok
-        for raw in published["examples"].get(plan.source_topic, [])[1:3] if plan.event_id_field else []:
-            match = by_key.get(str(raw.get(plan.event_id_field)))
+            by_id[str(record.get(plan.event_id_field))] = record
+        for raw in published["examples"].get(plan.source_topic, [])[1:2]:
+            match = by_id.get(str(raw.get(plan.event_id_field)))
             if match is not None:
                 print(_side_by_side(f"{plan.source_topic} -> {plan.sanitized_topic}", raw, match))
+
+
+def _summary(tour: Tour, published_total: int, chain: ChainReport) -> None:
+    """Every event published has exactly one outcome, audited (`chain`: the audit step's
+    verification); every sanitized record opens for the keyring's holder but the forgotten
+    subject's erased fields."""
+    kafka = tour.config.kafka_client_config()
+    audited = tour.wait(lambda es: n if (n := sum(e.get("type") == "event" for e in es)) >= published_total else None,
+                        "every event to be audited")
+    decoder = SanitizedDecoder(tour.plans)
+    subject_keys = load_subject_keys(kafka, tour.config.key_topic, SubjectKeys(tour.keyring))
+    decryptor = FieldDecryptor(tour.keyring, subject_keys=subject_keys)
+    sanitized_total, decrypted_ok, erased = 0, 0, 0
+    dead: Counter[str] = Counter()
+    for plan in tour.plans:
+        for stored in read_topic(kafka, plan.sanitized_topic):
+            _, record = decoder.decode(stored)
+            _, report = decrypt_record(record, plan, decryptor)
+            sanitized_total += 1
+            decrypted_ok += report.ok
+            erased += any(v.startswith("key_erased") for v in report.fields.values())
         for stored in read_topic(kafka, plan.dlq_topic):
             dead[orjson.loads(stored.value or b"{}")["reason"]] += 1
-    audit = read_topic(kafka, "privacy.audit")
-    chain = verify_chains(((r.partition, r.offset, r.value or b"") for r in audit),
-                          AuditKeys(*keyring.audit_keys(create=False)))  # hashes and MACs
-    published_total = sum(published["sent"].values())
     print("\n== summary ==")
     print(f"  published      {published_total}")
     print(f"  sanitized      {sanitized_total}")
@@ -382,8 +502,8 @@ def _report(kafka: Mapping[str, str], plans: list[Plan], published: dict[str, An
     print(f"  audited        {audited}  (hash chains: {'verified' if chain.ok else 'BROKEN'}, "
           f"{chain.records} records in {chain.chains} chains)")
     print(f"  decrypted      {decrypted_ok}/{sanitized_total} sanitized records opened by an authorized "
-          "consumer holding the keyring")
+          "consumer holding the keyring" + (f" ({erased} of the forgotten subject: key_erased)" if erased else ""))
     lost = published_total - sanitized_total - sum(dead.values())
     print(f"  lost           {lost}")
-    if lost or audited != published_total or not chain.ok:
+    if lost or audited != published_total or not chain.ok or decrypted_ok + erased != sanitized_total:
         raise GatewayError("the demo's invariants did not hold (see the summary above)")

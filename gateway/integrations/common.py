@@ -21,7 +21,7 @@ from gateway.core.codec.sanitized import (
     UndecodableRecord,
     WriterSchemas,
 )
-from gateway.core.decrypt import decrypt_record
+from gateway.core.decrypt import decrypt_key_headers, decrypt_record
 from gateway.core.policy.lint import load_plans
 from gateway.core.policy.plan import Plan
 from gateway.errors import DecryptError, GatewayError
@@ -32,7 +32,8 @@ HeadersLike = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 DECRYPTED = "decrypted"
 
 
-__all__ = ["DECRYPTED", "Decoded", "HeadersLike", "SanitizedReader", "UndecodableRecord", "header_dict"]
+__all__ = ["DECRYPTED", "Decoded", "HeadersLike", "SanitizedReader", "UndecodableRecord", "header_dict",
+           "header_pairs"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class Decoded:
     schema: str
     value: Any
     fields: Mapping[str, str]
+    # the headers the policy names (core/policy/key_headers.py), in order, encrypted ones opened where the
+    # reader may (their outcomes in `fields` under `(header)<name>`; the key's, `gateway-key`, under `(record key)`)
+    headers: tuple[tuple[str, Any], ...] = ()
+
+    def header(self, name: str) -> Any:
+        """The first value of the named header `name` (opened when it was encrypted), None if absent."""
+        return next((value for key, value in self.headers if key == name), None)
 
     @property
     def opened(self) -> bool:
@@ -75,6 +83,15 @@ class _NoKeys(FieldDecryptor):
 
     def decrypt(self, data: bytes, context: bytes, subject: str = "", record: RecordRef | None = None) -> bytes:
         raise DecryptError("key_not_held", "this reader was given no keyring or decryptor")
+
+
+def header_pairs(headers: HeadersLike) -> list[tuple[str, bytes | None]]:
+    """Every header as (name, bytes), in order, repeated names kept (a record may carry several)."""
+    if headers is None:
+        return []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(name, value.encode() if isinstance(value, str) else None if value is None else bytes(value))
+            for name, value in pairs]
 
 
 def header_dict(headers: HeadersLike) -> dict[str, bytes]:
@@ -141,7 +158,12 @@ class SanitizedReader:
             raise
         except GatewayError as exc:  # another schema version it cannot read: the message names no value
             raise UndecodableRecord(str(exc)) from None
-        return self._open(plan, record, topic, hdrs.get(SOURCE_HEADER))
+        decoded = self._open(plan, record, topic, hdrs.get(SOURCE_HEADER))
+        if not plan.key_headers.actions:
+            return decoded
+        named, report = decrypt_key_headers(record, header_pairs(headers), plan, self.decryptor,
+                                            hdrs.get(SOURCE_HEADER))
+        return dataclasses.replace(decoded, headers=tuple(named), fields={**decoded.fields, **report.fields})
 
     def decode_value(self, value: bytes | None, topic: str | None = None) -> Decoded:
         """Decode without headers, for hooks that see bytes only: a JSON object, else bare or

@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -98,3 +99,15 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def log_to_file(path: Path) -> None:
+    """Send the process's log lines (the same JSON, redacted) to `path` instead of stderr, at the level
+    set up: a command whose own output is the point (`gateway demo`) keeps its terminal clean."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = [handler]

@@ -137,6 +137,23 @@ def group_consumer(config: GatewayConfig, group_id: str, client_id: str, errors:
     })
 
 
+# How soon a transactional producer asks again when the coordinator answers CONCURRENT_TRANSACTIONS.
+# commit_transaction returns once the coordinator logged the commit, and it then writes the markers to
+# every partition of the transaction; a transaction begun meanwhile (the loop begins the next batch's at
+# once) has its AddPartitionsToTxn and AddOffsetsToTxn refused until the markers are written, and
+# librdkafka retries them after retry.backoff.ms (100 ms by default). That wait was the sanitize p99's
+# constant extra ~100 ms: its transactions span more partitions (audit topic) than passthrough's, so
+# their markers took longer and most next transactions met them (benchmarks/bench.py traced send_offsets
+# at 110 ms mean; librdkafka's "eos" debug showed the retries 115 ms apart at 100 ms, 12 ms at 10). The
+# Java producer retries this error after 20 ms for the same reason (KAFKA-5477). librdkafka doubles the
+# backoff on each refusal in a row (seen: 10, 22, 39 ms) up to retry.backoff.max.ms (1 s by default): capped
+# at 50 ms, a transaction waits at most 50 ms past the markers' end, and a broker in trouble still sees no
+# more than 20 requests a second from a producer (produce retries share the cap, as before librdkafka 2.2
+# they all waited a flat 100 ms).
+TRANSACTION_RETRY_BACKOFF_MS = 10
+TRANSACTION_RETRY_BACKOFF_MAX_MS = 50
+
+
 def transactional_producer(config: GatewayConfig, transactional_id: str, errors: ClientErrors | None = None,
                            **overrides: Any) -> Producer:
     return Producer({
@@ -145,6 +162,8 @@ def transactional_producer(config: GatewayConfig, transactional_id: str, errors:
         "transactional.id": transactional_id,
         "enable.idempotence": True,
         "linger.ms": 5,
+        "retry.backoff.ms": TRANSACTION_RETRY_BACKOFF_MS,
+        "retry.backoff.max.ms": TRANSACTION_RETRY_BACKOFF_MAX_MS,
         "transaction.timeout.ms": config.transaction_timeout_ms,
         **overrides,
     })

@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from gateway.core.codec.encoding import SCHEMA_HEADER
+from gateway.core.codec.encoding import CONFLUENT_HEADER_BYTES, SCHEMA_HEADER, Encoding, confluent_id
 from gateway.core.codec.raw import decoded_for_json
-from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord, UndecodableRecord, is_json
+from gateway.core.codec.sanitized import SanitizedDecoder, StoredRecord, UndecodableRecord, header_encoding, is_json
 from gateway.core.policy.lint import load_plans
 from gateway.errors import GatewayError
 from gateway.runtime.registry import WriterSchemaLookup
@@ -49,6 +49,8 @@ class Dumper:
         value = record.value or b""
         if is_json(record):
             return plain_value(record.value)  # a JSON sanitized record needs no schema
+        if header_encoding(record.headers) is Encoding.JSON_SCHEMA and confluent_id(value) is not None:
+            return plain_value(value[CONFLUENT_HEADER_BYTES:])  # nor does Confluent-framed JSON (JSON Schema)
         decoder = self._decoder_or_none()
         plan = decoder.by_name.get(name.decode(errors="replace")) if decoder is not None else None
         if plan is not None:

@@ -50,6 +50,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,8 +59,9 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Produc
 
 from gateway.consent.table import ConsentTable
 from gateway.consent.table import parse_key as parse_consent_key
-from gateway.core.audit import GENESIS, AuditKeys, audit_partition, seal_audit_event
+from gateway.core.audit import GENESIS, AuditKeys, audit_partition, record_entries, seal_audit_event
 from gateway.core.codec.sanitized import StoredRecord
+from gateway.core.erasure import key_inventory, key_uses
 from gateway.errors import GatewayError
 from gateway.keys.keyring import Keyring
 from gateway.keys.kms import KmsProvider
@@ -155,6 +157,8 @@ class KeyTopic:
                                                      group_id=f"{config.group_id}.keys.{uuid.uuid4().hex[:8]}")
         self._seen = threading.Condition()
         self._positions: dict[int, int] = dict(follow_from)  # per partition: every record below it is applied
+        # (began, stored, read back) of the latest publishes, monotonic: the latency trace's key stages
+        self.read_backs: deque[tuple[float, float, float]] = deque(maxlen=64)
         self._thread = threading.Thread(target=self._follow, name="key-topic", daemon=True)
         self._thread.start()
         keys.publisher = self.publish
@@ -208,7 +212,9 @@ class KeyTopic:
         only once the forget committed, so the batch that uses it commits after the forget too: a fresh
         key for events processed after the erasure, never one that outlives it while its ciphertexts
         were published before it."""
+        began = time.monotonic()
         written = produce_records(self._producer, self.topic, records)
+        stored = time.monotonic()
         deadline = time.monotonic() + KEY_READ_BACK_TIMEOUT_S
         with self._seen:
             while not all(self._positions.get(p, -1) > offset for p, offset in written.items()):
@@ -219,6 +225,7 @@ class KeyTopic:
                                        "open on the key topic, or its follower stopped): nothing under them is "
                                        "published")
                 self._seen.wait(remaining)
+        self.read_backs.append((began, stored, time.monotonic()))
 
     def close(self) -> None:
         self._stop.set()
@@ -365,6 +372,13 @@ class NothingToForget(GatewayError):
 
 def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys: dict[str, bytes],
                    keys: SubjectKeys, since: Mapping[int, int] | None = None) -> dict[str, Any]:
+    """`forget_subject_at` without the audit record's position."""
+    return forget_subject_at(config, subject, domain, token_keys, keys, since)[0]
+
+
+def forget_subject_at(config: GatewayConfig, subject: str, domain: str, token_keys: dict[str, bytes],
+                      keys: SubjectKeys, since: Mapping[int, int] | None = None
+                      ) -> tuple[dict[str, Any], tuple[str, int, int]]:
     """Tombstone every key of `subject` (under each token version of `domain`), its per-subject period keys
     included, and its consent history on the consent topic, and audit it, in one transaction with the
     forget chain's new head (see the module's docstring); return the event. Raises NothingToForget,
@@ -376,7 +390,11 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
     between the snapshots and the fences is scanned, so a key a worker stored for the subject meanwhile
     (or a consent change it stored) is erased too. A worker waits until it can read a new key back,
     which it cannot past the open fences (KeyTopic.publish), so a key it stores later is a fresh one
-    for events processed after the forget."""
+    for events processed after the forget.
+
+    The event lists the subject's key inventory (gateway.core.erasure.key_inventory: key ids, scopes and
+    topics from the audit, read before the transaction); returned with the event's (audit topic,
+    partition, offset), which its receipt names."""
     tokens = [DomainTokenizer(domain, version, key).token(subject) for version, key in sorted(token_keys.items())]
     wanted = {(domain, token) for token in tokens}
     names = {n for token in tokens for n in (*keys.keys_of(domain, token), *keys.periods.keys_of(domain, token))}
@@ -386,6 +404,7 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
     consent_keys = {k for token in tokens for k in consent.keys_of(domain, token)}
     audit_partitions = _audit_partitions(config)
     sealing = audit_keys(config)  # before the transaction: a keyring without audit keys erases nothing
+    entries = record_entries(r.value for r in read_topic(kafka, config.audit_topic))  # the keys' uses
     transactional_id = forget_transactional_id(config)
     producer = _chain_producer(config, transactional_id, "forget")  # from here on this one owns the chain
     prev = read_forget_head(kafka, config.key_topic, config.audit_topic)
@@ -416,13 +435,16 @@ def forget_subject(config: GatewayConfig, subject: str, domain: str, token_keys:
         _abort_quietly(producer)
         raise
     ordered = sorted(names)
+    key_ids = [forgotten_key_id(n) for n in ordered]
+    inventory = key_inventory(key_ids, key_uses(entries, key_ids))
     sealed = seal_audit_event(_forget_body(config, domain, tokens, ordered, len(consent_keys),
-                                           restart=prev is None), prev or GENESIS, sealing)
-    _erase_and_audit(producer, config, FORGET_CHAIN, ordered, sealed, audit_partitions, transactional_id, "forget",
-                     begun=True)
+                                           restart=prev is None) | {"keys": [k.to_json() for k in inventory]},
+                              prev or GENESIS, sealing)
+    partition, offset = _erase_and_audit(producer, config, FORGET_CHAIN, ordered, sealed, audit_partitions,
+                                         transactional_id, "forget", begun=True)
     for name in ordered:
         keys.apply(name.encode(), None)
-    return sealed
+    return sealed, (config.audit_topic, partition, offset)
 
 
 def _consent_snapshot(config: GatewayConfig) -> tuple[ConsentTable, dict[int, int] | None]:
@@ -568,9 +590,15 @@ def _chain_producer(config: GatewayConfig, transactional_id: str, what: str) -> 
 
 def _erase_and_audit(producer: Producer, config: GatewayConfig, chain: str, names: list[str],
                      sealed: dict[str, Any], audit_partitions: int, transactional_id: str, what: str,
-                     begun: bool = False) -> None:
+                     begun: bool = False) -> tuple[int, int]:
     """One transaction (`begun`: already open): the tombstones, the chain's new head in the key topic and
-    the sealed audit event."""
+    the sealed audit event; the event's (audit partition, offset)."""
+    where: list[tuple[int, int]] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is None:
+            where.append((msg.partition(), msg.offset()))
+
     try:
         if not begun:
             producer.begin_transaction()
@@ -579,10 +607,14 @@ def _erase_and_audit(producer: Producer, config: GatewayConfig, chain: str, name
         producer.produce(config.key_topic, chain_head_value(config.audit_topic, chain, sealed["hash"]),
                          chain_head_key(config.audit_topic, chain), partition=HEAD_PARTITION)
         producer.produce(config.audit_topic, orjson.dumps(sealed), chain.encode(),
-                         partition=audit_partition(chain, audit_partitions))
+                         partition=audit_partition(chain, audit_partitions), on_delivery=on_delivery)
         _commit(producer, 60)
     except KafkaException as exc:
         raise _transaction_failed(producer, exc.args[0], transactional_id, what) from None
+    if not where:  # commit_transaction flushed: a committed record was delivered
+        raise GatewayError(f"the {what}'s audit event on '{config.audit_topic}' was committed without a delivery "
+                           "report: its position is unknown")
+    return where[0]
 
 
 def _audit_partitions(config: GatewayConfig) -> int:
@@ -600,7 +632,7 @@ def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: l
         "domain": domain,
         "subject_tokens": tokens,  # the subject's tokens, never the subject
         "keys_erased": len(names),
-        "key_ids": [_forgotten_key_id(n) for n in names],
+        "key_ids": [forgotten_key_id(n) for n in names],
         "consent_records_erased": consent_records,
         "key_topic": config.key_topic,
         "instance": config.instance_id,
@@ -611,13 +643,14 @@ def _forget_body(config: GatewayConfig, domain: str, tokens: list[str], names: l
     return body
 
 
-def _forgotten_key_id(name: str) -> str:
+def forgotten_key_id(name: str) -> str:
     """The audit's id of an erased subject key ('subject:<domain>/<dek id>') or per-subject period key
     ('period:<days>/<day>/subject:<domain>/<dek id>'): never the token."""
     period = parse_period_key(name)
     if period is not None:
         return period.key_id
     return f"subject:{name.split('/', 1)[0]}/{name.rsplit('/', 1)[1]}"
+
 
 
 def _retention_body(config: GatewayConfig, erased: list[PeriodKeyName], now_ms: int, restart: bool) -> dict[str, Any]:

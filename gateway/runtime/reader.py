@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
@@ -86,32 +87,48 @@ def _high_watermarks(kafka: Mapping[str, str], topic: str, partitions: Collectio
         return {}
 
 
-class AuditedCounter:
-    """Counts the events audited on an audit topic as its records commit (the entries: a sanitize
-    worker's record holds a batch's of one source partition): one read_committed reader from the
-    beginning, assigned once the topic exists, each poll adding what arrived since the last, so a
-    long wait never re-reads the topic (the demo's progress, the tests' waits)."""
+class AuditFollower:
+    """Follows an audit topic's committed entries as its records commit (a sanitize worker's record
+    holds a batch's entries of one source partition): one read_committed reader from the beginning,
+    assigned once the topic exists, each poll returning what arrived since the last, so a long wait
+    never re-reads the topic (the demo's steps, AuditedCounter)."""
 
     def __init__(self, kafka: Mapping[str, str], topic: str) -> None:
         self.kafka, self.topic = kafka, topic
         self.consumer: Consumer | None = None
-        self.count = 0
 
-    def poll(self, timeout_s: float) -> int:
-        """The events audited so far, after waiting up to `timeout_s` for more."""
+    def poll(self, timeout_s: float) -> list[dict[str, Any]]:
+        """The entries committed since the last poll, after waiting up to `timeout_s` for some."""
         if self.consumer is None:
             consumer = clients.reader(self.kafka, "privacy-gateway.audited-counter", **clients.READ_TO_END)
             info = consumer.list_topics(self.topic, timeout=15).topics.get(self.topic)
             if info is None or info.error is not None:  # not created yet
                 consumer.close()
                 time.sleep(timeout_s)
-                return self.count
+                return []
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(info.partitions)])
             self.consumer = consumer
-        self.count += len(record_entries(m.value() for m in clients.take(self.consumer, 1000, timeout_s)
-                                         if m.error() is None))
-        return self.count
+        return record_entries(m.value() for m in clients.take(self.consumer, 1000, timeout_s) if m.error() is None)
 
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
+
+
+class AuditedCounter:
+    """Counts the entries audited on an audit topic as its records commit (the demo's progress, the
+    tests' waits); with `kind`, only the entries of that type ("event": the sanitize outcomes, not
+    the consent, DP or forget entries other jobs write on the same topic)."""
+
+    def __init__(self, kafka: Mapping[str, str], topic: str, kind: str | None = None) -> None:
+        self.follower = AuditFollower(kafka, topic)
+        self.kind = kind
+        self.count = 0
+
+    def poll(self, timeout_s: float) -> int:
+        """The entries audited so far, after waiting up to `timeout_s` for more."""
+        self.count += sum(self.kind is None or e.get("type") == self.kind for e in self.follower.poll(timeout_s))
+        return self.count
+
+    def close(self) -> None:
+        self.follower.close()

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from fastavro.schema import to_parsing_canonical_form
 
-from gateway.core.codec.evolution import WriterSchema, evolution_problems, resolve_writer
+from gateway.core.codec.formats import codec_for
 from gateway.core.policy.plan import Plan, Problem
 from gateway.errors import ConfigError, GatewayError
 from gateway.retry import exponential, retry_call
@@ -75,34 +74,39 @@ def resolve_ids(plans: Sequence[Plan], url: str, compatibility: str = "full") ->
 
 
 def registered_versions(client: Any, subject: str) -> list[tuple[int, int, dict[str, Any]]]:
-    """(version, schema id, schema) of every version of `subject`, oldest first; [] if it has none."""
+    """(version, schema id, schema) of every version of an Avro `subject`, oldest first; [] if it has none."""
+    return [(version, schema_id, orjson.loads(text)) for version, schema_id, text in registered_texts(client, subject)]
+
+
+def registered_texts(client: Any, subject: str) -> list[tuple[int, int, str]]:
+    """(version, schema id, schema text) of every version of `subject` (any format), oldest first."""
     if subject not in client.get_subjects():
         return []
     out = []
     for version in sorted(client.get_versions(subject)):
         registered = client.get_version(subject, version)
-        out.append((int(version), int(registered.schema_id), orjson.loads(registered.schema.schema_str)))
+        out.append((int(version), int(registered.schema_id), str(registered.schema.schema_str)))
     return out
 
 
-def _raw_writers(client: Any, plan: Plan) -> tuple[int | None, dict[int, WriterSchema]]:
+def _raw_writers(client: Any, plan: Plan) -> tuple[int | None, dict[int, Any]]:
     """The policy schema's own id (None if that exact schema is not registered) and every other
     version of the raw subject as a writer schema resolved to the policy's. The latest version must
     resolve: producers write it, and the worker would dead-letter them all."""
     subject = subject_of(plan.source_topic)
-    versions = registered_versions(client, subject)
+    versions = registered_texts(client, subject)
     if not versions:
         raise GatewayError(f"schema registry: subject '{subject}' has no versions: producers of {plan.source_topic} "
                            "register the raw schema (their serializer does it on first use), or the policy names "
                            "a static schema_id")
-    policy = to_parsing_canonical_form(plan.schema.raw)  # the canonical form leaves the annotations out
+    codec = codec_for(plan.schema.format)  # which version is the policy's, and how to read the others
     own: int | None = None
-    writers: dict[int, WriterSchema] = {}
-    for version, schema_id, raw in versions:
-        if to_parsing_canonical_form(raw) == policy:
+    writers: dict[int, Any] = {}
+    for version, schema_id, text in versions:
+        if codec.same_schema(plan.schema, text):
             own = schema_id
             continue
-        writer = resolve_writer(plan.schema.raw, raw, f"registry id {schema_id} (version {version} of '{subject}')")
+        writer = codec.writer(plan.schema, text, f"registry id {schema_id} (version {version} of '{subject}')")
         writers[schema_id] = writer
         if writer.problem is not None:
             log.warning("a registered version cannot be read with the policy: its events are dead-lettered",
@@ -131,7 +135,8 @@ def _register_sanitized(client: Any, plan: Plan, schema_class: Any, compatibilit
                            + ". Change the policy compatibly (a field the sanitized schema gains or loses needs a "
                            "default: a nullable field with default null), publish under a new sanitized_topic, or "
                            "set sanitized_compatibility")
-    schema = schema_class(orjson.dumps(plan.sanitized_schema).decode(), "AVRO")
+    codec = codec_for(plan.schema.format)
+    schema = schema_class(codec.sanitized_schema(plan.schema, plan.sanitized_schema), codec.registry_type)
     if subject in client.get_subjects() and not client.test_compatibility(subject, schema):
         raise GatewayError(f"schema registry: the sanitized schema of {plan.name} (policy {plan.policy_hash}) is "
                            f"not compatible with the versions of subject '{subject}' under the registry's "
@@ -142,9 +147,11 @@ def _register_sanitized(client: Any, plan: Plan, schema_class: Any, compatibilit
 
 def sanitized_evolution_problems(client: Any, plan: Plan, compatibility: str) -> list[str]:
     """Why the plan's sanitized schema may not follow the versions registered under its subject."""
-    previous = [(f"sanitized version {version} (id {schema_id})", raw)
-                for version, schema_id, raw in registered_versions(client, subject_of(plan.sanitized_topic))]
-    return evolution_problems(plan.sanitized_schema, previous, compatibility)
+    previous = [(f"sanitized version {version} (id {schema_id})", text)
+                for version, schema_id, text in registered_texts(client, subject_of(plan.sanitized_topic))]
+    codec = codec_for(plan.schema.format)
+    return codec.sanitized_problems(codec.sanitized_schema(plan.schema, plan.sanitized_schema), previous,
+                                    compatibility)
 
 
 def lint_against_registry(plans: Sequence[Plan], url: str, compatibility: str) -> list[Problem]:
@@ -160,14 +167,14 @@ def lint_against_registry(plans: Sequence[Plan], url: str, compatibility: str) -
         where = str(plan.schema.path)
         subject = subject_of(plan.source_topic)
         try:
-            versions = registered_versions(client, subject)
-            policy = to_parsing_canonical_form(plan.schema.raw)
+            versions = registered_texts(client, subject)
+            codec = codec_for(plan.schema.format)
             if not versions:
                 problems.append(Problem("warning", where, "(registry)", f"subject '{subject}' has no versions yet"))
-            for version, schema_id, raw in versions:
-                if to_parsing_canonical_form(raw) == policy:
+            for version, schema_id, text in versions:
+                if codec.same_schema(plan.schema, text):
                     continue
-                writer = resolve_writer(plan.schema.raw, raw, f"version {version} (id {schema_id})")
+                writer = codec.writer(plan.schema, text, f"version {version} (id {schema_id})")
                 label = f"{subject} version {version} (id {schema_id})"
                 if writer.problem is not None:
                     problems.append(Problem("error", where, label, f"the policy cannot read it: {writer.problem}"))
@@ -198,17 +205,28 @@ class WriterSchemaLookup:
         self.url = url
         self._client = SchemaRegistryClient({"url": url})
         self._found: dict[int, dict[str, Any]] = {}
+        self._texts: dict[int, tuple[str, str]] = {}
         self._unknown_until: dict[int, float] = {}
         self.retry_unknown_s = retry_unknown_s
 
     def __call__(self, schema_id: int) -> dict[str, Any] | None:
-        """The schema (parsed JSON) registered under `schema_id`; None if the registry has no such id."""
+        """The Avro schema (parsed JSON) registered under `schema_id`; None if the registry has no such id
+        (or it is of another format)."""
+        registered = self.registered(schema_id)
+        if registered is None or registered[0] != "AVRO":
+            return None
+        if schema_id not in self._found:
+            self._found[schema_id] = orjson.loads(registered[1])
+        return self._found[schema_id]
+
+    def registered(self, schema_id: int) -> tuple[str, str] | None:
+        """(schemaType, schema text) registered under `schema_id`, any format; None if the registry has no such id."""
         import time
 
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-        if schema_id in self._found:
-            return self._found[schema_id]
+        if schema_id in self._texts:
+            return self._texts[schema_id]
         if self._unknown_until.get(schema_id, 0.0) > time.monotonic():
             return None
         try:
@@ -223,10 +241,8 @@ class WriterSchemaLookup:
                                f"(HTTP {exc.http_status_code})") from None
         except OSError as exc:
             raise GatewayError(f"schema registry {self.url} does not answer ({type(exc).__name__}: {exc})") from None
-        if schema.schema_type not in (None, "AVRO"):
-            return None
-        found = orjson.loads(schema.schema_str)
-        self._found[schema_id] = found
+        found = (str(schema.schema_type or "AVRO"), str(schema.schema_str))
+        self._texts[schema_id] = found
         return found
 
 
@@ -241,6 +257,7 @@ class NewWriterIds:
     dead-lettered because the registry was down, and the batch is read again after the restart."""
 
     def __init__(self, stages: Sequence[Any], lookup: Any, patience_s: float = 60.0) -> None:
+        """`lookup`: registry id -> (schemaType, schema text), or None if unknown (WriterSchemaLookup.registered)."""
         self.stages = {s.plan.source_topic: s for s in stages if s.plan.schema_id_from_registry}
         self.lookup = lookup
         self.patience_s = patience_s
@@ -254,17 +271,18 @@ class NewWriterIds:
                 values.setdefault(event.topic, []).append(event.value)
         for topic, topic_values in values.items():
             stage = self.stages[topic]
+            codec = codec_for(stage.plan.schema.format)
             for schema_id in sorted(stage.decoder.unknown_ids(topic_values)):
-                raw = self._lookup(schema_id)
-                if raw is None:
-                    continue
-                writer = resolve_writer(stage.plan.schema.raw, raw, f"registry id {schema_id}")
+                registered = self._lookup(schema_id)
+                if registered is None or registered[0] != codec.registry_type:
+                    continue  # unknown, or of another format: its events are dead-lettered unknown_schema_id
+                writer = codec.writer(stage.plan.schema, registered[1], f"registry id {schema_id}")
                 stage.decoder.add_writer(schema_id, writer)
                 log.info("a new writer schema from the registry", extra={
                     "schema": stage.plan.name, "schema_id": schema_id, "readable": writer.problem is None,
                     "unannotated_fields": list(writer.unannotated), "problem": writer.problem})
 
-    def _lookup(self, schema_id: int) -> dict[str, Any] | None:
+    def _lookup(self, schema_id: int) -> tuple[str, str] | None:
         def note(_attempt: int, exc: BaseException, _delay: float) -> None:
             log.warning("schema registry lookup failed: retrying", extra={"schema_id": schema_id, "error": str(exc)})
 

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from gateway.errors import GatewayError
+from gateway.core.codec.formats import codec_for
+from gateway.core.policy.plan import Plan
+from gateway.core.scan import Scanner
+from gateway.errors import GatewayError, RejectedEvent
 from gateway.runtime import clients
 
 FROM = ("end", "beginning")
@@ -116,3 +119,20 @@ def sample_topic(kafka: Mapping[str, str], topic: str, limit: int = 1000, start:
                  timeout_s: float = 60.0, progress: Callable[[int], None] | None = None) -> TopicSample:
     """A `TopicSample` of `topic`. `kafka`: GatewayConfig.kafka_client_config() (security included)."""
     return TopicSample(kafka, topic, limit, start, timeout_s, progress)
+
+
+def scan_plan_source(kafka: Mapping[str, str], plan: Plan, limit: int, timeout_s: float,
+                     max_record_bytes: int) -> Scanner:
+    """`gateway scan` over the last `limit` events of `plan`'s source topic, decoded as the worker
+    decodes them (its input mode, schema id and writer schemas): the scanner holds counts only."""
+    decoder = codec_for(plan.schema.format).decoder(plan.schema, plan.input_mode, plan.schema_id, max_record_bytes,
+                                                    dict(plan.writers_by_id), dict(plan.writers_by_fingerprint))
+    scanner = Scanner(plan.schema)
+    for value in sample_topic(kafka, plan.source_topic, limit, "end", timeout_s):
+        try:
+            record, _encoding = decoder.decode(value)
+        except RejectedEvent as exc:
+            scanner.failed(exc.reason)
+            continue
+        scanner.add(record)
+    return scanner

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.ops import metrics
 from gateway.ops.ports import free_port
 from gateway.retry import exponential
+from gateway.stop_signal import sigterm_blocked
 
 log = logging.getLogger("gateway.supervisor")
 BACKOFF_FIRST_S = 1.0
@@ -126,7 +127,10 @@ class Supervisor:
         return code
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.command)  # noqa: S603 - our own interpreter and module
+        # started with SIGTERM blocked: a stop forwarded while the child's interpreter is still starting waits
+        # until its handler is installed, so it exits 0 rather than dying by the signal (gateway/stop_signal.py)
+        with sigterm_blocked():
+            child.proc = subprocess.Popen(child.command)  # noqa: S603 - our own interpreter and module
         child.started = time.monotonic()
         child.restart_at = None
 

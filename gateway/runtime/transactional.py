@@ -70,6 +70,8 @@ class Batch:
     settled: float = 0.0  # the batch before it committed: this one may be produced
     produced: float = 0.0
     commit: Future[float] | None = None
+    polled: float = 0.0  # the consume call that returned it began (started - polled: the batch-fill wait)
+    offsets_sent: float = 0.0  # send_offsets_to_transaction returned (the commit's first half)
 
 
 def is_retriable(error: KafkaError) -> bool:
@@ -185,6 +187,7 @@ class TransactionalLoop:
         self.opened: set[Source] = set()
         self.aborts = 0
         self._in_flight: Batch | None = None
+        self._offsets_sent = 0.0
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-commit") if overlap else None
         self.assignment_wait = assignment_wait or AssignmentWait(name, None, None)
 
@@ -218,6 +221,7 @@ class TransactionalLoop:
     def step(self, timeout_s: float | None = None) -> int:
         """Consume one batch and publish what the handler makes of it; returns the messages taken."""
         aborts = self.aborts
+        polled = time.monotonic()
         raw = self.consumer.consume(self.batch_max_events, self.batch_timeout_s if timeout_s is None else timeout_s)
         if not self.assignment_wait.done:
             self.assignment_wait.tick(self._member_id)
@@ -232,6 +236,8 @@ class TransactionalLoop:
             return 0
         messages = self._usable(raw)
         batch = self._process(messages) if messages else None  # overlaps the last batch's commit
+        if batch is not None:
+            batch.polled = polled
         if not self.settle():
             return 0  # the last batch aborted: this one was rewound with it and is read again
         if batch is not None:
@@ -334,6 +340,7 @@ class TransactionalLoop:
         if offsets:
             retry_retriable("send_offsets_to_transaction",
                             lambda: self.producer.send_offsets_to_transaction(offsets, group, 30))
+        self._offsets_sent = time.monotonic()  # one commit runs at a time: settle() hands it to its batch
         retry_retriable("commit_transaction", lambda: self.producer.commit_transaction(60))
         return time.monotonic()
 
@@ -348,6 +355,7 @@ class TransactionalLoop:
         except KafkaException as exc:
             self._abort(exc)
             return False
+        batch.offsets_sent = self._offsets_sent
         if self.on_committed is not None:
             self.on_committed(batch, committed)
         return True

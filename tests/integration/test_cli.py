@@ -64,21 +64,53 @@ def test_policy_show_prints_plan_and_a_valid_sanitized_schema() -> None:
 
 @pytest.mark.integration
 def test_demo_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
-    """... and, having succeeded, leaves nothing behind in the temporary directory (its folder, the
-    broker's data and log) and names no log it has removed."""
-    env = dict(ENV, TMPDIR=str(tmp_path))  # the demo's temporary files go here, and only here
-    result = subprocess.run([sys.executable, "-m", "gateway", "demo", "--events", "30"], capture_output=True,
-                            timeout=300, env=env, cwd=REPO)
-    out = result.stdout.decode()
-    assert result.returncode == 0, out + result.stderr.decode()
-    assert re.search(r"published\s+73\b", out) and re.search(r"sanitized\s+60\b", out)
+    """... shows each step of the tour with what the gateway really did (consent gating a purpose
+    view, a DP release and the budget's refusal, forget and decrypt, audit verify and the HTML
+    report), prints no log line of the gateway or librdkafka (they go to the kept demo.log), and,
+    having succeeded, leaves nothing behind in the temporary directory (its folder, the broker's
+    data and log) and names no log it has removed."""
+    tmp, kept = tmp_path / "tmp", tmp_path / "out"
+    tmp.mkdir()
+    env = dict(ENV, TMPDIR=str(tmp))  # the demo's temporary files go here, and only here
+    result = subprocess.run([sys.executable, "-m", "gateway", "demo", "--events", "120", "--out", str(kept)],
+                            capture_output=True, timeout=300, env=env, cwd=REPO)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, out + err
+    # 2 x 120 valid sample events, 13 broken payments, 3 subjects x 6 payments in the consent step
+    assert re.search(r"published\s+271\b", out) and re.search(r"sanitized\s+258\b", out)
     assert re.search(r"dead-lettered\s+13\b", out) and re.search(r"lost\s+0\b", out)
-    assert "hash chains: verified" in out and "decrypted      60/60" in out
-    assert "RAW (producer)" in out and "stopped the gateway (exit 0)" in out
+    assert re.search(r"audited\s+271\s+\(hash chains: verified", out)
+    assert "decrypted      252/258" in out and "(6 of the forgotten subject: key_erased)" in out
+    assert "RAW (producer)" in out and "stopped the gateway (exit 0), the aggregate worker (exit 0)" in out
     # progress: the phases and the final count, one line each on a pipe (no carriage returns)
-    assert "\r" not in out and re.search(r"^  73/73 events audited", out, re.M)
-    assert "log" not in out.split("5. stopped", 1)[1] and "gateway-demo-" not in out
-    assert list(tmp_path.iterdir()) == []
+    assert "\r" not in out and re.search(r"^  253/253 events audited", out, re.M)  # the samples (step 4)
+    # consent: the revoker's view stops at the revocation, the others' do not; subjects as tokens
+    assert re.search(r"^     user-90001 = tok_v1_\S+  6 of 6$", out, re.M)
+    assert re.search(r"^     user-90002 = tok_v1_\S+  3 of 6  <- revoked mid-run: 3 withheld \(audited\)$", out, re.M)
+    assert re.search(r"^     user-90003 = tok_v1_\S+  6 of 6$", out, re.M)
+    # DP: a noisy release with its epsilon and the budget left, then the refusal and the spent budget
+    assert re.search(r"released on 'payments.raw.aggregates': (\w+ -?\d+, )*\w+ -?\d+ \(noisy counts, \+/-\d+ at 95%, "
+                     r"epsilon 1, discrete_laplace", out), out
+    assert re.search(r"ledger: \d+ window\(s\) charged through this one .*: \d+ of cap 10 spent, [1-9]\d* left", out)
+    assert re.search(r": refused:budget_epsilon_cap \(audited; nothing published\)", out)
+    assert ("gateway budget show: budget subject:customer: latest 3600 s period: 10 of cap 10, remaining 0"
+            in out)
+    # forget: the forgotten subject's per-subject field is erased, everyone else's opens
+    assert "1 key(s) erased; user-90001's customer_name: 6 key_erased; everyone else's: 132 decrypted" in out
+    # audit verify and the report, kept
+    assert re.search(r"audit chain OK: \d+ events in \d+ records, \d+ chains", out)
+    assert f"report written to {kept / 'report.html'}" in out
+    assert (kept / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    # no library or gateway log line on the terminal: they are in the kept log file
+    for text in (out, err):
+        assert not re.search(r"^%\d+\|", text, re.M), text  # librdkafka's own format
+        assert not re.search(r'^\{"', text, re.M), text  # the gateway's JSON log lines ({"time": ...)
+    assert '"msg":"created topics"' in (kept / "demo.log").read_text()
+    tail = out.split("9. stopped", 1)[1]
+    assert f"kept in {kept}: report.html" in tail and "log" not in tail.replace("demo.log", "")
+    assert "gateway-demo-" not in out
+    assert list(tmp.iterdir()) == []
+    assert sorted(p.name for p in kept.iterdir()) == ["demo.log", "report.html"]
 
 
 def test_produce_samples_sends_current_events_and_a_broken_one_per_thousand(fresh_deployment: Deployment) -> None:

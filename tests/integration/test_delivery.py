@@ -253,17 +253,30 @@ def test_scale_out_on_the_group_protocol_loses_and_doubles_nothing(fresh_deploym
 
 @pytest.mark.alone  # the clean exit is bounded at 15 s
 def test_sigterm_mid_stream_exits_cleanly_and_restart_completes(fresh_deployment: Deployment) -> None:
+    """SIGTERM while events flow: the worker finishes its batch, commits and exits 0; its successor
+    (same instance id) completes every event once. The premise is built, not hoped for: a publisher
+    keeps producing through the signal, so the stopped worker had work coming in (a backlog alone was
+    once drained before the signal, and the test then stopped the restarted worker mid start-up), and
+    the restart provably has events the first worker never saw."""
     d = fresh_deployment
     worker = d.start_worker("graceful")
-    ids = _publish_payments(d, 8_000, seed=8)
-    _wait_until(lambda: audited_count(d.bootstrap, d.audit_topic) >= 1_000, 60, "some progress")
-    started = time.monotonic()
-    assert worker.stop(timeout_s=30) == 0  # finish the batch in flight, commit, exit 0
-    assert time.monotonic() - started < 15
-    assert '"msg":"worker stopped"' in worker.log()
-    worker = d.start_worker("graceful")
+    backlog = _publish_payments(d, 2_000, seed=8)
+    with SteadyPublisher(d, 500, seed=9) as steady:
+        _wait_until(lambda: audited_count(d.bootstrap, d.audit_topic) >= 1_000 and len(steady.ids) >= 500, 60,
+                    "progress on the backlog while the publisher runs")
+        started = time.monotonic()
+        assert worker.stop(timeout_s=30) == 0  # finish the batch in flight, commit, exit 0
+        assert time.monotonic() - started < 15
+        assert '"msg":"worker stopped"' in worker.log()
+        # the worker is gone and events keep arriving: work is left for its successor
+        stopped_at = len(steady.ids)
+        _wait_until(lambda: len(steady.ids) >= stopped_at + 250, 30, "events published after the stop")
+        published = len(backlog) + len(steady.ids)
+        assert audited_count(d.bootstrap, d.audit_topic) < published, "the stopped worker had nothing left to do"
+        worker = d.start_worker("graceful")
     try:
-        d.wait_for_audit(8_000, timeout_s=120)
+        ids = backlog | steady.ids
+        d.wait_for_audit(len(ids), timeout_s=120)
     finally:
         assert worker.stop() == 0
     sanitized, dead = _outcomes(d)

@@ -9,22 +9,19 @@ names the published ones, and without the keyring every encrypted field must be 
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from gateway.core.codec.writer import avro_bytes
 from gateway.embedded.samples import SampleEvents
 
-from .conftest import ENV, REPO, Deployment
+from .conftest import Deployment
+from .example_apps import ExampleApp, write_in_transaction
 
 pytestmark = pytest.mark.integration
 # the `faust` extra: it cannot sit in `test` (faust-streaming caps click below 8.4, check-jsonschema needs 8.5)
@@ -34,63 +31,15 @@ N = 40
 PARTITIONS = 3
 
 
-class FaustExample:
-    """examples/faust_payments_by_country.py as a `faust worker` subprocess, its report in a file."""
-
-    def __init__(self, d: Deployment, name: str, keyring: Path | None) -> None:
-        self.out = d.root / f"faust-{name}.json"
-        self.log_path = d.root / f"faust-{name}.log"
-        env = {k: v for k, v in ENV.items() if k != "GATEWAY_KEYRING"}
-        env.update(GATEWAY_SCHEMAS=str(d.schemas), EXAMPLE_TOPIC=d.payments.sanitized_topic,
-                   EXAMPLE_BROKER=f"kafka://{d.bootstrap}", EXAMPLE_APP_ID=f"faust-{name}-{d.suffix}",
-                   EXAMPLE_PARTITIONS=str(PARTITIONS), EXAMPLE_OUT=str(self.out),
-                   EXAMPLE_DATADIR=str(d.root / f"faust-{name}-data"))  # not the checkout (faust's default: cwd)
-        if keyring is not None:
-            env["GATEWAY_KEYRING"] = str(keyring)
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait()
-        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "examples.faust_payments_by_country",
-                                      "worker", "-l", "info", "--without-web"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def report(self) -> dict[str, Any] | None:
-        return orjson.loads(self.out.read_bytes()) if self.out.exists() else None
-
-    def wait_for_count(self, expected: int, deadline: float) -> dict[str, Any]:
-        report = None
-        while time.monotonic() < deadline:
-            report = self.report()
-            if report is not None and sum(report["counts"].values()) >= expected:
-                return report
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"faust counted {report and report['counts']} (want {expected} payments), "
-                             f"exit {self.proc.poll()}:\n{self.log_path.read_text(errors='replace')[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self) -> int | None:
-        """Its exit code after SIGTERM, None if it had to be killed."""
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            return None
-        finally:
-            self.log.close()
-
-
-def _abort_copies(bootstrap: str, records: list[Any]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"aborted-copies-{time.time_ns()}"})
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    for r in records:
-        producer.produce(r.topic, r.value, r.key, partition=r.partition, headers=list(r.headers.items()))
-    assert producer.flush(30) == 0
-    producer.abort_transaction(30)
+def faust_example(d: Deployment, name: str, keyring: Path | None) -> ExampleApp:
+    """examples/faust_payments_by_country.py as a `faust worker` subprocess."""
+    app_id = f"faust-{name}-{d.suffix}"
+    return ExampleApp(d, f"faust-{name}", keyring,
+                      [sys.executable, "-m", "faust", "-A", "examples.faust_payments_by_country", "worker",
+                       "-l", "info", "--without-web"],
+                      {"EXAMPLE_BROKER": f"kafka://{d.bootstrap}", "EXAMPLE_APP_ID": app_id,
+                       "EXAMPLE_PARTITIONS": str(PARTITIONS),
+                       "EXAMPLE_DATADIR": str(d.root / f"faust-{name}-data")})  # not the checkout (faust's default)
 
 
 def test_faust_example_counts_the_sanitized_payments_per_country(fresh_deployment: Deployment) -> None:
@@ -110,14 +59,15 @@ def test_faust_example_counts_the_sanitized_payments_per_country(fresh_deploymen
     assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": N // 2, b"json": N // 2}
     # what a gateway abort leaves in the log (a failed commit, then the batch again): copies of records in an
     # aborted transaction, which a read_uncommitted consumer would count a second time
-    _abort_copies(d.bootstrap, sanitized)
+    write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
+                                       for r in sanitized], commit=False)
 
     # ground truth: what was published, never what the gateway wrote
     countries = Counter(p["country"] for p in payments)
     names = {p["event_id"]: p["customer_name"] for p in payments}
     assert len(countries) > 1 and len(names) == N
 
-    apps = {"keys": FaustExample(d, "keys", d.keyring), "nokeys": FaustExample(d, "nokeys", None)}
+    apps = {"keys": faust_example(d, "keys", d.keyring), "nokeys": faust_example(d, "nokeys", None)}
     try:
         deadline = time.monotonic() + 40
         reports = {name: app.wait_for_count(N, deadline) for name, app in apps.items()}

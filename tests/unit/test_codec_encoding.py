@@ -39,7 +39,11 @@ def test_the_encodings_are_the_names_policies_headers_and_audit_use() -> None:
     assert Encoding.JSON == "json" and f"{Encoding.SINGLE_OBJECT}" == "single_object"
     assert orjson.dumps({"encoding": Encoding.CONFLUENT}) == b'{"encoding":"confluent"}'
     assert Encoding.from_header(b"avro") is Encoding.AVRO and Encoding.from_header("json") is Encoding.JSON
-    for absent in (None, b"", "", b"protobuf", b"\xff"):
+    # the other format families' encodings are names in the header too; the Avro policies' input/output are not
+    assert Encoding.from_header(b"json_schema") is Encoding.JSON_SCHEMA
+    assert Encoding.from_header(b"protobuf") is Encoding.PROTOBUF
+    assert "json_schema" not in INPUT_MODES and "protobuf" not in ENCODINGS
+    for absent in (None, b"", "", b"thrift", b"\xff"):
         assert Encoding.from_header(absent) is None
 
 

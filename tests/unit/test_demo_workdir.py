@@ -23,7 +23,7 @@ def test_a_demo_that_succeeds_removes_its_folder_and_names_no_log(
         tmpdir_here: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     seen: list[Path] = []
 
-    def run(_schemas: Path, _n: int, _plans: object, workdir: Path) -> None:
+    def run(_schemas: Path, _n: int, _plans: object, workdir: Path, _out: Path | None) -> None:
         (workdir / "worker.log").write_text("{}\n")
         seen.append(workdir)
 
@@ -39,7 +39,7 @@ def test_a_demo_that_succeeds_removes_its_folder_and_names_no_log(
 def test_a_demo_that_fails_keeps_its_folder_and_says_where(
         tmpdir_here: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         error: BaseException) -> None:
-    def run(_schemas: Path, _n: int, _plans: object, workdir: Path) -> None:
+    def run(_schemas: Path, _n: int, _plans: object, workdir: Path, _out: Path | None) -> None:
         (workdir / "worker.log").write_text('{"msg":"boom"}\n')
         raise error
 

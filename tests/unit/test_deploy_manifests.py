@@ -878,13 +878,14 @@ def _extras_check() -> str:
 
 
 @pytest.mark.parametrize("extras,ok", [("", True), ("aws", True), ("registry", True), ("aws,vault,registry", True),
-                                       ("vault,aws", True), ("regsitry", False), ("aws,kms", False), ("*", False)])
+                                       ("registry,protobuf", True), ("vault,aws", True), ("regsitry", False),
+                                       ("aws,kms", False), ("*", False)])
 def test_the_image_takes_each_extra_of_the_project_and_refuses_a_misspelt_one(extras: str, ok: bool) -> None:
     result = subprocess.run(["sh", "-c", _extras_check()], env={"GATEWAY_EXTRAS": extras, "PATH": os.environ["PATH"]},
                             capture_output=True, text=True, timeout=10, check=False)
     assert (result.returncode == 0) == ok, result.stderr
     if not ok:
-        assert "is not one of aws, vault, registry" in result.stderr
+        assert "is not one of aws, vault, registry, protobuf" in result.stderr
 
 
 def test_the_extras_the_image_takes_are_extras_of_the_project() -> None:
@@ -893,7 +894,7 @@ def test_the_extras_the_image_takes_are_extras_of_the_project() -> None:
     allowed = re.search(r"in\s+([\w|]+)\) ;;", _extras_check())
     assert allowed is not None
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert set(allowed.group(1).split("|")) == {"aws", "vault", "registry"} <= set(extras)
+    assert set(allowed.group(1).split("|")) == {"aws", "vault", "registry", "protobuf"} <= set(extras)
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:

@@ -40,7 +40,8 @@ from gateway.keys.period_keys import (
 )
 from gateway.keys.subject_keys import SubjectKeys, is_key_record, is_subject_key
 from gateway.runtime import retention as retention_module
-from gateway.runtime.keytopic import _forgotten_key_id, _retention_body
+from gateway.runtime.keytopic import _retention_body
+from gateway.runtime.keytopic import forgotten_key_id as _forgotten_key_id
 from gateway.runtime.retention import RetentionSchedule, retention_owner, summary_lines
 from gateway.settings import GatewayConfig
 from tests.unit.key_topic import KeyTopic

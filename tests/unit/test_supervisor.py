@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops.cpus import usable_cpus
+from gateway.ops.cpus import auto_processes, usable_cpus
 from gateway.runtime.supervisor import BACKOFF_MAX_S, Supervisor, backoff_s, child_arguments
+from gateway.settings import GatewayConfig
 
 
 def test_a_cgroup_cpu_quota_caps_the_affinity(tmp_path: Path) -> None:
@@ -41,3 +42,23 @@ def test_children_get_the_command_line_without_the_options_the_supervisor_sets()
 def test_one_process_needs_no_supervisor() -> None:
     with pytest.raises(ValueError, match="two or more"):
         Supervisor([], 1)
+
+
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:19092", "localhost:9092", "[::1]:9092", "127.0.0.1:1,localhost:2",
+                                       "myhost:9092", " LOCALHOST:9092"])
+def test_auto_starts_one_process_where_the_broker_shares_the_machine(bootstrap: str) -> None:
+    count, why = auto_processes(bootstrap, cpus=8, hostname="myhost")
+    assert count == 1
+    assert "this host" in why
+
+
+@pytest.mark.parametrize("bootstrap", ["kafka-0.kafka:9092", "10.0.0.5:9092", "127.0.0.1:9092,kafka-1:9092",
+                                       "localhost.example.com:9092", "127example:9092"])
+def test_auto_starts_one_per_cpu_where_the_broker_runs_elsewhere(bootstrap: str) -> None:
+    assert auto_processes(bootstrap, cpus=8, hostname="myhost") == (8, "one per usable CPU (8): the broker runs "
+                                                                        "elsewhere")
+
+
+def test_an_explicit_processes_setting_wins_over_the_rule() -> None:
+    assert GatewayConfig(bootstrap="127.0.0.1:9092", processes="3").process_choice() == (3, "set by processes")
+    assert GatewayConfig(bootstrap="127.0.0.1:9092").process_count() == 1

@@ -36,6 +36,9 @@ class Encoding(StrEnum):
     AVRO = "avro"
     JSON = "json"
     SINGLE_OBJECT = "single_object"
+    # the other format families' wire encodings (gateway.core.codec.formats): Confluent-framed, always
+    JSON_SCHEMA = "json_schema"  # magic byte 0, the 4-byte registry id, JSON validated by the JSON Schema
+    PROTOBUF = "protobuf"  # magic byte 0, the 4-byte registry id, the message indexes, the Protobuf message
 
     @classmethod
     def from_header(cls, value: bytes | str | None) -> Encoding | None:
@@ -49,8 +52,35 @@ class Encoding(StrEnum):
             return None
 
 
-ENCODINGS: tuple[str, ...] = tuple(e.value for e in Encoding)
+class SchemaFormat(StrEnum):
+    """A schema's format family: how its schema file is written, how its events are framed and decoded,
+    and its Schema Registry `schemaType`. Each has one implementation in gateway.core.codec.formats
+    (its registry, decided at import). The policy model is the same for all: each format's schema is
+    converted at load time into the Avro-shaped record the compiler, operators and audit consume."""
+
+    AVRO = "avro"
+    PROTOBUF = "protobuf"
+    JSON_SCHEMA = "json_schema"
+
+
+# the Avro family's encodings: the values of an Avro policy's `input` and `output`
+ENCODINGS: tuple[str, ...] = (Encoding.CONFLUENT, Encoding.AVRO, Encoding.JSON, Encoding.SINGLE_OBJECT)
 INPUT_MODES: tuple[str, ...] = ("auto", *ENCODINGS)
+# each other format family has one encoding, its events' and its sanitized records'
+FORMAT_ENCODINGS: dict[SchemaFormat, Encoding] = {SchemaFormat.JSON_SCHEMA: Encoding.JSON_SCHEMA,
+                                                  SchemaFormat.PROTOBUF: Encoding.PROTOBUF}
+
+
+def input_modes(schema_format: SchemaFormat) -> tuple[str, ...]:
+    """The `input` values a policy of this format may name ("auto": the format's own framing)."""
+    own = FORMAT_ENCODINGS.get(schema_format)
+    return INPUT_MODES if own is None else ("auto", own.value)
+
+
+def output_modes(schema_format: SchemaFormat) -> tuple[str, ...]:
+    """The `output` values a policy of this format may name ("same": the input's encoding)."""
+    own = FORMAT_ENCODINGS.get(schema_format)
+    return ("same", *ENCODINGS) if own is None else ("same", own.value)
 
 
 def frame_confluent(schema_id: int, payload: bytes) -> bytes:

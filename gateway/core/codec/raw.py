@@ -11,6 +11,7 @@ schema and resolved to the policy's. Decoding never puts a value into an error m
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import decimal
 import io
@@ -32,6 +33,7 @@ from gateway.core.codec.encoding import (
     INPUT_MODES,
     OPEN_BRACKET,
     Encoding,
+    SchemaFormat,
     confluent_header,
     confluent_id,
     first_json_byte,
@@ -45,11 +47,18 @@ from gateway.errors import PolicyError, RejectedEvent
 
 @dataclass(frozen=True)
 class SchemaFile:
-    """One raw schema as loaded from disk: its source, JSON form and fastavro-parsed form."""
+    """One raw schema as loaded from disk: its source, JSON form and fastavro-parsed form.
+
+    `raw` is always the Avro-shaped policy model (a record with `privacy` annotations) the compiler,
+    operators, quality rules, DP and audit consume; a schema of another format family (`format`) is
+    converted into it at load time (gateway.core.codec.formats) and keeps its own text in `native`,
+    which its decoder, the sanitized schema's derivation and registry registration read."""
 
     path: Path
     raw: dict[str, Any]
     parsed: dict[str, Any]
+    format: SchemaFormat = SchemaFormat.AVRO
+    native: str | None = dataclasses.field(default=None, repr=False)  # its own text (None for Avro: `raw` is it)
 
     @property
     def fullname(self) -> str:
@@ -77,6 +86,7 @@ def load_schema_file(path: Path) -> SchemaFile:
 
 
 def iter_schema_files(directory: Path) -> Iterator[Path]:
+    """The Avro schema files of a directory (gateway.core.codec.formats.iter_schema_files: every format's)."""
     yield from sorted(Path(directory).glob("*.avsc"))
 
 

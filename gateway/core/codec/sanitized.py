@@ -24,6 +24,7 @@ from gateway.core.codec.encoding import (
     OPEN_BRACE,
     SCHEMA_HEADER,
     Encoding,
+    SchemaFormat,
     confluent_id,
     first_json_byte,
     sniff,
@@ -35,6 +36,7 @@ from gateway.core.codec.evolution import (
     incompatibilities,
     strip_logical_types,
 )
+from gateway.core.codec.formats import SchemaCodec, codec_for, codec_of_encoding
 from gateway.core.policy.plan import Plan
 from gateway.errors import GatewayError
 
@@ -97,6 +99,7 @@ class SanitizedDecoder:
         # a registry id never changes its schema, so each is fetched and checked once per plan
         self._writers: dict[tuple[str, int], tuple[Any, str | None]] = {}
         self._fingerprints: dict[str, bytes] = {}
+        self._readers: dict[str, Callable[[bytes], dict[str, Any]]] = {}  # sanitized topic -> its family's reader
 
     def plan_for(self, topic: str | None = None, schema_name: str | None = None) -> Plan:
         """The plan of a record: by its schema name, else its topic (or the decoder's), else the only one."""
@@ -132,6 +135,9 @@ class SanitizedDecoder:
                                     f"{plan.sanitized_schema['name']} ({encoding}: {type(exc).__name__})") from None
 
     def _decode_as(self, plan: Plan, encoding: Encoding, value: bytes, topic: str | None) -> Any:
+        native = codec_of_encoding(encoding)
+        if native is not None:  # Confluent-framed in another format family: its reader, whatever the id
+            return self._native(plan, native, value, topic)
         if encoding is Encoding.JSON:
             return orjson.loads(value)
         if encoding is Encoding.SINGLE_OBJECT:
@@ -150,6 +156,11 @@ class SanitizedDecoder:
         Confluent framing on byte 0 when the policy has a registry id or ids can be looked up, else bare
         Avro first); a value that fails one is tried as the others. Raises UndecodableRecord."""
         problems: list[str] = []  # why Confluent framing did not decode, for the error
+        if plan.schema.format is not SchemaFormat.AVRO and confluent_id(value) is not None:
+            try:
+                return self._native(plan, codec_for(plan.schema.format), value, topic)
+            except Exception:  # noqa: S110 - not that format after all: the plain JSON view of a purpose?
+                pass
 
         def confluent(plan: Plan, value: bytes) -> Any:
             return self._confluent(plan, value, topic, problems)
@@ -168,6 +179,16 @@ class SanitizedDecoder:
         why = f" ({problems[0]})" if problems else ""
         raise UndecodableRecord(f"record on '{topic or plan.sanitized_topic}' is neither a JSON object nor "
                                 f"Avro of {plan.sanitized_schema['name']}{why}")
+
+    def _native(self, plan: Plan, codec: SchemaCodec, value: bytes, topic: str | None) -> Any:
+        """A record of another format family (Confluent-framed): read with the family's sanitized reader."""
+        if confluent_id(value) is None:
+            raise GatewayError(f"record on '{topic}' says {codec.encoding} encoding but does not start with "
+                               "Confluent framing (magic byte 0 and a 4-byte schema id)")
+        reader = self._readers.get(plan.sanitized_topic)
+        if reader is None:
+            reader = self._readers[plan.sanitized_topic] = codec.reader(plan.schema, plan.sanitized_schema)
+        return reader(value[CONFLUENT_HEADER_BYTES:])
 
     def records(self, data: bytes, topic: str | None = None) -> Iterator[tuple[Plan, Any]]:
         """(plan, record) for each record of a byte stream: an Avro container file (its writer schema's

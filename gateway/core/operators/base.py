@@ -250,7 +250,7 @@ class SanitizeResult:
     operators share while the record is built (one object per event)."""
 
     __slots__ = ("record", "subject", "timestamp_ms", "dek_key_id", "other_key_ids", "dek", "subject_aad",
-                 "entities", "out_timestamp_ms", "record_ref", "record_prefix", "position")
+                 "entities", "out_timestamp_ms", "record_ref", "record_prefix", "position", "out_key", "out_headers")
 
     def __init__(self, subject: str, timestamp_ms: int = 0, record_ref: str = "",
                  record_prefix: bytes = b"") -> None:
@@ -267,6 +267,9 @@ class SanitizeResult:
         self.entities: Counter[tuple[str, str]] | None = None  # redact: (field path, entity) -> count
         # the output record's Kafka timestamp as the policy treats it (0: processing time, the pipeline's batch's)
         self.out_timestamp_ms = 0
+        # the raw key's and named headers' results as the policy treats them (gateway/core/policy/key_headers.py)
+        self.out_key: bytes | None = None
+        self.out_headers: list[tuple[str, bytes | None]] | None = None
 
     def __repr__(self) -> str:
         return f"<SanitizeResult subject={self.subject!r} dek={self.dek_key_id!r} fields={len(self.record)}>"

@@ -30,9 +30,10 @@ from gateway.core.audit import (
     seal_audit_value,
 )
 from gateway.core.codec.encoding import SOURCE_HEADER as SOURCE_HEADER
-from gateway.core.codec.encoding import Encoding, frame_confluent, output_headers
+from gateway.core.codec.encoding import Encoding, SchemaFormat, frame_confluent, output_headers
 from gateway.core.codec.evolution import UNANNOTATED_ACTION, single_object_header
-from gateway.core.codec.raw import NO_FIELDS, EventDecoder
+from gateway.core.codec.formats import RawDecoder, codec_for
+from gateway.core.codec.raw import NO_FIELDS
 from gateway.core.codec.writer import fast_record_encoder, json_bytes
 from gateway.core.deadletter import QuarantineSealer
 from gateway.core.operators.base import SanitizeResult
@@ -151,8 +152,13 @@ class TopicStage:
         # producer-controlled times that would move a window, mark or period (gateway/event_time.py)
         self.time_fields = tuple(sorted({a.time_field for a in plan.aggregates if a.time_field}))
         self.max_skew_ms = config.max_skew_s * 1000
-        self.decoder = EventDecoder(plan.schema, plan.input_mode, plan.schema_id, config.max_record_bytes,
-                                    plan.writers_by_id, plan.writers_by_fingerprint)
+        codec = codec_for(plan.schema.format)  # the schema's format family decodes its events
+        self.decoder: RawDecoder = codec.decoder(plan.schema, plan.input_mode, plan.schema_id,
+                                                 config.max_record_bytes, plan.writers_by_id,
+                                                 plan.writers_by_fingerprint)
+        # a non-Avro family writes its sanitized records in its own language (Avro's writer is below)
+        self._native_encoder = (None if plan.schema.format is SchemaFormat.AVRO
+                                else codec.encoder(plan.schema, plan.sanitized_schema))
         self.sanitizer = sanitizer
         # the record timestamp's treatment, when it is not the raw event's (gateway/core/policy/timestamp.py)
         kept = plan.timestamp.mode is TimestampMode.KEEP
@@ -214,19 +220,28 @@ class TopicStage:
         return actions
 
     def finish(self, record: dict[str, Any], encoding: str, max_output_bytes: int,
-               timestamp_ms: int, source: str = "") -> tuple[bytes, str, SanitizeResult]:
+               timestamp_ms: int, source: str = "", key: bytes | None = None,
+               headers: Sequence[tuple[str, Any]] | None = None) -> tuple[bytes, str, SanitizeResult]:
         """Sanitize and encode a decoded event (transform after the decode). `source`: its `gateway-source`
-        value, which binds its ciphertexts to it where the view has no event id (format v5)."""
-        result = self.sanitizer.sanitize(record, timestamp_ms, source)
+        value, which binds its ciphertexts to it where the view has no event id (format v5). `key`,
+        `headers`: the raw record's, dropped unless the policy names them (core/policy/key_headers.py)."""
+        result = self.sanitizer.sanitize(record, timestamp_ms, source, key, headers)
         out, out_encoding = self.encode(result.record, encoding)
-        if len(out) > max_output_bytes:
-            raise RejectedEvent("output_too_large", f"the sanitized record is {len(out)} bytes, above "
+        size = len(out)
+        if result.out_headers:  # the named headers and key count towards the producer's limit too
+            size += sum(len(name) + len(value or b"") for name, value in result.out_headers)
+        if size > max_output_bytes:
+            raise RejectedEvent("output_too_large", f"the sanitized record is {size} bytes, above "
                                 f"the producer limit of {max_output_bytes}")
         return out, out_encoding, result
 
     def encode(self, record: dict[str, Any], encoding: str) -> tuple[bytes, str]:
         if self._output is not None:
             encoding = self._output
+        if self._native_encoder is not None:  # Confluent-framed in the producer's family
+            if self._confluent_header is None:  # a purpose's view has no registry id: plain JSON
+                return json_bytes(record), Encoding.JSON
+            return self._confluent_header + self._native_encoder(record), encoding
         if encoding == Encoding.JSON:
             return json_bytes(record), Encoding.JSON
         header = b""
@@ -530,7 +545,8 @@ class Pipeline:
                         raise quality_rejection(quality, reject, quality_names)
             # sanitize and encode
             value, out_encoding, result = stage.finish(record, encoding, self.max_output_bytes,
-                                                       event.timestamp_ms, source[1].decode())
+                                                       event.timestamp_ms, source[1].decode(), event.key,
+                                                       event.headers)
             # purposes
             views = None
             if stage.views:
@@ -552,10 +568,12 @@ class Pipeline:
             output, audit = self._rejected(stage, event, quality, failed, INTERNAL_ERROR, message, now_ms,
                                            source, quality_names, leaks, decisions, counts)
         else:
-            key = result.subject.encode() if result.subject else None
+            subject_key = result.subject.encode() if result.subject else None
+            key = result.out_key if stage.plan.key_headers.replaces_key else subject_key
             if not result.out_timestamp_ms:  # processing time: the batch's, one value for all its records
                 result.out_timestamp_ms = now_ms
-            headers = [*stage.headers[out_encoding], source]
+            # the named headers after their actions (never a raw gateway-* one: core/policy/key_headers.py)
+            headers = [*stage.headers[out_encoding], *(result.out_headers or ()), source]
             if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
                 if failed or quality.risk_measured:
                     risk_class = quality_published(quality, event.partition, result, failed, headers)
@@ -568,8 +586,8 @@ class Pipeline:
                         ids[1].append(fp)
             # the record timestamp is data: the policy's treatment of it (gateway/core/policy/timestamp.py)
             output = OutRecord(stage.sanitized_topic, key, value, headers, None, result.out_timestamp_ms)
-            if views:  # the purposes' views of the event, published with it (same key and source)
-                out += [OutRecord(topic, key, data, [*vheaders, source], None, timestamp_ms or now_ms)
+            if views:  # the purposes' views of the event, published with it (keyed by the subject, same source)
+                out += [OutRecord(topic, subject_key, data, [*vheaders, source], None, timestamp_ms or now_ms)
                         for topic, data, vheaders, timestamp_ms in views]
             if result.other_key_ids:  # per-subject and role keys, each named once
                 key_ids: Any = [*stage.sanitizer.token_key_ids, *filter(None, [result.dek_key_id]),

@@ -44,7 +44,7 @@ def quality_published(quality: QualityGate, partition: int, result: SanitizeResu
 def leak_hits(sentinel: LeakSentinel, topic: str, result: SanitizeResult,
               counts: BatchCounts) -> list[tuple[str, str]]:
     """The leak sentinel on one sampled event: (field path, entity) hits, counted."""
-    leaks = sentinel.check(result.record)
+    leaks = sentinel.check(result.record, result)
     for path, entity in leaks:
         counts.leaks[(topic, path, entity)] += 1
     return leaks

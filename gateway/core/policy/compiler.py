@@ -23,16 +23,17 @@ import fastavro
 import orjson
 from fastavro.schema import expand_schema
 
-from gateway.consent.purposes import PurposeSpec, parse_purposes
+from gateway.consent.purposes import PurposeSpec, parse_basis, parse_purposes
 from gateway.core import operators
 from gateway.core.avro import PRIMITIVES, lookup, named_types
-from gateway.core.codec.encoding import ENCODINGS, INPUT_MODES, Encoding
+from gateway.core.codec.encoding import Encoding, SchemaFormat, input_modes, output_modes
 from gateway.core.codec.evolution import WriterSchema, fingerprint, resolve_writer
 from gateway.core.codec.raw import (
     SchemaFile,
     strip_logical_types,
 )
 from gateway.core.operators.base import FieldContext, FieldPlan, Operator, OperatorError, RecordPlan, Shape
+from gateway.core.policy.key_headers import compile_key_headers
 from gateway.core.policy.plan import Plan, Problem, Purpose
 from gateway.core.policy.timestamp import KEEP, PATH, TimestampMode, compile_timestamp
 from gateway.core.quality.spec import compile_quality
@@ -43,13 +44,20 @@ from gateway.values import TOPIC_NAME
 
 RECORD_SETTINGS = {"subject", "source_topic", "sanitized_topic", "input", "output", "schema_id",
                    "sanitized_schema_id", "event_id", "aggregates", "leak_sentinel", "budget", "quality",
-                   "writer_schemas", "purposes", "retention_days", "timestamp"}
+                   "writer_schemas", "purposes", "retention_days", "timestamp", "key", "headers", "basis"}
 LEAK_SENTINEL_MODES = ("observe", "enforce", "off")
+UNANNOTATED = "no privacy annotation"  # the warning's opening for a field dropped by default (the DPIA finds it)
 
 
 def policy_hash(raw_schema: dict[str, Any]) -> str:
     canonical = orjson.dumps(raw_schema, option=orjson.OPT_SORT_KEYS)
     return "sha256:" + hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def _hashed(schema: SchemaFile) -> dict[str, Any]:
+    """What a policy's hash covers: the policy model, and another family's own schema text (its constraints,
+    which validate events, are not all in the model)."""
+    return schema.raw if schema.native is None else {**schema.raw, "native": schema.native}
 
 
 # ---- compiler --------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ class _Compiler:
                              "never run)")
         annotation = f.get("privacy")
         if annotation is None:
-            self.warn(path, "no privacy annotation: the field is dropped (annotate it \"keep\", "
+            self.warn(path, f"{UNANNOTATED}: the field is dropped (annotate it \"keep\", "
                             "{\"tokenize\": {\"domain\": D}}, \"encrypt\", another action, or \"drop\" to say so)")
             self.actions[path] = "drop"
             return None
@@ -141,6 +149,12 @@ class _Compiler:
         if operator.drops:
             return None
         self.operators.append((path, operator))
+        self.adopt(path, operator)
+        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
+
+    def adopt(self, path: str, operator: Operator) -> None:
+        """What the plan records of a published operator: its token domains, normalizers and key uses, and
+        whether it needs the subject (a field's, the record key's or a header's)."""
         self.domains |= operator.token_domains
         for domain, spec in operator.token_normalizers.items():
             self.normalizers.setdefault(domain, {}).setdefault(spec, path)
@@ -151,7 +165,6 @@ class _Compiler:
             self.per_subject_paths.append(path)
         if operator.needs_subject:
             self.subject_paths.append(path)
-        return FieldPlan(f["name"], path, operator, nullable), operator.sanitized_field(ctx)
 
     def _expanded_inner(self, path: str) -> Any:
         """The field's type with every named type inlined (so it parses on its own)."""
@@ -299,14 +312,15 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     if source_topic == sanitized_topic:
         c.error("(record)", "sanitized_topic must differ from source_topic")
     input_mode = settings.get("input", "auto")
-    if input_mode not in INPUT_MODES:
-        c.error("(record)", f"input '{input_mode}' is not one of {', '.join(INPUT_MODES)}")
+    if input_mode not in input_modes(schema.format):
+        c.error("(record)", f"input '{input_mode}' is not one of {', '.join(input_modes(schema.format))}")
+    basis = parse_basis(settings.get("basis"), c.error)
     leak_sentinel = settings.get("leak_sentinel", "observe")
     if leak_sentinel not in LEAK_SENTINEL_MODES:
         c.error("(record)", f"leak_sentinel '{leak_sentinel}' is not one of {', '.join(LEAK_SENTINEL_MODES)}")
     output = settings.get("output", "same")
-    if output not in ("same", *ENCODINGS):
-        c.error("(record)", f"output '{output}' is not one of same, {', '.join(ENCODINGS)}")
+    if output not in output_modes(schema.format):
+        c.error("(record)", f"output '{output}' is not one of {', '.join(output_modes(schema.format))}")
     elif output == "same" and "output" in settings and input_mode == "auto":
         # only when written out: the default (same, auto) is documented in docs/policy/writing.md
         c.warn("(record)", "output 'same' with input 'auto': each sanitized record takes its event's encoding, "
@@ -323,6 +337,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             c.error("(record)", f"{key} must be a non-negative integer, or \"registry\" (resolved from the "
                                 "schema registry at start-up)")
+    if (schema.format is not SchemaFormat.AVRO and view == "sanitized" and schema_id is None
+            and not schema_id_from_registry):  # its events are always framed with a registry id
+        c.error("(record)", f"a {schema.format} schema's events are Confluent-framed: set schema_id (the registry "
+                            "id producers frame events with, or \"registry\" to look it up at start-up)")
     if input_mode == Encoding.CONFLUENT and schema_id is None and not schema_id_from_registry:
         c.error("(record)", "input 'confluent' needs schema_id (the registry id producers frame events with, "
                             "or \"registry\" to look it up at start-up)")
@@ -332,6 +350,9 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
                             "(an id, or \"registry\" to register the sanitized schema at start-up; or set output "
                             "to 'avro' or 'json')")
 
+    if schema.format is not SchemaFormat.AVRO and settings.get("writer_schemas") is not None:
+        c.error("(record)", f"writer_schemas names Avro schema files; a {schema.format} schema's other versions "
+                            "come from the registry (\"schema_id\": \"registry\")")
     by_fingerprint, by_id = _writer_schemas(schema, settings.get("writer_schemas"), c.error)
     purpose_specs = parse_purposes(settings.get("purposes"), c.error)
     if "retention_days" in settings:  # every encrypted field without its own: keys erased by period
@@ -344,6 +365,10 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
     sanitized = dict(sanitized, doc=f"Sanitized by privacy-gateway from {schema.fullname}")
 
     subject = settings.get("subject")
+    # the raw record's key and headers (core/policy/key_headers.py): dropped unless named
+    key_headers = compile_key_headers(settings.get("key"), settings.get("headers"), c.label, subject,
+                                      c.retention_days, c.adopt, c.error)
+    c.actions.update(key_headers.actions)
     subject_tokenized = False
     if subject is not None:
         top = {f.name: f for f in record_plan.fields}
@@ -430,7 +455,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         dlq_topic=f"{source_topic}.dlq", subject_field=subject, subject_tokenized=subject_tokenized,
         event_id_field=event_id, input_mode=input_mode, output=output, schema_id=schema_id,
         sanitized_schema_id=sanitized_schema_id, sanitized_schema=sanitized,
-        sanitized_parsed=sanitized_parsed, policy_hash=policy_hash(schema.raw),
+        sanitized_parsed=sanitized_parsed, policy_hash=policy_hash(_hashed(schema)),
         field_actions=dict(c.actions), token_domains=frozenset(c.domains),
         warnings=tuple(p for p in c.problems if p.severity == "warning"), aggregates=aggregates,
         subject_domain=subject_domain, per_subject=bool(c.per_subject_paths),
@@ -439,7 +464,7 @@ def compile_schema(schema: SchemaFile, view: str = "sanitized") -> tuple[Plan | 
         sanitized_schema_id_from_registry=sanitized_from_registry,
         key_uses={d: next(iter(uses)) for d, uses in c.key_uses.items()},
         writers_by_fingerprint=by_fingerprint, writers_by_id=by_id, purposes=purposes,
-        timestamp=timestamp or KEEP,
+        timestamp=timestamp or KEEP, key_headers=key_headers, basis=basis,
     )
     return plan, c.problems
 
@@ -482,7 +507,7 @@ def _compile_purposes(schema: SchemaFile, specs: list[PurposeSpec], subject: str
                                             ("timestamp", schema.privacy.get("timestamp"))) if v is not None}
         raw["privacy"].update(source_topic=taken[0], sanitized_topic=spec.topic, input=input_mode, output=view_output)
         try:
-            view_schema = SchemaFile(schema.path, raw, fastavro.parse_schema(raw))
+            view_schema = replace(schema, raw=raw, parsed=fastavro.parse_schema(raw))
         except Exception as exc:  # fastavro raises several types
             error("(record)", f"{where}: its view is not a valid schema ({type(exc).__name__})")
             continue

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.core.codec.raw import iter_schema_files, load_schema_file
+from gateway.core.codec.formats import iter_schema_files, load_schema_file
 from gateway.core.policy.compiler import compile_plan, compile_schema
+from gateway.core.policy.key_headers import WHERE_HEADERS, duplicate_header_names
 from gateway.core.policy.plan import Plan, Problem
 from gateway.errors import PolicyError
 
@@ -17,7 +18,11 @@ def lint_file(path: Path) -> list[Problem]:
         schema = load_schema_file(path)
     except PolicyError as exc:
         return [Problem("error", str(path), "(file)", str(exc).split(": ", 1)[-1])]
-    return compile_schema(schema)[1]
+    problems = compile_schema(schema)[1]
+    for name in duplicate_header_names(path.read_bytes()):
+        problems.append(Problem("error", str(path), f"{WHERE_HEADERS}.{name}", f"header '{name}' is named twice "
+                                "(a JSON parser keeps the last silently): name it once"))
+    return problems
 
 
 def lint_directory(directory: Path) -> list[Problem]:

@@ -13,6 +13,8 @@ from gateway.core.codec.evolution import WriterSchema
 from gateway.core.codec.raw import SchemaFile
 from gateway.core.operators.base import RecordPlan
 from gateway.core.operators.encrypt import Encrypt
+from gateway.core.policy.key_headers import NOTHING as NO_KEY_HEADERS
+from gateway.core.policy.key_headers import KeyHeadersPlan
 from gateway.core.policy.timestamp import KEEP, TimestampPlan
 from gateway.core.quality.spec import QualitySpec
 from gateway.dp.declarations import AggregateSpec
@@ -69,6 +71,10 @@ class Plan:
     purposes: tuple[Purpose, ...] = field(default=())
     # the output record's Kafka timestamp: kept, truncated, shifted or processing time (core/policy/timestamp.py)
     timestamp: TimestampPlan = KEEP
+    # the raw record's key and headers: dropped unless named (core/policy/key_headers.py)
+    key_headers: KeyHeadersPlan = NO_KEY_HEADERS
+    # the legal basis (GDPR Art. 6(1)) of the sanitized topic's processing; None: not declared (the DPIA says so)
+    basis: str | None = None
 
     @property
     def consent_purposes(self) -> tuple[str, ...]:
@@ -121,6 +127,8 @@ def plan_retentions(plan: Plan) -> frozenset[int]:
                 shape = shape.inner
 
     walk(plan.record)
+    found |= {op.retention_days for op in plan.key_headers.operators
+              if isinstance(op, Encrypt) and op.retention_days is not None}
     for purpose in plan.purposes:
         found |= plan_retentions(purpose.plan)
     return frozenset(found)
@@ -138,5 +146,8 @@ def _record_roles(record: RecordPlan) -> Iterator[str]:
 
 def policy_roles(plans: Iterable[Plan]) -> set[str]:
     """Every role some encrypted field of these policies names (nested records and purpose views included)."""
+    plans = list(plans)
     records = [r for plan in plans for r in (plan.record, *(p.plan.record for p in getattr(plan, "purposes", ())))]
-    return {role for record in records for role in _record_roles(record)}
+    key_headers = {role for plan in plans for op in getattr(plan, "key_headers", NO_KEY_HEADERS).operators
+                   for role in getattr(op, "roles", ())}
+    return {role for record in records for role in _record_roles(record)} | key_headers

@@ -38,6 +38,7 @@ from gateway.runtime.changelog import ChangelogFollower
 from gateway.runtime.instance import with_instance_id
 from gateway.runtime.jobs import start_process
 from gateway.runtime.keytopic import KeyTopic
+from gateway.runtime.latency_trace import LatencyTrace
 from gateway.runtime.registry import NewWriterIds, WriterSchemaLookup
 from gateway.runtime.retention import RetentionSchedule, schedule_for
 from gateway.runtime.stall import StallMonitor
@@ -197,6 +198,7 @@ class Worker:
         self.key_topic: KeyTopic | None = None
         self.failed_follower: str | None = None  # set when a state follower died: the worker stops
         self.retention: RetentionSchedule | None = None
+        self.trace = LatencyTrace(self.config.latency_trace) if self.config.latency_trace else None
 
     def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
         if not self._stop:
@@ -281,6 +283,8 @@ class Worker:
                 if follower is not None:
                     follower.close()
             self._log_status()
+            if self.trace is not None:
+                self.trace.close()
             log.info("worker stopped")
         if self.failed_follower is not None:
             raise GatewayError(f"the key-topic follower died ({self.failed_follower}): the worker stopped, so that "
@@ -310,7 +314,7 @@ class Worker:
         stages = getattr(self.pipeline, "stages", {})
         if not self.config.schema_registry_url or not any(s.plan.schema_id_from_registry for s in stages.values()):
             return None
-        return NewWriterIds(list(stages.values()), WriterSchemaLookup(self.config.schema_registry_url))
+        return NewWriterIds(list(stages.values()), WriterSchemaLookup(self.config.schema_registry_url).registered)
 
     def _follow_dedup_log(self) -> ChangelogFollower | None:
         """Duplicate detection: the fingerprint log every worker of the group writes, read to its end
@@ -402,6 +406,8 @@ class Worker:
             stamp = m.timestamp()[1]
             latency.observe(max(0.0, committed_ms - stamp) / 1000)
             queued.observe(max(0.0, started_ms - stamp) / 1000)
+        if self.trace is not None and batch.messages:
+            self.trace.write(batch, committed, self.key_topic.read_backs if self.key_topic is not None else ())
         cache = self.pipeline.dek_cache
         hits, calls = cache.hits, cache.kms_calls
         metrics.DEK_CACHE.labels("hit").inc(hits - self._dek_seen[0])

@@ -1,0 +1,81 @@
+"""The consumer example apps (examples/faust_*.py, examples/faststream_*.py) as subprocesses, for the
+integration tests: each writes its report (counts per country, outcomes per encrypted field, opened
+names) to a JSON file after every record, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from .conftest import ENV, REPO, Deployment
+
+
+class ExampleApp:
+    """One example app: `command` run from the checkout with the gateway's settings and `env` added."""
+
+    def __init__(self, d: Deployment, name: str, keyring: Path | None, command: Sequence[str],
+                 env: dict[str, str]) -> None:
+        self.name = name
+        self.out = d.root / f"{name}.json"
+        self.log_path = d.root / f"{name}.log"
+        full_env = {k: v for k, v in ENV.items() if k != "GATEWAY_KEYRING"}
+        full_env.update(GATEWAY_SCHEMAS=str(d.schemas), EXAMPLE_TOPIC=d.payments.sanitized_topic,
+                        EXAMPLE_OUT=str(self.out), **env)
+        if keyring is not None:
+            full_env["GATEWAY_KEYRING"] = str(keyring)
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait()
+        self.proc = subprocess.Popen(list(command), stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=REPO)
+
+    def report(self) -> dict[str, Any] | None:
+        return orjson.loads(self.out.read_bytes()) if self.out.exists() else None
+
+    def wait_for_count(self, expected: int, deadline: float) -> dict[str, Any]:
+        report = None
+        while time.monotonic() < deadline:
+            report = self.report()
+            if report is not None and sum(report["counts"].values()) >= expected:
+                return report
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} counted {report and report['counts']} (want {expected} payments), "
+                             f"exit {self.proc.poll()}:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int | None:
+        """Its exit code after SIGTERM, None if it had to be killed."""
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+        finally:
+            self.log.close()
+
+
+def write_in_transaction(bootstrap: str, records: Sequence[tuple[str, int, bytes | None, bytes | None,
+                                                                 list[tuple[str, bytes]]]], commit: bool) -> None:
+    """(topic, partition, key, value, headers) records in one transaction, committed or aborted (what a
+    gateway abort leaves in the log: a read_uncommitted reader would count those copies)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"example-copies-{time.time_ns()}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for topic, partition, key, value, headers in records:
+        producer.produce(topic, value, key, partition=partition, headers=headers)
+    assert producer.flush(30) == 0
+    if commit:
+        producer.commit_transaction(30)
+    else:
+        producer.abort_transaction(30)

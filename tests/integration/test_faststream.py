@@ -1,0 +1,93 @@
+"""The FastStream adapter against the real broker and a real gateway worker.
+
+Raw payments (half bare Avro, half JSON, so the sanitized topic mixes both encodings) go through
+`gateway run`; the FastStream example app then counts the sanitized topic per country, once with the
+keyring and once without. Before it starts, copies of the sanitized records are written in a transaction
+that aborted (as a gateway abort leaves them) and one record no policy can decode is committed: the
+counts must equal what was published (the app reads read_committed and goes on past the bad record),
+the opened customer names the published ones, and without the keyring every encrypted field must be
+reported not opened.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.core.codec.writer import avro_bytes
+from gateway.embedded.samples import SampleEvents
+
+from .conftest import Deployment
+from .example_apps import ExampleApp, write_in_transaction
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("faststream", reason="FastStream is not installed: pip install -e '.[faststream]'")
+
+N = 40
+PARTITIONS = 3
+
+
+def faststream_example(d: Deployment, name: str, keyring: Path | None) -> ExampleApp:
+    """examples/faststream_payments_by_country.py as a subprocess."""
+    return ExampleApp(d, f"faststream-{name}", keyring,
+                      [sys.executable, "-m", "examples.faststream_payments_by_country"],
+                      {"EXAMPLE_BROKER": d.bootstrap, "EXAMPLE_GROUP": f"faststream-{name}-{d.suffix}"})
+
+
+def test_faststream_example_counts_the_sanitized_payments_per_country(fresh_deployment: Deployment) -> None:
+    d = fresh_deployment
+    plan = d.payments
+    samples = SampleEvents(seed=29)
+    payments = [samples.payment() for _ in range(N)]
+    values = [orjson.dumps(p) if i % 2 else avro_bytes(plan.schema.parsed, p) for i, p in enumerate(payments)]
+    worker = d.start_worker("faststream", partitions=PARTITIONS)
+    try:
+        d.produce(plan.source_topic, values)
+        d.wait_for_audit(N)
+    finally:
+        assert worker.stop() == 0
+    sanitized = d.read(plan.sanitized_topic)
+    assert len(sanitized) == N
+    assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": N // 2, b"json": N // 2}
+    # what a gateway abort leaves in the log: copies in an aborted transaction (read_uncommitted would count them)
+    write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
+                                       for r in sanitized], commit=False)
+    # and a committed record that no policy decodes: logged and passed over, never a crash loop
+    write_in_transaction(d.bootstrap, [(plan.sanitized_topic, 0, None, b"\xff not a sanitized record",
+                                        [("gateway-encoding", b"avro")])], commit=True)
+
+    # ground truth: what was published, never what the gateway wrote
+    countries = Counter(p["country"] for p in payments)
+    names = {p["event_id"]: p["customer_name"] for p in payments}
+    assert len(countries) > 1 and len(names) == N
+
+    apps = {"keys": faststream_example(d, "keys", d.keyring), "nokeys": faststream_example(d, "nokeys", None)}
+    try:
+        deadline = time.monotonic() + 60
+        reports = {name: app.wait_for_count(N, deadline) for name, app in apps.items()}
+    finally:
+        for app in apps.values():
+            app.stop()
+        codes = {name: app.wait() for name, app in apps.items()}
+    assert codes == {"keys": 0, "nokeys": 0}, codes
+
+    for name, report in reports.items():
+        assert report["counts"] == dict(countries)
+        log = apps[name].log_path.read_text(errors="replace")
+        assert "UndecodableRecord" in log  # the bad record was reported, and the app went on
+        for p in payments:  # the decoder's error names no value of any record
+            assert p["customer_name"] not in log and p["card_number"] not in log
+    keys, nokeys = reports["keys"], reports["nokeys"]
+    assert keys["opened"] == names
+    assert keys["fields"]["customer_name"] == {"decrypted": N}
+    assert keys["fields"]["billing_address.street"] == {"decrypted": N}
+    assert nokeys["opened"] == {}
+    assert nokeys["fields"]["customer_name"] == {"key_not_held": N}
+    assert nokeys["fields"]["card_number"] == {"key_not_held": N}
+    assert sum(nokeys["fields"].get("card_expiry", {}).values()) == sum(p["card_expiry"] is not None
+                                                                         for p in payments)
