@@ -24,19 +24,45 @@ _EMAIL = re.compile(
     rf"{_AT}(?:{_LABEL}{_DOT})+(?:xn--[A-Za-z0-9-]{{1,59}}|[^\W\d_][^\W\d_{_M}]{{1,62}})"
     rf"(?![\w{_M}-]|{_DOT}\w)"
 )
-_AT_SIGN = re.compile(_AT)
+# The same addresses as a whole ASCII string (is_email's common case), in a form the regex engine runs in
+# two thirds of the time. On ASCII text \w is [A-Za-z0-9_] under either flag, combining marks and the East
+# Asian separators cannot occur, and the lookarounds of a match spanning the whole string look past its ends,
+# where they always hold. Then each part says the same in fewer steps: a local part of 1 to 64 characters
+# of atext and dots, not starting or ending with a dot; labels of 1 to 63 word characters and hyphens,
+# starting alphanumeric and not ending with a hyphen; the same TLDs. The runs are possessive: what follows
+# each (an at sign or a dot) is not in its class, so giving characters back could never lead to a match;
+# so is the run of labels: a TLD holds no dot, so it can only start after the last one.
+_ASCII_EMAIL = re.compile(
+    r"[\w!#$%&'*+/=?^`{|}~-][\w!#$%&'*+/=?^`{|}~.-]{0,63}+(?<!\.)"
+    r"@(?:[^\W_][\w-]{0,62}+(?<!-)\.)++(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})",
+    re.ASCII,
+)
 _MAX_LOCAL = 64
 _MAX_ADDRESS = 254
 
 
+def _first_at(value: str) -> int:
+    """Where the first at sign ('@' or the full-width one) is, -1 if none: two `str.find`s, which cost a
+    tenth of a character-class regex search on an address-length string."""
+    at, wide = value.find("@"), value.find("\uff20")
+    return at if wide < 0 or 0 <= at < wide else wide
+
+
 def _valid(value: str) -> bool:
-    local = value[: _AT_SIGN.search(value).start()]  # type: ignore[union-attr] # the regex matched one
-    return len(value) <= _MAX_ADDRESS and len(local) <= _MAX_LOCAL and ".." not in local
+    at = _first_at(value)  # the regex matched, so there is one
+    return len(value) <= _MAX_ADDRESS and at <= _MAX_LOCAL and ".." not in value[:at]
 
 
 def is_email(text: str) -> bool:
-    """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan."""
-    return _AT_SIGN.search(text) is not None and _EMAIL.fullmatch(text) is not None and _valid(text)
+    """The whole of `text` is one address (the quality rule `format: EMAIL`): one regex match, no scan.
+    The cheap structural limits first (most values that fail, fail them); ASCII text (`isascii` is O(1))
+    has one kind of at sign and its own regex (the same addresses)."""
+    if text.isascii():
+        # the regex bounds the local part (64) and matches no '..' after the at sign: one test of the whole
+        return ".." not in text and len(text) <= _MAX_ADDRESS and _ASCII_EMAIL.fullmatch(text) is not None
+    at = _first_at(text)
+    return (0 <= at <= _MAX_LOCAL and len(text) <= _MAX_ADDRESS and ".." not in text[:at]
+            and _EMAIL.fullmatch(text) is not None)
 
 
 class EmailFinder:

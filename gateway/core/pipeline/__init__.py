@@ -523,7 +523,7 @@ class Pipeline:
         Returns (its output record, its audit entry, its risk class, its event-id fingerprint)."""
         source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
         quality = stage.quality
-        failed: list[int] | None = None
+        failed: Sequence[int] | None = None
         risk_class: int | None = None
         fp: int | None = None
         unannotated = NO_FIELDS
@@ -607,7 +607,7 @@ class Pipeline:
                 counts.unannotated[(event.topic, path)] += 1
         return output, audit, risk_class, fp
 
-    def _rejected(self, stage: TopicStage, event: RawEvent, quality: QualityGate | None, failed: list[int] | None,
+    def _rejected(self, stage: TopicStage, event: RawEvent, quality: QualityGate | None, failed: Sequence[int] | None,
                   outcome: Outcome, message: str, now_ms: int, source: tuple[str, bytes],
                   quality_names: list[str] | None, leaks: list[tuple[str, str]] | None,
                   decisions: dict[str, str] | None, counts: BatchCounts) -> tuple[OutRecord, dict[str, Any]]:

@@ -5,6 +5,8 @@ raises RejectedEvent where its verdict dead-letters the event; `Pipeline.process
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.core.operators.base import SanitizeResult
 from gateway.core.pipeline.outcome import BatchCounts
 from gateway.core.quality.gate import QualityGate
@@ -14,7 +16,7 @@ from gateway.errors import RejectedEvent
 QUALITY_HEADER = "gateway-quality"  # on a published record: the quality rules it failed whose action is flag
 
 
-def quality_failures(quality: QualityGate, topic: str, failed: list[int], counts: BatchCounts) -> list[str]:
+def quality_failures(quality: QualityGate, topic: str, failed: Sequence[int], counts: BatchCounts) -> list[str]:
     """The names of the failed rules (for the audit entry), counted per rule and action."""
     names = quality.names(failed)
     for i, name in zip(failed, names, strict=True):
@@ -28,7 +30,7 @@ def quality_rejection(quality: QualityGate, reject: int, names: list[str]) -> Re
     return RejectedEvent(f"quality:{rule}", f"failed quality rule(s) {', '.join(names)}; '{rule}' has action reject")
 
 
-def quality_published(quality: QualityGate, partition: int, result: SanitizeResult, failed: list[int] | None,
+def quality_published(quality: QualityGate, partition: int, result: SanitizeResult, failed: Sequence[int] | None,
                       headers: list[tuple[str, bytes]]) -> int | None:
     """A published event's flags go into its header; its risk class (None: no risk measure), of its
     subject (k counts people) and its published timestamp."""

@@ -28,6 +28,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.core.quality.codegen import FunctionSource
+
 FINGERPRINT_BYTES = 8
 _DOMAIN = b"gateway-quality-dedup-v1"
 _STAMP = struct.Struct(">q")
@@ -62,22 +64,42 @@ def fingerprint(key: bytes, schema: str, event_id: Any) -> int:
 
 
 class Fingerprinter:
-    """`fingerprint` for one schema, its prefix encoded once (the per-event path)."""
+    """`fingerprint` for one schema, per event: BLAKE2b states with the key, the schema prefix and (for a
+    str id, the common case) the type tag already absorbed, copied per event. The same bytes reach the hash
+    as in one call over the whole message, so the fingerprints (and the dedup log) are unchanged; the copy
+    skips the key block's compression and the message's concatenation."""
 
-    __slots__ = ("_key", "_prefix")
+    __slots__ = ("_any", "_str")
 
     def __init__(self, key: bytes, schema: str) -> None:
         name = schema.encode("utf-8")
         # the schema is length-prefixed and the id comes last, so no two (schema, id) pairs share an encoding
-        self._key = key
-        self._prefix = len(name).to_bytes(4, "big") + name
+        self._any = hashlib.blake2b(len(name).to_bytes(4, "big") + name, key=key, digest_size=FINGERPRINT_BYTES)
+        self._str = self._any.copy()
+        self._str.update(b"s")
 
     def of(self, event_id: Any) -> int:
         if type(event_id) is str:
-            message = self._prefix + b"s" + event_id.encode("utf-8", "surrogatepass")
+            state = self._str.copy()
+            state.update(event_id.encode("utf-8", "surrogatepass"))
         else:
-            message = self._prefix + _encode_id(event_id)
-        return int.from_bytes(hashlib.blake2b(message, key=self._key, digest_size=FINGERPRINT_BYTES).digest(), "big")
+            state = self._any.copy()
+            state.update(_encode_id(event_id))
+        return int.from_bytes(state.digest(), "big")
+
+    def emit(self, source: FunctionSource, depth: int, event_id: str, result: str) -> None:
+        """`result = self.of(event_id)` as statements of a function being generated (the gate's check),
+        the str case inline: the same states, the same bytes, so the same fingerprint."""
+        blake = source.temp("blake")
+        source.add(depth, f"if type({event_id}) is str:")
+        source.add(depth + 1, f"{blake} = {source.const(self._str.copy)}()")
+        source.add(depth + 1, f"{blake}.update({event_id}.encode('utf-8', 'surrogatepass'))")
+        source.add(depth + 1, f"{result} = {source.const(int.from_bytes)}({blake}.digest(), 'big')")
+        source.add(depth, "else:")
+        source.add(depth + 1, f"{result} = {source.const(self.of)}({event_id})")
+
+    def __repr__(self) -> str:
+        return "Fingerprinter(<keyed>)"  # never the key material
 
 
 def pack(timestamp_ms: int, fingerprints: Iterable[int]) -> bytes:
@@ -138,6 +160,7 @@ class DuplicateFilter:
         self.width_ms = max(1, horizon_ms // buckets)
         self.evicted = 0
         self._buckets: dict[int, set[int]] = {}
+        # (these two are bound into the gate's generated check (emit_seen): changed in place, never rebound)
         self._all: set[int] = set()  # the union of the buckets: one lookup per event, not one per bucket
         self._tentative_all: dict[int, int] = {}  # fingerprint -> how many tentative batches hold it
         self._tentative: dict[bytes, _Batch] = {}
@@ -157,6 +180,11 @@ class DuplicateFilter:
         if fp in self._all:
             return True
         return fp in self._tentative_all
+
+    def emit_seen(self, source: FunctionSource, fp: str) -> str:
+        """`self.seen(fp)` as an expression of a function being generated (the gate's check): two lookups in
+        the filter's containers, which are therefore never rebound, only changed in place."""
+        return f"({fp} in {source.const(self._all)} or {fp} in {source.const(self._tentative_all)})"
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """A record read from the log (restore or follow): its fingerprints become committed (under the record's
@@ -198,8 +226,11 @@ class DuplicateFilter:
         self._tentative[key] = batch
         self._tentative_n += len(batch.fps)
         held = self._tentative_all
-        for fp in batch.fps:
-            held[fp] = held.get(fp, 0) + 1
+        if held.keys().isdisjoint(batch.fps):  # the common case, in C, in O(batch) (it probes the batch's ids)
+            held.update(dict.fromkeys(batch.fps, 1))
+        else:
+            for fp in batch.fps:
+                held[fp] = held.get(fp, 0) + 1
         self._enforce_cap()
         return key
 
@@ -247,7 +278,7 @@ class DuplicateFilter:
         """Remove a committed bucket (and its fingerprints from the union, unless another bucket holds
         them too: a batch's record read again under a later timestamp); its size."""
         removed = self._buckets.pop(index)
-        self._all -= removed
+        self._all.difference_update(removed)
         for other in self._buckets.values():
-            self._all |= other & removed
+            self._all.update(other & removed)
         return len(removed)

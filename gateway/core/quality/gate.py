@@ -8,14 +8,20 @@ window that has ended into a quality record. Pure: the runtime feeds it and publ
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.quality.codegen import FunctionSource
 from gateway.core.quality.dedup import DuplicateFilter, Fingerprinter
 from gateway.core.quality.risk import RiskWindow
 from gateway.core.quality.rules import CheckerState
 from gateway.core.quality.spec import QualitySpec
 from gateway.core.quality.window import QualityWindow
+
+PASSED: tuple[int, ...] = ()  # the failures of an event that passed every rule (shared: never appended to)
+# check(partition, record, timestamp_ms, now_ms, batch_fingerprints) -> (failed, first reject, fingerprint)
+Check = Callable[[int, dict[str, Any], int, int, set[int]], tuple[Sequence[int], "int | None", "int | None"]]
 
 
 @dataclass
@@ -44,9 +50,9 @@ class QualityGate:
         self._fresh = spec.freshness_index
         self._fresh_ms = spec.freshness.max_lag_ms if spec.freshness is not None else 0
         self.risk_measured = spec.risk is not None
-        self._null_fields = tuple(enumerate(spec.completeness_fields))
         if self.dedup is not None and self.fingerprinter is None:
             raise ValueError("duplicate detection needs its fingerprint key")
+        self.check: Check = self._compile_check()
 
     # ---- partitions ------------------------------------------------------------------------------
     def open(self, partition: int, committed: Any, now_ms: int) -> None:
@@ -76,50 +82,57 @@ class QualityGate:
         return RiskWindow(risk.quasi_identifiers, risk.k, risk.sensitive, risk.l_target, risk.timestamp)
 
     # ---- events ----------------------------------------------------------------------------------
-    def check(self, partition: int, record: dict[str, Any], timestamp_ms: int, now_ms: int,
-              batch_fingerprints: set[int]) -> tuple[list[int], int | None, int | None]:
-        """Every rule on one decoded event, counted in its partition's window: (failed rule indexes,
-        the first failed rule whose action is reject, the event id's fingerprint). A plain tuple and
-        local names: this runs per event."""
-        state = self.partitions.get(partition)
-        if state is None:
-            self.open(partition, None, now_ms)
-            state = self.partitions[partition]
-        window = state.window
-        window.events += 1
-        window.sanitized += 1  # until a rejection says otherwise (not_published): the common case costs nothing
-        checker = self.spec.checker
-        failed = checker.check(record, state.checker_state) if checker is not None else []  # type: ignore[arg-type]
-        fp = None
-        dedup = self.dedup
-        if dedup is not None:
-            event_id = record.get(self.event_id_field)  # type: ignore[arg-type]
-            if event_id is not None:
-                fp = self.fingerprinter.of(event_id)  # type: ignore[union-attr]
-                if fp in batch_fingerprints or dedup.seen(fp):
-                    failed.append(self._dup)  # type: ignore[arg-type]
-        lag = now_ms - timestamp_ms
-        if lag > 0:
-            window.lag_sum_ms += lag
-            if lag > window.lag_max_ms:
-                window.lag_max_ms = lag
-            if lag > self._fresh_ms and self._fresh is not None:
-                failed.append(self._fresh)
-        if self._null_fields:
-            nulls = window.nulls
-            get = record.get
-            for i, name in self._null_fields:
-                if get(name) is None:
-                    nulls[i] += 1
-        if not failed:
-            return failed, None, fp
-        counts = window.failed
-        reject = None
-        for i in failed:
-            counts[i] += 1
-            if reject is None and i in self.reject_rules:
-                reject = i
-        return failed, reject, fp
+    def _compile_check(self) -> Check:
+        """check(partition, record, timestamp_ms, now_ms, batch_fingerprints): every rule on one decoded
+        event, counted in its partition's window: (failed rule indexes, the first failed rule whose action
+        is reject, the event id's fingerprint). Generated once for the plan (gateway/core/quality/codegen.py):
+        the checker's rules inline, then duplicate (the id's fingerprint in this batch or in the filter),
+        freshness (lag past the limit), the lag and the null counters; failures ascend, as the rules' indexes
+        do. The common case (no rule failed) allocates nothing but the result: its failures are PASSED."""
+        spec = self.spec
+        source = FunctionSource("check(partition, record, timestamp_ms, now_ms, batch)")
+        source.add(1, f"state = {source.const(self.partitions.get)}(partition)")
+        source.add(1, "if state is None:")
+        source.add(2, f"state = {source.const(self._opened)}(partition, now_ms)")
+        for line in ("window = state.window", "window.events += 1",
+                     "window.sanitized += 1",  # until a rejection says otherwise (not_published)
+                     "failed = None", "get = record.get"):
+            source.add(1, line)
+        if spec.checker is not None:
+            source.add(1, "baselines = state.checker_state.baselines")
+            spec.checker.emit(source)
+        source.add(1, "fp = None")
+        if self.dedup is not None and self.event_id_field is not None:
+            event_id = source.value_of(self.event_id_field)
+            source.add(1, f"if {event_id} is not None:")
+            self.fingerprinter.emit(source, 2, event_id, "fp")  # type: ignore[union-attr]
+            source.add(2, f"if fp in batch or {self.dedup.emit_seen(source, 'fp')}:")
+            source.fail(3, int(self._dup))  # type: ignore[arg-type]
+        source.add(1, "lag = now_ms - timestamp_ms")
+        source.add(1, "if lag > 0:")
+        source.add(2, "window.lag_sum_ms += lag")
+        source.add(2, "if lag > window.lag_max_ms:")
+        source.add(3, "window.lag_max_ms = lag")
+        if self._fresh is not None:
+            source.add(2, f"if lag > {source.const(self._fresh_ms)}:")
+            source.fail(3, self._fresh)
+        if spec.completeness_fields:
+            source.add(1, "nulls = window.nulls")
+            for i, name in enumerate(spec.completeness_fields):
+                source.add(1, f"if {source.value_of(name)} is None:")
+                source.add(2, f"nulls[{i}] += 1")
+        source.add(1, "if failed is None:")
+        source.add(2, f"return {source.const(PASSED)}, None, fp")
+        for line in ("counts = window.failed", "reject = None", "for i in failed:", "    counts[i] += 1",
+                     f"    if reject is None and i in {source.const(self.reject_rules)}:", "        reject = i",
+                     "return failed, reject, fp"):
+            source.add(1, line)
+        return source.build("check", f"<quality gate {self.schema}>")  # type: ignore[return-value]
+
+    def _opened(self, partition: int, now_ms: int) -> PartitionQuality:
+        """A partition's first event without an open window (no resume): a fresh one."""
+        self.open(partition, None, now_ms)
+        return self.partitions[partition]
 
     def risk_class(self, partition: int, sanitized: dict[str, Any], subject: str = "",
                    timestamp_ms: int | None = None) -> int | None:
@@ -152,14 +165,14 @@ class QualityGate:
         window.sanitized -= 1
         window.withheld += 1
 
-    def flags(self, failed: list[int]) -> list[str]:
+    def flags(self, failed: Sequence[int]) -> list[str]:
         """Names of the failed rules whose action is flag: the `gateway-quality` header."""
         return [self.rule_names[i] for i in failed if i in self.flag_rules]
 
-    def is_duplicate(self, failed: list[int] | None) -> bool:
+    def is_duplicate(self, failed: Sequence[int] | None) -> bool:
         return bool(failed) and self._dup in failed  # type: ignore[operator]
 
-    def names(self, failed: list[int]) -> list[str]:
+    def names(self, failed: Sequence[int]) -> list[str]:
         return [self.rule_names[i] for i in failed]
 
     # ---- windows ---------------------------------------------------------------------------------

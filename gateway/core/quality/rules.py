@@ -29,6 +29,7 @@ from typing import Any
 from gateway.core.avro import PRIMITIVES, lookup
 from gateway.core.detectors import ENTITIES, detector
 from gateway.core.detectors.email import is_email
+from gateway.core.quality.codegen import FunctionSource
 from gateway.values import is_int, is_number
 
 ACTIONS = ("reject", "flag", "measure")
@@ -130,8 +131,15 @@ def _need(ft: _FieldType, kinds: frozenset[str] | set[str], kind: str, what: str
         raise _Invalid(f"{kind} needs {what}; this field is {ft.describe()}")
 
 
-# ---- field rules: each returns (action, test); test(value) is truthy when a non-null value passes -------------
-Test = Callable[[Any], Any]
+# ---- field rules: each returns (action, test); the test holds when a non-null value passes -------------------
+@dataclass(frozen=True)
+class PassTest:
+    """A field rule's pass test as a Python expression over the value, for the checker's generated function:
+    `{v}` stands for the value and `{0}`, `{1}`, ... for `consts`, which the function reads by name, so
+    nothing a schema declares is ever parsed as code. The expression is true when a non-null value passes."""
+
+    expr: str
+    consts: tuple[Any, ...] = ()
 
 
 def _required(decl: Any, ft: _FieldType) -> tuple[str, float | None]:
@@ -147,7 +155,7 @@ def _required(decl: Any, ft: _FieldType) -> tuple[str, float | None]:
     return _action(opts), None if completeness is None else float(completeness)
 
 
-def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _range(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     """NaN is outside every range (both comparisons are false, so the pass test `lo <= v <= hi` fails)."""
     _need(ft, _NUMERIC, "range", "a numeric field (int, long, float or double)")
     if isinstance(decl, list):
@@ -167,13 +175,13 @@ def _range(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     if lo is not None and hi is not None and lo > hi:
         raise _Invalid(f"min {lo} is above max {hi}")
     if lo is None:
-        return action, lambda v: v <= hi
+        return action, PassTest("{v} <= {0}", (hi,))
     if hi is None:
-        return action, lambda v: v >= lo
-    return action, lambda v: lo <= v <= hi
+        return action, PassTest("{v} >= {0}", (lo,))
+    return action, PassTest("{0} <= {v} <= {1}", (lo, hi))
 
 
-def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _allowed(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     _need(ft, {"string", "enum", "int", "long", "boolean"}, "allowed", "a string, enum, int, long or boolean field")
     if isinstance(decl, dict):
         opts = _options("allowed", decl)
@@ -193,10 +201,10 @@ def _allowed(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         raise _Invalid(f"the allowed values of an {ft.base} field must be integers")
     elif ft.base == "boolean" and not all(isinstance(v, bool) for v in values):
         raise _Invalid("the allowed values of a boolean field must be true or false")
-    return action, frozenset(values).__contains__
+    return action, PassTest("{v} in {0}", (frozenset(values),))
 
 
-def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _format(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     """A regex must match the whole value; a detector must find one match spanning the whole stripped value."""
     _need(ft, {"string"}, "format", "a string field")
     if not isinstance(decl, dict):
@@ -210,7 +218,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         if not isinstance(regex, str):
             raise _Invalid("regex must be a string")
         try:
-            return action, re.compile(regex).fullmatch
+            return action, PassTest("{0}({v}) is not None", (re.compile(regex).fullmatch,))
         except re.error as exc:
             raise _Invalid(f"invalid regex: {exc}") from None
     name = opts["detector"]
@@ -218,7 +226,7 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
     if entity not in ENTITIES:
         raise _Invalid(f"unknown detector {name!r} (known: {', '.join(ENTITIES)})")
     if entity == "EMAIL":  # the common case, without the scan and overlap resolution of find()
-        return action, lambda value: is_email(value.strip())
+        return action, PassTest("{0}({v}.strip())", (is_email,))
     find = detector([entity]).find
 
     def whole(value: str) -> bool:
@@ -226,10 +234,10 @@ def _format(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         found = find(text)
         return len(found) == 1 and found[0].start == 0 and found[0].end == len(text)
 
-    return action, whole
+    return action, PassTest("{0}({v})", (whole,))
 
 
-def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
+def _max_length(decl: Any, ft: _FieldType) -> tuple[str, PassTest]:
     """Characters of a string, bytes of bytes, items of an array or a map."""
     _need(ft, {"string", "bytes", "array", "map"}, "max_length", "a string, bytes, array or map field")
     if isinstance(decl, dict):
@@ -239,7 +247,7 @@ def _max_length(decl: Any, ft: _FieldType) -> tuple[str, Test]:
         action, limit = "flag", decl
     if not is_int(limit) or limit <= 0:
         raise _Invalid("max_length is a positive integer, or an object {max, action}")
-    return action, lambda v: len(v) <= limit
+    return action, PassTest("len({v}) <= {0}", (limit,))
 
 
 @dataclass(frozen=True)
@@ -298,33 +306,36 @@ class _Baseline:
         self.meanad = 0.0
 
     def observe(self, x: float) -> bool:
-        """Whether x is an outlier against the values before it; x then joins the baseline (an outlier too)."""
+        """Whether x is an outlier against the values before it; x then joins the baseline (an outlier too).
+        (Once warm, the common case, in one branch: this runs per event.)"""
         if self.floats and not math.isfinite(x):
             return self.ready  # NaN and infinities: off the scale once warm, and kept out of the statistics
-        outlier = False
-        if self.ready:
-            d = abs(x - self.median)
-            if self.mad:
-                outlier = _MAD_SCALE * d / self.mad > self.threshold
-            elif self.meanad:
-                outlier = d / (_MEANAD_SCALE * self.meanad) > self.threshold
-            else:
-                outlier = d != 0
         values = self.values
-        if len(values) < self.window:
-            values.append(x)
-        else:
-            values[self.pos] = x
-            self.pos = (self.pos + 1) % self.window
-        if self.ready:
-            self.since += 1
-            if self.since >= self.step:
-                self._refresh()
-        else:
+        if not self.ready:
+            values.append(x)  # warm-up ends (min_samples <= window) before the buffer is full
             self.seen += 1
             if self.seen >= self.min_samples:
                 self.ready = True
                 self._refresh()
+            return False
+        d = abs(x - self.median)
+        if self.mad:
+            outlier = _MAD_SCALE * d / self.mad > self.threshold
+        elif self.meanad:
+            outlier = d / (_MEANAD_SCALE * self.meanad) > self.threshold
+        else:
+            outlier = d != 0
+        if len(values) < self.window:
+            values.append(x)
+        else:
+            pos = self.pos
+            values[pos] = x
+            self.pos = pos + 1 if pos + 1 < self.window else 0
+        since = self.since + 1
+        if since >= self.step:
+            self._refresh()  # and since = 0
+        else:
+            self.since = since
         return outlier
 
     def _refresh(self) -> None:
@@ -408,7 +419,7 @@ def _operand(side: Any, types: dict[str, _FieldType]) -> _Operand:
     raise _Invalid("each side of a rule is a field name or a literal {\"value\": V}")
 
 
-def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Comparison]:
     """A check passes when either side is None (the field's own rules cover a missing value)."""
     unknown = sorted(set(decl) - set(CHECK_OPTIONS), key=str)
     if unknown:
@@ -438,33 +449,17 @@ def _check(decl: dict[str, Any], types: dict[str, _FieldType]) -> tuple[str, Cal
             if field.kind == "enum" and literal.field is None and literal.literal not in field.symbols:
                 raise _Invalid(f"the literal is not a symbol of {field.label}'s enum "
                                f"(symbols: {', '.join(field.symbols)})")
-    return action, _comparison(left, OPERATORS[op], right)
+    return action, Comparison(left, op, right)
 
 
-def _comparison(left: _Operand, op: Callable[[Any, Any], Any],
-                right: _Operand) -> Callable[[dict[str, Any]], Any]:
-    a_name, b_name = left.field, right.field
-    if a_name is not None and b_name is not None:
-        def both(record: dict[str, Any]) -> Any:
-            a = record.get(a_name)
-            if a is None:
-                return True
-            b = record.get(b_name)
-            return b is None or op(a, b)
-        return both
-    if a_name is not None:
-        b_value = right.literal
+@dataclass(frozen=True)
+class Comparison:
+    """A record-level check: passes when either side's field is None (the field's own rules cover a missing
+    value), else when `left op right` holds."""
 
-        def field_left(record: dict[str, Any]) -> Any:
-            a = record.get(a_name)
-            return a is None or op(a, b_value)
-        return field_left
-    a_value, b_field = left.literal, str(b_name)
-
-    def field_right(record: dict[str, Any]) -> Any:
-        b = record.get(b_field)
-        return b is None or op(a_value, b)
-    return field_right
+    left: _Operand
+    op: str  # a key of OPERATORS
+    right: _Operand
 
 
 # ---- the checker ------------------------------------------------------------------------------------------------
@@ -477,45 +472,84 @@ class CheckerState:
         self.baselines = baselines
 
 
+@dataclass(frozen=True)
+class FieldRules:
+    """The compiled rules of one top-level field, in evaluation order (FIELD_KINDS): indexes into the rules."""
+
+    name: str
+    required: int  # its required rule, or -1
+    tests: tuple[tuple[int, PassTest], ...]  # the rules a non-null value must pass
+    outlier: int  # its outlier rule, or -1
+    slot: int  # that rule's baseline in a CheckerState
+
+
+Failures = Callable[[dict[str, Any], list[_Baseline]], "list[int] | None"]
+_OPERATOR_SOURCE = {op: op for op in OPERATORS}  # the generated code's operators: this table's text, not a schema's
+
+
 class RecordChecker:
-    """One schema's compiled rules. Immutable once built; what changes per event lives in a CheckerState."""
+    """One schema's compiled rules. Immutable once built; what changes per event lives in a CheckerState.
+
+    The rules run as straight-line code generated for the schema (gateway/core/quality/codegen.py): each
+    field read once, the simple tests inline, no list unless a rule fails. `emit` writes that code into a
+    function being generated, so the quality gate inlines it into its own per-event function.
+    """
 
     def __init__(self, rules: tuple[RuleSpec, ...], completeness_targets: dict[str, float],
-                 fields: tuple[tuple[str, int, tuple[tuple[int, Test], ...], int, int], ...],
-                 checks: tuple[tuple[int, Callable[[dict[str, Any]], Any]], ...],
+                 fields: tuple[FieldRules, ...], checks: tuple[tuple[int, Comparison], ...],
                  outliers: tuple[_OutlierSpec, ...]) -> None:
         self.rules = rules
         self.completeness_targets = completeness_targets
-        # per field with rules: (name, index of its required rule or -1, (index, test) of the rules a non-null
-        # value must pass, index of its outlier rule or -1, that rule's baseline slot)
         self._fields = fields
         self._checks = checks
         self._outliers = outliers
+        # failures(record, state.baselines): the ascending indexes of the failed rules, or None when the
+        # record passes them all (the common case allocates nothing); a new list every time one fails
+        source = FunctionSource("failures(record, baselines)")
+        source.add(1, "failed = None")
+        source.add(1, "get = record.get")
+        self.emit(source)
+        source.add(1, "return failed")
+        self.failures: Failures = source.build("failures", "<quality rules>")
 
     def new_state(self) -> CheckerState:
         return CheckerState([_Baseline(spec) for spec in self._outliers])
 
     def check(self, record: dict[str, Any], state: CheckerState) -> list[int]:
-        """Indexes into `rules` of the rules this record fails, ascending ([] when it passes them all: the
-        common case must be cheap). A new list every call: the caller may append to it."""
-        failed: list[int] = []
-        get = record.get
-        baselines = state.baselines
-        for name, required, tests, outlier, slot in self._fields:
-            value = get(name)
-            if value is None:
-                if required >= 0:
-                    failed.append(required)
-                continue
-            for i, test in tests:
-                if not test(value):
-                    failed.append(i)
-            if outlier >= 0 and baselines[slot].observe(value):
-                failed.append(outlier)
-        for i, test in self._checks:
-            if not test(record):
-                failed.append(i)
-        return failed
+        """Indexes into `rules` of the rules this record fails, ascending ([] when it passes them all).
+        A new list every call: the caller may append to it."""
+        return self.failures(record, state.baselines) or []
+
+    def emit(self, source: FunctionSource) -> None:
+        """The rules as statements of `source`'s function, whose locals `record`'s `get`, `failed` (None or
+        a list) and `baselines` (a CheckerState's) are set: the rules in index order, so failures come out
+        ascending, each with the test and the order of the rule's definition above (a range stays
+        `lo <= v <= hi`, so NaN fails it; a check passes when a side's field is None)."""
+        for f in self._fields:
+            v = source.value_of(f.name)
+            if f.required >= 0:
+                source.add(1, f"if {v} is None:")
+                source.fail(2, f.required)
+                if not f.tests and f.outlier < 0:
+                    continue
+                source.add(1, "else:")
+            else:
+                source.add(1, f"if {v} is not None:")
+            for rule, test in f.tests:
+                expr = test.expr.format(*(source.const(c) for c in test.consts), v=v)
+                source.add(2, f"if not ({expr}):")
+                source.fail(3, rule)
+            if f.outlier >= 0:
+                source.add(2, f"if baselines[{int(f.slot)}].observe({v}):")
+                source.fail(3, f.outlier)
+        for rule, check in self._checks:
+            op = _OPERATOR_SOURCE[check.op]
+            sides = [source.value_of(side.field) if side.field is not None else source.const(side.literal)
+                     for side in (check.left, check.right)]
+            present = " and ".join(f"{name} is not None" for name, side in zip(sides, (check.left, check.right),
+                                                                                strict=True) if side.field is not None)
+            source.add(1, f"if {present} and not ({sides[0]} {op} {sides[1]}):")
+            source.fail(2, rule)
 
     def __repr__(self) -> str:
         return f"RecordChecker({', '.join(r.name for r in self.rules)})"
@@ -543,7 +577,7 @@ def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, 
 
     rules: list[RuleSpec] = []
     targets: dict[str, float] = {}
-    compiled_fields: list[tuple[str, int, tuple[tuple[int, Test], ...], int, int]] = []
+    compiled_fields: list[FieldRules] = []
     outliers: list[_OutlierSpec] = []
     types: dict[str, _FieldType] = {}
     for f in fields:
@@ -559,7 +593,7 @@ def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, 
         for key in sorted(set(quality) - set(FIELD_KINDS), key=str):
             bad(f"{name}.{key}", f"unknown quality rule '{key}' (known: {', '.join(FIELD_KINDS)})")
         required, outlier, slot = -1, -1, -1
-        tests: list[tuple[int, Test]] = []
+        tests: list[tuple[int, PassTest]] = []
         for kind in FIELD_KINDS:
             if kind not in quality:
                 continue
@@ -581,9 +615,9 @@ def compile_checker(fields: list[dict[str, Any]], checks: Any, named: dict[str, 
             else:
                 tests.append((index, compiled))
         if required >= 0 or tests or outlier >= 0:
-            compiled_fields.append((name, required, tuple(tests), outlier, slot))
+            compiled_fields.append(FieldRules(name, required, tuple(tests), outlier, slot))
 
-    compiled_checks: list[tuple[int, Callable[[dict[str, Any]], Any]]] = []
+    compiled_checks: list[tuple[int, Comparison]] = []
     if checks is not None and not isinstance(checks, list):
         bad("(record).checks", "checks must be a list of {name, rule, action}")
     seen: set[str] = set()
