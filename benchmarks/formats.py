@@ -94,6 +94,13 @@ def _proto_text(record: dict[str, Any], privacy: dict[str, Any]) -> str:
             if isinstance(inner, dict) and inner.get("type") == "record":
                 lines += message(inner, indent + "  ", None)
                 lines.append(f"{indent}  {str(inner['name']).rsplit('.', 1)[-1]} {field['name']} = {number}{option};")
+            elif isinstance(inner, dict) and inner.get("type") == "enum":  # its symbols are the value names
+                enum_name = str(inner["name"]).rsplit(".", 1)[-1]
+                lines += [f"{indent}  enum {enum_name} {{",
+                          *(f"{indent}    {symbol} = {i};" for i, symbol in enumerate(inner["symbols"])),
+                          f"{indent}  }}"]
+                label = "optional " if nullable else ""
+                lines.append(f"{indent}  {label}{enum_name} {field['name']} = {number}{option};")
             else:
                 label = "optional " if nullable else ""
                 lines.append(f"{indent}  {label}{_PROTO_TYPES[inner]} {field['name']} = {number}{option};")
@@ -112,6 +119,8 @@ def _message(cls: Any, values: dict[str, Any]) -> Any:
             continue
         if isinstance(value, dict):
             getattr(message, name).CopyFrom(_message(type(getattr(message, name)), value))
+        elif isinstance(value, str) and message.DESCRIPTOR.fields_by_name[name].enum_type is not None:
+            setattr(message, name, message.DESCRIPTOR.fields_by_name[name].enum_type.values_by_name[value].number)
         else:
             setattr(message, name, value)
     return message
