@@ -99,9 +99,12 @@ def run(events: int = 20_000, reps: int = 5) -> dict[str, Any]:
                                                   f"{record.offset % 6}|payments.raw/{record.offset % 6}").to_json())
 
     def stage2() -> None:
-        windows = GroupWindows(specs, idle_close_ms=10**9)
-        for offset, value in enumerate(contributions):
-            windows.add(Contribution.from_json(value), 0, offset, 0)
+        windows = GroupWindows(specs, settle_ms=10**9)
+        for aggregate in specs:  # every window from the epoch on is scheduled: no contribution is late
+            windows.schedule(aggregate, 0, None, 0)
+        added = sum(windows.add(Contribution.from_json(value), 0, offset, 0)
+                    for offset, value in enumerate(contributions))
+        assert added == len(contributions), f"{len(contributions) - added} contributions taken for late"
 
     figures: dict[str, Any] = {"events": len(raw), "aggregates": len(payments.aggregates), "reps": reps,
                                "accepted_in_stage1": accepted, "contributions": len(contributions)}
