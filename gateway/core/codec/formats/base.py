@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.core.codec.encoding import Encoding, SchemaFormat
+from gateway.core.codec.encoding import CONFLUENT_HEADER_BYTES, CONFLUENT_MAGIC, Encoding, SchemaFormat
 from gateway.core.codec.raw import SchemaFile
+from gateway.errors import RejectedEvent
 
 # (record in the policy model, its encoding's value, the writer's fields the policy does not name)
 Decoded = tuple[dict[str, Any], str, tuple[str, ...]]
@@ -61,6 +62,70 @@ class RawDecoder(Protocol):
     def add_writer(self, schema_id: int, writer: Any) -> None:
         """A registered version met after start-up (what `SchemaCodec.writer` made of it)."""
         ...
+
+
+class RegistryFramedDecoder:
+    """What the decoders of the registry-framed families (JSON Schema, Protobuf) share: the writer versions
+    by registry id, the ids not known yet, and the checks before the payload (size, Confluent header,
+    magic byte, the id's version). A family subclass names itself and its framing's least size, and
+    decodes the payload after `_version` said whose schema wrote it."""
+
+    family = ""  # in the bad_magic_byte message: "JSON Schema", "Protobuf"
+    min_bytes = CONFLUENT_HEADER_BYTES  # the least a framed event holds (Protobuf: a message index too)
+    framing = f"Confluent wire format needs {CONFLUENT_HEADER_BYTES} header bytes"  # the bad_framing message
+    own_when_unnamed = False  # a policy that names no id reads every event as its own (offline: `policy test`)
+
+    def __init__(self, schema: SchemaFile, schema_id: int | None, max_record_bytes: int,
+                 writers: dict[int, RegisteredWriter] | None = None) -> None:
+        self.schema = schema
+        self.schema_id = schema_id
+        self.max_record_bytes = max_record_bytes
+        self.writers: dict[int, RegisteredWriter] = dict(writers or {})
+
+    def add_writer(self, schema_id: int, writer: RegisteredWriter) -> None:
+        self.writers[schema_id] = writer
+
+    def unknown_ids(self, values: Iterable[bytes | None]) -> set[int]:
+        found: set[int] = set()
+        for value in values:
+            if value is not None and len(value) >= CONFLUENT_HEADER_BYTES and value[0] == CONFLUENT_MAGIC:
+                schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
+                if schema_id != self.schema_id and schema_id not in self.writers:
+                    found.add(schema_id)
+        return found
+
+    def decode_event(self, value: bytes | None) -> Decoded:
+        raise NotImplementedError
+
+    def decode(self, value: bytes | None) -> tuple[dict[str, Any], str]:
+        record, encoding, _ = self.decode_event(value)
+        return record, encoding
+
+    def _version(self, value: bytes | None) -> tuple[int, RegisteredWriter | None]:
+        """The event's registry id and its registered writer (None: the policy's own schema), after the
+        checks every framed event passes; each failure a RejectedEvent that names no value."""
+        if value is None or len(value) == 0:
+            raise RejectedEvent("empty_value", "the event has no value (tombstone or empty payload)")
+        if len(value) > self.max_record_bytes:
+            raise RejectedEvent("record_too_large",
+                                f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
+        if len(value) < self.min_bytes:
+            raise RejectedEvent("bad_framing", f"{self.framing}, got {len(value)} bytes")
+        if value[0] != CONFLUENT_MAGIC:
+            raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {CONFLUENT_MAGIC} "
+                                f"(Confluent wire format of {self.family})")
+        schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
+        if schema_id == self.schema_id or (self.own_when_unnamed and self.schema_id is None and not self.writers):
+            return schema_id, None
+        writer = self.writers.get(schema_id)
+        if writer is None:
+            expected = "" if self.schema_id is None else f" (expected {self.schema_id})"
+            raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
+                                f"{self.schema.fullname}{expected}")
+        if writer.problem is not None:
+            raise RejectedEvent("incompatible_writer_schema", f"the event was written with {writer.label}, "
+                                f"which {self.schema.fullname}'s policy cannot read: {writer.problem}")
+        return schema_id, writer
 
 
 class SchemaCodec(Protocol):

@@ -28,8 +28,8 @@ import orjson
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.validators import Draft202012Validator, validator_for
 
-from gateway.core.codec.encoding import CONFLUENT_HEADER_BYTES, CONFLUENT_MAGIC, Encoding, SchemaFormat
-from gateway.core.codec.formats.base import Decoded, RegisteredWriter
+from gateway.core.codec.encoding import CONFLUENT_HEADER_BYTES, Encoding, SchemaFormat
+from gateway.core.codec.formats.base import Decoded, RegisteredWriter, RegistryFramedDecoder
 from gateway.core.codec.raw import NO_FIELDS, SchemaFile
 from gateway.core.codec.writer import json_bytes
 from gateway.errors import PolicyError, RejectedEvent
@@ -332,64 +332,26 @@ class _Version:
         self.properties = tuple(properties) if isinstance(properties, dict) else ()
 
 
-class JsonSchemaDecoder:
+class JsonSchemaDecoder(RegistryFramedDecoder):
     """Decodes one topic's Confluent-framed JSON events: the framing, the registry id (the policy's, or a
     registered writer version's), JSON, validation against that id's schema, then the record in the
     policy model (fields the policy does not name are dropped: a writer version's are said in the audit)."""
 
+    family = "JSON Schema"
+    # a policy that names no id, read offline by `policy test` or `scan`: its own schema, as the sanitized
+    # decoder assumes (the worker always knows the raw subject's ids)
+    own_when_unnamed = True
+
     def __init__(self, schema: SchemaFile, schema_id: int | None, max_record_bytes: int,
                  writers: dict[int, RegisteredWriter] | None = None) -> None:
-        self.schema = schema
-        self.schema_id = schema_id
-        self.max_record_bytes = max_record_bytes
-        self.writers: dict[int, RegisteredWriter] = dict(writers or {})
+        super().__init__(schema, schema_id, max_record_bytes, writers)
         self.own = _Version(orjson.loads(schema.native or "{}"))
         self.conform = _conformer(schema.raw, schema.parsed.get("__named_schemas", {}))
 
-    def add_writer(self, schema_id: int, writer: RegisteredWriter) -> None:
-        self.writers[schema_id] = writer
-
-    def unknown_ids(self, values: Iterable[bytes | None]) -> set[int]:
-        found: set[int] = set()
-        for value in values:
-            if value is not None and len(value) >= CONFLUENT_HEADER_BYTES and value[0] == CONFLUENT_MAGIC:
-                schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
-                if schema_id != self.schema_id and schema_id not in self.writers:
-                    found.add(schema_id)
-        return found
-
-    def decode(self, value: bytes | None) -> tuple[dict[str, Any], str]:
-        record, encoding, _ = self.decode_event(value)
-        return record, encoding
-
     def decode_event(self, value: bytes | None) -> Decoded:
-        if value is None or len(value) == 0:
-            raise RejectedEvent("empty_value", "the event has no value (tombstone or empty payload)")
-        if len(value) > self.max_record_bytes:
-            raise RejectedEvent("record_too_large",
-                                f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
-        if len(value) < CONFLUENT_HEADER_BYTES:
-            raise RejectedEvent("bad_framing", f"Confluent wire format needs {CONFLUENT_HEADER_BYTES} header bytes, "
-                                f"got {len(value)}")
-        if value[0] != CONFLUENT_MAGIC:
-            raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {CONFLUENT_MAGIC} "
-                                "(Confluent wire format of JSON Schema)")
-        schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
-        unannotated = NO_FIELDS
-        if schema_id == self.schema_id or (self.schema_id is None and not self.writers):
-            # (a policy that names no id, read offline by `policy test` or `scan`: its own schema, as the
-            # sanitized decoder assumes; the worker always knows the raw subject's ids)
-            version = self.own
-        else:
-            writer = self.writers.get(schema_id)
-            if writer is None:
-                expected = "" if self.schema_id is None else f" (expected {self.schema_id})"
-                raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
-                                    f"{self.schema.fullname}{expected}")
-            if writer.problem is not None:
-                raise RejectedEvent("incompatible_writer_schema", f"the event was written with {writer.label}, "
-                                    f"which {self.schema.fullname}'s policy cannot read: {writer.problem}")
-            version, unannotated = writer.reader, writer.unannotated
+        _, writer = self._version(value)
+        assert value is not None  # _version refused an empty one
+        version, unannotated = (self.own, NO_FIELDS) if writer is None else (writer.reader, writer.unannotated)
         try:
             document = orjson.loads(value[CONFLUENT_HEADER_BYTES:])
         except orjson.JSONDecodeError as exc:

@@ -12,16 +12,16 @@ policy's schema; a field only the writer has is dropped (and named in the audit,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fastavro
 
-from gateway.core.codec.encoding import CONFLUENT_HEADER_BYTES, CONFLUENT_MAGIC, Encoding, SchemaFormat
+from gateway.core.codec.encoding import CONFLUENT_HEADER_BYTES, Encoding, SchemaFormat
 from gateway.core.codec.evolution import COMPATIBILITY_MODES
-from gateway.core.codec.formats.base import Decoded, RegisteredWriter
+from gateway.core.codec.formats.base import Decoded, RegisteredWriter, RegistryFramedDecoder
 from gateway.core.codec.protobuf import (
     ProtoDecoder,
     ProtoSchema,
@@ -49,59 +49,23 @@ class _Version:
     extra_names: dict[int, str]
 
 
-class ProtobufDecoder:
+class ProtobufDecoder(RegistryFramedDecoder):
     """Decodes one topic's Confluent-framed Protobuf events into the policy model."""
+
+    family = "Protobuf"
+    min_bytes = CONFLUENT_HEADER_BYTES + 1  # the message indexes follow the header: one byte at least
+    framing = f"Confluent-framed Protobuf needs {CONFLUENT_HEADER_BYTES} header bytes and the message indexes"
 
     def __init__(self, schema: SchemaFile, proto: ProtoSchema, schema_id: int | None, max_record_bytes: int,
                  writers: dict[int, RegisteredWriter] | None = None) -> None:
-        self.schema = schema
-        self.schema_id = schema_id
-        self.max_record_bytes = max_record_bytes
-        self.writers: dict[int, RegisteredWriter] = dict(writers or {})
+        super().__init__(schema, schema_id, max_record_bytes, writers)
         self.messages = ProtoDecoder(proto.root)
         self.own = _Version(message_protos(proto.file)[proto.root.full_name][1], {})
 
-    def add_writer(self, schema_id: int, writer: RegisteredWriter) -> None:
-        self.writers[schema_id] = writer
-
-    def unknown_ids(self, values: Iterable[bytes | None]) -> set[int]:
-        found: set[int] = set()
-        for value in values:
-            if value is not None and len(value) >= CONFLUENT_HEADER_BYTES and value[0] == CONFLUENT_MAGIC:
-                schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
-                if schema_id != self.schema_id and schema_id not in self.writers:
-                    found.add(schema_id)
-        return found
-
-    def decode(self, value: bytes | None) -> tuple[dict[str, Any], str]:
-        record, encoding, _ = self.decode_event(value)
-        return record, encoding
-
     def decode_event(self, value: bytes | None) -> Decoded:
-        if value is None or len(value) == 0:
-            raise RejectedEvent("empty_value", "the event has no value (tombstone or empty payload)")
-        if len(value) > self.max_record_bytes:
-            raise RejectedEvent("record_too_large",
-                                f"the event is {len(value)} bytes, above max_record_bytes={self.max_record_bytes}")
-        if len(value) <= CONFLUENT_HEADER_BYTES:
-            raise RejectedEvent("bad_framing", f"Confluent-framed Protobuf needs {CONFLUENT_HEADER_BYTES} header "
-                                f"bytes and the message indexes, got {len(value)} bytes")
-        if value[0] != CONFLUENT_MAGIC:
-            raise RejectedEvent("bad_magic_byte", f"magic byte is {value[0]}, expected {CONFLUENT_MAGIC} "
-                                "(Confluent wire format of Protobuf)")
-        schema_id = int.from_bytes(value[1:CONFLUENT_HEADER_BYTES], "big")
-        if schema_id == self.schema_id:
-            version = self.own
-        else:
-            writer = self.writers.get(schema_id)
-            if writer is None:
-                expected = "" if self.schema_id is None else f" (expected {self.schema_id})"
-                raise RejectedEvent("unknown_schema_id", f"schema id {schema_id} is not registered for "
-                                    f"{self.schema.fullname}{expected}")
-            if writer.problem is not None:
-                raise RejectedEvent("incompatible_writer_schema", f"the event was written with {writer.label}, "
-                                    f"which {self.schema.fullname}'s policy cannot read: {writer.problem}")
-            version = writer.reader
+        schema_id, writer = self._version(value)
+        assert value is not None  # _version refused an empty one
+        version = self.own if writer is None else writer.reader
         indexes, start = read_message_indexes(value, CONFLUENT_HEADER_BYTES)
         if indexes != version.index_path:
             raise RejectedEvent("protobuf_unknown_message_index", f"message index {list(indexes)} does not name "
