@@ -7,12 +7,17 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
+
+from gateway.core.codec.sanitized import StoredRecord
+from gateway.core.codec.writer import avro_bytes
+from gateway.embedded.samples import SampleEvents
 
 from .conftest import ENV, REPO, Deployment
 
@@ -79,3 +84,27 @@ def write_in_transaction(bootstrap: str, records: Sequence[tuple[str, int, bytes
         producer.commit_transaction(30)
     else:
         producer.abort_transaction(30)
+
+
+def sanitized_payments(d: Deployment, count: int, partitions: int, seed: int,
+                       instance: str) -> tuple[list[dict[str, Any]], list[StoredRecord]]:
+    """`count` payments, half bare Avro and half JSON (so the sanitized topic mixes both encodings),
+    through a real `gateway run`; then copies of every sanitized record in an aborted transaction (what a
+    gateway abort leaves in the log: a read_uncommitted reader would count them twice). Returns the
+    published payments (the ground truth) and the sanitized records."""
+    plan = d.payments
+    samples = SampleEvents(seed=seed)
+    payments = [samples.payment() for _ in range(count)]
+    values = [orjson.dumps(p) if i % 2 else avro_bytes(plan.schema.parsed, p) for i, p in enumerate(payments)]
+    worker = d.start_worker(instance, partitions=partitions)
+    try:
+        d.produce(plan.source_topic, values)
+        d.wait_for_audit(count)
+    finally:
+        assert worker.stop() == 0
+    sanitized = d.read(plan.sanitized_topic)
+    assert len(sanitized) == count
+    assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": count // 2, b"json": count // 2}
+    write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
+                                       for r in sanitized], commit=False)
+    return payments, sanitized

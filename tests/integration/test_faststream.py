@@ -16,14 +16,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
-from gateway.core.codec.writer import avro_bytes
-from gateway.embedded.samples import SampleEvents
-
 from .conftest import Deployment
-from .example_apps import ExampleApp, write_in_transaction
+from .example_apps import ExampleApp, sanitized_payments, write_in_transaction
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("faststream", reason="FastStream is not installed: pip install -e '.[faststream]'")
@@ -42,21 +38,7 @@ def faststream_example(d: Deployment, name: str, keyring: Path | None) -> Exampl
 def test_faststream_example_counts_the_sanitized_payments_per_country(fresh_deployment: Deployment) -> None:
     d = fresh_deployment
     plan = d.payments
-    samples = SampleEvents(seed=29)
-    payments = [samples.payment() for _ in range(N)]
-    values = [orjson.dumps(p) if i % 2 else avro_bytes(plan.schema.parsed, p) for i, p in enumerate(payments)]
-    worker = d.start_worker("faststream", partitions=PARTITIONS)
-    try:
-        d.produce(plan.source_topic, values)
-        d.wait_for_audit(N)
-    finally:
-        assert worker.stop() == 0
-    sanitized = d.read(plan.sanitized_topic)
-    assert len(sanitized) == N
-    assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": N // 2, b"json": N // 2}
-    # what a gateway abort leaves in the log: copies in an aborted transaction (read_uncommitted would count them)
-    write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
-                                       for r in sanitized], commit=False)
+    payments, _ = sanitized_payments(d, N, PARTITIONS, seed=29, instance="faststream")
     # and a committed record that no policy decodes: logged and passed over, never a crash loop
     write_in_transaction(d.bootstrap, [(plan.sanitized_topic, 0, None, b"\xff not a sanitized record",
                                         [("gateway-encoding", b"avro")])], commit=True)

@@ -14,14 +14,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
-from gateway.core.codec.writer import avro_bytes
-from gateway.embedded.samples import SampleEvents
-
 from .conftest import Deployment
-from .example_apps import ExampleApp, write_in_transaction
+from .example_apps import ExampleApp, sanitized_payments
 
 pytestmark = pytest.mark.integration
 # the `faust` extra: it cannot sit in `test` (faust-streaming caps click below 8.4, check-jsonschema needs 8.5)
@@ -44,23 +40,7 @@ def faust_example(d: Deployment, name: str, keyring: Path | None) -> ExampleApp:
 
 def test_faust_example_counts_the_sanitized_payments_per_country(fresh_deployment: Deployment) -> None:
     d = fresh_deployment
-    plan = d.payments
-    samples = SampleEvents(seed=23)
-    payments = [samples.payment() for _ in range(N)]
-    values = [orjson.dumps(p) if i % 2 else avro_bytes(plan.schema.parsed, p) for i, p in enumerate(payments)]
-    worker = d.start_worker("integrations", partitions=PARTITIONS)
-    try:
-        d.produce(plan.source_topic, values)
-        d.wait_for_audit(N)
-    finally:
-        assert worker.stop() == 0
-    sanitized = d.read(plan.sanitized_topic)
-    assert len(sanitized) == N
-    assert Counter(r.headers["gateway-encoding"] for r in sanitized) == {b"avro": N // 2, b"json": N // 2}
-    # what a gateway abort leaves in the log (a failed commit, then the batch again): copies of records in an
-    # aborted transaction, which a read_uncommitted consumer would count a second time
-    write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
-                                       for r in sanitized], commit=False)
+    payments, _ = sanitized_payments(d, N, PARTITIONS, seed=23, instance="integrations")
 
     # ground truth: what was published, never what the gateway wrote
     countries = Counter(p["country"] for p in payments)
