@@ -108,3 +108,39 @@ def sanitized_payments(d: Deployment, count: int, partitions: int, seed: int,
     write_in_transaction(d.bootstrap, [(r.topic, r.partition, r.key, r.value, list(r.headers.items()))
                                        for r in sanitized], commit=False)
     return payments, sanitized
+
+
+def reports_with_and_without_keys(apps: dict[str, ExampleApp], expected: int, timeout_s: float
+                                  ) -> dict[str, dict[str, Any]]:
+    """Both apps' reports once each counted `expected` payments, then both stopped with SIGTERM (at once:
+    each takes a second or two to leave its group), each exiting 0."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        reports = {name: app.wait_for_count(expected, deadline) for name, app in apps.items()}
+    finally:
+        for app in apps.values():
+            app.stop()
+        codes = {name: app.wait() for name, app in apps.items()}
+    assert codes == dict.fromkeys(apps, 0), codes
+    return reports
+
+
+def assert_counted_and_opened(reports: dict[str, dict[str, Any]], payments: list[dict[str, Any]]) -> None:
+    """The ground truth is what was published, never what the gateway wrote: both apps counted every
+    payment per country; with the keyring every customer name opened to the published one, without it
+    every encrypted field was reported not opened."""
+    countries = Counter(p["country"] for p in payments)
+    names = {p["event_id"]: p["customer_name"] for p in payments}
+    assert len(countries) > 1 and len(names) == len(payments)
+    for report in reports.values():
+        assert report["counts"] == dict(countries)
+    keys, nokeys = reports["keys"], reports["nokeys"]
+    n = len(payments)
+    assert keys["opened"] == names
+    assert keys["fields"]["customer_name"] == {"decrypted": n}
+    assert keys["fields"]["billing_address.street"] == {"decrypted": n}
+    assert nokeys["opened"] == {}
+    assert nokeys["fields"]["customer_name"] == {"key_not_held": n}
+    assert nokeys["fields"]["card_number"] == {"key_not_held": n}
+    assert sum(nokeys["fields"].get("card_expiry", {}).values()) == sum(p["card_expiry"] is not None
+                                                                         for p in payments)
