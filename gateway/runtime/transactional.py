@@ -188,6 +188,7 @@ class TransactionalLoop:
         self.aborts = 0
         self._in_flight: Batch | None = None
         self._offsets_sent = 0.0
+        self._last_consumed = time.monotonic()  # when the last consume returned: the next batch's fill counts from it
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-commit") if overlap else None
         self.assignment_wait = assignment_wait or AssignmentWait(name, None, None)
 
@@ -222,7 +223,14 @@ class TransactionalLoop:
         """Consume one batch and publish what the handler makes of it; returns the messages taken."""
         aborts = self.aborts
         polled = time.monotonic()
-        raw = self.consumer.consume(self.batch_max_events, self.batch_timeout_s if timeout_s is None else timeout_s)
+        if timeout_s is None:
+            # the fill is counted from the last batch's start, not from this call: the events that came
+            # while that batch was processed and published have waited already, and waiting the whole
+            # timeout again made every batch cover its processing time plus the timeout, so at high
+            # rates batches grew, and with them the processing every event in them waits for
+            timeout_s = max(0.0, self._last_consumed + self.batch_timeout_s - polled)
+        raw = self.consumer.consume(self.batch_max_events, timeout_s)
+        self._last_consumed = time.monotonic()
         if not self.assignment_wait.done:
             self.assignment_wait.tick(self._member_id)
         if self.aborts != aborts:
