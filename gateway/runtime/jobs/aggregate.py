@@ -75,7 +75,7 @@ from gateway.ops import metrics
 from gateway.outputs import OutRecord
 from gateway.runtime import changelog, clients
 from gateway.runtime.instance import with_instance_id
-from gateway.runtime.jobs import start_process
+from gateway.runtime.jobs import settle_heap, start_process
 from gateway.runtime.ledger import LedgerFollower, ensure_ledger_topic, read_ledger
 from gateway.runtime.stall import StallMonitor
 from gateway.runtime.topics import create_topics, ensure_topics, partition_counts
@@ -612,6 +612,7 @@ class AggregateWorker:
         log.info("aggregate worker started", extra={"group_id": config.group_id, "instance": config.instance_id,
                                                     "aggregates": sorted(self.specs),
                                                     "ledger_entries": len(self.ledger.entries)})
+        settle_heap()
         try:
             while not self._stop:
                 self.health.beat()

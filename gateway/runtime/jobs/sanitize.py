@@ -36,7 +36,7 @@ from gateway.ops import metrics
 from gateway.runtime import changelog, clients, consent
 from gateway.runtime.changelog import ChangelogFollower
 from gateway.runtime.instance import with_instance_id
-from gateway.runtime.jobs import start_process
+from gateway.runtime.jobs import settle_heap, start_process
 from gateway.runtime.keytopic import KeyTopic
 from gateway.runtime.latency_trace import LatencyTrace
 from gateway.runtime.registry import NewWriterIds, WriterSchemaLookup
@@ -251,6 +251,7 @@ class Worker:
         log.info("worker started", extra={"group_id": config.group_id, "instance": config.instance_id,
                                           "source_topics": self.pipeline.source_topics,
                                           "audit_topic": config.audit_topic})
+        settle_heap()
         next_status = time.monotonic() + STATUS_EVERY_S
         next_lag = time.monotonic() + LAG_EVERY_S
         next_windows = time.monotonic() + WINDOWS_EVERY_S
