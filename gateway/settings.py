@@ -158,6 +158,10 @@ class GatewayConfig:
     batch_max_events: int = setting(1000, "most events per batch (one transaction)", group="worker")
     batch_timeout_s: float = setting(0.02, "longest wait for a batch to fill: bounds latency at low rates",
                                      group="worker")
+    batch_slice_s: float = setting(0.005, "the sanitize worker transforms what arrived during a batch's fill "
+                                   "this often, so only the last slice's work is left when the fill ends "
+                                   "(a batch is still one transaction); at most batch_timeout_s",
+                                   group="worker")
     output_compression: str = setting("lz4", "compression of the batches the sanitize worker writes (sanitized, "
                                       "purpose, dead-letter and audit topics): lz4 cut what the broker stores "
                                       "about 5x and its CPU to 0.6x (benchmarks/compression.py); zstd "
@@ -264,6 +268,8 @@ class GatewayConfig:
         self._check(1 <= self.batch_max_events <= 100_000, "batch_max_events",
                     "must be between 1 and 100000")
         self._check(0 < self.batch_timeout_s <= 60, "batch_timeout_s", "must be in (0, 60] seconds")
+        self._check(0 < self.batch_slice_s <= self.batch_timeout_s, "batch_slice_s",
+                    f"must be in (0, batch_timeout_s = {self.batch_timeout_s}] seconds")
         self._check(self.output_compression in OUTPUT_COMPRESSIONS, "output_compression",
                     f"must be one of {', '.join(OUTPUT_COMPRESSIONS)}")
         self._check(1024 <= self.fetch_queue_kbytes <= 2_097_151, "fetch_queue_kbytes",

@@ -14,6 +14,8 @@ commit atomically and a new owner reads both back with the committed offsets.
 - With `overlap`, the commit of batch N runs on a thread while batch N + 1 is consumed and
   transformed; N + 1 is produced only after N committed, in its own transaction. If N aborts, N + 1
   is dropped with it and both are read again.
+- With `slice_s`, a batch is transformed slice by slice as its events arrive during the fill, so
+  only the last slice's work is left when the fill ends; the slices are still one transaction.
 """
 
 from __future__ import annotations
@@ -65,13 +67,28 @@ class Batch:
     messages: list[Message]
     output: Output
     last: dict[Source, int]  # last offset per source partition
-    started: float  # consume returned (monotonic)
-    processed: float
+    started: float  # the fill ended: its last consume returned (monotonic)
+    processed: float  # the last slice was processed (started - polled holds the earlier slices' work)
     settled: float = 0.0  # the batch before it committed: this one may be produced
     produced: float = 0.0
     commit: Future[float] | None = None
     polled: float = 0.0  # the consume call that returned it began (started - polled: the batch-fill wait)
     offsets_sent: float = 0.0  # send_offsets_to_transaction returned (the commit's first half)
+    process_s: float = 0.0  # the handler's time over all the batch's slices
+
+
+def merge_outputs(outputs: Sequence[Output]) -> Output:
+    """Slices of one batch as one output. A handler gives offsets for all its slices or for none."""
+    if len({o.offsets is None for o in outputs}) > 1:
+        raise ValueError("a batch's slices gave offsets for some slices and not for others")
+    merged = Output([], {}, None if outputs[0].offsets is None else {})
+    for o in outputs:
+        merged.records += o.records
+        merged.metadata.update(o.metadata)
+        if o.offsets is not None:
+            merged.offsets.update(o.offsets)  # type: ignore[union-attr]
+        merged.counts.update(o.counts)
+    return merged
 
 
 def is_retriable(error: KafkaError) -> bool:
@@ -171,7 +188,8 @@ class TransactionalLoop:
 
     def __init__(self, name: str, consumer: Consumer, producer: Producer, handler: BatchHandler,
                  topics: Sequence[str], batch_max_events: int, batch_timeout_s: float,
-                 overlap: bool = False, on_committed: Callable[[Batch, float], None] | None = None,
+                 overlap: bool = False, slice_s: float | None = None,
+                 on_committed: Callable[[Batch, float], None] | None = None,
                  on_assignment: Callable[[set[Source]], None] | None = None,
                  assignment_wait: AssignmentWait | None = None) -> None:
         self.name = name
@@ -185,7 +203,9 @@ class TransactionalLoop:
         self.on_assignment = on_assignment
         self.owned: set[Source] = set()
         self.opened: set[Source] = set()
+        self.slice_s = slice_s  # process what arrives during the fill every slice_s (None: once, at its end)
         self.aborts = 0
+        self.revocations = 0  # partitions revoked or lost (a batch's processed slices may hold theirs)
         self._in_flight: Batch | None = None
         self._offsets_sent = 0.0
         self._last_consumed = time.monotonic()  # when the last consume returned: the next batch's fill counts from it
@@ -220,32 +240,54 @@ class TransactionalLoop:
 
     # ---- one turn --------------------------------------------------------------------------------
     def step(self, timeout_s: float | None = None) -> int:
-        """Consume one batch and publish what the handler makes of it; returns the messages taken."""
-        aborts = self.aborts
+        """Consume one batch and publish what the handler makes of it; returns the messages taken.
+
+        Without `timeout_s`, the batch fills until `batch_timeout_s` after the last batch's start:
+        the events that came while that batch was processed and published have waited already (a
+        fill counted from this call made each batch cover its processing time plus the timeout, so at
+        high rates batches grew, and with them the processing every event in them waits for). With
+        `slice_s`, what arrives during the fill is processed as it arrives, slice by slice, so when
+        the fill ends only the last slice's processing is left before the batch is published: its
+        events no longer wait for the whole batch's transform (issue 35's latency tail). The slices
+        are one batch, one transaction, as before."""
+        aborts, revocations = self.aborts, self.revocations
         polled = time.monotonic()
-        if timeout_s is None:
-            # the fill is counted from the last batch's start, not from this call: the events that came
-            # while that batch was processed and published have waited already, and waiting the whole
-            # timeout again made every batch cover its processing time plus the timeout, so at high
-            # rates batches grew, and with them the processing every event in them waits for
-            timeout_s = max(0.0, self._last_consumed + self.batch_timeout_s - polled)
-        raw = self.consumer.consume(self.batch_max_events, timeout_s)
-        self._last_consumed = time.monotonic()
-        if not self.assignment_wait.done:
-            self.assignment_wait.tick(self._member_id)
-        if self.aborts != aborts:
-            # a rebalance callback inside consume settled the batch in flight, it aborted, and every
-            # owned partition was rewound. What consume returned is dropped: part of it was fetched
-            # before that rewind (publishing it would publish it twice), and part may have been
-            # fetched after it, from the committed offsets, so the positions are past those records.
-            # Rewinding again, now outside the callback, reads all of it again from the committed
-            # offsets (a CI run lost five records when only the first rewind was made).
-            self.rewind()
-            return 0
-        messages = self._usable(raw)
-        batch = self._process(messages) if messages else None  # overlaps the last batch's commit
+        sliced = timeout_s is None and self.slice_s is not None
+        deadline = polled + timeout_s if timeout_s is not None else self._last_consumed + self.batch_timeout_s
+        messages: list[Message] = []
+        outputs: list[Output] = []
+        started = processed = polled
+        process_s = 0.0
+        while True:
+            wait = max(0.0, deadline - time.monotonic())
+            if sliced:
+                wait = min(wait, self.slice_s)  # type: ignore[type-var]
+            raw = self.consumer.consume(self.batch_max_events - len(messages), wait)
+            self._last_consumed = started = time.monotonic()
+            if not self.assignment_wait.done:
+                self.assignment_wait.tick(self._member_id)
+            if self.aborts != aborts or (outputs and self.revocations != revocations):
+                # a rebalance callback inside consume settled the batch in flight, it aborted, and every
+                # owned partition was rewound. What consume returned is dropped: part of it was fetched
+                # before that rewind (publishing it would publish it twice), and part may have been
+                # fetched after it, from the committed offsets, so the positions are past those records.
+                # Rewinding again, now outside the callback, reads all of it again from the committed
+                # offsets (a CI run lost five records when only the first rewind was made). Slices
+                # already processed go too when partitions were revoked meanwhile: they may hold
+                # records of partitions another member now owns.
+                self.rewind()
+                return 0
+            usable = self._usable(raw)
+            if usable:
+                outputs.append(self.handler.process(usable))  # overlaps the last batch's commit
+                messages += usable
+                processed = time.monotonic()
+                process_s += processed - started
+            if not sliced or len(messages) >= self.batch_max_events or time.monotonic() >= deadline:
+                break
+        batch = self._batch(messages, outputs, started, processed) if messages else None
         if batch is not None:
-            batch.polled = polled
+            batch.polled, batch.process_s = polled, process_s
         if not self.settle():
             return 0  # the last batch aborted: this one was rewound with it and is read again
         if batch is not None:
@@ -302,13 +344,15 @@ class TransactionalLoop:
             self.handler.open((tp.topic, tp.partition), tp.offset, tp.metadata)
             self.opened.add((tp.topic, tp.partition))
 
-    def _process(self, messages: list[Message]) -> Batch:
-        started = time.monotonic()
-        output = self.handler.process(messages)
+    @staticmethod
+    def _batch(messages: list[Message], outputs: list[Output], started: float, processed: float) -> Batch:
+        """One batch of the slices' outputs, in order: a later slice's metadata and offsets for a
+        partition replace an earlier one's (they are the handler's state after it)."""
+        output = outputs[0] if len(outputs) == 1 else merge_outputs(outputs)
         last: dict[Source, int] = {}
         for m in messages:
             last[(m.topic(), m.partition())] = m.offset()
-        return Batch(messages, output, last, started, time.monotonic())
+        return Batch(messages, output, last, started, max(started, processed))
 
     def _publish(self, batch: Batch) -> None:
         batch.settled = time.monotonic()
@@ -431,6 +475,8 @@ class TransactionalLoop:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = [(tp.topic, tp.partition) for tp in partitions]
+        if gone:
+            self.revocations += 1
         self.handler.close([s for s in gone if s in self.opened])
         self.opened -= set(gone)
         self.owned -= set(gone)

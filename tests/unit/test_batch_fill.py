@@ -1,5 +1,5 @@
-"""The batch fill counts from the last batch's start (issue 35), and start-up's heap is frozen out of
-the collector's reach before a job's loop runs.
+"""The batch fill counts from the last batch's start, what arrives during it is transformed slice by
+slice (issue 35), and start-up's heap is frozen out of the collector's reach before a job's loop runs.
 
 The loop's consume timeout is pure arithmetic over its clock, so it is tested here with test doubles
 for the two clients (the loop's Kafka behaviour is covered on a real broker in tests/integration);
@@ -12,10 +12,13 @@ import gc
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 
+from gateway.core.pipeline.outcome import SANITIZED, BatchCounts
+from gateway.outputs import OutRecord
 from gateway.runtime import transactional
 from gateway.runtime.jobs import settle_heap
-from gateway.runtime.transactional import Output, TransactionalLoop
+from gateway.runtime.transactional import Output, TransactionalLoop, merge_outputs
 
 
 class _Clock:
@@ -56,9 +59,13 @@ class _Consumer:
         self.timeouts: list[float] = []
         self.next_offset = 0
         self.empty = False
+        self.on_consume: Any = None  # called inside consume (a rebalance callback's moment)
+        self.seeks: list[Any] = []
 
     def consume(self, num: int, timeout: float) -> list[_Message]:
         self.timeouts.append(timeout)
+        if self.on_consume is not None:
+            self.on_consume(len(self.timeouts))
         if self.empty:
             self.clock.now += timeout  # nothing came: the whole wait
             return []
@@ -71,11 +78,20 @@ class _Consumer:
     def consumer_group_metadata(self) -> object:
         return object()
 
+    def seek(self, tp: Any) -> None:
+        self.seeks.append(tp)
+
 
 class _Producer:
-    def begin_transaction(self) -> None: ...
+    def __init__(self) -> None:
+        self.transactions = 0
+        self.produced: list[bytes] = []
 
-    def produce(self, *args: Any, **kwargs: Any) -> None: ...
+    def begin_transaction(self) -> None:
+        self.transactions += 1
+
+    def produce(self, topic: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        self.produced.append(value)
 
     def send_offsets_to_transaction(self, *args: Any) -> None: ...
 
@@ -88,14 +104,18 @@ class _Handler:
     def __init__(self, clock: _Clock, process_s: list[float]) -> None:
         self.clock = clock
         self.process_s = process_s
+        self.slices: list[list[int]] = []
+        self.closed: list[Any] = []
 
     def open(self, source: Any, committed_offset: int, metadata: str | None) -> None: ...
 
-    def close(self, sources: Any) -> None: ...
+    def close(self, sources: Any) -> None:
+        self.closed += sources
 
     def process(self, messages: list[Any]) -> Output:
-        self.clock.now += self.process_s.pop(0)
-        return Output([])
+        self.clock.now += self.process_s.pop(0) if self.process_s else 0.001
+        self.slices.append([m.offset() for m in messages])
+        return Output([OutRecord("out", None, str(m.offset()).encode()) for m in messages])
 
 
 @pytest.fixture
@@ -105,10 +125,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
     return clock
 
 
-def _loop(clock: _Clock, process_s: list[float]) -> tuple[TransactionalLoop, _Consumer]:
+def _loop(clock: _Clock, process_s: list[float], slice_s: float | None = None) -> tuple[TransactionalLoop, _Consumer]:
     consumer = _Consumer(clock)
     loop = TransactionalLoop("t", consumer, _Producer(), _Handler(clock, process_s), ["raw"],  # type: ignore[arg-type]
-                             batch_max_events=1000, batch_timeout_s=0.020)
+                             batch_max_events=1000, batch_timeout_s=0.020, slice_s=slice_s)
     loop.owned = {("raw", 0)}
     return loop, consumer
 
@@ -140,7 +160,63 @@ def test_an_explicit_timeout_is_kept(clock: _Clock) -> None:
     loop, consumer = _loop(clock, [0.050, 0.050])
     loop.step(0.1)
     loop.step(0.1)
-    assert consumer.timeouts == [0.1, 0.1]
+    assert consumer.timeouts == pytest.approx([0.1, 0.1])
+
+
+def test_what_arrives_during_the_fill_is_transformed_as_it_arrives_and_published_in_one_transaction(
+        clock: _Clock) -> None:
+    """Events come one per consume here; with 5 ms slices each is transformed as it comes, never
+    waiting for the fill's end, and the whole fill is still one batch: one transaction, every
+    record produced once, in order."""
+    loop, consumer = _loop(clock, [], slice_s=0.005)
+    taken = loop.step()
+    producer, handler = loop.producer, loop.handler
+    assert taken > 1 and len(handler.slices) == taken  # type: ignore[attr-defined]
+    assert all(t <= 0.005 + 1e-9 for t in consumer.timeouts)
+    assert producer.transactions == 1  # type: ignore[attr-defined]
+    assert producer.produced == [str(i).encode() for i in range(taken)]  # type: ignore[attr-defined]
+    assert clock.now >= 1000.0 + 0.020  # the fill lasted its 20 ms, no more slices after it
+    assert clock.now < 1000.0 + 0.020 + 0.002
+
+
+def test_slices_of_a_partition_revoked_during_the_fill_are_not_published(clock: _Clock) -> None:
+    """A revocation inside a later consume: the slices already transformed may hold that partition's
+    records, which another member now owns. They are dropped, every partition rewound to its committed
+    offset, nothing produced; the next turn reads them again."""
+    loop, consumer = _loop(clock, [], slice_s=0.005)
+    loop.owned.add(("raw", 1))
+
+    def revoke_on_third(call: int) -> None:
+        if call == 3:
+            loop._on_revoke(consumer, [TopicPartition("raw", 1)])  # type: ignore[arg-type]
+        if call == 4:
+            loop._on_revoke(consumer, [])  # an empty revocation changes nothing
+
+    consumer.on_consume = revoke_on_third
+    assert loop.step() == 0
+    assert loop.producer.produced == []  # type: ignore[attr-defined]
+    assert ("raw", 0) in loop.handler.closed  # type: ignore[attr-defined]
+    assert [(tp.topic, tp.partition) for tp in consumer.seeks] == [("raw", 0)]
+    consumer.on_consume = revoke_on_third  # calls 5 onwards: an empty revocation only at 4, none after
+    assert loop.step() > 0
+    assert loop.producer.produced  # type: ignore[attr-defined]
+
+
+def test_merged_slices_keep_the_last_state_per_partition_and_every_count() -> None:
+    a, b = ("raw", 0), ("raw", 1)
+    first = Output([OutRecord("out", None, b"1")], {a: "head-1", b: "head-b"}, {a: 5, b: 9},
+                   BatchCounts())
+    first.counts.outcomes[("raw", SANITIZED)] += 1
+    second = Output([OutRecord("out", None, b"2")], {a: "head-2"}, {a: 7}, BatchCounts())
+    second.counts.outcomes[("raw", SANITIZED)] += 2
+    merged = merge_outputs([first, second])
+    assert [r.value for r in merged.records] == [b"1", b"2"]
+    assert merged.metadata == {a: "head-2", b: "head-b"}
+    assert merged.offsets == {a: 7, b: 9}
+    assert merged.counts.events == 3
+    assert merge_outputs([Output([]), Output([])]).offsets is None
+    with pytest.raises(ValueError, match="offsets"):
+        merge_outputs([first, Output([])])
 
 
 def test_settle_heap_puts_what_start_up_built_out_of_the_collectors_generations() -> None:
