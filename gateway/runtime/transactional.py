@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -248,8 +249,9 @@ class TransactionalLoop:
         high rates batches grew, and with them the processing every event in them waits for). With
         `slice_s`, what arrives during the fill is processed as it arrives, slice by slice, so when
         the fill ends only the last slice's processing is left before the batch is published: its
-        events no longer wait for the whole batch's transform (issue 35's latency tail). The slices
-        are one batch, one transaction, as before."""
+        events no longer wait for the whole batch's transform (issue 35's latency tail); and when the
+        fill ends while the last batch is still committing, slicing goes on until that commit is
+        done. The slices are one batch, one transaction, as before."""
         aborts, revocations = self.aborts, self.revocations
         polled = time.monotonic()
         sliced = timeout_s is None and self.slice_s is not None
@@ -283,8 +285,17 @@ class TransactionalLoop:
                 messages += usable
                 processed = time.monotonic()
                 process_s += processed - started
-            if not sliced or len(messages) >= self.batch_max_events or time.monotonic() >= deadline:
+            if not sliced or len(messages) >= self.batch_max_events:
                 break
+            if time.monotonic() >= deadline:
+                committing = self._in_flight.commit if self._in_flight is not None else None
+                if committing is None or committing.done():
+                    break
+                # the fill is over but the last batch is still committing: go on transforming what
+                # arrives meanwhile, slice by slice, and publish as soon as that commit is done. A slow
+                # commit used to leave everything that came during it to one slice after it (350
+                # events, 35 ms, in a traced run), and the batches after it paid for that in turn.
+                wait_futures([committing], timeout=self.slice_s)
         batch = self._batch(messages, outputs, started, processed) if messages else None
         if batch is not None:
             batch.polled, batch.process_s = polled, process_s

@@ -9,6 +9,7 @@ the clock is the module's, replaced, so no test waits.
 from __future__ import annotations
 
 import gc
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from gateway.core.pipeline.outcome import SANITIZED, BatchCounts
 from gateway.outputs import OutRecord
 from gateway.runtime import transactional
 from gateway.runtime.jobs import settle_heap
-from gateway.runtime.transactional import Output, TransactionalLoop, merge_outputs
+from gateway.runtime.transactional import Batch, Output, TransactionalLoop, merge_outputs
 
 
 class _Clock:
@@ -177,6 +178,26 @@ def test_what_arrives_during_the_fill_is_transformed_as_it_arrives_and_published
     assert producer.produced == [str(i).encode() for i in range(taken)]  # type: ignore[attr-defined]
     assert clock.now >= 1000.0 + 0.020  # the fill lasted its 20 ms, no more slices after it
     assert clock.now < 1000.0 + 0.020 + 0.002
+
+
+def test_while_the_last_batch_still_commits_what_arrives_is_transformed_slice_by_slice(clock: _Clock) -> None:
+    """The fill is over but the batch before is still committing: the loop goes on taking what arrives,
+    a slice at a time, and publishes as soon as that commit is done, instead of waiting for it idle
+    and leaving everything that came meanwhile to one big slice."""
+    loop, consumer = _loop(clock, [], slice_s=0.005)
+    committing: Future[float] = Future()
+    loop._in_flight = Batch([], Output([]), {}, clock.now, clock.now, commit=committing)
+
+    def commit_done_at_call_30(call: int) -> None:
+        if call == 30:
+            committing.set_result(clock.now)
+
+    consumer.on_consume = commit_done_at_call_30
+    taken = loop.step()
+    assert taken == 30  # 20 slices in the 20 ms fill (1 ms each here), then 10 more while the commit ran
+    assert len(loop.handler.slices) == 30  # type: ignore[attr-defined]
+    assert loop.producer.transactions == 1  # type: ignore[attr-defined]
+    assert len(loop.producer.produced) == 30  # type: ignore[attr-defined]
 
 
 def test_slices_of_a_partition_revoked_during_the_fill_are_not_published(clock: _Clock) -> None:
