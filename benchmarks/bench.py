@@ -164,7 +164,10 @@ class PassthroughPipeline:
     def forget_quality(self, sources: object) -> None:
         return None
 
-    def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
+    def publish_new_keys(self) -> None:  # no subject keys
+        return None
+
+    def process(self, events: list[RawEvent], _replay: object = None, publish_keys: bool = True) -> BatchResult:
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
         return BatchResult(records, BatchCounts(Counter({(events[0].topic, SANITIZED): len(events)})))
 
@@ -181,7 +184,7 @@ class FloorPipeline(PassthroughPipeline):
         self.floors = {p.source_topic: (floor_payments if p.name.endswith(".Payment") else floor_clinical)(p)
                        for p in plans}
 
-    def process(self, events: list[RawEvent], _replay: object = None) -> BatchResult:
+    def process(self, events: list[RawEvent], _replay: object = None, publish_keys: bool = True) -> BatchResult:
         floors, out = self.floors, self.out
         records = [OutRecord(out[e.topic], e.key, floors[e.topic](e.value), None, None, e.timestamp_ms)
                    for e in events]

@@ -60,7 +60,11 @@ class BatchHandler(Protocol):
         """Forget these partitions (revoked, or rewound and to be reopened)."""
 
     def process(self, messages: list[Message]) -> Output:
-        """Turn one batch (error-free messages of open partitions, in order) into output."""
+        """Turn one batch, or one slice of it (error-free messages of open partitions, in order), into output."""
+
+    def before_publish(self) -> None:
+        """The batch's last slice was processed: store what must be durable before its records are
+        published (the sanitize job's new subject keys), once per batch rather than per slice."""
 
 
 @dataclass
@@ -296,6 +300,11 @@ class TransactionalLoop:
                 # commit used to leave everything that came during it to one slice after it (350
                 # events, 35 ms, in a traced run), and the batches after it paid for that in turn.
                 wait_futures([committing], timeout=self.slice_s)
+        if messages:
+            sealing = time.monotonic()
+            self.handler.before_publish()
+            processed = time.monotonic()
+            process_s += processed - sealing
         batch = self._batch(messages, outputs, started, processed) if messages else None
         if batch is not None:
             batch.polled, batch.process_s = polled, process_s
@@ -317,6 +326,7 @@ class TransactionalLoop:
         """Publish a timer's output (no batch consumed) in a transaction of its own; False if it aborted."""
         if not self.settle():
             return False
+        self.handler.before_publish()
         batch = Batch([], output, {}, time.monotonic(), time.monotonic())
         self._publish(batch)
         return self.settle()

@@ -107,11 +107,15 @@ class _Handler:
         self.process_s = process_s
         self.slices: list[list[int]] = []
         self.closed: list[Any] = []
+        self.before_publish_calls = 0
 
     def open(self, source: Any, committed_offset: int, metadata: str | None) -> None: ...
 
     def close(self, sources: Any) -> None:
         self.closed += sources
+
+    def before_publish(self) -> None:
+        self.before_publish_calls += 1
 
     def process(self, messages: list[Any]) -> Output:
         self.clock.now += self.process_s.pop(0) if self.process_s else 0.001
@@ -176,6 +180,7 @@ def test_what_arrives_during_the_fill_is_transformed_as_it_arrives_and_published
     assert all(t <= 0.005 + 1e-9 for t in consumer.timeouts)
     assert producer.transactions == 1  # type: ignore[attr-defined]
     assert producer.produced == [str(i).encode() for i in range(taken)]  # type: ignore[attr-defined]
+    assert handler.before_publish_calls == 1  # type: ignore[attr-defined]  # new keys stored once per batch
     assert clock.now >= 1000.0 + 0.020  # the fill lasted its 20 ms, no more slices after it
     assert clock.now < 1000.0 + 0.020 + 0.002
 

@@ -470,10 +470,13 @@ class Pipeline:
         return [(topic, p) for topic, stage in self.stages.items() if stage.quality is not None
                 for p in stage.quality.due(now_ms)]
 
-    def process(self, events: Sequence[RawEvent], withhold_since_ms: int | None = None) -> BatchResult:
+    def process(self, events: Sequence[RawEvent], withhold_since_ms: int | None = None,
+                publish_keys: bool = True) -> BatchResult:
         """`withhold_since_ms`: the events are one partition's held window of a source whose risk
         measure is enforced (gateway.runtime.jobs.sanitize holds them); records in classes smaller
-        than k are withheld, every event audited, and the window's quality record written."""
+        than k are withheld, every event audited, and the window's quality record written.
+        `publish_keys=False`: the new subject keys are stored later, by `publish_new_keys`, before the
+        records are published (the sanitize worker: once per batch, not per slice)."""
         out: list[OutRecord] = []
         counts = BatchCounts()
         sanitized: Counter[str] = Counter()  # per source topic, added to counts.outcomes once per batch
@@ -504,8 +507,8 @@ class Pipeline:
         if held is not None:
             self._withhold_small_classes(held, counts, new_ids, out)
         self._seal_entries(now_ms, out)
-        if self.subject_keys is not None:
-            self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
+        if publish_keys:
+            self.publish_new_keys()
         for (topic, partition), (first, ids) in new_ids.items():
             dedup = self.stages[topic].quality.dedup  # type: ignore[union-attr]
             log_key = dedup.add_tentative(topic, partition, first, now_ms, ids)  # type: ignore[union-attr]
@@ -514,6 +517,12 @@ class Pipeline:
             out += self.roll_windows({(e.topic, e.partition) for e in events}, now_ms,
                                      force=withhold_since_ms is not None)
         return BatchResult(out, counts)
+
+    def publish_new_keys(self) -> None:
+        """New subject keys are durable before their ciphertexts (gateway/runtime/keytopic.py: stored,
+        then read back): call before the records of a `process(..., publish_keys=False)` are published."""
+        if self.subject_keys is not None:
+            self.subject_keys.publish_pending()
 
     def _event(self, stage: TopicStage, event: RawEvent, now_ms: int, batch_ids: set[int],
                new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord], counts: BatchCounts,

@@ -391,6 +391,9 @@ class BoundHandler:
         return ContributionBounder(self.plans[source[0]].aggregates, str(source[1]),
                                    self.upstreams.get(source[0], frozenset()), self.max_skew_ms)
 
+    def before_publish(self) -> None:
+        """Nothing to store ahead of a batch's records."""
+
     def process(self, messages: list[Message]) -> Output:
         self.restore()
         now = _now_ms()
@@ -474,6 +477,9 @@ class ReleaseHandler:
             self.opened.discard(partition)
         if not self.opened:
             self.windows = GroupWindows(self.specs, self.settle_ms)
+
+    def before_publish(self) -> None:
+        """Nothing to store ahead of a batch's records."""
 
     def process(self, messages: list[Message]) -> Output:
         out: list[OutRecord] = []

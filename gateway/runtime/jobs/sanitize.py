@@ -98,7 +98,7 @@ class SanitizeHandler:
         if self.new_writers is not None:
             self.new_writers.resolve(events)
         if not self.enforced:
-            result = self.pipeline.process(events)
+            result = self.pipeline.process(events, publish_keys=False)
             self._advance(events)
             return Output(result.records, self._metadata({(e.topic, e.partition) for e in events}),
                           counts=result.counts)
@@ -108,12 +108,16 @@ class SanitizeHandler:
             if e.topic in self.enforced:
                 self.held.setdefault((e.topic, e.partition), []).append(e)
                 self.held_since.setdefault((e.topic, e.partition), now_ms)
-        result = self.pipeline.process(plain)
+        result = self.pipeline.process(plain, publish_keys=False)
         self._advance(plain)
         records, counts = result.records, result.counts
         released = self._release_due(now_ms, records, counts)
         touched = {(e.topic, e.partition) for e in events} | set(released)
         return Output(records, self._metadata(touched), offsets=self._offsets(touched), counts=counts)
+
+    def before_publish(self) -> None:
+        """The new subject keys of the whole batch (all its slices), stored and read back once."""
+        self.pipeline.publish_new_keys()
 
     def _advance(self, events: Sequence[RawEvent]) -> None:
         for e in events:
@@ -133,7 +137,7 @@ class SanitizeHandler:
                if now_ms >= since + self.enforced[s[0]][0] or len(self.held[s]) >= self.enforced[s[0]][1]]
         for source in due:
             events = self.held.pop(source)
-            result = self.pipeline.process(events, withhold_since_ms=self.held_since.pop(source))
+            result = self.pipeline.process(events, withhold_since_ms=self.held_since.pop(source), publish_keys=False)
             self._advance(events)
             records += result.records
             counts.update(result.counts)
