@@ -28,10 +28,13 @@ SESSION_TIMEOUT_S = 6  # Deployment.start_worker's --session-timeout-ms
 
 
 def _publish_payments(d: Deployment, count: int, seed: int, broken_every: int = 0,
-                      rate_per_s: int = 0, partition: int = -1) -> set[str]:
+                      rate_per_s: int = 0, partition: int = -1, trickle_until: threading.Event | None = None
+                      ) -> set[str]:
     """Publish `count` payments with unique event ids; every `broken_every`-th is truncated (dead letter).
     With `rate_per_s`, at that rate on a thread (the ids are returned at once). `partition`: all to
-    that one (else the producer's sticky partitioner picks, often one partition for a quick burst)."""
+    that one (else the producer's sticky partitioner picks, often one partition for a quick burst).
+    `trickle_until`: the last fifth goes one event per 20 ms until that event is set, then at the
+    rate, so that the input does not run out while the test still needs the worker to be working."""
     samples = SampleEvents(seed=seed)
     ids: set[str] = set()
     values = []
@@ -50,11 +53,19 @@ def _publish_payments(d: Deployment, count: int, seed: int, broken_every: int = 
     def paced() -> None:
         producer = Producer({"bootstrap.servers": d.bootstrap, "linger.ms": 5, "enable.idempotence": True})
         started = time.monotonic()
-        for i in range(0, len(values), step):
-            for value in values[i:i + step]:
+        sent = 0
+        while sent < len(values):
+            trickle = trickle_until is not None and not trickle_until.is_set() and sent >= len(values) * 4 // 5
+            n = 1 if trickle else step
+            for value in values[sent:sent + n]:
                 producer.produce(d.payments.source_topic, value)
+            sent += n
             producer.poll(0)
-            time.sleep(max(0.0, started + (i + step) / rate_per_s - time.monotonic()))  # pacing, not a wait
+            if trickle:  # pacing, not a wait: one event per 20 ms, and the rate again once the event is set
+                trickle_until.wait(0.02)  # type: ignore[union-attr]
+                started = time.monotonic() - sent / rate_per_s
+            else:
+                time.sleep(max(0.0, started + sent / rate_per_s - time.monotonic()))  # pacing, not a wait
         assert producer.flush(30) == 0
 
     threading.Thread(target=paced, daemon=True).start()
@@ -90,8 +101,13 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment)
     under the same instance id; a separate read_committed reader sees every input exactly once."""
     d = deployment
     total = 20_000
-    # published at a steady rate through the kills, so the worker always has a transaction going
-    ids = _publish_payments(d, total, seed=1234, broken_every=97, rate_per_s=1_500)
+    # published at a steady rate through the kills, so the worker always has a transaction going; the
+    # last fifth trickles until the third kill: each restart takes seconds (a new process, the fence of
+    # the dead one's transaction, its own subject keys), and a publisher that had finished before the
+    # third kill, with the worker caught up, left no transaction to kill in (seen once the worker's
+    # batches got quicker)
+    kills_done = threading.Event()
+    ids = _publish_payments(d, total, seed=1234, broken_every=97, rate_per_s=1_500, trickle_until=kills_done)
     kills = 0
     mid_transaction = 0
     probes = [Consumer({"bootstrap.servers": d.bootstrap, "group.id": f"probe-{level}", "isolation.level": level})
@@ -116,8 +132,10 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(deployment: Deployment)
             worker.handle.close()
             kills += 1
             worker = d.start_worker("crashy")  # same instance id: fences the dead one's transaction
+        kills_done.set()
         d.wait_for_audit(total, timeout_s=180)
     finally:
+        kills_done.set()
         worker.stop()
         for probe in probes:
             probe.close()
