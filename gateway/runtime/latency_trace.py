@@ -47,6 +47,8 @@ class LatencyTrace:
         line = {stage: round(at[stage] * 1000 + wall_ms, 3) for stage in STAGES}
         line["key_store_ms"] = round(sum(k[0] for k in keys) * 1000, 3)
         line["key_read_back_ms"] = round(sum(k[1] for k in keys) * 1000, 3)
+        line["slices"] = batch.slices  # the handler's calls for this batch (the fill's slices)
+        line["process_ms"] = round(batch.process_s * 1000, 3)  # the handler's time over all of them
         line["events"] = [[m.topic(), m.timestamp()[1]] for m in batch.messages]
         self._file.write(orjson.dumps(line) + b"\n")
         self._file.flush()

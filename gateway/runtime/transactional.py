@@ -80,6 +80,7 @@ class Batch:
     polled: float = 0.0  # the consume call that returned it began (started - polled: the batch-fill wait)
     offsets_sent: float = 0.0  # send_offsets_to_transaction returned (the commit's first half)
     process_s: float = 0.0  # the handler's time over all the batch's slices
+    slices: int = 0  # how many there were (the handler's process calls)
 
 
 def merge_outputs(outputs: Sequence[Output]) -> Output:
@@ -307,7 +308,7 @@ class TransactionalLoop:
             process_s += processed - sealing
         batch = self._batch(messages, outputs, started, processed) if messages else None
         if batch is not None:
-            batch.polled, batch.process_s = polled, process_s
+            batch.polled, batch.process_s, batch.slices = polled, process_s, len(outputs)
         if not self.settle():
             return 0  # the last batch aborted: this one was rewound with it and is read again
         if batch is not None:

@@ -37,6 +37,7 @@ def _batch(t0: float) -> Batch:
     batch = Batch([_Message("payments.raw", 1_000), _Message("visits.raw", 1_001)], Output([]), {},
                   started=t0 + 0.020, processed=t0 + 0.025)
     batch.polled, batch.settled, batch.produced, batch.offsets_sent = t0, t0 + 0.030, t0 + 0.031, t0 + 0.040
+    batch.slices, batch.process_s = 3, 0.012  # three slices, 12 ms of handler time in all
     return batch
 
 
@@ -57,6 +58,7 @@ def test_a_line_per_batch_with_its_stages_in_order_and_no_value(tmp_path: Path) 
     stamps = [first[s] for s in STAGES]
     assert stamps == sorted(stamps)
     assert abs(first["committed"] - first["polled"] - 50.0) < 0.01  # ms, on one clock
+    assert first["slices"] == 3 and first["process_ms"] == 12.0
     assert abs(first["committed"] - time.time() * 1000) < 60_000  # the wall clock, as the events' timestamps
     assert first["events"] == [["payments.raw", 1_000], ["visits.raw", 1_001]]
     assert abs(first["key_store_ms"] - 1.0) < 0.01 and abs(first["key_read_back_ms"] - 2.0) < 0.01
