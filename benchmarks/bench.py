@@ -745,14 +745,21 @@ def profile_shares(out: Path) -> dict[str, Any]:
 
 
 # ---- in-process ------------------------------------------------------------------------------
-def measure_transforms(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path) -> dict[str, Any]:
+def shipped_pipeline(events: list[tuple[str, bytes, dict[str, Any]]], keyring_path: Path
+                     ) -> tuple[Pipeline, list[RawEvent]]:
+    """The shipped schemas' pipeline, in process, and `events` as its raw input (three partitions each)."""
     plans = load_plans(REPO / "schemas")
     topics = by_short_name(plans)
-    config = GatewayConfig(keyring=workdir / "transforms-keyring.json", instance_id="bench")
+    config = GatewayConfig(keyring=keyring_path, instance_id="bench")
     keyring = Keyring.open(config.keyring)
     pipeline = Pipeline(plans, keyring, config, 6, tokenizers(keyring, plans))
     raw = [RawEvent(topics[name].source_topic, i % 3, i, 0, None, value, None)
            for i, (name, value, _r) in enumerate(events)]
+    return pipeline, raw
+
+
+def measure_transforms(events: list[tuple[str, bytes, dict[str, Any]]], workdir: Path) -> dict[str, Any]:
+    pipeline, raw = shipped_pipeline(events, workdir / "transforms-keyring.json")
     pipeline.process(raw[:2000])  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(raw), 1000):
@@ -774,13 +781,7 @@ def measure_peers_paired(peer_events: list[tuple[str, bytes, dict[str, Any]]],
     event over the gateway's: the median of the rounds' ratios with their min-max."""
     from benchmarks import peers
 
-    plans = load_plans(REPO / "schemas")
-    topics = by_short_name(plans)
-    config = GatewayConfig(keyring=workdir / "peers-keyring.json", instance_id="bench")
-    keyring = Keyring.open(config.keyring)
-    pipeline = Pipeline(plans, keyring, config, 6, tokenizers(keyring, plans))
-    raw = [RawEvent(topics[name].source_topic, i % 3, i, 0, None, value, None)
-           for i, (name, value, _r) in enumerate(peer_events)]
+    pipeline, raw = shipped_pipeline(peer_events, workdir / "peers-keyring.json")
     pipeline.process(raw[:500])  # warm-up
 
     def gateway() -> float:
