@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -37,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 if not __package__:  # run as a script (python benchmarks/bench.py): its sibling modules come as `benchmarks.*`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.events import REPO, by_short_name, make_events
+from benchmarks.tail_reader import TailReader
 from gateway.app import tokenizers
 from gateway.core.pipeline import BatchResult, OutRecord, Pipeline, RawEvent
 from gateway.core.pipeline.outcome import SANITIZED, BatchCounts
@@ -51,7 +51,6 @@ from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker
 from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
-from gateway.runtime import clients
 from gateway.runtime.topics import admin_client, create_topics, ensure_topics
 from gateway.settings import GatewayConfig
 
@@ -207,43 +206,24 @@ def loop_main(argv: list[str]) -> int:
     return Worker(config, plans, Keyring.open(config.keyring), lambda _n: pipeline(plans), tokenizers={}).run()
 
 
-class LatencyProbe:
+class LatencyProbe(TailReader):
     """End-to-end latency as a downstream reader sees it: from the event's timestamp (stamped by
     the producer that published it, carried over to the sanitized record) to the moment a
     read_committed consumer receives the sanitized record, i.e. after the gateway's commit."""
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
-                                  "isolation.level": "read_committed", "enable.auto.commit": False,
-                                  # a fetch returns as soon as data is there; a shorter wait only
-                                  # adds idle fetches, which cost the broker CPU (5 ms: 0.35 cores)
-                                  "fetch.wait.max.ms": 100})
-        assignment = []
-        for topic in topics:
-            for partition in self.consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-                assignment.append(TopicPartition(topic, partition, high))  # only what comes next
-        self.consumer.assign(assignment)
+        super().__init__(bootstrap, topics, "lat")
         # the high watermark can lag the last commit: earlier records are told apart by timestamp
         self.since_ms = int(time.time() * 1000)
         self.received: list[tuple[int, float]] = []  # (record timestamp, latency ms)
         self.topics: list[str] = []  # the topic of each received record (the latency trace's join)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        # the first record is waited for alone, then what is queued is taken without waiting: a
-        # batch consume waits out its whole timeout unless it fills, which added up to 50 ms of the
-        # reader's own to every latency measured before (a bare broker hop read p99 ~60 ms)
-        while not self._stop.is_set():
-            batch = clients.take(self.consumer, 1000, 0.05)
-            now = time.time() * 1000
-            for msg in batch:
-                if msg.error() is None:
-                    stamp = msg.timestamp()[1]
-                    self.received.append((stamp, now - stamp))
-                    self.topics.append(msg.topic())
+    def received_batch(self, now_ms: float, messages: list[Message]) -> None:
+        for msg in messages:
+            stamp = msg.timestamp()[1]
+            self.received.append((stamp, now_ms - stamp))
+            self.topics.append(msg.topic())
 
     def count_from_now(self) -> None:
         """Count only records stamped from now on: the reader was started and warmed up before."""
@@ -263,9 +243,7 @@ class LatencyProbe:
         deadline = time.monotonic() + timeout_s
         while len(self.latencies()) < expected and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._stop.set()
-        self._thread.join()
-        self.consumer.close()
+        self.stop()
         latencies = self.latencies()
         if len(latencies) < expected:
             raise RuntimeError(f"only {len(latencies)} of {expected} records reached the reader")

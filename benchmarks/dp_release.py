@@ -24,25 +24,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.events import REPO
+from benchmarks.tail_reader import TailReader
 from gateway.core.audit import record_entries
 from gateway.core.policy.lint import load_plans
 from gateway.embedded.demo import encode_raw
 from gateway.embedded.samples import SampleEvents
 from gateway.keys.keyring import Keyring
-from gateway.runtime import clients
 from gateway.runtime.topics import admin_client, create_topics
 
 WINDOW_S, GRACE_S, IDLE_CLOSE_S = 2, 1, 1.0
@@ -64,34 +63,16 @@ def _schemas(root: Path, suffix: str) -> Path:
     return target
 
 
-class _Reader:
-    """read_committed, from the partitions' current ends: (received ms, record value) per record."""
+class _Reader(TailReader):
+    """read_committed, from the partitions' current ends: (received ms, topic, record value) per record."""
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dp-lat-{uuid.uuid4().hex[:6]}",
-                                  "isolation.level": "read_committed", "enable.auto.commit": False,
-                                  "fetch.wait.max.ms": 100})
-        parts = []
-        for topic in topics:
-            for p in self.consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                parts.append(TopicPartition(topic, p, self.consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=10)[1]))
-        self.consumer.assign(parts)
+        super().__init__(bootstrap, topics, "dp-lat")
         self.received: list[tuple[float, str, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            batch = clients.take(self.consumer, 1000, 0.05)
-            now = time.time() * 1000
-            self.received += [(now, m.topic(), m.value() or b"") for m in batch if m.error() is None]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.consumer.close()
+    def received_batch(self, now_ms: float, messages: list[Message]) -> None:
+        self.received += [(now_ms, m.topic(), m.value() or b"") for m in messages]
 
 
 def _start(cmd: list[str], log: Path, ready: bytes, count: int = 1) -> subprocess.Popen[bytes]:
