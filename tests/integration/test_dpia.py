@@ -11,8 +11,6 @@ planted value."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from gateway.embedded.broker import EmbeddedBroker
 from gateway.runtime.access import read_access
 
 from .conftest import Deployment, cli, committed_count, wait_for
-from .test_report import CHROMIUM_FLAGS
+from .test_report import rendered_dom
 
 pytestmark = pytest.mark.integration
 
@@ -186,17 +184,9 @@ def test_dpia_states_the_run_and_its_planted_risks(fresh_deployment: Deployment,
     assert not re.search(r"(src|href)\s*=|url\(|@import", document, re.I)
 
     # ---- the HTML in a real browser --------------------------------------------------------------------
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does): "
-                    "the JSON was checked, the rendered HTML was not")
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    rendered = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", out.as_uri()],
-                              capture_output=True, timeout=120)
+    mark = time.monotonic()
+    dom = rendered_dom(out, tmp_path)
     phases["chromium"] = time.monotonic() - mark
-    assert rendered.returncode == 0, rendered.stderr.decode()[-2000:]
-    dom = rendered.stdout.decode()
     for section in ("overview", "inventory", "measures", "evidence", "audit", "risks"):
         assert f'<section id="{section}">' in dom, section
     for tile, value in (("events", N + 2), ("sanitized", N), ("rejected", 2), ("withheld", 0), ("forgotten", 1),

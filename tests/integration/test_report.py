@@ -34,6 +34,20 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--virtual-time-budget=10000")
 
 
+def rendered_dom(page: Path, workdir: Path) -> str:
+    """The DOM headless Chromium builds from `page`, scripts run (skips the test without Chromium)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does): "
+                    "the JSON was checked, the rendered HTML was not")
+    profile = workdir / "chromium-profile"
+    profile.mkdir()
+    rendered = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                              capture_output=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr.decode()[-2000:]
+    return rendered.stdout.decode()
+
+
 def _notes_schema(suffix: str) -> dict[str, Any]:
     """Per-subject keys (the key topic), a reject rule (a dead-letter reason), a kept free-text field
     (the leak sentinel) and one-second quality windows."""
@@ -167,18 +181,9 @@ def test_report_counts_equal_the_topics_and_the_html_draws_them(fresh_deployment
     assert not re.search(r"<(script|link|img|iframe)[^>]*\s(src|href)\s*=\s*[\"']?https?://", document, re.I)
 
     # ---- the HTML in a real browser -------------------------------------------------------------
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does): "
-                    "the JSON was checked, the rendered HTML was not")
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
     mark = time.monotonic()
-    rendered = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", out.as_uri()],
-                              capture_output=True, timeout=120)
+    dom = rendered_dom(out, tmp_path)
     phases["chromium"] = time.monotonic() - mark
-    assert rendered.returncode == 0, rendered.stderr.decode()[-2000:]
-    dom = rendered.stdout.decode()
     charts = document.count('data-chart="')
     assert charts >= 8, charts
     svgs = dom.count('class="main-svg"')
