@@ -95,6 +95,9 @@ def test_message_index_paths_round_trip_and_the_first_message_is_one_zero_byte()
     with pytest.raises(RejectedEvent) as info:
         read_message_indexes(b"\x04", 0)  # two indexes announced, none follow
     assert info.value.reason == "protobuf_bad_message_index"
+    with pytest.raises(RejectedEvent) as info:
+        read_message_indexes(b"\x80" * 10 + b"\x00", 0)  # a count in 11 bytes: a varint has 10 at most
+    assert info.value.reason == "protobuf_bad_message_index"
 
 
 def test_a_message_decodes_to_the_avro_shaped_record(orders: ProtoSchema) -> None:
@@ -132,6 +135,7 @@ def _without_logical(schema: Any) -> Any:
     (b"\x5a\x02\x08\x01", "protobuf_wrong_wire_type"),  # shipping.street (a string) as a varint
     (b"\x58\x01", "protobuf_wrong_wire_type"),  # shipping (a message) as a varint
     (b"\x62\x02\x10\xff", "protobuf_truncated"),  # items[0].quantity's varint never ends
+    (b"\x48" + b"\x80" * 10 + b"\x00", "protobuf_wrong_wire_type"),  # amount_minor's varint in 11 bytes (10 at most)
 ])
 def test_bad_messages_get_a_reason_and_no_value(orders: ProtoSchema, payload: bytes, reason: str) -> None:
     with pytest.raises(RejectedEvent) as info:

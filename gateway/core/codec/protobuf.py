@@ -111,17 +111,11 @@ def write_message_indexes(indexes: tuple[int, ...]) -> bytes:
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise RejectedEvent("protobuf_bad_message_index", "the Confluent message-index path is truncated "
-                                "or malformed")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
+    try:
+        return _wire_varint(data, pos, len(data))
+    except (_Truncated, _BadWireType):
+        raise RejectedEvent("protobuf_bad_message_index", "the Confluent message-index path is truncated "
+                            "or malformed") from None
 
 
 def read_message_indexes(data: bytes, pos: int) -> tuple[tuple[int, ...], int]:
@@ -462,18 +456,20 @@ class _BadUtf8(Exception):
 
 
 def _wire_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A base-128 varint at `pos`, before `end`: (value, position after it). At most ten bytes, as
+    protobuf writes them (an eleventh is malformed: _BadWireType)."""
     result = shift = 0
     while True:
         if pos >= end:
             raise _Truncated
+        if shift > 63:
+            raise _BadWireType
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
             return result, pos
-        if shift > 70:
-            raise _BadWireType
 
 
 def _walk(data: bytes, pos: int, end: int, message: Descriptor | None, depth: int) -> None:
