@@ -284,6 +284,8 @@ class TransactionalLoop:
                 # records of partitions another member now owns.
                 self.rewind()
                 return 0
+            if not outputs:  # nothing processed yet: _usable drops what a revocation took away
+                revocations = self.revocations
             usable = self._usable(raw)
             if usable:
                 outputs.append(self.handler.process(usable))  # overlaps the last batch's commit

@@ -228,6 +228,22 @@ def test_slices_of_a_partition_revoked_during_the_fill_are_not_published(clock: 
     assert loop.producer.produced  # type: ignore[attr-defined]
 
 
+def test_a_revocation_before_anything_was_processed_rewinds_nothing(clock: _Clock) -> None:
+    """Revoked inside the fill's first consume, before any slice: what that consume returned of the
+    revoked partition is dropped on its own (not owned any more), and the batch goes on."""
+    loop, consumer = _loop(clock, [], slice_s=0.005)
+    loop.owned.add(("raw", 1))
+
+    def revoke_on_first(call: int) -> None:
+        if call == 1:
+            loop._on_revoke(consumer, [TopicPartition("raw", 1)])  # type: ignore[arg-type]
+
+    consumer.on_consume = revoke_on_first
+    assert loop.step() > 1
+    assert consumer.seeks == []
+    assert loop.producer.transactions == 1  # type: ignore[attr-defined]
+
+
 def test_merged_slices_keep_the_last_state_per_partition_and_every_count() -> None:
     a, b = ("raw", 0), ("raw", 1)
     first = Output([OutRecord("out", None, b"1")], {a: "head-1", b: "head-b"}, {a: 5, b: 9},
