@@ -163,10 +163,13 @@ class PassthroughPipeline:
     def forget_quality(self, sources: object) -> None:
         return None
 
-    def publish_new_keys(self) -> None:  # no subject keys
+    def finish_batch(self) -> list[OutRecord]:  # no audit records, no subject keys
+        return []
+
+    def discard_batch(self) -> None:
         return None
 
-    def process(self, events: list[RawEvent], _replay: object = None, publish_keys: bool = True) -> BatchResult:
+    def process(self, events: list[RawEvent], _replay: object = None, finish: bool = True) -> BatchResult:
         records = [OutRecord(self.out[e.topic], e.key, e.value or b"", None, None, e.timestamp_ms) for e in events]
         return BatchResult(records, BatchCounts(Counter({(events[0].topic, SANITIZED): len(events)})))
 
@@ -183,7 +186,7 @@ class FloorPipeline(PassthroughPipeline):
         self.floors = {p.source_topic: (floor_payments if p.name.endswith(".Payment") else floor_clinical)(p)
                        for p in plans}
 
-    def process(self, events: list[RawEvent], _replay: object = None, publish_keys: bool = True) -> BatchResult:
+    def process(self, events: list[RawEvent], _replay: object = None, finish: bool = True) -> BatchResult:
         floors, out = self.floors, self.out
         records = [OutRecord(out[e.topic], e.key, floors[e.topic](e.value), None, None, e.timestamp_ms)
                    for e in events]

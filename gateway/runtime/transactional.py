@@ -62,9 +62,11 @@ class BatchHandler(Protocol):
     def process(self, messages: list[Message]) -> Output:
         """Turn one batch, or one slice of it (error-free messages of open partitions, in order), into output."""
 
-    def before_publish(self) -> None:
-        """The batch's last slice was processed: store what must be durable before its records are
-        published (the sanitize job's new subject keys), once per batch rather than per slice."""
+    def before_publish(self) -> Output:
+        """The batch's last slice was processed: what it adds once per batch rather than per slice
+        (the sanitize job's audit records, one per chain, and the partitions' metadata read after
+        them), with what must be durable before its records are published stored (its new subject
+        keys). Its `offsets` must be None: the slices' say where each partition's offset goes."""
 
 
 @dataclass
@@ -84,10 +86,14 @@ class Batch:
 
 
 def merge_outputs(outputs: Sequence[Output]) -> Output:
-    """Slices of one batch as one output. A handler gives offsets for all its slices or for none."""
-    if len({o.offsets is None for o in outputs}) > 1:
+    """One batch's outputs as one: its slices', then what `before_publish` added (last, offsets None).
+    A handler gives offsets for all its slices or for none."""
+    *slices, final = outputs
+    if final.offsets is not None:
+        raise ValueError("before_publish gave offsets: the slices say where each partition's offset goes")
+    if len({o.offsets is None for o in slices}) > 1:
         raise ValueError("a batch's slices gave offsets for some slices and not for others")
-    merged = Output([], {}, None if outputs[0].offsets is None else {})
+    merged = Output([], {}, None if not slices or slices[0].offsets is None else {})
     for o in outputs:
         merged.records += o.records
         merged.metadata.update(o.metadata)
@@ -305,7 +311,7 @@ class TransactionalLoop:
                 wait_futures([committing], timeout=self.slice_s)
         if messages:
             sealing = time.monotonic()
-            self.handler.before_publish()
+            outputs.append(self.handler.before_publish())
             processed = time.monotonic()
             process_s += processed - sealing
         batch = self._batch(messages, outputs, started, processed) if messages else None
@@ -329,7 +335,7 @@ class TransactionalLoop:
         """Publish a timer's output (no batch consumed) in a transaction of its own; False if it aborted."""
         if not self.settle():
             return False
-        self.handler.before_publish()
+        output = merge_outputs([output, self.handler.before_publish()])
         batch = Batch([], output, {}, time.monotonic(), time.monotonic())
         self._publish(batch)
         return self.settle()
@@ -372,7 +378,7 @@ class TransactionalLoop:
     def _batch(messages: list[Message], outputs: list[Output], started: float, processed: float) -> Batch:
         """One batch of the slices' outputs, in order: a later slice's metadata and offsets for a
         partition replace an earlier one's (they are the handler's state after it)."""
-        output = outputs[0] if len(outputs) == 1 else merge_outputs(outputs)
+        output = merge_outputs(outputs)
         last: dict[Source, int] = {}
         for m in messages:
             last[(m.topic(), m.partition())] = m.offset()

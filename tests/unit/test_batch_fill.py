@@ -114,8 +114,9 @@ class _Handler:
     def close(self, sources: Any) -> None:
         self.closed += sources
 
-    def before_publish(self) -> None:
+    def before_publish(self) -> Output:
         self.before_publish_calls += 1
+        return Output([OutRecord("audit", None, b"sealed")], {("raw", 0): "head"})
 
     def process(self, messages: list[Any]) -> Output:
         self.clock.now += self.process_s.pop(0) if self.process_s else 0.001
@@ -179,8 +180,9 @@ def test_what_arrives_during_the_fill_is_transformed_as_it_arrives_and_published
     assert taken > 1 and len(handler.slices) == taken  # type: ignore[attr-defined]
     assert all(t <= 0.005 + 1e-9 for t in consumer.timeouts)
     assert producer.transactions == 1  # type: ignore[attr-defined]
-    assert producer.produced == [str(i).encode() for i in range(taken)]  # type: ignore[attr-defined]
-    assert handler.before_publish_calls == 1  # type: ignore[attr-defined]  # new keys stored once per batch
+    # every slice's records in order, then what before_publish adds once per batch (the audit records)
+    assert producer.produced == [str(i).encode() for i in range(taken)] + [b"sealed"]  # type: ignore[attr-defined]
+    assert handler.before_publish_calls == 1  # type: ignore[attr-defined]
     assert clock.now >= 1000.0 + 0.020  # the fill lasted its 20 ms, no more slices after it
     assert clock.now < 1000.0 + 0.020 + 0.002
 
@@ -202,7 +204,7 @@ def test_while_the_last_batch_still_commits_what_arrives_is_transformed_slice_by
     assert taken == 30  # 20 slices in the 20 ms fill (1 ms each here), then 10 more while the commit ran
     assert len(loop.handler.slices) == 30  # type: ignore[attr-defined]
     assert loop.producer.transactions == 1  # type: ignore[attr-defined]
-    assert len(loop.producer.produced) == 30  # type: ignore[attr-defined]
+    assert len(loop.producer.produced) == 30 + 1  # type: ignore[attr-defined]  # and the batch's sealed record
 
 
 def test_slices_of_a_partition_revoked_during_the_fill_are_not_published(clock: _Clock) -> None:
@@ -251,14 +253,17 @@ def test_merged_slices_keep_the_last_state_per_partition_and_every_count() -> No
     first.counts.outcomes[("raw", SANITIZED)] += 1
     second = Output([OutRecord("out", None, b"2")], {a: "head-2"}, {a: 7}, BatchCounts())
     second.counts.outcomes[("raw", SANITIZED)] += 2
-    merged = merge_outputs([first, second])
-    assert [r.value for r in merged.records] == [b"1", b"2"]
-    assert merged.metadata == {a: "head-2", b: "head-b"}
+    sealed = Output([OutRecord("audit", None, b"a")], {a: "head-3"})  # before_publish's, read after the slices
+    merged = merge_outputs([first, second, sealed])
+    assert [r.value for r in merged.records] == [b"1", b"2", b"a"]
+    assert merged.metadata == {a: "head-3", b: "head-b"}
     assert merged.offsets == {a: 7, b: 9}
     assert merged.counts.events == 3
     assert merge_outputs([Output([]), Output([])]).offsets is None
-    with pytest.raises(ValueError, match="offsets"):
-        merge_outputs([first, Output([])])
+    with pytest.raises(ValueError, match="some slices"):
+        merge_outputs([first, Output([]), sealed])
+    with pytest.raises(ValueError, match="before_publish"):
+        merge_outputs([first, second])  # the last one is before_publish's: it may not move offsets
 
 
 def test_settle_heap_puts_what_start_up_built_out_of_the_collectors_generations() -> None:

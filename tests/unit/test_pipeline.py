@@ -533,3 +533,36 @@ def test_a_pipeline_without_a_tokenizer_for_a_domain_of_its_plans_refuses_to_sta
     naming the domain, rather than at the first event that needs it."""
     with pytest.raises(GatewayError, match="customer"):
         Pipeline([payments_plan], keyring, config, 1, {})
+
+
+def test_a_batch_in_slices_is_audited_as_one_batch_of_the_same_entries(payments_plan: Plan, clinical_plan: Plan,
+                                                                       keyring: Keyring, config: GatewayConfig,
+                                                                       batch: _Batch) -> None:
+    """The sanitize worker transforms a batch slice by slice as its events arrive (process with
+    finish=False) and seals it once (finish_batch): one audit record per chain for the whole batch,
+    the same entries in the same order as one process call of the same events, and the chain heads
+    (committed with the offsets) those records' hashes. A rewound batch's slices leave nothing behind."""
+    whole = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3,
+                     tokenizers=tokenizers(keyring, [payments_plan, clinical_plan]))
+    sliced = Pipeline([payments_plan, clinical_plan], keyring, config, audit_partitions=3,
+                      tokenizers=tokenizers(keyring, [payments_plan, clinical_plan]))
+    at_once = _split(whole.process(batch.events).records)[2]
+    third = len(batch.events) // 3
+    slices = [batch.events[:third], batch.events[third:2 * third], batch.events[2 * third:]]
+    assert all(not _split(sliced.process(s, finish=False).records)[2] for s in slices)  # no audit record yet
+    sources = {(e.topic, e.partition) for e in batch.events}
+    assert all(json.loads(sliced.commit_metadata(*s) or "{}").get("audit_head") is None for s in sources)
+    audit = sliced.finish_batch()
+    chains = _chains_of(batch.events)
+    assert len(audit) == len(chains) and {orjson.loads(r.value)["chain"] for r in audit} == set(chains)
+
+    def what(records: list[OutRecord]) -> list[tuple[Any, ...]]:  # an entry but its time and key ids
+        return [(e["chain"], e["event"]["partition"], e["event"]["offset"], e["outcome"], e.get("actions"))
+                for e in record_entries(r.value for r in records)]
+
+    assert what(audit) == what(at_once) and len(what(audit)) == len(batch.events)
+    heads = {s: json.loads(sliced.commit_metadata(*s) or "{}").get("audit_head") for s in sources}
+    assert all(heads.values()) and len(set(heads.values())) == len(sources)  # each chain's new head, committed
+    sliced.process(slices[0], finish=False)
+    sliced.discard_batch()  # rewound: read again from the committed offsets
+    assert sliced.finish_batch() == []

@@ -365,6 +365,7 @@ class Pipeline:
         self.audit_keys = AuditKeys(*keyring.audit_keys())  # records are MACed: topic write access cannot forge
         self._audit_chains: dict[tuple[str, int], AuditChain] = {}  # per source partition, built once
         self._entries: dict[AuditChain, list[dict[str, Any]]] = {}  # this batch's audit entries, per chain
+        self._slicing = False  # a batch's slices are being processed: their entries wait for finish_batch
         self.max_output_bytes = max_message_bytes(config)
 
     @property
@@ -471,12 +472,13 @@ class Pipeline:
                 for p in stage.quality.due(now_ms)]
 
     def process(self, events: Sequence[RawEvent], withhold_since_ms: int | None = None,
-                publish_keys: bool = True) -> BatchResult:
+                finish: bool = True) -> BatchResult:
         """`withhold_since_ms`: the events are one partition's held window of a source whose risk
         measure is enforced (gateway.runtime.jobs.sanitize holds them); records in classes smaller
         than k are withheld, every event audited, and the window's quality record written.
-        `publish_keys=False`: the new subject keys are stored later, by `publish_new_keys`, before the
-        records are published (the sanitize worker: once per batch, not per slice)."""
+        `finish=False`: one slice of a batch. Its audit entries wait, and so do its new subject keys,
+        for `finish_batch`, called once after the batch's last slice: one audit record per chain and
+        batch, and one store and read-back of the keys."""
         out: list[OutRecord] = []
         counts = BatchCounts()
         sanitized: Counter[str] = Counter()  # per source topic, added to counts.outcomes once per batch
@@ -489,7 +491,9 @@ class Pipeline:
             for topic, partition in {(e.topic, e.partition) for e in events}:
                 self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
         intake = self.consent_intake
-        self._entries = {}  # a batch that raised left its entries: it is aborted and read again
+        if not self._slicing:  # a batch's first (or only) call
+            self._entries = {}  # a batch that raised left its entries: it is aborted and read again
+        self._slicing = not finish
         for event in events:
             chain = audit_chains.get((event.topic, event.partition)) or self._audit_chain(event.topic, event.partition)
             if intake is not None and event.topic == intake.topic:
@@ -506,8 +510,8 @@ class Pipeline:
             counts.outcomes[(topic, SANITIZED)] += n
         if held is not None:
             self._withhold_small_classes(held, counts, new_ids, out)
-        self._seal_entries(now_ms, out)
-        if publish_keys:
+        if finish:
+            self._seal_entries(now_ms, out)
             self.publish_new_keys()
         for (topic, partition), (first, ids) in new_ids.items():
             dedup = self.stages[topic].quality.dedup  # type: ignore[union-attr]
@@ -518,11 +522,26 @@ class Pipeline:
                                      force=withhold_since_ms is not None)
         return BatchResult(out, counts)
 
+    def finish_batch(self, now_ms: int | None = None) -> list[OutRecord]:
+        """The audit records of the batch's slices (`process(..., finish=False)`), one per chain, and
+        its new subject keys stored: call once the last slice was processed, before its records are
+        published. Returns the audit records, to publish with the slices' records."""
+        out: list[OutRecord] = []
+        self._seal_entries(int(time.time() * 1000) if now_ms is None else now_ms, out)
+        self.publish_new_keys()
+        self._slicing = False
+        return out
+
+    def discard_batch(self) -> None:
+        """The slices processed so far are not published (rewound: they are read again)."""
+        self._entries = {}
+        self._slicing = False
+
     def publish_new_keys(self) -> None:
         """New subject keys are durable before their ciphertexts (gateway/runtime/keytopic.py: stored,
-        then read back): call before the records of a `process(..., publish_keys=False)` are published."""
+        then read back)."""
         if self.subject_keys is not None:
-            self.subject_keys.publish_pending()
+            self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
 
     def _event(self, stage: TopicStage, event: RawEvent, now_ms: int, batch_ids: set[int],
                new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord], counts: BatchCounts,

@@ -391,8 +391,9 @@ class BoundHandler:
         return ContributionBounder(self.plans[source[0]].aggregates, str(source[1]),
                                    self.upstreams.get(source[0], frozenset()), self.max_skew_ms)
 
-    def before_publish(self) -> None:
-        """Nothing to store ahead of a batch's records."""
+    def before_publish(self) -> Output:
+        """Nothing added once per batch: the loop does not slice this stage's batches."""
+        return Output([])
 
     def process(self, messages: list[Message]) -> Output:
         self.restore()
@@ -478,8 +479,9 @@ class ReleaseHandler:
         if not self.opened:
             self.windows = GroupWindows(self.specs, self.settle_ms)
 
-    def before_publish(self) -> None:
-        """Nothing to store ahead of a batch's records."""
+    def before_publish(self) -> Output:
+        """Nothing added once per batch: the loop does not slice this stage's batches."""
+        return Output([])
 
     def process(self, messages: list[Message]) -> Output:
         out: list[OutRecord] = []

@@ -72,6 +72,7 @@ class SanitizeHandler:
         self.enforced: dict[str, tuple[int, int]] = getattr(pipeline, "enforced_windows", {})
         self.held: dict[Source, list[RawEvent]] = {}
         self.held_since: dict[Source, int] = {}  # when the partition's first held event arrived (ms)
+        self.touched: set[Source] = set()  # partitions the batch's slices so far touched (their metadata)
 
     def open(self, source: Source, committed_offset: int, metadata: str | None) -> None:
         self.pipeline.resume_chain(*source, parse_head_metadata(metadata),
@@ -81,6 +82,8 @@ class SanitizeHandler:
             self.next_offsets[source] = committed_offset
 
     def close(self, sources: Sequence[Source]) -> None:
+        self.pipeline.discard_batch()  # closed mid-batch: the loop rewinds what its slices held
+        self.touched.clear()
         for topic, partition in sources:
             self.pipeline.forget_chain(topic, partition)
             self.next_offsets.pop((topic, partition), None)
@@ -98,26 +101,30 @@ class SanitizeHandler:
         if self.new_writers is not None:
             self.new_writers.resolve(events)
         if not self.enforced:
-            result = self.pipeline.process(events, publish_keys=False)
+            result = self.pipeline.process(events, finish=False)
             self._advance(events)
-            return Output(result.records, self._metadata({(e.topic, e.partition) for e in events}),
-                          counts=result.counts)
+            self.touched.update((e.topic, e.partition) for e in events)
+            return Output(result.records, counts=result.counts)
         now_ms = int(time.time() * 1000)
         plain = [e for e in events if e.topic not in self.enforced]
         for e in events:
             if e.topic in self.enforced:
                 self.held.setdefault((e.topic, e.partition), []).append(e)
                 self.held_since.setdefault((e.topic, e.partition), now_ms)
-        result = self.pipeline.process(plain, publish_keys=False)
+        result = self.pipeline.process(plain, finish=False)
         self._advance(plain)
         records, counts = result.records, result.counts
         released = self._release_due(now_ms, records, counts)
         touched = {(e.topic, e.partition) for e in events} | set(released)
-        return Output(records, self._metadata(touched), offsets=self._offsets(touched), counts=counts)
+        self.touched |= touched
+        return Output(records, offsets=self._offsets(touched), counts=counts)
 
-    def before_publish(self) -> None:
-        """The new subject keys of the whole batch (all its slices), stored and read back once."""
-        self.pipeline.publish_new_keys()
+    def before_publish(self) -> Output:
+        """The batch's audit records (one per chain for all its slices), its new subject keys stored and
+        read back, and the metadata of every partition it touched, read after them (the chain heads)."""
+        records = self.pipeline.finish_batch()
+        touched, self.touched = self.touched, set()
+        return Output(records, self._metadata(touched))
 
     def _advance(self, events: Sequence[RawEvent]) -> None:
         for e in events:
@@ -137,7 +144,7 @@ class SanitizeHandler:
                if now_ms >= since + self.enforced[s[0]][0] or len(self.held[s]) >= self.enforced[s[0]][1]]
         for source in due:
             events = self.held.pop(source)
-            result = self.pipeline.process(events, withhold_since_ms=self.held_since.pop(source), publish_keys=False)
+            result = self.pipeline.process(events, withhold_since_ms=self.held_since.pop(source), finish=False)
             self._advance(events)
             records += result.records
             counts.update(result.counts)
@@ -155,7 +162,8 @@ class SanitizeHandler:
         touched = set(due) | set(released)
         if not touched:
             return None
-        return Output(records, self._metadata(touched), offsets=self._offsets(touched), counts=counts)
+        self.touched |= touched  # their metadata comes with before_publish, after the audit records
+        return Output(records, offsets=self._offsets(touched), counts=counts)
 
 
 def observe_quality_window(window: dict[str, Any]) -> None:
