@@ -16,6 +16,7 @@ import random
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -180,10 +181,12 @@ def test_a_passing_record_allocates_no_result_and_a_failing_one_gets_a_new_list(
     assert first == second == [0] and first is not second
 
 
-def _gate(duplicates: bool, id_type: Any = "string", max_ids: int = 1000) -> QualityGate:
+def _gate(duplicates: bool, id_type: Any = "string", max_ids: int = 1000,
+          duplicate_action: str = "flag") -> QualityGate:
     fields = [{"name": "id", "type": id_type},
               {"name": "v", "type": ["null", "long"], "quality": {"range": {"min": 0, "max": 10, "action": "reject"}}}]
-    settings_ = {"freshness": {"max_lag_s": 1}, **({"duplicates": {"action": "flag"}} if duplicates else {})}
+    settings_ = {"freshness": {"max_lag_s": 1},
+                 **({"duplicates": {"action": duplicate_action}} if duplicates else {})}
     errors: list[tuple[str, str]] = []
     spec = compile_quality(fields, settings_, {}, "id", {"id": True, "v": True}, lambda w, m: errors.append((w, m)))
     assert errors == [] and spec is not None
@@ -194,20 +197,44 @@ def _gate(duplicates: bool, id_type: Any = "string", max_ids: int = 1000) -> Qua
 def test_the_gate_returns_the_shared_empty_result_when_nothing_failed_and_counts_the_rest() -> None:
     gate = _gate(duplicates=True)
     now = 10_000_000
-    failed, reject, fp = gate.check(0, {"id": "e1", "v": 3}, now, now, set())
+    failed, reject, fp = gate.check(0, {"id": "e1", "v": 3}, now, now)
     assert failed is PASSED and reject is None and fp == Fingerprinter(KEY, "t.R").of("e1")
-    # a duplicate in the batch, too late and out of range: every failure, ascending, counted once
-    failed, reject, fp2 = gate.check(0, {"id": "e1", "v": 11}, now - 5_000, now, {fp})  # type: ignore[arg-type]
+    # a duplicate (an earlier slice's id, held by the filter), too late and out of range: every failure,
+    # ascending, counted once
+    assert fp is not None and gate.dedup is not None
+    gate.dedup.add_tentative("src", 0, 0, now, [fp])
+    failed, reject, fp2 = gate.check(0, {"id": "e1", "v": 11}, now - 5_000, now)
     assert list(failed) == [0, 1, 2] and reject == 0 and fp2 == fp
     assert gate.partitions[0].window.failed == [1, 1, 1]
     assert gate.partitions[0].window.nulls == [0]
     # a null value: counted in its field's completeness, no rule fails
-    failed, reject, _ = gate.check(0, {"id": "e2", "v": None}, now, now, set())
+    failed, reject, _ = gate.check(0, {"id": "e2", "v": None}, now, now)
     assert failed is PASSED and gate.partitions[0].window.nulls == [1] and gate.partitions[0].window.events == 3
     plain = _gate(duplicates=False)
-    assert plain.check(0, {"id": "e1", "v": 1}, now, now, set()) == (PASSED, None, None)
-    failed, _, _ = plain.check(0, {"id": "e1", "v": 1}, now - 2_000, now, set())
+    assert plain.check(0, {"id": "e1", "v": 1}, now, now) == (PASSED, None, None)
+    failed, _, _ = plain.check(0, {"id": "e1", "v": 1}, now - 2_000, now)
     assert failed == [1] and failed is not PASSED and PASSED == ()
+
+
+@pytest.mark.parametrize("action", ["flag", "reject"])
+def test_an_id_published_earlier_in_the_slice_fails_the_duplicate_rule_in_order_and_counted(action: str) -> None:
+    """The check runs on a slice's events before any is published: the pipeline reports an id published
+    earlier in the slice through in_batch_duplicate, which fails the duplicate rule (index 1 here, between
+    the range rule and freshness) as the check would have: in order, counted, its action applied."""
+    gate = _gate(duplicates=True, duplicate_action=action)
+    now = 10_000_000
+    failed, reject, fp = gate.check(0, {"id": "e1", "v": 1}, now - 5_000, now)  # freshness fails
+    assert list(failed) == [2] and reject is None and fp is not None
+    failed, reject = gate.in_batch_duplicate(0, failed, reject)
+    assert failed == [1, 2] and reject == (1 if action == "reject" else None)
+    assert gate.partitions[0].window.failed == [0, 1, 1]
+    # with the range rule (reject) failing first, that one stays the reason
+    failed, reject, _ = gate.check(0, {"id": "e1", "v": 11}, now, now)
+    failed, reject = gate.in_batch_duplicate(0, failed, reject)
+    assert failed == [0, 1] and reject == 0 and gate.partitions[0].window.failed == [1, 2, 1]
+    # the shared empty result is never appended to
+    failed, reject = gate.in_batch_duplicate(0, PASSED, None)
+    assert failed == [1] and PASSED == ()
 
 
 @settings(max_examples=100, deadline=None)
@@ -216,7 +243,7 @@ def test_the_gate_returns_the_shared_empty_result_when_nothing_failed_and_counts
 def test_the_gate_fingerprints_every_id_type_as_the_fingerprinter_does(ids: list[Any]) -> None:
     gates = {str: _gate(True), int: _gate(True, "long"), bytes: _gate(True, "bytes")}
     for event_id in ids:
-        _, _, fp = gates[type(event_id)].check(0, {"id": event_id, "v": 1}, 5, 5, set())
+        _, _, fp = gates[type(event_id)].check(0, {"id": event_id, "v": 1}, 5, 5)
         assert fp == _one_shot("t.R", event_id)
 
 
@@ -246,7 +273,7 @@ def test_the_gates_duplicate_verdict_follows_the_filter_through_every_change(see
             now += rnd.randrange(1_000_000)
             dedup.expire(now)
         for probe in (f"e{n}" for n in range(30)):
-            failed, _, _ = gate.check(0, {"id": probe, "v": 1}, now, now, set())
+            failed, _, _ = gate.check(0, {"id": probe, "v": 1}, now, now)
             assert (gate._dup in failed) == dedup.seen(of(probe))
 
 

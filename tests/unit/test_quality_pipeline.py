@@ -193,6 +193,26 @@ def test_duplicates_are_found_through_the_log_and_an_aborted_batch_leaves_none(w
     assert [a["outcome"] for a in _audits(retry)] == ["sanitized"]
 
 
+def test_an_id_is_a_duplicate_only_of_an_event_published_before_it_in_the_slice(write_schema: Any,
+                                                                                tmp_path: Path) -> None:
+    """The rules run over a slice before its first event is published; the verdict on a repeated id still
+    follows what was published before it: not an event the rules rejected, nor one dead-lettered later, nor
+    one of an undecodable event; and the second of two published ones is a duplicate, in any partition."""
+    pipeline = _pipeline(write_schema, tmp_path, _schema())
+    now_ms = int(time.time() * 1000)
+    events = _events([_ride(7, fare=-5), _ride(7), _ride(7), _ride(8)], now_ms)
+    events.insert(1, RawEvent(SOURCE, 0, 99, now_ms - 1_000, None, b"{not json", None))
+    events.append(RawEvent(SOURCE, 1, 0, now_ms - 1_000, None, orjson.dumps(_ride(8)), None))
+    result = pipeline.process(events)
+    assert [a["outcome"] for a in _audits(result)] == [
+        "rejected:quality:fare.range", "rejected:json_invalid", "sanitized", "rejected:quality:duplicate",
+        "sanitized", "rejected:quality:duplicate"]
+    assert {rule: n for (_, rule, _), n in result.counts.quality.items()}["duplicate"] == 2
+    window = pipeline.stages[SOURCE].quality.partitions[0].window  # type: ignore[union-attr]
+    duplicate = pipeline.stages[SOURCE].quality.rule_names.index("duplicate")  # type: ignore[union-attr]
+    assert window.failed[duplicate] == 1 and window.events == 4 and window.sanitized == 2
+
+
 def test_enforce_withholds_exactly_the_small_classes(write_schema: Any, tmp_path: Path) -> None:
     pipeline = _pipeline(write_schema, tmp_path, _schema("enforce", k=3))
     plan_counts = {("Lyon", "30-39"): 5, ("Lyon", "40-49"): 2, ("Nice", "30-39"): 3, ("Nice", "60-69"): 1}

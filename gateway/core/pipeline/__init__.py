@@ -107,6 +107,18 @@ class Held(NamedTuple):
     fingerprint: int | None
 
 
+class Checked(NamedTuple):
+    """A source event after the batch's first pass: decoded, its event time checked, its quality rules
+    run (failed, reject and fingerprint None without a quality gate)."""
+
+    record: dict[str, Any]
+    encoding: str
+    unannotated: tuple[str, ...]
+    failed: Sequence[int] | None
+    reject: int | None
+    fingerprint: int | None
+
+
 class AuditChain(NamedTuple):
     """A source partition's audit chain: its key, that key as record key bytes, its audit partition."""
 
@@ -467,6 +479,17 @@ class Pipeline:
                     out.append(OutRecord(self.quality_topic, quality_key(topic, partition), orjson.dumps(record)))
         return out
 
+    def _windows_to_roll(self, events: Sequence[RawEvent], now_ms: int, force: bool) -> set[tuple[str, int]]:
+        """The partitions of `events` whose quality window has ended (all of them with `force`): what the
+        batch rolls. The events' partitions are gathered only when some window has ended (seldom: a window
+        spans many batches), not per batch: a set over every event cost the batch 0.05 us per event."""
+        ended = {(topic, p) for topic, stage in self.stages.items() if stage.quality is not None
+                 for p in stage.quality.ended(now_ms)}
+        if not ended and not force:
+            return ended
+        touched = {(e.topic, e.partition) for e in events}
+        return touched if force else touched & ended
+
     def windows_due(self, now_ms: int) -> list[tuple[str, int]]:
         return [(topic, p) for topic, stage in self.stages.items() if stage.quality is not None
                 for p in stage.quality.due(now_ms)]
@@ -484,13 +507,14 @@ class Pipeline:
         sanitized: Counter[str] = Counter()  # per source topic, added to counts.outcomes once per batch
         now_ms = int(time.time() * 1000)
         audit_chains = self._audit_chains
-        batch_ids: set[int] = set()  # event-id fingerprints published in this batch (any partition)
+        batch_ids: set[int] = set()  # event-id fingerprints published in this slice (any partition)
         new_ids: dict[tuple[str, int], tuple[int, list[int]]] = {}  # per partition: (first offset, fingerprints)
         held: list[Held] | None = [] if withhold_since_ms is not None else None
         if withhold_since_ms is not None:
             for topic, partition in {(e.topic, e.partition) for e in events}:
                 self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
         intake = self.consent_intake
+        firsts = iter(self._first_pass(events, now_ms))
         if not self._slicing:  # a batch's first (or only) call
             self._entries = {}  # a batch that raised left its entries: it is aborted and read again
         self._slicing = not finish
@@ -499,8 +523,8 @@ class Pipeline:
             if intake is not None and event.topic == intake.topic:
                 self._consent_event(intake, event, chain, now_ms, out, counts)
                 continue
-            output, audit, risk_class, fp = self._event(self.stages[event.topic], event, now_ms, batch_ids, new_ids,
-                                                        out, counts, sanitized)
+            output, audit, risk_class, fp = self._event(self.stages[event.topic], event, next(firsts), now_ms,
+                                                        batch_ids, new_ids, out, counts, sanitized)
             if held is not None:
                 held.append(Held(event, output, audit, chain, risk_class, fp))
                 continue
@@ -518,7 +542,7 @@ class Pipeline:
             log_key = dedup.add_tentative(topic, partition, first, now_ms, ids)  # type: ignore[union-attr]
             out.append(OutRecord(self.dedup_topic, log_key, pack(now_ms, ids), None, 0))
         if self.has_quality:
-            out += self.roll_windows({(e.topic, e.partition) for e in events}, now_ms,
+            out += self.roll_windows(self._windows_to_roll(events, now_ms, withhold_since_ms is not None), now_ms,
                                      force=withhold_since_ms is not None)
         return BatchResult(out, counts)
 
@@ -543,12 +567,41 @@ class Pipeline:
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
 
-    def _event(self, stage: TopicStage, event: RawEvent, now_ms: int, batch_ids: set[int],
-               new_ids: dict[tuple[str, int], tuple[int, list[int]]], out: list[OutRecord], counts: BatchCounts,
-               sanitized: Counter[str]) -> tuple[OutRecord, dict[str, Any], int | None, int | None]:
-        """One source event through the steps: decode and validate, quality, sanitize and encode,
-        purposes, leak sentinel; then published (its purpose views appended to `out`) or dead-lettered.
-        Returns (its output record, its audit entry, its risk class, its event-id fingerprint)."""
+    def _first_pass(self, events: Sequence[RawEvent], now_ms: int) -> list[Checked | Exception]:
+        """Every source event of the slice decoded, its event time checked and its quality rules run, in
+        order, before the first is sanitized: what each gave (a consent event is left to its own step and
+        gives nothing). In one pass the rules' generated code and data stay in the CPU's caches; run event
+        by event between the sanitize steps, the same rules cost the payments path 17% more per event
+        instead of 13% (benchmarks/quality.py, issue 35). The exception a step raised is kept and raised
+        again in the event's own step, which dead-letters it as before."""
+        intake_topic = self.consent_intake.topic if self.consent_intake is not None else None
+        stages = self.stages
+        firsts: list[Checked | Exception] = []
+        for event in events:
+            if event.topic == intake_topic:
+                continue
+            stage = stages[event.topic]
+            try:
+                record, encoding, unannotated = stage.decoder.decode_event(event.value)
+                check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
+                quality = stage.quality
+                if quality is None:
+                    firsts.append(Checked(record, encoding, unannotated, None, None, None))
+                else:
+                    firsts.append(Checked(record, encoding, unannotated,
+                                          *quality.check(event.partition, record, event.timestamp_ms, now_ms)))
+            except Exception as exc:  # noqa: BLE001 - raised again in the event's step, which handles it
+                firsts.append(exc)
+        return firsts
+
+    def _event(self, stage: TopicStage, event: RawEvent, first: Checked | Exception, now_ms: int,
+               batch_ids: set[int], new_ids: dict[tuple[str, int], tuple[int, list[int]]],
+               out: list[OutRecord], counts: BatchCounts, sanitized: Counter[str]
+               ) -> tuple[OutRecord, dict[str, Any], int | None, int | None]:
+        """One source event through the steps after the first pass (`first`: its decode, validation and
+        quality checks, or what they raised): sanitize and encode, purposes, leak sentinel; then published
+        (its purpose views appended to `out`) or dead-lettered. Returns (its output record, its audit entry,
+        its risk class, its event-id fingerprint)."""
         source = (SOURCE_HEADER, source_ref(event.topic, event.partition, event.offset))
         quality = stage.quality
         failed: Sequence[int] | None = None
@@ -560,13 +613,15 @@ class Pipeline:
         leaks: list[tuple[str, str]] | None = None
         decisions: dict[str, str] | None = None
         try:
-            # decode and validate
-            record, encoding, unannotated = stage.decoder.decode_event(event.value)
-            check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
-            # quality
+            # decode and validate (the first pass)
+            if isinstance(first, Exception):
+                raise first
+            record, encoding, unannotated = first.record, first.encoding, first.unannotated
+            # quality (the first pass checked it; an id published earlier in this slice is a duplicate too)
             if quality is not None:
-                failed, reject, fp = quality.check(event.partition, record, event.timestamp_ms, now_ms,
-                                                   batch_ids)
+                failed, reject, fp = first.failed, first.reject, first.fingerprint
+                if fp is not None and fp in batch_ids:
+                    failed, reject = quality.in_batch_duplicate(event.partition, failed, reject)  # type: ignore[arg-type]
                 if failed:
                     quality_names = quality_failures(quality, event.topic, failed, counts)
                     if reject is not None:
@@ -605,7 +660,8 @@ class Pipeline:
             if quality is not None:  # counted as sanitized by check(); flags, the risk class, the id
                 if failed or quality.risk_measured:
                     risk_class = quality_published(quality, event.partition, result, failed, headers)
-                if fp is not None and fp not in batch_ids and not (failed and quality.is_duplicate(failed)):
+                # (not a duplicate: neither the filter nor this slice held its id)
+                if fp is not None and not (failed and quality.is_duplicate(failed)):
                     batch_ids.add(fp)
                     ids = new_ids.get((event.topic, event.partition))
                     if ids is None:

@@ -20,8 +20,8 @@ from gateway.core.quality.spec import QualitySpec
 from gateway.core.quality.window import QualityWindow
 
 PASSED: tuple[int, ...] = ()  # the failures of an event that passed every rule (shared: never appended to)
-# check(partition, record, timestamp_ms, now_ms, batch_fingerprints) -> (failed, first reject, fingerprint)
-Check = Callable[[int, dict[str, Any], int, int, set[int]], tuple[Sequence[int], "int | None", "int | None"]]
+# check(partition, record, timestamp_ms, now_ms) -> (failed, first reject, fingerprint)
+Check = Callable[[int, dict[str, Any], int, int], tuple[Sequence[int], "int | None", "int | None"]]
 
 
 @dataclass
@@ -83,14 +83,15 @@ class QualityGate:
 
     # ---- events ----------------------------------------------------------------------------------
     def _compile_check(self) -> Check:
-        """check(partition, record, timestamp_ms, now_ms, batch_fingerprints): every rule on one decoded
-        event, counted in its partition's window: (failed rule indexes, the first failed rule whose action
-        is reject, the event id's fingerprint). Generated once for the plan (gateway/core/quality/codegen.py):
-        the checker's rules inline, then duplicate (the id's fingerprint in this batch or in the filter),
+        """check(partition, record, timestamp_ms, now_ms): every rule on one decoded event, counted in its
+        partition's window: (failed rule indexes, the first failed rule whose action is reject, the event id's
+        fingerprint). Generated once for the plan (gateway/core/quality/codegen.py): the checker's rules
+        inline, then duplicate (the id's fingerprint in the filter: earlier batches and this batch's earlier
+        slices; an id published earlier in the same slice is `in_batch_duplicate`'s),
         freshness (lag past the limit), the lag and the null counters; failures ascend, as the rules' indexes
         do. The common case (no rule failed) allocates nothing but the result: its failures are PASSED."""
         spec = self.spec
-        source = FunctionSource("check(partition, record, timestamp_ms, now_ms, batch)")
+        source = FunctionSource("check(partition, record, timestamp_ms, now_ms)")
         source.add(1, f"state = {source.const(self.partitions.get)}(partition)")
         source.add(1, "if state is None:")
         source.add(2, f"state = {source.const(self._opened)}(partition, now_ms)")
@@ -106,7 +107,7 @@ class QualityGate:
             event_id = source.value_of(self.event_id_field)
             source.add(1, f"if {event_id} is not None:")
             self.fingerprinter.emit(source, 2, event_id, "fp")  # type: ignore[union-attr]
-            source.add(2, f"if fp in batch or {self.dedup.emit_seen(source, 'fp')}:")
+            source.add(2, f"if {self.dedup.emit_seen(source, 'fp')}:")
             source.fail(3, int(self._dup))  # type: ignore[arg-type]
         source.add(1, "lag = now_ms - timestamp_ms")
         source.add(1, "if lag > 0:")
@@ -169,6 +170,20 @@ class QualityGate:
         """Names of the failed rules whose action is flag: the `gateway-quality` header."""
         return [self.rule_names[i] for i in failed if i in self.flag_rules]
 
+    def in_batch_duplicate(self, partition: int, failed: Sequence[int], reject: int | None
+                           ) -> tuple[list[int], int | None]:
+        """A checked event whose id an event published earlier in the same slice carried: the duplicate
+        rule fails too, counted in the window; (failures, ascending; the first failed rule whose action is
+        reject). `check` cannot see it: a slice's events are all checked before the first is published,
+        and only what is published joins the filter."""
+        dup = self._dup
+        assert dup is not None  # only a gate with duplicate detection gives fingerprints
+        failed = sorted([*failed, dup])
+        self.partitions[partition].window.failed[dup] += 1
+        if reject is None or dup < reject:
+            reject = dup if dup in self.reject_rules else reject
+        return failed, reject
+
     def is_duplicate(self, failed: Sequence[int] | None) -> bool:
         return bool(failed) and self._dup in failed  # type: ignore[operator]
 
@@ -180,6 +195,11 @@ class QualityGate:
         """Partitions whose window has ended with events in it (an empty one rolls over with the next event)."""
         end = self.spec.window_ms
         return [p for p, s in self.partitions.items() if s.window.events and now_ms >= s.window.start_ms + end]
+
+    def ended(self, now_ms: int) -> list[int]:
+        """Partitions whose window has ended, with events in it or not (a batch that touched one rolls it)."""
+        end = self.spec.window_ms
+        return [p for p, s in self.partitions.items() if now_ms >= s.window.start_ms + end]
 
     def roll(self, partition: int, now_ms: int, instance: str) -> dict[str, Any] | None:
         """Close the partition's window: its record (None if it saw no event), and a fresh window."""
