@@ -13,10 +13,13 @@ Stages of a batch, in the order an event meets them (benchmarks/bench.py reads t
   produced      every record handed to the producer
   offsets_sent  send_offsets_to_transaction returned
   committed     commit_transaction returned
+Beside them: `gc_ms` and `gc_max_ms`, the garbage collector's pauses (any thread's: a collection
+holds the GIL, so every Python thread of the worker waits) from `polled` to `committed`.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +37,15 @@ class LatencyTrace:
 
     def __init__(self, path: str | Path) -> None:
         self._file: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self._pauses: list[tuple[float, float]] = []  # the collector's (start, end), monotonic
+        self._collecting = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._collecting = time.monotonic()
+        else:
+            self._pauses.append((self._collecting, time.monotonic()))
 
     def write(self, batch: Batch, committed: float,
               read_backs: Iterable[tuple[float, float, float]] = ()) -> None:
@@ -49,9 +61,16 @@ class LatencyTrace:
         line["key_read_back_ms"] = round(sum(k[1] for k in keys) * 1000, 3)
         line["slices"] = batch.slices  # the handler's calls for this batch (the fill's slices)
         line["process_ms"] = round(batch.process_s * 1000, 3)  # the handler's time over all of them
+        pauses = [end - start for start, end in self._pauses if start >= batch.polled and end <= committed]
+        # the next batch began before this one committed (the overlap): keep what a later batch may span
+        self._pauses = [p for p in self._pauses if p[1] > committed - 10.0]
+        line["gc_ms"] = round(sum(pauses) * 1000, 3)
+        line["gc_max_ms"] = round(max(pauses, default=0.0) * 1000, 3)
         line["events"] = [[m.topic(), m.timestamp()[1]] for m in batch.messages]
         self._file.write(orjson.dumps(line) + b"\n")
         self._file.flush()
 
     def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         self._file.close()

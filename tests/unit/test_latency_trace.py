@@ -4,6 +4,7 @@ never a value; and the bench's decomposition of an event's latency from it adds 
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -63,6 +64,24 @@ def test_a_line_per_batch_with_its_stages_in_order_and_no_value(tmp_path: Path) 
     assert first["events"] == [["payments.raw", 1_000], ["visits.raw", 1_001]]
     assert abs(first["key_store_ms"] - 1.0) < 0.01 and abs(first["key_read_back_ms"] - 2.0) < 0.01
     assert lines[1]["key_read_back_ms"] == 0.0
+
+
+def test_a_batch_carries_the_collector_pauses_within_its_span_only(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    trace = LatencyTrace(path)
+    junk = [[i] for i in range(200_000)]  # tracked objects: the full collection takes a measurable time
+    t0 = time.monotonic()
+    gc.collect()  # inside the first batch's span
+    t1 = time.monotonic()
+    trace.write(_batch(t0 - 0.010), t1 + 0.001)
+    later = time.monotonic() + 1.0
+    trace.write(_batch(later), later + 0.050)  # its span holds no collection
+    trace.close()
+    del junk
+    first, second = (orjson.loads(line) for line in path.read_bytes().splitlines())
+    assert 0 < first["gc_max_ms"] <= first["gc_ms"] <= (t1 - (t0 - 0.010)) * 1000 + 0.01  # within its span
+    assert second["gc_ms"] == 0.0 and second["gc_max_ms"] == 0.0
+    assert trace._on_gc not in gc.callbacks  # closed: no callback left behind
 
 
 def test_the_decomposition_adds_up_to_the_latency() -> None:
