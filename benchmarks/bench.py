@@ -392,7 +392,11 @@ POINT_SECONDS = 5  # events published per point: the rate times this (at least 5
 LATENCY_PATHS = ("broker_hop", "passthrough", "sanitize")
 # an event's way through the worker, in the latency trace's terms (gateway/runtime/latency_trace.py)
 TRACE_STAGES = ("until consume was called", "batch fill", "process", "  of which key read-back",
-                "wait for the previous commit", "produce", "send offsets", "commit", "commit to reader")
+                "  of which garbage collection", "wait for the previous commit", "produce", "send offsets", "commit",
+                "commit to reader")
+# rows that are part of the row above them (the batch's key topic round trips; the collector's pauses in the
+# batch's span, in whichever stage they fell): not added again when the stages are summed
+PART_OF_ABOVE = frozenset(i for i, name in enumerate(TRACE_STAGES) if name.startswith("  of which"))
 
 
 def measure_point(stage: KafkaStage | BrokerHop, events: list[tuple[str, bytes, dict[str, Any]]], rate: float,
@@ -426,12 +430,12 @@ def read_trace(path: Path | None) -> dict[tuple[str, int], list[dict[str, Any]]]
 
 
 def decompose(stamp: int, latency: float, batch: dict[str, Any]) -> list[float]:
-    """One event's latency split over TRACE_STAGES (ms; they add up to `latency`)."""
+    """One event's latency split over TRACE_STAGES (ms; they add up to `latency`, the PART_OF_ABOVE rows aside)."""
     received = stamp + latency
     polled = max(batch["polled"], stamp)
     keys = batch.get("key_store_ms", 0.0) + batch.get("key_read_back_ms", 0.0)
     return [polled - stamp, batch["started"] - polled, batch["processed"] - batch["started"], keys,
-            batch["settled"] - batch["processed"], batch["produced"] - batch["settled"],
+            batch.get("gc_ms", 0.0), batch["settled"] - batch["processed"], batch["produced"] - batch["settled"],
             batch["offsets_sent"] - batch["produced"], batch["committed"] - batch["offsets_sent"],
             received - batch["committed"]]
 
@@ -465,7 +469,8 @@ def slowest_share(points: list[dict[str, Any]], trace: dict[tuple[str, int], lis
 
     return {"slowest": means(slow), "all": means(every), "events": len(every), "slowest_events": len(slow),
             "unmatched": unmatched,
-            "slowest_latency_ms": round(statistics.fmean(sum(r) - r[3] for r in slow), 1) if slow else None}
+            "slowest_latency_ms": round(statistics.fmean(sum(p for j, p in enumerate(r) if j not in PART_OF_ABOVE)
+                                                         for r in slow), 1) if slow else None}
 
 
 def spread_of(values: list[float]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.bench import TRACE_STAGES, decompose
+from benchmarks.bench import PART_OF_ABOVE, TRACE_STAGES, decompose
 from gateway.runtime.latency_trace import STAGES, LatencyTrace
 from gateway.runtime.transactional import Batch, Output
 
@@ -86,14 +86,16 @@ def test_a_batch_carries_the_collector_pauses_within_its_span_only(tmp_path: Pat
 
 def test_the_decomposition_adds_up_to_the_latency() -> None:
     batch = {"polled": 1_000.0, "started": 1_020.0, "processed": 1_025.0, "settled": 1_030.0, "produced": 1_031.0,
-             "offsets_sent": 1_040.0, "committed": 1_050.0, "key_store_ms": 1.0, "key_read_back_ms": 2.0}
+             "offsets_sent": 1_040.0, "committed": 1_050.0, "key_store_ms": 1.0, "key_read_back_ms": 2.0,
+             "gc_ms": 4.0}
     early = decompose(990, 70.0, batch)  # in the queue before the consume call: waited for it
     late = decompose(1_005, 55.0, batch)  # arrived during the batch-fill wait
     for latency, parts in ((70.0, early), (55.0, late)):
         assert len(parts) == len(TRACE_STAGES)
-        key_part = TRACE_STAGES.index("  of which key read-back")
-        assert abs(sum(p for i, p in enumerate(parts) if i != key_part) - latency) < 1e-9
+        assert PART_OF_ABOVE == {TRACE_STAGES.index("  of which key read-back"),
+                                 TRACE_STAGES.index("  of which garbage collection")}
+        assert abs(sum(p for i, p in enumerate(parts) if i not in PART_OF_ABOVE) - latency) < 1e-9
         assert all(p >= 0 for p in parts)
     assert early[0] == 10.0 and late[0] == 0.0
     assert early[1] == 20.0 and late[1] == 15.0
-    assert early[3] == 3.0
+    assert early[3] == 3.0 and early[4] == 4.0
