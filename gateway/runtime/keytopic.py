@@ -5,7 +5,7 @@ and period_keys.py).
 then a background consumer thread applies every new record within a poll interval, so a tombstone
 written by `gateway forget` evicts the key from every running worker within seconds. New keys are
 produced (idempotent, acks=all) and read back by that thread (read_committed) before the batch that
-uses them is published (KeyTopic.publish says why: it is the workers' side of the forget's fence).
+uses them commits (KeyTopic.publish says why: it is the workers' side of the forget's fence).
 
 Erasure is final: no writer brings an erased key back. Workers only write new names; forget and
 retention only tombstones; `rewrap_keys`, the one writer of existing names, commits only if nothing
@@ -203,7 +203,9 @@ class KeyTopic:
 
     def publish(self, records: list[KeyRecord]) -> None:
         """Produce, then wait until this worker's follower has read the new keys back (read_committed)
-        before any ciphertext under them leaves the gateway.
+        before the transaction of any ciphertext under them commits. (The batch's slices may have put
+        such ciphertexts into its open transaction already: no read_committed reader sees them, and if
+        this raises, the transaction is never committed.)
 
         The read-back is the fence against `gateway forget`: a forget holds a transaction open on every
         partition of the key topic from the point its scan for the subject's keys starts until it

@@ -15,7 +15,9 @@ commit atomically and a new owner reads both back with the committed offsets.
   transformed; N + 1 is produced only after N committed, in its own transaction. If N aborts, N + 1
   is dropped with it and both are read again.
 - With `slice_s`, a batch is transformed slice by slice as its events arrive during the fill, so
-  only the last slice's work is left when the fill ends; the slices are still one transaction.
+  only the last slice's work is left when the fill ends; the slices are still one transaction, and
+  each slice's records go into it as soon as the batch before has committed (read_committed readers
+  see none of them before the commit), so the commit no longer waits for the whole batch to be sent.
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ class BatchHandler(Protocol):
     def before_publish(self) -> Output:
         """The batch's last slice was processed: what it adds once per batch rather than per slice
         (the sanitize job's audit records, one per chain, and the partitions' metadata read after
-        them), with what must be durable before its records are published stored (its new subject
-        keys). Its `offsets` must be None: the slices' say where each partition's offset goes."""
+        them), with what must be durable before its transaction commits stored (its new subject keys;
+        the slices' records may be in the open transaction already, visible to no read_committed
+        reader until the commit). Its `offsets` must be None: the slices' say where each partition's
+        offset goes."""
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Batch:
     offsets_sent: float = 0.0  # send_offsets_to_transaction returned (the commit's first half)
     process_s: float = 0.0  # the handler's time over all the batch's slices
     slices: int = 0  # how many there were (the handler's process calls)
+    streamed: int = 0  # of output.records, how many the slices put into the open transaction before publish
 
 
 def merge_outputs(outputs: Sequence[Output]) -> Output:
@@ -219,6 +224,7 @@ class TransactionalLoop:
         self.aborts = 0
         self.revocations = 0  # partitions revoked or lost (a batch's processed slices may hold theirs)
         self._in_flight: Batch | None = None
+        self._txn_open = False  # the batch being filled has begun its transaction (its slices' records are in it)
         self._offsets_sent = 0.0
         self._last_consumed = time.monotonic()  # when the last consume returned: the next batch's fill counts from it
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-commit") if overlap else None
@@ -244,6 +250,7 @@ class TransactionalLoop:
     def close(self) -> None:
         try:
             self.settle()
+            self._abort_open()  # a step that raised mid-fill left its slices' transaction open
         finally:
             if self._committer is not None:
                 self._committer.shutdown(wait=True)
@@ -269,6 +276,7 @@ class TransactionalLoop:
         deadline = polled + timeout_s if timeout_s is not None else self._last_consumed + self.batch_timeout_s
         messages: list[Message] = []
         outputs: list[Output] = []
+        streamed = 0  # of `outputs`, how many have their records in the batch's open transaction
         started = processed = polled
         process_s = 0.0
         while True:
@@ -287,7 +295,9 @@ class TransactionalLoop:
                 # Rewinding again, now outside the callback, reads all of it again from the committed
                 # offsets (a CI run lost five records when only the first rewind was made). Slices
                 # already processed go too when partitions were revoked meanwhile: they may hold
-                # records of partitions another member now owns.
+                # records of partitions another member now owns (and the transaction they went into
+                # is aborted).
+                self._abort_open()
                 self.rewind()
                 return 0
             if not outputs:  # nothing processed yet: _usable drops what a revocation took away
@@ -298,6 +308,10 @@ class TransactionalLoop:
                 messages += usable
                 processed = time.monotonic()
                 process_s += processed - started
+                if sliced:
+                    streamed = self._stream(outputs, streamed)
+                    if streamed < 0:
+                        return 0  # the batch before aborted, or producing failed: rewound, read again
             if not sliced or len(messages) >= self.batch_max_events:
                 break
             if time.monotonic() >= deadline:
@@ -317,6 +331,7 @@ class TransactionalLoop:
         batch = self._batch(messages, outputs, started, processed) if messages else None
         if batch is not None:
             batch.polled, batch.process_s, batch.slices = polled, process_s, len(outputs)
+            batch.streamed = sum(len(o.records) for o in outputs[:streamed])
         if not self.settle():
             return 0  # the last batch aborted: this one was rewound with it and is read again
         if batch is not None:
@@ -324,6 +339,44 @@ class TransactionalLoop:
             if self._committer is None:
                 self.settle()
         return len(messages)
+
+    def _stream(self, outputs: list[Output], streamed: int) -> int:
+        """The slices' records not yet produced go into the batch's transaction, begun as soon as the batch
+        before has committed (one transaction at a time; until then they wait). So while the fill lasts
+        they are sent, and the commit waits only for the last slice's records and what `before_publish`
+        adds: a traced run at half of saturation spent 4 ms a batch (14 ms in the slowest 1%) flushing a
+        sanitize batch's records in `commit_transaction`, 1.4 ms a passthrough one. Returns how many
+        outputs are produced, or -1 when the batch was rewound (the batch before aborted, or producing
+        failed): everything is read again."""
+        if not self._txn_open:
+            in_flight = self._in_flight
+            if in_flight is not None and in_flight.commit is not None and not in_flight.commit.done():
+                return streamed
+            if not self.settle():
+                return -1
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:
+                self._abort(exc)
+                return -1
+            self._txn_open = True
+        try:
+            for output in outputs[streamed:]:
+                self._produce(output.records)
+        except KafkaException as exc:
+            self._abort(exc)
+            return -1
+        return len(outputs)
+
+    def _abort_open(self) -> None:
+        """Abort the transaction the batch being filled began: its slices' records go with it."""
+        if not self._txn_open:
+            return
+        self._txn_open = False
+        self.producer.flush(30)  # as _abort: what was sent is delivered first, so no sequence gap follows
+        retry_retriable("abort_transaction", lambda: self.producer.abort_transaction(30))
+        self.aborts += 1
+        metrics.ABORTS.inc()
 
     def _member_id(self) -> str | None:
         try:
@@ -384,19 +437,26 @@ class TransactionalLoop:
             last[(m.topic(), m.partition())] = m.offset()
         return Batch(messages, output, last, started, max(started, processed))
 
+    def _produce(self, records: Sequence[OutRecord]) -> None:
+        produce = self.producer.produce
+        for r in records:
+            while True:
+                try:
+                    produce(r.topic, r.value, r.key, partition=-1 if r.partition is None else r.partition,
+                            headers=r.headers, timestamp=r.timestamp_ms)
+                    break
+                except BufferError:  # local queue full: let deliveries drain, then retry
+                    self.producer.poll(0.05)
+
     def _publish(self, batch: Batch) -> None:
+        """The batch's records (those its slices did not put in already) in its transaction, then its
+        offsets and the commit, on the commit thread with `overlap`."""
         batch.settled = time.monotonic()
         try:
-            self.producer.begin_transaction()
-            produce = self.producer.produce
-            for r in batch.output.records:
-                while True:
-                    try:
-                        produce(r.topic, r.value, r.key, partition=-1 if r.partition is None else r.partition,
-                                headers=r.headers, timestamp=r.timestamp_ms)
-                        break
-                    except BufferError:  # local queue full: let deliveries drain, then retry
-                        self.producer.poll(0.05)
+            if not self._txn_open:
+                self.producer.begin_transaction()
+            self._txn_open = False  # from here it is the batch in flight: committing, or aborted below
+            self._produce(batch.output.records[batch.streamed:])
         except KafkaException as exc:
             self._abort(exc)
             return
@@ -455,6 +515,7 @@ class TransactionalLoop:
             raise exc
         log.warning("transaction aborted: rewinding to the committed offsets",
                     extra={"loop": self.name, "code": error.name()})
+        self._txn_open = False
         # let what was sent be delivered (or fail) first: an abort purges messages still queued, and
         # on Kafka 4 the sequence gap that leaves made the next transaction fail with
         # OUT_OF_ORDER_SEQUENCE_NUMBER and then a fatal INVALID_TXN_STATE (seen in the abort test)

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from gateway.core.pipeline.outcome import SANITIZED, BatchCounts
 from gateway.outputs import OutRecord
@@ -84,19 +84,42 @@ class _Consumer:
 
 
 class _Producer:
-    def __init__(self) -> None:
+    """A transaction at a time, as librdkafka's: what was produced, when (on the clock), and what committed."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
         self.transactions = 0
+        self.aborted = 0
         self.produced: list[bytes] = []
+        self.produced_at: list[float] = []
+        self.committed: list[bytes] = []
+        self._open: list[bytes] | None = None
 
     def begin_transaction(self) -> None:
+        assert self._open is None, "a transaction is open already"
         self.transactions += 1
+        self._open = []
 
     def produce(self, topic: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        assert self._open is not None, "produced outside a transaction"
         self.produced.append(value)
+        self.produced_at.append(self.clock.now)
+        self._open.append(value)
 
     def send_offsets_to_transaction(self, *args: Any) -> None: ...
 
-    def commit_transaction(self, *args: Any) -> None: ...
+    def commit_transaction(self, *args: Any) -> None:
+        assert self._open is not None
+        self.committed += self._open
+        self._open = None
+
+    def abort_transaction(self, *args: Any) -> None:
+        assert self._open is not None
+        self.aborted += 1
+        self._open = None
+
+    def flush(self, *args: Any) -> int:
+        return 0
 
 
 class _Handler:
@@ -133,7 +156,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
 
 def _loop(clock: _Clock, process_s: list[float], slice_s: float | None = None) -> tuple[TransactionalLoop, _Consumer]:
     consumer = _Consumer(clock)
-    loop = TransactionalLoop("t", consumer, _Producer(), _Handler(clock, process_s), ["raw"],  # type: ignore[arg-type]
+    loop = TransactionalLoop("t", consumer, _Producer(clock), _Handler(clock, process_s), ["raw"],  # type: ignore[arg-type]
                              batch_max_events=1000, batch_timeout_s=0.020, slice_s=slice_s)
     loop.owned = {("raw", 0)}
     return loop, consumer
@@ -172,8 +195,9 @@ def test_an_explicit_timeout_is_kept(clock: _Clock) -> None:
 def test_what_arrives_during_the_fill_is_transformed_as_it_arrives_and_published_in_one_transaction(
         clock: _Clock) -> None:
     """Events come one per consume here; with 5 ms slices each is transformed as it comes, never
-    waiting for the fill's end, and the whole fill is still one batch: one transaction, every
-    record produced once, in order."""
+    waiting for the fill's end, and its records go into the batch's transaction at once (nothing was
+    committing): the whole fill is still one batch, one transaction, every record produced once, in
+    order, and committed."""
     loop, consumer = _loop(clock, [], slice_s=0.005)
     taken = loop.step()
     producer, handler = loop.producer, loop.handler
@@ -182,6 +206,9 @@ def test_what_arrives_during_the_fill_is_transformed_as_it_arrives_and_published
     assert producer.transactions == 1  # type: ignore[attr-defined]
     # every slice's records in order, then what before_publish adds once per batch (the audit records)
     assert producer.produced == [str(i).encode() for i in range(taken)] + [b"sealed"]  # type: ignore[attr-defined]
+    assert producer.committed == producer.produced and producer.aborted == 0  # type: ignore[attr-defined]
+    # each slice's record was produced right after it was transformed, during the fill (1 ms a slice here)
+    assert producer.produced_at[:taken] == pytest.approx([1000.0 + 0.001 * (i + 1) for i in range(taken)])  # type: ignore[attr-defined]
     assert handler.before_publish_calls == 1  # type: ignore[attr-defined]
     assert clock.now >= 1000.0 + 0.020  # the fill lasted its 20 ms, no more slices after it
     assert clock.now < 1000.0 + 0.020 + 0.002
@@ -203,14 +230,18 @@ def test_while_the_last_batch_still_commits_what_arrives_is_transformed_slice_by
     taken = loop.step()
     assert taken == 30  # 20 slices in the 20 ms fill (1 ms each here), then 10 more while the commit ran
     assert len(loop.handler.slices) == 30  # type: ignore[attr-defined]
-    assert loop.producer.transactions == 1  # type: ignore[attr-defined]
-    assert len(loop.producer.produced) == 30 + 1  # type: ignore[attr-defined]  # and the batch's sealed record
+    producer = loop.producer
+    assert producer.transactions == 1  # type: ignore[attr-defined]
+    assert len(producer.produced) == 30 + 1  # type: ignore[attr-defined]  # and the batch's sealed record
+    # one transaction at a time: nothing went into this batch's before the batch before had committed
+    assert min(producer.produced_at) >= committing.result()  # type: ignore[attr-defined]
+    assert producer.committed == producer.produced  # type: ignore[attr-defined]
 
 
 def test_slices_of_a_partition_revoked_during_the_fill_are_not_published(clock: _Clock) -> None:
     """A revocation inside a later consume: the slices already transformed may hold that partition's
-    records, which another member now owns. They are dropped, every partition rewound to its committed
-    offset, nothing produced; the next turn reads them again."""
+    records, which another member now owns. They are dropped, the transaction they went into aborted,
+    every partition rewound to its committed offset, nothing committed; the next turn reads them again."""
     loop, consumer = _loop(clock, [], slice_s=0.005)
     loop.owned.add(("raw", 1))
 
@@ -222,12 +253,34 @@ def test_slices_of_a_partition_revoked_during_the_fill_are_not_published(clock: 
 
     consumer.on_consume = revoke_on_third
     assert loop.step() == 0
-    assert loop.producer.produced == []  # type: ignore[attr-defined]
+    producer = loop.producer
+    assert producer.produced == [b"0", b"1"] and producer.aborted == 1  # type: ignore[attr-defined]
+    assert producer.committed == [] and loop.aborts == 1  # type: ignore[attr-defined]
     assert ("raw", 0) in loop.handler.closed  # type: ignore[attr-defined]
     assert [(tp.topic, tp.partition) for tp in consumer.seeks] == [("raw", 0)]
     consumer.on_consume = revoke_on_third  # calls 5 onwards: an empty revocation only at 4, none after
     assert loop.step() > 0
-    assert loop.producer.produced  # type: ignore[attr-defined]
+    assert producer.committed and producer.aborted == 1  # type: ignore[attr-defined]  # the next batch commits
+
+
+def test_a_slice_that_cannot_be_produced_aborts_the_transaction_and_rewinds(clock: _Clock) -> None:
+    """Producing a slice's records fails (the transaction can only be aborted): the transaction is
+    aborted with what went into it, every partition rewound, nothing committed; the next turn goes on."""
+    loop, consumer = _loop(clock, [], slice_s=0.005)
+    producer = loop.producer
+    produce = producer.produce
+
+    def fail_third(topic: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        if len(producer.produced) == 2:  # type: ignore[attr-defined]
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        produce(topic, value, *args, **kwargs)
+
+    producer.produce = fail_third  # type: ignore[method-assign]
+    assert loop.step() == 0
+    assert producer.aborted == 1 and producer.committed == []  # type: ignore[attr-defined]
+    assert [(tp.topic, tp.partition) for tp in consumer.seeks] == [("raw", 0)]
+    producer.produce = produce  # type: ignore[method-assign]
+    assert loop.step() > 0 and producer.committed  # type: ignore[attr-defined]
 
 
 def test_a_revocation_before_anything_was_processed_rewinds_nothing(clock: _Clock) -> None:

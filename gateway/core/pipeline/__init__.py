@@ -562,10 +562,10 @@ class Pipeline:
         self._slicing = False
 
     def publish_new_keys(self) -> None:
-        """New subject keys are durable before their ciphertexts (gateway/runtime/keytopic.py: stored,
-        then read back)."""
+        """New subject keys are durable before the transaction of their ciphertexts commits
+        (gateway/runtime/keytopic.py: stored, then read back)."""
         if self.subject_keys is not None:
-            self.subject_keys.publish_pending()  # new subject keys are durable before their ciphertexts
+            self.subject_keys.publish_pending()
 
     def _first_pass(self, events: Sequence[RawEvent], now_ms: int) -> list[Checked | Exception]:
         """Every source event of the slice decoded, its event time checked and its quality rules run, in
