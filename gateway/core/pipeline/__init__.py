@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -514,7 +514,9 @@ class Pipeline:
             for topic, partition in {(e.topic, e.partition) for e in events}:
                 self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
         intake = self.consent_intake
-        firsts = iter(self._first_pass(events, now_ms))
+        firsts = self._first_steps(events, now_ms)
+        if self.has_quality:  # the rules over the whole slice first (_first_steps says why)
+            firsts = iter(list(firsts))
         if not self._slicing:  # a batch's first (or only) call
             self._entries = {}  # a batch that raised left its entries: it is aborted and read again
         self._slicing = not finish
@@ -567,16 +569,17 @@ class Pipeline:
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()
 
-    def _first_pass(self, events: Sequence[RawEvent], now_ms: int) -> list[Checked | Exception]:
-        """Every source event of the slice decoded, its event time checked and its quality rules run, in
-        order, before the first is sanitized: what each gave (a consent event is left to its own step and
-        gives nothing). In one pass the rules' generated code and data stay in the CPU's caches; run event
-        by event between the sanitize steps, the same rules cost the payments path 17% more per event
-        instead of 13% (benchmarks/quality.py, issue 35). The exception a step raised is kept and raised
-        again in the event's own step, which dead-letters it as before."""
+    def _first_steps(self, events: Sequence[RawEvent], now_ms: int) -> Iterator[Checked | Exception]:
+        """Each source event decoded, its event time checked and its quality rules run, in order: what
+        each gave (a consent event is left to its own step and gives nothing). The exception a step
+        raised is kept and raised again in the event's own step, which dead-letters it as before.
+        `process` runs them over the whole slice before the first event is sanitized when a source has
+        quality rules: in one pass the rules' generated code and data stay in the CPU's caches, and run
+        event by event between the sanitize steps the same rules cost the payments path 17% more per
+        event instead of 13% (benchmarks/quality.py, issue 35). Without rules each event is decoded
+        right before its sanitize step, as it comes: no slice of decoded records is held."""
         intake_topic = self.consent_intake.topic if self.consent_intake is not None else None
         stages = self.stages
-        firsts: list[Checked | Exception] = []
         for event in events:
             if event.topic == intake_topic:
                 continue
@@ -586,13 +589,13 @@ class Pipeline:
                 check_event_time(event.timestamp_ms, record, stage.time_fields, now_ms, stage.max_skew_ms)
                 quality = stage.quality
                 if quality is None:
-                    firsts.append(Checked(record, encoding, unannotated, None, None, None))
+                    first: Checked | Exception = Checked(record, encoding, unannotated, None, None, None)
                 else:
-                    firsts.append(Checked(record, encoding, unannotated,
-                                          *quality.check(event.partition, record, event.timestamp_ms, now_ms)))
+                    first = Checked(record, encoding, unannotated,
+                                    *quality.check(event.partition, record, event.timestamp_ms, now_ms))
             except Exception as exc:  # noqa: BLE001 - raised again in the event's step, which handles it
-                firsts.append(exc)
-        return firsts
+                first = exc
+            yield first
 
     def _event(self, stage: TopicStage, event: RawEvent, first: Checked | Exception, now_ms: int,
                batch_ids: set[int], new_ids: dict[tuple[str, int], tuple[int, list[int]]],
