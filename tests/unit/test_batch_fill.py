@@ -9,6 +9,7 @@ the clock is the module's, replaced, so no test waits.
 from __future__ import annotations
 
 import gc
+import sys
 from concurrent.futures import Future
 from typing import Any
 
@@ -297,6 +298,33 @@ def test_a_revocation_before_anything_was_processed_rewinds_nothing(clock: _Cloc
     assert loop.step() > 1
     assert consumer.seeks == []
     assert loop.producer.transactions == 1  # type: ignore[attr-defined]
+
+
+def test_an_overlapped_commit_hands_the_gil_over_every_millisecond_and_only_while_it_runs(clock: _Clock) -> None:
+    """The commit thread needs the GIL back after each broker call while the main thread transforms: 1 ms
+    switches while it commits, the interpreter's own interval again once it is done."""
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+    consumer = _Consumer(clock)
+    producer = _Producer(clock)
+    commit = producer.commit_transaction
+
+    def committing(*args: Any) -> None:
+        seen.append(sys.getswitchinterval())
+        commit(*args)
+
+    producer.commit_transaction = committing  # type: ignore[method-assign]
+    loop = TransactionalLoop("t", consumer, producer, _Handler(clock, []), ["raw"],  # type: ignore[arg-type]
+                             batch_max_events=1000, batch_timeout_s=0.020, slice_s=0.005, overlap=True)
+    loop.owned = {("raw", 0)}
+    try:
+        assert loop.step() > 0
+        assert loop.settle()
+    finally:
+        assert loop._committer is not None
+        loop._committer.shutdown(wait=True)
+    assert seen == [transactional.COMMIT_SWITCH_INTERVAL_S] and producer.committed
+    assert sys.getswitchinterval() == before
 
 
 def test_merged_slices_keep_the_last_state_per_partition_and_every_count() -> None:

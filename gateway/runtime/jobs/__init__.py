@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import gc
 import signal
-import sys
 from collections.abc import Callable
 from types import FrameType
 
 from gateway.ops import metrics
 from gateway.settings import GatewayConfig
 
-# How long CPython lets a thread hold the GIL while another waits for it. The overlapped commit
-# (gateway/runtime/transactional.py) returns from each broker call needing the GIL while the main
-# thread transforms the next batch; at the default 5 ms every hand-off could add 5 ms to the commit
-# (send offsets, then commit: up to 10 ms per batch, on the latency of every event in it).
-GIL_SWITCH_INTERVAL_S = 0.001
-
 
 def start_process(config: GatewayConfig, health: metrics.Health,
                   request_stop: Callable[[int, FrameType | None], None]) -> None:
     """What every job process does first: SIGTERM and SIGINT finish the batch in flight and stop,
     and /metrics, /healthz and /readyz are served when metrics_port is set."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if config.metrics_port:
