@@ -197,8 +197,9 @@ class GatewayConfig:
     metrics_port: int = setting(0, "serve /metrics, /healthz and /readyz on this port (0: off)", group="ops")
     metrics_host: str = setting("127.0.0.1", "address of the metrics port (containers set 0.0.0.0)", group="ops")
     latency_trace: str = setting("", "the sanitize worker (gateway run) appends one JSON line per committed batch "
-                                 "to this file: its stage times and its events' timestamps, never a value "
-                                 "(benchmarks/bench.py decomposes the slowest events with it); empty: off",
+                                 "to this file: its stage times, the garbage collector's pauses and its events' "
+                                 "timestamps, never a value (benchmarks/bench.py decomposes the slowest events with "
+                                 "it); empty: off",
                                  group="ops", shown="(off)")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", group="ops",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
