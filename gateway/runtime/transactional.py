@@ -379,10 +379,16 @@ class TransactionalLoop:
 
     def _abort_open(self) -> None:
         """Abort the transaction the batch being filled began: its slices' records go with it."""
-        if not self._txn_open:
-            return
+        if self._txn_open:
+            self._abort_transaction()
+
+    def _abort_transaction(self) -> None:
+        """Abort the producer's transaction, counted. What was sent is let be delivered (or fail) first:
+        an abort purges messages still queued, and on Kafka 4 the sequence gap that leaves made the next
+        transaction fail with OUT_OF_ORDER_SEQUENCE_NUMBER and then a fatal INVALID_TXN_STATE (seen in the
+        abort test)."""
         self._txn_open = False
-        self.producer.flush(30)  # as _abort: what was sent is delivered first, so no sequence gap follows
+        self.producer.flush(30)
         retry_retriable("abort_transaction", lambda: self.producer.abort_transaction(30))
         self.aborts += 1
         metrics.ABORTS.inc()
@@ -533,14 +539,7 @@ class TransactionalLoop:
             raise exc
         log.warning("transaction aborted: rewinding to the committed offsets",
                     extra={"loop": self.name, "code": error.name()})
-        self._txn_open = False
-        # let what was sent be delivered (or fail) first: an abort purges messages still queued, and
-        # on Kafka 4 the sequence gap that leaves made the next transaction fail with
-        # OUT_OF_ORDER_SEQUENCE_NUMBER and then a fatal INVALID_TXN_STATE (seen in the abort test)
-        self.producer.flush(30)
-        retry_retriable("abort_transaction", lambda: self.producer.abort_transaction(30))
-        self.aborts += 1
-        metrics.ABORTS.inc()
+        self._abort_transaction()
         self.rewind()
 
     def rewind(self) -> None:

@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -514,7 +514,7 @@ class Pipeline:
             for topic, partition in {(e.topic, e.partition) for e in events}:
                 self.stages[topic].quality.start_window(partition, withhold_since_ms)  # type: ignore[union-attr]
         intake = self.consent_intake
-        firsts = iter(list(self._first_steps(events, now_ms)))  # over the whole slice first: _first_steps says why
+        firsts = iter(self._first_steps(events, now_ms))  # over the whole slice first: _first_steps says why
         if not self._slicing:  # a batch's first (or only) call
             self._entries = {}  # a batch that raised left its entries: it is aborted and read again
         self._slicing = not finish
@@ -567,7 +567,7 @@ class Pipeline:
         if self.subject_keys is not None:
             self.subject_keys.publish_pending()
 
-    def _first_steps(self, events: Sequence[RawEvent], now_ms: int) -> Iterator[Checked | Exception]:
+    def _first_steps(self, events: Sequence[RawEvent], now_ms: int) -> list[Checked | Exception]:
         """Each source event decoded, its event time checked and its quality rules run, in order: what
         each gave (a consent event is left to its own step and gives nothing). The exception a step
         raised is kept and raised again in the event's own step, which dead-letters it as before.
@@ -578,6 +578,7 @@ class Pipeline:
         path instead of 17% run event by event between the sanitize steps (benchmarks/quality.py)."""
         intake_topic = self.consent_intake.topic if self.consent_intake is not None else None
         stages = self.stages
+        firsts: list[Checked | Exception] = []
         for event in events:
             if event.topic == intake_topic:
                 continue
@@ -593,7 +594,8 @@ class Pipeline:
                                     *quality.check(event.partition, record, event.timestamp_ms, now_ms))
             except Exception as exc:  # noqa: BLE001 - raised again in the event's step, which handles it
                 first = exc
-            yield first
+            firsts.append(first)
+        return firsts
 
     def _event(self, stage: TopicStage, event: RawEvent, first: Checked | Exception, now_ms: int,
                batch_ids: set[int], new_ids: dict[tuple[str, int], tuple[int, list[int]]],
