@@ -31,8 +31,10 @@ class ExampleApp:
         self.out = d.root / f"{name}.json"
         self.log_path = d.root / f"{name}.log"
         full_env = {k: v for k, v in ENV.items() if k != "GATEWAY_KEYRING"}
+        # PYTHONFAULTHANDLER: an app that does not stop on SIGTERM is sent SIGABRT, and writes every thread's
+        # stack to its log before it dies (where it hung is then in the failure's message)
         full_env.update(GATEWAY_SCHEMAS=str(d.schemas), EXAMPLE_TOPIC=d.payments.sanitized_topic,
-                        EXAMPLE_OUT=str(self.out), **env)
+                        EXAMPLE_OUT=str(self.out), PYTHONFAULTHANDLER="1", **env)
         if keyring is not None:
             full_env["GATEWAY_KEYRING"] = str(keyring)
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed by wait()
@@ -52,19 +54,27 @@ class ExampleApp:
                 break
             time.sleep(0.1)
         raise AssertionError(f"{self.name} counted {report and report['counts']} (want {expected} payments), "
-                             f"exit {self.proc.poll()}:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+                             f"exit {self.proc.poll()}:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
     def wait(self) -> int | None:
-        """Its exit code after SIGTERM, None if it had to be killed."""
+        """Its exit code after SIGTERM, None if it had to be stopped with SIGABRT (its stacks are then in
+        its log) or killed."""
         try:
             return self.proc.wait(15)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
             return None
         finally:
             self.log.close()
@@ -121,7 +131,8 @@ def reports_with_and_without_keys(apps: dict[str, ExampleApp], expected: int, ti
         for app in apps.values():
             app.stop()
         codes = {name: app.wait() for name, app in apps.items()}
-    assert codes == dict.fromkeys(apps, 0), codes
+    assert codes == dict.fromkeys(apps, 0), (codes, {name: app.log_tail(12_000) for name, app in apps.items()
+                                                     if codes[name] != 0})
     return reports
 
 
