@@ -1,6 +1,6 @@
 """The sanitize worker's CPU per 1,000 events against an earlier checkout's, in one run on one broker.
 
-    python -m benchmarks.versus_base [--base REV] [--events 30000] [--rounds 3] [--out benchmarks/results.json]
+    python -m benchmarks.versus_base [--base REV] [--events 200000] [--rounds 9] [--out benchmarks/results.json]
 
 Both workers run `gateway run` over the same backlog of the same mixed events (bench.py's generator,
 this checkout's schemas), one process each, rounds interleaved (base, current, base, ...), so a change
@@ -8,6 +8,11 @@ in the host's load hits both alike. The base is extracted with `git archive` int
 and run with this checkout's virtualenv. The figure is the worker's own CPU (process and threads,
 librdkafka's included) over the drain, and the broker's CPU over the same stage; the ratio is
 taken per round (current over the base run beside it) and its median reported.
+
+A round drains 200,000 events (about ten seconds of the worker) by default. At 60,000 a drain lasted
+three seconds, and the start of a drain and the broker's own moments (its CPU per round varied
+0.66-1.27x between the paired runs) moved a round's events/s ratio between 0.76 and 1.19; at 200,000
+the same comparison's rounds spread 0.93-1.08.
 """
 
 from __future__ import annotations
@@ -41,7 +46,11 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def run(base: str, events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
+EVENTS = 200_000
+ROUNDS = 9
+
+
+def run(base: str, events: int = EVENTS, rounds: int = ROUNDS) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-versus-"))
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", base], check=True,
                             capture_output=True, text=True).stdout.strip()
@@ -68,8 +77,8 @@ def run(base: str, events: int = 30_000, rounds: int = 3) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=DEFAULT_BASE, help=f"the earlier revision (default {DEFAULT_BASE})")
-    parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--out", type=Path, help="a results.json whose versus_base key to update")
     args = parser.parse_args()
     figures = run(args.base, args.events, args.rounds) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
