@@ -387,7 +387,7 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
     commits = {"n": 0, "timeouts": 0}
     real_commit = transactional.TransactionalLoop._commit
 
-    def flaky_commit(self, offsets, group):  # type: ignore[no-untyped-def]
+    def flaky_commit(self, offsets, group, hand_off):  # type: ignore[no-untyped-def]
         commits["n"] += 1
         if commits["n"] in failing:
             raise KafkaException(KafkaError(KafkaError._STATE, "injected", txn_requires_abort=True))
@@ -399,7 +399,7 @@ def test_an_aborted_commit_rewinds_its_batch_and_the_one_transformed_behind_it(
                 commits["timeouts"] += 1
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected", retriable=True))
             self.producer = _Wrapped(self.producer, commit_transaction=once)
-        return real_commit(self, offsets, group)
+        return real_commit(self, offsets, group, hand_off)
 
     monkeypatch.setattr(transactional.TransactionalLoop, "_commit", flaky_commit)
     plans, ring = load_plans(d.schemas), Keyring.open(config.keyring)

@@ -300,9 +300,13 @@ def test_a_revocation_before_anything_was_processed_rewinds_nothing(clock: _Cloc
     assert loop.producer.transactions == 1  # type: ignore[attr-defined]
 
 
-def test_an_overlapped_commit_hands_the_gil_over_every_millisecond_and_only_while_it_runs(clock: _Clock) -> None:
+@pytest.mark.parametrize(("batch_max_events", "interval_while_committing"),
+                         [(1000, transactional.COMMIT_SWITCH_INTERVAL_S), (3, None)])
+def test_an_overlapped_commit_hands_the_gil_over_every_millisecond_only_while_it_runs_and_not_in_a_backlog(
+        clock: _Clock, batch_max_events: int, interval_while_committing: float | None) -> None:
     """The commit thread needs the GIL back after each broker call while the main thread transforms: 1 ms
-    switches while it commits, the interpreter's own interval again once it is done."""
+    switches while it commits, the interpreter's own interval again once it is done. A full batch (a
+    backlog: here three events, one per consume) keeps the interpreter's interval, which costs less CPU."""
     before = sys.getswitchinterval()
     seen: list[float] = []
     consumer = _Consumer(clock)
@@ -315,7 +319,7 @@ def test_an_overlapped_commit_hands_the_gil_over_every_millisecond_and_only_whil
 
     producer.commit_transaction = committing  # type: ignore[method-assign]
     loop = TransactionalLoop("t", consumer, producer, _Handler(clock, []), ["raw"],  # type: ignore[arg-type]
-                             batch_max_events=1000, batch_timeout_s=0.020, slice_s=0.005, overlap=True)
+                             batch_max_events=batch_max_events, batch_timeout_s=0.020, slice_s=0.005, overlap=True)
     loop.owned = {("raw", 0)}
     try:
         assert loop.step() > 0
@@ -323,8 +327,9 @@ def test_an_overlapped_commit_hands_the_gil_over_every_millisecond_and_only_whil
     finally:
         assert loop._committer is not None
         loop._committer.shutdown(wait=True)
-    assert seen == [transactional.COMMIT_SWITCH_INTERVAL_S] and producer.committed
+    assert seen == [interval_while_committing or before] and producer.committed
     assert sys.getswitchinterval() == before
+    assert (len(producer.committed) == batch_max_events + 1) == (interval_while_committing is None)  # + audit
 
 
 def test_merged_slices_keep_the_last_state_per_partition_and_every_count() -> None:
