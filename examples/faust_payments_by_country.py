@@ -26,6 +26,8 @@ from typing import Any
 
 import faust
 import orjson
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from gateway.integrations.faust import GatewaySchema
 
@@ -36,10 +38,11 @@ APP_ID = os.environ.get("EXAMPLE_APP_ID", "payments-by-country")
 PARTITIONS = int(os.environ.get("EXAMPLE_PARTITIONS", "6"))
 OUT = os.environ.get("EXAMPLE_OUT")
 
-# faust creates the by-country topic at start-up and subscribes at once: when the broker's metadata
-# does not show the new topic yet, the group is joined without it until the next metadata refresh
-# (5 minutes by default), so refresh every few seconds
-app = faust.App(APP_ID, broker=os.environ.get("EXAMPLE_BROKER", "kafka://127.0.0.1:9092"), store="memory://",
+BROKER = os.environ.get("EXAMPLE_BROKER", "kafka://127.0.0.1:9092")
+
+# the topics faust creates are created before the worker starts (create_topics); should one still be
+# missing from the metadata the group joins with, the next refresh finds it in seconds, not 5 minutes
+app = faust.App(APP_ID, broker=BROKER, store="memory://",
                 datadir=os.environ.get("EXAMPLE_DATADIR", f"{APP_ID}-data"),
                 topic_partitions=PARTITIONS, web_enabled=False, consumer_auto_offset_reset="earliest",
                 # exactly once is also what makes faust read read_committed: otherwise it reads the records of
@@ -50,15 +53,45 @@ payments = app.topic(TOPIC, schema=GatewaySchema(SCHEMAS, KEYRING))
 by_country = app.topic(f"{APP_ID}-by-country", key_type=str, value_type=int, partitions=PARTITIONS, internal=True)
 counts = app.Table("payments-by-country", default=int, partitions=PARTITIONS)
 
-outcomes: defaultdict[str, Counter[str]] = defaultdict(Counter)  # field path -> reason -> n (this worker)
-opened_names: dict[str, str] = {}  # event id -> opened customer_name (this worker)
+# this worker's report, by event id: faust's exactly-once covers its tables and topics, not this process's
+# dicts, and a record it processes again after a rebalance (from the last committed offset) then
+# overwrites its own entry instead of being counted twice
+outcomes: dict[str, dict[str, str]] = {}  # event id -> field path -> reason
+opened_names: dict[str, str] = {}  # event id -> opened customer_name
+
+
+@app.on_worker_init.connect
+def create_topics(sender: Any, **_: Any) -> None:
+    """faust creates the by-country topic and the table's changelog at start-up, each within ~100 ms
+    of the group's join, and the consumer may join before the broker's metadata shows them: the
+    group then rebalances once they appear, and faust-streaming 0.15's exactly-once processes the
+    records since the last commit again, its transactional producers left mid-transaction ("Invalid
+    state transition IN_TRANSACTION -> IN_TRANSACTION" in a CI run's log). Created here, as faust
+    would create them, before the worker starts, they are in the metadata of the first join."""
+    admin = AdminClient({"bootstrap.servers": BROKER.removeprefix("kafka://")})
+    topics = [_new_topic(by_country), _new_topic(counts.changelog_topic)]
+    for future in admin.create_topics(topics).values():
+        try:
+            future.result(30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def _new_topic(topic: Any) -> NewTopic:
+    """`topic` as faust's Topic.declare creates it: partitions, replicas, cleanup policy and config
+    (this app's topics set no retention)."""
+    policies = [name for name, wanted in (("compact", topic.compacting), ("delete", topic.deleting)) if wanted]
+    config = {**({"cleanup.policy": ",".join(policies)} if policies else {}),
+              **{key: str(value) for key, value in (topic.config or {}).items()}}
+    return NewTopic(topic.get_topic_name(), topic.partitions or app.conf.topic_partitions,
+                    topic.replicas or app.conf.topic_replication_factor, config=config)
 
 
 @app.agent(payments)
 async def route(events: Any) -> None:
     async for event in events:  # a gateway.integrations.common.Decoded
-        for path in event.fields:
-            outcomes[path][event.reason(path)] += 1
+        outcomes[event.value["event_id"]] = {path: event.reason(path) for path in event.fields}
         if event.reason("customer_name") == "decrypted":
             opened_names[event.value["event_id"]] = event.value["customer_name"]
         await by_country.send(key=event.value["country"], value=1)
@@ -73,7 +106,11 @@ async def count(countries: Any) -> None:
 
 
 def _write(path: Path) -> None:
-    report = {"counts": dict(counts.items()), "fields": outcomes, "opened": opened_names}
+    fields: defaultdict[str, Counter[str]] = defaultdict(Counter)  # field path -> reason -> events
+    for reasons in outcomes.values():
+        for field_path, reason in reasons.items():
+            fields[field_path][reason] += 1
+    report = {"counts": dict(counts.items()), "fields": fields, "opened": opened_names}
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(orjson.dumps(report))
     tmp.replace(path)  # readers never see half a file
