@@ -51,6 +51,7 @@ from gateway.core.policy.plan import Plan
 from gateway.embedded.broker import EmbeddedBroker
 from gateway.embedded.jars import KAFKA_VERSION
 from gateway.keys.keyring import Keyring
+from gateway.runtime.clients import produce_when_room
 from gateway.runtime.topics import admin_client, create_topics, ensure_topics
 from gateway.settings import GatewayConfig
 
@@ -124,12 +125,7 @@ def publish(producer: Producer, records: list[tuple[str, bytes]], rate: float = 
     # paced in steps of 5 records (2 ms at 2,500/s): steps of 50 sent 50-record bursts, and a burst
     # waits for its own last record to be processed
     for i, (topic, value) in enumerate(records):
-        while True:
-            try:
-                producer.produce(topic, value, on_delivery=delivered)
-                break
-            except BufferError:  # the producer's queue is full (100,000 records by default): let it drain
-                producer.poll(0.05)
+        produce_when_room(producer, topic, value, on_delivery=delivered)
         if rate and i % 5 == 0:
             ahead = i / rate - (time.monotonic() - started)
             if ahead > 0:

@@ -200,6 +200,18 @@ def plain_producer(config_or_kafka: GatewayConfig | Mapping[str, str], errors: C
                      "enable.idempotence": True, "acks": "all", **overrides})
 
 
+def produce_when_room(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+                      **options: Any) -> None:
+    """`producer.produce`, waiting while librdkafka's local queue is full (100,000 records by default)
+    for deliveries to make room, where produce itself raises BufferError at once."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **options)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def take(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
     """Up to `max_messages`: waits up to `timeout_s` for the first, then takes what is queued.
 

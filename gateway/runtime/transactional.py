@@ -37,6 +37,7 @@ from gateway.core.pipeline.outcome import BatchCounts
 from gateway.ops import metrics
 from gateway.outputs import OutRecord
 from gateway.retry import retry_call
+from gateway.runtime.clients import produce_when_room
 
 log = logging.getLogger("gateway.runtime")
 Source = tuple[str, int]  # (topic, partition)
@@ -457,15 +458,10 @@ class TransactionalLoop:
         return Batch(messages, output, last, started, max(started, processed))
 
     def _produce(self, records: Sequence[OutRecord]) -> None:
-        produce = self.producer.produce
+        producer = self.producer
         for r in records:
-            while True:
-                try:
-                    produce(r.topic, r.value, r.key, partition=-1 if r.partition is None else r.partition,
-                            headers=r.headers, timestamp=r.timestamp_ms)
-                    break
-                except BufferError:  # local queue full: let deliveries drain, then retry
-                    self.producer.poll(0.05)
+            produce_when_room(producer, r.topic, r.value, r.key, partition=-1 if r.partition is None else r.partition,
+                              headers=r.headers, timestamp=r.timestamp_ms)
 
     def _publish(self, batch: Batch) -> None:
         """The batch's records (those its slices did not put in already) in its transaction, then its
